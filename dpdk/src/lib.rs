@@ -1,1 +1,60 @@
+//! braid's safe DPDK layer: EAL start-up, mempools, ports with negotiated
+//! offloads, an owning [`Mbuf`], RX/TX bursts that give back what was not
+//! sent, closures launched on lcores with panics caught at the FFI edge,
+//! port stats and xstats.
+//!
+//! This crate and `dpdk-sys` are the only places in braid with `unsafe`;
+//! every block says why it is sound. It never starts a DPDK process that could
+//! probe PCI devices: EAL arguments must carry `--no-pci` or an explicit `-a`
+//! allow-list (see [`eal`]).
 
+pub mod eal;
+pub mod error;
+pub mod lcore;
+pub mod mbuf;
+pub mod mempool;
+pub mod port;
+pub mod ring_port;
+
+pub use eal::Eal;
+pub use error::Error;
+pub use lcore::{launch, LcoreHandle, LcoreId};
+pub use mbuf::Mbuf;
+pub use mempool::Mempool;
+pub use port::{Offloads, Port, PortConfig, PortId, PortInfo, PortStats, QueueId, RxQueue, TxQueue};
+
+/// A burst, as DPDK's examples use: big enough to amortise per-call costs,
+/// small enough to stay in L1.
+pub const BURST: usize = 32;
+
+/// `rte_strerror` for an errno value DPDK returned.
+pub fn strerror(errno: i32) -> String {
+    // SAFETY: rte_strerror returns a pointer to a static or thread-local
+    // NUL-terminated string; we copy it out at once.
+    unsafe {
+        let p = dpdk_sys::rte_strerror(errno);
+        if p.is_null() {
+            return format!("errno {errno}");
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+/// The calling thread's `rte_errno`.
+pub fn rte_errno() -> i32 {
+    // SAFETY: reads a thread-local int through the shim.
+    unsafe { dpdk_sys::braid_rte_errno() }
+}
+
+/// TSC cycles, for timing on the hot path.
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no preconditions.
+    unsafe { dpdk_sys::braid_rdtsc() }
+}
+
+/// TSC frequency in Hz (needs EAL up).
+pub fn tsc_hz() -> u64 {
+    // SAFETY: plain getter.
+    unsafe { dpdk_sys::rte_get_tsc_hz() }
+}

@@ -1,0 +1,266 @@
+//! The owning mbuf handle.
+
+use std::ptr::NonNull;
+
+use crate::mempool::Mempool;
+
+/// Data room of a default mbuf: 2048 B of data after 128 B of headroom
+/// (`RTE_MBUF_DEFAULT_BUF_SIZE`).
+pub const DEFAULT_DATA_ROOM: u16 = dpdk_sys::BRAID_MBUF_DEFAULT_BUF_SIZE as u16;
+
+/// One packet buffer, owned: no `Clone`, freed (`rte_pktmbuf_free`) on drop,
+/// handed to TX with [`Mbuf::into_raw`]. Same layout as `*mut rte_mbuf`, so a
+/// slice of `Mbuf` is a burst DPDK can read.
+#[repr(transparent)]
+#[derive(Debug)]
+pub struct Mbuf(NonNull<dpdk_sys::rte_mbuf>);
+
+// SAFETY: an mbuf is owned by exactly one handle; moving it to another thread
+// moves the ownership (DPDK hands mbufs between lcores through rings).
+unsafe impl Send for Mbuf {}
+
+/// What the TX path asks the NIC to do for this packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxOffload {
+    /// `RTE_MBUF_F_TX_*` flags.
+    pub flags: u64,
+    pub l2_len: u8,
+    pub l3_len: u16,
+    pub l4_len: u8,
+    pub tso_segsz: u16,
+}
+
+impl Mbuf {
+    /// Takes one mbuf from `pool`, or `None` when the pool is empty.
+    #[inline]
+    pub fn alloc(pool: &Mempool) -> Option<Mbuf> {
+        // SAFETY: valid pool; returns null or an mbuf we now own.
+        NonNull::new(unsafe { dpdk_sys::braid_pktmbuf_alloc(pool.as_ptr()) }).map(Mbuf)
+    }
+
+    /// Fills `out` with `n` mbufs at once, or leaves it untouched and returns
+    /// false when the pool cannot give all of them.
+    pub fn alloc_bulk(pool: &Mempool, out: &mut Vec<Mbuf>, n: usize) -> bool {
+        out.reserve(n);
+        let len = out.len();
+        // SAFETY: spare capacity holds n pointers; Mbuf is repr(transparent)
+        // over a non-null pointer, and on success DPDK writes n valid mbufs.
+        unsafe {
+            let dst = out.as_mut_ptr().add(len) as *mut *mut dpdk_sys::rte_mbuf;
+            if dpdk_sys::braid_pktmbuf_alloc_bulk(pool.as_ptr(), dst, n as u32) != 0 {
+                return false;
+            }
+            out.set_len(len + n);
+        }
+        true
+    }
+
+    /// Takes ownership of a raw mbuf.
+    ///
+    /// # Safety
+    /// `raw` must be a valid mbuf owned by nobody else.
+    #[inline]
+    pub unsafe fn from_raw(raw: NonNull<dpdk_sys::rte_mbuf>) -> Mbuf {
+        Mbuf(raw)
+    }
+
+    /// Gives up ownership (e.g. to a TX queue or a ring).
+    #[inline]
+    pub fn into_raw(self) -> NonNull<dpdk_sys::rte_mbuf> {
+        let p = self.0;
+        std::mem::forget(self);
+        p
+    }
+
+    #[inline]
+    fn m(&self) -> &dpdk_sys::rte_mbuf {
+        // SAFETY: we own a valid mbuf.
+        unsafe { self.0.as_ref() }
+    }
+
+    #[inline]
+    fn m_mut(&mut self) -> &mut dpdk_sys::rte_mbuf {
+        // SAFETY: we own a valid mbuf, uniquely.
+        unsafe { self.0.as_mut() }
+    }
+
+    /// Bytes in this segment.
+    #[inline]
+    pub fn data_len(&self) -> usize {
+        self.m().data_len as usize
+    }
+
+    /// Bytes in the whole chain.
+    #[inline]
+    pub fn pkt_len(&self) -> usize {
+        self.m().pkt_len as usize
+    }
+
+    /// Segments in the chain.
+    #[inline]
+    pub fn nb_segs(&self) -> u16 {
+        self.m().nb_segs
+    }
+
+    /// True when the packet is one segment.
+    #[inline]
+    pub fn is_contiguous(&self) -> bool {
+        self.m().nb_segs == 1
+    }
+
+    /// The first segment's data.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        let m = self.m();
+        // SAFETY: buf_addr + data_off .. + data_len lies inside the buffer
+        // DPDK gave this mbuf, which we own.
+        unsafe { std::slice::from_raw_parts((m.buf_addr as *const u8).add(m.data_off as usize), m.data_len as usize) }
+    }
+
+    /// The first segment's data, writable.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let m = self.m_mut();
+        // SAFETY: as in data(), and we hold the only handle.
+        unsafe { std::slice::from_raw_parts_mut((m.buf_addr as *mut u8).add(m.data_off as usize), m.data_len as usize) }
+    }
+
+    /// Free bytes before the data.
+    #[inline]
+    pub fn headroom(&self) -> usize {
+        self.m().data_off as usize
+    }
+
+    /// Free bytes after the data in the last segment.
+    #[inline]
+    pub fn tailroom(&self) -> usize {
+        // SAFETY: valid mbuf.
+        unsafe { dpdk_sys::braid_pktmbuf_tailroom(self.0.as_ptr()) as usize }
+    }
+
+    /// Grows the data at the end by `len` bytes and returns them, or `None`
+    /// when the tailroom is too small (the mbuf is unchanged).
+    #[inline]
+    pub fn append(&mut self, len: usize) -> Option<&mut [u8]> {
+        let len16 = u16::try_from(len).ok()?;
+        // SAFETY: valid mbuf; DPDK checks tailroom and returns null if short.
+        let p = unsafe { dpdk_sys::braid_pktmbuf_append(self.0.as_ptr(), len16) } as *mut u8;
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: DPDK reserved len bytes at p inside our buffer.
+        Some(unsafe { std::slice::from_raw_parts_mut(p, len) })
+    }
+
+    /// Grows the data at the front by `len` bytes (into the headroom) and
+    /// returns the new front, or `None` when the headroom is too small.
+    #[inline]
+    pub fn prepend(&mut self, len: usize) -> Option<&mut [u8]> {
+        let len16 = u16::try_from(len).ok()?;
+        // SAFETY: valid mbuf; DPDK checks headroom and returns null if short.
+        let p = unsafe { dpdk_sys::braid_pktmbuf_prepend(self.0.as_ptr(), len16) } as *mut u8;
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: DPDK moved data_off back by len bytes inside our buffer.
+        Some(unsafe { std::slice::from_raw_parts_mut(p, len) })
+    }
+
+    /// Removes `len` bytes from the front. False when the segment is shorter.
+    #[inline]
+    pub fn adj(&mut self, len: usize) -> bool {
+        let Ok(len16) = u16::try_from(len) else { return false };
+        // SAFETY: valid mbuf; DPDK checks the length.
+        !unsafe { dpdk_sys::braid_pktmbuf_adj(self.0.as_ptr(), len16) }.is_null()
+    }
+
+    /// Removes `len` bytes from the end. False when the last segment is shorter.
+    #[inline]
+    pub fn trim(&mut self, len: usize) -> bool {
+        let Ok(len16) = u16::try_from(len) else { return false };
+        // SAFETY: valid mbuf; DPDK checks the length.
+        unsafe { dpdk_sys::braid_pktmbuf_trim(self.0.as_ptr(), len16) == 0 }
+    }
+
+    /// Resets the mbuf to an empty packet with default headroom.
+    #[inline]
+    pub fn reset(&mut self) {
+        // SAFETY: valid mbuf we own.
+        unsafe { dpdk_sys::braid_pktmbuf_reset(self.0.as_ptr()) }
+    }
+
+    /// `RTE_MBUF_F_*` flags (RX results, TX requests).
+    #[inline]
+    pub fn ol_flags(&self) -> u64 {
+        self.m().ol_flags
+    }
+
+    /// The RSS hash the NIC computed (valid when `RTE_MBUF_F_RX_RSS_HASH`).
+    #[inline]
+    pub fn rss_hash(&self) -> u32 {
+        // SAFETY: reading the `rss` member of a plain-old-data union.
+        unsafe { self.m().__bindgen_anon_2.hash.rss }
+    }
+
+    /// The port the packet arrived on.
+    #[inline]
+    pub fn port(&self) -> u16 {
+        self.m().port
+    }
+
+    /// Asks the NIC for checksum / segmentation offloads on TX. Header
+    /// lengths go into `tx_offload` per rte_mbuf_core.h's bitfield layout
+    /// (l2_len:7, l3_len:9, l4_len:8, tso_segsz:16).
+    #[inline]
+    pub fn set_tx_offload(&mut self, o: TxOffload) {
+        let packed = (o.l2_len as u64 & 0x7f)
+            | ((o.l3_len as u64 & 0x1ff) << 7)
+            | ((o.l4_len as u64) << 16)
+            | ((o.tso_segsz as u64) << 24);
+        let m = self.m_mut();
+        m.ol_flags = (m.ol_flags & !TX_MASK) | o.flags;
+        m.__bindgen_anon_3.tx_offload = packed;
+    }
+
+    /// Appends `tail` to this packet's segment chain. Fails (giving `tail`
+    /// back) when the chain would exceed DPDK's segment limit.
+    pub fn chain(&mut self, tail: Mbuf) -> Result<(), Mbuf> {
+        // SAFETY: both valid and owned; on success DPDK owns tail through head.
+        let ret = unsafe { dpdk_sys::braid_pktmbuf_chain(self.0.as_ptr(), tail.0.as_ptr()) };
+        if ret == 0 {
+            std::mem::forget(tail);
+            Ok(())
+        } else {
+            Err(tail)
+        }
+    }
+
+    /// The whole packet copied out (all segments), for tests and slow paths.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.pkt_len());
+        let mut seg = self.0.as_ptr();
+        while !seg.is_null() {
+            // SAFETY: every segment of a chain we own is a valid mbuf.
+            unsafe {
+                let m = &*seg;
+                out.extend_from_slice(std::slice::from_raw_parts(
+                    (m.buf_addr as *const u8).add(m.data_off as usize),
+                    m.data_len as usize,
+                ));
+                seg = m.next;
+            }
+        }
+        out
+    }
+}
+
+/// All TX request bits (bits 40..63 of ol_flags in DPDK 22.11).
+const TX_MASK: u64 = !((1u64 << 40) - 1);
+
+impl Drop for Mbuf {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: we own the mbuf (and its chain); freeing returns it to its pool.
+        unsafe { dpdk_sys::braid_pktmbuf_free(self.0.as_ptr()) }
+    }
+}

@@ -1,0 +1,104 @@
+//! Packet mempools (`rte_pktmbuf_pool_create`).
+
+use std::ffi::CString;
+use std::ptr::NonNull;
+
+use crate::error::Error;
+
+/// An mbuf pool. Freed when dropped; every mbuf must be back by then.
+#[derive(Debug)]
+pub struct Mempool {
+    raw: NonNull<dpdk_sys::rte_mempool>,
+    name: String,
+    size: u32,
+}
+
+// SAFETY: a DPDK mempool is a multi-producer/multi-consumer object designed to
+// be used from every lcore at once; the handle is just its address.
+unsafe impl Send for Mempool {}
+// SAFETY: as above: all operations through &Mempool are thread-safe in DPDK.
+unsafe impl Sync for Mempool {}
+
+/// Per-lcore cache DPDK's examples use (must be <= 512 and <= n/1.5).
+pub const DEFAULT_CACHE: u32 = 256;
+
+impl Mempool {
+    /// Creates a pool of `n` mbufs with `data_room` bytes each (headroom
+    /// included; `RTE_MBUF_DEFAULT_BUF_SIZE` = 2176 fits a 2048-byte frame).
+    pub fn new(name: &str, n: u32, data_room: u16) -> Result<Mempool, Error> {
+        let cache = DEFAULT_CACHE.min(n / 2).min(512);
+        Self::with_cache(name, n, cache, data_room)
+    }
+
+    /// As [`Mempool::new`] with an explicit per-lcore cache size.
+    pub fn with_cache(name: &str, n: u32, cache: u32, data_room: u16) -> Result<Mempool, Error> {
+        let err = |errno: i32, reason: String| Error::PoolCreate {
+            name: name.to_owned(),
+            n,
+            data_room,
+            errno,
+            reason,
+        };
+        if n == 0 {
+            return Err(err(libc_einval(), "a pool needs at least one mbuf".into()));
+        }
+        if (data_room as u32) < dpdk_sys::BRAID_PKTMBUF_HEADROOM as u32 {
+            return Err(err(libc_einval(), "data room is smaller than the mbuf headroom (128 B)".into()));
+        }
+        let cname = CString::new(name).map_err(|_| err(libc_einval(), "name contains NUL".into()))?;
+        // SAFETY: valid C string; DPDK copies the name. socket -1 = any.
+        let raw = unsafe {
+            dpdk_sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, dpdk_sys::rte_socket_id() as i32)
+        };
+        match NonNull::new(raw) {
+            Some(raw) => Ok(Mempool { raw, name: name.to_owned(), size: n }),
+            None => {
+                let errno = crate::rte_errno();
+                Err(err(errno, crate::strerror(errno)))
+            }
+        }
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Total mbufs in the pool.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Mbufs free in the pool (including per-lcore caches).
+    pub fn avail(&self) -> u32 {
+        // SAFETY: valid pool.
+        unsafe { dpdk_sys::braid_mempool_avail_count(self.raw.as_ptr()) }
+    }
+
+    /// Mbufs currently handed out.
+    pub fn in_use(&self) -> u32 {
+        self.size - self.avail()
+    }
+
+    /// Bytes of data room per mbuf (headroom included).
+    pub fn data_room(&self) -> u16 {
+        // SAFETY: valid pktmbuf pool.
+        unsafe { dpdk_sys::braid_pktmbuf_data_room_size(self.raw.as_ptr()) }
+    }
+
+    /// The raw pool, for the rest of this crate.
+    pub(crate) fn as_ptr(&self) -> *mut dpdk_sys::rte_mempool {
+        self.raw.as_ptr()
+    }
+}
+
+impl Drop for Mempool {
+    fn drop(&mut self) {
+        // SAFETY: we own the pool; callers return every mbuf before dropping.
+        unsafe { dpdk_sys::rte_mempool_free(self.raw.as_ptr()) }
+    }
+}
+
+fn libc_einval() -> i32 {
+    22
+}

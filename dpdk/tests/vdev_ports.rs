@@ -1,0 +1,247 @@
+//! The safe layer against real PMDs (net_ring, net_null, net_tap), vdevs only.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use braid_dpdk::mbuf::DEFAULT_DATA_ROOM;
+use braid_dpdk::ring_port::RingPair;
+use braid_dpdk::{launch, Error, Mbuf, Mempool, Offloads, Port, PortConfig, BURST};
+
+/// Every vdev this test process uses; EAL starts once with all of them.
+fn vdevs() -> Vec<String> {
+    vec!["net_null0".into(), format!("net_tap0,iface=brt{}", std::process::id() % 100000)]
+}
+
+fn start() -> (&'static braid_dpdk::Eal, std::sync::MutexGuard<'static, ()>) {
+    let v = vdevs();
+    let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+    common::eal(&refs)
+}
+
+const SIZES: [usize; 7] = [60, 64, 65, 128, 511, 1024, 1514];
+
+/// Fills a test frame: its sequence number, then bytes that depend on it.
+fn fill(buf: &mut [u8], seq: u64) {
+    buf[..8].copy_from_slice(&seq.to_le_bytes());
+    for (i, b) in buf[8..].iter_mut().enumerate() {
+        *b = (seq as usize).wrapping_mul(31).wrapping_add(i) as u8;
+    }
+}
+
+fn check(buf: &[u8], seq: u64) -> bool {
+    buf.len() == SIZES[(seq % SIZES.len() as u64) as usize]
+        && buf[..8] == seq.to_le_bytes()
+        && buf[8..].iter().enumerate().all(|(i, &b)| b == (seq as usize).wrapping_mul(31).wrapping_add(i) as u8)
+}
+
+#[test]
+fn million_packets_lcore_to_lcore_through_a_ring_pair() {
+    const TOTAL: u64 = 1_000_000;
+    let (eal, _g) = start();
+    let pool = Arc::new(Mempool::new("mpps_pool", 8191, DEFAULT_DATA_ROOM).unwrap());
+    let (pair, mut a, mut b) = RingPair::new("mpps", 1024).unwrap();
+    let cfg = PortConfig { rx_desc: 512, tx_desc: 512, ..Default::default() };
+    a.configure(&cfg, &[&pool]).unwrap();
+    b.configure(&cfg, &[&pool]).unwrap();
+    a.start().unwrap();
+    b.start().unwrap();
+    let mut tx = a.tx_queue(0).unwrap();
+    let mut rx = b.rx_queue(0).unwrap();
+
+    // Receiver on the worker lcore: checks order, length and every byte.
+    let worker = eal.worker_lcores()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_rx = stop.clone();
+    let handle = launch(eal, worker, move || {
+        let mut burst = Vec::with_capacity(BURST);
+        let (mut next, mut bad, mut bytes) = (0u64, 0u64, 0u64);
+        while next < TOTAL && !stop_rx.load(Ordering::Relaxed) {
+            rx.rx_burst(&mut burst, BURST);
+            for m in burst.drain(..) {
+                if !(m.is_contiguous() && check(m.data(), next)) {
+                    bad += 1;
+                }
+                bytes += m.pkt_len() as u64;
+                next += 1;
+            }
+        }
+        (next, bad, bytes)
+    })
+    .unwrap();
+
+    // Sender on this thread: allocates, fills, sends; retries what the ring
+    // could not take.
+    let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
+    let mut seq = 0u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let t0 = std::time::Instant::now();
+    while seq < TOTAL || !burst.is_empty() {
+        while burst.len() < BURST && seq < TOTAL {
+            let Some(mut m) = Mbuf::alloc(&pool) else { break };
+            let len = SIZES[(seq % SIZES.len() as u64) as usize];
+            fill(m.append(len).expect("tailroom"), seq);
+            burst.push(m);
+            seq += 1;
+        }
+        tx.tx_burst(&mut burst);
+        assert!(std::time::Instant::now() < deadline, "sender stuck at {seq}");
+    }
+    let (received, bad, bytes) = match handle.join() {
+        Ok(v) => v,
+        Err(e) => panic!("receiver: {e}"),
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    eprintln!("{received} packets, {bytes} bytes in {secs:.2}s ({:.2} Mpps)", received as f64 / secs / 1e6);
+    assert_eq!(received, TOTAL);
+    assert_eq!(bad, 0, "corrupted or re-ordered packets");
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa.opackets, TOTAL);
+    assert_eq!(sb.ipackets, TOTAL);
+    a.close();
+    b.close();
+    drop(pair);
+    assert_eq!(pool.avail(), pool.size(), "mbufs leaked");
+}
+
+#[test]
+fn offload_negotiation_asks_only_for_what_the_pmd_reports() {
+    let (_eal, _g) = start();
+    let pool = Mempool::new("offload_pool", 4095, DEFAULT_DATA_ROOM).unwrap();
+    let (pair, ring, ring_b) = RingPair::new("offl", 1024).unwrap();
+    let null = Port::by_name("net_null0").unwrap();
+    let tap = Port::by_name("net_tap0").unwrap();
+    let mut seen = Vec::new();
+    for mut port in [ring, null, tap] {
+        let capa = port.info().capa;
+        let cfg = PortConfig { rx_desc: 512, tx_desc: 512, ..Default::default() };
+        port.configure(&cfg, &[&pool]).unwrap();
+        let granted = port.offloads();
+        let (gr, gt) = granted.masks();
+        let (cr, ct) = capa.masks();
+        assert_eq!(gr & !cr, 0, "{}: RX offload asked beyond capability", port.info().driver);
+        assert_eq!(gt & !ct, 0, "{}: TX offload asked beyond capability", port.info().driver);
+        // What ethdev holds is exactly what we negotiated.
+        assert_eq!(port.configured_offloads(), granted, "{}", port.info().driver);
+        assert_eq!(granted, Offloads::negotiate(Offloads::ALL, capa));
+        seen.push((port.info().driver.clone(), capa, granted));
+        port.close();
+    }
+    // The three PMDs report different sets, so the test covers real variety:
+    // net_tap offers checksums and TSO, net_null nothing.
+    let tap = &seen[2];
+    assert!(tap.2.tx_ipv4_cksum && tap.2.tx_tcp_cksum, "net_tap: {:?}", tap.2);
+    assert_ne!(seen[1].1, tap.1);
+    eprintln!("{seen:#?}");
+    ring_b.close();
+    drop(pair);
+    assert_eq!(pool.avail(), pool.size());
+}
+
+#[test]
+fn tx_burst_gives_back_what_the_port_did_not_take() {
+    let (_eal, _g) = start();
+    let pool = Mempool::new("giveback_pool", 2047, DEFAULT_DATA_ROOM).unwrap();
+    let (pair, mut a, mut b) = RingPair::new("gb", 64).unwrap();
+    let cfg = PortConfig { rx_desc: 64, tx_desc: 64, ..Default::default() };
+    a.configure(&cfg, &[&pool]).unwrap();
+    b.configure(&cfg, &[&pool]).unwrap();
+    a.start().unwrap();
+    b.start().unwrap();
+    let mut tx = a.tx_queue(0).unwrap();
+    let mut pkts = Vec::new();
+    assert!(Mbuf::alloc_bulk(&pool, &mut pkts, 100));
+    for (i, m) in pkts.iter_mut().enumerate() {
+        fill(m.append(64).unwrap(), i as u64);
+    }
+    let sent = tx.tx_burst(&mut pkts);
+    // A ring of 64 holds 63.
+    assert_eq!(sent, 63);
+    assert_eq!(pkts.len(), 37);
+    // The ones given back are the tail, in order.
+    assert_eq!(pkts[0].data()[..8], 63u64.to_le_bytes());
+    drop(pkts);
+    let mut rx = b.rx_queue(0).unwrap();
+    let mut got = Vec::new();
+    while rx.rx_burst(&mut got, BURST) > 0 {}
+    assert_eq!(got.len(), 63);
+    drop(got);
+    a.close();
+    b.close();
+    drop(pair);
+    assert_eq!(pool.avail(), pool.size());
+}
+
+#[test]
+fn mbuf_room_is_bounded() {
+    let (_eal, _g) = start();
+    let pool = Mempool::new("room_pool", 63, DEFAULT_DATA_ROOM).unwrap();
+    let mut m = Mbuf::alloc(&pool).unwrap();
+    assert_eq!(m.headroom(), 128);
+    assert_eq!(m.tailroom(), 2048);
+    assert!(m.append(2049).is_none());
+    assert_eq!(m.data_len(), 0);
+    m.append(100).unwrap().fill(7);
+    assert!(m.prepend(129).is_none());
+    m.prepend(28).unwrap().fill(9);
+    assert_eq!(m.data_len(), 128);
+    assert!(!m.adj(200));
+    assert!(m.adj(28));
+    assert!(m.trim(50));
+    assert_eq!(m.data(), &[7u8; 50][..]);
+    assert!(m.append(70000).is_none());
+    assert_eq!(pool.in_use(), 1);
+    drop(m);
+    assert_eq!(pool.in_use(), 0);
+    // An empty pool says so instead of blocking.
+    let mut all = Vec::new();
+    while let Some(m) = Mbuf::alloc(&pool) {
+        all.push(m);
+    }
+    assert_eq!(all.len(), 63);
+    assert!(!Mbuf::alloc_bulk(&pool, &mut all, 1));
+    drop(all);
+    assert_eq!(pool.avail(), 63);
+}
+
+#[test]
+fn bad_set_up_gives_clear_errors() {
+    let (eal, _g) = start();
+    // A second EAL start is refused, not a crash.
+    let e = braid_dpdk::Eal::init(&["--no-pci", "--no-huge"]).unwrap_err();
+    assert!(matches!(e, Error::EalAlreadyInitialised), "{e}");
+    // A port whose vdev was not created.
+    let e = Port::by_name("net_memif_absent").unwrap_err();
+    assert!(matches!(e, Error::NoSuchPort { .. }), "{e}");
+    assert!(e.to_string().contains("--vdev"), "{e}");
+    // A pool too small for the RX ring.
+    let small = Mempool::new("small_pool", 64, DEFAULT_DATA_ROOM).unwrap();
+    let mut null = Port::by_name("net_null0").unwrap();
+    let e = null.configure(&PortConfig::default(), &[&small]).unwrap_err();
+    assert!(matches!(e, Error::PoolTooSmall { .. }), "{e}");
+    // A pool bigger than EAL's memory.
+    let e = Mempool::new("huge_pool", 50_000_000, DEFAULT_DATA_ROOM).unwrap_err();
+    assert!(matches!(e, Error::PoolCreate { errno: 12, .. }), "{e}");
+    // Queues the PMD does not have.
+    let pool = Mempool::new("q_pool", 4095, DEFAULT_DATA_ROOM).unwrap();
+    let e = null.configure(&PortConfig { rx_queues: 5000, ..Default::default() }, &[&pool]).unwrap_err();
+    assert!(matches!(e, Error::PortLimit { .. }), "{e}");
+    assert!(null.rx_queue(0).is_err(), "queue of an unconfigured port");
+    // An lcore that is not ours.
+    assert!(matches!(launch(eal, braid_dpdk::LcoreId(77), || ()), Err(Error::NoSuchLcore(77))));
+}
+
+#[test]
+fn a_panic_on_an_lcore_is_caught_and_the_lcore_reusable() {
+    let (eal, _g) = start();
+    let w = eal.worker_lcores()[0];
+    let h = launch(eal, w, || -> u32 { panic!("boom in worker") }).unwrap();
+    match h.join() {
+        Err(Error::LcorePanicked { message, .. }) => assert!(message.contains("boom in worker")),
+        other => panic!("expected a caught panic, got {:?}", other.map(|_| ())),
+    }
+    let h = launch(eal, w, || braid_dpdk::LcoreId::current()).unwrap();
+    assert_eq!(h.join().unwrap(), w);
+}
