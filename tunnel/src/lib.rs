@@ -7,7 +7,15 @@
 //! per-packet path once set up. The dataplane calls it on mbuf bytes in
 //! place; tests, fuzzers and benchmarks call it on plain slices.
 
+pub mod balancer;
+pub mod bundle;
+pub mod crypto;
 pub mod drop;
+pub mod liveness;
+pub mod plain;
+pub mod reorder;
+pub mod replay;
+pub mod sa;
 pub mod wire;
 
 pub use drop::DropReason;

@@ -1,0 +1,761 @@
+//! Receive-side re-ordering per inner flow bucket, across the tunnels of a
+//! bundle. One `Reorderer` serves one sender stream.
+//!
+//! Packets that arrive ahead of their bucket's next sequence wait in a fixed
+//! pool of slots that store only the caller's handle (an mbuf index, say) and
+//! a little metadata: no packet is copied. A gap is skipped when every live
+//! path has already delivered a later frame of the stream (paths are FIFO, so
+//! the missing packet is lost), or after `hold_time`, derived from the
+//! measured delay skew between paths, or when the slots run out.
+
+use crate::{DropReason, Nanos};
+
+const NIL: u32 = u32::MAX;
+
+/// Sequence metadata of one inner packet, from its data record(s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketMeta {
+    /// Flow bucket.
+    pub bucket: u16,
+    /// Sequence within the bucket.
+    pub flow_seq: u32,
+    /// Stream sequence of the frame that carried it (lowest, if fragmented).
+    pub stream_seq: u64,
+}
+
+/// Bounds of the hold time: `clamp(skew + margin, floor, ceiling)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldConfig {
+    /// Shortest hold.
+    pub floor: Nanos,
+    /// Longest hold: the most latency a lost packet adds to its flow.
+    pub ceiling: Nanos,
+    /// Added to the measured skew for jitter.
+    pub margin: Nanos,
+}
+
+impl Default for HoldConfig {
+    /// Engineering choices: 1 ms floor and 2 ms margin absorb WAN queueing
+    /// jitter; 100 ms ceiling bounds the stall a loss can cause.
+    fn default() -> Self {
+        HoldConfig {
+            floor: 1_000_000,
+            ceiling: 100_000_000,
+            margin: 2_000_000,
+        }
+    }
+}
+
+/// Sizing of a re-orderer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReorderConfig {
+    /// Flow buckets of the stream (as the sender's).
+    pub buckets: u16,
+    /// Tunnels of the bundle.
+    pub paths: usize,
+    /// Hold slots in total.
+    pub slots: usize,
+    /// Hold slots one bucket may take.
+    pub per_bucket: usize,
+    /// Hold time bounds.
+    pub hold: HoldConfig,
+}
+
+impl Default for ReorderConfig {
+    fn default() -> Self {
+        ReorderConfig {
+            buckets: 256,
+            paths: 1,
+            slots: 1024,
+            per_bucket: 64,
+            hold: HoldConfig::default(),
+        }
+    }
+}
+
+/// Re-orderer counters. Conservation: `pushed` = `released_in_order` +
+/// `released_late` + `released_passed` + `released_forced` + `duplicates` +
+/// `dropped_too_late` + `overflow` + `bad_bucket` + packets still held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReorderCounters {
+    /// Packets pushed.
+    pub pushed: u64,
+    /// Packets that had to wait in a slot.
+    pub held: u64,
+    /// Released with no gap skipped before them.
+    pub released_in_order: u64,
+    /// Released after a gap was skipped at `hold_time`.
+    pub released_late: u64,
+    /// Released after a gap was skipped because every live path was past it.
+    pub released_passed: u64,
+    /// Released after a gap was skipped for want of slots (or by `flush`).
+    pub released_forced: u64,
+    /// Flow sequences skipped (presumed lost).
+    pub skipped: u64,
+    /// Dropped: already delivered or already held.
+    pub duplicates: u64,
+    /// Dropped: their sequence had been skipped.
+    pub dropped_too_late: u64,
+    /// Dropped: no slot free and nothing of their bucket to release.
+    pub overflow: u64,
+    /// Dropped: bucket beyond this re-orderer's configuration.
+    pub bad_bucket: u64,
+}
+
+/// What became of a pushed packet that was not dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Released to `out` at once (with any held packets it unblocked).
+    Released,
+    /// Waiting for the packets before it.
+    Held,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Release {
+    InOrder,
+    Late,
+    Passed,
+    Forced,
+}
+
+#[derive(Debug)]
+struct Slot<H> {
+    handle: Option<H>,
+    seq: u32,
+    stream_seq: u64,
+    arrival: Nanos,
+    next: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    next_seq: u32,
+    /// Bit i: `next_seq - 1 - i` was released (duplicate detection).
+    released: u64,
+    head: u32,
+    len: usize,
+    gap_since: Nanos,
+    active_at: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PathView {
+    live: bool,
+    high: Option<u64>,
+    delay: Option<Nanos>,
+}
+
+fn serial_diff(a: u32, b: u32) -> i32 {
+    // RFC 1982 serial number arithmetic.
+    a.wrapping_sub(b) as i32
+}
+
+/// The re-orderer of one sender stream. `H` is the caller's packet handle.
+#[derive(Debug)]
+pub struct Reorderer<H> {
+    cfg: ReorderConfig,
+    slots: Vec<Slot<H>>,
+    free: Vec<u32>,
+    buckets: Vec<Bucket>,
+    active: Vec<u16>,
+    paths: Vec<PathView>,
+    hold: Nanos,
+    counters: ReorderCounters,
+}
+
+impl<H> Reorderer<H> {
+    /// Allocates every slot now. All paths start live; flow sequences at 0.
+    pub fn new(cfg: ReorderConfig) -> Self {
+        let cfg = ReorderConfig {
+            buckets: cfg.buckets.max(1),
+            slots: cfg.slots.clamp(1, NIL as usize - 1),
+            per_bucket: cfg.per_bucket.max(1),
+            hold: HoldConfig {
+                ceiling: cfg.hold.ceiling.max(cfg.hold.floor),
+                ..cfg.hold
+            },
+            ..cfg
+        };
+        let mut r = Reorderer {
+            slots: (0..cfg.slots)
+                .map(|_| Slot {
+                    handle: None,
+                    seq: 0,
+                    stream_seq: 0,
+                    arrival: 0,
+                    next: NIL,
+                })
+                .collect(),
+            free: (0..cfg.slots as u32).rev().collect(),
+            buckets: vec![
+                Bucket {
+                    next_seq: 0,
+                    released: 0,
+                    head: NIL,
+                    len: 0,
+                    gap_since: 0,
+                    active_at: NIL
+                };
+                usize::from(cfg.buckets)
+            ],
+            active: Vec::with_capacity(usize::from(cfg.buckets)),
+            paths: vec![
+                PathView {
+                    live: true,
+                    high: None,
+                    delay: None
+                };
+                cfg.paths
+            ],
+            hold: cfg.hold.ceiling,
+            counters: ReorderCounters::default(),
+            cfg,
+        };
+        r.update_hold();
+        r
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &ReorderCounters {
+        &self.counters
+    }
+
+    /// Packets waiting in slots.
+    pub fn held(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// The next flow sequence `bucket` will release.
+    pub fn next_expected(&self, bucket: u16) -> Option<u32> {
+        self.buckets.get(usize::from(bucket)).map(|b| b.next_seq)
+    }
+
+    /// The current hold time.
+    pub fn hold_time(&self) -> Nanos {
+        self.hold
+    }
+
+    /// Marks a path live or dead (from liveness); dead paths do not block
+    /// the every-path-is-past rule.
+    pub fn set_path_live(&mut self, path: usize, live: bool) {
+        if let Some(p) = self.paths.get_mut(path) {
+            p.live = live;
+        }
+        self.update_hold();
+    }
+
+    /// Sets a path's measured one-way delay (RTT/2 will do); the hold time
+    /// follows the skew between live paths.
+    pub fn set_path_delay(&mut self, path: usize, delay: Option<Nanos>) {
+        if let Some(p) = self.paths.get_mut(path) {
+            p.delay = delay;
+        }
+        self.update_hold();
+    }
+
+    fn update_hold(&mut self) {
+        // A live path of unknown delay could be the slowest: hold the ceiling.
+        let live = self.paths.iter().filter(|p| p.live);
+        let unknown = live.clone().any(|p| p.delay.is_none());
+        let (lo, hi) = live
+            .filter_map(|p| p.delay)
+            .fold((Nanos::MAX, 0), |(lo, hi), d| (lo.min(d), hi.max(d)));
+        let h = &self.cfg.hold;
+        self.hold = if unknown || lo > hi {
+            h.ceiling
+        } else {
+            (hi - lo).saturating_add(h.margin).clamp(h.floor, h.ceiling)
+        };
+    }
+
+    /// Notes a frame of this stream arriving on `path`: call it for every
+    /// frame, data or not (`push` does it too).
+    pub fn on_frame(&mut self, path: usize, stream_seq: u64) {
+        if let Some(p) = self.paths.get_mut(path) {
+            p.high = Some(p.high.map_or(stream_seq, |h| h.max(stream_seq)));
+        }
+    }
+
+    fn min_live_high(&self) -> Option<u64> {
+        let mut min = None;
+        for p in self.paths.iter().filter(|p| p.live) {
+            let h = p.high?;
+            min = Some(min.map_or(h, |m: u64| m.min(h)));
+        }
+        min
+    }
+
+    /// Takes a packet that arrived on `path`. In-order packets, and the held
+    /// ones they unblock, go to `out` at once; a packet that is dropped comes
+    /// back with its reason so the caller can free it.
+    pub fn push(
+        &mut self,
+        handle: H,
+        meta: PacketMeta,
+        path: usize,
+        now: Nanos,
+        out: &mut impl Extend<H>,
+    ) -> Result<Pushed, (H, DropReason)> {
+        self.counters.pushed += 1;
+        self.on_frame(path, meta.stream_seq);
+        let b = usize::from(meta.bucket);
+        if b >= self.buckets.len() {
+            self.counters.bad_bucket += 1;
+            return Err((handle, DropReason::BundleBucket));
+        }
+        let seq = meta.flow_seq;
+        let mut forced = false;
+        loop {
+            let bucket = self.buckets[b];
+            let d = serial_diff(seq, bucket.next_seq);
+            if d < 0 {
+                let back = bucket.next_seq.wrapping_sub(seq).wrapping_sub(1);
+                return if back < 64 && bucket.released & (1 << back) != 0 {
+                    self.counters.duplicates += 1;
+                    Err((handle, DropReason::ReorderDuplicate))
+                } else {
+                    self.counters.dropped_too_late += 1;
+                    Err((handle, DropReason::ReorderTooLate))
+                };
+            }
+            if d == 0 {
+                let kind = if forced {
+                    Release::Forced
+                } else {
+                    Release::InOrder
+                };
+                self.count(kind);
+                out.extend(Some(handle));
+                self.advance(b);
+                self.release_run(b, kind, out);
+                return Ok(Pushed::Released);
+            }
+            // Ahead: find its place in the bucket's sorted list.
+            let (mut prev, mut cur) = (NIL, bucket.head);
+            while cur != NIL && serial_diff(self.slots[cur as usize].seq, seq) < 0 {
+                prev = cur;
+                cur = self.slots[cur as usize].next;
+            }
+            if cur != NIL && self.slots[cur as usize].seq == seq {
+                self.counters.duplicates += 1;
+                return Err((handle, DropReason::ReorderDuplicate));
+            }
+            if bucket.len >= self.cfg.per_bucket || self.free.is_empty() {
+                if bucket.head == NIL {
+                    self.counters.overflow += 1;
+                    return Err((handle, DropReason::ReorderOverflow));
+                }
+                // Give up on the first gap to make room.
+                forced = true;
+                let head_seq = self.slots[bucket.head as usize].seq;
+                if serial_diff(seq, head_seq) < 0 {
+                    self.skip_to(b, seq);
+                } else {
+                    self.skip_to(b, head_seq);
+                    self.release_run(b, Release::Forced, out);
+                }
+                continue;
+            }
+            let Some(i) = self.free.pop() else {
+                self.counters.overflow += 1;
+                return Err((handle, DropReason::ReorderOverflow));
+            };
+            self.slots[i as usize] = Slot {
+                handle: Some(handle),
+                seq,
+                stream_seq: meta.stream_seq,
+                arrival: now,
+                next: cur,
+            };
+            if prev == NIL {
+                self.buckets[b].head = i;
+            } else {
+                self.slots[prev as usize].next = i;
+            }
+            let bucket = &mut self.buckets[b];
+            if bucket.len == 0 {
+                bucket.gap_since = now;
+                bucket.active_at = self.active.len() as u32;
+                self.active.push(meta.bucket);
+            }
+            bucket.len += 1;
+            self.counters.held += 1;
+            return Ok(Pushed::Held);
+        }
+    }
+
+    /// Skips the gaps that every live path is past or that waited
+    /// `hold_time`, releasing what follows them in order. Call after each
+    /// burst of pushes and at `next_timeout`.
+    pub fn poll(&mut self, now: Nanos, out: &mut impl Extend<H>) {
+        let passed = self.min_live_high();
+        let mut i = 0;
+        while i < self.active.len() {
+            let b = usize::from(self.active[i]);
+            loop {
+                let bucket = self.buckets[b];
+                if bucket.head == NIL {
+                    break;
+                }
+                let head = &self.slots[bucket.head as usize];
+                let kind = if passed.is_some_and(|p| p >= head.stream_seq) {
+                    Release::Passed
+                } else if now >= bucket.gap_since.saturating_add(self.hold) {
+                    Release::Late
+                } else {
+                    break;
+                };
+                self.skip_to(b, head.seq);
+                self.release_run(b, kind, out);
+            }
+            if self.active.get(i).is_some_and(|&a| usize::from(a) == b) {
+                i += 1;
+            }
+        }
+    }
+
+    /// When `poll` must next run for a hold to expire (gaps that every path
+    /// is past are found by the `poll` after each burst).
+    pub fn next_timeout(&self) -> Option<Nanos> {
+        self.active
+            .iter()
+            .map(|&b| {
+                self.buckets[usize::from(b)]
+                    .gap_since
+                    .saturating_add(self.hold)
+            })
+            .min()
+    }
+
+    /// Releases every held packet, skipping all gaps (shutdown, stream reset).
+    pub fn flush(&mut self, out: &mut impl Extend<H>) {
+        while let Some(&b) = self.active.last() {
+            let b = usize::from(b);
+            let head = self.buckets[b].head;
+            self.skip_to(b, self.slots[head as usize].seq);
+            self.release_run(b, Release::Forced, out);
+        }
+    }
+
+    fn count(&mut self, kind: Release) {
+        let c = &mut self.counters;
+        match kind {
+            Release::InOrder => c.released_in_order += 1,
+            Release::Late => c.released_late += 1,
+            Release::Passed => c.released_passed += 1,
+            Release::Forced => c.released_forced += 1,
+        }
+    }
+
+    fn advance(&mut self, b: usize) {
+        let bucket = &mut self.buckets[b];
+        bucket.released = (bucket.released << 1) | 1;
+        bucket.next_seq = bucket.next_seq.wrapping_add(1);
+    }
+
+    fn skip_to(&mut self, b: usize, seq: u32) {
+        let bucket = &mut self.buckets[b];
+        let k = seq.wrapping_sub(bucket.next_seq);
+        bucket.released = if k >= 64 { 0 } else { bucket.released << k };
+        bucket.next_seq = seq;
+        self.counters.skipped += u64::from(k);
+    }
+
+    /// Releases the held packets that are now in order.
+    fn release_run(&mut self, b: usize, kind: Release, out: &mut impl Extend<H>) {
+        loop {
+            let head = self.buckets[b].head;
+            if head == NIL || self.slots[head as usize].seq != self.buckets[b].next_seq {
+                break;
+            }
+            let slot = &mut self.slots[head as usize];
+            if let Some(h) = slot.handle.take() {
+                out.extend(Some(h));
+            }
+            self.buckets[b].head = slot.next;
+            self.buckets[b].len -= 1;
+            self.free.push(head);
+            self.count(kind);
+            self.advance(b);
+        }
+        let bucket = self.buckets[b];
+        if bucket.head == NIL {
+            if bucket.active_at != NIL {
+                let at = bucket.active_at as usize;
+                self.active.swap_remove(at);
+                if let Some(&moved) = self.active.get(at) {
+                    self.buckets[usize::from(moved)].active_at = at as u32;
+                }
+                self.buckets[b].active_at = NIL;
+            }
+        } else {
+            // The next gap dates from the earliest arrival behind it.
+            let mut since = Nanos::MAX;
+            let mut cur = bucket.head;
+            while cur != NIL {
+                since = since.min(self.slots[cur as usize].arrival);
+                cur = self.slots[cur as usize].next;
+            }
+            self.buckets[b].gap_since = since;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Nanos = 1_000_000;
+
+    fn meta(bucket: u16, flow_seq: u32, stream_seq: u64) -> PacketMeta {
+        PacketMeta {
+            bucket,
+            flow_seq,
+            stream_seq,
+        }
+    }
+
+    fn reorderer(paths: usize) -> Reorderer<u32> {
+        Reorderer::new(ReorderConfig {
+            buckets: 4,
+            paths,
+            slots: 8,
+            per_bucket: 4,
+            hold: HoldConfig {
+                floor: 10 * MS,
+                ceiling: 50 * MS,
+                margin: 0,
+            },
+        })
+    }
+
+    fn conserved(r: &Reorderer<u32>) {
+        let c = r.counters();
+        assert_eq!(
+            c.pushed,
+            c.released_in_order
+                + c.released_late
+                + c.released_passed
+                + c.released_forced
+                + c.duplicates
+                + c.dropped_too_late
+                + c.overflow
+                + c.bad_bucket
+                + r.held() as u64
+        );
+    }
+
+    #[test]
+    fn in_order_passes_straight_through() {
+        let mut r = reorderer(1);
+        let mut out = Vec::new();
+        for s in 0..5 {
+            assert_eq!(
+                r.push(s, meta(0, s, u64::from(s)), 0, 0, &mut out),
+                Ok(Pushed::Released)
+            );
+        }
+        assert_eq!(out, vec![0, 1, 2, 3, 4]);
+        assert_eq!(r.counters().released_in_order, 5);
+        conserved(&r);
+    }
+
+    #[test]
+    fn held_until_the_gap_fills() {
+        let mut r = reorderer(2);
+        let mut out = Vec::new();
+        assert_eq!(r.push(2, meta(1, 2, 2), 0, 0, &mut out), Ok(Pushed::Held));
+        assert_eq!(r.push(1, meta(1, 1, 1), 0, 0, &mut out), Ok(Pushed::Held));
+        assert!(out.is_empty());
+        assert_eq!(
+            r.push(0, meta(1, 0, 0), 1, 0, &mut out),
+            Ok(Pushed::Released)
+        );
+        assert_eq!(out, vec![0, 1, 2]);
+        assert_eq!(r.held(), 0);
+        assert_eq!(r.next_timeout(), None);
+        conserved(&r);
+    }
+
+    #[test]
+    fn buckets_are_independent() {
+        let mut r = reorderer(2);
+        let mut out = Vec::new();
+        r.push(1, meta(0, 1, 5), 0, 0, &mut out).unwrap();
+        r.push(10, meta(1, 0, 6), 0, 0, &mut out).unwrap();
+        assert_eq!(out, vec![10]);
+    }
+
+    #[test]
+    fn gap_released_after_hold_time() {
+        let mut r = reorderer(2);
+        let mut out = Vec::new();
+        r.push(1, meta(0, 1, 1), 0, 100, &mut out).unwrap();
+        r.push(3, meta(0, 3, 3), 0, 105, &mut out).unwrap();
+        assert_eq!(r.hold_time(), 50 * MS);
+        assert_eq!(r.next_timeout(), Some(100 + 50 * MS));
+        r.poll(100 + 50 * MS - 1, &mut out);
+        assert!(out.is_empty());
+        r.poll(100 + 50 * MS, &mut out);
+        // 0 skipped, 1 released; 3 waits for 2, its gap dating from its own arrival (105).
+        assert_eq!(out, vec![1]);
+        assert_eq!(r.next_timeout(), Some(105 + 50 * MS));
+        r.poll(105 + 50 * MS, &mut out);
+        assert_eq!(out, vec![1, 3]);
+        assert_eq!(r.counters().skipped, 2);
+        assert_eq!(r.counters().released_late, 2);
+        assert_eq!(r.next_timeout(), None);
+        // 0 and 2 arrive too late.
+        assert_eq!(
+            r.push(0, meta(0, 0, 0), 1, 0, &mut out),
+            Err((0, DropReason::ReorderTooLate))
+        );
+        assert_eq!(
+            r.push(2, meta(0, 2, 2), 1, 0, &mut out),
+            Err((2, DropReason::ReorderTooLate))
+        );
+        conserved(&r);
+    }
+
+    #[test]
+    fn gap_released_when_every_path_is_past_it() {
+        let mut r = reorderer(3);
+        let mut out = Vec::new();
+        r.push(1, meta(0, 1, 10), 0, 0, &mut out).unwrap();
+        r.on_frame(1, 11);
+        r.poll(1, &mut out);
+        assert!(out.is_empty(), "path 2 has said nothing yet");
+        r.on_frame(2, 9);
+        r.poll(1, &mut out);
+        assert!(out.is_empty(), "path 2 may still carry the gap");
+        r.on_frame(2, 10);
+        r.poll(1, &mut out);
+        assert_eq!(out, vec![1]);
+        assert_eq!(r.counters().released_passed, 1);
+        conserved(&r);
+    }
+
+    #[test]
+    fn dead_paths_do_not_block() {
+        let mut r = reorderer(2);
+        let mut out = Vec::new();
+        r.push(1, meta(0, 1, 4), 0, 0, &mut out).unwrap();
+        r.poll(1, &mut out);
+        assert!(out.is_empty());
+        r.set_path_live(1, false);
+        r.poll(1, &mut out);
+        assert_eq!(out, vec![1]);
+    }
+
+    #[test]
+    fn duplicates() {
+        let mut r = reorderer(1);
+        let mut out = Vec::new();
+        r.push(0, meta(0, 0, 0), 0, 0, &mut out).unwrap();
+        assert_eq!(
+            r.push(0, meta(0, 0, 0), 0, 0, &mut out),
+            Err((0, DropReason::ReorderDuplicate))
+        );
+        r.push(2, meta(0, 2, 2), 0, 0, &mut out).unwrap();
+        assert_eq!(
+            r.push(2, meta(0, 2, 2), 0, 0, &mut out),
+            Err((2, DropReason::ReorderDuplicate))
+        );
+        assert_eq!(r.counters().duplicates, 2);
+        conserved(&r);
+    }
+
+    #[test]
+    fn full_bucket_forces_the_gap() {
+        let mut r = reorderer(1);
+        let mut out = Vec::new();
+        for s in 2..6 {
+            assert_eq!(r.push(s, meta(0, s, 0), 0, 0, &mut out), Ok(Pushed::Held));
+        }
+        // Bucket full (4): 7 forces 0..1 skipped, 2..5 out, then 7 is held behind 6.
+        assert_eq!(r.push(7, meta(0, 7, 0), 0, 0, &mut out), Ok(Pushed::Held));
+        assert_eq!(out, vec![2, 3, 4, 5]);
+        assert_eq!(r.counters().released_forced, 4);
+        // An arrival before the head is released at once when forced.
+        let mut r = reorderer(1);
+        out.clear();
+        for s in 3..7 {
+            r.push(s, meta(0, s, 0), 0, 0, &mut out).unwrap();
+        }
+        assert_eq!(
+            r.push(1, meta(0, 1, 0), 0, 0, &mut out),
+            Ok(Pushed::Released)
+        );
+        assert_eq!(out, vec![1]);
+        conserved(&r);
+    }
+
+    #[test]
+    fn pool_overflow() {
+        let mut r = reorderer(1);
+        let mut out = Vec::new();
+        for b in 0..2 {
+            for s in 1..5 {
+                r.push(s, meta(b, s, 0), 0, 0, &mut out).unwrap();
+            }
+        }
+        assert_eq!(r.held(), 8);
+        assert_eq!(
+            r.push(9, meta(2, 9, 0), 0, 0, &mut out),
+            Err((9, DropReason::ReorderOverflow))
+        );
+        assert_eq!(
+            r.push(9, meta(9, 9, 0), 0, 0, &mut out),
+            Err((9, DropReason::BundleBucket))
+        );
+        conserved(&r);
+        r.flush(&mut out);
+        assert_eq!(out.len(), 8);
+        assert_eq!(r.held(), 0);
+        conserved(&r);
+    }
+
+    #[test]
+    fn hold_follows_skew() {
+        let mut r = Reorderer::<u32>::new(ReorderConfig {
+            paths: 3,
+            ..ReorderConfig::default()
+        });
+        assert_eq!(r.hold_time(), HoldConfig::default().ceiling);
+        r.set_path_delay(0, Some(10 * MS));
+        r.set_path_delay(1, Some(30 * MS));
+        assert_eq!(r.hold_time(), 100 * MS, "path 2's delay is unknown");
+        r.set_path_live(2, false);
+        assert_eq!(r.hold_time(), 22 * MS);
+        r.set_path_live(2, true);
+        r.set_path_delay(2, Some(500 * MS));
+        assert_eq!(r.hold_time(), 100 * MS);
+        r.set_path_live(2, false);
+        assert_eq!(r.hold_time(), 22 * MS);
+        r.set_path_delay(1, Some(10 * MS));
+        assert_eq!(r.hold_time(), 2 * MS);
+    }
+
+    #[test]
+    fn sequences_wrap() {
+        let mut r = reorderer(1);
+        let mut out = Vec::new();
+        // Walk bucket 0 up to u32::MAX in two half-space skips (RFC 1982).
+        for s in [0x7fff_ffff, 0xffff_fffe] {
+            r.push(9, meta(0, s, 0), 0, 0, &mut out).unwrap();
+            r.flush(&mut out);
+        }
+        out.clear();
+        assert_eq!(r.push(2, meta(0, 0, 0), 0, 0, &mut out), Ok(Pushed::Held));
+        assert_eq!(
+            r.push(1, meta(0, u32::MAX, 0), 0, 0, &mut out),
+            Ok(Pushed::Released)
+        );
+        assert_eq!(out, vec![1, 2]);
+        assert_eq!(
+            r.push(1, meta(0, u32::MAX, 0), 0, 0, &mut out),
+            Err((1, DropReason::ReorderDuplicate))
+        );
+    }
+}
