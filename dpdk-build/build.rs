@@ -25,7 +25,7 @@ fn main() {
     {
         Ok(_) => {}
         Err(e) => die(&format!(
-            "DPDK {DPDK_MIN} (libdpdk) not found by pkg-config: {e}\n\
+            "DPDK {DPDK_MIN} (libdpdk) not found by pkg-config ({e}).\n\
              Install it with `apt-get install libdpdk-dev dpdk-dev pkg-config` \
              (or run scripts/setup)."
         )),
@@ -53,7 +53,7 @@ fn main() {
 
     let mut clang_args: Vec<String> = flags.clone();
     clang_args.push("-Ishim".into());
-    let bindings = bindgen::Builder::default()
+    let builder = bindgen::Builder::default()
         .header("shim/wrapper.h")
         .clang_args(&clang_args)
         .allowlist_function("rte_.*")
@@ -78,15 +78,16 @@ fn main() {
         .default_enum_style(bindgen::EnumVariation::Consts)
         .layout_tests(true)
         .generate_comments(false)
-        .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
-        .generate()
-        .unwrap_or_else(|e| {
-            die(&format!(
-                "bindgen failed over DPDK's headers: {e}\n\
-                 bindgen needs libclang: `apt-get install clang libclang-dev` \
-                 (or run scripts/setup)."
-            ))
-        });
+        .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
+    // bindgen panics when it cannot load libclang; turn that into the same
+    // clear message as any other bindgen failure.
+    let generated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate()));
+    let hint = "bindgen needs libclang: `apt-get install clang libclang-dev` (or run scripts/setup).";
+    let bindings = match generated {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => die(&format!("bindgen failed over DPDK's headers: {e}\n{hint}")),
+        Err(_) => die(&format!("bindgen could not run (libclang not found?).\n{hint}")),
+    };
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     bindings
         .write_to_file(out.join("bindings.rs"))

@@ -100,6 +100,8 @@ fn million_packets_lcore_to_lcore_through_a_ring_pair() {
     let (sa, sb) = (a.stats(), b.stats());
     assert_eq!(sa.opackets, TOTAL);
     assert_eq!(sb.ipackets, TOTAL);
+    let xs = b.xstats();
+    assert!(xs.iter().any(|(n, v)| n == "rx_good_packets" && *v == TOTAL), "xstats: {xs:?}");
     a.close();
     b.close();
     drop(pair);
