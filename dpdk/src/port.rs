@@ -405,6 +405,14 @@ impl Port {
         Offloads::from_masks(conf.rxmode.offloads, conf.txmode.offloads)
     }
 
+    /// True when the link is up (memif: the peer is connected).
+    pub fn link_up(&self) -> bool {
+        let mut link = dpdk_sys::rte_eth_link::default();
+        // SAFETY: valid port, out-pointer.
+        let ret = unsafe { dpdk_sys::rte_eth_link_get_nowait(self.info.id.0, &mut link) };
+        ret == 0 && link.link_status() != 0
+    }
+
     /// Basic counters.
     pub fn stats(&self) -> PortStats {
         stats(self.info.id)
