@@ -85,6 +85,12 @@ pub enum DropReason {
     ProbeUnmatched,
     /// A data record's flow bucket is beyond the receiver's configuration.
     BundleBucket,
+    /// A frame with data from a stream id beyond the receiver's stream table.
+    BundleStream,
+    /// The caller had no buffer for a received inner packet.
+    RxNoBuffer,
+    /// The probe or probe-reply queue was full.
+    ProbeQueueFull,
 }
 
 impl DropReason {
@@ -131,6 +137,9 @@ impl DropReason {
             DropReason::ReorderOverflow => "reorder_overflow",
             DropReason::ProbeUnmatched => "probe_unmatched",
             DropReason::BundleBucket => "bundle_bucket",
+            DropReason::BundleStream => "bundle_stream",
+            DropReason::RxNoBuffer => "rx_no_buffer",
+            DropReason::ProbeQueueFull => "probe_queue_full",
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod balancer;
 pub mod bundle;
 pub mod crypto;
 pub mod drop;
+pub mod engine;
 pub mod liveness;
 pub mod plain;
 pub mod reorder;

@@ -1,0 +1,512 @@
+//! The receiving side of a bundle for one worker: every tunnel, every
+//! sender stream.
+
+use std::sync::Arc;
+
+use super::tx::{frame_area, SealLane};
+use super::{DropCounters, Ring, Transmit};
+use crate::bundle::{
+    Frame, FrameBuilder, ProbeReply, Reassembler, ReassemblyConfig, Record, StreamSender,
+    NEXT_HEADER_BUNDLE,
+};
+use crate::crypto::{Aead, AesGcm};
+use crate::reorder::{PacketMeta, Pushed, ReorderConfig, Reorderer};
+use crate::sa::{InboundSa, InboundSaPair, OutboundSaPair, Spi};
+use crate::wire::esp::Packet;
+use crate::{DropReason, Nanos};
+
+/// Set-up of one [`BundleRx`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleRxConfig {
+    /// Sender streams with a re-orderer: stream ids `0..streams`. A frame
+    /// carrying data from a higher id is dropped (`BundleStream`).
+    pub streams: usize,
+    /// Re-orderer sizing per stream; `buckets` must be the senders'.
+    /// `paths` is set to the number of tunnels.
+    pub reorder: ReorderConfig,
+    /// Fragment reassembly, shared by all streams.
+    pub reassembly: ReassemblyConfig,
+    /// Stream id of the probe-reply frames this worker sends. Must not be a
+    /// data stream id of this gateway (the peer would take its frame
+    /// sequence for a data stream's).
+    pub reply_stream: u16,
+    /// Probes waiting for a reply, and replies waiting for the prober.
+    pub probe_queue: usize,
+    /// Sequence numbers leased at a time for probe replies.
+    pub seq_lease: usize,
+}
+
+impl Default for BundleRxConfig {
+    fn default() -> Self {
+        BundleRxConfig {
+            streams: 64,
+            reorder: ReorderConfig::default(),
+            reassembly: ReassemblyConfig::default(),
+            reply_stream: u16::MAX,
+            probe_queue: 64,
+            seq_lease: 8,
+        }
+    }
+}
+
+/// What one accepted ESP packet gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxSummary {
+    /// Tunnel it arrived on.
+    pub tunnel: usize,
+    /// Its SPI.
+    pub spi: Spi,
+    /// Its 64-bit sequence number.
+    pub seq: u64,
+    /// Sender stream of the frame.
+    pub stream: u16,
+    /// Stream sequence of the frame.
+    pub stream_seq: u64,
+    /// Packets handed to `out` (this frame's and those it unblocked).
+    pub delivered: usize,
+    /// Packets of this frame now waiting in the re-orderer.
+    pub held: usize,
+    /// Records of this frame dropped (each counted by reason).
+    pub dropped: usize,
+    /// Probes queued for a reply.
+    pub probes: usize,
+    /// Probe replies queued for the prober.
+    pub replies: usize,
+}
+
+/// A probe reply received, for [`BundleTx::on_probe_reply`](super::BundleTx::on_probe_reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivedReply {
+    /// Tunnel it arrived on.
+    pub tunnel: usize,
+    /// The reply.
+    pub reply: ProbeReply,
+    /// When it arrived.
+    pub at: Nanos,
+}
+
+/// Counters of a [`BundleRx`] (drops are in [`BundleRx::counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RxCounters {
+    /// ESP packets accepted whole.
+    pub frames: u64,
+    /// Inner packets (whole or reassembled) given to a re-orderer.
+    pub packets: u64,
+    /// Inner packets delivered.
+    pub delivered: u64,
+    /// Probes answered (replies sealed).
+    pub probes_answered: u64,
+    /// Probe replies received.
+    pub replies: u64,
+}
+
+/// Counts what goes through to `out`.
+struct Counted<'a, E> {
+    out: &'a mut E,
+    n: usize,
+}
+
+impl<H, E: Extend<H>> Extend<H> for Counted<'_, E> {
+    fn extend<I: IntoIterator<Item = H>>(&mut self, iter: I) {
+        let n = &mut self.n;
+        self.out.extend(iter.into_iter().inspect(|_| *n += 1));
+    }
+}
+
+/// The receiver of one worker over one bundle. `H` is the caller's handle
+/// for a delivered inner packet (an mbuf in the dataplane, `Vec<u8>` in tests).
+#[derive(Debug)]
+pub struct BundleRx<H, A: Aead = AesGcm> {
+    cfg: BundleRxConfig,
+    inbound: Vec<InboundSaPair<A>>,
+    /// (SPI, tunnel), sorted by SPI.
+    spis: Vec<(u32, usize)>,
+    outbound: Vec<SealLane<A>>,
+    reasm: Reassembler,
+    reorderers: Vec<Reorderer<H>>,
+    to_answer: Ring<(usize, ProbeReply)>,
+    replies: Ring<ReceivedReply>,
+    reply_sender: StreamSender,
+    drops: DropCounters,
+    counters: RxCounters,
+}
+
+impl<H, A: Aead> BundleRx<H, A> {
+    /// A receiver for tunnels `0..n`: `inbound[i]` opens tunnel `i`,
+    /// `outbound[i]` seals probe replies on it. Allocates everything now.
+    ///
+    /// # Panics
+    /// If the two lists differ in length or are empty.
+    pub fn new(
+        cfg: BundleRxConfig,
+        inbound: Vec<InboundSaPair<A>>,
+        outbound: Vec<Arc<OutboundSaPair<A>>>,
+    ) -> Self {
+        assert!(!inbound.is_empty() && inbound.len() == outbound.len());
+        let n = inbound.len();
+        let reorder = ReorderConfig {
+            paths: n,
+            ..cfg.reorder
+        };
+        let mut rx = BundleRx {
+            spis: Vec::with_capacity(2 * n + 2),
+            inbound,
+            outbound: outbound.into_iter().map(SealLane::new).collect(),
+            reasm: Reassembler::new(cfg.reassembly),
+            reorderers: (0..cfg.streams).map(|_| Reorderer::new(reorder)).collect(),
+            to_answer: Ring::new(cfg.probe_queue),
+            replies: Ring::new(cfg.probe_queue),
+            reply_sender: StreamSender::new(cfg.reply_stream, 1),
+            drops: DropCounters::default(),
+            counters: RxCounters::default(),
+            cfg,
+        };
+        for t in 0..n {
+            let spi = rx.inbound[t].current().spi();
+            rx.map_spi(spi, t);
+        }
+        rx
+    }
+
+    fn map_spi(&mut self, spi: Spi, tunnel: usize) {
+        match self.spis.binary_search_by_key(&spi.0, |e| e.0) {
+            Ok(i) => self.spis[i].1 = tunnel,
+            Err(i) => self.spis.insert(i, (spi.0, tunnel)),
+        }
+    }
+
+    fn unmap_retired(&mut self) {
+        let inbound = &self.inbound;
+        self.spis
+            .retain(|&(spi, t)| inbound[t].get(Spi(spi)).is_some());
+    }
+
+    /// The tunnel whose SA has this SPI.
+    pub fn tunnel_of(&self, spi: Spi) -> Option<usize> {
+        self.spis
+            .binary_search_by_key(&spi.0, |e| e.0)
+            .ok()
+            .map(|i| self.spis[i].1)
+    }
+
+    /// Number of tunnels.
+    pub fn tunnels(&self) -> usize {
+        self.inbound.len()
+    }
+
+    /// Drops by reason: one per rejected ESP packet, and one per inner
+    /// packet, fragment or record dropped inside an accepted one.
+    pub fn counters(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    /// Frame and delivery counters.
+    pub fn stats(&self) -> &RxCounters {
+        &self.counters
+    }
+
+    /// The re-orderer of `stream`.
+    pub fn reorderer(&self, stream: u16) -> Option<&Reorderer<H>> {
+        self.reorderers.get(usize::from(stream))
+    }
+
+    /// The reassembler.
+    pub fn reassembler(&self) -> &Reassembler {
+        &self.reasm
+    }
+
+    /// The inbound SAs of `tunnel`.
+    pub fn inbound(&self, tunnel: usize) -> Option<&InboundSaPair<A>> {
+        self.inbound.get(tunnel)
+    }
+
+    /// Rekey: installs `next` on `tunnel`, the current SA accepted until
+    /// `now + grace`. Returns the SA pushed out, to free off the hot path.
+    pub fn install_inbound(
+        &mut self,
+        tunnel: usize,
+        next: InboundSa<A>,
+        now: Nanos,
+        grace: Nanos,
+    ) -> Option<InboundSa<A>> {
+        let spi = next.spi();
+        let old = self.inbound.get_mut(tunnel)?.install(next, now, grace);
+        self.map_spi(spi, tunnel);
+        self.unmap_retired();
+        old
+    }
+
+    /// Removes SAs whose grace period is over; returns how many.
+    pub fn retire_expired(&mut self, now: Nanos) -> usize {
+        let n = self
+            .inbound
+            .iter_mut()
+            .filter_map(|p| p.retire_expired(now))
+            .count();
+        if n > 0 {
+            self.unmap_retired();
+        }
+        n
+    }
+
+    /// Swaps the outbound SA pair used for probe replies on `tunnel`.
+    pub fn set_outbound(&mut self, tunnel: usize, sa: Arc<OutboundSaPair<A>>) {
+        if let Some(l) = self.outbound.get_mut(tunnel) {
+            l.set_sa(sa);
+        }
+    }
+
+    /// Liveness of `path` (from the probing [`BundleTx`](super::BundleTx)):
+    /// dead paths do not hold back gap skipping.
+    pub fn set_path_live(&mut self, path: usize, live: bool) {
+        for r in &mut self.reorderers {
+            r.set_path_live(path, live);
+        }
+    }
+
+    /// One-way delay of `path`; the hold time follows the skew.
+    pub fn set_path_delay(&mut self, path: usize, delay: Option<Nanos>) {
+        for r in &mut self.reorderers {
+            r.set_path_delay(path, delay);
+        }
+    }
+
+    /// Takes one ESP packet (`buf`, SPI to ICV, decrypted in place).
+    /// `make_handle` turns each inner packet into a handle (copying it out
+    /// of `buf`); handles released in order go to `out`. Call
+    /// [`poll`](Self::poll) after each burst.
+    pub fn on_esp(
+        &mut self,
+        buf: &mut [u8],
+        now: Nanos,
+        make_handle: impl FnMut(&[u8]) -> Option<H>,
+        out: &mut impl Extend<H>,
+    ) -> Result<RxSummary, DropReason> {
+        let r = self.on_esp_inner(buf, now, make_handle, out);
+        match &r {
+            Ok(s) => {
+                self.counters.frames += 1;
+                self.counters.delivered += s.delivered as u64;
+            }
+            Err(reason) => self.drops.add(*reason),
+        }
+        r
+    }
+
+    fn on_esp_inner(
+        &mut self,
+        buf: &mut [u8],
+        now: Nanos,
+        mut make_handle: impl FnMut(&[u8]) -> Option<H>,
+        out: &mut impl Extend<H>,
+    ) -> Result<RxSummary, DropReason> {
+        let spi = Packet::new_checked(&*buf)?.spi();
+        let tunnel = self.tunnel_of(spi).ok_or(DropReason::EspUnknownSpi)?;
+        // Anti-replay is checked before and updated after authentication (sa.rs).
+        let opened = self.inbound[tunnel].open(buf, now)?;
+        if opened.next_header != NEXT_HEADER_BUNDLE {
+            return Err(DropReason::EspBadNextHeader);
+        }
+        let frame = Frame::parse(&buf[opened.payload])?;
+        let h = frame.header();
+        // A frame is taken whole or dropped whole.
+        let buckets = self.cfg.reorder.buckets.max(1);
+        let mut has_data = false;
+        for rec in frame.records() {
+            if let Record::Data(d) = rec? {
+                has_data = true;
+                if d.bucket >= buckets {
+                    return Err(DropReason::BundleBucket);
+                }
+            }
+        }
+        let stream = usize::from(h.stream);
+        if has_data && stream >= self.reorderers.len() {
+            return Err(DropReason::BundleStream);
+        }
+
+        let BundleRx {
+            reasm,
+            reorderers,
+            to_answer,
+            replies,
+            drops,
+            counters,
+            ..
+        } = self;
+        if let Some(r) = reorderers.get_mut(stream) {
+            r.on_frame(tunnel, h.stream_seq);
+        }
+        let evicted = reasm.counters().evicted;
+        let mut out = Counted { out, n: 0 };
+        let mut s = RxSummary {
+            tunnel,
+            spi,
+            seq: opened.seq,
+            stream: h.stream,
+            stream_seq: h.stream_seq,
+            delivered: 0,
+            held: 0,
+            dropped: 0,
+            probes: 0,
+            replies: 0,
+        };
+        for rec in frame.records().map_while(Result::ok) {
+            let d = match rec {
+                Record::Data(d) => d,
+                Record::Probe(p) => {
+                    match to_answer.push((tunnel, ProbeReply::answer(&p, now))) {
+                        Ok(()) => s.probes += 1,
+                        Err(reason) => {
+                            drops.add(reason);
+                            s.dropped += 1;
+                        }
+                    }
+                    continue;
+                }
+                Record::ProbeReply(reply) => {
+                    let got = ReceivedReply {
+                        tunnel,
+                        reply,
+                        at: now,
+                    };
+                    match replies.push(got) {
+                        Ok(()) => {
+                            s.replies += 1;
+                            counters.replies += 1;
+                        }
+                        Err(reason) => {
+                            drops.add(reason);
+                            s.dropped += 1;
+                        }
+                    }
+                    continue;
+                }
+            };
+            let (meta, handle) = if d.is_whole() {
+                let meta = PacketMeta {
+                    bucket: d.bucket,
+                    flow_seq: d.flow_seq,
+                    stream_seq: h.stream_seq,
+                };
+                (meta, make_handle(d.data))
+            } else {
+                match reasm.push(h.stream, h.stream_seq, &d, now) {
+                    Ok(Some(p)) => {
+                        let meta = PacketMeta {
+                            bucket: p.bucket,
+                            flow_seq: p.flow_seq,
+                            stream_seq: p.stream_seq,
+                        };
+                        (meta, make_handle(p.packet))
+                    }
+                    Ok(None) => continue,
+                    Err(reason) => {
+                        drops.add(reason);
+                        s.dropped += 1;
+                        continue;
+                    }
+                }
+            };
+            let Some(handle) = handle else {
+                drops.add(DropReason::RxNoBuffer);
+                s.dropped += 1;
+                continue;
+            };
+            counters.packets += 1;
+            match reorderers[stream].push(handle, meta, tunnel, now, &mut out) {
+                Ok(Pushed::Released) => {}
+                Ok(Pushed::Held) => s.held += 1,
+                Err((_handle, reason)) => {
+                    drops.add(reason);
+                    s.dropped += 1;
+                }
+            }
+        }
+        drops.add_n(
+            DropReason::FragmentMissing,
+            reasm.counters().evicted - evicted,
+        );
+        s.delivered = out.n;
+        Ok(s)
+    }
+
+    /// Skips gaps that are known lost or held too long, and times out
+    /// reassembly; released handles go to `out`. Returns how many.
+    pub fn poll(&mut self, now: Nanos, out: &mut impl Extend<H>) -> usize {
+        let mut out = Counted { out, n: 0 };
+        for r in &mut self.reorderers {
+            r.poll(now, &mut out);
+        }
+        let missing = self.reasm.poll(now);
+        self.drops
+            .add_n(DropReason::FragmentMissing, missing as u64);
+        self.counters.delivered += out.n as u64;
+        out.n
+    }
+
+    /// When [`poll`](Self::poll) next has a timer to run.
+    pub fn next_timeout(&self) -> Option<Nanos> {
+        self.reorderers
+            .iter()
+            .filter_map(Reorderer::next_timeout)
+            .chain(self.reasm.next_timeout())
+            .min()
+    }
+
+    /// Releases every held packet (shutdown).
+    pub fn flush(&mut self, out: &mut impl Extend<H>) -> usize {
+        let mut out = Counted { out, n: 0 };
+        for r in &mut self.reorderers {
+            r.flush(&mut out);
+        }
+        self.counters.delivered += out.n as u64;
+        out.n
+    }
+
+    /// Seals the next queued probe reply into `buf` (an ESP area, layout in
+    /// [`crate::engine`]) for the tunnel its probe came on. Call until `None`
+    /// after each burst.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some((tunnel, reply)) = self.to_answer.pop() {
+            let header = self.reply_sender.next_header();
+            let frame_len = frame_area(buf, usize::MAX)
+                .and_then(|area| FrameBuilder::new(area, header))
+                .and_then(|mut b| b.push_probe_reply(&reply).then(|| b.finish()));
+            let Some(frame_len) = frame_len else {
+                self.drops.add(DropReason::EspNoTailroom);
+                continue;
+            };
+            let mut leases = 0;
+            match self.outbound[tunnel].seal(self.cfg.seq_lease, buf, frame_len, &mut leases) {
+                Ok((spi, seq, esp_len)) => {
+                    self.counters.probes_answered += 1;
+                    return Some(Transmit {
+                        tunnel,
+                        esp_len,
+                        spi,
+                        seq,
+                    });
+                }
+                Err(reason) => self.drops.add(reason),
+            }
+        }
+        None
+    }
+
+    /// Probe replies waiting to be sent.
+    pub fn pending_transmits(&self) -> usize {
+        self.to_answer.len()
+    }
+
+    /// The next probe reply received, for the probing
+    /// [`BundleTx::on_probe_reply`](super::BundleTx::on_probe_reply).
+    pub fn poll_probe_reply(&mut self) -> Option<ReceivedReply> {
+        self.replies.pop()
+    }
+
+    /// The next received probe reply, left in the queue.
+    pub fn peek_probe_reply(&self) -> Option<&ReceivedReply> {
+        self.replies.front()
+    }
+}

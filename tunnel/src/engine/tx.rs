@@ -1,0 +1,341 @@
+//! The sending side of a bundle for one worker (one stream).
+
+use std::sync::Arc;
+
+use super::{DropCounters, Transmit, ESP_HEADROOM, ESP_TAILROOM};
+use crate::balancer::{Balancer, Policy};
+use crate::bundle::NEXT_HEADER_BUNDLE;
+use crate::bundle::{FrameBuilder, InnerPacket, PackCursor, ProbeReply, StreamSender};
+use crate::crypto::{Aead, AesGcm};
+use crate::liveness::{LivenessConfig, PathMonitor};
+use crate::sa::{OutboundSaPair, SeqBlock};
+use crate::wire::esp::{self, Packet};
+use crate::{DropReason, Nanos};
+
+/// Set-up of one [`BundleTx`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleTxConfig {
+    /// Stream id: unique per sender worker of the bundle, below the
+    /// receiver's stream table size.
+    pub stream: u16,
+    /// Flow buckets; the receiver's re-orderers must use the same.
+    pub buckets: u16,
+    /// Largest bundle frame (the ESP payload): path MTU less outer IP, UDP,
+    /// ESP header, IV and [`ESP_TAILROOM`].
+    pub max_frame: usize,
+    /// Sequence numbers leased per tunnel at a time (one atomic add each).
+    pub seq_lease: usize,
+    /// How frames are spread over the tunnels.
+    pub policy: Policy,
+    /// `Some`: this stream probes every tunnel and drives liveness. One
+    /// stream per bundle should; the others get liveness via
+    /// [`BundleTx::set_path_alive`] / [`BundleTx::set_path_delay`].
+    pub liveness: Option<LivenessConfig>,
+}
+
+impl Default for BundleTxConfig {
+    /// 1400-byte frames fit a 1500-byte path MTU under outer IPv6 (40) + UDP
+    /// (8) + ESP (16 + up to 21). Lease 32: one DPDK burst.
+    fn default() -> Self {
+        BundleTxConfig {
+            stream: 0,
+            buckets: 256,
+            max_frame: 1400,
+            seq_lease: 32,
+            policy: Policy::RoundRobin,
+            liveness: Some(LivenessConfig::default()),
+        }
+    }
+}
+
+/// Counters of a [`BundleTx`] (drops are in [`BundleTx::counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxCounters {
+    /// Data frames sealed.
+    pub frames: u64,
+    /// Probe frames sealed.
+    pub probes: u64,
+    /// Frames sent on a dead path because no path was alive.
+    pub no_live_path: u64,
+    /// Sequence leases taken (atomic adds on shared SAs).
+    pub leases: u64,
+}
+
+/// One tunnel's outbound SA and the sequence block this worker holds on it.
+#[derive(Debug)]
+pub(super) struct SealLane<A: Aead> {
+    sa: Arc<OutboundSaPair<A>>,
+    block: Option<SeqBlock>,
+}
+
+impl<A: Aead> SealLane<A> {
+    pub(super) fn new(sa: Arc<OutboundSaPair<A>>) -> Self {
+        SealLane { sa, block: None }
+    }
+
+    /// Replaces the SA pair; the held block survives if the new pair still
+    /// has its SA.
+    pub(super) fn set_sa(&mut self, sa: Arc<OutboundSaPair<A>>) {
+        if let Some(b) = &self.block {
+            if sa.get(b.spi()).is_none() {
+                self.block = None;
+            }
+        }
+        self.sa = sa;
+    }
+
+    /// Seals the frame at `buf[16..16 + frame_len]` in place. A new block is
+    /// leased from the active SA only when the held one is used up, so a
+    /// rekey takes effect within `lease` packets per tunnel.
+    pub(super) fn seal(
+        &mut self,
+        lease: usize,
+        buf: &mut [u8],
+        frame_len: usize,
+        leases: &mut u64,
+    ) -> Result<(crate::sa::Spi, u64, usize), DropReason> {
+        if self.block.as_ref().is_none_or(SeqBlock::is_empty) {
+            self.block = None;
+            self.block = Some(self.sa.active().reserve(lease.max(1))?);
+            *leases += 1;
+        }
+        let Some(block) = self.block.as_mut() else {
+            return Err(DropReason::SaExhausted);
+        };
+        let spi = block.spi();
+        let sa = self.sa.get(spi).ok_or(DropReason::EspWrongSeqBlock)?;
+        let len = sa.seal(block, buf, frame_len, NEXT_HEADER_BUNDLE)?;
+        // braid's IV is the 64-bit sequence number (sa.rs).
+        let seq = u64::from_be_bytes(Packet::new_unchecked(&buf[..len]).iv());
+        Ok((spi, seq, len))
+    }
+}
+
+/// The frame area of an ESP buffer: after header and IV, before tailroom.
+pub(super) fn frame_area(buf: &mut [u8], max_frame: usize) -> Option<&mut [u8]> {
+    let end = buf
+        .len()
+        .saturating_sub(ESP_TAILROOM)
+        .min(ESP_HEADROOM.saturating_add(max_frame));
+    buf.get_mut(ESP_HEADROOM..end)
+}
+
+/// The sender of one worker over one bundle: packs, balances, seals.
+#[derive(Debug)]
+pub struct BundleTx<A: Aead = AesGcm> {
+    cfg: BundleTxConfig,
+    lanes: Vec<SealLane<A>>,
+    monitors: Vec<PathMonitor>,
+    sender: StreamSender,
+    balancer: Balancer,
+    fallback: usize,
+    drops: DropCounters,
+    counters: TxCounters,
+}
+
+impl<A: Aead> BundleTx<A> {
+    /// A sender over `sas`, tunnel `i` being `sas[i]`, all alive at `now`.
+    ///
+    /// # Panics
+    /// With no tunnel, or more than `u16::MAX`.
+    pub fn new(cfg: BundleTxConfig, sas: Vec<Arc<OutboundSaPair<A>>>, now: Nanos) -> Self {
+        assert!(!sas.is_empty() && sas.len() <= usize::from(u16::MAX));
+        let n = sas.len();
+        let monitors = match cfg.liveness {
+            Some(l) => (0..n).map(|i| PathMonitor::new(i as u16, l, now)).collect(),
+            None => Vec::new(),
+        };
+        BundleTx {
+            lanes: sas.into_iter().map(SealLane::new).collect(),
+            monitors,
+            sender: StreamSender::new(cfg.stream, cfg.buckets),
+            balancer: Balancer::new(cfg.policy, n),
+            fallback: 0,
+            drops: DropCounters::default(),
+            counters: TxCounters::default(),
+            cfg,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BundleTxConfig {
+        &self.cfg
+    }
+
+    /// Number of tunnels.
+    pub fn tunnels(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// The stream packer (bucket of a flow hash, packing counters).
+    pub fn stream_sender(&self) -> &StreamSender {
+        &self.sender
+    }
+
+    /// The balancer.
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// The balancer, to set weights and rates.
+    pub fn balancer_mut(&mut self) -> &mut Balancer {
+        &mut self.balancer
+    }
+
+    /// The liveness monitor of `path`, on the probing stream.
+    pub fn monitor(&self, path: usize) -> Option<&PathMonitor> {
+        self.monitors.get(path)
+    }
+
+    /// Drops, one per lost frame, by reason.
+    pub fn counters(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    /// Frame and lease counters.
+    pub fn stats(&self) -> &TxCounters {
+        &self.counters
+    }
+
+    /// Whether `path` is in the rotation.
+    pub fn path_alive(&self, path: usize) -> bool {
+        self.balancer.is_alive(path)
+    }
+
+    /// The measured one-way delay of `path` (RTT/2), on the probing stream.
+    pub fn path_delay(&self, path: usize) -> Option<Nanos> {
+        self.monitors.get(path).and_then(PathMonitor::one_way_delay)
+    }
+
+    /// Puts `path` in or out of the rotation (liveness from the probing stream).
+    pub fn set_path_alive(&mut self, path: usize, alive: bool) {
+        self.balancer.set_alive(path, alive);
+    }
+
+    /// Sets `path`'s one-way delay for `EarliestArrival`.
+    pub fn set_path_delay(&mut self, path: usize, delay: Nanos) {
+        self.balancer.set_delay(path, delay);
+    }
+
+    /// Swaps tunnel `tunnel`'s SA pair (rekey published by the control plane).
+    pub fn set_sa(&mut self, tunnel: usize, sa: Arc<OutboundSaPair<A>>) {
+        if let Some(l) = self.lanes.get_mut(tunnel) {
+            l.set_sa(sa);
+        }
+    }
+
+    /// Packs the next frame of `pkts[cursor..]` into `buf`, the ESP area of
+    /// an output buffer (layout in [`crate::engine`]; size it with
+    /// [`esp_area_len`](super::esp_area_len)`(max_frame)`, a shorter one
+    /// gets smaller frames), picks its tunnel and seals it in place.
+    ///
+    /// `None` once every packet is packed: it never waits for more. An
+    /// `Err` means the frame and the packets in it are lost (counted).
+    pub fn next_frame(
+        &mut self,
+        pkts: &[InnerPacket<'_>],
+        cursor: &mut PackCursor,
+        buf: &mut [u8],
+        now: Nanos,
+    ) -> Option<Result<Transmit, DropReason>> {
+        let area = frame_area(buf, self.cfg.max_frame)?;
+        let frame_len = self.sender.pack(pkts, cursor, area)?;
+        let tunnel = self.pick(esp::packet_len(frame_len), now);
+        let r = self.seal_on(tunnel, buf, frame_len);
+        if r.is_ok() {
+            self.counters.frames += 1;
+        }
+        Some(r)
+    }
+
+    fn pick(&mut self, len: usize, now: Nanos) -> usize {
+        if let Some(i) = self.balancer.pick(len, now) {
+            return i;
+        }
+        // No path alive: keep sending round-robin; liveness may be wrong.
+        self.counters.no_live_path += 1;
+        self.fallback = (self.fallback + 1) % self.lanes.len();
+        self.fallback
+    }
+
+    fn seal_on(
+        &mut self,
+        tunnel: usize,
+        buf: &mut [u8],
+        frame_len: usize,
+    ) -> Result<Transmit, DropReason> {
+        let r = self.lanes[tunnel].seal(
+            self.cfg.seq_lease,
+            buf,
+            frame_len,
+            &mut self.counters.leases,
+        );
+        match r {
+            Ok((spi, seq, esp_len)) => Ok(Transmit {
+                tunnel,
+                esp_len,
+                spi,
+                seq,
+            }),
+            Err(reason) => {
+                self.drops.add(reason);
+                Err(reason)
+            }
+        }
+    }
+
+    /// Runs liveness timers and returns the next due probe, sealed in `buf`
+    /// (an ESP area) for its tunnel. Call until `None` after each burst, or
+    /// at [`next_timeout`](Self::next_timeout).
+    pub fn poll(&mut self, now: Nanos, buf: &mut [u8]) -> Option<Transmit> {
+        for path in 0..self.monitors.len() {
+            let probe = self.monitors[path].poll(now);
+            self.sync_path(path);
+            let Some(p) = probe else { continue };
+            let header = self.sender.next_header();
+            let frame_len = frame_area(buf, self.cfg.max_frame)
+                .and_then(|area| FrameBuilder::new(area, header))
+                .and_then(|mut b| b.push_probe(&p.probe).then(|| b.finish()));
+            let Some(frame_len) = frame_len else {
+                self.drops.add(DropReason::EspNoTailroom);
+                continue;
+            };
+            if let Ok(t) = self.seal_on(path, buf, frame_len) {
+                self.counters.probes += 1;
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// Takes a probe reply that arrived at `at` (from [`BundleRx`](super::BundleRx)).
+    pub fn on_probe_reply(&mut self, reply: &ProbeReply, at: Nanos) -> Result<(), DropReason> {
+        let path = usize::from(reply.path);
+        let r = match self.monitors.get_mut(path) {
+            Some(m) => m.on_probe_reply(reply, at),
+            None => Err(DropReason::ProbeUnmatched),
+        };
+        if path < self.monitors.len() {
+            self.sync_path(path);
+        }
+        if let Err(reason) = r {
+            self.drops.add(reason);
+        }
+        r
+    }
+
+    /// When [`poll`](Self::poll) next has something to do.
+    pub fn next_timeout(&self) -> Option<Nanos> {
+        self.monitors.iter().map(PathMonitor::next_timeout).min()
+    }
+
+    fn sync_path(&mut self, path: usize) {
+        let m = &mut self.monitors[path];
+        if let Some(alive) = m.take_change() {
+            self.balancer.set_alive(path, alive);
+        }
+        if let Some(d) = m.one_way_delay() {
+            self.balancer.set_delay(path, d);
+        }
+    }
+}
