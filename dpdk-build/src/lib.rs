@@ -23,7 +23,7 @@ pub mod consts {
         BRAID_TX_OFFLOAD_OUTER_IPV4_CKSUM, BRAID_TX_OFFLOAD_OUTER_UDP_CKSUM,
         BRAID_MBUF_F_TX_IPV4, BRAID_MBUF_F_TX_IPV6, BRAID_MBUF_F_TX_IP_CKSUM,
         BRAID_MBUF_F_TX_UDP_CKSUM, BRAID_MBUF_F_TX_TCP_CKSUM, BRAID_MBUF_F_TX_TCP_SEG,
-        BRAID_MBUF_F_TX_UDP_SEG, BRAID_MBUF_F_RX_IP_CKSUM_BAD, BRAID_MBUF_F_RX_IP_CKSUM_GOOD,
+        BRAID_MBUF_F_TX_UDP_SEG, BRAID_MBUF_F_TX_OFFLOAD_MASK, BRAID_MBUF_F_RX_IP_CKSUM_BAD, BRAID_MBUF_F_RX_IP_CKSUM_GOOD,
         BRAID_MBUF_F_RX_L4_CKSUM_BAD, BRAID_MBUF_F_RX_L4_CKSUM_GOOD, BRAID_MBUF_F_RX_RSS_HASH,
         BRAID_ETH_RSS_IP, BRAID_ETH_RSS_UDP, BRAID_ETH_RSS_TCP,
     );
@@ -51,6 +51,9 @@ mod layout {
         assert_eq!(consts::BRAID_RX_OFFLOAD_RSS_HASH, 1 << 19);
         assert_eq!(consts::BRAID_MBUF_F_TX_IP_CKSUM, 1 << 54);
         assert_eq!(consts::BRAID_MBUF_F_TX_IPV4, 1 << 55);
+        // Every TX request bit sits in 40..63; the RX bits stay outside.
+        assert_eq!(consts::BRAID_MBUF_F_TX_OFFLOAD_MASK & ((1 << 40) - 1), 0);
+        assert_ne!(consts::BRAID_MBUF_F_TX_OFFLOAD_MASK & consts::BRAID_MBUF_F_TX_TCP_SEG, 0);
         assert_eq!(BRAID_PKTMBUF_HEADROOM, 128);
         assert_eq!(BRAID_MBUF_DEFAULT_BUF_SIZE, 2048 + 128);
     }

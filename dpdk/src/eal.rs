@@ -15,13 +15,113 @@ pub struct Eal {
     file_prefix: Option<String>,
 }
 
-/// True when `args` keep DPDK away from PCI devices it was not given: either
-/// `--no-pci`, or an explicit allow-list (`-a`/`--allow`, real hardware).
+/// EAL's short options that take a value (`eal_short_options` in DPDK
+/// 22.11's eal_common_options.c): `-c -l -s -S -n -m -r -b -a -d`.
+const SHORT_WITH_VALUE: &[u8] = b"clsSnmrbad";
+
+/// EAL's long options that take a value (required or optional; an optional
+/// one only takes `=value`, but treating it as taking the next token only
+/// makes the check stricter).
+const LONG_WITH_VALUE: &[&str] = &[
+    "allow", "base-virtaddr", "block", "file-prefix", "force-max-simd-bitwidth", "huge-dir",
+    "huge-unlink", "huge-worker-stack", "iova-mode", "lcores", "log-level", "main-lcore",
+    "master-lcore", "mbuf-pool-ops-name", "pci-blacklist", "pci-whitelist", "proc-type",
+    "service-corelist", "service-coremask", "socket-limit", "socket-mem", "syslog", "trace",
+    "trace-bufsz", "trace-dir", "trace-mode", "vdev", "vfio-intr", "vfio-vf-token",
+];
+
+/// True when `v` (an `-a`/`--allow` value, devargs after `,` ignored) is a
+/// PCI address: `[dddd:]bb:dd.f` in hex.
+fn is_pci_addr(v: &str) -> bool {
+    let addr = v.split(',').next().unwrap_or("");
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let Some((rest, func)) = addr.rsplit_once('.') else { return false };
+    if !(func.len() == 1 && matches!(func.as_bytes()[0], b'0'..=b'7')) {
+        return false;
+    }
+    let parts: Vec<&str> = rest.split(':').collect();
+    match parts.as_slice() {
+        [bus, dev] => hex(bus, 2) && hex(dev, 2),
+        [dom, bus, dev] => hex(dom, 4) && hex(bus, 2) && hex(dev, 2),
+        _ => false,
+    }
+}
+
+/// What walking the arguments as EAL's getopt would found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ArgScan {
+    no_pci: bool,
+    pci_allow: bool,
+    /// `-h`/`--help` (or an abbreviation of it): EAL would exit().
+    help: Option<String>,
+}
+
+/// Walks `args` the way EAL's `getopt_long` does: stops at `--`, skips the
+/// value of every option that takes one (`-aX`, `-a X`, `--opt=X`,
+/// `--opt X`, short options clustered as `-vaX`), and notes real `--no-pci`
+/// options, PCI addresses given to `-a`/`--allow`, and requests for help.
+fn scan(args: &[impl AsRef<str>]) -> ArgScan {
+    let mut out = ArgScan::default();
+    let mut it = args.iter().map(AsRef::as_ref);
+    while let Some(a) = it.next() {
+        if a == "--" {
+            break;
+        }
+        if let Some(long) = a.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (long, None),
+            };
+            // getopt_long accepts unambiguous abbreviations: an exact name
+            // wins, otherwise any option the name abbreviates counts.
+            let takes_value = if LONG_WITH_VALUE.contains(&name) {
+                true
+            } else {
+                !name.is_empty() && name != "no-pci" && LONG_WITH_VALUE.iter().any(|o| o.starts_with(name))
+            };
+            if !name.is_empty() && "help".starts_with(name) {
+                out.help = Some(a.to_owned());
+            }
+            if name == "no-pci" && inline.is_none() {
+                out.no_pci = true;
+            }
+            if takes_value {
+                let v = match inline {
+                    Some(v) => Some(v),
+                    None => it.next(),
+                };
+                if name == "allow" && v.is_some_and(is_pci_addr) {
+                    out.pci_allow = true;
+                }
+            }
+            continue;
+        }
+        let Some(shorts) = a.strip_prefix('-') else { continue }; // non-option: getopt skips it
+        let bytes = shorts.as_bytes();
+        for (i, &c) in bytes.iter().enumerate() {
+            if c == b'h' {
+                out.help = Some(a.to_owned());
+            }
+            if SHORT_WITH_VALUE.contains(&c) {
+                let rest = &shorts[i + 1..];
+                let v = if rest.is_empty() { it.next() } else { Some(rest) };
+                if c == b'a' && v.is_some_and(is_pci_addr) {
+                    out.pci_allow = true;
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// True when `args` keep DPDK away from PCI devices it was not given: a
+/// real `--no-pci` option, or at least one `-a`/`--allow` whose value is a
+/// PCI address (an explicit allow-list of real hardware). Tokens are read
+/// as EAL reads them: option values and everything after `--` do not count.
 pub fn pci_safe(args: &[impl AsRef<str>]) -> bool {
-    args.iter().any(|a| {
-        let a = a.as_ref();
-        a == "--no-pci" || a == "-a" || a.starts_with("--allow") || (a.starts_with("-a") && a.len() > 2)
-    })
+    let s = scan(args);
+    s.no_pci || s.pci_allow
 }
 
 impl Eal {
@@ -32,16 +132,21 @@ impl Eal {
     /// [`Error::EalInit`] instead of exiting.
     pub fn init<S: AsRef<str>>(args: &[S]) -> Result<Eal, Error> {
         let args: Vec<String> = args.iter().map(|a| a.as_ref().to_owned()).collect();
-        if !pci_safe(&args) {
-            return Err(Error::PciProbeRefused { args });
-        }
-        if STARTED.swap(true, Ordering::SeqCst) {
-            return Err(Error::EalAlreadyInitialised);
-        }
         let mut owned = Vec::with_capacity(args.len() + 1);
         owned.push(CString::new("braid").expect("static"));
         for a in &args {
             owned.push(CString::new(a.as_str()).map_err(|_| Error::BadArgument(a.clone()))?);
+        }
+        let s = scan(&args);
+        if let Some(h) = s.help {
+            return Err(Error::HelpRefused(h));
+        }
+        if !(s.no_pci || s.pci_allow) {
+            return Err(Error::PciProbeRefused { args });
+        }
+        // Only now, with the arguments accepted, is this the one start.
+        if STARTED.swap(true, Ordering::SeqCst) {
+            return Err(Error::EalAlreadyInitialised);
         }
         // EAL may keep pointers into argv for the life of the process, so the
         // strings and the array are leaked on purpose (once per process).
@@ -122,10 +227,18 @@ impl Eal {
     }
 
     /// Releases EAL's resources (`rte_eal_cleanup`) and removes the runtime
-    /// folder `/var/run/dpdk/<prefix>`. Every port and pool must be gone.
+    /// folder `/var/run/dpdk/<prefix>`. Every port and pool must be gone: if
+    /// a [`crate::Mempool`] is still alive or was leaked (dropped with mbufs
+    /// out), `rte_eal_cleanup` is skipped so no later drop touches unmapped
+    /// memory; the runtime folder is still removed.
     pub fn cleanup(self) {
-        // SAFETY: consumes the only handle; callers drop ports/pools first.
-        unsafe { dpdk_sys::rte_eal_cleanup() };
+        if crate::mempool::pools_outstanding() {
+            eprintln!("braid-dpdk: a mempool is still alive or leaked; skipping rte_eal_cleanup");
+        } else {
+            // SAFETY: consumes the only handle, and no pool is left whose
+            // drop could touch EAL memory afterwards.
+            unsafe { dpdk_sys::rte_eal_cleanup() };
+        }
         if let Some(p) = &self.file_prefix {
             let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{p}"));
         }
@@ -146,5 +259,41 @@ mod tests {
         let none: [&str; 0] = [];
         assert!(!pci_safe(&none));
         assert!(!pci_safe(&["--vdev=net_null0"]));
+        // Good forms.
+        assert!(pci_safe(&["-l", "0", "--no-pci"]));
+        assert!(pci_safe(&["-a", "01:00.0"]));
+        assert!(pci_safe(&["-a", "0000:3b:00.1,txq_inline=128"]));
+        assert!(pci_safe(&["--allow", "0000:01:00.0"]));
+        assert!(pci_safe(&["--file-prefix", "x", "--no-pci"]));
+        assert!(pci_safe(&["--file-prefix=-a", "--no-pci"]));
+        assert!(pci_safe(&["-vl0", "--no-pci"]));
+        // Bypasses: the token is a value or after `--`, or -a names no PCI device.
+        assert!(!pci_safe(&["--file-prefix", "-a", "0000:01:00.0"]));
+        assert!(!pci_safe(&["--file-prefix", "-a"]));
+        assert!(!pci_safe(&["-d", "--no-pci"]));
+        assert!(!pci_safe(&["-d", "--no-pci", "-a"]));
+        assert!(!pci_safe(&["--", "--no-pci"]));
+        assert!(!pci_safe(&["--", "-a", "0000:01:00.0"]));
+        assert!(!pci_safe(&["-a", "net_null0"]));
+        assert!(!pci_safe(&["-anet_null0"]));
+        assert!(!pci_safe(&["--allow=net_null0"]));
+        assert!(!pci_safe(&["-a"]));
+        assert!(!pci_safe(&["--no-pci=1"]));
+        assert!(!pci_safe(&["--vdev", "--no-pci"]));
+        assert!(!pci_safe(&["--file", "--no-pci"]), "abbreviation of --file-prefix takes a value");
+        assert!(!pci_safe(&["-l0", "-a", "0000:01:00.8"]));
+        assert!(!pci_safe(&["-a", "0000:01:00"]));
+    }
+
+    #[test]
+    fn help_is_refused_before_eal_starts() {
+        use crate::{Eal, Error};
+        for h in ["-h", "--help", "--he", "-vh"] {
+            let e = Eal::init(&["--no-pci", h]).unwrap_err();
+            assert!(matches!(e, Error::HelpRefused(_)), "{h}: {e}");
+        }
+        assert!(matches!(Eal::init(&["--no-pci", "bad\0arg"]).unwrap_err(), Error::BadArgument(_)));
+        assert!(matches!(Eal::init(&["--vdev=net_null0"]).unwrap_err(), Error::PciProbeRefused { .. }));
+        assert!(super::scan(&["--vdev", "-h"]).help.is_none());
     }
 }

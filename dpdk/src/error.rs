@@ -17,6 +17,8 @@ pub enum Error {
     EalInit { errno: i32, reason: String, args: Vec<String> },
     #[error("EAL argument contains a NUL byte: {0:?}")]
     BadArgument(String),
+    #[error("EAL argument {0:?} is refused: EAL would print help and exit the process")]
+    HelpRefused(String),
     #[error("no DPDK port named {name:?}: is its --vdev (or -a) on the EAL command line? ports present: {present:?}")]
     NoSuchPort { name: String, present: Vec<String> },
     #[error("mempool {name:?} ({n} mbufs of {data_room} B): {reason} (rte_errno {errno})")]

@@ -69,6 +69,10 @@ where
     if !eal.worker_lcores().contains(&lcore) {
         return Err(Error::NoSuchLcore(lcore.0));
     }
+    // Two launches on one lcore from two threads must not race between
+    // DPDK's state check and the hand-over inside rte_eal_remote_launch.
+    static LAUNCH: Mutex<()> = Mutex::new(());
+    let _launch = LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
     let slot: Slot<T> = Arc::new(Mutex::new(None));
     let out = slot.clone();
     let job = Box::new(Job(Box::new(move || {

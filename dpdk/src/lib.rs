@@ -15,6 +15,7 @@ pub mod mbuf;
 pub mod mempool;
 pub mod port;
 pub mod ring_port;
+pub mod testing;
 
 pub use eal::Eal;
 pub use error::Error;

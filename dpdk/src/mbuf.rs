@@ -8,6 +8,17 @@ use crate::mempool::Mempool;
 /// (`RTE_MBUF_DEFAULT_BUF_SIZE`).
 pub const DEFAULT_DATA_ROOM: u16 = dpdk_sys::BRAID_MBUF_DEFAULT_BUF_SIZE as u16;
 
+/// TX request: the packet is IPv4 (`RTE_MBUF_F_TX_IPV4`).
+pub const TX_IPV4: u64 = dpdk_sys::consts::BRAID_MBUF_F_TX_IPV4;
+/// TX request: the packet is IPv6 (`RTE_MBUF_F_TX_IPV6`).
+pub const TX_IPV6: u64 = dpdk_sys::consts::BRAID_MBUF_F_TX_IPV6;
+/// TX request: compute the IPv4 header checksum (`RTE_MBUF_F_TX_IP_CKSUM`).
+pub const TX_IP_CKSUM: u64 = dpdk_sys::consts::BRAID_MBUF_F_TX_IP_CKSUM;
+/// TX request: compute the UDP checksum (`RTE_MBUF_F_TX_UDP_CKSUM`).
+pub const TX_UDP_CKSUM: u64 = dpdk_sys::consts::BRAID_MBUF_F_TX_UDP_CKSUM;
+/// TX request: TCP segmentation (`RTE_MBUF_F_TX_TCP_SEG`).
+pub const TX_TCP_SEG: u64 = dpdk_sys::consts::BRAID_MBUF_F_TX_TCP_SEG;
+
 /// One packet buffer, owned: no `Clone`, freed (`rte_pktmbuf_free`) on drop,
 /// handed to TX with [`Mbuf::into_raw`]. Same layout as `*mut rte_mbuf`, so a
 /// slice of `Mbuf` is a burst DPDK can read.
@@ -28,6 +39,10 @@ pub struct TxOffload {
     pub l3_len: u16,
     pub l4_len: u8,
     pub tso_segsz: u16,
+    /// Outer L2 header length (tunnels), 7 bits.
+    pub outer_l2_len: u8,
+    /// Outer L3 header length (tunnels), 9 bits.
+    pub outer_l3_len: u16,
 }
 
 impl Mbuf {
@@ -41,13 +56,14 @@ impl Mbuf {
     /// Fills `out` with `n` mbufs at once, or leaves it untouched and returns
     /// false when the pool cannot give all of them.
     pub fn alloc_bulk(pool: &Mempool, out: &mut Vec<Mbuf>, n: usize) -> bool {
+        let Ok(n32) = u32::try_from(n) else { return false };
         out.reserve(n);
         let len = out.len();
         // SAFETY: spare capacity holds n pointers; Mbuf is repr(transparent)
         // over a non-null pointer, and on success DPDK writes n valid mbufs.
         unsafe {
             let dst = out.as_mut_ptr().add(len) as *mut *mut dpdk_sys::rte_mbuf;
-            if dpdk_sys::braid_pktmbuf_alloc_bulk(pool.as_ptr(), dst, n as u32) != 0 {
+            if dpdk_sys::braid_pktmbuf_alloc_bulk(pool.as_ptr(), dst, n32) != 0 {
                 return false;
             }
             out.set_len(len + n);
@@ -58,7 +74,8 @@ impl Mbuf {
     /// Takes ownership of a raw mbuf.
     ///
     /// # Safety
-    /// `raw` must be a valid mbuf owned by nobody else.
+    /// `raw` must be a direct mbuf with refcnt 1 in every segment, owned by
+    /// nobody else.
     #[inline]
     pub unsafe fn from_raw(raw: NonNull<dpdk_sys::rte_mbuf>) -> Mbuf {
         Mbuf(raw)
@@ -182,10 +199,20 @@ impl Mbuf {
         unsafe { dpdk_sys::braid_pktmbuf_trim(self.0.as_ptr(), len16) == 0 }
     }
 
-    /// Resets the mbuf to an empty packet with default headroom.
+    /// Resets the mbuf to an empty one-segment packet with default
+    /// headroom. Segments chained after the first are freed first
+    /// (`rte_pktmbuf_reset` alone would forget them and leak them).
     #[inline]
     pub fn reset(&mut self) {
-        // SAFETY: valid mbuf we own.
+        let m = self.m_mut();
+        if !m.next.is_null() {
+            // SAFETY: the rest of the chain is ours (we own the head); it is
+            // unlinked before being freed, so the head never points at it again.
+            unsafe { dpdk_sys::braid_pktmbuf_free(m.next) };
+            m.next = std::ptr::null_mut();
+            m.nb_segs = 1;
+        }
+        // SAFETY: valid one-segment mbuf we own.
         unsafe { dpdk_sys::braid_pktmbuf_reset(self.0.as_ptr()) }
     }
 
@@ -210,16 +237,19 @@ impl Mbuf {
 
     /// Asks the NIC for checksum / segmentation offloads on TX. Header
     /// lengths go into `tx_offload` per rte_mbuf_core.h's bitfield layout
-    /// (l2_len:7, l3_len:9, l4_len:8, tso_segsz:16).
+    /// (l2_len:7, l3_len:9, l4_len:8, tso_segsz:16, outer_l3_len:9,
+    /// outer_l2_len:7). `o.flags` must hold only TX request bits
+    /// (`RTE_MBUF_F_TX_OFFLOAD_MASK`); other bits are dropped.
     #[inline]
     pub fn set_tx_offload(&mut self, o: TxOffload) {
-        let packed = (o.l2_len as u64 & 0x7f)
-            | ((o.l3_len as u64 & 0x1ff) << 7)
-            | ((o.l4_len as u64) << 16)
-            | ((o.tso_segsz as u64) << 24);
+        debug_assert_eq!(o.flags & !TX_MASK, 0, "non-TX bits in TxOffload::flags: {:#x}", o.flags & !TX_MASK);
+        debug_assert!(o.l2_len < 1 << 7, "l2_len {} does not fit 7 bits", o.l2_len);
+        debug_assert!(o.l3_len < 1 << 9, "l3_len {} does not fit 9 bits", o.l3_len);
+        debug_assert!(o.outer_l2_len < 1 << 7, "outer_l2_len {} does not fit 7 bits", o.outer_l2_len);
+        debug_assert!(o.outer_l3_len < 1 << 9, "outer_l3_len {} does not fit 9 bits", o.outer_l3_len);
         let m = self.m_mut();
-        m.ol_flags = (m.ol_flags & !TX_MASK) | o.flags;
-        m.__bindgen_anon_3.tx_offload = packed;
+        m.ol_flags = (m.ol_flags & !TX_MASK) | (o.flags & TX_MASK);
+        m.__bindgen_anon_3.tx_offload = pack_tx_offload(&o);
     }
 
     /// Appends `tail` to this packet's segment chain. Fails (giving `tail`
@@ -254,13 +284,51 @@ impl Mbuf {
     }
 }
 
-/// All TX request bits (bits 40..63 of ol_flags in DPDK 22.11).
-const TX_MASK: u64 = !((1u64 << 40) - 1);
+/// Every TX request bit of `ol_flags` (`RTE_MBUF_F_TX_OFFLOAD_MASK`).
+const TX_MASK: u64 = dpdk_sys::consts::BRAID_MBUF_F_TX_OFFLOAD_MASK;
+
+/// The `tx_offload` word: l2_len 0..7, l3_len 7..16, l4_len 16..24,
+/// tso_segsz 24..40, outer_l3_len 40..49, outer_l2_len 49..56.
+fn pack_tx_offload(o: &TxOffload) -> u64 {
+    (o.l2_len as u64 & 0x7f)
+        | ((o.l3_len as u64 & 0x1ff) << 7)
+        | ((o.l4_len as u64) << 16)
+        | ((o.tso_segsz as u64) << 24)
+        | ((o.outer_l3_len as u64 & 0x1ff) << 40)
+        | ((o.outer_l2_len as u64 & 0x7f) << 49)
+}
 
 impl Drop for Mbuf {
     #[inline]
     fn drop(&mut self) {
         // SAFETY: we own the mbuf (and its chain); freeing returns it to its pool.
         unsafe { dpdk_sys::braid_pktmbuf_free(self.0.as_ptr()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tx_offload_packing_matches_rte_mbuf_core() {
+        let o = TxOffload {
+            flags: 0,
+            l2_len: 14,
+            l3_len: 20,
+            l4_len: 8,
+            tso_segsz: 1400,
+            outer_l2_len: 0x55,
+            outer_l3_len: 0x1a3,
+        };
+        let w = pack_tx_offload(&o);
+        assert_eq!(w & 0x7f, 14);
+        assert_eq!((w >> 7) & 0x1ff, 20);
+        assert_eq!((w >> 16) & 0xff, 8);
+        assert_eq!((w >> 24) & 0xffff, 1400);
+        assert_eq!((w >> 40) & 0x1ff, 0x1a3);
+        assert_eq!((w >> 49) & 0x7f, 0x55);
+        assert_eq!(w >> 56, 0);
+        assert_eq!(TX_MASK & dpdk_sys::consts::BRAID_MBUF_F_RX_RSS_HASH, 0);
     }
 }

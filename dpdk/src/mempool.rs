@@ -2,10 +2,24 @@
 
 use std::ffi::CString;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::error::Error;
 
-/// An mbuf pool. Freed when dropped; every mbuf must be back by then.
+/// Pools alive now; [`crate::Eal::cleanup`] leaves EAL's memory mapped while
+/// this is not zero.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Set once a pool was dropped with mbufs still out (and so leaked).
+static LEAKED: AtomicBool = AtomicBool::new(false);
+
+/// True when a pool is alive or was leaked: EAL's memory must stay mapped.
+pub(crate) fn pools_outstanding() -> bool {
+    LIVE.load(Ordering::SeqCst) != 0 || LEAKED.load(Ordering::SeqCst)
+}
+
+/// An mbuf pool. Freed when dropped if every mbuf is back; otherwise it is
+/// leaked (with one line on stderr) so an mbuf still held somewhere never
+/// points into freed memory.
 #[derive(Debug)]
 pub struct Mempool {
     raw: NonNull<dpdk_sys::rte_mempool>,
@@ -46,12 +60,16 @@ impl Mempool {
             return Err(err(libc_einval(), "data room is smaller than the mbuf headroom (128 B)".into()));
         }
         let cname = CString::new(name).map_err(|_| err(libc_einval(), "name contains NUL".into()))?;
-        // SAFETY: valid C string; DPDK copies the name. socket -1 = any.
+        // SAFETY: valid C string; DPDK copies the name. Memory comes from the
+        // calling lcore's NUMA socket (rte_socket_id()).
         let raw = unsafe {
             dpdk_sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, dpdk_sys::rte_socket_id() as i32)
         };
         match NonNull::new(raw) {
-            Some(raw) => Ok(Mempool { raw, name: name.to_owned(), size: n }),
+            Some(raw) => {
+                LIVE.fetch_add(1, Ordering::SeqCst);
+                Ok(Mempool { raw, name: name.to_owned(), size: n })
+            }
             None => {
                 let errno = crate::rte_errno();
                 Err(err(errno, crate::strerror(errno)))
@@ -94,8 +112,22 @@ impl Mempool {
 
 impl Drop for Mempool {
     fn drop(&mut self) {
-        // SAFETY: we own the pool; callers return every mbuf before dropping.
-        unsafe { dpdk_sys::rte_mempool_free(self.raw.as_ptr()) }
+        let avail = self.avail();
+        if avail != self.size {
+            // Some mbuf is still out (a queue, a ring, a leaked handle):
+            // freeing now would leave it dangling. Leak the pool instead.
+            LEAKED.store(true, Ordering::SeqCst);
+            eprintln!(
+                "braid-dpdk: mempool {:?} dropped with {} of {} mbufs still in use; leaking it",
+                self.name,
+                self.size.saturating_sub(avail),
+                self.size
+            );
+        } else {
+            // SAFETY: we own the pool and every mbuf is back in it.
+            unsafe { dpdk_sys::rte_mempool_free(self.raw.as_ptr()) }
+        }
+        LIVE.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::ffi::{CStr, CString};
 use std::fmt;
+use std::sync::Mutex;
 
 use dpdk_sys::consts::*;
 
@@ -102,8 +103,9 @@ impl Offloads {
     }
 
     /// What is both wanted and reported by the PMD: the only offloads a port
-    /// is ever configured with. Segmentation needs multi-segment TX and the
-    /// matching checksum, so it is dropped if those are missing.
+    /// is ever configured with. Segmentation needs the checksums it relies
+    /// on (IPv4 plus TCP or UDP), so it is dropped if those are missing;
+    /// it does not need `tx_multi_segs` (a TSO packet may be one segment).
     pub fn negotiate(want: Offloads, capa: Offloads) -> Offloads {
         let (wr, wt) = want.masks();
         let (cr, ct) = capa.masks();
@@ -148,8 +150,9 @@ pub struct PortConfig {
     pub tx_desc: u16,
     /// Offloads wanted; only those the PMD reports are turned on.
     pub offloads: Offloads,
-    /// MTU to set, if any. A PMD that refuses `set_mtu` (memif, ring) is
-    /// tolerated when it already supports the frame size.
+    /// MTU to set, if any. A PMD without `set_mtu` (memif, ring: `-ENOTSUP`)
+    /// is tolerated when it already supports the frame size; any other
+    /// failure is an error.
     pub mtu: Option<u16>,
     /// Receive every frame whatever its destination MAC.
     pub promiscuous: bool,
@@ -169,7 +172,14 @@ impl Default for PortConfig {
     }
 }
 
-/// A port EAL knows. Configure it, then take its queues.
+/// A port EAL knows. Configure it, then take its queues (each queue once
+/// per [`Port::configure`]).
+///
+/// Lifetimes the types do not enforce: drop every [`RxQueue`]/[`TxQueue`]
+/// before [`Port::close`] (or a new `configure`), and keep every mempool
+/// given to `configure` alive until the port is closed (its RX rings hold
+/// that pool's mbufs). A pool dropped too early is leaked rather than freed
+/// (see [`Mempool`]), so this misuse costs memory, not safety of the pool.
 #[derive(Debug)]
 pub struct Port {
     info: PortInfo,
@@ -177,7 +187,62 @@ pub struct Port {
     started: bool,
     rx_queues: u16,
     tx_queues: u16,
+    /// Which RX / TX queue handles were handed out since `configure`.
+    taken: Mutex<(Vec<bool>, Vec<bool>)>,
 }
+
+/// What [`Port::configure`] asks ethdev for in `rte_eth_conf`; a pure
+/// function of the config, the port's capabilities and the granted
+/// offloads, so it can be unit-tested without a PMD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EthConf {
+    pub rx_offloads: u64,
+    pub tx_offloads: u64,
+    /// `rxmode.mq_mode = RTE_ETH_MQ_RX_RSS`.
+    pub rss: bool,
+    /// `rx_adv_conf.rss_conf.rss_hf`.
+    pub rss_hf: u64,
+}
+
+/// RSS is on whenever the RSS-hash offload is granted (ethdev refuses the
+/// offload without RSS mode) or several RX queues must share traffic; the
+/// latter needs IP, UDP or TCP hashing from the port.
+pub(crate) fn eth_conf(cfg: &PortConfig, info: &PortInfo, granted: Offloads) -> Result<EthConf, String> {
+    let (rx_offloads, tx_offloads) = granted.masks();
+    let rss_hf = info.rss_capa & (BRAID_ETH_RSS_IP | BRAID_ETH_RSS_UDP | BRAID_ETH_RSS_TCP);
+    if cfg.rx_queues > 1 && rss_hf == 0 {
+        return Err(format!(
+            "{} RX queues need RSS over IP/UDP/TCP, but the port's RSS capabilities are {:#x}",
+            cfg.rx_queues, info.rss_capa
+        ));
+    }
+    let rss = granted.rx_rss_hash || cfg.rx_queues > 1;
+    Ok(EthConf { rx_offloads, tx_offloads, rss, rss_hf: if rss { rss_hf } else { 0 } })
+}
+
+impl EthConf {
+    fn to_raw(self) -> dpdk_sys::rte_eth_conf {
+        // SAFETY: rte_eth_conf is plain old data; all-zero is DPDK's default.
+        let mut conf: dpdk_sys::rte_eth_conf = unsafe { std::mem::zeroed() };
+        conf.rxmode.offloads = self.rx_offloads;
+        conf.txmode.offloads = self.tx_offloads;
+        if self.rss {
+            conf.rxmode.mq_mode = dpdk_sys::RTE_ETH_MQ_RX_RSS;
+            conf.rx_adv_conf.rss_conf.rss_hf = self.rss_hf;
+        }
+        conf
+    }
+}
+
+/// `want` fitted into the PMD's [min, max] descriptor range; never panics
+/// (a PMD reporting min > max gets min; ethdev adjusts further).
+fn fit_desc(want: u16, min: u16, max: u16) -> u16 {
+    let max = if max == 0 { u16::MAX } else { max };
+    want.min(max).max(min.max(1))
+}
+
+/// ENOTSUP on Linux: what ethdev returns for an op the PMD lacks.
+const ENOTSUP: i32 = 95;
 
 fn port_names() -> Vec<String> {
     let mut out = Vec::new();
@@ -215,7 +280,14 @@ impl Port {
 
     pub(crate) fn by_id(id: PortId, name: &str) -> Result<Port, Error> {
         let info = port_info(id, name)?;
-        Ok(Port { info, granted: Offloads::default(), started: false, rx_queues: 0, tx_queues: 0 })
+        Ok(Port {
+            info,
+            granted: Offloads::default(),
+            started: false,
+            rx_queues: 0,
+            tx_queues: 0,
+            taken: Mutex::new((Vec::new(), Vec::new())),
+        })
     }
 
     /// The port's id.
@@ -242,11 +314,22 @@ impl Port {
         Error::PortLimit { port: self.info.id.0, driver: self.info.driver.clone(), what }
     }
 
-    /// Configures the port and its queues. `rx_pools[i]` feeds RX queue `i`
-    /// (one pool may be given for all). Checks that each pool can fill its
-    /// RX ring and still leave mbufs for bursts in flight, so a pool that is
-    /// too small is an error here, not a silent stall later.
+    /// Configures the port and its queues. `rx_pools` is either one pool
+    /// for every RX queue or one pool per RX queue (`rx_pools[i]` feeds
+    /// queue `i`); the pools must outlive the port (see [`Port`]).
+    ///
+    /// Checks that each pool is big enough, so a pool that is too small is
+    /// an error here, not a silent stall later. `need` counts, per pool:
+    /// every RX descriptor of the queues it feeds plus one burst per queue,
+    /// the per-lcore cache, and — when one pool is given for the whole port,
+    /// so it also supplies the packets sent — every TX descriptor (TX rings
+    /// hold sent mbufs until the NIC frees them). Descriptor counts are the
+    /// ones ethdev settles on (`rte_eth_dev_adjust_nb_rx_tx_desc`).
     pub fn configure(&mut self, cfg: &PortConfig, rx_pools: &[&Mempool]) -> Result<(), Error> {
+        // Until this succeeds, no queue may be taken.
+        self.rx_queues = 0;
+        self.tx_queues = 0;
+        *self.taken.lock().unwrap_or_else(|e| e.into_inner()) = (Vec::new(), Vec::new());
         let info = &self.info;
         let id = info.id.0;
         if cfg.rx_queues == 0 || cfg.tx_queues == 0 {
@@ -258,37 +341,22 @@ impl Port {
                 cfg.rx_queues, cfg.tx_queues, info.max_rx_queues, info.max_tx_queues
             )));
         }
-        if rx_pools.is_empty() {
-            return Err(self.limit("no mempool given for RX".into()));
+        if rx_pools.len() != 1 && rx_pools.len() != cfg.rx_queues as usize {
+            return Err(self.limit(format!(
+                "{} mempools given for {} RX queues: give one for all, or one per queue",
+                rx_pools.len(),
+                cfg.rx_queues
+            )));
         }
-        let rx_desc = cfg.rx_desc.clamp(info.rx_desc_min.max(1), info.rx_desc_max.max(1));
-        let tx_desc = cfg.tx_desc.clamp(info.tx_desc_min.max(1), info.tx_desc_max.max(1));
-        // Each pool must fill every RX ring it feeds, plus one burst per
-        // queue and the per-lcore caches, or RX starves.
-        for (p, pool) in rx_pools.iter().enumerate() {
-            let queues = if rx_pools.len() == 1 { cfg.rx_queues as u32 } else { 1 };
-            let need = queues * (rx_desc as u32 + crate::BURST as u32) + crate::mempool::DEFAULT_CACHE.min(pool.size() / 2);
-            if pool.size() < need {
-                return Err(Error::PoolTooSmall {
-                    pool: pool.name().to_owned(),
-                    port: id,
-                    have: pool.size(),
-                    need,
-                    detail: format!("{queues} RX queue(s) x ({rx_desc} descriptors + a burst of {}) + cache; pool #{p}", crate::BURST),
-                });
-            }
-        }
+        let mut rx_desc = fit_desc(cfg.rx_desc, info.rx_desc_min, info.rx_desc_max);
+        let mut tx_desc = fit_desc(cfg.tx_desc, info.tx_desc_min, info.tx_desc_max);
+        // Before touching the port, with the descriptor counts as fitted...
+        self.check_pools(cfg, rx_pools, rx_desc, tx_desc)?;
 
-        self.granted = Offloads::negotiate(cfg.offloads, info.capa);
-        let (rx_off, tx_off) = self.granted.masks();
-        // SAFETY: rte_eth_conf is plain old data; all-zero is DPDK's default.
-        let mut conf: dpdk_sys::rte_eth_conf = unsafe { std::mem::zeroed() };
-        conf.rxmode.offloads = rx_off;
-        conf.txmode.offloads = tx_off;
-        if cfg.rx_queues > 1 && info.rss_capa != 0 {
-            conf.rxmode.mq_mode = dpdk_sys::RTE_ETH_MQ_RX_RSS;
-            conf.rx_adv_conf.rss_conf.rss_hf = info.rss_capa & (BRAID_ETH_RSS_IP | BRAID_ETH_RSS_UDP | BRAID_ETH_RSS_TCP);
-        }
+        let granted = Offloads::negotiate(cfg.offloads, info.capa);
+        let ec = eth_conf(cfg, info, granted).map_err(|w| self.limit(w))?;
+        let conf = ec.to_raw();
+        self.granted = granted;
         if self.started {
             // SAFETY: valid port.
             unsafe { dpdk_sys::rte_eth_dev_stop(id) };
@@ -299,26 +367,38 @@ impl Port {
         if ret != 0 {
             return Err(self.fail("rte_eth_dev_configure", ret));
         }
+        // SAFETY: configured port, valid out-pointers.
+        let ret = unsafe { dpdk_sys::rte_eth_dev_adjust_nb_rx_tx_desc(id, &mut rx_desc, &mut tx_desc) };
+        if ret != 0 {
+            return Err(self.fail("rte_eth_dev_adjust_nb_rx_tx_desc", ret));
+        }
+        // ...and again with what ethdev will really use.
+        self.check_pools(cfg, rx_pools, rx_desc, tx_desc)?;
         if let Some(mtu) = cfg.mtu {
             // SAFETY: valid port.
             let ret = unsafe { dpdk_sys::rte_eth_dev_set_mtu(id, mtu) };
             let fits = (mtu as u32 + 18) <= self.info.max_rx_pktlen;
-            if ret != 0 && !fits {
+            if ret != 0 && !(ret == -ENOTSUP && fits) {
                 return Err(self.fail("rte_eth_dev_set_mtu", ret));
             }
         }
         let mut dev: dpdk_sys::rte_eth_dev_info = Default::default();
         // SAFETY: out-pointer to a zeroed struct.
-        unsafe { dpdk_sys::rte_eth_dev_info_get(id, &mut dev) };
+        let ret = unsafe { dpdk_sys::rte_eth_dev_info_get(id, &mut dev) };
+        if ret != 0 {
+            return Err(self.fail("rte_eth_dev_info_get", ret));
+        }
         // SAFETY: plain query.
         let socket = unsafe { dpdk_sys::rte_eth_dev_socket_id(id) };
+        // SAFETY: plain query.
         let socket = if socket < 0 { unsafe { dpdk_sys::rte_socket_id() } } else { socket as u32 };
         for q in 0..cfg.rx_queues {
             let pool = rx_pools.get(q as usize).unwrap_or(&rx_pools[0]);
             let mut rxconf = dev.default_rxconf;
-            rxconf.offloads = rx_off;
+            rxconf.offloads = ec.rx_offloads;
             // SAFETY: rxconf is a copy of the PMD's defaults; the pool outlives
-            // the port by contract of the caller (ports stop before pools drop).
+            // the port by contract of the caller (see the Port docs), and a
+            // pool dropped with mbufs out is leaked, not freed.
             let ret = unsafe { dpdk_sys::rte_eth_rx_queue_setup(id, q, rx_desc, socket, &rxconf, pool.as_ptr()) };
             if ret != 0 {
                 return Err(self.fail("rte_eth_rx_queue_setup", ret));
@@ -326,7 +406,7 @@ impl Port {
         }
         for q in 0..cfg.tx_queues {
             let mut txconf = dev.default_txconf;
-            txconf.offloads = tx_off;
+            txconf.offloads = ec.tx_offloads;
             // SAFETY: as above.
             let ret = unsafe { dpdk_sys::rte_eth_tx_queue_setup(id, q, tx_desc, socket, &txconf) };
             if ret != 0 {
@@ -339,6 +419,32 @@ impl Port {
         }
         self.rx_queues = cfg.rx_queues;
         self.tx_queues = cfg.tx_queues;
+        *self.taken.lock().unwrap_or_else(|e| e.into_inner()) =
+            (vec![false; cfg.rx_queues as usize], vec![false; cfg.tx_queues as usize]);
+        Ok(())
+    }
+
+    /// The pool-size rule of [`Port::configure`].
+    fn check_pools(&self, cfg: &PortConfig, rx_pools: &[&Mempool], rx_desc: u16, tx_desc: u16) -> Result<(), Error> {
+        let shared = rx_pools.len() == 1;
+        for (p, pool) in rx_pools.iter().enumerate() {
+            let queues = if shared { cfg.rx_queues as u32 } else { 1 };
+            let tx = if shared { cfg.tx_queues as u32 * tx_desc as u32 } else { 0 };
+            let cache = crate::mempool::DEFAULT_CACHE.min(pool.size() / 2);
+            let need = queues * (rx_desc as u32 + crate::BURST as u32) + tx + cache;
+            if pool.size() < need {
+                return Err(Error::PoolTooSmall {
+                    pool: pool.name().to_owned(),
+                    port: self.info.id.0,
+                    have: pool.size(),
+                    need,
+                    detail: format!(
+                        "{queues} RX queue(s) x ({rx_desc} descriptors + a burst of {}) + {tx} TX descriptors + cache {cache}; pool #{p}",
+                        crate::BURST
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -366,25 +472,47 @@ impl Port {
     /// Stops and closes the port, returning every mbuf its rings held.
     pub fn close(mut self) {
         self.stop();
-        // SAFETY: stopped port; no queue handle can outlive this call because
-        // queues borrow nothing but are documented to be dropped first.
+        // SAFETY: stopped port; queue handles borrow nothing but are
+        // documented to be dropped first (see the Port docs).
         unsafe { dpdk_sys::rte_eth_dev_close(self.info.id.0) };
     }
 
-    /// Handle to RX queue `q`. One lcore should own it.
+    /// Marks queue `q` taken; false when it already was (or does not exist).
+    fn take(&self, tx: bool, q: u16) -> bool {
+        let mut t = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let v = if tx { &mut t.1 } else { &mut t.0 };
+        match v.get_mut(q as usize) {
+            Some(b) if !*b => {
+                *b = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Handle to RX queue `q`: the only one until the next `configure`, so
+    /// one lcore owns the queue. Err when `q` is not configured or taken.
     pub fn rx_queue(&self, q: u16) -> Result<RxQueue, Error> {
         if q >= self.rx_queues {
             return Err(self.limit(format!("RX queue {q} was not configured ({} queues)", self.rx_queues)));
         }
+        if !self.take(false, q) {
+            return Err(self.limit(format!("RX queue {q} was already taken")));
+        }
         Ok(RxQueue { port: self.info.id, queue: QueueId(q) })
     }
 
-    /// Handle to TX queue `q`. One lcore should own it.
+    /// Handle to TX queue `q`: the only one until the next `configure`, so
+    /// one lcore owns the queue. Err when `q` is not configured or taken.
     pub fn tx_queue(&self, q: u16) -> Result<TxQueue, Error> {
         if q >= self.tx_queues {
             return Err(self.limit(format!("TX queue {q} was not configured ({} queues)", self.tx_queues)));
         }
-        Ok(TxQueue { port: self.info.id, queue: QueueId(q), prepare: self.granted.tx_tcp_tso || self.granted.tx_udp_tso })
+        if !self.take(true, q) {
+            return Err(self.limit(format!("TX queue {q} was already taken")));
+        }
+        let (_, tx_off) = self.granted.masks();
+        Ok(TxQueue { port: self.info.id, queue: QueueId(q), prepare: tx_off != 0, rejected: 0 })
     }
 
     /// The port's MAC address.
@@ -493,45 +621,61 @@ fn stats(id: PortId) -> PortStats {
 
 fn xstats(id: PortId) -> Vec<(String, u64)> {
     // SAFETY: null/0 asks for the count.
-    let n = unsafe { dpdk_sys::rte_eth_xstats_get_names(id.0, std::ptr::null_mut(), 0) };
-    if n <= 0 {
-        return Vec::new();
+    let mut n = unsafe { dpdk_sys::rte_eth_xstats_get_names(id.0, std::ptr::null_mut(), 0) };
+    // The count can grow between calls (a PMD adding queues): retry once
+    // with the size DPDK asked for.
+    for _ in 0..2 {
+        if n <= 0 {
+            return Vec::new();
+        }
+        let cap = n as usize;
+        let mut names = vec![dpdk_sys::rte_eth_xstat_name::default(); cap];
+        let mut vals = vec![dpdk_sys::rte_eth_xstat::default(); cap];
+        // SAFETY: both arrays have `cap` elements.
+        let got_names = unsafe { dpdk_sys::rte_eth_xstats_get_names(id.0, names.as_mut_ptr(), cap as u32) };
+        // SAFETY: as above.
+        let got = unsafe { dpdk_sys::rte_eth_xstats_get(id.0, vals.as_mut_ptr(), cap as u32) };
+        if got_names <= 0 || got <= 0 {
+            return Vec::new();
+        }
+        if got_names as usize > cap || got as usize > cap {
+            n = got_names.max(got);
+            continue;
+        }
+        names.truncate(got_names as usize);
+        vals.truncate(got as usize);
+        return vals
+            .iter()
+            .filter_map(|v| {
+                // Ids out of range (no such name) are ignored.
+                let nm = names.get(usize::try_from(v.id).ok()?)?;
+                let bytes: Vec<u8> = nm.name.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
+                Some((String::from_utf8_lossy(&bytes).into_owned(), v.value))
+            })
+            .collect();
     }
-    let n = n as usize;
-    let mut names = vec![dpdk_sys::rte_eth_xstat_name::default(); n];
-    let mut vals = vec![dpdk_sys::rte_eth_xstat::default(); n];
-    // SAFETY: both arrays have n elements.
-    let got_names = unsafe { dpdk_sys::rte_eth_xstats_get_names(id.0, names.as_mut_ptr(), n as u32) };
-    // SAFETY: as above.
-    let got = unsafe { dpdk_sys::rte_eth_xstats_get(id.0, vals.as_mut_ptr(), n as u32) };
-    if got_names <= 0 || got <= 0 {
-        return Vec::new();
-    }
-    vals.truncate(got as usize);
-    vals.iter()
-        .filter_map(|v| {
-            let nm = names.get(v.id as usize)?;
-            // SAFETY: DPDK NUL-terminates xstat names within the array.
-            let s = unsafe { CStr::from_ptr(nm.name.as_ptr()) }.to_string_lossy().into_owned();
-            Some((s, v.value))
-        })
-        .collect()
+    Vec::new()
 }
 
-/// An RX queue. Owned by one lcore (not `Sync`); `Send` so it can be moved to
-/// the lcore that polls it.
+/// An RX queue. [`Port::rx_queue`] hands out one handle per queue; it is
+/// `Send` so it can move to the lcore that polls it, and bursts take
+/// `&mut self`, so only its owner can poll.
 #[derive(Debug)]
 pub struct RxQueue {
     port: PortId,
     queue: QueueId,
 }
 
-/// A TX queue. Owned by one lcore.
+/// A TX queue. [`Port::tx_queue`] hands out one handle per queue; it is
+/// `Send`, and bursts take `&mut self`, so only its owner can send.
 #[derive(Debug)]
 pub struct TxQueue {
     port: PortId,
     queue: QueueId,
+    /// Run `rte_eth_tx_prepare` first (any TX offload is on).
     prepare: bool,
+    /// Packets `tx_prepare` refused, freed by `tx_burst`.
+    rejected: u64,
 }
 
 impl RxQueue {
@@ -565,6 +709,11 @@ impl TxQueue {
     /// Sends the packets in `pkts`. Those the NIC took are removed from the
     /// front of `pkts`; those it did not are left in `pkts`, in order, for the
     /// caller to retry or drop (and count). Returns how many were sent.
+    ///
+    /// With TX offloads on, packets go through `rte_eth_tx_prepare` first;
+    /// a packet it refuses (bad headers for the offload) is removed, freed
+    /// and counted in [`TxQueue::rejected`] once everything before it was
+    /// sent, so one bad packet never blocks the queue.
     #[inline]
     pub fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>) -> usize {
         if pkts.is_empty() {
@@ -573,10 +722,10 @@ impl TxQueue {
         let n = pkts.len().min(u16::MAX as usize) as u16;
         // SAFETY: pkts holds n owned mbufs laid out as *mut rte_mbuf.
         // tx_prepare only validates/fixes headers in place.
-        let sent = unsafe {
+        let (ok, sent) = unsafe {
             let p = pkts.as_mut_ptr() as *mut *mut dpdk_sys::rte_mbuf;
             let ok = if self.prepare { dpdk_sys::braid_eth_tx_prepare(self.port.0, self.queue.0, p, n) } else { n };
-            dpdk_sys::braid_eth_tx_burst(self.port.0, self.queue.0, p, ok) as usize
+            (ok as usize, dpdk_sys::braid_eth_tx_burst(self.port.0, self.queue.0, p, ok) as usize)
         };
         // The first `sent` mbufs now belong to the NIC: forget them without
         // dropping and shift the rest to the front.
@@ -587,7 +736,17 @@ impl TxQueue {
             std::ptr::copy(base.add(sent), base, len - sent);
             pkts.set_len(len - sent);
         }
+        if ok < n as usize && sent == ok {
+            // pkts[ok] (now at the front) is the one tx_prepare refused.
+            drop(pkts.remove(0));
+            self.rejected += 1;
+        }
         sent
+    }
+
+    /// Packets `rte_eth_tx_prepare` refused and `tx_burst` freed.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
     }
 
     /// Sends everything, retrying while the NIC makes progress; what is
@@ -596,9 +755,10 @@ impl TxQueue {
         let mut total = 0;
         let mut idle = 0;
         while !pkts.is_empty() && idle < max_spins {
+            let before = pkts.len();
             let n = self.tx_burst(pkts);
             total += n;
-            if n == 0 {
+            if pkts.len() == before {
                 idle += 1;
                 // SAFETY: a pause instruction.
                 unsafe { dpdk_sys::braid_pause() };
@@ -619,7 +779,75 @@ impl TxQueue {
 
 #[cfg(test)]
 mod tests {
-    use super::Offloads;
+    use super::*;
+
+    fn fake_info(capa: Offloads, rss_capa: u64) -> PortInfo {
+        PortInfo {
+            id: PortId(0),
+            name: "fake0".into(),
+            driver: "fake".into(),
+            max_rx_queues: 8,
+            max_tx_queues: 8,
+            rx_desc_max: 4096,
+            tx_desc_max: 4096,
+            rx_desc_min: 64,
+            tx_desc_min: 64,
+            max_rx_pktlen: 9018,
+            min_mtu: 68,
+            max_mtu: 9000,
+            capa,
+            rss_capa,
+        }
+    }
+
+    #[test]
+    fn rss_hash_offload_turns_rss_on_even_with_one_queue() {
+        let capa = Offloads { rx_rss_hash: true, ..Default::default() };
+        let info = fake_info(capa, BRAID_ETH_RSS_IP | BRAID_ETH_RSS_UDP);
+        let cfg = PortConfig { rx_queues: 1, ..Default::default() };
+        let granted = Offloads::negotiate(cfg.offloads, info.capa);
+        assert!(granted.rx_rss_hash);
+        let ec = eth_conf(&cfg, &info, granted).unwrap();
+        assert!(ec.rss, "{ec:?}");
+        assert_eq!(ec.rss_hf, BRAID_ETH_RSS_IP | BRAID_ETH_RSS_UDP);
+        assert_ne!(ec.rx_offloads & BRAID_RX_OFFLOAD_RSS_HASH, 0);
+        let raw = ec.to_raw();
+        assert_eq!(raw.rxmode.mq_mode, dpdk_sys::RTE_ETH_MQ_RX_RSS);
+        // Without the offload, one queue needs no RSS.
+        let ec = eth_conf(&cfg, &info, Offloads::default()).unwrap();
+        assert!(!ec.rss);
+        assert_eq!(ec.to_raw().rxmode.mq_mode, 0);
+    }
+
+    #[test]
+    fn several_queues_need_rss_over_ip_udp_or_tcp() {
+        let info = fake_info(Offloads::default(), 0);
+        let cfg = PortConfig { rx_queues: 4, ..Default::default() };
+        let e = eth_conf(&cfg, &info, Offloads::default()).unwrap_err();
+        assert!(e.contains("RSS"), "{e}");
+        let info = fake_info(Offloads::default(), BRAID_ETH_RSS_TCP);
+        let ec = eth_conf(&cfg, &info, Offloads::default()).unwrap();
+        assert!(ec.rss);
+        assert_eq!(ec.rss_hf, BRAID_ETH_RSS_TCP);
+    }
+
+    #[test]
+    fn descriptor_fit_never_panics() {
+        assert_eq!(fit_desc(1024, 64, 4096), 1024);
+        assert_eq!(fit_desc(8, 64, 4096), 64);
+        assert_eq!(fit_desc(9000, 64, 4096), 4096);
+        assert_eq!(fit_desc(1024, 512, 256), 512);
+        assert_eq!(fit_desc(0, 0, 0), 1);
+    }
+
+    #[test]
+    fn tso_needs_the_checksums_not_multi_segs() {
+        let capa = Offloads { tx_ipv4_cksum: true, tx_tcp_cksum: true, tx_tcp_tso: true, ..Default::default() };
+        let got = Offloads::negotiate(Offloads::ALL, capa);
+        assert!(got.tx_tcp_tso && !got.tx_multi_segs, "{got:?}");
+        let capa = Offloads { tx_ipv4_cksum: true, tx_udp_tso: true, tx_multi_segs: true, ..Default::default() };
+        assert!(!Offloads::negotiate(Offloads::ALL, capa).tx_udp_tso);
+    }
 
     #[test]
     fn masks_round_trip() {

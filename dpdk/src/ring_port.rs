@@ -10,10 +10,13 @@ use crate::mbuf::Mbuf;
 use crate::port::{Port, PortId};
 
 /// Two rings and the two ports built on them. Close the ports, then drop
-/// this to free the rings (and any mbuf still inside them).
+/// this to free the rings (and any mbuf still inside them). Dropped while
+/// either port is still open, it leaks the rings instead (a port could
+/// still use them).
 #[derive(Debug)]
 pub struct RingPair {
     rings: [NonNull<dpdk_sys::rte_ring>; 2],
+    ports: [Option<PortId>; 2],
 }
 
 // SAFETY: the rings are only touched by DPDK's thread-safe ring API or by
@@ -44,9 +47,19 @@ impl RingPair {
                 return Err(e);
             }
         };
-        let pair = RingPair { rings: [ab, ba] };
+        // Dropped on an early return, the pair frees the rings, having
+        // closed (or never made) the ports that use them.
+        let mut pair = RingPair { rings: [ab, ba], ports: [None, None] };
         let a = make_port(&format!("{name}_a"), ba, ab)?;
-        let b = make_port(&format!("{name}_b"), ab, ba)?;
+        pair.ports[0] = Some(a.id());
+        let b = match make_port(&format!("{name}_b"), ab, ba) {
+            Ok(b) => b,
+            Err(e) => {
+                a.close();
+                return Err(e);
+            }
+        };
+        pair.ports[1] = Some(b.id());
         Ok((pair, a, b))
     }
 }
@@ -63,11 +76,21 @@ fn make_port(name: &str, rx: NonNull<dpdk_sys::rte_ring>, tx: NonNull<dpdk_sys::
         let e = crate::rte_errno();
         return Err(Error::Ring { name: name.into(), reason: format!("rte_eth_from_rings: {}", crate::strerror(e)) });
     }
-    Port::by_id(PortId(id as u16), name)
+    let id = id as u16;
+    Port::by_id(PortId(id), name).inspect_err(|_| {
+        // SAFETY: the port was just made and nothing else holds it.
+        unsafe { dpdk_sys::rte_eth_dev_close(id) };
+    })
 }
 
 impl Drop for RingPair {
     fn drop(&mut self) {
+        // SAFETY: plain queries.
+        let open = self.ports.iter().flatten().any(|p| unsafe { dpdk_sys::rte_eth_dev_is_valid_port(p.0) } == 1);
+        if open {
+            eprintln!("braid-dpdk: RingPair dropped while one of its ports is open; leaking its rings");
+            return;
+        }
         for r in self.rings {
             let mut objs = [std::ptr::null_mut::<std::ffi::c_void>(); 32];
             loop {

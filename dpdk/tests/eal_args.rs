@@ -6,11 +6,21 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn run(ours: &[&str], eal: &[&str]) -> (i32, String) {
+    let (code, _out, err) = run_full(ours, eal, true);
+    (code, err)
+}
+
+/// Runs the tool; `quiet` adds `--log-level=*:error`. Returns the exit
+/// code, stdout and stderr.
+fn run_full(ours: &[&str], eal: &[&str], quiet: bool) -> (i32, String, String) {
     let prefix = format!("braid-args-{}-{}", std::process::id(), rand_suffix());
     let mut args: Vec<String> = ours.iter().map(|s| s.to_string()).collect();
     args.push("--".into());
     args.extend(eal.iter().map(|s| s.to_string()));
-    args.extend(["--file-prefix".to_string(), prefix.clone(), "--log-level=*:error".into()]);
+    args.extend(["--file-prefix".to_string(), prefix.clone()]);
+    if quiet {
+        args.push("--log-level=*:error".into());
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_braid-dpdk-check"))
         .args(&args)
         .stdout(Stdio::piped())
@@ -36,7 +46,8 @@ fn run(ours: &[&str], eal: &[&str]) -> (i32, String) {
         !std::path::Path::new(&format!("/var/run/dpdk/{prefix}")).exists(),
         "runtime folder left behind for {args:?}"
     );
-    (status.code().unwrap_or(-1), stderr)
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (status.code().unwrap_or(-1), stdout, stderr)
 }
 
 fn rand_suffix() -> u32 {
@@ -55,8 +66,9 @@ fn with(extra: &[&str]) -> Vec<&'static str> {
 
 #[test]
 fn good_arguments_start_and_list_vdevs() {
-    let (code, err) = run(&[], &with(&["--vdev=net_null0"]));
+    let (code, out, err) = run_full(&[], &with(&["--vdev=net_null0"]), true);
     assert_eq!(code, 0, "{err}");
+    assert!(out.contains("net_null0"), "port list on stdout: {out:?} (stderr {err})");
 }
 
 #[test]
@@ -90,8 +102,30 @@ fn a_pool_too_small_is_an_error() {
 #[test]
 fn no_pci_probe_without_no_pci_or_an_allow_list() {
     // Without --no-pci and without -a, braid refuses before DPDK starts.
-    let (code, err) = run(&[], &["--no-huge", "-m", "256", "-l", "0", "--vdev=net_null0"]);
+    // No --log-level here: had EAL started, its "EAL: ..." lines would show.
+    let (code, out, err) = run_full(&[], &["--no-huge", "-m", "256", "-l", "0", "--vdev=net_null0"], false);
     assert_eq!(code, 1);
     assert!(err.contains("refusing to start EAL without --no-pci"), "{err}");
-    assert!(!err.contains("EAL: Detected"), "EAL started anyway: {err}");
+    assert!(!err.lines().chain(out.lines()).any(|l| l.starts_with("EAL:")), "EAL started anyway: {out}{err}");
+    // The same arguments with --no-pci do make EAL talk, so the check above can fail.
+    let (code, out, err) =
+        run_full(&[], &["--no-pci", "--no-huge", "-m", "256", "-l", "0", "--vdev=net_null0"], false);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.lines().chain(out.lines()).any(|l| l.starts_with("EAL:")), "no EAL output: {out}{err}");
+}
+
+#[test]
+fn eal_args_hidden_in_values_or_after_double_dash_do_not_count() {
+    for eal in [
+        &["--no-huge", "-l", "0", "--file-prefix", "-a", "0000:01:00.0"][..],
+        &["--no-huge", "-l", "0", "-d", "--no-pci"][..],
+        &["--no-huge", "-l", "0", "-a", "net_null0"][..],
+    ] {
+        let (code, err) = run(&[], eal);
+        assert_eq!(code, 1, "{eal:?}: {err}");
+        assert!(err.contains("refusing to start EAL without --no-pci"), "{eal:?}: {err}");
+    }
+    let (code, err) = run(&[], &with(&["-h"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("help"), "{err}");
 }

@@ -57,7 +57,10 @@ fn million_packets_lcore_to_lcore_through_a_ring_pair() {
     let handle = launch(eal, worker, move || {
         let mut burst = Vec::with_capacity(BURST);
         let (mut next, mut bad, mut bytes) = (0u64, 0u64, 0u64);
-        while next < TOTAL && !stop_rx.load(Ordering::Relaxed) {
+        // Its own deadline: a lost packet ends the loop short of TOTAL (and
+        // the test fails) instead of hanging.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while next < TOTAL && !stop_rx.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
             rx.rx_burst(&mut burst, BURST);
             for m in burst.drain(..) {
                 if !(m.is_contiguous() && check(m.data(), next)) {
@@ -86,14 +89,18 @@ fn million_packets_lcore_to_lcore_through_a_ring_pair() {
             seq += 1;
         }
         tx.tx_burst(&mut burst);
-        assert!(std::time::Instant::now() < deadline, "sender stuck at {seq}");
+        if std::time::Instant::now() >= deadline {
+            // Stop the receiver before waiting for it, or join never returns.
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+            panic!("sender stuck at {seq}");
+        }
     }
     let (received, bad, bytes) = match handle.join() {
         Ok(v) => v,
         Err(e) => panic!("receiver: {e}"),
     };
     let secs = t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
     eprintln!("{received} packets, {bytes} bytes in {secs:.2}s ({:.2} Mpps)", received as f64 / secs / 1e6);
     assert_eq!(received, TOTAL);
     assert_eq!(bad, 0, "corrupted or re-ordered packets");
@@ -206,6 +213,24 @@ fn mbuf_room_is_bounded() {
     assert!(!Mbuf::alloc_bulk(&pool, &mut all, 1));
     drop(all);
     assert_eq!(pool.avail(), 63);
+    // reset on a chain frees the tail segments instead of leaking them.
+    let mut head = Mbuf::alloc(&pool).unwrap();
+    head.append(10).unwrap();
+    let mut tail = Mbuf::alloc(&pool).unwrap();
+    tail.append(20).unwrap();
+    head.chain(tail).unwrap();
+    assert_eq!((head.nb_segs(), head.pkt_len(), pool.in_use()), (2, 30, 2));
+    head.reset();
+    assert_eq!((head.nb_segs(), head.pkt_len(), pool.in_use()), (1, 0, 1));
+    drop(head);
+    assert_eq!(pool.in_use(), 0);
+    // A pool dropped with an mbuf still out is leaked, not freed: the mbuf
+    // stays valid and can still be dropped.
+    let doomed = Mempool::new("leaked_pool", 63, DEFAULT_DATA_ROOM).unwrap();
+    let m = Mbuf::alloc(&doomed).unwrap();
+    drop(doomed);
+    assert_eq!(m.data_len(), 0);
+    drop(m);
 }
 
 #[test]
@@ -231,6 +256,20 @@ fn bad_set_up_gives_clear_errors() {
     let e = null.configure(&PortConfig { rx_queues: 5000, ..Default::default() }, &[&pool]).unwrap_err();
     assert!(matches!(e, Error::PortLimit { .. }), "{e}");
     assert!(null.rx_queue(0).is_err(), "queue of an unconfigured port");
+    // Pools: one for all queues or one per queue.
+    let e = null.configure(&PortConfig { rx_queues: 1, ..Default::default() }, &[&pool, &pool]).unwrap_err();
+    assert!(matches!(e, Error::PortLimit { .. }), "{e}");
+    // Each queue handle is handed out once per configure.
+    let cfg = PortConfig { rx_desc: 512, tx_desc: 512, ..Default::default() };
+    null.configure(&cfg, &[&pool]).unwrap();
+    {
+        let _rxq = null.rx_queue(0).unwrap();
+        let _txq = null.tx_queue(0).unwrap();
+        assert!(null.rx_queue(0).is_err(), "RX queue taken twice");
+        assert!(null.tx_queue(0).is_err(), "TX queue taken twice");
+    }
+    null.configure(&cfg, &[&pool]).unwrap();
+    assert!(null.rx_queue(0).is_ok() && null.tx_queue(0).is_ok(), "configure hands queues out again");
     // An lcore that is not ours.
     assert!(matches!(launch(eal, braid_dpdk::LcoreId(77), || ()), Err(Error::NoSuchLcore(77))));
 }
