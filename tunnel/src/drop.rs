@@ -94,6 +94,53 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason, in declaration order (counter index = `as usize`).
+    pub const ALL: [DropReason; 43] = [
+        DropReason::Truncated,
+        DropReason::BadIpVersion,
+        DropReason::BadIpHeaderLen,
+        DropReason::BadIpTotalLen,
+        DropReason::BadIpChecksum,
+        DropReason::BadIpv6PayloadLen,
+        DropReason::BadIpv6ExtHeader,
+        DropReason::BadUdpLen,
+        DropReason::BadUdpChecksum,
+        DropReason::UdpZeroChecksum,
+        DropReason::Runt,
+        DropReason::EspTruncated,
+        DropReason::EspBadPad,
+        DropReason::EspPadTooLong,
+        DropReason::EspWrongSpi,
+        DropReason::EspUnknownSpi,
+        DropReason::SaExpired,
+        DropReason::AuthFailed,
+        DropReason::Replayed,
+        DropReason::ReplayTooOld,
+        DropReason::EspSeqZero,
+        DropReason::SaExhausted,
+        DropReason::EspWrongSeqBlock,
+        DropReason::EspNoTailroom,
+        DropReason::EspTooLong,
+        DropReason::EspBadNextHeader,
+        DropReason::EspInnerVersionMismatch,
+        DropReason::BundleVersion,
+        DropReason::BundleRecordLength,
+        DropReason::BundleRecordType,
+        DropReason::BundleFragment,
+        DropReason::FragmentDuplicate,
+        DropReason::FragmentOverlap,
+        DropReason::FragmentMissing,
+        DropReason::FragmentOversize,
+        DropReason::ReorderDuplicate,
+        DropReason::ReorderTooLate,
+        DropReason::ReorderOverflow,
+        DropReason::ProbeUnmatched,
+        DropReason::BundleBucket,
+        DropReason::BundleStream,
+        DropReason::RxNoBuffer,
+        DropReason::ProbeQueueFull,
+    ];
+
     /// Short, stable name for counters and logs (snake_case).
     pub const fn name(self) -> &'static str {
         match self {
@@ -141,5 +188,21 @@ impl DropReason {
             DropReason::RxNoBuffer => "rx_no_buffer",
             DropReason::ProbeQueueFull => "probe_queue_full",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DropReason;
+
+    #[test]
+    fn all_lists_every_reason_in_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::ALL.len(), "duplicate counter names");
     }
 }

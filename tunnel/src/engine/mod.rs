@@ -58,7 +58,7 @@ pub struct Transmit {
 pub const DROP_SLOTS: usize = 64;
 
 // Every reason must have a slot; the last variant is checked here.
-const _: () = assert!((DropReason::ProbeQueueFull as usize) < DROP_SLOTS);
+const _: () = assert!(DropReason::ALL.len() <= DROP_SLOTS);
 
 /// One counter per [`DropReason`] (VPP's per-node error counters).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +101,18 @@ impl DropCounters {
     /// The raw array, indexed by `DropReason as usize`.
     pub fn as_array(&self) -> &[u64; DROP_SLOTS] {
         &self.counts
+    }
+
+    /// Adds another set of counters (summing workers or bundles).
+    pub fn merge(&mut self, other: &DropCounters) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+    }
+
+    /// Non-zero counters by reason name.
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL.iter().filter(|r| self.get(**r) > 0).map(|r| (r.name(), self.get(*r))).collect()
     }
 }
 

@@ -1,0 +1,998 @@
+//! The dataplane's configuration: ports, peers, bundles of tunnels and
+//! routes.
+//!
+//! Two stages, one model: [`Config`] is the JSON document as written (names,
+//! strings, defaults filled in; a static file today, the control plane's
+//! pushed tables later), and [`Tables`] is what [`Tables::from_config`]
+//! validates it into: names resolved to indices, MACs to bytes, addresses to
+//! `core::net` types, keys to [`SaParams`], routes compiled into a
+//! [`RouteTable`]. Workers read only `Tables`, which is immutable and
+//! swapped whole; nothing on the per-packet path looks a name up.
+//!
+//! Every validation error names the offending field by its path in the
+//! document (`bundles[0].tunnels[2].key_in`) and says why. The schema and
+//! every rule are in `docs/config.md`.
+
+use core::fmt;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use braid_tunnel::balancer::{PathParams, Policy};
+use braid_tunnel::crypto::AesGcmKey;
+use braid_tunnel::liveness::LivenessConfig;
+use braid_tunnel::reorder::HoldConfig;
+use braid_tunnel::replay::{MAX_WINDOW, MIN_WINDOW};
+use braid_tunnel::sa::{SaParams, Spi, MAX_PACKET_LIMIT, SALT_LEN};
+use braid_tunnel::wire::esp;
+use serde::{Deserialize, Serialize};
+
+use crate::route::{self, Prefix, RouteError, RouteTable};
+
+/// Smallest port MTU: the IPv4 minimum datagram every host must accept
+/// (RFC 791).
+pub const MIN_MTU: u32 = 576;
+/// Largest port MTU: a common jumbo-frame ceiling of 825xx/X710 NICs.
+pub const MAX_MTU: u32 = 9600;
+/// Default port MTU (Ethernet).
+pub const DEFAULT_MTU: u32 = 1500;
+/// Outer IPv4 header without options (RFC 791).
+pub const OUTER_IPV4_LEN: usize = 20;
+/// UDP header of the ESP-in-UDP encapsulation (RFC 3948).
+pub const UDP_LEN: usize = 8;
+/// Bytes an ESP-in-UDP-in-IPv4 packet adds around a bundle frame at most:
+/// IPv4 20 + UDP 8 + ESP header and IV 16 + pad 3 + trailer 2 + ICV 16 = 65.
+pub const FRAME_OVERHEAD_V4: usize = OUTER_IPV4_LEN + UDP_LEN + esp::PAYLOAD_OFFSET + esp::MAX_TAIL;
+/// Smallest `max_frame`: below this, packing and fragment headers eat the
+/// frame.
+pub const MIN_MAX_FRAME: usize = 256;
+/// Longest `reorder_hold_max_ms`.
+pub const MAX_HOLD_MS: u64 = 10_000;
+/// Longest `probe_interval_ms`.
+pub const MAX_PROBE_INTERVAL_MS: u64 = 60_000;
+/// Lowest SPI not reserved by IANA (RFC 4303 section 2.1: 1..=255 reserved,
+/// 0 never sent).
+pub const MIN_SPI: u32 = 256;
+
+const NANOS_PER_MS: u64 = 1_000_000;
+
+// ---------------------------------------------------------------------------
+// The document as written.
+
+/// The configuration document. Unknown fields anywhere are an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub ports: Vec<PortConfig>,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub bundles: Vec<BundleConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Options shared by every tunnel.
+    #[serde(default)]
+    pub tunnel: TunnelOptionsConfig,
+}
+
+/// Which side of the gateway a port faces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortRole {
+    /// Inner traffic: packets to route into bundles, and to deliver.
+    Lan,
+    /// Outer traffic: ESP-in-UDP to and from the peers.
+    Wan,
+}
+
+/// One DPDK port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    pub name: String,
+    /// DPDK device name, e.g. `net_memif0`, `0000:03:00.0`, or a ring PMD name.
+    pub device: String,
+    pub role: PortRole,
+    /// This port's MAC, `02:00:00:00:00:01`.
+    pub mac: String,
+    /// Interface address with prefix length, `192.0.2.1/24`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<String>,
+    /// Interface address with prefix length, `2001:db8::1/64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
+    /// Static neighbour: the LAN host or router on a LAN port, the next hop
+    /// toward the peers on a WAN port.
+    pub next_hop_mac: String,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+}
+
+/// A peer gateway, reached through one bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    /// Name of the bundle that carries this peer's traffic.
+    pub bundle: String,
+}
+
+/// What an ESP packet of the bundle carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BundleMode {
+    /// braid's bundle frames (next header 253): packing, fragmentation and
+    /// the bundle sequence for re-ordering across tunnels.
+    #[default]
+    Bundle,
+    /// One inner packet per ESP packet (next header 4 or 41): interoperates
+    /// with any ESP peer.
+    Plain,
+}
+
+/// How a bundle spreads frames over its tunnels (the names of
+/// [`braid_tunnel::balancer::Policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancePolicy {
+    RoundRobin,
+    #[default]
+    Weighted,
+    EarliestArrival,
+}
+
+impl From<BalancePolicy> for Policy {
+    fn from(p: BalancePolicy) -> Policy {
+        match p {
+            BalancePolicy::RoundRobin => Policy::RoundRobin,
+            BalancePolicy::Weighted => Policy::Weighted,
+            BalancePolicy::EarliestArrival => Policy::EarliestArrival,
+        }
+    }
+}
+
+/// A set of tunnels to one peer gateway that together make one wide tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleConfig {
+    pub name: String,
+    #[serde(default)]
+    pub mode: BundleMode,
+    #[serde(default)]
+    pub policy: BalancePolicy,
+    /// Largest frame (ESP payload). Default: the smallest MTU of the
+    /// tunnels' WAN ports less [`FRAME_OVERHEAD_V4`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frame: Option<u32>,
+    pub tunnels: Vec<TunnelConfig>,
+}
+
+/// One ESP-in-UDP tunnel: an SA each way and its UDP port pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    /// Name of the WAN port the tunnel leaves by.
+    pub wan_port: String,
+    /// Local socket address, `192.0.2.1:4500`; the IP is the WAN port's.
+    pub local: String,
+    /// The peer's socket address, `198.51.100.1:4500`.
+    pub remote: String,
+    /// SPI of the outbound SA (chosen by the peer).
+    pub spi_out: u32,
+    /// SPI of the inbound SA (chosen here; unique across all tunnels).
+    pub spi_in: u32,
+    /// AES-GCM key, 16 or 32 bytes in hex.
+    pub key_out: HexSecret,
+    pub key_in: HexSecret,
+    /// RFC 4106 salt, 4 bytes in hex.
+    pub salt_out: HexSecret,
+    pub salt_in: HexSecret,
+    /// Share of the bundle's traffic under the `weighted` policy.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Path rate in Mbit/s for `earliest_arrival`; 0 is unmetered.
+    #[serde(default)]
+    pub rate_mbps: u64,
+}
+
+/// Inner destination prefix to peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `10.2.0.0/16` or `fd00:2::/64`; host bits must be clear.
+    pub prefix: String,
+    pub peer: String,
+}
+
+/// Options shared by every tunnel, each with a default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelOptionsConfig {
+    /// Anti-replay window in packets: a power of two in 64..=2^20.
+    pub replay_window: u64,
+    /// Shortest re-order hold.
+    pub reorder_hold_min_ms: u64,
+    /// Longest re-order hold: the most a lost packet delays its flow.
+    pub reorder_hold_max_ms: u64,
+    /// Added to the measured path skew.
+    pub reorder_hold_margin_ms: u64,
+    /// Time between liveness probes on each tunnel.
+    pub probe_interval_ms: u64,
+    /// Missed probes in a row that take a tunnel out of the rotation.
+    pub probe_dead_after: u32,
+    /// Replies in a row that bring it back.
+    pub probe_alive_after: u32,
+}
+
+impl Default for TunnelOptionsConfig {
+    /// The tunnel crate's defaults ([`HoldConfig`], [`LivenessConfig`],
+    /// [`braid_tunnel::replay::DEFAULT_WINDOW`]).
+    fn default() -> Self {
+        let hold = HoldConfig::default();
+        let live = LivenessConfig::default();
+        TunnelOptionsConfig {
+            replay_window: braid_tunnel::replay::DEFAULT_WINDOW,
+            reorder_hold_min_ms: hold.floor / NANOS_PER_MS,
+            reorder_hold_max_ms: hold.ceiling / NANOS_PER_MS,
+            reorder_hold_margin_ms: hold.margin / NANOS_PER_MS,
+            probe_interval_ms: live.interval / NANOS_PER_MS,
+            probe_dead_after: live.dead_after,
+            probe_alive_after: live.alive_after,
+        }
+    }
+}
+
+fn default_mtu() -> u32 {
+    DEFAULT_MTU
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Key material as hex. Serialized as the plain string; `Debug` never shows
+/// it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HexSecret(pub String);
+
+impl fmt::Debug for HexSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HexSecret(..)")
+    }
+}
+
+impl From<&str> for HexSecret {
+    fn from(s: &str) -> Self {
+        HexSecret(s.to_string())
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not JSON, a wrong type, a missing or an unknown field.
+    #[error("parsing configuration: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// Well-formed, but breaks a rule. `field` is the path in the document.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl ConfigError {
+    /// The path of the offending field, e.g. `bundles[0].tunnels[2].key_in`,
+    /// for [`ConfigError::Invalid`].
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Config {
+    /// Parses a document; unknown fields are an error. Does not validate:
+    /// see [`Tables::from_config`].
+    pub fn from_json_str(s: &str) -> Result<Config, ConfigError> {
+        Ok(serde_json::from_str(s)?)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_json_str(&text)
+    }
+
+    /// The document as pretty JSON, defaults written out and keys included.
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a Config always serializes")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The validated tables.
+
+/// An interface address: the host's address and its subnet's prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IfaceAddr<A> {
+    pub addr: A,
+    pub prefix_len: u8,
+}
+
+/// A port, at its index in [`Tables::ports`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub name: String,
+    pub device: String,
+    pub role: PortRole,
+    pub mac: [u8; 6],
+    pub next_hop_mac: [u8; 6],
+    pub ipv4: Option<IfaceAddr<Ipv4Addr>>,
+    pub ipv6: Option<IfaceAddr<Ipv6Addr>>,
+    pub mtu: u16,
+}
+
+/// A peer, at the index its routes resolve to in [`Tables::peers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    /// Index in [`Tables::bundles`].
+    pub bundle: usize,
+}
+
+/// A bundle, at its index in [`Tables::bundles`].
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub name: String,
+    pub mode: BundleMode,
+    pub policy: Policy,
+    /// Largest frame (ESP payload) in bytes.
+    pub max_frame: usize,
+    /// Index in [`Tables::peers`] of the peer using this bundle, if any.
+    pub peer: Option<usize>,
+    /// Tunnel `i` is the balancer's and the re-orderer's path `i`.
+    pub tunnels: Vec<Tunnel>,
+}
+
+/// One tunnel of a bundle.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    /// Index in [`Tables::ports`]; always a WAN port.
+    pub wan_port: usize,
+    pub local: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub sa_out: SaParams,
+    pub sa_in: SaParams,
+    /// Share under [`Policy::Weighted`], at least 1.
+    pub weight: u32,
+    /// Path rate in bytes/s for [`Policy::EarliestArrival`]; 0 is unmetered.
+    pub rate: u64,
+}
+
+impl Tunnel {
+    /// The balancer's figures for this path before any measurement.
+    pub fn path_params(&self) -> PathParams {
+        PathParams {
+            weight: self.weight,
+            rate: self.rate,
+            delay: 0,
+        }
+    }
+}
+
+/// A tunnel by position: `tables.bundles[bundle].tunnels[tunnel]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TunnelRef {
+    pub bundle: u32,
+    pub tunnel: u32,
+}
+
+/// The shared tunnel options in the tunnel crate's units (nanoseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelOptions {
+    pub replay_window: u64,
+    pub hold: HoldConfig,
+    pub liveness: LivenessConfig,
+}
+
+/// The validated, immutable snapshot the workers read.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    pub ports: Vec<Port>,
+    pub peers: Vec<Peer>,
+    pub bundles: Vec<Bundle>,
+    /// Inner destination to index in `peers`.
+    pub routes: RouteTable,
+    pub options: TunnelOptions,
+    /// Inbound SPI to tunnel, sorted by SPI.
+    by_spi_in: Box<[(Spi, TunnelRef)]>,
+    /// (WAN port, local socket) to tunnel, sorted.
+    by_local: Box<[((usize, SocketAddrV4), TunnelRef)]>,
+}
+
+impl Tables {
+    /// Validates a configuration into tables. The first broken rule is
+    /// reported with its field path.
+    pub fn from_config(config: &Config) -> Result<Tables, ConfigError> {
+        let ports = resolve_ports(&config.ports)?;
+        let port_index = index_names(config.ports.iter().map(|p| p.name.as_str()));
+        let bundle_index = unique_names(
+            "bundles",
+            config.bundles.iter().map(|b| b.name.as_str()),
+        )?;
+        let peer_index = unique_names("peers", config.peers.iter().map(|p| p.name.as_str()))?;
+
+        let mut peers = Vec::with_capacity(config.peers.len());
+        let mut bundle_peer: Vec<Option<usize>> = vec![None; config.bundles.len()];
+        for (i, p) in config.peers.iter().enumerate() {
+            let field = format!("peers[{i}].bundle");
+            let &bundle = bundle_index
+                .get(p.bundle.as_str())
+                .ok_or_else(|| invalid(&field, format!("no bundle named {:?}", p.bundle)))?;
+            if let Some(other) = bundle_peer[bundle] {
+                return Err(invalid(
+                    field,
+                    format!("bundle {:?} is already used by peers[{other}]", p.bundle),
+                ));
+            }
+            bundle_peer[bundle] = Some(i);
+            peers.push(Peer {
+                name: p.name.clone(),
+                bundle,
+            });
+        }
+
+        let options = resolve_options(&config.tunnel)?;
+
+        let mut bundles = Vec::with_capacity(config.bundles.len());
+        let mut spi_in_owner: HashMap<u32, String> = HashMap::new();
+        let mut local_owner: HashMap<(usize, SocketAddrV4), String> = HashMap::new();
+        let mut by_spi_in = Vec::new();
+        let mut by_local = Vec::new();
+        for (b, bc) in config.bundles.iter().enumerate() {
+            let at = format!("bundles[{b}]");
+            if bc.tunnels.is_empty() {
+                return Err(invalid(format!("{at}.tunnels"), "a bundle needs at least one tunnel"));
+            }
+            let mut spi_out_owner: HashMap<u32, String> = HashMap::new();
+            let mut tunnels = Vec::with_capacity(bc.tunnels.len());
+            for (t, tc) in bc.tunnels.iter().enumerate() {
+                let at = format!("{at}.tunnels[{t}]");
+                let tunnel = resolve_tunnel(&at, tc, &ports, &port_index)?;
+                if let Some(other) = spi_in_owner.insert(tc.spi_in, at.clone()) {
+                    return Err(invalid(
+                        format!("{at}.spi_in"),
+                        format!("SPI {} is already the spi_in of {other}", tc.spi_in),
+                    ));
+                }
+                if let Some(other) = spi_out_owner.insert(tc.spi_out, at.clone()) {
+                    return Err(invalid(
+                        format!("{at}.spi_out"),
+                        format!("SPI {} is already the spi_out of {other} in this bundle", tc.spi_out),
+                    ));
+                }
+                let key = (tunnel.wan_port, tunnel.local);
+                if let Some(other) = local_owner.insert(key, at.clone()) {
+                    return Err(invalid(
+                        format!("{at}.local"),
+                        format!(
+                            "{} on port {:?} is already the local address of {other}",
+                            tunnel.local, tc.wan_port
+                        ),
+                    ));
+                }
+                let r = TunnelRef {
+                    bundle: b as u32,
+                    tunnel: t as u32,
+                };
+                by_spi_in.push((tunnel.sa_in.spi, r));
+                by_local.push((key, r));
+                tunnels.push(tunnel);
+            }
+            let min_mtu = tunnels
+                .iter()
+                .map(|t| ports[t.wan_port].mtu as usize)
+                .min()
+                .expect("at least one tunnel");
+            let limit = min_mtu - FRAME_OVERHEAD_V4;
+            let max_frame = match bc.max_frame {
+                None => limit,
+                Some(f) => {
+                    let f = f as usize;
+                    if f < MIN_MAX_FRAME {
+                        return Err(invalid(
+                            format!("{at}.max_frame"),
+                            format!("{f} is below the minimum of {MIN_MAX_FRAME}"),
+                        ));
+                    }
+                    if f > limit {
+                        return Err(invalid(
+                            format!("{at}.max_frame"),
+                            format!(
+                                "{f} does not fit the smallest WAN MTU of the bundle's tunnels \
+                                 ({min_mtu} - {FRAME_OVERHEAD_V4} bytes of outer headers = {limit})"
+                            ),
+                        ));
+                    }
+                    f
+                }
+            };
+            bundles.push(Bundle {
+                name: bc.name.clone(),
+                mode: bc.mode,
+                policy: bc.policy.into(),
+                max_frame,
+                peer: bundle_peer[b],
+                tunnels,
+            });
+        }
+
+        let mut prefixes = Vec::with_capacity(config.routes.len());
+        for (i, r) in config.routes.iter().enumerate() {
+            let prefix: Prefix = r
+                .prefix
+                .parse()
+                .map_err(|e| invalid(format!("routes[{i}].prefix"), e))?;
+            let &peer = peer_index
+                .get(r.peer.as_str())
+                .ok_or_else(|| invalid(format!("routes[{i}].peer"), format!("no peer named {:?}", r.peer)))?;
+            prefixes.push((prefix, peer as u32));
+        }
+        let routes = RouteTable::new(prefixes).map_err(|e| match e {
+            RouteError::Duplicate {
+                prefix,
+                first,
+                index,
+            } => invalid(
+                format!("routes[{index}].prefix"),
+                format!("{prefix} is already routed by routes[{first}]"),
+            ),
+            RouteError::ReservedValue { index, .. } => {
+                invalid(format!("routes[{index}].peer"), "too many peers")
+            }
+        })?;
+
+        by_spi_in.sort_unstable_by_key(|&(spi, _)| spi);
+        by_local.sort_unstable_by_key(|&(k, _)| (k.0, u32::from(*k.1.ip()), k.1.port()));
+        Ok(Tables {
+            ports,
+            peers,
+            bundles,
+            routes,
+            options,
+            by_spi_in: by_spi_in.into_boxed_slice(),
+            by_local: by_local.into_boxed_slice(),
+        })
+    }
+
+    /// The tunnel whose inbound SA has this SPI.
+    #[inline]
+    pub fn tunnel_by_spi_in(&self, spi: Spi) -> Option<TunnelRef> {
+        self.by_spi_in
+            .binary_search_by_key(&spi, |&(s, _)| s)
+            .ok()
+            .map(|i| self.by_spi_in[i].1)
+    }
+
+    /// The tunnel with this local socket address on WAN port `port`: how
+    /// the receiver classifies an ESP-in-UDP packet by its destination.
+    #[inline]
+    pub fn tunnel_by_local(&self, port: usize, local: SocketAddrV4) -> Option<TunnelRef> {
+        let key = |k: &(usize, SocketAddrV4)| (k.0, u32::from(*k.1.ip()), k.1.port());
+        let want = key(&(port, local));
+        self.by_local
+            .binary_search_by_key(&want, |(k, _)| key(k))
+            .ok()
+            .map(|i| self.by_local[i].1)
+    }
+
+    /// The tunnel a [`TunnelRef`] names.
+    #[inline]
+    pub fn tunnel(&self, r: TunnelRef) -> &Tunnel {
+        &self.bundles[r.bundle as usize].tunnels[r.tunnel as usize]
+    }
+
+    /// Indices and ports of one role.
+    pub fn ports_with_role(&self, role: PortRole) -> impl Iterator<Item = (usize, &Port)> + '_ {
+        self.ports.iter().enumerate().filter(move |(_, p)| p.role == role)
+    }
+}
+
+fn index_names<'a>(names: impl Iterator<Item = &'a str>) -> HashMap<&'a str, usize> {
+    names.enumerate().map(|(i, n)| (n, i)).collect()
+}
+
+/// Name to index, refusing empty and repeated names.
+fn unique_names<'a>(
+    list: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<&'a str, usize>, ConfigError> {
+    let mut index = HashMap::new();
+    for (i, name) in names.enumerate() {
+        let field = format!("{list}[{i}].name");
+        if name.is_empty() {
+            return Err(invalid(field, "must not be empty"));
+        }
+        if let Some(first) = index.insert(name, i) {
+            return Err(invalid(
+                field,
+                format!("duplicate name {name:?} (also {list}[{first}])"),
+            ));
+        }
+    }
+    Ok(index)
+}
+
+fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
+    unique_names("ports", config.iter().map(|p| p.name.as_str()))?;
+    let mut devices: HashMap<&str, usize> = HashMap::new();
+    let mut ports = Vec::with_capacity(config.len());
+    for (i, p) in config.iter().enumerate() {
+        let at = format!("ports[{i}]");
+        if p.device.is_empty() {
+            return Err(invalid(format!("{at}.device"), "must not be empty"));
+        }
+        if let Some(first) = devices.insert(p.device.as_str(), i) {
+            return Err(invalid(
+                format!("{at}.device"),
+                format!("device {:?} is already ports[{first}]", p.device),
+            ));
+        }
+        let mac = parse_unicast_mac(&p.mac).map_err(|e| invalid(format!("{at}.mac"), e))?;
+        let next_hop_mac =
+            parse_unicast_mac(&p.next_hop_mac).map_err(|e| invalid(format!("{at}.next_hop_mac"), e))?;
+        let ipv4 = match &p.ipv4 {
+            None => None,
+            Some(s) => Some(parse_iface_v4(s).map_err(|e| invalid(format!("{at}.ipv4"), e))?),
+        };
+        let ipv6 = match &p.ipv6 {
+            None => None,
+            Some(s) => Some(parse_iface_v6(s).map_err(|e| invalid(format!("{at}.ipv6"), e))?),
+        };
+        if !(MIN_MTU..=MAX_MTU).contains(&p.mtu) {
+            return Err(invalid(
+                format!("{at}.mtu"),
+                format!("{} is outside {MIN_MTU}..={MAX_MTU}", p.mtu),
+            ));
+        }
+        ports.push(Port {
+            name: p.name.clone(),
+            device: p.device.clone(),
+            role: p.role,
+            mac,
+            next_hop_mac,
+            ipv4,
+            ipv6,
+            mtu: p.mtu as u16,
+        });
+    }
+    for (role, what) in [(PortRole::Lan, "LAN"), (PortRole::Wan, "WAN")] {
+        if !ports.iter().any(|p| p.role == role) {
+            return Err(invalid("ports", format!("at least one {what} port is needed")));
+        }
+    }
+    Ok(ports)
+}
+
+fn resolve_options(o: &TunnelOptionsConfig) -> Result<TunnelOptions, ConfigError> {
+    let w = o.replay_window;
+    if !w.is_power_of_two() || !(MIN_WINDOW..=MAX_WINDOW).contains(&w) {
+        return Err(invalid(
+            "tunnel.replay_window",
+            format!("{w} is not a power of two in {MIN_WINDOW}..={MAX_WINDOW}"),
+        ));
+    }
+    if o.reorder_hold_max_ms > MAX_HOLD_MS {
+        return Err(invalid(
+            "tunnel.reorder_hold_max_ms",
+            format!("{} is above {MAX_HOLD_MS}", o.reorder_hold_max_ms),
+        ));
+    }
+    if o.reorder_hold_min_ms > o.reorder_hold_max_ms {
+        return Err(invalid(
+            "tunnel.reorder_hold_min_ms",
+            format!(
+                "{} is above reorder_hold_max_ms ({})",
+                o.reorder_hold_min_ms, o.reorder_hold_max_ms
+            ),
+        ));
+    }
+    if o.reorder_hold_margin_ms > MAX_HOLD_MS {
+        return Err(invalid(
+            "tunnel.reorder_hold_margin_ms",
+            format!("{} is above {MAX_HOLD_MS}", o.reorder_hold_margin_ms),
+        ));
+    }
+    if !(1..=MAX_PROBE_INTERVAL_MS).contains(&o.probe_interval_ms) {
+        return Err(invalid(
+            "tunnel.probe_interval_ms",
+            format!("{} is outside 1..={MAX_PROBE_INTERVAL_MS}", o.probe_interval_ms),
+        ));
+    }
+    if o.probe_dead_after == 0 {
+        return Err(invalid("tunnel.probe_dead_after", "must be at least 1"));
+    }
+    if o.probe_alive_after == 0 {
+        return Err(invalid("tunnel.probe_alive_after", "must be at least 1"));
+    }
+    Ok(TunnelOptions {
+        replay_window: w,
+        hold: HoldConfig {
+            floor: o.reorder_hold_min_ms * NANOS_PER_MS,
+            ceiling: o.reorder_hold_max_ms * NANOS_PER_MS,
+            margin: o.reorder_hold_margin_ms * NANOS_PER_MS,
+        },
+        liveness: LivenessConfig {
+            interval: o.probe_interval_ms * NANOS_PER_MS,
+            dead_after: o.probe_dead_after,
+            alive_after: o.probe_alive_after,
+            ..LivenessConfig::default()
+        },
+    })
+}
+
+fn resolve_tunnel(
+    at: &str,
+    tc: &TunnelConfig,
+    ports: &[Port],
+    port_index: &HashMap<&str, usize>,
+) -> Result<Tunnel, ConfigError> {
+    let f = |name: &str| format!("{at}.{name}");
+    let &wan_port = port_index
+        .get(tc.wan_port.as_str())
+        .ok_or_else(|| invalid(f("wan_port"), format!("no port named {:?}", tc.wan_port)))?;
+    let port = &ports[wan_port];
+    if port.role != PortRole::Wan {
+        return Err(invalid(
+            f("wan_port"),
+            format!("port {:?} has role lan, expected wan", tc.wan_port),
+        ));
+    }
+    let local = parse_socket_v4(&tc.local).map_err(|e| invalid(f("local"), e))?;
+    let port_ip = port.ipv4.ok_or_else(|| {
+        invalid(
+            f("wan_port"),
+            format!("port {:?} has no ipv4 address to send from", tc.wan_port),
+        )
+    })?;
+    if *local.ip() != port_ip.addr {
+        return Err(invalid(
+            f("local"),
+            format!(
+                "{} is not the address of port {:?} ({})",
+                local.ip(),
+                tc.wan_port,
+                port_ip.addr
+            ),
+        ));
+    }
+    let remote = parse_socket_v4(&tc.remote).map_err(|e| invalid(f("remote"), e))?;
+    let spi_out = check_spi(tc.spi_out).map_err(|e| invalid(f("spi_out"), e))?;
+    let spi_in = check_spi(tc.spi_in).map_err(|e| invalid(f("spi_in"), e))?;
+    let key_out = parse_key(&tc.key_out.0).map_err(|e| invalid(f("key_out"), e))?;
+    let key_in = parse_key(&tc.key_in.0).map_err(|e| invalid(f("key_in"), e))?;
+    let salt_out = parse_salt(&tc.salt_out.0).map_err(|e| invalid(f("salt_out"), e))?;
+    let salt_in = parse_salt(&tc.salt_in.0).map_err(|e| invalid(f("salt_in"), e))?;
+    if tc.weight == 0 {
+        return Err(invalid(f("weight"), "must be at least 1"));
+    }
+    let rate = tc
+        .rate_mbps
+        .checked_mul(1_000_000 / 8)
+        .ok_or_else(|| invalid(f("rate_mbps"), format!("{} is too large", tc.rate_mbps)))?;
+    Ok(Tunnel {
+        wan_port,
+        local,
+        remote,
+        sa_out: SaParams {
+            spi: spi_out,
+            key: key_out,
+            salt: salt_out,
+            packet_limit: MAX_PACKET_LIMIT,
+        },
+        sa_in: SaParams {
+            spi: spi_in,
+            key: key_in,
+            salt: salt_in,
+            packet_limit: MAX_PACKET_LIMIT,
+        },
+        weight: tc.weight,
+        rate,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Field parsers. Each returns the reason; the caller adds the field path.
+
+fn check_spi(spi: u32) -> Result<Spi, String> {
+    match spi {
+        0 => Err("SPI 0 is never sent (RFC 4303 section 2.1)".into()),
+        1..MIN_SPI => Err(format!(
+            "SPI {spi} is reserved: 1..=255 are kept by IANA (RFC 4303 section 2.1)"
+        )),
+        _ => Ok(Spi(spi)),
+    }
+}
+
+/// Hex digits, optionally after `0x` (as `ip xfrm` prints them).
+fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+    let digits = s.strip_prefix("0x").unwrap_or(s);
+    if let Some((i, c)) = digits.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
+        return Err(format!("{c:?} at offset {i} is not a hex digit"));
+    }
+    if digits.len() % 2 != 0 {
+        return Err(format!("odd number of hex digits ({})", digits.len()));
+    }
+    Ok(digits
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let hi = (pair[0] as char).to_digit(16).expect("checked");
+            let lo = (pair[1] as char).to_digit(16).expect("checked");
+            (hi * 16 + lo) as u8
+        })
+        .collect())
+}
+
+fn parse_key(s: &str) -> Result<AesGcmKey, String> {
+    let what = "expected 16 or 32 bytes of hex";
+    let bytes = parse_hex(s).map_err(|e| format!("{what}: {e}"))?;
+    AesGcmKey::from_slice(&bytes).ok_or_else(|| format!("{what}, got {}", bytes.len()))
+}
+
+fn parse_salt(s: &str) -> Result<[u8; SALT_LEN], String> {
+    let what = format!("expected {SALT_LEN} bytes of hex");
+    let bytes = parse_hex(s).map_err(|e| format!("{what}: {e}"))?;
+    bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("{what}, got {}", bytes.len()))
+}
+
+/// `02:00:00:00:00:01`: six two-digit hex groups separated by colons.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let err = || format!("{s:?} is not a MAC address like 02:00:00:00:00:01");
+    let mut mac = [0u8; 6];
+    let mut groups = s.split(':');
+    for byte in &mut mac {
+        let g = groups.next().ok_or_else(err)?;
+        if g.len() != 2 || !g.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err());
+        }
+        *byte = u8::from_str_radix(g, 16).map_err(|_| err())?;
+    }
+    if groups.next().is_some() {
+        return Err(err());
+    }
+    Ok(mac)
+}
+
+fn parse_unicast_mac(s: &str) -> Result<[u8; 6], String> {
+    let mac = parse_mac(s)?;
+    if mac[0] & 1 != 0 {
+        return Err(format!("{s} is a multicast or broadcast MAC, expected unicast"));
+    }
+    if mac == [0; 6] {
+        return Err(format!("{s} is the all-zero MAC"));
+    }
+    Ok(mac)
+}
+
+fn parse_iface_v4(s: &str) -> Result<IfaceAddr<Ipv4Addr>, String> {
+    let (addr, prefix_len) = route::parse_cidr(s).map_err(|e| e.to_string())?;
+    let IpAddr::V4(addr) = addr else {
+        return Err(format!("{addr} is not an IPv4 address"));
+    };
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() {
+        return Err(format!("{addr} is not a unicast address"));
+    }
+    Ok(IfaceAddr { addr, prefix_len })
+}
+
+fn parse_iface_v6(s: &str) -> Result<IfaceAddr<Ipv6Addr>, String> {
+    let (addr, prefix_len) = route::parse_cidr(s).map_err(|e| e.to_string())?;
+    let IpAddr::V6(addr) = addr else {
+        return Err(format!("{addr} is not an IPv6 address"));
+    };
+    if addr.is_unspecified() || addr.is_multicast() {
+        return Err(format!("{addr} is not a unicast address"));
+    }
+    Ok(IfaceAddr { addr, prefix_len })
+}
+
+/// `192.0.2.1:4500`. IPv6 outer addresses are refused until the dataplane
+/// emits outer IPv6.
+fn parse_socket_v4(s: &str) -> Result<SocketAddrV4, String> {
+    let sa: SocketAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a socket address like 192.0.2.1:4500"))?;
+    let SocketAddr::V4(sa) = sa else {
+        return Err(format!("{s}: IPv6 outer addresses are not supported yet"));
+    };
+    let ip = sa.ip();
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(format!("{ip} is not a unicast address"));
+    }
+    if sa.port() == 0 {
+        return Err(format!("{s}: UDP port 0 is not allowed"));
+    }
+    Ok(sa)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overhead_matches_the_documented_formula() {
+        assert_eq!(FRAME_OVERHEAD_V4, 20 + 8 + 16 + 3 + 2 + 16);
+        assert_eq!(DEFAULT_MTU as usize - FRAME_OVERHEAD_V4, 1435);
+    }
+
+    #[test]
+    fn hex() {
+        assert_eq!(parse_hex("00ff10").unwrap(), vec![0, 255, 16]);
+        assert_eq!(parse_hex("0xABcd").unwrap(), vec![0xab, 0xcd]);
+        assert!(parse_hex("abc").unwrap_err().contains("odd"));
+        assert!(parse_hex("zz").unwrap_err().contains("offset 0"));
+        assert!(parse_hex("ab cd").unwrap_err().contains("offset 2"));
+        assert_eq!(parse_hex("").unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn keys_and_salts() {
+        assert!(matches!(parse_key(&"11".repeat(16)), Ok(AesGcmKey::Aes128(_))));
+        assert!(matches!(parse_key(&"11".repeat(32)), Ok(AesGcmKey::Aes256(_))));
+        assert_eq!(
+            parse_key(&"11".repeat(15)).unwrap_err(),
+            "expected 16 or 32 bytes of hex, got 15"
+        );
+        assert_eq!(parse_salt("01020304").unwrap(), [1, 2, 3, 4]);
+        assert!(parse_salt("010203").is_err());
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("02:00:00:00:0a:FF").unwrap(), [2, 0, 0, 0, 10, 255]);
+        for bad in ["02:00:00:00:00", "02:00:00:00:00:01:02", "2:00:00:00:00:01", "02-00-00-00-00-01", "02:00:00:00:00:+1", ""] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+        assert!(parse_unicast_mac("ff:ff:ff:ff:ff:ff").is_err());
+        assert!(parse_unicast_mac("01:00:5e:00:00:01").is_err());
+        assert!(parse_unicast_mac("00:00:00:00:00:00").is_err());
+    }
+
+    #[test]
+    fn spis() {
+        assert!(check_spi(0).is_err());
+        assert!(check_spi(1).is_err());
+        assert!(check_spi(255).is_err());
+        assert_eq!(check_spi(256).unwrap(), Spi(256));
+        assert_eq!(check_spi(u32::MAX).unwrap(), Spi(u32::MAX));
+    }
+
+    #[test]
+    fn socket_addresses() {
+        assert_eq!(parse_socket_v4("192.0.2.1:4500").unwrap().port(), 4500);
+        assert!(parse_socket_v4("[2001:db8::1]:4500").unwrap_err().contains("not supported yet"));
+        assert!(parse_socket_v4("192.0.2.1").is_err());
+        assert!(parse_socket_v4("192.0.2.1:0").is_err());
+        assert!(parse_socket_v4("0.0.0.0:4500").is_err());
+    }
+}

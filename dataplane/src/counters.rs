@@ -1,0 +1,170 @@
+//! Counters the workers keep: per worker, per port role and per tunnel, and
+//! a named counter for every drop (VPP's `foreach_*_error`). Each worker owns
+//! its counters (no sharing on the per-packet path); readers sum snapshots.
+
+use braid_tunnel::engine::DropCounters;
+
+macro_rules! drops {
+    ($($(#[$m:meta])* $v:ident => $n:literal,)*) => {
+        /// Why the dataplane (not the tunnel engine) dropped a packet.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DpDrop { $($(#[$m])* $v,)* }
+        impl DpDrop {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DpDrop] = &[$(DpDrop::$v,)*];
+            /// Stable snake_case name for reports.
+            pub const fn name(self) -> &'static str { match self { $(DpDrop::$v => $n,)* } }
+        }
+    };
+}
+
+drops! {
+    /// Frame shorter than an Ethernet header, or not IPv4/IPv6.
+    NotIp => "not_ip",
+    /// Inner IP header malformed (version, lengths, checksum).
+    BadInnerIp => "bad_inner_ip",
+    /// No route for the inner destination.
+    NoRoute => "no_route",
+    /// Frame spans several mbuf segments (not supported on this path yet).
+    Multiseg => "multiseg",
+    /// Inner packet too big for the mbuf or the bundle (> 65535 B).
+    TooBig => "too_big",
+    /// The mempool was empty.
+    NoMbuf => "no_mbuf",
+    /// LAN TX queue full: the NIC did not take the packet.
+    LanTxFull => "lan_tx_full",
+    /// WAN TX queue full.
+    WanTxFull => "wan_tx_full",
+    /// WAN frame not IPv4/UDP to one of our tunnel endpoints.
+    NotTunnel => "not_tunnel",
+    /// Outer IPv4 header malformed.
+    BadOuterIp => "bad_outer_ip",
+    /// Outer IPv4 fragment (reassembly not implemented yet).
+    OuterFragment => "outer_fragment",
+    /// UDP payload with the non-ESP marker (IKE): no IKE here.
+    NonEsp => "non_esp",
+    /// RFC 3948 NAT-keepalive (counted, not an error).
+    Keepalive => "nat_keepalive",
+    /// ESP packet whose SPI no tunnel uses.
+    UnknownSpi => "unknown_spi",
+    /// SPI of a tunnel whose local UDP port is not the one the packet hit.
+    TunnelMismatch => "tunnel_mismatch",
+    /// Rejected by the tunnel engine (reason in the engine counters).
+    Engine => "engine",
+    /// The port refused the packet in tx_prepare.
+    TxRejected => "tx_rejected",
+}
+
+/// Drops by reason, indexed by `DpDrop as usize`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DpDrops([u64; 32]);
+
+impl DpDrops {
+    /// Counts one drop.
+    #[inline]
+    pub fn add(&mut self, r: DpDrop) {
+        self.0[r as usize] += 1;
+    }
+    /// Counts `n` drops.
+    #[inline]
+    pub fn add_n(&mut self, r: DpDrop, n: u64) {
+        self.0[r as usize] += n;
+    }
+    /// Drops for one reason.
+    pub fn get(&self, r: DpDrop) -> u64 {
+        self.0[r as usize]
+    }
+    /// Adds another set (summing workers).
+    pub fn merge(&mut self, o: &DpDrops) {
+        for (a, b) in self.0.iter_mut().zip(o.0.iter()) {
+            *a += b;
+        }
+    }
+    /// Non-zero counters by name.
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        DpDrop::ALL.iter().filter(|r| self.get(**r) > 0).map(|r| (r.name(), self.get(*r))).collect()
+    }
+}
+
+const _: () = assert!(DpDrop::ALL.len() <= 32);
+
+/// Packets and bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Flow {
+    #[inline]
+    pub fn add(&mut self, bytes: usize) {
+        self.packets += 1;
+        self.bytes += bytes as u64;
+    }
+    pub fn merge(&mut self, o: &Flow) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+    }
+}
+
+/// One tunnel's traffic, as seen by one worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelCounters {
+    /// ESP packets sent (data and probes).
+    pub tx: Flow,
+    /// ESP packets accepted.
+    pub rx: Flow,
+}
+
+/// Everything one worker counts.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerCounters {
+    /// Frames received on / sent to the LAN.
+    pub lan_rx: Flow,
+    pub lan_tx: Flow,
+    /// Frames received on / sent to the WAN ports.
+    pub wan_rx: Flow,
+    pub wan_tx: Flow,
+    /// Inner packets taken from the LAN into a tunnel.
+    pub encapsulated: u64,
+    /// Inner packets delivered from a tunnel to the LAN.
+    pub delivered: u64,
+    /// Dataplane drops by reason.
+    pub drops: DpDrops,
+    /// Tunnel engine drops by reason (all bundles).
+    pub engine: DropCounters,
+    /// Per bundle, per tunnel.
+    pub tunnels: Vec<Vec<TunnelCounters>>,
+    /// Polls that found no work, and bursts that found some.
+    pub idle_polls: u64,
+    pub busy_polls: u64,
+}
+
+impl WorkerCounters {
+    /// Adds another worker's counters.
+    pub fn merge(&mut self, o: &WorkerCounters) {
+        self.lan_rx.merge(&o.lan_rx);
+        self.lan_tx.merge(&o.lan_tx);
+        self.wan_rx.merge(&o.wan_rx);
+        self.wan_tx.merge(&o.wan_tx);
+        self.encapsulated += o.encapsulated;
+        self.delivered += o.delivered;
+        self.drops.merge(&o.drops);
+        self.engine.merge(&o.engine);
+        if self.tunnels.len() < o.tunnels.len() {
+            self.tunnels.resize(o.tunnels.len(), Vec::new());
+        }
+        for (b, ts) in o.tunnels.iter().enumerate() {
+            if self.tunnels[b].len() < ts.len() {
+                self.tunnels[b].resize(ts.len(), TunnelCounters::default());
+            }
+            for (t, c) in ts.iter().enumerate() {
+                self.tunnels[b][t].tx.merge(&c.tx);
+                self.tunnels[b][t].rx.merge(&c.rx);
+            }
+        }
+        self.idle_polls += o.idle_polls;
+        self.busy_polls += o.busy_polls;
+    }
+}

@@ -1,0 +1,83 @@
+//! Outer headers of a tunnel: Ethernet, IPv4, UDP (RFC 3948), prebuilt once
+//! per tunnel and stamped on each ESP packet with its lengths.
+
+use std::net::SocketAddrV4;
+
+use braid_tunnel::wire::checksum;
+
+/// Ethernet + IPv4 (no options) + UDP.
+pub const OUTER_LEN: usize = 14 + 20 + 8;
+/// Where the IPv4 header starts.
+pub const IP_AT: usize = 14;
+/// Where the UDP header starts.
+pub const UDP_AT: usize = 34;
+
+/// Outer headers of one tunnel, filled except for lengths and checksum.
+#[derive(Debug, Clone)]
+pub struct OuterTemplate {
+    bytes: [u8; OUTER_LEN],
+}
+
+impl OuterTemplate {
+    /// Headers from `local` to `remote` out of a port with MAC `src_mac`
+    /// towards next hop `dst_mac`. DF is set: braid never relies on outer
+    /// fragmentation; TTL 64.
+    pub fn new(src_mac: [u8; 6], dst_mac: [u8; 6], local: SocketAddrV4, remote: SocketAddrV4) -> Self {
+        let mut b = [0u8; OUTER_LEN];
+        b[0..6].copy_from_slice(&dst_mac);
+        b[6..12].copy_from_slice(&src_mac);
+        b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip = &mut b[IP_AT..UDP_AT];
+        ip[0] = 0x45;
+        ip[6] = 0x40; // DF
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&local.ip().octets());
+        ip[16..20].copy_from_slice(&remote.ip().octets());
+        let udp = &mut b[UDP_AT..];
+        udp[0..2].copy_from_slice(&local.port().to_be_bytes());
+        udp[2..4].copy_from_slice(&remote.port().to_be_bytes());
+        OuterTemplate { bytes: b }
+    }
+
+    /// Writes the headers for an ESP packet of `esp_len` bytes into
+    /// `out[..OUTER_LEN]`. The IPv4 checksum is computed unless the NIC does
+    /// it (`ip_csum_offload`: left zero). The UDP checksum is zero, as RFC
+    /// 3948 section 2.1 says ESP-in-UDP senders should send it.
+    #[inline]
+    pub fn write(&self, out: &mut [u8], esp_len: usize, ident: u16, ip_csum_offload: bool) {
+        let out = &mut out[..OUTER_LEN];
+        out.copy_from_slice(&self.bytes);
+        let udp_len = (8 + esp_len) as u16;
+        let ip_len = 20 + udp_len;
+        out[IP_AT + 2..IP_AT + 4].copy_from_slice(&ip_len.to_be_bytes());
+        out[IP_AT + 4..IP_AT + 6].copy_from_slice(&ident.to_be_bytes());
+        if !ip_csum_offload {
+            let c = !checksum::sum(&out[IP_AT..UDP_AT]);
+            out[IP_AT + 10..IP_AT + 12].copy_from_slice(&c.to_be_bytes());
+        }
+        out[UDP_AT + 4..UDP_AT + 6].copy_from_slice(&udp_len.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_tunnel::wire::{ipv4, udp, ChecksumCaps};
+
+    #[test]
+    fn headers_parse_back() {
+        let t = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], "192.0.2.1:4500".parse().unwrap(), "198.51.100.7:4501".parse().unwrap());
+        let mut buf = vec![0u8; OUTER_LEN + 100];
+        t.write(&mut buf, 100, 7, false);
+        let ip = ipv4::Packet::new_checked(&buf[IP_AT..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.total_len(), 128);
+        assert!(ip.dont_frag());
+        let repr = ipv4::Repr::parse(&ip, &ChecksumCaps::default()).unwrap();
+        assert_eq!(repr.dst_addr, "198.51.100.7".parse::<std::net::Ipv4Addr>().unwrap());
+        let u = udp::Packet::new_checked(&buf[UDP_AT..]).unwrap();
+        assert_eq!((u.src_port(), u.dst_port(), u.len()), (4500, 4501, 108));
+        assert_eq!(u.checksum(), 0);
+    }
+}

@@ -1,0 +1,91 @@
+//! From validated [`Tables`] to running workers: which port plays which
+//! role, the outbound SAs every worker shares, and each worker's setup.
+
+use std::sync::Arc;
+
+use braid_tunnel::sa::{OutboundSa, OutboundSaPair};
+
+use crate::config::{PortRole, Tables};
+use crate::worker::{BundleSetup, TunnelSetup, WorkerSetup, L2};
+
+/// Where each port of the tables sits in a worker: the LAN port and the
+/// WAN ports in order.
+#[derive(Debug, Clone)]
+pub struct PortPlan {
+    /// Index in `tables.ports` of the LAN port.
+    pub lan: usize,
+    /// Indices in `tables.ports` of the WAN ports; a tunnel's WAN port is
+    /// found by its position here.
+    pub wans: Vec<usize>,
+}
+
+impl PortPlan {
+    /// One LAN port (several are not supported yet) and at least one WAN.
+    pub fn new(tables: &Tables) -> Result<PortPlan, String> {
+        let lans: Vec<usize> = (0..tables.ports.len()).filter(|&i| tables.ports[i].role == PortRole::Lan).collect();
+        let wans: Vec<usize> = (0..tables.ports.len()).filter(|&i| tables.ports[i].role == PortRole::Wan).collect();
+        match lans.as_slice() {
+            [lan] if !wans.is_empty() => Ok(PortPlan { lan: *lan, wans }),
+            [] | [_] => Err("need one LAN port and at least one WAN port".into()),
+            _ => Err(format!("{} LAN ports: one LAN port per gateway is supported for now", lans.len())),
+        }
+    }
+}
+
+/// The outbound SA of every tunnel, by bundle, shared by all workers
+/// (sequence numbers are leased per burst, one atomic add each).
+pub fn outbound_sas(tables: &Tables) -> Vec<Vec<Arc<OutboundSaPair>>> {
+    tables
+        .bundles
+        .iter()
+        .map(|b| b.tunnels.iter().map(|t| Arc::new(OutboundSaPair::new(Arc::new(OutboundSa::new(&t.sa_out))))).collect())
+        .collect()
+}
+
+/// Worker `id`'s setup. `ip_csum_offload(port)` says whether a port
+/// computes IPv4 header checksums on TX; `probes` makes this worker the one
+/// that probes every tunnel.
+pub fn worker_setup(
+    tables: &Tables,
+    plan: &PortPlan,
+    sas: &[Vec<Arc<OutboundSaPair>>],
+    id: u16,
+    probes: bool,
+    ip_csum_offload: impl Fn(usize) -> bool,
+) -> Result<WorkerSetup, String> {
+    let l2 = |i: usize| {
+        let p = &tables.ports[i];
+        L2 { mac: p.mac, next_hop_mac: p.next_hop_mac, ip_csum_offload: ip_csum_offload(i), mtu: p.mtu }
+    };
+    let mut bundles = Vec::with_capacity(tables.bundles.len());
+    for (b, bundle) in tables.bundles.iter().enumerate() {
+        let mut tunnels = Vec::with_capacity(bundle.tunnels.len());
+        for (t, tun) in bundle.tunnels.iter().enumerate() {
+            let wan = plan
+                .wans
+                .iter()
+                .position(|&p| p == tun.wan_port)
+                .ok_or_else(|| format!("bundle {:?} tunnel {t}: port {} is not a WAN port", bundle.name, tun.wan_port))?;
+            tunnels.push(TunnelSetup {
+                wan,
+                local: tun.local,
+                remote: tun.remote,
+                out: sas[b][t].clone(),
+                inbound: tun.sa_in.clone(),
+                weight: tun.weight,
+            });
+        }
+        bundles.push(BundleSetup { mode: bundle.mode, policy: bundle.policy, max_frame: bundle.max_frame, tunnels });
+    }
+    Ok(WorkerSetup {
+        id,
+        lan: l2(plan.lan),
+        wans: plan.wans.iter().map(|&i| l2(i)).collect(),
+        bundles,
+        routes: Arc::new(tables.routes.clone()),
+        peer_bundle: tables.peers.iter().map(|p| p.bundle).collect(),
+        replay_window: tables.options.replay_window,
+        hold: tables.options.hold,
+        probes: probes.then_some(tables.options.liveness),
+    })
+}

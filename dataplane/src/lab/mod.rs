@@ -1,0 +1,370 @@
+//! Two braid gateways in one process, on real net_ring ports and real
+//! mbufs: a generator on A's LAN, a checker on B's LAN, and a "WAN middle"
+//! between A's and B's WAN ports that can capture, delay and inject frames.
+//! Everything runs on the caller's thread with a simulated clock, so runs
+//! are exact and take one core. Used by the integration tests and by the
+//! on-box benchmark (`braid-perf-gw`); EAL must be up.
+
+pub mod traffic;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::config::{Config, Tables};
+use crate::counters::WorkerCounters;
+use crate::gateway::{outbound_sas, worker_setup, PortPlan};
+use crate::worker::Worker;
+use braid_dpdk::ring_port::RingPair;
+use braid_dpdk::{Mbuf, Mempool, Port, PortConfig, RxQueue, TxQueue, BURST};
+
+use traffic::{ip_packet, tag, Flow};
+
+pub const A_LAN_MAC: &str = "02:aa:00:00:00:01";
+pub const A_HOST_MAC: &str = "02:aa:00:00:00:99";
+pub const A_WAN_MAC: &str = "02:aa:00:00:01:01";
+pub const B_LAN_MAC: &str = "02:bb:00:00:00:01";
+pub const B_HOST_MAC: &str = "02:bb:00:00:00:99";
+pub const B_WAN_MAC: &str = "02:bb:00:00:01:01";
+
+/// Key material of tunnel `t`, direction A->B (`ab`) or B->A.
+pub fn key(t: usize, ab: bool, len: usize) -> String {
+    (0..len).map(|i| format!("{:02x}", (i * 7 + t * 13 + if ab { 1 } else { 101 }) as u8)).collect()
+}
+pub fn salt(t: usize, ab: bool) -> String {
+    format!("{:08x}", 0x5a17_0000u32 + (t as u32) * 2 + ab as u32)
+}
+pub fn spi(t: usize, ab: bool) -> u32 {
+    if ab { 0x1000 + t as u32 } else { 0x2000 + t as u32 }
+}
+
+/// One gateway's JSON configuration.
+pub fn config_json(side_a: bool, devices: (&str, &str), mode: &str, weights: &[u32], key_len: usize, wan_mtu: u32) -> String {
+    let (lan_mac, host_mac, wan_mac, peer_wan_mac) =
+        if side_a { (A_LAN_MAC, A_HOST_MAC, A_WAN_MAC, B_WAN_MAC) } else { (B_LAN_MAC, B_HOST_MAC, B_WAN_MAC, A_WAN_MAC) };
+    let (me, them) = if side_a { ("192.0.2.1", "198.51.100.1") } else { ("198.51.100.1", "192.0.2.1") };
+    let tunnels: Vec<String> = weights
+        .iter()
+        .enumerate()
+        .map(|(t, w)| {
+            let (out_ab, in_ab) = (side_a, !side_a);
+            format!(
+                r#"{{"wan_port":"wan","local":"{me}:{}","remote":"{them}:{}","spi_out":{},"spi_in":{},"key_out":"{}","key_in":"{}","salt_out":"{}","salt_in":"{}","weight":{w}}}"#,
+                4500 + t,
+                4500 + t,
+                spi(t, out_ab),
+                spi(t, in_ab),
+                key(t, out_ab, key_len),
+                key(t, in_ab, key_len),
+                salt(t, out_ab),
+                salt(t, in_ab)
+            )
+        })
+        .collect();
+    let (routes4, routes6) = if side_a { ("10.2.0.0/16", "fd00:2::/64") } else { ("10.1.0.0/16", "fd00:1::/64") };
+    format!(
+        r#"{{
+  "ports": [
+    {{"name":"lan","device":"{}","role":"lan","mac":"{lan_mac}","next_hop_mac":"{host_mac}","mtu":9000}},
+    {{"name":"wan","device":"{}","role":"wan","mac":"{wan_mac}","ipv4":"{me}/24","next_hop_mac":"{peer_wan_mac}","mtu":{wan_mtu}}}
+  ],
+  "peers": [{{"name":"peer","bundle":"b0"}}],
+  "bundles": [{{"name":"b0","mode":"{mode}","policy":"weighted","tunnels":[{}]}}],
+  "routes": [{{"prefix":"{routes4}","peer":"peer"}},{{"prefix":"{routes6}","peer":"peer"}}]
+}}"#,
+        devices.0,
+        devices.1,
+        tunnels.join(",")
+    )
+}
+
+fn mac(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s.split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+    v.try_into().unwrap()
+}
+
+/// A port on the test's side of a ring pair.
+pub struct End {
+    pub rx: RxQueue,
+    pub tx: TxQueue,
+}
+
+/// The lab. Fields are public so tests can inject and inspect.
+pub struct Lab {
+    pub a: Worker,
+    pub b: Worker,
+    pub tables_a: Arc<Tables>,
+    pub tables_b: Arc<Tables>,
+    pub gen: End,
+    pub check: End,
+    /// Middle ends: A's WAN peer, B's WAN peer.
+    pub mid_a: End,
+    pub mid_b: End,
+    pub pools: Vec<Arc<Mempool>>,
+    pub test_pool: Arc<Mempool>,
+    pub now: u64,
+    /// Frames A sent to B, copied, when capturing.
+    pub capture: Option<Vec<Vec<u8>>>,
+    pub capture_limit: usize,
+    /// Extra delay (polls) for A->B frames per tunnel UDP port.
+    pub delay_polls: HashMap<u16, u32>,
+    held: VecDeque<(u64, Mbuf)>,
+    poll_no: u64,
+    /// Frames B delivered to its LAN, in order, not yet checked.
+    pub delivered: Vec<Vec<u8>>,
+    /// Keep delivered frames (tests) or just count and free them (benches).
+    pub keep_delivered: bool,
+    /// Frames B delivered, in all.
+    pub delivered_count: u64,
+    /// TSC cycles spent inside A's and B's polls.
+    pub cycles_a: u64,
+    pub cycles_b: u64,
+    /// Last field: dropped last, closes the ports even when a test fails.
+    _ports: PortsGuard,
+}
+
+/// Closes the lab's ports and frees its rings when dropped.
+struct PortsGuard {
+    ports: Vec<Port>,
+    pairs: Vec<RingPair>,
+}
+
+impl Drop for PortsGuard {
+    fn drop(&mut self) {
+        for p in self.ports.drain(..) {
+            p.close();
+        }
+        self.pairs.clear();
+    }
+}
+
+/// Nanoseconds of simulated time per lab poll.
+pub const TICK: u64 = 10_000;
+
+impl Lab {
+    pub fn new(case: &str, mode: &str, weights: &[u32], key_len: usize, wan_mtu: u32) -> Lab {
+        let test_pool = Arc::new(Mempool::new(&format!("{case}_tp"), 8191, 9400).unwrap());
+        let mut pairs = Vec::new();
+        let mut ports = Vec::new();
+        let mut ends = Vec::new();
+        let mut gw_ports = Vec::new();
+        for (name, gw_side_is_b) in [("alan", true), ("awan", false), ("bwan", true), ("blan", false)] {
+            let n = format!("{case}{name}");
+            let (pair, pa, pb) = RingPair::new(&n, 1024).unwrap();
+            pairs.push(pair);
+            let (gw, mine) = if gw_side_is_b { (pb, pa) } else { (pa, pb) };
+            gw_ports.push(gw);
+            ends.push(mine);
+        }
+        let cfg = PortConfig { rx_desc: 512, tx_desc: 512, ..Default::default() };
+        for p in ends.iter_mut() {
+            p.configure(&cfg, &[&test_pool]).unwrap();
+            p.start().unwrap();
+        }
+        let mk_end = |p: &Port| End { rx: p.rx_queue(0).unwrap(), tx: p.tx_queue(0).unwrap() };
+        let gen = mk_end(&ends[0]);
+        let mid_a = mk_end(&ends[1]);
+        let mid_b = mk_end(&ends[2]);
+        let check = mk_end(&ends[3]);
+        let names: Vec<String> = gw_ports.iter().map(|p| p.info().name.clone()).collect();
+        let build = |side_a: bool, lan: Port, wan: Port| -> (Worker, Arc<Tables>, Arc<Mempool>, Vec<Port>) {
+            let (ln, wn) = if side_a { (&names[0], &names[1]) } else { (&names[3], &names[2]) };
+            let json = config_json(side_a, (ln, wn), mode, weights, key_len, wan_mtu);
+            let tables = Arc::new(Tables::from_config(&Config::from_json_str(&json).unwrap()).unwrap());
+            let pool = Arc::new(Mempool::new(&format!("{case}_{}", if side_a { "pa" } else { "pb" }), 8191, 9400).unwrap());
+            let mut lan = lan;
+            let mut wan = wan;
+            for p in [&mut lan, &mut wan] {
+                p.configure(&cfg, &[&pool]).unwrap();
+                p.start().unwrap();
+            }
+            let plan = PortPlan::new(&tables).unwrap();
+            let sas = outbound_sas(&tables);
+            let setup = worker_setup(&tables, &plan, &sas, 0, true, |_| false).unwrap();
+            let w = Worker::new(
+                setup,
+                pool.clone(),
+                (lan.rx_queue(0).unwrap(), lan.tx_queue(0).unwrap()),
+                vec![(wan.rx_queue(0).unwrap(), wan.tx_queue(0).unwrap())],
+                0,
+            )
+            .unwrap();
+            (w, tables, pool, vec![lan, wan])
+        };
+        let mut gw = gw_ports.into_iter();
+        let (alan, awan, bwan, blan) = (gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap());
+        let (a, tables_a, pool_a, pa) = build(true, alan, awan);
+        let (b, tables_b, pool_b, pb) = build(false, blan, bwan);
+        ports.extend(ends);
+        ports.extend(pa);
+        ports.extend(pb);
+        Lab {
+            a,
+            b,
+            tables_a,
+            tables_b,
+            gen,
+            check,
+            mid_a,
+            mid_b,
+            pools: vec![pool_a, pool_b],
+            test_pool,
+            now: 0,
+            capture: None,
+            capture_limit: 0,
+            delay_polls: HashMap::new(),
+            held: VecDeque::new(),
+            poll_no: 0,
+            delivered: Vec::new(),
+            keep_delivered: true,
+            delivered_count: 0,
+            cycles_a: 0,
+            cycles_b: 0,
+            _ports: PortsGuard { ports, pairs },
+        }
+    }
+
+    /// A LAN frame from the host behind A to A, holding `ip`.
+    pub fn frame_to_a(&self, ip: &[u8]) -> Mbuf {
+        let mut m = Mbuf::alloc(&self.test_pool).expect("test pool");
+        let b = m.append(14 + ip.len()).expect("fits");
+        b[0..6].copy_from_slice(&mac(A_LAN_MAC));
+        b[6..12].copy_from_slice(&mac(A_HOST_MAC));
+        let et: u16 = if ip[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
+        b[12..14].copy_from_slice(&et.to_be_bytes());
+        b[14..].copy_from_slice(ip);
+        m
+    }
+
+    /// A raw frame from bytes, in a test mbuf.
+    pub fn raw(&self, bytes: &[u8]) -> Mbuf {
+        let mut m = Mbuf::alloc(&self.test_pool).expect("test pool");
+        m.append(bytes.len()).expect("fits").copy_from_slice(bytes);
+        m
+    }
+
+    /// One round: A, the WAN middle both ways, B.
+    pub fn step(&mut self) {
+        self.poll_no += 1;
+        let t0 = braid_dpdk::rdtsc();
+        self.a.poll(self.now);
+        self.cycles_a += braid_dpdk::rdtsc() - t0;
+        // A -> B, capturing and delaying per tunnel port.
+        let mut burst = Vec::with_capacity(BURST);
+        let mut out = Vec::with_capacity(BURST);
+        while self.mid_a.rx.rx_burst(&mut burst, BURST) > 0 {
+            for m in burst.drain(..) {
+                if let Some(c) = self.capture.as_mut() {
+                    if c.len() < self.capture_limit {
+                        c.push(m.to_vec());
+                    }
+                }
+                let d = m.data();
+                let dport = if d.len() >= 38 { u16::from_be_bytes([d[36], d[37]]) } else { 0 };
+                match self.delay_polls.get(&dport) {
+                    Some(&k) if k > 0 => self.held.push_back((self.poll_no + k as u64, m)),
+                    _ => out.push(m),
+                }
+            }
+        }
+        while self.held.front().is_some_and(|(due, _)| *due <= self.poll_no) {
+            out.push(self.held.pop_front().unwrap().1);
+        }
+        // Hand frames to B as fast as B takes them: B polls until the WAN
+        // middle is empty (a real NIC would drop instead; the test wants
+        // every frame through).
+        let mut spins = 0;
+        loop {
+            self.mid_b.tx.tx_burst(&mut out);
+            self.poll_b();
+            if out.is_empty() {
+                break;
+            }
+            spins += 1;
+            assert!(spins < 100_000, "B stopped taking frames");
+        }
+        // B -> A (probe replies, probes).
+        while self.mid_b.rx.rx_burst(&mut burst, BURST) > 0 {
+            self.mid_a.tx.tx_all(&mut burst, 1000);
+            assert!(burst.is_empty());
+        }
+        self.poll_b();
+        self.now += TICK;
+    }
+
+    /// Polls B once and moves what it delivered into `delivered`.
+    fn poll_b(&mut self) {
+        let t0 = braid_dpdk::rdtsc();
+        self.b.poll(self.now);
+        self.cycles_b += braid_dpdk::rdtsc() - t0;
+        let mut got = Vec::with_capacity(BURST);
+        while self.check.rx.rx_burst(&mut got, BURST) > 0 {
+            self.delivered_count += got.len() as u64;
+            if self.keep_delivered {
+                self.delivered.extend(got.drain(..).map(|m| m.to_vec()));
+            } else {
+                got.clear();
+            }
+        }
+    }
+
+    /// Flushes what is held in the middle and in the re-orderers.
+    pub fn settle(&mut self, polls: usize) {
+        for _ in 0..polls {
+            self.step();
+        }
+        while let Some((_, m)) = self.held.pop_front() {
+            let mut v = vec![m];
+            self.mid_b.tx.tx_all(&mut v, 1000);
+        }
+        for _ in 0..polls {
+            self.step();
+        }
+    }
+
+    pub fn counters(&self) -> (WorkerCounters, WorkerCounters) {
+        (self.a.counters(), self.b.counters())
+    }
+
+    /// Closes everything and checks every pool is full again.
+    pub fn close(self) {
+        let mut pools = self.pools.clone();
+        pools.push(self.test_pool.clone());
+        drop(self);
+        for p in &pools {
+            assert_eq!(p.avail(), p.size(), "pool {} leaked {} mbufs", p.name(), p.size() - p.avail());
+        }
+    }
+}
+
+/// The checker: per flow, the next sequence number expected.
+#[derive(Default)]
+pub struct Checker {
+    pub next: HashMap<u32, u32>,
+    pub received: u64,
+    pub bad: Vec<String>,
+}
+
+impl Checker {
+    /// Checks one delivered LAN frame against what `flows[id]` sent.
+    pub fn check(&mut self, frame: &[u8], flows: &[Flow], size_of: impl Fn(u32, u32) -> usize) {
+        self.received += 1;
+        if frame.len() < 14 || frame[0..6] != mac(B_HOST_MAC) || frame[6..12] != mac(B_LAN_MAC) {
+            self.bad.push("wrong Ethernet addresses".into());
+            return;
+        }
+        let ip = &frame[14..];
+        let Some((id, seq)) = tag(ip) else {
+            self.bad.push("not a test packet".into());
+            return;
+        };
+        let exp = self.next.entry(id).or_insert(0);
+        if seq != *exp {
+            self.bad.push(format!("flow {id}: got seq {seq}, expected {exp}"));
+        }
+        *exp = seq + 1;
+        let want = ip_packet(&flows[id as usize], seq, size_of(id, seq));
+        if ip != want.as_slice() {
+            self.bad.push(format!("flow {id} seq {seq}: bytes differ ({} vs {} B)", ip.len(), want.len()));
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Counters as JSON: what the process prints on exit and writes to its
+//! stats file while it runs (the control plane's stats segment replaces
+//! the file later).
+
+use std::fmt::Write;
+
+use crate::config::Tables;
+use crate::counters::WorkerCounters;
+
+fn flow(f: &crate::counters::Flow) -> String {
+    format!("{{\"packets\":{},\"bytes\":{}}}", f.packets, f.bytes)
+}
+
+fn named(v: &[(&str, u64)]) -> String {
+    let body: Vec<String> = v.iter().map(|(n, c)| format!("\"{n}\":{c}")).collect();
+    format!("{{{}}}", body.join(","))
+}
+
+/// One JSON object: totals, drops by reason (dataplane and engine), and per
+/// bundle per tunnel traffic with its share of the bundle's data packets.
+pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f64) -> String {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
+        flow(&c.lan_rx),
+        flow(&c.lan_tx),
+        flow(&c.wan_rx),
+        flow(&c.wan_tx),
+        c.encapsulated,
+        c.delivered,
+        named(&c.drops.named()),
+        named(&c.engine.named()),
+    );
+    for (b, bundle) in tables.bundles.iter().enumerate() {
+        let ts = c.tunnels.get(b).map(Vec::as_slice).unwrap_or(&[]);
+        let total: u64 = ts.iter().map(|t| t.tx.packets).sum::<u64>().max(1);
+        let tunnels: Vec<String> = ts
+            .iter()
+            .enumerate()
+            .map(|(t, tc)| {
+                let up = alive.get(b).and_then(|a| a.get(t)).copied().unwrap_or(true);
+                format!(
+                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"tx_share\":{:.4}}}",
+                    bundle.tunnels[t].local,
+                    bundle.tunnels[t].remote,
+                    bundle.tunnels[t].weight,
+                    flow(&tc.tx),
+                    flow(&tc.rx),
+                    tc.tx.packets as f64 / total as f64
+                )
+            })
+            .collect();
+        let _ = write!(s, "{}{{\"name\":\"{}\",\"tunnels\":[{}]}}", if b > 0 { "," } else { "" }, bundle.name, tunnels.join(","));
+    }
+    s.push_str("]}");
+    s
+}

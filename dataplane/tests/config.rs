@@ -1,0 +1,613 @@
+//! The configuration model against `docs/config.md`: the documented example
+//! validates, and every documented rule refuses what it should, naming the
+//! field.
+
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+
+use braid_dataplane::config::{
+    BundleMode, Config, ConfigError, PortRole, Tables, TunnelRef, FRAME_OVERHEAD_V4,
+};
+use braid_tunnel::balancer::Policy;
+use braid_tunnel::crypto::AesGcmKey;
+use braid_tunnel::sa::Spi;
+use serde_json::{json, Value};
+
+/// The first ```json block of docs/config.md.
+fn doc_example() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md");
+    let doc = std::fs::read_to_string(path).expect("docs/config.md");
+    let start = doc.find("```json\n").expect("a ```json block") + "```json\n".len();
+    let len = doc[start..].find("```").expect("end of the json block");
+    doc[start..start + len].to_string()
+}
+
+fn example_value() -> Value {
+    serde_json::from_str(&doc_example()).expect("the example is JSON")
+}
+
+fn tables_of(v: Value) -> Result<Tables, ConfigError> {
+    let config: Config = serde_json::from_value(v).expect("parses");
+    Tables::from_config(&config)
+}
+
+/// Applies `edit` to the example and expects validation to fail on `field`
+/// with a reason containing `reason`.
+#[track_caller]
+fn refused(edit: impl FnOnce(&mut Value), field: &str, reason: &str) {
+    let mut v = example_value();
+    edit(&mut v);
+    let e = tables_of(v).expect_err("should be refused");
+    assert_eq!(e.field(), Some(field), "error: {e}");
+    let msg = e.to_string();
+    assert!(msg.starts_with(&format!("{field}: ")), "error: {msg}");
+    assert!(msg.contains(reason), "error {msg:?} lacks {reason:?}");
+}
+
+#[track_caller]
+fn accepted(edit: impl FnOnce(&mut Value)) -> Tables {
+    let mut v = example_value();
+    edit(&mut v);
+    tables_of(v).expect("should validate")
+}
+
+fn tunnel(v: &mut Value, b: usize, t: usize) -> &mut Value {
+    &mut v["bundles"][b]["tunnels"][t]
+}
+
+fn as_array(v: &mut Value) -> &mut Vec<Value> {
+    v.as_array_mut().expect("an array")
+}
+
+// ---------------------------------------------------------------------------
+// The example, parsing, round trips.
+
+#[test]
+fn doc_example_parses_and_validates() {
+    let config = Config::from_json_str(&doc_example()).unwrap();
+    let t = Tables::from_config(&config).unwrap();
+
+    assert_eq!(t.ports.len(), 2);
+    let lan = &t.ports[0];
+    assert_eq!((lan.name.as_str(), lan.role), ("lan0", PortRole::Lan));
+    assert_eq!(lan.mac, [2, 0, 0, 0, 0, 1]);
+    assert_eq!(lan.next_hop_mac, [2, 0, 0, 0, 1, 1]);
+    assert_eq!(lan.ipv6.unwrap().addr, "fd00:1::1".parse::<Ipv6Addr>().unwrap());
+    let wan = &t.ports[1];
+    assert_eq!((wan.role, wan.mtu, wan.device.as_str()), (PortRole::Wan, 1500, "0000:03:00.0"));
+    assert_eq!(wan.ipv4.unwrap().addr, Ipv4Addr::new(192, 0, 2, 1));
+    assert_eq!(wan.ipv4.unwrap().prefix_len, 24);
+    assert_eq!(t.ports_with_role(PortRole::Wan).map(|(i, _)| i).collect::<Vec<_>>(), vec![1]);
+
+    assert_eq!(t.peers.len(), 1);
+    assert_eq!(t.peers[0].bundle, 0);
+    let b = &t.bundles[0];
+    assert_eq!(b.mode, BundleMode::Bundle);
+    assert_eq!(b.policy, Policy::Weighted);
+    assert_eq!(b.peer, Some(0));
+    assert_eq!(b.max_frame, 1500 - FRAME_OVERHEAD_V4);
+    assert_eq!(b.max_frame, 1435);
+    assert_eq!(b.tunnels.len(), 4);
+    let weights: Vec<u32> = b.tunnels.iter().map(|t| t.weight).collect();
+    assert_eq!(weights, vec![2, 2, 1, 1]);
+    let t0 = &b.tunnels[0];
+    assert_eq!(t0.wan_port, 1);
+    assert_eq!(t0.local, "192.0.2.1:4500".parse::<SocketAddrV4>().unwrap());
+    assert_eq!(t0.remote, "198.51.100.1:4500".parse::<SocketAddrV4>().unwrap());
+    assert_eq!(t0.sa_out.spi, Spi(4096));
+    assert_eq!(t0.sa_in.spi, Spi(8192));
+    assert_eq!(t0.sa_out.salt, [0xa0, 0xa1, 0xa2, 0xa3]);
+    match &t0.sa_out.key {
+        AesGcmKey::Aes256(k) => assert_eq!(k[..4], [0, 1, 2, 3]),
+        other => panic!("expected AES-256, got {other:?}"),
+    }
+    assert!(matches!(b.tunnels[2].sa_in.key, AesGcmKey::Aes128(_)));
+    assert_eq!(b.tunnels[3].rate, 100_000_000 / 8);
+    assert_eq!(b.tunnels[3].path_params().rate, 12_500_000);
+    assert_eq!(b.tunnels[0].path_params().weight, 2);
+
+    assert_eq!(t.routes.len(), 3);
+    assert_eq!(t.routes.lookup_v4(Ipv4Addr::new(10, 2, 5, 9)), Some(0));
+    assert_eq!(t.routes.lookup_v4(Ipv4Addr::new(10, 2, 9, 9)), Some(0));
+    assert_eq!(t.routes.lookup_v4(Ipv4Addr::new(10, 3, 0, 1)), None);
+    assert_eq!(t.routes.lookup_v6("fd00:2::7".parse().unwrap()), Some(0));
+    assert_eq!(t.routes.lookup_v6("fd00:3::7".parse().unwrap()), None);
+
+    assert_eq!(t.tunnel_by_spi_in(Spi(8194)), Some(TunnelRef { bundle: 0, tunnel: 2 }));
+    assert_eq!(t.tunnel_by_spi_in(Spi(4096)), None);
+    let r = t.tunnel_by_local(1, "192.0.2.1:4503".parse().unwrap()).unwrap();
+    assert_eq!(r, TunnelRef { bundle: 0, tunnel: 3 });
+    assert_eq!(t.tunnel(r).sa_in.spi, Spi(8195));
+    assert_eq!(t.tunnel_by_local(0, "192.0.2.1:4503".parse().unwrap()), None);
+    assert_eq!(t.tunnel_by_local(1, "192.0.2.1:4504".parse().unwrap()), None);
+
+    assert_eq!(t.options.replay_window, 4096);
+    assert_eq!(t.options.hold.ceiling, 100_000_000);
+    assert_eq!(t.options.hold.floor, 1_000_000);
+    assert_eq!(t.options.liveness.interval, 100_000_000);
+}
+
+#[test]
+fn defaults_fill_in() {
+    let t = accepted(|v| {
+        let p = v["ports"][1].as_object_mut().unwrap();
+        p.remove("mtu");
+        let b = v["bundles"][0].as_object_mut().unwrap();
+        b.remove("mode");
+        b.remove("policy");
+        tunnel(v, 0, 0).as_object_mut().unwrap().remove("weight");
+        v.as_object_mut().unwrap().remove("tunnel");
+    });
+    assert_eq!(t.ports[1].mtu, 1500);
+    assert_eq!(t.bundles[0].mode, BundleMode::Bundle);
+    assert_eq!(t.bundles[0].policy, Policy::Weighted);
+    assert_eq!(t.bundles[0].tunnels[0].weight, 1);
+    assert_eq!(t.bundles[0].tunnels[0].rate, 0);
+    assert_eq!(t.options.replay_window, 4096);
+    assert_eq!(t.options.hold, braid_tunnel::reorder::HoldConfig::default());
+    assert_eq!(t.options.liveness, braid_tunnel::liveness::LivenessConfig::default());
+}
+
+#[test]
+fn other_modes_and_policies() {
+    let t = accepted(|v| {
+        v["bundles"][0]["mode"] = json!("plain");
+        v["bundles"][0]["policy"] = json!("earliest_arrival");
+    });
+    assert_eq!(t.bundles[0].mode, BundleMode::Plain);
+    assert_eq!(t.bundles[0].policy, Policy::EarliestArrival);
+    let t = accepted(|v| v["bundles"][0]["policy"] = json!("round_robin"));
+    assert_eq!(t.bundles[0].policy, Policy::RoundRobin);
+}
+
+#[test]
+fn json_round_trip_keeps_everything() {
+    let config = Config::from_json_str(&doc_example()).unwrap();
+    let text = config.to_json_pretty();
+    assert_eq!(Config::from_json_str(&text).unwrap(), config);
+    // Defaults are spelled out; keys are included.
+    assert!(text.contains("\"probe_interval_ms\": 100"), "{text}");
+    assert!(text.contains("\"weight\": 1"), "{text}");
+    assert!(text.contains("808182838485868788898a8b8c8d8e8f"), "{text}");
+    assert!(!text.contains("max_frame"), "{text}");
+}
+
+#[test]
+fn debug_never_shows_keys() {
+    let config = Config::from_json_str(&doc_example()).unwrap();
+    let tables = Tables::from_config(&config).unwrap();
+    for text in [format!("{config:?}"), format!("{tables:?}")] {
+        assert!(!text.contains("808182838485868788898a8b8c8d8e8f"));
+        assert!(!text.contains("[128, 129"));
+    }
+}
+
+#[test]
+fn load_reads_a_file() {
+    let path = std::env::temp_dir().join(format!("braid-config-test-{}.json", std::process::id()));
+    std::fs::write(&path, doc_example()).unwrap();
+    let loaded = Config::load(&path);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(loaded.unwrap(), Config::from_json_str(&doc_example()).unwrap());
+
+    let e = Config::load("/nonexistent/braid.json").unwrap_err();
+    assert!(matches!(e, ConfigError::Io { .. }));
+    assert!(e.to_string().contains("/nonexistent/braid.json"), "{e}");
+}
+
+// ---------------------------------------------------------------------------
+// Parsing rules.
+
+#[track_caller]
+fn parse_refused(edit: impl FnOnce(&mut Value), reason: &str) {
+    let mut v = example_value();
+    edit(&mut v);
+    let e = Config::from_json_str(&v.to_string()).expect_err("should not parse");
+    assert!(matches!(e, ConfigError::Parse(_)));
+    assert!(e.to_string().contains(reason), "error {e} lacks {reason:?}");
+    assert_eq!(e.field(), None);
+}
+
+#[test]
+fn unknown_fields_are_refused_everywhere() {
+    parse_refused(|v| v["colour"] = json!("blue"), "unknown field `colour`");
+    parse_refused(|v| v["ports"][0]["speed"] = json!(10), "unknown field `speed`");
+    parse_refused(|v| v["peers"][0]["x"] = json!(1), "unknown field `x`");
+    parse_refused(|v| v["bundles"][0]["x"] = json!(1), "unknown field `x`");
+    parse_refused(|v| tunnel(v, 0, 1)["spi"] = json!(1), "unknown field `spi`");
+    parse_refused(|v| v["routes"][0]["via"] = json!("x"), "unknown field `via`");
+    parse_refused(|v| v["tunnel"]["replay"] = json!(1), "unknown field `replay`");
+}
+
+#[test]
+fn missing_fields_and_wrong_types_are_refused() {
+    parse_refused(|v| drop(tunnel(v, 0, 0).as_object_mut().unwrap().remove("key_in")), "missing field `key_in`");
+    parse_refused(|v| drop(v.as_object_mut().unwrap().remove("ports")), "missing field `ports`");
+    parse_refused(|v| tunnel(v, 0, 0)["spi_in"] = json!(-1), "invalid value");
+    parse_refused(|v| v["ports"][0]["mtu"] = json!("1500"), "invalid type");
+    parse_refused(|v| v["ports"][0]["role"] = json!("dmz"), "unknown variant `dmz`");
+    parse_refused(|v| v["bundles"][0]["policy"] = json!("random"), "unknown variant `random`");
+    parse_refused(|v| v["bundles"][0]["mode"] = json!("tap"), "unknown variant `tap`");
+    assert!(matches!(Config::from_json_str("{"), Err(ConfigError::Parse(_))));
+}
+
+// ---------------------------------------------------------------------------
+// Ports.
+
+#[test]
+fn needs_a_lan_and_a_wan_port() {
+    refused(|v| v["ports"][0]["role"] = json!("wan"), "ports", "LAN");
+    refused(|v| v["ports"][1]["role"] = json!("lan"), "ports", "WAN");
+    refused(|v| v["ports"] = json!([]), "ports", "LAN");
+}
+
+#[test]
+fn port_names_are_unique_and_non_empty() {
+    refused(|v| v["ports"][1]["name"] = json!("lan0"), "ports[1].name", "duplicate name \"lan0\" (also ports[0])");
+    refused(|v| v["ports"][0]["name"] = json!(""), "ports[0].name", "empty");
+}
+
+#[test]
+fn port_devices_are_unique_and_non_empty() {
+    refused(|v| v["ports"][1]["device"] = json!("net_memif0"), "ports[1].device", "already ports[0]");
+    refused(|v| v["ports"][1]["device"] = json!(""), "ports[1].device", "empty");
+}
+
+#[test]
+fn port_macs_are_unicast_macs() {
+    refused(|v| v["ports"][0]["mac"] = json!("02:00:00:00:01"), "ports[0].mac", "not a MAC");
+    refused(|v| v["ports"][0]["mac"] = json!("02-00-00-00-00-01"), "ports[0].mac", "not a MAC");
+    refused(|v| v["ports"][0]["mac"] = json!("01:00:5e:00:00:01"), "ports[0].mac", "multicast");
+    refused(|v| v["ports"][0]["mac"] = json!("00:00:00:00:00:00"), "ports[0].mac", "all-zero");
+    refused(|v| v["ports"][1]["next_hop_mac"] = json!("ff:ff:ff:ff:ff:ff"), "ports[1].next_hop_mac", "broadcast");
+    refused(|v| v["ports"][1]["next_hop_mac"] = json!("gg:00:00:00:00:01"), "ports[1].next_hop_mac", "not a MAC");
+}
+
+#[test]
+fn port_addresses_parse_and_match_their_family() {
+    refused(|v| v["ports"][0]["ipv4"] = json!("10.1.0.1"), "ports[0].ipv4", "address/length");
+    refused(|v| v["ports"][0]["ipv4"] = json!("10.1.0.300/16"), "ports[0].ipv4", "not an IPv4 or IPv6 address");
+    refused(|v| v["ports"][0]["ipv4"] = json!("10.1.0.1/33"), "ports[0].ipv4", "longer than 32");
+    refused(|v| v["ports"][0]["ipv4"] = json!("fd00::1/64"), "ports[0].ipv4", "not an IPv4 address");
+    refused(|v| v["ports"][0]["ipv4"] = json!("224.0.0.1/4"), "ports[0].ipv4", "not a unicast");
+    refused(|v| v["ports"][0]["ipv6"] = json!("10.1.0.1/16"), "ports[0].ipv6", "not an IPv6 address");
+    refused(|v| v["ports"][0]["ipv6"] = json!("fd00::1/129"), "ports[0].ipv6", "longer than 128");
+    refused(|v| v["ports"][0]["ipv6"] = json!("::/0"), "ports[0].ipv6", "not a unicast");
+    // An interface address keeps its host bits.
+    let t = accepted(|v| v["ports"][0]["ipv4"] = json!("10.1.2.3/16"));
+    assert_eq!(t.ports[0].ipv4.unwrap().addr, Ipv4Addr::new(10, 1, 2, 3));
+    let t = accepted(|v| drop(v["ports"][0].as_object_mut().unwrap().remove("ipv4")));
+    assert_eq!(t.ports[0].ipv4, None);
+}
+
+#[test]
+fn port_mtu_is_in_range() {
+    refused(|v| v["ports"][0]["mtu"] = json!(575), "ports[0].mtu", "576..=9600");
+    refused(|v| v["ports"][1]["mtu"] = json!(9601), "ports[1].mtu", "576..=9600");
+    refused(|v| v["ports"][1]["mtu"] = json!(0), "ports[1].mtu", "576..=9600");
+    let t = accepted(|v| v["ports"][1]["mtu"] = json!(9600));
+    assert_eq!(t.bundles[0].max_frame, 9600 - 65);
+    let t = accepted(|v| v["ports"][1]["mtu"] = json!(576));
+    assert_eq!(t.bundles[0].max_frame, 576 - 65);
+}
+
+// ---------------------------------------------------------------------------
+// Peers and bundles.
+
+#[test]
+fn peer_names_are_unique_and_non_empty() {
+    refused(
+        |v| as_array(&mut v["peers"]).push(json!({ "name": "site-b", "bundle": "to-site-b" })),
+        "peers[1].name",
+        "duplicate name \"site-b\"",
+    );
+    refused(|v| v["peers"][0]["name"] = json!(""), "peers[0].name", "empty");
+}
+
+#[test]
+fn peer_bundle_exists() {
+    refused(|v| v["peers"][0]["bundle"] = json!("to-site-c"), "peers[0].bundle", "no bundle named \"to-site-c\"");
+}
+
+#[test]
+fn a_bundle_serves_one_peer() {
+    refused(
+        |v| as_array(&mut v["peers"]).push(json!({ "name": "site-c", "bundle": "to-site-b" })),
+        "peers[1].bundle",
+        "already used by peers[0]",
+    );
+}
+
+/// A second bundle, used by no peer, with one tunnel on local port 4600.
+fn add_spare_bundle(v: &mut Value) {
+    let mut t = tunnel(v, 0, 0).clone();
+    t["local"] = json!("192.0.2.1:4600");
+    t["spi_out"] = json!(5000);
+    t["spi_in"] = json!(9000);
+    as_array(&mut v["bundles"]).push(json!({ "name": "spare", "tunnels": [t] }));
+}
+
+#[test]
+fn bundle_names_are_unique_and_non_empty() {
+    refused(
+        |v| {
+            add_spare_bundle(v);
+            v["bundles"][1]["name"] = json!("to-site-b");
+        },
+        "bundles[1].name",
+        "duplicate name \"to-site-b\" (also bundles[0])",
+    );
+    refused(|v| v["bundles"][0]["name"] = json!(""), "bundles[0].name", "empty");
+    let t = accepted(add_spare_bundle);
+    assert_eq!(t.bundles[1].peer, None);
+}
+
+#[test]
+fn a_bundle_has_tunnels() {
+    refused(|v| v["bundles"][0]["tunnels"] = json!([]), "bundles[0].tunnels", "at least one tunnel");
+}
+
+#[test]
+fn max_frame_fits_the_smallest_mtu() {
+    refused(|v| v["bundles"][0]["max_frame"] = json!(255), "bundles[0].max_frame", "minimum of 256");
+    refused(|v| v["bundles"][0]["max_frame"] = json!(1436), "bundles[0].max_frame", "1500 - 65");
+    let t = accepted(|v| v["bundles"][0]["max_frame"] = json!(1435));
+    assert_eq!(t.bundles[0].max_frame, 1435);
+    let t = accepted(|v| v["bundles"][0]["max_frame"] = json!(256));
+    assert_eq!(t.bundles[0].max_frame, 256);
+
+    // The smallest MTU among the bundle's WAN ports bounds it.
+    let second_wan = |v: &mut Value| {
+        let mut p = v["ports"][1].clone();
+        p["name"] = json!("wan1");
+        p["device"] = json!("0000:04:00.0");
+        p["ipv4"] = json!("203.0.113.1/24");
+        p["mtu"] = json!(1400);
+        as_array(&mut v["ports"]).push(p);
+        tunnel(v, 0, 3)["wan_port"] = json!("wan1");
+        tunnel(v, 0, 3)["local"] = json!("203.0.113.1:4500");
+    };
+    let t = accepted(second_wan);
+    assert_eq!(t.bundles[0].max_frame, 1400 - 65);
+    assert_eq!(t.bundles[0].tunnels[3].wan_port, 2);
+    refused(
+        |v| {
+            second_wan(v);
+            v["bundles"][0]["max_frame"] = json!(1400);
+        },
+        "bundles[0].max_frame",
+        "1400 - 65",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Tunnels.
+
+#[test]
+fn tunnel_wan_port_exists_is_wan_and_has_ipv4() {
+    refused(|v| tunnel(v, 0, 2)["wan_port"] = json!("wan9"), "bundles[0].tunnels[2].wan_port", "no port named \"wan9\"");
+    refused(|v| tunnel(v, 0, 2)["wan_port"] = json!("lan0"), "bundles[0].tunnels[2].wan_port", "expected wan");
+    refused(
+        |v| drop(v["ports"][1].as_object_mut().unwrap().remove("ipv4")),
+        "bundles[0].tunnels[0].wan_port",
+        "no ipv4 address",
+    );
+}
+
+#[test]
+fn tunnel_local_is_the_ports_ipv4_socket() {
+    refused(|v| tunnel(v, 0, 1)["local"] = json!("192.0.2.1"), "bundles[0].tunnels[1].local", "not a socket address");
+    refused(
+        |v| tunnel(v, 0, 1)["local"] = json!("[2001:db8::1]:4500"),
+        "bundles[0].tunnels[1].local",
+        "IPv6 outer addresses are not supported yet",
+    );
+    refused(|v| tunnel(v, 0, 1)["local"] = json!("192.0.2.9:4501"), "bundles[0].tunnels[1].local", "not the address of port \"wan0\" (192.0.2.1)");
+    refused(|v| tunnel(v, 0, 1)["local"] = json!("192.0.2.1:0"), "bundles[0].tunnels[1].local", "port 0");
+}
+
+#[test]
+fn tunnel_remote_is_a_unicast_ipv4_socket() {
+    refused(|v| tunnel(v, 0, 3)["remote"] = json!("peer:4500"), "bundles[0].tunnels[3].remote", "not a socket address");
+    refused(|v| tunnel(v, 0, 3)["remote"] = json!("[2001:db8::2]:4500"), "bundles[0].tunnels[3].remote", "not supported yet");
+    refused(|v| tunnel(v, 0, 3)["remote"] = json!("198.51.100.1:0"), "bundles[0].tunnels[3].remote", "port 0");
+    refused(|v| tunnel(v, 0, 3)["remote"] = json!("239.1.1.1:4500"), "bundles[0].tunnels[3].remote", "not a unicast");
+    refused(|v| tunnel(v, 0, 3)["remote"] = json!("255.255.255.255:4500"), "bundles[0].tunnels[3].remote", "not a unicast");
+    refused(|v| tunnel(v, 0, 3)["remote"] = json!("0.0.0.0:4500"), "bundles[0].tunnels[3].remote", "not a unicast");
+}
+
+#[test]
+fn local_sockets_are_unique_per_wan_port() {
+    refused(
+        |v| tunnel(v, 0, 3)["local"] = json!("192.0.2.1:4501"),
+        "bundles[0].tunnels[3].local",
+        "already the local address of bundles[0].tunnels[1]",
+    );
+    refused(
+        |v| {
+            add_spare_bundle(v);
+            tunnel(v, 1, 0)["local"] = json!("192.0.2.1:4502");
+        },
+        "bundles[1].tunnels[0].local",
+        "bundles[0].tunnels[2]",
+    );
+}
+
+#[test]
+fn spis_are_not_zero_or_reserved() {
+    refused(|v| tunnel(v, 0, 0)["spi_in"] = json!(0), "bundles[0].tunnels[0].spi_in", "SPI 0");
+    refused(|v| tunnel(v, 0, 0)["spi_out"] = json!(0), "bundles[0].tunnels[0].spi_out", "SPI 0");
+    refused(|v| tunnel(v, 0, 1)["spi_out"] = json!(1), "bundles[0].tunnels[1].spi_out", "reserved");
+    refused(|v| tunnel(v, 0, 1)["spi_in"] = json!(255), "bundles[0].tunnels[1].spi_in", "reserved");
+    let t = accepted(|v| tunnel(v, 0, 1)["spi_in"] = json!(256));
+    assert_eq!(t.bundles[0].tunnels[1].sa_in.spi, Spi(256));
+    let t = accepted(|v| tunnel(v, 0, 1)["spi_in"] = json!(u32::MAX));
+    assert_eq!(t.tunnel_by_spi_in(Spi(u32::MAX)), Some(TunnelRef { bundle: 0, tunnel: 1 }));
+}
+
+#[test]
+fn spi_in_is_unique_across_all_tunnels() {
+    refused(
+        |v| tunnel(v, 0, 3)["spi_in"] = json!(8192),
+        "bundles[0].tunnels[3].spi_in",
+        "SPI 8192 is already the spi_in of bundles[0].tunnels[0]",
+    );
+    refused(
+        |v| {
+            add_spare_bundle(v);
+            tunnel(v, 1, 0)["spi_in"] = json!(8193);
+        },
+        "bundles[1].tunnels[0].spi_in",
+        "bundles[0].tunnels[1]",
+    );
+}
+
+#[test]
+fn spi_out_is_unique_within_a_bundle() {
+    refused(
+        |v| tunnel(v, 0, 2)["spi_out"] = json!(4096),
+        "bundles[0].tunnels[2].spi_out",
+        "already the spi_out of bundles[0].tunnels[0]",
+    );
+    // Another bundle goes to another peer, whose SPI space is its own.
+    accepted(|v| {
+        add_spare_bundle(v);
+        tunnel(v, 1, 0)["spi_out"] = json!(4096);
+    });
+    // spi_in and spi_out are separate spaces.
+    accepted(|v| tunnel(v, 0, 0)["spi_out"] = json!(8192));
+}
+
+#[test]
+fn keys_are_16_or_32_bytes_of_hex() {
+    refused(
+        |v| tunnel(v, 0, 2)["key_in"] = json!("11".repeat(15)),
+        "bundles[0].tunnels[2].key_in",
+        "expected 16 or 32 bytes of hex, got 15",
+    );
+    refused(|v| tunnel(v, 0, 2)["key_out"] = json!("11".repeat(24)), "bundles[0].tunnels[2].key_out", "got 24");
+    refused(|v| tunnel(v, 0, 0)["key_out"] = json!(format!("{}1", "11".repeat(16))), "bundles[0].tunnels[0].key_out", "odd number");
+    refused(|v| tunnel(v, 0, 0)["key_in"] = json!(format!("x{}", "1".repeat(31))), "bundles[0].tunnels[0].key_in", "not a hex digit");
+    let t = accepted(|v| tunnel(v, 0, 0)["key_in"] = json!(format!("0x{}", "AB".repeat(16))));
+    assert!(matches!(t.bundles[0].tunnels[0].sa_in.key, AesGcmKey::Aes128(k) if k == [0xab; 16]));
+}
+
+#[test]
+fn salts_are_4_bytes_of_hex() {
+    refused(|v| tunnel(v, 0, 1)["salt_in"] = json!("0102"), "bundles[0].tunnels[1].salt_in", "expected 4 bytes of hex, got 2");
+    refused(|v| tunnel(v, 0, 1)["salt_out"] = json!("0102030405"), "bundles[0].tunnels[1].salt_out", "got 5");
+    refused(|v| tunnel(v, 0, 1)["salt_out"] = json!("0102030z"), "bundles[0].tunnels[1].salt_out", "not a hex digit");
+}
+
+#[test]
+fn weight_is_at_least_one() {
+    refused(|v| tunnel(v, 0, 3)["weight"] = json!(0), "bundles[0].tunnels[3].weight", "at least 1");
+}
+
+#[test]
+fn rate_fits() {
+    refused(|v| tunnel(v, 0, 3)["rate_mbps"] = json!(u64::MAX), "bundles[0].tunnels[3].rate_mbps", "too large");
+}
+
+// ---------------------------------------------------------------------------
+// Routes.
+
+#[test]
+fn route_prefixes_parse_without_host_bits() {
+    refused(|v| v["routes"][0]["prefix"] = json!("10.2.0.0"), "routes[0].prefix", "address/length");
+    refused(|v| v["routes"][0]["prefix"] = json!("10.2.0.0/33"), "routes[0].prefix", "longer than 32");
+    refused(|v| v["routes"][0]["prefix"] = json!("10.2.3.0/16"), "routes[0].prefix", "host bits set: 10.2.3.0/16 (did you mean 10.2.0.0/16?)");
+    refused(|v| v["routes"][2]["prefix"] = json!("fd00:2::1/64"), "routes[2].prefix", "host bits set");
+    refused(|v| v["routes"][2]["prefix"] = json!("fd00:2::/129"), "routes[2].prefix", "longer than 128");
+    refused(|v| v["routes"][2]["prefix"] = json!("site-b/8"), "routes[2].prefix", "not an IPv4 or IPv6 address");
+}
+
+#[test]
+fn route_prefixes_are_unique_but_may_overlap() {
+    refused(
+        |v| as_array(&mut v["routes"]).push(json!({ "prefix": "10.2.0.0/16", "peer": "site-b" })),
+        "routes[3].prefix",
+        "10.2.0.0/16 is already routed by routes[0]",
+    );
+    refused(
+        |v| as_array(&mut v["routes"]).push(json!({ "prefix": "fd00:2::/64", "peer": "site-b" })),
+        "routes[3].prefix",
+        "already routed by routes[2]",
+    );
+    let t = accepted(|v| {
+        let routes = as_array(&mut v["routes"]);
+        routes.push(json!({ "prefix": "0.0.0.0/0", "peer": "site-b" }));
+        routes.push(json!({ "prefix": "10.2.5.7/32", "peer": "site-b" }));
+        routes.push(json!({ "prefix": "::/0", "peer": "site-b" }));
+        routes.push(json!({ "prefix": "fd00:2::1/128", "peer": "site-b" }));
+    });
+    assert_eq!(t.routes.len(), 7);
+    assert_eq!(t.routes.lookup_v4(Ipv4Addr::new(8, 8, 8, 8)), Some(0));
+    assert_eq!(t.routes.lookup_v6("2001:db8::1".parse().unwrap()), Some(0));
+}
+
+#[test]
+fn route_peer_exists() {
+    refused(|v| v["routes"][1]["peer"] = json!("site-c"), "routes[1].peer", "no peer named \"site-c\"");
+}
+
+#[test]
+fn routes_resolve_to_peer_indices() {
+    let t = accepted(|v| {
+        add_spare_bundle(v);
+        as_array(&mut v["peers"]).push(json!({ "name": "site-c", "bundle": "spare" }));
+        as_array(&mut v["routes"]).push(json!({ "prefix": "10.3.0.0/16", "peer": "site-c" }));
+        as_array(&mut v["routes"]).push(json!({ "prefix": "10.2.5.128/25", "peer": "site-c" }));
+    });
+    assert_eq!(t.peers[1].bundle, 1);
+    assert_eq!(t.bundles[1].peer, Some(1));
+    assert_eq!(t.routes.lookup_v4(Ipv4Addr::new(10, 3, 1, 1)), Some(1));
+    assert_eq!(t.routes.lookup_v4(Ipv4Addr::new(10, 2, 5, 200)), Some(1));
+    assert_eq!(t.routes.lookup_v4(Ipv4Addr::new(10, 2, 5, 100)), Some(0));
+    assert_eq!(t.routes.lookup(&[10, 3, 0, 0]), Some(1));
+}
+
+// ---------------------------------------------------------------------------
+// Tunnel options.
+
+#[test]
+fn replay_window_is_a_power_of_two_in_range() {
+    refused(|v| v["tunnel"]["replay_window"] = json!(4000), "tunnel.replay_window", "power of two");
+    refused(|v| v["tunnel"]["replay_window"] = json!(32), "tunnel.replay_window", "64..=1048576");
+    refused(|v| v["tunnel"]["replay_window"] = json!(1 << 21), "tunnel.replay_window", "power of two");
+    refused(|v| v["tunnel"]["replay_window"] = json!(0), "tunnel.replay_window", "power of two");
+    let t = accepted(|v| v["tunnel"]["replay_window"] = json!(1 << 20));
+    assert_eq!(t.options.replay_window, 1 << 20);
+}
+
+#[test]
+fn reorder_hold_bounds() {
+    refused(|v| v["tunnel"]["reorder_hold_max_ms"] = json!(10_001), "tunnel.reorder_hold_max_ms", "above 10000");
+    refused(
+        |v| {
+            v["tunnel"]["reorder_hold_max_ms"] = json!(5);
+            v["tunnel"]["reorder_hold_min_ms"] = json!(6);
+        },
+        "tunnel.reorder_hold_min_ms",
+        "above reorder_hold_max_ms (5)",
+    );
+    refused(|v| v["tunnel"]["reorder_hold_margin_ms"] = json!(10_001), "tunnel.reorder_hold_margin_ms", "above 10000");
+    let t = accepted(|v| {
+        v["tunnel"]["reorder_hold_max_ms"] = json!(0);
+        v["tunnel"]["reorder_hold_min_ms"] = json!(0);
+    });
+    assert_eq!(t.options.hold.ceiling, 0);
+}
+
+#[test]
+fn probe_options() {
+    refused(|v| v["tunnel"]["probe_interval_ms"] = json!(0), "tunnel.probe_interval_ms", "1..=60000");
+    refused(|v| v["tunnel"]["probe_interval_ms"] = json!(60_001), "tunnel.probe_interval_ms", "1..=60000");
+    refused(|v| v["tunnel"]["probe_dead_after"] = json!(0), "tunnel.probe_dead_after", "at least 1");
+    refused(|v| v["tunnel"]["probe_alive_after"] = json!(0), "tunnel.probe_alive_after", "at least 1");
+    let t = accepted(|v| {
+        v["tunnel"]["probe_interval_ms"] = json!(50);
+        v["tunnel"]["probe_dead_after"] = json!(5);
+    });
+    assert_eq!(t.options.liveness.interval, 50_000_000);
+    assert_eq!(t.options.liveness.dead_after, 5);
+}

@@ -1,0 +1,310 @@
+//! Two braid gateways joined by a WAN of 1, 4 and 16 tunnels, on net_ring
+//! vdev ports (no PCI), with real mbufs: a generator behind A sends IPv4
+//! and IPv6, UDP and TCP, 64..9000-byte packets to hosts behind B; a
+//! checker behind B sees every packet once, in order per flow, byte for
+//! byte. Tunnel shares follow the weights; the WAN frames are real ESP in
+//! UDP that an independent implementation decrypts; bad input is dropped
+//! with its counter and the pools end full.
+
+use std::process::Command;
+
+use braid_dataplane::lab::traffic::{ip_packet, write_pcap, Family, Flow, L4};
+use braid_dataplane::lab::{self, Checker, Lab};
+use braid_dpdk::{Mbuf, BURST};
+
+const SIZES: [usize; 8] = [64, 100, 512, 1400, 1500, 2000, 4000, 9000];
+
+fn size_of(id: u32, seq: u32) -> usize {
+    SIZES[(id as usize * 3 + seq as usize) % SIZES.len()]
+}
+
+fn flows(n: u32) -> Vec<Flow> {
+    (0..n)
+        .map(|id| {
+            let family = if id % 2 == 0 { Family::V4 } else { Family::V6 };
+            let l4 = if id % 4 < 2 { L4::Udp } else { L4::Tcp };
+            Flow::a_to_b(id, family, l4)
+        })
+        .collect()
+}
+
+fn start(case: &str, mode: &str, weights: &[u32], key_len: usize, wan_mtu: u32) -> (Lab, std::sync::MutexGuard<'static, ()>) {
+    let (_eal, guard) = braid_dpdk::testing::eal(&[], 1536);
+    (Lab::new(case, mode, weights, key_len, wan_mtu), guard)
+}
+
+/// Sends `per_flow` packets on every flow through A and checks what B
+/// delivers. Returns the checker.
+fn run(lab: &mut Lab, flows: &[Flow], per_flow: u32) -> Checker {
+    let total = flows.len() as u64 * per_flow as u64;
+    let mut sent = 0u64;
+    let mut next = vec![0u32; flows.len()];
+    let mut checker = Checker::default();
+    let mut idle = 0;
+    let mut f = 0usize;
+    while checker.received < total && idle < 20_000 {
+        // Generator: one burst per round, round-robin over flows.
+        let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
+        while burst.len() < BURST && sent < total {
+            if next[f] < per_flow {
+                let seq = next[f];
+                let ip = ip_packet(&flows[f], seq, size_of(f as u32, seq));
+                burst.push(lab.frame_to_a(&ip));
+                next[f] += 1;
+                sent += 1;
+            }
+            f = (f + 1) % flows.len();
+        }
+        lab.gen.tx.tx_all(&mut burst, 1000);
+        assert!(burst.is_empty(), "A's LAN ring full");
+        lab.step();
+        let before = checker.received;
+        for frame in std::mem::take(&mut lab.delivered) {
+            checker.check(&frame, flows, size_of);
+        }
+        idle = if checker.received == before && sent == total { idle + 1 } else { 0 };
+    }
+    checker
+}
+
+fn assert_clean(lab: &Lab, checker: &Checker, total: u64) {
+    let (a, b) = lab.counters();
+    eprintln!("B rx: {:?}\nB engine drops: {:?}", lab.b.rx_debug(), b.engine.named());
+    assert!(checker.bad.is_empty(), "{} bad deliveries, first: {:?}", checker.bad.len(), &checker.bad[..checker.bad.len().min(5)]);
+    assert_eq!(checker.received, total, "A: {:?}\nB: {:?}", a.drops.named(), b.drops.named());
+    assert_eq!(a.drops.named(), vec![], "A dropped");
+    assert_eq!(b.drops.named(), vec![], "B dropped");
+    assert_eq!(b.engine.named(), vec![], "B's engine dropped");
+    assert_eq!(a.encapsulated, total);
+    assert_eq!(b.delivered, total);
+}
+
+/// Each tunnel's share of A's ESP packets is within 5% of its weight's.
+fn assert_shares(lab: &Lab, weights: &[u32]) {
+    let (a, _) = lab.counters();
+    let tx: Vec<u64> = a.tunnels[0].iter().map(|t| t.tx.packets).collect();
+    let sum: u64 = tx.iter().sum();
+    let wsum: u32 = weights.iter().sum();
+    for (t, (&n, &w)) in tx.iter().zip(weights).enumerate() {
+        let share = n as f64 / sum as f64;
+        let want = w as f64 / wsum as f64;
+        assert!((share - want).abs() <= 0.05 * want, "tunnel {t}: share {share:.4}, weight share {want:.4} (tx {tx:?})");
+    }
+    eprintln!("tunnel packets {tx:?} for weights {weights:?}");
+}
+
+/// Decrypts captured WAN frames with Python's `cryptography` (an ESP
+/// implementation independent of braid's) and returns its JSON summary.
+fn decrypt_independently(case: &str, frames: &[Vec<u8>], tunnels: usize, key_len: usize) -> serde_json::Value {
+    let dir = std::env::temp_dir().join(format!("braid-{case}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pcap = dir.join("wan.pcap");
+    write_pcap(&pcap, frames);
+    let keys: Vec<String> = (0..tunnels)
+        .map(|t| format!("\"{}\":[\"{}\",\"{}\"]", lab::spi(t, true), lab::key(t, true, key_len), lab::salt(t, true)))
+        .collect();
+    let keys_path = dir.join("keys.json");
+    std::fs::write(&keys_path, format!("{{{}}}", keys.join(","))).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/esp_pcap.py");
+    let out = Command::new("python3").arg(script).arg(&pcap).arg(&keys_path).output().expect("python3");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "esp_pcap.py failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&stdout).expect("esp_pcap.py prints JSON")
+}
+
+#[test]
+fn bundle_mode_one_tunnel_every_packet_once_in_order() {
+    let (mut lab, _g) = start("b1", "bundle", &[1], 16, 1500);
+    let fl = flows(8);
+    let c = run(&mut lab, &fl, 200);
+    assert_clean(&lab, &c, 1600);
+    lab.close();
+}
+
+#[test]
+fn bundle_mode_four_weighted_tunnels_and_independent_decryption() {
+    let weights = [1, 2, 3, 4];
+    let (mut lab, _g) = start("b4", "bundle", &weights, 32, 1500);
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = 400;
+    let fl = flows(16);
+    let c = run(&mut lab, &fl, 300);
+    assert_clean(&lab, &c, 4800);
+    assert_shares(&lab, &weights);
+    let frames = lab.capture.take().unwrap();
+    let summary = decrypt_independently("b4", &frames, weights.len(), 32);
+    eprintln!("independent decryption: {summary}");
+    assert_eq!(summary["decrypted"], frames.len(), "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["next_header_253"], frames.len(), "{summary}");
+    lab.close();
+}
+
+#[test]
+fn bundle_mode_sixteen_tunnels() {
+    let weights = [1; 16];
+    let (mut lab, _g) = start("b16", "bundle", &weights, 16, 1500);
+    let fl = flows(16);
+    let c = run(&mut lab, &fl, 300);
+    assert_clean(&lab, &c, 4800);
+    assert_shares(&lab, &weights);
+    lab.close();
+}
+
+#[test]
+fn bundle_mode_restores_order_when_one_tunnel_is_slower() {
+    let (mut lab, _g) = start("bro", "bundle", &[1, 1, 1, 1], 16, 1500);
+    // Tunnel 0 (UDP port 4500) is 10 polls (100 us) slower than the others.
+    lab.delay_polls.insert(4500, 10);
+    let fl = flows(8);
+    let c = run(&mut lab, &fl, 300);
+    lab.settle(100);
+    assert_clean(&lab, &c, 2400);
+    let held = lab.b.counters();
+    eprintln!("B engine drops {:?}", held.engine.named());
+    lab.close();
+}
+
+#[test]
+fn plain_mode_four_tunnels_interoperable_esp() {
+    let weights = [1, 1, 2, 4];
+    // Plain ESP carries one inner packet per outer packet and braid never
+    // fragments outer packets: jumbo inner packets need a jumbo WAN.
+    let (mut lab, _g) = start("p4", "plain", &weights, 16, 9600);
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = 300;
+    let fl = flows(16);
+    let c = run(&mut lab, &fl, 300);
+    assert_clean(&lab, &c, 4800);
+    assert_shares(&lab, &weights);
+    let frames = lab.capture.take().unwrap();
+    let summary = decrypt_independently("p4", &frames, weights.len(), 16);
+    eprintln!("independent decryption: {summary}");
+    assert_eq!(summary["decrypted"], frames.len(), "{summary}");
+    assert_eq!(summary["inner_test_packets"], frames.len(), "{summary}");
+    lab.close();
+}
+
+#[test]
+fn plain_mode_drops_what_the_wan_mtu_cannot_carry() {
+    let (mut lab, _g) = start("pmtu", "plain", &[1], 16, 1500);
+    let f = Flow::a_to_b(0, Family::V4, L4::Udp);
+    let mut burst = vec![lab.frame_to_a(&ip_packet(&f, 0, 1400)), lab.frame_to_a(&ip_packet(&f, 1, 3000))];
+    lab.gen.tx.tx_all(&mut burst, 100);
+    for _ in 0..5 {
+        lab.step();
+    }
+    let (a, _) = lab.counters();
+    assert_eq!(a.drops.get(braid_dataplane::counters::DpDrop::TooBig), 1);
+    assert_eq!(a.encapsulated, 1);
+    assert_eq!(lab.delivered.len(), 1);
+    lab.close();
+}
+
+#[test]
+fn bad_input_on_either_side_is_dropped_and_counted() {
+    use braid_dataplane::counters::DpDrop;
+    let (mut lab, _g) = start("bad", "bundle", &[1, 1], 16, 1500);
+    // A few good packets, captured, so we can replay and forge them.
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = 8;
+    let fl = flows(2);
+    let c = run(&mut lab, &fl, 4);
+    assert_eq!(c.received, 8);
+    let good = lab.capture.take().unwrap();
+    let esp_frame = good.iter().find(|f| f.len() > 200).unwrap().clone();
+
+    // WAN side, injected towards B.
+    let mut bad: Vec<Vec<u8>> = Vec::new();
+    bad.push(vec![0u8; 10]); // runt
+    let mut v = esp_frame.clone();
+    v[14] = 0x43; // IHL 3
+    bad.push(v);
+    let mut v = esp_frame.clone();
+    v[24] ^= 0xff; // IPv4 checksum
+    bad.push(v);
+    let mut v = esp_frame.clone();
+    v[42..46].copy_from_slice(&0xdead_beefu32.to_be_bytes()); // unknown SPI
+    bad.push(v);
+    let mut v = esp_frame.clone();
+    let n = v.len();
+    v[n - 1] ^= 1; // forged tag, on a sequence number not seen yet
+    let seq = u32::from_be_bytes([v[46], v[47], v[48], v[49]]) + 1000;
+    v[46..50].copy_from_slice(&seq.to_be_bytes());
+    bad.push(v);
+    bad.push(esp_frame.clone()); // replay
+    let mut v = esp_frame.clone();
+    v[42..46].copy_from_slice(&[0, 0, 0, 0]); // non-ESP marker (IKE)
+    bad.push(v);
+    let mut v = esp_frame[..43].to_vec(); // NAT keepalive: UDP payload 0xff
+    v[42] = 0xff;
+    v[16..18].copy_from_slice(&29u16.to_be_bytes());
+    v[38..40].copy_from_slice(&9u16.to_be_bytes());
+    let c = !braid_tunnel::wire::checksum::sum(&{
+        let mut h = v[14..34].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    v[24..26].copy_from_slice(&c.to_be_bytes());
+    bad.push(v);
+    for i in 0..1000u16 {
+        // A flood of outer fragments.
+        let mut v = esp_frame.clone();
+        v[20] = 0x20; // MF
+        v[18..20].copy_from_slice(&i.to_be_bytes());
+        v[24] = 0;
+        v[25] = 0;
+        let c = !braid_tunnel::wire::checksum::sum(&v[14..34]);
+        v[24..26].copy_from_slice(&c.to_be_bytes());
+        bad.push(v);
+    }
+    for chunk in bad.chunks(BURST) {
+        let mut burst: Vec<Mbuf> = chunk.iter().map(|b| lab.raw(b)).collect();
+        lab.mid_b.tx.tx_all(&mut burst, 1000);
+        lab.step();
+    }
+    // A frame spread over two mbufs.
+    let mut head = lab.raw(&esp_frame[..100]);
+    head.chain(lab.raw(&esp_frame[100..])).map_err(|_| ()).unwrap();
+    let mut v = vec![head];
+    lab.mid_b.tx.tx_all(&mut v, 100);
+    lab.step();
+
+    // LAN side, towards A: runt, ARP, bad IHL, no route.
+    let f = Flow::a_to_b(0, Family::V4, L4::Udp);
+    let mut ip = ip_packet(&f, 99, 200);
+    let mut lan_bad = vec![lab.raw(&[0u8; 12])];
+    let mut arp = vec![0u8; 60];
+    arp[12] = 0x08;
+    arp[13] = 0x06;
+    lan_bad.push(lab.raw(&arp));
+    let mut v = ip.clone();
+    v[0] = 0x44;
+    lan_bad.push(lab.frame_to_a(&v));
+    ip[16..20].copy_from_slice(&[203, 0, 113, 9]); // no route (checksum irrelevant)
+    lan_bad.push(lab.frame_to_a(&ip));
+    lab.gen.tx.tx_all(&mut lan_bad, 100);
+    for _ in 0..10 {
+        lab.step();
+    }
+
+    let (a, b) = lab.counters();
+    eprintln!("A drops {:?}\nB drops {:?}\nB engine {:?}", a.drops.named(), b.drops.named(), b.engine.named());
+    assert_eq!(b.drops.get(DpDrop::NotTunnel), 1, "runt");
+    assert_eq!(b.drops.get(DpDrop::BadOuterIp), 2, "bad IHL + bad checksum");
+    assert_eq!(b.drops.get(DpDrop::UnknownSpi), 1);
+    assert_eq!(b.drops.get(DpDrop::NonEsp), 1);
+    assert_eq!(b.drops.get(DpDrop::Keepalive), 1);
+    assert_eq!(b.drops.get(DpDrop::OuterFragment), 1000);
+    assert_eq!(b.drops.get(DpDrop::Multiseg), 1);
+    assert_eq!(b.engine.get(braid_tunnel::DropReason::AuthFailed), 1, "forged");
+    assert_eq!(b.engine.get(braid_tunnel::DropReason::Replayed), 1, "replayed");
+    assert_eq!(a.drops.get(DpDrop::NotIp), 2, "runt + ARP");
+    assert_eq!(a.drops.get(DpDrop::BadInnerIp), 1);
+    assert_eq!(a.drops.get(DpDrop::NoRoute), 1);
+    // Nothing bad reached B's LAN.
+    assert!(lab.delivered.is_empty(), "{} frames leaked to B's LAN", lab.delivered.len());
+    lab.close();
+}
