@@ -118,6 +118,8 @@ pub struct Lab {
     /// TSC cycles spent inside A's and B's polls.
     pub cycles_a: u64,
     pub cycles_b: u64,
+    /// Destination and source MACs of frames from A's host to A.
+    to_a_macs: [u8; 12],
     /// Last field: dropped last, closes the ports even when a test fails.
     _ports: PortsGuard,
 }
@@ -219,6 +221,12 @@ impl Lab {
             delivered_count: 0,
             cycles_a: 0,
             cycles_b: 0,
+            to_a_macs: {
+                let mut m = [0u8; 12];
+                m[..6].copy_from_slice(&mac(A_LAN_MAC));
+                m[6..].copy_from_slice(&mac(A_HOST_MAC));
+                m
+            },
             _ports: PortsGuard { ports, pairs },
         }
     }
@@ -227,8 +235,7 @@ impl Lab {
     pub fn frame_to_a(&self, ip: &[u8]) -> Mbuf {
         let mut m = Mbuf::alloc(&self.test_pool).expect("test pool");
         let b = m.append(14 + ip.len()).expect("fits");
-        b[0..6].copy_from_slice(&mac(A_LAN_MAC));
-        b[6..12].copy_from_slice(&mac(A_HOST_MAC));
+        b[0..12].copy_from_slice(&self.to_a_macs);
         let et: u16 = if ip[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
         b[12..14].copy_from_slice(&et.to_be_bytes());
         b[14..].copy_from_slice(ip);
