@@ -25,6 +25,19 @@ fn config(dir: &std::path::Path) -> std::path::PathBuf {
     p
 }
 
+/// Kills the child if the test fails before it exits (no orphan keeps
+/// polling a core).
+struct Reap(Option<std::process::Child>, String);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.1));
+        }
+    }
+}
+
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
@@ -47,14 +60,15 @@ fn runs_writes_stats_and_stops_cleanly_on_sigterm() {
     let cfg = config(&dir);
     let stats = dir.join("stats.json");
     let prefix = format!("braid-proc-{}", std::process::id());
-    let mut child = Command::new(BIN)
+    let mut reap = Reap(Some(Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap(), "--stats-file", stats.to_str().unwrap(), "--stats-interval-ms", "100", "--"])
         .args(["--no-pci", "--no-huge", "-m", "256", "-l", "0", "--file-prefix", &prefix, "--log-level=*:error"])
         .args(["--vdev=net_null0", "--vdev=net_null1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()), prefix.clone());
+    let child = reap.0.as_mut().unwrap();
     // The stats file appears and counts while the process runs.
     let deadline = Instant::now() + Duration::from_secs(20);
     let running: serde_json::Value = loop {
@@ -77,8 +91,8 @@ fn runs_writes_stats_and_stops_cleanly_on_sigterm() {
     // SIGTERM: clean stop, exit 0, final counters on stdout.
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = wait_exit(&mut child, Duration::from_secs(20));
-    let out = child.wait_with_output().unwrap();
+    let status = wait_exit(child, Duration::from_secs(20));
+    let out = reap.0.take().unwrap().wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "exit {status}: {}", String::from_utf8_lossy(&out.stderr));

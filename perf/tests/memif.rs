@@ -7,12 +7,15 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Proc(Option<Child>);
+/// A child process, killed (and its DPDK runtime folder removed) if the
+/// test fails before it exits.
+struct Proc(Option<Child>, String);
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(c) = self.0.as_mut() {
             let _ = c.kill();
             let _ = c.wait();
+            let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.1));
         }
     }
 }
@@ -26,7 +29,7 @@ fn spawn(role: &str, lcore: &str, prefix: &str, vdev: &str, count: u64) -> Proc 
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn braid-perf-gen");
-    Proc(Some(child))
+    Proc(Some(child), prefix.to_owned())
 }
 
 fn wait(mut p: Proc, limit: Duration) -> (i32, String, String) {
