@@ -432,10 +432,7 @@ impl Tables {
     pub fn from_config(config: &Config) -> Result<Tables, ConfigError> {
         let ports = resolve_ports(&config.ports)?;
         let port_index = index_names(config.ports.iter().map(|p| p.name.as_str()));
-        let bundle_index = unique_names(
-            "bundles",
-            config.bundles.iter().map(|b| b.name.as_str()),
-        )?;
+        let bundle_index = unique_names("bundles", config.bundles.iter().map(|b| b.name.as_str()))?;
         let peer_index = unique_names("peers", config.peers.iter().map(|p| p.name.as_str()))?;
 
         let mut peers = Vec::with_capacity(config.peers.len());
@@ -468,7 +465,10 @@ impl Tables {
         for (b, bc) in config.bundles.iter().enumerate() {
             let at = format!("bundles[{b}]");
             if bc.tunnels.is_empty() {
-                return Err(invalid(format!("{at}.tunnels"), "a bundle needs at least one tunnel"));
+                return Err(invalid(
+                    format!("{at}.tunnels"),
+                    "a bundle needs at least one tunnel",
+                ));
             }
             let mut spi_out_owner: HashMap<u32, String> = HashMap::new();
             let mut tunnels = Vec::with_capacity(bc.tunnels.len());
@@ -484,7 +484,10 @@ impl Tables {
                 if let Some(other) = spi_out_owner.insert(tc.spi_out, at.clone()) {
                     return Err(invalid(
                         format!("{at}.spi_out"),
-                        format!("SPI {} is already the spi_out of {other} in this bundle", tc.spi_out),
+                        format!(
+                            "SPI {} is already the spi_out of {other} in this bundle",
+                            tc.spi_out
+                        ),
                     ));
                 }
                 let key = (tunnel.wan_port, tunnel.local);
@@ -549,9 +552,12 @@ impl Tables {
                 .prefix
                 .parse()
                 .map_err(|e| invalid(format!("routes[{i}].prefix"), e))?;
-            let &peer = peer_index
-                .get(r.peer.as_str())
-                .ok_or_else(|| invalid(format!("routes[{i}].peer"), format!("no peer named {:?}", r.peer)))?;
+            let &peer = peer_index.get(r.peer.as_str()).ok_or_else(|| {
+                invalid(
+                    format!("routes[{i}].peer"),
+                    format!("no peer named {:?}", r.peer),
+                )
+            })?;
             prefixes.push((prefix, peer as u32));
         }
         let routes = RouteTable::new(prefixes).map_err(|e| match e {
@@ -610,7 +616,10 @@ impl Tables {
 
     /// Indices and ports of one role.
     pub fn ports_with_role(&self, role: PortRole) -> impl Iterator<Item = (usize, &Port)> + '_ {
-        self.ports.iter().enumerate().filter(move |(_, p)| p.role == role)
+        self.ports
+            .iter()
+            .enumerate()
+            .filter(move |(_, p)| p.role == role)
     }
 }
 
@@ -655,8 +664,8 @@ fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
             ));
         }
         let mac = parse_unicast_mac(&p.mac).map_err(|e| invalid(format!("{at}.mac"), e))?;
-        let next_hop_mac =
-            parse_unicast_mac(&p.next_hop_mac).map_err(|e| invalid(format!("{at}.next_hop_mac"), e))?;
+        let next_hop_mac = parse_unicast_mac(&p.next_hop_mac)
+            .map_err(|e| invalid(format!("{at}.next_hop_mac"), e))?;
         let ipv4 = match &p.ipv4 {
             None => None,
             Some(s) => Some(parse_iface_v4(s).map_err(|e| invalid(format!("{at}.ipv4"), e))?),
@@ -684,7 +693,10 @@ fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
     }
     for (role, what) in [(PortRole::Lan, "LAN"), (PortRole::Wan, "WAN")] {
         if !ports.iter().any(|p| p.role == role) {
-            return Err(invalid("ports", format!("at least one {what} port is needed")));
+            return Err(invalid(
+                "ports",
+                format!("at least one {what} port is needed"),
+            ));
         }
     }
     Ok(ports)
@@ -722,7 +734,10 @@ fn resolve_options(o: &TunnelOptionsConfig) -> Result<TunnelOptions, ConfigError
     if !(1..=MAX_PROBE_INTERVAL_MS).contains(&o.probe_interval_ms) {
         return Err(invalid(
             "tunnel.probe_interval_ms",
-            format!("{} is outside 1..={MAX_PROBE_INTERVAL_MS}", o.probe_interval_ms),
+            format!(
+                "{} is outside 1..={MAX_PROBE_INTERVAL_MS}",
+                o.probe_interval_ms
+            ),
         ));
     }
     if o.probe_dead_after == 0 {
@@ -886,7 +901,9 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 fn parse_unicast_mac(s: &str) -> Result<[u8; 6], String> {
     let mac = parse_mac(s)?;
     if mac[0] & 1 != 0 {
-        return Err(format!("{s} is a multicast or broadcast MAC, expected unicast"));
+        return Err(format!(
+            "{s} is a multicast or broadcast MAC, expected unicast"
+        ));
     }
     if mac == [0; 6] {
         return Err(format!("{s} is the all-zero MAC"));
@@ -957,8 +974,14 @@ mod tests {
 
     #[test]
     fn keys_and_salts() {
-        assert!(matches!(parse_key(&"11".repeat(16)), Ok(AesGcmKey::Aes128(_))));
-        assert!(matches!(parse_key(&"11".repeat(32)), Ok(AesGcmKey::Aes256(_))));
+        assert!(matches!(
+            parse_key(&"11".repeat(16)),
+            Ok(AesGcmKey::Aes128(_))
+        ));
+        assert!(matches!(
+            parse_key(&"11".repeat(32)),
+            Ok(AesGcmKey::Aes256(_))
+        ));
         assert_eq!(
             parse_key(&"11".repeat(15)).unwrap_err(),
             "expected 16 or 32 bytes of hex, got 15"
@@ -969,8 +992,18 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(parse_mac("02:00:00:00:0a:FF").unwrap(), [2, 0, 0, 0, 10, 255]);
-        for bad in ["02:00:00:00:00", "02:00:00:00:00:01:02", "2:00:00:00:00:01", "02-00-00-00-00-01", "02:00:00:00:00:+1", ""] {
+        assert_eq!(
+            parse_mac("02:00:00:00:0a:FF").unwrap(),
+            [2, 0, 0, 0, 10, 255]
+        );
+        for bad in [
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "2:00:00:00:00:01",
+            "02-00-00-00-00-01",
+            "02:00:00:00:00:+1",
+            "",
+        ] {
             assert!(parse_mac(bad).is_err(), "{bad}");
         }
         assert!(parse_unicast_mac("ff:ff:ff:ff:ff:ff").is_err());
@@ -990,7 +1023,9 @@ mod tests {
     #[test]
     fn socket_addresses() {
         assert_eq!(parse_socket_v4("192.0.2.1:4500").unwrap().port(), 4500);
-        assert!(parse_socket_v4("[2001:db8::1]:4500").unwrap_err().contains("not supported yet"));
+        assert!(parse_socket_v4("[2001:db8::1]:4500")
+            .unwrap_err()
+            .contains("not supported yet"));
         assert!(parse_socket_v4("192.0.2.1").is_err());
         assert!(parse_socket_v4("192.0.2.1:0").is_err());
         assert!(parse_socket_v4("0.0.0.0:4500").is_err());

@@ -72,7 +72,7 @@ pub fn worker_setup(
                 remote: tun.remote,
                 out: sas[b][t].clone(),
                 inbound: tun.sa_in.clone(),
-                weight: tun.weight,
+                params: tun.path_params(),
             });
         }
         bundles.push(BundleSetup { mode: bundle.mode, policy: bundle.policy, max_frame: bundle.max_frame, tunnels });

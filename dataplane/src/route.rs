@@ -44,7 +44,11 @@ pub enum PrefixError {
     #[error("prefix length {len} is longer than {max}")]
     LengthTooLong { len: u8, max: u8 },
     #[error("host bits set: {addr}/{len} (did you mean {network}/{len}?)")]
-    HostBits { addr: IpAddr, len: u8, network: IpAddr },
+    HostBits {
+        addr: IpAddr,
+        len: u8,
+        network: IpAddr,
+    },
 }
 
 impl Ipv4Prefix {
@@ -137,8 +141,7 @@ impl Prefix {
 /// syntax of an interface address such as `192.0.2.1/24`.
 pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), PrefixError> {
     let (addr, len) = s.split_once('/').ok_or(PrefixError::MissingLength)?;
-    let addr =
-        IpAddr::from_str(addr).map_err(|_| PrefixError::BadAddress(addr.to_string()))?;
+    let addr = IpAddr::from_str(addr).map_err(|_| PrefixError::BadAddress(addr.to_string()))?;
     // u8::from_str accepts a leading '+'; a prefix length is digits only.
     if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
         return Err(PrefixError::BadLength(len.to_string()));
@@ -508,8 +511,14 @@ mod tests {
         assert!(matches!(e("10.2.0.0/+16"), PrefixError::BadLength(_)));
         assert!(matches!(e("10.2.0.0/"), PrefixError::BadLength(_)));
         assert!(matches!(e("10.2.0.0/x"), PrefixError::BadLength(_)));
-        assert_eq!(e("10.2.0.0/33"), PrefixError::LengthTooLong { len: 33, max: 32 });
-        assert_eq!(e("::/129"), PrefixError::LengthTooLong { len: 129, max: 128 });
+        assert_eq!(
+            e("10.2.0.0/33"),
+            PrefixError::LengthTooLong { len: 33, max: 32 }
+        );
+        assert_eq!(
+            e("::/129"),
+            PrefixError::LengthTooLong { len: 129, max: 128 }
+        );
         assert!(matches!(e("10.2.0.1/16"), PrefixError::HostBits { .. }));
         assert!(matches!(e("fd00:2::1/64"), PrefixError::HostBits { .. }));
         assert_eq!(
@@ -578,8 +587,12 @@ mod tests {
 
     #[test]
     fn rejects_duplicates_and_reserved_value() {
-        let e = RouteTable::new([(p("10.2.0.0/16"), 1), (p("10.3.0.0/16"), 1), (p("10.2.0.0/16"), 2)])
-            .unwrap_err();
+        let e = RouteTable::new([
+            (p("10.2.0.0/16"), 1),
+            (p("10.3.0.0/16"), 1),
+            (p("10.2.0.0/16"), 2),
+        ])
+        .unwrap_err();
         assert_eq!(
             e,
             RouteError::Duplicate {
@@ -589,15 +602,33 @@ mod tests {
             }
         );
         let e = RouteTable::new([(p("::/0"), 1), (p("::/0"), 1)]).unwrap_err();
-        assert!(matches!(e, RouteError::Duplicate { first: 0, index: 1, .. }));
+        assert!(matches!(
+            e,
+            RouteError::Duplicate {
+                first: 0,
+                index: 1,
+                ..
+            }
+        ));
         let e = RouteTable::new([(p("::/0"), RESERVED_VALUE)]).unwrap_err();
-        assert_eq!(e, RouteError::ReservedValue { index: 0, value: RESERVED_VALUE });
+        assert_eq!(
+            e,
+            RouteError::ReservedValue {
+                index: 0,
+                value: RESERVED_VALUE
+            }
+        );
     }
 
     #[test]
     fn many_prefixes_of_one_length() {
         let routes: Vec<(Prefix, u32)> = (0..5000u32)
-            .map(|i| (Prefix::V4(Ipv4Prefix::new(Ipv4Addr::from(i << 8), 24).unwrap()), i))
+            .map(|i| {
+                (
+                    Prefix::V4(Ipv4Prefix::new(Ipv4Addr::from(i << 8), 24).unwrap()),
+                    i,
+                )
+            })
             .collect();
         let t = RouteTable::new(routes).unwrap();
         for i in 0..5000u32 {

@@ -45,7 +45,8 @@ pub struct TunnelSetup {
     /// Inbound SA parameters; the worker that receives the tunnel owns its
     /// replay window.
     pub inbound: SaParams,
-    pub weight: u32,
+    /// Weight and rate for the balancer.
+    pub params: PathParams,
 }
 
 /// One bundle as a worker needs it.
@@ -171,7 +172,7 @@ impl Worker {
                     };
                     let mut tx = BundleTx::new(txc, out_sas.clone(), now);
                     for (i, t) in bs.tunnels.iter().enumerate() {
-                        tx.balancer_mut().set_params(i, PathParams { weight: t.weight, ..Default::default() });
+                        tx.balancer_mut().set_params(i, t.params);
                     }
                     // Probe replies go out as a stream no data sender uses.
                     // Capacity for the packets in flight across the skew
@@ -195,7 +196,7 @@ impl Worker {
                 Mode::Plain => {
                     let mut balancer = Balancer::new(bs.policy, n);
                     for (i, t) in bs.tunnels.iter().enumerate() {
-                        balancer.set_params(i, PathParams { weight: t.weight, ..Default::default() });
+                        balancer.set_params(i, t.params);
                     }
                     Engine::Plain(Plain { balancer, leases: (0..n).map(|_| None).collect(), inbound })
                 }

@@ -71,12 +71,23 @@ fn doc_example_parses_and_validates() {
     assert_eq!((lan.name.as_str(), lan.role), ("lan0", PortRole::Lan));
     assert_eq!(lan.mac, [2, 0, 0, 0, 0, 1]);
     assert_eq!(lan.next_hop_mac, [2, 0, 0, 0, 1, 1]);
-    assert_eq!(lan.ipv6.unwrap().addr, "fd00:1::1".parse::<Ipv6Addr>().unwrap());
+    assert_eq!(
+        lan.ipv6.unwrap().addr,
+        "fd00:1::1".parse::<Ipv6Addr>().unwrap()
+    );
     let wan = &t.ports[1];
-    assert_eq!((wan.role, wan.mtu, wan.device.as_str()), (PortRole::Wan, 1500, "0000:03:00.0"));
+    assert_eq!(
+        (wan.role, wan.mtu, wan.device.as_str()),
+        (PortRole::Wan, 1500, "0000:03:00.0")
+    );
     assert_eq!(wan.ipv4.unwrap().addr, Ipv4Addr::new(192, 0, 2, 1));
     assert_eq!(wan.ipv4.unwrap().prefix_len, 24);
-    assert_eq!(t.ports_with_role(PortRole::Wan).map(|(i, _)| i).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        t.ports_with_role(PortRole::Wan)
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
 
     assert_eq!(t.peers.len(), 1);
     assert_eq!(t.peers[0].bundle, 0);
@@ -92,7 +103,10 @@ fn doc_example_parses_and_validates() {
     let t0 = &b.tunnels[0];
     assert_eq!(t0.wan_port, 1);
     assert_eq!(t0.local, "192.0.2.1:4500".parse::<SocketAddrV4>().unwrap());
-    assert_eq!(t0.remote, "198.51.100.1:4500".parse::<SocketAddrV4>().unwrap());
+    assert_eq!(
+        t0.remote,
+        "198.51.100.1:4500".parse::<SocketAddrV4>().unwrap()
+    );
     assert_eq!(t0.sa_out.spi, Spi(4096));
     assert_eq!(t0.sa_in.spi, Spi(8192));
     assert_eq!(t0.sa_out.salt, [0xa0, 0xa1, 0xa2, 0xa3]);
@@ -112,13 +126,33 @@ fn doc_example_parses_and_validates() {
     assert_eq!(t.routes.lookup_v6("fd00:2::7".parse().unwrap()), Some(0));
     assert_eq!(t.routes.lookup_v6("fd00:3::7".parse().unwrap()), None);
 
-    assert_eq!(t.tunnel_by_spi_in(Spi(8194)), Some(TunnelRef { bundle: 0, tunnel: 2 }));
+    assert_eq!(
+        t.tunnel_by_spi_in(Spi(8194)),
+        Some(TunnelRef {
+            bundle: 0,
+            tunnel: 2
+        })
+    );
     assert_eq!(t.tunnel_by_spi_in(Spi(4096)), None);
-    let r = t.tunnel_by_local(1, "192.0.2.1:4503".parse().unwrap()).unwrap();
-    assert_eq!(r, TunnelRef { bundle: 0, tunnel: 3 });
+    let r = t
+        .tunnel_by_local(1, "192.0.2.1:4503".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        r,
+        TunnelRef {
+            bundle: 0,
+            tunnel: 3
+        }
+    );
     assert_eq!(t.tunnel(r).sa_in.spi, Spi(8195));
-    assert_eq!(t.tunnel_by_local(0, "192.0.2.1:4503".parse().unwrap()), None);
-    assert_eq!(t.tunnel_by_local(1, "192.0.2.1:4504".parse().unwrap()), None);
+    assert_eq!(
+        t.tunnel_by_local(0, "192.0.2.1:4503".parse().unwrap()),
+        None
+    );
+    assert_eq!(
+        t.tunnel_by_local(1, "192.0.2.1:4504".parse().unwrap()),
+        None
+    );
 
     assert_eq!(t.options.replay_window, 4096);
     assert_eq!(t.options.hold.ceiling, 100_000_000);
@@ -144,7 +178,10 @@ fn defaults_fill_in() {
     assert_eq!(t.bundles[0].tunnels[0].rate, 0);
     assert_eq!(t.options.replay_window, 4096);
     assert_eq!(t.options.hold, braid_tunnel::reorder::HoldConfig::default());
-    assert_eq!(t.options.liveness, braid_tunnel::liveness::LivenessConfig::default());
+    assert_eq!(
+        t.options.liveness,
+        braid_tunnel::liveness::LivenessConfig::default()
+    );
 }
 
 #[test]
@@ -187,7 +224,10 @@ fn load_reads_a_file() {
     std::fs::write(&path, doc_example()).unwrap();
     let loaded = Config::load(&path);
     std::fs::remove_file(&path).unwrap();
-    assert_eq!(loaded.unwrap(), Config::from_json_str(&doc_example()).unwrap());
+    assert_eq!(
+        loaded.unwrap(),
+        Config::from_json_str(&doc_example()).unwrap()
+    );
 
     let e = Config::load("/nonexistent/braid.json").unwrap_err();
     assert!(matches!(e, ConfigError::Io { .. }));
@@ -210,24 +250,51 @@ fn parse_refused(edit: impl FnOnce(&mut Value), reason: &str) {
 #[test]
 fn unknown_fields_are_refused_everywhere() {
     parse_refused(|v| v["colour"] = json!("blue"), "unknown field `colour`");
-    parse_refused(|v| v["ports"][0]["speed"] = json!(10), "unknown field `speed`");
+    parse_refused(
+        |v| v["ports"][0]["speed"] = json!(10),
+        "unknown field `speed`",
+    );
     parse_refused(|v| v["peers"][0]["x"] = json!(1), "unknown field `x`");
     parse_refused(|v| v["bundles"][0]["x"] = json!(1), "unknown field `x`");
     parse_refused(|v| tunnel(v, 0, 1)["spi"] = json!(1), "unknown field `spi`");
-    parse_refused(|v| v["routes"][0]["via"] = json!("x"), "unknown field `via`");
-    parse_refused(|v| v["tunnel"]["replay"] = json!(1), "unknown field `replay`");
+    parse_refused(
+        |v| v["routes"][0]["via"] = json!("x"),
+        "unknown field `via`",
+    );
+    parse_refused(
+        |v| v["tunnel"]["replay"] = json!(1),
+        "unknown field `replay`",
+    );
 }
 
 #[test]
 fn missing_fields_and_wrong_types_are_refused() {
-    parse_refused(|v| drop(tunnel(v, 0, 0).as_object_mut().unwrap().remove("key_in")), "missing field `key_in`");
-    parse_refused(|v| drop(v.as_object_mut().unwrap().remove("ports")), "missing field `ports`");
+    parse_refused(
+        |v| drop(tunnel(v, 0, 0).as_object_mut().unwrap().remove("key_in")),
+        "missing field `key_in`",
+    );
+    parse_refused(
+        |v| drop(v.as_object_mut().unwrap().remove("ports")),
+        "missing field `ports`",
+    );
     parse_refused(|v| tunnel(v, 0, 0)["spi_in"] = json!(-1), "invalid value");
     parse_refused(|v| v["ports"][0]["mtu"] = json!("1500"), "invalid type");
-    parse_refused(|v| v["ports"][0]["role"] = json!("dmz"), "unknown variant `dmz`");
-    parse_refused(|v| v["bundles"][0]["policy"] = json!("random"), "unknown variant `random`");
-    parse_refused(|v| v["bundles"][0]["mode"] = json!("tap"), "unknown variant `tap`");
-    assert!(matches!(Config::from_json_str("{"), Err(ConfigError::Parse(_))));
+    parse_refused(
+        |v| v["ports"][0]["role"] = json!("dmz"),
+        "unknown variant `dmz`",
+    );
+    parse_refused(
+        |v| v["bundles"][0]["policy"] = json!("random"),
+        "unknown variant `random`",
+    );
+    parse_refused(
+        |v| v["bundles"][0]["mode"] = json!("tap"),
+        "unknown variant `tap`",
+    );
+    assert!(matches!(
+        Config::from_json_str("{"),
+        Err(ConfigError::Parse(_))
+    ));
 }
 
 // ---------------------------------------------------------------------------
@@ -242,36 +309,108 @@ fn needs_a_lan_and_a_wan_port() {
 
 #[test]
 fn port_names_are_unique_and_non_empty() {
-    refused(|v| v["ports"][1]["name"] = json!("lan0"), "ports[1].name", "duplicate name \"lan0\" (also ports[0])");
-    refused(|v| v["ports"][0]["name"] = json!(""), "ports[0].name", "empty");
+    refused(
+        |v| v["ports"][1]["name"] = json!("lan0"),
+        "ports[1].name",
+        "duplicate name \"lan0\" (also ports[0])",
+    );
+    refused(
+        |v| v["ports"][0]["name"] = json!(""),
+        "ports[0].name",
+        "empty",
+    );
 }
 
 #[test]
 fn port_devices_are_unique_and_non_empty() {
-    refused(|v| v["ports"][1]["device"] = json!("net_memif0"), "ports[1].device", "already ports[0]");
-    refused(|v| v["ports"][1]["device"] = json!(""), "ports[1].device", "empty");
+    refused(
+        |v| v["ports"][1]["device"] = json!("net_memif0"),
+        "ports[1].device",
+        "already ports[0]",
+    );
+    refused(
+        |v| v["ports"][1]["device"] = json!(""),
+        "ports[1].device",
+        "empty",
+    );
 }
 
 #[test]
 fn port_macs_are_unicast_macs() {
-    refused(|v| v["ports"][0]["mac"] = json!("02:00:00:00:01"), "ports[0].mac", "not a MAC");
-    refused(|v| v["ports"][0]["mac"] = json!("02-00-00-00-00-01"), "ports[0].mac", "not a MAC");
-    refused(|v| v["ports"][0]["mac"] = json!("01:00:5e:00:00:01"), "ports[0].mac", "multicast");
-    refused(|v| v["ports"][0]["mac"] = json!("00:00:00:00:00:00"), "ports[0].mac", "all-zero");
-    refused(|v| v["ports"][1]["next_hop_mac"] = json!("ff:ff:ff:ff:ff:ff"), "ports[1].next_hop_mac", "broadcast");
-    refused(|v| v["ports"][1]["next_hop_mac"] = json!("gg:00:00:00:00:01"), "ports[1].next_hop_mac", "not a MAC");
+    refused(
+        |v| v["ports"][0]["mac"] = json!("02:00:00:00:01"),
+        "ports[0].mac",
+        "not a MAC",
+    );
+    refused(
+        |v| v["ports"][0]["mac"] = json!("02-00-00-00-00-01"),
+        "ports[0].mac",
+        "not a MAC",
+    );
+    refused(
+        |v| v["ports"][0]["mac"] = json!("01:00:5e:00:00:01"),
+        "ports[0].mac",
+        "multicast",
+    );
+    refused(
+        |v| v["ports"][0]["mac"] = json!("00:00:00:00:00:00"),
+        "ports[0].mac",
+        "all-zero",
+    );
+    refused(
+        |v| v["ports"][1]["next_hop_mac"] = json!("ff:ff:ff:ff:ff:ff"),
+        "ports[1].next_hop_mac",
+        "broadcast",
+    );
+    refused(
+        |v| v["ports"][1]["next_hop_mac"] = json!("gg:00:00:00:00:01"),
+        "ports[1].next_hop_mac",
+        "not a MAC",
+    );
 }
 
 #[test]
 fn port_addresses_parse_and_match_their_family() {
-    refused(|v| v["ports"][0]["ipv4"] = json!("10.1.0.1"), "ports[0].ipv4", "address/length");
-    refused(|v| v["ports"][0]["ipv4"] = json!("10.1.0.300/16"), "ports[0].ipv4", "not an IPv4 or IPv6 address");
-    refused(|v| v["ports"][0]["ipv4"] = json!("10.1.0.1/33"), "ports[0].ipv4", "longer than 32");
-    refused(|v| v["ports"][0]["ipv4"] = json!("fd00::1/64"), "ports[0].ipv4", "not an IPv4 address");
-    refused(|v| v["ports"][0]["ipv4"] = json!("224.0.0.1/4"), "ports[0].ipv4", "not a unicast");
-    refused(|v| v["ports"][0]["ipv6"] = json!("10.1.0.1/16"), "ports[0].ipv6", "not an IPv6 address");
-    refused(|v| v["ports"][0]["ipv6"] = json!("fd00::1/129"), "ports[0].ipv6", "longer than 128");
-    refused(|v| v["ports"][0]["ipv6"] = json!("::/0"), "ports[0].ipv6", "not a unicast");
+    refused(
+        |v| v["ports"][0]["ipv4"] = json!("10.1.0.1"),
+        "ports[0].ipv4",
+        "address/length",
+    );
+    refused(
+        |v| v["ports"][0]["ipv4"] = json!("10.1.0.300/16"),
+        "ports[0].ipv4",
+        "not an IPv4 or IPv6 address",
+    );
+    refused(
+        |v| v["ports"][0]["ipv4"] = json!("10.1.0.1/33"),
+        "ports[0].ipv4",
+        "longer than 32",
+    );
+    refused(
+        |v| v["ports"][0]["ipv4"] = json!("fd00::1/64"),
+        "ports[0].ipv4",
+        "not an IPv4 address",
+    );
+    refused(
+        |v| v["ports"][0]["ipv4"] = json!("224.0.0.1/4"),
+        "ports[0].ipv4",
+        "not a unicast",
+    );
+    refused(
+        |v| v["ports"][0]["ipv6"] = json!("10.1.0.1/16"),
+        "ports[0].ipv6",
+        "not an IPv6 address",
+    );
+    refused(
+        |v| v["ports"][0]["ipv6"] = json!("fd00::1/129"),
+        "ports[0].ipv6",
+        "longer than 128",
+    );
+    refused(
+        |v| v["ports"][0]["ipv6"] = json!("::/0"),
+        "ports[0].ipv6",
+        "not a unicast",
+    );
     // An interface address keeps its host bits.
     let t = accepted(|v| v["ports"][0]["ipv4"] = json!("10.1.2.3/16"));
     assert_eq!(t.ports[0].ipv4.unwrap().addr, Ipv4Addr::new(10, 1, 2, 3));
@@ -281,9 +420,21 @@ fn port_addresses_parse_and_match_their_family() {
 
 #[test]
 fn port_mtu_is_in_range() {
-    refused(|v| v["ports"][0]["mtu"] = json!(575), "ports[0].mtu", "576..=9600");
-    refused(|v| v["ports"][1]["mtu"] = json!(9601), "ports[1].mtu", "576..=9600");
-    refused(|v| v["ports"][1]["mtu"] = json!(0), "ports[1].mtu", "576..=9600");
+    refused(
+        |v| v["ports"][0]["mtu"] = json!(575),
+        "ports[0].mtu",
+        "576..=9600",
+    );
+    refused(
+        |v| v["ports"][1]["mtu"] = json!(9601),
+        "ports[1].mtu",
+        "576..=9600",
+    );
+    refused(
+        |v| v["ports"][1]["mtu"] = json!(0),
+        "ports[1].mtu",
+        "576..=9600",
+    );
     let t = accepted(|v| v["ports"][1]["mtu"] = json!(9600));
     assert_eq!(t.bundles[0].max_frame, 9600 - 65);
     let t = accepted(|v| v["ports"][1]["mtu"] = json!(576));
@@ -300,12 +451,20 @@ fn peer_names_are_unique_and_non_empty() {
         "peers[1].name",
         "duplicate name \"site-b\"",
     );
-    refused(|v| v["peers"][0]["name"] = json!(""), "peers[0].name", "empty");
+    refused(
+        |v| v["peers"][0]["name"] = json!(""),
+        "peers[0].name",
+        "empty",
+    );
 }
 
 #[test]
 fn peer_bundle_exists() {
-    refused(|v| v["peers"][0]["bundle"] = json!("to-site-c"), "peers[0].bundle", "no bundle named \"to-site-c\"");
+    refused(
+        |v| v["peers"][0]["bundle"] = json!("to-site-c"),
+        "peers[0].bundle",
+        "no bundle named \"to-site-c\"",
+    );
 }
 
 #[test]
@@ -336,20 +495,36 @@ fn bundle_names_are_unique_and_non_empty() {
         "bundles[1].name",
         "duplicate name \"to-site-b\" (also bundles[0])",
     );
-    refused(|v| v["bundles"][0]["name"] = json!(""), "bundles[0].name", "empty");
+    refused(
+        |v| v["bundles"][0]["name"] = json!(""),
+        "bundles[0].name",
+        "empty",
+    );
     let t = accepted(add_spare_bundle);
     assert_eq!(t.bundles[1].peer, None);
 }
 
 #[test]
 fn a_bundle_has_tunnels() {
-    refused(|v| v["bundles"][0]["tunnels"] = json!([]), "bundles[0].tunnels", "at least one tunnel");
+    refused(
+        |v| v["bundles"][0]["tunnels"] = json!([]),
+        "bundles[0].tunnels",
+        "at least one tunnel",
+    );
 }
 
 #[test]
 fn max_frame_fits_the_smallest_mtu() {
-    refused(|v| v["bundles"][0]["max_frame"] = json!(255), "bundles[0].max_frame", "minimum of 256");
-    refused(|v| v["bundles"][0]["max_frame"] = json!(1436), "bundles[0].max_frame", "1500 - 65");
+    refused(
+        |v| v["bundles"][0]["max_frame"] = json!(255),
+        "bundles[0].max_frame",
+        "minimum of 256",
+    );
+    refused(
+        |v| v["bundles"][0]["max_frame"] = json!(1436),
+        "bundles[0].max_frame",
+        "1500 - 65",
+    );
     let t = accepted(|v| v["bundles"][0]["max_frame"] = json!(1435));
     assert_eq!(t.bundles[0].max_frame, 1435);
     let t = accepted(|v| v["bundles"][0]["max_frame"] = json!(256));
@@ -384,8 +559,16 @@ fn max_frame_fits_the_smallest_mtu() {
 
 #[test]
 fn tunnel_wan_port_exists_is_wan_and_has_ipv4() {
-    refused(|v| tunnel(v, 0, 2)["wan_port"] = json!("wan9"), "bundles[0].tunnels[2].wan_port", "no port named \"wan9\"");
-    refused(|v| tunnel(v, 0, 2)["wan_port"] = json!("lan0"), "bundles[0].tunnels[2].wan_port", "expected wan");
+    refused(
+        |v| tunnel(v, 0, 2)["wan_port"] = json!("wan9"),
+        "bundles[0].tunnels[2].wan_port",
+        "no port named \"wan9\"",
+    );
+    refused(
+        |v| tunnel(v, 0, 2)["wan_port"] = json!("lan0"),
+        "bundles[0].tunnels[2].wan_port",
+        "expected wan",
+    );
     refused(
         |v| drop(v["ports"][1].as_object_mut().unwrap().remove("ipv4")),
         "bundles[0].tunnels[0].wan_port",
@@ -395,24 +578,60 @@ fn tunnel_wan_port_exists_is_wan_and_has_ipv4() {
 
 #[test]
 fn tunnel_local_is_the_ports_ipv4_socket() {
-    refused(|v| tunnel(v, 0, 1)["local"] = json!("192.0.2.1"), "bundles[0].tunnels[1].local", "not a socket address");
+    refused(
+        |v| tunnel(v, 0, 1)["local"] = json!("192.0.2.1"),
+        "bundles[0].tunnels[1].local",
+        "not a socket address",
+    );
     refused(
         |v| tunnel(v, 0, 1)["local"] = json!("[2001:db8::1]:4500"),
         "bundles[0].tunnels[1].local",
         "IPv6 outer addresses are not supported yet",
     );
-    refused(|v| tunnel(v, 0, 1)["local"] = json!("192.0.2.9:4501"), "bundles[0].tunnels[1].local", "not the address of port \"wan0\" (192.0.2.1)");
-    refused(|v| tunnel(v, 0, 1)["local"] = json!("192.0.2.1:0"), "bundles[0].tunnels[1].local", "port 0");
+    refused(
+        |v| tunnel(v, 0, 1)["local"] = json!("192.0.2.9:4501"),
+        "bundles[0].tunnels[1].local",
+        "not the address of port \"wan0\" (192.0.2.1)",
+    );
+    refused(
+        |v| tunnel(v, 0, 1)["local"] = json!("192.0.2.1:0"),
+        "bundles[0].tunnels[1].local",
+        "port 0",
+    );
 }
 
 #[test]
 fn tunnel_remote_is_a_unicast_ipv4_socket() {
-    refused(|v| tunnel(v, 0, 3)["remote"] = json!("peer:4500"), "bundles[0].tunnels[3].remote", "not a socket address");
-    refused(|v| tunnel(v, 0, 3)["remote"] = json!("[2001:db8::2]:4500"), "bundles[0].tunnels[3].remote", "not supported yet");
-    refused(|v| tunnel(v, 0, 3)["remote"] = json!("198.51.100.1:0"), "bundles[0].tunnels[3].remote", "port 0");
-    refused(|v| tunnel(v, 0, 3)["remote"] = json!("239.1.1.1:4500"), "bundles[0].tunnels[3].remote", "not a unicast");
-    refused(|v| tunnel(v, 0, 3)["remote"] = json!("255.255.255.255:4500"), "bundles[0].tunnels[3].remote", "not a unicast");
-    refused(|v| tunnel(v, 0, 3)["remote"] = json!("0.0.0.0:4500"), "bundles[0].tunnels[3].remote", "not a unicast");
+    refused(
+        |v| tunnel(v, 0, 3)["remote"] = json!("peer:4500"),
+        "bundles[0].tunnels[3].remote",
+        "not a socket address",
+    );
+    refused(
+        |v| tunnel(v, 0, 3)["remote"] = json!("[2001:db8::2]:4500"),
+        "bundles[0].tunnels[3].remote",
+        "not supported yet",
+    );
+    refused(
+        |v| tunnel(v, 0, 3)["remote"] = json!("198.51.100.1:0"),
+        "bundles[0].tunnels[3].remote",
+        "port 0",
+    );
+    refused(
+        |v| tunnel(v, 0, 3)["remote"] = json!("239.1.1.1:4500"),
+        "bundles[0].tunnels[3].remote",
+        "not a unicast",
+    );
+    refused(
+        |v| tunnel(v, 0, 3)["remote"] = json!("255.255.255.255:4500"),
+        "bundles[0].tunnels[3].remote",
+        "not a unicast",
+    );
+    refused(
+        |v| tunnel(v, 0, 3)["remote"] = json!("0.0.0.0:4500"),
+        "bundles[0].tunnels[3].remote",
+        "not a unicast",
+    );
 }
 
 #[test]
@@ -434,14 +653,36 @@ fn local_sockets_are_unique_per_wan_port() {
 
 #[test]
 fn spis_are_not_zero_or_reserved() {
-    refused(|v| tunnel(v, 0, 0)["spi_in"] = json!(0), "bundles[0].tunnels[0].spi_in", "SPI 0");
-    refused(|v| tunnel(v, 0, 0)["spi_out"] = json!(0), "bundles[0].tunnels[0].spi_out", "SPI 0");
-    refused(|v| tunnel(v, 0, 1)["spi_out"] = json!(1), "bundles[0].tunnels[1].spi_out", "reserved");
-    refused(|v| tunnel(v, 0, 1)["spi_in"] = json!(255), "bundles[0].tunnels[1].spi_in", "reserved");
+    refused(
+        |v| tunnel(v, 0, 0)["spi_in"] = json!(0),
+        "bundles[0].tunnels[0].spi_in",
+        "SPI 0",
+    );
+    refused(
+        |v| tunnel(v, 0, 0)["spi_out"] = json!(0),
+        "bundles[0].tunnels[0].spi_out",
+        "SPI 0",
+    );
+    refused(
+        |v| tunnel(v, 0, 1)["spi_out"] = json!(1),
+        "bundles[0].tunnels[1].spi_out",
+        "reserved",
+    );
+    refused(
+        |v| tunnel(v, 0, 1)["spi_in"] = json!(255),
+        "bundles[0].tunnels[1].spi_in",
+        "reserved",
+    );
     let t = accepted(|v| tunnel(v, 0, 1)["spi_in"] = json!(256));
     assert_eq!(t.bundles[0].tunnels[1].sa_in.spi, Spi(256));
     let t = accepted(|v| tunnel(v, 0, 1)["spi_in"] = json!(u32::MAX));
-    assert_eq!(t.tunnel_by_spi_in(Spi(u32::MAX)), Some(TunnelRef { bundle: 0, tunnel: 1 }));
+    assert_eq!(
+        t.tunnel_by_spi_in(Spi(u32::MAX)),
+        Some(TunnelRef {
+            bundle: 0,
+            tunnel: 1
+        })
+    );
 }
 
 #[test]
@@ -484,28 +725,60 @@ fn keys_are_16_or_32_bytes_of_hex() {
         "bundles[0].tunnels[2].key_in",
         "expected 16 or 32 bytes of hex, got 15",
     );
-    refused(|v| tunnel(v, 0, 2)["key_out"] = json!("11".repeat(24)), "bundles[0].tunnels[2].key_out", "got 24");
-    refused(|v| tunnel(v, 0, 0)["key_out"] = json!(format!("{}1", "11".repeat(16))), "bundles[0].tunnels[0].key_out", "odd number");
-    refused(|v| tunnel(v, 0, 0)["key_in"] = json!(format!("x{}", "1".repeat(31))), "bundles[0].tunnels[0].key_in", "not a hex digit");
+    refused(
+        |v| tunnel(v, 0, 2)["key_out"] = json!("11".repeat(24)),
+        "bundles[0].tunnels[2].key_out",
+        "got 24",
+    );
+    refused(
+        |v| tunnel(v, 0, 0)["key_out"] = json!(format!("{}1", "11".repeat(16))),
+        "bundles[0].tunnels[0].key_out",
+        "odd number",
+    );
+    refused(
+        |v| tunnel(v, 0, 0)["key_in"] = json!(format!("x{}", "1".repeat(31))),
+        "bundles[0].tunnels[0].key_in",
+        "not a hex digit",
+    );
     let t = accepted(|v| tunnel(v, 0, 0)["key_in"] = json!(format!("0x{}", "AB".repeat(16))));
     assert!(matches!(t.bundles[0].tunnels[0].sa_in.key, AesGcmKey::Aes128(k) if k == [0xab; 16]));
 }
 
 #[test]
 fn salts_are_4_bytes_of_hex() {
-    refused(|v| tunnel(v, 0, 1)["salt_in"] = json!("0102"), "bundles[0].tunnels[1].salt_in", "expected 4 bytes of hex, got 2");
-    refused(|v| tunnel(v, 0, 1)["salt_out"] = json!("0102030405"), "bundles[0].tunnels[1].salt_out", "got 5");
-    refused(|v| tunnel(v, 0, 1)["salt_out"] = json!("0102030z"), "bundles[0].tunnels[1].salt_out", "not a hex digit");
+    refused(
+        |v| tunnel(v, 0, 1)["salt_in"] = json!("0102"),
+        "bundles[0].tunnels[1].salt_in",
+        "expected 4 bytes of hex, got 2",
+    );
+    refused(
+        |v| tunnel(v, 0, 1)["salt_out"] = json!("0102030405"),
+        "bundles[0].tunnels[1].salt_out",
+        "got 5",
+    );
+    refused(
+        |v| tunnel(v, 0, 1)["salt_out"] = json!("0102030z"),
+        "bundles[0].tunnels[1].salt_out",
+        "not a hex digit",
+    );
 }
 
 #[test]
 fn weight_is_at_least_one() {
-    refused(|v| tunnel(v, 0, 3)["weight"] = json!(0), "bundles[0].tunnels[3].weight", "at least 1");
+    refused(
+        |v| tunnel(v, 0, 3)["weight"] = json!(0),
+        "bundles[0].tunnels[3].weight",
+        "at least 1",
+    );
 }
 
 #[test]
 fn rate_fits() {
-    refused(|v| tunnel(v, 0, 3)["rate_mbps"] = json!(u64::MAX), "bundles[0].tunnels[3].rate_mbps", "too large");
+    refused(
+        |v| tunnel(v, 0, 3)["rate_mbps"] = json!(u64::MAX),
+        "bundles[0].tunnels[3].rate_mbps",
+        "too large",
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -513,12 +786,36 @@ fn rate_fits() {
 
 #[test]
 fn route_prefixes_parse_without_host_bits() {
-    refused(|v| v["routes"][0]["prefix"] = json!("10.2.0.0"), "routes[0].prefix", "address/length");
-    refused(|v| v["routes"][0]["prefix"] = json!("10.2.0.0/33"), "routes[0].prefix", "longer than 32");
-    refused(|v| v["routes"][0]["prefix"] = json!("10.2.3.0/16"), "routes[0].prefix", "host bits set: 10.2.3.0/16 (did you mean 10.2.0.0/16?)");
-    refused(|v| v["routes"][2]["prefix"] = json!("fd00:2::1/64"), "routes[2].prefix", "host bits set");
-    refused(|v| v["routes"][2]["prefix"] = json!("fd00:2::/129"), "routes[2].prefix", "longer than 128");
-    refused(|v| v["routes"][2]["prefix"] = json!("site-b/8"), "routes[2].prefix", "not an IPv4 or IPv6 address");
+    refused(
+        |v| v["routes"][0]["prefix"] = json!("10.2.0.0"),
+        "routes[0].prefix",
+        "address/length",
+    );
+    refused(
+        |v| v["routes"][0]["prefix"] = json!("10.2.0.0/33"),
+        "routes[0].prefix",
+        "longer than 32",
+    );
+    refused(
+        |v| v["routes"][0]["prefix"] = json!("10.2.3.0/16"),
+        "routes[0].prefix",
+        "host bits set: 10.2.3.0/16 (did you mean 10.2.0.0/16?)",
+    );
+    refused(
+        |v| v["routes"][2]["prefix"] = json!("fd00:2::1/64"),
+        "routes[2].prefix",
+        "host bits set",
+    );
+    refused(
+        |v| v["routes"][2]["prefix"] = json!("fd00:2::/129"),
+        "routes[2].prefix",
+        "longer than 128",
+    );
+    refused(
+        |v| v["routes"][2]["prefix"] = json!("site-b/8"),
+        "routes[2].prefix",
+        "not an IPv4 or IPv6 address",
+    );
 }
 
 #[test]
@@ -547,7 +844,11 @@ fn route_prefixes_are_unique_but_may_overlap() {
 
 #[test]
 fn route_peer_exists() {
-    refused(|v| v["routes"][1]["peer"] = json!("site-c"), "routes[1].peer", "no peer named \"site-c\"");
+    refused(
+        |v| v["routes"][1]["peer"] = json!("site-c"),
+        "routes[1].peer",
+        "no peer named \"site-c\"",
+    );
 }
 
 #[test]
@@ -571,17 +872,37 @@ fn routes_resolve_to_peer_indices() {
 
 #[test]
 fn replay_window_is_a_power_of_two_in_range() {
-    refused(|v| v["tunnel"]["replay_window"] = json!(4000), "tunnel.replay_window", "power of two");
-    refused(|v| v["tunnel"]["replay_window"] = json!(32), "tunnel.replay_window", "64..=1048576");
-    refused(|v| v["tunnel"]["replay_window"] = json!(1 << 21), "tunnel.replay_window", "power of two");
-    refused(|v| v["tunnel"]["replay_window"] = json!(0), "tunnel.replay_window", "power of two");
+    refused(
+        |v| v["tunnel"]["replay_window"] = json!(4000),
+        "tunnel.replay_window",
+        "power of two",
+    );
+    refused(
+        |v| v["tunnel"]["replay_window"] = json!(32),
+        "tunnel.replay_window",
+        "64..=1048576",
+    );
+    refused(
+        |v| v["tunnel"]["replay_window"] = json!(1 << 21),
+        "tunnel.replay_window",
+        "power of two",
+    );
+    refused(
+        |v| v["tunnel"]["replay_window"] = json!(0),
+        "tunnel.replay_window",
+        "power of two",
+    );
     let t = accepted(|v| v["tunnel"]["replay_window"] = json!(1 << 20));
     assert_eq!(t.options.replay_window, 1 << 20);
 }
 
 #[test]
 fn reorder_hold_bounds() {
-    refused(|v| v["tunnel"]["reorder_hold_max_ms"] = json!(10_001), "tunnel.reorder_hold_max_ms", "above 10000");
+    refused(
+        |v| v["tunnel"]["reorder_hold_max_ms"] = json!(10_001),
+        "tunnel.reorder_hold_max_ms",
+        "above 10000",
+    );
     refused(
         |v| {
             v["tunnel"]["reorder_hold_max_ms"] = json!(5);
@@ -590,7 +911,11 @@ fn reorder_hold_bounds() {
         "tunnel.reorder_hold_min_ms",
         "above reorder_hold_max_ms (5)",
     );
-    refused(|v| v["tunnel"]["reorder_hold_margin_ms"] = json!(10_001), "tunnel.reorder_hold_margin_ms", "above 10000");
+    refused(
+        |v| v["tunnel"]["reorder_hold_margin_ms"] = json!(10_001),
+        "tunnel.reorder_hold_margin_ms",
+        "above 10000",
+    );
     let t = accepted(|v| {
         v["tunnel"]["reorder_hold_max_ms"] = json!(0);
         v["tunnel"]["reorder_hold_min_ms"] = json!(0);
@@ -600,10 +925,26 @@ fn reorder_hold_bounds() {
 
 #[test]
 fn probe_options() {
-    refused(|v| v["tunnel"]["probe_interval_ms"] = json!(0), "tunnel.probe_interval_ms", "1..=60000");
-    refused(|v| v["tunnel"]["probe_interval_ms"] = json!(60_001), "tunnel.probe_interval_ms", "1..=60000");
-    refused(|v| v["tunnel"]["probe_dead_after"] = json!(0), "tunnel.probe_dead_after", "at least 1");
-    refused(|v| v["tunnel"]["probe_alive_after"] = json!(0), "tunnel.probe_alive_after", "at least 1");
+    refused(
+        |v| v["tunnel"]["probe_interval_ms"] = json!(0),
+        "tunnel.probe_interval_ms",
+        "1..=60000",
+    );
+    refused(
+        |v| v["tunnel"]["probe_interval_ms"] = json!(60_001),
+        "tunnel.probe_interval_ms",
+        "1..=60000",
+    );
+    refused(
+        |v| v["tunnel"]["probe_dead_after"] = json!(0),
+        "tunnel.probe_dead_after",
+        "at least 1",
+    );
+    refused(
+        |v| v["tunnel"]["probe_alive_after"] = json!(0),
+        "tunnel.probe_alive_after",
+        "at least 1",
+    );
     let t = accepted(|v| {
         v["tunnel"]["probe_interval_ms"] = json!(50);
         v["tunnel"]["probe_dead_after"] = json!(5);

@@ -107,6 +107,11 @@ pub struct Reassembler {
     slots: Vec<Slot>,
     buf: Vec<u8>,
     counters: ReassemblyCounters,
+    /// Slots holding a packet: `poll` and lookups skip the scan at 0.
+    in_use: usize,
+    /// No slot times out before this (a lower bound): `poll` is a compare
+    /// until then, not a scan of every slot on every burst.
+    earliest: Nanos,
 }
 
 impl Reassembler {
@@ -121,6 +126,8 @@ impl Reassembler {
             slots: vec![Slot::FREE; cfg.slots],
             buf: vec![0; cfg.slots * cfg.max_packet],
             counters: ReassemblyCounters::default(),
+            in_use: 0,
+            earliest: Nanos::MAX,
             cfg,
         }
     }
@@ -132,7 +139,7 @@ impl Reassembler {
 
     /// Packets being reassembled.
     pub fn pending(&self) -> usize {
-        self.slots.iter().filter(|s| s.key.is_some()).count()
+        self.in_use
     }
 
     /// Fragments held in pending packets.
@@ -146,7 +153,13 @@ impl Reassembler {
 
     fn discard(&mut self, i: usize) {
         self.counters.fragments_dropped += self.slots[i].frags as u64;
-        self.slots[i].key = None;
+        self.release(i);
+    }
+
+    fn release(&mut self, i: usize) {
+        if self.slots[i].key.take().is_some() {
+            self.in_use -= 1;
+        }
     }
 
     /// Adds a fragment carried by frame `stream`/`stream_seq`. Returns the
@@ -164,7 +177,7 @@ impl Reassembler {
             bucket: rec.bucket,
             flow_seq: rec.flow_seq,
         };
-        let found = self.slots.iter().position(|s| s.key == Some(key));
+        let found = if self.in_use == 0 { None } else { self.slots.iter().position(|s| s.key == Some(key)) };
         let start = usize::from(rec.offset);
         let end = start + rec.data.len();
         if end > self.cfg.max_packet || rec.data.is_empty() {
@@ -189,6 +202,8 @@ impl Reassembler {
                         oldest
                     }
                 };
+                self.in_use += 1;
+                self.earliest = self.earliest.min(now.saturating_add(self.cfg.timeout));
                 let s = &mut self.slots[i];
                 s.key = Some(key);
                 s.started = now;
@@ -248,6 +263,7 @@ impl Reassembler {
         s.key = None;
         self.counters.completed += 1;
         self.counters.fragments_completed += s.frags as u64;
+        self.in_use -= 1;
         Ok(Some(Reassembled {
             bucket: key.bucket,
             flow_seq: key.flow_seq,
@@ -259,16 +275,25 @@ impl Reassembler {
     /// Drops packets whose reassembly has timed out (`DropReason::FragmentMissing`,
     /// counted in `timed_out`); returns how many.
     pub fn poll(&mut self, now: Nanos) -> usize {
+        if self.in_use == 0 || now < self.earliest {
+            return 0;
+        }
         let mut n = 0;
+        let mut earliest = Nanos::MAX;
         for i in 0..self.slots.len() {
-            if self.slots[i].key.is_some()
-                && now.saturating_sub(self.slots[i].started) >= self.cfg.timeout
-            {
+            if self.slots[i].key.is_none() {
+                continue;
+            }
+            let deadline = self.slots[i].started.saturating_add(self.cfg.timeout);
+            if now >= deadline {
                 self.counters.timed_out += 1;
                 self.discard(i);
                 n += 1;
+            } else {
+                earliest = earliest.min(deadline);
             }
         }
+        self.earliest = earliest;
         n
     }
 
