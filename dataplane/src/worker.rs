@@ -222,8 +222,10 @@ impl Worker {
             });
         }
         spis.sort_unstable();
-        let mut counters = WorkerCounters::default();
-        counters.tunnels = setup.bundles.iter().map(|b| vec![TunnelCounters::default(); b.tunnels.len()]).collect();
+        let counters = WorkerCounters {
+            tunnels: setup.bundles.iter().map(|b| vec![TunnelCounters::default(); b.tunnels.len()]).collect(),
+            ..Default::default()
+        };
         let (wan_rx, wan_tx): (Vec<_>, Vec<_>) = wan_queues.into_iter().unzip();
         let nwan = wan_tx.len();
         Ok(Worker {

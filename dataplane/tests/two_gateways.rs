@@ -308,3 +308,98 @@ fn bad_input_on_either_side_is_dropped_and_counted() {
     assert!(lab.delivered.is_empty(), "{} frames leaked to B's LAN", lab.delivered.len());
     lab.close();
 }
+
+/// Fuzzing both gateways with real frames: random bytes of random lengths
+/// and mutations of valid LAN and WAN frames, into A's LAN and B's WAN.
+/// Nothing may panic, every frame is forwarded or dropped with a reason, and
+/// the pools end full. Rounds from PROPTEST_CASES (default 256).
+#[test]
+fn random_and_mutated_frames_never_crash_a_gateway() {
+    let rounds: usize = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let (mut lab, _g) = start("fz", "bundle", &[1, 2], 16, 1500);
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = 64;
+    let fl = flows(4);
+    let c = run(&mut lab, &fl, 16);
+    assert_eq!(c.received, 64);
+    let wan_frames = lab.capture.take().unwrap();
+    let lan_ips: Vec<Vec<u8>> = (0..8).map(|i| ip_packet(&fl[i % 4], 100 + i as u32, SIZES[i])).collect();
+    // A small deterministic PRNG (xorshift64*).
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let (a0, b0) = lab.counters();
+    let mut lan_in = 0u64;
+    let mut wan_in = 0u64;
+    for _ in 0..rounds {
+        let mut to_a = Vec::new();
+        let mut to_b = Vec::new();
+        for _ in 0..8 {
+            let r = rnd();
+            // LAN: random bytes, or a valid frame with a few bytes changed
+            // or cut short.
+            let mut f = if r % 3 == 0 {
+                (0..(rnd() % 2000) as usize).map(|_| rnd() as u8).collect::<Vec<u8>>()
+            } else {
+                lab.frame_to_a(&lan_ips[(r as usize >> 8) % lan_ips.len()]).to_vec()
+            };
+            for _ in 0..(r >> 20) % 4 {
+                if !f.is_empty() {
+                    let i = (rnd() as usize) % f.len();
+                    f[i] ^= rnd() as u8 | 1;
+                }
+            }
+            if r & 0x40 != 0 && !f.is_empty() {
+                let n = (rnd() as usize) % f.len();
+                f.truncate(n);
+            }
+            if !f.is_empty() {
+                to_a.push(lab.raw(&f));
+            }
+            // WAN: a captured ESP frame mutated or cut, or random bytes.
+            let mut w = if r % 5 == 0 {
+                (0..(rnd() % 1600) as usize).map(|_| rnd() as u8).collect::<Vec<u8>>()
+            } else {
+                wan_frames[(r as usize >> 12) % wan_frames.len()].clone()
+            };
+            for _ in 0..(r >> 24) % 4 {
+                if !w.is_empty() {
+                    let i = (rnd() as usize) % w.len();
+                    w[i] ^= rnd() as u8 | 1;
+                }
+            }
+            if r & 0x80 != 0 && !w.is_empty() {
+                let n = (rnd() as usize) % w.len();
+                w.truncate(n);
+            }
+            if !w.is_empty() {
+                to_b.push(lab.raw(&w));
+            }
+        }
+        lan_in += to_a.len() as u64;
+        wan_in += to_b.len() as u64;
+        lab.gen.tx.tx_all(&mut to_a, 1000);
+        lab.mid_b.tx.tx_all(&mut to_b, 1000);
+        assert!(to_a.is_empty() && to_b.is_empty());
+        lab.step();
+    }
+    lab.settle(50);
+    let (a, b) = lab.counters();
+    // Every LAN frame A took was tunnelled or dropped with a reason.
+    let a_drops: u64 = a.drops.named().iter().map(|(_, v)| v).sum::<u64>() - a0.drops.named().iter().map(|(_, v)| v).sum::<u64>();
+    assert_eq!(a.lan_rx.packets - a0.lan_rx.packets, lan_in);
+    assert_eq!(a.encapsulated - a0.encapsulated + a_drops, lan_in, "A: {:?}", a.drops.named());
+    // Every WAN frame B took (the injected ones plus A's real ones) was
+    // accepted by a tunnel or dropped with a reason.
+    let b_rx = b.wan_rx.packets - b0.wan_rx.packets;
+    assert!(b_rx >= wan_in);
+    let accepted: u64 = b.tunnels[0].iter().map(|t| t.rx.packets).sum::<u64>() - b0.tunnels[0].iter().map(|t| t.rx.packets).sum::<u64>();
+    let b_drops: u64 = b.drops.named().iter().map(|(_, v)| v).sum::<u64>() - b0.drops.named().iter().map(|(_, v)| v).sum::<u64>();
+    assert_eq!(accepted + b_drops, b_rx, "B: {:?} engine {:?}", b.drops.named(), b.engine.named());
+    eprintln!("fuzz: {lan_in} LAN frames, {wan_in} WAN frames; A drops {:?}; B drops {:?}; B engine {:?}", a.drops.named(), b.drops.named(), b.engine.named());
+    lab.close();
+}

@@ -102,7 +102,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         c.rx[0], c.rx[1], c.tx[0], c.tx[1], c.tx_full[0], c.tx_full[1], c.bytes[0], c.bytes[1],
         stats[0].imissed, stats[1].imissed
     );
-    drop((rxq, txq));
+    let _ = (rxq, txq); // queues go before their ports close
     for p in ports {
         p.close();
     }

@@ -47,7 +47,10 @@ pub struct Offloads {
 }
 
 /// (field, RX?, bit) for each offload in [`Offloads`].
-const OFFLOAD_BITS: [(fn(&mut Offloads) -> &mut bool, bool, u64); 11] = [
+/// Accessor of one [`Offloads`] field.
+type Field = fn(&mut Offloads) -> &mut bool;
+
+const OFFLOAD_BITS: [(Field, bool, u64); 11] = [
     (|o| &mut o.rx_ipv4_cksum, true, BRAID_RX_OFFLOAD_IPV4_CKSUM),
     (|o| &mut o.rx_udp_cksum, true, BRAID_RX_OFFLOAD_UDP_CKSUM),
     (|o| &mut o.rx_tcp_cksum, true, BRAID_RX_OFFLOAD_TCP_CKSUM),

@@ -283,6 +283,6 @@ fn a_panic_on_an_lcore_is_caught_and_the_lcore_reusable() {
         Err(Error::LcorePanicked { message, .. }) => assert!(message.contains("boom in worker")),
         other => panic!("expected a caught panic, got {:?}", other.map(|_| ())),
     }
-    let h = launch(eal, w, || braid_dpdk::LcoreId::current()).unwrap();
+    let h = launch(eal, w, braid_dpdk::LcoreId::current).unwrap();
     assert_eq!(h.join().unwrap(), w);
 }

@@ -75,7 +75,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         pkts as f64 / secs / 1e6,
         cycles as f64 / pkts.max(1) as f64
     );
-    drop((rx, tx));
+    let _ = (rx, tx); // queues go before their ports close
     p0.close();
     p1.close();
     drop(pool);
