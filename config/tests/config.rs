@@ -4,7 +4,7 @@
 
 use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
-use braid_dataplane::config::{
+use braid_config::{
     BundleMode, Config, ConfigError, PortRole, Tables, TunnelRef, FRAME_OVERHEAD_V4,
 };
 use braid_tunnel::balancer::Policy;
