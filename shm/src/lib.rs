@@ -30,8 +30,10 @@
 
 pub mod layout;
 mod msg;
+pub mod proto;
 mod ring;
 mod segment;
+pub mod stats;
 mod txn;
 
 pub use msg::{Msg, MsgError, TxnId, PAYLOAD_LEN};
