@@ -31,6 +31,8 @@ pub enum Error {
     PortLimit { port: u16, driver: String, what: String },
     #[error("ring {name:?}: {reason}")]
     Ring { name: String, reason: String },
+    #[error("IP fragment table ({flows} flows): {reason} (rte_errno {errno})")]
+    FragTable { flows: u32, errno: i32, reason: String },
     #[error("lcore {0} is not a worker lcore of this EAL (see -l/--lcores)")]
     NoSuchLcore(u32),
     #[error("lcore {0} is busy running another closure")]

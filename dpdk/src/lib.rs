@@ -10,6 +10,7 @@
 
 pub mod eal;
 pub mod error;
+pub mod ip_frag;
 pub mod lcore;
 pub mod mbuf;
 pub mod mempool;

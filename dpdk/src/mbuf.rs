@@ -265,21 +265,24 @@ impl Mbuf {
         }
     }
 
-    /// The whole packet copied out (all segments), for tests and slow paths.
-    pub fn to_vec(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.pkt_len());
+    /// Calls `f` with each segment's data, in order.
+    pub fn for_each_segment(&self, mut f: impl FnMut(&[u8])) {
         let mut seg = self.0.as_ptr();
         while !seg.is_null() {
-            // SAFETY: every segment of a chain we own is a valid mbuf.
+            // SAFETY: every segment of a chain we own is a valid mbuf whose
+            // data_len bytes from data_off lie inside its buffer.
             unsafe {
                 let m = &*seg;
-                out.extend_from_slice(std::slice::from_raw_parts(
-                    (m.buf_addr as *const u8).add(m.data_off as usize),
-                    m.data_len as usize,
-                ));
+                f(std::slice::from_raw_parts((m.buf_addr as *const u8).add(m.data_off as usize), m.data_len as usize));
                 seg = m.next;
             }
         }
+    }
+
+    /// The whole packet copied out (all segments), for tests and slow paths.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.pkt_len());
+        self.for_each_segment(|s| out.extend_from_slice(s));
         out
     }
 }

@@ -1,0 +1,197 @@
+//! IPv4 reassembly through librte_ip_frag: fragments in any order give back
+//! the original packet byte for byte; a duplicated fragment makes DPDK
+//! discard that packet (never deliver it twice); duplicates, overlaps, too many
+//! fragments and lone fragments never leak an mbuf (the pool is full again
+//! afterwards), and a frame that is no fragment is handed back.
+
+mod common;
+
+use std::time::Duration;
+
+use braid_dpdk::ip_frag::{Ipv4Reassembly, MAX_FRAGMENTS};
+use braid_dpdk::{rdtsc, tsc_hz, Mbuf, Mempool};
+
+const ETH: usize = 14;
+
+fn csum(h: &[u8]) -> u16 {
+    let mut s: u32 = h.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// An Ethernet + IPv4 (UDP protocol) frame with `payload` bytes.
+fn packet(id: u16, payload: usize) -> Vec<u8> {
+    let mut f = vec![0u8; ETH + 20 + payload];
+    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[ETH..];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + payload) as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[192, 0, 2, 1]);
+    ip[16..20].copy_from_slice(&[192, 0, 2, 2]);
+    for (i, b) in ip[20..].iter_mut().enumerate() {
+        *b = (i as u32).wrapping_mul(2654435761).rotate_right(13) as u8 ^ id as u8;
+    }
+    f
+}
+
+/// `pkt` cut into fragments of at most `chunk` payload bytes (a multiple
+/// of 8), each a full frame with a correct header.
+fn fragments(pkt: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    let payload = &pkt[ETH + 20..];
+    let n = payload.len().div_ceil(chunk);
+    (0..n)
+        .map(|i| {
+            let part = &payload[i * chunk..((i + 1) * chunk).min(payload.len())];
+            let mut f = pkt[..ETH + 20].to_vec();
+            f.extend_from_slice(part);
+            let ip = &mut f[ETH..ETH + 20];
+            ip[2..4].copy_from_slice(&((20 + part.len()) as u16).to_be_bytes());
+            let mf = if i + 1 < n { 0x2000 } else { 0 };
+            ip[6..8].copy_from_slice(&(mf | (i * chunk / 8) as u16).to_be_bytes());
+            ip[10..12].copy_from_slice(&[0, 0]);
+            let c = csum(ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            f
+        })
+        .collect()
+}
+
+fn mbuf(pool: &Mempool, frame: &[u8]) -> Mbuf {
+    let mut m = Mbuf::alloc(pool).expect("mbuf");
+    m.append(frame.len()).expect("room").copy_from_slice(frame);
+    m
+}
+
+/// Checks the reassembled frame against the original: same Ethernet
+/// header, addresses, protocol and payload, total length restored, no
+/// fragment bits.
+fn assert_same(got: &[u8], want: &[u8]) {
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got[..ETH], want[..ETH]);
+    let (g, w) = (&got[ETH..], &want[ETH..]);
+    assert_eq!(g[2..4], w[2..4], "total length");
+    assert_eq!(u16::from_be_bytes([g[6], g[7]]) & 0x3fff, 0, "fragment bits");
+    assert_eq!(g[9], w[9]);
+    assert_eq!(g[12..20], w[12..20]);
+    assert!(g[20..] == w[20..], "payload differs");
+}
+
+fn setup() -> (std::sync::MutexGuard<'static, ()>, Mempool) {
+    let (_, guard) = common::eal(&[]);
+    let pool = Mempool::new(&format!("frag{}", rdtsc() % 100000), 1023, 10240).expect("pool");
+    (guard, pool)
+}
+
+#[test]
+fn fragments_in_any_order_give_back_the_packet() {
+    let (_g, pool) = setup();
+    let mut r = Ipv4Reassembly::new(64, Duration::from_secs(1)).unwrap();
+    let orders: [&[usize]; 4] = [&[0, 1, 2, 3], &[3, 2, 1, 0], &[2, 0, 3, 1], &[1, 3, 0, 2]];
+    for (k, order) in orders.iter().enumerate() {
+        let pkt = packet(100 + k as u16, 5000);
+        let frags = fragments(&pkt, 1480);
+        assert_eq!(frags.len(), 4);
+        let mut out = None;
+        for (j, &i) in order.iter().enumerate() {
+            let m = mbuf(&pool, &frags[i]);
+            assert!(Ipv4Reassembly::is_fragment(m.data(), ETH));
+            let got = r.push(m, ETH, rdtsc()).unwrap_or_else(|_| panic!("a fragment"));
+            assert_eq!(got.is_some(), j == order.len() - 1, "order {order:?} step {j}");
+            out = got.or(out);
+        }
+        let whole = out.unwrap();
+        assert!(!whole.is_contiguous(), "DPDK chains the fragments");
+        assert_same(&whole.to_vec(), &pkt);
+        let flat = whole.linearized(&pool).unwrap_or_else(|_| panic!("fits"));
+        assert!(flat.is_contiguous());
+        assert_same(flat.data(), &pkt);
+    }
+    assert_eq!(r.stats().reassembled, 4);
+    assert_eq!(r.stats().fragments, 16);
+    drop(r);
+    assert_eq!(pool.in_use(), 0, "no mbuf kept");
+}
+
+#[test]
+fn interleaved_packets_and_duplicates() {
+    let (_g, pool) = setup();
+    let mut r = Ipv4Reassembly::new(64, Duration::from_secs(1)).unwrap();
+    let pkts: Vec<Vec<u8>> = (0..8).map(|i| packet(500 + i, 2000 + 333 * i as usize)).collect();
+    let frags: Vec<Vec<Vec<u8>>> = pkts.iter().map(|p| fragments(p, 1024)).collect();
+    let mut done = vec![false; pkts.len()];
+    let most = frags.iter().map(Vec::len).max().unwrap();
+    for j in 0..most {
+        for (p, fs) in frags.iter().enumerate() {
+            let Some(f) = fs.get(j) else { continue };
+            // Odd packets see their first fragment twice: DPDK then
+            // discards the whole packet (counted), never delivers it twice.
+            let copies = if j == 0 && p % 2 == 1 { 2 } else { 1 };
+            for _ in 0..copies {
+                if let Some(whole) = r.push(mbuf(&pool, f), ETH, rdtsc()).unwrap_or_else(|_| panic!()) {
+                    assert!(!done[p]);
+                    done[p] = true;
+                    assert_same(&whole.to_vec(), &pkts[p]);
+                }
+            }
+        }
+    }
+    let want: Vec<bool> = (0..pkts.len()).map(|p| p % 2 == 0).collect();
+    assert_eq!(done, want);
+    assert!(r.stats().discarded > 0);
+    r.expire(rdtsc() + 2 * tsc_hz());
+    drop(r);
+    assert_eq!(pool.in_use(), 0);
+}
+
+#[test]
+fn lone_fragments_expire_and_bad_ones_never_leak() {
+    let (_g, pool) = setup();
+    let mut r = Ipv4Reassembly::new(16, Duration::from_millis(50)).unwrap();
+    let t0 = rdtsc();
+    // Lone first fragments of 10 packets: kept until they expire.
+    for i in 0..10 {
+        let f = fragments(&packet(900 + i, 3000), 1480);
+        assert!(r.push(mbuf(&pool, &f[0]), ETH, t0).unwrap_or_else(|_| panic!()).is_none());
+    }
+    assert_eq!(pool.in_use(), 10);
+    r.expire(t0 + tsc_hz() / 100); // 10 ms: not yet
+    assert_eq!(pool.in_use(), 10);
+    r.expire(t0 + tsc_hz()); // 1 s
+    assert_eq!(pool.in_use(), 0, "expired fragments freed");
+    assert_eq!(r.stats().discarded, 10);
+
+    // Overlapping fragments, then more than DPDK's maximum of fragments:
+    // refused, freed, counted.
+    let pkt = packet(7, 4000);
+    let mut a = fragments(&pkt, 1480);
+    let b = fragments(&pkt, 1024);
+    a.insert(1, b[1].clone());
+    for f in &a {
+        let _ = r.push(mbuf(&pool, f), ETH, t0 + tsc_hz()).unwrap_or_else(|_| panic!());
+    }
+    let many = fragments(&packet(8, 8 * (MAX_FRAGMENTS + 2)), 8);
+    assert!(many.len() > MAX_FRAGMENTS);
+    for f in &many {
+        assert!(r.push(mbuf(&pool, f), ETH, t0 + tsc_hz()).unwrap_or_else(|_| panic!()).is_none());
+    }
+    r.expire(t0 + 3 * tsc_hz());
+    assert_eq!(pool.in_use(), 0, "nothing leaked");
+
+    // Not a fragment, or not IPv4 at all: handed back untouched.
+    let whole = packet(9, 100);
+    let m = r.push(mbuf(&pool, &whole), ETH, t0).err().expect("not a fragment");
+    assert_eq!(m.data(), &whole[..]);
+    drop(m);
+    let m = r.push(mbuf(&pool, &whole[..20]), ETH, t0).err().expect("runt");
+    drop(m);
+    assert_eq!(r.stats().not_fragment, 2);
+    drop(r);
+    assert_eq!(pool.in_use(), 0);
+}
