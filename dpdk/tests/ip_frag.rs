@@ -186,10 +186,10 @@ fn lone_fragments_expire_and_bad_ones_never_leak() {
 
     // Not a fragment, or not IPv4 at all: handed back untouched.
     let whole = packet(9, 100);
-    let m = r.push(mbuf(&pool, &whole), ETH, t0).err().expect("not a fragment");
+    let Err(m) = r.push(mbuf(&pool, &whole), ETH, t0) else { panic!("not a fragment") };
     assert_eq!(m.data(), &whole[..]);
     drop(m);
-    let m = r.push(mbuf(&pool, &whole[..20]), ETH, t0).err().expect("runt");
+    let Err(m) = r.push(mbuf(&pool, &whole[..20]), ETH, t0) else { panic!("runt") };
     drop(m);
     assert_eq!(r.stats().not_fragment, 2);
     drop(r);
