@@ -12,6 +12,12 @@
 //! as transactions (`BEGIN`, data, `COMMIT`); [`TxnReader`] hands a
 //! transaction out only once committed, so a writer killed mid-way leaves no
 //! half-applied change. The header's generation counts committed transactions.
+//! [`proto`] says what the transactions carry (whole configuration
+//! snapshots) and what the events are.
+//!
+//! The stats segment ([`stats`]) is a second file, written by the
+//! dataplane's workers (one seqlocked block each) and read by the control
+//! process without locks, like VPP's stats segment.
 //!
 //! It must never block the dataplane's workers (only the dataplane's control
 //! thread touches a ring), allocate on the ring path, or trust the peer: any
@@ -39,4 +45,5 @@ mod txn;
 pub use msg::{Msg, MsgError, TxnId, PAYLOAD_LEN};
 pub use ring::{Consumer, Full, Producer};
 pub use segment::{End, Ring, Segment, ShmError};
+pub use stats::{StatsError, StatsLayout, StatsReader, StatsSegment, StatsSnapshot, StatsWriter};
 pub use txn::{Txn, TxnReader, TxnStats};

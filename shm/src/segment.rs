@@ -127,6 +127,9 @@ impl Segment {
         let mut tmp = path.clone().into_os_string();
         tmp.push(format!(".tmp{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
+        // A leftover of an earlier process with our pid that died before
+        // its rename (containers reuse pids): ours to replace.
+        let _ = fs::remove_file(&tmp);
         let io_err = |source| ShmError::Io { path: path.clone(), source };
         let result = (|| {
             let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&tmp)?;
