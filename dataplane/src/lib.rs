@@ -7,11 +7,13 @@
 //! `unsafe`: DPDK is reached through `braid-dpdk` only, and never takes a
 //! lock on the per-packet path.
 
+pub mod control;
 pub mod counters;
 pub mod encap;
 pub mod gateway;
 pub mod lab;
 pub mod report;
+pub mod stats;
 pub mod worker;
 
 pub use braid_config as config;

@@ -1,0 +1,440 @@
+//! The dataplane's control thread and the snapshot exchange with workers.
+//!
+//! One thread (never a worker, never an lcore) drains the commands ring of
+//! the shared-memory segment (`braid-shm`): each committed transaction is a
+//! whole configuration document ([`braid_shm::proto`]). It is decoded,
+//! validated with `braid-config`'s rules (the segment is never trusted),
+//! checked against what cannot change while running (the ports), turned
+//! into an immutable [`Snapshot`] and published through the [`Exchange`].
+//!
+//! Workers look at one atomic per poll ([`Exchange::changed`]); when it
+//! moved they take the new snapshot (an `ArcSwap` load, no lock), apply it
+//! between two bursts and acknowledge. Only when every worker has
+//! acknowledged does the control thread drop the previous snapshot (RCU: the
+//! old tables are freed on this thread, off the per-packet path) and answer
+//! `Applied` on the events ring. A document that fails is answered
+//! `Rejected` with the reason and changes nothing.
+//!
+//! Outbound SAs are kept across snapshots by (SPI, key, salt): a tunnel
+//! whose SA did not change keeps its sequence counter, so a new table never
+//! restarts a counter under a key already used (which would repeat GCM
+//! nonces). SAs of removed tunnels stay in the registry for the life of the
+//! process for the same reason.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use braid_shm::proto::{self, Event, MAX_CONFIG_MSGS};
+use braid_shm::stats::{StatsLayout, StatsSegment, StatsWriter};
+use braid_shm::{Producer, Ring, Segment, TxnReader};
+use braid_tunnel::sa::{OutboundSa, OutboundSaPair, SaParams};
+
+use crate::config::{Config, Tables};
+use crate::stats;
+
+/// Every outbound SA this process has created, by (SPI, key, salt).
+#[derive(Default)]
+pub struct SaRegistry {
+    sas: HashMap<(u32, Vec<u8>, [u8; 4]), Arc<OutboundSaPair>>,
+}
+
+impl SaRegistry {
+    /// The SA for `p`: the existing one when SPI, key and salt are the
+    /// same (its sequence counter continues), else a new one.
+    pub fn get(&mut self, p: &SaParams) -> Arc<OutboundSaPair> {
+        self.sas
+            .entry((p.spi.0, p.key.as_bytes().to_vec(), p.salt))
+            .or_insert_with(|| Arc::new(OutboundSaPair::new(Arc::new(OutboundSa::new(p)))))
+            .clone()
+    }
+
+    /// The outbound SA of every tunnel, by bundle.
+    pub fn for_tables(&mut self, tables: &Tables) -> Vec<Vec<Arc<OutboundSaPair>>> {
+        tables.bundles.iter().map(|b| b.tunnels.iter().map(|t| self.get(&t.sa_out)).collect()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sas.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sas.is_empty()
+    }
+}
+
+/// One immutable generation of tables, as the workers use it.
+pub struct Snapshot {
+    /// 0 for the tables the process started with (file), else the control
+    /// plane's generation.
+    pub generation: u64,
+    pub tables: Arc<Tables>,
+    /// Outbound SA of every tunnel, by bundle (shared by all workers).
+    pub sas: Vec<Vec<Arc<OutboundSaPair>>>,
+    /// Stats writers for a new stats segment (its layout follows the
+    /// tables), one per worker, taken by each worker when it applies.
+    stats: Mutex<Vec<Option<StatsWriter>>>,
+}
+
+impl Snapshot {
+    pub fn new(generation: u64, tables: Arc<Tables>, sas: Vec<Vec<Arc<OutboundSaPair>>>, writers: Vec<StatsWriter>) -> Snapshot {
+        Snapshot { generation, tables, sas, stats: Mutex::new(writers.into_iter().map(Some).collect()) }
+    }
+
+    /// Worker `id`'s stats writer for this snapshot's stats segment (once).
+    pub fn take_stats_writer(&self, id: u16) -> Option<StatsWriter> {
+        self.stats.lock().ok()?.get_mut(id as usize)?.take()
+    }
+}
+
+/// A per-worker acknowledgement on its own cache line.
+#[repr(align(64))]
+struct Seen(AtomicU64);
+
+/// Where the control thread publishes snapshots and workers acknowledge.
+pub struct Exchange {
+    generation: AtomicU64,
+    current: ArcSwap<Snapshot>,
+    seen: Box<[Seen]>,
+}
+
+impl Exchange {
+    pub fn new(first: Snapshot, workers: u16) -> Arc<Exchange> {
+        let g = first.generation;
+        Arc::new(Exchange {
+            generation: AtomicU64::new(g),
+            current: ArcSwap::from_pointee(first),
+            seen: (0..workers.max(1)).map(|_| Seen(AtomicU64::new(g))).collect(),
+        })
+    }
+
+    /// Whether a snapshot newer than `mine` is published: one relaxed load,
+    /// cheap enough for every poll.
+    #[inline]
+    pub fn changed(&self, mine: u64) -> bool {
+        self.generation.load(Ordering::Acquire) != mine
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Worker `id` runs `generation` and holds no older snapshot.
+    pub fn ack(&self, id: u16, generation: u64) {
+        if let Some(s) = self.seen.get(id as usize) {
+            s.0.store(generation, Ordering::Release);
+        }
+    }
+
+    /// Publishes `snap`; returns the previous one, which the caller must
+    /// keep until [`all_seen`](Self::all_seen) (workers may still hold it).
+    fn publish(&self, snap: Snapshot) -> Arc<Snapshot> {
+        let g = snap.generation;
+        let old = self.current.swap(Arc::new(snap));
+        self.generation.store(g, Ordering::Release);
+        old
+    }
+
+    fn all_seen(&self, generation: u64) -> bool {
+        self.seen.iter().all(|s| s.0.load(Ordering::Acquire) == generation)
+    }
+}
+
+/// How the control thread runs.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// The commands/events segment (created here, 0600).
+    pub shm: PathBuf,
+    /// The stats segment (re-created on every applied snapshot).
+    pub stats: Option<PathBuf>,
+    /// Ring capacity in messages.
+    pub capacity: u32,
+    /// New on every start of the process.
+    pub boot_id: u64,
+    /// How long workers may take to pick a snapshot up before the control
+    /// thread reports it applied anyway (a stuck worker is a bug; the
+    /// answer must not wait for ever).
+    pub ack_timeout: Duration,
+}
+
+/// What the control thread counted.
+#[derive(Debug, Default)]
+pub struct ControlCounters {
+    pub applied: AtomicU64,
+    pub rejected: AtomicU64,
+    pub events_dropped: AtomicU64,
+}
+
+/// The running control thread; [`ControlThread::stop`] ends it.
+pub struct ControlThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    shm: PathBuf,
+    pub counters: Arc<ControlCounters>,
+}
+
+impl ControlThread {
+    /// Stops the thread and removes the segment file (a control process
+    /// then waits for the next dataplane).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        let _ = std::fs::remove_file(&self.shm);
+    }
+}
+
+impl Drop for ControlThread {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What cannot change without restarting the process: the ports (DPDK
+/// devices, roles, MACs, MTUs are set up once). Everything else may.
+pub fn compatible(running: &Tables, new: &Tables) -> Result<(), String> {
+    if running.ports.len() != new.ports.len() {
+        return Err(format!("ports: {} configured, {} running; changing ports needs a dataplane restart", new.ports.len(), running.ports.len()));
+    }
+    for (i, (a, b)) in running.ports.iter().zip(&new.ports).enumerate() {
+        if a != b {
+            return Err(format!("ports[{i}] ({}): changing a port needs a dataplane restart", b.name));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes, parses and validates one snapshot document.
+pub fn tables_from_doc(doc: &[u8]) -> Result<Tables, String> {
+    let config: Config = serde_json::from_slice(doc).map_err(|e| format!("config: {e}"))?;
+    Tables::from_config(&config).map_err(|e| e.to_string())
+}
+
+/// Creates a stats segment laid out for `tables` and one writer per worker.
+pub fn stats_segment(path: &Path, tables: &Tables, workers: u16, boot_id: u64) -> Result<(StatsSegment, Vec<StatsWriter>), String> {
+    let layout: StatsLayout = stats::layout(tables, workers);
+    let seg = StatsSegment::create(path, &layout, boot_id).map_err(|e| format!("stats segment {}: {e}", path.display()))?;
+    let writers = (0..workers).map(|w| seg.writer(w).map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
+    Ok((seg, writers))
+}
+
+/// The dataplane's end of the segment, before its thread runs.
+pub struct Endpoint {
+    cfg: ControlConfig,
+    reader: TxnReader,
+    events: Producer,
+    counters: Arc<ControlCounters>,
+    seg: Segment,
+}
+
+impl Endpoint {
+    /// Creates the segment (replacing any old one at the path) and says
+    /// hello: a waiting control process pushes its tables.
+    pub fn create(cfg: ControlConfig) -> Result<Endpoint, String> {
+        let seg = Segment::create(&cfg.shm, cfg.capacity).map_err(|e| format!("segment {}: {e}", cfg.shm.display()))?;
+        let reader = TxnReader::new(seg.consumer(Ring::Commands).map_err(|e| e.to_string())?, MAX_CONFIG_MSGS);
+        let events = seg.producer(Ring::Events).map_err(|e| e.to_string())?;
+        let mut ep = Endpoint { cfg, reader, events, counters: Arc::default(), seg };
+        ep.send(Event::Hello { boot_id: ep.cfg.boot_id, generation: 0 });
+        Ok(ep)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.seg.path()
+    }
+
+    fn send(&mut self, e: Event) {
+        // Never wait on the control process: with none attached the events
+        // ring fills and further events are counted, not queued.
+        if self.events.try_push(&e.to_msg()).is_err() {
+            self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits for the first valid snapshot (a dataplane started without a
+    /// configuration file); refuses invalid ones. `None` once `stop` is set.
+    pub fn wait_first(&mut self, stop: &AtomicBool) -> Option<(u64, Tables)> {
+        while !stop.load(Ordering::Relaxed) {
+            let Some(txn) = self.reader.poll() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let generation = txn.id.0;
+            match proto::config_from_txn(&txn).map_err(|e| e.to_string()).and_then(|(_, doc)| tables_from_doc(&doc)) {
+                Ok(t) => return Some((generation, t)),
+                Err(reason) => self.reject(generation, reason),
+            }
+        }
+        None
+    }
+
+    fn reject(&mut self, generation: u64, reason: String) {
+        eprintln!("braid-dataplane: configuration generation {generation} rejected: {reason}");
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        self.send(Event::Rejected { generation, reason });
+    }
+
+    /// Starts the control thread once the workers run `generation` (from
+    /// [`wait_first`](Self::wait_first), answered `Applied` now, or 0 for a
+    /// file). `stats` is the first snapshot's stats segment (its writers
+    /// already handed out).
+    pub fn spawn(
+        mut self,
+        exchange: Arc<Exchange>,
+        registry: SaRegistry,
+        stats: Option<StatsSegment>,
+        workers: u16,
+        generation: u64,
+    ) -> Result<ControlThread, String> {
+        if generation != 0 {
+            self.counters.applied.fetch_add(1, Ordering::Relaxed);
+            self.send(Event::Applied { generation });
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = self.counters.clone();
+        let shm = self.cfg.shm.clone();
+        let mut ctl = Ctl { ep: self, exchange, registry, stats, workers };
+        let s = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("braid-control".into())
+            .spawn(move || ctl.run(&s))
+            .map_err(|e| format!("control thread: {e}"))?;
+        Ok(ControlThread { stop, handle: Some(handle), shm, counters })
+    }
+}
+
+struct Ctl {
+    ep: Endpoint,
+    exchange: Arc<Exchange>,
+    registry: SaRegistry,
+    stats: Option<StatsSegment>,
+    workers: u16,
+}
+
+impl Ctl {
+    fn run(&mut self, stop: &AtomicBool) {
+        let t0 = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(s) = &self.stats {
+                s.set_heartbeat(t0.elapsed().as_nanos() as u64);
+            }
+            match self.ep.reader.poll() {
+                Some(txn) => {
+                    let generation = txn.id.0;
+                    let result = proto::config_from_txn(&txn).map_err(|e| e.to_string()).and_then(|(_, doc)| self.apply(generation, &doc));
+                    match result {
+                        Ok(()) => {
+                            self.ep.counters.applied.fetch_add(1, Ordering::Relaxed);
+                            self.ep.send(Event::Applied { generation });
+                        }
+                        Err(reason) => self.ep.reject(generation, reason),
+                    }
+                }
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    fn apply(&mut self, generation: u64, doc: &[u8]) -> Result<(), String> {
+        let tables = tables_from_doc(doc)?;
+        let running = self.exchange.current();
+        compatible(&running.tables, &tables)?;
+        if generation == running.generation {
+            // A control process re-sending what runs (resync): nothing to do.
+            return Ok(());
+        }
+        drop(running);
+        let sas = self.registry.for_tables(&tables);
+        let (seg, writers) = match &self.ep.cfg.stats {
+            Some(path) => {
+                let (seg, w) = stats_segment(path, &tables, self.workers, self.ep.cfg.boot_id)?;
+                (Some(seg), w)
+            }
+            None => (None, Vec::new()),
+        };
+        let old = self.exchange.publish(Snapshot::new(generation, Arc::new(tables), sas, writers));
+        let deadline = Instant::now() + self.ep.cfg.ack_timeout;
+        while !self.exchange.all_seen(generation) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        if !self.exchange.all_seen(generation) {
+            eprintln!("braid-dataplane: a worker did not pick up generation {generation} within {:?}", self.ep.cfg.ack_timeout);
+        }
+        // The previous tables are freed here, on this thread, once no
+        // worker holds them.
+        drop(old);
+        if let Some(seg) = seg {
+            seg.set_applied_generation(generation);
+            self.stats = Some(seg);
+        } else if let Some(s) = &self.stats {
+            s.set_applied_generation(generation);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use braid_tunnel::crypto::AesGcmKey;
+    use braid_tunnel::sa::Spi;
+
+    fn params(spi: u32, key: u8) -> SaParams {
+        SaParams { spi: Spi(spi), key: AesGcmKey::from_slice(&[key; 16]).unwrap(), salt: [1, 2, 3, 4], packet_limit: u64::MAX }
+    }
+
+    /// The example document of docs/config.md.
+    pub(crate) fn example_doc() -> String {
+        let doc = include_str!("../../docs/config.md");
+        let start = doc.find("```json").expect("a json block") + 7;
+        let len = doc[start..].find("```").unwrap();
+        doc[start..start + len].to_string()
+    }
+
+    fn example_tables() -> Tables {
+        tables_from_doc(example_doc().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn registry_keeps_the_sequence_counter_of_an_unchanged_sa() {
+        let mut r = SaRegistry::default();
+        let a = r.get(&params(0x100, 1));
+        let block = a.active().reserve(10).unwrap();
+        drop(block);
+        // Same SPI, key and salt (a weight changed, a tunnel was removed
+        // and re-added): the same SA, counter continues.
+        let again = r.get(&params(0x100, 1));
+        assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!(again.active().remaining(), a.active().remaining());
+        // A new key under the same SPI is a new SA.
+        let rekeyed = r.get(&params(0x100, 2));
+        assert!(!Arc::ptr_eq(&a, &rekeyed));
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn exchange_tells_workers_and_waits_for_every_ack() {
+        let tables = Arc::new(example_tables());
+        let ex = Exchange::new(Snapshot::new(0, tables.clone(), Vec::new(), Vec::new()), 2);
+        assert!(!ex.changed(0));
+        let old = ex.publish(Snapshot::new(5, tables, Vec::new(), Vec::new()));
+        assert_eq!(old.generation, 0);
+        assert!(ex.changed(0));
+        assert_eq!(ex.current().generation, 5);
+        assert!(!ex.all_seen(5));
+        ex.ack(0, 5);
+        assert!(!ex.all_seen(5));
+        ex.ack(1, 5);
+        assert!(ex.all_seen(5));
+    }
+}

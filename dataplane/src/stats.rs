@@ -1,0 +1,88 @@
+//! The dataplane's counters as the stats segment lays them out.
+//!
+//! Names are `/`-separated paths the control process turns into Prometheus
+//! metrics and JSON: `lan/rx_packets`, `drop/no_route`,
+//! `engine_drop/replayed`, `tunnel/<bundle>/<i>/tx_packets`; gauges
+//! `path/<bundle>/<i>/alive`. The order of [`layout`] and [`flatten`] is
+//! the same by construction (both walk [`Names`]).
+
+use braid_shm::stats::StatsLayout;
+use braid_tunnel::drop::DropReason;
+
+use crate::config::Tables;
+use crate::counters::{DpDrop, Flow, WorkerCounters};
+
+const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
+const SCALARS: [&str; 4] = ["encapsulated", "delivered", "idle_polls", "busy_polls"];
+const TUNNEL: [&str; 4] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes"];
+
+/// The stats segment's layout for `tables`.
+pub fn layout(tables: &Tables, workers: u16) -> StatsLayout {
+    let mut counters = Vec::new();
+    for f in FLOWS {
+        counters.push(format!("{f}_packets"));
+        counters.push(format!("{f}_bytes"));
+    }
+    counters.extend(SCALARS.iter().map(|s| s.to_string()));
+    counters.extend(DpDrop::ALL.iter().map(|d| format!("drop/{}", d.name())));
+    counters.extend(DropReason::ALL.iter().map(|d| format!("engine_drop/{}", d.name())));
+    let mut gauges = Vec::new();
+    for b in &tables.bundles {
+        for t in 0..b.tunnels.len() {
+            counters.extend(TUNNEL.iter().map(|c| format!("tunnel/{}/{t}/{c}", b.name)));
+            gauges.push(format!("path/{}/{t}/alive", b.name));
+        }
+    }
+    StatsLayout { workers, counters, gauges }
+}
+
+/// Writes one worker's counters and gauges in [`layout`]'s order into the
+/// two buffers (cleared first; no allocation once they have grown).
+pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counters: &mut Vec<u64>, gauges: &mut Vec<u64>) {
+    counters.clear();
+    gauges.clear();
+    for f in [&c.lan_rx, &c.lan_tx, &c.wan_rx, &c.wan_tx] {
+        let Flow { packets, bytes } = *f;
+        counters.extend([packets, bytes]);
+    }
+    counters.extend([c.encapsulated, c.delivered, c.idle_polls, c.busy_polls]);
+    counters.extend(DpDrop::ALL.iter().map(|d| c.drops.get(*d)));
+    counters.extend(DropReason::ALL.iter().map(|d| c.engine.get(*d)));
+    for (b, bundle) in tables.bundles.iter().enumerate() {
+        for t in 0..bundle.tunnels.len() {
+            let tc = c.tunnels.get(b).and_then(|v| v.get(t)).copied().unwrap_or_default();
+            counters.extend([tc.tx.packets, tc.tx.bytes, tc.rx.packets, tc.rx.bytes]);
+            let up = alive.get(b).and_then(|v| v.get(t)).copied().unwrap_or(false);
+            gauges.push(up as u64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::TunnelCounters;
+
+    #[test]
+    fn flatten_follows_the_layout() {
+        let tables = crate::control::tables_from_doc(crate::control::tests::example_doc().as_bytes()).unwrap();
+        let l = layout(&tables, 1);
+        let mut c = WorkerCounters::default();
+        c.lan_rx.add(100);
+        c.drops.add(DpDrop::NoRoute);
+        c.tunnels = tables.bundles.iter().map(|b| vec![TunnelCounters::default(); b.tunnels.len()]).collect();
+        c.tunnels[0][1].tx.add(1000);
+        let (mut cs, mut gs) = (Vec::new(), Vec::new());
+        flatten(&tables, &c, &[vec![true, false]], &mut cs, &mut gs);
+        assert_eq!(cs.len(), l.counters.len());
+        assert_eq!(gs.len(), l.gauges.len());
+        let at = |name: &str| cs[l.counters.iter().position(|n| n == name).unwrap_or_else(|| panic!("{name}"))];
+        assert_eq!(at("lan/rx_packets"), 1);
+        assert_eq!(at("lan/rx_bytes"), 100);
+        assert_eq!(at("drop/no_route"), 1);
+        let b = &tables.bundles[0].name;
+        assert_eq!(at(&format!("tunnel/{b}/1/tx_bytes")), 1000);
+        assert_eq!(at(&format!("tunnel/{b}/0/tx_bytes")), 0);
+        assert_eq!(gs[0], 1);
+    }
+}
