@@ -1,0 +1,123 @@
+# Shared by scripts/demo and scripts/e2e-control: the two-gateway lab in
+# network namespaces. Source it after setting PREFIX (namespace and DPDK
+# file-prefix stem), RUN (a private temp folder), TUNNELS and MODE.
+#
+#   host A (ns $PREFIX-a, 10.1.0.2, fd00:1::2)
+#     | veth
+#   gateway A (ns $PREFIX-gwa): braid-dataplane on net_af_packet vdevs
+#     | WAN veth: $TUNNELS ESP-in-UDP tunnels (UDP 4500...), one bundle
+#   gateway B (ns $PREFIX-gwb): braid-dataplane
+#     | veth
+#   host B (ns $PREFIX-b, 10.2.0.2, fd00:2::2)
+#
+# DPDK always runs with --no-pci and --no-huge: vdevs only, the machine's
+# NIC is never probed. lab_cleanup removes every process started through
+# lab_spawn, the namespaces and the DPDK runtime folders, also on failure.
+
+NS_A=$PREFIX-a NS_GA=$PREFIX-gwa NS_GB=$PREFIX-gwb NS_B=$PREFIX-b
+GA_LAN=02:00:00:a0:00:01 GA_WAN=02:00:00:a0:01:01 HOST_A=02:00:00:0a:00:02
+GB_LAN=02:00:00:b0:00:01 GB_WAN=02:00:00:b0:01:01 HOST_B=02:00:00:0b:00:02
+PIDS=()
+
+lab_cleanup() {
+  set +e
+  for p in "${PIDS[@]}"; do
+    kill -TERM "$p" 2>/dev/null
+  done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null
+  done
+  for ns in $NS_A $NS_GA $NS_GB $NS_B; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null; done
+    ip netns del "$ns" 2>/dev/null
+  done
+  rm -rf "/var/run/dpdk/$PREFIX-ga-$$" "/var/run/dpdk/$PREFIX-gb-$$" "$RUN"
+}
+
+# Runs a command in the background and remembers its pid for lab_cleanup.
+lab_spawn() { # out err cmd...
+  local out=$1 err=$2; shift 2
+  "$@" >"$out" 2>"$err" &
+  PIDS+=($!)
+}
+
+lab_net() {
+  for ns in $NS_A $NS_GA $NS_GB $NS_B; do ip netns del "$ns" 2>/dev/null || true; ip netns add "$ns"; done
+  ip link add a0 netns $NS_A address $HOST_A type veth peer name alan netns $NS_GA
+  ip link add wana netns $NS_GA type veth peer name wanb netns $NS_GB
+  ip link add b0 netns $NS_B address $HOST_B type veth peer name blan netns $NS_GB
+  local x
+  for x in "$NS_A a0" "$NS_A lo" "$NS_GA alan" "$NS_GA wana" "$NS_GB wanb" "$NS_GB blan" "$NS_B b0" "$NS_B lo"; do
+    set -- $x; ip -n "$1" link set "$2" up
+  done
+  if [ "$MODE" = plain ]; then
+    # Plain ESP carries one inner packet per outer packet and braid never
+    # fragments outer packets: the hosts' MTU leaves room for ESP-in-UDP.
+    ip -n $NS_A link set a0 mtu 1400; ip -n $NS_B link set b0 mtu 1400
+  fi
+  lab_host $NS_A a0 10.1.0.2 fd00:1::2 10.1.0.1 fd00:1::1 $GA_LAN 10.2.0.0/16 fd00:2::/64
+  lab_host $NS_B b0 10.2.0.2 fd00:2::2 10.2.0.1 fd00:2::1 $GB_LAN 10.1.0.0/16 fd00:1::/64
+  # Keys: fresh random AES-256 keys and salts, one per tunnel and direction.
+  declare -g -a KAB KBA SAB SBA
+  local t
+  for t in $(seq 0 $((TUNNELS-1))); do KAB[$t]=$(lab_rnd 32); KBA[$t]=$(lab_rnd 32); SAB[$t]=$(lab_rnd 4); SBA[$t]=$(lab_rnd 4); done
+}
+
+lab_host() { # ns dev v4 v6 gw4 gw6 gwmac remote4 remote6
+  ip -n "$1" addr add "$3/24" dev "$2"
+  ip -n "$1" addr add "$4/64" dev "$2" nodad
+  ip -n "$1" route add "$8" via "$5"
+  ip -n "$1" -6 route add "$9" via "$6"
+  ip -n "$1" neigh add "$5" lladdr "$7" dev "$2" nud permanent
+  ip -n "$1" -6 neigh add "$6" lladdr "$7" dev "$2" nud permanent
+  # veth leaves checksums to "hardware"; af_packet would capture them
+  # unfinished. The hosts compute them (and so do not use TSO).
+  ip netns exec "$1" ethtool -K "$2" tx off >/dev/null
+}
+
+lab_rnd() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
+
+# A gateway's configuration document. WEIGHTS (space-separated, one per
+# tunnel, default all 1) and EXTRA_ROUTES (JSON route objects, comma-led)
+# change it.
+lab_conf() { # side(a|b)
+  local side=$1 tunnels="" sep="" t w
+  local -a weights=(${WEIGHTS:-})
+  for t in $(seq 0 $((TUNNELS-1))); do
+    local so si ko ki xo xi
+    if [ "$side" = a ]; then so=$((4096+t)) si=$((8192+t)) ko=${KAB[$t]} ki=${KBA[$t]} xo=${SAB[$t]} xi=${SBA[$t]}
+    else so=$((8192+t)) si=$((4096+t)) ko=${KBA[$t]} ki=${KAB[$t]} xo=${SBA[$t]} xi=${SAB[$t]}; fi
+    w=${weights[$t]:-1}
+    local me=192.0.2.1 them=192.0.2.2
+    [ "$side" = b ] && { me=192.0.2.2; them=192.0.2.1; }
+    tunnels+="$sep{\"wan_port\":\"wan\",\"local\":\"$me:$((4500+t))\",\"remote\":\"$them:$((4500+t))\",\"spi_out\":$so,\"spi_in\":$si,\"key_out\":\"$ko\",\"key_in\":\"$ki\",\"salt_out\":\"$xo\",\"salt_in\":\"$xi\",\"weight\":$w}"
+    sep=","
+  done
+  local lanmac hostmac wanmac peermac me r4 r6
+  if [ "$side" = a ]; then lanmac=$GA_LAN hostmac=$HOST_A wanmac=$GA_WAN peermac=$GB_WAN me=192.0.2.1 r4=10.2.0.0/16 r6=fd00:2::/64
+  else lanmac=$GB_LAN hostmac=$HOST_B wanmac=$GB_WAN peermac=$GA_WAN me=192.0.2.2 r4=10.1.0.0/16 r6=fd00:1::/64; fi
+  cat <<JSON
+{"ports":[
+  {"name":"lan","device":"net_af_packet0","role":"lan","mac":"$lanmac","next_hop_mac":"$hostmac","mtu":1500},
+  {"name":"wan","device":"net_af_packet1","role":"wan","mac":"$wanmac","ipv4":"$me/24","next_hop_mac":"$peermac","mtu":1500}],
+ "peers":[{"name":"peer","bundle":"wide"}],
+ "bundles":[{"name":"wide","mode":"$MODE","policy":"weighted","tunnels":[$tunnels]}],
+ "routes":[{"prefix":"$r4","peer":"peer"},{"prefix":"$r6","peer":"peer"}${EXTRA_ROUTES:-}]}
+JSON
+}
+
+# Starts a gateway: braid-dataplane in its namespace on two af_packet vdevs.
+lab_gateway() { # ns name lcore lan wan dataplane-options...
+  local ns=$1 name=$2 lcore=$3 lan=$4 wan=$5; shift 5
+  lab_spawn "$RUN/$name.out" "$RUN/$name.err" ip netns exec "$ns" "$DP" "$@" -- \
+    --no-pci --no-huge -m 512 -l "$lcore" --file-prefix "$PREFIX-$name-$$" --log-level='*:warning' \
+    --vdev="net_af_packet0,iface=$lan,qpairs=1,framecnt=4096" --vdev="net_af_packet1,iface=$wan,qpairs=1,framecnt=4096"
+}
+
+# Waits until a gateway's stderr says it runs.
+lab_wait_running() { # name [seconds]
+  local i
+  for i in $(seq $((${2:-10} * 10))); do grep -q "running" "$RUN/$1.err" 2>/dev/null && return 0; sleep 0.1; done
+  cat "$RUN/$1.err"; echo "gateway $1 did not start"; return 1
+}
