@@ -28,14 +28,21 @@ drops! {
     NoRoute => "no_route",
     /// Frame spans several mbuf segments (not supported on this path yet).
     Multiseg => "multiseg",
-    /// Inner packet too big for the mbuf or the bundle (> 65535 B).
+    /// Inner packet too big for the mbuf, the bundle (> 65535 B), or (plain
+    /// mode) the WAN MTU.
     TooBig => "too_big",
-    /// The mempool was empty.
+    /// The mempool was empty (packing a LAN burst into frames).
     NoMbuf => "no_mbuf",
+    /// Plain mode: the balancer had no tunnel for the packet.
+    NoPath => "no_path",
     /// LAN TX queue full: the NIC did not take the packet.
     LanTxFull => "lan_tx_full",
     /// WAN TX queue full.
     WanTxFull => "wan_tx_full",
+    /// The LAN port refused the packet in tx_prepare.
+    LanTxRejected => "lan_tx_rejected",
+    /// A WAN port refused the packet in tx_prepare.
+    WanTxRejected => "wan_tx_rejected",
     /// WAN frame not IPv4/UDP to one of our tunnel endpoints.
     NotTunnel => "not_tunnel",
     /// Outer IPv4 header malformed.
@@ -50,10 +57,15 @@ drops! {
     UnknownSpi => "unknown_spi",
     /// SPI of a tunnel whose local UDP port is not the one the packet hit.
     TunnelMismatch => "tunnel_mismatch",
-    /// Rejected by the tunnel engine (reason in the engine counters).
-    Engine => "engine",
-    /// The port refused the packet in tx_prepare.
-    TxRejected => "tx_rejected",
+}
+
+impl DpDrop {
+    /// A drop on the way out (a TX queue full or refusing), of a packet
+    /// counted as received, encapsulated or delivered before; the other
+    /// reasons drop packets as they come in.
+    pub const fn is_tx(self) -> bool {
+        matches!(self, DpDrop::LanTxFull | DpDrop::WanTxFull | DpDrop::LanTxRejected | DpDrop::WanTxRejected)
+    }
 }
 
 /// Drops by reason, indexed by `DpDrop as usize`.
@@ -80,6 +92,14 @@ impl DpDrops {
         for (a, b) in self.0.iter_mut().zip(o.0.iter()) {
             *a += b;
         }
+    }
+    /// Every drop counted.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+    /// Drops of incoming packets (every reason but [`DpDrop::is_tx`]).
+    pub fn total_rx(&self) -> u64 {
+        DpDrop::ALL.iter().filter(|r| !r.is_tx()).map(|r| self.get(*r)).sum()
     }
     /// Non-zero counters by name.
     pub fn named(&self) -> Vec<(&'static str, u64)> {
@@ -111,25 +131,42 @@ impl Flow {
 /// One tunnel's traffic, as seen by one worker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TunnelCounters {
-    /// ESP packets sent (data and probes).
+    /// ESP packets the WAN port took (data, probes, probe replies).
     pub tx: Flow,
     /// ESP packets accepted.
     pub rx: Flow,
+    /// ESP packets the tunnel engine refused (their reasons are in
+    /// [`WorkerCounters::engine`]).
+    pub rejected: u64,
 }
 
 /// Everything one worker counts.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerCounters {
-    /// Frames received on / sent to the LAN.
+    /// Frames received on / sent to the LAN (sent: taken by the port).
+    ///
+    /// Conservation, each packet counted once:
+    /// - `lan_rx` is `encapsulated` plus the LAN side's incoming drops
+    ///   (and plain mode's engine drops when sealing);
+    /// - `wan_rx` is the tunnels' `rx` and `rejected` plus the WAN side's
+    ///   incoming drops;
+    /// - `delivered` and `icmp_sent` are `lan_tx` plus `lan_tx_full` and
+    ///   `lan_tx_rejected`;
+    /// - the tunnels' `tx` sum to `wan_tx`.
     pub lan_rx: Flow,
     pub lan_tx: Flow,
     /// Frames received on / sent to the WAN ports.
     pub wan_rx: Flow,
     pub wan_tx: Flow,
-    /// Inner packets taken from the LAN into a tunnel.
+    /// Inner packets taken from the LAN into a tunnel: sealed (plain mode)
+    /// or packed into frames (bundle mode; a frame lost after packing is
+    /// an engine drop).
     pub encapsulated: u64,
-    /// Inner packets delivered from a tunnel to the LAN.
+    /// Inner packets from a tunnel handed to the LAN TX queue.
     pub delivered: u64,
+    /// ICMP errors handed to the LAN TX queue (plain mode: "fragmentation
+    /// needed" for a packet with DF set too big for the WAN).
+    pub icmp_sent: u64,
     /// Dataplane drops by reason.
     pub drops: DpDrops,
     /// Tunnel engine drops by reason (all bundles).
@@ -150,6 +187,7 @@ impl WorkerCounters {
         self.wan_tx.merge(&o.wan_tx);
         self.encapsulated += o.encapsulated;
         self.delivered += o.delivered;
+        self.icmp_sent += o.icmp_sent;
         self.drops.merge(&o.drops);
         self.engine.merge(&o.engine);
         if self.tunnels.len() < o.tunnels.len() {
@@ -162,6 +200,7 @@ impl WorkerCounters {
             for (t, c) in ts.iter().enumerate() {
                 self.tunnels[b][t].tx.merge(&c.tx);
                 self.tunnels[b][t].rx.merge(&c.rx);
+                self.tunnels[b][t].rejected += c.rejected;
             }
         }
         self.idle_polls += o.idle_polls;

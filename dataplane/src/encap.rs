@@ -16,6 +16,10 @@ pub const UDP_AT: usize = 34;
 #[derive(Debug, Clone)]
 pub struct OuterTemplate {
     bytes: [u8; OUTER_LEN],
+    /// Ones' complement sum of the IPv4 header's fixed fields (total
+    /// length, identification and checksum zero): per packet only those
+    /// two words are added (RFC 1071 section 2).
+    ip_sum: u16,
 }
 
 impl OuterTemplate {
@@ -37,7 +41,8 @@ impl OuterTemplate {
         let udp = &mut b[UDP_AT..];
         udp[0..2].copy_from_slice(&local.port().to_be_bytes());
         udp[2..4].copy_from_slice(&remote.port().to_be_bytes());
-        OuterTemplate { bytes: b }
+        let ip_sum = checksum::sum(&b[IP_AT..UDP_AT]);
+        OuterTemplate { bytes: b, ip_sum }
     }
 
     /// Writes the headers for an ESP packet of `esp_len` bytes into
@@ -53,8 +58,10 @@ impl OuterTemplate {
         out[IP_AT + 2..IP_AT + 4].copy_from_slice(&ip_len.to_be_bytes());
         out[IP_AT + 4..IP_AT + 6].copy_from_slice(&ident.to_be_bytes());
         if !ip_csum_offload {
-            let c = !checksum::sum(&out[IP_AT..UDP_AT]);
-            out[IP_AT + 10..IP_AT + 12].copy_from_slice(&c.to_be_bytes());
+            let mut s = self.ip_sum as u32 + ip_len as u32 + ident as u32;
+            s = (s & 0xffff) + (s >> 16);
+            s = (s & 0xffff) + (s >> 16);
+            out[IP_AT + 10..IP_AT + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
         }
         out[UDP_AT + 4..UDP_AT + 6].copy_from_slice(&udp_len.to_be_bytes());
     }
@@ -79,5 +86,25 @@ mod tests {
         let u = udp::Packet::new_checked(&buf[UDP_AT..]).unwrap();
         assert_eq!((u.src_port(), u.dst_port(), u.len()), (4500, 4501, 108));
         assert_eq!(u.checksum(), 0);
+    }
+
+    /// The checksum from the template's partial sum is the one computed
+    /// over the whole header, for every length and identification.
+    #[test]
+    fn precomputed_checksum_matches_full_computation() {
+        for (local, remote) in [("192.0.2.1:4500", "198.51.100.7:4501"), ("255.255.255.255:65535", "255.255.255.254:1"), ("0.0.0.0:0", "0.0.0.0:0")] {
+            let t = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], local.parse().unwrap(), remote.parse().unwrap());
+            let mut buf = vec![0u8; OUTER_LEN];
+            for esp_len in (0..65_000).step_by(997).chain([0, 1, 65_507]) {
+                for ident in [0u16, 1, 0x7fff, 0xfffe, 0xffff] {
+                    t.write(&mut buf, esp_len, ident, false);
+                    let mut h = buf[IP_AT..UDP_AT].to_vec();
+                    let got = u16::from_be_bytes([h[10], h[11]]);
+                    h[10] = 0;
+                    h[11] = 0;
+                    assert_eq!(got, !checksum::sum(&h), "{local} -> {remote}, esp_len {esp_len}, ident {ident}");
+                }
+            }
+        }
     }
 }

@@ -22,13 +22,14 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
+        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
         flow(&c.lan_rx),
         flow(&c.lan_tx),
         flow(&c.wan_rx),
         flow(&c.wan_tx),
         c.encapsulated,
         c.delivered,
+        c.icmp_sent,
         named(&c.drops.named()),
         named(&c.engine.named()),
     );
@@ -41,12 +42,13 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
             .map(|(t, tc)| {
                 let up = alive.get(b).and_then(|a| a.get(t)).copied().unwrap_or(true);
                 format!(
-                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"tx_share\":{:.4}}}",
+                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"rejected\":{},\"tx_share\":{:.4}}}",
                     bundle.tunnels[t].local,
                     bundle.tunnels[t].remote,
                     bundle.tunnels[t].weight,
                     flow(&tc.tx),
                     flow(&tc.rx),
+                    tc.rejected,
                     tc.tx.packets as f64 / total as f64
                 )
             })

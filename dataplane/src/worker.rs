@@ -21,13 +21,13 @@ use braid_tunnel::liveness::LivenessConfig;
 use braid_tunnel::reorder::{HoldConfig, ReorderConfig};
 use braid_tunnel::bundle::pack::{InnerPacket, PackCursor};
 use braid_tunnel::bundle::reassembly::ReassemblyConfig;
-use braid_tunnel::engine::{esp_area_len, BundleRx, BundleRxConfig, BundleTx, BundleTxConfig};
+use braid_tunnel::engine::{esp_area_len, BundleRx, BundleRxConfig, BundleTx, BundleTxConfig, DropCounters};
 use braid_tunnel::sa::{InboundSa, InboundSaPair, OutboundSaPair, SaParams, SeqBlock};
 use braid_tunnel::wire::udp_encap::{classify, EncapKind};
 use braid_tunnel::wire::{esp, FlowKey};
 use braid_tunnel::{plain, Nanos};
 
-use crate::counters::{DpDrop, TunnelCounters, WorkerCounters};
+use crate::counters::{DpDrop, DpDrops, TunnelCounters, WorkerCounters};
 use crate::encap::{OuterTemplate, IP_AT, OUTER_LEN};
 use crate::route::RouteTable;
 
@@ -94,8 +94,22 @@ pub struct WorkerSetup {
 /// Plain mode state: its own balancer, sequence leases and inbound SAs.
 struct Plain {
     balancer: Balancer,
+    /// This burst's sequence lease of each tunnel, of exactly the packets
+    /// picked for it; what is left is discarded at the end of the burst
+    /// (a lease kept for later would fall behind the other workers' and
+    /// out of the peer's replay window).
     leases: Vec<Option<SeqBlock>>,
+    /// Packets of this burst picked for each tunnel, not leased yet.
+    want: Vec<u32>,
     inbound: Vec<InboundSaPair>,
+    /// Largest outer IP packet every WAN of the bundle carries: a packet is
+    /// checked against it before the balancer picks (and charges) a tunnel.
+    max_outer: usize,
+    /// Largest inner packet that fits `max_outer`: the next-hop MTU of
+    /// ICMP "fragmentation needed".
+    inner_mtu: u16,
+    /// Source address of the ICMP errors: the first tunnel's local address.
+    icmp_src: [u8; 4],
 }
 
 enum Engine {
@@ -110,6 +124,9 @@ struct BundleState {
     out_sas: Vec<Arc<OutboundSaPair>>,
     wan_of: Vec<usize>,
     local_port: Vec<u16>,
+    /// Each path as the receiver's re-orderers last heard of it from the
+    /// sender's liveness: (alive, one-way delay).
+    rx_paths: Vec<(bool, Option<Nanos>)>,
 }
 
 /// A poll-mode worker. Call [`Worker::poll`] in a loop on its lcore.
@@ -128,15 +145,37 @@ pub struct Worker {
     /// SPI -> (bundle, tunnel), sorted by SPI for a binary search.
     spis: Vec<(u32, u16, u16)>,
     counters: WorkerCounters,
+    /// Drops of the plain ESP engine (bundle engines count their own).
+    plain_drops: DropCounters,
     ident: u16,
+    /// When timers next run.
+    next_timers: Nanos,
+    /// When the next ICMP error may be sent (rate limit, RFC 1812 4.3.2.8).
+    next_icmp: Nanos,
     // Per-burst scratch, allocated once.
     rx_burst: Vec<Mbuf>,
     lan_out: Vec<Mbuf>,
     wan_out: Vec<Vec<Mbuf>>,
+    /// (bundle, tunnel) of each packet of `wan_out`, to count it per tunnel
+    /// once the port took it.
+    wan_tags: Vec<Vec<(u16, u16)>>,
+    /// Lengths of a TX burst, read before the port takes the mbufs.
+    tx_lens: Vec<u32>,
 }
 
 /// Ethernet header length.
 const ETH: usize = 14;
+
+/// Timers (re-orderer holds, reassembly, probes) run at most this often:
+/// every poll would cost a pass over every re-orderer per burst.
+const TIMER_PERIOD: Nanos = 10_000;
+
+/// Outer IPv4 and UDP headers.
+const OUTER_IP_UDP: usize = 20 + 8;
+
+/// At most one ICMP error per this long: enough for a sender's path MTU
+/// discovery, never a flood (RFC 1812 section 4.3.2.8 asks for a limit).
+const ICMP_INTERVAL: Nanos = 1_000_000;
 
 impl Worker {
     /// Builds a worker around its queues. `wan_rx[i]`/`wan_tx[i]` belong to
@@ -198,7 +237,17 @@ impl Worker {
                     for (i, t) in bs.tunnels.iter().enumerate() {
                         balancer.set_params(i, t.params);
                     }
-                    Engine::Plain(Plain { balancer, leases: (0..n).map(|_| None).collect(), inbound })
+                    let max_outer = bs.tunnels.iter().map(|t| setup.wans.get(t.wan).map_or(0, |w| w.mtu as usize)).min().unwrap_or(0);
+                    let inner_mtu = (0..=u16::MAX).rev().find(|&l| OUTER_IP_UDP + esp::packet_len(l as usize) <= max_outer).unwrap_or(0);
+                    Engine::Plain(Plain {
+                        balancer,
+                        leases: (0..n).map(|_| None).collect(),
+                        want: vec![0; n],
+                        inbound,
+                        max_outer,
+                        inner_mtu,
+                        icmp_src: bs.tunnels.first().map_or([0; 4], |t| t.local.ip().octets()),
+                    })
                 }
             };
             for (i, t) in bs.tunnels.iter().enumerate() {
@@ -219,6 +268,7 @@ impl Worker {
                 out_sas,
                 wan_of: bs.tunnels.iter().map(|t| t.wan).collect(),
                 local_port: bs.tunnels.iter().map(|t| t.local.port()).collect(),
+                rx_paths: vec![(true, None); n],
             });
         }
         spis.sort_unstable();
@@ -242,10 +292,15 @@ impl Worker {
             peer_bundle: setup.peer_bundle,
             spis,
             counters,
+            plain_drops: DropCounters::default(),
             ident: 0,
+            next_timers: 0,
+            next_icmp: 0,
             rx_burst: Vec::with_capacity(BURST),
             lan_out: Vec::with_capacity(4 * BURST),
             wan_out: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
+            wan_tags: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
+            tx_lens: Vec::with_capacity(4 * BURST),
         })
     }
 
@@ -257,6 +312,7 @@ impl Worker {
     /// Counters so far (engine drops gathered from every bundle).
     pub fn counters(&self) -> WorkerCounters {
         let mut c = self.counters.clone();
+        c.engine.merge(&self.plain_drops);
         for b in &self.bundles {
             if let Engine::Bundle { tx, rx } = &b.engine {
                 c.engine.merge(tx.counters());
@@ -278,6 +334,17 @@ impl Worker {
             .collect()
     }
 
+    /// Packets the re-orderers hold, all bundles.
+    pub fn held(&self) -> usize {
+        self.bundles
+            .iter()
+            .map(|b| match &b.engine {
+                Engine::Bundle { rx, .. } => (0..=u16::MAX).map_while(|s| rx.reorderer(s)).map(|r| r.held()).sum(),
+                Engine::Plain(_) => 0,
+            })
+            .sum()
+    }
+
     /// Tunnels each bundle's balancer considers alive.
     pub fn paths_alive(&self) -> Vec<Vec<bool>> {
         self.bundles
@@ -296,7 +363,10 @@ impl Worker {
         for w in 0..self.wan_rx.len() {
             work += self.wan_to_lan(w, now);
         }
-        self.timers(now);
+        if now >= self.next_timers {
+            self.next_timers = now.saturating_add(TIMER_PERIOD);
+            self.timers(now);
+        }
         self.flush_tx();
         if work == 0 {
             self.counters.idle_polls += 1;
@@ -324,13 +394,23 @@ impl Worker {
         if n == 0 {
             return 0;
         }
-        // Route every packet: its bundle, or NONE when dropped.
+        // Route every packet: its bundle, or NONE when dropped (TOO_BIG:
+        // dropped, and may get an ICMP error).
         const NONE: u16 = u16::MAX;
+        const TOO_BIG: u16 = u16::MAX - 1;
         let mut dest = [NONE; BURST];
-        for (i, m) in self.rx_burst.iter().enumerate() {
+        for (i, m) in self.rx_burst.iter_mut().enumerate() {
             self.counters.lan_rx.add(m.pkt_len());
             match route(m, &self.routes, &self.peer_bundle) {
-                Ok(b) => dest[i] = b as u16,
+                Ok((b, ip_len)) => {
+                    // Ethernet pads short frames (a 40-byte TCP ACK) to 60
+                    // bytes: keep the IP packet only.
+                    let pad = m.data_len() - ETH - ip_len;
+                    if pad > 0 {
+                        m.trim(pad);
+                    }
+                    dest[i] = b as u16;
+                }
                 Err(r) => self.counters.drops.add(r),
             }
         }
@@ -342,11 +422,51 @@ impl Worker {
                 self.send_bundle(b, &burst, &dest[..n], now);
             }
         }
+        // Plain mode: a tunnel for every packet first, so that each tunnel
+        // leases exactly the sequence numbers this burst seals with.
+        let mut tunnel = [0u16; BURST];
+        let mut plain = false;
+        for (i, m) in burst.iter().enumerate() {
+            let b = dest[i];
+            let Some(st) = self.bundles.get_mut(b as usize) else { continue };
+            let Engine::Plain(p) = &mut st.engine else { continue };
+            let inner_len = m.data_len() - ETH;
+            // Size first: a packet no WAN carries must not charge the
+            // balancer. braid does not fragment outer packets.
+            if OUTER_IP_UDP + esp::packet_len(inner_len) > p.max_outer {
+                self.counters.drops.add(DpDrop::TooBig);
+                dest[i] = TOO_BIG;
+                tunnel[i] = b; // the bundle, for the ICMP error
+                continue;
+            }
+            match p.balancer.pick(inner_len, now) {
+                Some(t) => {
+                    tunnel[i] = t as u16;
+                    p.want[t] += 1;
+                    plain = true;
+                }
+                None => {
+                    self.counters.drops.add(DpDrop::NoPath);
+                    dest[i] = NONE;
+                }
+            }
+        }
         let mut burst = burst;
         for (i, m) in burst.drain(..).enumerate() {
             let b = dest[i];
-            if b != NONE && matches!(self.bundles[b as usize].engine, Engine::Plain(_)) {
-                self.send_plain(b as usize, m, now);
+            if b == TOO_BIG {
+                self.too_big(tunnel[i] as usize, m, now);
+            } else if b != NONE && matches!(self.bundles[b as usize].engine, Engine::Plain(_)) {
+                self.send_plain(b as usize, tunnel[i] as usize, m);
+            }
+        }
+        if plain {
+            // Leases never outlive the burst.
+            for st in &mut self.bundles {
+                if let Engine::Plain(p) = &mut st.engine {
+                    p.leases.iter_mut().for_each(|l| *l = None);
+                    p.want.fill(0);
+                }
             }
         }
         self.rx_burst = burst;
@@ -364,80 +484,128 @@ impl Worker {
             inner[k] = InnerPacket { bytes: l3, flow_hash: hash };
             k += 1;
         }
-        self.counters.encapsulated += k as u64;
         let st = &mut self.bundles[b];
         let Engine::Bundle { tx, .. } = &mut st.engine else { return };
         let area = esp_area_len(st.max_frame);
         let mut cursor = PackCursor::new();
-        loop {
-            let Some(mut m) = Mbuf::alloc(&self.pool) else {
-                self.counters.drops.add_n(DpDrop::NoMbuf, (k - cursor.consumed().min(k)) as u64);
-                return;
-            };
-            let Some(buf) = m.append(OUTER_LEN + area) else {
-                self.counters.drops.add_n(DpDrop::TooBig, k as u64);
-                return;
-            };
+        let lost = loop {
+            let Some(mut m) = Mbuf::alloc(&self.pool) else { break Some(DpDrop::NoMbuf) };
+            let Some(buf) = m.append(OUTER_LEN + area) else { break Some(DpDrop::TooBig) };
             match tx.next_frame(&inner[..k], &mut cursor, &mut buf[OUTER_LEN..], now) {
-                None => return, // all packed; `m` goes back to the pool
-                Some(Err(_)) => self.counters.drops.add(DpDrop::Engine),
+                None => break None, // all packed; `m` goes back to the pool
+                // The frame is lost; the engine counts it by reason.
+                Some(Err(_)) => {}
                 Some(Ok(t)) => {
                     let wan = st.wan_of[t.tunnel];
                     m.trim(area - t.esp_len);
                     stamp_outer(&mut m, &st.outer[t.tunnel], t.esp_len, &mut self.ident, self.wans[wan].ip_csum_offload);
-                    self.counters.tunnels[b][t.tunnel].tx.add(m.pkt_len());
                     self.wan_out[wan].push(m);
+                    self.wan_tags[wan].push((b as u16, t.tunnel as u16));
                 }
             }
+        };
+        // Packets the packer took are encapsulated; the rest are dropped.
+        let packed = cursor.consumed().min(k);
+        self.counters.encapsulated += packed as u64;
+        if let Some(r) = lost {
+            self.counters.drops.add_n(r, (k - packed) as u64);
         }
     }
 
-    /// Plain mode: seal one packet in place in its own mbuf: outer headers
-    /// and the ESP header go in the headroom (reusing the Ethernet header's
-    /// 14 bytes), pad, trailer and ICV in the tailroom.
-    fn send_plain(&mut self, b: usize, mut m: Mbuf, now: Nanos) {
+    /// Plain mode: seal one packet on tunnel `t` in place in its own mbuf:
+    /// outer headers and the ESP header go in the headroom (reusing the
+    /// Ethernet header's 14 bytes), pad, trailer and ICV in the tailroom.
+    fn send_plain(&mut self, b: usize, t: usize, mut m: Mbuf) {
         let st = &mut self.bundles[b];
         let Engine::Plain(p) = &mut st.engine else { return };
         let inner_len = m.data_len() - ETH;
-        let Some(t) = p.balancer.pick(inner_len, now) else {
-            self.counters.drops.add(DpDrop::Engine);
-            return;
-        };
-        // Outer IPv4 + UDP + ESP must fit the WAN MTU: braid does not
-        // fragment outer packets.
         let wan = st.wan_of[t];
-        if 20 + 8 + esp::packet_len(inner_len) > self.wans[wan].mtu as usize {
-            self.counters.drops.add(DpDrop::TooBig);
-            return;
-        }
         if m.prepend(OUTER_LEN + esp::PAYLOAD_OFFSET - ETH).is_none() || m.append(esp::MAX_TAIL).is_none() {
             self.counters.drops.add(DpDrop::TooBig);
             return;
         }
-        let sa = st.out_sas[t].active();
-        if p.leases[t].as_ref().is_none_or(|l| l.is_empty() || l.spi() != sa.spi()) {
-            match sa.reserve(BURST) {
+        // One lease per tunnel per burst: the packets picked for it.
+        if p.leases[t].as_ref().is_none_or(SeqBlock::is_empty) {
+            let n = std::mem::take(&mut p.want[t]).max(1) as usize;
+            match st.out_sas[t].active().reserve(n) {
                 Ok(l) => p.leases[t] = Some(l),
-                Err(_) => {
-                    self.counters.drops.add(DpDrop::Engine);
+                Err(r) => {
+                    p.leases[t] = None;
+                    self.plain_drops.add(r);
                     return;
                 }
             }
         }
         let lease = p.leases[t].as_mut().expect("leased above");
+        // Seal with the SA the lease is from, even if a rekey switched the
+        // active one since.
+        let Some(sa) = st.out_sas[t].get(lease.spi()) else {
+            self.plain_drops.add(braid_tunnel::DropReason::EspWrongSeqBlock);
+            return;
+        };
         let esp_len = match plain::encapsulate(sa, lease, &mut m.data_mut()[OUTER_LEN..], inner_len) {
             Ok(l) => l,
-            Err(_) => {
-                self.counters.drops.add(DpDrop::Engine);
+            Err(r) => {
+                self.plain_drops.add(r);
                 return;
             }
         };
         let extra = m.data_len() - OUTER_LEN - esp_len;
         m.trim(extra);
         stamp_outer(&mut m, &st.outer[t], esp_len, &mut self.ident, self.wans[wan].ip_csum_offload);
-        self.counters.tunnels[b][t].tx.add(m.pkt_len());
         self.counters.encapsulated += 1;
         self.wan_out[wan].push(m);
+        self.wan_tags[wan].push((b as u16, t as u16));
+    }
+
+    /// Plain mode: a packet too big for the WAN (already counted as
+    /// `too_big`). An IPv4 packet with DF set gets ICMP "fragmentation
+    /// needed" with the next-hop MTU (RFC 792, RFC 1191), rate-limited, in
+    /// its own mbuf; the others are just dropped.
+    fn too_big(&mut self, b: usize, mut m: Mbuf, now: Nanos) {
+        if now < self.next_icmp {
+            return;
+        }
+        let Engine::Plain(p) = &self.bundles[b].engine else { return };
+        let d = m.data();
+        let ip = &d[ETH..];
+        let ihl = (ip[0] & 0x0f) as usize * 4;
+        // Never about an ICMP error, a later fragment, or a source that is
+        // not one host (RFC 1812 section 4.3.2.7).
+        let icmp_error = ip[9] == 1 && ip.get(ihl).is_some_and(|&t| t != 0 && t != 8);
+        let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
+        if u16::from_be_bytes([d[12], d[13]]) != 0x0800 || ip[6] & 0x40 == 0 || icmp_error || later_fragment || ip[12] == 0 || ip[12] >= 224 {
+            return;
+        }
+        let (src, mtu) = (p.icmp_src, p.inner_mtu);
+        // The offending header and the first 8 octets of its payload.
+        let quote_len = (ihl + 8).min(ip.len());
+        let mut quote = [0u8; 60 + 8];
+        quote[..quote_len].copy_from_slice(&ip[..quote_len]);
+        let total = 20 + 8 + quote_len;
+        let extra = m.data_len() - ETH - total;
+        if !m.trim(extra) {
+            return;
+        }
+        let f = m.data_mut();
+        let orig_src = [quote[12], quote[13], quote[14], quote[15]];
+        let ip = &mut f[ETH..ETH + 20];
+        ip.copy_from_slice(&[0x45, 0xc0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&orig_src);
+        let c = !braid_tunnel::wire::checksum::sum(ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let icmp = &mut f[ETH + 20..];
+        icmp[..8].copy_from_slice(&[3, 4, 0, 0, 0, 0, 0, 0]);
+        icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
+        icmp[8..].copy_from_slice(&quote[..quote_len]);
+        let c = !braid_tunnel::wire::checksum::sum(icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        write_eth(f, &self.lan);
+        self.next_icmp = now.saturating_add(ICMP_INTERVAL);
+        self.counters.icmp_sent += 1;
+        self.lan_out.push(m);
     }
 
     fn wan_to_lan(&mut self, w: usize, now: Nanos) -> usize {
@@ -456,6 +624,9 @@ impl Worker {
         n
     }
 
+    /// One WAN frame. Dataplane drops come back as `Err`; an ESP packet the
+    /// engine refuses is counted here: in the engine counters by reason,
+    /// and in its tunnel's `rejected`.
     fn receive_esp(&mut self, mut m: Mbuf, now: Nanos) -> Result<(), DpDrop> {
         if !m.is_contiguous() {
             return Err(DpDrop::Multiseg);
@@ -468,40 +639,39 @@ impl Worker {
         if st.local_port[t] != dst_port {
             return Err(DpDrop::TunnelMismatch);
         }
+        let tc = &mut self.counters.tunnels[b][t];
         match &mut st.engine {
             Engine::Bundle { rx, .. } => {
                 let pool = &self.pool;
                 let lan = self.lan;
-                let mut dropped_nombuf = 0u64;
-                let make = |inner: &[u8]| -> Option<Mbuf> {
-                    let r = lan_frame(pool, &lan, inner);
-                    if r.is_none() {
-                        dropped_nombuf += 1;
-                    }
-                    r
-                };
+                // An inner packet without an mbuf is the engine's
+                // `rx_no_buffer`.
+                let make = |inner: &[u8]| lan_frame(pool, &lan, inner);
                 let before = self.lan_out.len();
                 let r = rx.on_esp(&mut m.data_mut()[esp_at..esp_at + esp_len], now, make, &mut self.lan_out);
                 self.counters.delivered += (self.lan_out.len() - before) as u64;
-                self.counters.drops.add_n(DpDrop::NoMbuf, dropped_nombuf);
                 match r {
-                    Ok(_) => {
-                        self.counters.tunnels[b][t].rx.add(esp_len);
-                        Ok(())
-                    }
-                    Err(_) => Err(DpDrop::Engine),
+                    Ok(_) => tc.rx.add(esp_len),
+                    Err(_) => tc.rejected += 1,
                 }
+                Ok(())
             }
             Engine::Plain(p) => {
-                let opened = plain::decapsulate(&mut p.inbound[t], &mut m.data_mut()[esp_at..esp_at + esp_len], now)
-                    .map_err(|_| DpDrop::Engine)?;
-                self.counters.tunnels[b][t].rx.add(esp_len);
+                let opened = match plain::decapsulate(&mut p.inbound[t], &mut m.data_mut()[esp_at..esp_at + esp_len], now) {
+                    Ok(o) => o,
+                    Err(r) => {
+                        self.plain_drops.add(r);
+                        tc.rejected += 1;
+                        return Ok(());
+                    }
+                };
                 // Strip outer headers down to room for the LAN Ethernet
                 // header, and the ESP trailer.
                 let inner_at = esp_at + opened.payload.start;
                 // The inner IP header's own length, not the ESP payload's
                 // (RFC 4303 2.7 TFC padding may follow it).
                 let inner_len = inner_ip_len(&m.data()[inner_at..inner_at + opened.payload.len()]).ok_or(DpDrop::BadInnerIp)?;
+                tc.rx.add(esp_len);
                 let tail = m.data_len() - inner_at - inner_len;
                 m.adj(inner_at - ETH);
                 m.trim(tail);
@@ -533,44 +703,93 @@ impl Worker {
                 let wan = st.wan_of[t.tunnel];
                 m.trim(area - t.esp_len);
                 stamp_outer(&mut m, &st.outer[t.tunnel], t.esp_len, &mut self.ident, self.wans[wan].ip_csum_offload);
-                self.counters.tunnels[b][t.tunnel].tx.add(m.pkt_len());
                 self.wan_out[wan].push(m);
+                self.wan_tags[wan].push((b as u16, t.tunnel as u16));
+            }
+            // The re-orderers follow the sender's view of each path: a dead
+            // path holds no gap back, and the hold follows the delay skew.
+            for (path, seen) in st.rx_paths.iter_mut().enumerate() {
+                let view = (tx.path_alive(path), tx.path_delay(path));
+                if view.0 != seen.0 {
+                    rx.set_path_live(path, view.0);
+                }
+                if view.1 != seen.1 {
+                    rx.set_path_delay(path, view.1);
+                }
+                *seen = view;
             }
         }
     }
 
     fn flush_tx(&mut self) {
-        send_all(&mut self.lan_tx, &mut self.lan_out, &mut self.counters.lan_tx, &mut self.counters.drops, DpDrop::LanTxFull);
-        for (q, out) in self.wan_tx.iter_mut().zip(self.wan_out.iter_mut()) {
-            send_all(q, out, &mut self.counters.wan_tx, &mut self.counters.drops, DpDrop::WanTxFull);
+        let c = &mut self.counters;
+        let lan_tx = &mut c.lan_tx;
+        send_all(&mut self.lan_tx, &mut self.lan_out, &mut self.tx_lens, |_, len| lan_tx.add(len), &mut c.drops, [DpDrop::LanTxFull, DpDrop::LanTxRejected]);
+        for ((q, out), tags) in self.wan_tx.iter_mut().zip(self.wan_out.iter_mut()).zip(self.wan_tags.iter_mut()) {
+            debug_assert_eq!(out.len(), tags.len());
+            let (wan_tx, tunnels) = (&mut c.wan_tx, &mut c.tunnels);
+            let sent = |i: usize, len: usize| {
+                wan_tx.add(len);
+                let (b, t) = tags[i];
+                if let Some(tc) = tunnels.get_mut(b as usize).and_then(|ts| ts.get_mut(t as usize)) {
+                    tc.tx.add(len);
+                }
+            };
+            send_all(q, out, &mut self.tx_lens, sent, &mut c.drops, [DpDrop::WanTxFull, DpDrop::WanTxRejected]);
+            tags.clear();
         }
     }
 }
 
-/// Sends `out` (retrying briefly while the port makes progress), counts what
-/// went and drops what did not, by `reason`.
+/// Sends `out`, retrying briefly while the port makes progress. `sent(i,
+/// len)` counts each packet the port took (`i`: its index in `out`); what
+/// it refused in tx_prepare and what did not fit are dropped and counted
+/// as `[full, rejected]`.
 #[inline]
-fn send_all(q: &mut TxQueue, out: &mut Vec<Mbuf>, sent: &mut crate::counters::Flow, drops: &mut crate::counters::DpDrops, reason: DpDrop) {
+fn send_all(q: &mut TxQueue, out: &mut Vec<Mbuf>, lens: &mut Vec<u32>, mut sent: impl FnMut(usize, usize), drops: &mut DpDrops, [full, rejected]: [DpDrop; 2]) {
     if out.is_empty() {
         return;
     }
-    for m in out.iter() {
-        sent.add(m.pkt_len());
+    lens.clear();
+    lens.extend(out.iter().map(|m| m.pkt_len() as u32));
+    let mut at = 0;
+    let mut idle = 0;
+    while !out.is_empty() && idle < 8 {
+        let refused = q.rejected();
+        let n = q.tx_burst(out);
+        for (i, len) in lens[at..at + n].iter().enumerate() {
+            sent(at + i, *len as usize);
+        }
+        at += n;
+        if q.rejected() != refused {
+            // tx_burst freed the packet after the ones it sent.
+            drops.add(rejected);
+            at += 1;
+            idle = 0;
+        } else if n == 0 {
+            idle += 1;
+            std::hint::spin_loop();
+        } else {
+            idle = 0;
+        }
     }
-    q.tx_all(out, 8);
-    for m in out.drain(..) {
-        sent.packets -= 1;
-        sent.bytes -= m.pkt_len() as u64;
-        drops.add(reason);
-    }
+    drops.add_n(full, out.len() as u64);
+    out.clear();
 }
 
-/// Length of the IP packet at the start of `b` per its own header, if it
-/// fits in `b`.
+/// Length of the IP packet at the start of `b` per its own header, if the
+/// header is sane and the packet fits in `b`.
 #[inline]
 fn inner_ip_len(b: &[u8]) -> Option<usize> {
     let len = match b.first()? >> 4 {
-        4 if b.len() >= 20 => u16::from_be_bytes([b[2], b[3]]) as usize,
+        4 if b.len() >= 20 => {
+            let ihl = (b[0] & 0x0f) as usize * 4;
+            let total = u16::from_be_bytes([b[2], b[3]]) as usize;
+            if ihl < 20 || total < ihl {
+                return None;
+            }
+            total
+        }
         6 if b.len() >= 40 => 40 + u16::from_be_bytes([b[4], b[5]]) as usize,
         _ => return None,
     };
@@ -578,9 +797,10 @@ fn inner_ip_len(b: &[u8]) -> Option<usize> {
 }
 
 /// Parses a LAN frame enough to route it: Ethernet, IP version and header
-/// sanity, destination. Returns the bundle index.
+/// sanity, destination. Returns the bundle index and the IP packet's
+/// length (the frame may carry Ethernet padding after it).
 #[inline]
-fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<usize, DpDrop> {
+fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize, usize), DpDrop> {
     if !m.is_contiguous() {
         return Err(DpDrop::Multiseg);
     }
@@ -590,27 +810,31 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<usize, 
     }
     let ethertype = u16::from_be_bytes([d[12], d[13]]);
     let l3 = &d[ETH..];
-    let peer = match (ethertype, l3[0] >> 4) {
+    let (peer, len) = match (ethertype, l3[0] >> 4) {
         (0x0800, 4) => {
             let ihl = (l3[0] & 0x0f) as usize * 4;
             let total = u16::from_be_bytes([l3[2], l3[3]]) as usize;
-            if ihl < 20 || total < ihl || total != l3.len() {
+            if ihl < 20 || total < ihl || total > l3.len() {
                 return Err(DpDrop::BadInnerIp);
             }
-            routes.lookup_v4(std::net::Ipv4Addr::new(l3[16], l3[17], l3[18], l3[19]))
+            (routes.lookup_v4(std::net::Ipv4Addr::new(l3[16], l3[17], l3[18], l3[19])), total)
         }
         (0x86dd, 6) => {
-            if l3.len() < 40 || u16::from_be_bytes([l3[4], l3[5]]) as usize + 40 != l3.len() {
+            if l3.len() < 40 {
+                return Err(DpDrop::BadInnerIp);
+            }
+            let total = u16::from_be_bytes([l3[4], l3[5]]) as usize + 40;
+            if total > l3.len() {
                 return Err(DpDrop::BadInnerIp);
             }
             let mut a = [0u8; 16];
             a.copy_from_slice(&l3[24..40]);
-            routes.lookup_v6(std::net::Ipv6Addr::from(a))
+            (routes.lookup_v6(std::net::Ipv6Addr::from(a)), total)
         }
         _ => return Err(DpDrop::NotIp),
     };
     let peer = peer.ok_or(DpDrop::NoRoute)? as usize;
-    peer_bundle.get(peer).copied().ok_or(DpDrop::NoRoute)
+    Ok((peer_bundle.get(peer).copied().ok_or(DpDrop::NoRoute)?, len))
 }
 
 /// Finds the ESP packet in a WAN frame: (SPI, local UDP port, offset,
@@ -683,4 +907,33 @@ fn write_eth(buf: &mut [u8], lan: &L2) {
     buf[0..6].copy_from_slice(&lan.next_hop_mac);
     buf[6..12].copy_from_slice(&lan.mac);
     buf[12..14].copy_from_slice(&et.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inner_ip_len;
+
+    fn v4(ihl: u8, total: u16, len: usize) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x40 | ihl;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn inner_ip_len_checks_the_header() {
+        assert_eq!(inner_ip_len(&v4(5, 40, 44)), Some(40), "TFC padding after the packet");
+        assert_eq!(inner_ip_len(&v4(5, 20, 20)), Some(20));
+        assert_eq!(inner_ip_len(&v4(5, 19, 40)), None, "total below the header");
+        assert_eq!(inner_ip_len(&v4(6, 20, 40)), None, "total below IHL * 4");
+        assert_eq!(inner_ip_len(&v4(4, 40, 40)), None, "IHL below 5");
+        assert_eq!(inner_ip_len(&v4(5, 41, 40)), None, "past the buffer");
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[5] = 8;
+        assert_eq!(inner_ip_len(&v6), Some(48));
+        v6[5] = 9;
+        assert_eq!(inner_ip_len(&v6), None);
+        assert_eq!(inner_ip_len(&[]), None);
+    }
 }

@@ -8,6 +8,7 @@
 
 use std::process::Command;
 
+use braid_dataplane::counters::{DpDrop, WorkerCounters};
 use braid_dataplane::lab::traffic::{ip_packet, write_pcap, Family, Flow, L4};
 use braid_dataplane::lab::{self, Checker, Lab};
 use braid_dpdk::{Mbuf, BURST};
@@ -67,8 +68,34 @@ fn run(lab: &mut Lab, flows: &[Flow], per_flow: u32) -> Checker {
     checker
 }
 
+/// Every packet is counted once: each one that came in was passed on or
+/// dropped with one reason, and each one passed on was sent or dropped.
+/// `plain`: one ESP packet per inner packet, and only A sends data.
+fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
+    let ts = c.tunnels.iter().flatten();
+    let (rx, rejected, tx): (u64, u64, u64) =
+        ts.fold((0, 0, 0), |(r, j, t), c| (r + c.rx.packets, j + c.rejected, t + c.tx.packets));
+    let d = &c.drops;
+    let why = format!("{who}: {c:?}");
+    // In: LAN frames tunnelled or dropped, WAN frames accepted, refused by
+    // the engine or dropped.
+    assert_eq!(c.lan_rx.packets + c.wan_rx.packets, c.encapsulated + rx + rejected + d.total_rx(), "{why}");
+    // Out: the ports took what they were given or it was dropped.
+    assert_eq!(c.delivered + c.icmp_sent, c.lan_tx.packets + d.get(DpDrop::LanTxFull) + d.get(DpDrop::LanTxRejected), "{why}");
+    assert_eq!(tx, c.wan_tx.packets, "{why}");
+    assert!(c.engine.total() >= rejected, "{why}");
+    if plain {
+        assert_eq!(c.encapsulated, c.wan_tx.packets + d.get(DpDrop::WanTxFull) + d.get(DpDrop::WanTxRejected), "{why}");
+        assert_eq!(rx, c.delivered, "{why}");
+        assert_eq!(c.engine.total(), rejected, "{why}");
+    }
+}
+
 fn assert_clean(lab: &Lab, checker: &Checker, total: u64) {
     let (a, b) = lab.counters();
+    let plain = lab.tables_a.bundles[0].mode == braid_dataplane::worker::Mode::Plain;
+    assert_conserved(&a, "A", plain);
+    assert_conserved(&b, "B", plain);
     eprintln!("B rx: {:?}\nB engine drops: {:?}", lab.b.rx_debug(), b.engine.named());
     assert!(checker.bad.is_empty(), "{} bad deliveries, first: {:?}", checker.bad.len(), &checker.bad[..checker.bad.len().min(5)]);
     assert_eq!(checker.received, total, "A: {:?}\nB: {:?}", a.drops.named(), b.drops.named());
@@ -203,9 +230,7 @@ fn plain_mode_drops_what_the_wan_mtu_cannot_carry() {
 }
 
 #[test]
-fn bad_input_on_either_side_is_dropped_and_counted() {
-    use braid_dataplane::counters::DpDrop;
-    let (mut lab, _g) = start("bad", "bundle", &[1, 1], 16, 1500);
+fn bad_input_on_either_side_is_dropped_and_counted() {    let (mut lab, _g) = start("bad", "bundle", &[1, 1], 16, 1500);
     // A few good packets, captured, so we can replay and forge them.
     lab.capture = Some(Vec::new());
     lab.capture_limit = 8;
@@ -304,6 +329,10 @@ fn bad_input_on_either_side_is_dropped_and_counted() {
     assert_eq!(a.drops.get(DpDrop::NotIp), 2, "runt + ARP");
     assert_eq!(a.drops.get(DpDrop::BadInnerIp), 1);
     assert_eq!(a.drops.get(DpDrop::NoRoute), 1);
+    // Engine drops are counted once, in the engine counters.
+    assert_eq!(b.tunnels[0].iter().map(|t| t.rejected).sum::<u64>(), 2, "forged + replayed");
+    assert_conserved(&a, "A", false);
+    assert_conserved(&b, "B", false);
     // Nothing bad reached B's LAN.
     assert!(lab.delivered.is_empty(), "{} frames leaked to B's LAN", lab.delivered.len());
     lab.close();
@@ -397,9 +426,12 @@ fn random_and_mutated_frames_never_crash_a_gateway() {
     // accepted by a tunnel or dropped with a reason.
     let b_rx = b.wan_rx.packets - b0.wan_rx.packets;
     assert!(b_rx >= wan_in);
-    let accepted: u64 = b.tunnels[0].iter().map(|t| t.rx.packets).sum::<u64>() - b0.tunnels[0].iter().map(|t| t.rx.packets).sum::<u64>();
-    let b_drops: u64 = b.drops.named().iter().map(|(_, v)| v).sum::<u64>() - b0.drops.named().iter().map(|(_, v)| v).sum::<u64>();
+    let seen = |c: &WorkerCounters| c.tunnels[0].iter().map(|t| t.rx.packets + t.rejected).sum::<u64>();
+    let accepted = seen(&b) - seen(&b0);
+    let b_drops = b.drops.total_rx() - b0.drops.total_rx();
     assert_eq!(accepted + b_drops, b_rx, "B: {:?} engine {:?}", b.drops.named(), b.engine.named());
+    assert_conserved(&a, "A", false);
+    assert_conserved(&b, "B", false);
     eprintln!("fuzz: {lan_in} LAN frames, {wan_in} WAN frames; A drops {:?}; B drops {:?}; B engine {:?}", a.drops.named(), b.drops.named(), b.engine.named());
     lab.close();
 }

@@ -7,7 +7,7 @@
 
 pub mod traffic;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::config::{Config, Tables};
@@ -16,6 +16,7 @@ use crate::gateway::{outbound_sas, worker_setup, PortPlan};
 use crate::worker::Worker;
 use braid_dpdk::ring_port::RingPair;
 use braid_dpdk::{Mbuf, Mempool, Port, PortConfig, RxQueue, TxQueue, BURST};
+use braid_tunnel::sa::OutboundSaPair;
 
 use traffic::{ip_packet, tag, Flow};
 
@@ -77,7 +78,13 @@ pub fn config_json(side_a: bool, devices: (&str, &str), mode: &str, weights: &[u
     )
 }
 
-fn mac(s: &str) -> [u8; 6] {
+/// UDP destination port of an IPv4 frame without options (0 if shorter).
+fn udp_dport(d: &[u8]) -> u16 {
+    if d.len() >= 38 { u16::from_be_bytes([d[36], d[37]]) } else { 0 }
+}
+
+/// A MAC address from `aa:bb:..` text.
+pub fn mac(s: &str) -> [u8; 6] {
     let v: Vec<u8> = s.split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
     v.try_into().unwrap()
 }
@@ -107,6 +114,14 @@ pub struct Lab {
     pub capture_limit: usize,
     /// Extra delay (polls) for A->B frames per tunnel UDP port.
     pub delay_polls: HashMap<u16, u32>,
+    /// Tunnel UDP ports whose frames the middle loses, both ways.
+    pub drop_ports: HashSet<u16>,
+    /// The middle stops reading A's WAN port (its TX ring fills up).
+    pub hold_a_wan: bool,
+    /// The checker stops reading B's LAN port (its TX ring fills up).
+    pub hold_b_lan: bool,
+    /// A's outbound SAs (shared with A's worker), by bundle and tunnel.
+    pub sas_a: Vec<Vec<Arc<OutboundSaPair>>>,
     held: VecDeque<(u64, Mbuf)>,
     poll_no: u64,
     /// Frames B delivered to its LAN, in order, not yet checked.
@@ -168,7 +183,8 @@ impl Lab {
         let mid_b = mk_end(&ends[2]);
         let check = mk_end(&ends[3]);
         let names: Vec<String> = gw_ports.iter().map(|p| p.info().name.clone()).collect();
-        let build = |side_a: bool, lan: Port, wan: Port| -> (Worker, Arc<Tables>, Arc<Mempool>, Vec<Port>) {
+        type Built = (Worker, Arc<Tables>, Arc<Mempool>, Vec<Port>, Vec<Vec<Arc<OutboundSaPair>>>);
+        let build = |side_a: bool, lan: Port, wan: Port| -> Built {
             let (ln, wn) = if side_a { (&names[0], &names[1]) } else { (&names[3], &names[2]) };
             let json = config_json(side_a, (ln, wn), mode, weights, key_len, wan_mtu);
             let tables = Arc::new(Tables::from_config(&Config::from_json_str(&json).unwrap()).unwrap());
@@ -190,12 +206,12 @@ impl Lab {
                 0,
             )
             .unwrap();
-            (w, tables, pool, vec![lan, wan])
+            (w, tables, pool, vec![lan, wan], sas)
         };
         let mut gw = gw_ports.into_iter();
         let (alan, awan, bwan, blan) = (gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap());
-        let (a, tables_a, pool_a, pa) = build(true, alan, awan);
-        let (b, tables_b, pool_b, pb) = build(false, blan, bwan);
+        let (a, tables_a, pool_a, pa, sas_a) = build(true, alan, awan);
+        let (b, tables_b, pool_b, pb, _) = build(false, blan, bwan);
         ports.extend(ends);
         ports.extend(pa);
         ports.extend(pb);
@@ -214,6 +230,10 @@ impl Lab {
             capture: None,
             capture_limit: 0,
             delay_polls: HashMap::new(),
+            drop_ports: HashSet::new(),
+            hold_a_wan: false,
+            hold_b_lan: false,
+            sas_a,
             held: VecDeque::new(),
             poll_no: 0,
             delivered: Vec::new(),
@@ -258,15 +278,17 @@ impl Lab {
         // A -> B, capturing and delaying per tunnel port.
         let mut burst = Vec::with_capacity(BURST);
         let mut out = Vec::with_capacity(BURST);
-        while self.mid_a.rx.rx_burst(&mut burst, BURST) > 0 {
+        while !self.hold_a_wan && self.mid_a.rx.rx_burst(&mut burst, BURST) > 0 {
             for m in burst.drain(..) {
                 if let Some(c) = self.capture.as_mut() {
                     if c.len() < self.capture_limit {
                         c.push(m.to_vec());
                     }
                 }
-                let d = m.data();
-                let dport = if d.len() >= 38 { u16::from_be_bytes([d[36], d[37]]) } else { 0 };
+                let dport = udp_dport(m.data());
+                if self.drop_ports.contains(&dport) {
+                    continue;
+                }
                 match self.delay_polls.get(&dport) {
                     Some(&k) if k > 0 => self.held.push_back((self.poll_no + k as u64, m)),
                     _ => out.push(m),
@@ -291,6 +313,7 @@ impl Lab {
         }
         // B -> A (probe replies, probes).
         while self.mid_b.rx.rx_burst(&mut burst, BURST) > 0 {
+            burst.retain(|m| !self.drop_ports.contains(&udp_dport(m.data())));
             self.mid_a.tx.tx_all(&mut burst, 1000);
             assert!(burst.is_empty());
         }
@@ -304,7 +327,7 @@ impl Lab {
         self.b.poll(self.now);
         self.cycles_b += braid_dpdk::rdtsc() - t0;
         let mut got = Vec::with_capacity(BURST);
-        while self.check.rx.rx_burst(&mut got, BURST) > 0 {
+        while !self.hold_b_lan && self.check.rx.rx_burst(&mut got, BURST) > 0 {
             self.delivered_count += got.len() as u64;
             if self.keep_delivered {
                 self.delivered.extend(got.drain(..).map(|m| m.to_vec()));

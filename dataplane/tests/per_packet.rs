@@ -1,0 +1,357 @@
+//! The per-packet path's edge cases, end to end through two gateways on
+//! net_ring ports (no PCI): Ethernet padding, counting every packet once
+//! when queues fill and the engine refuses packets, sequence leases that
+//! never outlive a burst, plain mode's MTU check, and the re-orderer
+//! following the liveness of the paths.
+
+use std::collections::HashMap;
+
+use braid_dataplane::counters::{DpDrop, WorkerCounters};
+use braid_dataplane::encap::{OuterTemplate, OUTER_LEN};
+use braid_dataplane::lab::traffic::{ip_packet, tag, Family, Flow, L4};
+use braid_dataplane::lab::{self, Lab, TICK};
+use braid_dpdk::{Mbuf, BURST};
+use braid_tunnel::wire::esp;
+use braid_tunnel::DropReason;
+
+fn start(case: &str, mode: &str, weights: &[u32], wan_mtu: u32) -> (Lab, std::sync::MutexGuard<'static, ()>) {
+    let (_eal, guard) = braid_dpdk::testing::eal(&[], 1536);
+    (Lab::new(case, mode, weights, 16, wan_mtu), guard)
+}
+
+/// Every packet counted once (see `WorkerCounters`); `plain`: one ESP
+/// packet per inner packet and only A sends data.
+fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
+    let (rx, rejected, tx): (u64, u64, u64) =
+        c.tunnels.iter().flatten().fold((0, 0, 0), |(r, j, t), c| (r + c.rx.packets, j + c.rejected, t + c.tx.packets));
+    let d = &c.drops;
+    let why = format!("{who}: {c:?}");
+    assert_eq!(c.lan_rx.packets + c.wan_rx.packets, c.encapsulated + rx + rejected + d.total_rx(), "{why}");
+    assert_eq!(c.delivered + c.icmp_sent, c.lan_tx.packets + d.get(DpDrop::LanTxFull) + d.get(DpDrop::LanTxRejected), "{why}");
+    assert_eq!(tx, c.wan_tx.packets, "{why}");
+    assert!(c.engine.total() >= rejected, "{why}");
+    if plain {
+        assert_eq!(c.encapsulated, c.wan_tx.packets + d.get(DpDrop::WanTxFull) + d.get(DpDrop::WanTxRejected), "{why}");
+        assert_eq!(rx, c.delivered, "{why}");
+        assert_eq!(c.engine.total(), rejected, "{why}");
+    }
+}
+
+/// Sends `frames` into A's LAN and steps the lab once.
+fn send(lab: &mut Lab, frames: Vec<Mbuf>) {
+    let mut v = frames;
+    lab.gen.tx.tx_all(&mut v, 1000);
+    assert!(v.is_empty(), "A's LAN ring full");
+    lab.step();
+}
+
+/// A burst of `n` packets of flow `f` from `seq`, `size`-byte frames.
+fn burst(lab: &Lab, f: &Flow, seq: u32, n: u32, size: usize) -> Vec<Mbuf> {
+    (seq..seq + n).map(|s| lab.frame_to_a(&ip_packet(f, s, size))).collect()
+}
+
+/// An IPv6 packet with no payload (next header 59) to the LAN behind B.
+fn ipv6_empty() -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x60;
+    p[6] = 59;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&"fd00:1::5".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p[24..40].copy_from_slice(&"fd00:2::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p
+}
+
+/// Frames shorter than 60 bytes arrive padded by Ethernet: the gateway
+/// tunnels the IP packet (without the padding), in both modes; an IP total
+/// length past the frame or below the header is still dropped.
+#[test]
+fn ethernet_padding_is_trimmed_not_dropped() {
+    for mode in ["bundle", "plain"] {
+        let (mut lab, _g) = start(&format!("pad{}", &mode[..1]), mode, &[1], 1500);
+        // A 40-byte IPv4 UDP packet (a TCP ACK's size) and a 40-byte IPv6
+        // one, each padded to a 60-byte frame.
+        let v4 = ip_packet(&Flow::a_to_b(0, Family::V4, L4::Udp), 0, 54);
+        assert_eq!(v4.len(), 40);
+        let v6 = ipv6_empty();
+        let pad = |p: &[u8]| [p, &[0u8; 6][..]].concat();
+        let mut too_long = v4.clone();
+        too_long[2..4].copy_from_slice(&47u16.to_be_bytes());
+        let mut below_header = v4.clone();
+        below_header[2..4].copy_from_slice(&19u16.to_be_bytes());
+        let frames = vec![lab.frame_to_a(&pad(&v4)), lab.frame_to_a(&pad(&v6)), lab.frame_to_a(&pad(&too_long)), lab.frame_to_a(&pad(&below_header))];
+        send(&mut lab, frames);
+        lab.settle(5);
+        let (a, b) = lab.counters();
+        assert_eq!(a.drops.get(DpDrop::BadInnerIp), 2, "{mode}: {:?}", a.drops.named());
+        assert_eq!(a.encapsulated, 2, "{mode}");
+        let got: Vec<Vec<u8>> = lab.delivered.iter().map(|f| f[14..].to_vec()).collect();
+        assert_eq!(got, vec![v4.clone(), v6.clone()], "{mode}: B delivers the IP packets, unpadded");
+        assert_conserved(&a, "A", mode == "plain");
+        assert_conserved(&b, "B", mode == "plain");
+        lab.close();
+    }
+}
+
+/// One ESP-in-UDP frame from A to B on tunnel 0, sealed with A's real SA
+/// around `inner`.
+fn esp_frame(lab: &Lab, inner: &[u8]) -> Vec<u8> {
+    let sa = lab.sas_a[0][0].active();
+    let mut block = sa.reserve(1).unwrap();
+    let mut buf = vec![0u8; OUTER_LEN + esp::PAYLOAD_OFFSET + inner.len() + esp::MAX_TAIL];
+    buf[OUTER_LEN + esp::PAYLOAD_OFFSET..][..inner.len()].copy_from_slice(inner);
+    let esp_len = braid_tunnel::plain::encapsulate(sa, &mut block, &mut buf[OUTER_LEN..], inner.len()).unwrap();
+    buf.truncate(OUTER_LEN + esp_len);
+    let t = OuterTemplate::new(lab::mac(lab::A_WAN_MAC), lab::mac(lab::B_WAN_MAC), "192.0.2.1:4500".parse().unwrap(), "198.51.100.1:4500".parse().unwrap());
+    t.write(&mut buf, esp_len, 1, false);
+    buf
+}
+
+/// Plain mode: a full LAN queue at B, a full WAN queue at A, a replayed,
+/// a forged and a well-sealed packet whose inner IPv4 total length is below
+/// its header length: every packet is counted once, under one reason; the
+/// engine's reasons are counted for plain mode too; a tunnel counts only
+/// the packets it passed on.
+#[test]
+fn plain_mode_counts_every_packet_once() {
+    let (mut lab, _g) = start("pcnt", "plain", &[1, 1], 1500);
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = 4;
+    let f = Flow::a_to_b(0, Family::V4, L4::Udp);
+    let mut seq = 0;
+    // B's LAN stops taking packets: B drops what its LAN ring cannot hold.
+    lab.hold_b_lan = true;
+    for _ in 0..50 {
+        let b = burst(&lab, &f, seq, BURST as u32, 200);
+        seq += BURST as u32;
+        send(&mut lab, b);
+    }
+    lab.hold_b_lan = false;
+    // A's WAN stops taking packets: A drops what its WAN ring cannot hold.
+    lab.hold_a_wan = true;
+    for _ in 0..50 {
+        let b = burst(&lab, &f, seq, BURST as u32, 200);
+        seq += BURST as u32;
+        send(&mut lab, b);
+    }
+    lab.hold_a_wan = false;
+    lab.settle(20);
+    // Bad ESP into B: replayed, forged, and a bad inner header.
+    let good = lab.capture.take().unwrap()[0].clone();
+    let mut forged = good.clone();
+    let n = forged.len();
+    forged[n - 1] ^= 1;
+    let seq_at = 46;
+    let s = u32::from_be_bytes(forged[seq_at..seq_at + 4].try_into().unwrap()) + 100_000;
+    forged[seq_at..seq_at + 4].copy_from_slice(&s.to_be_bytes());
+    let mut inner = ip_packet(&f, 0, 60);
+    inner[2..4].copy_from_slice(&10u16.to_be_bytes());
+    let bad_inner = esp_frame(&lab, &inner);
+    let mut v: Vec<Mbuf> = [good, forged, bad_inner].iter().map(|b| lab.raw(b)).collect();
+    lab.mid_b.tx.tx_all(&mut v, 100);
+    let before = lab.delivered.len();
+    lab.settle(5);
+    assert_eq!(lab.delivered.len(), before, "nothing bad reaches B's LAN");
+
+    let (a, b) = lab.counters();
+    eprintln!("A {:?} {:?}\nB {:?} {:?}", a.drops.named(), a.engine.named(), b.drops.named(), b.engine.named());
+    assert!(b.drops.get(DpDrop::LanTxFull) > 0);
+    assert!(a.drops.get(DpDrop::WanTxFull) > 0);
+    assert_eq!(b.engine.get(DropReason::Replayed), 1);
+    assert_eq!(b.engine.get(DropReason::AuthFailed), 1);
+    assert_eq!(b.drops.get(DpDrop::BadInnerIp), 1);
+    assert_eq!(lab.delivered.len() as u64, b.lan_tx.packets);
+    assert_eq!(a.lan_rx.packets, seq as u64);
+    assert_conserved(&a, "A", true);
+    assert_conserved(&b, "B", true);
+    lab.close();
+}
+
+/// Bundle mode: the same with a full WAN queue at A and a full LAN queue
+/// at B (frames carry several packets; the engine counts what it drops).
+#[test]
+fn bundle_mode_counts_every_packet_once() {
+    let (mut lab, _g) = start("bcnt", "bundle", &[1, 2], 1500);
+    let flows: Vec<Flow> = (0..4).map(|i| Flow::a_to_b(i, Family::V4, L4::Udp)).collect();
+    let mut seq = 0;
+    let mut last = HashMap::new();
+    for phase in 0..3 {
+        lab.hold_a_wan = phase == 0;
+        lab.hold_b_lan = phase == 1;
+        for _ in 0..120 {
+            let frames: Vec<Mbuf> = (0..BURST as u32).map(|i| lab.frame_to_a(&ip_packet(&flows[(i % 4) as usize], seq + i / 4, 1000))).collect();
+            seq += BURST as u32 / 4;
+            send(&mut lab, frames);
+        }
+    }
+    lab.hold_a_wan = false;
+    lab.hold_b_lan = false;
+    lab.settle(200);
+    for f in std::mem::take(&mut lab.delivered) {
+        let (id, s) = tag(&f[14..]).unwrap();
+        assert!(last.insert(id, s).is_none_or(|p| s > p), "flow {id} out of order");
+    }
+    let (a, b) = lab.counters();
+    eprintln!("A {:?} {:?}\nB {:?} {:?}", a.drops.named(), a.engine.named(), b.drops.named(), b.engine.named());
+    assert!(a.drops.get(DpDrop::WanTxFull) > 0);
+    assert!(b.drops.get(DpDrop::LanTxFull) > 0);
+    assert_eq!(a.encapsulated, a.lan_rx.packets);
+    assert_eq!(lab.delivered_count, b.lan_tx.packets);
+    assert_eq!(lab.b.held(), 0);
+    assert_conserved(&a, "A", false);
+    assert_conserved(&b, "B", false);
+    lab.close();
+}
+
+/// ESP sequence number (low 32 bits) of a captured WAN frame.
+fn esp_seq(frame: &[u8]) -> u32 {
+    u32::from_be_bytes(frame[46..50].try_into().unwrap())
+}
+
+/// Plain mode leases per burst exactly the sequence numbers it seals
+/// with, and keeps none for the next burst: another worker on the same SA
+/// leasing in between never leaves this one sealing behind it.
+#[test]
+fn plain_mode_sequence_leases_do_not_outlive_a_burst() {
+    let (mut lab, _g) = start("plse", "plain", &[1], 1500);
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = 100;
+    let f = Flow::a_to_b(0, Family::V4, L4::Udp);
+    let b = burst(&lab, &f, 0, 3, 200);
+    send(&mut lab, b);
+    // Another worker leases 100 numbers of the same SA.
+    let other = lab.sas_a[0][0].active().reserve(100).unwrap();
+    assert_eq!(other.len(), 100);
+    let b = burst(&lab, &f, 3, 3, 200);
+    send(&mut lab, b);
+    lab.settle(3);
+    let seqs: Vec<u32> = lab.capture.take().unwrap().iter().map(|fr| esp_seq(fr)).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 104, 105, 106]);
+    assert_eq!(lab.delivered.len(), 6);
+    lab.close();
+}
+
+/// Plain mode checks a packet against the WAN MTU before the balancer
+/// picks a tunnel for it: too-big packets do not skew the shares.
+#[test]
+fn plain_mode_too_big_packets_do_not_charge_the_balancer() {
+    let (mut lab, _g) = start("pbal", "plain", &[1, 1], 1500);
+    let f = Flow::a_to_b(0, Family::V4, L4::Udp);
+    for i in 0..50 {
+        // Big, small, big, small...: before the fix every small packet
+        // went to the same tunnel.
+        let frames: Vec<Mbuf> = (0..16).map(|k| lab.frame_to_a(&ip_packet(&f, i * 16 + k, if k % 2 == 0 { 3000 } else { 200 }))).collect();
+        send(&mut lab, frames);
+    }
+    lab.settle(5);
+    let (a, _) = lab.counters();
+    assert_eq!(a.drops.get(DpDrop::TooBig), 400);
+    let tx: Vec<u64> = a.tunnels[0].iter().map(|t| t.tx.packets).collect();
+    assert_eq!(tx.iter().sum::<u64>(), 400);
+    assert!(tx.iter().all(|&n| n.abs_diff(200) <= 20), "shares {tx:?}");
+    lab.close();
+}
+
+/// Bundle mode: a tunnel that dies (lost both ways) stops holding back
+/// B's re-orderer: it learns the paths' delays and liveness from its
+/// sender's probes, so no packet waits the 100 ms hold ceiling for frames
+/// that were lost on the dead path.
+#[test]
+fn bundle_mode_reorderer_does_not_wait_for_a_dead_path() {
+    let (mut lab, _g) = start("bdead", "bundle", &[1, 1], 1500);
+    let flows: Vec<Flow> = (0..4).map(|i| Flow::a_to_b(i, Family::V4, L4::Udp)).collect();
+    let mut sent_at: HashMap<(u32, u32), u64> = HashMap::new();
+    let mut seq = 0u32;
+    let mut last = HashMap::new();
+    let mut worst = 0u64;
+    let ms = 1_000_000u64;
+    // 1.5 s of simulated time, a burst every millisecond; tunnel 1 dies
+    // after 0.5 s.
+    for step in 0..1500 {
+        if step == 500 {
+            lab.drop_ports.insert(4501);
+        }
+        let frames: Vec<Mbuf> = (0..8u32)
+            .map(|i| {
+                let f = &flows[(i % 4) as usize];
+                let s = seq + i / 4;
+                sent_at.insert((f.id, s), lab.now);
+                lab.frame_to_a(&ip_packet(f, s, 300))
+            })
+            .collect();
+        seq += 2;
+        send(&mut lab, frames);
+        for fr in std::mem::take(&mut lab.delivered) {
+            let (id, s) = tag(&fr[14..]).unwrap();
+            assert!(last.insert(id, s).is_none_or(|p| s > p), "flow {id} out of order");
+            worst = worst.max(lab.now - sent_at[&(id, s)]);
+        }
+        lab.now += ms - TICK;
+    }
+    let alive = lab.a.paths_alive();
+    assert_eq!(alive, vec![vec![true, false]], "A took tunnel 1 out of the rotation");
+    assert_eq!(lab.b.paths_alive(), vec![vec![true, false]], "B too");
+    assert!(worst < 20 * ms, "a packet waited {} ms in B's re-orderer", worst / ms);
+    let (_, b) = lab.counters();
+    assert_eq!(b.drops.named(), vec![]);
+    lab.close();
+}
+
+/// Plain mode answers an IPv4 packet with DF set that the WAN cannot carry
+/// with ICMP "fragmentation needed" and the largest inner packet that fits,
+/// at most one per millisecond; packets without DF are just dropped.
+#[test]
+fn plain_mode_answers_too_big_df_packets_with_icmp() {
+    use braid_tunnel::wire::checksum;
+    let (mut lab, _g) = start("picmp", "plain", &[1], 1500);
+    let f = Flow::a_to_b(0, Family::V4, L4::Udp);
+    let df = |seq: u32, size: usize| {
+        let mut p = ip_packet(&f, seq, size);
+        p[6] |= 0x40;
+        p[10] = 0;
+        p[11] = 0;
+        let c = !checksum::sum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    };
+    let big = df(0, 3000);
+    let take_icmp = |lab: &mut Lab| {
+        let mut got = Vec::new();
+        lab.gen.rx.rx_burst(&mut got, BURST);
+        got.iter().map(|m| m.to_vec()).collect::<Vec<_>>()
+    };
+    for round in 0..2 {
+        let frames = vec![
+            lab.frame_to_a(&big),
+            lab.frame_to_a(&df(1, 3000)),
+            lab.frame_to_a(&ip_packet(&f, 2, 3000)),
+            lab.frame_to_a(&df(3, 1400)),
+        ];
+        send(&mut lab, frames);
+        lab.settle(2);
+        let icmp = take_icmp(&mut lab);
+        assert_eq!(icmp.len(), 1, "round {round}: one error per burst (rate limit)");
+        let fr = &icmp[0];
+        assert_eq!(fr[0..6], lab::mac(lab::A_HOST_MAC));
+        assert_eq!(fr[6..12], lab::mac(lab::A_LAN_MAC));
+        assert_eq!(fr[12..14], [0x08, 0x00]);
+        let ip = &fr[14..];
+        assert_eq!(ip.len(), 20 + 8 + 28);
+        assert!(checksum::verifies(&ip[..20]));
+        assert_eq!((ip[9], &ip[12..16], &ip[16..20]), (1, &[192, 0, 2, 1][..], &f.src4.octets()[..]));
+        let icmp = &ip[20..];
+        assert!(checksum::verifies(icmp));
+        let mtu = u16::from_be_bytes([icmp[6], icmp[7]]) as usize;
+        assert_eq!((icmp[0], icmp[1]), (3, 4));
+        assert!(28 + esp::packet_len(mtu) <= 1500 && 28 + esp::packet_len(mtu + 1) > 1500, "next-hop MTU {mtu}");
+        assert_eq!(&icmp[8..], &big[..28]);
+        lab.now += 1_000_000;
+    }
+    let (a, b) = lab.counters();
+    assert_eq!(a.drops.get(DpDrop::TooBig), 6);
+    assert_eq!(a.icmp_sent, 2);
+    assert_eq!(a.lan_tx.packets, 2);
+    assert_eq!(lab.delivered.len(), 2);
+    assert_conserved(&a, "A", true);
+    assert_conserved(&b, "B", true);
+    lab.close();
+}
