@@ -1,24 +1,32 @@
-//! `braid-dataplane`: the process that owns the NICs. Loads the tables from
-//! a JSON file, starts EAL (vdevs with --no-pci, or an -a allow-list), sets
-//! the ports up, runs a worker, writes counters to a stats file while it
-//! runs and prints them on exit. SIGINT/SIGTERM stop it cleanly: workers
-//! stop, held packets are delivered, ports close, exit 0.
+//! `braid-dataplane`: the process that owns the NICs. Takes its tables from
+//! a JSON file, from the control process over shared memory (`--shm`), or
+//! both (the file first, then whatever the control process pushes). Starts
+//! EAL (vdevs with --no-pci, or an -a allow-list), sets the ports up, runs a
+//! worker, publishes counters to a stats segment (`--stats`) and/or a JSON
+//! file while it runs and prints them on exit. SIGINT/SIGTERM stop it
+//! cleanly: workers stop, held packets are delivered, ports close, exit 0.
 //!
-//! usage: braid-dataplane --config FILE [--stats-file PATH]
-//!            [--stats-interval-ms N] [--idle-us N] [--seconds N] -- <EAL args>
+//! usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH]
+//!            [--stats-file PATH] [--stats-interval-ms N] [--idle-us N]
+//!            [--seconds N] -- <EAL args>
 
+use std::io::Read;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use braid_dataplane::config::{Config, Tables};
-use braid_dataplane::gateway::{outbound_sas, worker_setup, PortPlan};
-use braid_dataplane::report;
+use braid_dataplane::control::{self, ControlConfig, Exchange, SaRegistry, Snapshot};
+use braid_dataplane::gateway::{worker_setup, PortPlan};
 use braid_dataplane::worker::Worker;
+use braid_dataplane::{report, stats};
 use braid_dpdk::{Eal, Mempool, Port, PortConfig};
 
 struct Args {
-    config: String,
+    config: Option<String>,
+    shm: Option<PathBuf>,
+    stats: Option<PathBuf>,
     stats_file: Option<String>,
     stats_interval: Duration,
     idle_us: u64,
@@ -26,13 +34,18 @@ struct Args {
     eal: Vec<String>,
 }
 
-const USAGE: &str = "usage: braid-dataplane --config FILE [--stats-file PATH] [--stats-interval-ms N] [--idle-us N] [--seconds N] -- <EAL args>";
+const USAGE: &str = "usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH] [--stats-file PATH] [--stats-interval-ms N] [--idle-us N] [--seconds N] -- <EAL args>";
+
+/// How often the worker publishes its counters to the stats segment.
+const SEGMENT_INTERVAL: Duration = Duration::from_millis(100);
 
 fn parse_args() -> Result<Args, String> {
     let all: Vec<String> = std::env::args().skip(1).collect();
     let split = all.iter().position(|a| a == "--").ok_or(USAGE)?;
     let mut a = Args {
-        config: String::new(),
+        config: None,
+        shm: None,
+        stats: None,
         stats_file: None,
         stats_interval: Duration::from_secs(1),
         idle_us: 50,
@@ -44,7 +57,9 @@ fn parse_args() -> Result<Args, String> {
         let v = it.next().ok_or_else(|| format!("{k} needs a value; {USAGE}"))?;
         let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{k}: not a number: {v:?}"));
         match k.as_str() {
-            "--config" => a.config = v.clone(),
+            "--config" => a.config = Some(v.clone()),
+            "--shm" => a.shm = Some(v.into()),
+            "--stats" => a.stats = Some(v.into()),
             "--stats-file" => a.stats_file = Some(v.clone()),
             "--stats-interval-ms" => a.stats_interval = Duration::from_millis(num(v)?),
             "--idle-us" => a.idle_us = num(v)?,
@@ -52,8 +67,8 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err(format!("unknown option {k}; {USAGE}")),
         }
     }
-    if a.config.is_empty() {
-        return Err(format!("--config is required; {USAGE}"));
+    if a.config.is_none() && a.shm.is_none() {
+        return Err(format!("--config or --shm is required; {USAGE}"));
     }
     Ok(a)
 }
@@ -75,16 +90,54 @@ fn write_stats(path: &str, json: &str) {
     }
 }
 
+/// New on every start: lets the control process tell a restarted dataplane
+/// from the one it pushed to.
+fn boot_id() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_ok() {
+        return u64::from_le_bytes(b);
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)
+}
+
 fn run() -> Result<(), String> {
     let args = parse_args()?;
-    let config = Config::load(&args.config).map_err(|e| format!("{}: {e}", args.config))?;
-    let tables = Arc::new(Tables::from_config(&config).map_err(|e| format!("{}: {e}", args.config))?);
-    let plan = PortPlan::new(&tables)?;
-
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
     }
+    let boot_id = boot_id();
+    const WORKERS: u16 = 1;
+
+    // The control endpoint first: without a file, the first tables come
+    // from the control process.
+    let mut endpoint = match &args.shm {
+        Some(shm) => Some(control::Endpoint::create(ControlConfig {
+            shm: shm.clone(),
+            stats: args.stats.clone(),
+            capacity: 1 << 16,
+            boot_id,
+            ack_timeout: Duration::from_secs(5),
+        })?),
+        None => None,
+    };
+    let (generation, tables) = match (&args.config, &mut endpoint) {
+        (Some(path), _) => {
+            let config = Config::load(path).map_err(|e| format!("{path}: {e}"))?;
+            (0, Tables::from_config(&config).map_err(|e| format!("{path}: {e}"))?)
+        }
+        (None, Some(ep)) => {
+            eprintln!("braid-dataplane: waiting for tables from the control process on {}", ep.path().display());
+            match ep.wait_first(&stop) {
+                Some(first) => first,
+                None => return Ok(()), // stopped while waiting
+            }
+        }
+        (None, None) => unreachable!("checked by parse_args"),
+    };
+    let tables = Arc::new(tables);
+    let plan = PortPlan::new(&tables)?;
 
     let eal = Eal::init(&args.eal).map_err(|e| e.to_string())?;
     eal.remove_runtime_dir_at_exit();
@@ -105,8 +158,19 @@ fn run() -> Result<(), String> {
         ports.push((i, port));
     }
     let offload = |i: usize| ports.iter().any(|(j, p)| *j == i && p.offloads().tx_ipv4_cksum);
-    let sas = outbound_sas(&tables);
+    let mut registry = SaRegistry::default();
+    let sas = registry.for_tables(&tables);
     let setup = worker_setup(&tables, &plan, &sas, 0, true, offload)?;
+    let (stats_seg, mut writers) = match &args.stats {
+        Some(path) => {
+            let (seg, w) = control::stats_segment(path, &tables, WORKERS, boot_id)?;
+            seg.set_applied_generation(generation);
+            (Some(seg), w)
+        }
+        None => (None, Vec::new()),
+    };
+    let mut writer = writers.pop();
+    let exchange = Exchange::new(Snapshot::new(generation, tables.clone(), sas, Vec::new()), WORKERS);
     let q = |k: usize| -> Result<_, String> {
         let p = &ports[k].1;
         Ok((p.rx_queue(0).map_err(|e| e.to_string())?, p.tx_queue(0).map_err(|e| e.to_string())?))
@@ -116,14 +180,52 @@ fn run() -> Result<(), String> {
     let t0 = Instant::now();
     let now = || t0.elapsed().as_nanos() as u64;
     let mut worker = Worker::new(setup, pool.clone(), lan_q, wan_q, now())?;
-    eprintln!("braid-dataplane: running ({} bundle(s), {} tunnel(s))", tables.bundles.len(), tables.bundles.iter().map(|b| b.tunnels.len()).sum::<usize>());
+    let control = match endpoint {
+        Some(ep) => Some(ep.spawn(exchange.clone(), registry, stats_seg, WORKERS, generation)?),
+        None => None,
+    };
+    let n_tunnels = |t: &Tables| t.bundles.iter().map(|b| b.tunnels.len()).sum::<usize>();
+    eprintln!("braid-dataplane: running generation {generation} ({} bundle(s), {} tunnel(s))", tables.bundles.len(), n_tunnels(&tables));
 
+    let mut tables = tables;
+    let mut mine = generation;
     let deadline = args.seconds.map(|s| t0 + Duration::from_secs(s));
     let mut next_stats = t0 + args.stats_interval;
+    let mut next_segment = t0;
+    let (mut cbuf, mut gbuf) = (Vec::new(), Vec::new());
     let mut idle = 0u32;
     let mut polls = 0u32;
     while !stop.load(Ordering::Relaxed) {
         polls = polls.wrapping_add(1);
+        if exchange.changed(mine) {
+            // New tables from the control thread: applied between bursts.
+            let snap = exchange.current();
+            match worker_setup(&snap.tables, &plan, &snap.sas, 0, true, offload).and_then(|s| worker.apply(s, now())) {
+                Ok(a) => {
+                    eprintln!(
+                        "braid-dataplane: generation {} live ({} bundle(s) kept, {} rebuilt, {} tunnel(s))",
+                        snap.generation,
+                        a.kept,
+                        a.rebuilt,
+                        n_tunnels(&snap.tables)
+                    );
+                    tables = snap.tables.clone();
+                    writer = snap.take_stats_writer(0);
+                }
+                Err(e) => {
+                    // Not reachable with tables the control thread checked
+                    // (ports unchanged, validated); the old tables keep
+                    // running and the stats segment, laid out for the new
+                    // ones, is left unwritten.
+                    eprintln!("braid-dataplane: generation {} not applied by worker 0: {e}", snap.generation);
+                    writer = None;
+                }
+            }
+            mine = snap.generation;
+            drop(snap);
+            exchange.ack(0, mine);
+            next_segment = Instant::now();
+        }
         if worker.poll(now()) == 0 {
             // Idle back-off: after 1000 empty polls, sleep between polls; a
             // busy worker never gets here.
@@ -140,6 +242,13 @@ fn run() -> Result<(), String> {
             if deadline.is_some_and(|d| t >= d) {
                 break;
             }
+            if t >= next_segment {
+                next_segment = t + SEGMENT_INTERVAL;
+                if let Some(w) = &mut writer {
+                    stats::flatten(&tables, &worker.counters(), &worker.paths_alive(), &mut cbuf, &mut gbuf);
+                    w.publish(&cbuf, &gbuf);
+                }
+            }
             if t >= next_stats {
                 next_stats = t + args.stats_interval;
                 if let Some(path) = &args.stats_file {
@@ -149,11 +258,19 @@ fn run() -> Result<(), String> {
         }
     }
     worker.drain();
-    let json = report::json(&tables, &worker.counters(), &worker.paths_alive(), t0.elapsed().as_secs_f64());
+    let counters = worker.counters();
+    if let Some(w) = &mut writer {
+        stats::flatten(&tables, &counters, &worker.paths_alive(), &mut cbuf, &mut gbuf);
+        w.publish(&cbuf, &gbuf);
+    }
+    let json = report::json(&tables, &counters, &worker.paths_alive(), t0.elapsed().as_secs_f64());
     if let Some(path) = &args.stats_file {
         write_stats(path, &json);
     }
     println!("{json}");
+    if let Some(c) = control {
+        c.stop();
+    }
     drop(worker);
     for (_, p) in ports {
         p.close();

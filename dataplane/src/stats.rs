@@ -13,8 +13,8 @@ use crate::config::Tables;
 use crate::counters::{DpDrop, Flow, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
-const SCALARS: [&str; 4] = ["encapsulated", "delivered", "idle_polls", "busy_polls"];
-const TUNNEL: [&str; 4] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes"];
+const SCALARS: [&str; 5] = ["encapsulated", "delivered", "icmp_sent", "idle_polls", "busy_polls"];
+const TUNNEL: [&str; 5] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected"];
 
 /// The stats segment's layout for `tables`.
 pub fn layout(tables: &Tables, workers: u16) -> StatsLayout {
@@ -45,13 +45,13 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
         let Flow { packets, bytes } = *f;
         counters.extend([packets, bytes]);
     }
-    counters.extend([c.encapsulated, c.delivered, c.idle_polls, c.busy_polls]);
+    counters.extend([c.encapsulated, c.delivered, c.icmp_sent, c.idle_polls, c.busy_polls]);
     counters.extend(DpDrop::ALL.iter().map(|d| c.drops.get(*d)));
     counters.extend(DropReason::ALL.iter().map(|d| c.engine.get(*d)));
     for (b, bundle) in tables.bundles.iter().enumerate() {
         for t in 0..bundle.tunnels.len() {
             let tc = c.tunnels.get(b).and_then(|v| v.get(t)).copied().unwrap_or_default();
-            counters.extend([tc.tx.packets, tc.tx.bytes, tc.rx.packets, tc.rx.bytes]);
+            counters.extend([tc.tx.packets, tc.tx.bytes, tc.rx.packets, tc.rx.bytes, tc.rejected]);
             let up = alive.get(b).and_then(|v| v.get(t)).copied().unwrap_or(false);
             gauges.push(up as u64);
         }

@@ -33,6 +33,9 @@ use crate::route::RouteTable;
 
 pub use crate::config::BundleMode as Mode;
 
+mod apply;
+pub use apply::Applied;
+
 /// One tunnel as a worker needs it.
 #[derive(Clone)]
 pub struct TunnelSetup {
@@ -118,6 +121,9 @@ enum Engine {
 }
 
 struct BundleState {
+    /// What it was built from: [`Worker::apply`] keeps the engine of a
+    /// bundle whose tunnels did not change.
+    spec: BundleSetup,
     engine: Engine,
     max_frame: usize,
     outer: Vec<OuterTemplate>,
@@ -127,6 +133,13 @@ struct BundleState {
     /// Each path as the receiver's re-orderers last heard of it from the
     /// sender's liveness: (alive, one-way delay).
     rx_paths: Vec<(bool, Option<Nanos>)>,
+}
+
+/// Table options a worker's engines are built with.
+struct Options {
+    replay_window: u64,
+    hold: HoldConfig,
+    probes: Option<LivenessConfig>,
 }
 
 /// A poll-mode worker. Call [`Worker::poll`] in a loop on its lcore.
@@ -142,6 +155,7 @@ pub struct Worker {
     bundles: Vec<BundleState>,
     routes: Arc<RouteTable>,
     peer_bundle: Vec<usize>,
+    options: Options,
     /// SPI -> (bundle, tunnel), sorted by SPI for a binary search.
     spis: Vec<(u32, u16, u16)>,
     counters: WorkerCounters,
@@ -190,88 +204,8 @@ impl Worker {
         if wan_queues.len() != setup.wans.len() {
             return Err(format!("{} WAN queue pairs for {} WAN ports", wan_queues.len(), setup.wans.len()));
         }
-        let mut spis = Vec::new();
-        let mut bundles = Vec::new();
-        for (b, bs) in setup.bundles.iter().enumerate() {
-            let n = bs.tunnels.len();
-            let mut inbound = Vec::with_capacity(n);
-            for t in &bs.tunnels {
-                let sa = InboundSa::new(&t.inbound, setup.replay_window).map_err(|e| format!("replay window: {e:?}"))?;
-                inbound.push(InboundSaPair::new(sa));
-            }
-            let out_sas: Vec<_> = bs.tunnels.iter().map(|t| t.out.clone()).collect();
-            let engine = match bs.mode {
-                Mode::Bundle => {
-                    let txc = BundleTxConfig {
-                        stream: setup.id,
-                        max_frame: bs.max_frame,
-                        policy: bs.policy,
-                        liveness: setup.probes,
-                        ..Default::default()
-                    };
-                    let mut tx = BundleTx::new(txc, out_sas.clone(), now);
-                    for (i, t) in bs.tunnels.iter().enumerate() {
-                        tx.balancer_mut().set_params(i, t.params);
-                    }
-                    // Probe replies go out as a stream no data sender uses.
-                    // Capacity for the packets in flight across the skew
-                    // between paths: at 1 Mpps and 2 ms of skew, ~2000
-                    // packets wait for a gap; big inner packets wait for
-                    // their fragments.
-                    let base = BundleRxConfig::default();
-                    let rxc = BundleRxConfig {
-                        reply_stream: 0x8000 | setup.id,
-                        reorder: ReorderConfig { hold: setup.hold, slots: 8192, per_bucket: 1024, ..base.reorder },
-                        reassembly: ReassemblyConfig { slots: 512, ..base.reassembly },
-                        // Probe replies are rare: a lease of several sequence
-                        // numbers would go stale behind the data traffic on
-                        // the same SA and fall out of the peer's window.
-                        seq_lease: 1,
-                        ..base
-                    };
-                    let rx = BundleRx::new(rxc, inbound, out_sas.clone());
-                    Engine::Bundle { tx: Box::new(tx), rx: Box::new(rx) }
-                }
-                Mode::Plain => {
-                    let mut balancer = Balancer::new(bs.policy, n);
-                    for (i, t) in bs.tunnels.iter().enumerate() {
-                        balancer.set_params(i, t.params);
-                    }
-                    let max_outer = bs.tunnels.iter().map(|t| setup.wans.get(t.wan).map_or(0, |w| w.mtu as usize)).min().unwrap_or(0);
-                    let inner_mtu = (0..=u16::MAX).rev().find(|&l| OUTER_IP_UDP + esp::packet_len(l as usize) <= max_outer).unwrap_or(0);
-                    Engine::Plain(Plain {
-                        balancer,
-                        leases: (0..n).map(|_| None).collect(),
-                        want: vec![0; n],
-                        inbound,
-                        max_outer,
-                        inner_mtu,
-                        icmp_src: bs.tunnels.first().map_or([0; 4], |t| t.local.ip().octets()),
-                    })
-                }
-            };
-            for (i, t) in bs.tunnels.iter().enumerate() {
-                spis.push((t.inbound.spi.0, b as u16, i as u16));
-                if t.wan >= setup.wans.len() {
-                    return Err(format!("bundle {b} tunnel {i}: WAN port {} does not exist", t.wan));
-                }
-            }
-            let outer = bs
-                .tunnels
-                .iter()
-                .map(|t| OuterTemplate::new(setup.wans[t.wan].mac, setup.wans[t.wan].next_hop_mac, t.local, t.remote))
-                .collect();
-            bundles.push(BundleState {
-                engine,
-                max_frame: bs.max_frame,
-                outer,
-                out_sas,
-                wan_of: bs.tunnels.iter().map(|t| t.wan).collect(),
-                local_port: bs.tunnels.iter().map(|t| t.local.port()).collect(),
-                rx_paths: vec![(true, None); n],
-            });
-        }
-        spis.sort_unstable();
+        let bundles = setup.bundles.iter().map(|bs| build_bundle(&setup, bs, now)).collect::<Result<Vec<_>, _>>()?;
+        let spis = spi_table(&setup.bundles);
         let counters = WorkerCounters {
             tunnels: setup.bundles.iter().map(|b| vec![TunnelCounters::default(); b.tunnels.len()]).collect(),
             ..Default::default()
@@ -290,6 +224,7 @@ impl Worker {
             bundles,
             routes: setup.routes,
             peer_bundle: setup.peer_bundle,
+            options: Options { replay_window: setup.replay_window, hold: setup.hold, probes: setup.probes },
             spis,
             counters,
             plain_drops: DropCounters::default(),
@@ -739,6 +674,98 @@ impl Worker {
             tags.clear();
         }
     }
+}
+
+/// Builds one bundle's engine state (its SAs, balancer, re-orderer).
+fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<BundleState, String> {
+    let n = bs.tunnels.len();
+    let mut inbound = Vec::with_capacity(n);
+    for t in &bs.tunnels {
+        let sa = InboundSa::new(&t.inbound, setup.replay_window).map_err(|e| format!("replay window: {e:?}"))?;
+        inbound.push(InboundSaPair::new(sa));
+    }
+    let out_sas: Vec<_> = bs.tunnels.iter().map(|t| t.out.clone()).collect();
+    let engine = match bs.mode {
+        Mode::Bundle => {
+            let txc = BundleTxConfig {
+                stream: setup.id,
+                max_frame: bs.max_frame,
+                policy: bs.policy,
+                liveness: setup.probes,
+                ..Default::default()
+            };
+            let mut tx = BundleTx::new(txc, out_sas.clone(), now);
+            for (i, t) in bs.tunnels.iter().enumerate() {
+                tx.balancer_mut().set_params(i, t.params);
+            }
+            // Probe replies go out as a stream no data sender uses.
+            // Capacity for the packets in flight across the skew
+            // between paths: at 1 Mpps and 2 ms of skew, ~2000
+            // packets wait for a gap; big inner packets wait for
+            // their fragments.
+            let base = BundleRxConfig::default();
+            let rxc = BundleRxConfig {
+                reply_stream: 0x8000 | setup.id,
+                reorder: ReorderConfig { hold: setup.hold, slots: 8192, per_bucket: 1024, ..base.reorder },
+                reassembly: ReassemblyConfig { slots: 512, ..base.reassembly },
+                // Probe replies are rare: a lease of several sequence
+                // numbers would go stale behind the data traffic on
+                // the same SA and fall out of the peer's window.
+                seq_lease: 1,
+                ..base
+            };
+            let rx = BundleRx::new(rxc, inbound, out_sas.clone());
+            Engine::Bundle { tx: Box::new(tx), rx: Box::new(rx) }
+        }
+        Mode::Plain => {
+            let mut balancer = Balancer::new(bs.policy, n);
+            for (i, t) in bs.tunnels.iter().enumerate() {
+                balancer.set_params(i, t.params);
+            }
+            let max_outer = bs.tunnels.iter().map(|t| setup.wans.get(t.wan).map_or(0, |w| w.mtu as usize)).min().unwrap_or(0);
+            let inner_mtu = (0..=u16::MAX).rev().find(|&l| OUTER_IP_UDP + esp::packet_len(l as usize) <= max_outer).unwrap_or(0);
+            Engine::Plain(Plain {
+                balancer,
+                leases: (0..n).map(|_| None).collect(),
+                want: vec![0; n],
+                inbound,
+                max_outer,
+                inner_mtu,
+                icmp_src: bs.tunnels.first().map_or([0; 4], |t| t.local.ip().octets()),
+            })
+        }
+    };
+    for (i, t) in bs.tunnels.iter().enumerate() {
+        if t.wan >= setup.wans.len() {
+            return Err(format!("tunnel {i}: WAN port {} does not exist", t.wan));
+        }
+    }
+    let outer = bs
+        .tunnels
+        .iter()
+        .map(|t| OuterTemplate::new(setup.wans[t.wan].mac, setup.wans[t.wan].next_hop_mac, t.local, t.remote))
+        .collect();
+    Ok(BundleState {
+        spec: bs.clone(),
+        engine,
+        max_frame: bs.max_frame,
+        outer,
+        out_sas,
+        wan_of: bs.tunnels.iter().map(|t| t.wan).collect(),
+        local_port: bs.tunnels.iter().map(|t| t.local.port()).collect(),
+        rx_paths: vec![(true, None); n],
+    })
+}
+
+/// SPI -> (bundle, tunnel), sorted by SPI.
+fn spi_table(bundles: &[BundleSetup]) -> Vec<(u32, u16, u16)> {
+    let mut spis: Vec<(u32, u16, u16)> = bundles
+        .iter()
+        .enumerate()
+        .flat_map(|(b, bs)| bs.tunnels.iter().enumerate().map(move |(i, t)| (t.inbound.spi.0, b as u16, i as u16)))
+        .collect();
+    spis.sort_unstable();
+    spis
 }
 
 /// Sends `out`, retrying briefly while the port makes progress. `sent(i,

@@ -1,0 +1,129 @@
+//! Applying new tables to a running worker, between two bursts.
+//!
+//! A bundle whose tunnels did not change (same WAN port, endpoints, SAs,
+//! mode, policy and frame size) keeps its whole engine: sequence streams,
+//! re-orderer, reassembly, liveness; only its tunnels' weights and rates
+//! are updated. Routes and the peer -> bundle map are swapped whole. So a
+//! change of weights or routes loses nothing in flight. A bundle whose
+//! tunnels changed is rebuilt: its re-orderer first delivers what it held,
+//! and ESP packets still in flight for a removed SA are dropped as
+//! `unknown_spi` (counted).
+
+use std::sync::Arc;
+
+use braid_tunnel::Nanos;
+
+use super::{build_bundle, spi_table, BundleSetup, BundleState, Engine, Worker, WorkerSetup};
+use crate::counters::TunnelCounters;
+
+/// Whether `new` can keep the engine built for `old`.
+fn same_tunnels(old: &BundleSetup, new: &BundleSetup) -> bool {
+    old.mode == new.mode
+        && old.policy == new.policy
+        && old.max_frame == new.max_frame
+        && old.tunnels.len() == new.tunnels.len()
+        && old.tunnels.iter().zip(&new.tunnels).all(|(a, b)| {
+            a.wan == b.wan
+                && a.local == b.local
+                && a.remote == b.remote
+                && Arc::ptr_eq(&a.out, &b.out)
+                && a.inbound.spi == b.inbound.spi
+                && a.inbound.salt == b.inbound.salt
+                && a.inbound.key.as_bytes() == b.inbound.key.as_bytes()
+        })
+}
+
+/// What [`Worker::apply`] did, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Bundles that kept their engine state.
+    pub kept: usize,
+    /// Bundles built new (new, or their tunnels changed).
+    pub rebuilt: usize,
+    /// Old engines dropped (bundles removed, or rebuilt because their
+    /// tunnels changed); what they held was delivered first.
+    pub dropped: usize,
+}
+
+impl Worker {
+    /// Takes `setup` (new tables) without stopping: see the module doc.
+    /// Ports cannot change here (the caller checks); a setup with another
+    /// number of WAN ports is refused and changes nothing.
+    pub fn apply(&mut self, setup: WorkerSetup, now: Nanos) -> Result<Applied, String> {
+        if setup.wans.len() != self.wans.len() {
+            return Err(format!("{} WAN ports in the new tables, {} running", setup.wans.len(), self.wans.len()));
+        }
+        let options_same = setup.replay_window == self.options.replay_window
+            && setup.hold == self.options.hold
+            && setup.probes == self.options.probes;
+        // Whatever is queued goes out (and is counted per tunnel) under the
+        // old numbering.
+        self.flush_tx();
+        // Build everything that can fail before touching the running state.
+        let mut old: Vec<Option<BundleState>> = std::mem::take(&mut self.bundles).into_iter().map(Some).collect();
+        let mut plan = Vec::with_capacity(setup.bundles.len());
+        for bs in &setup.bundles {
+            let keep = options_same
+                .then(|| old.iter().position(|o| o.as_ref().is_some_and(|o| same_tunnels(&o.spec, bs))))
+                .flatten();
+            match keep {
+                Some(i) => plan.push(Ok(i)),
+                None => match build_bundle(&setup, bs, now) {
+                    Ok(st) => plan.push(Err(st)),
+                    Err(e) => {
+                        self.bundles = old.into_iter().map(|o| o.expect("untouched")).collect();
+                        return Err(e);
+                    }
+                },
+            }
+        }
+        let mut applied = Applied::default();
+        let mut old_counters = std::mem::take(&mut self.counters.tunnels);
+        let mut bundles = Vec::with_capacity(plan.len());
+        let mut counters = Vec::with_capacity(plan.len());
+        for (p, bs) in plan.into_iter().zip(&setup.bundles) {
+            match p {
+                Ok(i) => {
+                    let mut st = old[i].take().expect("kept once");
+                    if let Engine::Bundle { tx, .. } = &mut st.engine {
+                        for (t, ts) in bs.tunnels.iter().enumerate() {
+                            tx.balancer_mut().set_params(t, ts.params);
+                        }
+                    } else if let Engine::Plain(p) = &mut st.engine {
+                        for (t, ts) in bs.tunnels.iter().enumerate() {
+                            p.balancer.set_params(t, ts.params);
+                        }
+                    }
+                    st.spec = bs.clone();
+                    bundles.push(st);
+                    counters.push(std::mem::take(&mut old_counters[i]));
+                    applied.kept += 1;
+                }
+                Err(st) => {
+                    bundles.push(st);
+                    counters.push(vec![TunnelCounters::default(); bs.tunnels.len()]);
+                    applied.rebuilt += 1;
+                }
+            }
+        }
+        // Bundles going away deliver what their re-orderers held.
+        for st in old.iter_mut().flatten() {
+            if let Engine::Bundle { rx, .. } = &mut st.engine {
+                let before = self.lan_out.len();
+                rx.flush(&mut self.lan_out);
+                self.counters.delivered += (self.lan_out.len() - before) as u64;
+            }
+            applied.dropped += 1;
+        }
+        self.bundles = bundles;
+        self.counters.tunnels = counters;
+        self.spis = spi_table(&setup.bundles);
+        self.routes = setup.routes;
+        self.peer_bundle = setup.peer_bundle;
+        self.options.replay_window = setup.replay_window;
+        self.options.hold = setup.hold;
+        self.options.probes = setup.probes;
+        self.flush_tx();
+        Ok(applied)
+    }
+}
