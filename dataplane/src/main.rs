@@ -271,6 +271,10 @@ fn run() -> Result<(), String> {
     if let Some(c) = control {
         c.stop();
     }
+    // A control process reading the stats sees the dataplane gone.
+    if let Some(p) = &args.stats {
+        let _ = std::fs::remove_file(p);
+    }
     drop(worker);
     for (_, p) in ports {
         p.close();

@@ -1,0 +1,155 @@
+//! The dataplane driven over shared memory, as the control process drives
+//! it: started without a configuration file it says hello and waits; a bad
+//! snapshot is rejected with the reason; a good one starts the ports; a
+//! later one is applied live (its generation shows in the stats segment,
+//! re-created for the new tables); one that changes ports is refused and
+//! the running tables stay; SIGTERM stops it and removes both segments.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use braid_shm::proto::{push_config, Event};
+use braid_shm::stats::StatsReader;
+use braid_shm::{Consumer, Producer, Ring, Segment};
+
+const BIN: &str = env!("CARGO_BIN_EXE_braid-dataplane");
+
+fn doc(weight: u32, mtu: u32, extra_route: bool) -> String {
+    let key = "00112233445566778899aabbccddeeff";
+    let route = if extra_route { r#",{"prefix":"10.9.0.0/16","peer":"p"}"# } else { "" };
+    format!(
+        r#"{{"ports":[
+  {{"name":"lan","device":"net_null0","role":"lan","mac":"02:00:00:00:00:01","next_hop_mac":"02:00:00:00:00:02","mtu":{mtu}}},
+  {{"name":"wan","device":"net_null1","role":"wan","mac":"02:00:00:00:01:01","ipv4":"192.0.2.1/24","next_hop_mac":"02:00:00:00:01:02"}}],
+ "peers":[{{"name":"p","bundle":"b"}}],
+ "bundles":[{{"name":"b","tunnels":[
+   {{"wan_port":"wan","local":"192.0.2.1:4500","remote":"192.0.2.2:4500","spi_out":4096,"spi_in":8192,"key_out":"{key}","key_in":"{key}","salt_out":"01020304","salt_in":"05060708","weight":{weight}}},
+   {{"wan_port":"wan","local":"192.0.2.1:4501","remote":"192.0.2.2:4501","spi_out":4097,"spi_in":8193,"key_out":"{key}","key_in":"{key}","salt_out":"01020304","salt_in":"05060708"}}]}}],
+ "routes":[{{"prefix":"10.2.0.0/16","peer":"p"}}{route}]}}"#
+    )
+}
+
+/// Ends the dataplane (by pid) and removes what it made, even when the
+/// test fails half-way.
+struct Dataplane {
+    child: Option<Child>,
+    prefix: String,
+    files: Vec<PathBuf>,
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn next_event(events: &mut Consumer) -> Event {
+    let m = wait_for("an event", Duration::from_secs(20), || events.try_pop());
+    Event::from_msg(&m).expect("an event message")
+}
+
+fn push(p: &mut Producer, generation: u64, doc: &str) {
+    push_config(p, generation, doc.as_bytes(), Duration::from_secs(5)).unwrap();
+}
+
+fn counter(r: &StatsReader, name: &str) -> u64 {
+    let i = r.layout().counter_index(name).unwrap_or_else(|| panic!("no counter {name}"));
+    r.snapshot().totals[i]
+}
+
+#[test]
+fn snapshots_over_shared_memory_start_and_change_the_dataplane() {
+    let id = std::process::id();
+    let shm = PathBuf::from(format!("/dev/shm/braid-test-{id}.ctl"));
+    let stats = PathBuf::from(format!("/dev/shm/braid-test-{id}.stats"));
+    let prefix = format!("braid-shmctl-{id}");
+    let mut dp = Dataplane { child: None, prefix: prefix.clone(), files: vec![shm.clone(), stats.clone()] };
+    dp.child = Some(
+        Command::new(BIN)
+            .args(["--shm", shm.to_str().unwrap(), "--stats", stats.to_str().unwrap(), "--idle-us", "200", "--"])
+            .args(["--no-pci", "--no-huge", "-m", "256", "-l", "0", "--file-prefix", &prefix, "--log-level=*:error"])
+            .args(["--vdev=net_null0", "--vdev=net_null1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let seg = wait_for("the segment", Duration::from_secs(20), || Segment::open(&shm).ok());
+    let mut commands = seg.producer(Ring::Commands).unwrap();
+    let mut events = seg.consumer(Ring::Events).unwrap();
+    let Event::Hello { boot_id, generation: 0 } = next_event(&mut events) else { panic!("no hello") };
+
+    // Garbage and an invalid document: rejected with the reason, nothing runs.
+    push(&mut commands, 1, "{not json");
+    assert!(matches!(next_event(&mut events), Event::Rejected { generation: 1, .. }));
+    push(&mut commands, 2, &doc(1, 1500, false).replace("\"weight\":1", "\"weight\":0"));
+    let Event::Rejected { generation: 2, reason } = next_event(&mut events) else { panic!() };
+    assert!(reason.contains("weight"), "{reason}");
+    assert!(!Path::new(&format!("/var/run/dpdk/{prefix}")).exists(), "EAL started on a rejected document");
+
+    // The first good document starts the ports.
+    push(&mut commands, 3, &doc(1, 1500, false));
+    assert_eq!(next_event(&mut events), Event::Applied { generation: 3 });
+    let r = wait_for("the stats segment", Duration::from_secs(10), || StatsReader::open(&stats).ok());
+    let s = r.snapshot();
+    assert_eq!((s.boot_id, s.applied_generation), (boot_id, 3));
+    // net_null's frames are junk: received and dropped, counted live.
+    wait_for("LAN frames counted", Duration::from_secs(10), || (counter(&r, "lan/rx_packets") > 0).then_some(()));
+    assert!(r.layout().counter_index("tunnel/b/1/tx_packets").is_some());
+    assert_eq!(r.layout().gauges, vec!["path/b/0/alive", "path/b/1/alive"]);
+
+    // A live change: weights and routes. Applied; a new stats segment for
+    // the new tables, and the counters carry on.
+    let before = counter(&r, "lan/rx_packets");
+    push(&mut commands, 4, &doc(3, 1500, true));
+    assert_eq!(next_event(&mut events), Event::Applied { generation: 4 });
+    assert!(r.is_replaced());
+    let r2 = StatsReader::open(&stats).unwrap();
+    assert_eq!(r2.snapshot().applied_generation, 4);
+    wait_for("counters carried over", Duration::from_secs(10), || (counter(&r2, "lan/rx_packets") > before).then_some(()));
+
+    // The same generation again (a control process resyncing): applied, no-op.
+    push(&mut commands, 4, &doc(3, 1500, true));
+    assert_eq!(next_event(&mut events), Event::Applied { generation: 4 });
+
+    // Ports cannot change while running.
+    push(&mut commands, 5, &doc(3, 1400, true));
+    let Event::Rejected { generation: 5, reason } = next_event(&mut events) else { panic!() };
+    assert!(reason.contains("restart"), "{reason}");
+    assert_eq!(StatsReader::open(&stats).unwrap().snapshot().applied_generation, 4);
+
+    // SIGTERM: exit 0, segment removed.
+    let child = dp.child.as_mut().unwrap();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = wait_for("exit", Duration::from_secs(20), || child.try_wait().unwrap());
+    let err = {
+        use std::io::Read;
+        let mut s = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+        s
+    };
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("generation 4 live"), "{err}");
+    assert!(!shm.exists(), "segment left behind");
+    assert!(!stats.exists(), "stats segment left behind");
+    dp.child = None;
+}
