@@ -439,6 +439,9 @@ impl Worker {
                 }
             }
         };
+        // This burst's sequence leases end with it (several workers share
+        // each SA; a kept lease would go stale).
+        tx.end_burst();
         // Packets the packer took are encapsulated; the rest are dropped.
         let packed = cursor.consumed().min(k);
         self.counters.encapsulated += packed as u64;
@@ -583,7 +586,7 @@ impl Worker {
                 // `rx_no_buffer`.
                 let make = |inner: &[u8]| lan_frame(pool, &lan, inner);
                 let before = self.lan_out.len();
-                let r = rx.on_esp(&mut m.data_mut()[esp_at..esp_at + esp_len], now, make, &mut self.lan_out);
+                let r = rx.on_esp_from(t, &mut m.data_mut()[esp_at..esp_at + esp_len], now, make, &mut self.lan_out);
                 self.counters.delivered += (self.lan_out.len() - before) as u64;
                 match r {
                     Ok(_) => tc.rx.add(esp_len),
@@ -641,6 +644,7 @@ impl Worker {
                 self.wan_out[wan].push(m);
                 self.wan_tags[wan].push((b as u16, t.tunnel as u16));
             }
+            tx.end_burst();
             // The re-orderers follow the sender's view of each path: a dead
             // path holds no gap back, and the hold follows the delay skew.
             for (path, seen) in st.rx_paths.iter_mut().enumerate() {

@@ -772,7 +772,7 @@ fn nonces_never_repeat_across_threads() {
 }
 
 #[test]
-fn rekey_switches_spi_within_one_lease() {
+fn rekey_switches_spi_at_the_next_frame() {
     let mut rng = Rng(31);
     let p1 = sa_params(&mut rng, 0x501, true);
     let p2 = sa_params(&mut rng, 0x502, false);
@@ -808,11 +808,63 @@ fn rekey_switches_spi_within_one_lease() {
         spis.push(t.spi.0);
         rx.on_esp(&mut esp, 20, copy, &mut out).unwrap();
     }
-    // The block leased before the switch is used up first.
-    assert_eq!(spis, vec![0x501, 0x501, 0x502, 0x502, 0x502, 0x502]);
+    // The new SA seals from the next frame on; what was left of the old
+    // SA's lease is discarded.
+    assert_eq!(spis, vec![0x501, 0x502, 0x502, 0x502, 0x502, 0x502]);
     assert_eq!(out.len(), 6);
     assert_eq!(rx.tunnel_of(Spi(0x501)), Some(0));
     assert_eq!(rx.retire_expired(200), 1);
     assert_eq!(rx.tunnel_of(Spi(0x501)), None);
     assert_eq!(rx.tunnel_of(Spi(0x502)), Some(0));
+}
+
+/// Two senders (two workers) on the same SA: with `end_burst` after each
+/// burst, a slow sender never seals with numbers leased long ago (they
+/// would be far behind the busy sender's and out of the peer's window),
+/// and after a rekey the next frame uses the new SA at once.
+#[test]
+fn leases_end_with_the_burst_and_follow_a_rekey() {
+    let mut rng = Rng(7);
+    let (out, _) = direction(&mut rng, 1, 0x300);
+    let cfg = BundleTxConfig { policy: Policy::RoundRobin, ..BundleTxConfig::default() };
+    let mut slow = BundleTx::new(BundleTxConfig { stream: 1, ..cfg }, out.clone(), 0);
+    let mut busy = BundleTx::new(cfg, out.clone(), 0);
+    let pkt = inner_packet(false, 1, 0, 64);
+    // Warm both up with bursts of 10 frames so their leases grow to 10.
+    let mut last_busy = 0;
+    for _ in 0..3 {
+        for _ in 0..10 {
+            one_frame(&mut slow, &pkt);
+            last_busy = one_frame(&mut busy, &pkt).0.seq;
+        }
+        slow.end_burst();
+        busy.end_burst();
+    }
+    // The slow sender sends one frame per burst, the busy one 5000.
+    for _ in 0..20 {
+        let (t, _) = one_frame(&mut slow, &pkt);
+        assert!(t.seq > last_busy, "slow sender used {} after the busy one reached {last_busy}", t.seq);
+        slow.end_burst();
+        for _ in 0..5000 {
+            last_busy = one_frame(&mut busy, &pkt).0.seq;
+        }
+        busy.end_burst();
+    }
+    // Few numbers are wasted: leases follow the last burst's use.
+    assert!(last_busy < 20 * 5010 + 100, "{last_busy} numbers used for ~100,000 frames");
+
+    // Rekey between two frames of one burst: a sender holding a lease on
+    // the old SA seals its next frame with the new one.
+    let next = sa_params(&mut rng, 0x399, true);
+    let pair = Arc::new(out[0].with_next(Arc::new(OutboundSa::new(&next))));
+    let mut holder = BundleTx::new(cfg, vec![pair.clone()], 0);
+    for _ in 0..3 {
+        for _ in 0..10 {
+            one_frame(&mut holder, &pkt);
+        }
+        holder.end_burst();
+    }
+    assert_eq!(one_frame(&mut holder, &pkt).0.spi, Spi(0x300), "a lease of 10 taken on the old SA");
+    assert!(pair.activate(Spi(0x399)));
+    assert_eq!(one_frame(&mut holder, &pkt).0.spi, Spi(0x399), "new SA at once, not after the lease");
 }

@@ -282,7 +282,31 @@ impl<H, A: Aead> BundleRx<H, A> {
         make_handle: impl FnMut(&[u8]) -> Option<H>,
         out: &mut impl Extend<H>,
     ) -> Result<RxSummary, DropReason> {
-        let r = self.on_esp_inner(buf, now, make_handle, out);
+        self.on_esp_at(None, buf, now, make_handle, out)
+    }
+
+    /// [`on_esp`](Self::on_esp) for a caller that already found the
+    /// packet's tunnel by its SPI (the SA still checks the SPI).
+    pub fn on_esp_from(
+        &mut self,
+        tunnel: usize,
+        buf: &mut [u8],
+        now: Nanos,
+        make_handle: impl FnMut(&[u8]) -> Option<H>,
+        out: &mut impl Extend<H>,
+    ) -> Result<RxSummary, DropReason> {
+        self.on_esp_at(Some(tunnel), buf, now, make_handle, out)
+    }
+
+    fn on_esp_at(
+        &mut self,
+        tunnel: Option<usize>,
+        buf: &mut [u8],
+        now: Nanos,
+        make_handle: impl FnMut(&[u8]) -> Option<H>,
+        out: &mut impl Extend<H>,
+    ) -> Result<RxSummary, DropReason> {
+        let r = self.on_esp_inner(tunnel, buf, now, make_handle, out);
         match &r {
             Ok(s) => {
                 self.counters.frames += 1;
@@ -295,13 +319,18 @@ impl<H, A: Aead> BundleRx<H, A> {
 
     fn on_esp_inner(
         &mut self,
+        tunnel: Option<usize>,
         buf: &mut [u8],
         now: Nanos,
         mut make_handle: impl FnMut(&[u8]) -> Option<H>,
         out: &mut impl Extend<H>,
     ) -> Result<RxSummary, DropReason> {
         let spi = Packet::new_checked(&*buf)?.spi();
-        let tunnel = self.tunnel_of(spi).ok_or(DropReason::EspUnknownSpi)?;
+        let tunnel = match tunnel {
+            Some(t) if t < self.inbound.len() => t,
+            Some(_) => return Err(DropReason::EspUnknownSpi),
+            None => self.tunnel_of(spi).ok_or(DropReason::EspUnknownSpi)?,
+        };
         // Anti-replay is checked before and updated after authentication (sa.rs).
         let opened = self.inbound[tunnel].open(buf, now)?;
         if opened.next_header != NEXT_HEADER_BUNDLE {

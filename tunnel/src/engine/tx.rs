@@ -66,11 +66,26 @@ pub struct TxCounters {
 pub(super) struct SealLane<A: Aead> {
     sa: Arc<OutboundSaPair<A>>,
     block: Option<SeqBlock>,
+    /// Frames sealed since the last [`end_burst`](Self::end_burst), and
+    /// in the burst before: the next burst's lease is sized from it.
+    used: u32,
+    hint: u32,
 }
 
 impl<A: Aead> SealLane<A> {
     pub(super) fn new(sa: Arc<OutboundSaPair<A>>) -> Self {
-        SealLane { sa, block: None }
+        SealLane { sa, block: None, used: 0, hint: 1 }
+    }
+
+    /// Discards what is left of the lease. A lease kept for a later burst
+    /// falls behind the numbers other workers use on the same SA meanwhile,
+    /// and out of the peer's replay window.
+    pub(super) fn end_burst(&mut self) {
+        self.block = None;
+        if self.used > 0 {
+            self.hint = self.used;
+        }
+        self.used = 0;
     }
 
     /// Replaces the SA pair; the held block survives if the new pair still
@@ -85,8 +100,8 @@ impl<A: Aead> SealLane<A> {
     }
 
     /// Seals the frame at `buf[16..16 + frame_len]` in place. A new block is
-    /// leased from the active SA only when the held one is used up, so a
-    /// rekey takes effect within `lease` packets per tunnel.
+    /// leased from the active SA when the held one is used up or belongs to
+    /// an SA that is no longer active (a rekey takes effect at once).
     pub(super) fn seal(
         &mut self,
         lease: usize,
@@ -94,11 +109,16 @@ impl<A: Aead> SealLane<A> {
         frame_len: usize,
         leases: &mut u64,
     ) -> Result<(crate::sa::Spi, u64, usize), DropReason> {
-        if self.block.as_ref().is_none_or(SeqBlock::is_empty) {
+        let active = self.sa.active();
+        if self.block.as_ref().is_none_or(|b| b.is_empty() || b.spi() != active.spi()) {
+            // As many as the last burst used (what this one probably
+            // needs), at most `lease`: few numbers wasted at end_burst.
+            let n = (self.hint.saturating_sub(self.used) as usize).clamp(1, lease.max(1));
             self.block = None;
-            self.block = Some(self.sa.active().reserve(lease.max(1))?);
+            self.block = Some(active.reserve(n)?);
             *leases += 1;
         }
+        self.used = self.used.saturating_add(1);
         let Some(block) = self.block.as_mut() else {
             return Err(DropReason::SaExhausted);
         };
@@ -281,6 +301,16 @@ impl<A: Aead> BundleTx<A> {
                 self.drops.add(reason);
                 Err(reason)
             }
+        }
+    }
+
+    /// Ends a burst: every tunnel drops what is left of its sequence lease
+    /// (see `SealLane::end_burst`). Call after each burst of
+    /// [`next_frame`](Self::next_frame) and [`poll`](Self::poll) calls when
+    /// several senders share the SAs.
+    pub fn end_burst(&mut self) {
+        for lane in &mut self.lanes {
+            lane.end_burst();
         }
     }
 
