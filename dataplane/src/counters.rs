@@ -47,8 +47,6 @@ drops! {
     NotTunnel => "not_tunnel",
     /// Outer IPv4 header malformed.
     BadOuterIp => "bad_outer_ip",
-    /// Outer IPv4 fragment (reassembly not implemented yet).
-    OuterFragment => "outer_fragment",
     /// UDP payload with the non-ESP marker (IKE): no IKE here.
     NonEsp => "non_esp",
     /// RFC 3948 NAT-keepalive (counted, not an error).
@@ -140,6 +138,19 @@ pub struct TunnelCounters {
     pub rejected: u64,
 }
 
+/// Outer IPv4 fragments (a peer or a path that fragments ESP-in-UDP).
+/// Fragments taken are neither received packets nor drops until their
+/// packet is whole: `reassembled` packets then go through the receive path
+/// like any frame, and `discarded` counts fragments the reassembly threw
+/// away (overlaps, duplicates, more than 8 fragments, a full table, or
+/// incomplete after the timeout).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FragCounters {
+    pub taken: u64,
+    pub reassembled: u64,
+    pub discarded: u64,
+}
+
 /// Everything one worker counts.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerCounters {
@@ -148,8 +159,8 @@ pub struct WorkerCounters {
     /// Conservation, each packet counted once:
     /// - `lan_rx` is `encapsulated` plus the LAN side's incoming drops
     ///   (and plain mode's engine drops when sealing);
-    /// - `wan_rx` is the tunnels' `rx` and `rejected` plus the WAN side's
-    ///   incoming drops;
+    /// - `wan_rx` plus `frags.reassembled` is `frags.taken`, the tunnels'
+    ///   `rx` and `rejected` and the WAN side's incoming drops;
     /// - `delivered` and `icmp_sent` are `lan_tx` plus `lan_tx_full` and
     ///   `lan_tx_rejected`;
     /// - the tunnels' `tx` sum to `wan_tx`.
@@ -173,6 +184,8 @@ pub struct WorkerCounters {
     pub engine: DropCounters,
     /// Per bundle, per tunnel.
     pub tunnels: Vec<Vec<TunnelCounters>>,
+    /// Outer IPv4 fragments.
+    pub frags: FragCounters,
     /// Polls that found no work, and bursts that found some.
     pub idle_polls: u64,
     pub busy_polls: u64,
@@ -188,6 +201,9 @@ impl WorkerCounters {
         self.encapsulated += o.encapsulated;
         self.delivered += o.delivered;
         self.icmp_sent += o.icmp_sent;
+        self.frags.taken += o.frags.taken;
+        self.frags.reassembled += o.frags.reassembled;
+        self.frags.discarded += o.frags.discarded;
         self.drops.merge(&o.drops);
         self.engine.merge(&o.engine);
         if self.tunnels.len() < o.tunnels.len() {

@@ -22,7 +22,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
+        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"outer_fragments\":{{\"taken\":{},\"reassembled\":{},\"discarded\":{}}},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
         flow(&c.lan_rx),
         flow(&c.lan_tx),
         flow(&c.wan_rx),
@@ -30,6 +30,9 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
         c.encapsulated,
         c.delivered,
         c.icmp_sent,
+        c.frags.taken,
+        c.frags.reassembled,
+        c.frags.discarded,
         named(&c.drops.named()),
         named(&c.engine.named()),
     );

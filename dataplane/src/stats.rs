@@ -13,7 +13,8 @@ use crate::config::Tables;
 use crate::counters::{DpDrop, Flow, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
-const SCALARS: [&str; 5] = ["encapsulated", "delivered", "icmp_sent", "idle_polls", "busy_polls"];
+const SCALARS: [&str; 8] =
+    ["encapsulated", "delivered", "icmp_sent", "frag/taken", "frag/reassembled", "frag/discarded", "idle_polls", "busy_polls"];
 const TUNNEL: [&str; 5] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected"];
 
 /// The stats segment's layout for `tables`.
@@ -45,7 +46,16 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
         let Flow { packets, bytes } = *f;
         counters.extend([packets, bytes]);
     }
-    counters.extend([c.encapsulated, c.delivered, c.icmp_sent, c.idle_polls, c.busy_polls]);
+    counters.extend([
+        c.encapsulated,
+        c.delivered,
+        c.icmp_sent,
+        c.frags.taken,
+        c.frags.reassembled,
+        c.frags.discarded,
+        c.idle_polls,
+        c.busy_polls,
+    ]);
     counters.extend(DpDrop::ALL.iter().map(|d| c.drops.get(*d)));
     counters.extend(DropReason::ALL.iter().map(|d| c.engine.get(*d)));
     for (b, bundle) in tables.bundles.iter().enumerate() {

@@ -15,6 +15,7 @@ use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use braid_dpdk::mbuf::{TxOffload, TX_IPV4, TX_IP_CKSUM};
+use braid_dpdk::ip_frag::Ipv4Reassembly;
 use braid_dpdk::{Mbuf, Mempool, RxQueue, TxQueue, BURST};
 use braid_tunnel::balancer::{Balancer, PathParams, Policy};
 use braid_tunnel::liveness::LivenessConfig;
@@ -164,6 +165,8 @@ pub struct Worker {
     ident: u16,
     /// When timers next run.
     next_timers: Nanos,
+    /// Outer IPv4 fragments being reassembled (time in `Nanos`).
+    frag: Ipv4Reassembly,
     /// When the next ICMP error may be sent (rate limit, RFC 1812 4.3.2.8).
     next_icmp: Nanos,
     // Per-burst scratch, allocated once.
@@ -186,6 +189,12 @@ const TIMER_PERIOD: Nanos = 10_000;
 
 /// Outer IPv4 and UDP headers.
 const OUTER_IP_UDP: usize = 20 + 8;
+
+/// Outer packets being reassembled at once, per worker.
+const FRAG_FLOWS: u32 = 1024;
+/// An outer packet still incomplete this long after its first fragment is
+/// discarded (DPDK's ip_reassembly example uses 1 s too).
+const FRAG_TIMEOUT: Nanos = 1_000_000_000;
 
 /// At most one ICMP error per this long: enough for a sender's path MTU
 /// discovery, never a flood (RFC 1812 section 4.3.2.8 asks for a limit).
@@ -230,6 +239,7 @@ impl Worker {
             plain_drops: DropCounters::default(),
             ident: 0,
             next_timers: 0,
+            frag: Ipv4Reassembly::with_ticks(FRAG_FLOWS, FRAG_TIMEOUT).map_err(|e| e.to_string())?,
             next_icmp: 0,
             rx_burst: Vec::with_capacity(BURST),
             lan_out: Vec::with_capacity(4 * BURST),
@@ -554,7 +564,18 @@ impl Worker {
         let mut burst = std::mem::take(&mut self.rx_burst);
         for m in burst.drain(..) {
             self.counters.wan_rx.add(m.pkt_len());
-            if let Err(r) = self.receive_esp(m, now) {
+            let r = if Ipv4Reassembly::is_fragment(m.data(), ETH) && is_ipv4(m.data()) {
+                match self.take_fragment(m, now) {
+                    // DPDK leaves the reassembled header's checksum to TX
+                    // offload (zero); each fragment's was checked.
+                    Ok(Some(whole)) => self.receive_esp(whole, now, false),
+                    Ok(None) => Ok(()),
+                    Err(r) => Err(r),
+                }
+            } else {
+                self.receive_esp(m, now, true)
+            };
+            if let Err(r) = r {
                 self.counters.drops.add(r);
             }
         }
@@ -562,14 +583,37 @@ impl Worker {
         n
     }
 
-    /// One WAN frame. Dataplane drops come back as `Err`; an ESP packet the
-    /// engine refuses is counted here: in the engine counters by reason,
-    /// and in its tunnel's `rejected`.
-    fn receive_esp(&mut self, mut m: Mbuf, now: Nanos) -> Result<(), DpDrop> {
+    /// An outer IPv4 fragment: checked, trimmed to its IP length, and given
+    /// to the reassembly; the whole packet, in one segment, once complete.
+    fn take_fragment(&mut self, mut m: Mbuf, now: Nanos) -> Result<Option<Mbuf>, DpDrop> {
         if !m.is_contiguous() {
             return Err(DpDrop::Multiseg);
         }
-        let (spi, dst_port, esp_at, esp_len) = outer_esp(m.data())?;
+        let total = outer_ip_len(m.data())?;
+        let pad = m.data_len() - ETH - total;
+        m.trim(pad);
+        self.counters.frags.taken += 1;
+        let r = self.frag.push(m, ETH, now);
+        self.counters.frags.discarded = self.frag.stats().discarded;
+        match r {
+            Ok(Some(whole)) => {
+                self.counters.frags.reassembled += 1;
+                whole.linearized(&self.pool).map(Some).map_err(|_| DpDrop::TooBig)
+            }
+            Ok(None) => Ok(None),
+            // Not reached: checked to be an IPv4 fragment above.
+            Err(_) => Err(DpDrop::BadOuterIp),
+        }
+    }
+
+    /// One WAN frame. Dataplane drops come back as `Err`; an ESP packet the
+    /// engine refuses is counted here: in the engine counters by reason,
+    /// and in its tunnel's `rejected`.
+    fn receive_esp(&mut self, mut m: Mbuf, now: Nanos, verify_csum: bool) -> Result<(), DpDrop> {
+        if !m.is_contiguous() {
+            return Err(DpDrop::Multiseg);
+        }
+        let (spi, dst_port, esp_at, esp_len) = outer_esp(m.data(), verify_csum)?;
         let i = self.spis.binary_search_by_key(&spi, |e| e.0).map_err(|_| DpDrop::UnknownSpi)?;
         let (_, b, t) = self.spis[i];
         let (b, t) = (b as usize, t as usize);
@@ -622,6 +666,9 @@ impl Worker {
     }
 
     fn timers(&mut self, now: Nanos) {
+        // Incomplete outer packets past their time are freed.
+        self.frag.expire(now);
+        self.counters.frags.discarded = self.frag.stats().discarded;
         for (b, st) in self.bundles.iter_mut().enumerate() {
             let Engine::Bundle { tx, rx } = &mut st.engine else { continue };
             let before = self.lan_out.len();
@@ -871,8 +918,8 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize,
 /// Finds the ESP packet in a WAN frame: (SPI, local UDP port, offset,
 /// length). Link padding after the IP packet is ignored.
 #[inline]
-fn outer_esp(d: &[u8]) -> Result<(u32, u16, usize, usize), DpDrop> {
-    if d.len() < OUTER_LEN || u16::from_be_bytes([d[12], d[13]]) != 0x0800 {
+fn outer_esp(d: &[u8], verify_csum: bool) -> Result<(u32, u16, usize, usize), DpDrop> {
+    if d.len() < OUTER_LEN || !is_ipv4(d) {
         return Err(DpDrop::NotTunnel);
     }
     let ip = &d[IP_AT..];
@@ -884,11 +931,12 @@ fn outer_esp(d: &[u8]) -> Result<(u32, u16, usize, usize), DpDrop> {
     if total < ihl + 8 || total > ip.len() {
         return Err(DpDrop::BadOuterIp);
     }
-    if braid_tunnel::wire::checksum::sum(&ip[..ihl]) != 0xffff {
+    if verify_csum && braid_tunnel::wire::checksum::sum(&ip[..ihl]) != 0xffff {
         return Err(DpDrop::BadOuterIp);
     }
     if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
-        return Err(DpDrop::OuterFragment);
+        // Fragments go to the reassembly before this.
+        return Err(DpDrop::BadOuterIp);
     }
     if ip[9] != 17 {
         return Err(DpDrop::NotTunnel);
@@ -908,6 +956,27 @@ fn outer_esp(d: &[u8]) -> Result<(u32, u16, usize, usize), DpDrop> {
         Ok(EncapKind::NonEsp(_)) => Err(DpDrop::NonEsp),
         Err(_) => Err(DpDrop::NotTunnel),
     }
+}
+
+/// Whether an Ethernet frame carries IPv4.
+#[inline]
+fn is_ipv4(d: &[u8]) -> bool {
+    d.len() >= ETH && u16::from_be_bytes([d[12], d[13]]) == 0x0800
+}
+
+/// The IP length of an outer IPv4 header that is sane (version, header
+/// length, total length within the frame, checksum).
+fn outer_ip_len(d: &[u8]) -> Result<usize, DpDrop> {
+    let ip = d.get(IP_AT..).ok_or(DpDrop::BadOuterIp)?;
+    let ihl = (*ip.first().ok_or(DpDrop::BadOuterIp)? & 0x0f) as usize * 4;
+    if ip.len() < 20 || ip[0] >> 4 != 4 || ihl < 20 || ip.len() < ihl {
+        return Err(DpDrop::BadOuterIp);
+    }
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if total < ihl || total > ip.len() || braid_tunnel::wire::checksum::sum(&ip[..ihl]) != 0xffff {
+        return Err(DpDrop::BadOuterIp);
+    }
+    Ok(total)
 }
 
 /// Writes a tunnel's outer headers in front of an ESP packet of `esp_len`

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use braid_dataplane::counters::{DpDrop, WorkerCounters};
+use braid_dataplane::counters::DpDrop;
 use braid_dataplane::encap::{OuterTemplate, OUTER_LEN};
 use braid_dataplane::lab::traffic::{ip_packet, tag, Family, Flow, L4};
 use braid_dataplane::lab::{self, Lab, TICK};
@@ -17,24 +17,6 @@ use braid_tunnel::DropReason;
 fn start(case: &str, mode: &str, weights: &[u32], wan_mtu: u32) -> (Lab, std::sync::MutexGuard<'static, ()>) {
     let (_eal, guard) = braid_dpdk::testing::eal(&[], 1536);
     (Lab::new(case, mode, weights, 16, wan_mtu), guard)
-}
-
-/// Every packet counted once (see `WorkerCounters`); `plain`: one ESP
-/// packet per inner packet and only A sends data.
-fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
-    let (rx, rejected, tx): (u64, u64, u64) =
-        c.tunnels.iter().flatten().fold((0, 0, 0), |(r, j, t), c| (r + c.rx.packets, j + c.rejected, t + c.tx.packets));
-    let d = &c.drops;
-    let why = format!("{who}: {c:?}");
-    assert_eq!(c.lan_rx.packets + c.wan_rx.packets, c.encapsulated + rx + rejected + d.total_rx(), "{why}");
-    assert_eq!(c.delivered + c.icmp_sent, c.lan_tx.packets + d.get(DpDrop::LanTxFull) + d.get(DpDrop::LanTxRejected), "{why}");
-    assert_eq!(tx, c.wan_tx.packets, "{why}");
-    assert!(c.engine.total() >= rejected, "{why}");
-    if plain {
-        assert_eq!(c.encapsulated, c.wan_tx.packets + d.get(DpDrop::WanTxFull) + d.get(DpDrop::WanTxRejected), "{why}");
-        assert_eq!(rx, c.delivered, "{why}");
-        assert_eq!(c.engine.total(), rejected, "{why}");
-    }
 }
 
 /// Sends `frames` into A's LAN and steps the lab once.
@@ -86,8 +68,8 @@ fn ethernet_padding_is_trimmed_not_dropped() {
         assert_eq!(a.encapsulated, 2, "{mode}");
         let got: Vec<Vec<u8>> = lab.delivered.iter().map(|f| f[14..].to_vec()).collect();
         assert_eq!(got, vec![v4.clone(), v6.clone()], "{mode}: B delivers the IP packets, unpadded");
-        assert_conserved(&a, "A", mode == "plain");
-        assert_conserved(&b, "B", mode == "plain");
+        lab::assert_conserved(&a, "A", mode == "plain");
+        lab::assert_conserved(&b, "B", mode == "plain");
         lab.close();
     }
 }
@@ -161,8 +143,8 @@ fn plain_mode_counts_every_packet_once() {
     assert_eq!(b.drops.get(DpDrop::BadInnerIp), 1);
     assert_eq!(lab.delivered.len() as u64, b.lan_tx.packets);
     assert_eq!(a.lan_rx.packets, seq as u64);
-    assert_conserved(&a, "A", true);
-    assert_conserved(&b, "B", true);
+    lab::assert_conserved(&a, "A", true);
+    lab::assert_conserved(&b, "B", true);
     lab.close();
 }
 
@@ -197,8 +179,8 @@ fn bundle_mode_counts_every_packet_once() {
     assert_eq!(a.encapsulated, a.lan_rx.packets);
     assert_eq!(lab.delivered_count, b.lan_tx.packets);
     assert_eq!(lab.b.held(), 0);
-    assert_conserved(&a, "A", false);
-    assert_conserved(&b, "B", false);
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
     lab.close();
 }
 
@@ -351,7 +333,7 @@ fn plain_mode_answers_too_big_df_packets_with_icmp() {
     assert_eq!(a.icmp_sent, 2);
     assert_eq!(a.lan_tx.packets, 2);
     assert_eq!(lab.delivered.len(), 2);
-    assert_conserved(&a, "A", true);
-    assert_conserved(&b, "B", true);
+    lab::assert_conserved(&a, "A", true);
+    lab::assert_conserved(&b, "B", true);
     lab.close();
 }

@@ -61,9 +61,17 @@ impl Ipv4Reassembly {
     /// (rounded up to a multiple of the 16-entry buckets), which drops an
     /// incomplete packet `timeout` after its first fragment. Needs EAL up.
     pub fn new(max_flows: u32, timeout: Duration) -> Result<Ipv4Reassembly, Error> {
+        let cycles = (crate::tsc_hz() as u128 * timeout.as_nanos() / 1_000_000_000).max(1) as u64;
+        Self::with_ticks(max_flows, cycles)
+    }
+
+    /// The same with time in the caller's own unit (nanoseconds of a
+    /// simulated clock, say): DPDK only compares the `now` values passed to
+    /// [`push`](Self::push) and [`expire`](Self::expire) with `timeout`.
+    pub fn with_ticks(max_flows: u32, timeout: u64) -> Result<Ipv4Reassembly, Error> {
         const BUCKET_ENTRIES: u32 = 16;
         let buckets = max_flows.div_ceil(BUCKET_ENTRIES).max(1).next_power_of_two();
-        let cycles = (crate::tsc_hz() as u128 * timeout.as_nanos() / 1_000_000_000).max(1) as u64;
+        let cycles = timeout.max(1);
         // SAFETY: plain constructor; returns NULL (rte_errno set) on failure.
         let tbl = unsafe {
             dpdk_sys::rte_ip_frag_table_create(buckets, BUCKET_ENTRIES, buckets * BUCKET_ENTRIES, cycles, -1)
@@ -85,7 +93,8 @@ impl Ipv4Reassembly {
     }
 
     /// Takes one fragment whose IPv4 header starts `l2_len` bytes into the
-    /// frame; `now` is the TSC ([`crate::rdtsc`]). `Ok(Some)` is the whole
+    /// frame; `now` is the TSC ([`crate::rdtsc`]) or the unit given to
+    /// [`with_ticks`](Self::with_ticks). `Ok(Some)` is the whole
     /// packet (a segment chain), `Ok(None)` means kept (or discarded and
     /// counted), `Err` gives back a frame that is no IPv4 fragment.
     pub fn push(&mut self, mut m: Mbuf, l2_len: usize, now: u64) -> Result<Option<Mbuf>, Mbuf> {
@@ -120,9 +129,16 @@ impl Ipv4Reassembly {
 
     /// Frees the incomplete packets whose time ran out.
     pub fn expire(&mut self, now: u64) {
-        // SAFETY: our table and death row.
-        unsafe { dpdk_sys::rte_ip_frag_table_del_expired_entries(self.tbl.as_ptr(), &mut *self.dr, now) };
-        self.free_death_row();
+        // DPDK stops when its death row is full: go on while it moves.
+        loop {
+            // SAFETY: our table and death row (emptied after every call).
+            unsafe { dpdk_sys::rte_ip_frag_table_del_expired_entries(self.tbl.as_ptr(), &mut *self.dr, now) };
+            let freed = self.dr.cnt;
+            self.free_death_row();
+            if freed == 0 {
+                break;
+            }
+        }
     }
 
     pub fn stats(&self) -> FragStats {

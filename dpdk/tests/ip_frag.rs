@@ -153,9 +153,9 @@ fn interleaved_packets_and_duplicates() {
 #[test]
 fn lone_fragments_expire_and_bad_ones_never_leak() {
     let (_g, pool) = setup();
-    let mut r = Ipv4Reassembly::new(16, Duration::from_millis(50)).unwrap();
     let t0 = rdtsc();
     // Lone first fragments of 10 packets: kept until they expire.
+    let mut r = Ipv4Reassembly::new(1024, Duration::from_millis(50)).unwrap();
     for i in 0..10 {
         let f = fragments(&packet(900 + i, 3000), 1480);
         assert!(r.push(mbuf(&pool, &f[0]), ETH, t0).unwrap_or_else(|_| panic!()).is_none());
@@ -166,6 +166,15 @@ fn lone_fragments_expire_and_bad_ones_never_leak() {
     r.expire(t0 + tsc_hz()); // 1 s
     assert_eq!(pool.in_use(), 0, "expired fragments freed");
     assert_eq!(r.stats().discarded, 10);
+    // More expired entries than DPDK's death row holds (288) at once.
+    for i in 0..700 {
+        let f = fragments(&packet(i, 3000), 1480);
+        assert!(r.push(mbuf(&pool, &f[0]), ETH, t0).unwrap_or_else(|_| panic!()).is_none());
+    }
+    assert_eq!(pool.in_use(), 700);
+    r.expire(t0 + tsc_hz());
+    assert_eq!(pool.in_use(), 0, "every expired entry freed");
+    assert_eq!(r.stats().discarded, 710);
 
     // Overlapping fragments, then more than DPDK's maximum of fragments:
     // refused, freed, counted.

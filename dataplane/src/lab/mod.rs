@@ -78,6 +78,39 @@ pub fn config_json(side_a: bool, devices: (&str, &str), mode: &str, weights: &[u
     )
 }
 
+/// An Ethernet + IPv4 frame cut into IPv4 fragments (RFC 791) of at most
+/// `chunk` payload bytes (a multiple of 8), each a whole frame with its own
+/// header and checksum; a frame that fits (or is not IPv4) is returned as is.
+pub fn fragment_frame(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    assert!(chunk >= 8 && chunk % 8 == 0);
+    let ip_at = 14;
+    if frame.len() < ip_at + 20 || frame[12..14] != [0x08, 0x00] {
+        return vec![frame.to_vec()];
+    }
+    let ihl = (frame[ip_at] & 0x0f) as usize * 4;
+    let total = u16::from_be_bytes([frame[ip_at + 2], frame[ip_at + 3]]) as usize;
+    let payload = &frame[ip_at + ihl..ip_at + total];
+    if payload.len() <= chunk {
+        return vec![frame.to_vec()];
+    }
+    let n = payload.len().div_ceil(chunk);
+    (0..n)
+        .map(|i| {
+            let part = &payload[i * chunk..((i + 1) * chunk).min(payload.len())];
+            let mut f = frame[..ip_at + ihl].to_vec();
+            f.extend_from_slice(part);
+            let ip = &mut f[ip_at..ip_at + ihl];
+            ip[2..4].copy_from_slice(&((ihl + part.len()) as u16).to_be_bytes());
+            let mf = if i + 1 < n { 0x2000 } else { 0 };
+            ip[6..8].copy_from_slice(&(mf | (i * chunk / 8) as u16).to_be_bytes());
+            ip[10..12].copy_from_slice(&[0, 0]);
+            let c = !braid_tunnel::wire::checksum::sum(ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            f
+        })
+        .collect()
+}
+
 /// UDP destination port of an IPv4 frame without options (0 if shorter).
 fn udp_dport(d: &[u8]) -> u16 {
     if d.len() >= 38 { u16::from_be_bytes([d[36], d[37]]) } else { 0 }
@@ -122,6 +155,9 @@ pub struct Lab {
     pub hold_b_lan: bool,
     /// A's outbound SAs (shared with A's worker), by bundle and tunnel.
     pub sas_a: Vec<Vec<Arc<OutboundSaPair>>>,
+    /// Cut A's WAN frames into IPv4 fragments of at most this many payload
+    /// bytes (a multiple of 8) on their way to B, last fragment first.
+    pub fragment_wan: Option<usize>,
     held: VecDeque<(u64, Mbuf)>,
     poll_no: u64,
     /// Frames B delivered to its LAN, in order, not yet checked.
@@ -234,6 +270,7 @@ impl Lab {
             hold_a_wan: false,
             hold_b_lan: false,
             sas_a,
+            fragment_wan: None,
             held: VecDeque::new(),
             poll_no: 0,
             delivered: Vec::new(),
@@ -291,7 +328,13 @@ impl Lab {
                 }
                 match self.delay_polls.get(&dport) {
                     Some(&k) if k > 0 => self.held.push_back((self.poll_no + k as u64, m)),
-                    _ => out.push(m),
+                    _ => match self.fragment_wan {
+                        Some(chunk) => {
+                            let frags = fragment_frame(m.data(), chunk);
+                            out.extend(frags.iter().rev().map(|f| self.raw(f)));
+                        }
+                        None => out.push(m),
+                    },
                 }
             }
         }
@@ -396,5 +439,35 @@ impl Checker {
         if ip != want.as_slice() {
             self.bad.push(format!("flow {id} seq {seq}: bytes differ ({} vs {} B)", ip.len(), want.len()));
         }
+    }
+}
+
+/// Every packet is counted once (see [`WorkerCounters`]): each one that
+/// came in was passed on or dropped with one reason, and each one passed on
+/// was sent or dropped. `plain`: one ESP packet per inner packet, and only
+/// A sends data. Panics with the counters otherwise.
+pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
+    use crate::counters::DpDrop;
+    let ts = c.tunnels.iter().flatten();
+    let (rx, rejected, tx): (u64, u64, u64) =
+        ts.fold((0, 0, 0), |(r, j, t), c| (r + c.rx.packets, j + c.rejected, t + c.tx.packets));
+    let d = &c.drops;
+    let why = format!("{who}: {c:?}");
+    // In: LAN frames tunnelled or dropped; WAN frames (and packets
+    // reassembled from fragments) accepted, refused by the engine, dropped,
+    // or taken as fragments.
+    assert_eq!(
+        c.lan_rx.packets + c.wan_rx.packets + c.frags.reassembled,
+        c.encapsulated + rx + rejected + d.total_rx() + c.frags.taken,
+        "{why}"
+    );
+    // Out: the ports took what they were given or it was dropped.
+    assert_eq!(c.delivered + c.icmp_sent, c.lan_tx.packets + d.get(DpDrop::LanTxFull) + d.get(DpDrop::LanTxRejected), "{why}");
+    assert_eq!(tx, c.wan_tx.packets, "{why}");
+    assert!(c.engine.total() >= rejected, "{why}");
+    if plain {
+        assert_eq!(c.encapsulated, c.wan_tx.packets + d.get(DpDrop::WanTxFull) + d.get(DpDrop::WanTxRejected), "{why}");
+        assert_eq!(rx, c.delivered, "{why}");
+        assert_eq!(c.engine.total(), rejected, "{why}");
     }
 }
