@@ -952,3 +952,295 @@ fn probe_options() {
     assert_eq!(t.options.liveness.interval, 50_000_000);
     assert_eq!(t.options.liveness.dead_after, 5);
 }
+
+// ---------------------------------------------------------------------------
+// NAT.
+
+/// The ```json block of the `nat` section of docs/config.md.
+fn doc_nat_example() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md");
+    let doc = std::fs::read_to_string(path).expect("docs/config.md");
+    let sec = doc.find("### `nat`").expect("a nat section");
+    let start = sec + doc[sec..].find("```json\n").expect("a ```json block") + "```json\n".len();
+    let len = doc[start..].find("```").expect("end of the json block");
+    serde_json::from_str(&doc[start..start + len]).expect("the nat example is JSON")
+}
+
+fn with_nat(v: &mut Value) {
+    v["nat"] = doc_nat_example();
+}
+
+fn snat(v: &mut Value) -> &mut Vec<Value> {
+    as_array(&mut v["nat"]["snat"])
+}
+
+fn dnat(v: &mut Value) -> &mut Vec<Value> {
+    as_array(&mut v["nat"]["dnat"])
+}
+
+#[test]
+fn nat_example_validates_into_tables() {
+    use braid_config::NatProtocol;
+    use core::net::IpAddr;
+    let t = accepted(with_nat);
+    assert_eq!(t.nat.snat.len(), 2);
+    let s = &t.nat.snat[0];
+    assert_eq!(s.name, "lan-to-b");
+    assert_eq!(s.r#match.to_string(), "10.1.0.0/16");
+    assert_eq!(s.peer, Some(0));
+    assert_eq!(s.pool, vec![IpAddr::from([100, 64, 1, 1]), IpAddr::from([100, 64, 1, 2])]);
+    assert_eq!(s.ports, (1024, 65535));
+    let s6 = &t.nat.snat[1];
+    assert_eq!((s6.peer, s6.ports), (None, (1024, 65535)));
+    assert_eq!(s6.pool, vec!["fd00:64::1".parse::<IpAddr>().unwrap()]);
+    let d = &t.nat.dnat[0];
+    assert_eq!(
+        (d.external, d.protocol, d.port, d.internal, d.internal_port),
+        (IpAddr::from([100, 64, 1, 1]), NatProtocol::Tcp, 443, IpAddr::from([10, 1, 0, 10]), 8443)
+    );
+    assert_eq!(d.protocol.number(), 6);
+    // internal_port defaults to port.
+    assert_eq!((t.nat.dnat[1].port, t.nat.dnat[1].internal_port), (53, 53));
+    assert_eq!(t.nat.dnat[1].protocol.number(), 17);
+
+    // No `nat` section: nothing to translate, and none is written back.
+    let t = accepted(|_| {});
+    assert!(t.nat.snat.is_empty() && t.nat.dnat.is_empty());
+    let config = Config::from_json_str(&doc_example()).unwrap();
+    assert!(!config.to_json_pretty().contains("\"nat\""));
+
+    // With one, the round trip keeps it, defaults spelled out.
+    let mut v = example_value();
+    with_nat(&mut v);
+    let config: Config = serde_json::from_value(v).unwrap();
+    let text = config.to_json_pretty();
+    assert!(text.contains("\"ports\": \"1024-65535\""), "{text}");
+    assert_eq!(Config::from_json_str(&text).unwrap(), config);
+}
+
+#[test]
+fn nat_unknown_fields_and_wrong_types_are_refused() {
+    for (edit, reason) in [
+        (
+            Box::new(|v: &mut Value| v["nat"]["snat"][0]["egress"] = json!("site-b")) as Box<dyn Fn(&mut Value)>,
+            "unknown field `egress`",
+        ),
+        (Box::new(|v: &mut Value| v["nat"]["masquerade"] = json!(true)), "unknown field `masquerade`"),
+        (Box::new(|v: &mut Value| v["nat"]["dnat"][0]["protocol"] = json!("sctp")), "unknown variant `sctp`"),
+        (Box::new(|v: &mut Value| v["nat"]["dnat"][0]["port"] = json!("443")), "invalid type"),
+        (Box::new(|v: &mut Value| v["nat"]["dnat"][0]["port"] = json!(-1)), "invalid value"),
+        (Box::new(|v: &mut Value| v["nat"]["snat"][0]["pool"] = json!("100.64.1.1")), "invalid type"),
+    ] {
+        let mut v = example_value();
+        with_nat(&mut v);
+        edit(&mut v);
+        let e = serde_json::from_value::<Config>(v).expect_err("should not parse");
+        assert!(e.to_string().contains(reason), "{e} lacks {reason:?}");
+    }
+}
+
+#[test]
+fn nat_names_are_unique_and_non_empty() {
+    refused(
+        |v| {
+            with_nat(v);
+            v["nat"]["snat"][1]["name"] = json!("lan-to-b");
+        },
+        "nat.snat[1].name",
+        "duplicate name \"lan-to-b\" (also nat.snat[0])",
+    );
+    refused(
+        |v| {
+            with_nat(v);
+            v["nat"]["dnat"][0]["name"] = json!("");
+        },
+        "nat.dnat[0].name",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn snat_match_is_a_prefix_and_peer_exists() {
+    let nat = |edit: fn(&mut Value)| {
+        move |v: &mut Value| {
+            with_nat(v);
+            edit(v);
+        }
+    };
+    refused(nat(|v| v["nat"]["snat"][0]["match"] = json!("10.1.2.0/16")), "nat.snat[0].match", "host bits");
+    refused(nat(|v| v["nat"]["snat"][0]["match"] = json!("10.1.0.0")), "nat.snat[0].match", "address/length");
+    refused(nat(|v| v["nat"]["snat"][0]["peer"] = json!("site-z")), "nat.snat[0].peer", "no peer named \"site-z\"");
+}
+
+#[test]
+fn snat_matches_do_not_overlap_for_the_same_peer() {
+    let add = |m: &'static str, peer: Option<&'static str>| {
+        move |v: &mut Value| {
+            with_nat(v);
+            let mut r = json!({ "name": "extra", "match": m, "pool": ["100.64.9.9"] });
+            if let Some(p) = peer {
+                r["peer"] = json!(p);
+            }
+            if m.contains(':') {
+                r["pool"] = json!(["fd00:64::9"]);
+            }
+            snat(v).push(r);
+        }
+    };
+    // Inside, around, equal: refused for the same peer.
+    refused(add("10.1.5.0/24", Some("site-b")), "nat.snat[2].match", "10.1.5.0/24 overlaps nat.snat[0].match 10.1.0.0/16 for peer \"site-b\"");
+    refused(add("10.0.0.0/8", Some("site-b")), "nat.snat[2].match", "overlaps nat.snat[0].match");
+    refused(add("10.1.0.0/16", Some("site-b")), "nat.snat[2].match", "overlaps nat.snat[0].match");
+    // A rule for every peer overlaps every peer's rules, and the other way.
+    refused(add("10.1.128.0/17", None), "nat.snat[2].match", "overlaps nat.snat[0].match");
+    refused(add("fd00:1::8000/113", Some("site-b")), "nat.snat[2].match", "overlaps nat.snat[1].match fd00:1::/64");
+    refused(add("::/0", Some("site-b")), "nat.snat[2].match", "overlaps nat.snat[1].match");
+    // Disjoint, or the other family: fine.
+    let t = accepted(add("10.2.0.0/16", Some("site-b")));
+    assert_eq!(t.nat.snat.len(), 3);
+    accepted(add("128.0.0.0/1", Some("site-b")));
+    refused(add("0.0.0.0/1", Some("site-b")), "nat.snat[2].match", "overlaps nat.snat[0].match");
+    accepted(add("fd00:2::/64", None));
+    // Overlap for different peers is fine (each peer has its own rule).
+    let t = accepted(|v| {
+        add_spare_bundle(v);
+        as_array(&mut v["peers"]).push(json!({ "name": "site-c", "bundle": "spare" }));
+        with_nat(v);
+        snat(v).push(json!({ "name": "c", "match": "10.1.0.0/16", "peer": "site-c", "pool": ["100.64.2.1"] }));
+    });
+    assert_eq!(t.nat.snat[2].peer, Some(1));
+}
+
+#[test]
+fn snat_overlap_check_scales() {
+    // 100,000 disjoint /32 rules (and one overlapping at the end).
+    let mut v = example_value();
+    with_nat(&mut v);
+    let rules: Vec<Value> = (0..100_000u32)
+        .map(|i| {
+            let a = core::net::Ipv4Addr::from(0x0b00_0000 + i);
+            json!({ "name": format!("r{i}"), "match": format!("{a}/32"), "peer": "site-b", "pool": ["100.64.1.1"] })
+        })
+        .collect();
+    snat(&mut v).extend(rules);
+    let t0 = std::time::Instant::now();
+    let t = tables_of(v.clone()).expect("disjoint rules validate");
+    assert_eq!(t.nat.snat.len(), 100_002);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{:?}", t0.elapsed());
+    snat(&mut v).push(json!({ "name": "wide", "match": "11.0.0.0/8", "pool": ["100.64.1.1"] }));
+    let e = tables_of(v).unwrap_err();
+    assert_eq!(e.field(), Some("nat.snat[100002].match"), "{e}");
+}
+
+#[test]
+fn snat_pool_addresses_match_the_family() {
+    let nat = |edit: fn(&mut Value)| {
+        move |v: &mut Value| {
+            with_nat(v);
+            edit(v);
+        }
+    };
+    refused(nat(|v| v["nat"]["snat"][0]["pool"][1] = json!("fd00::1")), "nat.snat[0].pool[1]", "fd00::1 is IPv6, the match 10.1.0.0/16 is IPv4");
+    refused(nat(|v| v["nat"]["snat"][1]["pool"][0] = json!("100.64.1.1")), "nat.snat[1].pool[0]", "is IPv4");
+    refused(nat(|v| v["nat"]["snat"][0]["pool"] = json!([])), "nat.snat[0].pool", "at least one address");
+    refused(nat(|v| v["nat"]["snat"][0]["pool"][1] = json!("100.64.1.1")), "nat.snat[0].pool[1]", "already pool[0]");
+    refused(nat(|v| v["nat"]["snat"][0]["pool"][0] = json!("224.0.0.1")), "nat.snat[0].pool[0]", "not a unicast");
+    refused(nat(|v| v["nat"]["snat"][0]["pool"][0] = json!("0.0.0.0")), "nat.snat[0].pool[0]", "not a unicast");
+    refused(nat(|v| v["nat"]["snat"][0]["pool"][0] = json!("100.64.1")), "nat.snat[0].pool[0]", "not an IPv4 or IPv6");
+}
+
+#[test]
+fn snat_port_ranges() {
+    for (ports, reason) in [
+        ("0-100", "port 0 is outside 1..=65535"),
+        ("1024-65536", "port 65536 is outside"),
+        ("2000-1000", "empty"),
+        ("1024-", "not a port range"),
+        ("+1-2", "not a port range"),
+        ("abc", "not a port range"),
+        ("99999999999", "not a port range"),
+    ] {
+        refused(
+            move |v| {
+                with_nat(v);
+                v["nat"]["snat"][0]["ports"] = json!(ports);
+            },
+            "nat.snat[0].ports",
+            reason,
+        );
+    }
+    let t = accepted(|v| {
+        with_nat(v);
+        v["nat"]["snat"][0]["ports"] = json!("40000");
+        v["nat"]["snat"][1]["ports"] = json!("1-65535");
+    });
+    assert_eq!(t.nat.snat[0].ports, (40000, 40000));
+    assert_eq!(t.nat.snat[1].ports, (1, 65535));
+}
+
+#[test]
+fn dnat_rules() {
+    let nat = |edit: fn(&mut Value)| {
+        move |v: &mut Value| {
+            with_nat(v);
+            edit(v);
+        }
+    };
+    refused(nat(|v| v["nat"]["dnat"][0]["port"] = json!(0)), "nat.dnat[0].port", "port 0 is outside 1..=65535");
+    refused(nat(|v| v["nat"]["dnat"][0]["port"] = json!(70000)), "nat.dnat[0].port", "port 70000 is outside");
+    refused(nat(|v| v["nat"]["dnat"][0]["internal_port"] = json!(65536)), "nat.dnat[0].internal_port", "outside 1..=65535");
+    refused(nat(|v| v["nat"]["dnat"][1]["port"] = json!(70000)), "nat.dnat[1].port", "outside");
+    refused(nat(|v| v["nat"]["dnat"][0]["internal"] = json!("fd00:1::10")), "nat.dnat[0].internal", "fd00:1::10 is IPv6, external 100.64.1.1 is IPv4");
+    refused(nat(|v| v["nat"]["dnat"][0]["external"] = json!("not-an-ip")), "nat.dnat[0].external", "not an IPv4 or IPv6");
+    refused(nat(|v| v["nat"]["dnat"][0]["external"] = json!("255.255.255.255")), "nat.dnat[0].external", "not a unicast");
+    // Same external address, protocol and port: refused; another protocol is fine.
+    refused(
+        nat(|v| dnat(v).push(json!({ "name": "web2", "external": "100.64.1.1", "protocol": "tcp", "port": 443, "internal": "10.1.0.11" }))),
+        "nat.dnat[2].port",
+        "100.64.1.1 tcp port 443 is already forwarded by nat.dnat[0]",
+    );
+    let t = accepted(nat(|v| dnat(v).push(json!({ "name": "quic", "external": "100.64.1.1", "protocol": "udp", "port": 443, "internal": "10.1.0.10" }))));
+    assert_eq!(t.nat.dnat.len(), 3);
+    // A forward inside the ports SNAT hands out for that address: refused.
+    refused(
+        nat(|v| v["nat"]["dnat"][0]["port"] = json!(8080)),
+        "nat.dnat[0].port",
+        "100.64.1.1 port 8080 is inside the ports of nat.snat[0]",
+    );
+    accepted(nat(|v| {
+        v["nat"]["snat"][0]["ports"] = json!("10000-65535");
+        v["nat"]["dnat"][0]["port"] = json!(8080);
+    }));
+    // IPv6 forwards.
+    let t = accepted(nat(|v| dnat(v).push(json!({ "name": "v6", "external": "fd00:64::80", "protocol": "tcp", "port": 80, "internal": "fd00:1::80", "internal_port": 8080 }))));
+    assert_eq!(t.nat.dnat[2].internal_port, 8080);
+}
+
+#[test]
+fn nat_checks_scale_to_100k_rules() {
+    // 50,000 SNAT rules with their own pool address and 50,000 forwards
+    // on those addresses, below the SNAT port range.
+    let mut v = example_value();
+    with_nat(&mut v);
+    let addr = |i: u32| core::net::Ipv4Addr::from(0x6440_0000 + i).to_string();
+    let s: Vec<Value> = (0..50_000u32)
+        .map(|i| {
+            let m = core::net::Ipv4Addr::from(0x0b00_0000 + i);
+            json!({ "name": format!("s{i}"), "match": format!("{m}/32"), "peer": "site-b", "pool": [addr(i + 10)], "ports": "10000-65535" })
+        })
+        .collect();
+    let d: Vec<Value> = (0..50_000u32)
+        .map(|i| json!({ "name": format!("d{i}"), "external": addr(i + 10), "protocol": "tcp", "port": 22, "internal": "10.1.0.22" }))
+        .collect();
+    snat(&mut v).extend(s);
+    dnat(&mut v).extend(d);
+    let t0 = std::time::Instant::now();
+    let t = tables_of(v.clone()).expect("validates");
+    assert_eq!((t.nat.snat.len(), t.nat.dnat.len()), (50_002, 50_002));
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{:?}", t0.elapsed());
+    // One forward inside the port range of the last rule's pool: found.
+    dnat(&mut v).push(json!({ "name": "bad", "external": addr(50_009), "protocol": "udp", "port": 10000, "internal": "10.1.0.22" }));
+    let e = tables_of(v).unwrap_err();
+    assert_eq!(e.field(), Some("nat.dnat[50002].port"), "{e}");
+    assert!(e.to_string().contains("nat.snat[50001]"), "{e}");
+}

@@ -1,0 +1,162 @@
+//! The running configuration: the document, its generation, and the file
+//! that keeps both across restarts.
+//!
+//! `config.json` in the state directory holds `{"generation", "config"}`
+//! with the keys, mode 0600. It is replaced atomically: written to a
+//! temporary file, fsynced, renamed over the old one, and the directory
+//! fsynced, so a crash leaves either the old or the new document.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use axum::http::StatusCode;
+use braid_config::{Config, HexSecret};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// What a GET shows instead of a key or salt. Sent back in a PUT, it
+/// stands for the stored value of the same SA.
+pub const REDACTED: &str = "<redacted>";
+
+/// Name of the persisted document in the state directory.
+pub const STATE_FILE: &str = "config.json";
+
+/// The running document and its generation (0: none yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Running {
+    pub generation: u64,
+    pub config: Option<Config>,
+}
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}", path = path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}", path = path.display())]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// Uses `dir`, creating it (0700) if needed.
+    pub fn new(dir: impl Into<PathBuf>) -> Result<StateDir, StoreError> {
+        let dir = dir.into();
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| StoreError::Io { path: dir.clone(), source })?;
+        }
+        Ok(StateDir { dir })
+    }
+
+    pub fn file(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// The persisted state, or the empty state if there is none. A file
+    /// that does not parse or validate is an error: starting empty would
+    /// push an empty generation over a working dataplane.
+    pub fn load(&self) -> Result<Running, StoreError> {
+        let path = self.file();
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Running::default()),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        let running: Running = serde_json::from_slice(&text)
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        if let Some(c) = &running.config {
+            braid_config::Tables::from_config(c)
+                .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        }
+        Ok(running)
+    }
+
+    /// Replaces the persisted state atomically (write, fsync, rename,
+    /// fsync the directory).
+    pub fn save(&self, running: &Running) -> Result<(), StoreError> {
+        let path = self.file();
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| StoreError::Io { path: p, source }
+        };
+        let text = serde_json::to_vec_pretty(running).expect("a Running always serializes");
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
+        f.write_all(&text).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        Ok(())
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// Every key and salt of `config` replaced by [`REDACTED`].
+pub fn redact(config: &mut Config) {
+    for b in &mut config.bundles {
+        redact_bundle(b);
+    }
+}
+
+pub fn redact_bundle(b: &mut braid_config::BundleConfig) {
+    for t in &mut b.tunnels {
+        for s in [&mut t.key_out, &mut t.key_in, &mut t.salt_out, &mut t.salt_in] {
+            *s = HexSecret(REDACTED.to_string());
+        }
+    }
+}
+
+/// Replaces each [`REDACTED`] key or salt of `candidate` by the stored one
+/// of the same SA in `current`: the inbound SA of a tunnel is found by
+/// bundle name and `spi_in`, the outbound one by bundle name and
+/// `spi_out`. A placeholder with no stored SA behind it is refused.
+pub fn restore_secrets(candidate: &mut Config, current: Option<&Config>) -> Result<(), ApiError> {
+    for (b, bundle) in candidate.bundles.iter_mut().enumerate() {
+        let stored = current.and_then(|c| c.bundles.iter().find(|s| s.name == bundle.name));
+        for (t, tunnel) in bundle.tunnels.iter_mut().enumerate() {
+            let at = |f: &str| format!("bundles[{b}].tunnels[{t}].{f}");
+            let by_in = stored.and_then(|s| s.tunnels.iter().find(|s| s.spi_in == tunnel.spi_in));
+            let by_out = stored.and_then(|s| s.tunnels.iter().find(|s| s.spi_out == tunnel.spi_out));
+            let fields: [(&str, &mut HexSecret, Option<&HexSecret>, &str); 4] = [
+                ("key_in", &mut tunnel.key_in, by_in.map(|s| &s.key_in), "spi_in"),
+                ("salt_in", &mut tunnel.salt_in, by_in.map(|s| &s.salt_in), "spi_in"),
+                ("key_out", &mut tunnel.key_out, by_out.map(|s| &s.key_out), "spi_out"),
+                ("salt_out", &mut tunnel.salt_out, by_out.map(|s| &s.salt_out), "spi_out"),
+            ];
+            for (name, value, stored, spi) in fields {
+                if value.0 != REDACTED {
+                    continue;
+                }
+                match stored {
+                    Some(s) => *value = s.clone(),
+                    None => {
+                        return Err(ApiError::field(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            at(name),
+                            format!(
+                                "{REDACTED:?} stands for a stored {name}, but bundle {:?} has no stored tunnel with this {spi}",
+                                bundle.name
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
