@@ -6,11 +6,15 @@
 //! `buffer_len()` bytes. Nothing here allocates. Malformed input is a
 //! [`DropReason`], never a panic.
 
+pub mod arp;
 pub mod checksum;
 pub mod esp;
 pub mod ethernet;
+pub mod icmpv4;
+pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
+pub mod tcp;
 pub mod udp;
 pub mod udp_encap;
 

@@ -1,0 +1,650 @@
+//! ARP (RFC 826) and IPv6 neighbor discovery (RFC 4861) for one port: a
+//! bounded cache of next-hop MAC addresses with retries and expiry, answers
+//! to ARP requests and neighbor solicitations for the port's own addresses,
+//! and an in-place ICMP/ICMPv6 echo responder.
+//!
+//! Packets waiting for a resolution are not queued here: `lookup` says
+//! `Pending` and the dataplane drops the packet (counted there) or holds it
+//! itself. A gateway resolves a handful of next hops that answer within a
+//! millisecond; a queue would only matter for the first packets of a flow.
+//!
+//! Only [`Resolver::lookup`] creates entries (the gateway's own next hops).
+//! Requests from others are answered but never learned, so an ARP or NS
+//! flood cannot fill the cache; replies for addresses nobody asked about
+//! are counted (`unsolicited`) and ignored. Nothing, gratuitous or not,
+//! can bind one of the port's own addresses to another MAC
+//! (`own_addr_conflict`). Untagged Ethernet only.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use braid_tunnel::wire::checksum;
+use braid_tunnel::wire::ethernet::{self, Address, EtherType};
+use braid_tunnel::wire::{arp, icmpv4, icmpv6, ipv4, ipv6, AddrPair, IpProtocol};
+use braid_tunnel::Nanos;
+
+use crate::config::SECOND;
+
+/// Longest frame the resolver writes: Ethernet + IPv6 + NS/NA with a
+/// link-layer option (14 + 40 + 32). `out` buffers must be this long.
+pub const FRAME_MAX: usize =
+    ethernet::HEADER_LEN + ipv6::HEADER_LEN + icmpv6::ND_LEN + icmpv6::LLADDR_OPT_LEN;
+/// Minimum Ethernet frame without FCS; ARP frames are padded to it.
+const ETH_MIN: usize = 60;
+/// Hop limit ND messages must carry (RFC 4861 section 7.1).
+const ND_HOP_LIMIT: u8 = 255;
+/// TTL / hop limit of echo replies.
+const ECHO_TTL: u8 = 64;
+
+/// A port's addresses and the resolver's timers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverConfig {
+    /// The port's MAC.
+    pub mac: Address,
+    /// The port's IPv4 addresses; the first is the ARP sender address.
+    pub ipv4: Vec<Ipv4Addr>,
+    /// The port's IPv6 addresses; the first (normally the link-local) is
+    /// the source of solicitations.
+    pub ipv6: Vec<Ipv6Addr>,
+    /// Cache bound (next hops of this port).
+    pub capacity: usize,
+    /// Requests sent before a neighbor is declared unreachable.
+    pub retries: u8,
+    /// Between requests: 1 s (RFC 4861 RETRANS_TIMER).
+    pub retry_interval: Nanos,
+    /// How long an answer is trusted: 30 s (RFC 4861 REACHABLE_TIME).
+    /// After it the entry is stale: still used, and re-probed by unicast.
+    pub reachable: Nanos,
+    /// How long an unreachable neighbor is not asked again: lookups fail
+    /// fast meanwhile instead of sending a request per packet.
+    pub failed_hold: Nanos,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            mac: Address::default(),
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            capacity: 256,
+            retries: 3,
+            retry_interval: SECOND,
+            reachable: 30 * SECOND,
+            failed_hold: 20 * SECOND,
+        }
+    }
+}
+
+/// The answer to a next-hop lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Send to `mac`. `request`: a unicast re-probe of a stale entry was
+    /// written to `out`, this many bytes, to send as well.
+    Resolved {
+        /// The neighbor's MAC.
+        mac: Address,
+        /// Length of a probe frame written to `out`, if any.
+        request: Option<usize>,
+    },
+    /// Not resolved yet. `request`: a request frame of this many bytes was
+    /// written to `out`; send it.
+    Pending {
+        /// Length of a request frame written to `out`, if any.
+        request: Option<usize>,
+    },
+    /// The neighbor did not answer its requests; drop the packet.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Requests sent, no answer yet.
+    Incomplete { sent: u8, next: Nanos },
+    /// Answered; trusted until then.
+    Reachable { until: Nanos },
+    /// Old answer in use while unicast probes confirm it.
+    Probe { sent: u8, next: Nanos },
+    /// No answer to `retries` requests; not asked again before then.
+    Failed { until: Nanos },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    mac: Address,
+    state: State,
+}
+
+/// Resolver counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolverCounters {
+    /// ARP requests and neighbor solicitations sent (retries included).
+    pub requests_sent: u64,
+    /// ARP replies and neighbor advertisements sent for our addresses.
+    pub replies_sent: u64,
+    /// Echo requests answered.
+    pub echo_replies: u64,
+    /// Entries that reached `Incomplete`/`Probe` -> `Failed`.
+    pub unresolved: u64,
+    /// Lookups answered `Failed`.
+    pub lookups_failed: u64,
+    /// Answers that resolved or refreshed an entry.
+    pub learned: u64,
+    /// Lookups of a new neighbor refused because the cache is full.
+    pub cache_full: u64,
+    /// ARP or ND from another host claiming one of our addresses.
+    pub own_addr_conflict: u64,
+    /// Replies or advertisements for addresses nobody asked about.
+    pub unsolicited: u64,
+    /// Frames not for the resolver or not understood (other EtherTypes,
+    /// VLAN tags, bad checksums, hop limit not 255, truncated).
+    pub ignored: u64,
+}
+
+/// FNV-1a: a fixed, dependency-free hash for a small cache no remote
+/// party can insert into.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// One port's neighbor cache and responder.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    cfg: ResolverConfig,
+    cache: HashMap<IpAddr, Entry, BuildHasherDefault<Fnv>>,
+    counters: ResolverCounters,
+}
+
+impl Resolver {
+    /// A resolver with its cache allocated to `config.capacity`.
+    pub fn new(config: ResolverConfig) -> Resolver {
+        let cap = config.capacity.max(1);
+        Resolver {
+            cache: HashMap::with_capacity_and_hasher(cap, Default::default()),
+            cfg: ResolverConfig {
+                capacity: cap,
+                ..config
+            },
+            counters: ResolverCounters::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &ResolverCounters {
+        &self.counters
+    }
+
+    /// Entries in the cache.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// True when the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// The cache bound.
+    pub fn capacity(&self) -> usize {
+        self.cfg.capacity
+    }
+
+    /// The MAC to send to next hop `ip` at `now`. `out` (at least
+    /// [`FRAME_MAX`] bytes) receives a request frame when one is due.
+    pub fn lookup(&mut self, ip: IpAddr, now: Nanos, out: &mut [u8]) -> Lookup {
+        let cfg = &self.cfg;
+        let Some(e) = self.cache.get_mut(&ip) else {
+            if self.cache.len() >= cfg.capacity && !self.evict_one(now) {
+                self.counters.cache_full += 1;
+                self.counters.lookups_failed += 1;
+                return Lookup::Failed;
+            }
+            self.cache.insert(
+                ip,
+                Entry {
+                    mac: Address::BROADCAST,
+                    state: State::Incomplete {
+                        sent: 1,
+                        next: now.saturating_add(self.cfg.retry_interval),
+                    },
+                },
+            );
+            let request = self.request(ip, None, out);
+            return Lookup::Pending { request };
+        };
+        match e.state {
+            State::Reachable { until } if now < until => Lookup::Resolved {
+                mac: e.mac,
+                request: None,
+            },
+            State::Reachable { .. } => {
+                e.state = State::Probe {
+                    sent: 1,
+                    next: now.saturating_add(cfg.retry_interval),
+                };
+                let mac = e.mac;
+                let request = self.request(ip, Some(mac), out);
+                Lookup::Resolved { mac, request }
+            }
+            State::Probe { sent, next } | State::Incomplete { sent, next } if now >= next => {
+                let probing = matches!(e.state, State::Probe { .. });
+                if sent >= cfg.retries {
+                    e.state = State::Failed {
+                        until: now.saturating_add(cfg.failed_hold),
+                    };
+                    self.counters.unresolved += 1;
+                    self.counters.lookups_failed += 1;
+                    return Lookup::Failed;
+                }
+                let next = now.saturating_add(cfg.retry_interval);
+                let sent = sent + 1;
+                let mac = e.mac;
+                if probing {
+                    e.state = State::Probe { sent, next };
+                    let request = self.request(ip, Some(mac), out);
+                    Lookup::Resolved { mac, request }
+                } else {
+                    e.state = State::Incomplete { sent, next };
+                    let request = self.request(ip, None, out);
+                    Lookup::Pending { request }
+                }
+            }
+            State::Probe { .. } => Lookup::Resolved {
+                mac: e.mac,
+                request: None,
+            },
+            State::Incomplete { .. } => Lookup::Pending { request: None },
+            State::Failed { until } if now >= until => {
+                e.state = State::Incomplete {
+                    sent: 1,
+                    next: now.saturating_add(cfg.retry_interval),
+                };
+                let request = self.request(ip, None, out);
+                Lookup::Pending { request }
+            }
+            State::Failed { .. } => {
+                self.counters.lookups_failed += 1;
+                Lookup::Failed
+            }
+        }
+    }
+
+    /// Frees one entry of a full cache: a failed one, else a stale one.
+    /// Runs only when the cache is full (a scan of at most `capacity`).
+    fn evict_one(&mut self, now: Nanos) -> bool {
+        let victim = self
+            .cache
+            .iter()
+            .find(|(_, e)| matches!(e.state, State::Failed { .. }))
+            .or_else(|| {
+                self.cache
+                    .iter()
+                    .find(|(_, e)| matches!(e.state, State::Reachable { until } if until <= now))
+            })
+            .map(|(ip, _)| *ip);
+        match victim {
+            Some(ip) => {
+                self.cache.remove(&ip);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes an ARP request or neighbor solicitation for `ip` to `out`:
+    /// broadcast / solicited-node multicast, or unicast to `unicast`.
+    fn request(&mut self, ip: IpAddr, unicast: Option<Address>, out: &mut [u8]) -> Option<usize> {
+        if out.len() < FRAME_MAX {
+            return None;
+        }
+        let len = match ip {
+            IpAddr::V4(target) => {
+                let src = *self.cfg.ipv4.first()?;
+                let dst_mac = unicast.unwrap_or(Address::BROADCAST);
+                write_arp(
+                    out,
+                    self.cfg.mac,
+                    dst_mac,
+                    arp::Repr {
+                        op: arp::Operation::Request,
+                        sender_hw: self.cfg.mac,
+                        sender_ip: src,
+                        target_hw: Address::default(),
+                        target_ip: target,
+                    },
+                )
+            }
+            IpAddr::V6(target) => {
+                let src = *self.cfg.ipv6.first()?;
+                let (dst, dst_mac) = match unicast {
+                    Some(m) => (target, m),
+                    None => {
+                        let g = icmpv6::solicited_node(target);
+                        (g, icmpv6::multicast_mac(g))
+                    }
+                };
+                let nd = icmpv6::Repr::NeighborSolicit {
+                    target,
+                    source_lladdr: Some(self.cfg.mac),
+                };
+                write_nd(out, self.cfg.mac, dst_mac, src, dst, nd)
+            }
+        };
+        self.counters.requests_sent += 1;
+        Some(len)
+    }
+
+    /// Learns from an answer about a neighbor we asked for.
+    fn learn(&mut self, ip: IpAddr, mac: Address, now: Nanos, solicited_reply: bool) {
+        match self.cache.get_mut(&ip) {
+            Some(e) => {
+                e.mac = mac;
+                e.state = State::Reachable {
+                    until: now.saturating_add(self.cfg.reachable),
+                };
+                self.counters.learned += 1;
+            }
+            None if solicited_reply => self.counters.unsolicited += 1,
+            None => {}
+        }
+    }
+
+    /// Handles a received Ethernet frame carrying ARP or ICMPv6 ND. Returns
+    /// the length of a reply written to `out` (at least [`FRAME_MAX`]
+    /// bytes), if one is due. Other frames are counted as `ignored`.
+    pub fn on_frame(&mut self, frame: &[u8], now: Nanos, out: &mut [u8]) -> Option<usize> {
+        let Ok(eth) = ethernet::Frame::new_checked(frame) else {
+            self.counters.ignored += 1;
+            return None;
+        };
+        match eth.ethertype() {
+            EtherType::ARP => self.on_arp(eth.payload(), now, out),
+            EtherType::IPV6 => self.on_nd(eth.src_addr(), eth.payload(), now, out),
+            _ => {
+                self.counters.ignored += 1;
+                None
+            }
+        }
+    }
+
+    fn on_arp(&mut self, payload: &[u8], now: Nanos, out: &mut [u8]) -> Option<usize> {
+        let repr = arp::Packet::new_checked(payload)
+            .ok()
+            .and_then(|p| arp::Repr::parse(&p).ok().flatten());
+        let Some(r) = repr else {
+            self.counters.ignored += 1;
+            return None;
+        };
+        if self.cfg.ipv4.contains(&r.sender_ip) {
+            // Someone else claims our address (gratuitous ARP, a conflict
+            // or a spoof): never learned, counted.
+            self.counters.own_addr_conflict += 1;
+            return None;
+        }
+        self.learn(
+            r.sender_ip.into(),
+            r.sender_hw,
+            now,
+            r.op == arp::Operation::Reply,
+        );
+        if r.op != arp::Operation::Request || !self.cfg.ipv4.contains(&r.target_ip) {
+            return None;
+        }
+        if out.len() < FRAME_MAX || !r.sender_hw.is_unicast() {
+            self.counters.ignored += 1;
+            return None;
+        }
+        self.counters.replies_sent += 1;
+        Some(write_arp(
+            out,
+            self.cfg.mac,
+            r.sender_hw,
+            arp::Repr {
+                op: arp::Operation::Reply,
+                sender_hw: self.cfg.mac,
+                sender_ip: r.target_ip,
+                target_hw: r.sender_hw,
+                target_ip: r.sender_ip,
+            },
+        ))
+    }
+
+    fn on_nd(
+        &mut self,
+        eth_src: Address,
+        payload: &[u8],
+        now: Nanos,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let parsed = ipv6::Packet::new_checked(payload).ok().and_then(|ip| {
+            if ip.next_header() != IpProtocol::ICMPV6 || ip.hop_limit() != ND_HOP_LIMIT {
+                return None;
+            }
+            let addrs = ip.addrs();
+            let msg = icmpv6::Packet::new_checked(ip.payload()).ok()?;
+            let repr = icmpv6::Repr::parse(&msg, &addrs, true).ok().flatten()?;
+            Some((ip.src_addr(), repr))
+        });
+        let Some((src, repr)) = parsed else {
+            self.counters.ignored += 1;
+            return None;
+        };
+        match repr {
+            icmpv6::Repr::NeighborSolicit {
+                target,
+                source_lladdr,
+            } => {
+                if src.is_unspecified() {
+                    // Duplicate address detection (RFC 4862 section 5.4):
+                    // someone wants an address; ours is not for taking.
+                    if self.cfg.ipv6.contains(&target) {
+                        self.counters.own_addr_conflict += 1;
+                    }
+                    return None;
+                }
+                if self.cfg.ipv6.contains(&src) {
+                    self.counters.own_addr_conflict += 1;
+                    return None;
+                }
+                if let Some(mac) = source_lladdr {
+                    self.learn(src.into(), mac, now, false);
+                }
+                if !self.cfg.ipv6.contains(&target) || out.len() < FRAME_MAX {
+                    return None;
+                }
+                let dst_mac = source_lladdr.unwrap_or(eth_src);
+                let na = icmpv6::Repr::NeighborAdvert {
+                    flags: icmpv6::NaFlags(
+                        icmpv6::NaFlags::ROUTER
+                            | icmpv6::NaFlags::SOLICITED
+                            | icmpv6::NaFlags::OVERRIDE,
+                    ),
+                    target,
+                    target_lladdr: Some(self.cfg.mac),
+                };
+                self.counters.replies_sent += 1;
+                Some(write_nd(out, self.cfg.mac, dst_mac, target, src, na))
+            }
+            icmpv6::Repr::NeighborAdvert {
+                target,
+                target_lladdr,
+                ..
+            } => {
+                if self.cfg.ipv6.contains(&target) {
+                    self.counters.own_addr_conflict += 1;
+                    return None;
+                }
+                match target_lladdr {
+                    Some(mac) => self.learn(target.into(), mac, now, true),
+                    None => self.counters.ignored += 1,
+                }
+                None
+            }
+            _ => {
+                self.counters.ignored += 1;
+                None
+            }
+        }
+    }
+
+    /// Turns an Ethernet frame holding an ICMP or ICMPv6 echo request to
+    /// one of our addresses into its reply, in place (MACs and addresses
+    /// swapped, TTL/hop limit reset, type changed, checksums updated).
+    /// Returns false, frame unchanged, for anything else.
+    pub fn answer_echo(&mut self, frame: &mut [u8]) -> bool {
+        let Ok(eth) = ethernet::Frame::new_checked(&*frame) else {
+            return false;
+        };
+        let (ethertype, src_mac) = (eth.ethertype(), eth.src_addr());
+        let l3 = ethernet::HEADER_LEN;
+        let done = match ethertype {
+            EtherType::IPV4 => self.echo_v4(&mut frame[l3..]),
+            EtherType::IPV6 => self.echo_v6(&mut frame[l3..]),
+            _ => false,
+        };
+        if done {
+            let mut eth = ethernet::Frame::new_unchecked(&mut *frame);
+            eth.set_dst_addr(src_mac);
+            eth.set_src_addr(self.cfg.mac);
+            self.counters.echo_replies += 1;
+        }
+        done
+    }
+
+    fn echo_v4(&mut self, l3: &mut [u8]) -> bool {
+        let Ok(mut ip) = ipv4::Packet::new_checked(&mut *l3) else {
+            return false;
+        };
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        if ip.protocol() != IpProtocol::ICMP
+            || ip.is_fragment()
+            || !self.cfg.ipv4.contains(&dst)
+            || src.is_broadcast()
+            || src.is_multicast()
+            || src.is_unspecified()
+        {
+            return false;
+        }
+        let Ok(mut icmp) = icmpv4::Packet::new_checked(ip.payload_mut()) else {
+            return false;
+        };
+        if icmp.msg_type() != icmpv4::kind::ECHO_REQUEST || icmp.msg_code() != 0 {
+            return false;
+        }
+        let c = icmp.checksum();
+        icmp.set_msg_type(icmpv4::kind::ECHO_REPLY);
+        icmp.set_checksum(checksum::update_u16(
+            c,
+            (icmpv4::kind::ECHO_REQUEST as u16) << 8,
+            0,
+        ));
+        ip.set_src_addr(dst);
+        ip.set_dst_addr(src);
+        ip.set_ttl(ECHO_TTL);
+        ip.fill_checksum();
+        true
+    }
+
+    fn echo_v6(&mut self, l3: &mut [u8]) -> bool {
+        let Ok(mut ip) = ipv6::Packet::new_checked(&mut *l3) else {
+            return false;
+        };
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        if ip.next_header() != IpProtocol::ICMPV6
+            || !self.cfg.ipv6.contains(&dst)
+            || src.is_multicast()
+            || src.is_unspecified()
+        {
+            return false;
+        }
+        let Ok(mut icmp) = icmpv6::Packet::new_checked(ip.payload_mut()) else {
+            return false;
+        };
+        if icmp.msg_type() != icmpv6::kind::ECHO_REQUEST || icmp.msg_code() != 0 {
+            return false;
+        }
+        // Swapping source and destination leaves the pseudo-header sum alone.
+        let c = icmp.checksum();
+        icmp.set_msg_type(icmpv6::kind::ECHO_REPLY);
+        icmp.set_checksum(checksum::update_u16(
+            c,
+            (icmpv6::kind::ECHO_REQUEST as u16) << 8,
+            (icmpv6::kind::ECHO_REPLY as u16) << 8,
+        ));
+        ip.set_src_addr(dst);
+        ip.set_dst_addr(src);
+        ip.set_hop_limit(ECHO_TTL);
+        true
+    }
+}
+
+fn write_arp(out: &mut [u8], src: Address, dst: Address, repr: arp::Repr) -> usize {
+    let frame = &mut out[..ETH_MIN];
+    frame.fill(0);
+    ethernet::Repr {
+        src_addr: src,
+        dst_addr: dst,
+        vlan: None,
+        ethertype: EtherType::ARP,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut *frame));
+    repr.emit(&mut arp::Packet::new_unchecked(
+        &mut frame[ethernet::HEADER_LEN..],
+    ));
+    ETH_MIN
+}
+
+fn write_nd(
+    out: &mut [u8],
+    src_mac: Address,
+    dst_mac: Address,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    nd: icmpv6::Repr,
+) -> usize {
+    let body = nd.buffer_len();
+    let len = ethernet::HEADER_LEN + ipv6::HEADER_LEN + body;
+    let frame = &mut out[..len];
+    frame.fill(0);
+    ethernet::Repr {
+        src_addr: src_mac,
+        dst_addr: dst_mac,
+        vlan: None,
+        ethertype: EtherType::IPV6,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut *frame));
+    let l3 = &mut frame[ethernet::HEADER_LEN..];
+    ipv6::Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::ICMPV6,
+        payload_len: body,
+        hop_limit: ND_HOP_LIMIT,
+        traffic_class: 0,
+        flow_label: 0,
+    }
+    .emit(&mut ipv6::Packet::new_unchecked(&mut *l3));
+    let addrs = AddrPair::V6 { src, dst };
+    nd.emit(
+        &mut icmpv6::Packet::new_unchecked(&mut l3[ipv6::HEADER_LEN..]),
+        &addrs,
+    );
+    len
+}

@@ -1,0 +1,145 @@
+//! ICMP errors about NATed flows: translated with every checksum right;
+//! errors quoting garbage or unknown flows: dropped and counted.
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use braid_nat::{DnatRule, NatDrop, NatShard, Proto, Verdict};
+use braid_tunnel::wire::checksum;
+use common::*;
+
+const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+
+fn nat() -> NatShard {
+    let mut cfg = lan_config(1, 64);
+    cfg.dnat.push(DnatRule {
+        external: Ipv4Addr::new(203, 0, 113, 200).into(),
+        proto: Proto::Udp,
+        port: 5353,
+        internal: Ipv4Addr::new(10, 0, 0, 53).into(),
+        internal_port: 53,
+    });
+    NatShard::new(&cfg, 0, 1).unwrap()
+}
+
+/// Checks the translated error: checksums recomputed from scratch, outer
+/// destination and the quote's source restored to the internal endpoint.
+fn check_inbound_error(
+    p: &[u8],
+    int: std::net::SocketAddrV4,
+    rem: std::net::SocketAddrV4,
+    proto: u8,
+) {
+    assert_checksums(p);
+    let (_, _, dst) = endpoints(p);
+    assert_eq!(dst.ip(), int.ip());
+    let quote = &p[28..];
+    let (qp, qsrc, qdst) = endpoints(quote_whole(quote).as_slice());
+    assert_eq!((qp, qsrc, qdst), (proto, int, rem));
+}
+
+/// The quote with its total length fixed up so `endpoints` can read it.
+fn quote_whole(q: &[u8]) -> Vec<u8> {
+    let mut v = q.to_vec();
+    let n = v.len() as u16;
+    v[2..4].copy_from_slice(&n.to_be_bytes());
+    v
+}
+
+#[test]
+fn inbound_errors_quoting_nated_packets() {
+    let mut nat = nat();
+    // UDP: port unreachable quoting header + 8 bytes (RFC 792 minimum).
+    let (int, rem) = (sa([10, 0, 0, 1], 5000), sa([198, 51, 100, 1], 9999));
+    let mut out = udp_pkt(int, rem);
+    nat.outbound(&mut out, 0, SEC);
+    let ext = endpoints(&out).1;
+    let mut err = icmp_error(*rem.ip(), *ext.ip(), 3, 3, &out[..28]);
+    assert_eq!(nat.inbound(&mut err, SEC), Verdict::Translated);
+    check_inbound_error(&err, int, rem, UDP);
+    // The quoted UDP checksum, quoted in full, is right too.
+    let mut err = icmp_error(ROUTER, *ext.ip(), 11, 0, &out);
+    assert_eq!(nat.inbound(&mut err, SEC), Verdict::Translated);
+    check_inbound_error(&err, int, rem, UDP);
+    let whole = &err[28..];
+    assert_eq!(whole, udp_pkt(int, rem).as_slice());
+
+    // TCP: time exceeded from a router quoting the whole segment.
+    let (int, rem) = (sa([10, 0, 0, 2], 40000), sa([198, 51, 100, 2], 443));
+    let mut out = tcp_pkt(int, rem, 0x02);
+    nat.outbound(&mut out, 0, SEC);
+    let ext = endpoints(&out).1;
+    let mut err = icmp_error(ROUTER, *ext.ip(), 11, 0, &out);
+    assert_eq!(nat.inbound(&mut err, SEC), Verdict::Translated);
+    check_inbound_error(&err, int, rem, TCP);
+    assert_eq!(&err[28..], tcp_pkt(int, rem, 0x02).as_slice());
+    // Quoting 28 bytes only: the TCP checksum is not in the quote.
+    let mut err = icmp_error(ROUTER, *ext.ip(), 3, 4, &out[..28]);
+    assert_eq!(nat.inbound(&mut err, SEC), Verdict::Translated);
+    check_inbound_error(&err, int, rem, TCP);
+
+    // Echo: time exceeded about a ping.
+    let (h, r) = (Ipv4Addr::new(10, 0, 0, 3), Ipv4Addr::new(198, 51, 100, 3));
+    let mut out = echo_pkt(h, r, 0x1234, true);
+    nat.outbound(&mut out, 0, SEC);
+    let mut err = icmp_error(ROUTER, Ipv4Addr::new(203, 0, 113, 1), 11, 0, &out);
+    assert_eq!(nat.inbound(&mut err, SEC), Verdict::Translated);
+    assert_checksums(&err);
+    assert_eq!(&err[28..], echo_pkt(h, r, 0x1234, true).as_slice());
+    assert_eq!(nat.counters().icmp_errors_translated, 5);
+}
+
+#[test]
+fn outbound_error_about_a_forwarded_flow() {
+    let mut nat = nat();
+    let (rem, ext, int) = (
+        sa([198, 51, 100, 9], 7000),
+        sa([203, 0, 113, 200], 5353),
+        sa([10, 0, 0, 53], 53),
+    );
+    let mut req = udp_pkt(rem, ext);
+    assert_eq!(nat.inbound(&mut req, SEC), Verdict::Translated);
+    // The internal host answers port unreachable quoting what it got.
+    let mut err = icmp_error(*int.ip(), *rem.ip(), 3, 3, &req);
+    assert_eq!(nat.outbound(&mut err, 0, SEC), Verdict::Translated);
+    assert_checksums(&err);
+    assert_eq!(*endpoints(&err).1.ip(), *ext.ip());
+    assert_eq!(&err[28..], udp_pkt(rem, ext).as_slice());
+}
+
+#[test]
+fn errors_quoting_garbage_or_unknown_flows_are_dropped() {
+    let mut nat = nat();
+    let pool = Ipv4Addr::new(203, 0, 113, 1);
+    let mut s = 3u64;
+    for len in 0..64usize {
+        let junk: Vec<u8> = (0..len).map(|_| splitmix(&mut s) as u8).collect();
+        let mut err = icmp_error(ROUTER, pool, 3, 1, &junk);
+        assert_eq!(
+            nat.inbound(&mut err, SEC),
+            Verdict::Drop(NatDrop::IcmpBadQuote)
+        );
+    }
+    // A well-formed quote of a flow the NAT never saw.
+    let ghost = udp_pkt(sa([203, 0, 113, 1], 4444), sa([198, 51, 100, 1], 53));
+    let mut err = icmp_error(ROUTER, pool, 3, 3, &ghost[..28]);
+    assert_eq!(
+        nat.inbound(&mut err, SEC),
+        Verdict::Drop(NatDrop::IcmpNoSession)
+    );
+    // A quoted ICMP error (an error about an error) is not translated.
+    let inner = icmp_error(pool, ROUTER, 3, 3, &ghost[..28]);
+    let mut err = icmp_error(ROUTER, pool, 3, 3, &inner[..28]);
+    assert_eq!(
+        nat.inbound(&mut err, SEC),
+        Verdict::Drop(NatDrop::IcmpBadQuote)
+    );
+    // Not addressed to us at all: none of our business.
+    let mut err = icmp_error(ROUTER, Ipv4Addr::new(192, 0, 2, 1), 3, 1, &[1, 2, 3]);
+    assert_eq!(nat.inbound(&mut err, SEC), Verdict::Untouched);
+    assert_eq!(nat.counters().drop_count(NatDrop::IcmpBadQuote), 65);
+    assert_eq!(nat.counters().drop_count(NatDrop::IcmpNoSession), 1);
+    // The untouched packet's checksum is still right (nothing was written).
+    assert!(checksum::verifies(&err[20..]));
+}

@@ -1,0 +1,256 @@
+//! Timeouts per protocol and TCP state, the session bound, port exhaustion
+//! and port forwards.
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use braid_nat::{DnatRule, NatDrop, NatShard, Proto, Verdict};
+use common::*;
+
+const SYN: u8 = 0x02;
+const SYN_ACK: u8 = 0x12;
+const ACK: u8 = 0x10;
+const FIN_ACK: u8 = 0x11;
+const RST: u8 = 0x04;
+
+#[test]
+fn udp_expires_after_two_minutes() {
+    let mut nat = NatShard::new(&lan_config(1, 1024), 0, 1).unwrap();
+    let (int, rem) = (sa([10, 0, 0, 1], 5000), sa([198, 51, 100, 1], 53));
+    let t0 = 10 * SEC;
+    let mut p = udp_pkt(int, rem);
+    nat.outbound(&mut p, 0, t0);
+    let ext = endpoints(&p).1;
+    // Idle for just under 2 min: the reply passes (and refreshes).
+    let t1 = t0 + 120 * SEC - 1;
+    assert_eq!(nat.inbound(&mut udp_pkt(rem, ext), t1), Verdict::Translated);
+    // Idle for exactly 2 min after that: gone.
+    assert_eq!(
+        nat.inbound(&mut udp_pkt(rem, ext), t1 + 120 * SEC),
+        Verdict::Drop(NatDrop::NoSession)
+    );
+    assert_eq!(nat.sessions(), 0);
+    assert_eq!(nat.counters().sessions_expired, 1);
+}
+
+#[test]
+fn tcp_timeouts_follow_state() {
+    let mut nat = NatShard::new(&lan_config(1, 1024), 0, 1).unwrap();
+    let rem = sa([198, 51, 100, 1], 443);
+    // Established: both directions seen. Alive after 2 h idle, gone after
+    // 2 h 4 min (RFC 5382 REQ-5).
+    let int = sa([10, 0, 0, 1], 40000);
+    let mut p = tcp_pkt(int, rem, SYN);
+    nat.outbound(&mut p, 0, SEC);
+    let ext = endpoints(&p).1;
+    assert_eq!(
+        nat.inbound(&mut tcp_pkt(rem, ext, SYN_ACK), 2 * SEC),
+        Verdict::Translated
+    );
+    assert_eq!(
+        nat.outbound(&mut tcp_pkt(int, rem, ACK), 0, 3 * SEC),
+        Verdict::Translated
+    );
+    let t = 3 * SEC + 2 * 3600 * SEC;
+    assert_eq!(
+        nat.inbound(&mut tcp_pkt(rem, ext, ACK), t),
+        Verdict::Translated
+    );
+    assert_eq!(
+        nat.inbound(&mut tcp_pkt(rem, ext, ACK), t + (2 * 3600 + 4 * 60) * SEC),
+        Verdict::Drop(NatDrop::NoSession)
+    );
+
+    // Closed by FIN: 4 minutes.
+    let int = sa([10, 0, 0, 2], 40000);
+    let mut p = tcp_pkt(int, rem, SYN);
+    nat.outbound(&mut p, 0, SEC);
+    let ext = endpoints(&p).1;
+    nat.inbound(&mut tcp_pkt(rem, ext, SYN_ACK), SEC);
+    nat.outbound(&mut tcp_pkt(int, rem, FIN_ACK), 0, 2 * SEC);
+    assert_eq!(
+        nat.inbound(&mut tcp_pkt(rem, ext, FIN_ACK), 2 * SEC + 239 * SEC),
+        Verdict::Translated
+    );
+    assert_eq!(
+        nat.inbound(&mut tcp_pkt(rem, ext, ACK), 2 * SEC + 239 * SEC + 240 * SEC),
+        Verdict::Drop(NatDrop::NoSession)
+    );
+
+    // Reset: 4 minutes too, never 2 hours.
+    let int = sa([10, 0, 0, 3], 40000);
+    let mut p = tcp_pkt(int, rem, SYN);
+    nat.outbound(&mut p, 0, SEC);
+    let ext = endpoints(&p).1;
+    nat.inbound(&mut tcp_pkt(rem, ext, SYN_ACK), SEC);
+    nat.inbound(&mut tcp_pkt(rem, ext, RST), 2 * SEC);
+    assert_eq!(
+        nat.external_of(TCP, int, rem, 2 * SEC + 239 * SEC),
+        Some(ext)
+    );
+    assert_eq!(nat.external_of(TCP, int, rem, 2 * SEC + 240 * SEC), None);
+
+    // SYN never answered: 30 s.
+    let int = sa([10, 0, 0, 4], 40000);
+    nat.outbound(&mut tcp_pkt(int, rem, SYN), 0, SEC);
+    assert!(nat.external_of(TCP, int, rem, 30 * SEC).is_some());
+    assert!(nat.external_of(TCP, int, rem, 31 * SEC).is_none());
+
+    // An RST or a stray ACK with no session opens nothing.
+    let int = sa([10, 0, 0, 5], 40000);
+    assert_eq!(
+        nat.outbound(&mut tcp_pkt(int, rem, RST), 0, SEC),
+        Verdict::Drop(NatDrop::NoSession)
+    );
+}
+
+#[test]
+fn icmp_query_expires_after_a_minute() {
+    let mut nat = NatShard::new(&lan_config(1, 64), 0, 1).unwrap();
+    let (h, r) = (Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::new(198, 51, 100, 9));
+    let mut p = echo_pkt(h, r, 0x77, true);
+    assert_eq!(nat.outbound(&mut p, 0, SEC), Verdict::Translated);
+    assert_checksums(&p);
+    let ext = endpoints(&p).1;
+    let mut reply = echo_pkt(r, *ext.ip(), ext.port(), false);
+    assert_eq!(nat.inbound(&mut reply, 2 * SEC), Verdict::Translated);
+    assert_checksums(&reply);
+    assert_eq!(endpoints(&reply).2, sa(h.octets(), 0x77));
+    let mut reply = echo_pkt(r, *ext.ip(), ext.port(), false);
+    assert_eq!(
+        nat.inbound(&mut reply, 62 * SEC),
+        Verdict::Drop(NatDrop::NoSession)
+    );
+    // An outbound echo reply never opens a session.
+    let mut p = echo_pkt(h, r, 0x78, false);
+    assert_eq!(
+        nat.outbound(&mut p, 0, SEC),
+        Verdict::Drop(NatDrop::NoSession)
+    );
+}
+
+#[test]
+fn expired_sessions_are_swept_and_ports_reused() {
+    let mut nat = NatShard::new(&lan_config(1, 2000), 0, 1).unwrap();
+    for i in 0..1000u16 {
+        let mut p = udp_pkt(sa([10, 0, 1, 1], 10000 + i), sa([198, 51, 100, 1], 53));
+        assert_eq!(nat.outbound(&mut p, 0, SEC), Verdict::Translated);
+    }
+    assert_eq!(nat.sessions(), 1000);
+    // Bounded work per call: 100 slots, at most 100 sessions.
+    let later = 200 * SEC;
+    assert!(nat.expire(later, 100) <= 100);
+    while nat.expire(later, 100) > 0 {}
+    nat.expire(later, 2000);
+    assert_eq!(nat.sessions(), 0);
+    assert_eq!(nat.counters().sessions_expired, 1000);
+}
+
+#[test]
+fn session_table_exhaustion_is_bounded_and_counted() {
+    let mut nat = NatShard::new(&lan_config(1, 1000), 0, 1).unwrap();
+    let mut ok = 0;
+    for i in 0..1500u16 {
+        let mut p = udp_pkt(sa([10, 0, 2, 1], 10000 + i), sa([198, 51, 100, 1], 53));
+        match nat.outbound(&mut p, 0, SEC) {
+            Verdict::Translated => ok += 1,
+            v => assert_eq!(v, Verdict::Drop(NatDrop::SessionsFull)),
+        }
+    }
+    assert_eq!(ok, 1000);
+    assert_eq!(nat.sessions(), 1000);
+    assert_eq!(nat.counters().drop_count(NatDrop::SessionsFull), 500);
+    // Existing flows keep working while full.
+    let mut p = udp_pkt(sa([10, 0, 2, 1], 10000), sa([198, 51, 100, 1], 53));
+    assert_eq!(nat.outbound(&mut p, 0, 2 * SEC), Verdict::Translated);
+    // Once the old ones time out, new flows get in again (the full-table
+    // sweep finds expired slots without a separate call).
+    let mut p = udp_pkt(sa([10, 0, 2, 2], 1), sa([198, 51, 100, 1], 53));
+    assert_eq!(nat.outbound(&mut p, 0, 200 * SEC), Verdict::Translated);
+}
+
+#[test]
+fn port_exhaustion_is_counted() {
+    let mut cfg = lan_config(1, 1000);
+    cfg.snat[0].ports = 2000..=2009;
+    let mut nat = NatShard::new(&cfg, 0, 1).unwrap();
+    let mut ports = std::collections::HashSet::new();
+    for i in 0..20u16 {
+        let mut p = udp_pkt(sa([10, 0, 0, 1], 10000 + i), sa([198, 51, 100, 1], 53));
+        if nat.outbound(&mut p, 0, SEC) == Verdict::Translated {
+            ports.insert(endpoints(&p).1.port());
+        }
+    }
+    assert_eq!(ports.len(), 10);
+    assert!(ports.iter().all(|p| (2000..=2009).contains(p)));
+    assert_eq!(nat.counters().drop_count(NatDrop::PortsExhausted), 10);
+    // TCP has its own ports.
+    let mut p = tcp_pkt(sa([10, 0, 0, 1], 1), sa([198, 51, 100, 1], 80), SYN);
+    assert_eq!(nat.outbound(&mut p, 0, SEC), Verdict::Translated);
+    // Once the UDP sessions expire their ports serve new flows.
+    nat.expire(200 * SEC, usize::MAX);
+    let mut again = std::collections::HashSet::new();
+    for i in 0..10u16 {
+        let mut p = udp_pkt(sa([10, 0, 0, 2], 20000 + i), sa([198, 51, 100, 1], 53));
+        assert_eq!(nat.outbound(&mut p, 0, 200 * SEC), Verdict::Translated);
+        again.insert(endpoints(&p).1.port());
+    }
+    assert_eq!(again, ports);
+    // Four workers share the ten ports without overlap.
+    let mut seen = std::collections::HashSet::new();
+    for w in 0..4 {
+        let mut nat = NatShard::new(&cfg, w, 4).unwrap();
+        for i in 0..10u16 {
+            let mut p = udp_pkt(sa([10, 0, 0, 1], 10000 + i), sa([198, 51, 100, 1], 53));
+            if nat.outbound(&mut p, 0, SEC) == Verdict::Translated {
+                let port = endpoints(&p).1.port();
+                assert!(seen.insert(port));
+                assert_eq!(
+                    cfg.owner_of(Ipv4Addr::new(203, 0, 113, 1).into(), port, 4),
+                    Some(w)
+                );
+            }
+        }
+    }
+    assert_eq!(seen.len(), 10);
+}
+
+#[test]
+fn port_forward() {
+    let mut cfg = lan_config(1, 64);
+    cfg.dnat.push(DnatRule {
+        external: Ipv4Addr::new(203, 0, 113, 200).into(),
+        proto: Proto::Tcp,
+        port: 8080,
+        internal: Ipv4Addr::new(10, 0, 0, 80).into(),
+        internal_port: 80,
+    });
+    let mut nat = NatShard::new(&cfg, 0, 1).unwrap();
+    let (rem, ext, int) = (
+        sa([198, 51, 100, 5], 33333),
+        sa([203, 0, 113, 200], 8080),
+        sa([10, 0, 0, 80], 80),
+    );
+    let mut p = tcp_pkt(rem, ext, SYN);
+    assert_eq!(nat.inbound(&mut p, SEC), Verdict::Translated);
+    assert_checksums(&p);
+    assert_eq!(endpoints(&p), (TCP, rem, int));
+    let mut p = tcp_pkt(int, rem, SYN_ACK);
+    assert_eq!(nat.outbound(&mut p, 0, SEC), Verdict::Translated);
+    assert_checksums(&p);
+    assert_eq!(endpoints(&p), (TCP, ext, rem));
+    // Another port of the forwarded address: nothing there.
+    let mut p = tcp_pkt(rem, sa([203, 0, 113, 200], 8081), SYN);
+    assert_eq!(nat.inbound(&mut p, SEC), Verdict::Drop(NatDrop::NoSession));
+    // A forward inside the pool's port range is refused at build time.
+    let mut bad = cfg.clone();
+    bad.dnat[0].external = Ipv4Addr::new(203, 0, 113, 1).into();
+    assert!(NatShard::new(&bad, 0, 1).is_err());
+    // Steering: the forward's reply and its request meet on one worker.
+    let req = tcp_pkt(rem, ext, SYN);
+    let rep = tcp_pkt(int, rem, SYN_ACK);
+    for n in 1..8 {
+        assert_eq!(cfg.inbound_owner(&req, n), cfg.outbound_owner(&rep, n));
+    }
+}

@@ -1,0 +1,427 @@
+//! ARP/ND resolution, answers for our addresses, floods, and the ping
+//! responder.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use braid_nat::resolver::{Lookup, Resolver, ResolverConfig, FRAME_MAX};
+use braid_tunnel::wire::ethernet::{self, Address, EtherType};
+use braid_tunnel::wire::{arp, checksum, icmpv4, icmpv6, ipv4, ipv6};
+use common::*;
+
+const OUR_MAC: Address = Address([0x02, 0, 0, 0, 0, 0x01]);
+const OUR_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const HOP_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+const HOP_MAC: Address = Address([0x02, 0, 0, 0, 0, 0xfe]);
+
+fn our_v6() -> Ipv6Addr {
+    "fe80::1".parse().unwrap()
+}
+
+fn resolver() -> Resolver {
+    Resolver::new(ResolverConfig {
+        mac: OUR_MAC,
+        ipv4: vec![OUR_V4],
+        ipv6: vec![our_v6()],
+        capacity: 16,
+        ..ResolverConfig::default()
+    })
+}
+
+fn arp_frame(
+    op: arp::Operation,
+    sender_hw: Address,
+    sender_ip: Ipv4Addr,
+    target_ip: Ipv4Addr,
+) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    let dst = if op == arp::Operation::Request {
+        Address::BROADCAST
+    } else {
+        OUR_MAC
+    };
+    ethernet::Repr {
+        src_addr: sender_hw,
+        dst_addr: dst,
+        vlan: None,
+        ethertype: EtherType::ARP,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
+    arp::Repr {
+        op,
+        sender_hw,
+        sender_ip,
+        target_hw: Address::default(),
+        target_ip,
+    }
+    .emit(&mut arp::Packet::new_unchecked(&mut f[14..]));
+    f
+}
+
+fn parse_arp(f: &[u8]) -> (ethernet::Repr, arp::Repr) {
+    let eth = ethernet::Frame::new_checked(f).unwrap();
+    let e = ethernet::Repr::parse(&eth).unwrap();
+    let a = arp::Repr::parse(&arp::Packet::new_checked(eth.payload()).unwrap())
+        .unwrap()
+        .unwrap();
+    (e, a)
+}
+
+fn nd_frame(src_mac: Address, src: Ipv6Addr, dst: Ipv6Addr, nd: icmpv6::Repr) -> Vec<u8> {
+    let body = nd.buffer_len();
+    let mut f = vec![0u8; 14 + 40 + body];
+    ethernet::Repr {
+        src_addr: src_mac,
+        dst_addr: OUR_MAC,
+        vlan: None,
+        ethertype: EtherType::IPV6,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
+    ipv6::Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: braid_tunnel::wire::IpProtocol::ICMPV6,
+        payload_len: body,
+        hop_limit: 255,
+        traffic_class: 0,
+        flow_label: 0,
+    }
+    .emit(&mut ipv6::Packet::new_unchecked(&mut f[14..]));
+    nd.emit(
+        &mut icmpv6::Packet::new_unchecked(&mut f[54..]),
+        &braid_tunnel::wire::AddrPair::V6 { src, dst },
+    );
+    f
+}
+
+fn parse_nd(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, icmpv6::Repr) {
+    let eth = ethernet::Frame::new_checked(f).unwrap();
+    let ip = ipv6::Packet::new_checked(eth.payload()).unwrap();
+    assert_eq!(ip.hop_limit(), 255);
+    let m = icmpv6::Packet::new_checked(ip.payload()).unwrap();
+    let r = icmpv6::Repr::parse(&m, &ip.addrs(), true)
+        .unwrap()
+        .expect("checksum verifies");
+    (ip.src_addr(), ip.dst_addr(), r)
+}
+
+#[test]
+fn answers_arp_for_our_address_only() {
+    let mut r = resolver();
+    let mut out = [0u8; FRAME_MAX];
+    let asker = Address([2, 0, 0, 0, 0, 0x33]);
+    let req = arp_frame(
+        arp::Operation::Request,
+        asker,
+        Ipv4Addr::new(192, 0, 2, 33),
+        OUR_V4,
+    );
+    let n = r.on_frame(&req, SEC, &mut out).expect("reply");
+    let (e, a) = parse_arp(&out[..n]);
+    assert_eq!(
+        (e.dst_addr, e.src_addr, e.ethertype),
+        (asker, OUR_MAC, EtherType::ARP)
+    );
+    assert_eq!(a.op, arp::Operation::Reply);
+    assert_eq!((a.sender_hw, a.sender_ip), (OUR_MAC, OUR_V4));
+    assert_eq!(
+        (a.target_hw, a.target_ip),
+        (asker, Ipv4Addr::new(192, 0, 2, 33))
+    );
+    // Not ours: no answer.
+    let req = arp_frame(
+        arp::Operation::Request,
+        asker,
+        Ipv4Addr::new(192, 0, 2, 33),
+        Ipv4Addr::new(192, 0, 2, 2),
+    );
+    assert_eq!(r.on_frame(&req, SEC, &mut out), None);
+    // The asker was not learned.
+    assert!(r.is_empty());
+}
+
+#[test]
+fn resolves_a_next_hop() {
+    let mut r = resolver();
+    let mut out = [0u8; FRAME_MAX];
+    let Lookup::Pending { request: Some(n) } = r.lookup(HOP_V4.into(), SEC, &mut out) else {
+        panic!()
+    };
+    let (e, a) = parse_arp(&out[..n]);
+    assert_eq!(e.dst_addr, Address::BROADCAST);
+    assert_eq!(
+        (a.op, a.sender_ip, a.target_ip),
+        (arp::Operation::Request, OUR_V4, HOP_V4)
+    );
+    // A second packet before the retry time sends nothing.
+    assert_eq!(
+        r.lookup(HOP_V4.into(), SEC + 1000, &mut out),
+        Lookup::Pending { request: None }
+    );
+    let reply = arp_frame(arp::Operation::Reply, HOP_MAC, HOP_V4, OUR_V4);
+    assert_eq!(r.on_frame(&reply, SEC + 2000, &mut out), None);
+    assert_eq!(
+        r.lookup(HOP_V4.into(), 2 * SEC, &mut out),
+        Lookup::Resolved {
+            mac: HOP_MAC,
+            request: None
+        }
+    );
+    // After 30 s the entry is stale: still used, probed by unicast.
+    match r.lookup(HOP_V4.into(), 32 * SEC, &mut out) {
+        Lookup::Resolved {
+            mac,
+            request: Some(n),
+        } => {
+            assert_eq!(mac, HOP_MAC);
+            assert_eq!(parse_arp(&out[..n]).0.dst_addr, HOP_MAC);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Probes unanswered: 3 in all, then unresolved.
+    assert!(matches!(
+        r.lookup(HOP_V4.into(), 33 * SEC, &mut out),
+        Lookup::Resolved {
+            request: Some(_),
+            ..
+        }
+    ));
+    assert!(matches!(
+        r.lookup(HOP_V4.into(), 34 * SEC, &mut out),
+        Lookup::Resolved {
+            request: Some(_),
+            ..
+        }
+    ));
+    assert_eq!(r.lookup(HOP_V4.into(), 35 * SEC, &mut out), Lookup::Failed);
+    assert_eq!(r.counters().unresolved, 1);
+}
+
+#[test]
+fn silent_next_hop_retries_then_fails_without_stalling_others() {
+    let mut r = resolver();
+    let mut out = [0u8; FRAME_MAX];
+    let dead: IpAddr = Ipv4Addr::new(192, 0, 2, 99).into();
+    let mut requests = 0;
+    let mut t = 0;
+    let mut failed_at = None;
+    // One packet to the dead hop every 100 ms, and to the live one too.
+    while t < 30 * SEC {
+        match r.lookup(dead, t, &mut out) {
+            Lookup::Pending { request } => requests += request.is_some() as u32,
+            Lookup::Failed => {
+                failed_at.get_or_insert(t);
+            }
+            Lookup::Resolved { .. } => panic!("nobody answered"),
+        }
+        match r.lookup(HOP_V4.into(), t, &mut out) {
+            Lookup::Pending { request: Some(_) } => {
+                let reply = arp_frame(arp::Operation::Reply, HOP_MAC, HOP_V4, OUR_V4);
+                r.on_frame(&reply, t, &mut out);
+            }
+            Lookup::Resolved { mac, .. } => assert_eq!(mac, HOP_MAC),
+            other => panic!("live hop: {other:?}"),
+        }
+        t += SEC / 10;
+    }
+    // Requests at 0, 1 s, 2 s; failed at 3 s; held down 20 s; asked again
+    // at 23 s (3 more), failed again at 26 s.
+    assert_eq!(failed_at, Some(3 * SEC));
+    assert_eq!(requests, 6);
+    assert_eq!(r.counters().unresolved, 2);
+    assert!(r.counters().lookups_failed > 100);
+}
+
+#[test]
+fn gratuitous_arp_for_our_address_is_refused() {
+    let mut r = resolver();
+    let mut out = [0u8; FRAME_MAX];
+    let thief = Address([2, 0, 0, 0, 0, 0x66]);
+    let garp = arp_frame(arp::Operation::Request, thief, OUR_V4, OUR_V4);
+    assert_eq!(r.on_frame(&garp, SEC, &mut out), None);
+    let garp = arp_frame(arp::Operation::Reply, thief, OUR_V4, OUR_V4);
+    assert_eq!(r.on_frame(&garp, SEC, &mut out), None);
+    assert_eq!(r.counters().own_addr_conflict, 2);
+    assert!(r.is_empty());
+    // The same for ND: an NA claiming our address.
+    let na = nd_frame(
+        thief,
+        "fe80::66".parse().unwrap(),
+        our_v6(),
+        icmpv6::Repr::NeighborAdvert {
+            flags: icmpv6::NaFlags(icmpv6::NaFlags::OVERRIDE),
+            target: our_v6(),
+            target_lladdr: Some(thief),
+        },
+    );
+    assert_eq!(r.on_frame(&na, SEC, &mut out), None);
+    assert_eq!(r.counters().own_addr_conflict, 3);
+}
+
+#[test]
+fn arp_flood_is_bounded() {
+    let mut r = resolver();
+    let mut out = [0u8; FRAME_MAX];
+    for i in 0..100_000u32 {
+        let ip = Ipv4Addr::from(0x0a00_0000 + i);
+        let mac = Address([2, 1, (i >> 16) as u8, (i >> 8) as u8, i as u8, 0]);
+        let req = arp_frame(arp::Operation::Request, mac, ip, OUR_V4);
+        assert!(r.on_frame(&req, SEC, &mut out).is_some());
+        let rep = arp_frame(arp::Operation::Reply, mac, ip, OUR_V4);
+        assert!(r.on_frame(&rep, SEC, &mut out).is_none());
+    }
+    assert!(r.is_empty());
+    assert_eq!(r.counters().unsolicited, 100_000);
+    assert_eq!(r.counters().replies_sent, 100_000);
+    // Lookups of more next hops than the cache holds: bounded, counted.
+    for i in 0..100u32 {
+        r.lookup(Ipv4Addr::from(0xc000_0200 + i).into(), SEC, &mut out);
+    }
+    assert_eq!(r.len(), r.capacity());
+    assert_eq!(r.counters().cache_full, 100 - 16);
+}
+
+#[test]
+fn neighbor_discovery() {
+    let mut r = resolver();
+    let mut out = [0u8; FRAME_MAX];
+    let peer: Ipv6Addr = "fe80::fe".parse().unwrap();
+    // NS for our address: a solicited NA with our MAC.
+    let ns_frame = nd_frame(
+        HOP_MAC,
+        peer,
+        icmpv6::solicited_node(our_v6()),
+        icmpv6::Repr::NeighborSolicit {
+            target: our_v6(),
+            source_lladdr: Some(HOP_MAC),
+        },
+    );
+    let n = r.on_frame(&ns_frame, SEC, &mut out).expect("NA");
+    assert_eq!(&out[0..6], &HOP_MAC.0);
+    let (src, dst, na) = parse_nd(&out[..n]);
+    assert_eq!((src, dst), (our_v6(), peer));
+    let icmpv6::Repr::NeighborAdvert {
+        flags,
+        target,
+        target_lladdr,
+    } = na
+    else {
+        panic!()
+    };
+    assert!(flags.solicited() && flags.override_() && flags.router());
+    assert_eq!((target, target_lladdr), (our_v6(), Some(OUR_MAC)));
+    // Resolving the peer: NS to its solicited-node group.
+    let Lookup::Pending { request: Some(n) } = r.lookup(peer.into(), SEC, &mut out) else {
+        panic!()
+    };
+    assert_eq!(&out[0..6], &[0x33, 0x33, 0xff, 0, 0, 0xfe]);
+    let (src, dst, ns) = parse_nd(&out[..n]);
+    assert_eq!((src, dst), (our_v6(), icmpv6::solicited_node(peer)));
+    assert_eq!(
+        ns,
+        icmpv6::Repr::NeighborSolicit {
+            target: peer,
+            source_lladdr: Some(OUR_MAC)
+        }
+    );
+    let na = nd_frame(
+        HOP_MAC,
+        peer,
+        our_v6(),
+        icmpv6::Repr::NeighborAdvert {
+            flags: icmpv6::NaFlags(icmpv6::NaFlags::SOLICITED),
+            target: peer,
+            target_lladdr: Some(HOP_MAC),
+        },
+    );
+    assert_eq!(r.on_frame(&na, SEC, &mut out), None);
+    assert_eq!(
+        r.lookup(peer.into(), SEC, &mut out),
+        Lookup::Resolved {
+            mac: HOP_MAC,
+            request: None
+        }
+    );
+    // Hop limit not 255: ignored (RFC 4861 section 7.1.1).
+    let mut bad = ns_frame.clone();
+    bad[14 + 7] = 64;
+    assert_eq!(r.on_frame(&bad, SEC, &mut out), None);
+}
+
+#[test]
+fn answers_ping_in_place() {
+    let mut r = resolver();
+    let asker = Address([2, 0, 0, 0, 0, 0x44]);
+    let from = Ipv4Addr::new(192, 0, 2, 44);
+    let mut f = vec![0u8; 14];
+    ethernet::Repr {
+        src_addr: asker,
+        dst_addr: OUR_MAC,
+        vlan: None,
+        ethertype: EtherType::IPV4,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
+    f.extend_from_slice(&echo_pkt(from, OUR_V4, 0x99, true));
+    let mut reply = f.clone();
+    assert!(r.answer_echo(&mut reply));
+    assert_eq!(&reply[0..6], &asker.0);
+    assert_eq!(&reply[6..12], &OUR_MAC.0);
+    assert_checksums(&reply[14..]);
+    let ip = ipv4::Packet::new_checked(&reply[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.ttl()), (OUR_V4, from, 64));
+    let icmp = icmpv4::Packet::new_checked(ip.payload()).unwrap();
+    assert_eq!(
+        (icmp.msg_type(), icmp.echo_ident(), icmp.echo_seq()),
+        (0, 0x99, 7)
+    );
+    // Not to us: left alone.
+    let mut other = f.clone();
+    other[14 + 19] = 2;
+    let before = other.clone();
+    assert!(!r.answer_echo(&mut other));
+    assert_eq!(other, before);
+
+    // ICMPv6 echo to our address.
+    let peer: Ipv6Addr = "fe80::44".parse().unwrap();
+    let echo = icmpv6::Repr::Echo {
+        request: true,
+        ident: 5,
+        seq: 6,
+        data_len: 4,
+    };
+    let mut f = vec![0u8; 14 + 40 + 12];
+    ethernet::Repr {
+        src_addr: asker,
+        dst_addr: OUR_MAC,
+        vlan: None,
+        ethertype: EtherType::IPV6,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
+    ipv6::Repr {
+        src_addr: peer,
+        dst_addr: our_v6(),
+        next_header: braid_tunnel::wire::IpProtocol::ICMPV6,
+        payload_len: 12,
+        hop_limit: 64,
+        traffic_class: 0,
+        flow_label: 0,
+    }
+    .emit(&mut ipv6::Packet::new_unchecked(&mut f[14..]));
+    f[62..66].copy_from_slice(b"abcd");
+    echo.emit(
+        &mut icmpv6::Packet::new_unchecked(&mut f[54..]),
+        &braid_tunnel::wire::AddrPair::V6 {
+            src: peer,
+            dst: our_v6(),
+        },
+    );
+    assert!(r.answer_echo(&mut f));
+    let ip = ipv6::Packet::new_checked(&f[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (our_v6(), peer));
+    let m = icmpv6::Packet::new_checked(ip.payload()).unwrap();
+    assert!(m.verify_checksum(&ip.addrs()));
+    assert_eq!((m.msg_type(), m.echo_ident()), (129, 5));
+    assert!(checksum::sum(&[]) == 0);
+    assert_eq!(r.counters().echo_replies, 2);
+}
