@@ -15,13 +15,11 @@
 //! `Applied` on the events ring. A document that fails is answered
 //! `Rejected` with the reason and changes nothing.
 //!
-//! Outbound SAs are kept across snapshots by (SPI, key, salt): a tunnel
-//! whose SA did not change keeps its sequence counter, so a new table never
-//! restarts a counter under a key already used (which would repeat GCM
-//! nonces). SAs of removed tunnels stay in the registry for the life of the
-//! process for the same reason.
+//! Outbound SAs are kept across snapshots (and restarts) by the
+//! [`SaRegistry`] of `sas.rs`: a tunnel whose SA did not change keeps its
+//! sequence counter, so a new table never restarts a counter under a key
+//! already used (which would repeat GCM nonces).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,51 +30,12 @@ use arc_swap::ArcSwap;
 use braid_shm::proto::{self, Event, MAX_CONFIG_MSGS};
 use braid_shm::stats::{StatsLayout, StatsSegment, StatsWriter};
 use braid_shm::{Producer, Ring, Segment, TxnReader};
-use braid_tunnel::sa::{OutboundSa, OutboundSaPair, SaParams};
+use braid_tunnel::sa::OutboundSaPair;
 
 use crate::config::{Config, Tables};
 use crate::stats;
 
-/// Every outbound SA this process has created, by (SPI, key, salt).
-#[derive(Default)]
-pub struct SaRegistry {
-    sas: HashMap<(u32, Vec<u8>, [u8; 4]), Arc<OutboundSaPair>>,
-}
-
-impl SaRegistry {
-    /// The SA for `p`: the existing one when SPI, key and salt are the
-    /// same (its sequence counter continues), else a new one.
-    pub fn get(&mut self, p: &SaParams) -> Arc<OutboundSaPair> {
-        self.sas
-            .entry((p.spi.0, p.key.as_bytes().to_vec(), p.salt))
-            .or_insert_with(|| Arc::new(OutboundSaPair::new(Arc::new(OutboundSa::new(p)))))
-            .clone()
-    }
-
-    /// Registers SAs built elsewhere for `tables`' tunnels (`sas` by
-    /// bundle, as [`crate::gateway::outbound_sas`] makes them).
-    pub fn adopt(&mut self, tables: &Tables, sas: &[Vec<Arc<OutboundSaPair>>]) {
-        for (b, bundle) in tables.bundles.iter().enumerate() {
-            for (t, tunnel) in bundle.tunnels.iter().enumerate() {
-                let p = &tunnel.sa_out;
-                self.sas.insert((p.spi.0, p.key.as_bytes().to_vec(), p.salt), sas[b][t].clone());
-            }
-        }
-    }
-
-    /// The outbound SA of every tunnel, by bundle.
-    pub fn for_tables(&mut self, tables: &Tables) -> Vec<Vec<Arc<OutboundSaPair>>> {
-        tables.bundles.iter().map(|b| b.tunnels.iter().map(|t| self.get(&t.sa_out)).collect()).collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.sas.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sas.is_empty()
-    }
-}
+pub use crate::sas::SaRegistry;
 
 /// One immutable generation of tables, as the workers use it.
 pub struct Snapshot {
@@ -302,7 +261,7 @@ impl Endpoint {
     pub fn spawn(
         mut self,
         exchange: Arc<Exchange>,
-        registry: SaRegistry,
+        registry: Arc<Mutex<SaRegistry>>,
         stats: Option<StatsSegment>,
         workers: u16,
         generation: u64,
@@ -327,7 +286,7 @@ impl Endpoint {
 struct Ctl {
     ep: Endpoint,
     exchange: Arc<Exchange>,
-    registry: SaRegistry,
+    registry: Arc<Mutex<SaRegistry>>,
     stats: Option<StatsSegment>,
     workers: u16,
 }
@@ -365,7 +324,7 @@ impl Ctl {
             return Ok(());
         }
         drop(running);
-        let sas = self.registry.for_tables(&tables);
+        let sas = self.registry.lock().map_err(|_| "SA registry poisoned".to_string())?.for_tables(&tables)?;
         let (seg, writers) = match &self.ep.cfg.stats {
             Some(path) => {
                 let (seg, w) = stats_segment(path, &tables, self.workers, self.ep.cfg.boot_id)?;
@@ -397,12 +356,6 @@ impl Ctl {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use braid_tunnel::crypto::AesGcmKey;
-    use braid_tunnel::sa::Spi;
-
-    fn params(spi: u32, key: u8) -> SaParams {
-        SaParams { spi: Spi(spi), key: AesGcmKey::from_slice(&[key; 16]).unwrap(), salt: [1, 2, 3, 4], packet_limit: u64::MAX }
-    }
 
     /// The example document of docs/config.md.
     pub(crate) fn example_doc() -> String {
@@ -414,22 +367,6 @@ pub(crate) mod tests {
 
     fn example_tables() -> Tables {
         tables_from_doc(example_doc().as_bytes()).unwrap()
-    }
-
-    #[test]
-    fn registry_keeps_the_sequence_counter_of_an_unchanged_sa() {
-        let mut r = SaRegistry::default();
-        let a = r.get(&params(0x100, 1));
-        assert_eq!(a.active().reserve(10).unwrap().len(), 10);
-        // Same SPI, key and salt (a weight changed, a tunnel was removed
-        // and re-added): the same SA, counter continues.
-        let again = r.get(&params(0x100, 1));
-        assert!(Arc::ptr_eq(&a, &again));
-        assert_eq!(again.active().remaining(), a.active().remaining());
-        // A new key under the same SPI is a new SA.
-        let rekeyed = r.get(&params(0x100, 2));
-        assert!(!Arc::ptr_eq(&a, &rekeyed));
-        assert_eq!(r.len(), 2);
     }
 
     #[test]

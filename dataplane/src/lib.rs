@@ -13,6 +13,7 @@ pub mod encap;
 pub mod gateway;
 pub mod lab;
 pub mod report;
+pub mod sas;
 pub mod stats;
 pub mod worker;
 

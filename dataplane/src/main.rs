@@ -7,24 +7,25 @@
 //! cleanly: workers stop, held packets are delivered, ports close, exit 0.
 //!
 //! usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH]
-//!            [--stats-file PATH] [--stats-interval-ms N] [--idle-us N]
+//!            [--seq-state FILE] [--stats-file PATH] [--stats-interval-ms N] [--idle-us N]
 //!            [--seconds N] -- <EAL args>
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use braid_dataplane::config::{Config, Tables};
 use braid_dataplane::control::{self, ControlConfig, Exchange, SaRegistry, Snapshot};
 use braid_dataplane::gateway::{worker_setup, PortPlan};
 use braid_dataplane::worker::Worker;
-use braid_dataplane::{report, stats};
+use braid_dataplane::{report, sas, stats};
 use braid_dpdk::{Eal, Mempool, Port, PortConfig};
 
 struct Args {
     config: Option<String>,
+    seq_state: Option<PathBuf>,
     shm: Option<PathBuf>,
     stats: Option<PathBuf>,
     stats_file: Option<String>,
@@ -34,7 +35,7 @@ struct Args {
     eal: Vec<String>,
 }
 
-const USAGE: &str = "usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH] [--stats-file PATH] [--stats-interval-ms N] [--idle-us N] [--seconds N] -- <EAL args>";
+const USAGE: &str = "usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH] [--seq-state FILE] [--stats-file PATH] [--stats-interval-ms N] [--idle-us N] [--seconds N] -- <EAL args>";
 
 /// How often the worker publishes its counters to the stats segment.
 const SEGMENT_INTERVAL: Duration = Duration::from_millis(100);
@@ -44,6 +45,7 @@ fn parse_args() -> Result<Args, String> {
     let split = all.iter().position(|a| a == "--").ok_or(USAGE)?;
     let mut a = Args {
         config: None,
+        seq_state: None,
         shm: None,
         stats: None,
         stats_file: None,
@@ -59,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
         match k.as_str() {
             "--config" => a.config = Some(v.clone()),
             "--shm" => a.shm = Some(v.into()),
+            "--seq-state" => a.seq_state = Some(v.into()),
             "--stats" => a.stats = Some(v.into()),
             "--stats-file" => a.stats_file = Some(v.clone()),
             "--stats-interval-ms" => a.stats_interval = Duration::from_millis(num(v)?),
@@ -158,8 +161,25 @@ fn run() -> Result<(), String> {
         ports.push((i, port));
     }
     let offload = |i: usize| ports.iter().any(|(j, p)| *j == i && p.offloads().tx_ipv4_cksum);
-    let mut registry = SaRegistry::default();
-    let sas = registry.for_tables(&tables);
+    // Outbound sequence numbers: kept on disk so a restart never reuses one
+    // (and the peers' replay windows accept the restarted gateway).
+    let mut registry = match &args.seq_state {
+        Some(path) => SaRegistry::with_state(path)?,
+        None => {
+            eprintln!(
+                "braid-dataplane: warning: no --seq-state: after a restart, sequence numbers start at 1 again under \
+                 the same keys (peers drop the packets as replays; change the keys, or give --seq-state)"
+            );
+            SaRegistry::default()
+        }
+    };
+    let sas = registry.for_tables(&tables)?;
+    let registry = Arc::new(Mutex::new(registry));
+    let keeper_stop = Arc::new(AtomicBool::new(false));
+    let keeper = match &args.seq_state {
+        Some(_) => Some(sas::spawn_keeper(registry.clone(), keeper_stop.clone()).map_err(|e| format!("sequence keeper: {e}"))?),
+        None => None,
+    };
     let setup = worker_setup(&tables, &plan, &sas, 0, true, offload)?;
     let (stats_seg, mut writers) = match &args.stats {
         Some(path) => {
@@ -181,7 +201,7 @@ fn run() -> Result<(), String> {
     let now = || t0.elapsed().as_nanos() as u64;
     let mut worker = Worker::new(setup, pool.clone(), lan_q, wan_q, now())?;
     let control = match endpoint {
-        Some(ep) => Some(ep.spawn(exchange.clone(), registry, stats_seg, WORKERS, generation)?),
+        Some(ep) => Some(ep.spawn(exchange.clone(), registry.clone(), stats_seg, WORKERS, generation)?),
         None => None,
     };
     let n_tunnels = |t: &Tables| t.bundles.iter().map(|b| b.tunnels.len()).sum::<usize>();
@@ -270,6 +290,10 @@ fn run() -> Result<(), String> {
     println!("{json}");
     if let Some(c) = control {
         c.stop();
+    }
+    keeper_stop.store(true, Ordering::Relaxed);
+    if let Some(k) = keeper {
+        let _ = k.join();
     }
     // A control process reading the stats sees the dataplane gone.
     if let Some(p) = &args.stats {

@@ -42,7 +42,7 @@ fn tables_a(lab: &Lab, mode: &str, weights: &[u32], extra_routes: &[&str], rekey
 fn apply(lab: &mut Lab, tables: &Tables) -> Result<Applied, String> {
     let mut registry = SaRegistry::default();
     registry.adopt(&lab.tables_a, &lab.sas_a);
-    let sas = registry.for_tables(tables);
+    let sas = registry.for_tables(tables)?;
     let plan = PortPlan::new(tables)?;
     let setup = worker_setup(tables, &plan, &sas, 0, true, |_| false)?;
     let now = lab.now;

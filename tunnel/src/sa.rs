@@ -141,6 +141,13 @@ impl<A: Aead> OutboundSa<A> {
         self.spi
     }
 
+    /// The next sequence number a lease would hand out (numbers below it
+    /// were leased, used or not): what a sender persists so that a restart
+    /// never reuses one.
+    pub fn next_seq(&self) -> u64 {
+        self.next.0.load(Ordering::Relaxed)
+    }
+
     /// Sequence numbers not leased yet; rekey well before this reaches zero.
     pub fn remaining(&self) -> u64 {
         (self.limit + 1).saturating_sub(self.next.0.load(Ordering::Relaxed))

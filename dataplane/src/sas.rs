@@ -1,0 +1,252 @@
+//! Outbound SAs across snapshots and across restarts.
+//!
+//! [`SaRegistry`] keeps every outbound SA the process created, by (SPI,
+//! key, salt): a tunnel that reappears in a new snapshot with the same key
+//! continues its sequence counter (restarting it would repeat GCM nonces).
+//!
+//! With a state file ([`SaRegistry::with_state`]) sequence numbers also
+//! survive a restart of the process, the way a manually keyed IPsec SA
+//! must (RFC 4303 section 3.3.3): the file holds, per SA, a *mark* that no
+//! number in use has reached. A new SA starts at its mark (or 1) and the
+//! mark is moved [`AHEAD`] numbers past it, on disk (fsync) before any
+//! packet uses the SA. [`SaRegistry::refresh`] (every 100 ms from a keeper
+//! thread, [`spawn_keeper`]) moves a mark again whenever the counter gets
+//! within half of `AHEAD` of it. A restarted dataplane therefore never
+//! reuses a number, and its first numbers are less than 2^31 ahead of the
+//! last ones the peer saw, so the peer's ESN inference and replay window
+//! (RFC 4303 appendix A) accept them.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use braid_shm::proto::fnv1a;
+use braid_tunnel::sa::{OutboundSa, OutboundSaPair, SaParams};
+
+use crate::config::Tables;
+
+/// How far a mark runs ahead of the counter: 2^30 numbers, 10 s of a
+/// 100 Mpps tunnel, and less than half the 2^31 an ESN receiver can jump.
+pub const AHEAD: u64 = 1 << 30;
+
+/// Identifies an SA without holding its key: SPI and a hash of key and salt.
+type SaId = (u32, u64);
+
+fn sa_id(p: &SaParams) -> SaId {
+    let mut b = p.key.as_bytes().to_vec();
+    b.extend_from_slice(&p.salt);
+    (p.spi.0, fnv1a(&b))
+}
+
+/// Every outbound SA this process created, and their marks on disk.
+#[derive(Default)]
+pub struct SaRegistry {
+    sas: HashMap<SaId, Arc<OutboundSaPair>>,
+    marks: HashMap<SaId, u64>,
+    state: Option<PathBuf>,
+}
+
+impl SaRegistry {
+    /// A registry that keeps sequence marks in `path` (read now if it
+    /// exists; a damaged file is an error, never silently reset).
+    pub fn with_state(path: impl AsRef<Path>) -> Result<SaRegistry, String> {
+        let path = path.as_ref().to_path_buf();
+        let mut marks = HashMap::new();
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                    let bad = || format!("{}:{}: expected \"<spi> <key hash> <mark>\" in hex", path.display(), n + 1);
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let [spi, id, mark] = f[..] else { return Err(bad()) };
+                    let hex32 = |s: &str| u32::from_str_radix(s, 16).map_err(|_| bad());
+                    let hex64 = |s: &str| u64::from_str_radix(s, 16).map_err(|_| bad());
+                    marks.insert((hex32(spi)?, hex64(id)?), hex64(mark)?);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+        Ok(SaRegistry { sas: HashMap::new(), marks, state: Some(path) })
+    }
+
+    /// The SA for `p`: the existing one when SPI, key and salt are the
+    /// same (its sequence counter continues), else a new one starting at
+    /// its mark, whose new mark is on disk before this returns.
+    pub fn get(&mut self, p: &SaParams) -> Result<Arc<OutboundSaPair>, String> {
+        let id = sa_id(p);
+        if let Some(sa) = self.sas.get(&id) {
+            return Ok(sa.clone());
+        }
+        let start = self.marks.get(&id).copied().unwrap_or(1);
+        let sa = Arc::new(OutboundSaPair::new(Arc::new(OutboundSa::starting_at(p, start))));
+        if self.state.is_some() {
+            self.marks.insert(id, start.saturating_add(AHEAD));
+            self.save()?;
+        }
+        self.sas.insert(id, sa.clone());
+        Ok(sa)
+    }
+
+    /// Registers SAs built elsewhere for `tables`' tunnels (`sas` by
+    /// bundle, as [`crate::gateway::outbound_sas`] makes them).
+    pub fn adopt(&mut self, tables: &Tables, sas: &[Vec<Arc<OutboundSaPair>>]) {
+        for (b, bundle) in tables.bundles.iter().enumerate() {
+            for (t, tunnel) in bundle.tunnels.iter().enumerate() {
+                self.sas.insert(sa_id(&tunnel.sa_out), sas[b][t].clone());
+            }
+        }
+    }
+
+    /// The outbound SA of every tunnel, by bundle.
+    pub fn for_tables(&mut self, tables: &Tables) -> Result<Vec<Vec<Arc<OutboundSaPair>>>, String> {
+        tables.bundles.iter().map(|b| b.tunnels.iter().map(|t| self.get(&t.sa_out)).collect()).collect()
+    }
+
+    /// Moves the marks of SAs whose counters came within `AHEAD / 2` of
+    /// them, and writes the file if any moved.
+    pub fn refresh(&mut self) -> Result<bool, String> {
+        if self.state.is_none() {
+            return Ok(false);
+        }
+        let mut moved = false;
+        for (id, pair) in &self.sas {
+            let next = pair.active().next_seq();
+            let mark = self.marks.entry(*id).or_insert(0);
+            if next.saturating_add(AHEAD / 2) > *mark {
+                *mark = next.saturating_add(AHEAD);
+                moved = true;
+            }
+        }
+        if moved {
+            self.save()?;
+        }
+        Ok(moved)
+    }
+
+    /// The mark of `p`'s SA, if one is kept.
+    pub fn mark(&self, p: &SaParams) -> Option<u64> {
+        self.marks.get(&sa_id(p)).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sas.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sas.is_empty()
+    }
+
+    /// Writes the marks: temporary file, fsync, rename, fsync of the folder.
+    fn save(&self) -> Result<(), String> {
+        let Some(path) = &self.state else { return Ok(()) };
+        let mut text = String::new();
+        let mut ids: Vec<_> = self.marks.iter().collect();
+        ids.sort();
+        for ((spi, id), mark) in ids {
+            text.push_str(&format!("{spi:08x} {id:016x} {mark:016x}\n"));
+        }
+        let tmp = path.with_extension("tmp");
+        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+        let mut f = fs::File::create(&tmp).map_err(err)?;
+        f.write_all(text.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        fs::rename(&tmp, path).map_err(err)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+/// A thread that calls [`SaRegistry::refresh`] every 100 ms until `stop`,
+/// then once more. A failure to write is printed once per minute at most:
+/// the dataplane keeps forwarding (the marks on disk stay valid for
+/// `AHEAD / 2` more numbers per SA).
+pub fn spawn_keeper(registry: Arc<Mutex<SaRegistry>>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("braid-seq".into()).spawn(move || {
+        let mut last_error = None::<std::time::Instant>;
+        loop {
+            let done = stop.load(Ordering::Relaxed);
+            let r = registry.lock().map_err(|_| "registry poisoned".to_string()).and_then(|mut r| r.refresh());
+            if let Err(e) = r {
+                if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    eprintln!("braid-dataplane: sequence state: {e}");
+                    last_error = Some(std::time::Instant::now());
+                }
+            }
+            if done {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_tunnel::crypto::AesGcmKey;
+    use braid_tunnel::sa::Spi;
+
+    fn params(spi: u32, key: u8) -> SaParams {
+        SaParams { spi: Spi(spi), key: AesGcmKey::from_slice(&[key; 16]).unwrap(), salt: [1, 2, 3, 4], packet_limit: u64::MAX }
+    }
+
+    #[test]
+    fn an_unchanged_sa_keeps_its_counter() {
+        let mut r = SaRegistry::default();
+        let a = r.get(&params(0x100, 1)).unwrap();
+        assert_eq!(a.active().reserve(10).unwrap().len(), 10);
+        // Same SPI, key and salt (a weight changed, a tunnel was removed
+        // and re-added): the same SA, counter continues.
+        let again = r.get(&params(0x100, 1)).unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!(again.active().next_seq(), 11);
+        // A new key under the same SPI is a new SA.
+        let rekeyed = r.get(&params(0x100, 2)).unwrap();
+        assert!(!Arc::ptr_eq(&a, &rekeyed));
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn sequence_numbers_survive_a_restart_and_never_repeat() {
+        let dir = std::env::temp_dir().join(format!("braid-seq-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("seq");
+        let p = params(0x200, 7);
+        // First life: numbers up to 5000 used, then AHEAD/2 more.
+        let used = {
+            let mut r = SaRegistry::with_state(&path).unwrap();
+            let sa = r.get(&p).unwrap();
+            assert_eq!(sa.active().next_seq(), 1);
+            assert_eq!(r.mark(&p), Some(1 + AHEAD), "mark on disk before use");
+            sa.active().reserve(5000).unwrap();
+            assert!(!r.refresh().unwrap(), "far from the mark: no write");
+            // Jump the counter close to the mark (as if AHEAD/2 were used).
+            let far = OutboundSa::starting_at(&p, 1 + AHEAD / 2 + 10);
+            r.sas.insert(sa_id(&p), Arc::new(OutboundSaPair::new(Arc::new(far))));
+            assert!(r.refresh().unwrap());
+            assert_eq!(r.mark(&p), Some(1 + AHEAD / 2 + 10 + AHEAD));
+            1 + AHEAD / 2 + 10
+            // Dropped without any further write: a crash.
+        };
+        // Second life: starts at the mark, above every number used, less
+        // than 2^31 ahead of them.
+        let mut r = SaRegistry::with_state(&path).unwrap();
+        let sa = r.get(&p).unwrap();
+        let start = sa.active().next_seq();
+        assert!(start > used && start - used < 1 << 31, "start {start}, used {used}");
+        // Another SA (new key) starts at 1.
+        assert_eq!(r.get(&params(0x200, 8)).unwrap().active().next_seq(), 1);
+        // A damaged file is refused, not reset.
+        fs::write(&path, "zz\n").unwrap();
+        let Err(e) = SaRegistry::with_state(&path) else { panic!("a damaged file was accepted") };
+        assert!(e.contains("expected"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
