@@ -316,6 +316,7 @@ impl Ctl {
     }
 
     fn apply(&mut self, generation: u64, doc: &[u8]) -> Result<(), String> {
+        let t0 = Instant::now();
         let tables = tables_from_doc(doc)?;
         let running = self.exchange.current();
         compatible(&running.tables, &tables)?;
@@ -332,7 +333,9 @@ impl Ctl {
             }
             None => (None, Vec::new()),
         };
+        let built = t0.elapsed();
         let old = self.exchange.publish(Snapshot::new(generation, Arc::new(tables), sas, writers));
+        let published = Instant::now();
         let deadline = Instant::now() + self.ep.cfg.ack_timeout;
         while !self.exchange.all_seen(generation) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_micros(100));
@@ -340,6 +343,12 @@ impl Ctl {
         if !self.exchange.all_seen(generation) {
             eprintln!("braid-dataplane: a worker did not pick up generation {generation} within {:?}", self.ep.cfg.ack_timeout);
         }
+        eprintln!(
+            "braid-dataplane: generation {generation}: {} bytes parsed, validated and built in {:.1} ms, workers switched in {:.1} ms",
+            doc.len(),
+            built.as_secs_f64() * 1e3,
+            published.elapsed().as_secs_f64() * 1e3
+        );
         // The previous tables are freed here, on this thread, once no
         // worker holds them.
         drop(old);

@@ -220,14 +220,16 @@ fn run() -> Result<(), String> {
         if exchange.changed(mine) {
             // New tables from the control thread: applied between bursts.
             let snap = exchange.current();
+            let t = Instant::now();
             match worker_setup(&snap.tables, &plan, &snap.sas, 0, true, offload).and_then(|s| worker.apply(s, now())) {
                 Ok(a) => {
                     eprintln!(
-                        "braid-dataplane: generation {} live ({} bundle(s) kept, {} rebuilt, {} tunnel(s))",
+                        "braid-dataplane: generation {} live ({} bundle(s) kept, {} rebuilt, {} tunnel(s); worker paused {:.2} ms)",
                         snap.generation,
                         a.kept,
                         a.rebuilt,
-                        n_tunnels(&snap.tables)
+                        n_tunnels(&snap.tables),
+                        t.elapsed().as_secs_f64() * 1e3
                     );
                     tables = snap.tables.clone();
                     writer = snap.take_stats_writer(0);
