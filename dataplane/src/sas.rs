@@ -78,18 +78,26 @@ impl SaRegistry {
     /// same (its sequence counter continues), else a new one starting at
     /// its mark, whose new mark is on disk before this returns.
     pub fn get(&mut self, p: &SaParams) -> Result<Arc<OutboundSaPair>, String> {
+        let (sa, new) = self.find_or_make(p);
+        if new {
+            self.save()?;
+        }
+        Ok(sa)
+    }
+
+    /// The SA for `p` and whether it is new (its mark not saved yet).
+    fn find_or_make(&mut self, p: &SaParams) -> (Arc<OutboundSaPair>, bool) {
         let id = sa_id(p);
         if let Some(sa) = self.sas.get(&id) {
-            return Ok(sa.clone());
+            return (sa.clone(), false);
         }
         let start = self.marks.get(&id).copied().unwrap_or(1);
         let sa = Arc::new(OutboundSaPair::new(Arc::new(OutboundSa::starting_at(p, start))));
         if self.state.is_some() {
             self.marks.insert(id, start.saturating_add(AHEAD));
-            self.save()?;
         }
         self.sas.insert(id, sa.clone());
-        Ok(sa)
+        (sa, true)
     }
 
     /// Registers SAs built elsewhere for `tables`' tunnels (`sas` by
@@ -102,9 +110,28 @@ impl SaRegistry {
         }
     }
 
-    /// The outbound SA of every tunnel, by bundle.
+    /// The outbound SA of every tunnel, by bundle; the marks of new ones
+    /// are saved (one write) before this returns.
     pub fn for_tables(&mut self, tables: &Tables) -> Result<Vec<Vec<Arc<OutboundSaPair>>>, String> {
-        tables.bundles.iter().map(|b| b.tunnels.iter().map(|t| self.get(&t.sa_out)).collect()).collect()
+        let mut any_new = false;
+        let sas = tables
+            .bundles
+            .iter()
+            .map(|b| {
+                b.tunnels
+                    .iter()
+                    .map(|t| {
+                        let (sa, new) = self.find_or_make(&t.sa_out);
+                        any_new |= new;
+                        sa
+                    })
+                    .collect()
+            })
+            .collect();
+        if any_new {
+            self.save()?;
+        }
+        Ok(sas)
     }
 
     /// Moves the marks of SAs whose counters came within `AHEAD / 2` of

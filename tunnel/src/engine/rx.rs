@@ -123,7 +123,14 @@ pub struct BundleRx<H, A: Aead = AesGcm> {
     spis: Vec<(u32, usize)>,
     outbound: Vec<SealLane<A>>,
     reasm: Reassembler,
-    reorderers: Vec<Reorderer<H>>,
+    /// One re-orderer per sender stream, made when the stream's first frame
+    /// arrives (a bundle with 64 possible streams and 8192 slots each
+    /// would cost megabytes and milliseconds to build up front).
+    reorderers: Vec<Option<Box<Reorderer<H>>>>,
+    /// What a new re-orderer starts from: its config and each path's
+    /// liveness and delay as last reported.
+    reorder: ReorderConfig,
+    paths: Vec<(bool, Option<Nanos>)>,
     to_answer: Ring<(usize, ProbeReply)>,
     replies: Ring<ReceivedReply>,
     reply_sender: StreamSender,
@@ -133,7 +140,8 @@ pub struct BundleRx<H, A: Aead = AesGcm> {
 
 impl<H, A: Aead> BundleRx<H, A> {
     /// A receiver for tunnels `0..n`: `inbound[i]` opens tunnel `i`,
-    /// `outbound[i]` seals probe replies on it. Allocates everything now.
+    /// `outbound[i]` seals probe replies on it. Allocates everything now
+    /// but the re-orderers, made per sender stream on its first frame.
     ///
     /// # Panics
     /// If the two lists differ in length or are empty.
@@ -153,7 +161,9 @@ impl<H, A: Aead> BundleRx<H, A> {
             inbound,
             outbound: outbound.into_iter().map(SealLane::new).collect(),
             reasm: Reassembler::new(cfg.reassembly),
-            reorderers: (0..cfg.streams).map(|_| Reorderer::new(reorder)).collect(),
+            reorderers: (0..cfg.streams).map(|_| None).collect(),
+            reorder,
+            paths: vec![(true, None); n],
             to_answer: Ring::new(cfg.probe_queue),
             replies: Ring::new(cfg.probe_queue),
             reply_sender: StreamSender::new(cfg.reply_stream, 1),
@@ -207,7 +217,7 @@ impl<H, A: Aead> BundleRx<H, A> {
 
     /// The re-orderer of `stream`.
     pub fn reorderer(&self, stream: u16) -> Option<&Reorderer<H>> {
-        self.reorderers.get(usize::from(stream))
+        self.reorderers.get(usize::from(stream))?.as_deref()
     }
 
     /// The reassembler.
@@ -259,14 +269,20 @@ impl<H, A: Aead> BundleRx<H, A> {
     /// Liveness of `path` (from the probing [`BundleTx`](super::BundleTx)):
     /// dead paths do not hold back gap skipping.
     pub fn set_path_live(&mut self, path: usize, live: bool) {
-        for r in &mut self.reorderers {
+        if let Some(p) = self.paths.get_mut(path) {
+            p.0 = live;
+        }
+        for r in self.reorderers.iter_mut().flatten() {
             r.set_path_live(path, live);
         }
     }
 
     /// One-way delay of `path`; the hold time follows the skew.
     pub fn set_path_delay(&mut self, path: usize, delay: Option<Nanos>) {
-        for r in &mut self.reorderers {
+        if let Some(p) = self.paths.get_mut(path) {
+            p.1 = delay;
+        }
+        for r in self.reorderers.iter_mut().flatten() {
             r.set_path_delay(path, delay);
         }
     }
@@ -357,13 +373,26 @@ impl<H, A: Aead> BundleRx<H, A> {
         let BundleRx {
             reasm,
             reorderers,
+            reorder,
+            paths,
             to_answer,
             replies,
             drops,
             counters,
             ..
         } = self;
-        if let Some(r) = reorderers.get_mut(stream) {
+        // The stream's re-orderer, made on its first frame.
+        let mut rord = reorderers.get_mut(stream).map(|slot| {
+            slot.get_or_insert_with(|| {
+                let mut r = Reorderer::new(*reorder);
+                for (path, &(live, delay)) in paths.iter().enumerate() {
+                    r.set_path_live(path, live);
+                    r.set_path_delay(path, delay);
+                }
+                Box::new(r)
+            })
+        });
+        if let Some(r) = rord.as_deref_mut() {
             r.on_frame(tunnel, h.stream_seq);
         }
         let evicted = reasm.counters().evicted;
@@ -443,7 +472,8 @@ impl<H, A: Aead> BundleRx<H, A> {
                 continue;
             };
             counters.packets += 1;
-            match reorderers[stream].push(handle, meta, tunnel, now, &mut out) {
+            let r = rord.as_deref_mut().expect("data frames have a stream checked above");
+            match r.push(handle, meta, tunnel, now, &mut out) {
                 Ok(Pushed::Released) => {}
                 Ok(Pushed::Held) => s.held += 1,
                 Err((_handle, reason)) => {
@@ -464,7 +494,7 @@ impl<H, A: Aead> BundleRx<H, A> {
     /// reassembly; released handles go to `out`. Returns how many.
     pub fn poll(&mut self, now: Nanos, out: &mut impl Extend<H>) -> usize {
         let mut out = Counted { out, n: 0 };
-        for r in &mut self.reorderers {
+        for r in self.reorderers.iter_mut().flatten() {
             r.poll(now, &mut out);
         }
         let missing = self.reasm.poll(now);
@@ -478,7 +508,8 @@ impl<H, A: Aead> BundleRx<H, A> {
     pub fn next_timeout(&self) -> Option<Nanos> {
         self.reorderers
             .iter()
-            .filter_map(Reorderer::next_timeout)
+            .flatten()
+            .filter_map(|r| r.next_timeout())
             .chain(self.reasm.next_timeout())
             .min()
     }
@@ -486,7 +517,7 @@ impl<H, A: Aead> BundleRx<H, A> {
     /// Releases every held packet (shutdown).
     pub fn flush(&mut self, out: &mut impl Extend<H>) -> usize {
         let mut out = Counted { out, n: 0 };
-        for r in &mut self.reorderers {
+        for r in self.reorderers.iter_mut().flatten() {
             r.flush(&mut out);
         }
         self.counters.delivered += out.n as u64;
