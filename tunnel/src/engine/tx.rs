@@ -31,6 +31,10 @@ pub struct BundleTxConfig {
     /// stream per bundle should; the others get liveness via
     /// [`BundleTx::set_path_alive`] / [`BundleTx::set_path_delay`].
     pub liveness: Option<LivenessConfig>,
+    /// Start each tunnel's probes at its own phase of the probe interval
+    /// (from its SPI), so that thousands of tunnels never probe in one
+    /// burst. Off: every tunnel probes at once, at creation (tests).
+    pub stagger_probes: bool,
 }
 
 impl Default for BundleTxConfig {
@@ -44,6 +48,7 @@ impl Default for BundleTxConfig {
             seq_lease: 32,
             policy: Policy::RoundRobin,
             liveness: Some(LivenessConfig::default()),
+            stagger_probes: false,
         }
     }
 }
@@ -162,7 +167,18 @@ impl<A: Aead> BundleTx<A> {
         assert!(!sas.is_empty() && sas.len() <= usize::from(u16::MAX));
         let n = sas.len();
         let monitors = match cfg.liveness {
-            Some(l) => (0..n).map(|i| PathMonitor::new(i as u16, l, now)).collect(),
+            // With `stagger_probes`, each tunnel's probes start at its own
+            // phase of the interval.
+            Some(l) => (0..n)
+                .map(|i| {
+                    let spi = sas[i].active().spi().0;
+                    let phase = match cfg.stagger_probes {
+                        true => l.interval / 1024 * u64::from(spi.wrapping_mul(0x9e37_79b1) >> 22),
+                        false => 0,
+                    };
+                    PathMonitor::new(i as u16, l, now.saturating_add(phase))
+                })
+                .collect(),
             None => Vec::new(),
         };
         BundleTx {
