@@ -222,6 +222,20 @@ impl Mbuf {
         self.m().ol_flags
     }
 
+    /// What the NIC found of the IPv4 header checksum on RX.
+    #[inline]
+    pub fn rx_ip_cksum(&self) -> RxCksum {
+        use dpdk_sys::consts::{BRAID_MBUF_F_RX_IP_CKSUM_BAD as BAD, BRAID_MBUF_F_RX_IP_CKSUM_GOOD as GOOD};
+        RxCksum::from_flags(self.ol_flags(), BAD, GOOD)
+    }
+
+    /// What the NIC found of the TCP/UDP checksum on RX.
+    #[inline]
+    pub fn rx_l4_cksum(&self) -> RxCksum {
+        use dpdk_sys::consts::{BRAID_MBUF_F_RX_L4_CKSUM_BAD as BAD, BRAID_MBUF_F_RX_L4_CKSUM_GOOD as GOOD};
+        RxCksum::from_flags(self.ol_flags(), BAD, GOOD)
+    }
+
     /// The RSS hash the NIC computed (valid when `RTE_MBUF_F_RX_RSS_HASH`).
     #[inline]
     pub fn rss_hash(&self) -> u32 {
@@ -287,6 +301,33 @@ impl Mbuf {
     }
 }
 
+/// An RX checksum verdict (rte_mbuf_core.h: two bits per checksum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxCksum {
+    /// Not checked by the NIC (or no checksum offload): check in software.
+    Unknown,
+    /// Checked and correct.
+    Good,
+    /// Checked and wrong.
+    Bad,
+    /// Not correct in the data, but the header's integrity was verified
+    /// (`*_CKSUM_NONE`).
+    Valid,
+}
+
+impl RxCksum {
+    /// The verdict from `ol_flags` and the checksum's BAD and GOOD bits.
+    #[inline]
+    pub fn from_flags(flags: u64, bad: u64, good: u64) -> RxCksum {
+        match (flags & bad != 0, flags & good != 0) {
+            (false, false) => RxCksum::Unknown,
+            (false, true) => RxCksum::Good,
+            (true, false) => RxCksum::Bad,
+            (true, true) => RxCksum::Valid,
+        }
+    }
+}
+
 /// Every TX request bit of `ol_flags` (`RTE_MBUF_F_TX_OFFLOAD_MASK`).
 const TX_MASK: u64 = dpdk_sys::consts::BRAID_MBUF_F_TX_OFFLOAD_MASK;
 
@@ -311,6 +352,17 @@ impl Drop for Mbuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rx_checksum_verdicts_follow_the_two_flag_bits() {
+        use dpdk_sys::consts::{BRAID_MBUF_F_RX_IP_CKSUM_BAD as BAD, BRAID_MBUF_F_RX_IP_CKSUM_GOOD as GOOD};
+        assert_eq!(RxCksum::from_flags(0, BAD, GOOD), RxCksum::Unknown);
+        assert_eq!(RxCksum::from_flags(GOOD | 1, BAD, GOOD), RxCksum::Good);
+        assert_eq!(RxCksum::from_flags(BAD, BAD, GOOD), RxCksum::Bad);
+        assert_eq!(RxCksum::from_flags(BAD | GOOD, BAD, GOOD), RxCksum::Valid);
+        // rte_mbuf_core.h: IP BAD is bit 4, GOOD bit 7 (NONE = both).
+        assert_eq!((BAD, GOOD), (1 << 4, 1 << 7));
+    }
+
     use super::*;
 
     #[test]
