@@ -2,6 +2,7 @@
 //! a named counter for every drop (VPP's `foreach_*_error`). Each worker owns
 //! its counters (no sharing on the per-packet path); readers sum snapshots.
 
+use braid_nat::{NatCounters, NatDrop};
 use braid_tunnel::engine::DropCounters;
 
 macro_rules! drops {
@@ -151,6 +152,79 @@ pub struct FragCounters {
     pub discarded: u64,
 }
 
+/// The NAT of one worker: what its shards did (summed over the shards a
+/// rule change replaced) and its drops by reason and direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatStats {
+    /// LAN -> WAN packets translated.
+    pub out_translated: u64,
+    /// WAN -> LAN packets translated.
+    pub in_translated: u64,
+    /// ICMP errors translated (also in `*_translated`).
+    pub icmp_errors_translated: u64,
+    pub sessions_created: u64,
+    pub sessions_expired: u64,
+    pub mappings_created: u64,
+    /// Sessions held now (a gauge).
+    pub sessions: u64,
+    /// LAN -> WAN drops by [`NatDrop`] reason: incoming drops of LAN
+    /// frames (instead of being encapsulated).
+    pub out_drops: [u64; NatDrop::COUNT],
+    /// WAN -> LAN drops by reason: inner packets counted `delivered` that
+    /// never reach the LAN TX queue.
+    pub in_drops: [u64; NatDrop::COUNT],
+}
+
+impl NatStats {
+    /// Adds a shard's engine counters (its drops are counted here by
+    /// direction instead).
+    pub fn add_engine(&mut self, c: &NatCounters) {
+        self.out_translated += c.out_translated;
+        self.in_translated += c.in_translated;
+        self.icmp_errors_translated += c.icmp_errors_translated;
+        self.sessions_created += c.sessions_created;
+        self.sessions_expired += c.sessions_expired;
+        self.mappings_created += c.mappings_created;
+    }
+
+    /// Adds another worker's.
+    pub fn merge(&mut self, o: &NatStats) {
+        self.out_translated += o.out_translated;
+        self.in_translated += o.in_translated;
+        self.icmp_errors_translated += o.icmp_errors_translated;
+        self.sessions_created += o.sessions_created;
+        self.sessions_expired += o.sessions_expired;
+        self.mappings_created += o.mappings_created;
+        self.sessions += o.sessions;
+        for (a, b) in self.out_drops.iter_mut().zip(&o.out_drops) {
+            *a += b;
+        }
+        for (a, b) in self.in_drops.iter_mut().zip(&o.in_drops) {
+            *a += b;
+        }
+    }
+
+    /// Drops on the way out (LAN -> WAN), all reasons.
+    pub fn out_dropped(&self) -> u64 {
+        self.out_drops.iter().sum()
+    }
+
+    /// Drops on the way in (WAN -> LAN), all reasons.
+    pub fn in_dropped(&self) -> u64 {
+        self.in_drops.iter().sum()
+    }
+
+    /// One reason, one direction.
+    pub fn drop_count(&self, outbound: bool, r: NatDrop) -> u64 {
+        if outbound { self.out_drops[r as usize] } else { self.in_drops[r as usize] }
+    }
+
+    /// Non-zero drop counters of one direction by name.
+    pub fn named_drops(&self, outbound: bool) -> Vec<(&'static str, u64)> {
+        NatDrop::ALL.iter().map(|&r| (r.name(), self.drop_count(outbound, r))).filter(|(_, v)| *v > 0).collect()
+    }
+}
+
 /// Everything one worker counts.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerCounters {
@@ -158,11 +232,13 @@ pub struct WorkerCounters {
     ///
     /// Conservation, each packet counted once:
     /// - `lan_rx` is `encapsulated` plus the LAN side's incoming drops
-    ///   (and plain mode's engine drops when sealing);
+    ///   (NAT's `out_drops` included; and plain mode's engine drops when
+    ///   sealing);
     /// - `wan_rx` plus `frags.reassembled` is `frags.taken`, the tunnels'
     ///   `rx` and `rejected` and the WAN side's incoming drops;
-    /// - `delivered` and `icmp_sent` are `lan_tx` plus `lan_tx_full` and
-    ///   `lan_tx_rejected`;
+    /// - `delivered` and `icmp_sent` are `lan_tx` plus `lan_tx_full`,
+    ///   `lan_tx_rejected` and NAT's `in_drops` (the NAT translates what
+    ///   the re-orderer delivered, just before the LAN TX queue);
     /// - the tunnels' `tx` sum to `wan_tx`.
     pub lan_rx: Flow,
     pub lan_tx: Flow,
@@ -189,6 +265,8 @@ pub struct WorkerCounters {
     /// Polls that found no work, and bursts that found some.
     pub idle_polls: u64,
     pub busy_polls: u64,
+    /// NAT (all zero when the tables have no NAT rule).
+    pub nat: NatStats,
 }
 
 impl WorkerCounters {
@@ -221,5 +299,6 @@ impl WorkerCounters {
         }
         self.idle_polls += o.idle_polls;
         self.busy_polls += o.busy_polls;
+        self.nat.merge(&o.nat);
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use braid_tunnel::sa::{OutboundSa, OutboundSaPair};
 
 use crate::config::{PortRole, Tables};
+use crate::nat::{boot_seed, nat_config, NatSetup, DEFAULT_MAX_SESSIONS};
 use crate::worker::{BundleSetup, TunnelSetup, WorkerSetup, L2};
 
 /// Where each port of the tables sits in a worker: the LAN port and the
@@ -42,7 +43,15 @@ pub fn outbound_sas(tables: &Tables) -> Vec<Vec<Arc<OutboundSaPair>>> {
         .collect()
 }
 
-/// Worker `id`'s setup. `ip_csum_offload(port)` says whether a port
+/// The NAT every worker of a gateway with `workers` workers is built with,
+/// or `None` when the tables have no NAT rule. The session bound and the
+/// timeouts are braid-nat's defaults until the tables carry them.
+pub fn nat_setup(tables: &Tables, workers: u16) -> Result<Option<NatSetup>, String> {
+    let config = nat_config(&tables.nat, DEFAULT_MAX_SESSIONS, braid_nat::Timeouts::default(), boot_seed())?;
+    Ok(config.map(|c| NatSetup { config: Arc::new(c), workers }))
+}
+
+/// Worker `id`'s setup (NAT split for one worker: a gateway runs one). `ip_csum_offload(port)` says whether a port
 /// computes IPv4 header checksums on TX; `probes` makes this worker the one
 /// that probes every tunnel.
 pub fn worker_setup(
@@ -87,5 +96,6 @@ pub fn worker_setup(
         replay_window: tables.options.replay_window,
         hold: tables.options.hold,
         probes: probes.then_some(tables.options.liveness),
+        nat: nat_setup(tables, 1)?,
     })
 }

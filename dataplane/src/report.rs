@@ -58,6 +58,34 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
             .collect();
         let _ = write!(s, "{}{{\"name\":\"{}\",\"tunnels\":[{}]}}", if b > 0 { "," } else { "" }, bundle.name, tunnels.join(","));
     }
-    s.push_str("]}");
+    let n = &c.nat;
+    let _ = write!(
+        s,
+        "],\"nat\":{{\"out_translated\":{},\"in_translated\":{},\"icmp_errors_translated\":{},\"sessions_created\":{},\"sessions_expired\":{},\"mappings_created\":{},\"sessions\":{},\"out_drops\":{},\"in_drops\":{}}}}}",
+        n.out_translated,
+        n.in_translated,
+        n.icmp_errors_translated,
+        n.sessions_created,
+        n.sessions_expired,
+        n.mappings_created,
+        n.sessions,
+        named(&n.named_drops(true)),
+        named(&n.named_drops(false)),
+    );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn report_is_json_with_nat_counters() {
+        let tables = crate::control::tables_from_doc(crate::control::tests::example_doc().as_bytes()).unwrap();
+        let mut c = crate::counters::WorkerCounters::default();
+        c.nat.out_drops[braid_nat::NatDrop::SessionsFull as usize] = 2;
+        c.nat.sessions = 5;
+        let v: serde_json::Value = serde_json::from_str(&super::json(&tables, &c, &[], 1.0)).unwrap();
+        assert_eq!(v["nat"]["sessions"], 5);
+        assert_eq!(v["nat"]["out_drops"]["sessions_full"], 2);
+        assert_eq!(v["nat"]["in_drops"], serde_json::json!({}));
+    }
 }

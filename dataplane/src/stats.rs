@@ -3,9 +3,12 @@
 //! Names are `/`-separated paths the control process turns into Prometheus
 //! metrics and JSON: `lan/rx_packets`, `drop/no_route`,
 //! `engine_drop/replayed`, `tunnel/<bundle>/<i>/tx_packets`; gauges
-//! `path/<bundle>/<i>/alive`. The order of [`layout`] and [`flatten`] is
+//! `path/<bundle>/<i>/alive`; with NAT rules in the tables, `nat/<counter>`,
+//! drops by direction `nat_out_drop/<reason>` and `nat_in_drop/<reason>`,
+//! gauge `nat/sessions`. The order of [`layout`] and [`flatten`] is
 //! the same by construction (both walk [`Names`]).
 
+use braid_nat::NatDrop;
 use braid_shm::stats::StatsLayout;
 use braid_tunnel::drop::DropReason;
 
@@ -15,7 +18,14 @@ use crate::counters::{DpDrop, Flow, WorkerCounters};
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
 const SCALARS: [&str; 8] =
     ["encapsulated", "delivered", "icmp_sent", "frag/taken", "frag/reassembled", "frag/discarded", "idle_polls", "busy_polls"];
+const NAT: [&str; 6] =
+    ["nat/out_translated", "nat/in_translated", "nat/icmp_errors_translated", "nat/sessions_created", "nat/sessions_expired", "nat/mappings_created"];
 const TUNNEL: [&str; 5] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected"];
+
+/// Whether the tables have NAT rules (and so NAT counters).
+fn has_nat(tables: &Tables) -> bool {
+    !tables.nat.snat.is_empty() || !tables.nat.dnat.is_empty()
+}
 
 /// The stats segment's layout for `tables`.
 pub fn layout(tables: &Tables, workers: u16) -> StatsLayout {
@@ -27,12 +37,20 @@ pub fn layout(tables: &Tables, workers: u16) -> StatsLayout {
     counters.extend(SCALARS.iter().map(|s| s.to_string()));
     counters.extend(DpDrop::ALL.iter().map(|d| format!("drop/{}", d.name())));
     counters.extend(DropReason::ALL.iter().map(|d| format!("engine_drop/{}", d.name())));
+    if has_nat(tables) {
+        counters.extend(NAT.iter().map(|s| s.to_string()));
+        counters.extend(NatDrop::ALL.iter().map(|d| format!("nat_out_drop/{}", d.name())));
+        counters.extend(NatDrop::ALL.iter().map(|d| format!("nat_in_drop/{}", d.name())));
+    }
     let mut gauges = Vec::new();
     for b in &tables.bundles {
         for t in 0..b.tunnels.len() {
             counters.extend(TUNNEL.iter().map(|c| format!("tunnel/{}/{t}/{c}", b.name)));
             gauges.push(format!("path/{}/{t}/alive", b.name));
         }
+    }
+    if has_nat(tables) {
+        gauges.push("nat/sessions".to_string());
     }
     StatsLayout { workers, counters, gauges }
 }
@@ -58,6 +76,20 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
     ]);
     counters.extend(DpDrop::ALL.iter().map(|d| c.drops.get(*d)));
     counters.extend(DropReason::ALL.iter().map(|d| c.engine.get(*d)));
+    let n = &c.nat;
+    let nat = has_nat(tables);
+    if nat {
+        counters.extend([
+            n.out_translated,
+            n.in_translated,
+            n.icmp_errors_translated,
+            n.sessions_created,
+            n.sessions_expired,
+            n.mappings_created,
+        ]);
+        counters.extend(n.out_drops);
+        counters.extend(n.in_drops);
+    }
     for (b, bundle) in tables.bundles.iter().enumerate() {
         for t in 0..bundle.tunnels.len() {
             let tc = c.tunnels.get(b).and_then(|v| v.get(t)).copied().unwrap_or_default();
@@ -65,6 +97,9 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
             let up = alive.get(b).and_then(|v| v.get(t)).copied().unwrap_or(false);
             gauges.push(up as u64);
         }
+    }
+    if nat {
+        gauges.push(n.sessions);
     }
 }
 
@@ -75,13 +110,20 @@ mod tests {
 
     #[test]
     fn flatten_follows_the_layout() {
-        let tables = crate::control::tables_from_doc(crate::control::tests::example_doc().as_bytes()).unwrap();
+        let plain = crate::control::tables_from_doc(crate::control::tests::example_doc().as_bytes()).unwrap();
+        let mut doc: serde_json::Value = serde_json::from_str(&crate::control::tests::example_doc()).unwrap();
+        doc["nat"] = serde_json::json!({"dnat": [{"name": "w", "external": "100.64.0.1", "protocol": "tcp", "port": 80, "internal": "10.1.0.5"}]});
+        let tables = crate::control::tables_from_doc(doc.to_string().as_bytes()).unwrap();
+        let no_nat = layout(&plain, 1);
+        assert!(!no_nat.counters.iter().chain(&no_nat.gauges).any(|n| n.starts_with("nat")), "no NAT rule, no NAT counters");
         let l = layout(&tables, 1);
         let mut c = WorkerCounters::default();
         c.lan_rx.add(100);
         c.drops.add(DpDrop::NoRoute);
         c.tunnels = tables.bundles.iter().map(|b| vec![TunnelCounters::default(); b.tunnels.len()]).collect();
         c.tunnels[0][1].tx.add(1000);
+        c.nat.in_drops[NatDrop::NoSession as usize] = 3;
+        c.nat.sessions = 9;
         let (mut cs, mut gs) = (Vec::new(), Vec::new());
         flatten(&tables, &c, &[vec![true, false]], &mut cs, &mut gs);
         assert_eq!(cs.len(), l.counters.len());
@@ -93,6 +135,9 @@ mod tests {
         let b = &tables.bundles[0].name;
         assert_eq!(at(&format!("tunnel/{b}/1/tx_bytes")), 1000);
         assert_eq!(at(&format!("tunnel/{b}/0/tx_bytes")), 0);
+        assert_eq!(at("nat_in_drop/no_session"), 3);
+        assert_eq!(at("nat_out_drop/no_session"), 0);
         assert_eq!(gs[0], 1);
+        assert_eq!(gs[gs.len() - 1], 9);
     }
 }

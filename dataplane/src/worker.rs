@@ -4,12 +4,15 @@
 //! sequence counters, leased once per burst (see ARCHITECTURE.md).
 //!
 //! LAN -> WAN per burst: parse, route (longest prefix) to a peer's bundle,
-//! then either pack the burst's packets for that bundle into frames
-//! (bundle mode: several small packets per ESP packet, a big one cut across
-//! several) or seal each packet in place (plain mode), pick a tunnel per ESP
-//! packet, stamp the outer headers, TX.
+//! NAT (when the tables have NAT rules), then either pack the burst's
+//! packets for that bundle into frames (bundle mode: several small packets
+//! per ESP packet, a big one cut across several) or seal each packet in
+//! place (plain mode), pick a tunnel per ESP packet, stamp the outer
+//! headers, TX.
 //! WAN -> LAN per burst: classify ESP-in-UDP by SPI, decrypt in place,
-//! anti-replay, re-order (bundle mode), write the LAN Ethernet header, TX.
+//! anti-replay, re-order (bundle mode), write the LAN Ethernet header,
+//! NAT what the re-orderer released (just before TX), TX. NAT sees inner
+//! packets only, never which tunnel carried them (see `crate::nat`).
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use braid_dpdk::mbuf::{TxOffload, TX_IPV4, TX_IP_CKSUM};
 use braid_dpdk::ip_frag::Ipv4Reassembly;
 use braid_dpdk::{Mbuf, Mempool, RxQueue, TxQueue, BURST};
+use braid_nat::{NatCounters, NatShard, Verdict};
 use braid_tunnel::balancer::{Balancer, PathParams, Policy};
 use braid_tunnel::liveness::LivenessConfig;
 use braid_tunnel::reorder::{HoldConfig, ReorderConfig};
@@ -30,6 +34,7 @@ use braid_tunnel::{plain, Nanos};
 
 use crate::counters::{DpDrop, DpDrops, TunnelCounters, WorkerCounters};
 use crate::encap::{OuterTemplate, IP_AT, OUTER_LEN};
+use crate::nat::{NatSetup, EXPIRE_BUSY, EXPIRE_IDLE};
 use crate::route::RouteTable;
 
 pub use crate::config::BundleMode as Mode;
@@ -93,6 +98,8 @@ pub struct WorkerSetup {
     /// Liveness probes from this worker (one worker per bundle should),
     /// with these timers.
     pub probes: Option<LivenessConfig>,
+    /// NAT rules; `None`: the tables have none and NAT is skipped.
+    pub nat: Option<NatSetup>,
 }
 
 /// Plain mode state: its own balancer, sequence leases and inbound SAs.
@@ -169,6 +176,15 @@ pub struct Worker {
     frag: Ipv4Reassembly,
     /// When the next ICMP error may be sent (rate limit, RFC 1812 4.3.2.8).
     next_icmp: Nanos,
+    /// This worker's NAT shard, when the tables have NAT rules.
+    nat: Option<Box<NatShard>>,
+    /// What `nat` was built from ([`Worker::apply`] keeps the shard, and so
+    /// its sessions, while the rules stay the same).
+    nat_spec: Option<NatSetup>,
+    /// Engine counters of the shards a rule change replaced.
+    nat_retired: NatCounters,
+    /// The time of the current poll.
+    now: Nanos,
     // Per-burst scratch, allocated once.
     rx_burst: Vec<Mbuf>,
     lan_out: Vec<Mbuf>,
@@ -178,6 +194,10 @@ pub struct Worker {
     wan_tags: Vec<Vec<(u16, u16)>>,
     /// Lengths of a TX burst, read before the port takes the mbufs.
     tx_lens: Vec<u32>,
+    /// Which packets of `lan_out[nat_done..]` the NAT kept.
+    nat_keep: Vec<bool>,
+    /// Packets at the front of `lan_out` the NAT has seen.
+    nat_done: usize,
 }
 
 /// Ethernet header length.
@@ -219,6 +239,7 @@ impl Worker {
             tunnels: setup.bundles.iter().map(|b| vec![TunnelCounters::default(); b.tunnels.len()]).collect(),
             ..Default::default()
         };
+        let nat = build_nat(&setup)?;
         let (wan_rx, wan_tx): (Vec<_>, Vec<_>) = wan_queues.into_iter().unzip();
         let nwan = wan_tx.len();
         Ok(Worker {
@@ -241,11 +262,17 @@ impl Worker {
             next_timers: 0,
             frag: Ipv4Reassembly::with_ticks(FRAG_FLOWS, FRAG_TIMEOUT).map_err(|e| e.to_string())?,
             next_icmp: 0,
+            nat,
+            nat_spec: setup.nat,
+            nat_retired: NatCounters::default(),
+            now,
             rx_burst: Vec::with_capacity(BURST),
             lan_out: Vec::with_capacity(4 * BURST),
             wan_out: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
             wan_tags: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
             tx_lens: Vec::with_capacity(4 * BURST),
+            nat_keep: Vec::with_capacity(4 * BURST),
+            nat_done: 0,
         })
     }
 
@@ -264,7 +291,17 @@ impl Worker {
                 c.engine.merge(rx.counters());
             }
         }
+        c.nat.add_engine(&self.nat_retired);
+        if let Some(nat) = &self.nat {
+            c.nat.add_engine(nat.counters());
+            c.nat.sessions = nat.sessions() as u64;
+        }
         c
+    }
+
+    /// This worker's NAT shard, if the tables have NAT rules.
+    pub fn nat(&self) -> Option<&NatShard> {
+        self.nat.as_deref()
     }
 
     /// Receive-side engine counters of each bundle (frames, re-orderer
@@ -304,6 +341,7 @@ impl Worker {
     /// One round: a LAN burst out, a burst from each WAN port in, timers.
     /// Returns the packets handled (0: idle).
     pub fn poll(&mut self, now: Nanos) -> usize {
+        self.now = now;
         let mut work = self.lan_to_wan(now);
         for w in 0..self.wan_rx.len() {
             work += self.wan_to_lan(w, now);
@@ -313,6 +351,11 @@ impl Worker {
             self.timers(now);
         }
         self.flush_tx();
+        if let Some(nat) = self.nat.as_deref_mut().filter(|n| n.sessions() > 0) {
+            // Idle sessions give their slots and ports back a little at a
+            // time; lookups never use an expired one anyway.
+            nat.expire(now, if work == 0 { EXPIRE_IDLE } else { EXPIRE_BUSY });
+        }
         if work == 0 {
             self.counters.idle_polls += 1;
         } else {
@@ -344,10 +387,11 @@ impl Worker {
         const NONE: u16 = u16::MAX;
         const TOO_BIG: u16 = u16::MAX - 1;
         let mut dest = [NONE; BURST];
+        let mut peer = [0u32; BURST];
         for (i, m) in self.rx_burst.iter_mut().enumerate() {
             self.counters.lan_rx.add(m.pkt_len());
             match route(m, &self.routes, &self.peer_bundle) {
-                Ok((b, ip_len)) => {
+                Ok((p, b, ip_len)) => {
                     // Ethernet pads short frames (a 40-byte TCP ACK) to 60
                     // bytes: keep the IP packet only.
                     let pad = m.data_len() - ETH - ip_len;
@@ -355,9 +399,13 @@ impl Worker {
                         m.trim(pad);
                     }
                     dest[i] = b as u16;
+                    peer[i] = p as u32;
                 }
                 Err(r) => self.counters.drops.add(r),
             }
+        }
+        if self.nat.is_some() {
+            self.nat_outbound(&mut dest[..n], &peer[..n], now);
         }
         let burst = std::mem::take(&mut self.rx_burst);
         // Bundle mode packs from the burst's bytes (they are copied into
@@ -416,6 +464,76 @@ impl Worker {
         }
         self.rx_burst = burst;
         n
+    }
+
+    /// SNAT (and port forward replies) on the routed packets of the LAN
+    /// burst in `rx_burst`, before any tunnel is picked; a packet the NAT
+    /// drops leaves the burst (`dest` becomes `NONE`).
+    fn nat_outbound(&mut self, dest: &mut [u16], peer: &[u32], now: Nanos) {
+        const NONE: u16 = u16::MAX;
+        let Some(nat) = self.nat.as_deref_mut() else { return };
+        let mut pkts: [&[u8]; BURST] = [&[]; BURST];
+        let mut k = 0;
+        for (m, _) in self.rx_burst.iter().zip(dest.iter()).filter(|(_, d)| **d != NONE) {
+            pkts[k] = &m.data()[ETH..];
+            k += 1;
+        }
+        nat.prefetch_outbound(&pkts[..k]);
+        for (i, m) in self.rx_burst.iter_mut().enumerate() {
+            if dest[i] == NONE {
+                continue;
+            }
+            if let Verdict::Drop(r) = nat.outbound(&mut m.data_mut()[ETH..], peer[i], now) {
+                self.counters.nat.out_drops[r as usize] += 1;
+                // Routed nowhere: freed with the burst like any drop.
+                dest[i] = NONE;
+            }
+        }
+    }
+
+    /// Inbound NAT on what is about to go to the LAN (`lan_out`): inner
+    /// packets the re-orderer released or plain mode decapsulated, and our
+    /// own ICMP errors (which quote a translated packet and go to its
+    /// external address, so the NAT takes them back to the internal host).
+    /// Packets the NAT drops are freed and counted.
+    /// Called after each WAN burst and before TX; `nat_done` packets of
+    /// `lan_out` were seen.
+    fn nat_inbound(&mut self) {
+        let Some(nat) = self.nat.as_deref_mut() else { return };
+        let done = self.nat_done.min(self.lan_out.len());
+        if done == self.lan_out.len() {
+            return;
+        }
+        self.nat_done = self.lan_out.len();
+        let now = self.now;
+        self.nat_keep.clear();
+        for chunk in self.lan_out[done..].chunks_mut(BURST) {
+            let mut pkts: [&[u8]; BURST] = [&[]; BURST];
+            for (p, m) in pkts.iter_mut().zip(chunk.iter()) {
+                *p = &m.data()[ETH..];
+            }
+            nat.prefetch_inbound(&pkts[..chunk.len()]);
+            for m in chunk.iter_mut() {
+                let keep = match nat.inbound(&mut m.data_mut()[ETH..], now) {
+                    Verdict::Drop(r) => {
+                        self.counters.nat.in_drops[r as usize] += 1;
+                        false
+                    }
+                    _ => true,
+                };
+                self.nat_keep.push(keep);
+            }
+        }
+        if self.nat_keep.iter().all(|k| *k) {
+            return;
+        }
+        let mut at = 0;
+        let keep = &self.nat_keep;
+        self.lan_out.retain(|_| {
+            at += 1;
+            at <= done || keep[at - 1 - done]
+        });
+        self.nat_done = self.lan_out.len();
     }
 
     /// Bundle mode: pack the packets of this burst routed to bundle `b`
@@ -579,6 +697,11 @@ impl Worker {
                 self.counters.drops.add(r);
             }
         }
+        // What this burst released, while it is in cache, in chunks whose
+        // lookups overlap (`prefetch_inbound`).
+        if self.nat.is_some() {
+            self.nat_inbound();
+        }
         self.rx_burst = burst;
         n
     }
@@ -708,6 +831,8 @@ impl Worker {
     }
 
     fn flush_tx(&mut self) {
+        self.nat_inbound();
+        self.nat_done = 0;
         let c = &mut self.counters;
         let lan_tx = &mut c.lan_tx;
         send_all(&mut self.lan_tx, &mut self.lan_out, &mut self.tx_lens, |_, len| lan_tx.add(len), &mut c.drops, [DpDrop::LanTxFull, DpDrop::LanTxRejected]);
@@ -727,6 +852,12 @@ impl Worker {
     }
 }
 
+/// Builds worker `setup.id`'s NAT shard, if the tables have NAT rules.
+fn build_nat(setup: &WorkerSetup) -> Result<Option<Box<NatShard>>, String> {
+    let Some(n) = &setup.nat else { return Ok(None) };
+    NatShard::new(&n.config, setup.id as usize, n.workers as usize).map(|s| Some(Box::new(s))).map_err(|e| format!("nat: {e}"))
+}
+
 /// Builds one bundle's engine state (its SAs, balancer, re-orderer).
 fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<BundleState, String> {
     let n = bs.tunnels.len();
@@ -743,6 +874,8 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
                 max_frame: bs.max_frame,
                 policy: bs.policy,
                 liveness: setup.probes,
+                // Thousands of tunnels must not probe in one burst.
+                stagger_probes: true,
                 ..Default::default()
             };
             let mut tx = BundleTx::new(txc, out_sas.clone(), now);
@@ -875,10 +1008,10 @@ fn inner_ip_len(b: &[u8]) -> Option<usize> {
 }
 
 /// Parses a LAN frame enough to route it: Ethernet, IP version and header
-/// sanity, destination. Returns the bundle index and the IP packet's
-/// length (the frame may carry Ethernet padding after it).
+/// sanity, destination. Returns the peer index, its bundle index and the IP
+/// packet's length (the frame may carry Ethernet padding after it).
 #[inline]
-fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize, usize), DpDrop> {
+fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize, usize, usize), DpDrop> {
     if !m.is_contiguous() {
         return Err(DpDrop::Multiseg);
     }
@@ -912,7 +1045,7 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize,
         _ => return Err(DpDrop::NotIp),
     };
     let peer = peer.ok_or(DpDrop::NoRoute)? as usize;
-    Ok((peer_bundle.get(peer).copied().ok_or(DpDrop::NoRoute)?, len))
+    Ok((peer, peer_bundle.get(peer).copied().ok_or(DpDrop::NoRoute)?, len))
 }
 
 /// Finds the ESP packet in a WAN frame: (SPI, local UDP port, offset,

@@ -331,6 +331,19 @@ impl NatShard {
         })
     }
 
+    /// Checks that `config` builds into shards (what [`NatShard::new`]
+    /// refuses), without allocating its session tables.
+    pub fn check(config: &NatConfig) -> Result<(), ConfigError> {
+        if config.max_sessions == 0 || config.max_sessions > 1 << 30 {
+            return Err(ConfigError::MaxSessions);
+        }
+        let small = NatConfig {
+            max_sessions: 1,
+            ..config.clone()
+        };
+        NatShard::new(&small, 0, 1).map(drop)
+    }
+
     /// This shard's worker index.
     pub fn worker(&self) -> usize {
         self.worker

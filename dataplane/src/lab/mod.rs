@@ -122,6 +122,20 @@ pub fn mac(s: &str) -> [u8; 6] {
     v.try_into().unwrap()
 }
 
+/// Edits a gateway's configuration document (`true`: A) before it is
+/// validated: NAT rules, extra routes.
+pub type ConfigEdit = Box<dyn Fn(bool, &mut serde_json::Value)>;
+
+/// What a test changes in the lab's two gateways.
+#[derive(Default)]
+pub struct LabOptions {
+    pub edit: Option<ConfigEdit>,
+    /// NAT session bound per worker (the tables do not carry one).
+    pub nat_max_sessions: Option<usize>,
+    /// NAT idle timeouts.
+    pub nat_timeouts: Option<braid_nat::Timeouts>,
+}
+
 /// A port on the test's side of a ring pair.
 pub struct End {
     pub rx: RxQueue,
@@ -166,6 +180,14 @@ pub struct Lab {
     pub keep_delivered: bool,
     /// Frames B delivered, in all.
     pub delivered_count: u64,
+    /// Read A's LAN output (`gen.rx`) at every step into `delivered_a`;
+    /// off, tests read `gen.rx` themselves.
+    pub read_a_lan: bool,
+    /// Frames A delivered to its LAN (replies coming back), in order, when
+    /// `keep_delivered`.
+    pub delivered_a: Vec<Vec<u8>>,
+    /// Frames A delivered, in all.
+    pub delivered_a_count: u64,
     /// TSC cycles spent inside A's and B's polls.
     pub cycles_a: u64,
     pub cycles_b: u64,
@@ -195,6 +217,11 @@ pub const TICK: u64 = 10_000;
 
 impl Lab {
     pub fn new(case: &str, mode: &str, weights: &[u32], key_len: usize, wan_mtu: u32) -> Lab {
+        Lab::with(case, mode, weights, key_len, wan_mtu, LabOptions::default())
+    }
+
+    /// [`Lab::new`] with a test's changes to the gateways.
+    pub fn with(case: &str, mode: &str, weights: &[u32], key_len: usize, wan_mtu: u32, opts: LabOptions) -> Lab {
         let test_pool = Arc::new(Mempool::new(&format!("{case}_tp"), 8191, 9400).unwrap());
         let mut pairs = Vec::new();
         let mut ports = Vec::new();
@@ -222,7 +249,12 @@ impl Lab {
         type Built = (Worker, Arc<Tables>, Arc<Mempool>, Vec<Port>, Vec<Vec<Arc<OutboundSaPair>>>);
         let build = |side_a: bool, lan: Port, wan: Port| -> Built {
             let (ln, wn) = if side_a { (&names[0], &names[1]) } else { (&names[3], &names[2]) };
-            let json = config_json(side_a, (ln, wn), mode, weights, key_len, wan_mtu);
+            let mut json = config_json(side_a, (ln, wn), mode, weights, key_len, wan_mtu);
+            if let Some(edit) = &opts.edit {
+                let mut doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+                edit(side_a, &mut doc);
+                json = doc.to_string();
+            }
             let tables = Arc::new(Tables::from_config(&Config::from_json_str(&json).unwrap()).unwrap());
             let pool = Arc::new(Mempool::new(&format!("{case}_{}", if side_a { "pa" } else { "pb" }), 8191, 9400).unwrap());
             let mut lan = lan;
@@ -233,7 +265,13 @@ impl Lab {
             }
             let plan = PortPlan::new(&tables).unwrap();
             let sas = outbound_sas(&tables);
-            let setup = worker_setup(&tables, &plan, &sas, 0, true, |_| false).unwrap();
+            let mut setup = worker_setup(&tables, &plan, &sas, 0, true, |_| false).unwrap();
+            if let Some(nat) = setup.nat.as_mut() {
+                let mut c = (*nat.config).clone();
+                c.max_sessions = opts.nat_max_sessions.unwrap_or(c.max_sessions);
+                c.timeouts = opts.nat_timeouts.unwrap_or(c.timeouts);
+                nat.config = Arc::new(c);
+            }
             let w = Worker::new(
                 setup,
                 pool.clone(),
@@ -276,6 +314,9 @@ impl Lab {
             delivered: Vec::new(),
             keep_delivered: true,
             delivered_count: 0,
+            read_a_lan: false,
+            delivered_a: Vec::new(),
+            delivered_a_count: 0,
             cycles_a: 0,
             cycles_b: 0,
             to_a_macs: {
@@ -299,6 +340,19 @@ impl Lab {
         m
     }
 
+    /// A LAN frame from the host behind B to B, holding `ip` (send it with
+    /// `check.tx`).
+    pub fn frame_to_b(&self, ip: &[u8]) -> Mbuf {
+        let mut m = Mbuf::alloc(&self.test_pool).expect("test pool");
+        let b = m.append(14 + ip.len()).expect("fits");
+        b[0..6].copy_from_slice(&mac(B_LAN_MAC));
+        b[6..12].copy_from_slice(&mac(B_HOST_MAC));
+        let et: u16 = if ip[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
+        b[12..14].copy_from_slice(&et.to_be_bytes());
+        b[14..].copy_from_slice(ip);
+        m
+    }
+
     /// A raw frame from bytes, in a test mbuf.
     pub fn raw(&self, bytes: &[u8]) -> Mbuf {
         let mut m = Mbuf::alloc(&self.test_pool).expect("test pool");
@@ -312,6 +366,15 @@ impl Lab {
         let t0 = braid_dpdk::rdtsc();
         self.a.poll(self.now);
         self.cycles_a += braid_dpdk::rdtsc() - t0;
+        let mut got = Vec::with_capacity(BURST);
+        while self.read_a_lan && self.gen.rx.rx_burst(&mut got, BURST) > 0 {
+            self.delivered_a_count += got.len() as u64;
+            if self.keep_delivered {
+                self.delivered_a.extend(got.drain(..).map(|m| m.to_vec()));
+            } else {
+                got.clear();
+            }
+        }
         // A -> B, capturing and delaying per tunnel port.
         let mut burst = Vec::with_capacity(BURST);
         let mut out = Vec::with_capacity(BURST);
@@ -456,13 +519,19 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // In: LAN frames tunnelled or dropped; WAN frames (and packets
     // reassembled from fragments) accepted, refused by the engine, dropped,
     // or taken as fragments.
+    // A NAT drop on the way out is an incoming drop of a LAN frame.
     assert_eq!(
         c.lan_rx.packets + c.wan_rx.packets + c.frags.reassembled,
-        c.encapsulated + rx + rejected + d.total_rx() + c.frags.taken,
+        c.encapsulated + rx + rejected + d.total_rx() + c.frags.taken + c.nat.out_dropped(),
         "{why}"
     );
-    // Out: the ports took what they were given or it was dropped.
-    assert_eq!(c.delivered + c.icmp_sent, c.lan_tx.packets + d.get(DpDrop::LanTxFull) + d.get(DpDrop::LanTxRejected), "{why}");
+    // Out: the ports took what they were given or it was dropped (the NAT
+    // translates delivered packets just before the LAN TX queue).
+    assert_eq!(
+        c.delivered + c.icmp_sent,
+        c.lan_tx.packets + d.get(DpDrop::LanTxFull) + d.get(DpDrop::LanTxRejected) + c.nat.in_dropped(),
+        "{why}"
+    );
     assert_eq!(tx, c.wan_tx.packets, "{why}");
     assert!(c.engine.total() >= rejected, "{why}");
     if plain {

@@ -45,9 +45,9 @@ impl Flow {
             l4,
             src4: Ipv4Addr::new(10, 1, (id >> 8) as u8, id as u8),
             dst4: Ipv4Addr::new(10, 2, 0, 1 + (id % 200) as u8),
-            src6: Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, id as u16 + 1),
+            src6: Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, (id as u16).wrapping_add(1)),
             dst6: Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 1 + (id % 200) as u16),
-            sport: 10000 + id as u16,
+            sport: 10000u16.wrapping_add(id as u16),
             dport: 5201,
         }
     }

@@ -8,12 +8,20 @@
 //! tunnels changed is rebuilt: its re-orderer first delivers what it held,
 //! and ESP packets still in flight for a removed SA are dropped as
 //! `unknown_spi` (counted).
+//!
+//! NAT: unchanged rules (and session bound, timeouts) keep the worker's
+//! shard, so every session survives. Changed rules build a new, empty
+//! shard: the sessions of the old one are lost (braid-nat does not carry
+//! sessions over a rule change), so replies to flows translated before the
+//! change are dropped (`no_session`) and those flows get new mappings.
 
 use std::sync::Arc;
 
 use braid_tunnel::Nanos;
 
-use super::{build_bundle, spi_table, BundleSetup, BundleState, Engine, Worker, WorkerSetup};
+use braid_nat::NatCounters;
+
+use super::{build_bundle, build_nat, spi_table, BundleSetup, BundleState, Engine, Worker, WorkerSetup};
 use crate::counters::TunnelCounters;
 
 /// Whether `new` can keep the engine built for `old`.
@@ -45,6 +53,18 @@ pub struct Applied {
     pub dropped: usize,
 }
 
+/// Adds `b`'s engine counters to `a` (drops are counted by the worker).
+fn add_nat(a: &mut NatCounters, b: &NatCounters) {
+    a.out_translated += b.out_translated;
+    a.out_untouched += b.out_untouched;
+    a.in_translated += b.in_translated;
+    a.in_untouched += b.in_untouched;
+    a.icmp_errors_translated += b.icmp_errors_translated;
+    a.sessions_created += b.sessions_created;
+    a.sessions_expired += b.sessions_expired;
+    a.mappings_created += b.mappings_created;
+}
+
 impl Worker {
     /// Takes `setup` (new tables) without stopping: see the module doc.
     /// Ports cannot change here (the caller checks); a setup with another
@@ -60,6 +80,12 @@ impl Worker {
         // old numbering.
         self.flush_tx();
         // Build everything that can fail before touching the running state.
+        let nat_same = match (&self.nat_spec, &setup.nat) {
+            (Some(old), Some(new)) => old.same_rules(new),
+            (None, None) => true,
+            _ => false,
+        };
+        let new_nat = if nat_same { None } else { Some(build_nat(&setup)?) };
         let mut old: Vec<Option<BundleState>> = std::mem::take(&mut self.bundles).into_iter().map(Some).collect();
         let mut plan = Vec::with_capacity(setup.bundles.len());
         for bs in &setup.bundles {
@@ -123,7 +149,14 @@ impl Worker {
         self.options.replay_window = setup.replay_window;
         self.options.hold = setup.hold;
         self.options.probes = setup.probes;
+        // What the removed bundles delivered goes out through the old NAT.
         self.flush_tx();
+        if let Some(nat) = new_nat {
+            if let Some(old) = std::mem::replace(&mut self.nat, nat) {
+                add_nat(&mut self.nat_retired, old.counters());
+            }
+            self.nat_spec = setup.nat;
+        }
         Ok(applied)
     }
 }

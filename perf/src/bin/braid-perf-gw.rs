@@ -6,11 +6,20 @@
 //! not in the figures. Reports JSON: Mpps and Gbps of inner packets per
 //! worker core, each direction.
 //!
+//! With `--nat-sessions N` gateway A translates its LAN's packets (SNAT of
+//! 10.1.0.0/16 to a pool) and gateway B forwards them (DNAT of
+//! 10.2.0.1:5201 to 10.2.0.2:5201), over N flows: A's LAN -> WAN figure then
+//! includes the outbound NAT with N sessions, B's WAN -> LAN figure the
+//! inbound NAT with N sessions. The sessions are opened by a first pass over
+//! the flows, which is not measured. `--flows N` without NAT runs the same
+//! N flows with NAT off.
+//!
 //! usage: braid-perf-gw [--mode bundle|plain] [--size FRAME_BYTES]
-//!                      [--packets N] [--tunnels N] -- <EAL args with --no-pci>
+//!                      [--packets N] [--tunnels N] [--flows N]
+//!                      [--nat-sessions N] -- <EAL args with --no-pci>
 
 use braid_dataplane::lab::traffic::{ip_packet, Family, Flow, L4};
-use braid_dataplane::lab::Lab;
+use braid_dataplane::lab::{Lab, LabOptions};
 use braid_dpdk::{Eal, Mbuf, BURST};
 
 fn main() {
@@ -25,6 +34,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let split = args.iter().position(|a| a == "--").ok_or("missing -- before EAL args")?;
     let (ours, eal_args) = (&args[..split], &args[split + 1..]);
     let (mut mode, mut size, mut packets, mut tunnels) = ("bundle".to_string(), 64usize, 2_000_000u64, 4usize);
+    let (mut flows, mut nat) = (16usize, false);
     let mut it = ours.iter();
     while let Some(a) = it.next() {
         let v = it.next().ok_or(format!("{a} needs a value"))?;
@@ -33,6 +43,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--size" => size = v.parse()?,
             "--packets" => packets = v.parse()?,
             "--tunnels" => tunnels = v.parse()?,
+            "--flows" => flows = v.parse()?,
+            "--nat-sessions" => {
+                flows = v.parse()?;
+                nat = true;
+            }
             _ => return Err(format!("unknown option {a}").into()),
         }
     }
@@ -41,24 +56,56 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Plain mode never fragments outer packets: give it a jumbo WAN.
     let wan_mtu = if mode == "plain" { 9600 } else { 1500 };
     let weights = vec![1u32; tunnels];
-    let mut lab = Lab::new("perf", &mode, &weights, 32, wan_mtu);
+    let opts = if nat { nat_options(flows) } else { LabOptions::default() };
+    let mut lab = Lab::with("perf", &mode, &weights, 32, wan_mtu, opts);
     lab.keep_delivered = false;
-    // 16 IPv4 UDP flows; frames of `size` bytes (Ethernet included).
-    let templates: Vec<Vec<u8>> = (0..16).map(|f| ip_packet(&Flow::a_to_b(f, Family::V4, L4::Udp), 0, size)).collect();
+    // IPv4 UDP flows from 1000 ports of each host behind A to one server
+    // behind B; frames of `size` bytes (Ethernet included).
+    let templates: Vec<Vec<u8>> = (0..flows as u32)
+        .map(|i| {
+            let mut f = Flow::a_to_b(i, Family::V4, L4::Udp);
+            let h = i / 1000;
+            f.src4 = std::net::Ipv4Addr::new(10, 1, (h >> 8) as u8, h as u8);
+            f.sport = 20000 + (i % 1000) as u16;
+            f.dst4 = std::net::Ipv4Addr::new(10, 2, 0, 1);
+            ip_packet(&f, 0, size)
+        })
+        .collect();
     let inner_len = templates[0].len();
-    let mut sent = 0u64;
     let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
-    while sent < packets {
-        while burst.len() < BURST && sent < packets {
-            burst.push(lab.frame_to_a(&templates[(sent % 16) as usize]));
-            sent += 1;
+    let mut run = |lab: &mut Lab, packets: u64, stride: usize| {
+        let mut sent = 0u64;
+        let mut at = 0usize;
+        while sent < packets {
+            while burst.len() < BURST && sent < packets {
+                burst.push(lab.frame_to_a(&templates[at]));
+                at = (at + stride) % flows;
+                sent += 1;
+            }
+            lab.gen.tx.tx_all(&mut burst, 1000);
+            burst.clear();
+            lab.step();
         }
-        lab.gen.tx.tx_all(&mut burst, 1000);
-        burst.clear();
-        lab.step();
+        lab.settle(50);
+    };
+    // Open every session first (not measured): one packet per flow.
+    let mut base = (Default::default(), Default::default());
+    if nat {
+        run(&mut lab, flows as u64, 1);
+        base = lab.counters();
+        lab.cycles_a = 0;
+        lab.cycles_b = 0;
     }
-    lab.settle(50);
+    // Then visit the flows in a scattered order (a stride coprime with
+    // their number), as a busy gateway's many flows would.
+    let stride = (1..).map(|k| 7919 * k).find(|s| gcd(*s, flows) == 1).unwrap_or(1) % flows.max(1);
+    run(&mut lab, packets, stride.max(1));
     let (a, b) = lab.counters();
+    let (a0, b0): (braid_dataplane::counters::WorkerCounters, braid_dataplane::counters::WorkerCounters) = base;
+    let mut a = a;
+    let mut b = b;
+    a.encapsulated -= a0.encapsulated;
+    b.delivered -= b0.delivered;
     let hz = braid_dpdk::tsc_hz() as f64;
     let dir = |pkts: u64, cycles: u64| {
         let secs = cycles as f64 / hz;
@@ -70,7 +117,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         )
     };
     println!(
-        "{{\"bench\":\"gateway\",\"mode\":\"{mode}\",\"frame_bytes\":{size},\"inner_ip_bytes\":{inner_len},\"tunnels\":{tunnels},\"lan_to_wan\":{},\"wan_to_lan\":{},\"esp_packets\":{},\"delivered\":{},\"drops_a\":{:?},\"drops_b\":{:?},\"engine_drops_b\":{:?}}}",
+        "{{\"bench\":\"gateway\",\"mode\":\"{mode}\",\"flows\":{flows},\"nat\":{nat},\"nat_sessions_a\":{},\"nat_sessions_b\":{},\"nat_drops\":{},\"frame_bytes\":{size},\"inner_ip_bytes\":{inner_len},\"tunnels\":{tunnels},\"lan_to_wan\":{},\"wan_to_lan\":{},\"esp_packets\":{},\"delivered\":{},\"drops_a\":{:?},\"drops_b\":{:?},\"engine_drops_b\":{:?}}}",
+        a.nat.sessions,
+        b.nat.sessions,
+        a.nat.out_dropped() + a.nat.in_dropped() + b.nat.out_dropped() + b.nat.in_dropped(),
         dir(a.encapsulated, lab.cycles_a),
         dir(b.delivered, lab.cycles_b),
         a.wan_tx.packets,
@@ -82,4 +132,27 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     lab.close();
     eal.cleanup();
     Ok(())
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// A: SNAT of 10.1.0.0/16 to 32 pool addresses (paired pooling spreads the
+/// hosts, ~64,000 ports each); B: DNAT of 10.2.0.1:5201 to 10.2.0.2:5201
+/// and a route back for the pool. Tables sized for `sessions`.
+fn nat_options(sessions: usize) -> LabOptions {
+    LabOptions {
+        edit: Some(Box::new(|side_a, doc| {
+            if side_a {
+                let pool: Vec<String> = (1..=32).map(|i| format!("100.64.0.{i}")).collect();
+                doc["nat"] = serde_json::json!({"snat": [{"name": "lan", "match": "10.1.0.0/16", "pool": pool}]});
+            } else {
+                doc["nat"] = serde_json::json!({"dnat": [{"name": "srv", "external": "10.2.0.1", "protocol": "udp", "port": 5201, "internal": "10.2.0.2"}]});
+                doc["routes"].as_array_mut().unwrap().push(serde_json::json!({"prefix": "100.64.0.0/24", "peer": "peer"}));
+            }
+        })),
+        nat_max_sessions: Some((sessions + sessions / 8).max(1024)),
+        nat_timeouts: None,
+    }
 }

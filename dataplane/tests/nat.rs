@@ -1,0 +1,538 @@
+//! NAT at the tunnel endpoint, end to end through two gateways on net_ring
+//! ports (no PCI): A translates its LAN's inner packets before they are
+//! sprayed over the bundle's tunnels and translates the replies after B's
+//! packets were re-ordered. B's side sees only pool addresses; every reply
+//! finds its original host and port; a flow keeps one mapping whatever
+//! tunnels carried its packets; sessions expire; port forwards, table
+//! exhaustion and ICMP errors; new tables keep the sessions unless the
+//! rules changed. Every packet is counted once (`lab::assert_conserved`).
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use braid_dataplane::config::{Config, Tables};
+use braid_dataplane::gateway::{worker_setup, PortPlan};
+use braid_dataplane::lab::traffic::{ip_packet, tag, Family, Flow, L4};
+use braid_dataplane::lab::{self, Lab, LabOptions};
+use braid_dpdk::{Mbuf, BURST};
+use braid_nat::{NatDrop, Timeouts, SECOND};
+use braid_tunnel::wire::checksum;
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 1);
+const SERVER_PORT: u16 = 5201;
+
+fn pool(n: u8) -> Vec<Ipv4Addr> {
+    (1..=n).map(|i| Ipv4Addr::new(100, 64, 0, i)).collect()
+}
+
+/// NAT rules on A (`nat`), and on B a route back to A for 100.64.0.0/24
+/// (the pool and forward addresses).
+fn options(nat: serde_json::Value, max_sessions: Option<usize>, timeouts: Option<Timeouts>) -> LabOptions {
+    LabOptions {
+        edit: Some(Box::new(move |side_a, doc| {
+            if side_a {
+                doc["nat"] = nat.clone();
+            } else {
+                doc["routes"].as_array_mut().unwrap().push(serde_json::json!({"prefix": "100.64.0.0/24", "peer": "peer"}));
+            }
+        })),
+        nat_max_sessions: max_sessions,
+        nat_timeouts: timeouts,
+    }
+}
+
+fn snat_rule(pool_n: u8, ports: &str) -> serde_json::Value {
+    let pool: Vec<String> = pool(pool_n).iter().map(|a| a.to_string()).collect();
+    serde_json::json!({"snat": [{"name": "lan", "match": "10.1.0.0/16", "peer": "peer", "pool": pool, "ports": ports}]})
+}
+
+fn start(case: &str, weights: &[u32], opts: LabOptions) -> (Lab, std::sync::MutexGuard<'static, ()>) {
+    let (_eal, guard) = braid_dpdk::testing::eal(&[], 1536);
+    let mut lab = Lab::with(case, "bundle", weights, 16, 1500, opts);
+    lab.read_a_lan = true;
+    (lab, guard)
+}
+
+/// A UDP (or TCP) packet `src` -> `dst` tagged (id, seq).
+fn packet(l4: L4, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), id: u32, seq: u32) -> Vec<u8> {
+    let mut f = Flow::a_to_b(id, Family::V4, l4);
+    (f.src4, f.sport, f.dst4, f.dport) = (src.0, src.1, dst.0, dst.1);
+    ip_packet(&f, seq, 0)
+}
+
+/// (src, sport, dst, dport) of an IPv4 UDP/TCP packet without options.
+fn endpoints(ip: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
+    let a = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
+    let p = |at: usize| u16::from_be_bytes([ip[at], ip[at + 1]]);
+    ((a(12), p(20)), (a(16), p(22)))
+}
+
+/// Whether the IPv4 header and UDP/TCP checksums of `ip` verify.
+fn checksums_ok(ip: &[u8]) -> bool {
+    let ((s, _), (d, _)) = endpoints(ip);
+    let l4 = &ip[20..];
+    checksum::verifies(&ip[..20])
+        && checksum::combine(&[checksum::pseudo_header_v4(s, d, ip[9], l4.len() as u16), checksum::sum(l4)]) == 0xffff
+}
+
+/// Sends `frames` into A's LAN, 32 per step.
+fn send_a(lab: &mut Lab, frames: impl IntoIterator<Item = Vec<u8>>) {
+    let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
+    for ip in frames {
+        burst.push(lab.frame_to_a(&ip));
+        if burst.len() == BURST {
+            lab.gen.tx.tx_all(&mut burst, 1000);
+            assert!(burst.is_empty(), "A's LAN ring full");
+            lab.step();
+        }
+    }
+    lab.gen.tx.tx_all(&mut burst, 1000);
+    assert!(burst.is_empty());
+    lab.step();
+}
+
+/// Sends `frames` into B's LAN (from B's host), 32 per step.
+fn send_b(lab: &mut Lab, frames: impl IntoIterator<Item = Vec<u8>>) {
+    let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
+    for ip in frames {
+        burst.push(lab.frame_to_b(&ip));
+        if burst.len() == BURST {
+            lab.check.tx.tx_all(&mut burst, 1000);
+            assert!(burst.is_empty(), "B's LAN ring full");
+            lab.step();
+        }
+    }
+    lab.check.tx.tx_all(&mut burst, 1000);
+    assert!(burst.is_empty());
+    lab.step();
+}
+
+/// Flow `i`: host 10.1.(h / 250).(1 + h % 250), h = i / 100, port 20000 +
+/// i % 100, to the server behind B.
+fn flow_src(i: u32) -> (Ipv4Addr, u16) {
+    let h = i / 100;
+    (Ipv4Addr::new(10, 1, (h / 250) as u8, 1 + (h % 250) as u8), 20000 + (i % 100) as u16)
+}
+
+/// SNAT of many flows from many hosts through a bundle of 4 tunnels with
+/// per-packet spraying: B sees only pool addresses; each flow keeps one
+/// external endpoint for all its packets, whichever tunnels carried them;
+/// no two flows share one; every reply comes back to its original host and
+/// port with correct checksums; the tunnels all carried traffic.
+#[test]
+fn snat_many_flows_through_a_sprayed_bundle() {
+    let flows: u32 = std::env::var("BRAID_NAT_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let per_flow = 3;
+    let t0 = Instant::now();
+    let (mut lab, _g) = start("snat", &[1, 1, 1, 1], options(snat_rule(4, "1024-65535"), None, None));
+    let pool: HashSet<Ipv4Addr> = pool(4).into_iter().collect();
+    let mut mapping: HashMap<u32, (Ipv4Addr, u16)> = HashMap::with_capacity(flows as usize);
+    let mut owner: HashMap<(Ipv4Addr, u16), u32> = HashMap::with_capacity(flows as usize);
+    let mut seen = 0u64;
+    let mut check_b = |lab: &mut Lab| {
+        for fr in lab.delivered.drain(..) {
+            let ip = &fr[14..];
+            let (src, dst) = endpoints(ip);
+            let (id, _) = tag(ip).expect("a test packet");
+            assert!(pool.contains(&src.0), "flow {id}: B saw source {src:?}");
+            assert_eq!(dst, (SERVER, SERVER_PORT));
+            assert!(checksums_ok(ip), "flow {id}: checksums");
+            let m = *mapping.entry(id).or_insert(src);
+            assert_eq!(m, src, "flow {id} changed its mapping");
+            let o = *owner.entry(src).or_insert(id);
+            assert_eq!(o, id, "{src:?} is used by flows {o} and {id}");
+            seen += 1;
+        }
+    };
+    // Round r sends packet r of every flow: a flow's packets are far apart,
+    // in different bursts, frames and tunnels.
+    for seq in 0..per_flow {
+        let pkts = (0..flows).map(|i| packet(L4::Udp, flow_src(i), (SERVER, SERVER_PORT), i, seq));
+        let mut chunk = Vec::with_capacity(4096);
+        for p in pkts {
+            chunk.push(p);
+            if chunk.len() == 4096 {
+                send_a(&mut lab, chunk.drain(..));
+                check_b(&mut lab);
+            }
+        }
+        send_a(&mut lab, chunk.drain(..));
+        check_b(&mut lab);
+    }
+    lab.settle(20);
+    check_b(&mut lab);
+    assert_eq!(seen, flows as u64 * per_flow as u64, "B received every packet");
+    assert_eq!(mapping.len(), flows as usize);
+    let sent = Instant::now();
+
+    // Replies from the server to each flow's external endpoint.
+    let replies = (0..flows).map(|i| packet(L4::Udp, (SERVER, SERVER_PORT), mapping[&i], i, 1000));
+    let mut back = 0u64;
+    let mut check_a = |lab: &mut Lab| {
+        for fr in lab.delivered_a.drain(..) {
+            let ip = &fr[14..];
+            let (id, seq) = tag(ip).expect("a test packet");
+            assert_eq!(seq, 1000);
+            let (src, dst) = endpoints(ip);
+            assert_eq!(src, (SERVER, SERVER_PORT));
+            assert_eq!(dst, flow_src(id), "reply {id} reached the wrong host or port");
+            assert!(checksums_ok(ip), "reply {id}: checksums");
+            back += 1;
+        }
+    };
+    let mut chunk = Vec::with_capacity(4096);
+    for r in replies {
+        chunk.push(r);
+        if chunk.len() == 4096 {
+            send_b(&mut lab, chunk.drain(..));
+            check_a(&mut lab);
+        }
+    }
+    send_b(&mut lab, chunk.drain(..));
+    lab.settle(20);
+    check_a(&mut lab);
+    assert_eq!(back, flows as u64, "every reply found its flow");
+
+    let (a, b) = lab.counters();
+    eprintln!(
+        "{flows} flows x {per_flow} packets out in {:.1} s, {flows} replies in {:.1} s; A nat {:?}; tunnels {:?}",
+        (sent - t0).as_secs_f64(),
+        sent.elapsed().as_secs_f64(),
+        a.nat,
+        a.tunnels[0].iter().map(|t| t.tx.packets).collect::<Vec<_>>()
+    );
+    let frames: u64 = a.tunnels[0].iter().map(|t| t.tx.packets).sum();
+    assert!(a.tunnels[0].iter().all(|t| t.tx.packets > frames / 8), "all four tunnels carried the flows");
+    assert_eq!(a.nat.out_translated, flows as u64 * per_flow as u64);
+    assert_eq!(a.nat.in_translated, flows as u64);
+    assert_eq!((a.nat.sessions, a.nat.sessions_created, a.nat.mappings_created), (flows as u64, flows as u64, flows as u64));
+    assert_eq!(a.nat.out_dropped() + a.nat.in_dropped(), 0);
+    assert_eq!(b.nat, Default::default(), "B has no NAT rule: no NAT at all");
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+}
+
+/// The same, seen on the WAN: in plain mode (one ESP packet per inner
+/// packet, a tunnel picked per packet) every ESP packet A sends is captured
+/// and opened with B's inbound SAs. A flow's packets travel over several
+/// tunnels, and all of them carry the flow's one external endpoint.
+#[test]
+fn one_mapping_per_flow_whatever_tunnel_carried_it() {
+    use braid_tunnel::plain;
+    use braid_tunnel::sa::{InboundSa, InboundSaPair};
+    let (flows, per_flow) = (5001u32, 4u32);
+    let (mut lab, _g) = {
+        let (_eal, guard) = braid_dpdk::testing::eal(&[], 1536);
+        (Lab::with("nwan", "plain", &[1, 1, 1, 1], 16, 1500, options(snat_rule(4, "1024-65535"), None, None)), guard)
+    };
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = usize::MAX;
+    for seq in 0..per_flow {
+        send_a(&mut lab, (0..flows).map(|i| packet(L4::Udp, flow_src(i), (SERVER, SERVER_PORT), i, seq)));
+        lab.delivered.clear();
+    }
+    lab.settle(5);
+    let frames = lab.capture.take().unwrap();
+    let mut sas: Vec<InboundSaPair> =
+        lab.tables_b.bundles[0].tunnels.iter().map(|t| InboundSaPair::new(InboundSa::new(&t.sa_in, 4096).unwrap())).collect();
+    // Flow -> (external endpoint, tunnels that carried it).
+    let mut seen: HashMap<u32, ((Ipv4Addr, u16), HashSet<usize>)> = HashMap::new();
+    let mut opened = 0;
+    for mut f in frames {
+        let dport = u16::from_be_bytes([f[36], f[37]]);
+        let t = (dport - 4500) as usize;
+        let o = plain::decapsulate(&mut sas[t], &mut f[42..], 0).expect("B's SA opens it");
+        let ip = &f[42 + o.payload.start..42 + o.payload.end];
+        let Some((id, _)) = tag(ip) else { continue };
+        let (src, _) = endpoints(ip);
+        let e = seen.entry(id).or_insert((src, HashSet::new()));
+        assert_eq!(e.0, src, "flow {id}: another mapping on tunnel {t}");
+        e.1.insert(t);
+        opened += 1;
+    }
+    assert_eq!(opened, flows * per_flow);
+    assert_eq!(seen.len(), flows as usize);
+    let spread = seen.values().filter(|(_, ts)| ts.len() > 1).count();
+    eprintln!("{spread} of {flows} flows crossed several tunnels");
+    assert!(spread * 10 >= flows as usize * 9, "most flows crossed several tunnels ({spread})");
+    let ext: HashSet<(Ipv4Addr, u16)> = seen.values().map(|(e, _)| *e).collect();
+    assert_eq!(ext.len(), flows as usize, "no two flows share an external endpoint");
+    let (a, b) = lab.counters();
+    lab::assert_conserved(&a, "A", true);
+    lab::assert_conserved(&b, "B", true);
+    lab.close();
+}
+
+/// A UDP session idle past its timeout is closed: its reply is dropped at
+/// A and counted (`nat_in_drop/no_session`); the same flow sending again
+/// gets a session anew; idle polls sweep the table empty.
+#[test]
+fn sessions_expire_and_late_replies_are_dropped() {
+    let timeouts = Timeouts { udp: 2 * SECOND, ..Timeouts::default() };
+    let (mut lab, _g) = start("nexp", &[1, 1], options(snat_rule(1, "1024-65535"), Some(1000), Some(timeouts)));
+    let n = 50;
+    send_a(&mut lab, (0..n).map(|i| packet(L4::Udp, flow_src(i), (SERVER, SERVER_PORT), i, 0)));
+    lab.settle(5);
+    let ext: Vec<(Ipv4Addr, u16)> = lab.delivered.drain(..).map(|f| endpoints(&f[14..]).0).collect();
+    assert_eq!(ext.len(), n as usize);
+    // In time: the replies come back.
+    lab.now += SECOND;
+    send_b(&mut lab, (0..n).map(|i| packet(L4::Udp, (SERVER, SERVER_PORT), ext[i as usize], i, 1)));
+    lab.settle(5);
+    assert_eq!(lab.delivered_a.drain(..).count(), n as usize);
+    // 2 s after the last packet (the reply restarted the timers): gone.
+    lab.now += 2 * SECOND + TICK_MS;
+    lab.settle(50);
+    send_b(&mut lab, (0..n).map(|i| packet(L4::Udp, (SERVER, SERVER_PORT), ext[i as usize], i, 2)));
+    lab.settle(5);
+    assert_eq!(lab.delivered_a.len(), 0, "late replies are dropped");
+    let (a, b) = lab.counters();
+    assert_eq!(a.nat.drop_count(false, NatDrop::NoSession), n as u64);
+    assert_eq!((a.nat.sessions_expired, a.nat.sessions), (n as u64, 0), "idle polls swept the table");
+    // The flow starts again: a new session.
+    send_a(&mut lab, (0..1).map(|i| packet(L4::Udp, flow_src(i), (SERVER, SERVER_PORT), i, 3)));
+    lab.settle(5);
+    assert_eq!(lab.delivered.len(), 1);
+    assert_eq!(lab.counters().0.nat.sessions, 1);
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+}
+
+const TICK_MS: u64 = 1_000_000;
+
+/// Port forwards: a packet from B's side to A's forward address and port
+/// reaches the internal host behind A (UDP and TCP), and the internal
+/// host's reply leaves with the forward's address and port; a packet to an
+/// address the NAT owns with no session or forward is dropped and counted.
+#[test]
+fn port_forward_reaches_the_internal_host_and_the_reply_goes_back() {
+    let fwd = Ipv4Addr::new(100, 64, 0, 9);
+    let web = Ipv4Addr::new(10, 1, 0, 50);
+    let nat = serde_json::json!({
+        "snat": [{"name": "lan", "match": "10.1.0.0/16", "pool": ["100.64.0.1"]}],
+        "dnat": [
+            {"name": "dns", "external": "100.64.0.9", "protocol": "udp", "port": 5353, "internal": "10.1.0.50", "internal_port": 53},
+            {"name": "web", "external": "100.64.0.9", "protocol": "tcp", "port": 8080, "internal": "10.1.0.50", "internal_port": 80}
+        ]
+    });
+    let (mut lab, _g) = start("ndnat", &[1, 1, 1], options(nat, None, None));
+    let client = (Ipv4Addr::new(10, 2, 0, 7), 40000);
+    for (id, l4, port, internal_port) in [(1, L4::Udp, 5353, 53), (2, L4::Tcp, 8080, 80)] {
+        send_b(&mut lab, [packet(l4, client, (fwd, port), id, 0)]);
+        lab.settle(5);
+        let got: Vec<Vec<u8>> = lab.delivered_a.drain(..).collect();
+        assert_eq!(got.len(), 1, "{l4:?}: the forward reached A's LAN");
+        let ip = &got[0][14..];
+        assert_eq!(endpoints(ip), (client, (web, internal_port)), "{l4:?}");
+        assert!(checksums_ok(ip));
+        assert_eq!(got[0][0..6], lab::mac(lab::A_HOST_MAC));
+        // The internal host answers.
+        send_a(&mut lab, [packet(l4, (web, internal_port), client, id, 1)]);
+        lab.settle(5);
+        let got: Vec<Vec<u8>> = lab.delivered.drain(..).collect();
+        assert_eq!(got.len(), 1, "{l4:?}: the reply reached B's LAN");
+        let ip = &got[0][14..];
+        assert_eq!(endpoints(ip), ((fwd, port), client), "{l4:?}: the reply leaves as the forward");
+        assert!(checksums_ok(ip));
+        assert_eq!(tag(ip), Some((id, 1)));
+    }
+    // Nothing forwarded on this port, no session: filtered.
+    send_b(&mut lab, [packet(L4::Udp, client, (fwd, 9999), 3, 0)]);
+    lab.settle(5);
+    assert!(lab.delivered_a.is_empty());
+    let (a, b) = lab.counters();
+    assert_eq!(a.nat.drop_count(false, NatDrop::NoSession), 1);
+    assert_eq!((a.nat.in_translated, a.nat.out_translated), (2, 2));
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+}
+
+/// A full session table and an exhausted port range: new flows are
+/// dropped and counted (`sessions_full`, `ports_exhausted`), the table
+/// stays at its bound, flows that have a session keep working.
+#[test]
+fn nat_table_exhaustion_is_counted_and_bounded() {
+    // 100 sessions per worker, 1000 ports.
+    let (mut lab, _g) = start("nfull", &[1, 1], options(snat_rule(1, "2000-2999"), Some(100), None));
+    send_a(&mut lab, (0..300).map(|i| packet(L4::Udp, flow_src(i), (SERVER, SERVER_PORT), i, 0)));
+    lab.settle(5);
+    assert_eq!(lab.delivered.drain(..).count(), 100);
+    let (a, _) = lab.counters();
+    assert_eq!(a.nat.drop_count(true, NatDrop::SessionsFull), 200);
+    assert_eq!(a.nat.sessions, 100);
+    // The first 100 flows still go through.
+    send_a(&mut lab, (0..100).map(|i| packet(L4::Udp, flow_src(i), (SERVER, SERVER_PORT), i, 1)));
+    lab.settle(5);
+    assert_eq!(lab.delivered.drain(..).count(), 100);
+    let (a, b) = lab.counters();
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+
+    // 10 ports, room for 1000 sessions: the 11th internal endpoint finds
+    // no port.
+    let (mut lab, _g2) = {
+        drop(_g);
+        start("nport", &[1, 1], options(snat_rule(1, "2000-2009"), Some(1000), None))
+    };
+    send_a(&mut lab, (0..50).map(|i| packet(L4::Udp, flow_src(i), (SERVER, SERVER_PORT), i, 0)));
+    lab.settle(5);
+    let ports: HashSet<u16> = lab.delivered.drain(..).map(|f| endpoints(&f[14..]).0 .1).collect();
+    assert_eq!(ports.len(), 10);
+    assert!(ports.iter().all(|p| (2000..=2009).contains(p)));
+    let (a, b) = lab.counters();
+    assert_eq!(a.nat.drop_count(true, NatDrop::PortsExhausted), 40);
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+}
+
+/// An ICMP error (port unreachable) from B's side about a translated
+/// packet comes back to the internal host with the outer destination,
+/// the quoted source address and port and every checksum translated; an
+/// error quoting garbage is dropped and counted.
+#[test]
+fn icmp_errors_about_nated_packets_are_translated_back() {
+    let (mut lab, _g) = start("nicmp", &[1, 1], options(snat_rule(1, "1024-65535"), None, None));
+    let host = (Ipv4Addr::new(10, 1, 0, 5), 3333);
+    let out = packet(L4::Udp, host, (SERVER, SERVER_PORT), 7, 0);
+    send_a(&mut lab, [out.clone()]);
+    lab.settle(5);
+    let seen = lab.delivered.drain(..).next().expect("B got the packet")[14..].to_vec();
+    let (ext, _) = endpoints(&seen);
+    // The server's ICMP port unreachable, quoting what it received.
+    let icmp = |quote: &[u8]| {
+        let mut p = vec![0u8; 20 + 8 + quote.len()];
+        p[..20].copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let total = p.len() as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p[12..16].copy_from_slice(&SERVER.octets());
+        p[16..20].copy_from_slice(&ext.0.octets());
+        let c = !checksum::sum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p[20] = 3;
+        p[21] = 3;
+        p[28..].copy_from_slice(quote);
+        let c = !checksum::sum(&p[20..]);
+        p[22..24].copy_from_slice(&c.to_be_bytes());
+        p
+    };
+    send_b(&mut lab, [icmp(&seen[..28])]);
+    lab.settle(5);
+    let got: Vec<Vec<u8>> = lab.delivered_a.drain(..).collect();
+    assert_eq!(got.len(), 1, "the error reached A's LAN");
+    let ip = &got[0][14..];
+    assert!(checksum::verifies(&ip[..20]) && checksum::verifies(&ip[20..]), "IPv4 and ICMP checksums");
+    assert_eq!((&ip[12..16], &ip[16..20]), (&SERVER.octets()[..], &host.0.octets()[..]));
+    let quoted = &ip[28..];
+    assert_eq!(endpoints(quoted), (host, (SERVER, SERVER_PORT)), "the quote names the internal host");
+    assert!(checksum::verifies(&quoted[..20]));
+    assert_eq!(&quoted[..28], &out[..28], "the quote is what the host sent");
+    // An error quoting garbage.
+    send_b(&mut lab, [icmp(&[0xff; 8])]);
+    lab.settle(5);
+    assert!(lab.delivered_a.is_empty());
+    let (a, b) = lab.counters();
+    assert_eq!(a.nat.icmp_errors_translated, 1);
+    assert_eq!(a.nat.drop_count(false, NatDrop::IcmpBadQuote), 1);
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+}
+
+/// Plain mode's own ICMP "fragmentation needed" for a too-big packet with
+/// DF set quotes the translated packet: it goes through the inbound NAT
+/// like a reply and reaches the internal host, quote and all translated.
+#[test]
+fn the_gateways_own_icmp_too_big_reaches_the_internal_host() {
+    let (mut lab, _g) = {
+        let (_eal, guard) = braid_dpdk::testing::eal(&[], 1536);
+        (Lab::with("ntoobig", "plain", &[1], 16, 1500, options(snat_rule(1, "1024-65535"), None, None)), guard)
+    };
+    lab.read_a_lan = true;
+    let host = (Ipv4Addr::new(10, 1, 0, 5), 3333);
+    let mut big = packet(L4::Udp, host, (SERVER, SERVER_PORT), 1, 0);
+    // 3000 bytes with DF: too big for the 1500-byte WAN.
+    let mut f = Flow::a_to_b(1, Family::V4, L4::Udp);
+    (f.src4, f.sport, f.dst4, f.dport) = (host.0, host.1, SERVER, SERVER_PORT);
+    big = {
+        let _ = big;
+        let mut p = ip_packet(&f, 0, 3000);
+        p[6] |= 0x40;
+        p[10..12].copy_from_slice(&[0, 0]);
+        let c = !checksum::sum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    };
+    send_a(&mut lab, [big.clone()]);
+    lab.settle(3);
+    let got: Vec<Vec<u8>> = lab.delivered_a.drain(..).collect();
+    assert_eq!(got.len(), 1, "one ICMP error");
+    let ip = &got[0][14..];
+    assert_eq!((ip[9], ip[20], ip[21]), (1, 3, 4));
+    assert_eq!(&ip[16..20], &host.0.octets()[..], "to the internal host");
+    assert!(checksum::verifies(&ip[..20]) && checksum::verifies(&ip[20..]));
+    assert_eq!(&ip[28..56], &big[..28], "the quote is what the host sent");
+    let (a, b) = lab.counters();
+    assert_eq!((a.icmp_sent, a.nat.icmp_errors_translated), (1, 1));
+    lab::assert_conserved(&a, "A", true);
+    lab::assert_conserved(&b, "B", true);
+    lab.close();
+}
+
+/// New tables with the same NAT rules keep A's shard (a reply to a flow
+/// translated before still comes back); changed rules build a new shard
+/// and the old sessions are gone (the reply is dropped, counted).
+#[test]
+fn new_tables_keep_sessions_unless_the_rules_change() {
+    let (mut lab, _g) = start("napply", &[1, 1], options(snat_rule(2, "1024-65535"), None, None));
+    let tables = |lab: &Lab, nat: serde_json::Value, extra_route: bool| {
+        let (ln, wn) = (&lab.tables_a.ports[0].device, &lab.tables_a.ports[1].device);
+        let mut doc: serde_json::Value = serde_json::from_str(&lab::config_json(true, (ln, wn), "bundle", &[1, 1], 16, 1500)).unwrap();
+        doc["nat"] = nat;
+        if extra_route {
+            doc["routes"].as_array_mut().unwrap().push(serde_json::json!({"prefix": "10.3.0.0/16", "peer": "peer"}));
+        }
+        Tables::from_config(&Config::from_json_str(&doc.to_string()).unwrap()).unwrap()
+    };
+    let apply = |lab: &mut Lab, t: &Tables| {
+        let setup = worker_setup(t, &PortPlan::new(t).unwrap(), &lab.sas_a, 0, true, |_| false).unwrap();
+        let now = lab.now;
+        lab.a.apply(setup, now).unwrap()
+    };
+    let round = |lab: &mut Lab, seq: u32| {
+        send_a(lab, [packet(L4::Udp, flow_src(1), (SERVER, SERVER_PORT), 1, seq)]);
+        lab.settle(5);
+        let ext = endpoints(&lab.delivered.drain(..).next().unwrap()[14..]).0;
+        ext
+    };
+    let ext = round(&mut lab, 0);
+    // Same rules, another route: the session survives.
+    let same = tables(&lab, snat_rule(2, "1024-65535"), true);
+    apply(&mut lab, &same);
+    assert_eq!(lab.a.nat().unwrap().sessions(), 1, "the shard was kept");
+    send_b(&mut lab, [packet(L4::Udp, (SERVER, SERVER_PORT), ext, 1, 1)]);
+    lab.settle(5);
+    assert_eq!(lab.delivered_a.drain(..).count(), 1, "the reply found its session");
+    // Other rules: a new shard, the old session is lost.
+    let other = tables(&lab, snat_rule(2, "1024-60000"), true);
+    apply(&mut lab, &other);
+    assert_eq!(lab.a.nat().unwrap().sessions(), 0, "a new shard");
+    send_b(&mut lab, [packet(L4::Udp, (SERVER, SERVER_PORT), ext, 1, 2)]);
+    lab.settle(5);
+    assert_eq!(lab.delivered_a.len(), 0);
+    let (a, b) = lab.counters();
+    assert_eq!(a.nat.drop_count(false, NatDrop::NoSession), 1);
+    assert_eq!(a.nat.sessions_created, 1, "counters survive the new shard");
+    // NAT off: no shard at all.
+    let off = tables(&lab, serde_json::json!({}), true);
+    apply(&mut lab, &off);
+    assert!(lab.a.nat().is_none());
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+}
