@@ -981,11 +981,58 @@ pub struct NatConfig {
     /// Port forwards: inner packets arriving from a tunnel for `external`.
     #[serde(default)]
     pub dnat: Vec<DnatConfig>,
+    /// Sessions each worker keeps at most (tables are allocated for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<u32>,
+    /// Idle timeouts, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<NatTimeoutsConfig>,
 }
 
 impl NatConfig {
     pub fn is_empty(&self) -> bool {
-        self.snat.is_empty() && self.dnat.is_empty()
+        self.snat.is_empty() && self.dnat.is_empty() && self.max_sessions.is_none() && self.timeouts.is_none()
+    }
+}
+
+/// `nat.timeouts` as written: seconds, each optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatTimeoutsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_established: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_transitory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_opening: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<u64>,
+}
+
+/// Default `nat.max_sessions`: 2^18 per worker (~27 MB of tables).
+pub const DEFAULT_NAT_MAX_SESSIONS: u32 = 1 << 18;
+/// Largest `nat.max_sessions` per worker.
+pub const MAX_NAT_SESSIONS: u32 = 1 << 24;
+/// Longest idle timeout accepted: a week.
+pub const MAX_NAT_TIMEOUT: u64 = 7 * 24 * 3600;
+
+/// Validated idle timeouts, in seconds. Defaults: RFC 5382's floors for TCP
+/// (2 h 4 min established, 4 min after FIN/RST), 30 s for an unanswered
+/// SYN, RFC 4787's 2 min for UDP, RFC 5508's 60 s for ICMP queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatTimeouts {
+    pub tcp_established: u64,
+    pub tcp_transitory: u64,
+    pub tcp_opening: u64,
+    pub udp: u64,
+    pub icmp: u64,
+}
+
+impl Default for NatTimeouts {
+    fn default() -> Self {
+        NatTimeouts { tcp_established: 2 * 3600 + 4 * 60, tcp_transitory: 4 * 60, tcp_opening: 30, udp: 120, icmp: 60 }
     }
 }
 
@@ -1081,10 +1128,19 @@ pub struct DnatRule {
 /// The validated NAT rules. SNAT matches of one peer never overlap (nor
 /// overlap a rule for every peer), so at most one rule applies to a packet;
 /// no two DNAT rules share external address, protocol and port.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nat {
     pub snat: Vec<SnatRule>,
     pub dnat: Vec<DnatRule>,
+    /// Sessions per worker, 1..=[`MAX_NAT_SESSIONS`].
+    pub max_sessions: u32,
+    pub timeouts: NatTimeouts,
+}
+
+impl Default for Nat {
+    fn default() -> Self {
+        Nat { snat: Vec::new(), dnat: Vec::new(), max_sessions: DEFAULT_NAT_MAX_SESSIONS, timeouts: NatTimeouts::default() }
+    }
 }
 
 /// A prefix as an inclusive range of addresses: (is IPv6, first, last).
@@ -1161,6 +1217,9 @@ fn family(ip: &IpAddr) -> &'static str {
 }
 
 /// Validates the `nat` section; `peers` is peer name to index.
+/// Why an IPv6 NAT rule is refused: the dataplane's NAT translates IPv4.
+const NAT_IPV4_ONLY: &str = "IPv6 NAT is not supported: NAT rules are IPv4 only";
+
 fn resolve_nat(config: &NatConfig, peers: &HashMap<&str, usize>) -> Result<Nat, ConfigError> {
     unique_names("nat.snat", config.snat.iter().map(|r| r.name.as_str()))?;
     unique_names("nat.dnat", config.dnat.iter().map(|r| r.name.as_str()))?;
@@ -1169,6 +1228,9 @@ fn resolve_nat(config: &NatConfig, peers: &HashMap<&str, usize>) -> Result<Nat, 
     for (i, r) in config.snat.iter().enumerate() {
         let at = |f: &str| format!("nat.snat[{i}].{f}");
         let matched: Prefix = r.r#match.parse().map_err(|e| invalid(at("match"), e))?;
+        if !matched.addr().is_ipv4() {
+            return Err(invalid(at("match"), NAT_IPV4_ONLY));
+        }
         let peer = match &r.peer {
             None => None,
             Some(name) => Some(
@@ -1217,6 +1279,9 @@ fn resolve_nat(config: &NatConfig, peers: &HashMap<&str, usize>) -> Result<Nat, 
     for (i, r) in config.dnat.iter().enumerate() {
         let at = |f: &str| format!("nat.dnat[{i}].{f}");
         let external = parse_nat_addr(&r.external).map_err(|e| invalid(at("external"), e))?;
+        if !external.is_ipv4() {
+            return Err(invalid(at("external"), NAT_IPV4_ONLY));
+        }
         let port = check_port(r.port).map_err(|e| invalid(at("port"), e))?;
         let internal = parse_nat_addr(&r.internal).map_err(|e| invalid(at("internal"), e))?;
         if internal.is_ipv4() != external.is_ipv4() {
@@ -1246,7 +1311,27 @@ fn resolve_nat(config: &NatConfig, peers: &HashMap<&str, usize>) -> Result<Nat, 
         }
         dnat.push(DnatRule { name: r.name.clone(), external, protocol: r.protocol, port, internal, internal_port });
     }
-    Ok(Nat { snat, dnat })
+    let max_sessions = config.max_sessions.unwrap_or(DEFAULT_NAT_MAX_SESSIONS);
+    if !(1..=MAX_NAT_SESSIONS).contains(&max_sessions) {
+        return Err(invalid("nat.max_sessions", format!("{max_sessions} is not in 1..={MAX_NAT_SESSIONS}")));
+    }
+    let d = NatTimeouts::default();
+    let t = config.timeouts.clone().unwrap_or_default();
+    let secs = |name: &str, v: Option<u64>, default: u64| -> Result<u64, ConfigError> {
+        let v = v.unwrap_or(default);
+        if !(1..=MAX_NAT_TIMEOUT).contains(&v) {
+            return Err(invalid(format!("nat.timeouts.{name}"), format!("{v} s is not in 1..={MAX_NAT_TIMEOUT}")));
+        }
+        Ok(v)
+    };
+    let timeouts = NatTimeouts {
+        tcp_established: secs("tcp_established", t.tcp_established, d.tcp_established)?,
+        tcp_transitory: secs("tcp_transitory", t.tcp_transitory, d.tcp_transitory)?,
+        tcp_opening: secs("tcp_opening", t.tcp_opening, d.tcp_opening)?,
+        udp: secs("udp", t.udp, d.udp)?,
+        icmp: secs("icmp", t.icmp, d.icmp)?,
+    };
+    Ok(Nat { snat, dnat, max_sessions, timeouts })
 }
 
 /// Refuses two SNAT matches that overlap for the same peer (a rule without

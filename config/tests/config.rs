@@ -990,9 +990,11 @@ fn nat_example_validates_into_tables() {
     assert_eq!(s.peer, Some(0));
     assert_eq!(s.pool, vec![IpAddr::from([100, 64, 1, 1]), IpAddr::from([100, 64, 1, 2])]);
     assert_eq!(s.ports, (1024, 65535));
-    let s6 = &t.nat.snat[1];
-    assert_eq!((s6.peer, s6.ports), (None, (1024, 65535)));
-    assert_eq!(s6.pool, vec!["fd00:64::1".parse::<IpAddr>().unwrap()]);
+    let s1 = &t.nat.snat[1];
+    assert_eq!((s1.peer, s1.ports), (None, (1024, 65535)));
+    assert_eq!(s1.pool, vec![IpAddr::from([100, 64, 255, 1])]);
+    assert_eq!(t.nat.max_sessions, braid_config::DEFAULT_NAT_MAX_SESSIONS);
+    assert_eq!(t.nat.timeouts, braid_config::NatTimeouts::default());
     let d = &t.nat.dnat[0];
     assert_eq!(
         (d.external, d.protocol, d.port, d.internal, d.internal_port),
@@ -1093,14 +1095,14 @@ fn snat_matches_do_not_overlap_for_the_same_peer() {
     refused(add("10.1.0.0/16", Some("site-b")), "nat.snat[2].match", "overlaps nat.snat[0].match");
     // A rule for every peer overlaps every peer's rules, and the other way.
     refused(add("10.1.128.0/17", None), "nat.snat[2].match", "overlaps nat.snat[0].match");
-    refused(add("fd00:1::8000/113", Some("site-b")), "nat.snat[2].match", "overlaps nat.snat[1].match fd00:1::/64");
-    refused(add("::/0", Some("site-b")), "nat.snat[2].match", "overlaps nat.snat[1].match");
+    refused(add("10.9.1.0/24", Some("site-b")), "nat.snat[2].match", "overlaps nat.snat[1].match 10.9.0.0/16");
+    // IPv6 rules are refused (the dataplane's NAT is IPv4).
+    refused(add("fd00:1::/64", None), "nat.snat[2].match", "IPv4 only");
     // Disjoint, or the other family: fine.
     let t = accepted(add("10.2.0.0/16", Some("site-b")));
     assert_eq!(t.nat.snat.len(), 3);
     accepted(add("128.0.0.0/1", Some("site-b")));
     refused(add("0.0.0.0/1", Some("site-b")), "nat.snat[2].match", "overlaps nat.snat[0].match");
-    accepted(add("fd00:2::/64", None));
     // Overlap for different peers is fine (each peer has its own rule).
     let t = accepted(|v| {
         add_spare_bundle(v);
@@ -1141,7 +1143,7 @@ fn snat_pool_addresses_match_the_family() {
         }
     };
     refused(nat(|v| v["nat"]["snat"][0]["pool"][1] = json!("fd00::1")), "nat.snat[0].pool[1]", "fd00::1 is IPv6, the match 10.1.0.0/16 is IPv4");
-    refused(nat(|v| v["nat"]["snat"][1]["pool"][0] = json!("100.64.1.1")), "nat.snat[1].pool[0]", "is IPv4");
+    refused(nat(|v| v["nat"]["snat"][1]["pool"][0] = json!("fd00::2")), "nat.snat[1].pool[0]", "is IPv6");
     refused(nat(|v| v["nat"]["snat"][0]["pool"] = json!([])), "nat.snat[0].pool", "at least one address");
     refused(nat(|v| v["nat"]["snat"][0]["pool"][1] = json!("100.64.1.1")), "nat.snat[0].pool[1]", "already pool[0]");
     refused(nat(|v| v["nat"]["snat"][0]["pool"][0] = json!("224.0.0.1")), "nat.snat[0].pool[0]", "not a unicast");
@@ -1192,6 +1194,18 @@ fn dnat_rules() {
     refused(nat(|v| v["nat"]["dnat"][1]["port"] = json!(70000)), "nat.dnat[1].port", "outside");
     refused(nat(|v| v["nat"]["dnat"][0]["internal"] = json!("fd00:1::10")), "nat.dnat[0].internal", "fd00:1::10 is IPv6, external 100.64.1.1 is IPv4");
     refused(nat(|v| v["nat"]["dnat"][0]["external"] = json!("not-an-ip")), "nat.dnat[0].external", "not an IPv4 or IPv6");
+    refused(nat(|v| v["nat"]["dnat"][0]["external"] = json!("fd00:64::1")), "nat.dnat[0].external", "IPv4 only");
+    // Limits and timeouts.
+    let t = accepted(nat(|v| {
+        v["nat"]["max_sessions"] = json!(1000);
+        v["nat"]["timeouts"] = json!({ "udp": 30, "tcp_established": 3600 });
+    }));
+    assert_eq!(t.nat.max_sessions, 1000);
+    assert_eq!((t.nat.timeouts.udp, t.nat.timeouts.tcp_established, t.nat.timeouts.icmp), (30, 3600, 60));
+    refused(nat(|v| v["nat"]["max_sessions"] = json!(0)), "nat.max_sessions", "not in 1..=");
+    refused(nat(|v| v["nat"]["max_sessions"] = json!(1u64 << 25)), "nat.max_sessions", "not in 1..=");
+    refused(nat(|v| v["nat"]["timeouts"] = json!({ "udp": 0 })), "nat.timeouts.udp", "0 s is not in");
+    refused(nat(|v| v["nat"]["timeouts"] = json!({ "icmp": 10_000_000 })), "nat.timeouts.icmp", "is not in");
     refused(nat(|v| v["nat"]["dnat"][0]["external"] = json!("255.255.255.255")), "nat.dnat[0].external", "not a unicast");
     // Same external address, protocol and port: refused; another protocol is fine.
     refused(
@@ -1211,9 +1225,12 @@ fn dnat_rules() {
         v["nat"]["snat"][0]["ports"] = json!("10000-65535");
         v["nat"]["dnat"][0]["port"] = json!(8080);
     }));
-    // IPv6 forwards.
-    let t = accepted(nat(|v| dnat(v).push(json!({ "name": "v6", "external": "fd00:64::80", "protocol": "tcp", "port": 80, "internal": "fd00:1::80", "internal_port": 8080 }))));
-    assert_eq!(t.nat.dnat[2].internal_port, 8080);
+    // IPv6 forwards are refused (the dataplane's NAT is IPv4).
+    refused(
+        nat(|v| dnat(v).push(json!({ "name": "v6", "external": "fd00:64::80", "protocol": "tcp", "port": 80, "internal": "fd00:1::80" }))),
+        "nat.dnat[2].external",
+        "IPv4 only",
+    );
 }
 
 #[test]

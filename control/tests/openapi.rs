@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use braid_config::{BundleConfig, Config, DnatConfig, NatConfig, PeerConfig, PortConfig, RouteConfig, SnatConfig, Tables, TunnelConfig, TunnelOptionsConfig};
+use braid_config::{BundleConfig, Config, DnatConfig, NatConfig, NatTimeoutsConfig, PeerConfig, PortConfig, RouteConfig, SnatConfig, Tables, TunnelConfig, TunnelOptionsConfig};
 use braid_control::api::{Weight, ROUTES};
 use braid_shm::stats::{StatsLayout, StatsSegment};
 use common::{Server, TempDir};
@@ -164,6 +164,7 @@ fn schemas_are_the_servers_types_and_examples_validate() {
     fields_match::<RouteConfig>(&api, "Route");
     fields_match::<TunnelOptionsConfig>(&api, "TunnelOptions");
     fields_match::<NatConfig>(&api, "Nat");
+    fields_match::<NatTimeoutsConfig>(&api, "NatTimeouts");
     fields_match::<SnatConfig>(&api, "Snat");
     fields_match::<DnatConfig>(&api, "Dnat");
     fields_match::<Weight>(&api, "Weight");

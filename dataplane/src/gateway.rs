@@ -6,7 +6,7 @@ use std::sync::Arc;
 use braid_tunnel::sa::{OutboundSa, OutboundSaPair};
 
 use crate::config::{PortRole, Tables};
-use crate::nat::{boot_seed, nat_config, NatSetup, DEFAULT_MAX_SESSIONS};
+use crate::nat::{boot_seed, nat_config, NatSetup};
 use crate::worker::{BundleSetup, TunnelSetup, WorkerSetup, L2};
 
 /// Where each port of the tables sits in a worker: the LAN port and the
@@ -47,7 +47,16 @@ pub fn outbound_sas(tables: &Tables) -> Vec<Vec<Arc<OutboundSaPair>>> {
 /// or `None` when the tables have no NAT rule. The session bound and the
 /// timeouts are braid-nat's defaults until the tables carry them.
 pub fn nat_setup(tables: &Tables, workers: u16) -> Result<Option<NatSetup>, String> {
-    let config = nat_config(&tables.nat, DEFAULT_MAX_SESSIONS, braid_nat::Timeouts::default(), boot_seed())?;
+    let t = &tables.nat.timeouts;
+    let s = |secs: u64| secs * 1_000_000_000;
+    let timeouts = braid_nat::Timeouts {
+        tcp_established: s(t.tcp_established),
+        tcp_transitory: s(t.tcp_transitory),
+        tcp_opening: s(t.tcp_opening),
+        udp: s(t.udp),
+        icmp: s(t.icmp),
+    };
+    let config = nat_config(&tables.nat, tables.nat.max_sessions as usize, timeouts, boot_seed())?;
     Ok(config.map(|c| NatSetup { config: Arc::new(c), workers }))
 }
 
@@ -64,7 +73,14 @@ pub fn worker_setup(
 ) -> Result<WorkerSetup, String> {
     let l2 = |i: usize| {
         let p = &tables.ports[i];
-        L2 { mac: p.mac, next_hop_mac: p.next_hop_mac, ip_csum_offload: ip_csum_offload(i), mtu: p.mtu }
+        L2 {
+            mac: p.mac,
+            next_hop_mac: p.next_hop_mac,
+            ip_csum_offload: ip_csum_offload(i),
+            mtu: p.mtu,
+            ipv4: p.ipv4.map(|a| a.addr),
+            ipv6: p.ipv6.map(|a| a.addr),
+        }
     };
     let mut bundles = Vec::with_capacity(tables.bundles.len());
     for (b, bundle) in tables.bundles.iter().enumerate() {

@@ -28,11 +28,6 @@ use braid_nat::{DnatRule, NatConfig, Prefix, Proto, SnatRule, Timeouts};
 
 use crate::config::{Nat, NatProtocol};
 
-/// Session bound per worker when the tables do not give one: 2^18 sessions
-/// is about 27 MB of preallocated tables per worker (braid-nat: ~105 B per
-/// session with its indexes).
-pub const DEFAULT_MAX_SESSIONS: usize = 1 << 18;
-
 /// Session slots a busy poll's expiry sweep examines (on top of the
 /// engine's own 2 per packet).
 pub const EXPIRE_BUSY: usize = 16;
@@ -169,8 +164,19 @@ mod tests {
 
     #[test]
     fn ipv6_rules_are_refused() {
-        let t = tables(serde_json::json!({"snat": [{"name": "v6", "match": "fd00:1::/64", "pool": ["fd00:99::1"]}]}));
+        // braid-config refuses them first, with the rule's path; nat_config
+        // keeps its own check for tables built in code.
+        let mut t = tables(serde_json::json!({}));
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        t.nat.dnat.push(crate::config::DnatRule {
+            name: "v6".into(),
+            external: v6("fd00:64::80"),
+            protocol: NatProtocol::Tcp,
+            port: 80,
+            internal: v6("fd00:1::80"),
+            internal_port: 80,
+        });
         let e = nat_config(&t.nat, 10, Timeouts::default(), 1).unwrap_err();
-        assert!(e.contains("nat.snat[0]") && e.contains("IPv6"), "{e}");
+        assert!(e.contains("nat.dnat[0]") && e.contains("IPv6"), "{e}");
     }
 }
