@@ -286,3 +286,38 @@ fn a_panic_on_an_lcore_is_caught_and_the_lcore_reusable() {
     let h = launch(eal, w, braid_dpdk::LcoreId::current).unwrap();
     assert_eq!(h.join().unwrap(), w);
 }
+
+#[test]
+fn mbuf_stash_and_bulk_free_keep_the_pool_whole() {
+    let (_eal, _g) = start();
+    let pool = Mempool::new("stash", 255, DEFAULT_DATA_ROOM).unwrap();
+    let mut stash = braid_dpdk::mbuf::MbufStash::new(32);
+    let mut v = Vec::new();
+    for i in 0..100usize {
+        let mut m = stash.get(&pool).expect("pool has room");
+        assert_eq!(m.pkt_len(), 0, "a fresh mbuf is empty");
+        m.append(60).unwrap().fill(i as u8);
+        v.push(m);
+    }
+    // Batches of 32: 4 bulk allocations for 100 mbufs, 28 left in the stash.
+    assert_eq!(stash.len(), 28);
+    assert_eq!(pool.in_use(), 128);
+    // A chained packet is freed whole by the bulk free.
+    let tail = stash.get(&pool).unwrap();
+    v[0].chain(tail).map_err(|_| ()).unwrap();
+    Mbuf::free_bulk(&mut v);
+    assert!(v.is_empty());
+    assert_eq!(pool.in_use(), 27);
+    drop(stash);
+    assert_eq!(pool.in_use(), 0);
+    // An almost empty pool still hands out single mbufs.
+    let mut stash = braid_dpdk::mbuf::MbufStash::new(64);
+    let mut all = Vec::new();
+    while let Some(m) = stash.get(&pool) {
+        all.push(m);
+    }
+    assert_eq!(all.len(), 255);
+    Mbuf::free_bulk(&mut all);
+    drop(stash);
+    assert_eq!(pool.in_use(), 0);
+}
