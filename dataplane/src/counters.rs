@@ -225,6 +225,107 @@ impl NatStats {
     }
 }
 
+macro_rules! local_drops {
+    ($($(#[$m:meta])* $v:ident => $n:literal,)*) => {
+        /// Why a frame for the gateway itself (ARP, neighbor discovery) got
+        /// no answer.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum LocalDrop { $($(#[$m])* $v,)* }
+        impl LocalDrop {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [LocalDrop] = &[$(LocalDrop::$v,)*];
+            /// How many reasons there are.
+            pub const COUNT: usize = LocalDrop::ALL.len();
+            /// Stable snake_case name for reports.
+            pub const fn name(self) -> &'static str { match self { $(LocalDrop::$v => $n,)* } }
+        }
+    };
+}
+
+local_drops! {
+    /// ARP or ND about another address (a request for someone else, an
+    /// answer to a question we did not ask about an address we track, DAD
+    /// for another address).
+    NotForUs => "not_for_us",
+    /// Another host claims one of the port's own addresses (gratuitous ARP,
+    /// NA, an ARP or NS from our address): refused, never learned.
+    OwnAddrConflict => "own_addr_conflict",
+    /// An ARP reply or NA nobody asked for.
+    Unsolicited => "unsolicited",
+    /// Not understood: truncated, another hardware type, ND hop limit not
+    /// 255, bad ICMPv6 checksum, a request from a non-unicast MAC.
+    Malformed => "malformed",
+    /// The reply did not fit the frame's mbuf.
+    NoRoom => "no_room",
+}
+
+/// Frames for the gateway itself, all ports: what was answered (the reply
+/// reuses the request's mbuf and leaves by the port it came in on) and
+/// what was not, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalStats {
+    /// Frames taken off the per-packet path for the gateway itself:
+    /// answered or dropped with a [`LocalDrop`] reason.
+    pub received: u64,
+    /// ARP requests for one of our addresses answered.
+    pub arp_replies: u64,
+    /// Neighbor solicitations for one of our addresses answered (NA).
+    pub na_replies: u64,
+    /// ICMP echo requests to one of our addresses answered.
+    pub echo_v4_replies: u64,
+    /// ICMPv6 echo requests to one of our addresses answered.
+    pub echo_v6_replies: u64,
+    /// Replies handed to the LAN TX queue / to a WAN TX queue.
+    pub lan_replies: u64,
+    pub wan_replies: u64,
+    /// Replies a WAN port took (in `wan_tx`, in no tunnel's `tx`).
+    pub wan_replies_sent: u64,
+    /// Not answered, by [`LocalDrop`] reason.
+    pub dropped: [u64; LocalDrop::COUNT],
+    /// Neighbor cache entries, all ports (a gauge: requests from others
+    /// are never learned, so a flood cannot grow it).
+    pub neighbors: u64,
+}
+
+impl LocalStats {
+    /// Counts one frame not answered.
+    pub fn drop(&mut self, r: LocalDrop) {
+        self.dropped[r as usize] += 1;
+    }
+    /// Frames not answered for one reason.
+    pub fn get(&self, r: LocalDrop) -> u64 {
+        self.dropped[r as usize]
+    }
+    /// Replies, all kinds.
+    pub fn answered(&self) -> u64 {
+        self.arp_replies + self.na_replies + self.echo_v4_replies + self.echo_v6_replies
+    }
+    /// Frames not answered, all reasons.
+    pub fn total_dropped(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+    /// Non-zero drop counters by name.
+    pub fn named_drops(&self) -> Vec<(&'static str, u64)> {
+        LocalDrop::ALL.iter().map(|&r| (r.name(), self.get(r))).filter(|(_, v)| *v > 0).collect()
+    }
+    /// Adds another worker's.
+    pub fn merge(&mut self, o: &LocalStats) {
+        self.received += o.received;
+        self.arp_replies += o.arp_replies;
+        self.na_replies += o.na_replies;
+        self.echo_v4_replies += o.echo_v4_replies;
+        self.echo_v6_replies += o.echo_v6_replies;
+        self.lan_replies += o.lan_replies;
+        self.wan_replies += o.wan_replies;
+        self.wan_replies_sent += o.wan_replies_sent;
+        for (a, b) in self.dropped.iter_mut().zip(&o.dropped) {
+            *a += b;
+        }
+        self.neighbors += o.neighbors;
+    }
+}
+
 /// Everything one worker counts.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerCounters {
@@ -233,13 +334,16 @@ pub struct WorkerCounters {
     /// Conservation, each packet counted once:
     /// - `lan_rx` is `encapsulated` plus the LAN side's incoming drops
     ///   (NAT's `out_drops` included; and plain mode's engine drops when
-    ///   sealing);
+    ///   sealing) plus the LAN frames for the gateway itself;
     /// - `wan_rx` plus `frags.reassembled` is `frags.taken`, the tunnels'
-    ///   `rx` and `rejected` and the WAN side's incoming drops;
-    /// - `delivered` and `icmp_sent` are `lan_tx` plus `lan_tx_full`,
-    ///   `lan_tx_rejected` and NAT's `in_drops` (the NAT translates what
-    ///   the re-orderer delivered, just before the LAN TX queue);
-    /// - the tunnels' `tx` sum to `wan_tx`.
+    ///   `rx` and `rejected`, the WAN side's incoming drops and the WAN
+    ///   frames for the gateway itself (`local.received` counts both
+    ///   sides: each is answered or dropped with a `LocalDrop` reason);
+    /// - `delivered`, `icmp_sent` and `local.lan_replies` are `lan_tx`
+    ///   plus `lan_tx_full`, `lan_tx_rejected` and NAT's `in_drops` (the
+    ///   NAT translates what the re-orderer delivered, just before the LAN
+    ///   TX queue; our own replies skip it);
+    /// - the tunnels' `tx` and `local.wan_replies_sent` sum to `wan_tx`.
     pub lan_rx: Flow,
     pub lan_tx: Flow,
     /// Frames received on / sent to the WAN ports.
@@ -267,6 +371,8 @@ pub struct WorkerCounters {
     pub busy_polls: u64,
     /// NAT (all zero when the tables have no NAT rule).
     pub nat: NatStats,
+    /// ARP, ND and echo requests for the gateway itself.
+    pub local: LocalStats,
 }
 
 impl WorkerCounters {
@@ -300,5 +406,6 @@ impl WorkerCounters {
         self.idle_polls += o.idle_polls;
         self.busy_polls += o.busy_polls;
         self.nat.merge(&o.nat);
+        self.local.merge(&o.local);
     }
 }

@@ -12,6 +12,7 @@ pub mod counters;
 pub mod encap;
 pub mod gateway;
 pub mod lab;
+pub mod local;
 pub mod nat;
 pub mod report;
 pub mod sas;

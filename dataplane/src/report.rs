@@ -72,6 +72,22 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
         named(&n.named_drops(true)),
         named(&n.named_drops(false)),
     );
+    let l = &c.local;
+    s.pop();
+    let _ = write!(
+        s,
+        ",\"local\":{{\"received\":{},\"arp_replies\":{},\"na_replies\":{},\"echo_v4_replies\":{},\"echo_v6_replies\":{},\"lan_replies\":{},\"wan_replies\":{},\"wan_replies_sent\":{},\"neighbors\":{},\"drops\":{}}}}}",
+        l.received,
+        l.arp_replies,
+        l.na_replies,
+        l.echo_v4_replies,
+        l.echo_v6_replies,
+        l.lan_replies,
+        l.wan_replies,
+        l.wan_replies_sent,
+        l.neighbors,
+        named(&l.named_drops()),
+    );
     s
 }
 
@@ -83,9 +99,13 @@ mod tests {
         let mut c = crate::counters::WorkerCounters::default();
         c.nat.out_drops[braid_nat::NatDrop::SessionsFull as usize] = 2;
         c.nat.sessions = 5;
+        c.local.echo_v6_replies = 3;
+        c.local.drop(crate::counters::LocalDrop::NotForUs);
         let v: serde_json::Value = serde_json::from_str(&super::json(&tables, &c, &[], 1.0)).unwrap();
         assert_eq!(v["nat"]["sessions"], 5);
         assert_eq!(v["nat"]["out_drops"]["sessions_full"], 2);
         assert_eq!(v["nat"]["in_drops"], serde_json::json!({}));
+        assert_eq!(v["local"]["echo_v6_replies"], 3);
+        assert_eq!(v["local"]["drops"]["not_for_us"], 1);
     }
 }

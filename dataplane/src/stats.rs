@@ -5,7 +5,10 @@
 //! `engine_drop/replayed`, `tunnel/<bundle>/<i>/tx_packets`; gauges
 //! `path/<bundle>/<i>/alive`; with NAT rules in the tables, `nat/<counter>`,
 //! drops by direction `nat_out_drop/<reason>` and `nat_in_drop/<reason>`,
-//! gauge `nat/sessions`. The order of [`layout`] and [`flatten`] is
+//! gauge `nat/sessions`; frames for the gateway itself (ARP, ND, echo)
+//! `local/<counter>` and `local_drop/<reason>` (the neighbor cache gauge
+//! stays in the report until next hops are resolved: nothing fills it yet).
+//! The order of [`layout`] and [`flatten`] is
 //! the same by construction (both walk [`Names`]).
 
 use braid_nat::NatDrop;
@@ -13,13 +16,23 @@ use braid_shm::stats::StatsLayout;
 use braid_tunnel::drop::DropReason;
 
 use crate::config::Tables;
-use crate::counters::{DpDrop, Flow, WorkerCounters};
+use crate::counters::{DpDrop, Flow, LocalDrop, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
 const SCALARS: [&str; 8] =
     ["encapsulated", "delivered", "icmp_sent", "frag/taken", "frag/reassembled", "frag/discarded", "idle_polls", "busy_polls"];
 const NAT: [&str; 6] =
     ["nat/out_translated", "nat/in_translated", "nat/icmp_errors_translated", "nat/sessions_created", "nat/sessions_expired", "nat/mappings_created"];
+const LOCAL: [&str; 8] = [
+    "local/received",
+    "local/arp_replies",
+    "local/na_replies",
+    "local/echo_v4_replies",
+    "local/echo_v6_replies",
+    "local/lan_replies",
+    "local/wan_replies",
+    "local/wan_replies_sent",
+];
 const TUNNEL: [&str; 5] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected"];
 
 /// Whether the tables have NAT rules (and so NAT counters).
@@ -37,6 +50,8 @@ pub fn layout(tables: &Tables, workers: u16) -> StatsLayout {
     counters.extend(SCALARS.iter().map(|s| s.to_string()));
     counters.extend(DpDrop::ALL.iter().map(|d| format!("drop/{}", d.name())));
     counters.extend(DropReason::ALL.iter().map(|d| format!("engine_drop/{}", d.name())));
+    counters.extend(LOCAL.iter().map(|s| s.to_string()));
+    counters.extend(LocalDrop::ALL.iter().map(|d| format!("local_drop/{}", d.name())));
     if has_nat(tables) {
         counters.extend(NAT.iter().map(|s| s.to_string()));
         counters.extend(NatDrop::ALL.iter().map(|d| format!("nat_out_drop/{}", d.name())));
@@ -76,6 +91,18 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
     ]);
     counters.extend(DpDrop::ALL.iter().map(|d| c.drops.get(*d)));
     counters.extend(DropReason::ALL.iter().map(|d| c.engine.get(*d)));
+    let l = &c.local;
+    counters.extend([
+        l.received,
+        l.arp_replies,
+        l.na_replies,
+        l.echo_v4_replies,
+        l.echo_v6_replies,
+        l.lan_replies,
+        l.wan_replies,
+        l.wan_replies_sent,
+    ]);
+    counters.extend(l.dropped);
     let n = &c.nat;
     let nat = has_nat(tables);
     if nat {
@@ -124,6 +151,9 @@ mod tests {
         c.tunnels[0][1].tx.add(1000);
         c.nat.in_drops[NatDrop::NoSession as usize] = 3;
         c.nat.sessions = 9;
+        c.local.arp_replies = 4;
+        c.local.drop(LocalDrop::OwnAddrConflict);
+
         let (mut cs, mut gs) = (Vec::new(), Vec::new());
         flatten(&tables, &c, &[vec![true, false]], &mut cs, &mut gs);
         assert_eq!(cs.len(), l.counters.len());
@@ -137,6 +167,9 @@ mod tests {
         assert_eq!(at(&format!("tunnel/{b}/0/tx_bytes")), 0);
         assert_eq!(at("nat_in_drop/no_session"), 3);
         assert_eq!(at("nat_out_drop/no_session"), 0);
+        assert_eq!(at("local/arp_replies"), 4);
+        assert_eq!(at("local_drop/own_addr_conflict"), 1);
+        assert_eq!(at("local_drop/not_for_us"), 0);
         assert_eq!(gs[0], 1);
         assert_eq!(gs[gs.len() - 1], 9);
     }

@@ -13,6 +13,10 @@
 //! anti-replay, re-order (bundle mode), write the LAN Ethernet header,
 //! NAT what the re-orderer released (just before TX), TX. NAT sees inner
 //! packets only, never which tunnel carried them (see `crate::nat`).
+//! On every port, ARP, neighbor solicitations and echo requests to the
+//! port's own addresses leave the pipeline first (one EtherType compare per
+//! packet decides) and are answered in their own mbuf out of the same port
+//! (`crate::local`).
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -34,6 +38,7 @@ use braid_tunnel::{plain, Nanos};
 
 use crate::counters::{DpDrop, DpDrops, TunnelCounters, WorkerCounters};
 use crate::encap::{OuterTemplate, IP_AT, OUTER_LEN};
+use crate::local::{Handled, Responder};
 use crate::nat::{NatSetup, EXPIRE_BUSY, EXPIRE_IDLE};
 use crate::route::RouteTable;
 
@@ -78,6 +83,10 @@ pub struct L2 {
     pub ip_csum_offload: bool,
     /// Largest IP packet the port's link carries.
     pub mtu: u16,
+    /// The port's own addresses: ARP, neighbor solicitations and echo
+    /// requests for them are answered (`crate::local`).
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    pub ipv6: Option<std::net::Ipv6Addr>,
 }
 
 /// Everything a worker is built from.
@@ -198,6 +207,13 @@ pub struct Worker {
     nat_keep: Vec<bool>,
     /// Packets at the front of `lan_out` the NAT has seen.
     nat_done: usize,
+    /// ARP/ND/echo responder of each port: the LAN at 0, WAN `w` at 1 + w.
+    local: Vec<Responder>,
+    /// Replies of each port's responder waiting for its TX queue (they
+    /// skip the NAT), indexed like `local`.
+    local_out: Vec<Vec<Mbuf>>,
+    /// The LAN burst without the frames the responders took.
+    kept: Vec<Mbuf>,
 }
 
 /// Ethernet header length.
@@ -242,6 +258,7 @@ impl Worker {
         let nat = build_nat(&setup)?;
         let (wan_rx, wan_tx): (Vec<_>, Vec<_>) = wan_queues.into_iter().unzip();
         let nwan = wan_tx.len();
+        let local: Vec<Responder> = std::iter::once(&setup.lan).chain(&setup.wans).map(Responder::new).collect();
         Ok(Worker {
             id: setup.id,
             pool,
@@ -273,6 +290,9 @@ impl Worker {
             tx_lens: Vec::with_capacity(4 * BURST),
             nat_keep: Vec::with_capacity(4 * BURST),
             nat_done: 0,
+            local_out: (0..=nwan).map(|_| Vec::with_capacity(BURST)).collect(),
+            local,
+            kept: Vec::with_capacity(BURST),
         })
     }
 
@@ -296,6 +316,7 @@ impl Worker {
             c.nat.add_engine(nat.counters());
             c.nat.sessions = nat.sessions() as u64;
         }
+        c.local.neighbors = self.local.iter().map(|r| r.neighbors() as u64).sum();
         c
     }
 
@@ -378,9 +399,18 @@ impl Worker {
     }
 
     fn lan_to_wan(&mut self, now: Nanos) -> usize {
-        let n = self.lan_rx.rx_burst(&mut self.rx_burst, BURST);
-        if n == 0 {
+        let got = self.lan_rx.rx_burst(&mut self.rx_burst, BURST);
+        if got == 0 {
             return 0;
+        }
+        // ARP, ND and echo requests to the LAN port's own addresses leave
+        // the burst here (an EtherType compare per packet otherwise).
+        if self.rx_burst.iter().any(|m| self.local[0].wants(m.data())) {
+            self.take_local_lan();
+        }
+        let n = self.rx_burst.len();
+        if n == 0 {
+            return got;
         }
         // Route every packet: its bundle, or NONE when dropped (TOO_BIG:
         // dropped, and may get an ICMP error).
@@ -463,7 +493,51 @@ impl Worker {
             }
         }
         self.rx_burst = burst;
-        n
+        got
+    }
+
+    /// Takes the frames for the gateway itself out of the LAN burst (in
+    /// `rx_burst`), keeping the order of the others.
+    fn take_local_lan(&mut self) {
+        let mut burst = std::mem::take(&mut self.rx_burst);
+        let mut kept = std::mem::take(&mut self.kept);
+        for m in burst.drain(..) {
+            if self.local[0].wants(m.data()) {
+                let len = m.pkt_len();
+                if let Some(m) = self.answer_local(0, m) {
+                    kept.push(m);
+                } else {
+                    self.counters.lan_rx.add(len);
+                }
+            } else {
+                kept.push(m);
+            }
+        }
+        self.rx_burst = kept;
+        self.kept = burst;
+    }
+
+    /// A frame [`Responder::wants`] took on port `port` (0: LAN, 1 + w:
+    /// WAN w): answered in place and queued on the same port, or counted
+    /// and freed. Gives the frame back when the ordinary path should take
+    /// it (an ICMP message that is not an echo request, say).
+    fn answer_local(&mut self, port: usize, mut m: Mbuf) -> Option<Mbuf> {
+        if !m.is_contiguous() {
+            return Some(m);
+        }
+        match self.local[port].handle(&mut m, self.now, &mut self.counters.local) {
+            Handled::Pass => Some(m),
+            Handled::Dropped => None,
+            Handled::Reply => {
+                if port == 0 {
+                    self.counters.local.lan_replies += 1;
+                } else {
+                    self.counters.local.wan_replies += 1;
+                }
+                self.local_out[port].push(m);
+                None
+            }
+        }
     }
 
     /// SNAT (and port forward replies) on the routed packets of the LAN
@@ -682,6 +756,14 @@ impl Worker {
         let mut burst = std::mem::take(&mut self.rx_burst);
         for m in burst.drain(..) {
             self.counters.wan_rx.add(m.pkt_len());
+            let m = if self.local[1 + w].wants(m.data()) {
+                match self.answer_local(1 + w, m) {
+                    Some(m) => m,
+                    None => continue,
+                }
+            } else {
+                m
+            };
             let r = if Ipv4Reassembly::is_fragment(m.data(), ETH) && is_ipv4(m.data()) {
                 match self.take_fragment(m, now) {
                     // DPDK leaves the reassembled header's checksum to TX
@@ -836,6 +918,16 @@ impl Worker {
         let c = &mut self.counters;
         let lan_tx = &mut c.lan_tx;
         send_all(&mut self.lan_tx, &mut self.lan_out, &mut self.tx_lens, |_, len| lan_tx.add(len), &mut c.drops, [DpDrop::LanTxFull, DpDrop::LanTxRejected]);
+        // Our own replies (ARP, NA, echo), each out of the port it came in on.
+        let (local_lan, local_wans) = self.local_out.split_first_mut().expect("the LAN's");
+        send_all(&mut self.lan_tx, local_lan, &mut self.tx_lens, |_, len| lan_tx.add(len), &mut c.drops, [DpDrop::LanTxFull, DpDrop::LanTxRejected]);
+        for (q, out) in self.wan_tx.iter_mut().zip(local_wans.iter_mut()) {
+            let (wan_tx, sent) = (&mut c.wan_tx, &mut c.local.wan_replies_sent);
+            send_all(q, out, &mut self.tx_lens, |_, len| {
+                wan_tx.add(len);
+                *sent += 1;
+            }, &mut c.drops, [DpDrop::WanTxFull, DpDrop::WanTxRejected]);
+        }
         for ((q, out), tags) in self.wan_tx.iter_mut().zip(self.wan_out.iter_mut()).zip(self.wan_tags.iter_mut()) {
             debug_assert_eq!(out.len(), tags.len());
             let (wan_tx, tunnels) = (&mut c.wan_tx, &mut c.tunnels);

@@ -506,8 +506,9 @@ impl Checker {
 }
 
 /// Every packet is counted once (see [`WorkerCounters`]): each one that
-/// came in was passed on or dropped with one reason, and each one passed on
-/// was sent or dropped. `plain`: one ESP packet per inner packet, and only
+/// came in was passed on, dropped with one reason, or taken by the gateway
+/// itself (`local`: answered or dropped with a reason), and each one passed
+/// on or answered was sent or dropped. `plain`: one ESP packet per inner packet, and only
 /// A sends data. Panics with the counters otherwise.
 pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     use crate::counters::DpDrop;
@@ -522,20 +523,25 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // A NAT drop on the way out is an incoming drop of a LAN frame.
     assert_eq!(
         c.lan_rx.packets + c.wan_rx.packets + c.frags.reassembled,
-        c.encapsulated + rx + rejected + d.total_rx() + c.frags.taken + c.nat.out_dropped(),
+        c.encapsulated + rx + rejected + d.total_rx() + c.frags.taken + c.nat.out_dropped() + c.local.received,
         "{why}"
     );
+    // For the gateway itself: answered (out of the port it came in on) or
+    // dropped with a reason.
+    let l = &c.local;
+    assert_eq!(l.received, l.answered() + l.total_dropped(), "{why}");
+    assert_eq!(l.answered(), l.lan_replies + l.wan_replies, "{why}");
     // Out: the ports took what they were given or it was dropped (the NAT
     // translates delivered packets just before the LAN TX queue).
     assert_eq!(
-        c.delivered + c.icmp_sent,
+        c.delivered + c.icmp_sent + l.lan_replies,
         c.lan_tx.packets + d.get(DpDrop::LanTxFull) + d.get(DpDrop::LanTxRejected) + c.nat.in_dropped(),
         "{why}"
     );
-    assert_eq!(tx, c.wan_tx.packets, "{why}");
+    assert_eq!(tx + l.wan_replies_sent, c.wan_tx.packets, "{why}");
     assert!(c.engine.total() >= rejected, "{why}");
     if plain {
-        assert_eq!(c.encapsulated, c.wan_tx.packets + d.get(DpDrop::WanTxFull) + d.get(DpDrop::WanTxRejected), "{why}");
+        assert_eq!(c.encapsulated + l.wan_replies, c.wan_tx.packets + d.get(DpDrop::WanTxFull) + d.get(DpDrop::WanTxRejected), "{why}");
         assert_eq!(rx, c.delivered, "{why}");
         assert_eq!(c.engine.total(), rejected, "{why}");
     }

@@ -1,0 +1,205 @@
+//! Frames for the gateway itself: ARP requests, IPv6 neighbor solicitations
+//! and ICMP/ICMPv6 echo requests addressed to a port's own addresses. Each
+//! port has a [`Responder`] around a braid-nat `Resolver` (own addresses
+//! from the port's `ipv4`/`ipv6`, its MAC); the reply is written into the
+//! request's own mbuf and leaves by the port the request came in on.
+//!
+//! The per-packet path only calls [`Responder::wants`]: the EtherType, and
+//! for IP one protocol byte and the destination address. Everything it
+//! does not want (and every echo it cannot answer) keeps the ordinary path.
+//! The resolver never learns from requests, so ARP/NS floods cannot grow
+//! its cache; claims on our own addresses are refused and counted.
+
+use braid_dpdk::Mbuf;
+use braid_nat::resolver::{Resolver, ResolverConfig, ResolverCounters, FRAME_MAX};
+use braid_tunnel::wire::ethernet::Address;
+use braid_tunnel::Nanos;
+
+use crate::counters::{LocalDrop, LocalStats};
+use crate::worker::L2;
+
+/// EtherTypes (IEEE registry).
+const ARP: [u8; 2] = [0x08, 0x06];
+const IPV4: [u8; 2] = [0x08, 0x00];
+const IPV6: [u8; 2] = [0x86, 0xdd];
+/// Offsets in an untagged Ethernet frame.
+const V4_PROTO: usize = 14 + 9;
+const V4_DST: usize = 14 + 16;
+const V6_NEXT: usize = 14 + 6;
+const V6_DST: usize = 14 + 24;
+const ICMPV6_TYPE: usize = 14 + 40;
+/// ICMPv6 neighbor solicitation and advertisement (RFC 4861 section 4).
+const ND_TYPES: [u8; 2] = [135, 136];
+
+/// What became of a frame given to [`Responder::handle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// The mbuf now holds the reply: send it out of the same port.
+    Reply,
+    /// Counted (a [`LocalDrop`] reason) and to be freed.
+    Dropped,
+    /// Not for the responder after all: the ordinary path takes it.
+    Pass,
+}
+
+/// One port's responder.
+pub struct Responder {
+    v4: Option<[u8; 4]>,
+    v6: Option<[u8; 16]>,
+    resolver: Resolver,
+}
+
+impl Responder {
+    /// The responder of a port with `l2`'s MAC and addresses.
+    pub fn new(l2: &L2) -> Responder {
+        let cfg = ResolverConfig {
+            mac: Address(l2.mac),
+            ipv4: l2.ipv4.into_iter().collect(),
+            ipv6: l2.ipv6.into_iter().collect(),
+            ..Default::default()
+        };
+        Responder { v4: l2.ipv4.map(|a| a.octets()), v6: l2.ipv6.map(|a| a.octets()), resolver: Resolver::new(cfg) }
+    }
+
+    /// Whether a received frame may be for the gateway itself: ARP; ICMP
+    /// to our IPv4 address; ICMPv6 to our IPv6 address or to a multicast
+    /// group (neighbor solicitations go to the solicited-node group).
+    #[inline]
+    pub fn wants(&self, d: &[u8]) -> bool {
+        if d.len() < 14 {
+            return false;
+        }
+        match [d[12], d[13]] {
+            ARP => true,
+            IPV4 => self.v4.is_some_and(|a| d.len() >= V4_DST + 4 && d[V4_PROTO] == 1 && d[V4_DST..V4_DST + 4] == a),
+            IPV6 => self.v6.is_some_and(|a| {
+                d.len() > ICMPV6_TYPE && d[V6_NEXT] == 58 && (d[V6_DST] == 0xff || d[V6_DST..V6_DST + 16] == a)
+            }),
+            _ => false,
+        }
+    }
+
+    /// Answers a frame [`wants`](Self::wants) took, in place, counting it
+    /// in `stats`. The mbuf must be one segment.
+    pub fn handle(&mut self, m: &mut Mbuf, now: Nanos, stats: &mut LocalStats) -> Handled {
+        let d = m.data();
+        let et = [d[12], d[13]];
+        let nd = et == IPV6 && ND_TYPES.contains(&d[ICMPV6_TYPE]);
+        if et == ARP || nd {
+            stats.received += 1;
+            let before = self.resolver.counters().clone();
+            let mut out = [0u8; FRAME_MAX];
+            let Some(len) = self.resolver.on_frame(d, now, &mut out) else {
+                stats.drop(why_not(&before, self.resolver.counters()));
+                return Handled::Dropped;
+            };
+            if !resize(m, len) {
+                stats.drop(LocalDrop::NoRoom);
+                return Handled::Dropped;
+            }
+            m.data_mut().copy_from_slice(&out[..len]);
+            if nd {
+                stats.na_replies += 1;
+            } else {
+                stats.arp_replies += 1;
+            }
+            return Handled::Reply;
+        }
+        if !self.resolver.answer_echo(m.data_mut()) {
+            return Handled::Pass;
+        }
+        stats.received += 1;
+        if et == IPV4 {
+            stats.echo_v4_replies += 1;
+        } else {
+            stats.echo_v6_replies += 1;
+        }
+        Handled::Reply
+    }
+
+    /// Neighbor cache entries.
+    pub fn neighbors(&self) -> usize {
+        self.resolver.len()
+    }
+
+    /// The resolver's own counters.
+    pub fn resolver_counters(&self) -> &ResolverCounters {
+        self.resolver.counters()
+    }
+}
+
+/// Why the resolver wrote no reply, from what its counters did.
+fn why_not(before: &ResolverCounters, after: &ResolverCounters) -> LocalDrop {
+    if after.own_addr_conflict > before.own_addr_conflict {
+        LocalDrop::OwnAddrConflict
+    } else if after.unsolicited > before.unsolicited {
+        LocalDrop::Unsolicited
+    } else if after.ignored > before.ignored {
+        LocalDrop::Malformed
+    } else {
+        LocalDrop::NotForUs
+    }
+}
+
+/// Makes the mbuf's data exactly `len` bytes long.
+fn resize(m: &mut Mbuf, len: usize) -> bool {
+    let have = m.data_len();
+    if have < len {
+        m.append(len - have).is_some()
+    } else {
+        m.trim(have - len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(v4: Option<&str>, v6: Option<&str>) -> Responder {
+        Responder::new(&L2 {
+            mac: [2, 0, 0, 0, 0, 1],
+            next_hop_mac: [2, 0, 0, 0, 0, 2],
+            ip_csum_offload: false,
+            mtu: 1500,
+            ipv4: v4.map(|a| a.parse().unwrap()),
+            ipv6: v6.map(|a| a.parse().unwrap()),
+        })
+    }
+
+    fn v4(proto: u8, dst: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 28];
+        f[12..14].copy_from_slice(&IPV4);
+        f[V4_PROTO] = proto;
+        f[V4_DST..V4_DST + 4].copy_from_slice(&dst);
+        f
+    }
+
+    fn v6(next: u8, dst: &str) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + 8];
+        f[12..14].copy_from_slice(&IPV6);
+        f[V6_NEXT] = next;
+        f[V6_DST..V6_DST + 16].copy_from_slice(&dst.parse::<core::net::Ipv6Addr>().unwrap().octets());
+        f
+    }
+
+    #[test]
+    fn wants_only_arp_nd_and_icmp_to_us() {
+        let r = port(Some("10.1.0.1"), Some("fd00:1::1"));
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&ARP);
+        assert!(r.wants(&arp));
+        assert!(r.wants(&v4(1, [10, 1, 0, 1])), "ICMP to us");
+        assert!(!r.wants(&v4(17, [10, 1, 0, 1])), "UDP to us keeps the ordinary path");
+        assert!(!r.wants(&v4(1, [10, 2, 0, 1])), "ICMP to someone else");
+        assert!(r.wants(&v6(58, "fd00:1::1")));
+        assert!(r.wants(&v6(58, "ff02::1:ff00:1")), "solicited-node group");
+        assert!(!r.wants(&v6(17, "fd00:1::1")));
+        assert!(!r.wants(&v6(58, "fd00:2::1")));
+        assert!(!r.wants(&v4(1, [10, 1, 0, 1])[..30]), "truncated");
+        assert!(!r.wants(&arp[..13]));
+        let bare = port(None, None);
+        assert!(bare.wants(&arp), "ARP is the resolver's on every port");
+        assert!(!bare.wants(&v4(1, [10, 1, 0, 1])));
+        assert!(!bare.wants(&v6(58, "ff02::1")));
+    }
+}
