@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use braid_dpdk::mbuf::{TxOffload, TX_IPV4, TX_IP_CKSUM};
 use braid_dpdk::ip_frag::Ipv4Reassembly;
+use braid_dpdk::mbuf::MbufStash;
 use braid_dpdk::{Mbuf, Mempool, RxQueue, TxQueue, BURST};
 use braid_nat::{NatCounters, NatShard, Verdict};
 use braid_tunnel::balancer::{Balancer, PathParams, Policy};
@@ -196,6 +197,10 @@ pub struct Worker {
     now: Nanos,
     // Per-burst scratch, allocated once.
     rx_burst: Vec<Mbuf>,
+    /// Mbufs done with in this burst, freed with one call.
+    spent: Vec<Mbuf>,
+    /// Fresh mbufs for delivered inner packets, allocated in bulk.
+    stash: MbufStash,
     lan_out: Vec<Mbuf>,
     wan_out: Vec<Vec<Mbuf>>,
     /// (bundle, tunnel) of each packet of `wan_out`, to count it per tunnel
@@ -284,6 +289,8 @@ impl Worker {
             nat_retired: NatCounters::default(),
             now,
             rx_burst: Vec::with_capacity(BURST),
+            spent: Vec::with_capacity(BURST),
+            stash: MbufStash::new(BURST),
             lan_out: Vec::with_capacity(4 * BURST),
             wan_out: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
             wan_tags: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
@@ -481,8 +488,12 @@ impl Worker {
                 self.too_big(tunnel[i] as usize, m, now);
             } else if b != NONE && matches!(self.bundles[b as usize].engine, Engine::Plain(_)) {
                 self.send_plain(b as usize, tunnel[i] as usize, m);
+            } else {
+                // Copied into bundle frames, or dropped: freed together.
+                self.spent.push(m);
             }
         }
+        Mbuf::free_bulk(&mut self.spent);
         if plain {
             // Leases never outlive the burst.
             for st in &mut self.bundles {
@@ -830,10 +841,11 @@ impl Worker {
         match &mut st.engine {
             Engine::Bundle { rx, .. } => {
                 let pool = &self.pool;
+                let stash = &mut self.stash;
                 let lan = self.lan;
                 // An inner packet without an mbuf is the engine's
                 // `rx_no_buffer`.
-                let make = |inner: &[u8]| lan_frame(pool, &lan, inner);
+                let make = |inner: &[u8]| lan_frame(stash, pool, &lan, inner);
                 let before = self.lan_out.len();
                 let r = rx.on_esp_from(t, &mut m.data_mut()[esp_at..esp_at + esp_len], now, make, &mut self.lan_out);
                 self.counters.delivered += (self.lan_out.len() - before) as u64;
@@ -1218,8 +1230,8 @@ fn stamp_outer(m: &mut Mbuf, outer: &OuterTemplate, esp_len: usize, ident: &mut 
 /// A new LAN frame holding `inner`, or `None` when the pool is empty or the
 /// packet does not fit an mbuf.
 #[inline]
-fn lan_frame(pool: &Mempool, lan: &L2, inner: &[u8]) -> Option<Mbuf> {
-    let mut m = Mbuf::alloc(pool)?;
+fn lan_frame(stash: &mut MbufStash, pool: &Mempool, lan: &L2, inner: &[u8]) -> Option<Mbuf> {
+    let mut m = stash.get(pool)?;
     let buf = m.append(ETH + inner.len())?;
     buf[ETH..].copy_from_slice(inner);
     write_eth(buf, lan);
