@@ -10,9 +10,10 @@
 #     | veth
 #   host B (ns $PREFIX-b, 10.2.0.2, fd00:2::2)
 #
-# LAB_DYNAMIC_NEIGH=1: the hosts get no static neighbor entry for their
+# LAB_DYNAMIC_NEIGH=1 (the default): the hosts get no static neighbor entry for their
 # gateway; the gateways' LAN ports carry the gateway addresses (10.x.0.1,
 # fd00:x::1) and answer the hosts' ARP and neighbor solicitations.
+# LAB_DYNAMIC_NEIGH=0: static entries, gateway ports without LAN addresses.
 #
 # DPDK always runs with --no-pci and --no-huge: vdevs only, the machine's
 # NIC is never probed. lab_cleanup removes every process started through
@@ -73,7 +74,7 @@ lab_host() { # ns dev v4 v6 gw4 gw6 gwmac remote4 remote6
   ip -n "$1" addr add "$4/64" dev "$2" nodad
   ip -n "$1" route add "$8" via "$5"
   ip -n "$1" -6 route add "$9" via "$6"
-  if [ "${LAB_DYNAMIC_NEIGH:-0}" != 1 ]; then
+  if [ "${LAB_DYNAMIC_NEIGH:-1}" != 1 ]; then
     ip -n "$1" neigh add "$5" lladdr "$7" dev "$2" nud permanent
     ip -n "$1" -6 neigh add "$6" lladdr "$7" dev "$2" nud permanent
   fi
@@ -103,7 +104,7 @@ lab_conf() { # side(a|b)
   local lanmac hostmac wanmac peermac me r4 r6 lanaddr=""
   if [ "$side" = a ]; then lanmac=$GA_LAN hostmac=$HOST_A wanmac=$GA_WAN peermac=$GB_WAN me=192.0.2.1 r4=10.2.0.0/16 r6=fd00:2::/64
   else lanmac=$GB_LAN hostmac=$HOST_B wanmac=$GB_WAN peermac=$GA_WAN me=192.0.2.2 r4=10.1.0.0/16 r6=fd00:1::/64; fi
-  if [ "${LAB_DYNAMIC_NEIGH:-0}" = 1 ]; then
+  if [ "${LAB_DYNAMIC_NEIGH:-1}" = 1 ]; then
     local n=1; [ "$side" = b ] && n=2
     lanaddr="\"ipv4\":\"10.$n.0.1/24\",\"ipv6\":\"fd00:$n::1/64\","
   fi
