@@ -104,9 +104,15 @@ pub struct PortConfig {
     /// Interface address with prefix length, `2001:db8::1/64`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<String>,
-    /// Static neighbour: the LAN host or router on a LAN port, the next hop
-    /// toward the peers on a WAN port.
-    pub next_hop_mac: String,
+    /// Static neighbour: the LAN host or router on a LAN port (required),
+    /// the next hop toward the peers on a WAN port (or `next_hop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop_mac: Option<String>,
+    /// WAN ports only, instead of `next_hop_mac`: the next hop's address in
+    /// the port's `ipv4` or `ipv6` subnet, resolved by ARP / neighbor
+    /// discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<String>,
     #[serde(default = "default_mtu")]
     pub mtu: u32,
 }
@@ -338,6 +344,14 @@ pub struct IfaceAddr<A> {
     pub prefix_len: u8,
 }
 
+/// Where a port sends its frames: a fixed MAC, or an address the
+/// dataplane resolves (ARP / IPv6 neighbor discovery; WAN ports only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NextHop {
+    Mac([u8; 6]),
+    Ip(IpAddr),
+}
+
 /// A port, at its index in [`Tables::ports`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
@@ -345,7 +359,7 @@ pub struct Port {
     pub device: String,
     pub role: PortRole,
     pub mac: [u8; 6],
-    pub next_hop_mac: [u8; 6],
+    pub next_hop: NextHop,
     pub ipv4: Option<IfaceAddr<Ipv4Addr>>,
     pub ipv6: Option<IfaceAddr<Ipv6Addr>>,
     pub mtu: u16,
@@ -672,8 +686,6 @@ fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
             ));
         }
         let mac = parse_unicast_mac(&p.mac).map_err(|e| invalid(format!("{at}.mac"), e))?;
-        let next_hop_mac = parse_unicast_mac(&p.next_hop_mac)
-            .map_err(|e| invalid(format!("{at}.next_hop_mac"), e))?;
         let ipv4 = match &p.ipv4 {
             None => None,
             Some(s) => Some(parse_iface_v4(s).map_err(|e| invalid(format!("{at}.ipv4"), e))?),
@@ -681,6 +693,35 @@ fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
         let ipv6 = match &p.ipv6 {
             None => None,
             Some(s) => Some(parse_iface_v6(s).map_err(|e| invalid(format!("{at}.ipv6"), e))?),
+        };
+        let next_hop = match (&p.next_hop_mac, &p.next_hop, p.role) {
+            (Some(m), None, _) => NextHop::Mac(
+                parse_unicast_mac(m).map_err(|e| invalid(format!("{at}.next_hop_mac"), e))?,
+            ),
+            (None, Some(ip), PortRole::Wan) => NextHop::Ip(
+                parse_next_hop(ip, ipv4, ipv6).map_err(|e| invalid(format!("{at}.next_hop"), e))?,
+            ),
+            (_, Some(_), PortRole::Lan) => {
+                return Err(invalid(
+                    format!("{at}.next_hop"),
+                    "only WAN ports resolve their next hop; give next_hop_mac",
+                ))
+            }
+            (Some(_), Some(_), PortRole::Wan) => {
+                return Err(invalid(
+                    format!("{at}.next_hop"),
+                    "give next_hop or next_hop_mac, not both",
+                ))
+            }
+            (None, None, PortRole::Lan) => {
+                return Err(invalid(format!("{at}.next_hop_mac"), "required on a LAN port"))
+            }
+            (None, None, PortRole::Wan) => {
+                return Err(invalid(
+                    format!("{at}.next_hop_mac"),
+                    "a WAN port needs next_hop_mac or next_hop",
+                ))
+            }
         };
         if !(MIN_MTU..=MAX_MTU).contains(&p.mtu) {
             return Err(invalid(
@@ -693,7 +734,7 @@ fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
             device: p.device.clone(),
             role: p.role,
             mac,
-            next_hop_mac,
+            next_hop,
             ipv4,
             ipv6,
             mtu: p.mtu as u16,
@@ -917,6 +958,45 @@ fn parse_unicast_mac(s: &str) -> Result<[u8; 6], String> {
         return Err(format!("{s} is the all-zero MAC"));
     }
     Ok(mac)
+}
+
+/// A WAN port's next hop: a unicast address inside the subnet of the
+/// port's address of the same family, not the port's own address.
+fn parse_next_hop(
+    s: &str,
+    v4: Option<IfaceAddr<Ipv4Addr>>,
+    v6: Option<IfaceAddr<Ipv6Addr>>,
+) -> Result<IpAddr, String> {
+    let ip: IpAddr = s.parse().map_err(|_| format!("{s:?} is not an IP address"))?;
+    let (own, prefix_len, same_subnet) = match ip {
+        IpAddr::V4(a) => {
+            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
+                return Err(format!("{a} is not a unicast address"));
+            }
+            let Some(i) = v4 else {
+                return Err(format!("{a}: the port has no ipv4 address to reach it from"));
+            };
+            let mask = u32::MAX.checked_shl(32 - i.prefix_len as u32).unwrap_or(0);
+            (IpAddr::V4(i.addr), i.prefix_len, u32::from(a) & mask == u32::from(i.addr) & mask)
+        }
+        IpAddr::V6(a) => {
+            if a.is_unspecified() || a.is_multicast() {
+                return Err(format!("{a} is not a unicast address"));
+            }
+            let Some(i) = v6 else {
+                return Err(format!("{a}: the port has no ipv6 address to reach it from"));
+            };
+            let mask = u128::MAX.checked_shl(128 - i.prefix_len as u32).unwrap_or(0);
+            (IpAddr::V6(i.addr), i.prefix_len, u128::from(a) & mask == u128::from(i.addr) & mask)
+        }
+    };
+    if ip == own {
+        return Err(format!("{ip} is the port's own address"));
+    }
+    if !same_subnet {
+        return Err(format!("{ip} is outside the port's subnet {own}/{prefix_len}"));
+    }
+    Ok(ip)
 }
 
 fn parse_iface_v4(s: &str) -> Result<IfaceAddr<Ipv4Addr>, String> {

@@ -5,7 +5,7 @@
 use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use braid_config::{
-    BundleMode, Config, ConfigError, PortRole, Tables, TunnelRef, FRAME_OVERHEAD_V4,
+    BundleMode, Config, ConfigError, NextHop, PortRole, Tables, TunnelRef, FRAME_OVERHEAD_V4,
 };
 use braid_tunnel::balancer::Policy;
 use braid_tunnel::crypto::AesGcmKey;
@@ -70,7 +70,7 @@ fn doc_example_parses_and_validates() {
     let lan = &t.ports[0];
     assert_eq!((lan.name.as_str(), lan.role), ("lan0", PortRole::Lan));
     assert_eq!(lan.mac, [2, 0, 0, 0, 0, 1]);
-    assert_eq!(lan.next_hop_mac, [2, 0, 0, 0, 1, 1]);
+    assert_eq!(lan.next_hop, NextHop::Mac([2, 0, 0, 0, 1, 1]));
     assert_eq!(
         lan.ipv6.unwrap().addr,
         "fd00:1::1".parse::<Ipv6Addr>().unwrap()
@@ -366,6 +366,77 @@ fn port_macs_are_unicast_macs() {
         |v| v["ports"][1]["next_hop_mac"] = json!("gg:00:00:00:00:01"),
         "ports[1].next_hop_mac",
         "not a MAC",
+    );
+}
+
+/// A WAN port's next hop by address (ARP / ND), instead of a MAC.
+#[test]
+fn wan_next_hop_by_address() {
+    let wan_by_ip = |ip: &'static str| {
+        move |v: &mut Value| {
+            let p = v["ports"][1].as_object_mut().unwrap();
+            p.remove("next_hop_mac");
+            p.insert("next_hop".into(), json!(ip));
+        }
+    };
+    let t = accepted(wan_by_ip("192.0.2.254"));
+    assert_eq!(t.ports[1].next_hop, NextHop::Ip("192.0.2.254".parse().unwrap()));
+    assert_eq!(t.ports[0].next_hop, NextHop::Mac([2, 0, 0, 0, 1, 1]));
+    // IPv6, with an ipv6 address on the port.
+    let t = accepted(|v| {
+        wan_by_ip("2001:db8:2::fe")(v);
+        v["ports"][1]["ipv6"] = json!("2001:db8:2::1/64");
+    });
+    assert_eq!(t.ports[1].next_hop, NextHop::Ip("2001:db8:2::fe".parse().unwrap()));
+    // The document round-trips without a next_hop_mac.
+    let mut v = example_value();
+    wan_by_ip("192.0.2.254")(&mut v);
+    let c = Config::from_json_str(&v.to_string()).unwrap();
+    let again: Value = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+    assert!(again["ports"][1].get("next_hop_mac").is_none());
+    assert_eq!(again["ports"][1]["next_hop"], json!("192.0.2.254"));
+
+    refused(wan_by_ip("198.51.100.1"), "ports[1].next_hop", "outside the port's subnet");
+    refused(wan_by_ip("192.0.2.1"), "ports[1].next_hop", "own address");
+    refused(wan_by_ip("224.0.0.1"), "ports[1].next_hop", "not a unicast");
+    refused(wan_by_ip("192.0.2.300"), "ports[1].next_hop", "not an IP address");
+    refused(wan_by_ip("2001:db8:2::fe"), "ports[1].next_hop", "no ipv6 address");
+    refused(
+        |v| {
+            wan_by_ip("2001:db8:3::fe")(v);
+            v["ports"][1]["ipv6"] = json!("2001:db8:2::1/64");
+        },
+        "ports[1].next_hop",
+        "outside the port's subnet",
+    );
+    refused(
+        |v| v["ports"][1]["next_hop"] = json!("192.0.2.254"),
+        "ports[1].next_hop",
+        "not both",
+    );
+    refused(
+        |v| {
+            v["ports"][1].as_object_mut().unwrap().remove("next_hop_mac");
+        },
+        "ports[1].next_hop_mac",
+        "needs next_hop_mac or next_hop",
+    );
+    // LAN ports keep their static neighbour.
+    refused(
+        |v| {
+            v["ports"][0].as_object_mut().unwrap().remove("next_hop_mac");
+        },
+        "ports[0].next_hop_mac",
+        "required on a LAN port",
+    );
+    refused(
+        |v| {
+            let p = v["ports"][0].as_object_mut().unwrap();
+            p.remove("next_hop_mac");
+            p.insert("next_hop".into(), json!("10.1.0.2"));
+        },
+        "ports[0].next_hop",
+        "only WAN ports",
     );
 }
 

@@ -56,6 +56,9 @@ drops! {
     UnknownSpi => "unknown_spi",
     /// SPI of a tunnel whose local UDP port is not the one the packet hit.
     TunnelMismatch => "tunnel_mismatch",
+    /// ESP packet (data, probe or probe reply) for a WAN port whose next
+    /// hop is not resolved (yet, or no longer): dropped, never queued.
+    NextHopUnresolved => "next_hop_unresolved",
 }
 
 impl DpDrop {
@@ -63,7 +66,10 @@ impl DpDrop {
     /// counted as received, encapsulated or delivered before; the other
     /// reasons drop packets as they come in.
     pub const fn is_tx(self) -> bool {
-        matches!(self, DpDrop::LanTxFull | DpDrop::WanTxFull | DpDrop::LanTxRejected | DpDrop::WanTxRejected)
+        matches!(
+            self,
+            DpDrop::LanTxFull | DpDrop::WanTxFull | DpDrop::LanTxRejected | DpDrop::WanTxRejected | DpDrop::NextHopUnresolved
+        )
     }
 }
 
@@ -266,7 +272,7 @@ local_drops! {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalStats {
     /// Frames taken off the per-packet path for the gateway itself:
-    /// answered or dropped with a [`LocalDrop`] reason.
+    /// answered, learned from, or dropped with a [`LocalDrop`] reason.
     pub received: u64,
     /// ARP requests for one of our addresses answered.
     pub arp_replies: u64,
@@ -279,8 +285,18 @@ pub struct LocalStats {
     /// Replies handed to the LAN TX queue / to a WAN TX queue.
     pub lan_replies: u64,
     pub wan_replies: u64,
-    /// Replies a WAN port took (in `wan_tx`, in no tunnel's `tx`).
+    /// Our own frames a WAN port took: replies and next-hop requests (in
+    /// `wan_tx`, in no tunnel's `tx`).
     pub wan_replies_sent: u64,
+    /// ARP replies / neighbor advertisements that resolved or refreshed a
+    /// WAN next hop (taken, not answered, not dropped).
+    pub learned: u64,
+    /// ARP requests / neighbor solicitations for WAN next hops (retries and
+    /// re-confirmations included) handed to a WAN TX queue.
+    pub requests: u64,
+    /// WAN next hops that did not answer their requests (each time one
+    /// turned unreachable).
+    pub unresolved: u64,
     /// Not answered, by [`LocalDrop`] reason.
     pub dropped: [u64; LocalDrop::COUNT],
     /// Neighbor cache entries, all ports (a gauge: requests from others
@@ -319,6 +335,9 @@ impl LocalStats {
         self.lan_replies += o.lan_replies;
         self.wan_replies += o.wan_replies;
         self.wan_replies_sent += o.wan_replies_sent;
+        self.learned += o.learned;
+        self.requests += o.requests;
+        self.unresolved += o.unresolved;
         for (a, b) in self.dropped.iter_mut().zip(&o.dropped) {
             *a += b;
         }
@@ -338,12 +357,15 @@ pub struct WorkerCounters {
     /// - `wan_rx` plus `frags.reassembled` is `frags.taken`, the tunnels'
     ///   `rx` and `rejected`, the WAN side's incoming drops and the WAN
     ///   frames for the gateway itself (`local.received` counts both
-    ///   sides: each is answered or dropped with a `LocalDrop` reason);
+    ///   sides: each is answered, learned from, or dropped with a
+    ///   `LocalDrop` reason);
     /// - `delivered`, `icmp_sent` and `local.lan_replies` are `lan_tx`
     ///   plus `lan_tx_full`, `lan_tx_rejected` and NAT's `in_drops` (the
     ///   NAT translates what the re-orderer delivered, just before the LAN
     ///   TX queue; our own replies skip it);
-    /// - the tunnels' `tx` and `local.wan_replies_sent` sum to `wan_tx`.
+    /// - the tunnels' `tx` and `local.wan_replies_sent` sum to `wan_tx`;
+    ///   ESP packets for a WAN port whose next hop is unresolved are
+    ///   dropped on the way out (`next_hop_unresolved`, a TX-side drop).
     pub lan_rx: Flow,
     pub lan_tx: Flow,
     /// Frames received on / sent to the WAN ports.

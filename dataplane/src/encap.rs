@@ -45,6 +45,12 @@ impl OuterTemplate {
         OuterTemplate { bytes: b, ip_sum }
     }
 
+    /// Points the template at another next hop (a WAN next hop resolved by
+    /// ARP/ND, or its MAC changed). The checksum sum does not cover it.
+    pub fn set_dst_mac(&mut self, mac: [u8; 6]) {
+        self.bytes[0..6].copy_from_slice(&mac);
+    }
+
     /// Writes the headers for an ESP packet of `esp_len` bytes into
     /// `out[..OUTER_LEN]`. The IPv4 checksum is computed unless the NIC does
     /// it (`ip_csum_offload`: left zero). The UDP checksum is zero, as RFC

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use braid_tunnel::sa::{OutboundSa, OutboundSaPair};
 
-use crate::config::{PortRole, Tables};
+use crate::config::{NextHop, PortRole, Tables};
 use crate::nat::{boot_seed, nat_config, NatSetup};
 use crate::worker::{BundleSetup, TunnelSetup, WorkerSetup, L2};
 
@@ -73,9 +73,15 @@ pub fn worker_setup(
 ) -> Result<WorkerSetup, String> {
     let l2 = |i: usize| {
         let p = &tables.ports[i];
+        let (next_hop_mac, next_hop) = match p.next_hop {
+            NextHop::Mac(m) => (m, None),
+            // Resolved by the worker; nothing leaves before it is.
+            NextHop::Ip(ip) => ([0; 6], Some(ip)),
+        };
         L2 {
             mac: p.mac,
-            next_hop_mac: p.next_hop_mac,
+            next_hop_mac,
+            next_hop,
             ip_csum_offload: ip_csum_offload(i),
             mtu: p.mtu,
             ipv4: p.ipv4.map(|a| a.addr),

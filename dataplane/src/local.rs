@@ -4,6 +4,10 @@
 //! from the port's `ipv4`/`ipv6`, its MAC); the reply is written into the
 //! request's own mbuf and leaves by the port the request came in on.
 //!
+//! The same resolver resolves a WAN port's next hop when the tables give
+//! it by address ([`Responder::lookup`], from the worker's timers); the
+//! answers come back here and are learned (`Handled::Learned`).
+//!
 //! The per-packet path only calls [`Responder::wants`]: the EtherType, and
 //! for IP one protocol byte and the destination address. Everything it
 //! does not want (and every echo it cannot answer) keeps the ordinary path.
@@ -11,7 +15,9 @@
 //! its cache; claims on our own addresses are refused and counted.
 
 use braid_dpdk::Mbuf;
-use braid_nat::resolver::{Resolver, ResolverConfig, ResolverCounters, FRAME_MAX};
+use std::net::IpAddr;
+
+use braid_nat::resolver::{Lookup, Resolver, ResolverConfig, ResolverCounters, FRAME_MAX};
 use braid_tunnel::wire::ethernet::Address;
 use braid_tunnel::Nanos;
 
@@ -38,6 +44,9 @@ pub enum Handled {
     Reply,
     /// Counted (a [`LocalDrop`] reason) and to be freed.
     Dropped,
+    /// An answer to one of our requests: the resolver learned (or
+    /// refreshed) a next hop from it; to be freed.
+    Learned,
     /// Not for the responder after all: the ordinary path takes it.
     Pass,
 }
@@ -90,6 +99,10 @@ impl Responder {
             let before = self.resolver.counters().clone();
             let mut out = [0u8; FRAME_MAX];
             let Some(len) = self.resolver.on_frame(d, now, &mut out) else {
+                if self.resolver.counters().learned > before.learned {
+                    stats.learned += 1;
+                    return Handled::Learned;
+                }
                 stats.drop(why_not(&before, self.resolver.counters()));
                 return Handled::Dropped;
             };
@@ -115,6 +128,12 @@ impl Responder {
             stats.echo_v6_replies += 1;
         }
         Handled::Reply
+    }
+
+    /// Where to send to next hop `ip` at `now` (see braid-nat's
+    /// `Resolver::lookup`); a request due is written to `out`.
+    pub fn lookup(&mut self, ip: IpAddr, now: Nanos, out: &mut [u8; FRAME_MAX]) -> Lookup {
+        self.resolver.lookup(ip, now, out)
     }
 
     /// Neighbor cache entries.
@@ -159,6 +178,7 @@ mod tests {
         Responder::new(&L2 {
             mac: [2, 0, 0, 0, 0, 1],
             next_hop_mac: [2, 0, 0, 0, 0, 2],
+            next_hop: None,
             ip_csum_offload: false,
             mtu: 1500,
             ipv4: v4.map(|a| a.parse().unwrap()),

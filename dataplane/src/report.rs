@@ -76,7 +76,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
     s.pop();
     let _ = write!(
         s,
-        ",\"local\":{{\"received\":{},\"arp_replies\":{},\"na_replies\":{},\"echo_v4_replies\":{},\"echo_v6_replies\":{},\"lan_replies\":{},\"wan_replies\":{},\"wan_replies_sent\":{},\"neighbors\":{},\"drops\":{}}}}}",
+        ",\"local\":{{\"received\":{},\"arp_replies\":{},\"na_replies\":{},\"echo_v4_replies\":{},\"echo_v6_replies\":{},\"lan_replies\":{},\"wan_replies\":{},\"wan_replies_sent\":{},\"learned\":{},\"requests\":{},\"unresolved\":{},\"neighbors\":{},\"drops\":{}}}}}",
         l.received,
         l.arp_replies,
         l.na_replies,
@@ -85,6 +85,9 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
         l.lan_replies,
         l.wan_replies,
         l.wan_replies_sent,
+        l.learned,
+        l.requests,
+        l.unresolved,
         l.neighbors,
         named(&l.named_drops()),
     );

@@ -6,8 +6,9 @@
 //! `path/<bundle>/<i>/alive`; with NAT rules in the tables, `nat/<counter>`,
 //! drops by direction `nat_out_drop/<reason>` and `nat_in_drop/<reason>`,
 //! gauge `nat/sessions`; frames for the gateway itself (ARP, ND, echo)
-//! `local/<counter>` and `local_drop/<reason>` (the neighbor cache gauge
-//! stays in the report until next hops are resolved: nothing fills it yet).
+//! `local/<counter>` (WAN next-hop resolution included: `local/learned`,
+//! `local/requests`, `local/unresolved`) and `local_drop/<reason>` (the
+//! neighbor cache gauge is in the report).
 //! The order of [`layout`] and [`flatten`] is
 //! the same by construction (both walk [`Names`]).
 
@@ -23,7 +24,7 @@ const SCALARS: [&str; 8] =
     ["encapsulated", "delivered", "icmp_sent", "frag/taken", "frag/reassembled", "frag/discarded", "idle_polls", "busy_polls"];
 const NAT: [&str; 6] =
     ["nat/out_translated", "nat/in_translated", "nat/icmp_errors_translated", "nat/sessions_created", "nat/sessions_expired", "nat/mappings_created"];
-const LOCAL: [&str; 8] = [
+const LOCAL: [&str; 11] = [
     "local/received",
     "local/arp_replies",
     "local/na_replies",
@@ -32,6 +33,9 @@ const LOCAL: [&str; 8] = [
     "local/lan_replies",
     "local/wan_replies",
     "local/wan_replies_sent",
+    "local/learned",
+    "local/requests",
+    "local/unresolved",
 ];
 const TUNNEL: [&str; 5] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected"];
 
@@ -101,6 +105,9 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
         l.lan_replies,
         l.wan_replies,
         l.wan_replies_sent,
+        l.learned,
+        l.requests,
+        l.unresolved,
     ]);
     counters.extend(l.dropped);
     let n = &c.nat;
@@ -153,6 +160,9 @@ mod tests {
         c.nat.sessions = 9;
         c.local.arp_replies = 4;
         c.local.drop(LocalDrop::OwnAddrConflict);
+        c.local.requests = 3;
+        c.local.unresolved = 1;
+        c.drops.add_n(DpDrop::NextHopUnresolved, 7);
 
         let (mut cs, mut gs) = (Vec::new(), Vec::new());
         flatten(&tables, &c, &[vec![true, false]], &mut cs, &mut gs);
@@ -169,6 +179,8 @@ mod tests {
         assert_eq!(at("nat_out_drop/no_session"), 0);
         assert_eq!(at("local/arp_replies"), 4);
         assert_eq!(at("local_drop/own_addr_conflict"), 1);
+        assert_eq!((at("local/requests"), at("local/unresolved"), at("local/learned")), (3, 1, 0));
+        assert_eq!(at("drop/next_hop_unresolved"), 7);
         assert_eq!(at("local_drop/not_for_us"), 0);
         assert_eq!(gs[0], 1);
         assert_eq!(gs[gs.len() - 1], 9);

@@ -17,6 +17,11 @@
 //! port's own addresses leave the pipeline first (one EtherType compare per
 //! packet decides) and are answered in their own mbuf out of the same port
 //! (`crate::local`).
+//! A WAN port whose next hop is given by address resolves it with that
+//! port's resolver from the timers (at most every `NEIGHBOR_PERIOD`, at
+//! once after an answer): the port's tunnels' outer templates follow the
+//! MAC, and until there is one the port's ESP packets are dropped at TX
+//! (`next_hop_unresolved`), one test per port per poll.
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -25,6 +30,7 @@ use braid_dpdk::mbuf::{TxOffload, TX_IPV4, TX_IP_CKSUM};
 use braid_dpdk::ip_frag::Ipv4Reassembly;
 use braid_dpdk::mbuf::MbufStash;
 use braid_dpdk::{Mbuf, Mempool, RxQueue, TxQueue, BURST};
+use braid_nat::resolver::{Lookup, FRAME_MAX};
 use braid_nat::{NatCounters, NatShard, Verdict};
 use braid_tunnel::balancer::{Balancer, PathParams, Policy};
 use braid_tunnel::liveness::LivenessConfig;
@@ -79,7 +85,12 @@ pub struct BundleSetup {
 #[derive(Debug, Clone, Copy)]
 pub struct L2 {
     pub mac: [u8; 6],
+    /// Where frames go; for a port with `next_hop`, the last MAC resolved
+    /// (zero until then).
     pub next_hop_mac: [u8; 6],
+    /// WAN ports: the next hop's address, resolved by the port's resolver
+    /// (ARP / ND); `None`: `next_hop_mac` is static.
+    pub next_hop: Option<std::net::IpAddr>,
     /// The port computes IPv4 header checksums on TX.
     pub ip_csum_offload: bool,
     /// Largest IP packet the port's link carries.
@@ -219,6 +230,12 @@ pub struct Worker {
     local_out: Vec<Vec<Mbuf>>,
     /// The LAN burst without the frames the responders took.
     kept: Vec<Mbuf>,
+    /// Per WAN port: whether its next hop's MAC is known (always, for a
+    /// static one). ESP packets for a port without it are dropped at TX
+    /// (`next_hop_unresolved`): one test per port per poll, none per packet.
+    nh_ready: Vec<bool>,
+    /// When the WAN next hops are next looked up.
+    next_neighbors: Nanos,
 }
 
 /// Ethernet header length.
@@ -240,6 +257,10 @@ const FRAG_TIMEOUT: Nanos = 1_000_000_000;
 /// At most one ICMP error per this long: enough for a sender's path MTU
 /// discovery, never a flood (RFC 1812 section 4.3.2.8 asks for a limit).
 const ICMP_INTERVAL: Nanos = 1_000_000;
+
+/// WAN next hops given by address are looked up this often (and at once
+/// after an answer arrives): the resolver's own timers are in seconds.
+const NEIGHBOR_PERIOD: Nanos = 1_000_000;
 
 impl Worker {
     /// Builds a worker around its queues. `wan_rx[i]`/`wan_tx[i]` belong to
@@ -264,6 +285,7 @@ impl Worker {
         let (wan_rx, wan_tx): (Vec<_>, Vec<_>) = wan_queues.into_iter().unzip();
         let nwan = wan_tx.len();
         let local: Vec<Responder> = std::iter::once(&setup.lan).chain(&setup.wans).map(Responder::new).collect();
+        let nh_ready = setup.wans.iter().map(|w| w.next_hop.is_none()).collect();
         Ok(Worker {
             id: setup.id,
             pool,
@@ -300,6 +322,8 @@ impl Worker {
             local_out: (0..=nwan).map(|_| Vec::with_capacity(BURST)).collect(),
             local,
             kept: Vec::with_capacity(BURST),
+            nh_ready,
+            next_neighbors: 0,
         })
     }
 
@@ -324,6 +348,7 @@ impl Worker {
             c.nat.sessions = nat.sessions() as u64;
         }
         c.local.neighbors = self.local.iter().map(|r| r.neighbors() as u64).sum();
+        c.local.unresolved = self.local.iter().map(|r| r.resolver_counters().unresolved).sum();
         c
     }
 
@@ -539,6 +564,11 @@ impl Worker {
         match self.local[port].handle(&mut m, self.now, &mut self.counters.local) {
             Handled::Pass => Some(m),
             Handled::Dropped => None,
+            Handled::Learned => {
+                // A next hop may have answered: look at once.
+                self.next_neighbors = 0;
+                None
+            }
             Handled::Reply => {
                 if port == 0 {
                     self.counters.local.lan_replies += 1;
@@ -883,6 +913,10 @@ impl Worker {
     }
 
     fn timers(&mut self, now: Nanos) {
+        if now >= self.next_neighbors {
+            self.next_neighbors = now.saturating_add(NEIGHBOR_PERIOD);
+            self.resolve_next_hops(now);
+        }
         // Incomplete outer packets past their time are freed.
         self.frag.expire(now);
         self.counters.frags.discarded = self.frag.stats().discarded;
@@ -924,6 +958,53 @@ impl Worker {
         }
     }
 
+    /// Looks up the next hop of every WAN port given by address: sends
+    /// the requests the resolver asks for, and points the port's tunnels at
+    /// the MAC it knows (kept while a stale entry is re-confirmed). Without
+    /// one the port's ESP packets are dropped at TX.
+    fn resolve_next_hops(&mut self, now: Nanos) {
+        for w in 0..self.wans.len() {
+            let Some(ip) = self.wans[w].next_hop else { continue };
+            let mut out = [0u8; FRAME_MAX];
+            let (mac, request) = match self.local[1 + w].lookup(ip, now, &mut out) {
+                Lookup::Resolved { mac, request } => (Some(mac.0), request),
+                Lookup::Pending { request } => (None, request),
+                Lookup::Failed => (None, None),
+            };
+            if let Some(len) = request {
+                // No mbuf: the resolver asks again at its next retry.
+                if let Some(mut m) = Mbuf::alloc(&self.pool) {
+                    if let Some(buf) = m.append(len) {
+                        buf.copy_from_slice(&out[..len]);
+                        self.counters.local.requests += 1;
+                        self.local_out[1 + w].push(m);
+                    }
+                }
+            }
+            match mac {
+                Some(mac) => {
+                    if mac != self.wans[w].next_hop_mac {
+                        self.set_next_hop_mac(w, mac);
+                    }
+                    self.nh_ready[w] = true;
+                }
+                None => self.nh_ready[w] = false,
+            }
+        }
+    }
+
+    /// Points every tunnel on WAN port `w` at next hop `mac`.
+    fn set_next_hop_mac(&mut self, w: usize, mac: [u8; 6]) {
+        self.wans[w].next_hop_mac = mac;
+        for st in &mut self.bundles {
+            for (t, outer) in st.outer.iter_mut().enumerate() {
+                if st.wan_of[t] == w {
+                    outer.set_dst_mac(mac);
+                }
+            }
+        }
+    }
+
     fn flush_tx(&mut self) {
         self.nat_inbound();
         self.nat_done = 0;
@@ -940,8 +1021,14 @@ impl Worker {
                 *sent += 1;
             }, &mut c.drops, [DpDrop::WanTxFull, DpDrop::WanTxRejected]);
         }
-        for ((q, out), tags) in self.wan_tx.iter_mut().zip(self.wan_out.iter_mut()).zip(self.wan_tags.iter_mut()) {
+        for (((q, out), tags), ready) in self.wan_tx.iter_mut().zip(self.wan_out.iter_mut()).zip(self.wan_tags.iter_mut()).zip(&self.nh_ready) {
             debug_assert_eq!(out.len(), tags.len());
+            if !ready {
+                c.drops.add_n(DpDrop::NextHopUnresolved, out.len() as u64);
+                Mbuf::free_bulk(out);
+                tags.clear();
+                continue;
+            }
             let (wan_tx, tunnels) = (&mut c.wan_tx, &mut c.tunnels);
             let sent = |i: usize, len: usize| {
                 wan_tx.add(len);

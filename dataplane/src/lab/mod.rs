@@ -5,6 +5,7 @@
 //! are exact and take one core. Used by the integration tests and by the
 //! on-box benchmark (`braid-perf-gw`); EAL must be up.
 
+pub mod neighbor;
 pub mod traffic;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -169,6 +170,13 @@ pub struct Lab {
     pub hold_b_lan: bool,
     /// A's outbound SAs (shared with A's worker), by bundle and tunnel.
     pub sas_a: Vec<Vec<Arc<OutboundSaPair>>>,
+    /// A's ARP requests and neighbor solicitations (A's WAN next hop given
+    /// by address): the middle takes them (B never sees them) and, from the
+    /// `nh_answer`-th on (1: the first), answers as the next hop with B's
+    /// WAN MAC; `None`: the next hop never answers.
+    pub nh_answer: Option<u32>,
+    /// The requests the middle took from A, in order.
+    pub nh_requests: Vec<Vec<u8>>,
     /// Cut A's WAN frames into IPv4 fragments of at most this many payload
     /// bytes (a multiple of 8) on their way to B, last fragment first.
     pub fragment_wan: Option<usize>,
@@ -309,6 +317,8 @@ impl Lab {
             hold_b_lan: false,
             sas_a,
             fragment_wan: None,
+            nh_answer: None,
+            nh_requests: Vec::new(),
             held: VecDeque::new(),
             poll_no: 0,
             delivered: Vec::new(),
@@ -380,6 +390,17 @@ impl Lab {
         let mut out = Vec::with_capacity(BURST);
         while !self.hold_a_wan && self.mid_a.rx.rx_burst(&mut burst, BURST) > 0 {
             for m in burst.drain(..) {
+                if neighbor::is_request(m.data()) {
+                    self.nh_requests.push(m.to_vec());
+                    let n = self.nh_requests.len() as u32;
+                    if self.nh_answer.is_some_and(|k| n >= k) {
+                        if let Some(reply) = neighbor::answer(m.data(), mac(B_WAN_MAC)) {
+                            let mut v = vec![self.raw(&reply)];
+                            self.mid_a.tx.tx_all(&mut v, 1000);
+                        }
+                    }
+                    continue;
+                }
                 if let Some(c) = self.capture.as_mut() {
                     if c.len() < self.capture_limit {
                         c.push(m.to_vec());
@@ -529,7 +550,7 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // For the gateway itself: answered (out of the port it came in on) or
     // dropped with a reason.
     let l = &c.local;
-    assert_eq!(l.received, l.answered() + l.total_dropped(), "{why}");
+    assert_eq!(l.received, l.answered() + l.learned + l.total_dropped(), "{why}");
     assert_eq!(l.answered(), l.lan_replies + l.wan_replies, "{why}");
     // Out: the ports took what they were given or it was dropped (the NAT
     // translates delivered packets just before the LAN TX queue).
@@ -541,7 +562,11 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     assert_eq!(tx + l.wan_replies_sent, c.wan_tx.packets, "{why}");
     assert!(c.engine.total() >= rejected, "{why}");
     if plain {
-        assert_eq!(c.encapsulated + l.wan_replies, c.wan_tx.packets + d.get(DpDrop::WanTxFull) + d.get(DpDrop::WanTxRejected), "{why}");
+        assert_eq!(
+            c.encapsulated + l.wan_replies + l.requests,
+            c.wan_tx.packets + d.get(DpDrop::WanTxFull) + d.get(DpDrop::WanTxRejected) + d.get(DpDrop::NextHopUnresolved),
+            "{why}"
+        );
         assert_eq!(rx, c.delivered, "{why}");
         assert_eq!(c.engine.total(), rejected, "{why}");
     }

@@ -69,9 +69,15 @@ impl Worker {
     /// Takes `setup` (new tables) without stopping: see the module doc.
     /// Ports cannot change here (the caller checks); a setup with another
     /// number of WAN ports is refused and changes nothing.
-    pub fn apply(&mut self, setup: WorkerSetup, now: Nanos) -> Result<Applied, String> {
+    pub fn apply(&mut self, mut setup: WorkerSetup, now: Nanos) -> Result<Applied, String> {
         if setup.wans.len() != self.wans.len() {
             return Err(format!("{} WAN ports in the new tables, {} running", setup.wans.len(), self.wans.len()));
+        }
+        // Rebuilt bundles address the next hops resolved so far.
+        for (new, running) in setup.wans.iter_mut().zip(&self.wans) {
+            if running.next_hop.is_some() {
+                new.next_hop_mac = running.next_hop_mac;
+            }
         }
         let options_same = setup.replay_window == self.options.replay_window
             && setup.hold == self.options.hold
