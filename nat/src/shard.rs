@@ -96,10 +96,45 @@ struct Mapping {
 
 /// This worker's free ports of one pool address for one protocol, oldest
 /// freed first (a port is reused as late as possible), in a shuffled
-/// order (RFC 6056: external ports are not predictable).
+/// order (RFC 6056: external ports are not predictable). The list is made
+/// on the space's first allocation: 50,000 pool addresses x 3 protocols x
+/// 55,000 ports would otherwise take gigabytes up front for addresses most
+/// of which are never used (one allocation per space, ever).
 #[derive(Debug, Clone)]
 struct PortSpace {
     free: VecDeque<u16>,
+    start: u32,
+    end: u32,
+    seed: u64,
+    filled: bool,
+}
+
+impl PortSpace {
+    fn new(start: u32, end: u32, seed: u64) -> PortSpace {
+        PortSpace { free: VecDeque::new(), start, end, seed, filled: false }
+    }
+
+    /// The next free port (making the shuffled list the first time).
+    #[inline]
+    fn pop(&mut self) -> Option<u16> {
+        if !self.filled {
+            let mut rng = self.seed;
+            let mut ports: Vec<u16> = (self.start..self.end).map(|p| p as u16).collect();
+            for k in (1..ports.len()).rev() {
+                let j = (splitmix(&mut rng) % (k as u64 + 1)) as usize;
+                ports.swap(k, j);
+            }
+            self.free = VecDeque::from(ports);
+            self.filled = true;
+        }
+        self.free.pop_front()
+    }
+
+    /// A port [`pop`](Self::pop) gave out, free again.
+    #[inline]
+    fn push(&mut self, port: u16) {
+        self.free.push_back(port);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +262,8 @@ impl NatShard {
         }
         let mut rng = config.hash_seed ^ (worker as u64).wrapping_mul(0x2545_f491_4f6c_dd1d);
         let mut pools: Vec<PoolAddr> = Vec::new();
+        // Pool address -> its index in `pools` (50,000 addresses: no scan).
+        let mut pool_of: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
         let mut snat = Vec::with_capacity(config.snat.len());
         for (i, rule) in config.snat.iter().enumerate() {
             let net = v4(rule.match_prefix.addr).ok_or(ConfigError::Ipv6(i))?;
@@ -248,7 +285,7 @@ impl NatShard {
             let mut ids = Vec::with_capacity(rule.pool.len());
             for &a in &rule.pool {
                 let addr = v4(a).ok_or(ConfigError::Ipv6(i))?;
-                let id = match pools.iter().position(|p| p.addr == addr) {
+                let id = match pool_of.get(&addr).copied() {
                     Some(p) if (pools[p].lo, pools[p].hi) != (lo, hi) => {
                         return Err(ConfigError::PoolPortsConflict(i, Ipv4Addr::from(addr)))
                     }
@@ -256,22 +293,9 @@ impl NatShard {
                     None => {
                         let start = slice_start(lo, hi, worker, n_workers);
                         let end = slice_start(lo, hi, worker + 1, n_workers);
-                        let space = |rng: &mut u64| {
-                            let mut ports: Vec<u16> = (start..end).map(|p| p as u16).collect();
-                            for k in (1..ports.len()).rev() {
-                                let j = (splitmix(rng) % (k as u64 + 1)) as usize;
-                                ports.swap(k, j);
-                            }
-                            PortSpace {
-                                free: VecDeque::from(ports),
-                            }
-                        };
-                        pools.push(PoolAddr {
-                            addr,
-                            lo,
-                            hi,
-                            spaces: [space(&mut rng), space(&mut rng), space(&mut rng)],
-                        });
+                        let mut space = || PortSpace::new(start, end, splitmix(&mut rng));
+                        pools.push(PoolAddr { addr, lo, hi, spaces: [space(), space(), space()] });
+                        pool_of.insert(addr, pools.len() - 1);
                         pools.len() - 1
                     }
                 };
@@ -567,9 +591,7 @@ impl NatShard {
                 let m = *m;
                 let h = self.map_hash(m.proto, m.int_addr, m.int_port, m.rule);
                 self.by_internal.remove(h, x.mapping);
-                self.pools[m.pool as usize].spaces[proto_index(m.proto)]
-                    .free
-                    .push_back(m.ext_port);
+                self.pools[m.pool as usize].spaces[proto_index(m.proto)].push(m.ext_port);
                 self.free_mappings.push(x.mapping);
             }
         }
@@ -690,7 +712,7 @@ impl NatShard {
                 let pools = &self.snat[rule].pools;
                 let pool = pools[(steer_hash(h.src, 0, 0) % pools.len() as u64) as usize];
                 let space = &mut self.pools[pool as usize].spaces[proto_index(h.proto)];
-                let Some(port) = space.free.pop_front() else {
+                let Some(port) = space.pop() else {
                     self.free_sessions.push(s);
                     return Verdict::Drop(NatDrop::PortsExhausted);
                 };
