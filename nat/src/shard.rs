@@ -3,7 +3,7 @@
 //! dataplane gives each worker its own shard and steers packets to the
 //! owner (see [`NatConfig::owner_of`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 
@@ -157,7 +157,6 @@ struct Snat {
 #[derive(Debug, Clone, Copy)]
 struct Dnat {
     external: u32,
-    proto: u8,
     port: u16,
     internal: u32,
     internal_port: u16,
@@ -232,6 +231,16 @@ pub struct NatShard {
     snat: Vec<Snat>,
     dnat: Vec<Dnat>,
     pools: Vec<PoolAddr>,
+    /// Rule indexes, so a packet's lookups cost the same with 1 rule or
+    /// 100,000: SNAT rules by (prefix length, network), with the distinct
+    /// lengths longest first; DNAT rules by external and by internal
+    /// (protocol, address, port); addresses the NAT answers for.
+    snat_by_net: HashMap<(u8, u32), Vec<u16>>,
+    snat_lens: Vec<u8>,
+    dnat_by_ext: HashMap<(u8, u32, u16), u32>,
+    dnat_by_int: HashMap<(u8, u32, u16), u32>,
+    dnat_int_addrs: HashSet<u32>,
+    nat_addrs: HashSet<u32>,
     timeouts: Timeouts,
     seed: u64,
     sessions: Vec<Session>,
@@ -263,7 +272,7 @@ impl NatShard {
         let mut rng = config.hash_seed ^ (worker as u64).wrapping_mul(0x2545_f491_4f6c_dd1d);
         let mut pools: Vec<PoolAddr> = Vec::new();
         // Pool address -> its index in `pools` (50,000 addresses: no scan).
-        let mut pool_of: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+        let mut pool_of: HashMap<u32, usize> = HashMap::new();
         let mut snat = Vec::with_capacity(config.snat.len());
         for (i, rule) in config.snat.iter().enumerate() {
             let net = v4(rule.match_prefix.addr).ok_or(ConfigError::Ipv6(i))?;
@@ -309,33 +318,47 @@ impl NatShard {
             });
         }
         let mut dnat: Vec<Dnat> = Vec::with_capacity(config.dnat.len());
+        let mut dnat_by_ext = HashMap::with_capacity(config.dnat.len());
+        let mut dnat_by_int = HashMap::with_capacity(config.dnat.len());
         for (i, d) in config.dnat.iter().enumerate() {
             let external = v4(d.external).ok_or(ConfigError::Ipv6(i))?;
             let internal = v4(d.internal).ok_or(ConfigError::Ipv6(i))?;
-            if pools
-                .iter()
-                .any(|p| p.addr == external && (p.lo..=p.hi).contains(&d.port))
+            if pool_of
+                .get(&external)
+                .is_some_and(|&p| (pools[p].lo..=pools[p].hi).contains(&d.port))
             {
                 return Err(ConfigError::DnatInPool(i, Ipv4Addr::from(external), d.port));
             }
             let proto = d.proto.number();
-            if dnat.iter().any(|o| {
-                o.proto == proto
-                    && ((o.external, o.port) == (external, d.port)
-                        || (o.internal, o.internal_port) == (internal, d.internal_port))
-            }) {
+            let n = dnat.len() as u32;
+            if dnat_by_ext.insert((proto, external, d.port), n).is_some()
+                || dnat_by_int.insert((proto, internal, d.internal_port), n).is_some()
+            {
                 return Err(ConfigError::DnatDuplicate(i));
             }
             dnat.push(Dnat {
                 external,
-                proto,
                 port: d.port,
                 internal,
                 internal_port: d.internal_port,
             });
         }
         let max = config.max_sessions;
+        let mut snat_by_net: HashMap<(u8, u32), Vec<u16>> = HashMap::with_capacity(snat.len());
+        for (i, r) in snat.iter().enumerate() {
+            snat_by_net.entry((r.mask.count_ones() as u8, r.net)).or_default().push(i as u16);
+        }
+        let mut snat_lens: Vec<u8> = snat_by_net.keys().map(|k| k.0).collect::<HashSet<_>>().into_iter().collect();
+        snat_lens.sort_unstable_by(|a, b| b.cmp(a));
+        let dnat_int_addrs = dnat.iter().map(|d| d.internal).collect();
+        let nat_addrs = pools.iter().map(|p| p.addr).chain(dnat.iter().map(|d| d.external)).collect();
         Ok(NatShard {
+            snat_by_net,
+            snat_lens,
+            dnat_by_ext,
+            dnat_by_int,
+            dnat_int_addrs,
+            nat_addrs,
             worker,
             n_workers,
             snat,
@@ -506,19 +529,32 @@ impl NatShard {
         closed
     }
 
+    /// The first rule (in configuration order) matching `src` for `egress`.
     fn snat_rule(&self, src: u32, egress: u32) -> Option<usize> {
-        self.snat
-            .iter()
-            .position(|r| src & r.mask == r.net && r.egress.is_none_or(|e| e == egress))
+        if self.snat.is_empty() {
+            return None;
+        }
+        let mut best: Option<usize> = None;
+        for &len in &self.snat_lens {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            let Some(rules) = self.snat_by_net.get(&(len, src & mask)) else { continue };
+            for &r in rules {
+                let r = r as usize;
+                if self.snat[r].egress.is_none_or(|e| e == egress) && best.is_none_or(|b| r < b) {
+                    best = Some(r);
+                }
+            }
+        }
+        best
     }
 
     fn is_dnat_internal(&self, src: u32) -> bool {
-        self.dnat.iter().any(|d| d.internal == src)
+        self.dnat_int_addrs.contains(&src)
     }
 
     /// An address the NAT answers for: a pool address or a port forward's.
     fn is_nat_addr(&self, addr: u32) -> bool {
-        self.pools.iter().any(|p| p.addr == addr) || self.dnat.iter().any(|d| d.external == addr)
+        self.nat_addrs.contains(&addr)
     }
 
     #[inline]
@@ -659,9 +695,7 @@ impl NatShard {
         // covers its host; other traffic of that host may be routed as is.
         let relevant = |me: &Self| {
             me.snat_rule(h.src, egress).is_some()
-                || me.dnat.iter().any(|d| {
-                    d.internal == h.src && d.internal_port == h.sport && d.proto == h.proto
-                })
+                || me.dnat_by_int.contains_key(&(h.proto, h.src, h.sport))
         };
         let passthrough = |me: &Self, reason| {
             if relevant(me) {
@@ -785,12 +819,7 @@ impl NatShard {
             rewrite(pkt, &h, End::Dst, x.int_addr, x.int_port);
             return Verdict::Translated;
         }
-        let Some(d) = self
-            .dnat
-            .iter()
-            .find(|d| d.external == h.dst && d.port == h.dport && d.proto == h.proto)
-            .copied()
-        else {
+        let Some(d) = self.dnat_by_ext.get(&(h.proto, h.dst, h.dport)).map(|&i| self.dnat[i as usize]) else {
             return passthrough(self, NatDrop::NoSession);
         };
         if !opens {
