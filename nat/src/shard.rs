@@ -94,6 +94,48 @@ struct Mapping {
     refs: u32,
 }
 
+/// Rule indexes are keyed by small integer tuples from packets (addresses,
+/// ports): a multiply-rotate hash (FxHash's) costs a few cycles where
+/// SipHash costs tens. The keys are rule tuples, not attacker-chosen
+/// session tuples, so flooding one bucket needs the operator's own rules.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(b as u64);
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.add(v as u64);
+    }
+    #[inline]
+    fn write_u16(&mut self, v: u16) {
+        self.add(v as u64);
+    }
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.add(v as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+type FastSet<K> = HashSet<K, std::hash::BuildHasherDefault<FxHasher>>;
+
 /// This worker's free ports of one pool address for one protocol, oldest
 /// freed first (a port is reused as late as possible), in a shuffled
 /// order (RFC 6056: external ports are not predictable). The list is made
@@ -235,12 +277,12 @@ pub struct NatShard {
     /// 100,000: SNAT rules by (prefix length, network), with the distinct
     /// lengths longest first; DNAT rules by external and by internal
     /// (protocol, address, port); addresses the NAT answers for.
-    snat_by_net: HashMap<(u8, u32), Vec<u16>>,
+    snat_by_net: FastMap<(u8, u32), Vec<u16>>,
     snat_lens: Vec<u8>,
-    dnat_by_ext: HashMap<(u8, u32, u16), u32>,
-    dnat_by_int: HashMap<(u8, u32, u16), u32>,
-    dnat_int_addrs: HashSet<u32>,
-    nat_addrs: HashSet<u32>,
+    dnat_by_ext: FastMap<(u8, u32, u16), u32>,
+    dnat_by_int: FastMap<(u8, u32, u16), u32>,
+    dnat_int_addrs: FastSet<u32>,
+    nat_addrs: FastSet<u32>,
     timeouts: Timeouts,
     seed: u64,
     sessions: Vec<Session>,
@@ -318,8 +360,8 @@ impl NatShard {
             });
         }
         let mut dnat: Vec<Dnat> = Vec::with_capacity(config.dnat.len());
-        let mut dnat_by_ext = HashMap::with_capacity(config.dnat.len());
-        let mut dnat_by_int = HashMap::with_capacity(config.dnat.len());
+        let mut dnat_by_ext = FastMap::with_capacity_and_hasher(config.dnat.len(), Default::default());
+        let mut dnat_by_int = FastMap::with_capacity_and_hasher(config.dnat.len(), Default::default());
         for (i, d) in config.dnat.iter().enumerate() {
             let external = v4(d.external).ok_or(ConfigError::Ipv6(i))?;
             let internal = v4(d.internal).ok_or(ConfigError::Ipv6(i))?;
@@ -344,7 +386,7 @@ impl NatShard {
             });
         }
         let max = config.max_sessions;
-        let mut snat_by_net: HashMap<(u8, u32), Vec<u16>> = HashMap::with_capacity(snat.len());
+        let mut snat_by_net: FastMap<(u8, u32), Vec<u16>> = FastMap::with_capacity_and_hasher(snat.len(), Default::default());
         for (i, r) in snat.iter().enumerate() {
             snat_by_net.entry((r.mask.count_ones() as u8, r.net)).or_default().push(i as u16);
         }
