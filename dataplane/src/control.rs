@@ -33,6 +33,7 @@ use braid_shm::{Producer, Ring, Segment, TxnReader};
 use braid_tunnel::sa::OutboundSaPair;
 
 use crate::config::{Config, Tables};
+use crate::nat::NatSetup;
 use crate::stats;
 
 pub use crate::sas::SaRegistry;
@@ -45,14 +46,23 @@ pub struct Snapshot {
     pub tables: Arc<Tables>,
     /// Outbound SA of every tunnel, by bundle (shared by all workers).
     pub sas: Vec<Vec<Arc<OutboundSaPair>>>,
+    /// The NAT rules as the workers' shards take them (made here, off the
+    /// workers).
+    pub nat: Option<NatSetup>,
     /// Stats writers for a new stats segment (its layout follows the
     /// tables), one per worker, taken by each worker when it applies.
     stats: Mutex<Vec<Option<StatsWriter>>>,
 }
 
 impl Snapshot {
-    pub fn new(generation: u64, tables: Arc<Tables>, sas: Vec<Vec<Arc<OutboundSaPair>>>, writers: Vec<StatsWriter>) -> Snapshot {
-        Snapshot { generation, tables, sas, stats: Mutex::new(writers.into_iter().map(Some).collect()) }
+    pub fn new(
+        generation: u64,
+        tables: Arc<Tables>,
+        sas: Vec<Vec<Arc<OutboundSaPair>>>,
+        nat: Option<NatSetup>,
+        writers: Vec<StatsWriter>,
+    ) -> Snapshot {
+        Snapshot { generation, tables, sas, nat, stats: Mutex::new(writers.into_iter().map(Some).collect()) }
     }
 
     /// Worker `id`'s stats writer for this snapshot's stats segment (once).
@@ -325,6 +335,7 @@ impl Ctl {
             return Ok(());
         }
         drop(running);
+        let nat = crate::gateway::nat_setup(&tables, self.workers)?;
         let sas = self.registry.lock().map_err(|_| "SA registry poisoned".to_string())?.for_tables(&tables)?;
         let (seg, writers) = match &self.ep.cfg.stats {
             Some(path) => {
@@ -334,7 +345,7 @@ impl Ctl {
             None => (None, Vec::new()),
         };
         let built = t0.elapsed();
-        let old = self.exchange.publish(Snapshot::new(generation, Arc::new(tables), sas, writers));
+        let old = self.exchange.publish(Snapshot::new(generation, Arc::new(tables), sas, nat, writers));
         let published = Instant::now();
         let deadline = Instant::now() + self.ep.cfg.ack_timeout;
         while !self.exchange.all_seen(generation) && Instant::now() < deadline {
@@ -381,9 +392,9 @@ pub(crate) mod tests {
     #[test]
     fn exchange_tells_workers_and_waits_for_every_ack() {
         let tables = Arc::new(example_tables());
-        let ex = Exchange::new(Snapshot::new(0, tables.clone(), Vec::new(), Vec::new()), 2);
+        let ex = Exchange::new(Snapshot::new(0, tables.clone(), Vec::new(), None, Vec::new()), 2);
         assert!(!ex.changed(0));
-        let old = ex.publish(Snapshot::new(5, tables, Vec::new(), Vec::new()));
+        let old = ex.publish(Snapshot::new(5, tables, Vec::new(), None, Vec::new()));
         assert_eq!(old.generation, 0);
         assert!(ex.changed(0));
         assert_eq!(ex.current().generation, 5);

@@ -71,6 +71,21 @@ pub fn worker_setup(
     probes: bool,
     ip_csum_offload: impl Fn(usize) -> bool,
 ) -> Result<WorkerSetup, String> {
+    worker_setup_with_nat(tables, plan, sas, nat_setup(tables, 1)?, id, probes, ip_csum_offload)
+}
+
+/// [`worker_setup`] with the NAT setup already made (by the control
+/// thread, once per snapshot: converting 100,000 rules takes tens of
+/// milliseconds that must not be spent on a worker).
+pub fn worker_setup_with_nat(
+    tables: &Tables,
+    plan: &PortPlan,
+    sas: &[Vec<Arc<OutboundSaPair>>],
+    nat: Option<NatSetup>,
+    id: u16,
+    probes: bool,
+    ip_csum_offload: impl Fn(usize) -> bool,
+) -> Result<WorkerSetup, String> {
     let l2 = |i: usize| {
         let p = &tables.ports[i];
         let (next_hop_mac, next_hop) = match p.next_hop {
@@ -118,6 +133,6 @@ pub fn worker_setup(
         replay_window: tables.options.replay_window,
         hold: tables.options.hold,
         probes: probes.then_some(tables.options.liveness),
-        nat: nat_setup(tables, 1)?,
+        nat,
     })
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use braid_dataplane::config::{Config, Tables};
 use braid_dataplane::control::{self, ControlConfig, Exchange, SaRegistry, Snapshot};
-use braid_dataplane::gateway::{worker_setup, PortPlan};
+use braid_dataplane::gateway::{self, worker_setup_with_nat, PortPlan};
 use braid_dataplane::worker::Worker;
 use braid_dataplane::{report, sas, stats};
 use braid_dpdk::{Eal, Mempool, Port, PortConfig};
@@ -180,7 +180,8 @@ fn run() -> Result<(), String> {
         Some(_) => Some(sas::spawn_keeper(registry.clone(), keeper_stop.clone()).map_err(|e| format!("sequence keeper: {e}"))?),
         None => None,
     };
-    let setup = worker_setup(&tables, &plan, &sas, 0, true, offload)?;
+    let nat = gateway::nat_setup(&tables, WORKERS)?;
+    let setup = worker_setup_with_nat(&tables, &plan, &sas, nat.clone(), 0, true, offload)?;
     let (stats_seg, mut writers) = match &args.stats {
         Some(path) => {
             let (seg, w) = control::stats_segment(path, &tables, WORKERS, boot_id)?;
@@ -190,7 +191,7 @@ fn run() -> Result<(), String> {
         None => (None, Vec::new()),
     };
     let mut writer = writers.pop();
-    let exchange = Exchange::new(Snapshot::new(generation, tables.clone(), sas, Vec::new()), WORKERS);
+    let exchange = Exchange::new(Snapshot::new(generation, tables.clone(), sas, nat, Vec::new()), WORKERS);
     let q = |k: usize| -> Result<_, String> {
         let p = &ports[k].1;
         Ok((p.rx_queue(0).map_err(|e| e.to_string())?, p.tx_queue(0).map_err(|e| e.to_string())?))
@@ -221,7 +222,7 @@ fn run() -> Result<(), String> {
             // New tables from the control thread: applied between bursts.
             let snap = exchange.current();
             let t = Instant::now();
-            match worker_setup(&snap.tables, &plan, &snap.sas, 0, true, offload).and_then(|s| worker.apply(s, now())) {
+            match worker_setup_with_nat(&snap.tables, &plan, &snap.sas, snap.nat.clone(), 0, true, offload).and_then(|s| worker.apply(s, now())) {
                 Ok(a) => {
                     eprintln!(
                         "braid-dataplane: generation {} live ({} bundle(s) kept, {} rebuilt, {} tunnel(s); worker paused {:.2} ms)",
