@@ -115,6 +115,12 @@ pub struct PortConfig {
     pub next_hop: Option<String>,
     #[serde(default = "default_mtu")]
     pub mtu: u32,
+    /// Name of a kernel tap interface for this port's exception path:
+    /// frames for the gateway itself that the dataplane does not answer
+    /// (SSH, BGP, DHCP, IKE, ...) go to it, and what the kernel sends on it
+    /// leaves by this port. None: such frames are dropped and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_tap: Option<String>,
 }
 
 /// A peer gateway, reached through one bundle.
@@ -363,6 +369,8 @@ pub struct Port {
     pub ipv4: Option<IfaceAddr<Ipv4Addr>>,
     pub ipv6: Option<IfaceAddr<Ipv6Addr>>,
     pub mtu: u16,
+    /// Kernel tap interface of the exception path, if any.
+    pub kernel_tap: Option<String>,
 }
 
 /// A peer, at the index its routes resolve to in [`Tables::peers`].
@@ -738,6 +746,16 @@ fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
             ipv4,
             ipv6,
             mtu: p.mtu as u16,
+            kernel_tap: match &p.kernel_tap {
+                None => None,
+                Some(name) => {
+                    check_ifname(name).map_err(|e| invalid(format!("{at}.kernel_tap"), e))?;
+                    if let Some(j) = config[..i].iter().position(|q| q.kernel_tap.as_deref() == Some(name)) {
+                        return Err(invalid(format!("{at}.kernel_tap"), format!("{name:?} is already ports[{j}]'s")));
+                    }
+                    Some(name.clone())
+                }
+            },
         });
     }
     for (role, what) in [(PortRole::Lan, "LAN"), (PortRole::Wan, "WAN")] {
@@ -749,6 +767,18 @@ fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
         }
     }
     Ok(ports)
+}
+
+/// A Linux interface name: 1 to 15 bytes (IFNAMSIZ - 1) of letters,
+/// digits, `-`, `_` and `.`, not `.` or `..`.
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{name:?}: an interface name has 1 to 15 characters"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) || name == "." || name == ".." {
+        return Err(format!("{name:?}: use letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
 }
 
 fn resolve_options(o: &TunnelOptionsConfig) -> Result<TunnelOptions, ConfigError> {

@@ -512,6 +512,30 @@ fn port_mtu_is_in_range() {
     assert_eq!(t.bundles[0].max_frame, 576 - 65);
 }
 
+#[test]
+fn kernel_taps_are_interface_names_used_once() {
+    let t = accepted(|v| {
+        v["ports"][0]["kernel_tap"] = json!("braid-lan");
+        v["ports"][1]["kernel_tap"] = json!("braid.wan_0");
+    });
+    assert_eq!(t.ports[0].kernel_tap.as_deref(), Some("braid-lan"));
+    assert_eq!(t.ports[1].kernel_tap.as_deref(), Some("braid.wan_0"));
+    assert_eq!(accepted(|_| {}).ports[0].kernel_tap, None);
+    refused(|v| v["ports"][0]["kernel_tap"] = json!(""), "ports[0].kernel_tap", "1 to 15 characters");
+    refused(|v| v["ports"][0]["kernel_tap"] = json!("a-very-long-name"), "ports[0].kernel_tap", "1 to 15 characters");
+    refused(|v| v["ports"][0]["kernel_tap"] = json!("tap 0"), "ports[0].kernel_tap", "letters, digits");
+    refused(|v| v["ports"][0]["kernel_tap"] = json!("tap/0"), "ports[0].kernel_tap", "letters, digits");
+    refused(|v| v["ports"][0]["kernel_tap"] = json!(".."), "ports[0].kernel_tap", "letters, digits");
+    refused(
+        |v| {
+            v["ports"][0]["kernel_tap"] = json!("braid0");
+            v["ports"][1]["kernel_tap"] = json!("braid0");
+        },
+        "ports[1].kernel_tap",
+        "already ports[0]",
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Peers and bundles.
 

@@ -59,6 +59,11 @@ drops! {
     /// ESP packet (data, probe or probe reply) for a WAN port whose next
     /// hop is not resolved (yet, or no longer): dropped, never queued.
     NextHopUnresolved => "next_hop_unresolved",
+    /// A port's kernel tap did not take a frame for the kernel (the kernel
+    /// is not reading it fast enough).
+    KernelTxFull => "kernel_tx_full",
+    /// A kernel tap refused the frame in tx_prepare.
+    KernelTxRejected => "kernel_tx_rejected",
 }
 
 impl DpDrop {
@@ -68,7 +73,13 @@ impl DpDrop {
     pub const fn is_tx(self) -> bool {
         matches!(
             self,
-            DpDrop::LanTxFull | DpDrop::WanTxFull | DpDrop::LanTxRejected | DpDrop::WanTxRejected | DpDrop::NextHopUnresolved
+            DpDrop::LanTxFull
+                | DpDrop::WanTxFull
+                | DpDrop::LanTxRejected
+                | DpDrop::WanTxRejected
+                | DpDrop::NextHopUnresolved
+                | DpDrop::KernelTxFull
+                | DpDrop::KernelTxRejected
         )
     }
 }
@@ -285,8 +296,8 @@ pub struct LocalStats {
     /// Replies handed to the LAN TX queue / to a WAN TX queue.
     pub lan_replies: u64,
     pub wan_replies: u64,
-    /// Our own frames a WAN port took: replies and next-hop requests (in
-    /// `wan_tx`, in no tunnel's `tx`).
+    /// Our own frames a WAN port took: replies, next-hop requests and the
+    /// kernel's frames (in `wan_tx`, in no tunnel's `tx`).
     pub wan_replies_sent: u64,
     /// ARP replies / neighbor advertisements that resolved or refreshed a
     /// WAN next hop (taken, not answered, not dropped).
@@ -345,6 +356,55 @@ impl LocalStats {
     }
 }
 
+/// The exception path: frames between the ports and their kernel tap
+/// interfaces (ports with `kernel_tap`).
+///
+/// `taken + copied` is `to_kernel` plus the `kernel_tx_full` and
+/// `kernel_tx_rejected` drops. What the kernel sends leaves by its port
+/// like the gateway's own replies (`lan_tx`, or `wan_tx` and
+/// `local.wan_replies_sent`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Frames for the gateway itself that the dataplane does not answer,
+    /// taken off a port's receive path for the kernel.
+    pub taken: u64,
+    /// ARP replies and neighbor advertisements: the responder saw them and
+    /// a copy went to the kernel (which may have asked).
+    pub copied: u64,
+    /// Copies not made: the mempool was empty.
+    pub copy_failed: u64,
+    /// Frames the taps took.
+    pub to_kernel: u64,
+    /// Frames the kernel sent, handed to the LAN / a WAN TX queue.
+    pub from_kernel_lan: u64,
+    pub from_kernel_wan: u64,
+}
+
+impl KernelStats {
+    /// Every counter by name, in one order for the report and the stats
+    /// segment.
+    pub fn named(&self) -> [(&'static str, u64); 6] {
+        [
+            ("taken", self.taken),
+            ("copied", self.copied),
+            ("copy_failed", self.copy_failed),
+            ("to_kernel", self.to_kernel),
+            ("from_kernel_lan", self.from_kernel_lan),
+            ("from_kernel_wan", self.from_kernel_wan),
+        ]
+    }
+
+    /// Adds another worker's.
+    pub fn merge(&mut self, o: &KernelStats) {
+        self.taken += o.taken;
+        self.copied += o.copied;
+        self.copy_failed += o.copy_failed;
+        self.to_kernel += o.to_kernel;
+        self.from_kernel_lan += o.from_kernel_lan;
+        self.from_kernel_wan += o.from_kernel_wan;
+    }
+}
+
 /// Everything one worker counts.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerCounters {
@@ -362,8 +422,12 @@ pub struct WorkerCounters {
     /// - `delivered`, `icmp_sent` and `local.lan_replies` are `lan_tx`
     ///   plus `lan_tx_full`, `lan_tx_rejected` and NAT's `in_drops` (the
     ///   NAT translates what the re-orderer delivered, just before the LAN
-    ///   TX queue; our own replies skip it);
-    /// - the tunnels' `tx` and `local.wan_replies_sent` sum to `wan_tx`;
+    ///   TX queue; our own replies and the kernel's frames skip it; the
+    ///   kernel's are `kernel.from_kernel_lan`);
+    /// - the tunnels' `tx` and `local.wan_replies_sent` (which counts the
+    ///   kernel's frames too) sum to `wan_tx`;
+    /// - frames for the kernel (`kernel.taken`) are, like `local.received`,
+    ///   a way in: see [`KernelStats`];
     ///   ESP packets for a WAN port whose next hop is unresolved are
     ///   dropped on the way out (`next_hop_unresolved`, a TX-side drop).
     pub lan_rx: Flow,
@@ -395,6 +459,8 @@ pub struct WorkerCounters {
     pub nat: NatStats,
     /// ARP, ND and echo requests for the gateway itself.
     pub local: LocalStats,
+    /// The exception path to and from the kernel.
+    pub kernel: KernelStats,
 }
 
 impl WorkerCounters {
@@ -429,5 +495,6 @@ impl WorkerCounters {
         self.busy_polls += o.busy_polls;
         self.nat.merge(&o.nat);
         self.local.merge(&o.local);
+        self.kernel.merge(&o.kernel);
     }
 }

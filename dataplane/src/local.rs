@@ -88,6 +88,33 @@ impl Responder {
         }
     }
 
+    /// Whether a frame is for the gateway itself, beyond what the
+    /// responder answers: the exception path gives it to the kernel (a
+    /// port with `kernel_tap`). Not IP and not ARP (LLDP, say); IPv4 to
+    /// the port's address, to the limited broadcast (DHCP) or to a
+    /// link-local multicast group (224.0.0.0/24, never forwarded: RFC
+    /// 5771); IPv6 to the port's address, to a link-local address
+    /// (fe80::/10) or to an interface- or link-local multicast group
+    /// (ff01::/16, ff02::/16). Other multicast follows the routes.
+    #[inline]
+    pub fn for_gateway(&self, d: &[u8]) -> bool {
+        if d.len() < 14 {
+            return false;
+        }
+        match [d[12], d[13]] {
+            IPV4 => d.get(V4_DST..V4_DST + 4).is_some_and(|dst| {
+                self.v4.is_some_and(|a| dst == a) || dst == [255; 4] || dst[..3] == [224, 0, 0]
+            }),
+            IPV6 => d.get(V6_DST..V6_DST + 16).is_some_and(|dst| {
+                self.v6.is_some_and(|a| dst == a)
+                    || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80)
+                    || (dst[0] == 0xff && (1..=2).contains(&(dst[1] & 0x0f)))
+            }),
+            ARP => false,
+            _ => true,
+        }
+    }
+
     /// Answers a frame [`wants`](Self::wants) took, in place, counting it
     /// in `stats`. The mbuf must be one segment.
     pub fn handle(&mut self, m: &mut Mbuf, now: Nanos, stats: &mut LocalStats) -> Handled {
@@ -144,6 +171,17 @@ impl Responder {
     /// The resolver's own counters.
     pub fn resolver_counters(&self) -> &ResolverCounters {
         self.resolver.counters()
+    }
+}
+
+/// An ARP reply or an IPv6 neighbor advertisement: the kernel behind a
+/// port's tap may have asked for it, so it gets a copy.
+#[inline]
+pub fn is_neighbor_answer(d: &[u8]) -> bool {
+    match d.get(12..14) {
+        Some(et) if et == ARP => d.get(20..22) == Some(&[0, 2]),
+        Some(et) if et == IPV6 => d.len() > ICMPV6_TYPE && d[V6_NEXT] == 58 && d[ICMPV6_TYPE] == 136,
+        _ => false,
     }
 }
 
@@ -221,5 +259,45 @@ mod tests {
         assert!(bare.wants(&arp), "ARP is the resolver's on every port");
         assert!(!bare.wants(&v4(1, [10, 1, 0, 1])));
         assert!(!bare.wants(&v6(58, "ff02::1")));
+    }
+    #[test]
+    fn for_gateway_takes_what_the_kernel_should_see() {
+        let r = port(Some("10.1.0.1"), Some("fd00:1::1"));
+        assert!(r.for_gateway(&v4(6, [10, 1, 0, 1])), "TCP to us (SSH, BGP)");
+        assert!(r.for_gateway(&v4(17, [255, 255, 255, 255])), "DHCP");
+        assert!(r.for_gateway(&v4(2, [224, 0, 0, 22])), "IGMP, link-local group");
+        assert!(!r.for_gateway(&v4(17, [239, 1, 2, 3])), "other multicast follows the routes");
+        assert!(!r.for_gateway(&v4(6, [10, 2, 0, 1])), "transit");
+        assert!(r.for_gateway(&v6(6, "fd00:1::1")));
+        assert!(r.for_gateway(&v6(6, "fe80::1")), "link-local");
+        assert!(r.for_gateway(&v6(58, "ff02::2")), "all routers");
+        assert!(!r.for_gateway(&v6(17, "ff0e::1")), "global multicast");
+        assert!(!r.for_gateway(&v6(6, "fd00:2::1")));
+        let mut lldp = vec![0u8; 60];
+        lldp[12..14].copy_from_slice(&[0x88, 0xcc]);
+        assert!(r.for_gateway(&lldp), "not IP");
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&ARP);
+        assert!(!r.for_gateway(&arp), "ARP is the responder's");
+        assert!(!r.for_gateway(&lldp[..13]), "runt");
+        assert!(!r.for_gateway(&v4(6, [10, 1, 0, 1])[..30]), "truncated");
+        let bare = port(None, None);
+        assert!(!bare.for_gateway(&v4(6, [10, 1, 0, 1])), "no address, nothing to us");
+    }
+
+    #[test]
+    fn neighbor_answers_are_arp_replies_and_nas() {
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&ARP);
+        arp[21] = 1;
+        assert!(!is_neighbor_answer(&arp), "request");
+        arp[21] = 2;
+        assert!(is_neighbor_answer(&arp));
+        let mut na = v6(58, "fd00:1::1");
+        na[ICMPV6_TYPE] = 136;
+        assert!(is_neighbor_answer(&na));
+        na[ICMPV6_TYPE] = 135;
+        assert!(!is_neighbor_answer(&na), "solicitation");
+        assert!(!is_neighbor_answer(&arp[..20]));
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use braid_dataplane::config::{Config, Tables};
 use braid_dataplane::control::{self, ControlConfig, Exchange, SaRegistry, Snapshot};
 use braid_dataplane::gateway::{self, worker_setup_with_nat, PortPlan};
-use braid_dataplane::worker::Worker;
+use braid_dataplane::worker::{KernelTap, Worker};
 use braid_dataplane::{report, sas, stats};
 use braid_dpdk::{Eal, Mempool, Port, PortConfig};
 
@@ -104,6 +104,36 @@ fn boot_id() -> u64 {
     t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)
 }
 
+/// The DPDK device name of port `i`'s kernel tap.
+fn tap_device(i: usize) -> String {
+    format!("net_tap_braid{i}")
+}
+
+fn mac_string(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Puts the port's addresses on its kernel tap (with `ip`, iproute2), so
+/// the kernel's sockets (sshd, bird, an IKE daemon) answer on them. IPv6
+/// without duplicate address detection: the address is the port's own.
+fn give_addresses(iface: &str, p: &braid_dataplane::config::Port) -> Result<(), String> {
+    let mut cmds: Vec<Vec<String>> = Vec::new();
+    if let Some(a) = &p.ipv4 {
+        cmds.push(vec!["-4".into(), "addr".into(), "replace".into(), format!("{}/{}", a.addr, a.prefix_len), "dev".into(), iface.into()]);
+    }
+    if let Some(a) = &p.ipv6 {
+        cmds.push(vec!["-6".into(), "addr".into(), "replace".into(), format!("{}/{}", a.addr, a.prefix_len), "dev".into(), iface.into(), "nodad".into()]);
+    }
+    cmds.push(vec!["link".into(), "set".into(), "dev".into(), iface.into(), "up".into()]);
+    for c in cmds {
+        let out = std::process::Command::new("ip").args(&c).output().map_err(|e| format!("ip {}: {e} (is iproute2 installed?)", c.join(" ")))?;
+        if !out.status.success() {
+            return Err(format!("ip {}: {}", c.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        }
+    }
+    Ok(())
+}
+
 fn run() -> Result<(), String> {
     let args = parse_args()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -142,7 +172,15 @@ fn run() -> Result<(), String> {
     let tables = Arc::new(tables);
     let plan = PortPlan::new(&tables)?;
 
-    let eal = Eal::init(&args.eal).map_err(|e| e.to_string())?;
+    // Exception path: one DPDK net_tap per port with `kernel_tap`, the
+    // kernel interface named as configured and carrying the port's MAC.
+    let mut eal_args = args.eal.clone();
+    for (i, p) in tables.ports.iter().enumerate() {
+        if let Some(name) = &p.kernel_tap {
+            eal_args.push(format!("--vdev={},iface={name},mac={}", tap_device(i), mac_string(&p.mac)));
+        }
+    }
+    let eal = Eal::init(&eal_args).map_err(|e| e.to_string())?;
     eal.remove_runtime_dir_at_exit();
     // Mbufs big enough for the largest frame any port carries, plus room to
     // grow it by the outer headers and ESP trailer in place.
@@ -159,6 +197,22 @@ fn run() -> Result<(), String> {
         port.start().map_err(|e| format!("port {:?}: {e}", p.name))?;
         eprintln!("braid-dataplane: port {} = {} ({}), offloads {:?}", p.name, p.device, port.info().driver, port.offloads());
         ports.push((i, port));
+    }
+    let mut taps = Vec::new();
+    for &i in std::iter::once(&plan.lan).chain(plan.wans.iter()) {
+        let p = &tables.ports[i];
+        let Some(name) = &p.kernel_tap else {
+            taps.push(None);
+            continue;
+        };
+        let what = format!("port {:?}: kernel tap {name:?}", p.name);
+        let mut tap = Port::by_name(&tap_device(i)).map_err(|e| format!("{what}: {e}"))?;
+        let cfg = PortConfig { rx_desc: 512, tx_desc: 512, mtu: Some(p.mtu), ..Default::default() };
+        tap.configure(&cfg, &[&pool]).map_err(|e| format!("{what}: {e}"))?;
+        tap.start().map_err(|e| format!("{what}: {e}"))?;
+        give_addresses(name, p).map_err(|e| format!("{what}: {e}"))?;
+        eprintln!("braid-dataplane: port {} has kernel tap {name} (frames for the gateway the dataplane does not answer)", p.name);
+        taps.push(Some(tap));
     }
     let offload = |i: usize| ports.iter().any(|(j, p)| *j == i && p.offloads().tx_ipv4_cksum);
     // Outbound sequence numbers: kept on disk so a restart never reuses one
@@ -200,7 +254,14 @@ fn run() -> Result<(), String> {
     let wan_q = (1..ports.len()).map(q).collect::<Result<Vec<_>, _>>()?;
     let t0 = Instant::now();
     let now = || t0.elapsed().as_nanos() as u64;
-    let mut worker = Worker::new(setup, pool.clone(), lan_q, wan_q, now())?;
+    let tap_queues = taps
+        .iter()
+        .map(|t| match t {
+            Some(t) => Ok(Some(KernelTap::new((t.rx_queue(0).map_err(|e| e.to_string())?, t.tx_queue(0).map_err(|e| e.to_string())?)))),
+            None => Ok(None),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut worker = Worker::new(setup, pool.clone(), lan_q, wan_q, now())?.with_kernel_taps(tap_queues)?;
     let control = match endpoint {
         Some(ep) => Some(ep.spawn(exchange.clone(), registry.clone(), stats_seg, WORKERS, generation)?),
         None => None,
@@ -305,6 +366,9 @@ fn run() -> Result<(), String> {
     drop(worker);
     for (_, p) in ports {
         p.close();
+    }
+    for t in taps.into_iter().flatten() {
+        t.close();
     }
     drop(pool);
     eal.cleanup();

@@ -91,6 +91,8 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
         l.neighbors,
         named(&l.named_drops()),
     );
+    s.pop();
+    let _ = write!(s, ",\"kernel\":{}}}", named(&c.kernel.named()));
     s
 }
 

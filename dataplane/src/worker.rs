@@ -236,6 +236,28 @@ pub struct Worker {
     nh_ready: Vec<bool>,
     /// When the WAN next hops are next looked up.
     next_neighbors: Nanos,
+    /// The exception path: each port's kernel tap, indexed like `local`
+    /// (`None`: the port has none).
+    kernel: Vec<Option<KernelTap>>,
+    /// When the kernel taps are next read.
+    next_kernel: Nanos,
+    /// UDP ports of the tunnels' local ends (a bit each): UDP to any other
+    /// port is not ESP for us, whatever its payload looks like.
+    tunnel_ports: Box<[u64; 1024]>,
+}
+
+/// A port's kernel tap queues and what waits for its TX queue.
+pub struct KernelTap {
+    rx: RxQueue,
+    tx: TxQueue,
+    out: Vec<Mbuf>,
+}
+
+impl KernelTap {
+    /// A tap's queue pair (one per worker).
+    pub fn new((rx, tx): (RxQueue, TxQueue)) -> KernelTap {
+        KernelTap { rx, tx, out: Vec::with_capacity(BURST) }
+    }
 }
 
 /// Ethernet header length.
@@ -257,6 +279,10 @@ const FRAG_TIMEOUT: Nanos = 1_000_000_000;
 /// At most one ICMP error per this long: enough for a sender's path MTU
 /// discovery, never a flood (RFC 1812 section 4.3.2.8 asks for a limit).
 const ICMP_INTERVAL: Nanos = 1_000_000;
+
+/// The kernel taps are read this often (each read is a system call), and
+/// at once again while they have more: management traffic, not line rate.
+const KERNEL_PERIOD: Nanos = 100_000;
 
 /// WAN next hops given by address are looked up this often (and at once
 /// after an answer arrives): the resolver's own timers are in seconds.
@@ -324,7 +350,20 @@ impl Worker {
             kept: Vec::with_capacity(BURST),
             nh_ready,
             next_neighbors: 0,
+            kernel: (0..=nwan).map(|_| None).collect(),
+            next_kernel: 0,
+            tunnel_ports: port_set(&setup.bundles),
         })
+    }
+
+    /// Gives the worker the exception path: `taps[0]` for the LAN port,
+    /// `taps[1 + w]` for WAN port `w`.
+    pub fn with_kernel_taps(mut self, taps: Vec<Option<KernelTap>>) -> Result<Worker, String> {
+        if taps.len() != self.local.len() {
+            return Err(format!("{} kernel taps for {} ports", taps.len(), self.local.len()));
+        }
+        self.kernel = taps;
+        Ok(self)
     }
 
     /// This worker's index.
@@ -399,6 +438,9 @@ impl Worker {
         for w in 0..self.wan_rx.len() {
             work += self.wan_to_lan(w, now);
         }
+        if now >= self.next_kernel {
+            work += self.from_kernel(now);
+        }
         if now >= self.next_timers {
             self.next_timers = now.saturating_add(TIMER_PERIOD);
             self.timers(now);
@@ -435,9 +477,11 @@ impl Worker {
         if got == 0 {
             return 0;
         }
-        // ARP, ND and echo requests to the LAN port's own addresses leave
-        // the burst here (an EtherType compare per packet otherwise).
-        if self.rx_burst.iter().any(|m| self.local[0].wants(m.data())) {
+        // ARP, ND and echo requests to the LAN port's own addresses (and,
+        // with a kernel tap, whatever else is for the gateway) leave the
+        // burst here (an EtherType compare per packet otherwise).
+        let tap = self.kernel[0].is_some();
+        if self.rx_burst.iter().any(|m| self.local[0].wants(m.data()) || (tap && self.local[0].for_gateway(m.data()))) {
             self.take_local_lan();
         }
         let n = self.rx_burst.len();
@@ -537,14 +581,23 @@ impl Worker {
     fn take_local_lan(&mut self) {
         let mut burst = std::mem::take(&mut self.rx_burst);
         let mut kept = std::mem::take(&mut self.kept);
+        let tap = self.kernel[0].is_some();
         for m in burst.drain(..) {
-            if self.local[0].wants(m.data()) {
-                let len = m.pkt_len();
-                if let Some(m) = self.answer_local(0, m) {
-                    kept.push(m);
-                } else {
-                    self.counters.lan_rx.add(len);
+            let len = m.pkt_len();
+            let m = if self.local[0].wants(m.data()) {
+                match self.answer_local(0, m) {
+                    Some(m) => m,
+                    None => {
+                        self.counters.lan_rx.add(len);
+                        continue;
+                    }
                 }
+            } else {
+                m
+            };
+            if tap && self.local[0].for_gateway(m.data()) {
+                self.counters.lan_rx.add(len);
+                self.to_kernel(0, m);
             } else {
                 kept.push(m);
             }
@@ -560,6 +613,9 @@ impl Worker {
     fn answer_local(&mut self, port: usize, mut m: Mbuf) -> Option<Mbuf> {
         if !m.is_contiguous() {
             return Some(m);
+        }
+        if self.kernel[port].is_some() && crate::local::is_neighbor_answer(m.data()) {
+            self.copy_to_kernel(port, &m);
         }
         match self.local[port].handle(&mut m, self.now, &mut self.counters.local) {
             Handled::Pass => Some(m),
@@ -579,6 +635,50 @@ impl Worker {
                 None
             }
         }
+    }
+
+    /// Hands a frame for the gateway itself to port `port`'s kernel tap
+    /// (the port has one).
+    fn to_kernel(&mut self, port: usize, m: Mbuf) {
+        if let Some(k) = self.kernel[port].as_mut() {
+            self.counters.kernel.taken += 1;
+            k.out.push(m);
+        }
+    }
+
+    /// A copy of a frame the responder takes, for port `port`'s kernel.
+    fn copy_to_kernel(&mut self, port: usize, m: &Mbuf) {
+        let copy = Mbuf::alloc(&self.pool).and_then(|mut c| {
+            c.append(m.data_len())?.copy_from_slice(m.data());
+            Some(c)
+        });
+        match (copy, self.kernel[port].as_mut()) {
+            (Some(c), Some(k)) => {
+                self.counters.kernel.copied += 1;
+                k.out.push(c);
+            }
+            _ => self.counters.kernel.copy_failed += 1,
+        }
+    }
+
+    /// What the kernel sent on the taps, queued on their ports like the
+    /// gateway's own replies (no NAT, no tunnel).
+    fn from_kernel(&mut self, now: Nanos) -> usize {
+        let mut n = 0;
+        let mut more = false;
+        for port in 0..self.kernel.len() {
+            let Some(k) = self.kernel[port].as_mut() else { continue };
+            let got = k.rx.rx_burst(&mut self.local_out[port], BURST);
+            more |= got == BURST;
+            n += got;
+            if port == 0 {
+                self.counters.kernel.from_kernel_lan += got as u64;
+            } else {
+                self.counters.kernel.from_kernel_wan += got as u64;
+            }
+        }
+        self.next_kernel = if more { now } else { now.saturating_add(KERNEL_PERIOD) };
+        n
     }
 
     /// SNAT (and port forward replies) on the routed packets of the LAN
@@ -809,12 +909,12 @@ impl Worker {
                 match self.take_fragment(m, now) {
                     // DPDK leaves the reassembled header's checksum to TX
                     // offload (zero); each fragment's was checked.
-                    Ok(Some(whole)) => self.receive_esp(whole, now, false),
+                    Ok(Some(whole)) => self.receive_esp(w, whole, now, false),
                     Ok(None) => Ok(()),
                     Err(r) => Err(r),
                 }
             } else {
-                self.receive_esp(m, now, true)
+                self.receive_esp(w, m, now, true)
             };
             if let Err(r) = r {
                 self.counters.drops.add(r);
@@ -855,11 +955,20 @@ impl Worker {
     /// One WAN frame. Dataplane drops come back as `Err`; an ESP packet the
     /// engine refuses is counted here: in the engine counters by reason,
     /// and in its tunnel's `rejected`.
-    fn receive_esp(&mut self, mut m: Mbuf, now: Nanos, verify_csum: bool) -> Result<(), DpDrop> {
+    /// Frames for the gateway itself that are not ESP to a tunnel go to
+    /// the port's kernel tap when it has one.
+    fn receive_esp(&mut self, w: usize, mut m: Mbuf, now: Nanos, verify_csum: bool) -> Result<(), DpDrop> {
         if !m.is_contiguous() {
             return Err(DpDrop::Multiseg);
         }
-        let (spi, dst_port, esp_at, esp_len) = outer_esp(m.data(), verify_csum)?;
+        let (spi, dst_port, esp_at, esp_len) = match outer_esp(m.data(), verify_csum, &self.tunnel_ports) {
+            Ok(p) => p,
+            Err(DpDrop::NotTunnel | DpDrop::NonEsp) if self.kernel[1 + w].is_some() && self.local[1 + w].for_gateway(m.data()) => {
+                self.to_kernel(1 + w, m);
+                return Ok(());
+            }
+            Err(r) => return Err(r),
+        };
         let i = self.spis.binary_search_by_key(&spi, |e| e.0).map_err(|_| DpDrop::UnknownSpi)?;
         let (_, b, t) = self.spis[i];
         let (b, t) = (b as usize, t as usize);
@@ -1009,6 +1118,12 @@ impl Worker {
         self.nat_inbound();
         self.nat_done = 0;
         let c = &mut self.counters;
+        for k in self.kernel.iter_mut().flatten() {
+            if !k.out.is_empty() {
+                let to_kernel = &mut c.kernel.to_kernel;
+                send_all(&mut k.tx, &mut k.out, &mut self.tx_lens, |_, _| *to_kernel += 1, &mut c.drops, [DpDrop::KernelTxFull, DpDrop::KernelTxRejected]);
+            }
+        }
         let lan_tx = &mut c.lan_tx;
         send_all(&mut self.lan_tx, &mut self.lan_out, &mut self.tx_lens, |_, len| lan_tx.add(len), &mut c.drops, [DpDrop::LanTxFull, DpDrop::LanTxRejected]);
         // Our own replies (ARP, NA, echo), each out of the port it came in on.
@@ -1133,6 +1248,16 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
 }
 
 /// SPI -> (bundle, tunnel), sorted by SPI.
+/// The local UDP ports of every tunnel, a bit each.
+fn port_set(bundles: &[BundleSetup]) -> Box<[u64; 1024]> {
+    let mut set = Box::new([0u64; 1024]);
+    for t in bundles.iter().flat_map(|b| &b.tunnels) {
+        let p = t.local.port() as usize;
+        set[p / 64] |= 1 << (p % 64);
+    }
+    set
+}
+
 fn spi_table(bundles: &[BundleSetup]) -> Vec<(u32, u16, u16)> {
     let mut spis: Vec<(u32, u16, u16)> = bundles
         .iter()
@@ -1242,7 +1367,7 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize,
 /// Finds the ESP packet in a WAN frame: (SPI, local UDP port, offset,
 /// length). Link padding after the IP packet is ignored.
 #[inline]
-fn outer_esp(d: &[u8], verify_csum: bool) -> Result<(u32, u16, usize, usize), DpDrop> {
+fn outer_esp(d: &[u8], verify_csum: bool, tunnel_ports: &[u64; 1024]) -> Result<(u32, u16, usize, usize), DpDrop> {
     if d.len() < OUTER_LEN || !is_ipv4(d) {
         return Err(DpDrop::NotTunnel);
     }
@@ -1271,6 +1396,9 @@ fn outer_esp(d: &[u8], verify_csum: bool) -> Result<(u32, u16, usize, usize), Dp
         return Err(DpDrop::NotTunnel);
     }
     let dst_port = u16::from_be_bytes([udp[2], udp[3]]);
+    if tunnel_ports[dst_port as usize / 64] & (1 << (dst_port % 64)) == 0 {
+        return Err(DpDrop::NotTunnel);
+    }
     match classify(&udp[8..ulen]) {
         Ok(EncapKind::Esp(e)) => {
             let spi = u32::from_be_bytes([e[0], e[1], e[2], e[3]]);

@@ -39,6 +39,7 @@ fn options(nat: serde_json::Value, max_sessions: Option<usize>, timeouts: Option
         })),
         nat_max_sessions: max_sessions,
         nat_timeouts: timeouts,
+        ..Default::default()
     }
 }
 

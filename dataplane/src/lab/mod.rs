@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::config::{Config, Tables};
 use crate::counters::WorkerCounters;
 use crate::gateway::{outbound_sas, worker_setup, PortPlan};
-use crate::worker::Worker;
+use crate::worker::{KernelTap, Worker};
 use braid_dpdk::ring_port::RingPair;
 use braid_dpdk::{Mbuf, Mempool, Port, PortConfig, RxQueue, TxQueue, BURST};
 use braid_tunnel::sa::OutboundSaPair;
@@ -135,6 +135,9 @@ pub struct LabOptions {
     pub nat_max_sessions: Option<usize>,
     /// NAT idle timeouts.
     pub nat_timeouts: Option<braid_nat::Timeouts>,
+    /// Give A an exception path: ring ports stand in for the kernel taps
+    /// of A's LAN and WAN ports ([`Lab::kernel_a`]).
+    pub kernel_taps: bool,
 }
 
 /// A port on the test's side of a ring pair.
@@ -201,6 +204,9 @@ pub struct Lab {
     pub cycles_b: u64,
     /// Destination and source MACs of frames from A's host to A.
     to_a_macs: [u8; 12],
+    /// With [`LabOptions::kernel_taps`]: the kernel's side of A's LAN tap
+    /// and of A's WAN tap.
+    pub kernel_a: Option<[End; 2]>,
     /// Last field: dropped last, closes the ports even when a test fails.
     _ports: PortsGuard,
 }
@@ -243,6 +249,16 @@ impl Lab {
             gw_ports.push(gw);
             ends.push(mine);
         }
+        // A's kernel taps: ring pairs whose far ends play the kernel.
+        let mut taps = Vec::new();
+        if opts.kernel_taps {
+            for name in ["aklan", "akwan"] {
+                let (pair, gw, kernel) = RingPair::new(&format!("{case}{name}"), 1024).unwrap();
+                pairs.push(pair);
+                ends.push(kernel);
+                taps.push(gw);
+            }
+        }
         let cfg = PortConfig { rx_desc: 512, tx_desc: 512, ..Default::default() };
         for p in ends.iter_mut() {
             p.configure(&cfg, &[&test_pool]).unwrap();
@@ -253,9 +269,10 @@ impl Lab {
         let mid_a = mk_end(&ends[1]);
         let mid_b = mk_end(&ends[2]);
         let check = mk_end(&ends[3]);
+        let kernel_a = opts.kernel_taps.then(|| [mk_end(&ends[4]), mk_end(&ends[5])]);
         let names: Vec<String> = gw_ports.iter().map(|p| p.info().name.clone()).collect();
         type Built = (Worker, Arc<Tables>, Arc<Mempool>, Vec<Port>, Vec<Vec<Arc<OutboundSaPair>>>);
-        let build = |side_a: bool, lan: Port, wan: Port| -> Built {
+        let build = |side_a: bool, lan: Port, wan: Port, mut taps: Vec<Port>| -> Built {
             let (ln, wn) = if side_a { (&names[0], &names[1]) } else { (&names[3], &names[2]) };
             let mut json = config_json(side_a, (ln, wn), mode, weights, key_len, wan_mtu);
             if let Some(edit) = &opts.edit {
@@ -280,7 +297,7 @@ impl Lab {
                 c.timeouts = opts.nat_timeouts.unwrap_or(c.timeouts);
                 nat.config = Arc::new(c);
             }
-            let w = Worker::new(
+            let mut w = Worker::new(
                 setup,
                 pool.clone(),
                 (lan.rx_queue(0).unwrap(), lan.tx_queue(0).unwrap()),
@@ -288,12 +305,22 @@ impl Lab {
                 0,
             )
             .unwrap();
-            (w, tables, pool, vec![lan, wan], sas)
+            if !taps.is_empty() {
+                for p in taps.iter_mut() {
+                    p.configure(&cfg, &[&pool]).unwrap();
+                    p.start().unwrap();
+                }
+                let q = |p: &Port| Some(KernelTap::new((p.rx_queue(0).unwrap(), p.tx_queue(0).unwrap())));
+                w = w.with_kernel_taps(taps.iter().map(q).collect()).unwrap();
+            }
+            let mut ports = vec![lan, wan];
+            ports.append(&mut taps);
+            (w, tables, pool, ports, sas)
         };
         let mut gw = gw_ports.into_iter();
         let (alan, awan, bwan, blan) = (gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap());
-        let (a, tables_a, pool_a, pa, sas_a) = build(true, alan, awan);
-        let (b, tables_b, pool_b, pb, _) = build(false, blan, bwan);
+        let (a, tables_a, pool_a, pa, sas_a) = build(true, alan, awan, taps);
+        let (b, tables_b, pool_b, pb, _) = build(false, blan, bwan, Vec::new());
         ports.extend(ends);
         ports.extend(pa);
         ports.extend(pb);
@@ -329,6 +356,7 @@ impl Lab {
             delivered_a_count: 0,
             cycles_a: 0,
             cycles_b: 0,
+            kernel_a,
             to_a_macs: {
                 let mut m = [0u8; 12];
                 m[..6].copy_from_slice(&mac(A_LAN_MAC));
@@ -544,7 +572,7 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // A NAT drop on the way out is an incoming drop of a LAN frame.
     assert_eq!(
         c.lan_rx.packets + c.wan_rx.packets + c.frags.reassembled,
-        c.encapsulated + rx + rejected + d.total_rx() + c.frags.taken + c.nat.out_dropped() + c.local.received,
+        c.encapsulated + rx + rejected + d.total_rx() + c.frags.taken + c.nat.out_dropped() + c.local.received + c.kernel.taken,
         "{why}"
     );
     // For the gateway itself: answered (out of the port it came in on) or
@@ -552,10 +580,18 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     let l = &c.local;
     assert_eq!(l.received, l.answered() + l.learned + l.total_dropped(), "{why}");
     assert_eq!(l.answered(), l.lan_replies + l.wan_replies, "{why}");
+    // For the kernel: taken off the receive path or copied, then the tap
+    // took it or it was dropped.
+    let k = &c.kernel;
+    assert_eq!(
+        k.taken + k.copied,
+        k.to_kernel + d.get(DpDrop::KernelTxFull) + d.get(DpDrop::KernelTxRejected),
+        "{why}"
+    );
     // Out: the ports took what they were given or it was dropped (the NAT
     // translates delivered packets just before the LAN TX queue).
     assert_eq!(
-        c.delivered + c.icmp_sent + l.lan_replies,
+        c.delivered + c.icmp_sent + l.lan_replies + k.from_kernel_lan,
         c.lan_tx.packets + d.get(DpDrop::LanTxFull) + d.get(DpDrop::LanTxRejected) + c.nat.in_dropped(),
         "{why}"
     );
@@ -563,7 +599,7 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     assert!(c.engine.total() >= rejected, "{why}");
     if plain {
         assert_eq!(
-            c.encapsulated + l.wan_replies + l.requests,
+            c.encapsulated + l.wan_replies + l.requests + k.from_kernel_wan,
             c.wan_tx.packets + d.get(DpDrop::WanTxFull) + d.get(DpDrop::WanTxRejected) + d.get(DpDrop::NextHopUnresolved),
             "{why}"
         );

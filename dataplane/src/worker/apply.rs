@@ -21,7 +21,7 @@ use braid_tunnel::Nanos;
 
 use braid_nat::NatCounters;
 
-use super::{build_bundle, build_nat, spi_table, BundleSetup, BundleState, Engine, Worker, WorkerSetup};
+use super::{build_bundle, build_nat, port_set, spi_table, BundleSetup, BundleState, Engine, Worker, WorkerSetup};
 use crate::counters::TunnelCounters;
 
 /// Whether `new` can keep the engine built for `old`.
@@ -150,6 +150,7 @@ impl Worker {
         self.bundles = bundles;
         self.counters.tunnels = counters;
         self.spis = spi_table(&setup.bundles);
+        self.tunnel_ports = port_set(&setup.bundles);
         self.routes = setup.routes;
         self.peer_bundle = setup.peer_bundle;
         self.options.replay_window = setup.replay_window;
