@@ -153,6 +153,6 @@ fn nat_options(sessions: usize) -> LabOptions {
             }
         })),
         nat_max_sessions: Some((sessions + sessions / 8).max(1024)),
-        nat_timeouts: None,
+        ..Default::default()
     }
 }
