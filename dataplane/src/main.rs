@@ -23,6 +23,10 @@ use braid_dataplane::worker::{KernelTap, Worker};
 use braid_dataplane::{report, sas, stats};
 use braid_dpdk::{Eal, Mempool, Port, PortConfig};
 
+/// Large tables (NAT sessions and indexes) on transparent huge pages.
+#[global_allocator]
+static ALLOC: braid_dpdk::memory::HugeAdvise = braid_dpdk::memory::HugeAdvise;
+
 struct Args {
     config: Option<String>,
     seq_state: Option<PathBuf>,

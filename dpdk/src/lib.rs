@@ -13,6 +13,7 @@ pub mod error;
 pub mod ip_frag;
 pub mod lcore;
 pub mod mbuf;
+pub mod memory;
 pub mod mempool;
 pub mod port;
 pub mod ring_port;

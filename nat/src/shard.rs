@@ -44,7 +44,10 @@ enum TcpState {
     Closing,
 }
 
+/// One cache line each: a lookup's compare, the translation and the
+/// timeout refresh touch one line, never two.
 #[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
 struct Session {
     expires: Nanos,
     int_addr: u32,
@@ -509,11 +512,22 @@ impl NatShard {
             return;
         }
         let index = if inbound { &self.by_in } else { &self.by_out };
-        let mut buckets = [0u64; PREFETCH_BURST];
+        // In stages, so that each stage's loads are independent of one
+        // another and many are in flight at once: the hashes (packet bytes,
+        // in cache), then every first bucket, then every session.
         let n = pkts.len().min(PREFETCH_BURST);
-        for (b, pkt) in buckets.iter_mut().zip(&pkts[..n]) {
+        let mut hashes = [0u64; PREFETCH_BURST];
+        let mut valid = [false; PREFETCH_BURST];
+        for ((h, v), pkt) in hashes.iter_mut().zip(valid.iter_mut()).zip(&pkts[..n]) {
             if let Some((proto, a, ap, r, rp)) = quick_tuple(pkt, inbound) {
-                *b = index.first_bucket(tuple_hash(self.seed, proto, a, ap, r, rp));
+                *h = tuple_hash(self.seed, proto, a, ap, r, rp);
+                *v = true;
+            }
+        }
+        let mut buckets = [0u64; PREFETCH_BURST];
+        for i in 0..n {
+            if valid[i] {
+                buckets[i] = index.first_bucket(hashes[i]);
             }
         }
         let mut sink = 0u64;

@@ -22,6 +22,10 @@ use braid_dataplane::lab::traffic::{ip_packet, Family, Flow, L4};
 use braid_dataplane::lab::{Lab, LabOptions};
 use braid_dpdk::{Eal, Mbuf, BURST};
 
+/// Large tables (NAT sessions and indexes) on transparent huge pages.
+#[global_allocator]
+static ALLOC: braid_dpdk::memory::HugeAdvise = braid_dpdk::memory::HugeAdvise;
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("braid-perf-gw: {e}");
