@@ -112,6 +112,7 @@ pub(crate) struct Headers {
 impl Headers {
     /// Checks the IPv4 header (lengths, not the checksum: the incremental
     /// updates keep a bad one bad) and the L4 header a translation touches.
+    #[inline(always)]
     pub fn parse(pkt: &[u8]) -> Result<Headers, ParseError> {
         match pkt.first().map(|b| b >> 4) {
             Some(4) => {}
@@ -217,6 +218,7 @@ pub(crate) struct Quote {
 
 /// Writes `addr` at `at` in an IPv4 header and patches its checksum.
 /// Returns the old address.
+#[inline]
 fn set_ip_addr(pkt: &mut [u8], ip: usize, at: usize, addr: u32) -> u32 {
     let old = rd32(pkt, ip + at);
     wr32(pkt, ip + at, addr);
@@ -237,6 +239,7 @@ fn udp_fix(c: u16) -> u16 {
 
 /// Rewrites one end (address and port, or ICMP query id) of a TCP, UDP or
 /// ICMP query packet `h` describes, with incremental checksums.
+#[inline]
 pub(crate) fn rewrite(pkt: &mut [u8], h: &Headers, end: End, addr: u32, port: u16) {
     let old_addr = set_ip_addr(pkt, 0, end.addr_at(), addr);
     let l4 = h.ihl;
