@@ -22,7 +22,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"outer_fragments\":{{\"taken\":{},\"reassembled\":{},\"discarded\":{}}},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
+        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"keepalives_rx\":{},\"keepalives\":{},\"outer_fragments\":{{\"taken\":{},\"reassembled\":{},\"discarded\":{}}},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
         flow(&c.lan_rx),
         flow(&c.lan_tx),
         flow(&c.wan_rx),
@@ -30,6 +30,8 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
         c.encapsulated,
         c.delivered,
         c.icmp_sent,
+        c.keepalives_rx,
+        c.keepalives,
         c.frags.taken,
         c.frags.reassembled,
         c.frags.discarded,
@@ -45,13 +47,15 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
             .map(|(t, tc)| {
                 let up = alive.get(b).and_then(|a| a.get(t)).copied().unwrap_or(true);
                 format!(
-                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"rejected\":{},\"tx_share\":{:.4}}}",
+                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"rejected\":{},\"keepalives_tx\":{},\"remote_changes\":{},\"tx_share\":{:.4}}}",
                     bundle.tunnels[t].local,
                     bundle.tunnels[t].remote,
                     bundle.tunnels[t].weight,
                     flow(&tc.tx),
                     flow(&tc.rx),
                     tc.rejected,
+                    tc.keepalives_tx,
+                    tc.remote_changes,
                     tc.tx.packets as f64 / total as f64
                 )
             })
@@ -104,7 +108,14 @@ mod tests {
         c.nat.sessions = 5;
         c.local.echo_v6_replies = 3;
         c.local.drop(crate::counters::LocalDrop::NotForUs);
+        c.keepalives_rx = 4;
+        c.tunnels = vec![vec![crate::counters::TunnelCounters::default(); tables.bundles[0].tunnels.len()]];
+        c.tunnels[0][0].remote_changes = 1;
+        c.tunnels[0][0].keepalives_tx = 6;
         let v: serde_json::Value = serde_json::from_str(&super::json(&tables, &c, &[], 1.0)).unwrap();
+        assert_eq!(v["keepalives_rx"], 4);
+        assert_eq!(v["bundles"][0]["tunnels"][0]["remote_changes"], 1);
+        assert_eq!(v["bundles"][0]["tunnels"][0]["keepalives_tx"], 6);
         assert_eq!(v["nat"]["sessions"], 5);
         assert_eq!(v["nat"]["out_drops"]["sessions_full"], 2);
         assert_eq!(v["nat"]["in_drops"], serde_json::json!({}));

@@ -9,6 +9,12 @@
 //! and ESP packets still in flight for a removed SA are dropped as
 //! `unknown_spi` (counted).
 //!
+//! NAT traversal: a tunnel's remote learned from the peer's packets (its
+//! NAT rebound) is kept with a kept engine, and carried into a rebuilt
+//! bundle for a tunnel whose port, endpoints and inbound SA did not change.
+//! A tunnel whose configured remote changed starts from the new one: the
+//! configuration wins.
+//!
 //! NAT: unchanged rules (and session bound, timeouts) keep the worker's
 //! shard, so every session survives. Changed rules build a new, empty
 //! shard: the sessions of the old one are lost (braid-nat does not carry
@@ -39,6 +45,20 @@ fn same_tunnels(old: &BundleSetup, new: &BundleSetup) -> bool {
                 && a.inbound.salt == b.inbound.salt
                 && a.inbound.key.as_bytes() == b.inbound.key.as_bytes()
         })
+}
+
+/// A rebuilt bundle's tunnels take the remote learned by an old tunnel
+/// with the same port, local and configured remote addresses and inbound
+/// SPI (from the bundles not kept: a kept one is in `old` no more).
+fn carry_remotes(st: &mut BundleState, old: &[Option<BundleState>]) {
+    for (t, ts) in st.spec.tunnels.iter().enumerate() {
+        let learned = old.iter().flatten().find_map(|o| {
+            o.spec.tunnels.iter().position(|ot| ot.wan == ts.wan && ot.local == ts.local && ot.remote == ts.remote && ot.inbound.spi == ts.inbound.spi).map(|i| o.outer[i].remote())
+        });
+        if let Some(remote) = learned.filter(|r| *r != ts.remote) {
+            st.outer[t].set_remote(remote);
+        }
+    }
 }
 
 /// What [`Worker::apply`] did, for logs and tests.
@@ -126,12 +146,17 @@ impl Worker {
                             p.balancer.set_params(t, ts.params);
                         }
                     }
+                    if st.keepalive != bs.keepalive {
+                        st.keepalive = bs.keepalive;
+                        st.next_keepalive = now;
+                    }
                     st.spec = bs.clone();
                     bundles.push(st);
                     counters.push(std::mem::take(&mut old_counters[i]));
                     applied.kept += 1;
                 }
-                Err(st) => {
+                Err(mut st) => {
+                    carry_remotes(&mut st, &old);
                     bundles.push(st);
                     counters.push(vec![TunnelCounters::default(); bs.tunnels.len()]);
                     applied.rebuilt += 1;
