@@ -21,6 +21,7 @@
 //! sessions over a rule change), so replies to flows translated before the
 //! change are dropped (`no_session`) and those flows get new mappings.
 
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use braid_tunnel::Nanos;
@@ -47,16 +48,35 @@ fn same_tunnels(old: &BundleSetup, new: &BundleSetup) -> bool {
         })
 }
 
-/// A rebuilt bundle's tunnels take the remote learned by an old tunnel
-/// with the same port, local and configured remote addresses and inbound
-/// SPI (from the bundles not kept: a kept one is in `old` no more).
-fn carry_remotes(st: &mut BundleState, old: &[Option<BundleState>]) {
-    for (t, ts) in st.spec.tunnels.iter().enumerate() {
-        let learned = old.iter().flatten().find_map(|o| {
-            o.spec.tunnels.iter().position(|ot| ot.wan == ts.wan && ot.local == ts.local && ot.remote == ts.remote && ot.inbound.spi == ts.inbound.spi).map(|i| o.outer[i].remote())
-        });
-        if let Some(remote) = learned.filter(|r| *r != ts.remote) {
-            st.outer[t].set_remote(remote);
+/// A remote learned from the peer (other than the configured one), with
+/// what identifies its tunnel: inbound SPI, WAN port, local and configured
+/// remote addresses. Sorted by SPI.
+type Learned = Vec<(u32, usize, SocketAddrV4, SocketAddrV4, SocketAddrV4)>;
+
+/// The remotes the running bundles learned: usually none, so a rebuilt
+/// bundle of thousands of tunnels pays a binary search per tunnel at most.
+fn learned_remotes(bundles: &[BundleState]) -> Learned {
+    let mut learned: Learned = bundles
+        .iter()
+        .flat_map(|b| b.spec.tunnels.iter().zip(&b.outer))
+        .filter(|(ts, outer)| outer.remote() != ts.remote)
+        .map(|(ts, outer)| (ts.inbound.spi.0, ts.wan, ts.local, ts.remote, outer.remote()))
+        .collect();
+    learned.sort_unstable_by_key(|l| l.0);
+    learned
+}
+
+/// A rebuilt bundle's tunnels take the remote an old tunnel with the same
+/// inbound SPI, port, local and configured remote addresses learned.
+fn carry_remotes(st: &mut BundleState, learned: &Learned) {
+    if learned.is_empty() {
+        return;
+    }
+    for (ts, outer) in st.spec.tunnels.iter().zip(&mut st.outer) {
+        let Ok(i) = learned.binary_search_by_key(&ts.inbound.spi.0, |l| l.0) else { continue };
+        let (_, wan, local, configured, remote) = learned[i];
+        if (wan, local, configured) == (ts.wan, ts.local, ts.remote) {
+            outer.set_remote(remote);
         }
     }
 }
@@ -112,6 +132,7 @@ impl Worker {
             _ => false,
         };
         let new_nat = if nat_same { None } else { Some(build_nat(&setup)?) };
+        let learned = learned_remotes(&self.bundles);
         let mut old: Vec<Option<BundleState>> = std::mem::take(&mut self.bundles).into_iter().map(Some).collect();
         let mut plan = Vec::with_capacity(setup.bundles.len());
         for bs in &setup.bundles {
@@ -156,7 +177,7 @@ impl Worker {
                     applied.kept += 1;
                 }
                 Err(mut st) => {
-                    carry_remotes(&mut st, &old);
+                    carry_remotes(&mut st, &learned);
                     bundles.push(st);
                     counters.push(vec![TunnelCounters::default(); bs.tunnels.len()]);
                     applied.rebuilt += 1;
