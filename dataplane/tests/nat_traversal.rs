@@ -90,7 +90,7 @@ fn is_udp(f: &[u8]) -> bool {
 }
 
 fn is_keepalive(f: &[u8]) -> bool {
-    is_udp(f) && f.len() >= ESP + 1 && u16::from_be_bytes([f[UDP + 4], f[UDP + 5]]) == 9 && f[ESP] == 0xff
+    is_udp(f) && u16::from_be_bytes([f[UDP + 4], f[UDP + 5]]) == 9 && f[ESP] == 0xff
 }
 
 /// The NAT box in front of B, and what it saw.
@@ -486,8 +486,8 @@ fn keepalives(case: &str, mode: &str) {
         seq += 1;
     });
     assert_eq!(busy[0], vec![Vec::<u64>::new(); 2], "A's tunnels carried traffic");
-    for t in 0..2 {
-        assert!(busy[1][t].len() >= 2, "B tunnel {t}: {:?}", busy[1][t]);
+    for (t, at) in busy[1].iter().enumerate() {
+        assert!(at.len() >= 2, "B tunnel {t}: {at:?}");
     }
     drain(&mut lab);
     assert_eq!(tags(&mut lab.delivered), want(&fa, 0..seq));
