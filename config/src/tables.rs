@@ -50,6 +50,12 @@ pub const MIN_MAX_FRAME: usize = 256;
 pub const MAX_HOLD_MS: u64 = 10_000;
 /// Longest `probe_interval_ms`.
 pub const MAX_PROBE_INTERVAL_MS: u64 = 60_000;
+/// Default `keepalive_secs`: 20 s, the usual NAT-T default (many NATs
+/// forget an idle UDP mapping after 30 s, though RFC 4787 REQ-5 asks for at
+/// least 2 minutes).
+pub const DEFAULT_KEEPALIVE_SECS: u32 = 20;
+/// Longest `keepalive_secs`.
+pub const MAX_KEEPALIVE_SECS: u32 = 3600;
 /// Lowest SPI not reserved by IANA (RFC 4303 section 2.1: 1..=255 reserved,
 /// 0 never sent).
 pub const MIN_SPI: u32 = 256;
@@ -179,6 +185,10 @@ pub struct BundleConfig {
     /// tunnels' WAN ports less [`FRAME_OVERHEAD_V4`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_frame: Option<u32>,
+    /// A tunnel that sent nothing for this many seconds sends an RFC 3948
+    /// NAT-keepalive; 0 turns them off. Default [`DEFAULT_KEEPALIVE_SECS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_secs: Option<u32>,
     pub tunnels: Vec<TunnelConfig>,
 }
 
@@ -389,6 +399,9 @@ pub struct Bundle {
     pub policy: Policy,
     /// Largest frame (ESP payload) in bytes.
     pub max_frame: usize,
+    /// Seconds without sending after which a tunnel sends a NAT-keepalive
+    /// (RFC 3948 section 2.3); 0: never.
+    pub keepalive_secs: u32,
     /// Index in [`Tables::peers`] of the peer using this bundle, if any.
     pub peer: Option<usize>,
     /// Tunnel `i` is the balancer's and the re-orderer's path `i`.
@@ -563,11 +576,19 @@ impl Tables {
                     f
                 }
             };
+            let keepalive_secs = bc.keepalive_secs.unwrap_or(DEFAULT_KEEPALIVE_SECS);
+            if keepalive_secs > MAX_KEEPALIVE_SECS {
+                return Err(invalid(
+                    format!("{at}.keepalive_secs"),
+                    format!("{keepalive_secs} is above the maximum of {MAX_KEEPALIVE_SECS} (0 turns keepalives off)"),
+                ));
+            }
             bundles.push(Bundle {
                 name: bc.name.clone(),
                 mode: bc.mode,
                 policy: bc.policy.into(),
                 max_frame,
+                keepalive_secs,
                 peer: bundle_peer[b],
                 tunnels,
             });

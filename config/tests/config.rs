@@ -609,6 +609,24 @@ fn a_bundle_has_tunnels() {
 }
 
 #[test]
+fn keepalive_defaults_to_20_s_and_is_bounded() {
+    let t = accepted(|_| {});
+    assert_eq!(t.bundles[0].keepalive_secs, 20);
+    let t = accepted(|v| v["bundles"][0]["keepalive_secs"] = json!(0));
+    assert_eq!(t.bundles[0].keepalive_secs, 0, "0 turns keepalives off");
+    let t = accepted(|v| v["bundles"][0]["keepalive_secs"] = json!(3600));
+    assert_eq!(t.bundles[0].keepalive_secs, 3600);
+    refused(
+        |v| v["bundles"][0]["keepalive_secs"] = json!(3601),
+        "bundles[0].keepalive_secs",
+        "maximum of 3600",
+    );
+    let mut v = example_value();
+    v["bundles"][0]["keepalive_secs"] = json!(-1);
+    assert!(serde_json::from_value::<Config>(v).is_err(), "negative");
+}
+
+#[test]
 fn max_frame_fits_the_smallest_mtu() {
     refused(
         |v| v["bundles"][0]["max_frame"] = json!(255),

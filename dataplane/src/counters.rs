@@ -50,8 +50,6 @@ drops! {
     BadOuterIp => "bad_outer_ip",
     /// UDP payload with the non-ESP marker (IKE): no IKE here.
     NonEsp => "non_esp",
-    /// RFC 3948 NAT-keepalive (counted, not an error).
-    Keepalive => "nat_keepalive",
     /// ESP packet whose SPI no tunnel uses.
     UnknownSpi => "unknown_spi",
     /// SPI of a tunnel whose local UDP port is not the one the packet hit.
@@ -154,6 +152,25 @@ pub struct TunnelCounters {
     /// ESP packets the tunnel engine refused (their reasons are in
     /// [`WorkerCounters::engine`]).
     pub rejected: u64,
+    /// RFC 3948 NAT-keepalives the WAN port took (sent when the tunnel
+    /// sent nothing else for the bundle's `keepalive_secs`; not in `tx`).
+    pub keepalives_tx: u64,
+    /// Times the peer's outer address or port changed: an authenticated
+    /// packet, newer than any before on its SA, came from another source
+    /// than the tunnel's current remote (a NAT in front of the peer
+    /// rebound), and the tunnel now sends there.
+    pub remote_changes: u64,
+}
+
+impl TunnelCounters {
+    /// Adds another worker's.
+    pub fn merge(&mut self, o: &TunnelCounters) {
+        self.tx.merge(&o.tx);
+        self.rx.merge(&o.rx);
+        self.rejected += o.rejected;
+        self.keepalives_tx += o.keepalives_tx;
+        self.remote_changes += o.remote_changes;
+    }
 }
 
 /// Outer IPv4 fragments (a peer or a path that fragments ESP-in-UDP).
@@ -415,8 +432,8 @@ pub struct WorkerCounters {
     ///   (NAT's `out_drops` included; and plain mode's engine drops when
     ///   sealing) plus the LAN frames for the gateway itself;
     /// - `wan_rx` plus `frags.reassembled` is `frags.taken`, the tunnels'
-    ///   `rx` and `rejected`, the WAN side's incoming drops and the WAN
-    ///   frames for the gateway itself (`local.received` counts both
+    ///   `rx` and `rejected`, `keepalives_rx`, the WAN side's incoming
+    ///   drops and the WAN frames for the gateway itself (`local.received` counts both
     ///   sides: each is answered, learned from, or dropped with a
     ///   `LocalDrop` reason);
     /// - `delivered`, `icmp_sent` and `local.lan_replies` are `lan_tx`
@@ -424,12 +441,15 @@ pub struct WorkerCounters {
     ///   NAT translates what the re-orderer delivered, just before the LAN
     ///   TX queue; our own replies and the kernel's frames skip it; the
     ///   kernel's are `kernel.from_kernel_lan`);
-    /// - the tunnels' `tx` and `local.wan_replies_sent` (which counts the
-    ///   kernel's frames too) sum to `wan_tx`;
+    /// - the tunnels' `tx` and `keepalives_tx` and `local.wan_replies_sent`
+    ///   (which counts the kernel's frames too) sum to `wan_tx`; ESP
+    ///   packets (and keepalives) for a WAN port whose next hop is
+    ///   unresolved are dropped on the way out (`next_hop_unresolved`, a
+    ///   TX-side drop);
+    /// - `keepalives` (handed to a WAN TX queue) are the tunnels'
+    ///   `keepalives_tx` or a TX-side drop;
     /// - frames for the kernel (`kernel.taken`) are, like `local.received`,
-    ///   a way in: see [`KernelStats`];
-    ///   ESP packets for a WAN port whose next hop is unresolved are
-    ///   dropped on the way out (`next_hop_unresolved`, a TX-side drop).
+    ///   a way in: see [`KernelStats`].
     pub lan_rx: Flow,
     pub lan_tx: Flow,
     /// Frames received on / sent to the WAN ports.
@@ -444,6 +464,12 @@ pub struct WorkerCounters {
     /// ICMP errors handed to the LAN TX queue (plain mode: "fragmentation
     /// needed" for a packet with DF set too big for the WAN).
     pub icmp_sent: u64,
+    /// RFC 3948 NAT-keepalives received on a WAN port (not an error: the
+    /// peer keeps a NAT mapping open; they change nothing).
+    pub keepalives_rx: u64,
+    /// NAT-keepalives handed to a WAN TX queue, all tunnels (those the
+    /// port took are the tunnels' `keepalives_tx`).
+    pub keepalives: u64,
     /// Dataplane drops by reason.
     pub drops: DpDrops,
     /// Tunnel engine drops by reason (all bundles).
@@ -473,6 +499,8 @@ impl WorkerCounters {
         self.encapsulated += o.encapsulated;
         self.delivered += o.delivered;
         self.icmp_sent += o.icmp_sent;
+        self.keepalives_rx += o.keepalives_rx;
+        self.keepalives += o.keepalives;
         self.frags.taken += o.frags.taken;
         self.frags.reassembled += o.frags.reassembled;
         self.frags.discarded += o.frags.discarded;
@@ -486,9 +514,7 @@ impl WorkerCounters {
                 self.tunnels[b].resize(ts.len(), TunnelCounters::default());
             }
             for (t, c) in ts.iter().enumerate() {
-                self.tunnels[b][t].tx.merge(&c.tx);
-                self.tunnels[b][t].rx.merge(&c.rx);
-                self.tunnels[b][t].rejected += c.rejected;
+                self.tunnels[b][t].merge(c);
             }
         }
         self.idle_polls += o.idle_polls;

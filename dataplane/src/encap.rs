@@ -4,6 +4,7 @@
 use std::net::SocketAddrV4;
 
 use braid_tunnel::wire::checksum;
+use braid_tunnel::wire::udp_encap::emit_keepalive;
 
 /// Ethernet + IPv4 (no options) + UDP.
 pub const OUTER_LEN: usize = 14 + 20 + 8;
@@ -11,6 +12,8 @@ pub const OUTER_LEN: usize = 14 + 20 + 8;
 pub const IP_AT: usize = 14;
 /// Where the UDP header starts.
 pub const UDP_AT: usize = 34;
+/// A whole NAT-keepalive frame: the outer headers and one octet.
+pub const KEEPALIVE_LEN: usize = OUTER_LEN + 1;
 
 /// Outer headers of one tunnel, filled except for lengths and checksum.
 #[derive(Debug, Clone)]
@@ -51,6 +54,22 @@ impl OuterTemplate {
         self.bytes[0..6].copy_from_slice(&mac);
     }
 
+    /// The peer's address and port the headers go to.
+    pub fn remote(&self) -> SocketAddrV4 {
+        let ip = &self.bytes[IP_AT + 16..IP_AT + 20];
+        let port = u16::from_be_bytes([self.bytes[UDP_AT + 2], self.bytes[UDP_AT + 3]]);
+        SocketAddrV4::new([ip[0], ip[1], ip[2], ip[3]].into(), port)
+    }
+
+    /// Points the template at another peer address and port (the peer's
+    /// NAT mapping changed). The checksum sum is recomputed: it covers the
+    /// destination address.
+    pub fn set_remote(&mut self, remote: SocketAddrV4) {
+        self.bytes[IP_AT + 16..IP_AT + 20].copy_from_slice(&remote.ip().octets());
+        self.bytes[UDP_AT + 2..UDP_AT + 4].copy_from_slice(&remote.port().to_be_bytes());
+        self.ip_sum = checksum::sum(&self.bytes[IP_AT..UDP_AT]);
+    }
+
     /// Writes the headers for an ESP packet of `esp_len` bytes into
     /// `out[..OUTER_LEN]`. The IPv4 checksum is computed unless the NIC does
     /// it (`ip_csum_offload`: left zero). The UDP checksum is zero, as RFC
@@ -70,6 +89,15 @@ impl OuterTemplate {
             out[IP_AT + 10..IP_AT + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
         }
         out[UDP_AT + 4..UDP_AT + 6].copy_from_slice(&udp_len.to_be_bytes());
+    }
+
+    /// Writes a whole NAT-keepalive frame (RFC 3948 section 2.3: the UDP
+    /// payload is the one octet 0xff) into `out[..KEEPALIVE_LEN]`.
+    pub fn write_keepalive(&self, out: &mut [u8], ident: u16, ip_csum_offload: bool) {
+        // The same headers as an ESP packet, one octet of payload less than
+        // any ESP packet: write as if the "ESP" were one octet long.
+        self.write(out, 1, ident, ip_csum_offload);
+        let _ = emit_keepalive(&mut out[OUTER_LEN..KEEPALIVE_LEN]);
     }
 }
 
@@ -92,6 +120,47 @@ mod tests {
         let u = udp::Packet::new_checked(&buf[UDP_AT..]).unwrap();
         assert_eq!((u.src_port(), u.dst_port(), u.len()), (4500, 4501, 108));
         assert_eq!(u.checksum(), 0);
+    }
+
+    /// A template pointed at a new remote writes exactly what a template
+    /// built for it writes, checksum included, and keeps its next hop.
+    #[test]
+    fn set_remote_keeps_the_checksum_right() {
+        let local = "192.0.2.1:4500".parse().unwrap();
+        let mut t = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], local, "198.51.100.7:4501".parse().unwrap());
+        t.set_dst_mac([2, 0, 0, 0, 0, 3]);
+        assert_eq!(t.remote(), "198.51.100.7:4501".parse().unwrap());
+        for remote in ["203.0.113.9:61000", "255.255.255.255:65535", "0.0.0.0:0", "198.51.100.7:4501"] {
+            let remote: SocketAddrV4 = remote.parse().unwrap();
+            t.set_remote(remote);
+            assert_eq!(t.remote(), remote);
+            let mut fresh = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 3], local, remote);
+            fresh.set_dst_mac([2, 0, 0, 0, 0, 3]);
+            let (mut a, mut b) = (vec![0u8; OUTER_LEN], vec![0u8; OUTER_LEN]);
+            for (esp_len, ident) in [(0, 0), (100, 7), (1400, 0xffff), (65_507, 0x8000)] {
+                t.write(&mut a, esp_len, ident, false);
+                fresh.write(&mut b, esp_len, ident, false);
+                assert_eq!(a, b, "{remote}");
+                assert_eq!(checksum::sum(&a[IP_AT..UDP_AT]), 0xffff, "{remote} {esp_len} {ident}");
+            }
+            assert_eq!(a[0..6], [2, 0, 0, 0, 0, 3], "next hop kept");
+        }
+    }
+
+    #[test]
+    fn keepalive_frame() {
+        let t = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], "192.0.2.1:4500".parse().unwrap(), "198.51.100.7:4501".parse().unwrap());
+        let mut buf = vec![0u8; KEEPALIVE_LEN];
+        t.write_keepalive(&mut buf, 9, false);
+        let ip = ipv4::Packet::new_checked(&buf[IP_AT..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.total_len(), 29);
+        let u = udp::Packet::new_checked(&buf[UDP_AT..]).unwrap();
+        assert_eq!((u.src_port(), u.dst_port(), u.len()), (4500, 4501, 9));
+        assert_eq!(
+            braid_tunnel::wire::udp_encap::classify(&buf[OUTER_LEN..]),
+            Ok(braid_tunnel::wire::udp_encap::EncapKind::Keepalive)
+        );
     }
 
     /// The checksum from the template's partial sum is the one computed

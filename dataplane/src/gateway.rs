@@ -121,7 +121,13 @@ pub fn worker_setup_with_nat(
                 params: tun.path_params(),
             });
         }
-        bundles.push(BundleSetup { mode: bundle.mode, policy: bundle.policy, max_frame: bundle.max_frame, tunnels });
+        bundles.push(BundleSetup {
+            mode: bundle.mode,
+            policy: bundle.policy,
+            max_frame: bundle.max_frame,
+            keepalive: u64::from(bundle.keepalive_secs) * 1_000_000_000,
+            tunnels,
+        });
     }
     Ok(WorkerSetup {
         id,

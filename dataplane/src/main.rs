@@ -340,7 +340,7 @@ fn run() -> Result<(), String> {
             if t >= next_stats {
                 next_stats = t + args.stats_interval;
                 if let Some(path) = &args.stats_file {
-                    write_stats(path, &report::json(&tables, &worker.counters(), &worker.paths_alive(), t0.elapsed().as_secs_f64()));
+                    write_stats(path, &report::json(&tables, &worker.counters(), &worker.paths_alive(), &worker.remotes(), t0.elapsed().as_secs_f64()));
                 }
             }
         }
@@ -351,7 +351,7 @@ fn run() -> Result<(), String> {
         stats::flatten(&tables, &counters, &worker.paths_alive(), &mut cbuf, &mut gbuf);
         w.publish(&cbuf, &gbuf);
     }
-    let json = report::json(&tables, &counters, &worker.paths_alive(), t0.elapsed().as_secs_f64());
+    let json = report::json(&tables, &counters, &worker.paths_alive(), &worker.remotes(), t0.elapsed().as_secs_f64());
     if let Some(path) = &args.stats_file {
         write_stats(path, &json);
     }

@@ -3,6 +3,7 @@
 //! the file later).
 
 use std::fmt::Write;
+use std::net::SocketAddrV4;
 
 use crate::config::Tables;
 use crate::counters::WorkerCounters;
@@ -18,11 +19,14 @@ fn named(v: &[(&str, u64)]) -> String {
 
 /// One JSON object: totals, drops by reason (dataplane and engine), and per
 /// bundle per tunnel traffic with its share of the bundle's data packets.
-pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f64) -> String {
+/// `remotes` (per bundle, per tunnel) is where each tunnel sends now
+/// (`remote_now`: the configured `remote`, or the peer's NAT mapping learned
+/// from its packets); a tunnel missing from it shows the configured one.
+pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &[Vec<SocketAddrV4>], seconds: f64) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"outer_fragments\":{{\"taken\":{},\"reassembled\":{},\"discarded\":{}}},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
+        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"keepalives_rx\":{},\"keepalives\":{},\"outer_fragments\":{{\"taken\":{},\"reassembled\":{},\"discarded\":{}}},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
         flow(&c.lan_rx),
         flow(&c.lan_tx),
         flow(&c.wan_rx),
@@ -30,6 +34,8 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
         c.encapsulated,
         c.delivered,
         c.icmp_sent,
+        c.keepalives_rx,
+        c.keepalives,
         c.frags.taken,
         c.frags.reassembled,
         c.frags.discarded,
@@ -44,14 +50,17 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], seconds: f
             .enumerate()
             .map(|(t, tc)| {
                 let up = alive.get(b).and_then(|a| a.get(t)).copied().unwrap_or(true);
+                let now = remotes.get(b).and_then(|r| r.get(t)).copied().unwrap_or(bundle.tunnels[t].remote);
                 format!(
-                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"rejected\":{},\"tx_share\":{:.4}}}",
+                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"remote_now\":\"{now}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"rejected\":{},\"keepalives_tx\":{},\"remote_changes\":{},\"tx_share\":{:.4}}}",
                     bundle.tunnels[t].local,
                     bundle.tunnels[t].remote,
                     bundle.tunnels[t].weight,
                     flow(&tc.tx),
                     flow(&tc.rx),
                     tc.rejected,
+                    tc.keepalives_tx,
+                    tc.remote_changes,
                     tc.tx.packets as f64 / total as f64
                 )
             })
@@ -106,7 +115,21 @@ mod tests {
         c.nat.sessions = 5;
         c.local.echo_v6_replies = 3;
         c.local.drop(crate::counters::LocalDrop::NotForUs);
-        let v: serde_json::Value = serde_json::from_str(&super::json(&tables, &c, &[], 1.0)).unwrap();
+        c.keepalives_rx = 4;
+        c.tunnels = vec![vec![crate::counters::TunnelCounters::default(); tables.bundles[0].tunnels.len()]];
+        c.tunnels[0][0].remote_changes = 1;
+        c.tunnels[0][0].keepalives_tx = 6;
+        let learned: std::net::SocketAddrV4 = "203.0.113.7:61000".parse().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&super::json(&tables, &c, &[], &[vec![learned]], 1.0)).unwrap();
+        let t0 = &v["bundles"][0]["tunnels"][0];
+        assert_eq!(t0["remote_now"], "203.0.113.7:61000");
+        assert_eq!(t0["remote"], tables.bundles[0].tunnels[0].remote.to_string());
+        let t1 = &v["bundles"][0]["tunnels"][1];
+        assert!(t1["remote"].is_string());
+        assert_eq!(t1["remote_now"], t1["remote"], "not learned: the configured one");
+        assert_eq!(v["keepalives_rx"], 4);
+        assert_eq!(v["bundles"][0]["tunnels"][0]["remote_changes"], 1);
+        assert_eq!(v["bundles"][0]["tunnels"][0]["keepalives_tx"], 6);
         assert_eq!(v["nat"]["sessions"], 5);
         assert_eq!(v["nat"]["out_drops"]["sessions_full"], 2);
         assert_eq!(v["nat"]["in_drops"], serde_json::json!({}));

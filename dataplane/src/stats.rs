@@ -2,7 +2,8 @@
 //!
 //! Names are `/`-separated paths the control process turns into Prometheus
 //! metrics and JSON: `lan/rx_packets`, `drop/no_route`,
-//! `engine_drop/replayed`, `tunnel/<bundle>/<i>/tx_packets`; gauges
+//! `engine_drop/replayed`, `tunnel/<bundle>/<i>/tx_packets` (and
+//! `keepalives_tx`, `remote_changes`), `keepalives_rx`; gauges
 //! `path/<bundle>/<i>/alive`; with NAT rules in the tables, `nat/<counter>`,
 //! drops by direction `nat_out_drop/<reason>` and `nat_in_drop/<reason>`,
 //! gauge `nat/sessions`; frames for the gateway itself (ARP, ND, echo)
@@ -21,8 +22,18 @@ use crate::config::Tables;
 use crate::counters::{DpDrop, Flow, KernelStats, LocalDrop, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
-const SCALARS: [&str; 8] =
-    ["encapsulated", "delivered", "icmp_sent", "frag/taken", "frag/reassembled", "frag/discarded", "idle_polls", "busy_polls"];
+const SCALARS: [&str; 10] = [
+    "encapsulated",
+    "delivered",
+    "icmp_sent",
+    "keepalives_rx",
+    "keepalives",
+    "frag/taken",
+    "frag/reassembled",
+    "frag/discarded",
+    "idle_polls",
+    "busy_polls",
+];
 const NAT: [&str; 6] =
     ["nat/out_translated", "nat/in_translated", "nat/icmp_errors_translated", "nat/sessions_created", "nat/sessions_expired", "nat/mappings_created"];
 const LOCAL: [&str; 11] = [
@@ -38,7 +49,7 @@ const LOCAL: [&str; 11] = [
     "local/requests",
     "local/unresolved",
 ];
-const TUNNEL: [&str; 5] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected"];
+const TUNNEL: [&str; 7] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected", "keepalives_tx", "remote_changes"];
 
 /// Whether the tables have NAT rules (and so NAT counters).
 fn has_nat(tables: &Tables) -> bool {
@@ -89,6 +100,8 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
         c.encapsulated,
         c.delivered,
         c.icmp_sent,
+        c.keepalives_rx,
+        c.keepalives,
         c.frags.taken,
         c.frags.reassembled,
         c.frags.discarded,
@@ -130,7 +143,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
     for (b, bundle) in tables.bundles.iter().enumerate() {
         for t in 0..bundle.tunnels.len() {
             let tc = c.tunnels.get(b).and_then(|v| v.get(t)).copied().unwrap_or_default();
-            counters.extend([tc.tx.packets, tc.tx.bytes, tc.rx.packets, tc.rx.bytes, tc.rejected]);
+            counters.extend([tc.tx.packets, tc.tx.bytes, tc.rx.packets, tc.rx.bytes, tc.rejected, tc.keepalives_tx, tc.remote_changes]);
             let up = alive.get(b).and_then(|v| v.get(t)).copied().unwrap_or(false);
             gauges.push(up as u64);
         }
@@ -159,6 +172,8 @@ mod tests {
         c.drops.add(DpDrop::NoRoute);
         c.tunnels = tables.bundles.iter().map(|b| vec![TunnelCounters::default(); b.tunnels.len()]).collect();
         c.tunnels[0][1].tx.add(1000);
+        c.tunnels[0][1].remote_changes = 2;
+        c.keepalives_rx = 5;
         c.nat.in_drops[NatDrop::NoSession as usize] = 3;
         c.nat.sessions = 9;
         c.local.arp_replies = 4;
@@ -178,6 +193,8 @@ mod tests {
         let b = &tables.bundles[0].name;
         assert_eq!(at(&format!("tunnel/{b}/1/tx_bytes")), 1000);
         assert_eq!(at(&format!("tunnel/{b}/0/tx_bytes")), 0);
+        assert_eq!(at(&format!("tunnel/{b}/1/remote_changes")), 2);
+        assert_eq!(at("keepalives_rx"), 5);
         assert_eq!(at("nat_in_drop/no_session"), 3);
         assert_eq!(at("nat_out_drop/no_session"), 0);
         assert_eq!(at("local/arp_replies"), 4);

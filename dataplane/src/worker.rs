@@ -44,7 +44,7 @@ use braid_tunnel::wire::{esp, FlowKey};
 use braid_tunnel::{plain, Nanos};
 
 use crate::counters::{DpDrop, DpDrops, TunnelCounters, WorkerCounters};
-use crate::encap::{OuterTemplate, IP_AT, OUTER_LEN};
+use crate::encap::{OuterTemplate, IP_AT, KEEPALIVE_LEN, OUTER_LEN};
 use crate::local::{Handled, Responder};
 use crate::nat::{NatSetup, EXPIRE_BUSY, EXPIRE_IDLE};
 use crate::route::RouteTable;
@@ -78,6 +78,9 @@ pub struct BundleSetup {
     /// Largest bundle frame (ESP payload) that keeps outer packets within
     /// the WAN MTU.
     pub max_frame: usize,
+    /// A tunnel that sent nothing for this long sends a NAT-keepalive
+    /// (RFC 3948 section 2.3); 0: never.
+    pub keepalive: Nanos,
     pub tunnels: Vec<TunnelSetup>,
 }
 
@@ -155,6 +158,10 @@ struct BundleState {
     spec: BundleSetup,
     engine: Engine,
     max_frame: usize,
+    /// Each tunnel's outer headers. The remote in them is the configured
+    /// one until an authenticated packet, the newest on its SA, comes from
+    /// another source: then that source (the peer's NAT rebound). Learned
+    /// per worker (see ARCHITECTURE.md).
     outer: Vec<OuterTemplate>,
     out_sas: Vec<Arc<OutboundSaPair>>,
     wan_of: Vec<usize>,
@@ -162,6 +169,13 @@ struct BundleState {
     /// Each path as the receiver's re-orderers last heard of it from the
     /// sender's liveness: (alive, one-way delay).
     rx_paths: Vec<(bool, Option<Nanos>)>,
+    /// NAT-keepalive interval (0: off) and when the tunnels' TX counters
+    /// are next looked at.
+    keepalive: Nanos,
+    next_keepalive: Nanos,
+    /// Per tunnel: its `tx` packet count when last looked at, and since
+    /// when it has not moved.
+    quiet: Vec<(u64, Nanos)>,
 }
 
 /// Table options a worker's engines are built with.
@@ -217,6 +231,9 @@ pub struct Worker {
     /// (bundle, tunnel) of each packet of `wan_out`, to count it per tunnel
     /// once the port took it.
     wan_tags: Vec<Vec<(u16, u16)>>,
+    /// NAT-keepalives per WAN port, and their (bundle, tunnel).
+    keepalive_out: Vec<Vec<Mbuf>>,
+    keepalive_tags: Vec<Vec<(u16, u16)>>,
     /// Lengths of a TX burst, read before the port takes the mbufs.
     tx_lens: Vec<u32>,
     /// Which packets of `lan_out[nat_done..]` the NAT kept.
@@ -288,6 +305,11 @@ const KERNEL_PERIOD: Nanos = 100_000;
 /// after an answer arrives): the resolver's own timers are in seconds.
 const NEIGHBOR_PERIOD: Nanos = 1_000_000;
 
+/// The tunnels' TX counters are compared for NAT-keepalives at most this
+/// often (or at the keepalive interval, if shorter): a pass over a bundle's
+/// tunnels, never a cost per packet.
+const KEEPALIVE_CHECK: Nanos = 1_000_000_000;
+
 impl Worker {
     /// Builds a worker around its queues. `wan_rx[i]`/`wan_tx[i]` belong to
     /// `setup.wans[i]`.
@@ -342,6 +364,8 @@ impl Worker {
             lan_out: Vec::with_capacity(4 * BURST),
             wan_out: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
             wan_tags: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
+            keepalive_out: (0..nwan).map(|_| Vec::new()).collect(),
+            keepalive_tags: (0..nwan).map(|_| Vec::new()).collect(),
             tx_lens: Vec::with_capacity(4 * BURST),
             nat_keep: Vec::with_capacity(4 * BURST),
             nat_done: 0,
@@ -417,6 +441,12 @@ impl Worker {
                 Engine::Plain(_) => 0,
             })
             .sum()
+    }
+
+    /// Where each tunnel of each bundle sends now: its configured remote,
+    /// or the source of the peer's newest authenticated packet.
+    pub fn remotes(&self) -> Vec<Vec<SocketAddrV4>> {
+        self.bundles.iter().map(|b| b.outer.iter().map(OuterTemplate::remote).collect()).collect()
     }
 
     /// Tunnels each bundle's balancer considers alive.
@@ -954,21 +984,32 @@ impl Worker {
 
     /// One WAN frame. Dataplane drops come back as `Err`; an ESP packet the
     /// engine refuses is counted here: in the engine counters by reason,
-    /// and in its tunnel's `rejected`.
+    /// and in its tunnel's `rejected`. A NAT-keepalive is counted and freed.
     /// Frames for the gateway itself that are not ESP to a tunnel go to
     /// the port's kernel tap when it has one.
+    ///
+    /// NAT traversal: a packet that authenticated and is the newest its SA
+    /// accepted, from another source than the tunnel's remote, moves the
+    /// remote there (the peer's NAT rebound). Nothing else does: not an
+    /// unauthenticated packet (a forgery), not an older authentic one (a
+    /// capture replayed from elsewhere, or a straggler from before).
     fn receive_esp(&mut self, w: usize, mut m: Mbuf, now: Nanos, verify_csum: bool) -> Result<(), DpDrop> {
         if !m.is_contiguous() {
             return Err(DpDrop::Multiseg);
         }
-        let (spi, dst_port, esp_at, esp_len) = match outer_esp(m.data(), verify_csum, &self.tunnel_ports) {
-            Ok(p) => p,
+        let o = match outer_esp(m.data(), verify_csum, &self.tunnel_ports) {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                self.counters.keepalives_rx += 1;
+                return Ok(());
+            }
             Err(DpDrop::NotTunnel | DpDrop::NonEsp) if self.kernel[1 + w].is_some() && self.local[1 + w].for_gateway(m.data()) => {
                 self.to_kernel(1 + w, m);
                 return Ok(());
             }
             Err(r) => return Err(r),
         };
+        let OuterEsp { spi, dst_port, src, esp_at, esp_len } = o;
         let i = self.spis.binary_search_by_key(&spi, |e| e.0).map_err(|_| DpDrop::UnknownSpi)?;
         let (_, b, t) = self.spis[i];
         let (b, t) = (b as usize, t as usize);
@@ -989,7 +1030,12 @@ impl Worker {
                 let r = rx.on_esp_from(t, &mut m.data_mut()[esp_at..esp_at + esp_len], now, make, &mut self.lan_out);
                 self.counters.delivered += (self.lan_out.len() - before) as u64;
                 match r {
-                    Ok(_) => tc.rx.add(esp_len),
+                    Ok(s) => {
+                        tc.rx.add(esp_len);
+                        if s.newest {
+                            follow_remote(&mut st.outer[t], src, tc);
+                        }
+                    }
                     Err(_) => tc.rejected += 1,
                 }
                 Ok(())
@@ -1003,6 +1049,9 @@ impl Worker {
                         return Ok(());
                     }
                 };
+                if opened.newest {
+                    follow_remote(&mut st.outer[t], src, tc);
+                }
                 // Strip outer headers down to room for the LAN Ethernet
                 // header, and the ESP trailer.
                 let inner_at = esp_at + opened.payload.start;
@@ -1063,6 +1112,46 @@ impl Worker {
                     rx.set_path_delay(path, view.1);
                 }
                 *seen = view;
+            }
+        }
+        self.keepalives(now);
+    }
+
+    /// RFC 3948 section 2.3 NAT-keepalives: a tunnel whose `tx` count did
+    /// not move for its bundle's interval sends one (outer headers from its
+    /// template, one octet 0xff), so that a NAT on the way keeps the
+    /// mapping. Counted per tunnel when the port takes it (`keepalives_tx`).
+    fn keepalives(&mut self, now: Nanos) {
+        for (b, st) in self.bundles.iter_mut().enumerate() {
+            if st.keepalive == 0 || now < st.next_keepalive {
+                continue;
+            }
+            st.next_keepalive = now.saturating_add(st.keepalive.min(KEEPALIVE_CHECK));
+            for (t, (seen, since)) in st.quiet.iter_mut().enumerate() {
+                let sent = self.counters.tunnels[b][t].tx.packets;
+                if sent != *seen {
+                    (*seen, *since) = (sent, now);
+                    continue;
+                }
+                let wan = st.wan_of[t];
+                // Without a next hop there is no mapping to keep: sent once
+                // the next hop is resolved.
+                if now.saturating_sub(*since) < st.keepalive || !self.nh_ready[wan] {
+                    continue;
+                }
+                // No mbuf: tried again at the next check.
+                let Some(mut m) = Mbuf::alloc(&self.pool) else { break };
+                let offload = self.wans[wan].ip_csum_offload;
+                let Some(buf) = m.append(KEEPALIVE_LEN) else { break };
+                self.ident = self.ident.wrapping_add(1);
+                st.outer[t].write_keepalive(buf, self.ident, offload);
+                if offload {
+                    m.set_tx_offload(TxOffload { flags: TX_IPV4 | TX_IP_CKSUM, l2_len: 14, l3_len: 20, ..Default::default() });
+                }
+                *since = now;
+                self.counters.keepalives += 1;
+                self.keepalive_out[wan].push(m);
+                self.keepalive_tags[wan].push((b as u16, t as u16));
             }
         }
     }
@@ -1150,6 +1239,28 @@ impl Worker {
                 let (b, t) = tags[i];
                 if let Some(tc) = tunnels.get_mut(b as usize).and_then(|ts| ts.get_mut(t as usize)) {
                     tc.tx.add(len);
+                }
+            };
+            send_all(q, out, &mut self.tx_lens, sent, &mut c.drops, [DpDrop::WanTxFull, DpDrop::WanTxRejected]);
+            tags.clear();
+        }
+        // NAT-keepalives: rare (a tunnel idle for seconds), their own queue.
+        for (((q, out), tags), ready) in self.wan_tx.iter_mut().zip(self.keepalive_out.iter_mut()).zip(self.keepalive_tags.iter_mut()).zip(&self.nh_ready) {
+            if out.is_empty() {
+                continue;
+            }
+            if !ready {
+                c.drops.add_n(DpDrop::NextHopUnresolved, out.len() as u64);
+                Mbuf::free_bulk(out);
+                tags.clear();
+                continue;
+            }
+            let (wan_tx, tunnels) = (&mut c.wan_tx, &mut c.tunnels);
+            let sent = |i: usize, len: usize| {
+                wan_tx.add(len);
+                let (b, t) = tags[i];
+                if let Some(tc) = tunnels.get_mut(b as usize).and_then(|ts| ts.get_mut(t as usize)) {
+                    tc.keepalives_tx += 1;
                 }
             };
             send_all(q, out, &mut self.tx_lens, sent, &mut c.drops, [DpDrop::WanTxFull, DpDrop::WanTxRejected]);
@@ -1244,6 +1355,9 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
         wan_of: bs.tunnels.iter().map(|t| t.wan).collect(),
         local_port: bs.tunnels.iter().map(|t| t.local.port()).collect(),
         rx_paths: vec![(true, None); n],
+        keepalive: bs.keepalive,
+        next_keepalive: now.saturating_add(bs.keepalive.min(KEEPALIVE_CHECK)),
+        quiet: vec![(0, now); n],
     })
 }
 
@@ -1364,10 +1478,24 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize,
     Ok((peer, peer_bundle.get(peer).copied().ok_or(DpDrop::NoRoute)?, len))
 }
 
-/// Finds the ESP packet in a WAN frame: (SPI, local UDP port, offset,
-/// length). Link padding after the IP packet is ignored.
+/// Where the ESP packet of a WAN frame is, and who sent it.
+#[derive(Debug, Clone, Copy)]
+struct OuterEsp {
+    spi: u32,
+    /// Local UDP port it was sent to.
+    dst_port: u16,
+    /// Outer source address and UDP port: the peer as seen here (through
+    /// whatever NAT is in front of it).
+    src: SocketAddrV4,
+    /// Offset and length of the ESP packet in the frame.
+    esp_at: usize,
+    esp_len: usize,
+}
+
+/// Finds the ESP packet in a WAN frame; `None`: an RFC 3948 NAT-keepalive.
+/// Link padding after the IP packet is ignored.
 #[inline]
-fn outer_esp(d: &[u8], verify_csum: bool, tunnel_ports: &[u64; 1024]) -> Result<(u32, u16, usize, usize), DpDrop> {
+fn outer_esp(d: &[u8], verify_csum: bool, tunnel_ports: &[u64; 1024]) -> Result<Option<OuterEsp>, DpDrop> {
     if d.len() < OUTER_LEN || !is_ipv4(d) {
         return Err(DpDrop::NotTunnel);
     }
@@ -1400,13 +1528,26 @@ fn outer_esp(d: &[u8], verify_csum: bool, tunnel_ports: &[u64; 1024]) -> Result<
         return Err(DpDrop::NotTunnel);
     }
     match classify(&udp[8..ulen]) {
-        Ok(EncapKind::Esp(e)) => {
-            let spi = u32::from_be_bytes([e[0], e[1], e[2], e[3]]);
-            Ok((spi, dst_port, IP_AT + ihl + 8, ulen - 8))
-        }
-        Ok(EncapKind::Keepalive) => Err(DpDrop::Keepalive),
+        Ok(EncapKind::Esp(e)) => Ok(Some(OuterEsp {
+            spi: u32::from_be_bytes([e[0], e[1], e[2], e[3]]),
+            dst_port,
+            src: SocketAddrV4::new([ip[12], ip[13], ip[14], ip[15]].into(), u16::from_be_bytes([udp[0], udp[1]])),
+            esp_at: IP_AT + ihl + 8,
+            esp_len: ulen - 8,
+        })),
+        Ok(EncapKind::Keepalive) => Ok(None),
         Ok(EncapKind::NonEsp(_)) => Err(DpDrop::NonEsp),
         Err(_) => Err(DpDrop::NotTunnel),
+    }
+}
+
+/// The peer's newest authenticated packet came from `src`: the tunnel
+/// sends there from now on (a NAT in front of the peer rebound).
+#[inline]
+fn follow_remote(outer: &mut OuterTemplate, src: SocketAddrV4, tc: &mut TunnelCounters) {
+    if outer.remote() != src {
+        outer.set_remote(src);
+        tc.remote_changes += 1;
     }
 }
 

@@ -238,6 +238,12 @@ pub struct Opened {
     pub next_header: u8,
     /// Decrypted payload inside the buffer given to `open`.
     pub payload: Range<usize>,
+    /// The sequence number is above every one this SA accepted before: the
+    /// sender's newest packet. Only such a packet may move state that
+    /// follows the sender, such as its outer address behind a NAT (as IKEv2
+    /// does, RFC 7296 section 2.23); an older one may be a capture replayed
+    /// from elsewhere.
+    pub newest: bool,
 }
 
 /// Anything that opens ESP packets: one SA, or an SA pair during rekey.
@@ -327,6 +333,7 @@ impl<A: Aead> InboundSa<A> {
         self.aead
             .open_in_place(&nonce, &aad(self.spi, seq), body, &tag)
             .map_err(|_| DropReason::AuthFailed)?;
+        let newest = seq > self.window.top();
         self.window.update(seq);
         self.last_rx = now;
         let (payload_len, next_header) = esp::parse_trailer(body)?;
@@ -335,6 +342,7 @@ impl<A: Aead> InboundSa<A> {
             seq,
             next_header,
             payload: PAYLOAD_OFFSET..PAYLOAD_OFFSET + payload_len,
+            newest,
         })
     }
 }
@@ -685,6 +693,41 @@ mod tests {
         let mut rx = InboundSa::new(&p, 64).unwrap();
         let mut b = seal_raw(&p, 0, &[0x45, 1, 1, 4]);
         assert_eq!(rx.open(&mut b, 0), Err(DropReason::EspSeqZero));
+    }
+
+    #[test]
+    fn newest_only_above_everything_accepted() {
+        let p = params(0x31, 16);
+        let tx = OutboundSa::new(&p);
+        let mut rx = InboundSa::new(&p, 64).unwrap();
+        let packets: Vec<Vec<u8>> = (0..6).map(|_| seal_one(&tx, &[0x45; 24], 4)).collect();
+        // A fresh window's top is 0: the first packet is the newest.
+        assert_eq!(rx.window().top(), 0);
+        let first = rx.open(&mut packets[0].clone(), 0).unwrap();
+        assert!(first.newest);
+        // A gap, then the older packets in the window: authentic, not newest.
+        let jump = rx.open(&mut packets[4].clone(), 0).unwrap();
+        assert!(jump.newest && jump.seq == 5);
+        for i in [2, 1, 3] {
+            let older = rx.open(&mut packets[i].clone(), 0).unwrap();
+            assert!(!older.newest, "seq {}", older.seq);
+        }
+        // A replay of the newest is refused, and does not count as newest.
+        assert_eq!(
+            rx.open(&mut packets[4].clone(), 0),
+            Err(DropReason::Replayed)
+        );
+        // A forged tag on the next packet: an error, and nothing moved.
+        let mut forged = packets[5].clone();
+        *forged.last_mut().unwrap() ^= 1;
+        assert_eq!(rx.open(&mut forged, 7), Err(DropReason::AuthFailed));
+        assert_eq!((rx.window().top(), rx.last_rx()), (5, 0));
+        let next = rx.open(&mut packets[5].clone(), 8).unwrap();
+        assert!(next.newest && next.seq == 6);
+        // Through a pair as well.
+        let mut pair = InboundSaPair::new(InboundSa::new(&p, 64).unwrap());
+        assert!(pair.open(&mut packets[1].clone(), 0).unwrap().newest);
+        assert!(!pair.open(&mut packets[0].clone(), 0).unwrap().newest);
     }
 
     #[test]

@@ -607,6 +607,7 @@ fn replayed_forged_and_unknown_spi_are_dropped() {
     let mut good = esp.clone();
     let sum = rx.on_esp(&mut good, 2, copy, &mut out).unwrap();
     assert_eq!(sum.delivered, 1);
+    assert!(sum.newest, "the first authentic packet is the newest");
     assert_eq!(out, vec![pkt.clone()]);
     // The same ESP packet again: anti-replay.
     let mut again = esp.clone();
@@ -632,6 +633,33 @@ fn replayed_forged_and_unknown_spi_are_dropped() {
     assert_eq!(c.get(DropReason::EspTruncated), 1);
     assert_eq!(c.total(), 5);
     assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn only_the_highest_sequence_is_newest() {
+    let (mut tx, mut rx) = pair(1);
+    let mut out = Vec::new();
+    let copy = |p: &[u8]| Some(p.to_vec());
+    let frames: Vec<Vec<u8>> = (0..3)
+        .map(|i| one_frame(&mut tx, &inner_packet(false, 1, i, 80)).1)
+        .collect();
+    let s = rx.on_esp(&mut frames[2].clone(), 1, copy, &mut out).unwrap();
+    assert!(s.newest);
+    // Older but inside the window: accepted, not newest.
+    let s = rx.on_esp(&mut frames[0].clone(), 2, copy, &mut out).unwrap();
+    assert!(!s.newest);
+    let s = rx.on_esp(&mut frames[1].clone(), 3, copy, &mut out).unwrap();
+    assert!(!s.newest);
+    let mut forged = one_frame(&mut tx, &inner_packet(false, 1, 3, 80)).1;
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(
+        rx.on_esp(&mut forged.clone(), 4, copy, &mut out),
+        Err(DropReason::AuthFailed)
+    );
+    // The genuine packet behind the forgery is still the newest.
+    forged[last] ^= 1;
+    assert!(rx.on_esp(&mut forged, 5, copy, &mut out).unwrap().newest);
 }
 
 #[test]

@@ -140,6 +140,18 @@ pub struct LabOptions {
     pub kernel_taps: bool,
 }
 
+/// Which way a WAN frame crosses the middle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WanDir {
+    AToB,
+    BToA,
+}
+
+/// Sees (and may rewrite in place) every WAN frame crossing the middle
+/// after capture and the other rules; `false` loses the frame. A NAT box
+/// in front of B, say.
+pub type WanHook = Box<dyn FnMut(WanDir, &mut [u8]) -> bool>;
+
 /// A port on the test's side of a ring pair.
 pub struct End {
     pub rx: RxQueue,
@@ -183,6 +195,9 @@ pub struct Lab {
     /// Cut A's WAN frames into IPv4 fragments of at most this many payload
     /// bytes (a multiple of 8) on their way to B, last fragment first.
     pub fragment_wan: Option<usize>,
+    /// Called on every WAN frame the middle passes, both ways (A's next-hop
+    /// requests excepted; frames A sends to B after `delay_polls`).
+    pub wan_hook: Option<WanHook>,
     held: VecDeque<(u64, Mbuf)>,
     poll_no: u64,
     /// Frames B delivered to its LAN, in order, not yet checked.
@@ -344,6 +359,7 @@ impl Lab {
             hold_b_lan: false,
             sas_a,
             fragment_wan: None,
+            wan_hook: None,
             nh_answer: None,
             nh_requests: Vec::new(),
             held: VecDeque::new(),
@@ -438,8 +454,11 @@ impl Lab {
                 if self.drop_ports.contains(&dport) {
                     continue;
                 }
-                match self.delay_polls.get(&dport) {
-                    Some(&k) if k > 0 => self.held.push_back((self.poll_no + k as u64, m)),
+                let delay = self.delay_polls.get(&dport).copied().unwrap_or(0);
+                let mut m = m;
+                match delay {
+                    k if k > 0 => self.held.push_back((self.poll_no + k as u64, m)),
+                    _ if !self.pass_hook(WanDir::AToB, &mut m) => {}
                     _ => match self.fragment_wan {
                         Some(chunk) => {
                             let frags = fragment_frame(m.data(), chunk);
@@ -451,7 +470,10 @@ impl Lab {
             }
         }
         while self.held.front().is_some_and(|(due, _)| *due <= self.poll_no) {
-            out.push(self.held.pop_front().unwrap().1);
+            let mut m = self.held.pop_front().unwrap().1;
+            if self.pass_hook(WanDir::AToB, &mut m) {
+                out.push(m);
+            }
         }
         // Hand frames to B as fast as B takes them: B polls until the WAN
         // middle is empty (a real NIC would drop instead; the test wants
@@ -469,11 +491,28 @@ impl Lab {
         // B -> A (probe replies, probes).
         while self.mid_b.rx.rx_burst(&mut burst, BURST) > 0 {
             burst.retain(|m| !self.drop_ports.contains(&udp_dport(m.data())));
+            if self.wan_hook.is_some() {
+                let mut kept = Vec::with_capacity(burst.len());
+                for mut m in burst.drain(..) {
+                    if self.pass_hook(WanDir::BToA, &mut m) {
+                        kept.push(m);
+                    }
+                }
+                burst = kept;
+            }
             self.mid_a.tx.tx_all(&mut burst, 1000);
             assert!(burst.is_empty());
         }
         self.poll_b();
         self.now += TICK;
+    }
+
+    /// Runs `wan_hook` on one frame: whether it goes on.
+    fn pass_hook(&mut self, dir: WanDir, m: &mut Mbuf) -> bool {
+        match self.wan_hook.as_mut() {
+            Some(hook) => hook(dir, m.data_mut()),
+            None => true,
+        }
     }
 
     /// Polls B once and moves what it delivered into `delivered`.
@@ -497,9 +536,11 @@ impl Lab {
         for _ in 0..polls {
             self.step();
         }
-        while let Some((_, m)) = self.held.pop_front() {
-            let mut v = vec![m];
-            self.mid_b.tx.tx_all(&mut v, 1000);
+        while let Some((_, mut m)) = self.held.pop_front() {
+            if self.pass_hook(WanDir::AToB, &mut m) {
+                let mut v = vec![m];
+                self.mid_b.tx.tx_all(&mut v, 1000);
+            }
         }
         for _ in 0..polls {
             self.step();
@@ -562,8 +603,8 @@ impl Checker {
 pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     use crate::counters::DpDrop;
     let ts = c.tunnels.iter().flatten();
-    let (rx, rejected, tx): (u64, u64, u64) =
-        ts.fold((0, 0, 0), |(r, j, t), c| (r + c.rx.packets, j + c.rejected, t + c.tx.packets));
+    let (rx, rejected, tx, ka_tx): (u64, u64, u64, u64) =
+        ts.fold((0, 0, 0, 0), |(r, j, t, k), c| (r + c.rx.packets, j + c.rejected, t + c.tx.packets, k + c.keepalives_tx));
     let d = &c.drops;
     let why = format!("{who}: {c:?}");
     // In: LAN frames tunnelled or dropped; WAN frames (and packets
@@ -572,7 +613,7 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // A NAT drop on the way out is an incoming drop of a LAN frame.
     assert_eq!(
         c.lan_rx.packets + c.wan_rx.packets + c.frags.reassembled,
-        c.encapsulated + rx + rejected + d.total_rx() + c.frags.taken + c.nat.out_dropped() + c.local.received + c.kernel.taken,
+        c.encapsulated + rx + rejected + c.keepalives_rx + d.total_rx() + c.frags.taken + c.nat.out_dropped() + c.local.received + c.kernel.taken,
         "{why}"
     );
     // For the gateway itself: answered (out of the port it came in on) or
@@ -595,11 +636,13 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
         c.lan_tx.packets + d.get(DpDrop::LanTxFull) + d.get(DpDrop::LanTxRejected) + c.nat.in_dropped(),
         "{why}"
     );
-    assert_eq!(tx + l.wan_replies_sent, c.wan_tx.packets, "{why}");
+    assert_eq!(tx + ka_tx + l.wan_replies_sent, c.wan_tx.packets, "{why}");
+    // A keepalive handed to a WAN queue was taken or dropped on the way out.
+    assert!(ka_tx <= c.keepalives, "{why}");
     assert!(c.engine.total() >= rejected, "{why}");
     if plain {
         assert_eq!(
-            c.encapsulated + l.wan_replies + l.requests + k.from_kernel_wan,
+            c.encapsulated + l.wan_replies + l.requests + c.keepalives + k.from_kernel_wan,
             c.wan_tx.packets + d.get(DpDrop::WanTxFull) + d.get(DpDrop::WanTxRejected) + d.get(DpDrop::NextHopUnresolved),
             "{why}"
         );

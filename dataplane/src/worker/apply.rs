@@ -9,12 +9,19 @@
 //! and ESP packets still in flight for a removed SA are dropped as
 //! `unknown_spi` (counted).
 //!
+//! NAT traversal: a tunnel's remote learned from the peer's packets (its
+//! NAT rebound) is kept with a kept engine, and carried into a rebuilt
+//! bundle for a tunnel whose port, endpoints and inbound SA did not change.
+//! A tunnel whose configured remote changed starts from the new one: the
+//! configuration wins.
+//!
 //! NAT: unchanged rules (and session bound, timeouts) keep the worker's
 //! shard, so every session survives. Changed rules build a new, empty
 //! shard: the sessions of the old one are lost (braid-nat does not carry
 //! sessions over a rule change), so replies to flows translated before the
 //! change are dropped (`no_session`) and those flows get new mappings.
 
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use braid_tunnel::Nanos;
@@ -39,6 +46,39 @@ fn same_tunnels(old: &BundleSetup, new: &BundleSetup) -> bool {
                 && a.inbound.salt == b.inbound.salt
                 && a.inbound.key.as_bytes() == b.inbound.key.as_bytes()
         })
+}
+
+/// A remote learned from the peer (other than the configured one), with
+/// what identifies its tunnel: inbound SPI, WAN port, local and configured
+/// remote addresses. Sorted by SPI.
+type Learned = Vec<(u32, usize, SocketAddrV4, SocketAddrV4, SocketAddrV4)>;
+
+/// The remotes the running bundles learned: usually none, so a rebuilt
+/// bundle of thousands of tunnels pays a binary search per tunnel at most.
+fn learned_remotes(bundles: &[BundleState]) -> Learned {
+    let mut learned: Learned = bundles
+        .iter()
+        .flat_map(|b| b.spec.tunnels.iter().zip(&b.outer))
+        .filter(|(ts, outer)| outer.remote() != ts.remote)
+        .map(|(ts, outer)| (ts.inbound.spi.0, ts.wan, ts.local, ts.remote, outer.remote()))
+        .collect();
+    learned.sort_unstable_by_key(|l| l.0);
+    learned
+}
+
+/// A rebuilt bundle's tunnels take the remote an old tunnel with the same
+/// inbound SPI, port, local and configured remote addresses learned.
+fn carry_remotes(st: &mut BundleState, learned: &Learned) {
+    if learned.is_empty() {
+        return;
+    }
+    for (ts, outer) in st.spec.tunnels.iter().zip(&mut st.outer) {
+        let Ok(i) = learned.binary_search_by_key(&ts.inbound.spi.0, |l| l.0) else { continue };
+        let (_, wan, local, configured, remote) = learned[i];
+        if (wan, local, configured) == (ts.wan, ts.local, ts.remote) {
+            outer.set_remote(remote);
+        }
+    }
 }
 
 /// What [`Worker::apply`] did, for logs and tests.
@@ -92,6 +132,7 @@ impl Worker {
             _ => false,
         };
         let new_nat = if nat_same { None } else { Some(build_nat(&setup)?) };
+        let learned = learned_remotes(&self.bundles);
         let mut old: Vec<Option<BundleState>> = std::mem::take(&mut self.bundles).into_iter().map(Some).collect();
         let mut plan = Vec::with_capacity(setup.bundles.len());
         for bs in &setup.bundles {
@@ -126,12 +167,17 @@ impl Worker {
                             p.balancer.set_params(t, ts.params);
                         }
                     }
+                    if st.keepalive != bs.keepalive {
+                        st.keepalive = bs.keepalive;
+                        st.next_keepalive = now;
+                    }
                     st.spec = bs.clone();
                     bundles.push(st);
                     counters.push(std::mem::take(&mut old_counters[i]));
                     applied.kept += 1;
                 }
-                Err(st) => {
+                Err(mut st) => {
+                    carry_remotes(&mut st, &learned);
                     bundles.push(st);
                     counters.push(vec![TunnelCounters::default(); bs.tunnels.len()]);
                     applied.rebuilt += 1;

@@ -58,6 +58,9 @@ pub struct RxSummary {
     pub spi: Spi,
     /// Its 64-bit sequence number.
     pub seq: u64,
+    /// The sequence number is the highest its SA accepted so far
+    /// ([`Opened::newest`](crate::sa::Opened::newest)).
+    pub newest: bool,
     /// Sender stream of the frame.
     pub stream: u16,
     /// Stream sequence of the frame.
@@ -401,6 +404,7 @@ impl<H, A: Aead> BundleRx<H, A> {
             tunnel,
             spi,
             seq: opened.seq,
+            newest: opened.newest,
             stream: h.stream,
             stream_seq: h.stream_seq,
             delivered: 0,
