@@ -360,12 +360,19 @@ pub struct IfaceAddr<A> {
     pub prefix_len: u8,
 }
 
-/// Where a port sends its frames: a fixed MAC, or an address the
-/// dataplane resolves (ARP / IPv6 neighbor discovery; WAN ports only).
+/// Where a port sends its frames: a fixed MAC, or addresses the dataplane
+/// resolves (ARP / IPv6 neighbor discovery).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NextHop {
+    /// Every frame to this MAC.
     Mac([u8; 6]),
+    /// A WAN port: every frame to this address's MAC. A LAN port: frames
+    /// for a destination in one of the port's subnets to that
+    /// destination's MAC, the others to this router's.
     Ip(IpAddr),
+    /// A LAN port without a router: frames for a destination in one of the
+    /// port's subnets to that destination's MAC; the others are dropped.
+    OnLink,
 }
 
 /// A port, at its index in [`Tables::ports`].
@@ -727,23 +734,21 @@ fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
             (Some(m), None, _) => NextHop::Mac(
                 parse_unicast_mac(m).map_err(|e| invalid(format!("{at}.next_hop_mac"), e))?,
             ),
-            (None, Some(ip), PortRole::Wan) => NextHop::Ip(
+            (None, Some(ip), _) => NextHop::Ip(
                 parse_next_hop(ip, ipv4, ipv6).map_err(|e| invalid(format!("{at}.next_hop"), e))?,
             ),
-            (_, Some(_), PortRole::Lan) => {
-                return Err(invalid(
-                    format!("{at}.next_hop"),
-                    "only WAN ports resolve their next hop; give next_hop_mac",
-                ))
-            }
-            (Some(_), Some(_), PortRole::Wan) => {
+            (Some(_), Some(_), _) => {
                 return Err(invalid(
                     format!("{at}.next_hop"),
                     "give next_hop or next_hop_mac, not both",
                 ))
             }
+            (None, None, PortRole::Lan) if ipv4.is_some() || ipv6.is_some() => NextHop::OnLink,
             (None, None, PortRole::Lan) => {
-                return Err(invalid(format!("{at}.next_hop_mac"), "required on a LAN port"))
+                return Err(invalid(
+                    format!("{at}.next_hop_mac"),
+                    "a LAN port needs next_hop_mac, or an ipv4/ipv6 address to resolve its hosts from",
+                ))
             }
             (None, None, PortRole::Wan) => {
                 return Err(invalid(

@@ -421,22 +421,39 @@ fn wan_next_hop_by_address() {
         "ports[1].next_hop_mac",
         "needs next_hop_mac or next_hop",
     );
-    // LAN ports keep their static neighbour.
-    refused(
-        |v| {
-            v["ports"][0].as_object_mut().unwrap().remove("next_hop_mac");
-        },
-        "ports[0].next_hop_mac",
-        "required on a LAN port",
-    );
+    // A LAN port without a static neighbour resolves its hosts (it needs
+    // an address to ask from), through a router for the rest if given.
     refused(
         |v| {
             let p = v["ports"][0].as_object_mut().unwrap();
             p.remove("next_hop_mac");
-            p.insert("next_hop".into(), json!("10.1.0.2"));
+            p.remove("ipv4");
+            p.remove("ipv6");
+        },
+        "ports[0].next_hop_mac",
+        "an ipv4/ipv6 address to resolve its hosts from",
+    );
+    let t = accepted(|v| {
+        let p = v["ports"][0].as_object_mut().unwrap();
+        p.remove("next_hop_mac");
+        p.insert("ipv4".into(), json!("10.1.0.1/24"));
+    });
+    assert_eq!(t.ports[0].next_hop, NextHop::OnLink);
+    let t = accepted(|v| {
+        let p = v["ports"][0].as_object_mut().unwrap();
+        p.remove("next_hop_mac");
+        p.insert("ipv4".into(), json!("10.1.0.1/24"));
+        p.insert("next_hop".into(), json!("10.1.0.254"));
+    });
+    assert_eq!(t.ports[0].next_hop, NextHop::Ip("10.1.0.254".parse().unwrap()));
+    refused(
+        |v| {
+            let p = v["ports"][0].as_object_mut().unwrap();
+            p.insert("ipv4".into(), json!("10.1.0.1/24"));
+            p.insert("next_hop".into(), json!("10.1.0.254"));
         },
         "ports[0].next_hop",
-        "only WAN ports",
+        "not both",
     );
 }
 

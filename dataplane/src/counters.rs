@@ -62,6 +62,15 @@ drops! {
     KernelTxFull => "kernel_tx_full",
     /// A kernel tap refused the frame in tx_prepare.
     KernelTxRejected => "kernel_tx_rejected",
+    /// A LAN that resolves its hosts: the packet's neighbor did not answer
+    /// (in time).
+    LanNextHopUnresolved => "lan_next_hop_unresolved",
+    /// A LAN that resolves its hosts: the destination is outside the port's
+    /// subnets and no router is configured.
+    LanNoNextHop => "lan_no_next_hop",
+    /// A LAN that resolves its hosts: too many packets already wait for
+    /// their neighbors.
+    LanHoldFull => "lan_hold_full",
 }
 
 impl DpDrop {
@@ -78,6 +87,9 @@ impl DpDrop {
                 | DpDrop::NextHopUnresolved
                 | DpDrop::KernelTxFull
                 | DpDrop::KernelTxRejected
+                | DpDrop::LanNextHopUnresolved
+                | DpDrop::LanNoNextHop
+                | DpDrop::LanHoldFull
         )
     }
 }
@@ -322,6 +334,9 @@ pub struct LocalStats {
     /// ARP requests / neighbor solicitations for WAN next hops (retries and
     /// re-confirmations included) handed to a WAN TX queue.
     pub requests: u64,
+    /// The same for LAN hosts (a LAN that resolves its hosts), handed to
+    /// the LAN TX queue.
+    pub lan_requests: u64,
     /// WAN next hops that did not answer their requests (each time one
     /// turned unreachable).
     pub unresolved: u64,
@@ -365,6 +380,7 @@ impl LocalStats {
         self.wan_replies_sent += o.wan_replies_sent;
         self.learned += o.learned;
         self.requests += o.requests;
+        self.lan_requests += o.lan_requests;
         self.unresolved += o.unresolved;
         for (a, b) in self.dropped.iter_mut().zip(&o.dropped) {
             *a += b;
@@ -487,6 +503,9 @@ pub struct WorkerCounters {
     pub local: LocalStats,
     /// The exception path to and from the kernel.
     pub kernel: KernelStats,
+    /// Packets delivered to the LAN that wait for their neighbor to answer
+    /// (a gauge; `lan_next_hop_unresolved` or `lan_tx` later).
+    pub lan_held: u64,
 }
 
 impl WorkerCounters {
@@ -522,5 +541,6 @@ impl WorkerCounters {
         self.nat.merge(&o.nat);
         self.local.merge(&o.local);
         self.kernel.merge(&o.kernel);
+        self.lan_held += o.lan_held;
     }
 }

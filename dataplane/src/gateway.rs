@@ -7,7 +7,7 @@ use braid_tunnel::sa::{OutboundSa, OutboundSaPair};
 
 use crate::config::{NextHop, PortRole, Tables};
 use crate::nat::{boot_seed, nat_config, NatSetup};
-use crate::worker::{BundleSetup, TunnelSetup, WorkerSetup, L2};
+use crate::worker::{BundleSetup, OnLink, TunnelSetup, WorkerSetup, L2};
 
 /// Where each port of the tables sits in a worker: the LAN port and the
 /// WAN ports in order.
@@ -88,10 +88,14 @@ pub fn worker_setup_with_nat(
 ) -> Result<WorkerSetup, String> {
     let l2 = |i: usize| {
         let p = &tables.ports[i];
-        let (next_hop_mac, next_hop) = match p.next_hop {
-            NextHop::Mac(m) => (m, None),
+        let on_link = |router| Some(OnLink::new(p.ipv4.map(|a| (a.addr, a.prefix_len)), p.ipv6.map(|a| (a.addr, a.prefix_len)), router));
+        let (next_hop_mac, next_hop, on_link) = match (p.next_hop, p.role) {
+            (NextHop::Mac(m), _) => (m, None, None),
             // Resolved by the worker; nothing leaves before it is.
-            NextHop::Ip(ip) => ([0; 6], Some(ip)),
+            (NextHop::Ip(ip), PortRole::Wan) => ([0; 6], Some(ip), None),
+            // Each packet to its destination's MAC, or the router's.
+            (NextHop::Ip(ip), PortRole::Lan) => ([0; 6], None, on_link(Some(ip))),
+            (NextHop::OnLink, _) => ([0; 6], None, on_link(None)),
         };
         L2 {
             mac: p.mac,
@@ -101,6 +105,7 @@ pub fn worker_setup_with_nat(
             mtu: p.mtu,
             ipv4: p.ipv4.map(|a| a.addr),
             ipv6: p.ipv6.map(|a| a.addr),
+            on_link,
         }
     };
     let mut bundles = Vec::with_capacity(tables.bundles.len());

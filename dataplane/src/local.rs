@@ -37,6 +37,9 @@ const ICMPV6_TYPE: usize = 14 + 40;
 /// ICMPv6 neighbor solicitation and advertisement (RFC 4861 section 4).
 const ND_TYPES: [u8; 2] = [135, 136];
 
+/// Neighbor cache bound of a LAN port that resolves its hosts.
+pub const LAN_NEIGHBORS: usize = 4096;
+
 /// What became of a frame given to [`Responder::handle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
@@ -65,6 +68,8 @@ impl Responder {
             mac: Address(l2.mac),
             ipv4: l2.ipv4.into_iter().collect(),
             ipv6: l2.ipv6.into_iter().collect(),
+            // A LAN that resolves its hosts has many neighbors.
+            capacity: if l2.on_link.is_some() { LAN_NEIGHBORS } else { ResolverConfig::default().capacity },
             ..Default::default()
         };
         Responder { v4: l2.ipv4.map(|a| a.octets()), v6: l2.ipv6.map(|a| a.octets()), resolver: Resolver::new(cfg) }
@@ -221,6 +226,7 @@ mod tests {
             mtu: 1500,
             ipv4: v4.map(|a| a.parse().unwrap()),
             ipv6: v6.map(|a| a.parse().unwrap()),
+            on_link: None,
         })
     }
 

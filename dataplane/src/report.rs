@@ -85,7 +85,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
     s.pop();
     let _ = write!(
         s,
-        ",\"local\":{{\"received\":{},\"arp_replies\":{},\"na_replies\":{},\"echo_v4_replies\":{},\"echo_v6_replies\":{},\"lan_replies\":{},\"wan_replies\":{},\"wan_replies_sent\":{},\"learned\":{},\"requests\":{},\"unresolved\":{},\"neighbors\":{},\"drops\":{}}}}}",
+        ",\"local\":{{\"received\":{},\"arp_replies\":{},\"na_replies\":{},\"echo_v4_replies\":{},\"echo_v6_replies\":{},\"lan_replies\":{},\"wan_replies\":{},\"wan_replies_sent\":{},\"learned\":{},\"requests\":{},\"lan_requests\":{},\"unresolved\":{},\"neighbors\":{},\"drops\":{}}}}}",
         l.received,
         l.arp_replies,
         l.na_replies,
@@ -96,12 +96,13 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         l.wan_replies_sent,
         l.learned,
         l.requests,
+        l.lan_requests,
         l.unresolved,
         l.neighbors,
         named(&l.named_drops()),
     );
     s.pop();
-    let _ = write!(s, ",\"kernel\":{}}}", named(&c.kernel.named()));
+    let _ = write!(s, ",\"kernel\":{},\"lan_held\":{}}}", named(&c.kernel.named()), c.lan_held);
     s
 }
 

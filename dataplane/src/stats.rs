@@ -6,7 +6,8 @@
 //! `keepalives_tx`, `remote_changes`), `keepalives_rx`; gauges
 //! `path/<bundle>/<i>/alive`; with NAT rules in the tables, `nat/<counter>`,
 //! drops by direction `nat_out_drop/<reason>` and `nat_in_drop/<reason>`,
-//! gauge `nat/sessions`; frames for the gateway itself (ARP, ND, echo)
+//! gauge `nat/sessions`; packets waiting for a LAN neighbor, gauge
+//! `lan/held`; frames for the gateway itself (ARP, ND, echo)
 //! `local/<counter>` (WAN next-hop resolution included: `local/learned`,
 //! `local/requests`, `local/unresolved`) and `local_drop/<reason>` (the
 //! neighbor cache gauge is in the report); the exception path
@@ -36,7 +37,7 @@ const SCALARS: [&str; 10] = [
 ];
 const NAT: [&str; 6] =
     ["nat/out_translated", "nat/in_translated", "nat/icmp_errors_translated", "nat/sessions_created", "nat/sessions_expired", "nat/mappings_created"];
-const LOCAL: [&str; 11] = [
+const LOCAL: [&str; 12] = [
     "local/received",
     "local/arp_replies",
     "local/na_replies",
@@ -47,6 +48,7 @@ const LOCAL: [&str; 11] = [
     "local/wan_replies_sent",
     "local/learned",
     "local/requests",
+    "local/lan_requests",
     "local/unresolved",
 ];
 const TUNNEL: [&str; 7] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected", "keepalives_tx", "remote_changes"];
@@ -84,6 +86,7 @@ pub fn layout(tables: &Tables, workers: u16) -> StatsLayout {
     if has_nat(tables) {
         gauges.push("nat/sessions".to_string());
     }
+    gauges.push("lan/held".to_string());
     StatsLayout { workers, counters, gauges }
 }
 
@@ -122,6 +125,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
         l.wan_replies_sent,
         l.learned,
         l.requests,
+        l.lan_requests,
         l.unresolved,
     ]);
     counters.extend(l.dropped);
@@ -151,6 +155,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
     if nat {
         gauges.push(n.sessions);
     }
+    gauges.push(c.lan_held);
 }
 
 #[cfg(test)]
@@ -181,6 +186,9 @@ mod tests {
         c.local.requests = 3;
         c.local.unresolved = 1;
         c.drops.add_n(DpDrop::NextHopUnresolved, 7);
+        c.local.lan_requests = 6;
+        c.lan_held = 11;
+        c.kernel.from_kernel_wan = 12;
 
         let (mut cs, mut gs) = (Vec::new(), Vec::new());
         flatten(&tables, &c, &[vec![true, false]], &mut cs, &mut gs);
@@ -202,7 +210,11 @@ mod tests {
         assert_eq!((at("local/requests"), at("local/unresolved"), at("local/learned")), (3, 1, 0));
         assert_eq!(at("drop/next_hop_unresolved"), 7);
         assert_eq!(at("local_drop/not_for_us"), 0);
+        assert_eq!(at("local/lan_requests"), 6);
+        assert_eq!(at("kernel/from_kernel_wan"), 12);
         assert_eq!(gs[0], 1);
-        assert_eq!(gs[gs.len() - 1], 9);
+        let gauge = |name: &str| gs[l.gauges.iter().position(|n| n == name).unwrap_or_else(|| panic!("{name}"))];
+        assert_eq!(gauge("nat/sessions"), 9);
+        assert_eq!(gauge("lan/held"), 11);
     }
 }

@@ -52,7 +52,9 @@ use crate::route::RouteTable;
 pub use crate::config::BundleMode as Mode;
 
 mod apply;
+mod lan;
 pub use apply::Applied;
+pub use lan::{OnLink, LAN_HOLD_MAX, LAN_HOLD_TIME};
 
 /// One tunnel as a worker needs it.
 #[derive(Clone)]
@@ -102,6 +104,9 @@ pub struct L2 {
     /// requests for them are answered (`crate::local`).
     pub ipv4: Option<std::net::Ipv4Addr>,
     pub ipv6: Option<std::net::Ipv6Addr>,
+    /// A LAN port that resolves its hosts (no static next hop): its
+    /// subnets and router (`worker::lan`).
+    pub on_link: Option<OnLink>,
 }
 
 /// Everything a worker is built from.
@@ -261,6 +266,9 @@ pub struct Worker {
     /// UDP ports of the tunnels' local ends (a bit each): UDP to any other
     /// port is not ESP for us, whatever its payload looks like.
     tunnel_ports: Box<[u64; 1024]>,
+    /// Delivery to a LAN that resolves its hosts: packets waiting for a
+    /// neighbor, the last one resolved.
+    lan_del: lan::LanDelivery,
 }
 
 /// A port's kernel tap queues and what waits for its TX queue.
@@ -377,6 +385,7 @@ impl Worker {
             kernel: (0..=nwan).map(|_| None).collect(),
             next_kernel: 0,
             tunnel_ports: port_set(&setup.bundles),
+            lan_del: Default::default(),
         })
     }
 
@@ -412,6 +421,7 @@ impl Worker {
         }
         c.local.neighbors = self.local.iter().map(|r| r.neighbors() as u64).sum();
         c.local.unresolved = self.local.iter().map(|r| r.resolver_counters().unresolved).sum();
+        c.lan_held = self.lan_held() as u64;
         c
     }
 
@@ -653,6 +663,11 @@ impl Worker {
             Handled::Learned => {
                 // A next hop may have answered: look at once.
                 self.next_neighbors = 0;
+                if port == 0 {
+                    // A LAN host: what waited for it leaves at this flush.
+                    self.lan_del.retry = true;
+                    self.lan_del.memo = None;
+                }
                 None
             }
             Handled::Reply => {
@@ -1071,9 +1086,15 @@ impl Worker {
     }
 
     fn timers(&mut self, now: Nanos) {
+        // LAN delivery asks the resolver again (a stale answer is
+        // re-probed there), and looks at what waits for a neighbor.
+        self.lan_del.memo = None;
         if now >= self.next_neighbors {
             self.next_neighbors = now.saturating_add(NEIGHBOR_PERIOD);
             self.resolve_next_hops(now);
+            if self.lan_held() > 0 {
+                self.lan_del.retry = true;
+            }
         }
         // Incomplete outer packets past their time are freed.
         self.frag.expire(now);
@@ -1206,6 +1227,7 @@ impl Worker {
     fn flush_tx(&mut self) {
         self.nat_inbound();
         self.nat_done = 0;
+        self.resolve_lan();
         let c = &mut self.counters;
         for k in self.kernel.iter_mut().flatten() {
             if !k.out.is_empty() {

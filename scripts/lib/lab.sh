@@ -10,9 +10,10 @@
 #     | veth
 #   host B (ns $PREFIX-b, 10.2.0.2, fd00:2::2)
 #
-# LAB_DYNAMIC_NEIGH=1 (the default): the hosts get no static neighbor entry for their
-# gateway; the gateways' LAN ports carry the gateway addresses (10.x.0.1,
-# fd00:x::1) and answer the hosts' ARP and neighbor solicitations.
+# LAB_DYNAMIC_NEIGH=1 (the default): neither side has static neighbor
+# entries: the gateways' LAN ports carry the gateway addresses (10.x.0.1,
+# fd00:x::1), answer the hosts' ARP and neighbor solicitations, and find the
+# hosts' MACs by ARP/ND themselves (no next_hop_mac).
 # LAB_DYNAMIC_NEIGH=0: static entries, gateway ports without LAN addresses.
 #
 # DPDK always runs with --no-pci and --no-huge: vdevs only, the machine's
@@ -107,10 +108,12 @@ lab_conf() { # side(a|b)
   if [ "${LAB_DYNAMIC_NEIGH:-1}" = 1 ]; then
     local n=1; [ "$side" = b ] && n=2
     lanaddr="\"ipv4\":\"10.$n.0.1/24\",\"ipv6\":\"fd00:$n::1/64\","
+  else
+    lanaddr="\"next_hop_mac\":\"$hostmac\","
   fi
   cat <<JSON
 {"ports":[
-  {"name":"lan","device":"net_af_packet0","role":"lan","mac":"$lanmac",$lanaddr"next_hop_mac":"$hostmac","mtu":1500},
+  {"name":"lan","device":"net_af_packet0","role":"lan","mac":"$lanmac",$lanaddr"mtu":1500},
   {"name":"wan","device":"net_af_packet1","role":"wan","mac":"$wanmac","ipv4":"$me/24","next_hop_mac":"$peermac","mtu":1500}],
  "peers":[{"name":"peer","bundle":"wide"}],
  "bundles":[{"name":"wide","mode":"$MODE","policy":"weighted","tunnels":[$tunnels]}],

@@ -632,8 +632,15 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // Out: the ports took what they were given or it was dropped (the NAT
     // translates delivered packets just before the LAN TX queue).
     assert_eq!(
-        c.delivered + c.icmp_sent + l.lan_replies + k.from_kernel_lan,
-        c.lan_tx.packets + d.get(DpDrop::LanTxFull) + d.get(DpDrop::LanTxRejected) + c.nat.in_dropped(),
+        c.delivered + c.icmp_sent + l.lan_replies + k.from_kernel_lan + l.lan_requests,
+        c.lan_tx.packets
+            + d.get(DpDrop::LanTxFull)
+            + d.get(DpDrop::LanTxRejected)
+            + c.nat.in_dropped()
+            + d.get(DpDrop::LanNextHopUnresolved)
+            + d.get(DpDrop::LanNoNextHop)
+            + d.get(DpDrop::LanHoldFull)
+            + c.lan_held,
         "{why}"
     );
     assert_eq!(tx + ka_tx + l.wan_replies_sent, c.wan_tx.packets, "{why}");

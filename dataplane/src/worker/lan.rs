@@ -1,0 +1,231 @@
+//! Delivery to a LAN port that resolves its hosts (no static
+//! `next_hop_mac`): each packet about to leave for the LAN goes to its
+//! destination's MAC when the destination is in one of the port's subnets,
+//! else to the configured router's, found by the port's resolver (ARP /
+//! neighbor discovery, braid-nat's `Resolver`).
+//!
+//! Runs once per TX flush, after the NAT (which may change the
+//! destination), over the packets queued for the LAN. The last answer is
+//! remembered (a burst usually goes to few hosts) and forgotten at every
+//! timer tick, so a stale entry is still re-probed by the resolver.
+//! A packet whose neighbor has not answered yet waits (at most
+//! [`LAN_HOLD_MAX`] per worker, [`LAN_HOLD_TIME`] each, like Linux's
+//! unresolved queue) and leaves in order once it answers; one that does
+//! not answer drops what waited for it. Every packet is counted:
+//! `lan_next_hop_unresolved`, `lan_hold_full`, `lan_no_next_hop`, or
+//! `lan_held` while it waits.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use braid_dpdk::Mbuf;
+use braid_nat::resolver::{Lookup, FRAME_MAX};
+use braid_tunnel::Nanos;
+
+use super::{Worker, ETH};
+use crate::counters::DpDrop;
+
+/// Packets waiting for a LAN neighbor, per worker.
+pub const LAN_HOLD_MAX: usize = 256;
+/// How long a packet waits for its neighbor (the resolver gives up after
+/// 3 requests 1 s apart).
+pub const LAN_HOLD_TIME: Nanos = 3_000_000_000;
+
+/// A LAN port's subnets and router, for delivery by destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnLink {
+    /// (network, mask) of the port's IPv4 subnet.
+    pub v4: Option<(u32, u32)>,
+    /// (network, mask) of the port's IPv6 subnet.
+    pub v6: Option<(u128, u128)>,
+    /// Where destinations outside the subnets go; `None`: dropped.
+    pub router: Option<IpAddr>,
+}
+
+impl OnLink {
+    /// The subnets of a port with these interface addresses.
+    pub fn new(v4: Option<(Ipv4Addr, u8)>, v6: Option<(Ipv6Addr, u8)>, router: Option<IpAddr>) -> OnLink {
+        let m4 = |len: u8| u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        let m6 = |len: u8| u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+        OnLink {
+            v4: v4.map(|(a, len)| (u32::from(a) & m4(len), m4(len))),
+            v6: v6.map(|(a, len)| (u128::from(a) & m6(len), m6(len))),
+            router,
+        }
+    }
+
+    /// Whose MAC a packet to `dst` goes to.
+    #[inline]
+    pub fn next_hop(&self, dst: IpAddr) -> Option<IpAddr> {
+        let on_link = match dst {
+            IpAddr::V4(a) => self.v4.is_some_and(|(net, mask)| u32::from(a) & mask == net),
+            IpAddr::V6(a) => self.v6.is_some_and(|(net, mask)| u128::from(a) & mask == net),
+        };
+        if on_link {
+            Some(dst)
+        } else {
+            self.router
+        }
+    }
+}
+
+/// The inner destination of a frame queued for the LAN.
+#[inline]
+fn inner_dst(d: &[u8]) -> Option<IpAddr> {
+    match d.get(12..14)? {
+        [0x08, 0x00] => {
+            let a: [u8; 4] = d.get(ETH + 16..ETH + 20)?.try_into().ok()?;
+            Some(IpAddr::from(a))
+        }
+        [0x86, 0xdd] => {
+            let a: [u8; 16] = d.get(ETH + 24..ETH + 40)?.try_into().ok()?;
+            Some(IpAddr::from(a))
+        }
+        _ => None,
+    }
+}
+
+/// A packet waiting for its LAN neighbor.
+pub(super) struct Held {
+    ip: IpAddr,
+    since: Nanos,
+    m: Mbuf,
+}
+
+/// What to do with a packet for the LAN.
+enum Next {
+    Mac([u8; 6]),
+    Wait(IpAddr),
+    Drop(DpDrop),
+}
+
+/// LAN delivery state of a worker.
+#[derive(Default)]
+pub(super) struct LanDelivery {
+    pub held: VecDeque<Held>,
+    /// The last neighbor resolved: (address, MAC).
+    pub memo: Option<(IpAddr, [u8; 6])>,
+    /// A LAN neighbor answered, or the held packets are due a look.
+    pub retry: bool,
+    /// Scratch: the packets that leave this flush.
+    pub out: Vec<Mbuf>,
+}
+
+impl Worker {
+    /// Points the packets queued for the LAN (`lan_out`) at their next
+    /// hop's MAC, holding those whose neighbor has not answered.
+    pub(super) fn resolve_lan(&mut self) {
+        let Some(on) = self.lan.on_link else { return };
+        if self.lan_out.is_empty() && !self.lan_del.retry {
+            return;
+        }
+        let now = self.now;
+        let mut out = std::mem::take(&mut self.lan_del.out);
+        // Packets that waited go first: they are older.
+        if std::mem::take(&mut self.lan_del.retry) {
+            for _ in 0..self.lan_del.held.len() {
+                let Some(h) = self.lan_del.held.pop_front() else { break };
+                match self.lan_mac(h.ip, now) {
+                    Next::Mac(mac) => {
+                        let mut m = h.m;
+                        m.data_mut()[..6].copy_from_slice(&mac);
+                        out.push(m);
+                    }
+                    Next::Wait(_) if now.saturating_sub(h.since) < LAN_HOLD_TIME => self.lan_del.held.push_back(h),
+                    Next::Wait(_) => self.counters.drops.add(DpDrop::LanNextHopUnresolved),
+                    Next::Drop(r) => self.counters.drops.add(r),
+                }
+            }
+        }
+        let mut queued = std::mem::take(&mut self.lan_out);
+        for mut m in queued.drain(..) {
+            let next = match inner_dst(m.data()).and_then(|d| on.next_hop(d)) {
+                Some(ip) => self.lan_mac(ip, now),
+                None => Next::Drop(DpDrop::LanNoNextHop),
+            };
+            match next {
+                Next::Mac(mac) => {
+                    m.data_mut()[..6].copy_from_slice(&mac);
+                    out.push(m);
+                }
+                Next::Wait(ip) if self.lan_del.held.len() < super::lan::LAN_HOLD_MAX => {
+                    self.lan_del.held.push_back(Held { ip, since: now, m })
+                }
+                Next::Wait(_) => self.counters.drops.add(DpDrop::LanHoldFull),
+                Next::Drop(r) => self.counters.drops.add(r),
+            }
+        }
+        self.lan_out = out;
+        self.lan_del.out = queued;
+    }
+
+    /// The MAC of LAN neighbor `ip`, asking for it when the resolver says
+    /// so (the request leaves with the port's own frames).
+    fn lan_mac(&mut self, ip: IpAddr, now: Nanos) -> Next {
+        if let Some((memo_ip, mac)) = self.lan_del.memo {
+            if memo_ip == ip {
+                return Next::Mac(mac);
+            }
+        }
+        let mut frame = [0u8; FRAME_MAX];
+        let (next, request) = match self.local[0].lookup(ip, now, &mut frame) {
+            Lookup::Resolved { mac, request } => {
+                self.lan_del.memo = Some((ip, mac.0));
+                (Next::Mac(mac.0), request)
+            }
+            Lookup::Pending { request } => (Next::Wait(ip), request),
+            Lookup::Failed => (Next::Drop(DpDrop::LanNextHopUnresolved), None),
+        };
+        if let Some(len) = request {
+            // No mbuf: the resolver asks again at its next retry.
+            if let Some(mut r) = Mbuf::alloc(&self.pool) {
+                if let Some(buf) = r.append(len) {
+                    buf.copy_from_slice(&frame[..len]);
+                    self.counters.local.lan_requests += 1;
+                    self.local_out[0].push(r);
+                }
+            }
+        }
+        next
+    }
+
+    /// Packets waiting for a LAN neighbor now.
+    pub(super) fn lan_held(&self) -> usize {
+        self.lan_del.held.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_link_destinations_go_to_themselves_others_to_the_router() {
+        let router: IpAddr = "10.1.0.254".parse().unwrap();
+        let on = OnLink::new(Some(("10.1.0.1".parse().unwrap(), 24)), Some(("fd00:1::1".parse().unwrap(), 64)), Some(router));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(on.next_hop(ip("10.1.0.9")), Some(ip("10.1.0.9")));
+        assert_eq!(on.next_hop(ip("10.7.0.9")), Some(router));
+        assert_eq!(on.next_hop(ip("fd00:1::9")), Some(ip("fd00:1::9")));
+        assert_eq!(on.next_hop(ip("fd00:2::9")), Some(router));
+        let bare = OnLink::new(Some(("10.1.0.1".parse().unwrap(), 24)), None, None);
+        assert_eq!(bare.next_hop(ip("10.7.0.9")), None);
+        assert_eq!(bare.next_hop(ip("fd00:1::9")), None, "no IPv6 subnet");
+        let all = OnLink::new(Some(("10.1.0.1".parse().unwrap(), 0)), None, None);
+        assert_eq!(all.next_hop(ip("192.0.2.1")), Some(ip("192.0.2.1")), "/0 is everything");
+    }
+
+    #[test]
+    fn inner_destination_of_v4_and_v6_frames() {
+        let mut f = vec![0u8; 14 + 40];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[30..34].copy_from_slice(&[10, 1, 0, 9]);
+        assert_eq!(inner_dst(&f), Some("10.1.0.9".parse().unwrap()));
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[38..54].copy_from_slice(&"fd00:1::9".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(inner_dst(&f), Some("fd00:1::9".parse().unwrap()));
+        assert_eq!(inner_dst(&f[..40]), None, "truncated");
+        f[12..14].copy_from_slice(&[0x88, 0xcc]);
+        assert_eq!(inner_dst(&f), None);
+    }
+}
