@@ -666,7 +666,6 @@ impl Worker {
                 if port == 0 {
                     // A LAN host: what waited for it leaves at this flush.
                     self.lan_del.retry = true;
-                    self.lan_del.memo = None;
                 }
                 None
             }
@@ -1086,9 +1085,6 @@ impl Worker {
     }
 
     fn timers(&mut self, now: Nanos) {
-        // LAN delivery asks the resolver again (a stale answer is
-        // re-probed there), and looks at what waits for a neighbor.
-        self.lan_del.memo = None;
         if now >= self.next_neighbors {
             self.next_neighbors = now.saturating_add(NEIGHBOR_PERIOD);
             self.resolve_next_hops(now);

@@ -206,6 +206,10 @@ pub struct Lab {
     pub keep_delivered: bool,
     /// Frames B delivered, in all.
     pub delivered_count: u64,
+    /// B's LAN host answers B's ARP requests and neighbor solicitations
+    /// with this MAC (a LAN that resolves its hosts); the requests are not
+    /// kept in `delivered`.
+    pub b_lan_answers: Option<[u8; 6]>,
     /// Read A's LAN output (`gen.rx`) at every step into `delivered_a`;
     /// off, tests read `gen.rx` themselves.
     pub read_a_lan: bool,
@@ -368,6 +372,7 @@ impl Lab {
             keep_delivered: true,
             delivered_count: 0,
             read_a_lan: false,
+            b_lan_answers: None,
             delivered_a: Vec::new(),
             delivered_a_count: 0,
             cycles_a: 0,
@@ -522,6 +527,14 @@ impl Lab {
         self.cycles_b += braid_dpdk::rdtsc() - t0;
         let mut got = Vec::with_capacity(BURST);
         while !self.hold_b_lan && self.check.rx.rx_burst(&mut got, BURST) > 0 {
+            if let Some(mac) = self.b_lan_answers {
+                let answers: Vec<Vec<u8>> = got.iter().filter_map(|m| neighbor::answer(m.data(), mac)).collect();
+                if !answers.is_empty() {
+                    got.retain(|m| !neighbor::is_request(m.data()));
+                    let mut v: Vec<Mbuf> = answers.iter().map(|a| self.raw(a)).collect();
+                    self.check.tx.tx_all(&mut v, 1000);
+                }
+            }
             self.delivered_count += got.len() as u64;
             if self.keep_delivered {
                 self.delivered.extend(got.drain(..).map(|m| m.to_vec()));

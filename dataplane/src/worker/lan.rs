@@ -5,9 +5,10 @@
 //! neighbor discovery, braid-nat's `Resolver`).
 //!
 //! Runs once per TX flush, after the NAT (which may change the
-//! destination), over the packets queued for the LAN. The last answer is
-//! remembered (a burst usually goes to few hosts) and forgotten at every
-//! timer tick, so a stale entry is still re-probed by the resolver.
+//! destination), over the packets queued for the LAN. Answers are kept in
+//! a small direct-mapped cache in front of the resolver for
+//! [`CACHE_FOR`], so the resolver (which re-probes stale entries) is still
+//! asked about each host every millisecond it is used.
 //! A packet whose neighbor has not answered yet waits (at most
 //! [`LAN_HOLD_MAX`] per worker, [`LAN_HOLD_TIME`] each, like Linux's
 //! unresolved queue) and leaves in order once it answers; one that does
@@ -30,6 +31,11 @@ pub const LAN_HOLD_MAX: usize = 256;
 /// How long a packet waits for its neighbor (the resolver gives up after
 /// 3 requests 1 s apart).
 pub const LAN_HOLD_TIME: Nanos = 3_000_000_000;
+
+/// Direct-mapped cache in front of the resolver: slots, and how long a
+/// slot is trusted.
+const CACHE_SLOTS: usize = 64;
+const CACHE_FOR: Nanos = 1_000_000;
 
 /// A LAN port's subnets and router, for delivery by destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +77,18 @@ impl OnLink {
 
 /// The inner destination of a frame queued for the LAN.
 #[inline]
+fn slot_of(ip: IpAddr) -> usize {
+    let k = match ip {
+        IpAddr::V4(a) => u64::from(u32::from(a)),
+        IpAddr::V6(a) => {
+            let v = u128::from(a);
+            (v as u64) ^ ((v >> 64) as u64)
+        }
+    };
+    (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % CACHE_SLOTS
+}
+
+#[inline]
 fn inner_dst(d: &[u8]) -> Option<IpAddr> {
     match d.get(12..14)? {
         [0x08, 0x00] => {
@@ -100,15 +118,20 @@ enum Next {
 }
 
 /// LAN delivery state of a worker.
-#[derive(Default)]
 pub(super) struct LanDelivery {
     pub held: VecDeque<Held>,
-    /// The last neighbor resolved: (address, MAC).
-    pub memo: Option<(IpAddr, [u8; 6])>,
+    /// Neighbors resolved lately: (address, MAC, when asked).
+    pub cache: [Option<(IpAddr, [u8; 6], Nanos)>; CACHE_SLOTS],
     /// A LAN neighbor answered, or the held packets are due a look.
     pub retry: bool,
     /// Scratch: the packets that leave this flush.
     pub out: Vec<Mbuf>,
+}
+
+impl Default for LanDelivery {
+    fn default() -> Self {
+        LanDelivery { held: VecDeque::new(), cache: [None; CACHE_SLOTS], retry: false, out: Vec::new() }
+    }
 }
 
 impl Worker {
@@ -162,15 +185,16 @@ impl Worker {
     /// The MAC of LAN neighbor `ip`, asking for it when the resolver says
     /// so (the request leaves with the port's own frames).
     fn lan_mac(&mut self, ip: IpAddr, now: Nanos) -> Next {
-        if let Some((memo_ip, mac)) = self.lan_del.memo {
-            if memo_ip == ip {
+        let slot = slot_of(ip);
+        if let Some((at, mac, when)) = self.lan_del.cache[slot] {
+            if at == ip && now.saturating_sub(when) < CACHE_FOR {
                 return Next::Mac(mac);
             }
         }
         let mut frame = [0u8; FRAME_MAX];
         let (next, request) = match self.local[0].lookup(ip, now, &mut frame) {
             Lookup::Resolved { mac, request } => {
-                self.lan_del.memo = Some((ip, mac.0));
+                self.lan_del.cache[slot] = Some((ip, mac.0, now));
                 (Next::Mac(mac.0), request)
             }
             Lookup::Pending { request } => (Next::Wait(ip), request),

@@ -16,7 +16,12 @@
 //!
 //! usage: braid-perf-gw [--mode bundle|plain] [--size FRAME_BYTES]
 //!                      [--packets N] [--tunnels N] [--flows N]
-//!                      [--nat-sessions N] -- <EAL args with --no-pci>
+//!                      [--nat-sessions N] [--lan static|resolve]
+//!                      -- <EAL args with --no-pci>
+//!
+//! `--lan resolve`: B's LAN port has no static next hop and resolves each
+//! destination host by ARP (the lab's host answers), so B's WAN -> LAN
+//! figure includes the per-packet next-hop lookup.
 
 use braid_dataplane::lab::traffic::{ip_packet, Family, Flow, L4};
 use braid_dataplane::lab::{Lab, LabOptions};
@@ -38,7 +43,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let split = args.iter().position(|a| a == "--").ok_or("missing -- before EAL args")?;
     let (ours, eal_args) = (&args[..split], &args[split + 1..]);
     let (mut mode, mut size, mut packets, mut tunnels) = ("bundle".to_string(), 64usize, 2_000_000u64, 4usize);
-    let (mut flows, mut nat) = (16usize, false);
+    let (mut flows, mut nat, mut lan_resolve) = (16usize, false, false);
     let mut it = ours.iter();
     while let Some(a) = it.next() {
         let v = it.next().ok_or(format!("{a} needs a value"))?;
@@ -48,6 +53,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--packets" => packets = v.parse()?,
             "--tunnels" => tunnels = v.parse()?,
             "--flows" => flows = v.parse()?,
+            "--lan" => {
+                lan_resolve = match v.as_str() {
+                    "resolve" => true,
+                    "static" => false,
+                    _ => return Err(format!("--lan {v}: resolve or static").into()),
+                }
+            }
             "--nat-sessions" => {
                 flows = v.parse()?;
                 nat = true;
@@ -60,9 +72,27 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Plain mode never fragments outer packets: give it a jumbo WAN.
     let wan_mtu = if mode == "plain" { 9600 } else { 1500 };
     let weights = vec![1u32; tunnels];
-    let opts = if nat { nat_options(flows) } else { LabOptions::default() };
+    let mut opts = if nat { nat_options(flows) } else { LabOptions::default() };
+    if lan_resolve {
+        // B's LAN resolves its hosts (10.2.0.x, one per flow up to 200) by
+        // ARP; the lab's host answers.
+        let inner = opts.edit.take();
+        opts.edit = Some(Box::new(move |side_a, doc| {
+            if let Some(e) = &inner {
+                e(side_a, doc);
+            }
+            if !side_a {
+                let p = doc["ports"][0].as_object_mut().unwrap();
+                p.remove("next_hop_mac");
+                p.insert("ipv4".into(), "10.2.0.254/24".into());
+            }
+        }));
+    }
     let mut lab = Lab::with("perf", &mode, &weights, 32, wan_mtu, opts);
     lab.keep_delivered = false;
+    if lan_resolve {
+        lab.b_lan_answers = Some(braid_dataplane::lab::mac(braid_dataplane::lab::B_HOST_MAC));
+    }
     // IPv4 UDP flows from 1000 ports of each host behind A to one server
     // behind B; frames of `size` bytes (Ethernet included).
     let templates: Vec<Vec<u8>> = (0..flows as u32)
