@@ -31,7 +31,7 @@ use braid_dpdk::ip_frag::Ipv4Reassembly;
 use braid_dpdk::mbuf::MbufStash;
 use braid_dpdk::{Mbuf, Mempool, RxQueue, TxQueue, BURST};
 use braid_nat::resolver::{Lookup, FRAME_MAX};
-use braid_nat::{NatCounters, NatShard, Verdict};
+use braid_nat::{NatCounters, NatShard, Verdict, SWEEP_PER_PACKET};
 use braid_tunnel::balancer::{Balancer, PathParams, Policy};
 use braid_tunnel::liveness::LivenessConfig;
 use braid_tunnel::reorder::{HoldConfig, ReorderConfig};
@@ -245,6 +245,8 @@ pub struct Worker {
     nat_keep: Vec<bool>,
     /// Packets at the front of `lan_out` the NAT has seen.
     nat_done: usize,
+    /// Packets given to the NAT this poll: its expiry sweep's budget.
+    nat_translated: usize,
     /// ARP/ND/echo responder of each port: the LAN at 0, WAN `w` at 1 + w.
     local: Vec<Responder>,
     /// Replies of each port's responder waiting for its TX queue (they
@@ -377,6 +379,7 @@ impl Worker {
             tx_lens: Vec::with_capacity(4 * BURST),
             nat_keep: Vec::with_capacity(4 * BURST),
             nat_done: 0,
+            nat_translated: 0,
             local_out: (0..=nwan).map(|_| Vec::with_capacity(BURST)).collect(),
             local,
             kept: Vec::with_capacity(BURST),
@@ -486,10 +489,12 @@ impl Worker {
             self.timers(now);
         }
         self.flush_tx();
+        let translated = std::mem::take(&mut self.nat_translated);
         if let Some(nat) = self.nat.as_deref_mut().filter(|n| n.sessions() > 0) {
             // Idle sessions give their slots and ports back a little at a
-            // time; lookups never use an expired one anyway.
-            nat.expire(now, if work == 0 { EXPIRE_IDLE } else { EXPIRE_BUSY });
+            // time (braid-nat's budget per packet, in one sweep per poll);
+            // lookups never use an expired one anyway.
+            nat.expire(now, if work == 0 { EXPIRE_IDLE } else { EXPIRE_BUSY + SWEEP_PER_PACKET * translated });
         }
         if work == 0 {
             self.counters.idle_polls += 1;
@@ -738,6 +743,7 @@ impl Worker {
             k += 1;
         }
         nat.prefetch_outbound(&pkts[..k]);
+        self.nat_translated += k;
         for (i, m) in self.rx_burst.iter_mut().enumerate() {
             if dest[i] == NONE {
                 continue;
@@ -772,6 +778,7 @@ impl Worker {
                 *p = &m.data()[ETH..];
             }
             nat.prefetch_inbound(&pkts[..chunk.len()]);
+            self.nat_translated += chunk.len();
             for m in chunk.iter_mut() {
                 let keep = match nat.inbound(&mut m.data_mut()[ETH..], now) {
                     Verdict::Drop(r) => {

@@ -109,6 +109,26 @@ impl Index {
         self.buckets[self.home(tag(hash))]
     }
 
+    /// The first slot along `hash`'s probe sequence whose tag matches (at
+    /// most 8 buckets: the home bucket's cache line, mostly), without
+    /// confirming it: what a prefetch should warm.
+    #[inline]
+    pub fn candidate(&self, hash: u64) -> Option<u32> {
+        let t = tag(hash);
+        let mut i = self.home(t);
+        for _ in 0..8 {
+            let b = self.buckets[i];
+            if b == EMPTY {
+                return None;
+            }
+            if (b >> 32) as u32 == t {
+                return Some((b as u32).wrapping_sub(1));
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
     /// Bytes held.
     pub fn memory(&self) -> usize {
         self.buckets.len() * 8

@@ -26,4 +26,4 @@ pub mod shard;
 pub use braid_tunnel::Nanos;
 pub use config::{ConfigError, DnatRule, NatConfig, Prefix, Proto, SnatRule, Timeouts, SECOND};
 pub use counters::{NatCounters, NatDrop, Verdict};
-pub use shard::NatShard;
+pub use shard::{NatShard, SWEEP_PER_PACKET};

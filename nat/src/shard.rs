@@ -16,10 +16,15 @@ use crate::rewrite::{
     rewrite, rewrite_icmp_error, End, Headers, ParseError, Quote, ICMP, L4, TCP, UDP,
 };
 
-/// Session slots the background sweep examines per packet: with a table
-/// of `n` slots, every session is looked at once per `n / 2` packets.
-/// Correctness does not depend on it: a lookup never uses an expired
-/// session; the sweep only gives memory and ports back.
+/// Session slots the background sweep should examine per packet
+/// translated: with a table of `n` slots, every session is looked at once
+/// per `n / 2` packets. The owner calls [`NatShard::expire`] with this
+/// budget per packet, once per burst: a tight loop over consecutive slots
+/// (the hardware prefetcher streams it), where one or two slots per packet
+/// inside the packet loop took a cache miss each (42% of `outbound`'s
+/// time at 10^6 sessions). Correctness does not depend on it: a lookup
+/// never uses an expired session; the sweep only gives memory and ports
+/// back.
 pub const SWEEP_PER_PACKET: usize = 2;
 /// Slots examined before a new session is refused for a full table.
 pub const SWEEP_WHEN_FULL: usize = 64;
@@ -267,6 +272,13 @@ fn quick_tuple(p: &[u8], inbound: bool) -> Option<(u8, u32, u16, u32, u16)> {
     })
 }
 
+/// A deadline in the expiry sweep's units (2^20 ns, about 1 ms; wraps
+/// after 52 days, compared with wrapping arithmetic), never 0 (a free slot).
+#[inline]
+fn hint(t: Nanos) -> u32 {
+    ((t >> 20) as u32).max(1)
+}
+
 /// A worker's NAT: sessions and mappings preallocated to
 /// `NatConfig::max_sessions`, no allocation per packet.
 #[derive(Debug, Clone)]
@@ -289,6 +301,13 @@ pub struct NatShard {
     timeouts: Timeouts,
     seed: u64,
     sessions: Vec<Session>,
+    /// Per session slot, what the expiry sweep reads instead of the
+    /// session: its deadline when last looked at, in [`hint`] units, or 0
+    /// for a free slot. A refresh (`touch`) never writes it, so it is at
+    /// most early: the sweep then reads the session and corrects it. Four
+    /// bytes a slot, 16 to a cache line: sweeping a live table costs a
+    /// line per 16 slots, not one per slot.
+    sweep_hint: Vec<u32>,
     free_sessions: Vec<u32>,
     by_out: Index,
     by_in: Index,
@@ -412,6 +431,7 @@ impl NatShard {
             timeouts: config.timeouts,
             seed: config.hash_seed,
             sessions: vec![Session::DEAD; max],
+            sweep_hint: vec![0; max],
             free_sessions: (0..max as u32).rev().collect(),
             by_out: Index::with_bound(max),
             by_in: Index::with_bound(max),
@@ -464,6 +484,7 @@ impl NatShard {
     /// Bytes of preallocated tables (not counting the port lists).
     pub fn memory(&self) -> usize {
         self.sessions.len() * core::mem::size_of::<Session>()
+            + self.sweep_hint.len() * 4
             + self.mappings.len() * core::mem::size_of::<Mapping>()
             + self.by_out.memory()
             + self.by_in.memory()
@@ -530,10 +551,15 @@ impl NatShard {
                 buckets[i] = index.first_bucket(hashes[i]);
             }
         }
+        core::hint::black_box(&buckets);
+        // The session each packet's tag points at (its bucket's line is in
+        // cache now): the home bucket often holds another key's.
         let mut sink = 0u64;
-        for &b in &buckets[..n] {
-            if let Some(slot) = (b as u32).checked_sub(1) {
-                sink ^= self.sessions.get(slot as usize).map_or(0, |x| x.expires);
+        for i in 0..n {
+            if valid[i] {
+                if let Some(slot) = index.candidate(hashes[i]) {
+                    sink ^= self.sessions.get(slot as usize).map_or(0, |x| x.expires);
+                }
             }
         }
         core::hint::black_box(sink);
@@ -544,7 +570,6 @@ impl NatShard {
     /// header, rewritten in place. Bytes past the IPv4 total length are
     /// left alone.
     pub fn outbound(&mut self, pkt: &mut [u8], egress: u32, now: Nanos) -> Verdict {
-        self.expire(now, SWEEP_PER_PACKET);
         let v = self.outbound_inner(pkt, egress, now);
         match v {
             Verdict::Translated => self.counters.out_translated += 1,
@@ -556,7 +581,6 @@ impl NatShard {
 
     /// Translates a packet coming from the WAN to the LAN, in place.
     pub fn inbound(&mut self, pkt: &mut [u8], now: Nanos) -> Verdict {
-        self.expire(now, SWEEP_PER_PACKET);
         let v = self.inbound_inner(pkt, now);
         match v {
             Verdict::Translated => self.counters.in_translated += 1,
@@ -571,19 +595,28 @@ impl NatShard {
     /// Called with a small budget per packet, and by the worker when idle.
     pub fn expire(&mut self, now: Nanos, budget: usize) -> usize {
         let n = self.sessions.len();
+        let now_h = hint(now);
         let mut closed = 0;
         for _ in 0..budget.min(n) {
             let s = self.hand;
             self.hand = if s + 1 == n { 0 } else { s + 1 };
+            let h = self.sweep_hint[s];
+            // Free, or not due by its last known deadline.
+            if h == 0 || (now_h.wrapping_sub(h) as i32) < 0 {
+                continue;
+            }
             let x = &self.sessions[s];
             if x.live && x.expires <= now {
                 self.close(s as u32);
                 self.counters.sessions_expired += 1;
                 closed += 1;
+            } else {
+                self.sweep_hint[s] = if x.live { hint(x.expires) } else { 0 };
             }
         }
         closed
     }
+
 
     /// The first rule (in configuration order) matching `src` for `egress`.
     fn snat_rule(&self, src: u32, egress: u32) -> Option<usize> {
@@ -688,6 +721,7 @@ impl NatShard {
             }
         }
         self.sessions[s as usize].live = false;
+        self.sweep_hint[s as usize] = 0;
         self.free_sessions.push(s);
     }
 
@@ -739,6 +773,7 @@ impl NatShard {
         self.by_in.insert(ih, s);
         self.counters.sessions_created += 1;
         self.touch(s, l4, x.opened_out, now);
+        self.sweep_hint[s as usize] = hint(self.sessions[s as usize].expires);
     }
 
     fn outbound_inner(&mut self, pkt: &mut [u8], egress: u32, now: Nanos) -> Verdict {
