@@ -488,10 +488,15 @@ pub struct WorkerCounters {
     pub keepalives: u64,
     /// Dataplane drops by reason.
     pub drops: DpDrops,
-    /// Tunnel engine drops by reason (all bundles).
+    /// Tunnel engine drops by reason (all bundles, and the engines new
+    /// tables replaced).
     pub engine: DropCounters,
     /// Per bundle, per tunnel.
     pub tunnels: Vec<Vec<TunnelCounters>>,
+    /// Tunnels new tables removed (or whose path changed), summed: the
+    /// sums above still hold across new tables. A tunnel that stays (same
+    /// port and addresses) keeps its own counters, even in a rebuilt bundle.
+    pub retired_tunnels: TunnelCounters,
     /// Outer IPv4 fragments.
     pub frags: FragCounters,
     /// Polls that found no work, and bursts that found some.
@@ -536,6 +541,7 @@ impl WorkerCounters {
                 self.tunnels[b][t].merge(c);
             }
         }
+        self.retired_tunnels.merge(&o.retired_tunnels);
         self.idle_polls += o.idle_polls;
         self.busy_polls += o.busy_polls;
         self.nat.merge(&o.nat);

@@ -127,6 +127,7 @@ pub fn worker_setup_with_nat(
             });
         }
         bundles.push(BundleSetup {
+            name: bundle.name.as_str().into(),
             mode: bundle.mode,
             policy: bundle.policy,
             max_frame: bundle.max_frame,

@@ -75,6 +75,9 @@ pub struct TunnelSetup {
 /// One bundle as a worker needs it.
 #[derive(Clone)]
 pub struct BundleSetup {
+    /// The bundle's name: what makes a bundle rebuilt by new tables the
+    /// same bundle (its streams go on, see `worker::apply`).
+    pub name: Arc<str>,
     pub mode: Mode,
     pub policy: Policy,
     /// Largest bundle frame (ESP payload) that keeps outer packets within

@@ -269,6 +269,32 @@ impl<H> Reorderer<H> {
         };
     }
 
+    /// The paths change (the bundle was rebuilt with other tunnels): new
+    /// path `i` is old path `from[i]`, keeping what is known of it
+    /// (liveness, delay, the highest stream sequence it carried; a path is
+    /// FIFO, so that stays true), or a new path (live, nothing heard yet)
+    /// for `None` or an index out of range. Held packets and every
+    /// bucket's sequence stay as they are. Allocates: not for the packet
+    /// path.
+    pub fn remap_paths(&mut self, from: &[Option<usize>]) {
+        let fresh = PathView {
+            live: true,
+            high: None,
+            delay: None,
+        };
+        self.paths = from
+            .iter()
+            .map(|f| f.and_then(|j| self.paths.get(j).copied()).unwrap_or(fresh))
+            .collect();
+        self.cfg.paths = self.paths.len();
+        self.update_hold();
+    }
+
+    /// Sizing (with `paths` as it is now).
+    pub fn config(&self) -> &ReorderConfig {
+        &self.cfg
+    }
+
     /// Notes a frame of this stream arriving on `path`: call it for every
     /// frame, data or not (`push` does it too).
     pub fn on_frame(&mut self, path: usize, stream_seq: u64) {
@@ -735,6 +761,34 @@ mod tests {
         assert_eq!(r.hold_time(), 22 * MS);
         r.set_path_delay(1, Some(10 * MS));
         assert_eq!(r.hold_time(), 2 * MS);
+    }
+
+    #[test]
+    fn remapped_paths_keep_sequences_and_what_is_known_of_each_path() {
+        let mut r = reorderer(2);
+        let mut out = Vec::new();
+        for s in 0..3 {
+            r.push(s, meta(0, s, u64::from(s)), 0, 0, &mut out).unwrap();
+        }
+        r.push(5, meta(0, 5, 7), 1, 0, &mut out).unwrap();
+        r.set_path_delay(0, Some(10 * MS));
+        r.set_path_delay(1, Some(12 * MS));
+        assert_eq!(out, vec![0, 1, 2]);
+        // Path 0 goes, path 1 becomes 0, a new path 1 comes.
+        r.remap_paths(&[Some(1), None]);
+        assert_eq!(r.config().paths, 2);
+        assert_eq!(r.held(), 1, "5 still waits for 3 and 4");
+        assert_eq!(r.next_expected(0), Some(3));
+        assert_eq!(r.hold_time(), 50 * MS, "the new path's delay is unknown");
+        // The new path has carried nothing: the gap is not passed yet.
+        r.poll(1, &mut out);
+        assert_eq!(out, vec![0, 1, 2]);
+        r.on_frame(1, 7);
+        r.poll(1, &mut out);
+        assert_eq!(out, vec![0, 1, 2, 5], "both paths past stream sequence 7");
+        // Duplicates of what was released before the remap are still caught.
+        assert_eq!(r.push(2, meta(0, 2, 2), 0, 0, &mut out), Err((2, DropReason::ReorderDuplicate)));
+        conserved(&r);
     }
 
     #[test]

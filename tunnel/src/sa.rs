@@ -399,6 +399,11 @@ impl<A: Aead> InboundSaPair<A> {
         &self.current
     }
 
+    /// The previous SA's SPI, while it is accepted (rekey grace).
+    pub fn previous_spi(&self) -> Option<Spi> {
+        self.previous.as_ref().map(|(sa, _)| sa.spi)
+    }
+
     /// The SA with this SPI, if installed (even past its grace period).
     pub fn get(&self, spi: Spi) -> Option<&InboundSa<A>> {
         if self.current.spi == spi {

@@ -896,3 +896,80 @@ fn leases_end_with_the_burst_and_follow_a_rekey() {
     assert!(pair.activate(Spi(0x399)));
     assert_eq!(one_frame(&mut holder, &pkt).0.spi, Spi(0x399), "new SA at once, not after the lease");
 }
+
+/// A bundle rebuilt on both sides (new tables: another policy and a third
+/// tunnel) while frames are in flight: the new sender continues the old
+/// one's stream, the new receiver keeps the re-orderers (what they hold
+/// included) and the replay windows of unchanged SAs. Nothing is lost,
+/// duplicated or reordered; a sender that starts its stream over instead
+/// (the bug this prevents) is dropped by the kept re-orderer.
+#[test]
+fn a_rebuilt_bundle_continues_its_streams() {
+    use braid_tunnel::engine::Predecessor;
+    let mut rng = Rng(7);
+    let a_params: Vec<SaParams> = (0..3).map(|i| sa_params(&mut rng, 0x300 + i, true)).collect();
+    let b_params: Vec<SaParams> = (0..3).map(|i| sa_params(&mut rng, 0x400 + i, true)).collect();
+    let out = |p: &SaParams| Arc::new(OutboundSaPair::new(Arc::new(OutboundSa::new(p))));
+    let a_out: Vec<_> = a_params.iter().map(out).collect();
+    let b_out: Vec<_> = b_params.iter().map(out).collect();
+    let inbound = |n: usize| -> Vec<InboundSaPair> {
+        a_params[..n].iter().map(|p| InboundSaPair::new(InboundSa::new(p, 4096).unwrap())).collect()
+    };
+    let cfg = BundleTxConfig { stream: 3, ..Default::default() };
+    let mut tx = BundleTx::new(cfg, a_out[..2].to_vec(), 0);
+    let mut rx: BundleRx<Vec<u8>> = BundleRx::new(BundleRxConfig::default(), inbound(2), b_out[..2].to_vec());
+    let copy = |p: &[u8]| Some(p.to_vec());
+    let mut delivered = Vec::new();
+    let mut frames = Vec::new();
+    for idx in 0..10 {
+        frames.push(one_frame(&mut tx, &inner_packet(false, 1, idx, 300)).1);
+    }
+    // Frame 8 is still in flight when both sides take the new tables.
+    for (i, f) in frames.iter_mut().enumerate().filter(|(i, _)| *i != 8) {
+        rx.on_esp(f, i as Nanos, copy, &mut delivered).unwrap();
+    }
+    assert_eq!(delivered.len(), 8, "9 waits for 8");
+
+    let paths = [
+        Some(Predecessor { tunnel: 0, same_inbound: true }),
+        Some(Predecessor { tunnel: 1, same_inbound: true }),
+        None,
+    ];
+    let mut tx2 = BundleTx::new(BundleTxConfig { policy: Policy::Weighted, ..cfg }, a_out.clone(), 20);
+    assert!(tx2.continue_from(&tx, &paths));
+    let mut rx2: BundleRx<Vec<u8>> = BundleRx::new(BundleRxConfig::default(), inbound(3), b_out.clone());
+    rx2.continue_from(&mut rx, &paths);
+    assert_eq!(rx.flush(&mut delivered), 0, "the old receiver handed over what it held");
+    assert_eq!(rx2.reorderer(3).unwrap().held(), 1);
+
+    // The frame in flight, then the new sender's, over three tunnels.
+    rx2.on_esp(&mut frames[8], 21, copy, &mut delivered).unwrap();
+    assert_eq!(delivered.len(), 10);
+    let mut used = HashSet::new();
+    for idx in 10..40 {
+        let (t, mut esp) = one_frame(&mut tx2, &inner_packet(false, 1, idx, 300));
+        used.insert(t.tunnel);
+        let s = rx2.on_esp(&mut esp, 22, copy, &mut delivered).unwrap();
+        assert_eq!((s.stream, s.stream_seq), (3, u64::from(idx)), "one unbroken stream");
+    }
+    assert_eq!(used.len(), 3, "the new tunnel carries its share");
+    let ids: Vec<(u32, u32)> = delivered.iter().map(|p| packet_id(p)).collect();
+    assert_eq!(ids, (0..40).map(|i| (1, i)).collect::<Vec<_>>(), "each once, in order");
+    // The kept replay window still knows the old frames.
+    let mut replay = frames[3].clone();
+    assert_eq!(rx2.on_esp(&mut replay, 23, copy, &mut delivered), Err(DropReason::Replayed));
+    assert_eq!(rx2.counters().named(), vec![("replayed", 1)]);
+
+    // Without continue_from the stream starts over: the re-orderer drops it.
+    let mut fresh = BundleTx::new(cfg, a_out.clone(), 30);
+    for idx in 0..5 {
+        let (_, mut esp) = one_frame(&mut fresh, &inner_packet(false, 1, idx, 300));
+        rx2.on_esp(&mut esp, 31, copy, &mut delivered).unwrap();
+    }
+    assert_eq!(delivered.len(), 40);
+    let c = rx2.counters();
+    assert_eq!(c.get(DropReason::ReorderDuplicate) + c.get(DropReason::ReorderTooLate), 5);
+    // A sender of another stream id does not take over.
+    let mut other = BundleTx::new(BundleTxConfig { stream: 4, ..cfg }, a_out.clone(), 30);
+    assert!(!other.continue_from(&tx2, &paths));
+}

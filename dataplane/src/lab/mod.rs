@@ -185,6 +185,8 @@ pub struct Lab {
     pub hold_b_lan: bool,
     /// A's outbound SAs (shared with A's worker), by bundle and tunnel.
     pub sas_a: Vec<Vec<Arc<OutboundSaPair>>>,
+    /// B's outbound SAs, likewise.
+    pub sas_b: Vec<Vec<Arc<OutboundSaPair>>>,
     /// A's ARP requests and neighbor solicitations (A's WAN next hop given
     /// by address): the middle takes them (B never sees them) and, from the
     /// `nh_answer`-th on (1: the first), answers as the next hop with B's
@@ -339,7 +341,7 @@ impl Lab {
         let mut gw = gw_ports.into_iter();
         let (alan, awan, bwan, blan) = (gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap());
         let (a, tables_a, pool_a, pa, sas_a) = build(true, alan, awan, taps);
-        let (b, tables_b, pool_b, pb, _) = build(false, blan, bwan, Vec::new());
+        let (b, tables_b, pool_b, pb, sas_b) = build(false, blan, bwan, Vec::new());
         ports.extend(ends);
         ports.extend(pa);
         ports.extend(pb);
@@ -362,6 +364,7 @@ impl Lab {
             hold_a_wan: false,
             hold_b_lan: false,
             sas_a,
+            sas_b,
             fragment_wan: None,
             wan_hook: None,
             nh_answer: None,
@@ -615,7 +618,7 @@ impl Checker {
 /// A sends data. Panics with the counters otherwise.
 pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     use crate::counters::DpDrop;
-    let ts = c.tunnels.iter().flatten();
+    let ts = c.tunnels.iter().flatten().chain(std::iter::once(&c.retired_tunnels));
     let (rx, rejected, tx, ka_tx): (u64, u64, u64, u64) =
         ts.fold((0, 0, 0, 0), |(r, j, t, k), c| (r + c.rx.packets, j + c.rejected, t + c.tx.packets, k + c.keepalives_tx));
     let d = &c.drops;

@@ -5,9 +5,27 @@
 //! re-orderer, reassembly, liveness; only its tunnels' weights and rates
 //! are updated. Routes and the peer -> bundle map are swapped whole. So a
 //! change of weights or routes loses nothing in flight. A bundle whose
-//! tunnels changed is rebuilt: its re-orderer first delivers what it held,
-//! and ESP packets still in flight for a removed SA are dropped as
-//! `unknown_spi` (counted).
+//! tunnels changed (another policy, a tunnel added, removed or with other
+//! keys) is rebuilt, and when the old tables had a bundle of the same name
+//! the new engine takes over its state, so that the rebuild loses nothing
+//! in either direction:
+//! - the sender's stream goes on from the old one's stream and flow
+//!   sequences (the peer's re-orderer for this worker's stream sees one
+//!   unbroken stream; a stream starting over was dropped there as
+//!   `reorder_duplicate` / `reorder_too_late` until each bucket caught up);
+//! - the receiver keeps its re-orderers (what they hold, each bucket's
+//!   next sequence) and the fragments being reassembled;
+//! - a tunnel on the same path (WAN port, local and configured remote
+//!   addresses) keeps its counters, what the re-orderers know of the path
+//!   and, at the same index, its liveness; with the same inbound SA (SPI,
+//!   key, salt, replay window size) it keeps that SA and its replay window.
+//!
+//! ESP packets still in flight for a removed or re-keyed inbound SA are
+//! dropped as `not_tunnel` (no tunnel has their UDP port any more),
+//! `unknown_spi` or `auth_failed` (counted). Without a bundle
+//! of the same name, a rebuilt bundle starts fresh: its re-orderer first
+//! delivers what it held. The counters of removed tunnels go to
+//! `retired_tunnels`, the drops of replaced engines stay in `engine`.
 //!
 //! NAT traversal: a tunnel's remote learned from the peer's packets (its
 //! NAT rebound) is kept with a kept engine, and carried into a rebuilt
@@ -24,6 +42,7 @@
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
+use braid_tunnel::engine::Predecessor;
 use braid_tunnel::Nanos;
 
 use braid_nat::NatCounters;
@@ -81,6 +100,55 @@ fn carry_remotes(st: &mut BundleState, learned: &Learned) {
     }
 }
 
+/// For each tunnel of `new`, the tunnel of `old` on the same path (WAN
+/// port, local and configured remote addresses), and whether its inbound
+/// SA is the same (`replay_same`: the replay window size did not change).
+fn predecessors(old: &BundleSetup, new: &BundleSetup, replay_same: bool) -> Vec<Option<Predecessor>> {
+    let mut by_path: Vec<((usize, SocketAddrV4, SocketAddrV4), usize)> =
+        old.tunnels.iter().enumerate().map(|(j, t)| ((t.wan, t.local, t.remote), j)).collect();
+    by_path.sort_unstable();
+    new.tunnels
+        .iter()
+        .map(|t| {
+            let at = by_path.binary_search_by(|e| e.0.cmp(&(t.wan, t.local, t.remote))).ok()?;
+            let j = by_path[at].1;
+            let o = &old.tunnels[j].inbound;
+            let same = o.spi == t.inbound.spi && o.salt == t.inbound.salt && o.key.as_bytes() == t.inbound.key.as_bytes();
+            Some(Predecessor { tunnel: j, same_inbound: replay_same && same })
+        })
+        .collect()
+}
+
+/// A rebuilt bundle `st` takes over from `old`, the running bundle of the
+/// same name (see the module doc): streams, re-orderers, reassembly, and
+/// per tunnel on the same path its counters (moved out of `old_counters`),
+/// the re-orderers' view of the path and, same SA, its replay window.
+fn take_over(st: &mut BundleState, old: &mut BundleState, counters: &mut [TunnelCounters], old_counters: &mut [TunnelCounters], replay_same: bool) {
+    let preds = predecessors(&old.spec, &st.spec, replay_same);
+    match (&mut st.engine, &mut old.engine) {
+        (Engine::Bundle { tx, rx }, Engine::Bundle { tx: old_tx, rx: old_rx }) => {
+            tx.continue_from(old_tx, &preds);
+            rx.continue_from(old_rx, &preds);
+        }
+        (Engine::Plain(p), Engine::Plain(old_p)) => {
+            for (i, pred) in preds.iter().enumerate() {
+                if let Some(pred) = pred.filter(|p| p.same_inbound) {
+                    std::mem::swap(&mut p.inbound[i], &mut old_p.inbound[pred.tunnel]);
+                }
+            }
+        }
+        _ => {}
+    }
+    for (i, pred) in preds.iter().enumerate() {
+        let Some(pred) = pred else { continue };
+        let j = pred.tunnel;
+        if let Some(c) = old_counters.get_mut(j) {
+            counters[i] = std::mem::take(c);
+        }
+        st.rx_paths[i] = old.rx_paths[j];
+    }
+}
+
 /// What [`Worker::apply`] did, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -119,7 +187,8 @@ impl Worker {
                 new.next_hop_mac = running.next_hop_mac;
             }
         }
-        let options_same = setup.replay_window == self.options.replay_window
+        let replay_same = setup.replay_window == self.options.replay_window;
+        let options_same = replay_same
             && setup.hold == self.options.hold
             && setup.probes == self.options.probes;
         // Whatever is queued goes out (and is counted per tunnel) under the
@@ -154,6 +223,7 @@ impl Worker {
         let mut old_counters = std::mem::take(&mut self.counters.tunnels);
         let mut bundles = Vec::with_capacity(plan.len());
         let mut counters = Vec::with_capacity(plan.len());
+        let mut rebuilt = Vec::new();
         for (p, bs) in plan.into_iter().zip(&setup.bundles) {
             match p {
                 Ok(i) => {
@@ -178,20 +248,36 @@ impl Worker {
                 }
                 Err(mut st) => {
                     carry_remotes(&mut st, &learned);
+                    rebuilt.push(bundles.len());
                     bundles.push(st);
                     counters.push(vec![TunnelCounters::default(); bs.tunnels.len()]);
                     applied.rebuilt += 1;
                 }
             }
         }
-        // Bundles going away deliver what their re-orderers held.
+        // Rebuilt bundles take over from the old bundle of the same name
+        // (once every kept engine is taken).
+        for k in rebuilt {
+            let st = &mut bundles[k];
+            let Some(i) = old.iter().position(|o| o.as_ref().is_some_and(|o| o.spec.name == st.spec.name)) else { continue };
+            let o = old[i].as_mut().expect("found");
+            take_over(st, o, &mut counters[k], &mut old_counters[i], replay_same);
+        }
+        // Bundles going away deliver what their re-orderers held (none
+        // when a rebuilt bundle took the re-orderers over); their drops
+        // and the counters of tunnels that are gone stay counted.
         for st in old.iter_mut().flatten() {
-            if let Engine::Bundle { rx, .. } = &mut st.engine {
+            if let Engine::Bundle { tx, rx } = &mut st.engine {
                 let before = self.lan_out.len();
                 rx.flush(&mut self.lan_out);
                 self.counters.delivered += (self.lan_out.len() - before) as u64;
+                self.counters.engine.merge(tx.counters());
+                self.counters.engine.merge(rx.counters());
             }
             applied.dropped += 1;
+        }
+        for c in old_counters.iter().flatten() {
+            self.counters.retired_tunnels.merge(c);
         }
         self.bundles = bundles;
         self.counters.tunnels = counters;

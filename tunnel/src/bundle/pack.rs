@@ -97,6 +97,26 @@ impl StreamSender {
         bucket_of(flow_hash, self.buckets())
     }
 
+    /// Continues `old`'s numbering: the next frame follows `old`'s last
+    /// stream sequence and each bucket's next packet its last flow
+    /// sequence, so the peer's re-orderer sees one unbroken stream when a
+    /// sender is rebuilt (new tables). Refused (`false`, nothing changed)
+    /// when the stream id or the number of buckets differ: the peer's
+    /// re-orderer for that stream would not match.
+    pub fn continue_from(&mut self, old: &StreamSender) -> bool {
+        if old.stream != self.stream || old.flow_seqs.len() != self.flow_seqs.len() {
+            return false;
+        }
+        self.next_stream_seq = old.next_stream_seq;
+        self.flow_seqs.copy_from_slice(&old.flow_seqs);
+        true
+    }
+
+    /// The stream sequence the next frame will carry.
+    pub fn next_stream_seq(&self) -> u64 {
+        self.next_stream_seq
+    }
+
     /// The header of the next frame, consuming a stream sequence. For frames
     /// built by hand (probes); `pack` takes its own.
     pub fn next_header(&mut self) -> FrameHeader {
@@ -250,6 +270,32 @@ mod tests {
                 r => panic!("{r:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_rebuilt_sender_continues_the_stream() {
+        let p = [1u8; 100];
+        let pkts: Vec<InnerPacket<'_>> = (0..6u32)
+            .map(|i| InnerPacket {
+                bytes: &p,
+                flow_hash: i.wrapping_mul(0x4000_0000),
+            })
+            .collect();
+        let mut old = StreamSender::new(2, 4);
+        frames(&mut old, &pkts, 300);
+        // One sender that never stopped, and one rebuilt mid-stream.
+        let mut straight = old.clone();
+        let want = frames(&mut straight, &pkts, 300);
+        let mut rebuilt = StreamSender::new(2, 4);
+        assert!(rebuilt.continue_from(&old));
+        assert_eq!(rebuilt.next_stream_seq(), old.next_stream_seq());
+        assert_eq!(frames(&mut rebuilt, &pkts, 300), want, "same stream and flow sequences");
+        // Another stream id or bucket count: refused, untouched.
+        for mut other in [StreamSender::new(3, 4), StreamSender::new(2, 8)] {
+            assert!(!other.continue_from(&old));
+            assert_eq!(other.next_stream_seq(), 0);
+            assert_eq!(data(&frames(&mut other, &pkts[..1], 300)[0])[0].1, 0);
+        }
     }
 
     #[test]

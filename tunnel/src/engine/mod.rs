@@ -40,6 +40,17 @@ pub const fn max_frame_for(area_len: usize) -> usize {
     area_len.saturating_sub(ESP_HEADROOM + ESP_TAILROOM)
 }
 
+/// What a tunnel of a rebuilt bundle was in the bundle it replaces (see
+/// [`BundleTx::continue_from`] and [`BundleRx::continue_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Predecessor {
+    /// Its index in the old bundle: the same path (port and addresses).
+    pub tunnel: usize,
+    /// Its inbound SA is the old tunnel's (SPI, key, salt and replay
+    /// window size): the old SA, with its replay window, is kept.
+    pub same_inbound: bool,
+}
+
 /// A sealed ESP packet ready in the caller's buffer: send `buf[..esp_len]`
 /// on tunnel `tunnel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -181,6 +181,61 @@ impl<H, A: Aead> BundleRx<H, A> {
         rx
     }
 
+    /// Takes over from `old`, the receiver this one replaces (its bundle
+    /// rebuilt by new tables), so that nothing the peer sent is lost or
+    /// held back by the rebuild:
+    /// - every sender stream's re-orderer, with what it holds and each
+    ///   bucket's next sequence (a fresh one would hold the peer's next
+    ///   packets until a hold time, and drop late ones as too late), its
+    ///   paths remapped: tunnel `i` is old tunnel `paths[i]` (what is
+    ///   known of that path is kept) or a new path. Only when the
+    ///   re-orderers' sizing and hold are the same; otherwise `old` keeps
+    ///   them, for the caller to [`flush`](Self::flush);
+    /// - the fragments being reassembled, when the reassembly settings are
+    ///   the same;
+    /// - the inbound SA (and so its replay window) of each tunnel whose
+    ///   predecessor has `same_inbound`; other tunnels start with a fresh
+    ///   window, which accepts any sequence number once.
+    ///
+    /// Allocates: not for the packet path.
+    pub fn continue_from(&mut self, old: &mut BundleRx<H, A>, paths: &[Option<super::Predecessor>]) {
+        let from: Vec<Option<usize>> = (0..self.inbound.len())
+            .map(|i| paths.get(i).copied().flatten().map(|p| p.tunnel).filter(|&j| j < old.inbound.len()))
+            .collect();
+        let sizing = |c: &ReorderConfig| ReorderConfig { paths: 0, ..*c };
+        if sizing(&self.reorder) == sizing(&old.reorder) {
+            for (slot, old_slot) in self.reorderers.iter_mut().zip(old.reorderers.iter_mut()) {
+                if let Some(mut r) = old_slot.take() {
+                    r.remap_paths(&from);
+                    *slot = Some(r);
+                }
+            }
+            for (i, f) in from.iter().enumerate() {
+                if let Some(j) = *f {
+                    self.paths[i] = old.paths[j];
+                }
+            }
+        }
+        if self.cfg.reassembly == old.cfg.reassembly {
+            std::mem::swap(&mut self.reasm, &mut old.reasm);
+        }
+        for (i, p) in paths.iter().enumerate().take(self.inbound.len()) {
+            if let (Some(p), Some(j)) = (p, from[i]) {
+                if p.same_inbound && self.inbound[i].current().spi() == old.inbound[j].current().spi() {
+                    std::mem::swap(&mut self.inbound[i], &mut old.inbound[j]);
+                }
+            }
+        }
+        self.spis.clear();
+        for t in 0..self.inbound.len() {
+            let spi = self.inbound[t].current().spi();
+            self.map_spi(spi, t);
+            if let Some(spi) = self.inbound[t].previous_spi() {
+                self.map_spi(spi, t);
+            }
+        }
+    }
+
     fn map_spi(&mut self, spi: Spi, tunnel: usize) {
         match self.spis.binary_search_by_key(&spi.0, |e| e.0) {
             Ok(i) => self.spis[i].1 = tunnel,

@@ -193,6 +193,36 @@ impl<A: Aead> BundleTx<A> {
         }
     }
 
+    /// Takes over from `old`, the sender this one replaces (its bundle
+    /// rebuilt by new tables): the stream goes on from `old`'s stream and
+    /// flow sequences ([`StreamSender::continue_from`]), so the peer's
+    /// re-orderer loses and holds nothing; without that the peer would drop
+    /// every packet as a duplicate or too late until each bucket caught up.
+    /// Tunnel `i` with `paths[i]` naming old tunnel `i` (same index, same
+    /// path) keeps its liveness monitor (alive or dead, RTT, probes in
+    /// flight) when the liveness settings are the same; other tunnels start
+    /// alive. Returns whether the stream was continued (`false`: another
+    /// stream id or bucket count, and nothing is changed).
+    pub fn continue_from(&mut self, old: &BundleTx<A>, paths: &[Option<super::Predecessor>]) -> bool {
+        if !self.sender.continue_from(&old.sender) {
+            return false;
+        }
+        if self.cfg.liveness == old.cfg.liveness {
+            for (i, p) in paths.iter().enumerate().take(self.monitors.len()) {
+                if p.is_some_and(|p| p.tunnel == i) && i < old.monitors.len() {
+                    self.monitors[i] = old.monitors[i].clone();
+                    let m = &self.monitors[i];
+                    let (alive, delay) = (m.is_alive(), m.one_way_delay());
+                    self.balancer.set_alive(i, alive);
+                    if let Some(d) = delay {
+                        self.balancer.set_delay(i, d);
+                    }
+                }
+            }
+        }
+        true
+    }
+
     /// The configuration.
     pub fn config(&self) -> &BundleTxConfig {
         &self.cfg
