@@ -115,7 +115,7 @@ fn snapshots_over_shared_memory_start_and_change_the_dataplane() {
     // net_null's frames are junk: received and dropped, counted live.
     wait_for("LAN frames counted", Duration::from_secs(10), || (counter(&r, "lan/rx_packets") > 0).then_some(()));
     assert!(r.layout().counter_index("tunnel/b/1/tx_packets").is_some());
-    assert_eq!(r.layout().gauges, vec!["path/b/0/alive", "path/b/1/alive"]);
+    assert_eq!(r.layout().gauges, vec!["path/b/0/alive", "path/b/1/alive", "lan/held"]);
 
     // A live change: weights and routes. Applied; a new stats segment for
     // the new tables, and the counters carry on.
