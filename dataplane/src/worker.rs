@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use braid_dpdk::mbuf::{TxOffload, TX_IPV4, TX_IP_CKSUM};
 use braid_dpdk::ip_frag::Ipv4Reassembly;
-use braid_dpdk::mbuf::MbufStash;
+use braid_dpdk::mbuf::{MbufStash, RxCksum};
 use braid_dpdk::{Mbuf, Mempool, RxQueue, TxQueue, BURST};
 use braid_nat::resolver::{Lookup, FRAME_MAX};
 use braid_nat::{NatCounters, NatShard, Verdict, SWEEP_PER_PACKET};
@@ -968,7 +968,13 @@ impl Worker {
                     Err(r) => Err(r),
                 }
             } else {
-                self.receive_esp(w, m, now, true)
+                // The NIC's verdict on the outer IPv4 header checksum, when
+                // it checks: a good one is not summed again.
+                match m.rx_ip_cksum() {
+                    RxCksum::Good | RxCksum::Valid => self.receive_esp(w, m, now, false),
+                    RxCksum::Bad => Err(DpDrop::BadOuterIp),
+                    RxCksum::Unknown => self.receive_esp(w, m, now, true),
+                }
             };
             if let Err(r) = r {
                 self.counters.drops.add(r);

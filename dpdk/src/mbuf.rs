@@ -245,6 +245,21 @@ impl Mbuf {
         RxCksum::from_flags(self.ol_flags(), BAD, GOOD)
     }
 
+    /// Sets the IPv4 header checksum verdict as a PMD with RX checksum
+    /// offload does (for software ports and tests).
+    #[inline]
+    pub fn set_rx_ip_cksum(&mut self, v: RxCksum) {
+        use dpdk_sys::consts::{BRAID_MBUF_F_RX_IP_CKSUM_BAD as BAD, BRAID_MBUF_F_RX_IP_CKSUM_GOOD as GOOD};
+        let bits = match v {
+            RxCksum::Unknown => 0,
+            RxCksum::Good => GOOD,
+            RxCksum::Bad => BAD,
+            RxCksum::Valid => GOOD | BAD,
+        };
+        let m = self.m_mut();
+        m.ol_flags = (m.ol_flags & !(GOOD | BAD)) | bits;
+    }
+
     /// What the NIC found of the TCP/UDP checksum on RX.
     #[inline]
     pub fn rx_l4_cksum(&self) -> RxCksum {
