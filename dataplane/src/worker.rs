@@ -40,7 +40,7 @@ use braid_tunnel::bundle::reassembly::ReassemblyConfig;
 use braid_tunnel::engine::{esp_area_len, BundleRx, BundleRxConfig, BundleTx, BundleTxConfig, DropCounters};
 use braid_tunnel::sa::{InboundSa, InboundSaPair, OutboundSaPair, SaParams, SeqBlock};
 use braid_tunnel::wire::udp_encap::{classify, EncapKind};
-use braid_tunnel::wire::{esp, FlowKey};
+use braid_tunnel::wire::{esp, flow_hash};
 use braid_tunnel::{plain, Nanos};
 
 use crate::counters::{DpDrop, DpDrops, TunnelCounters, WorkerCounters};
@@ -812,7 +812,7 @@ impl Worker {
         let mut k = 0;
         for (m, _) in burst.iter().zip(dest).filter(|(_, d)| **d == b as u16) {
             let l3 = &m.data()[ETH..];
-            let hash = FlowKey::extract(l3).map(|f| f.hash() as u32).unwrap_or(0);
+            let hash = flow_hash(l3) as u32;
             inner[k] = InnerPacket { bytes: l3, flow_hash: hash };
             k += 1;
         }

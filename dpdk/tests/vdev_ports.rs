@@ -201,6 +201,12 @@ fn mbuf_room_is_bounded() {
     assert!(m.trim(50));
     assert_eq!(m.data(), &[7u8; 50][..]);
     assert!(m.append(70000).is_none());
+    // Up to the last byte of tailroom, not one more; pkt_len follows.
+    let room = m.tailroom();
+    m.append(room).unwrap().fill(3);
+    assert_eq!((m.tailroom(), m.data_len(), m.pkt_len()), (0, 50 + room, 50 + room));
+    assert!(m.append(1).is_none());
+    assert_eq!(m.data()[50 + room - 1], 3);
     assert_eq!(pool.in_use(), 1);
     drop(m);
     assert_eq!(pool.in_use(), 0);
@@ -220,6 +226,9 @@ fn mbuf_room_is_bounded() {
     tail.append(20).unwrap();
     head.chain(tail).unwrap();
     assert_eq!((head.nb_segs(), head.pkt_len(), pool.in_use()), (2, 30, 2));
+    // Appending to a chain grows its last segment.
+    head.append(5).unwrap();
+    assert_eq!((head.data_len(), head.pkt_len()), (10, 35));
     head.reset();
     assert_eq!((head.nb_segs(), head.pkt_len(), pool.in_use()), (1, 0, 1));
     drop(head);
