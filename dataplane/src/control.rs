@@ -30,6 +30,7 @@ use arc_swap::ArcSwap;
 use braid_shm::proto::{self, Event, MAX_CONFIG_MSGS};
 use braid_shm::stats::{StatsLayout, StatsSegment, StatsWriter};
 use braid_shm::{Producer, Ring, Segment, TxnReader};
+use braid_nat::NatShard;
 use braid_tunnel::sa::OutboundSaPair;
 
 use crate::config::{Config, Tables};
@@ -52,6 +53,9 @@ pub struct Snapshot {
     /// Stats writers for a new stats segment (its layout follows the
     /// tables), one per worker, taken by each worker when it applies.
     stats: Mutex<Vec<Option<StatsWriter>>>,
+    /// When the NAT rules changed: each worker's new shard, built here
+    /// (tens of MB at 10^6 sessions), taken by the worker when it applies.
+    nat_shards: Mutex<Vec<Option<Box<NatShard>>>>,
 }
 
 impl Snapshot {
@@ -62,7 +66,25 @@ impl Snapshot {
         nat: Option<NatSetup>,
         writers: Vec<StatsWriter>,
     ) -> Snapshot {
-        Snapshot { generation, tables, sas, nat, stats: Mutex::new(writers.into_iter().map(Some).collect()) }
+        Snapshot {
+            generation,
+            tables,
+            sas,
+            nat,
+            stats: Mutex::new(writers.into_iter().map(Some).collect()),
+            nat_shards: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Gives the snapshot each worker's NAT shard, built off the workers.
+    pub fn with_nat_shards(self, shards: Vec<Box<NatShard>>) -> Snapshot {
+        *self.nat_shards.lock().unwrap_or_else(|e| e.into_inner()) = shards.into_iter().map(Some).collect();
+        self
+    }
+
+    /// Worker `id`'s prebuilt NAT shard, if the control thread built one.
+    pub fn take_nat_shard(&self, id: u16) -> Option<Box<NatShard>> {
+        self.nat_shards.lock().ok()?.get_mut(id as usize)?.take()
     }
 
     /// Worker `id`'s stats writer for this snapshot's stats segment (once).
@@ -80,15 +102,31 @@ pub struct Exchange {
     generation: AtomicU64,
     current: ArcSwap<Snapshot>,
     seen: Box<[Seen]>,
+    /// What workers replaced (an old NAT shard), dropped by the control
+    /// thread: freeing tens of MB is not the worker's job.
+    graveyard: Mutex<Vec<Box<dyn Send>>>,
 }
 
 impl Exchange {
+    /// Hands something a worker replaced to the control thread to drop.
+    pub fn retire(&self, x: Box<dyn Send>) {
+        self.graveyard.lock().unwrap_or_else(|e| e.into_inner()).push(x);
+    }
+
+    /// Drops what the workers retired (the control thread, between
+    /// snapshots).
+    pub fn bury(&self) -> usize {
+        let dead = std::mem::take(&mut *self.graveyard.lock().unwrap_or_else(|e| e.into_inner()));
+        dead.len()
+    }
+
     pub fn new(first: Snapshot, workers: u16) -> Arc<Exchange> {
         let g = first.generation;
         Arc::new(Exchange {
             generation: AtomicU64::new(g),
             current: ArcSwap::from_pointee(first),
             seen: (0..workers.max(1)).map(|_| Seen(AtomicU64::new(g))).collect(),
+            graveyard: Mutex::new(Vec::new()),
         })
     }
 
@@ -308,6 +346,7 @@ impl Ctl {
             if let Some(s) = &self.stats {
                 s.set_heartbeat(t0.elapsed().as_nanos() as u64);
             }
+            self.exchange.bury();
             match self.ep.reader.poll() {
                 Some(txn) => {
                     let generation = txn.id.0;
@@ -334,8 +373,19 @@ impl Ctl {
             // A control process re-sending what runs (resync): nothing to do.
             return Ok(());
         }
+        let running_nat = running.nat.clone();
         drop(running);
         let nat = crate::gateway::nat_setup(&tables, self.workers)?;
+        // New rules: the workers' shards are built here, so a worker only
+        // swaps pointers when it applies (and drops the old one here too,
+        // `Exchange::retire`).
+        let shards = match (&nat, &running_nat) {
+            (Some(new), Some(old)) if new.same_rules(old) => Vec::new(),
+            (Some(new), _) => (0..self.workers)
+                .map(|w| NatShard::new(&new.config, usize::from(w), usize::from(new.workers)).map(Box::new).map_err(|e| format!("nat: {e}")))
+                .collect::<Result<Vec<_>, _>>()?,
+            (None, _) => Vec::new(),
+        };
         let sas = self.registry.lock().map_err(|_| "SA registry poisoned".to_string())?.for_tables(&tables)?;
         let (seg, writers) = match &self.ep.cfg.stats {
             Some(path) => {
@@ -345,7 +395,7 @@ impl Ctl {
             None => (None, Vec::new()),
         };
         let built = t0.elapsed();
-        let old = self.exchange.publish(Snapshot::new(generation, Arc::new(tables), sas, nat, writers));
+        let old = self.exchange.publish(Snapshot::new(generation, Arc::new(tables), sas, nat, writers).with_nat_shards(shards));
         let published = Instant::now();
         let deadline = Instant::now() + self.ep.cfg.ack_timeout;
         while !self.exchange.all_seen(generation) && Instant::now() < deadline {
@@ -403,5 +453,22 @@ pub(crate) mod tests {
         assert!(!ex.all_seen(5));
         ex.ack(1, 5);
         assert!(ex.all_seen(5));
+        // What a worker replaced is dropped by whoever buries it.
+        ex.retire(Box::new(vec![0u8; 1 << 20]));
+        ex.retire(Box::new(7u32));
+        assert_eq!(ex.bury(), 2);
+        assert_eq!(ex.bury(), 0);
+    }
+
+    #[test]
+    fn prebuilt_nat_shards_are_taken_once_per_worker() {
+        let tables = Arc::new(example_tables());
+        let cfg = braid_nat::NatConfig { max_sessions: 100, ..Default::default() };
+        let shards = (0..2).map(|w| Box::new(NatShard::new(&cfg, w, 2).unwrap())).collect();
+        let snap = Snapshot::new(1, tables, Vec::new(), None, Vec::new()).with_nat_shards(shards);
+        assert_eq!(snap.take_nat_shard(1).map(|s| s.worker()), Some(1));
+        assert!(snap.take_nat_shard(1).is_none(), "once");
+        assert_eq!(snap.take_nat_shard(0).map(|s| s.worker()), Some(0));
+        assert!(snap.take_nat_shard(2).is_none());
     }
 }

@@ -287,8 +287,14 @@ fn run() -> Result<(), String> {
             // New tables from the control thread: applied between bursts.
             let snap = exchange.current();
             let t = Instant::now();
-            match worker_setup_with_nat(&snap.tables, &plan, &snap.sas, snap.nat.clone(), 0, true, offload).and_then(|s| worker.apply(s, now())) {
+            let prebuilt = snap.take_nat_shard(0);
+            match worker_setup_with_nat(&snap.tables, &plan, &snap.sas, snap.nat.clone(), 0, true, offload)
+                .and_then(|s| worker.apply_with(s, prebuilt, now()))
+            {
                 Ok(a) => {
+                    if let Some(old) = worker.take_retired_nat() {
+                        exchange.retire(old);
+                    }
                     eprintln!(
                         "braid-dataplane: generation {} live ({} bundle(s) kept, {} rebuilt, {} tunnel(s); worker paused {:.2} ms)",
                         snap.generation,

@@ -226,6 +226,9 @@ pub struct Worker {
     nat_spec: Option<NatSetup>,
     /// Engine counters of the shards a rule change replaced.
     nat_retired: NatCounters,
+    /// The shard a rule change replaced, until taken to be dropped
+    /// elsewhere ([`Worker::take_retired_nat`]).
+    retired_nat: Option<Box<NatShard>>,
     /// The time of the current poll.
     now: Nanos,
     // Per-burst scratch, allocated once.
@@ -370,6 +373,7 @@ impl Worker {
             nat,
             nat_spec: setup.nat,
             nat_retired: NatCounters::default(),
+            retired_nat: None,
             now,
             rx_burst: Vec::with_capacity(BURST),
             spent: Vec::with_capacity(BURST),

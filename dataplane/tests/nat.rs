@@ -529,6 +529,23 @@ fn new_tables_keep_sessions_unless_the_rules_change() {
     let (a, b) = lab.counters();
     assert_eq!(a.nat.drop_count(false, NatDrop::NoSession), 1);
     assert_eq!(a.nat.sessions_created, 1, "counters survive the new shard");
+    assert!(lab.a.take_retired_nat().is_some(), "the replaced shard waits to be dropped off the worker");
+    // A shard built beforehand (by the control thread) is used as it is;
+    // one built for another worker is not.
+    let third = tables(&lab, snat_rule(2, "1024-50000"), true);
+    let setup = worker_setup(&third, &PortPlan::new(&third).unwrap(), &lab.sas_a, 0, true, |_| false).unwrap();
+    let n = setup.nat.clone().unwrap();
+    let mut cfg = (*n.config).clone();
+    cfg.max_sessions = 4321;
+    let mine = Box::new(braid_nat::NatShard::new(&cfg, 0, usize::from(n.workers)).unwrap());
+    let now = lab.now;
+    lab.a.apply_with(setup.clone(), Some(mine), now).unwrap();
+    assert_eq!(lab.a.nat().unwrap().capacity(), 4321, "the prebuilt shard");
+    let fourth = tables(&lab, snat_rule(2, "1024-40000"), true);
+    let setup4 = worker_setup(&fourth, &PortPlan::new(&fourth).unwrap(), &lab.sas_a, 0, true, |_| false).unwrap();
+    let theirs = Box::new(braid_nat::NatShard::new(&cfg, 1, 2).unwrap());
+    lab.a.apply_with(setup4, Some(theirs), now).unwrap();
+    assert_ne!(lab.a.nat().unwrap().capacity(), 4321, "another worker's shard is not taken");
     // NAT off: no shard at all.
     let off = tables(&lab, serde_json::json!({}), true);
     apply(&mut lab, &off);

@@ -45,7 +45,7 @@ use std::sync::Arc;
 use braid_tunnel::engine::Predecessor;
 use braid_tunnel::Nanos;
 
-use braid_nat::NatCounters;
+use braid_nat::{NatCounters, NatShard};
 
 use super::{build_bundle, build_nat, port_set, spi_table, BundleSetup, BundleState, Engine, Worker, WorkerSetup};
 use crate::counters::TunnelCounters;
@@ -177,7 +177,22 @@ impl Worker {
     /// Takes `setup` (new tables) without stopping: see the module doc.
     /// Ports cannot change here (the caller checks); a setup with another
     /// number of WAN ports is refused and changes nothing.
-    pub fn apply(&mut self, mut setup: WorkerSetup, now: Nanos) -> Result<Applied, String> {
+    /// The NAT shard the last new rules replaced, to be dropped off the
+    /// worker (its tables are tens of MB: `Exchange::retire`); dropped
+    /// with the worker otherwise.
+    pub fn take_retired_nat(&mut self) -> Option<Box<NatShard>> {
+        self.retired_nat.take()
+    }
+
+    pub fn apply(&mut self, setup: WorkerSetup, now: Nanos) -> Result<Applied, String> {
+        self.apply_with(setup, None, now)
+    }
+
+    /// [`Worker::apply`] with this worker's NAT shard for the new rules
+    /// already built (by the control thread, off the per-packet path:
+    /// `Snapshot::take_nat_shard`); one that does not fit the new rules'
+    /// worker split is ignored and a shard is built here.
+    pub fn apply_with(&mut self, mut setup: WorkerSetup, prebuilt_nat: Option<Box<NatShard>>, now: Nanos) -> Result<Applied, String> {
         if setup.wans.len() != self.wans.len() {
             return Err(format!("{} WAN ports in the new tables, {} running", setup.wans.len(), self.wans.len()));
         }
@@ -200,7 +215,14 @@ impl Worker {
             (None, None) => true,
             _ => false,
         };
-        let new_nat = if nat_same { None } else { Some(build_nat(&setup)?) };
+        let prebuilt_nat = prebuilt_nat.filter(|s| {
+            setup.nat.as_ref().is_some_and(|n| s.worker() == usize::from(self.id) && s.n_workers() == usize::from(n.workers))
+        });
+        let new_nat = match (nat_same, prebuilt_nat) {
+            (true, _) => None,
+            (false, Some(s)) => Some(Some(s)),
+            (false, None) => Some(build_nat(&setup)?),
+        };
         let learned = learned_remotes(&self.bundles);
         let mut old: Vec<Option<BundleState>> = std::mem::take(&mut self.bundles).into_iter().map(Some).collect();
         let mut plan = Vec::with_capacity(setup.bundles.len());
@@ -293,6 +315,7 @@ impl Worker {
         if let Some(nat) = new_nat {
             if let Some(old) = std::mem::replace(&mut self.nat, nat) {
                 add_nat(&mut self.nat_retired, old.counters());
+                self.retired_nat = Some(old);
             }
             self.nat_spec = setup.nat;
         }
