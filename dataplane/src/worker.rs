@@ -489,7 +489,7 @@ impl Worker {
             work += self.wan_to_lan(w, now);
         }
         if now >= self.next_kernel {
-            work += self.from_kernel(now);
+            work += self.read_kernel_taps(now);
         }
         if now >= self.next_timers {
             self.next_timers = now.saturating_add(TIMER_PERIOD);
@@ -649,7 +649,7 @@ impl Worker {
             };
             if tap && self.local[0].for_gateway(m.data()) {
                 self.counters.lan_rx.add(len);
-                self.to_kernel(0, m);
+                self.hand_to_kernel(0, m);
             } else {
                 kept.push(m);
             }
@@ -695,7 +695,7 @@ impl Worker {
 
     /// Hands a frame for the gateway itself to port `port`'s kernel tap
     /// (the port has one).
-    fn to_kernel(&mut self, port: usize, m: Mbuf) {
+    fn hand_to_kernel(&mut self, port: usize, m: Mbuf) {
         if let Some(k) = self.kernel[port].as_mut() {
             self.counters.kernel.taken += 1;
             k.out.push(m);
@@ -719,7 +719,7 @@ impl Worker {
 
     /// What the kernel sent on the taps, queued on their ports like the
     /// gateway's own replies (no NAT, no tunnel).
-    fn from_kernel(&mut self, now: Nanos) -> usize {
+    fn read_kernel_taps(&mut self, now: Nanos) -> usize {
         let mut n = 0;
         let mut more = false;
         for port in 0..self.kernel.len() {
@@ -1038,7 +1038,7 @@ impl Worker {
                 return Ok(());
             }
             Err(DpDrop::NotTunnel | DpDrop::NonEsp) if self.kernel[1 + w].is_some() && self.local[1 + w].for_gateway(m.data()) => {
-                self.to_kernel(1 + w, m);
+                self.hand_to_kernel(1 + w, m);
                 return Ok(());
             }
             Err(r) => return Err(r),
