@@ -34,6 +34,8 @@ use braid_nat::NatShard;
 use braid_tunnel::sa::OutboundSaPair;
 
 use crate::config::{Config, Tables};
+use crate::gateway::{worker_setup_with_nat, PortPlan};
+use crate::worker::{PrebuiltBundle, WorkerSetup};
 use crate::nat::NatSetup;
 use crate::stats;
 
@@ -56,6 +58,27 @@ pub struct Snapshot {
     /// When the NAT rules changed: each worker's new shard, built here
     /// (tens of MB at 10^6 sessions), taken by the worker when it applies.
     nat_shards: Mutex<Vec<Option<Box<NatShard>>>>,
+    /// Each worker's setup for these tables and the engines of the bundles
+    /// it cannot keep (new, or changed), built here so that the worker
+    /// only swaps them in ([`Prebuild`]).
+    prebuilt: Mutex<Vec<Option<Prebuilt>>>,
+}
+
+/// What the control thread needs to build a worker's setup and engines
+/// the way the worker would: the ports' checksum offloads (by port index)
+/// and the workers' clock.
+#[derive(Clone)]
+pub struct Prebuild {
+    pub ip_csum_offload: Vec<bool>,
+    pub clock: Instant,
+}
+
+/// One worker's setup for a snapshot, and engines built for it
+/// (`bundles[i]` for `setup.bundles[i]`, `None` where the running engine
+/// is expected to be kept).
+pub struct Prebuilt {
+    pub setup: WorkerSetup,
+    pub bundles: Vec<Option<PrebuiltBundle>>,
 }
 
 impl Snapshot {
@@ -73,7 +96,20 @@ impl Snapshot {
             nat,
             stats: Mutex::new(writers.into_iter().map(Some).collect()),
             nat_shards: Mutex::new(Vec::new()),
+            prebuilt: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Gives the snapshot each worker's prebuilt setup and engines.
+    pub fn with_prebuilt(self, p: Vec<Prebuilt>) -> Snapshot {
+        *self.prebuilt.lock().unwrap_or_else(|e| e.into_inner()) = p.into_iter().map(Some).collect();
+        self
+    }
+
+    /// Worker `id`'s prebuilt setup and engines, if the control thread
+    /// made them (once).
+    pub fn take_prebuilt(&self, id: u16) -> Option<Prebuilt> {
+        self.prebuilt.lock().ok()?.get_mut(id as usize)?.take()
     }
 
     /// Gives the snapshot each worker's NAT shard, built off the workers.
@@ -313,6 +349,7 @@ impl Endpoint {
         stats: Option<StatsSegment>,
         workers: u16,
         generation: u64,
+        prebuild: Option<Prebuild>,
     ) -> Result<ControlThread, String> {
         if generation != 0 {
             self.counters.applied.fetch_add(1, Ordering::Relaxed);
@@ -321,7 +358,7 @@ impl Endpoint {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = self.counters.clone();
         let shm = self.cfg.shm.clone();
-        let mut ctl = Ctl { ep: self, exchange, registry, stats, workers };
+        let mut ctl = Ctl { ep: self, exchange, registry, stats, workers, prebuild };
         let s = stop.clone();
         let handle = std::thread::Builder::new()
             .name("braid-control".into())
@@ -337,9 +374,44 @@ struct Ctl {
     registry: Arc<Mutex<SaRegistry>>,
     stats: Option<StatsSegment>,
     workers: u16,
+    prebuild: Option<Prebuild>,
 }
 
 impl Ctl {
+    /// Each worker's setup for `tables`, and the engines of the bundles the
+    /// running tables do not have as they are (by name and tunnels).
+    fn prebuild(
+        &self,
+        (running, running_sas): (&Tables, &[Vec<Arc<OutboundSaPair>>]),
+        tables: &Tables,
+        sas: &[Vec<Arc<OutboundSaPair>>],
+        nat: &Option<NatSetup>,
+    ) -> Result<Vec<Prebuilt>, String> {
+        let Some(pb) = &self.prebuild else { return Ok(Vec::new()) };
+        let plan = PortPlan::new(tables)?;
+        let offload = |i: usize| pb.ip_csum_offload.get(i).copied().unwrap_or(false);
+        let mut out = Vec::with_capacity(self.workers as usize);
+        for w in 0..self.workers {
+            let setup = worker_setup_with_nat(tables, &plan, sas, nat.clone(), w, w == 0, offload)?;
+            // The running bundles' specs, as the worker holds them (the
+            // same SAs: the registry keeps unchanged ones).
+            let old = worker_setup_with_nat(running, &PortPlan::new(running)?, running_sas, None, w, w == 0, offload)?;
+            let options_same =
+                old.replay_window == setup.replay_window && old.hold == setup.hold && old.probes == setup.probes;
+            let now = pb.clock.elapsed().as_nanos() as u64;
+            let bundles = setup
+                .bundles
+                .iter()
+                .map(|bs| {
+                    let kept = options_same && old.bundles.iter().any(|o| crate::worker::keeps_engine(o, bs));
+                    if kept { Ok(None) } else { crate::worker::prebuild_bundle(&setup, bs, now).map(Some) }
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            out.push(Prebuilt { setup, bundles });
+        }
+        Ok(out)
+    }
+
     fn run(&mut self, stop: &AtomicBool) {
         let t0 = Instant::now();
         while !stop.load(Ordering::Relaxed) {
@@ -374,6 +446,8 @@ impl Ctl {
             return Ok(());
         }
         let running_nat = running.nat.clone();
+        let running_tables = running.tables.clone();
+        let running_sas = running.sas.clone();
         drop(running);
         let nat = crate::gateway::nat_setup(&tables, self.workers)?;
         // New rules: the workers' shards are built here, so a worker only
@@ -395,7 +469,8 @@ impl Ctl {
             None => (None, Vec::new()),
         };
         let built = t0.elapsed();
-        let old = self.exchange.publish(Snapshot::new(generation, Arc::new(tables), sas, nat, writers).with_nat_shards(shards));
+        let prebuilt = self.prebuild((&running_tables, &running_sas), &tables, &sas, &nat)?;
+        let old = self.exchange.publish(Snapshot::new(generation, Arc::new(tables), sas, nat, writers).with_nat_shards(shards).with_prebuilt(prebuilt));
         let published = Instant::now();
         let deadline = Instant::now() + self.ep.cfg.ack_timeout;
         while !self.exchange.all_seen(generation) && Instant::now() < deadline {

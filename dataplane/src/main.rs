@@ -267,7 +267,12 @@ fn run() -> Result<(), String> {
         .collect::<Result<Vec<_>, String>>()?;
     let mut worker = Worker::new(setup, pool.clone(), lan_q, wan_q, now())?.with_kernel_taps(tap_queues)?;
     let control = match endpoint {
-        Some(ep) => Some(ep.spawn(exchange.clone(), registry.clone(), stats_seg, WORKERS, generation)?),
+        Some(ep) => {
+            // The control thread builds new tables' setups and engines the
+            // way the worker would, so the worker only swaps them in.
+            let prebuild = control::Prebuild { ip_csum_offload: (0..tables.ports.len()).map(offload).collect(), clock: t0 };
+            Some(ep.spawn(exchange.clone(), registry.clone(), stats_seg, WORKERS, generation, Some(prebuild))?)
+        }
         None => None,
     };
     let n_tunnels = |t: &Tables| t.bundles.iter().map(|b| b.tunnels.len()).sum::<usize>();
@@ -287,10 +292,12 @@ fn run() -> Result<(), String> {
             // New tables from the control thread: applied between bursts.
             let snap = exchange.current();
             let t = Instant::now();
-            let prebuilt = snap.take_nat_shard(0);
-            match worker_setup_with_nat(&snap.tables, &plan, &snap.sas, snap.nat.clone(), 0, true, offload)
-                .and_then(|s| worker.apply_with(s, prebuilt, now()))
-            {
+            let prebuilt_nat = snap.take_nat_shard(0);
+            let (setup, engines) = match snap.take_prebuilt(0) {
+                Some(p) => (Ok(p.setup), p.bundles),
+                None => (worker_setup_with_nat(&snap.tables, &plan, &snap.sas, snap.nat.clone(), 0, true, offload), Vec::new()),
+            };
+            match setup.and_then(|s| worker.apply_with(s, prebuilt_nat, engines, now())) {
                 Ok(a) => {
                     if let Some(old) = worker.take_retired_nat() {
                         exchange.retire(old);

@@ -53,7 +53,7 @@ pub use crate::config::BundleMode as Mode;
 
 mod apply;
 mod lan;
-pub use apply::Applied;
+pub use apply::{keeps_engine, prebuild_bundle, Applied, PrebuiltBundle};
 pub use lan::{OnLink, LAN_HOLD_MAX, LAN_HOLD_TIME};
 
 /// One tunnel as a worker needs it.

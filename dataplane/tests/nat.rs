@@ -539,12 +539,12 @@ fn new_tables_keep_sessions_unless_the_rules_change() {
     cfg.max_sessions = 4321;
     let mine = Box::new(braid_nat::NatShard::new(&cfg, 0, usize::from(n.workers)).unwrap());
     let now = lab.now;
-    lab.a.apply_with(setup.clone(), Some(mine), now).unwrap();
+    lab.a.apply_with(setup.clone(), Some(mine), Vec::new(), now).unwrap();
     assert_eq!(lab.a.nat().unwrap().capacity(), 4321, "the prebuilt shard");
     let fourth = tables(&lab, snat_rule(2, "1024-40000"), true);
     let setup4 = worker_setup(&fourth, &PortPlan::new(&fourth).unwrap(), &lab.sas_a, 0, true, |_| false).unwrap();
     let theirs = Box::new(braid_nat::NatShard::new(&cfg, 1, 2).unwrap());
-    lab.a.apply_with(setup4, Some(theirs), now).unwrap();
+    lab.a.apply_with(setup4, Some(theirs), Vec::new(), now).unwrap();
     assert_ne!(lab.a.nat().unwrap().capacity(), 4321, "another worker's shard is not taken");
     // NAT off: no shard at all.
     let off = tables(&lab, serde_json::json!({}), true);

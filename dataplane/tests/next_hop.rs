@@ -14,7 +14,7 @@ use braid_dataplane::config::{Config, Tables};
 use braid_dataplane::control::SaRegistry;
 use braid_dataplane::counters::DpDrop;
 use braid_dataplane::gateway::{worker_setup, PortPlan};
-use braid_dataplane::worker::Applied;
+use braid_dataplane::worker::{prebuild_bundle, Applied};
 use braid_dataplane::lab::traffic::{ip_packet, tag, Family, Flow, L4};
 use braid_dataplane::lab::{self, Checker, Lab, LabOptions};
 use braid_dpdk::Mbuf;
@@ -33,16 +33,26 @@ fn by_address(doc: &mut serde_json::Value, next_hop: &str) {
 /// Applies A's tables again with another balancing policy, which rebuilds
 /// the (plain mode) bundle, as a snapshot from the control plane would.
 fn rebuild_a(lab: &mut Lab, next_hop: &str) -> Applied {
+    rebuild_a_with(lab, next_hop, "round_robin", false)
+}
+
+/// [`rebuild_a`] with `policy`; `prebuilt`: the engines are built ahead,
+/// off the worker, as the control thread does.
+fn rebuild_a_with(lab: &mut Lab, next_hop: &str, policy: &str, prebuilt: bool) -> Applied {
     let (lan, wan) = (&lab.tables_a.ports[0].device, &lab.tables_a.ports[1].device);
     let mut doc: serde_json::Value = serde_json::from_str(&lab::config_json(true, (lan, wan), "plain", &[1, 1], 16, 1500)).unwrap();
     by_address(&mut doc, next_hop);
-    doc["bundles"][0]["policy"] = "round_robin".into();
+    doc["bundles"][0]["policy"] = policy.into();
     let tables = Tables::from_config(&Config::from_json_str(&doc.to_string()).unwrap()).unwrap();
     let mut registry = SaRegistry::default();
     registry.adopt(&lab.tables_a, &lab.sas_a);
     let sas = registry.for_tables(&tables).unwrap();
     let setup = worker_setup(&tables, &PortPlan::new(&tables).unwrap(), &sas, 0, true, |_| false).unwrap();
     let now = lab.now;
+    if prebuilt {
+        let engines = setup.bundles.iter().map(|bs| Some(prebuild_bundle(&setup, bs, now).unwrap())).collect();
+        return lab.a.apply_with(setup, None, engines, now).unwrap();
+    }
     lab.a.apply(setup, now).unwrap()
 }
 
@@ -175,6 +185,15 @@ fn a_late_next_hop_drops_before_and_delivers_after() {
     let got: BTreeSet<(u32, u32)> = tags(&mut lab.delivered).into_iter().collect();
     let want: BTreeSet<(u32, u32)> = (100..300).flat_map(|s| flows.iter().map(move |f| (f.id, s))).collect();
     assert_eq!(got, want, "exactly what was sent after the answer");
+    assert_eq!(esp_to(&mut lab, lab::mac(lab::B_WAN_MAC)), want.len());
+    // Again with an engine built ahead (off the worker, knowing only the
+    // configuration): it too sends to the MAC resolved since.
+    assert_eq!(rebuild_a_with(&mut lab, "192.0.2.254", "weighted", true), Applied { kept: 0, rebuilt: 1, dropped: 1 });
+    send(&mut lab, &flows, 300..400, None);
+    lab.settle(20);
+    let got: BTreeSet<(u32, u32)> = tags(&mut lab.delivered).into_iter().collect();
+    let want: BTreeSet<(u32, u32)> = (300..400).flat_map(|s| flows.iter().map(move |f| (f.id, s))).collect();
+    assert_eq!(got, want, "delivered through the prebuilt engine");
     assert_eq!(esp_to(&mut lab, lab::mac(lab::B_WAN_MAC)), want.len());
     let (a, b) = lab.counters();
     assert_eq!(a.drops.get(DpDrop::NextHopUnresolved), 100 * flows.len() as u64, "{:?}", a.drops.named());

@@ -50,6 +50,24 @@ use braid_nat::{NatCounters, NatShard};
 use super::{build_bundle, build_nat, port_set, spi_table, BundleSetup, BundleState, Engine, Worker, WorkerSetup};
 use crate::counters::TunnelCounters;
 
+/// Whether a worker running bundle `old` keeps its engine for `new` (when
+/// the tables' engine options are unchanged too).
+pub fn keeps_engine(old: &BundleSetup, new: &BundleSetup) -> bool {
+    same_tunnels(old, new)
+}
+
+/// A bundle's engine built ahead of [`Worker::apply_with`], off the worker
+/// (the control thread), for the same worker and setup.
+pub struct PrebuiltBundle {
+    worker: u16,
+    st: BundleState,
+}
+
+/// Builds bundle `bs`'s engine for worker `setup.id`, as `apply` would.
+pub fn prebuild_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<PrebuiltBundle, String> {
+    build_bundle(setup, bs, now).map(|st| PrebuiltBundle { worker: setup.id, st })
+}
+
 /// Whether `new` can keep the engine built for `old`.
 fn same_tunnels(old: &BundleSetup, new: &BundleSetup) -> bool {
     old.mode == new.mode
@@ -185,14 +203,24 @@ impl Worker {
     }
 
     pub fn apply(&mut self, setup: WorkerSetup, now: Nanos) -> Result<Applied, String> {
-        self.apply_with(setup, None, now)
+        self.apply_with(setup, None, Vec::new(), now)
     }
 
     /// [`Worker::apply`] with this worker's NAT shard for the new rules
     /// already built (by the control thread, off the per-packet path:
     /// `Snapshot::take_nat_shard`); one that does not fit the new rules'
     /// worker split is ignored and a shard is built here.
-    pub fn apply_with(&mut self, mut setup: WorkerSetup, prebuilt_nat: Option<Box<NatShard>>, now: Nanos) -> Result<Applied, String> {
+    ///
+    /// `prebuilt[i]`, when given, is the engine of `setup.bundles[i]` built
+    /// ahead ([`prebuild_bundle`]): used instead of building one here when
+    /// the bundle is not kept.
+    pub fn apply_with(
+        &mut self,
+        mut setup: WorkerSetup,
+        prebuilt_nat: Option<Box<NatShard>>,
+        mut prebuilt: Vec<Option<PrebuiltBundle>>,
+        now: Nanos,
+    ) -> Result<Applied, String> {
         if setup.wans.len() != self.wans.len() {
             return Err(format!("{} WAN ports in the new tables, {} running", setup.wans.len(), self.wans.len()));
         }
@@ -226,13 +254,23 @@ impl Worker {
         let learned = learned_remotes(&self.bundles);
         let mut old: Vec<Option<BundleState>> = std::mem::take(&mut self.bundles).into_iter().map(Some).collect();
         let mut plan = Vec::with_capacity(setup.bundles.len());
-        for bs in &setup.bundles {
+        let mut prebuilt_used = false;
+        for (b, bs) in setup.bundles.iter().enumerate() {
             let keep = options_same
                 .then(|| old.iter().position(|o| o.as_ref().is_some_and(|o| same_tunnels(&o.spec, bs))))
                 .flatten();
-            match keep {
-                Some(i) => plan.push(Ok(i)),
-                None => match build_bundle(&setup, bs, now) {
+            // An engine built ahead for exactly this bundle and worker.
+            let ready = prebuilt
+                .get_mut(b)
+                .and_then(Option::take)
+                .filter(|p| p.worker == self.id && same_tunnels(&p.st.spec, bs));
+            match (keep, ready) {
+                (Some(i), _) => plan.push(Ok(i)),
+                (None, Some(p)) => {
+                    prebuilt_used = true;
+                    plan.push(Err(p.st))
+                }
+                (None, None) => match build_bundle(&setup, bs, now) {
                     Ok(st) => plan.push(Err(st)),
                     Err(e) => {
                         self.bundles = old.into_iter().map(|o| o.expect("untouched")).collect();
@@ -312,6 +350,15 @@ impl Worker {
         self.options.probes = setup.probes;
         // What the removed bundles delivered goes out through the old NAT.
         self.flush_tx();
+        if prebuilt_used {
+            // Engines built ahead know the WAN next hops' configured MACs,
+            // not the ones resolved since.
+            for w in 0..self.wans.len() {
+                if self.wans[w].next_hop.is_some() {
+                    self.set_next_hop_mac(w, self.wans[w].next_hop_mac);
+                }
+            }
+        }
         if let Some(nat) = new_nat {
             if let Some(old) = std::mem::replace(&mut self.nat, nat) {
                 add_nat(&mut self.nat_retired, old.counters());
