@@ -303,6 +303,11 @@ impl<H> Reorderer<H> {
         }
     }
 
+    /// The highest stream sequence seen on `path`.
+    pub fn path_high(&self, path: usize) -> Option<u64> {
+        self.paths.get(path).and_then(|p| p.high)
+    }
+
     fn min_live_high(&self) -> Option<u64> {
         let mut min = None;
         for p in self.paths.iter().filter(|p| p.live) {

@@ -902,7 +902,7 @@ fn leases_end_with_the_burst_and_follow_a_rekey() {
 /// one's stream, the new receiver keeps the re-orderers (what they hold
 /// included) and the replay windows of unchanged SAs. Nothing is lost,
 /// duplicated or reordered; a sender that starts its stream over instead
-/// (the bug this prevents) is dropped by the kept re-orderer.
+/// (a restarted peer) is recognised and its stream started anew.
 #[test]
 fn a_rebuilt_bundle_continues_its_streams() {
     use braid_tunnel::engine::Predecessor;
@@ -960,15 +960,25 @@ fn a_rebuilt_bundle_continues_its_streams() {
     assert_eq!(rx2.on_esp(&mut replay, 23, copy, &mut delivered), Err(DropReason::Replayed));
     assert_eq!(rx2.counters().named(), vec![("replayed", 1)]);
 
-    // Without continue_from the stream starts over: the re-orderer drops it.
+    // A sender that starts its stream over instead (a restarted peer, its
+    // SAs' sequence numbers kept): its first frame is the newest ESP
+    // packet with a lower stream sequence, so the receiver starts the
+    // stream anew and nothing is dropped.
     let mut fresh = BundleTx::new(cfg, a_out.clone(), 30);
     for idx in 0..5 {
-        let (_, mut esp) = one_frame(&mut fresh, &inner_packet(false, 1, idx, 300));
+        let (_, mut esp) = one_frame(&mut fresh, &inner_packet(false, 2, idx, 300));
         rx2.on_esp(&mut esp, 31, copy, &mut delivered).unwrap();
     }
-    assert_eq!(delivered.len(), 40);
+    assert_eq!(delivered.len(), 45);
+    let ids: Vec<(u32, u32)> = delivered[40..].iter().map(|p| packet_id(p)).collect();
+    assert_eq!(ids, (0..5).map(|i| (2, i)).collect::<Vec<_>>(), "the restarted stream, in order");
     let c = rx2.counters();
-    assert_eq!(c.get(DropReason::ReorderDuplicate) + c.get(DropReason::ReorderTooLate), 5);
+    assert_eq!(c.get(DropReason::ReorderDuplicate) + c.get(DropReason::ReorderTooLate), 0);
+    assert_eq!(rx2.stats().stream_restarts, 1);
+    // A replay of an old frame (not the newest ESP packet) restarts nothing.
+    let mut old = frames[2].clone();
+    assert!(rx2.on_esp(&mut old, 32, copy, &mut delivered).is_err());
+    assert_eq!(rx2.stats().stream_restarts, 1);
     // A sender of another stream id does not take over.
     let mut other = BundleTx::new(BundleTxConfig { stream: 4, ..cfg }, a_out.clone(), 30);
     assert!(!other.continue_from(&tx2, &paths));

@@ -101,6 +101,9 @@ pub struct RxCounters {
     pub probes_answered: u64,
     /// Probe replies received.
     pub replies: u64,
+    /// Sender streams that started over (a restarted or re-created peer
+    /// engine): their re-orderer delivered what it held and began anew.
+    pub stream_restarts: u64,
 }
 
 /// Counts what goes through to `out`.
@@ -439,22 +442,32 @@ impl<H, A: Aead> BundleRx<H, A> {
             counters,
             ..
         } = self;
+        let fresh = |reorder: &ReorderConfig, paths: &[(bool, Option<Nanos>)]| {
+            let mut r = Reorderer::new(*reorder);
+            for (path, &(live, delay)) in paths.iter().enumerate() {
+                r.set_path_live(path, live);
+                r.set_path_delay(path, delay);
+            }
+            Box::new(r)
+        };
+        let mut out = Counted { out, n: 0 };
         // The stream's re-orderer, made on its first frame.
-        let mut rord = reorderers.get_mut(stream).map(|slot| {
-            slot.get_or_insert_with(|| {
-                let mut r = Reorderer::new(*reorder);
-                for (path, &(live, delay)) in paths.iter().enumerate() {
-                    r.set_path_live(path, live);
-                    r.set_path_delay(path, delay);
-                }
-                Box::new(r)
-            })
-        });
+        let mut rord = reorderers.get_mut(stream).map(|slot| slot.get_or_insert_with(|| fresh(reorder, paths)));
         if let Some(r) = rord.as_deref_mut() {
+            // On one tunnel a sender's frames carry rising ESP and stream
+            // sequence numbers together. The newest ESP packet with a stream
+            // sequence below one seen on this tunnel is a sender that
+            // started its stream over (restarted, or its bundle re-created
+            // under another name): what was held goes out and the stream
+            // starts anew, instead of every packet being too late.
+            if opened.newest && r.path_high(tunnel).is_some_and(|high| h.stream_seq < high) {
+                r.flush(&mut out);
+                *r = fresh(reorder, paths);
+                counters.stream_restarts += 1;
+            }
             r.on_frame(tunnel, h.stream_seq);
         }
         let evicted = reasm.counters().evicted;
-        let mut out = Counted { out, n: 0 };
         let mut s = RxSummary {
             tunnel,
             spi,
