@@ -486,6 +486,9 @@ pub struct WorkerCounters {
     /// NAT-keepalives handed to a WAN TX queue, all tunnels (those the
     /// port took are the tunnels' `keepalives_tx`).
     pub keepalives: u64,
+    /// Peer sender streams that started over (a restarted peer, a renamed
+    /// bundle): their re-orderer delivered what it held and began anew.
+    pub stream_restarts: u64,
     /// Dataplane drops by reason.
     pub drops: DpDrops,
     /// Tunnel engine drops by reason (all bundles, and the engines new
@@ -524,6 +527,7 @@ impl WorkerCounters {
         self.delivered += o.delivered;
         self.icmp_sent += o.icmp_sent;
         self.keepalives_rx += o.keepalives_rx;
+        self.stream_restarts += o.stream_restarts;
         self.keepalives += o.keepalives;
         self.frags.taken += o.frags.taken;
         self.frags.reassembled += o.frags.reassembled;

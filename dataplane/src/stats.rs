@@ -23,12 +23,13 @@ use crate::config::Tables;
 use crate::counters::{DpDrop, Flow, KernelStats, LocalDrop, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
-const SCALARS: [&str; 10] = [
+const SCALARS: [&str; 11] = [
     "encapsulated",
     "delivered",
     "icmp_sent",
     "keepalives_rx",
     "keepalives",
+    "stream_restarts",
     "frag/taken",
     "frag/reassembled",
     "frag/discarded",
@@ -105,6 +106,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
         c.icmp_sent,
         c.keepalives_rx,
         c.keepalives,
+        c.stream_restarts,
         c.frags.taken,
         c.frags.reassembled,
         c.frags.discarded,

@@ -422,6 +422,7 @@ impl Worker {
             if let Engine::Bundle { tx, rx } = &b.engine {
                 c.engine.merge(tx.counters());
                 c.engine.merge(rx.counters());
+                c.stream_restarts += rx.stats().stream_restarts;
             }
         }
         c.nat.add_engine(&self.nat_retired);

@@ -333,6 +333,7 @@ impl Worker {
                 self.counters.delivered += (self.lan_out.len() - before) as u64;
                 self.counters.engine.merge(tx.counters());
                 self.counters.engine.merge(rx.counters());
+                self.counters.stream_restarts += rx.stats().stream_restarts;
             }
             applied.dropped += 1;
         }
