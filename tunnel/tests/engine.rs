@@ -983,3 +983,62 @@ fn a_rebuilt_bundle_continues_its_streams() {
     let mut other = BundleTx::new(BundleTxConfig { stream: 4, ..cfg }, a_out.clone(), 30);
     assert!(!other.continue_from(&tx2, &paths));
 }
+
+/// A gateway with two workers splits a bundle's receive work: the owner
+/// of a tunnel's inbound SA opens its packets (authentication, replay
+/// window, decryption), the owner of the sender's stream re-orders and
+/// delivers them. Frames of two streams sprayed over three tunnels, opened
+/// by whichever of two receivers owns the tunnel and delivered by the
+/// other's when it owns the stream, come out once each and in order per
+/// stream, with every drop counted where it happened.
+#[test]
+fn frames_opened_on_one_receiver_are_delivered_by_another() {
+    let mut rng = Rng(11);
+    let (a_out, _) = direction(&mut rng, 3, 0x500);
+    let (b_out, _) = direction(&mut rng, 3, 0x600);
+    let mut rng = Rng(11);
+    let (_, b_in_0) = direction(&mut rng, 3, 0x500);
+    let mut rng = Rng(11);
+    let (_, b_in_1) = direction(&mut rng, 3, 0x500);
+    let mut txs: Vec<BundleTx> =
+        (0..2).map(|s| BundleTx::new(BundleTxConfig { stream: s, ..Default::default() }, a_out.clone(), 0)).collect();
+    let mut rxs: Vec<BundleRx<Vec<u8>>> = vec![
+        BundleRx::new(BundleRxConfig::default(), b_in_0, b_out.clone()),
+        BundleRx::new(BundleRxConfig::default(), b_in_1, b_out.clone()),
+    ];
+    let tunnel_owner = |t: usize| t % 2;
+    let stream_owner = |s: u16| usize::from(s) % 2;
+    let copy = |p: &[u8]| Some(p.to_vec());
+    let mut delivered: [Vec<Vec<u8>>; 2] = Default::default();
+    let mut sent = Vec::new();
+    let mut handed = 0;
+    for idx in 0..60u32 {
+        let s = (idx % 2) as usize;
+        let (t, mut esp) = one_frame(&mut txs[s], &inner_packet(false, s as u32, idx / 2, 200));
+        sent.push(esp.clone());
+        let owner = tunnel_owner(t.tunnel);
+        let o = rxs[owner].open(t.tunnel, &mut esp, u64::from(idx)).unwrap();
+        assert_eq!((o.tunnel, o.stream, o.seq), (t.tunnel, s as u16, t.seq));
+        let to = stream_owner(o.stream);
+        handed += usize::from(to != owner);
+        let sum = rxs[to].on_opened(&o, &esp[o.payload.clone()], u64::from(idx), copy, &mut delivered[to]).unwrap();
+        assert_eq!(sum.delivered, 1);
+    }
+    assert!(handed > 0, "some frames crossed workers");
+    for (w, d) in delivered.iter().enumerate() {
+        let ids: Vec<(u32, u32)> = d.iter().map(|p| packet_id(p)).collect();
+        assert_eq!(ids, (0..30).map(|i| (w as u32, i)).collect::<Vec<_>>(), "stream {w} once, in order");
+    }
+    // A replay is refused by the tunnel's owner, whoever owns the stream.
+    let mut replay = sent[7].clone();
+    let t = rxs[0].tunnel_of(Spi(u32::from_be_bytes(replay[..4].try_into().unwrap()))).unwrap();
+    assert_eq!(rxs[tunnel_owner(t)].open(t, &mut replay, 100), Err(DropReason::Replayed));
+    assert_eq!(rxs[tunnel_owner(t)].counters().get(DropReason::Replayed), 1);
+    // A frame the owner cannot use is counted by the owner.
+    let (t, mut esp) = one_frame(&mut txs[0], &inner_packet(false, 0, 30, 200));
+    let mut o = rxs[tunnel_owner(t.tunnel)].open(t.tunnel, &mut esp, 101).unwrap();
+    o.tunnel = 9;
+    assert_eq!(rxs[1].on_opened(&o, &esp[o.payload.clone()], 101, copy, &mut delivered[1]), Err(DropReason::EspUnknownSpi));
+    let total_frames: u64 = rxs.iter().map(|r| r.stats().frames).sum();
+    assert_eq!(total_frames, 60);
+}

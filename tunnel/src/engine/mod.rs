@@ -19,7 +19,7 @@
 mod rx;
 mod tx;
 
-pub use rx::{BundleRx, BundleRxConfig, ReceivedReply, RxCounters, RxSummary};
+pub use rx::{BundleRx, BundleRxConfig, OpenedFrame, ReceivedReply, RxCounters, RxSummary};
 pub use tx::{BundleTx, BundleTxConfig, TxCounters};
 
 use crate::wire::esp::{MAX_TAIL, PAYLOAD_OFFSET};

@@ -77,6 +77,24 @@ pub struct RxSummary {
     pub replies: usize,
 }
 
+/// An ESP packet [`BundleRx::open`]ed: authenticated, in its replay
+/// window, decrypted, a bundle frame whose header parses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedFrame {
+    /// Tunnel it arrived on.
+    pub tunnel: usize,
+    /// Its SPI.
+    pub spi: Spi,
+    /// Its 64-bit sequence number.
+    pub seq: u64,
+    /// The sequence number is the highest its SA accepted so far.
+    pub newest: bool,
+    /// Sender stream of the frame: whose re-orderer takes it.
+    pub stream: u16,
+    /// The frame inside the buffer given to `open`.
+    pub payload: std::ops::Range<usize>,
+}
+
 /// A probe reply received, for [`BundleTx::on_probe_reply`](super::BundleTx::on_probe_reply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReceivedReply {
@@ -399,9 +417,57 @@ impl<H, A: Aead> BundleRx<H, A> {
         tunnel: Option<usize>,
         buf: &mut [u8],
         now: Nanos,
-        mut make_handle: impl FnMut(&[u8]) -> Option<H>,
+        make_handle: impl FnMut(&[u8]) -> Option<H>,
         out: &mut impl Extend<H>,
     ) -> Result<RxSummary, DropReason> {
+        let o = self.open_inner(tunnel, buf, now)?;
+        let frame = &buf[o.payload.clone()];
+        self.frame_inner(&o, frame, now, make_handle, out)
+    }
+
+    /// The first half of [`on_esp_from`](Self::on_esp_from), for a
+    /// gateway whose workers split a bundle's work: the worker that owns
+    /// `tunnel`'s inbound SA (its replay window) authenticates, checks
+    /// anti-replay and decrypts `buf` in place, and hands the frame
+    /// (`buf[opened.payload]`) to the worker that owns its sender stream
+    /// ([`OpenedFrame::stream`]), which calls [`on_opened`](Self::on_opened)
+    /// on its own receiver of the same bundle. A rejected packet is counted
+    /// here; the frame's records are counted by `on_opened`.
+    pub fn open(&mut self, tunnel: usize, buf: &mut [u8], now: Nanos) -> Result<OpenedFrame, DropReason> {
+        let r = self.open_inner(Some(tunnel), buf, now);
+        if let Err(reason) = &r {
+            self.drops.add(*reason);
+        }
+        r
+    }
+
+    /// The second half of [`on_esp_from`](Self::on_esp_from): a frame
+    /// opened by [`open`](Self::open), possibly on another worker's
+    /// receiver of the same bundle (same tunnels, in the same order).
+    pub fn on_opened(
+        &mut self,
+        opened: &OpenedFrame,
+        frame: &[u8],
+        now: Nanos,
+        make_handle: impl FnMut(&[u8]) -> Option<H>,
+        out: &mut impl Extend<H>,
+    ) -> Result<RxSummary, DropReason> {
+        if opened.tunnel >= self.inbound.len() {
+            self.drops.add(DropReason::EspUnknownSpi);
+            return Err(DropReason::EspUnknownSpi);
+        }
+        let r = self.frame_inner(opened, frame, now, make_handle, out);
+        match &r {
+            Ok(s) => {
+                self.counters.frames += 1;
+                self.counters.delivered += s.delivered as u64;
+            }
+            Err(reason) => self.drops.add(*reason),
+        }
+        r
+    }
+
+    fn open_inner(&mut self, tunnel: Option<usize>, buf: &mut [u8], now: Nanos) -> Result<OpenedFrame, DropReason> {
         let spi = Packet::new_checked(&*buf)?.spi();
         let tunnel = match tunnel {
             Some(t) if t < self.inbound.len() => t,
@@ -413,7 +479,27 @@ impl<H, A: Aead> BundleRx<H, A> {
         if opened.next_header != NEXT_HEADER_BUNDLE {
             return Err(DropReason::EspBadNextHeader);
         }
-        let frame = Frame::parse(&buf[opened.payload])?;
+        let h = Frame::parse(&buf[opened.payload.clone()])?.header();
+        Ok(OpenedFrame {
+            tunnel,
+            spi,
+            seq: opened.seq,
+            newest: opened.newest,
+            stream: h.stream,
+            payload: opened.payload,
+        })
+    }
+
+    fn frame_inner(
+        &mut self,
+        opened: &OpenedFrame,
+        frame: &[u8],
+        now: Nanos,
+        mut make_handle: impl FnMut(&[u8]) -> Option<H>,
+        out: &mut impl Extend<H>,
+    ) -> Result<RxSummary, DropReason> {
+        let (tunnel, spi) = (opened.tunnel, opened.spi);
+        let frame = Frame::parse(frame)?;
         let h = frame.header();
         // A frame is taken whole or dropped whole.
         let buckets = self.cfg.reorder.buckets.max(1);
