@@ -13,6 +13,7 @@ pub mod error;
 pub mod ip_frag;
 pub mod lcore;
 pub mod mbuf;
+pub mod mbuf_ring;
 pub mod memory;
 pub mod mempool;
 pub mod port;
@@ -23,6 +24,7 @@ pub use eal::Eal;
 pub use error::Error;
 pub use lcore::{launch, LcoreHandle, LcoreId};
 pub use mbuf::Mbuf;
+pub use mbuf_ring::{MbufRing, RingConsumer, RingProducer};
 pub use mempool::Mempool;
 pub use port::{Offloads, Port, PortConfig, PortId, PortInfo, PortStats, QueueId, RxQueue, TxQueue};
 

@@ -159,6 +159,9 @@ pub struct PortConfig {
     pub mtu: Option<u16>,
     /// Receive every frame whatever its destination MAC.
     pub promiscuous: bool,
+    /// Several RX queues on a port without RSS: the caller knows how frames
+    /// reach each queue (net_ring, memif queue pairs).
+    pub steered_queues: bool,
 }
 
 impl Default for PortConfig {
@@ -171,6 +174,7 @@ impl Default for PortConfig {
             offloads: Offloads::ALL,
             mtu: None,
             promiscuous: true,
+            steered_queues: false,
         }
     }
 }
@@ -209,17 +213,20 @@ pub(crate) struct EthConf {
 
 /// RSS is on whenever the RSS-hash offload is granted (ethdev refuses the
 /// offload without RSS mode) or several RX queues must share traffic; the
-/// latter needs IP, UDP or TCP hashing from the port.
+/// latter needs IP, UDP or TCP hashing from the port, unless the caller
+/// steers frames to the queues itself (`steered_queues`), in which case a
+/// port without RSS gets several queues and no RSS.
 pub(crate) fn eth_conf(cfg: &PortConfig, info: &PortInfo, granted: Offloads) -> Result<EthConf, String> {
     let (rx_offloads, tx_offloads) = granted.masks();
     let rss_hf = info.rss_capa & (BRAID_ETH_RSS_IP | BRAID_ETH_RSS_UDP | BRAID_ETH_RSS_TCP);
-    if cfg.rx_queues > 1 && rss_hf == 0 {
+    if cfg.rx_queues > 1 && rss_hf == 0 && !cfg.steered_queues {
         return Err(format!(
-            "{} RX queues need RSS over IP/UDP/TCP, but the port's RSS capabilities are {:#x}",
+            "{} RX queues need RSS over IP/UDP/TCP, but the port's RSS capabilities are {:#x} \
+             (set steered_queues if frames reach each queue another way)",
             cfg.rx_queues, info.rss_capa
         ));
     }
-    let rss = granted.rx_rss_hash || cfg.rx_queues > 1;
+    let rss = granted.rx_rss_hash || (cfg.rx_queues > 1 && rss_hf != 0);
     Ok(EthConf { rx_offloads, tx_offloads, rss, rss_hf: if rss { rss_hf } else { 0 } })
 }
 
@@ -832,6 +839,21 @@ mod tests {
         let ec = eth_conf(&cfg, &info, Offloads::default()).unwrap();
         assert!(ec.rss);
         assert_eq!(ec.rss_hf, BRAID_ETH_RSS_TCP);
+    }
+
+    #[test]
+    fn steered_queues_need_no_rss() {
+        let info = fake_info(Offloads::default(), 0);
+        let cfg = PortConfig { rx_queues: 2, tx_queues: 2, steered_queues: true, ..Default::default() };
+        let ec = eth_conf(&cfg, &info, Offloads::default()).unwrap();
+        assert!(!ec.rss, "{ec:?}");
+        assert_eq!(ec.rss_hf, 0);
+        assert_eq!(ec.to_raw().rxmode.mq_mode, 0);
+        // A port that has RSS keeps it for its queues.
+        let info = fake_info(Offloads::default(), BRAID_ETH_RSS_UDP);
+        let ec = eth_conf(&cfg, &info, Offloads::default()).unwrap();
+        assert!(ec.rss);
+        assert_eq!(ec.rss_hf, BRAID_ETH_RSS_UDP);
     }
 
     #[test]
