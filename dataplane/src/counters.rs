@@ -71,6 +71,14 @@ drops! {
     /// A LAN that resolves its hosts: too many packets already wait for
     /// their neighbors.
     LanHoldFull => "lan_hold_full",
+    /// Several workers: an ESP packet for a tunnel another worker owns,
+    /// dropped because the ring to that worker was full.
+    HandoffFull => "handoff_full",
+    /// Several workers: a frame opened by its tunnel's owner that did not
+    /// reach the owner of its stream (the ring was full, or new tables
+    /// removed the tunnel in between). Its ESP packet was counted as
+    /// received.
+    HandoffLost => "handoff_lost",
 }
 
 impl DpDrop {
@@ -90,6 +98,7 @@ impl DpDrop {
                 | DpDrop::LanNextHopUnresolved
                 | DpDrop::LanNoNextHop
                 | DpDrop::LanHoldFull
+                | DpDrop::HandoffLost
         )
     }
 }
@@ -438,6 +447,54 @@ impl KernelStats {
     }
 }
 
+/// What the workers of one gateway handed each other (all zero with one
+/// worker). Summed over the workers, `esp_out` = `esp_in` and `frames_out`
+/// = `frames_in` once the rings are empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandoffStats {
+    /// ESP packets received for a tunnel another worker owns, handed on
+    /// unopened / taken from another worker.
+    pub esp_out: u64,
+    pub esp_in: u64,
+    /// Frames opened here for the owner of their sender stream / taken
+    /// from the owner of their tunnel.
+    pub frames_out: u64,
+    pub frames_in: u64,
+    /// Remotes learned, path changes and neighbor answers told to the
+    /// other workers (one per worker) / heard from them.
+    pub messages_out: u64,
+    pub messages_in: u64,
+    /// Messages not made: the mempool was empty.
+    pub messages_failed: u64,
+}
+
+impl HandoffStats {
+    /// Every counter by name, in one order for the report and the stats
+    /// segment.
+    pub fn named(&self) -> [(&'static str, u64); 7] {
+        [
+            ("esp_out", self.esp_out),
+            ("esp_in", self.esp_in),
+            ("frames_out", self.frames_out),
+            ("frames_in", self.frames_in),
+            ("messages_out", self.messages_out),
+            ("messages_in", self.messages_in),
+            ("messages_failed", self.messages_failed),
+        ]
+    }
+
+    /// Adds another worker's.
+    pub fn merge(&mut self, o: &HandoffStats) {
+        self.esp_out += o.esp_out;
+        self.esp_in += o.esp_in;
+        self.frames_out += o.frames_out;
+        self.frames_in += o.frames_in;
+        self.messages_out += o.messages_out;
+        self.messages_in += o.messages_in;
+        self.messages_failed += o.messages_failed;
+    }
+}
+
 /// Everything one worker counts.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerCounters {
@@ -511,6 +568,8 @@ pub struct WorkerCounters {
     pub local: LocalStats,
     /// The exception path to and from the kernel.
     pub kernel: KernelStats,
+    /// Work handed between workers.
+    pub handoff: HandoffStats,
     /// Packets delivered to the LAN that wait for their neighbor to answer
     /// (a gauge; `lan_next_hop_unresolved` or `lan_tx` later).
     pub lan_held: u64,
@@ -551,6 +610,7 @@ impl WorkerCounters {
         self.nat.merge(&o.nat);
         self.local.merge(&o.local);
         self.kernel.merge(&o.kernel);
+        self.handoff.merge(&o.handoff);
         self.lan_held += o.lan_held;
     }
 }

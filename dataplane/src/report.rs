@@ -103,7 +103,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         named(&l.named_drops()),
     );
     s.pop();
-    let _ = write!(s, ",\"kernel\":{},\"lan_held\":{}}}", named(&c.kernel.named()), c.lan_held);
+    let _ = write!(s, ",\"kernel\":{},\"handoff\":{},\"lan_held\":{}}}", named(&c.kernel.named()), named(&c.handoff.named()), c.lan_held);
     s
 }
 

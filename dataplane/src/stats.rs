@@ -11,7 +11,7 @@
 //! `local/<counter>` (WAN next-hop resolution included: `local/learned`,
 //! `local/requests`, `local/unresolved`) and `local_drop/<reason>` (the
 //! neighbor cache gauge is in the report); the exception path
-//! `kernel/<counter>`.
+//! `kernel/<counter>`, `handoff/<counter>`.
 //! The order of [`layout`] and [`flatten`] is
 //! the same by construction (both walk [`Names`]).
 
@@ -20,7 +20,7 @@ use braid_shm::stats::StatsLayout;
 use braid_tunnel::drop::DropReason;
 
 use crate::config::Tables;
-use crate::counters::{DpDrop, Flow, KernelStats, LocalDrop, WorkerCounters};
+use crate::counters::{DpDrop, Flow, HandoffStats, KernelStats, LocalDrop, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
 const SCALARS: [&str; 11] = [
@@ -72,6 +72,7 @@ pub fn layout(tables: &Tables, workers: u16) -> StatsLayout {
     counters.extend(LOCAL.iter().map(|s| s.to_string()));
     counters.extend(LocalDrop::ALL.iter().map(|d| format!("local_drop/{}", d.name())));
     counters.extend(KernelStats::default().named().iter().map(|(n, _)| format!("kernel/{n}")));
+    counters.extend(HandoffStats::default().named().iter().map(|(n, _)| format!("handoff/{n}")));
     if has_nat(tables) {
         counters.extend(NAT.iter().map(|s| s.to_string()));
         counters.extend(NatDrop::ALL.iter().map(|d| format!("nat_out_drop/{}", d.name())));
@@ -132,6 +133,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
     ]);
     counters.extend(l.dropped);
     counters.extend(c.kernel.named().map(|(_, v)| v));
+    counters.extend(c.handoff.named().map(|(_, v)| v));
     let n = &c.nat;
     let nat = has_nat(tables);
     if nat {

@@ -37,13 +37,13 @@ use braid_tunnel::liveness::LivenessConfig;
 use braid_tunnel::reorder::{HoldConfig, ReorderConfig};
 use braid_tunnel::bundle::pack::{InnerPacket, PackCursor};
 use braid_tunnel::bundle::reassembly::ReassemblyConfig;
-use braid_tunnel::engine::{esp_area_len, BundleRx, BundleRxConfig, BundleTx, BundleTxConfig, DropCounters};
-use braid_tunnel::sa::{InboundSa, InboundSaPair, OutboundSaPair, SaParams, SeqBlock};
+use braid_tunnel::engine::{esp_area_len, BundleRx, BundleRxConfig, BundleTx, BundleTxConfig, DropCounters, OpenedFrame};
+use braid_tunnel::sa::{InboundSa, InboundSaPair, OutboundSaPair, SaParams, SeqBlock, Spi};
 use braid_tunnel::wire::udp_encap::{classify, EncapKind};
 use braid_tunnel::wire::{esp, flow_hash};
 use braid_tunnel::{plain, Nanos};
 
-use crate::counters::{DpDrop, DpDrops, TunnelCounters, WorkerCounters};
+use crate::counters::{DpDrop, DpDrops, LocalStats, TunnelCounters, WorkerCounters};
 use crate::encap::{OuterTemplate, IP_AT, KEEPALIVE_LEN, OUTER_LEN};
 use crate::local::{Handled, Responder};
 use crate::nat::{NatSetup, EXPIRE_BUSY, EXPIRE_IDLE};
@@ -52,6 +52,7 @@ use crate::route::RouteTable;
 pub use crate::config::BundleMode as Mode;
 
 mod apply;
+pub mod handoff;
 mod lan;
 pub use apply::{keeps_engine, prebuild_bundle, Applied, PrebuiltBundle};
 pub use lan::{OnLink, LAN_HOLD_MAX, LAN_HOLD_TIME};
@@ -277,6 +278,15 @@ pub struct Worker {
     /// Delivery to a LAN that resolves its hosts: packets waiting for a
     /// neighbor, the last one resolved.
     lan_del: lan::LanDelivery,
+    /// The rings to and from the gateway's other workers (`None`: this is
+    /// its only worker), and what came from them this poll.
+    handoff: Option<handoff::Handoff>,
+    handed: Vec<Mbuf>,
+    /// Remotes learned this poll (inbound SPI, new remote), told to the
+    /// other workers at the flush.
+    remote_news: Vec<(u32, SocketAddrV4)>,
+    /// Path changes seen by the prober this round, told to the others.
+    path_news: Vec<handoff::Header>,
 }
 
 /// A port's kernel tap queues and what waits for its TX queue.
@@ -396,7 +406,30 @@ impl Worker {
             next_kernel: 0,
             tunnel_ports: port_set(&setup.bundles),
             lan_del: Default::default(),
+            handoff: None,
+            handed: Vec::with_capacity(BURST),
+            remote_news: Vec::new(),
+            path_news: Vec::new(),
         })
+    }
+
+    /// Makes this worker one of several (`h` from [`handoff::mesh`], at
+    /// this worker's index): ESP for a tunnel another worker owns, and
+    /// frames of a stream another worker owns, are handed to it, and what
+    /// it learns that the others need is told to them (see `handoff`).
+    pub fn with_handoff(mut self, h: handoff::Handoff) -> Result<Worker, String> {
+        if h.id() != self.id {
+            return Err(format!("hand-off rings of worker {} given to worker {}", h.id(), self.id));
+        }
+        if h.workers() > 1 {
+            self.handoff = Some(h);
+        }
+        Ok(self)
+    }
+
+    /// Workers of this gateway.
+    fn workers(&self) -> u16 {
+        self.handoff.as_ref().map_or(1, |h| h.workers())
     }
 
     /// Gives the worker the exception path: `taps[0]` for the LAN port,
@@ -488,6 +521,9 @@ impl Worker {
         let mut work = self.lan_to_wan(now);
         for w in 0..self.wan_rx.len() {
             work += self.wan_to_lan(w, now);
+        }
+        if self.handoff.is_some() {
+            work += self.take_handed(now);
         }
         if now >= self.next_kernel {
             work += self.read_kernel_taps(now);
@@ -667,8 +703,19 @@ impl Worker {
         if !m.is_contiguous() {
             return Some(m);
         }
-        if self.kernel[port].is_some() && crate::local::is_neighbor_answer(m.data()) {
-            self.copy_to_kernel(port, &m);
+        if (self.kernel[port].is_some() || self.handoff.is_some()) && crate::local::is_neighbor_answer(m.data()) {
+            if self.kernel[port].is_some() {
+                self.copy_to_kernel(port, &m);
+            }
+            if self.handoff.is_some() {
+                // RSS gives every ARP reply to one queue: every worker's
+                // resolver must hear it.
+                let h = handoff::Header { kind: handoff::Kind::Neighbor, a: port as u8, b: 0, spi: 0, x: 0 };
+                let mut body = [0u8; 256];
+                let len = m.data_len().min(body.len());
+                body[..len].copy_from_slice(&m.data()[..len]);
+                self.tell(h, &body[..len]);
+            }
         }
         match self.local[port].handle(&mut m, self.now, &mut self.counters.local) {
             Handled::Pass => Some(m),
@@ -968,7 +1015,7 @@ impl Worker {
                 match self.take_fragment(m, now) {
                     // DPDK leaves the reassembled header's checksum to TX
                     // offload (zero); each fragment's was checked.
-                    Ok(Some(whole)) => self.receive_esp(w, whole, now, false),
+                    Ok(Some(whole)) => self.receive_esp(w, whole, now, false, false),
                     Ok(None) => Ok(()),
                     Err(r) => Err(r),
                 }
@@ -976,9 +1023,9 @@ impl Worker {
                 // The NIC's verdict on the outer IPv4 header checksum, when
                 // it checks: a good one is not summed again.
                 match m.rx_ip_cksum() {
-                    RxCksum::Good | RxCksum::Valid => self.receive_esp(w, m, now, false),
+                    RxCksum::Good | RxCksum::Valid => self.receive_esp(w, m, now, false, false),
                     RxCksum::Bad => Err(DpDrop::BadOuterIp),
-                    RxCksum::Unknown => self.receive_esp(w, m, now, true),
+                    RxCksum::Unknown => self.receive_esp(w, m, now, true, false),
                 }
             };
             if let Err(r) = r {
@@ -1028,7 +1075,9 @@ impl Worker {
     /// remote there (the peer's NAT rebound). Nothing else does: not an
     /// unauthenticated packet (a forgery), not an older authentic one (a
     /// capture replayed from elsewhere, or a straggler from before).
-    fn receive_esp(&mut self, w: usize, mut m: Mbuf, now: Nanos, verify_csum: bool) -> Result<(), DpDrop> {
+    /// An ESP-in-UDP frame from WAN port `w` (`handed`: by another worker,
+    /// for this one owns its tunnel).
+    fn receive_esp(&mut self, w: usize, mut m: Mbuf, now: Nanos, verify_csum: bool, handed: bool) -> Result<(), DpDrop> {
         if !m.is_contiguous() {
             return Err(DpDrop::Multiseg);
         }
@@ -1048,12 +1097,54 @@ impl Worker {
         let i = self.spis.binary_search_by_key(&spi, |e| e.0).map_err(|_| DpDrop::UnknownSpi)?;
         let (_, b, t) = self.spis[i];
         let (b, t) = (b as usize, t as usize);
+        let workers = self.workers();
         let st = &mut self.bundles[b];
         if st.local_port[t] != dst_port {
             return Err(DpDrop::TunnelMismatch);
         }
+        if workers > 1 && !handed {
+            let owner = handoff::tunnel_owner(dst_port, workers);
+            if owner != self.id {
+                // Opened only where its replay window is (see `handoff`).
+                let h = handoff::Header { kind: handoff::Kind::Esp, a: w as u8, b: verify_csum as u8, spi: 0, x: 0 };
+                if !h.push(&mut m) {
+                    return Err(DpDrop::HandoffFull);
+                }
+                self.handoff.as_mut().expect("several workers").send(owner, m);
+                return Ok(());
+            }
+        }
         let tc = &mut self.counters.tunnels[b][t];
         match &mut st.engine {
+            Engine::Bundle { rx, .. } if workers > 1 => {
+                let o = match rx.open(t, &mut m.data_mut()[esp_at..esp_at + esp_len], now) {
+                    Ok(o) => o,
+                    Err(_) => {
+                        tc.rejected += 1;
+                        return Ok(());
+                    }
+                };
+                tc.rx.add(esp_len);
+                if o.newest && follow_remote(&mut st.outer[t], src, tc) {
+                    self.remote_news.push((o.spi.0, src));
+                }
+                let owner = handoff::stream_owner(o.stream, workers);
+                if owner == self.id {
+                    self.deliver_frame(b, &o, &m.data()[esp_at + o.payload.start..esp_at + o.payload.end], now);
+                } else {
+                    // Just the frame, behind the hand-off header.
+                    let tail = m.data_len() - (esp_at + o.payload.end);
+                    m.adj(esp_at + o.payload.start);
+                    m.trim(tail);
+                    let h = handoff::Header { kind: handoff::Kind::Frame, a: o.newest as u8, b: 0, spi: o.spi.0, x: 0 };
+                    if h.push(&mut m) {
+                        self.handoff.as_mut().expect("several workers").send(owner, m);
+                    } else {
+                        self.counters.drops.add(DpDrop::HandoffLost);
+                    }
+                }
+                Ok(())
+            }
             Engine::Bundle { rx, .. } => {
                 let pool = &self.pool;
                 let stash = &mut self.stash;
@@ -1084,8 +1175,8 @@ impl Worker {
                         return Ok(());
                     }
                 };
-                if opened.newest {
-                    follow_remote(&mut st.outer[t], src, tc);
+                if opened.newest && follow_remote(&mut st.outer[t], src, tc) && workers > 1 {
+                    self.remote_news.push((p.inbound[t].current().spi().0, src));
                 }
                 // Strip outer headers down to room for the LAN Ethernet
                 // header, and the ESP trailer.
@@ -1103,6 +1194,116 @@ impl Worker {
                 Ok(())
             }
         }
+    }
+
+    /// Tells the other workers the remotes learned, and hands them what
+    /// is theirs.
+    fn flush_handoff(&mut self) {
+        for (spi, src) in std::mem::take(&mut self.remote_news) {
+            let x = (u64::from(u32::from(*src.ip())) << 16) | u64::from(src.port());
+            self.tell(handoff::Header { kind: handoff::Kind::Remote, a: 0, b: 0, spi, x }, &[]);
+        }
+        let Some(h) = self.handoff.as_mut() else { return };
+        let f = h.flush();
+        let c = &mut self.counters;
+        c.handoff.esp_out += f.esp_taken;
+        c.handoff.frames_out += f.frames_taken;
+        c.drops.add_n(DpDrop::HandoffFull, f.esp_dropped);
+        c.drops.add_n(DpDrop::HandoffLost, f.frames_dropped);
+    }
+
+    /// A frame opened from bundle `b`'s tunnel `o.tunnel` (here or by the
+    /// tunnel's owner), to this worker's re-orderer of its stream.
+    fn deliver_frame(&mut self, b: usize, o: &OpenedFrame, frame: &[u8], now: Nanos) {
+        let Engine::Bundle { rx, .. } = &mut self.bundles[b].engine else { return };
+        let pool = &self.pool;
+        let stash = &mut self.stash;
+        let lan = self.lan;
+        let make = |inner: &[u8]| lan_frame(stash, pool, &lan, inner);
+        let before = self.lan_out.len();
+        // A refused frame is counted by the engine.
+        let _ = rx.on_opened(o, frame, now, make, &mut self.lan_out);
+        self.counters.delivered += (self.lan_out.len() - before) as u64;
+    }
+
+    /// What the other workers handed this one (see `handoff`).
+    fn take_handed(&mut self, now: Nanos) -> usize {
+        let Some(h) = self.handoff.as_mut() else { return 0 };
+        let mut handed = std::mem::take(&mut self.handed);
+        let n = h.receive(&mut handed, BURST);
+        for mut m in handed.drain(..) {
+            let Some(h) = handoff::Header::pop(&mut m) else { continue };
+            let tunnel = |spis: &[(u32, u16, u16)]| {
+                spis.binary_search_by_key(&h.spi, |e| e.0).ok().map(|i| (spis[i].1 as usize, spis[i].2 as usize))
+            };
+            match h.kind {
+                handoff::Kind::Esp => {
+                    self.counters.handoff.esp_in += 1;
+                    if let Err(r) = self.receive_esp(usize::from(h.a), m, now, h.b != 0, true) {
+                        self.counters.drops.add(r);
+                    }
+                }
+                handoff::Kind::Frame => {
+                    self.counters.handoff.frames_in += 1;
+                    let Some((b, t)) = tunnel(&self.spis) else {
+                        // New tables removed the tunnel meanwhile.
+                        self.counters.drops.add(DpDrop::HandoffLost);
+                        continue;
+                    };
+                    let o = OpenedFrame { tunnel: t, spi: Spi(h.spi), seq: 0, newest: h.a != 0, stream: 0, payload: 0..m.data_len() };
+                    self.deliver_frame(b, &o, m.data(), now);
+                }
+                handoff::Kind::Remote => {
+                    self.counters.handoff.messages_in += 1;
+                    if let Some((b, t)) = tunnel(&self.spis) {
+                        let ip = std::net::Ipv4Addr::from((h.x >> 16) as u32);
+                        self.bundles[b].outer[t].set_remote(SocketAddrV4::new(ip, h.x as u16));
+                    }
+                }
+                handoff::Kind::Path => {
+                    self.counters.handoff.messages_in += 1;
+                    if let Some((b, t)) = tunnel(&self.spis) {
+                        if let Engine::Bundle { tx, .. } = &mut self.bundles[b].engine {
+                            tx.set_path_alive(t, h.a != 0);
+                            if h.x != u64::MAX {
+                                tx.set_path_delay(t, h.x);
+                            }
+                        }
+                    }
+                }
+                handoff::Kind::Neighbor => {
+                    self.counters.handoff.messages_in += 1;
+                    let port = usize::from(h.a);
+                    if port < self.local.len() {
+                        // Counted where it arrived; here it only teaches.
+                        let mut seen = LocalStats::default();
+                        if let Handled::Learned = self.local[port].handle(&mut m, now, &mut seen) {
+                            self.next_neighbors = 0;
+                            if port == 0 {
+                                self.lan_del.retry = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.handed = handed;
+        n
+    }
+
+    /// Tells the other workers something this one learned: a message of
+    /// `len` bytes (copied from `body`) behind header `h`.
+    fn tell(&mut self, h: handoff::Header, body: &[u8]) {
+        let Some(ho) = self.handoff.as_mut() else { return };
+        let pool = &self.pool;
+        let made = ho.broadcast(|| {
+            let mut m = Mbuf::alloc(pool)?;
+            m.append(body.len())?.copy_from_slice(body);
+            h.push(&mut m).then_some(m)
+        });
+        let c = &mut self.counters.handoff;
+        c.messages_failed += made as u64;
+        c.messages_out += u64::from(ho.workers() - 1) - made as u64;
     }
 
     fn timers(&mut self, now: Nanos) {
@@ -1141,6 +1342,9 @@ impl Worker {
             tx.end_burst();
             // The re-orderers follow the sender's view of each path: a dead
             // path holds no gap back, and the hold follows the delay skew.
+            // The prober tells the other workers (their senders do not
+            // probe).
+            let prober = self.handoff.is_some() && self.options.probes.is_some();
             for (path, seen) in st.rx_paths.iter_mut().enumerate() {
                 let view = (tx.path_alive(path), tx.path_delay(path));
                 if view.0 != seen.0 {
@@ -1149,8 +1353,15 @@ impl Worker {
                 if view.1 != seen.1 {
                     rx.set_path_delay(path, view.1);
                 }
+                if prober && view != *seen {
+                    let spi = rx.inbound(path).map_or(0, |p| p.current().spi().0);
+                    self.path_news.push(handoff::Header { kind: handoff::Kind::Path, a: view.0 as u8, b: 0, spi, x: view.1.unwrap_or(u64::MAX) });
+                }
                 *seen = view;
             }
+        }
+        for h in std::mem::take(&mut self.path_news) {
+            self.tell(h, &[]);
         }
         self.keepalives(now);
     }
@@ -1165,7 +1376,13 @@ impl Worker {
                 continue;
             }
             st.next_keepalive = now.saturating_add(st.keepalive.min(KEEPALIVE_CHECK));
+            let workers = self.handoff.as_ref().map_or(1, |h| h.workers());
             for (t, (seen, since)) in st.quiet.iter_mut().enumerate() {
+                // With several workers, the tunnel's owner keeps its
+                // mapping (from its own TX: at worst a keepalive more).
+                if workers > 1 && handoff::tunnel_owner(st.local_port[t], workers) != self.id {
+                    continue;
+                }
                 let sent = self.counters.tunnels[b][t].tx.packets;
                 if sent != *seen {
                     (*seen, *since) = (sent, now);
@@ -1242,6 +1459,9 @@ impl Worker {
     }
 
     fn flush_tx(&mut self) {
+        if self.handoff.is_some() {
+            self.flush_handoff();
+        }
         self.nat_inbound();
         self.nat_done = 0;
         self.resolve_lan();
@@ -1583,11 +1803,14 @@ fn outer_esp(d: &[u8], verify_csum: bool, tunnel_ports: &[u64; 1024]) -> Result<
 /// The peer's newest authenticated packet came from `src`: the tunnel
 /// sends there from now on (a NAT in front of the peer rebound).
 #[inline]
-fn follow_remote(outer: &mut OuterTemplate, src: SocketAddrV4, tc: &mut TunnelCounters) {
+/// Points `outer` at `src`; `true` if that moved it.
+fn follow_remote(outer: &mut OuterTemplate, src: SocketAddrV4, tc: &mut TunnelCounters) -> bool {
     if outer.remote() != src {
         outer.set_remote(src);
         tc.remote_changes += 1;
+        return true;
     }
+    false
 }
 
 /// Whether an Ethernet frame carries IPv4.

@@ -1,0 +1,362 @@
+//! Two gateways of two workers each, on two-queue net_ring ports: the test
+//! plays the NICs' RSS. A's LAN frames go to the queue of their inner flow;
+//! WAN frames go to a queue chosen by a hash of the outer UDP ports (as a
+//! NIC would), which is often not the queue of the worker that owns the
+//! tunnel, so ESP packets are handed to their tunnel's owner and opened
+//! frames to the owner of their sender stream (`worker::handoff`). Every
+//! packet arrives once and in order per flow, byte for byte; a replay sent
+//! to another worker is still refused by the tunnel's one replay window;
+//! every packet is counted (`lab::assert_conserved` over each gateway's
+//! workers) and no mbuf leaks.
+
+use std::sync::Arc;
+
+use braid_dataplane::config::{Config, Tables};
+use braid_dataplane::counters::WorkerCounters;
+use braid_dataplane::gateway::{outbound_sas, worker_setup, PortPlan};
+use braid_dataplane::lab::traffic::{ip_packet, Family, Flow, L4};
+use braid_dataplane::lab::{self, Checker, TICK};
+use braid_dataplane::worker::handoff;
+use braid_dataplane::worker::Worker;
+use braid_dpdk::ring_port::RingPair;
+use braid_dpdk::{Mbuf, Mempool, Port, PortConfig, RxQueue, TxQueue, BURST};
+use braid_tunnel::DropReason;
+
+const WORKERS: u16 = 2;
+
+/// The test's side of a port: one queue pair per queue.
+struct End {
+    rx: Vec<RxQueue>,
+    tx: Vec<TxQueue>,
+}
+
+struct Gateway {
+    workers: Vec<Worker>,
+}
+
+impl Gateway {
+    fn poll(&mut self, now: u64) {
+        for w in &mut self.workers {
+            w.poll(now);
+        }
+    }
+    fn counters(&self) -> WorkerCounters {
+        let mut c = WorkerCounters::default();
+        for w in &self.workers {
+            c.merge(&w.counters());
+        }
+        c
+    }
+}
+
+/// The queue a NIC's RSS would pick for a WAN frame: a hash of the outer
+/// UDP ports (IPv4 without options).
+fn wan_queue(f: &[u8]) -> usize {
+    if f.len() < 38 {
+        return 0;
+    }
+    let (sp, dp) = (u16::from_be_bytes([f[34], f[35]]) as u32, u16::from_be_bytes([f[36], f[37]]) as u32);
+    (((sp.wrapping_mul(31) ^ dp.wrapping_mul(7)).wrapping_mul(2_654_435_761)) >> 31) as usize % WORKERS as usize
+}
+
+struct Rig {
+    a: Gateway,
+    b: Gateway,
+    gen: End,
+    check: End,
+    mid_a: End,
+    mid_b: End,
+    test_pool: Arc<Mempool>,
+    pools: Vec<Arc<Mempool>>,
+    now: u64,
+    /// A->B WAN frames, copied.
+    capture: Vec<Vec<u8>>,
+    delivered: Vec<Vec<u8>>,
+    /// A NAT in front of A rebinds: A->B frames from this UDP port come
+    /// from the second.
+    rebind: Option<(u16, u16)>,
+    ports: Vec<Port>,
+    pairs: Vec<RingPair>,
+}
+
+impl Rig {
+    fn new(case: &str, mode: &str, weights: &[u32]) -> Rig {
+        let test_pool = Arc::new(Mempool::new(&format!("{case}_tp"), 8191, 9400).unwrap());
+        let cfg = PortConfig { rx_queues: WORKERS, tx_queues: WORKERS, rx_desc: 512, tx_desc: 512, steered_queues: true, ..Default::default() };
+        let mut pairs = Vec::new();
+        let mut ends = Vec::new();
+        let mut gw_ports = Vec::new();
+        for (name, gw_side_is_b) in [("alan", true), ("awan", false), ("bwan", true), ("blan", false)] {
+            let (pair, pa, pb) = RingPair::with_queues(&format!("{case}{name}"), 1024, WORKERS).unwrap();
+            pairs.push(pair);
+            let (gw, mut mine) = if gw_side_is_b { (pb, pa) } else { (pa, pb) };
+            mine.configure(&cfg, &[&test_pool]).unwrap();
+            mine.start().unwrap();
+            gw_ports.push(gw);
+            ends.push(mine);
+        }
+        let end = |p: &Port| End {
+            rx: (0..WORKERS).map(|q| p.rx_queue(q).unwrap()).collect(),
+            tx: (0..WORKERS).map(|q| p.tx_queue(q).unwrap()).collect(),
+        };
+        let (gen, mid_a, mid_b, check) = (end(&ends[0]), end(&ends[1]), end(&ends[2]), end(&ends[3]));
+        let names: Vec<String> = gw_ports.iter().map(|p| p.info().name.clone()).collect();
+        let mut pools = Vec::new();
+        let mut ports = ends;
+        let mut gws = Vec::new();
+        let mut gw_ports = gw_ports.into_iter();
+        let (alan, awan, bwan, blan) = (gw_ports.next().unwrap(), gw_ports.next().unwrap(), gw_ports.next().unwrap(), gw_ports.next().unwrap());
+        for (side_a, mut lan, mut wan) in [(true, alan, awan), (false, blan, bwan)] {
+            let (ln, wn) = if side_a { (&names[0], &names[1]) } else { (&names[3], &names[2]) };
+            let json = lab::config_json(side_a, (ln, wn), mode, weights, 16, 1500);
+            let tables = Tables::from_config(&Config::from_json_str(&json).unwrap()).unwrap();
+            let pool = Arc::new(Mempool::new(&format!("{case}_{}", if side_a { "pa" } else { "pb" }), 16383, 9400).unwrap());
+            for p in [&mut lan, &mut wan] {
+                p.configure(&cfg, &[&pool]).unwrap();
+                p.start().unwrap();
+            }
+            let plan = PortPlan::new(&tables).unwrap();
+            let sas = outbound_sas(&tables);
+            let rings = handoff::mesh(&format!("{case}{}", if side_a { "ha" } else { "hb" }), WORKERS, 1024).unwrap();
+            let workers = rings
+                .into_iter()
+                .enumerate()
+                .map(|(id, h)| {
+                    let id = id as u16;
+                    let setup = worker_setup(&tables, &plan, &sas, id, id == 0, |_| false).unwrap();
+                    let lanq = (lan.rx_queue(id).unwrap(), lan.tx_queue(id).unwrap());
+                    let wanq = vec![(wan.rx_queue(id).unwrap(), wan.tx_queue(id).unwrap())];
+                    Worker::new(setup, pool.clone(), lanq, wanq, 0).unwrap().with_handoff(h).unwrap()
+                })
+                .collect();
+            gws.push(Gateway { workers });
+            pools.push(pool);
+            ports.push(lan);
+            ports.push(wan);
+        }
+        let b = gws.pop().unwrap();
+        let a = gws.pop().unwrap();
+        Rig { a, b, gen, check, mid_a, mid_b, test_pool, pools, now: 0, capture: Vec::new(), delivered: Vec::new(), rebind: None, ports, pairs }
+    }
+
+    /// A LAN frame from A's host holding `ip`.
+    fn frame_to_a(&self, ip: &[u8]) -> Mbuf {
+        let mut m = Mbuf::alloc(&self.test_pool).unwrap();
+        let b = m.append(14 + ip.len()).unwrap();
+        b[0..6].copy_from_slice(&lab::mac(lab::A_LAN_MAC));
+        b[6..12].copy_from_slice(&lab::mac(lab::A_HOST_MAC));
+        b[12..14].copy_from_slice(&(if ip[0] >> 4 == 6 { 0x86ddu16 } else { 0x0800 }).to_be_bytes());
+        b[14..].copy_from_slice(ip);
+        m
+    }
+
+    /// Moves WAN frames across the middle, each to the queue RSS picks.
+    fn middle(&mut self) {
+        let mut v = Vec::with_capacity(BURST);
+        for (from, to, capture) in [(0, 1, true), (1, 0, false)] {
+            for q in 0..WORKERS as usize {
+                loop {
+                    let src = if from == 0 { &mut self.mid_a } else { &mut self.mid_b };
+                    let n = src.rx[q].rx_burst(&mut v, BURST);
+                    if n == 0 {
+                        break;
+                    }
+                    for mut m in v.drain(..) {
+                        if capture {
+                            self.capture.push(m.data().to_vec());
+                            if let Some((old, new)) = self.rebind {
+                                let d = m.data_mut();
+                                if d.len() >= 38 && d[34..36] == old.to_be_bytes() {
+                                    d[34..36].copy_from_slice(&new.to_be_bytes());
+                                }
+                            }
+                        }
+                        let dst = if to == 0 { &mut self.mid_a } else { &mut self.mid_b };
+                        let mut one = vec![m];
+                        dst.tx[wan_queue(one[0].data())].tx_all(&mut one, 1000);
+                        assert!(one.is_empty());
+                    }
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += TICK;
+        self.a.poll(self.now);
+        self.middle();
+        // B reads a burst per queue per poll: a few polls per step keep up
+        // with A's jumbo frames cut into several WAN frames each.
+        for _ in 0..4 {
+            self.b.poll(self.now);
+        }
+        self.middle();
+        let mut v = Vec::with_capacity(BURST);
+        for q in 0..WORKERS as usize {
+            while self.check.rx[q].rx_burst(&mut v, BURST) > 0 {
+                self.delivered.extend(v.drain(..).map(|m| m.data().to_vec()));
+            }
+            // A delivers nothing (only A sends data): free what B's probes
+            // make A say, if anything.
+            while self.gen.rx[q].rx_burst(&mut v, BURST) > 0 {
+                v.clear();
+            }
+        }
+    }
+
+    fn settle(&mut self, polls: usize) {
+        for _ in 0..polls {
+            self.step();
+        }
+    }
+
+    fn close(self) {
+        let Rig { a, b, gen, check, mid_a, mid_b, pools, ports, pairs, test_pool, .. } = self;
+        drop((a, b, gen, check, mid_a, mid_b));
+        for p in ports {
+            p.close();
+        }
+        drop(pairs);
+        for p in pools.iter().chain(std::iter::once(&test_pool)) {
+            assert_eq!(p.avail(), p.size(), "pool {} leaked {} mbufs", p.name(), p.size() - p.avail());
+        }
+    }
+}
+
+/// The queue RSS gives tunnel frames from A's `port` to B's same port.
+fn tunnel_queue_of(port: u16) -> usize {
+    let mut f = vec![0u8; 38];
+    f[34..36].copy_from_slice(&port.to_be_bytes());
+    f[36..38].copy_from_slice(&port.to_be_bytes());
+    wan_queue(&f)
+}
+
+fn flows() -> Vec<Flow> {
+    let mut f = Vec::new();
+    for (i, (fam, l4)) in [(Family::V4, L4::Udp), (Family::V4, L4::Tcp), (Family::V6, L4::Udp), (Family::V6, L4::Tcp)].into_iter().enumerate() {
+        for k in 0..4u32 {
+            f.push(Flow::a_to_b(i as u32 * 4 + k, fam, l4));
+        }
+    }
+    f
+}
+
+fn run(case: &str, mode: &str, weights: &[u32], size_of: fn(u32, u32) -> usize, rounds: u32) {
+    let (_eal, _guard) = braid_dpdk::testing::eal(&[], 1536);
+    let mut rig = Rig::new(case, mode, weights);
+    let flows = flows();
+    let mut sent = 0u64;
+    for round in 0..rounds {
+        for f in &flows {
+            // RSS on the inner flow: each flow always reaches one worker.
+            let q = (f.id % WORKERS as u32) as usize;
+            let mut v = vec![rig.frame_to_a(&ip_packet(f, round, size_of(f.id, round)))];
+            rig.gen.tx[q].tx_all(&mut v, 1000);
+            assert!(v.is_empty());
+            sent += 1;
+        }
+        rig.step();
+    }
+    rig.settle(400);
+    let mut checker = Checker::default();
+    for f in std::mem::take(&mut rig.delivered) {
+        checker.check(&f, &flows, size_of);
+    }
+    assert!(checker.bad.is_empty(), "{:?}", &checker.bad[..checker.bad.len().min(10)]);
+    assert_eq!(checker.received, sent, "every packet once");
+    for f in &flows {
+        assert_eq!(checker.next.get(&f.id), Some(&rounds), "flow {} complete", f.id);
+    }
+    let (ca, cb) = (rig.a.counters(), rig.b.counters());
+    lab::assert_conserved(&ca, "A", mode == "plain");
+    lab::assert_conserved(&cb, "B", mode == "plain");
+    let h = cb.handoff;
+    assert!(h.esp_out > 0, "some ESP reached a worker that does not own its tunnel: {h:?}");
+    assert_eq!(h.esp_out, h.esp_in, "{h:?}");
+    if mode == "bundle" {
+        assert!(h.frames_out > 0, "some frames crossed to their stream's owner: {h:?}");
+        assert_eq!(h.frames_out, h.frames_in, "{h:?}");
+    }
+    assert!(cb.drops.named().is_empty() && cb.engine.total() == 0, "B dropped: {:?} {:?}", cb.drops.named(), cb.engine.named());
+    // Both of B's workers delivered (each owns one of A's streams, or
+    // some tunnels in plain mode).
+    for (i, w) in rig.b.workers.iter().enumerate() {
+        assert!(w.counters().delivered > 0, "B worker {i} delivered nothing");
+    }
+
+    // A captured ESP packet replayed from another source port (so RSS
+    // picks another queue) is refused by the one replay window its tunnel
+    // has, and moves nothing.
+    let before = rig.b.counters();
+    let mut replay = rig.capture.iter().find(|f| f.len() > 60 && f[23] == 17).unwrap().clone();
+    let q0 = wan_queue(&replay);
+    let sport = u16::from_be_bytes([replay[34], replay[35]]);
+    let new_sport = (1..200u16).map(|d| sport.wrapping_add(d)).find(|&p| {
+        replay[34..36].copy_from_slice(&p.to_be_bytes());
+        wan_queue(&replay) != q0
+    });
+    let new_sport = new_sport.expect("a port RSS sends elsewhere");
+    replay[34..36].copy_from_slice(&new_sport.to_be_bytes());
+    let mut v = vec![{
+        let mut m = Mbuf::alloc(&rig.test_pool).unwrap();
+        m.append(replay.len()).unwrap().copy_from_slice(&replay);
+        m
+    }];
+    rig.mid_b.tx[wan_queue(&replay)].tx_all(&mut v, 1000);
+    rig.settle(10);
+    let after = rig.b.counters();
+    assert_eq!(after.engine.get(DropReason::Replayed), before.engine.get(DropReason::Replayed) + 1, "{:?}", after.engine.named());
+    let moved: u64 = after.tunnels.iter().flatten().map(|t| t.remote_changes).sum();
+    assert_eq!(moved, 0, "a replay moves no remote");
+    assert!(rig.delivered.is_empty(), "nothing delivered twice");
+
+    // A NAT in front of A rebinds tunnel 0's mapping: the worker that owns
+    // the tunnel learns the new remote from the first authenticated packet
+    // and tells the other, so every worker of B sends to it.
+    let port = 4500;
+    let new_port = (20000u16..).find(|&p| {
+        let mut f = replay.clone();
+        f[34..36].copy_from_slice(&p.to_be_bytes());
+        wan_queue(&f) != tunnel_queue_of(port)
+    });
+    rig.rebind = Some((port, new_port.unwrap()));
+    for round in rounds..rounds + 20 {
+        for f in &flows {
+            let mut v = vec![rig.frame_to_a(&ip_packet(f, round, size_of(f.id, round)))];
+            rig.gen.tx[(f.id % WORKERS as u32) as usize].tx_all(&mut v, 1000);
+        }
+        rig.step();
+    }
+    rig.settle(400);
+    for (i, w) in rig.b.workers.iter().enumerate() {
+        assert_eq!(w.remotes()[0][0].port(), new_port.unwrap(), "B worker {i} sends tunnel 0 to the new mapping");
+        assert_eq!(w.remotes()[0][1].port(), 4501, "B worker {i}: tunnel 1 unchanged");
+    }
+    let cb = rig.b.counters();
+    assert_eq!(cb.tunnels[0][0].remote_changes, 1, "learned once, by the tunnel's owner");
+    assert!(cb.handoff.messages_out > 0 && cb.handoff.messages_in == cb.handoff.messages_out, "{:?}", cb.handoff);
+    let mut checker = Checker::default();
+    checker.next = (0..flows.len() as u32).map(|id| (id, rounds)).collect();
+    for f in std::mem::take(&mut rig.delivered) {
+        checker.check(&f, &flows, size_of);
+    }
+    assert!(checker.bad.is_empty(), "{:?}", &checker.bad[..checker.bad.len().min(10)]);
+    assert_eq!(checker.received, 20 * flows.len() as u64, "nothing lost across the rebinding");
+    lab::assert_conserved(&rig.b.counters(), "B", mode == "plain");
+    rig.close();
+}
+
+#[test]
+fn bundle_mode_over_two_workers_each_side() {
+    run("wk_bundle", "bundle", &[1, 1, 1, 1], |id, seq| 64 + ((id * 131 + seq * 17) % 1400) as usize, 150);
+}
+
+#[test]
+fn plain_mode_over_two_workers_each_side() {
+    run("wk_plain", "plain", &[1, 1, 1, 1], |id, seq| 64 + ((id * 131 + seq * 17) % 1300) as usize, 100);
+}
+
+#[test]
+fn bundle_mode_jumbo_frames_over_two_workers() {
+    run("wk_jumbo", "bundle", &[1, 1], |id, seq| 1400 + ((id * 977 + seq * 331) % 7600) as usize, 40);
+}
