@@ -1,14 +1,15 @@
 //! `braid-dataplane`: the process that owns the NICs. Takes its tables from
 //! a JSON file, from the control process over shared memory (`--shm`), or
 //! both (the file first, then whatever the control process pushes). Starts
-//! EAL (vdevs with --no-pci, or an -a allow-list), sets the ports up, runs a
-//! worker, publishes counters to a stats segment (`--stats`) and/or a JSON
+//! EAL (vdevs with --no-pci, or an -a allow-list), sets the ports up with a
+//! queue pair per worker, runs `--workers` workers (worker 0 on the main
+//! lcore, the others on EAL's worker lcores), publishes counters to a stats segment (`--stats`) and/or a JSON
 //! file while it runs and prints them on exit. SIGINT/SIGTERM stop it
 //! cleanly: workers stop, held packets are delivered, ports close, exit 0.
 //!
 //! usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH]
 //!            [--seq-state FILE] [--stats-file PATH] [--stats-interval-ms N] [--idle-us N]
-//!            [--seconds N] -- <EAL args>
+//!            [--workers N] [--seconds N] -- <EAL args>
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 use braid_dataplane::config::{Config, Tables};
 use braid_dataplane::control::{self, ControlConfig, Exchange, SaRegistry, Snapshot};
 use braid_dataplane::gateway::{self, worker_setup_with_nat, PortPlan};
-use braid_dataplane::worker::{KernelTap, Worker};
+use braid_dataplane::counters::WorkerCounters;
+use braid_dataplane::worker::{handoff, KernelTap, Worker};
+use braid_shm::stats::StatsWriter;
 use braid_dataplane::{report, sas, stats};
 use braid_dpdk::{Eal, Mempool, Port, PortConfig};
 
@@ -36,10 +39,11 @@ struct Args {
     stats_interval: Duration,
     idle_us: u64,
     seconds: Option<u64>,
+    workers: u16,
     eal: Vec<String>,
 }
 
-const USAGE: &str = "usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH] [--seq-state FILE] [--stats-file PATH] [--stats-interval-ms N] [--idle-us N] [--seconds N] -- <EAL args>";
+const USAGE: &str = "usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH] [--seq-state FILE] [--stats-file PATH] [--stats-interval-ms N] [--idle-us N] [--workers N] [--seconds N] -- <EAL args>";
 
 /// How often the worker publishes its counters to the stats segment.
 const SEGMENT_INTERVAL: Duration = Duration::from_millis(100);
@@ -56,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
         stats_interval: Duration::from_secs(1),
         idle_us: 50,
         seconds: None,
+        workers: 1,
         eal: all[split + 1..].to_vec(),
     };
     let mut it = all[..split].iter();
@@ -71,6 +76,9 @@ fn parse_args() -> Result<Args, String> {
             "--stats-interval-ms" => a.stats_interval = Duration::from_millis(num(v)?),
             "--idle-us" => a.idle_us = num(v)?,
             "--seconds" => a.seconds = Some(num(v)?),
+            "--workers" => {
+                a.workers = u16::try_from(num(v)?).ok().filter(|w| (1..=64).contains(w)).ok_or_else(|| format!("--workers: 1 to 64, not {v}"))?
+            }
             _ => return Err(format!("unknown option {k}; {USAGE}")),
         }
     }
@@ -138,6 +146,128 @@ fn give_addresses(iface: &str, p: &braid_dataplane::config::Port) -> Result<(), 
     Ok(())
 }
 
+fn n_tunnels(t: &Tables) -> usize {
+    t.bundles.iter().map(|b| b.tunnels.len()).sum()
+}
+
+/// What every worker's loop shares (read-only, but for `published`).
+struct Shared {
+    stop: Arc<AtomicBool>,
+    exchange: Arc<Exchange>,
+    plan: PortPlan,
+    offloads: Vec<bool>,
+    t0: Instant,
+    idle_us: u64,
+    deadline: Option<Instant>,
+    stats_interval: Duration,
+    stats_file: Option<String>,
+    /// Each worker's counters as of its last stats interval, for worker 0's
+    /// JSON file (a lock per interval, never per packet).
+    published: Mutex<Vec<Option<(WorkerCounters, Vec<Vec<bool>>, Vec<Vec<std::net::SocketAddrV4>>)>>>,
+}
+
+/// One worker's loop: new tables between bursts, a poll, idle back-off,
+/// its counters to its slot of the stats segment. Returns when `stop` is
+/// set or the deadline passes.
+fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut writer: Option<StatsWriter>, sh: &Shared) -> (Worker, Arc<Tables>, Option<StatsWriter>) {
+    let id = worker.id();
+    let t0 = sh.t0;
+    let now = || t0.elapsed().as_nanos() as u64;
+    let offload = |i: usize| sh.offloads.get(i).copied().unwrap_or(false);
+    let mut next_stats = t0 + sh.stats_interval;
+    let mut next_segment = t0;
+    let (mut cbuf, mut gbuf) = (Vec::new(), Vec::new());
+    let mut idle = 0u32;
+    let mut polls = 0u32;
+    while !sh.stop.load(Ordering::Relaxed) {
+        polls = polls.wrapping_add(1);
+        if sh.exchange.changed(mine) {
+            // New tables from the control thread: applied between bursts.
+            let snap = sh.exchange.current();
+            let t = Instant::now();
+            let prebuilt_nat = snap.take_nat_shard(id);
+            let (setup, engines) = match snap.take_prebuilt(id) {
+                Some(p) => (Ok(p.setup), p.bundles),
+                None => (worker_setup_with_nat(&snap.tables, &sh.plan, &snap.sas, snap.nat.clone(), id, id == 0, offload), Vec::new()),
+            };
+            match setup.and_then(|s| worker.apply_with(s, prebuilt_nat, engines, now())) {
+                Ok(a) => {
+                    if let Some(old) = worker.take_retired_nat() {
+                        sh.exchange.retire(old);
+                    }
+                    eprintln!(
+                        "braid-dataplane: generation {} live on worker {id} ({} bundle(s) kept, {} rebuilt, {} tunnel(s); worker paused {:.2} ms)",
+                        snap.generation,
+                        a.kept,
+                        a.rebuilt,
+                        n_tunnels(&snap.tables),
+                        t.elapsed().as_secs_f64() * 1e3
+                    );
+                    tables = snap.tables.clone();
+                    writer = snap.take_stats_writer(id);
+                }
+                Err(e) => {
+                    // Not reachable with tables the control thread checked
+                    // (ports unchanged, validated); the old tables keep
+                    // running and the stats segment, laid out for the new
+                    // ones, is left unwritten.
+                    eprintln!("braid-dataplane: generation {} not applied by worker {id}: {e}", snap.generation);
+                    writer = None;
+                }
+            }
+            mine = snap.generation;
+            drop(snap);
+            sh.exchange.ack(id, mine);
+            next_segment = Instant::now();
+        }
+        if worker.poll(now()) == 0 {
+            // Idle back-off: after 1000 empty polls, sleep between polls; a
+            // busy worker never gets here.
+            idle = idle.saturating_add(1);
+            if idle > 1000 {
+                std::thread::sleep(Duration::from_micros(sh.idle_us));
+            }
+        } else {
+            idle = 0;
+        }
+        // Look at the wall clock every 256 polls (or every idle poll).
+        if idle > 1000 || polls & 0xff == 0 {
+            let t = Instant::now();
+            if sh.deadline.is_some_and(|d| t >= d) {
+                break;
+            }
+            if t >= next_segment {
+                next_segment = t + SEGMENT_INTERVAL;
+                if let Some(w) = &mut writer {
+                    stats::flatten(&tables, &worker.counters(), &worker.paths_alive(), &mut cbuf, &mut gbuf);
+                    w.publish(&cbuf, &gbuf);
+                }
+            }
+            if t >= next_stats {
+                next_stats = t + sh.stats_interval;
+                if let Some(path) = &sh.stats_file {
+                    let mut p = sh.published.lock().unwrap_or_else(|e| e.into_inner());
+                    p[usize::from(id)] = Some((worker.counters(), worker.paths_alive(), worker.remotes()));
+                    if id == 0 {
+                        // Worker 0 writes the sum (tunnel paths and remotes
+                        // as it sees them: it probes, and hears every
+                        // remote learned).
+                        let mut sum = WorkerCounters::default();
+                        for (c, _, _) in p.iter().flatten() {
+                            sum.merge(c);
+                        }
+                        if let Some((_, paths, remotes)) = &p[0] {
+                            write_stats(path, &report::json(&tables, &sum, paths, remotes, t0.elapsed().as_secs_f64()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    worker.drain();
+    (worker, tables, writer)
+}
+
 fn run() -> Result<(), String> {
     let args = parse_args()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -145,7 +275,7 @@ fn run() -> Result<(), String> {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
     }
     let boot_id = boot_id();
-    const WORKERS: u16 = 1;
+    let workers = args.workers;
 
     // The control endpoint first: without a file, the first tables come
     // from the control process.
@@ -190,13 +320,33 @@ fn run() -> Result<(), String> {
     // grow it by the outer headers and ESP trailer in place.
     let max_mtu = tables.ports.iter().map(|p| p.mtu as usize).max().unwrap_or(1500);
     let data_room = (128 + 14 + max_mtu + 128).max(braid_dpdk::mbuf::DEFAULT_DATA_ROOM as usize) as u16;
-    let pool = Arc::new(Mempool::new("braid_pool", 16383, data_room).map_err(|e| e.to_string())?);
+    // Per worker: an RX ring and a TX ring on every port, a burst or two in
+    // flight, and its stash.
+    let pool_size = (usize::from(workers) + 1) * 8192 - 1;
+    let pool = Arc::new(Mempool::new("braid_pool", pool_size as u32, data_room).map_err(|e| e.to_string())?);
+    if workers > 1 && eal.worker_lcores().len() + 1 < usize::from(workers) {
+        return Err(format!(
+            "--workers {workers} needs {workers} lcores, EAL has {} (give -l with one core per worker)",
+            eal.worker_lcores().len() + 1
+        ));
+    }
 
     let mut ports = Vec::new();
     for &i in std::iter::once(&plan.lan).chain(plan.wans.iter()) {
         let p = &tables.ports[i];
         let mut port = Port::by_name(&p.device).map_err(|e| format!("port {:?}: {e}", p.name))?;
-        let cfg = PortConfig { rx_desc: 1024, tx_desc: 1024, mtu: Some(p.mtu), ..Default::default() };
+        // A queue pair per worker. A NIC spreads frames over the RX queues
+        // by RSS; a vdev without RSS (memif, af_packet, tap) by its own
+        // means (queue pairs, fanout, the kernel's flow hash).
+        let cfg = PortConfig {
+            rx_queues: workers,
+            tx_queues: workers,
+            rx_desc: 1024,
+            tx_desc: 1024,
+            mtu: Some(p.mtu),
+            steered_queues: true,
+            ..Default::default()
+        };
         port.configure(&cfg, &[&pool]).map_err(|e| format!("port {:?}: {e}", p.name))?;
         port.start().map_err(|e| format!("port {:?}: {e}", p.name))?;
         eprintln!("braid-dataplane: port {} = {} ({}), offloads {:?}", p.name, p.device, port.info().driver, port.offloads());
@@ -211,7 +361,15 @@ fn run() -> Result<(), String> {
         };
         let what = format!("port {:?}: kernel tap {name:?}", p.name);
         let mut tap = Port::by_name(&tap_device(i)).map_err(|e| format!("{what}: {e}"))?;
-        let cfg = PortConfig { rx_desc: 512, tx_desc: 512, mtu: Some(p.mtu), ..Default::default() };
+        let cfg = PortConfig {
+            rx_queues: workers,
+            tx_queues: workers,
+            rx_desc: 512,
+            tx_desc: 512,
+            mtu: Some(p.mtu),
+            steered_queues: true,
+            ..Default::default()
+        };
         tap.configure(&cfg, &[&pool]).map_err(|e| format!("{what}: {e}"))?;
         tap.start().map_err(|e| format!("{what}: {e}"))?;
         give_addresses(name, p).map_err(|e| format!("{what}: {e}"))?;
@@ -238,133 +396,98 @@ fn run() -> Result<(), String> {
         Some(_) => Some(sas::spawn_keeper(registry.clone(), keeper_stop.clone()).map_err(|e| format!("sequence keeper: {e}"))?),
         None => None,
     };
-    let nat = gateway::nat_setup(&tables, WORKERS)?;
-    let setup = worker_setup_with_nat(&tables, &plan, &sas, nat.clone(), 0, true, offload)?;
-    let (stats_seg, mut writers) = match &args.stats {
+    let nat = gateway::nat_setup(&tables, workers)?;
+    if nat.is_some() && workers > 1 {
+        return Err("NAT rules with several workers are not supported yet: run with --workers 1".into());
+    }
+    let (stats_seg, writers) = match &args.stats {
         Some(path) => {
-            let (seg, w) = control::stats_segment(path, &tables, WORKERS, boot_id)?;
+            let (seg, w) = control::stats_segment(path, &tables, workers, boot_id)?;
             seg.set_applied_generation(generation);
             (Some(seg), w)
         }
         None => (None, Vec::new()),
     };
-    let mut writer = writers.pop();
-    let exchange = Exchange::new(Snapshot::new(generation, tables.clone(), sas, nat, Vec::new()), WORKERS);
-    let q = |k: usize| -> Result<_, String> {
-        let p = &ports[k].1;
-        Ok((p.rx_queue(0).map_err(|e| e.to_string())?, p.tx_queue(0).map_err(|e| e.to_string())?))
-    };
-    let lan_q = q(0)?;
-    let wan_q = (1..ports.len()).map(q).collect::<Result<Vec<_>, _>>()?;
+    let mut writers: Vec<Option<StatsWriter>> = writers.into_iter().map(Some).collect();
+    writers.resize_with(usize::from(workers), || None);
+    let exchange = Exchange::new(Snapshot::new(generation, tables.clone(), sas.clone(), nat.clone(), Vec::new()), workers);
     let t0 = Instant::now();
-    let now = || t0.elapsed().as_nanos() as u64;
-    let tap_queues = taps
-        .iter()
-        .map(|t| match t {
-            Some(t) => Ok(Some(KernelTap::new((t.rx_queue(0).map_err(|e| e.to_string())?, t.tx_queue(0).map_err(|e| e.to_string())?)))),
-            None => Ok(None),
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let mut worker = Worker::new(setup, pool.clone(), lan_q, wan_q, now())?.with_kernel_taps(tap_queues)?;
+    let now = move || t0.elapsed().as_nanos() as u64;
+    let mut handoffs: Vec<Option<handoff::Handoff>> = handoff::mesh("braid_handoff", workers, 4096)?.into_iter().map(Some).collect();
+    let mut built = Vec::with_capacity(usize::from(workers));
+    for w in 0..workers {
+        let q = |p: &Port| -> Result<_, String> { Ok((p.rx_queue(w).map_err(|e| e.to_string())?, p.tx_queue(w).map_err(|e| e.to_string())?)) };
+        let lan_q = q(&ports[0].1)?;
+        let wan_q = ports[1..].iter().map(|(_, p)| q(p)).collect::<Result<Vec<_>, _>>()?;
+        let tap_queues = taps
+            .iter()
+            .map(|t| t.as_ref().map(|t| q(t).map(KernelTap::new)).transpose())
+            .collect::<Result<Vec<_>, String>>()?;
+        let setup = worker_setup_with_nat(&tables, &plan, &sas, nat.clone(), w, w == 0, offload)?;
+        let mut worker = Worker::new(setup, pool.clone(), lan_q, wan_q, now())?.with_kernel_taps(tap_queues)?;
+        if let Some(h) = handoffs[usize::from(w)].take() {
+            worker = worker.with_handoff(h)?;
+        }
+        built.push(worker);
+    }
+    let offloads: Vec<bool> = (0..tables.ports.len()).map(offload).collect();
     let control = match endpoint {
         Some(ep) => {
             // The control thread builds new tables' setups and engines the
-            // way the worker would, so the worker only swaps them in.
-            let prebuild = control::Prebuild { ip_csum_offload: (0..tables.ports.len()).map(offload).collect(), clock: t0 };
-            Some(ep.spawn(exchange.clone(), registry.clone(), stats_seg, WORKERS, generation, Some(prebuild))?)
+            // way the workers would, so a worker only swaps them in.
+            let prebuild = control::Prebuild { ip_csum_offload: offloads.clone(), clock: t0 };
+            Some(ep.spawn(exchange.clone(), registry.clone(), stats_seg, workers, generation, Some(prebuild))?)
         }
         None => None,
     };
-    let n_tunnels = |t: &Tables| t.bundles.iter().map(|b| b.tunnels.len()).sum::<usize>();
-    eprintln!("braid-dataplane: running generation {generation} ({} bundle(s), {} tunnel(s))", tables.bundles.len(), n_tunnels(&tables));
+    eprintln!(
+        "braid-dataplane: running generation {generation} ({} bundle(s), {} tunnel(s), {workers} worker(s))",
+        tables.bundles.len(),
+        n_tunnels(&tables)
+    );
 
-    let mut tables = tables;
-    let mut mine = generation;
-    let deadline = args.seconds.map(|s| t0 + Duration::from_secs(s));
-    let mut next_stats = t0 + args.stats_interval;
-    let mut next_segment = t0;
+    let shared = Arc::new(Shared {
+        stop: stop.clone(),
+        exchange: exchange.clone(),
+        plan: plan.clone(),
+        offloads,
+        t0,
+        idle_us: args.idle_us,
+        deadline: args.seconds.map(|s| t0 + Duration::from_secs(s)),
+        stats_interval: args.stats_interval,
+        stats_file: args.stats_file.clone(),
+        published: Mutex::new((0..workers).map(|_| None).collect()),
+    });
+    let mut running = Vec::new();
+    let mut built = built.into_iter().zip(writers).enumerate();
+    let (_, (first, first_writer)) = built.next().expect("one worker at least");
+    let lcores = eal.worker_lcores();
+    for (w, (worker, writer)) in built {
+        let (sh, tables) = (shared.clone(), tables.clone());
+        let lcore = lcores[w - 1];
+        let h = braid_dpdk::launch(&eal, lcore, move || run_worker(worker, tables, generation, writer, &sh))
+            .map_err(|e| format!("worker {w} on lcore {}: {e}", lcore.0))?;
+        running.push(h);
+    }
+    let (worker, tables, mut writer) = run_worker(first, tables, generation, first_writer, &shared);
+    // Worker 0 is done (stopped, or its deadline): so are the others.
+    stop.store(true, Ordering::Relaxed);
+    let mut done = vec![(worker, tables.clone(), writer.take())];
+    for h in running {
+        done.push(h.join().map_err(|e| format!("worker: {e}"))?);
+    }
+    let mut counters = WorkerCounters::default();
     let (mut cbuf, mut gbuf) = (Vec::new(), Vec::new());
-    let mut idle = 0u32;
-    let mut polls = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        polls = polls.wrapping_add(1);
-        if exchange.changed(mine) {
-            // New tables from the control thread: applied between bursts.
-            let snap = exchange.current();
-            let t = Instant::now();
-            let prebuilt_nat = snap.take_nat_shard(0);
-            let (setup, engines) = match snap.take_prebuilt(0) {
-                Some(p) => (Ok(p.setup), p.bundles),
-                None => (worker_setup_with_nat(&snap.tables, &plan, &snap.sas, snap.nat.clone(), 0, true, offload), Vec::new()),
-            };
-            match setup.and_then(|s| worker.apply_with(s, prebuilt_nat, engines, now())) {
-                Ok(a) => {
-                    if let Some(old) = worker.take_retired_nat() {
-                        exchange.retire(old);
-                    }
-                    eprintln!(
-                        "braid-dataplane: generation {} live ({} bundle(s) kept, {} rebuilt, {} tunnel(s); worker paused {:.2} ms)",
-                        snap.generation,
-                        a.kept,
-                        a.rebuilt,
-                        n_tunnels(&snap.tables),
-                        t.elapsed().as_secs_f64() * 1e3
-                    );
-                    tables = snap.tables.clone();
-                    writer = snap.take_stats_writer(0);
-                }
-                Err(e) => {
-                    // Not reachable with tables the control thread checked
-                    // (ports unchanged, validated); the old tables keep
-                    // running and the stats segment, laid out for the new
-                    // ones, is left unwritten.
-                    eprintln!("braid-dataplane: generation {} not applied by worker 0: {e}", snap.generation);
-                    writer = None;
-                }
-            }
-            mine = snap.generation;
-            drop(snap);
-            exchange.ack(0, mine);
-            next_segment = Instant::now();
+    for (w, t, wr) in &mut done {
+        let c = w.counters();
+        if let Some(wr) = wr {
+            stats::flatten(t, &c, &w.paths_alive(), &mut cbuf, &mut gbuf);
+            wr.publish(&cbuf, &gbuf);
         }
-        if worker.poll(now()) == 0 {
-            // Idle back-off: after 1000 empty polls, sleep between polls; a
-            // busy worker never gets here.
-            idle = idle.saturating_add(1);
-            if idle > 1000 {
-                std::thread::sleep(Duration::from_micros(args.idle_us));
-            }
-        } else {
-            idle = 0;
-        }
-        // Look at the wall clock every 256 polls (or every idle poll).
-        if idle > 1000 || polls & 0xff == 0 {
-            let t = Instant::now();
-            if deadline.is_some_and(|d| t >= d) {
-                break;
-            }
-            if t >= next_segment {
-                next_segment = t + SEGMENT_INTERVAL;
-                if let Some(w) = &mut writer {
-                    stats::flatten(&tables, &worker.counters(), &worker.paths_alive(), &mut cbuf, &mut gbuf);
-                    w.publish(&cbuf, &gbuf);
-                }
-            }
-            if t >= next_stats {
-                next_stats = t + args.stats_interval;
-                if let Some(path) = &args.stats_file {
-                    write_stats(path, &report::json(&tables, &worker.counters(), &worker.paths_alive(), &worker.remotes(), t0.elapsed().as_secs_f64()));
-                }
-            }
-        }
+        counters.merge(&c);
     }
-    worker.drain();
-    let counters = worker.counters();
-    if let Some(w) = &mut writer {
-        stats::flatten(&tables, &counters, &worker.paths_alive(), &mut cbuf, &mut gbuf);
-        w.publish(&cbuf, &gbuf);
-    }
-    let json = report::json(&tables, &counters, &worker.paths_alive(), &worker.remotes(), t0.elapsed().as_secs_f64());
+    let first = &done[0].0;
+    let json = report::json(&tables, &counters, &first.paths_alive(), &first.remotes(), t0.elapsed().as_secs_f64());
     if let Some(path) = &args.stats_file {
         write_stats(path, &json);
     }
@@ -380,7 +503,7 @@ fn run() -> Result<(), String> {
     if let Some(p) = &args.stats {
         let _ = std::fs::remove_file(p);
     }
-    drop(worker);
+    drop(done);
     for (_, p) in ports {
         p.close();
     }

@@ -122,11 +122,18 @@ JSON
 }
 
 # Starts a gateway: braid-dataplane in its namespace on two af_packet vdevs.
+# LAB_WORKERS=N (default 1): N workers on lcores 0..N-1 (both gateways
+# then share the cores), one af_packet queue pair each: the kernel spreads
+# frames over the queues by flow hash (PACKET_FANOUT_HASH).
 lab_gateway() { # ns name lcore lan wan dataplane-options...
-  local ns=$1 name=$2 lcore=$3 lan=$4 wan=$5; shift 5
+  local ns=$1 name=$2 lcore=$3 lan=$4 wan=$5 workers=${LAB_WORKERS:-1}; shift 5
+  if [ "$workers" -gt 1 ]; then
+    lcore="0-$((workers - 1))"
+    set -- "$@" --workers "$workers"
+  fi
   lab_spawn "$RUN/$name.out" "$RUN/$name.err" ip netns exec "$ns" "$DP" "$@" -- \
     --no-pci --no-huge -m 512 -l "$lcore" --file-prefix "$PREFIX-$name-$$" --log-level='*:warning' \
-    --vdev="net_af_packet0,iface=$lan,qpairs=1,framecnt=4096" --vdev="net_af_packet1,iface=$wan,qpairs=1,framecnt=4096"
+    --vdev="net_af_packet0,iface=$lan,qpairs=$workers,framecnt=4096" --vdev="net_af_packet1,iface=$wan,qpairs=$workers,framecnt=4096"
 }
 
 # Waits until a gateway's stderr says it runs.
