@@ -450,9 +450,6 @@ impl Ctl {
         let running_sas = running.sas.clone();
         drop(running);
         let nat = crate::gateway::nat_setup(&tables, self.workers)?;
-        if nat.is_some() && self.workers > 1 {
-            return Err("NAT rules with several workers are not supported yet: run braid-dataplane with --workers 1".into());
-        }
         // New rules: the workers' shards are built here, so a worker only
         // swaps pointers when it applies (and drops the old one here too,
         // `Exchange::retire`).

@@ -79,6 +79,9 @@ drops! {
     /// removed the tunnel in between). Its ESP packet was counted as
     /// received.
     HandoffLost => "handoff_lost",
+    /// Several workers with NAT: a packet for the LAN that did not reach
+    /// the worker holding its NAT session (the ring was full).
+    HandoffDeliverLost => "handoff_deliver_lost",
 }
 
 impl DpDrop {
@@ -99,6 +102,7 @@ impl DpDrop {
                 | DpDrop::LanNoNextHop
                 | DpDrop::LanHoldFull
                 | DpDrop::HandoffLost
+                | DpDrop::HandoffDeliverLost
         )
     }
 }
@@ -448,8 +452,8 @@ impl KernelStats {
 }
 
 /// What the workers of one gateway handed each other (all zero with one
-/// worker). Summed over the workers, `esp_out` = `esp_in` and `frames_out`
-/// = `frames_in` once the rings are empty.
+/// worker). Summed over the workers, each `_out` = its `_in` once the rings
+/// are empty.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HandoffStats {
     /// ESP packets received for a tunnel another worker owns, handed on
@@ -466,12 +470,20 @@ pub struct HandoffStats {
     pub messages_in: u64,
     /// Messages not made: the mempool was empty.
     pub messages_failed: u64,
+    /// LAN frames handed to / taken from the worker whose NAT shard owns
+    /// their flow.
+    pub lan_out: u64,
+    pub lan_in: u64,
+    /// Packets for the LAN handed to / taken from the worker holding their
+    /// NAT session.
+    pub deliver_out: u64,
+    pub deliver_in: u64,
 }
 
 impl HandoffStats {
     /// Every counter by name, in one order for the report and the stats
     /// segment.
-    pub fn named(&self) -> [(&'static str, u64); 7] {
+    pub fn named(&self) -> [(&'static str, u64); 11] {
         [
             ("esp_out", self.esp_out),
             ("esp_in", self.esp_in),
@@ -480,6 +492,10 @@ impl HandoffStats {
             ("messages_out", self.messages_out),
             ("messages_in", self.messages_in),
             ("messages_failed", self.messages_failed),
+            ("lan_out", self.lan_out),
+            ("lan_in", self.lan_in),
+            ("deliver_out", self.deliver_out),
+            ("deliver_in", self.deliver_in),
         ]
     }
 
@@ -492,6 +508,10 @@ impl HandoffStats {
         self.messages_out += o.messages_out;
         self.messages_in += o.messages_in;
         self.messages_failed += o.messages_failed;
+        self.lan_out += o.lan_out;
+        self.lan_in += o.lan_in;
+        self.deliver_out += o.deliver_out;
+        self.deliver_in += o.deliver_in;
     }
 }
 

@@ -60,7 +60,8 @@ pub fn nat_setup(tables: &Tables, workers: u16) -> Result<Option<NatSetup>, Stri
     Ok(config.map(|c| NatSetup { config: Arc::new(c), workers }))
 }
 
-/// Worker `id`'s setup (NAT split for one worker: a gateway runs one). `ip_csum_offload(port)` says whether a port
+/// Worker `id`'s setup, its NAT split for a gateway of one worker (several:
+/// [`worker_setup_with_nat`] with [`nat_setup`]). `ip_csum_offload(port)` says whether a port
 /// computes IPv4 header checksums on TX; `probes` makes this worker the one
 /// that probes every tunnel.
 pub fn worker_setup(

@@ -397,9 +397,6 @@ fn run() -> Result<(), String> {
         None => None,
     };
     let nat = gateway::nat_setup(&tables, workers)?;
-    if nat.is_some() && workers > 1 {
-        return Err("NAT rules with several workers are not supported yet: run with --workers 1".into());
-    }
     let (stats_seg, writers) = match &args.stats {
         Some(path) => {
             let (seg, w) = control::stats_segment(path, &tables, workers, boot_id)?;

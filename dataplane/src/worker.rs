@@ -287,6 +287,12 @@ pub struct Worker {
     remote_news: Vec<(u32, SocketAddrV4)>,
     /// Path changes seen by the prober this round, told to the others.
     path_news: Vec<handoff::Header>,
+    /// LAN frames and packets for the LAN other workers handed this one
+    /// (its NAT shard owns their flows), until processed this poll.
+    lan_handed: Vec<Mbuf>,
+    deliver_handed: Vec<Mbuf>,
+    /// `lan_out` packets being sorted by NAT owner (scratch).
+    nat_scratch: Vec<Mbuf>,
 }
 
 /// A port's kernel tap queues and what waits for its TX queue.
@@ -410,6 +416,9 @@ impl Worker {
             handed: Vec::with_capacity(BURST),
             remote_news: Vec::new(),
             path_news: Vec::new(),
+            lan_handed: Vec::new(),
+            deliver_handed: Vec::new(),
+            nat_scratch: Vec::new(),
         })
     }
 
@@ -524,6 +533,12 @@ impl Worker {
         }
         if self.handoff.is_some() {
             work += self.take_handed(now);
+            // LAN frames whose NAT flows this worker owns, as LAN bursts.
+            while !self.lan_handed.is_empty() && self.rx_burst.is_empty() {
+                let k = self.lan_handed.len().min(BURST);
+                self.rx_burst.extend(self.lan_handed.drain(..k));
+                self.lan_burst(now, true);
+            }
         }
         if now >= self.next_kernel {
             work += self.read_kernel_taps(now);
@@ -573,9 +588,46 @@ impl Worker {
         if self.rx_burst.iter().any(|m| self.local[0].wants(m.data()) || (tap && self.local[0].for_gateway(m.data()))) {
             self.take_local_lan();
         }
+        if self.handoff.is_some() && self.nat.is_some() {
+            self.steer_nat_lan();
+        }
+        self.lan_burst(now, false);
+        got
+    }
+
+    /// With NAT and several workers: the LAN frames of `rx_burst` whose
+    /// flow another worker's shard owns go to that worker (counted as
+    /// received here).
+    fn steer_nat_lan(&mut self) {
+        let (Some(spec), Some(h)) = (self.nat_spec.as_ref(), self.handoff.as_mut()) else { return };
+        let (cfg, workers) = (spec.config.clone(), h.workers());
+        let mut burst = std::mem::take(&mut self.rx_burst);
+        let mut kept = std::mem::take(&mut self.kept);
+        for mut m in burst.drain(..) {
+            let owner = is_ipv4(m.data()).then(|| cfg.outbound_owner(&m.data()[ETH..], usize::from(workers))).flatten();
+            match owner {
+                Some(o) if o != usize::from(self.id) => {
+                    self.counters.lan_rx.add(m.pkt_len());
+                    let hd = handoff::Header { kind: handoff::Kind::Lan, a: 0, b: 0, spi: 0, x: 0 };
+                    if hd.push(&mut m) {
+                        h.send(o as u16, m);
+                    } else {
+                        self.counters.drops.add(DpDrop::HandoffFull);
+                    }
+                }
+                _ => kept.push(m),
+            }
+        }
+        self.rx_burst = kept;
+        self.kept = burst;
+    }
+
+    /// Routes, NATs, tunnels the LAN frames in `rx_burst` (`handed`: by
+    /// another worker, which counted them as received).
+    fn lan_burst(&mut self, now: Nanos, handed: bool) {
         let n = self.rx_burst.len();
         if n == 0 {
-            return got;
+            return;
         }
         // Route every packet: its bundle, or NONE when dropped (TOO_BIG:
         // dropped, and may get an ICMP error).
@@ -584,7 +636,9 @@ impl Worker {
         let mut dest = [NONE; BURST];
         let mut peer = [0u32; BURST];
         for (i, m) in self.rx_burst.iter_mut().enumerate() {
-            self.counters.lan_rx.add(m.pkt_len());
+            if !handed {
+                self.counters.lan_rx.add(m.pkt_len());
+            }
             match route(m, &self.routes, &self.peer_bundle) {
                 Ok((p, b, ip_len)) => {
                     // Ethernet pads short frames (a 40-byte TCP ACK) to 60
@@ -662,7 +716,6 @@ impl Worker {
             }
         }
         self.rx_burst = burst;
-        got
     }
 
     /// Takes the frames for the gateway itself out of the LAN burst (in
@@ -819,6 +872,12 @@ impl Worker {
     /// Called after each WAN burst and before TX; `nat_done` packets of
     /// `lan_out` were seen.
     fn nat_inbound(&mut self) {
+        if self.nat.is_none() {
+            return;
+        }
+        if self.handoff.is_some() {
+            self.steer_nat_deliver();
+        }
         let Some(nat) = self.nat.as_deref_mut() else { return };
         let done = self.nat_done.min(self.lan_out.len());
         if done == self.lan_out.len() {
@@ -855,6 +914,34 @@ impl Worker {
             at <= done || keep[at - 1 - done]
         });
         self.nat_done = self.lan_out.len();
+    }
+
+    /// With NAT and several workers: the packets of `lan_out` not seen yet
+    /// whose session another worker's shard holds go to that worker.
+    fn steer_nat_deliver(&mut self) {
+        let (Some(spec), Some(h)) = (self.nat_spec.as_ref(), self.handoff.as_mut()) else { return };
+        let done = self.nat_done.min(self.lan_out.len());
+        if done == self.lan_out.len() {
+            return;
+        }
+        let (cfg, workers) = (spec.config.clone(), usize::from(h.workers()));
+        let mut todo = std::mem::take(&mut self.nat_scratch);
+        todo.extend(self.lan_out.drain(done..));
+        for mut m in todo.drain(..) {
+            let owner = is_ipv4(m.data()).then(|| cfg.inbound_owner(&m.data()[ETH..], workers)).flatten();
+            match owner {
+                Some(o) if o != usize::from(self.id) => {
+                    let hd = handoff::Header { kind: handoff::Kind::Deliver, a: 0, b: 0, spi: 0, x: 0 };
+                    if hd.push(&mut m) {
+                        h.send(o as u16, m);
+                    } else {
+                        self.counters.drops.add(DpDrop::HandoffDeliverLost);
+                    }
+                }
+                _ => self.lan_out.push(m),
+            }
+        }
+        self.nat_scratch = todo;
     }
 
     /// Bundle mode: pack the packets of this burst routed to bundle `b`
@@ -1206,10 +1293,13 @@ impl Worker {
         let Some(h) = self.handoff.as_mut() else { return };
         let f = h.flush();
         let c = &mut self.counters;
-        c.handoff.esp_out += f.esp_taken;
-        c.handoff.frames_out += f.frames_taken;
-        c.drops.add_n(DpDrop::HandoffFull, f.esp_dropped);
-        c.drops.add_n(DpDrop::HandoffLost, f.frames_dropped);
+        use handoff::Kind;
+        let (esp, frames, lan, deliver) = (f.of(Kind::Esp), f.of(Kind::Frame), f.of(Kind::Lan), f.of(Kind::Deliver));
+        (c.handoff.esp_out, c.handoff.frames_out) = (c.handoff.esp_out + esp.0, c.handoff.frames_out + frames.0);
+        (c.handoff.lan_out, c.handoff.deliver_out) = (c.handoff.lan_out + lan.0, c.handoff.deliver_out + deliver.0);
+        c.drops.add_n(DpDrop::HandoffFull, esp.1 + lan.1);
+        c.drops.add_n(DpDrop::HandoffLost, frames.1);
+        c.drops.add_n(DpDrop::HandoffDeliverLost, deliver.1);
     }
 
     /// A frame opened from bundle `b`'s tunnel `o.tunnel` (here or by the
@@ -1270,6 +1360,14 @@ impl Worker {
                             }
                         }
                     }
+                }
+                handoff::Kind::Lan => {
+                    self.counters.handoff.lan_in += 1;
+                    self.lan_handed.push(m);
+                }
+                handoff::Kind::Deliver => {
+                    self.counters.handoff.deliver_in += 1;
+                    self.deliver_handed.push(m);
                 }
                 handoff::Kind::Neighbor => {
                     self.counters.handoff.messages_in += 1;
@@ -1459,10 +1557,20 @@ impl Worker {
     }
 
     fn flush_tx(&mut self) {
+        self.nat_inbound();
+        if !self.deliver_handed.is_empty() {
+            // Handed here for this worker's NAT sessions: translated, never
+            // steered again.
+            let mut d = std::mem::take(&mut self.deliver_handed);
+            let h = self.handoff.take();
+            self.lan_out.append(&mut d);
+            self.nat_inbound();
+            self.handoff = h;
+            self.deliver_handed = d;
+        }
         if self.handoff.is_some() {
             self.flush_handoff();
         }
-        self.nat_inbound();
         self.nat_done = 0;
         self.resolve_lan();
         let c = &mut self.counters;

@@ -9,12 +9,14 @@
 //! every packet is counted (`lab::assert_conserved` over each gateway's
 //! workers) and no mbuf leaks.
 
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use braid_dataplane::config::{Config, Tables};
 use braid_dataplane::counters::WorkerCounters;
-use braid_dataplane::gateway::{outbound_sas, worker_setup, PortPlan};
-use braid_dataplane::lab::traffic::{ip_packet, Family, Flow, L4};
+use braid_dataplane::gateway::{nat_setup, outbound_sas, worker_setup_with_nat, PortPlan};
+use braid_dataplane::lab::traffic::{ip_packet, tag, Family, Flow, L4};
 use braid_dataplane::lab::{self, Checker, TICK};
 use braid_dataplane::worker::handoff;
 use braid_dataplane::worker::Worker;
@@ -72,6 +74,8 @@ struct Rig {
     /// A->B WAN frames, copied.
     capture: Vec<Vec<u8>>,
     delivered: Vec<Vec<u8>>,
+    /// What A delivered to its LAN (replies).
+    delivered_a: Vec<Vec<u8>>,
     /// A NAT in front of A rebinds: A->B frames from this UDP port come
     /// from the second.
     rebind: Option<(u16, u16)>,
@@ -81,6 +85,11 @@ struct Rig {
 
 impl Rig {
     fn new(case: &str, mode: &str, weights: &[u32]) -> Rig {
+        Rig::with_edit(case, mode, weights, |_, _| {})
+    }
+
+    /// [`Rig::new`] with each gateway's configuration edited (`true`: A).
+    fn with_edit(case: &str, mode: &str, weights: &[u32], edit: fn(bool, &mut serde_json::Value)) -> Rig {
         let test_pool = Arc::new(Mempool::new(&format!("{case}_tp"), 8191, 9400).unwrap());
         let cfg = PortConfig { rx_queues: WORKERS, tx_queues: WORKERS, rx_desc: 512, tx_desc: 512, steered_queues: true, ..Default::default() };
         let mut pairs = Vec::new();
@@ -108,7 +117,9 @@ impl Rig {
         let (alan, awan, bwan, blan) = (gw_ports.next().unwrap(), gw_ports.next().unwrap(), gw_ports.next().unwrap(), gw_ports.next().unwrap());
         for (side_a, mut lan, mut wan) in [(true, alan, awan), (false, blan, bwan)] {
             let (ln, wn) = if side_a { (&names[0], &names[1]) } else { (&names[3], &names[2]) };
-            let json = lab::config_json(side_a, (ln, wn), mode, weights, 16, 1500);
+            let mut doc: serde_json::Value = serde_json::from_str(&lab::config_json(side_a, (ln, wn), mode, weights, 16, 1500)).unwrap();
+            edit(side_a, &mut doc);
+            let json = doc.to_string();
             let tables = Tables::from_config(&Config::from_json_str(&json).unwrap()).unwrap();
             let pool = Arc::new(Mempool::new(&format!("{case}_{}", if side_a { "pa" } else { "pb" }), 16383, 9400).unwrap());
             for p in [&mut lan, &mut wan] {
@@ -123,7 +134,8 @@ impl Rig {
                 .enumerate()
                 .map(|(id, h)| {
                     let id = id as u16;
-                    let setup = worker_setup(&tables, &plan, &sas, id, id == 0, |_| false).unwrap();
+                    let nat = nat_setup(&tables, WORKERS).unwrap();
+                    let setup = worker_setup_with_nat(&tables, &plan, &sas, nat, id, id == 0, |_| false).unwrap();
                     let lanq = (lan.rx_queue(id).unwrap(), lan.tx_queue(id).unwrap());
                     let wanq = vec![(wan.rx_queue(id).unwrap(), wan.tx_queue(id).unwrap())];
                     Worker::new(setup, pool.clone(), lanq, wanq, 0).unwrap().with_handoff(h).unwrap()
@@ -136,7 +148,7 @@ impl Rig {
         }
         let b = gws.pop().unwrap();
         let a = gws.pop().unwrap();
-        Rig { a, b, gen, check, mid_a, mid_b, test_pool, pools, now: 0, capture: Vec::new(), delivered: Vec::new(), rebind: None, ports, pairs }
+        Rig { a, b, gen, check, mid_a, mid_b, test_pool, pools, now: 0, capture: Vec::new(), delivered: Vec::new(), delivered_a: Vec::new(), rebind: None, ports, pairs }
     }
 
     /// A LAN frame from A's host holding `ip`.
@@ -146,6 +158,17 @@ impl Rig {
         b[0..6].copy_from_slice(&lab::mac(lab::A_LAN_MAC));
         b[6..12].copy_from_slice(&lab::mac(lab::A_HOST_MAC));
         b[12..14].copy_from_slice(&(if ip[0] >> 4 == 6 { 0x86ddu16 } else { 0x0800 }).to_be_bytes());
+        b[14..].copy_from_slice(ip);
+        m
+    }
+
+    /// A LAN frame from B's host holding `ip`.
+    fn frame_to_b(&self, ip: &[u8]) -> Mbuf {
+        let mut m = Mbuf::alloc(&self.test_pool).unwrap();
+        let b = m.append(14 + ip.len()).unwrap();
+        b[0..6].copy_from_slice(&lab::mac(lab::B_LAN_MAC));
+        b[6..12].copy_from_slice(&lab::mac(lab::B_HOST_MAC));
+        b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         b[14..].copy_from_slice(ip);
         m
     }
@@ -196,10 +219,8 @@ impl Rig {
             while self.check.rx[q].rx_burst(&mut v, BURST) > 0 {
                 self.delivered.extend(v.drain(..).map(|m| m.data().to_vec()));
             }
-            // A delivers nothing (only A sends data): free what B's probes
-            // make A say, if anything.
             while self.gen.rx[q].rx_burst(&mut v, BURST) > 0 {
-                v.clear();
+                self.delivered_a.extend(v.drain(..).map(|m| m.data().to_vec()));
             }
         }
     }
@@ -359,4 +380,115 @@ fn plain_mode_over_two_workers_each_side() {
 #[test]
 fn bundle_mode_jumbo_frames_over_two_workers() {
     run("wk_jumbo", "bundle", &[1, 1], |id, seq| 1400 + ((id * 977 + seq * 331) % 7600) as usize, 40);
+}
+
+/// (src, sport, dst, dport) of an IPv4 UDP packet without options.
+fn endpoints(ip: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
+    let a = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
+    let p = |at: usize| u16::from_be_bytes([ip[at], ip[at + 1]]);
+    ((a(12), p(20)), (a(16), p(22)))
+}
+
+/// NAT with two workers per gateway: A SNATs its LAN behind a pool, B's
+/// host answers every packet. A's LAN frames reach whichever worker RSS
+/// picks and are handed to the worker whose shard owns the flow (braid-nat
+/// `outbound_owner`); the replies, re-ordered by the owner of B's stream,
+/// are handed to the worker holding the session (`inbound_owner`). Every
+/// packet and every reply arrives once, in order per flow, translated both
+/// ways with one mapping per flow.
+#[test]
+fn snat_over_two_workers_each_side() {
+    let (_eal, _guard) = braid_dpdk::testing::eal(&[], 1536);
+    let mut rig = Rig::with_edit("wk_nat", "bundle", &[1, 1, 1, 1], |side_a, doc| {
+        if side_a {
+            doc["nat"] = serde_json::json!({"snat": [{"name": "lan", "match": "10.1.0.0/16", "peer": "peer",
+                "pool": ["100.64.0.1", "100.64.0.2"], "ports": "20000-40000"}]});
+        } else {
+            doc["routes"].as_array_mut().unwrap().push(serde_json::json!({"prefix": "100.64.0.0/24", "peer": "peer"}));
+        }
+    });
+    let server = (Ipv4Addr::new(10, 2, 0, 1), 5201);
+    let flows: Vec<Flow> = (0..48u32)
+        .map(|i| {
+            let mut f = Flow::a_to_b(i, Family::V4, L4::Udp);
+            (f.src4, f.sport, f.dst4, f.dport) = (Ipv4Addr::new(10, 1, (i / 8) as u8, 1 + (i % 8) as u8), 30000 + i as u16, server.0, server.1);
+            f
+        })
+        .collect();
+    let rounds = 60u32;
+    let mut mapping: HashMap<u32, (Ipv4Addr, u16)> = HashMap::new();
+    // Per flow, the next sequence B's host expects, and how many it got.
+    let mut at_b: HashMap<u32, u32> = HashMap::new();
+    let mut received = 0u64;
+    let mut replies: HashMap<u32, u32> = HashMap::new();
+    let mut bad = Vec::new();
+    let mut answer = |rig: &mut Rig, mapping: &mut HashMap<u32, (Ipv4Addr, u16)>| {
+        // B's host answers what reached it.
+        for f in std::mem::take(&mut rig.delivered) {
+            let ip = &f[14..];
+            let (id, seq) = tag(ip).unwrap();
+            received += 1;
+            let next = at_b.entry(id).or_insert(0);
+            if seq != *next {
+                bad.push(format!("flow {id}: B got {seq}, expected {next}"));
+            }
+            *next = seq + 1;
+            let (src, dst) = endpoints(ip);
+            if src.0 != Ipv4Addr::new(100, 64, 0, 1) && src.0 != Ipv4Addr::new(100, 64, 0, 2) || dst != server {
+                bad.push(format!("flow {id}: B saw {src:?} -> {dst:?}"));
+            }
+            if *mapping.entry(id).or_insert(src) != src {
+                bad.push(format!("flow {id}: a second mapping {src:?}"));
+            }
+            let mut r = ip.to_vec();
+            let (s4, d4, sp, dp) = (r[12..16].to_vec(), r[16..20].to_vec(), r[20..22].to_vec(), r[22..24].to_vec());
+            r[12..16].copy_from_slice(&d4);
+            r[16..20].copy_from_slice(&s4);
+            r[20..22].copy_from_slice(&dp);
+            r[22..24].copy_from_slice(&sp);
+            let q = (id % WORKERS as u32) as usize;
+            let mut v = vec![rig.frame_to_b(&r)];
+            rig.check.tx[q].tx_all(&mut v, 1000);
+            assert!(v.is_empty());
+        }
+    };
+    for round in 0..rounds {
+        for f in &flows {
+            let mut v = vec![rig.frame_to_a(&ip_packet(f, round, 0))];
+            rig.gen.tx[(f.id % WORKERS as u32) as usize].tx_all(&mut v, 1000);
+        }
+        rig.step();
+        answer(&mut rig, &mut mapping);
+    }
+    for _ in 0..400 {
+        rig.step();
+        answer(&mut rig, &mut mapping);
+    }
+    assert!(bad.is_empty(), "{:?}", &bad[..bad.len().min(10)]);
+    assert_eq!(received, u64::from(rounds) * flows.len() as u64, "every packet reached B once");
+    // The replies, back at their hosts, in order.
+    for f in std::mem::take(&mut rig.delivered_a) {
+        let ip = &f[14..];
+        let (id, seq) = tag(ip).unwrap();
+        let (src, dst) = endpoints(ip);
+        let fl = &flows[id as usize];
+        assert_eq!((src, dst), (server, (fl.src4, fl.sport)), "reply {id}/{seq} translated back");
+        let next = replies.entry(id).or_insert(0);
+        assert_eq!(seq, *next, "flow {id}: replies in order");
+        *next += 1;
+    }
+    assert_eq!(replies.values().map(|&n| u64::from(n)).sum::<u64>(), u64::from(rounds) * flows.len() as u64, "every reply once");
+    let ca = rig.a.counters();
+    lab::assert_conserved(&ca, "A", false);
+    lab::assert_conserved(&rig.b.counters(), "B", false);
+    let h = ca.handoff;
+    assert!(h.lan_out > 0 && h.lan_out == h.lan_in, "LAN frames went to their flow's shard: {h:?}");
+    assert!(h.deliver_out > 0 && h.deliver_out == h.deliver_in, "replies went to their session's shard: {h:?}");
+    assert_eq!(ca.nat.out_dropped() + ca.nat.in_dropped(), 0, "{:?}", ca.nat);
+    assert_eq!(mapping.len(), flows.len());
+    // Each worker's shard holds only its own flows.
+    let sessions: Vec<u64> = rig.a.workers.iter().map(|w| w.counters().nat.sessions).collect();
+    assert_eq!(sessions.iter().sum::<u64>(), flows.len() as u64, "one session per flow, no duplicate: {sessions:?}");
+    assert!(sessions.iter().all(|&s| s > 0), "both shards used: {sessions:?}");
+    rig.close();
 }

@@ -628,8 +628,10 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // or taken as fragments.
     // A NAT drop on the way out is an incoming drop of a LAN frame.
     assert_eq!(
-        c.lan_rx.packets + c.wan_rx.packets + c.frags.reassembled + c.handoff.esp_in,
-        c.encapsulated + rx + rejected + c.keepalives_rx + d.total_rx() + c.frags.taken + c.nat.out_dropped() + c.local.received + c.kernel.taken + c.handoff.esp_out,
+        c.lan_rx.packets + c.wan_rx.packets + c.frags.reassembled + c.handoff.esp_in + c.handoff.lan_in,
+        c.encapsulated + rx + rejected + c.keepalives_rx + d.total_rx() + c.frags.taken + c.nat.out_dropped() + c.local.received + c.kernel.taken
+            + c.handoff.esp_out
+            + c.handoff.lan_out,
         "{why}"
     );
     // For the gateway itself: answered (out of the port it came in on) or
@@ -648,8 +650,10 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // Out: the ports took what they were given or it was dropped (the NAT
     // translates delivered packets just before the LAN TX queue).
     assert_eq!(
-        c.delivered + c.icmp_sent + l.lan_replies + k.from_kernel_lan + l.lan_requests,
+        c.delivered + c.icmp_sent + l.lan_replies + k.from_kernel_lan + l.lan_requests + c.handoff.deliver_in,
         c.lan_tx.packets
+            + c.handoff.deliver_out
+            + d.get(DpDrop::HandoffDeliverLost)
             + d.get(DpDrop::LanTxFull)
             + d.get(DpDrop::LanTxRejected)
             + c.nat.in_dropped()

@@ -15,6 +15,11 @@
 //!   prober (`Path`), an ARP reply or neighbor advertisement (`Neighbor`,
 //!   since RSS gives every non-IP frame to one queue).
 //!
+//! - with NAT rules, a flow's NAT session: the worker braid-nat's steering
+//!   names (`outbound_owner` for LAN frames, `inbound_owner` for packets
+//!   about to go to the LAN); another worker hands the frame over (`Lan`,
+//!   `Deliver`). A flow always has one owner, so its order holds.
+//!
 //! Each handed mbuf starts with a [`HEADER`]-byte header, removed by the
 //! receiver. Data (`Esp`, `Frame`) that does not fit in a full ring is
 //! dropped and counted; messages wait in the sender until the ring takes
@@ -46,6 +51,12 @@ pub enum Kind {
     /// An ARP reply or neighbor advertisement seen on port `a` (0: LAN,
     /// 1 + w: WAN w), for the other workers' resolvers.
     Neighbor = 5,
+    /// A LAN frame for the worker whose NAT shard owns its flow
+    /// (`NatConfig::outbound_owner`), to be routed and tunnelled there.
+    Lan = 6,
+    /// A packet for the LAN (Ethernet header written) for the worker whose
+    /// NAT shard holds its session (`NatConfig::inbound_owner`).
+    Deliver = 7,
 }
 
 /// A handed mbuf's header.
@@ -84,6 +95,8 @@ impl Header {
             3 => Kind::Remote,
             4 => Kind::Path,
             5 => Kind::Neighbor,
+            6 => Kind::Lan,
+            7 => Kind::Deliver,
             _ => return None,
         };
         let h = Header {
@@ -121,13 +134,16 @@ pub fn stream_owner(stream: u16, workers: u16) -> u16 {
     }
 }
 
-/// What one [`Handoff::flush`] did with the data queued.
+/// What one [`Handoff::flush`] did with the data queued, by [`Kind`]
+/// (index `kind as usize`): (taken by the ring, dropped: the ring was full).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Flushed {
-    pub esp_taken: u64,
-    pub esp_dropped: u64,
-    pub frames_taken: u64,
-    pub frames_dropped: u64,
+pub struct Flushed(pub [(u64, u64); 8]);
+
+impl Flushed {
+    /// (taken, dropped) of `kind`.
+    pub fn of(&self, kind: Kind) -> (u64, u64) {
+        self.0[kind as usize]
+    }
 }
 
 /// One worker's ends of the rings to and from every other worker.
@@ -208,7 +224,7 @@ impl Handoff {
     /// is freed; messages that do not fit stay for the next flush.
     pub fn flush(&mut self) -> Flushed {
         let mut f = Flushed::default();
-        let esp = |q: &[Mbuf]| q.iter().filter(|m| m.data().first() == Some(&(Kind::Esp as u8))).count() as u64;
+        let kind = |m: &Mbuf| usize::from(m.data().first().copied().unwrap_or(0) & 7);
         for (j, ring) in self.to.iter_mut().enumerate() {
             let Some(ring) = ring else { continue };
             if !self.messages[j].is_empty() {
@@ -219,14 +235,15 @@ impl Handoff {
                 continue;
             }
             // Counted before the ring takes them: then they are the other
-            // worker's.
-            let (n, esp_all) = (q.len() as u64, esp(q));
+            // worker's. What it leaves is what was dropped.
+            for m in q.iter() {
+                f.0[kind(m)].0 += 1;
+            }
             ring.enqueue(q);
-            let (left, esp_left) = (q.len() as u64, esp(q));
-            f.esp_taken += esp_all - esp_left;
-            f.esp_dropped += esp_left;
-            f.frames_taken += (n - esp_all) - (left - esp_left);
-            f.frames_dropped += left - esp_left;
+            for m in q.iter() {
+                f.0[kind(m)].0 -= 1;
+                f.0[kind(m)].1 += 1;
+            }
             Mbuf::free_bulk(q);
         }
         f
