@@ -134,6 +134,9 @@ struct Bucket {
     /// Bit i: `next_seq - 1 - i` was released (duplicate detection).
     released: u64,
     head: u32,
+    /// Last of the sorted list: a packet above it (the usual case, even
+    /// with many held) is appended without walking the list.
+    tail: u32,
     len: usize,
     gap_since: Nanos,
     active_at: u32,
@@ -145,6 +148,9 @@ struct PathView {
     high: Option<u64>,
     delay: Option<Nanos>,
 }
+
+/// Held packets looked at for the age of a bucket's next gap.
+const GAP_SCAN: usize = 16;
 
 fn serial_diff(a: u32, b: u32) -> i32 {
     // RFC 1982 serial number arithmetic.
@@ -193,6 +199,7 @@ impl<H> Reorderer<H> {
                     next_seq: 0,
                     released: 0,
                     head: NIL,
+                    tail: NIL,
                     len: 0,
                     gap_since: 0,
                     active_at: NIL
@@ -362,8 +369,13 @@ impl<H> Reorderer<H> {
                 self.release_run(b, kind, out);
                 return Ok(Pushed::Released);
             }
-            // Ahead: find its place in the bucket's sorted list.
+            // Ahead: find its place in the bucket's sorted list (after
+            // the tail, most of the time).
             let (mut prev, mut cur) = (NIL, bucket.head);
+            if bucket.tail != NIL && serial_diff(self.slots[bucket.tail as usize].seq, seq) < 0 {
+                prev = bucket.tail;
+                cur = NIL;
+            }
             while cur != NIL && serial_diff(self.slots[cur as usize].seq, seq) < 0 {
                 prev = cur;
                 cur = self.slots[cur as usize].next;
@@ -403,6 +415,9 @@ impl<H> Reorderer<H> {
                 self.buckets[b].head = i;
             } else {
                 self.slots[prev as usize].next = i;
+            }
+            if cur == NIL {
+                self.buckets[b].tail = i;
             }
             let bucket = &mut self.buckets[b];
             if bucket.len == 0 {
@@ -512,6 +527,7 @@ impl<H> Reorderer<H> {
         }
         let bucket = self.buckets[b];
         if bucket.head == NIL {
+            self.buckets[b].tail = NIL;
             if bucket.active_at != NIL {
                 let at = bucket.active_at as usize;
                 self.active.swap_remove(at);
@@ -521,12 +537,18 @@ impl<H> Reorderer<H> {
                 self.buckets[b].active_at = NIL;
             }
         } else {
-            // The next gap dates from the earliest arrival behind it.
+            // The next gap dates from the earliest arrival behind it,
+            // looked for among the first `GAP_SCAN` held packets (exact
+            // unless more are held; then at worst later, so a gap is never
+            // skipped early): a walk of every held packet on every release
+            // made a bucket with hundreds held quadratic.
             let mut since = Nanos::MAX;
             let mut cur = bucket.head;
-            while cur != NIL {
+            let mut n = 0;
+            while cur != NIL && n < GAP_SCAN {
                 since = since.min(self.slots[cur as usize].arrival);
                 cur = self.slots[cur as usize].next;
+                n += 1;
             }
             self.buckets[b].gap_since = since;
         }
