@@ -163,6 +163,32 @@ impl Balancer {
         Some(i)
     }
 
+    /// Sends a frame of `len` bytes on `path` again (the rest of an inner
+    /// packet the previous frame began), accounted as if picked: for
+    /// `Weighted` the shares hold in frames, for `EarliestArrival` the
+    /// path's queue grows. `false` (nothing accounted) when the path is
+    /// dead or, for `Weighted`, has no weight: pick another.
+    pub fn stay(&mut self, path: usize, len: usize, now: Nanos) -> bool {
+        let Some(p) = self.paths.get(path) else { return false };
+        if !p.alive || (self.policy == Policy::Weighted && p.params.weight == 0) {
+            return false;
+        }
+        if self.policy == Policy::Weighted {
+            let mut total = 0;
+            for q in self.paths.iter_mut().filter(|q| q.alive && q.params.weight > 0) {
+                q.current += i64::from(q.params.weight);
+                total += i64::from(q.params.weight);
+            }
+            self.paths[path].current -= total;
+        }
+        let p = &mut self.paths[path];
+        p.picks += 1;
+        if p.params.rate > 0 {
+            p.busy_until = p.busy_until.max(now).saturating_add(tx_time(len, p.params.rate));
+        }
+        true
+    }
+
     /// When the frame just sent on `path` is expected to arrive, for a frame of
     /// `len` bytes sent at `now` (`EarliestArrival`'s measure).
     pub fn expected_arrival(&self, path: usize, len: usize, now: Nanos) -> Option<Nanos> {

@@ -1042,3 +1042,36 @@ fn frames_opened_on_one_receiver_are_delivered_by_another() {
     let total_frames: u64 = rxs.iter().map(|r| r.stats().frames).sum();
     assert_eq!(total_frames, 60);
 }
+
+/// The frames that carry one inner packet cut to the frame size go on one
+/// tunnel (the receiver reassembles from one path, and with several
+/// workers one worker opens them all), while the packets still spread
+/// over every tunnel in their shares.
+#[test]
+fn the_pieces_of_a_packet_share_a_tunnel() {
+    let (mut tx, _) = pair(4);
+    let pkts: Vec<Vec<u8>> = (0..40).map(|i| inner_packet(false, 1, i, 3000)).collect();
+    let inner: Vec<InnerPacket> = pkts
+        .iter()
+        .map(|p| InnerPacket { bytes: p, flow_hash: FlowKey::extract(p).unwrap().hash() as u32 })
+        .collect();
+    let mut cursor = PackCursor::new();
+    let mut buf = vec![0u8; esp_area_len(MAX_FRAME)];
+    // (tunnel, whether the frame ends mid-packet) per frame.
+    let mut frames = Vec::new();
+    while let Some(t) = tx.next_frame(&inner, &mut cursor, &mut buf, 0) {
+        frames.push((t.unwrap().tunnel, cursor.continues()));
+    }
+    assert!(frames.len() >= 80, "3000-byte packets take several frames each");
+    for w in frames.windows(2) {
+        if w[0].1 {
+            assert_eq!(w[0].0, w[1].0, "a packet's next piece stays on its tunnel: {frames:?}");
+        }
+    }
+    let mut per_tunnel = [0usize; 4];
+    for (t, _) in &frames {
+        per_tunnel[*t] += 1;
+    }
+    let (lo, hi) = (per_tunnel.iter().min().unwrap(), per_tunnel.iter().max().unwrap());
+    assert!(hi - lo <= 3, "frames still spread evenly: {per_tunnel:?}");
+}

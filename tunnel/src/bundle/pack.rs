@@ -31,6 +31,11 @@ pub struct PackCursor {
 }
 
 impl PackCursor {
+    /// The next frame continues a packet the last one began.
+    pub fn continues(&self) -> bool {
+        self.offset > 0
+    }
+
     /// A cursor at the first packet.
     pub fn new() -> Self {
         Self::default()

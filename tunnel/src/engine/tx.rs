@@ -154,6 +154,8 @@ pub struct BundleTx<A: Aead = AesGcm> {
     sender: StreamSender,
     balancer: Balancer,
     fallback: usize,
+    /// Tunnel of the last frame (a frame continuing its packet follows it).
+    last_tunnel: Option<usize>,
     drops: DropCounters,
     counters: TxCounters,
 }
@@ -187,6 +189,7 @@ impl<A: Aead> BundleTx<A> {
             sender: StreamSender::new(cfg.stream, cfg.buckets),
             balancer: Balancer::new(cfg.policy, n),
             fallback: 0,
+            last_tunnel: None,
             drops: DropCounters::default(),
             counters: TxCounters::default(),
             cfg,
@@ -305,8 +308,19 @@ impl<A: Aead> BundleTx<A> {
         now: Nanos,
     ) -> Option<Result<Transmit, DropReason>> {
         let area = frame_area(buf, self.cfg.max_frame)?;
+        // A frame that carries the rest of a packet the previous frame
+        // began goes on the same tunnel (while it is alive): the receiver
+        // gets the pieces one after the other from one path, and with
+        // several workers the same worker opens them, so reassembly waits
+        // for no other path.
+        let continues = cursor.continues();
         let frame_len = self.sender.pack(pkts, cursor, area)?;
-        let tunnel = self.pick(esp::packet_len(frame_len), now);
+        let len = esp::packet_len(frame_len);
+        let tunnel = match self.last_tunnel {
+            Some(t) if continues && self.balancer.stay(t, len, now) => t,
+            _ => self.pick(len, now),
+        };
+        self.last_tunnel = Some(tunnel);
         let r = self.seal_on(tunnel, buf, frame_len);
         if r.is_ok() {
             self.counters.frames += 1;
