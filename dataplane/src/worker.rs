@@ -413,7 +413,7 @@ impl Worker {
             tunnel_ports: port_set(&setup.bundles),
             lan_del: Default::default(),
             handoff: None,
-            handed: Vec::with_capacity(BURST),
+            handed: Vec::with_capacity(8 * BURST),
             remote_news: Vec::new(),
             path_news: Vec::new(),
             lan_handed: Vec::new(),
@@ -489,7 +489,7 @@ impl Worker {
         self.bundles
             .iter()
             .map(|b| match &b.engine {
-                Engine::Bundle { rx, .. } => format!("{:?} stream0 {:?}", rx.stats(), rx.reorderer(0).map(|r| *r.counters())),
+                Engine::Bundle { rx, .. } => format!("{:?} streams {:?}", rx.stats(), (0..4).filter_map(|s| rx.reorderer(s).map(|r| (s, *r.counters()))).collect::<Vec<_>>()),
                 Engine::Plain(_) => String::from("plain"),
             })
             .collect()
@@ -1320,7 +1320,9 @@ impl Worker {
     fn take_handed(&mut self, now: Nanos) -> usize {
         let Some(h) = self.handoff.as_mut() else { return 0 };
         let mut handed = std::mem::take(&mut self.handed);
-        let n = h.receive(&mut handed, BURST);
+        // Everything the others handed since the last poll (up to four
+        // bursts each): a backlog here would hold the re-orderers back.
+        let n = h.receive(&mut handed, 4 * BURST);
         for mut m in handed.drain(..) {
             let Some(h) = handoff::Header::pop(&mut m) else { continue };
             let tunnel = |spis: &[(u32, u16, u16)]| {
@@ -1674,7 +1676,7 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
             let base = BundleRxConfig::default();
             let rxc = BundleRxConfig {
                 reply_stream: 0x8000 | setup.id,
-                reorder: ReorderConfig { hold: setup.hold, slots: 8192, per_bucket: 1024, ..base.reorder },
+                reorder: ReorderConfig { hold: setup.hold, slots: 32768, per_bucket: 4096, ..base.reorder },
                 reassembly: ReassemblyConfig { slots: 512, ..base.reassembly },
                 // Probe replies are rare: a lease of several sequence
                 // numbers would go stale behind the data traffic on
