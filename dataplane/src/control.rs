@@ -392,10 +392,13 @@ impl Ctl {
         let offload = |i: usize| pb.ip_csum_offload.get(i).copied().unwrap_or(false);
         let mut out = Vec::with_capacity(self.workers as usize);
         for w in 0..self.workers {
-            let setup = worker_setup_with_nat(tables, &plan, sas, nat.clone(), w, w == 0, offload)?;
+            let setup = crate::worker::WorkerSetup { workers: self.workers, ..worker_setup_with_nat(tables, &plan, sas, nat.clone(), w, w == 0, offload)? };
             // The running bundles' specs, as the worker holds them (the
             // same SAs: the registry keeps unchanged ones).
-            let old = worker_setup_with_nat(running, &PortPlan::new(running)?, running_sas, None, w, w == 0, offload)?;
+            let old = crate::worker::WorkerSetup {
+                workers: self.workers,
+                ..worker_setup_with_nat(running, &PortPlan::new(running)?, running_sas, None, w, w == 0, offload)?
+            };
             let options_same =
                 old.replay_window == setup.replay_window && old.hold == setup.hold && old.probes == setup.probes;
             let now = pb.clock.elapsed().as_nanos() as u64;

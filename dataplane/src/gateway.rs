@@ -147,5 +147,6 @@ pub fn worker_setup_with_nat(
         hold: tables.options.hold,
         probes: probes.then_some(tables.options.liveness),
         nat,
+        workers: 1,
     })
 }

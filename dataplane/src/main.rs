@@ -21,7 +21,7 @@ use braid_dataplane::config::{Config, Tables};
 use braid_dataplane::control::{self, ControlConfig, Exchange, SaRegistry, Snapshot};
 use braid_dataplane::gateway::{self, worker_setup_with_nat, PortPlan};
 use braid_dataplane::counters::WorkerCounters;
-use braid_dataplane::worker::{handoff, KernelTap, Worker};
+use braid_dataplane::worker::{handoff, KernelTap, Worker, WorkerSetup};
 use braid_shm::stats::StatsWriter;
 use braid_dataplane::{report, sas, stats};
 use braid_dpdk::{Eal, Mempool, Port, PortConfig};
@@ -161,6 +161,7 @@ struct Shared {
     deadline: Option<Instant>,
     stats_interval: Duration,
     stats_file: Option<String>,
+    workers: u16,
     /// Each worker's counters as of its last stats interval, for worker 0's
     /// JSON file (a lock per interval, never per packet).
     published: Mutex<Vec<Option<(WorkerCounters, Vec<Vec<bool>>, Vec<Vec<std::net::SocketAddrV4>>)>>>,
@@ -188,7 +189,10 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
             let prebuilt_nat = snap.take_nat_shard(id);
             let (setup, engines) = match snap.take_prebuilt(id) {
                 Some(p) => (Ok(p.setup), p.bundles),
-                None => (worker_setup_with_nat(&snap.tables, &sh.plan, &snap.sas, snap.nat.clone(), id, id == 0, offload), Vec::new()),
+                None => (
+                    worker_setup_with_nat(&snap.tables, &sh.plan, &snap.sas, snap.nat.clone(), id, id == 0, offload).map(|s| WorkerSetup { workers: sh.workers, ..s }),
+                    Vec::new(),
+                ),
             };
             match setup.and_then(|s| worker.apply_with(s, prebuilt_nat, engines, now())) {
                 Ok(a) => {
@@ -420,7 +424,7 @@ fn run() -> Result<(), String> {
             .iter()
             .map(|t| t.as_ref().map(|t| q(t).map(KernelTap::new)).transpose())
             .collect::<Result<Vec<_>, String>>()?;
-        let setup = worker_setup_with_nat(&tables, &plan, &sas, nat.clone(), w, w == 0, offload)?;
+        let setup = WorkerSetup { workers, ..worker_setup_with_nat(&tables, &plan, &sas, nat.clone(), w, w == 0, offload)? };
         let mut worker = Worker::new(setup, pool.clone(), lan_q, wan_q, now())?.with_kernel_taps(tap_queues)?;
         if let Some(h) = handoffs[usize::from(w)].take() {
             worker = worker.with_handoff(h)?;
@@ -453,6 +457,7 @@ fn run() -> Result<(), String> {
         deadline: args.seconds.map(|s| t0 + Duration::from_secs(s)),
         stats_interval: args.stats_interval,
         stats_file: args.stats_file.clone(),
+        workers,
         published: Mutex::new((0..workers).map(|_| None).collect()),
     });
     let mut running = Vec::new();

@@ -133,6 +133,10 @@ pub struct WorkerSetup {
     pub probes: Option<LivenessConfig>,
     /// NAT rules; `None`: the tables have none and NAT is skipped.
     pub nat: Option<NatSetup>,
+    /// Workers of the gateway (1 unless set): with several, a stream's
+    /// frames come from several workers' RX queues, so its re-orderer holds
+    /// for the skew between them too (see `build_bundle`).
+    pub workers: u16,
 }
 
 /// Plain mode state: its own balancer, sequence leases and inbound SAs.
@@ -1676,7 +1680,16 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
             let base = BundleRxConfig::default();
             let rxc = BundleRxConfig {
                 reply_stream: 0x8000 | setup.id,
-                reorder: ReorderConfig { hold: setup.hold, slots: 32768, per_bucket: 4096, ..base.reorder },
+                // With several workers, also the skew between their RX
+                // queues (up to a ring of frames, at 64 B ~20 packets each;
+                // 8192 slots lost packets in braid-perf-workers). A stream's
+                // re-orderer is made on its first frame, by its one owner.
+                reorder: ReorderConfig {
+                    hold: setup.hold,
+                    slots: if setup.workers > 1 { 32768 } else { 8192 },
+                    per_bucket: if setup.workers > 1 { 4096 } else { 1024 },
+                    ..base.reorder
+                },
                 reassembly: ReassemblyConfig { slots: 512, ..base.reassembly },
                 // Probe replies are rare: a lease of several sequence
                 // numbers would go stale behind the data traffic on

@@ -19,7 +19,7 @@ use braid_dataplane::gateway::{nat_setup, outbound_sas, worker_setup_with_nat, P
 use braid_dataplane::lab::traffic::{ip_packet, tag, Family, Flow, L4};
 use braid_dataplane::lab::{self, Checker, TICK};
 use braid_dataplane::worker::handoff;
-use braid_dataplane::worker::Worker;
+use braid_dataplane::worker::{Worker, WorkerSetup};
 use braid_dpdk::ring_port::RingPair;
 use braid_dpdk::{Mbuf, Mempool, Port, PortConfig, RxQueue, TxQueue, BURST};
 use braid_tunnel::DropReason;
@@ -135,7 +135,7 @@ impl Rig {
                 .map(|(id, h)| {
                     let id = id as u16;
                     let nat = nat_setup(&tables, WORKERS).unwrap();
-                    let setup = worker_setup_with_nat(&tables, &plan, &sas, nat, id, id == 0, |_| false).unwrap();
+                    let setup = WorkerSetup { workers: WORKERS, ..worker_setup_with_nat(&tables, &plan, &sas, nat, id, id == 0, |_| false).unwrap() };
                     let lanq = (lan.rx_queue(id).unwrap(), lan.tx_queue(id).unwrap());
                     let wanq = vec![(wan.rx_queue(id).unwrap(), wan.tx_queue(id).unwrap())];
                     Worker::new(setup, pool.clone(), lanq, wanq, 0).unwrap().with_handoff(h).unwrap()

@@ -32,7 +32,7 @@ use braid_dataplane::counters::WorkerCounters;
 use braid_dataplane::gateway::{outbound_sas, worker_setup, PortPlan};
 use braid_dataplane::lab::traffic::{ip_packet, Family, Flow, L4};
 use braid_dataplane::lab::{self, TICK};
-use braid_dataplane::worker::{handoff, Worker};
+use braid_dataplane::worker::{handoff, Worker, WorkerSetup};
 use braid_dpdk::ring_port::RingPair;
 use braid_dpdk::{Eal, Mbuf, Mempool, Port, PortConfig, BURST};
 
@@ -73,7 +73,7 @@ fn gateway(side_a: bool, n: u16, lan: &mut Port, wan: &mut Port, pool: &Arc<Memp
         let id = id as u16;
         // B's probes would go unanswered here (A is gone) and its paths be
         // declared dead: no prober on B, every path stays alive.
-        let setup = worker_setup(&tables, &plan, &sas, id, id == 0 && side_a, |_| false)?;
+        let setup = WorkerSetup { workers: n, ..worker_setup(&tables, &plan, &sas, id, id == 0 && side_a, |_| false)? };
         let q = |p: &Port| -> Result<_, String> { Ok((p.rx_queue(id).map_err(|e| e.to_string())?, p.tx_queue(id).map_err(|e| e.to_string())?)) };
         let w = Worker::new(setup, pool.clone(), q(lan)?, vec![q(wan)?], 0)?.with_handoff(h)?;
         workers.push(w);
