@@ -18,6 +18,7 @@ pub mod memory;
 pub mod mempool;
 pub mod port;
 pub mod ring_port;
+pub mod rss;
 pub mod testing;
 
 pub use eal::Eal;

@@ -194,6 +194,8 @@ pub struct Port {
     started: bool,
     rx_queues: u16,
     tx_queues: u16,
+    /// RSS spreads the RX queues (set by `configure`).
+    rss: bool,
     /// Which RX / TX queue handles were handed out since `configure`.
     taken: Mutex<(Vec<bool>, Vec<bool>)>,
 }
@@ -296,6 +298,7 @@ impl Port {
             started: false,
             rx_queues: 0,
             tx_queues: 0,
+            rss: false,
             taken: Mutex::new((Vec::new(), Vec::new())),
         })
     }
@@ -367,6 +370,7 @@ impl Port {
         let ec = eth_conf(cfg, info, granted).map_err(|w| self.limit(w))?;
         let conf = ec.to_raw();
         self.granted = granted;
+        self.rss = ec.rss;
         if self.started {
             // SAFETY: valid port.
             unsafe { dpdk_sys::rte_eth_dev_stop(id) };
@@ -456,6 +460,42 @@ impl Port {
             }
         }
         Ok(())
+    }
+
+    /// The RSS key and redirection table the port spreads its RX queues
+    /// with: `None` unless it was configured with several RX queues and RSS
+    /// (a vdev without RSS, say), or when the PMD does not report them.
+    pub fn rss_steering(&self) -> Option<crate::rss::RssSteering> {
+        if !self.rss || self.rx_queues < 2 {
+            return None;
+        }
+        let id = self.info.id.0;
+        let mut dev: dpdk_sys::rte_eth_dev_info = Default::default();
+        // SAFETY: out-pointer to a zeroed struct.
+        if unsafe { dpdk_sys::rte_eth_dev_info_get(id, &mut dev) } != 0 || dev.reta_size == 0 {
+            return None;
+        }
+        let mut key = vec![0u8; usize::from(dev.hash_key_size).max(40)];
+        // SAFETY: rte_eth_rss_conf is plain old data.
+        let mut conf: dpdk_sys::rte_eth_rss_conf = unsafe { std::mem::zeroed() };
+        conf.rss_key = key.as_mut_ptr();
+        conf.rss_key_len = key.len().min(255) as u8;
+        // SAFETY: `rss_key` points to `rss_key_len` writable bytes that
+        // outlive the call.
+        if unsafe { dpdk_sys::rte_eth_dev_rss_hash_conf_get(id, &mut conf) } != 0 {
+            return None;
+        }
+        key.truncate(usize::from(conf.rss_key_len).min(key.len()));
+        let size = usize::from(dev.reta_size);
+        let mut entries: Vec<dpdk_sys::rte_eth_rss_reta_entry64> =
+            (0..size.div_ceil(64)).map(|_| dpdk_sys::rte_eth_rss_reta_entry64 { mask: u64::MAX, reta: [0; 64] }).collect();
+        // SAFETY: `entries` holds `reta_size` entries (64 per element), all
+        // asked for by their masks.
+        if unsafe { dpdk_sys::rte_eth_dev_rss_reta_query(id, entries.as_mut_ptr(), dev.reta_size) } != 0 {
+            return None;
+        }
+        let reta = entries.iter().flat_map(|e| e.reta).take(size).collect();
+        crate::rss::RssSteering::new(key, reta)
     }
 
     /// Starts the port.

@@ -11,7 +11,7 @@ use braid_dpdk::{launch, Error, Mbuf, Mempool, Offloads, Port, PortConfig, BURST
 
 /// Every vdev this test process uses; EAL starts once with all of them.
 fn vdevs() -> Vec<String> {
-    vec!["net_null0".into(), format!("net_tap0,iface=brt{}", std::process::id() % 100000)]
+    vec!["net_null0".into(), "net_null1".into(), format!("net_tap0,iface=brt{}", std::process::id() % 100000)]
 }
 
 fn start() -> (&'static braid_dpdk::Eal, std::sync::MutexGuard<'static, ()>) {
@@ -329,4 +329,32 @@ fn mbuf_stash_and_bulk_free_keep_the_pool_whole() {
     Mbuf::free_bulk(&mut all);
     drop(stash);
     assert_eq!(pool.in_use(), 0);
+}
+
+/// A port spread over several RX queues by RSS gives back the key and the
+/// redirection table it hashes with (net_null implements RSS in software);
+/// a port of one queue, or without RSS, gives none.
+#[test]
+fn rss_steering_is_read_back_from_the_pmd() {
+    let (_eal, _g) = start();
+    let pool = Mempool::new("rss_pool", 8191, DEFAULT_DATA_ROOM).unwrap();
+    let mut null = Port::by_name("net_null1").unwrap();
+    assert_ne!(null.info().rss_capa, 0, "net_null reports RSS");
+    let one = PortConfig { rx_desc: 512, tx_desc: 512, offloads: Offloads::default(), ..Default::default() };
+    null.configure(&one, &[&pool]).unwrap();
+    assert!(null.rss_steering().is_none(), "one queue: no steering");
+    let two = PortConfig { rx_queues: 2, tx_queues: 2, ..one };
+    null.configure(&two, &[&pool]).unwrap();
+    null.start().unwrap();
+    let s = null.rss_steering().expect("key and table");
+    assert!(!s.reta().is_empty() && s.reta().iter().all(|&q| q < 2), "{:?}", s.reta());
+    null.close();
+    let (pair, ring, ring_b) = RingPair::with_queues("rssr", 1024, 2).unwrap();
+    let mut ring = ring;
+    ring.configure(&PortConfig { steered_queues: true, ..two }, &[&pool]).unwrap();
+    assert!(ring.rss_steering().is_none(), "net_ring has no RSS");
+    ring.close();
+    ring_b.close();
+    drop(pair);
+    assert_eq!(pool.avail(), pool.size());
 }
