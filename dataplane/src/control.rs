@@ -71,6 +71,8 @@ pub struct Snapshot {
 pub struct Prebuild {
     pub ip_csum_offload: Vec<bool>,
     pub clock: Instant,
+    /// Each WAN port's RSS (`WorkerSetup::wan_rss`).
+    pub wan_rss: Vec<Option<Arc<braid_dpdk::rss::RssSteering>>>,
 }
 
 /// One worker's setup for a snapshot, and engines built for it
@@ -392,11 +394,16 @@ impl Ctl {
         let offload = |i: usize| pb.ip_csum_offload.get(i).copied().unwrap_or(false);
         let mut out = Vec::with_capacity(self.workers as usize);
         for w in 0..self.workers {
-            let setup = crate::worker::WorkerSetup { workers: self.workers, ..worker_setup_with_nat(tables, &plan, sas, nat.clone(), w, w == 0, offload)? };
+            let setup = crate::worker::WorkerSetup {
+                workers: self.workers,
+                wan_rss: pb.wan_rss.clone(),
+                ..worker_setup_with_nat(tables, &plan, sas, nat.clone(), w, w == 0, offload)?
+            };
             // The running bundles' specs, as the worker holds them (the
             // same SAs: the registry keeps unchanged ones).
             let old = crate::worker::WorkerSetup {
                 workers: self.workers,
+                wan_rss: pb.wan_rss.clone(),
                 ..worker_setup_with_nat(running, &PortPlan::new(running)?, running_sas, None, w, w == 0, offload)?
             };
             let options_same =

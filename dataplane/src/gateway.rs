@@ -147,6 +147,7 @@ pub fn worker_setup_with_nat(
         hold: tables.options.hold,
         probes: probes.then_some(tables.options.liveness),
         nat,
+        wan_rss: Vec::new(),
         workers: 1,
     })
 }

@@ -162,6 +162,7 @@ struct Shared {
     stats_interval: Duration,
     stats_file: Option<String>,
     workers: u16,
+    wan_rss: Vec<Option<Arc<braid_dpdk::rss::RssSteering>>>,
     /// Each worker's counters as of its last stats interval, for worker 0's
     /// JSON file (a lock per interval, never per packet).
     published: Mutex<Vec<Option<(WorkerCounters, Vec<Vec<bool>>, Vec<Vec<std::net::SocketAddrV4>>)>>>,
@@ -190,7 +191,8 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
             let (setup, engines) = match snap.take_prebuilt(id) {
                 Some(p) => (Ok(p.setup), p.bundles),
                 None => (
-                    worker_setup_with_nat(&snap.tables, &sh.plan, &snap.sas, snap.nat.clone(), id, id == 0, offload).map(|s| WorkerSetup { workers: sh.workers, ..s }),
+                    worker_setup_with_nat(&snap.tables, &sh.plan, &snap.sas, snap.nat.clone(), id, id == 0, offload)
+                        .map(|s| WorkerSetup { workers: sh.workers, wan_rss: sh.wan_rss.clone(), ..s }),
                     Vec::new(),
                 ),
             };
@@ -414,6 +416,15 @@ fn run() -> Result<(), String> {
     let exchange = Exchange::new(Snapshot::new(generation, tables.clone(), sas.clone(), nat.clone(), Vec::new()), workers);
     let t0 = Instant::now();
     let now = move || t0.elapsed().as_nanos() as u64;
+    // A WAN port that spreads its queues by RSS: each tunnel is owned by
+    // the worker whose queue its packets reach (no ESP handed over).
+    let wan_rss: Vec<Option<Arc<braid_dpdk::rss::RssSteering>>> = ports[1..].iter().map(|(_, p)| p.rss_steering().map(Arc::new)).collect();
+    for ((i, _), rss) in ports[1..].iter().zip(&wan_rss) {
+        if workers > 1 {
+            let how = if rss.is_some() { "by RSS: each tunnel owned by the worker its packets reach" } else { "by the vdev (no RSS): tunnels owned by local port" };
+            eprintln!("braid-dataplane: port {} spreads {workers} queues {how}", tables.ports[*i].name);
+        }
+    }
     let mut handoffs: Vec<Option<handoff::Handoff>> = handoff::mesh("braid_handoff", workers, 4096)?.into_iter().map(Some).collect();
     let mut built = Vec::with_capacity(usize::from(workers));
     for w in 0..workers {
@@ -424,7 +435,7 @@ fn run() -> Result<(), String> {
             .iter()
             .map(|t| t.as_ref().map(|t| q(t).map(KernelTap::new)).transpose())
             .collect::<Result<Vec<_>, String>>()?;
-        let setup = WorkerSetup { workers, ..worker_setup_with_nat(&tables, &plan, &sas, nat.clone(), w, w == 0, offload)? };
+        let setup = WorkerSetup { workers, wan_rss: wan_rss.clone(), ..worker_setup_with_nat(&tables, &plan, &sas, nat.clone(), w, w == 0, offload)? };
         let mut worker = Worker::new(setup, pool.clone(), lan_q, wan_q, now())?.with_kernel_taps(tap_queues)?;
         if let Some(h) = handoffs[usize::from(w)].take() {
             worker = worker.with_handoff(h)?;
@@ -436,7 +447,7 @@ fn run() -> Result<(), String> {
         Some(ep) => {
             // The control thread builds new tables' setups and engines the
             // way the workers would, so a worker only swaps them in.
-            let prebuild = control::Prebuild { ip_csum_offload: offloads.clone(), clock: t0 };
+            let prebuild = control::Prebuild { ip_csum_offload: offloads.clone(), clock: t0, wan_rss: wan_rss.clone() };
             Some(ep.spawn(exchange.clone(), registry.clone(), stats_seg, workers, generation, Some(prebuild))?)
         }
         None => None,
@@ -458,6 +469,7 @@ fn run() -> Result<(), String> {
         stats_interval: args.stats_interval,
         stats_file: args.stats_file.clone(),
         workers,
+        wan_rss: wan_rss.clone(),
         published: Mutex::new((0..workers).map(|_| None).collect()),
     });
     let mut running = Vec::new();

@@ -133,6 +133,11 @@ pub struct WorkerSetup {
     pub probes: Option<LivenessConfig>,
     /// NAT rules; `None`: the tables have none and NAT is skipped.
     pub nat: Option<NatSetup>,
+    /// Per WAN port (like `wans`), the RSS key and redirection table its
+    /// NIC spreads the workers' RX queues with, if it has RSS: a tunnel is
+    /// then owned by the worker whose queue RSS gives its packets, and
+    /// none has to be handed over (`tunnel_owner`). Empty unless set.
+    pub wan_rss: Vec<Option<Arc<braid_dpdk::rss::RssSteering>>>,
     /// Workers of the gateway (1 unless set): with several, a stream's
     /// frames come from several workers' RX queues, so its re-orderer holds
     /// for the skew between them too (see `build_bundle`).
@@ -189,6 +194,8 @@ struct BundleState {
     /// Per tunnel: its `tx` packet count when last looked at, and since
     /// when it has not moved.
     quiet: Vec<(u64, Nanos)>,
+    /// The worker that owns each tunnel's inbound SA (`tunnel_owner`).
+    owner: Vec<u16>,
 }
 
 /// Table options a worker's engines are built with.
@@ -1194,7 +1201,7 @@ impl Worker {
             return Err(DpDrop::TunnelMismatch);
         }
         if workers > 1 && !handed {
-            let owner = handoff::tunnel_owner(dst_port, workers);
+            let owner = st.owner[t];
             if owner != self.id {
                 // Opened only where its replay window is (see `handoff`).
                 let h = handoff::Header { kind: handoff::Kind::Esp, a: w as u8, b: verify_csum as u8, spi: 0, x: 0 };
@@ -1484,7 +1491,7 @@ impl Worker {
             for (t, (seen, since)) in st.quiet.iter_mut().enumerate() {
                 // With several workers, the tunnel's owner keeps its
                 // mapping (from its own TX: at worst a keepalive more).
-                if workers > 1 && handoff::tunnel_owner(st.local_port[t], workers) != self.id {
+                if workers > 1 && st.owner[t] != self.id {
                     continue;
                 }
                 let sent = self.counters.tunnels[b][t].tx.packets;
@@ -1740,7 +1747,24 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
         keepalive: bs.keepalive,
         next_keepalive: now.saturating_add(bs.keepalive.min(KEEPALIVE_CHECK)),
         quiet: vec![(0, now); n],
+        owner: bs.tunnels.iter().map(|t| tunnel_owner(setup, t)).collect(),
     })
+}
+
+/// The worker that owns tunnel `t`'s inbound SA: the one whose RX queue
+/// its WAN port's RSS gives the tunnel's packets (from the configured
+/// remote), or, without RSS, `handoff::tunnel_owner` of its local port.
+/// Any function would be correct (every worker computes the same); this
+/// one spares the hand-off of ESP packets when the NIC spreads by RSS.
+fn tunnel_owner(setup: &WorkerSetup, t: &TunnelSetup) -> u16 {
+    if setup.workers <= 1 {
+        return 0;
+    }
+    let by_port = handoff::tunnel_owner(t.local.port(), setup.workers);
+    match setup.wan_rss.get(t.wan).and_then(|s| s.as_deref()) {
+        Some(rss) => Some(rss.queue_v4(*t.remote.ip(), t.remote.port(), *t.local.ip(), t.local.port())).filter(|&q| q < setup.workers).unwrap_or(by_port),
+        None => by_port,
+    }
 }
 
 /// SPI -> (bundle, tunnel), sorted by SPI.

@@ -21,6 +21,7 @@ use braid_dataplane::lab::{self, Checker, TICK};
 use braid_dataplane::worker::handoff;
 use braid_dataplane::worker::{Worker, WorkerSetup};
 use braid_dpdk::ring_port::RingPair;
+use braid_dpdk::rss::RssSteering;
 use braid_dpdk::{Mbuf, Mempool, Port, PortConfig, RxQueue, TxQueue, BURST};
 use braid_tunnel::DropReason;
 
@@ -53,6 +54,28 @@ impl Gateway {
 
 /// The queue a NIC's RSS would pick for a WAN frame: a hash of the outer
 /// UDP ports (IPv4 without options).
+/// The RSS of the rig's NICs: Microsoft's key, a table of 128 entries
+/// over the workers' queues.
+fn steering() -> Arc<RssSteering> {
+    let key = [
+        0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae,
+        0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+    ];
+    Arc::new(RssSteering::new(key.to_vec(), (0..128).map(|i| i % WORKERS).collect()).unwrap())
+}
+
+/// The queue a WAN frame reaches: by `rss` when given, else `wan_queue`.
+fn queue_of(rss: &Option<Arc<RssSteering>>, f: &[u8]) -> usize {
+    match rss {
+        Some(r) if f.len() >= 38 => {
+            let ip = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
+            let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+            usize::from(r.queue_v4(ip(26), port(34), ip(30), port(36)))
+        }
+        _ => wan_queue(f),
+    }
+}
+
 fn wan_queue(f: &[u8]) -> usize {
     if f.len() < 38 {
         return 0;
@@ -79,17 +102,28 @@ struct Rig {
     /// A NAT in front of A rebinds: A->B frames from this UDP port come
     /// from the second.
     rebind: Option<(u16, u16)>,
+    /// The NICs' RSS, when the middle steers by it.
+    rss: Option<Arc<RssSteering>>,
     ports: Vec<Port>,
     pairs: Vec<RingPair>,
 }
 
 impl Rig {
-    fn new(case: &str, mode: &str, weights: &[u32]) -> Rig {
-        Rig::with_edit(case, mode, weights, |_, _| {})
+    /// [`Rig::with_edit`]; `rss`: the middle steers WAN frames with the
+    /// Toeplitz hash of a real RSS key and table, and the workers know it
+    /// (`WorkerSetup::wan_rss`).
+    fn build(case: &str, mode: &str, weights: &[u32], edit: fn(bool, &mut serde_json::Value), rss: bool) -> Rig {
+        let mut rig = Rig::with_edit_rss(case, mode, weights, edit, rss.then(steering));
+        rig.rss = rss.then(steering);
+        rig
     }
 
     /// [`Rig::new`] with each gateway's configuration edited (`true`: A).
     fn with_edit(case: &str, mode: &str, weights: &[u32], edit: fn(bool, &mut serde_json::Value)) -> Rig {
+        Rig::with_edit_rss(case, mode, weights, edit, None)
+    }
+
+    fn with_edit_rss(case: &str, mode: &str, weights: &[u32], edit: fn(bool, &mut serde_json::Value), rss: Option<Arc<RssSteering>>) -> Rig {
         let test_pool = Arc::new(Mempool::new(&format!("{case}_tp"), 8191, 9400).unwrap());
         let cfg = PortConfig { rx_queues: WORKERS, tx_queues: WORKERS, rx_desc: 512, tx_desc: 512, steered_queues: true, ..Default::default() };
         let mut pairs = Vec::new();
@@ -135,7 +169,11 @@ impl Rig {
                 .map(|(id, h)| {
                     let id = id as u16;
                     let nat = nat_setup(&tables, WORKERS).unwrap();
-                    let setup = WorkerSetup { workers: WORKERS, ..worker_setup_with_nat(&tables, &plan, &sas, nat, id, id == 0, |_| false).unwrap() };
+                    let setup = WorkerSetup {
+                        workers: WORKERS,
+                        wan_rss: vec![rss.clone()],
+                        ..worker_setup_with_nat(&tables, &plan, &sas, nat, id, id == 0, |_| false).unwrap()
+                    };
                     let lanq = (lan.rx_queue(id).unwrap(), lan.tx_queue(id).unwrap());
                     let wanq = vec![(wan.rx_queue(id).unwrap(), wan.tx_queue(id).unwrap())];
                     Worker::new(setup, pool.clone(), lanq, wanq, 0).unwrap().with_handoff(h).unwrap()
@@ -148,7 +186,7 @@ impl Rig {
         }
         let b = gws.pop().unwrap();
         let a = gws.pop().unwrap();
-        Rig { a, b, gen, check, mid_a, mid_b, test_pool, pools, now: 0, capture: Vec::new(), delivered: Vec::new(), delivered_a: Vec::new(), rebind: None, ports, pairs }
+        Rig { a, b, gen, check, mid_a, mid_b, test_pool, pools, now: 0, capture: Vec::new(), delivered: Vec::new(), delivered_a: Vec::new(), rebind: None, rss: None, ports, pairs }
     }
 
     /// A LAN frame from A's host holding `ip`.
@@ -196,7 +234,7 @@ impl Rig {
                         }
                         let dst = if to == 0 { &mut self.mid_a } else { &mut self.mid_b };
                         let mut one = vec![m];
-                        dst.tx[wan_queue(one[0].data())].tx_all(&mut one, 1000);
+                        dst.tx[queue_of(&self.rss, one[0].data())].tx_all(&mut one, 1000);
                         assert!(one.is_empty());
                     }
                 }
@@ -263,8 +301,12 @@ fn flows() -> Vec<Flow> {
 }
 
 fn run(case: &str, mode: &str, weights: &[u32], size_of: fn(u32, u32) -> usize, rounds: u32) {
+    run_with(case, mode, weights, size_of, rounds, false);
+}
+
+fn run_with(case: &str, mode: &str, weights: &[u32], size_of: fn(u32, u32) -> usize, rounds: u32, rss: bool) {
     let (_eal, _guard) = braid_dpdk::testing::eal(&[], 1536);
-    let mut rig = Rig::new(case, mode, weights);
+    let mut rig = Rig::build(case, mode, weights, |_, _| {}, rss);
     let flows = flows();
     let mut sent = 0u64;
     for round in 0..rounds {
@@ -292,7 +334,11 @@ fn run(case: &str, mode: &str, weights: &[u32], size_of: fn(u32, u32) -> usize, 
     lab::assert_conserved(&ca, "A", mode == "plain");
     lab::assert_conserved(&cb, "B", mode == "plain");
     let h = cb.handoff;
-    assert!(h.esp_out > 0, "some ESP reached a worker that does not own its tunnel: {h:?}");
+    if rss {
+        assert_eq!(h.esp_out, 0, "RSS gives each tunnel's packets to its owner: {h:?}");
+    } else {
+        assert!(h.esp_out > 0, "some ESP reached a worker that does not own its tunnel: {h:?}");
+    }
     assert_eq!(h.esp_out, h.esp_in, "{h:?}");
     if mode == "bundle" {
         assert!(h.frames_out > 0, "some frames crossed to their stream's owner: {h:?}");
@@ -310,11 +356,11 @@ fn run(case: &str, mode: &str, weights: &[u32], size_of: fn(u32, u32) -> usize, 
     // has, and moves nothing.
     let before = rig.b.counters();
     let mut replay = rig.capture.iter().find(|f| f.len() > 60 && f[23] == 17).unwrap().clone();
-    let q0 = wan_queue(&replay);
+    let q0 = queue_of(&rig.rss, &replay);
     let sport = u16::from_be_bytes([replay[34], replay[35]]);
     let new_sport = (1..200u16).map(|d| sport.wrapping_add(d)).find(|&p| {
         replay[34..36].copy_from_slice(&p.to_be_bytes());
-        wan_queue(&replay) != q0
+        queue_of(&rig.rss, &replay) != q0
     });
     let new_sport = new_sport.expect("a port RSS sends elsewhere");
     replay[34..36].copy_from_slice(&new_sport.to_be_bytes());
@@ -323,7 +369,7 @@ fn run(case: &str, mode: &str, weights: &[u32], size_of: fn(u32, u32) -> usize, 
         m.append(replay.len()).unwrap().copy_from_slice(&replay);
         m
     }];
-    rig.mid_b.tx[wan_queue(&replay)].tx_all(&mut v, 1000);
+    rig.mid_b.tx[queue_of(&rig.rss, &replay)].tx_all(&mut v, 1000);
     rig.settle(10);
     let after = rig.b.counters();
     assert_eq!(after.engine.get(DropReason::Replayed), before.engine.get(DropReason::Replayed) + 1, "{:?}", after.engine.named());
@@ -491,4 +537,18 @@ fn snat_over_two_workers_each_side() {
     assert_eq!(sessions.iter().sum::<u64>(), flows.len() as u64, "one session per flow, no duplicate: {sessions:?}");
     assert!(sessions.iter().all(|&s| s > 0), "both shards used: {sessions:?}");
     rig.close();
+}
+
+/// With the NICs' RSS known (`WorkerSetup::wan_rss`), each tunnel is owned
+/// by the worker whose queue RSS gives its packets: no ESP packet is handed
+/// over (a replay from another port, and the NAT rebinding, still are).
+#[test]
+fn bundle_mode_with_rss_known_hands_no_esp() {
+    // RSS does not put every tunnel where its local port alone would (the
+    // owners without `wan_rss`): otherwise this test could not tell.
+    let rss = steering();
+    let a = Ipv4Addr::new(192, 0, 2, 1);
+    let b = Ipv4Addr::new(198, 51, 100, 1);
+    assert!((0..6u16).any(|t| rss.queue_v4(a, 4500 + t, b, 4500 + t) != (4500 + t) % WORKERS), "pick other tunnels");
+    run_with("wk_rss", "bundle", &[1, 1, 1, 1, 1, 1], |id, seq| 64 + ((id * 131 + seq * 17) % 1400) as usize, 100, true);
 }

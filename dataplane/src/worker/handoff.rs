@@ -3,10 +3,13 @@
 //!
 //! Who owns what (ARCHITECTURE.md, "Several workers"):
 //! - a tunnel's inbound SA (its replay window, the remote it learns): the
-//!   worker [`tunnel_owner`] names, from the tunnel's local UDP port. RSS
-//!   may bring its ESP packets to any worker; another worker hands them on
-//!   unopened (`Esp`), so one window sees every packet of the tunnel and a
-//!   replay sent from another address or port is still a replay;
+//!   worker whose RX queue the WAN port's RSS gives the tunnel's packets
+//!   (the Toeplitz hash of its configured addresses and ports, looked up in
+//!   the port's table: `braid_dpdk::rss`), or without RSS the one
+//!   [`tunnel_owner`] names from its local UDP port. A packet that reaches
+//!   another worker (no RSS, a peer behind a NAT that rebound, a replay
+//!   from elsewhere) is handed on unopened (`Esp`), so one window sees
+//!   every packet of the tunnel and a replay is still a replay;
 //! - a peer's sender stream (its re-orderer): [`stream_owner`]. The
 //!   tunnel's owner opens a frame and hands it on (`Frame`); probe-reply
 //!   frames go to the worker that probes (worker 0);
@@ -111,9 +114,10 @@ impl Header {
     }
 }
 
-/// The worker that owns the tunnel whose local UDP port is `port`: its
-/// replay window and learned remote. Consecutive ports (a bundle's X,
-/// X+1, ...) go round the workers; stable across new tables.
+/// The worker that owns the tunnel whose local UDP port is `port` when its
+/// WAN port has no RSS to follow: its replay window and learned remote.
+/// Consecutive ports (a bundle's X, X+1, ...) go round the workers; stable
+/// across new tables.
 #[inline]
 pub fn tunnel_owner(port: u16, workers: u16) -> u16 {
     port % workers.max(1)
