@@ -425,7 +425,7 @@ fn run() -> Result<(), String> {
             eprintln!("braid-dataplane: port {} spreads {workers} queues {how}", tables.ports[*i].name);
         }
     }
-    let mut handoffs: Vec<Option<handoff::Handoff>> = handoff::mesh("braid_handoff", workers, 4096)?.into_iter().map(Some).collect();
+    let mut handoffs: Vec<Option<handoff::Handoff>> = handoff::mesh("braid_handoff", workers, 16384)?.into_iter().map(Some).collect();
     let mut built = Vec::with_capacity(usize::from(workers));
     for w in 0..workers {
         let q = |p: &Port| -> Result<_, String> { Ok((p.rx_queue(w).map_err(|e| e.to_string())?, p.tx_queue(w).map_err(|e| e.to_string())?)) };

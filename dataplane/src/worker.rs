@@ -424,7 +424,7 @@ impl Worker {
             tunnel_ports: port_set(&setup.bundles),
             lan_del: Default::default(),
             handoff: None,
-            handed: Vec::with_capacity(8 * BURST),
+            handed: Vec::with_capacity(32 * BURST),
             remote_news: Vec::new(),
             path_news: Vec::new(),
             lan_handed: Vec::new(),
@@ -1331,9 +1331,9 @@ impl Worker {
     fn take_handed(&mut self, now: Nanos) -> usize {
         let Some(h) = self.handoff.as_mut() else { return 0 };
         let mut handed = std::mem::take(&mut self.handed);
-        // Everything the others handed since the last poll (up to four
+        // Everything the others handed since the last poll (up to 16
         // bursts each): a backlog here would hold the re-orderers back.
-        let n = h.receive(&mut handed, 4 * BURST);
+        let n = h.receive(&mut handed, 16 * BURST);
         for mut m in handed.drain(..) {
             let Some(h) = handoff::Header::pop(&mut m) else { continue };
             let tunnel = |spis: &[(u32, u16, u16)]| {

@@ -21,6 +21,11 @@
 //!
 //! usage: braid-perf-workers [--workers N] [--sender-workers N] [--size FRAME_BYTES]
 //!                           [--packets N] [--tunnels N] [--steer rss|owner] [--rx-ring N]
+//!                           [--nat on|off]
+//!
+//! `--nat on`: B forwards the flows' destination port to a host behind it
+//! (DNAT), so every packet goes through the inbound NAT on the worker whose
+//! shard holds its session, handed there when another worker delivered it.
 //!                           -- <EAL args with --no-pci>
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use braid_dataplane::config::{Config, Tables};
 use braid_dataplane::counters::WorkerCounters;
-use braid_dataplane::gateway::{outbound_sas, worker_setup, PortPlan};
+use braid_dataplane::gateway::{outbound_sas, PortPlan};
 use braid_dataplane::lab::traffic::{ip_packet, Family, Flow, L4};
 use braid_dataplane::lab::{self, TICK};
 use braid_dataplane::worker::{handoff, Worker, WorkerSetup};
@@ -58,9 +63,17 @@ struct Side {
 }
 
 /// A gateway of `n` workers on `lan` and `wan` (configured here).
-fn gateway(side_a: bool, n: u16, lan: &mut Port, wan: &mut Port, pool: &Arc<Mempool>, tunnels: usize, tag: &str) -> Result<Side, String> {
+#[allow(clippy::too_many_arguments)]
+fn gateway(side_a: bool, n: u16, lan: &mut Port, wan: &mut Port, pool: &Arc<Mempool>, tunnels: usize, tag: &str, nat: bool) -> Result<Side, String> {
     let json = lab::config_json(side_a, (&lan.info().name, &wan.info().name), "bundle", &vec![1; tunnels], 32, 1500);
-    let tables = Tables::from_config(&Config::from_json_str(&json).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let mut doc: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+    if nat && !side_a {
+        // B forwards the server's port to a host behind it: every packet
+        // delivered goes through the inbound NAT, on the worker that owns
+        // its session (the hash of its remote endpoint).
+        doc["nat"] = serde_json::json!({"dnat": [{"name": "srv", "external": "10.2.0.1", "protocol": "udp", "port": 5201, "internal": "10.2.0.2"}]});
+    }
+    let tables = Tables::from_config(&Config::from_json_str(&doc.to_string()).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let cfg = PortConfig { rx_queues: n, tx_queues: n, rx_desc: 1024, tx_desc: 1024, steered_queues: true, ..Default::default() };
     for p in [&mut *lan, &mut *wan] {
         p.configure(&cfg, &[pool]).map_err(|e| e.to_string())?;
@@ -69,11 +82,15 @@ fn gateway(side_a: bool, n: u16, lan: &mut Port, wan: &mut Port, pool: &Arc<Memp
     let plan = PortPlan::new(&tables)?;
     let sas = outbound_sas(&tables);
     let mut workers = Vec::new();
-    for (id, h) in handoff::mesh(tag, n, 4096)?.into_iter().enumerate() {
+    for (id, h) in handoff::mesh(tag, n, 16384)?.into_iter().enumerate() {
         let id = id as u16;
         // B's probes would go unanswered here (A is gone) and its paths be
         // declared dead: no prober on B, every path stays alive.
-        let setup = WorkerSetup { workers: n, ..worker_setup(&tables, &plan, &sas, id, id == 0 && side_a, |_| false)? };
+        let nat = braid_dataplane::gateway::nat_setup(&tables, n)?;
+        let setup = WorkerSetup {
+            workers: n,
+            ..braid_dataplane::gateway::worker_setup_with_nat(&tables, &plan, &sas, nat, id, id == 0 && side_a, |_| false)?
+        };
         let q = |p: &Port| -> Result<_, String> { Ok((p.rx_queue(id).map_err(|e| e.to_string())?, p.tx_queue(id).map_err(|e| e.to_string())?)) };
         let w = Worker::new(setup, pool.clone(), q(lan)?, vec![q(wan)?], 0)?.with_handoff(h)?;
         workers.push(w);
@@ -87,6 +104,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (ours, eal_args) = (&args[..split], &args[split + 1..]);
     let (mut workers, mut senders, mut size, mut packets, mut tunnels, mut owner_steer) = (2u16, 0u16, 64usize, 1_000_000u64, 4usize, false);
     let mut rx_ring = 1024usize;
+    let mut nat = false;
     let mut it = ours.iter();
     while let Some(a) = it.next() {
         let v = it.next().ok_or(format!("{a} needs a value"))?;
@@ -98,6 +116,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--tunnels" => tunnels = v.parse()?,
             "--steer" => owner_steer = v == "owner",
             "--rx-ring" => rx_ring = v.parse()?,
+            "--nat" => nat = v == "on",
             _ => return Err(format!("unknown option {a}").into()),
         }
     }
@@ -114,13 +133,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let pool_a = Arc::new(Mempool::new("pw_a", 65535, 9400)?);
     let (pair_alan, mut gen, mut alan) = RingPair::with_queues("pw_alan", 4096, senders)?;
     let (pair_awan, mut awan, mut mid) = RingPair::with_queues("pw_awan", 4096, senders)?;
-    let mut a = gateway(true, senders, &mut alan, &mut awan, &pool_a, tunnels, "pw_ha")?;
+    let mut a = gateway(true, senders, &mut alan, &mut awan, &pool_a, tunnels, "pw_ha", false)?;
     let cfg = PortConfig { rx_queues: senders, tx_queues: senders, rx_desc: 1024, tx_desc: 1024, steered_queues: true, ..Default::default() };
     for p in [&mut gen, &mut mid] {
         p.configure(&cfg, &[&pool_a])?;
         p.start()?;
     }
-    let flows: Vec<Flow> = (0..64u32).map(|i| Flow::a_to_b(i, Family::V4, L4::Udp)).collect();
+    // 64 UDP flows to one server behind B (10.2.0.1:5201).
+    let flows: Vec<Flow> = (0..64u32)
+        .map(|i| Flow { dst4: std::net::Ipv4Addr::new(10, 2, 0, 1), ..Flow::a_to_b(i, Family::V4, L4::Udp) })
+        .collect();
     let templates: Vec<Vec<u8>> = flows.iter().map(|f| ip_packet(f, 0, size)).collect();
     let inner_len = templates[0].len();
     let mut frames: Vec<Vec<u8>> = Vec::new();
@@ -129,6 +151,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mid_q: Vec<_> = (0..senders).map(|q| mid.rx_queue(q)).collect::<Result<_, _>>()?;
     let (mut gen_q, mut mid_q) = (gen_q, mid_q);
     let mut idle = 0;
+    let mut per_queue = vec![0usize; usize::from(senders)];
     while idle < 100 {
         for (q, tx) in gen_q.iter_mut().enumerate() {
             for _ in 0..BURST {
@@ -136,8 +159,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     break;
                 }
                 // RSS on the inner flow: flow i to A's queue i mod senders.
-                let f = (sent as usize * 7 + q) % flows.len();
-                let f = f - f % usize::from(senders) + q;
+                // Each of A's queues sends its flows (q, q + senders, ...) in turn.
+                per_queue[q] += 1;
+                let f = (per_queue[q] * usize::from(senders) + q) % flows.len();
                 let mut m = Mbuf::alloc(&pool_a).ok_or("pool A empty")?;
                 let b = m.append(14 + templates[f % flows.len()].len()).ok_or("mbuf")?;
                 b[0..6].copy_from_slice(&lab::mac(lab::A_LAN_MAC));
@@ -175,7 +199,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let pool_b = Arc::new(Mempool::new("pw_b", (frames.len() as u32 + 65536).next_power_of_two() - 1, 2176 + 128)?);
     let (pair_bwan, mut feed, mut bwan) = RingPair::with_queues("pw_bwan", (rx_ring as u32 + 1).next_power_of_two(), workers)?;
     let mut blan = Port::by_name("net_null0")?;
-    let b = gateway(false, workers, &mut blan, &mut bwan, &pool_b, tunnels, "pw_hb")?;
+    let b = gateway(false, workers, &mut blan, &mut bwan, &pool_b, tunnels, "pw_hb", nat)?;
     let cfg = PortConfig { rx_queues: workers, tx_queues: workers, rx_desc: 1024, tx_desc: 1024, steered_queues: true, ..Default::default() };
     feed.configure(&cfg, &[&pool_b])?;
     feed.start()?;
@@ -257,7 +281,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!(
-        "{{\"bench\":\"workers\",\"workers\":{workers},\"sender_workers\":{senders},\"steer\":\"{}\",\"frame_bytes\":{size},\"inner_ip_bytes\":{inner_len},\"tunnels\":{tunnels},\"packets\":{encapsulated},\"esp_frames\":{},\"frames_not_at_owner\":{handed_to_owner},\"delivered\":{},\"per_worker_delivered\":{per_worker:?},\"seconds\":{secs:.4},\"mpps\":{:.3},\"gbps_inner\":{:.3},\"handoff\":{{\"esp\":{},\"frames\":{}}},\"drops\":{},\"engine_drops\":{}}}",
+        "{{\"bench\":\"workers\",\"workers\":{workers},\"sender_workers\":{senders},\"steer\":\"{}\",\"nat\":{nat},\"frame_bytes\":{size},\"inner_ip_bytes\":{inner_len},\"tunnels\":{tunnels},\"packets\":{encapsulated},\"esp_frames\":{},\"frames_not_at_owner\":{handed_to_owner},\"delivered\":{},\"per_worker_delivered\":{per_worker:?},\"seconds\":{secs:.4},\"mpps\":{:.3},\"gbps_inner\":{:.3},\"handoff\":{{\"esp\":{},\"frames\":{},\"deliver\":{}}},\"nat_sessions\":{},\"nat_drops\":{},\"drops\":{},\"engine_drops\":{}}}",
         if owner_steer { "owner" } else { "rss" },
         frames.len(),
         c.delivered,
@@ -265,6 +289,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         c.delivered as f64 * inner_len as f64 * 8.0 / secs / 1e9,
         c.handoff.esp_out,
         c.handoff.frames_out,
+        c.handoff.deliver_out,
+        c.nat.sessions,
+        c.nat.in_dropped() + c.nat.out_dropped(),
         named(&c.drops.named()),
         named(&c.engine.named()),
     );
