@@ -150,6 +150,10 @@ fn n_tunnels(t: &Tables) -> usize {
     t.bundles.iter().map(|b| b.tunnels.len()).sum()
 }
 
+/// A worker's counters, paths alive and remotes, as of its last stats
+/// interval.
+type Published = (WorkerCounters, Vec<Vec<bool>>, Vec<Vec<std::net::SocketAddrV4>>);
+
 /// What every worker's loop shares (read-only, but for `published`).
 struct Shared {
     stop: Arc<AtomicBool>,
@@ -165,7 +169,7 @@ struct Shared {
     wan_rss: Vec<Option<Arc<braid_dpdk::rss::RssSteering>>>,
     /// Each worker's counters as of its last stats interval, for worker 0's
     /// JSON file (a lock per interval, never per packet).
-    published: Mutex<Vec<Option<(WorkerCounters, Vec<Vec<bool>>, Vec<Vec<std::net::SocketAddrV4>>)>>>,
+    published: Mutex<Vec<Option<Published>>>,
 }
 
 /// One worker's loop: new tables between bursts, a poll, idle back-off,

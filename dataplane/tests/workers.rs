@@ -402,8 +402,7 @@ fn run_with(case: &str, mode: &str, weights: &[u32], size_of: fn(u32, u32) -> us
     let cb = rig.b.counters();
     assert_eq!(cb.tunnels[0][0].remote_changes, 1, "learned once, by the tunnel's owner");
     assert!(cb.handoff.messages_out > 0 && cb.handoff.messages_in == cb.handoff.messages_out, "{:?}", cb.handoff);
-    let mut checker = Checker::default();
-    checker.next = (0..flows.len() as u32).map(|id| (id, rounds)).collect();
+    let mut checker = Checker { next: (0..flows.len() as u32).map(|id| (id, rounds)).collect(), ..Default::default() };
     for f in std::mem::take(&mut rig.delivered) {
         checker.check(&f, &flows, size_of);
     }
