@@ -551,3 +551,94 @@ fn bundle_mode_with_rss_known_hands_no_esp() {
     assert!((0..6u16).any(|t| rss.queue_v4(a, 4500 + t, b, 4500 + t) != (4500 + t) % WORKERS), "pick other tunnels");
     run_with("wk_rss", "bundle", &[1, 1, 1, 1, 1, 1], |id, seq| 64 + ((id * 131 + seq * 17) % 1400) as usize, 100, true);
 }
+
+/// A port forward with two workers per gateway: B forwards 10.2.0.1:5201
+/// to a host behind it. Each flow's session lives on the worker its remote
+/// endpoint hashes to (braid-nat `inbound_owner`); the forwarded packets
+/// are handed there after B's re-orderers, and the host's replies, which
+/// reach whichever worker RSS picks on B's LAN, are handed there before
+/// they are routed (`outbound_owner` gives a forward's reply the same
+/// worker). Every packet and reply arrives once, in order, translated.
+#[test]
+fn port_forward_over_two_workers_each_side() {
+    let (_eal, _guard) = braid_dpdk::testing::eal(&[], 1536);
+    let mut rig = Rig::with_edit("wk_dnat", "bundle", &[1, 1, 1, 1], |side_a, doc| {
+        if !side_a {
+            doc["nat"] = serde_json::json!({"dnat": [{"name": "srv", "external": "10.2.0.1", "protocol": "udp", "port": 5201, "internal": "10.2.0.2"}]});
+        }
+    });
+    let (external, internal) = ((Ipv4Addr::new(10, 2, 0, 1), 5201), (Ipv4Addr::new(10, 2, 0, 2), 5201));
+    let flows: Vec<Flow> = (0..48u32)
+        .map(|i| {
+            let mut f = Flow::a_to_b(i, Family::V4, L4::Udp);
+            (f.src4, f.sport, f.dst4, f.dport) = (Ipv4Addr::new(10, 1, (i / 8) as u8, 1 + (i % 8) as u8), 30000 + i as u16, external.0, external.1);
+            f
+        })
+        .collect();
+    let rounds = 40u32;
+    let mut at_b: HashMap<u32, u32> = HashMap::new();
+    let mut bad = Vec::new();
+    let mut answer = |rig: &mut Rig| {
+        for f in std::mem::take(&mut rig.delivered) {
+            let ip = &f[14..];
+            let (id, seq) = tag(ip).unwrap();
+            let next = at_b.entry(id).or_insert(0);
+            if seq != *next {
+                bad.push(format!("flow {id}: B's host got {seq}, expected {next}"));
+            }
+            *next = seq + 1;
+            let fl = &flows[id as usize];
+            if endpoints(ip) != ((fl.src4, fl.sport), internal) {
+                bad.push(format!("flow {id}: B's host saw {:?}", endpoints(ip)));
+            }
+            // The host answers from its own address.
+            let mut r = ip.to_vec();
+            let (s4, d4, sp, dp) = (r[12..16].to_vec(), r[16..20].to_vec(), r[20..22].to_vec(), r[22..24].to_vec());
+            r[12..16].copy_from_slice(&d4);
+            r[16..20].copy_from_slice(&s4);
+            r[20..22].copy_from_slice(&dp);
+            r[22..24].copy_from_slice(&sp);
+            // B's LAN RSS: by the reply's flow, not by its NAT owner.
+            let q = ((id / 3) % WORKERS as u32) as usize;
+            let mut v = vec![rig.frame_to_b(&r)];
+            rig.check.tx[q].tx_all(&mut v, 1000);
+            assert!(v.is_empty());
+        }
+    };
+    for round in 0..rounds {
+        for f in &flows {
+            let mut v = vec![rig.frame_to_a(&ip_packet(f, round, 0))];
+            rig.gen.tx[(f.id % WORKERS as u32) as usize].tx_all(&mut v, 1000);
+        }
+        rig.step();
+        answer(&mut rig);
+    }
+    for _ in 0..400 {
+        rig.step();
+        answer(&mut rig);
+    }
+    assert!(bad.is_empty(), "{:?}", &bad[..bad.len().min(10)]);
+    assert_eq!(at_b.values().map(|&n| u64::from(n)).sum::<u64>(), u64::from(rounds) * flows.len() as u64, "every packet reached B's host once");
+    let mut replies: HashMap<u32, u32> = HashMap::new();
+    for f in std::mem::take(&mut rig.delivered_a) {
+        let ip = &f[14..];
+        let (id, seq) = tag(ip).unwrap();
+        let fl = &flows[id as usize];
+        assert_eq!(endpoints(ip), (external, (fl.src4, fl.sport)), "reply {id}/{seq} comes from the forwarded address");
+        let next = replies.entry(id).or_insert(0);
+        assert_eq!(seq, *next, "flow {id}: replies in order");
+        *next += 1;
+    }
+    assert_eq!(replies.values().map(|&n| u64::from(n)).sum::<u64>(), u64::from(rounds) * flows.len() as u64, "every reply once");
+    let cb = rig.b.counters();
+    lab::assert_conserved(&rig.a.counters(), "A", false);
+    lab::assert_conserved(&cb, "B", false);
+    let h = cb.handoff;
+    assert!(h.deliver_out > 0 && h.deliver_out == h.deliver_in, "forwarded packets went to their session's worker: {h:?}");
+    assert!(h.lan_out > 0 && h.lan_out == h.lan_in, "replies went to their session's worker: {h:?}");
+    assert_eq!(cb.nat.out_dropped() + cb.nat.in_dropped(), 0, "{:?}", cb.nat);
+    let sessions: Vec<u64> = rig.b.workers.iter().map(|w| w.counters().nat.sessions).collect();
+    assert_eq!(sessions.iter().sum::<u64>(), flows.len() as u64, "one session per flow: {sessions:?}");
+    assert!(sessions.iter().all(|&s| s > 0), "both shards used: {sessions:?}");
+    rig.close();
+}
