@@ -24,7 +24,8 @@ use crate::link::LinkStatus;
 /// control thread is not running.
 pub const HEARTBEAT_STALE: Duration = Duration::from_secs(3);
 
-/// `GET /v1/stats`: totals over workers (gauges: the maximum).
+/// `GET /v1/stats`: totals over workers (gauges: summed, but those of a
+/// path, `path/...`: the maximum).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub boot_id: u64,

@@ -615,8 +615,11 @@ impl StatsReader {
             for (total, &v) in snap.totals.iter_mut().zip(counters) {
                 *total = total.wrapping_add(v);
             }
-            for (max, &v) in snap.gauges.iter_mut().zip(gauges) {
-                *max = (*max).max(v);
+            // What a path is (`path/...`: alive, a delay) every worker
+            // sees alike: the maximum; an amount (NAT sessions, packets
+            // held) is each worker's own: the sum.
+            for ((total, &v), name) in snap.gauges.iter_mut().zip(gauges).zip(&self.layout.gauges) {
+                *total = if name.starts_with("path/") { (*total).max(v) } else { total.wrapping_add(v) };
             }
             snap.per_worker.push(counters.to_vec());
             snap.gauges_per_worker.push(gauges.to_vec());

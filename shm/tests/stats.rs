@@ -360,3 +360,16 @@ fn a_recreated_segment_is_seen_as_replaced() {
     std::fs::remove_file(shm.path()).unwrap();
     assert!(new.is_replaced(), "a removed file counts as replaced");
 }
+
+/// Gauges that are amounts (each worker's NAT sessions) are summed over the
+/// workers; those that describe a path (`path/...`) are the maximum.
+#[test]
+fn amounts_are_summed_and_path_gauges_are_the_maximum() {
+    let shm = ShmPath::new("stats-gauges");
+    let layout = StatsLayout { workers: 2, counters: vec!["x".into()], gauges: vec!["nat/sessions".into(), "path/b0/0/alive".into()] };
+    let segment = StatsSegment::create(shm.path(), &layout, 1).unwrap();
+    let reader = StatsReader::open(shm.path()).unwrap();
+    segment.writer(0).unwrap().publish(&[1], &[300, 1]);
+    segment.writer(1).unwrap().publish(&[2], &[200, 1]);
+    assert_eq!(reader.snapshot().gauges, [500, 1]);
+}

@@ -40,7 +40,7 @@ fn layout() -> StatsLayout {
     StatsLayout {
         workers: 2,
         counters: (0..COUNTERS).map(|i| format!("test/counter{i}")).collect(),
-        gauges: (0..GAUGES).map(|i| format!("test/gauge{i}")).collect(),
+        gauges: (0..GAUGES).map(|i| format!("path/test/gauge{i}")).collect(),
     }
 }
 
