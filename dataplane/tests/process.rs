@@ -55,14 +55,27 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::
 
 #[test]
 fn runs_writes_stats_and_stops_cleanly_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("braid-proc-{}", std::process::id()));
+    run_and_stop(1);
+}
+
+/// The same with two workers on two lcores (net_null spreads its two RX
+/// queues by RSS): both run, the stats file sums them, SIGTERM stops both.
+#[test]
+fn two_workers_run_and_stop_cleanly() {
+    run_and_stop(2);
+}
+
+fn run_and_stop(workers: u16) {
+    let dir = std::env::temp_dir().join(format!("braid-proc-{}-{workers}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = config(&dir);
     let stats = dir.join("stats.json");
-    let prefix = format!("braid-proc-{}", std::process::id());
+    let prefix = format!("braid-proc-{}-{workers}", std::process::id());
+    let (w, lcores) = (workers.to_string(), if workers > 1 { "0,1" } else { "0" });
     let mut reap = Reap(Some(Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), "--stats-file", stats.to_str().unwrap(), "--stats-interval-ms", "100", "--"])
-        .args(["--no-pci", "--no-huge", "-m", "256", "-l", "0", "--file-prefix", &prefix, "--log-level=*:error"])
+        .args(["--config", cfg.to_str().unwrap(), "--stats-file", stats.to_str().unwrap(), "--stats-interval-ms", "100"])
+        .args(["--workers", &w, "--"])
+        .args(["--no-pci", "--no-huge", "-m", "256", "-l", lcores, "--file-prefix", &prefix, "--log-level=*:error"])
         .args(["--vdev=net_null0", "--vdev=net_null1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -96,6 +109,8 @@ fn runs_writes_stats_and_stops_cleanly_on_sigterm() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "exit {status}: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{workers} worker(s)")), "{stderr}");
     let last: serde_json::Value = serde_json::from_str(stdout.trim()).expect("final JSON");
     assert!(last["lan_rx"]["packets"].as_u64().unwrap() >= running["lan_rx"]["packets"].as_u64().unwrap());
     assert!(!std::path::Path::new(&format!("/var/run/dpdk/{prefix}")).exists(), "runtime folder left");
@@ -118,6 +133,14 @@ fn bad_config_and_unsafe_command_lines_are_refused() {
     let (code, err) = run(&["--config", cfg.to_str().unwrap(), "--", "--no-huge", "--vdev=net_null0"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("--no-pci"), "{err}");
+    let prefix = format!("braid-proc-lc-{}", std::process::id());
+    let (code, err) = run(&["--config", cfg.to_str().unwrap(), "--workers", "2", "--", "--no-pci", "--no-huge", "-m", "256", "-l", "0", "--file-prefix", &prefix, "--vdev=net_null0", "--vdev=net_null1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("needs 2 lcores"), "{err}");
+    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
+    let (code, err) = run(&["--config", cfg.to_str().unwrap(), "--workers", "0", "--", "--no-pci"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--workers"), "{err}");
     let (code, err) = run(&["--config", "/nonexistent/gw.json", "--", "--no-pci"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("/nonexistent/gw.json"), "{err}");
