@@ -187,11 +187,11 @@ struct BundleState {
     /// Each path as the receiver's re-orderers last heard of it from the
     /// sender's liveness: (alive, one-way delay).
     rx_paths: Vec<(bool, Option<Nanos>)>,
-    /// NAT-keepalive interval (0: off) and when the tunnels' TX counters
+    /// NAT-keepalive interval (0: off) and when the tunnels' SA counters
     /// are next looked at.
     keepalive: Nanos,
     next_keepalive: Nanos,
-    /// Per tunnel: its `tx` packet count when last looked at, and since
+    /// Per tunnel: its SA's next sequence number when last looked at, and since
     /// when it has not moved.
     quiet: Vec<(u64, Nanos)>,
     /// The worker that owns each tunnel's inbound SA (`tunnel_owner`).
@@ -348,7 +348,7 @@ const KERNEL_PERIOD: Nanos = 100_000;
 /// after an answer arrives): the resolver's own timers are in seconds.
 const NEIGHBOR_PERIOD: Nanos = 1_000_000;
 
-/// The tunnels' TX counters are compared for NAT-keepalives at most this
+/// The tunnels' SA sequence counters are compared for NAT-keepalives at most this
 /// often (or at the keepalive interval, if shorter): a pass over a bundle's
 /// tunnels, never a cost per packet.
 const KEEPALIVE_CHECK: Nanos = 1_000_000_000;
@@ -1477,8 +1477,9 @@ impl Worker {
         self.keepalives(now);
     }
 
-    /// RFC 3948 section 2.3 NAT-keepalives: a tunnel whose `tx` count did
-    /// not move for its bundle's interval sends one (outer headers from its
+    /// RFC 3948 section 2.3 NAT-keepalives: a tunnel on whose SA no worker
+    /// leased a sequence number for its bundle's interval sends one, from
+    /// the tunnel's owner (outer headers from its
     /// template, one octet 0xff), so that a NAT on the way keeps the
     /// mapping. Counted per tunnel when the port takes it (`keepalives_tx`).
     fn keepalives(&mut self, now: Nanos) {
@@ -1490,11 +1491,14 @@ impl Worker {
             let workers = self.handoff.as_ref().map_or(1, |h| h.workers());
             for (t, (seen, since)) in st.quiet.iter_mut().enumerate() {
                 // With several workers, the tunnel's owner keeps its
-                // mapping (from its own TX: at worst a keepalive more).
+                // mapping.
                 if workers > 1 && st.owner[t] != self.id {
                     continue;
                 }
-                let sent = self.counters.tunnels[b][t].tx.packets;
+                // Sequence numbers leased on the tunnel's SA, by any
+                // worker (probes included): with several workers the
+                // owner's own TX count says nothing of the others'.
+                let sent = st.out_sas[t].active().next_seq();
                 if sent != *seen {
                     (*seen, *since) = (sent, now);
                     continue;
@@ -1746,7 +1750,7 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
         rx_paths: vec![(true, None); n],
         keepalive: bs.keepalive,
         next_keepalive: now.saturating_add(bs.keepalive.min(KEEPALIVE_CHECK)),
-        quiet: vec![(0, now); n],
+        quiet: bs.tunnels.iter().map(|t| (t.out.active().next_seq(), now)).collect(),
         owner: bs.tunnels.iter().map(|t| tunnel_owner(setup, t)).collect(),
     })
 }

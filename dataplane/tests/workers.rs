@@ -642,3 +642,46 @@ fn port_forward_over_two_workers_each_side() {
     assert!(sessions.iter().all(|&s| s > 0), "both shards used: {sessions:?}");
     rig.close();
 }
+
+/// NAT-keepalives with two workers: a tunnel stays quiet while any worker
+/// sends on it (its SA's sequence counter is shared), even when that is not
+/// the worker that owns it, and an idle tunnel gets one a second from its
+/// owner alone.
+#[test]
+fn keepalives_come_from_the_owner_and_only_when_no_worker_sends() {
+    let (_eal, _guard) = braid_dpdk::testing::eal(&[], 1536);
+    // Liveness probes (which count as sending) only every minute.
+    let mut rig = Rig::with_edit("wk_ka", "bundle", &[1, 1, 1, 1], |_, doc| {
+        doc["bundles"][0]["keepalive_secs"] = 1.into();
+        doc["tunnel"] = serde_json::json!({"probe_interval_ms": 60_000});
+    });
+    let flows = flows();
+    let keepalives = |g: &Gateway| -> Vec<u64> {
+        let c = g.counters();
+        c.tunnels[0].iter().map(|t| t.keepalives_tx).collect()
+    };
+    // 3 s of traffic from A's worker 0 alone (its flows reach queue 0).
+    for round in 0..300 {
+        for f in flows.iter().filter(|f| f.id % WORKERS as u32 == 0) {
+            let mut v = vec![rig.frame_to_a(&ip_packet(f, round, 200))];
+            rig.gen.tx[0].tx_all(&mut v, 1000);
+        }
+        rig.now += 10_000_000;
+        rig.step();
+    }
+    assert_eq!(keepalives(&rig.a), vec![0; 4], "every tunnel carried worker 0's traffic, also those worker 1 owns");
+    let owned_by_1 = rig.a.workers[1].counters().keepalives;
+    assert_eq!(owned_by_1, 0);
+    // 3.5 s idle: one a second at most per tunnel, from its owner.
+    for _ in 0..350 {
+        rig.now += 10_000_000;
+        rig.step();
+    }
+    let idle = keepalives(&rig.a);
+    assert!(idle.iter().all(|&k| (1..=3).contains(&k)), "idle tunnels, one a second at most: {idle:?}");
+    let by_worker: Vec<u64> = rig.a.workers.iter().map(|w| w.counters().keepalives).collect();
+    assert_eq!(by_worker.iter().sum::<u64>(), idle.iter().sum::<u64>(), "{by_worker:?}");
+    assert!(by_worker.iter().all(|&k| k > 0), "each worker keeps its own tunnels' mappings: {by_worker:?}");
+    rig.delivered.clear();
+    rig.close();
+}
