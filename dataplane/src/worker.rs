@@ -1609,47 +1609,49 @@ impl Worker {
                 *sent += 1;
             }, &mut c.drops, [DpDrop::WanTxFull, DpDrop::WanTxRejected]);
         }
-        for (((q, out), tags), ready) in self.wan_tx.iter_mut().zip(self.wan_out.iter_mut()).zip(self.wan_tags.iter_mut()).zip(&self.nh_ready) {
-            debug_assert_eq!(out.len(), tags.len());
-            if !ready {
-                c.drops.add_n(DpDrop::NextHopUnresolved, out.len() as u64);
-                Mbuf::free_bulk(out);
-                tags.clear();
-                continue;
-            }
-            let (wan_tx, tunnels) = (&mut c.wan_tx, &mut c.tunnels);
-            let sent = |i: usize, len: usize| {
-                wan_tx.add(len);
-                let (b, t) = tags[i];
-                if let Some(tc) = tunnels.get_mut(b as usize).and_then(|ts| ts.get_mut(t as usize)) {
-                    tc.tx.add(len);
-                }
-            };
-            send_all(q, out, &mut self.tx_lens, sent, &mut c.drops, [DpDrop::WanTxFull, DpDrop::WanTxRejected]);
-            tags.clear();
+        // ESP packets, then NAT-keepalives (rare: a tunnel idle for
+        // seconds), each counted on its tunnel once the port took it.
+        send_wan(&mut self.wan_tx, &mut self.wan_out, &mut self.wan_tags, &self.nh_ready, &mut self.tx_lens, c, |tc, len| tc.tx.add(len));
+        send_wan(&mut self.wan_tx, &mut self.keepalive_out, &mut self.keepalive_tags, &self.nh_ready, &mut self.tx_lens, c, |tc, _| {
+            tc.keepalives_tx += 1
+        });
+    }
+}
+
+/// Sends each WAN port's `out` (tagged (bundle, tunnel) per packet) on its
+/// TX queue, or drops it all as `next_hop_unresolved` while the port's next
+/// hop is not `ready`; `on_tunnel` counts each packet the port took on its
+/// tunnel.
+fn send_wan(
+    queues: &mut [TxQueue],
+    outs: &mut [Vec<Mbuf>],
+    tags: &mut [Vec<(u16, u16)>],
+    ready: &[bool],
+    tx_lens: &mut Vec<u32>,
+    c: &mut WorkerCounters,
+    on_tunnel: impl Fn(&mut TunnelCounters, usize),
+) {
+    for (((q, out), tags), ready) in queues.iter_mut().zip(outs.iter_mut()).zip(tags.iter_mut()).zip(ready) {
+        debug_assert_eq!(out.len(), tags.len());
+        if out.is_empty() {
+            continue;
         }
-        // NAT-keepalives: rare (a tunnel idle for seconds), their own queue.
-        for (((q, out), tags), ready) in self.wan_tx.iter_mut().zip(self.keepalive_out.iter_mut()).zip(self.keepalive_tags.iter_mut()).zip(&self.nh_ready) {
-            if out.is_empty() {
-                continue;
-            }
-            if !ready {
-                c.drops.add_n(DpDrop::NextHopUnresolved, out.len() as u64);
-                Mbuf::free_bulk(out);
-                tags.clear();
-                continue;
-            }
-            let (wan_tx, tunnels) = (&mut c.wan_tx, &mut c.tunnels);
-            let sent = |i: usize, len: usize| {
-                wan_tx.add(len);
-                let (b, t) = tags[i];
-                if let Some(tc) = tunnels.get_mut(b as usize).and_then(|ts| ts.get_mut(t as usize)) {
-                    tc.keepalives_tx += 1;
-                }
-            };
-            send_all(q, out, &mut self.tx_lens, sent, &mut c.drops, [DpDrop::WanTxFull, DpDrop::WanTxRejected]);
+        if !ready {
+            c.drops.add_n(DpDrop::NextHopUnresolved, out.len() as u64);
+            Mbuf::free_bulk(out);
             tags.clear();
+            continue;
         }
+        let (wan_tx, tunnels) = (&mut c.wan_tx, &mut c.tunnels);
+        let sent = |i: usize, len: usize| {
+            wan_tx.add(len);
+            let (b, t) = tags[i];
+            if let Some(tc) = tunnels.get_mut(b as usize).and_then(|ts| ts.get_mut(t as usize)) {
+                on_tunnel(tc, len);
+            }
+        };
+        send_all(q, out, tx_lens, sent, &mut c.drops, [DpDrop::WanTxFull, DpDrop::WanTxRejected]);
+        tags.clear();
     }
 }
 

@@ -427,6 +427,17 @@ fn bundle_mode_jumbo_frames_over_two_workers() {
     run("wk_jumbo", "bundle", &[1, 1], |id, seq| 1400 + ((id * 977 + seq * 331) % 7600) as usize, 40);
 }
 
+/// The answer to an IPv4 UDP packet without options: addresses and ports
+/// swapped (its checksums still hold), the payload and its tag kept.
+fn reply(ip: &[u8]) -> Vec<u8> {
+    let mut r = ip.to_vec();
+    r[12..16].copy_from_slice(&ip[16..20]);
+    r[16..20].copy_from_slice(&ip[12..16]);
+    r[20..22].copy_from_slice(&ip[22..24]);
+    r[22..24].copy_from_slice(&ip[20..22]);
+    r
+}
+
 /// (src, sport, dst, dport) of an IPv4 UDP packet without options.
 fn endpoints(ip: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
     let a = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
@@ -485,12 +496,7 @@ fn snat_over_two_workers_each_side() {
             if *mapping.entry(id).or_insert(src) != src {
                 bad.push(format!("flow {id}: a second mapping {src:?}"));
             }
-            let mut r = ip.to_vec();
-            let (s4, d4, sp, dp) = (r[12..16].to_vec(), r[16..20].to_vec(), r[20..22].to_vec(), r[22..24].to_vec());
-            r[12..16].copy_from_slice(&d4);
-            r[16..20].copy_from_slice(&s4);
-            r[20..22].copy_from_slice(&dp);
-            r[22..24].copy_from_slice(&sp);
+            let r = reply(ip);
             let q = (id % WORKERS as u32) as usize;
             let mut v = vec![rig.frame_to_b(&r)];
             rig.check.tx[q].tx_all(&mut v, 1000);
@@ -592,12 +598,7 @@ fn port_forward_over_two_workers_each_side() {
                 bad.push(format!("flow {id}: B's host saw {:?}", endpoints(ip)));
             }
             // The host answers from its own address.
-            let mut r = ip.to_vec();
-            let (s4, d4, sp, dp) = (r[12..16].to_vec(), r[16..20].to_vec(), r[20..22].to_vec(), r[22..24].to_vec());
-            r[12..16].copy_from_slice(&d4);
-            r[16..20].copy_from_slice(&s4);
-            r[20..22].copy_from_slice(&dp);
-            r[22..24].copy_from_slice(&sp);
+            let r = reply(ip);
             // B's LAN RSS: by the reply's flow, not by its NAT owner.
             let q = ((id / 3) % WORKERS as u32) as usize;
             let mut v = vec![rig.frame_to_b(&r)];

@@ -151,20 +151,6 @@ impl RingProducer {
         sent
     }
 
-    /// Mbufs in the ring now.
-    pub fn len(&self) -> usize {
-        self.owner.len()
-    }
-
-    /// True when the ring holds no mbuf now.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// How many mbufs the ring holds at most.
-    pub fn capacity(&self) -> usize {
-        self.owner.capacity
-    }
 }
 
 /// The dequeuing half of an [`MbufRing`]: the ring's only consumer.
@@ -183,21 +169,30 @@ impl RingConsumer {
         unsafe { dequeue_into(self.owner.ring, out, max) }
     }
 
-    /// Mbufs in the ring now.
-    pub fn len(&self) -> usize {
-        self.owner.len()
-    }
-
-    /// True when the ring holds no mbuf now.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// How many mbufs the ring holds at most.
-    pub fn capacity(&self) -> usize {
-        self.owner.capacity
-    }
 }
+
+/// What either half can tell about the ring.
+macro_rules! ring_queries {
+    ($($half:ty),*) => {$(
+        impl $half {
+            /// Mbufs in the ring now.
+            pub fn len(&self) -> usize {
+                self.owner.len()
+            }
+
+            /// True when the ring holds no mbuf now.
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
+
+            /// How many mbufs the ring holds at most.
+            pub fn capacity(&self) -> usize {
+                self.owner.capacity
+            }
+        }
+    )*};
+}
+ring_queries!(RingProducer, RingConsumer);
 
 #[cfg(test)]
 mod tests {
