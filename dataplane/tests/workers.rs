@@ -211,6 +211,23 @@ impl Rig {
         m
     }
 
+    /// Packet `round` of every flow from A's host, each flow to the queue
+    /// of its inner RSS (`id mod WORKERS`).
+    fn send_a(&mut self, flows: &[Flow], round: u32) {
+        for f in flows {
+            let mut v = vec![self.frame_to_a(&ip_packet(f, round, 0))];
+            self.gen.tx[(f.id % WORKERS as u32) as usize].tx_all(&mut v, 1000);
+            assert!(v.is_empty());
+        }
+    }
+
+    /// `ip` from B's host into B's LAN queue `q`.
+    fn send_b(&mut self, q: usize, ip: &[u8]) {
+        let mut v = vec![self.frame_to_b(ip)];
+        self.check.tx[q].tx_all(&mut v, 1000);
+        assert!(v.is_empty());
+    }
+
     /// Moves WAN frames across the middle, each to the queue RSS picks.
     fn middle(&mut self) {
         let mut v = Vec::with_capacity(BURST);
@@ -498,16 +515,11 @@ fn snat_over_two_workers_each_side() {
             }
             let r = reply(ip);
             let q = (id % WORKERS as u32) as usize;
-            let mut v = vec![rig.frame_to_b(&r)];
-            rig.check.tx[q].tx_all(&mut v, 1000);
-            assert!(v.is_empty());
+            rig.send_b(q, &r);
         }
     };
     for round in 0..rounds {
-        for f in &flows {
-            let mut v = vec![rig.frame_to_a(&ip_packet(f, round, 0))];
-            rig.gen.tx[(f.id % WORKERS as u32) as usize].tx_all(&mut v, 1000);
-        }
+        rig.send_a(&flows, round);
         rig.step();
         answer(&mut rig, &mut mapping);
     }
@@ -601,16 +613,11 @@ fn port_forward_over_two_workers_each_side() {
             let r = reply(ip);
             // B's LAN RSS: by the reply's flow, not by its NAT owner.
             let q = ((id / 3) % WORKERS as u32) as usize;
-            let mut v = vec![rig.frame_to_b(&r)];
-            rig.check.tx[q].tx_all(&mut v, 1000);
-            assert!(v.is_empty());
+            rig.send_b(q, &r);
         }
     };
     for round in 0..rounds {
-        for f in &flows {
-            let mut v = vec![rig.frame_to_a(&ip_packet(f, round, 0))];
-            rig.gen.tx[(f.id % WORKERS as u32) as usize].tx_all(&mut v, 1000);
-        }
+        rig.send_a(&flows, round);
         rig.step();
         answer(&mut rig);
     }

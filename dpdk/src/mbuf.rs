@@ -368,6 +368,25 @@ impl MbufStash {
     }
 }
 
+/// Drops the first `n` handles of `v` without freeing their mbufs and
+/// moves the rest to the front, in order: for bursts C took a prefix of
+/// (a NIC's TX queue, a ring).
+///
+/// # Safety
+/// `n <= v.len()`, and C owns the first `n` mbufs now (nothing may free
+/// them here).
+#[inline]
+pub(crate) unsafe fn forget_front(v: &mut Vec<Mbuf>, n: usize) {
+    let len = v.len();
+    let base = v.as_mut_ptr();
+    // SAFETY: in bounds by the caller's contract; the moved-out prefix is
+    // never read again (set_len hides it before any drop could run).
+    unsafe {
+        std::ptr::copy(base.add(n), base, len - n);
+        v.set_len(len - n);
+    }
+}
+
 impl Drop for MbufStash {
     fn drop(&mut self) {
         Mbuf::free_bulk(&mut self.stash);

@@ -779,13 +779,8 @@ impl TxQueue {
         };
         // The first `sent` mbufs now belong to the NIC: forget them without
         // dropping and shift the rest to the front.
-        // SAFETY: indices are in bounds; the moved-out prefix is never read again.
-        unsafe {
-            let len = pkts.len();
-            let base = pkts.as_mut_ptr();
-            std::ptr::copy(base.add(sent), base, len - sent);
-            pkts.set_len(len - sent);
-        }
+        // SAFETY: the burst call took at most all of them.
+        unsafe { crate::mbuf::forget_front(pkts, sent) };
         if ok < n as usize && sent == ok {
             // pkts[ok] (now at the front) is the one tx_prepare refused.
             drop(pkts.remove(0));
