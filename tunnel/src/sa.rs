@@ -17,7 +17,7 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::crypto::{Aead, AesGcm, AesGcmKey, NONCE_LEN, TAG_LEN};
+use crate::crypto::{Aead, AesGcm, AesGcmKey, NONCE_LEN};
 use crate::replay::{BadWindowSize, ReplayWindow};
 use crate::wire::esp::{self, Packet, ICV_LEN, IV_LEN, PAYLOAD_OFFSET};
 use crate::{DropReason, Nanos};
@@ -327,12 +327,11 @@ impl<A: Aead> InboundSa<A> {
         let seq = self.window.infer_seq(packet.seq_low())?;
         self.window.check(seq)?;
         let nonce = nonce(&self.salt, &packet.iv());
-        let tag: [u8; TAG_LEN] = packet.icv();
         let end = buf.len() - ICV_LEN;
-        let body = &mut buf[PAYLOAD_OFFSET..end];
         self.aead
-            .open_in_place(&nonce, &aad(self.spi, seq), body, &tag)
+            .open_in_place(&nonce, &aad(self.spi, seq), &mut buf[PAYLOAD_OFFSET..])
             .map_err(|_| DropReason::AuthFailed)?;
+        let body = &mut buf[PAYLOAD_OFFSET..end];
         let newest = seq > self.window.top();
         self.window.update(seq);
         self.last_rx = now;
