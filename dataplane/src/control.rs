@@ -49,6 +49,9 @@ pub struct Snapshot {
     pub tables: Arc<Tables>,
     /// Outbound SA of every tunnel, by bundle (shared by all workers).
     pub sas: Vec<Vec<Arc<OutboundSaPair>>>,
+    /// Each tunnel's inbound SA's kept high, by bundle
+    /// ([`SaRegistry::inbound_highs`]); empty: none kept.
+    pub rx_highs: Vec<Vec<Arc<AtomicU64>>>,
     /// The NAT rules as the workers' shards take them (made here, off the
     /// workers).
     pub nat: Option<NatSetup>,
@@ -95,11 +98,18 @@ impl Snapshot {
             generation,
             tables,
             sas,
+            rx_highs: Vec::new(),
             nat,
             stats: Mutex::new(writers.into_iter().map(Some).collect()),
             nat_shards: Mutex::new(Vec::new()),
             prebuilt: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same snapshot with the tunnels' kept highs.
+    pub fn with_rx_highs(mut self, rx_highs: Vec<Vec<Arc<AtomicU64>>>) -> Snapshot {
+        self.rx_highs = rx_highs;
+        self
     }
 
     /// Gives the snapshot each worker's prebuilt setup and engines.
@@ -387,6 +397,7 @@ impl Ctl {
         (running, running_sas): (&Tables, &[Vec<Arc<OutboundSaPair>>]),
         tables: &Tables,
         sas: &[Vec<Arc<OutboundSaPair>>],
+        rx_highs: &[Vec<Arc<AtomicU64>>],
         nat: &Option<NatSetup>,
     ) -> Result<Vec<Prebuilt>, String> {
         let Some(pb) = &self.prebuild else { return Ok(Vec::new()) };
@@ -398,7 +409,8 @@ impl Ctl {
                 workers: self.workers,
                 wan_rss: pb.wan_rss.clone(),
                 ..worker_setup_with_nat(tables, &plan, sas, nat.clone(), w, w == 0, offload)?
-            };
+            }
+            .with_rx_highs(rx_highs);
             // The running bundles' specs, as the worker holds them (the
             // same SAs: the registry keeps unchanged ones).
             let old = crate::worker::WorkerSetup {
@@ -470,7 +482,10 @@ impl Ctl {
                 .collect::<Result<Vec<_>, _>>()?,
             (None, _) => Vec::new(),
         };
-        let sas = self.registry.lock().map_err(|_| "SA registry poisoned".to_string())?.for_tables(&tables)?;
+        let (sas, rx_highs) = {
+            let mut registry = self.registry.lock().map_err(|_| "SA registry poisoned".to_string())?;
+            (registry.for_tables(&tables)?, registry.inbound_highs(&tables))
+        };
         let (seg, writers) = match &self.ep.cfg.stats {
             Some(path) => {
                 let (seg, w) = stats_segment(path, &tables, self.workers, self.ep.cfg.boot_id)?;
@@ -479,8 +494,9 @@ impl Ctl {
             None => (None, Vec::new()),
         };
         let built = t0.elapsed();
-        let prebuilt = self.prebuild((&running_tables, &running_sas), &tables, &sas, &nat)?;
-        let old = self.exchange.publish(Snapshot::new(generation, Arc::new(tables), sas, nat, writers).with_nat_shards(shards).with_prebuilt(prebuilt));
+        let prebuilt = self.prebuild((&running_tables, &running_sas), &tables, &sas, &rx_highs, &nat)?;
+        let snapshot = Snapshot::new(generation, Arc::new(tables), sas, nat, writers).with_rx_highs(rx_highs);
+        let old = self.exchange.publish(snapshot.with_nat_shards(shards).with_prebuilt(prebuilt));
         let published = Instant::now();
         let deadline = Instant::now() + self.ep.cfg.ack_timeout;
         while !self.exchange.all_seen(generation) && Instant::now() < deadline {

@@ -124,6 +124,7 @@ pub fn worker_setup_with_nat(
                 remote: tun.remote,
                 out: sas[b][t].clone(),
                 inbound: tun.sa_in.clone(),
+                rx_high: None,
                 params: tun.path_params(),
             });
         }

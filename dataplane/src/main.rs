@@ -196,7 +196,7 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
                 Some(p) => (Ok(p.setup), p.bundles),
                 None => (
                     worker_setup_with_nat(&snap.tables, &sh.plan, &snap.sas, snap.nat.clone(), id, id == 0, offload)
-                        .map(|s| WorkerSetup { workers: sh.workers, wan_rss: sh.wan_rss.clone(), ..s }),
+                        .map(|s| WorkerSetup { workers: sh.workers, wan_rss: sh.wan_rss.clone(), ..s }.with_rx_highs(&snap.rx_highs)),
                     Vec::new(),
                 ),
             };
@@ -394,12 +394,14 @@ fn run() -> Result<(), String> {
         None => {
             eprintln!(
                 "braid-dataplane: warning: no --seq-state: after a restart, sequence numbers start at 1 again under \
-                 the same keys (peers drop the packets as replays; change the keys, or give --seq-state)"
+                 the same keys (peers drop the packets as replays; change the keys, or give --seq-state), and ESP \
+                 captured before the restart is accepted once more"
             );
             SaRegistry::default()
         }
     };
     let sas = registry.for_tables(&tables)?;
+    let rx_highs = registry.inbound_highs(&tables);
     let registry = Arc::new(Mutex::new(registry));
     let keeper_stop = Arc::new(AtomicBool::new(false));
     let keeper = match &args.seq_state {
@@ -417,7 +419,7 @@ fn run() -> Result<(), String> {
     };
     let mut writers: Vec<Option<StatsWriter>> = writers.into_iter().map(Some).collect();
     writers.resize_with(usize::from(workers), || None);
-    let exchange = Exchange::new(Snapshot::new(generation, tables.clone(), sas.clone(), nat.clone(), Vec::new()), workers);
+    let exchange = Exchange::new(Snapshot::new(generation, tables.clone(), sas.clone(), nat.clone(), Vec::new()).with_rx_highs(rx_highs.clone()), workers);
     let t0 = Instant::now();
     let now = move || t0.elapsed().as_nanos() as u64;
     // A WAN port that spreads its queues by RSS: each tunnel is owned by
@@ -439,7 +441,8 @@ fn run() -> Result<(), String> {
             .iter()
             .map(|t| t.as_ref().map(|t| q(t).map(KernelTap::new)).transpose())
             .collect::<Result<Vec<_>, String>>()?;
-        let setup = WorkerSetup { workers, wan_rss: wan_rss.clone(), ..worker_setup_with_nat(&tables, &plan, &sas, nat.clone(), w, w == 0, offload)? };
+        let setup = WorkerSetup { workers, wan_rss: wan_rss.clone(), ..worker_setup_with_nat(&tables, &plan, &sas, nat.clone(), w, w == 0, offload)? }
+            .with_rx_highs(&rx_highs);
         let mut worker = Worker::new(setup, pool.clone(), lan_q, wan_q, now())?.with_kernel_taps(tap_queues)?;
         if let Some(h) = handoffs[usize::from(w)].take() {
             worker = worker.with_handoff(h)?;
@@ -512,6 +515,10 @@ fn run() -> Result<(), String> {
     println!("{json}");
     if let Some(c) = control {
         c.stop();
+    }
+    // The workers' last replay window tops, for the keeper's last write.
+    for (w, _, _) in &done {
+        w.publish_rx_highs();
     }
     keeper_stop.store(true, Ordering::Relaxed);
     if let Some(k) = keeper {

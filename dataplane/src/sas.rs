@@ -15,15 +15,25 @@
 //! reuses a number, and its first numbers are less than 2^31 ahead of the
 //! last ones the peer saw, so the peer's ESN inference and replay window
 //! (RFC 4303 appendix A) accept them.
+//!
+//! The file also keeps, per inbound SA, the highest sequence number its
+//! replay window accepted (*high*), so that a restarted dataplane does not
+//! accept once more every packet an attacker captured before the restart.
+//! The tunnel's owner publishes its window's top into the SA's
+//! [`SaRegistry::inbound_highs`] cell every 100 ms and when it stops; the
+//! keeper writes highs that moved at most once a second, and at exit. A
+//! new inbound SA's window starts above its high. After a clean stop
+//! (SIGTERM) nothing it accepted is accepted again; after a crash, only
+//! what it accepted in its last second or so can be replayed once.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use braid_shm::proto::fnv1a;
 use braid_tunnel::sa::{OutboundSa, OutboundSaPair, SaParams};
@@ -43,11 +53,18 @@ fn sa_id(p: &SaParams) -> SaId {
     (p.spi.0, fnv1a(&b))
 }
 
-/// Every outbound SA this process created, and their marks on disk.
+/// How often at most the keeper writes inbound highs that moved.
+pub const HIGHS_EVERY: Duration = Duration::from_secs(1);
+
+/// Every outbound SA this process created, and their marks on disk; the
+/// inbound SAs' highs.
 #[derive(Default)]
 pub struct SaRegistry {
     sas: HashMap<SaId, Arc<OutboundSaPair>>,
     marks: HashMap<SaId, u64>,
+    /// Inbound SAs: the high workers publish, and the high on disk.
+    highs: HashMap<SaId, (Arc<AtomicU64>, u64)>,
+    highs_saved: Option<Instant>,
     state: Option<PathBuf>,
 }
 
@@ -56,22 +73,32 @@ impl SaRegistry {
     /// exists; a damaged file is an error, never silently reset).
     pub fn with_state(path: impl AsRef<Path>) -> Result<SaRegistry, String> {
         let path = path.as_ref().to_path_buf();
-        let mut marks = HashMap::new();
+        let (mut marks, mut highs) = (HashMap::new(), HashMap::new());
         match fs::read_to_string(&path) {
             Ok(text) => {
                 for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                    let bad = || format!("{}:{}: expected \"<spi> <key hash> <mark>\" in hex", path.display(), n + 1);
+                    let bad = || {
+                        format!("{}:{}: expected \"<spi> <key hash> <mark>\" or \"in <spi> <key hash> <high>\" in hex", path.display(), n + 1)
+                    };
                     let f: Vec<&str> = line.split_whitespace().collect();
-                    let [spi, id, mark] = f[..] else { return Err(bad()) };
                     let hex32 = |s: &str| u32::from_str_radix(s, 16).map_err(|_| bad());
                     let hex64 = |s: &str| u64::from_str_radix(s, 16).map_err(|_| bad());
-                    marks.insert((hex32(spi)?, hex64(id)?), hex64(mark)?);
+                    match f[..] {
+                        [spi, id, mark] => {
+                            marks.insert((hex32(spi)?, hex64(id)?), hex64(mark)?);
+                        }
+                        ["in", spi, id, high] => {
+                            let high = hex64(high)?;
+                            highs.insert((hex32(spi)?, hex64(id)?), (Arc::new(AtomicU64::new(high)), high));
+                        }
+                        _ => return Err(bad()),
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
-        Ok(SaRegistry { sas: HashMap::new(), marks, state: Some(path) })
+        Ok(SaRegistry { sas: HashMap::new(), marks, highs, highs_saved: None, state: Some(path) })
     }
 
     /// The SA for `p`: the existing one when SPI, key and salt are the
@@ -134,9 +161,21 @@ impl SaRegistry {
         Ok(sas)
     }
 
+    /// The cell each tunnel's inbound SA publishes its replay window's top
+    /// into, by bundle (the same cell for the same SPI, key and salt), and
+    /// the high a new window starts above: what the file kept, or what an
+    /// earlier window of this process published.
+    pub fn inbound_highs(&mut self, tables: &Tables) -> Vec<Vec<Arc<AtomicU64>>> {
+        let highs = &mut self.highs;
+        let mut cell = |p: &SaParams| highs.entry(sa_id(p)).or_insert_with(|| (Arc::new(AtomicU64::new(0)), 0)).0.clone();
+        tables.bundles.iter().map(|b| b.tunnels.iter().map(|t| cell(&t.sa_in)).collect()).collect()
+    }
+
     /// Moves the marks of SAs whose counters came within `AHEAD / 2` of
-    /// them, and writes the file if any moved.
-    pub fn refresh(&mut self) -> Result<bool, String> {
+    /// them, and takes the inbound highs that moved when [`HIGHS_EVERY`]
+    /// passed since they were last written (or `all`); writes the file if
+    /// anything moved.
+    pub fn refresh(&mut self, all: bool) -> Result<bool, String> {
         if self.state.is_none() {
             return Ok(false);
         }
@@ -149,10 +188,29 @@ impl SaRegistry {
                 moved = true;
             }
         }
+        if all || self.highs_saved.is_none_or(|t| t.elapsed() >= HIGHS_EVERY) {
+            let mut any = false;
+            for (cell, saved) in self.highs.values_mut() {
+                let now = cell.load(Ordering::Relaxed);
+                if now > *saved {
+                    *saved = now;
+                    any = true;
+                }
+            }
+            if any {
+                self.highs_saved = Some(Instant::now());
+                moved = true;
+            }
+        }
         if moved {
             self.save()?;
         }
         Ok(moved)
+    }
+
+    /// The high of `p`'s inbound SA on disk, if one is kept.
+    pub fn saved_high(&self, p: &SaParams) -> Option<u64> {
+        self.highs.get(&sa_id(p)).map(|(_, saved)| *saved)
     }
 
     /// The mark of `p`'s SA, if one is kept.
@@ -177,6 +235,11 @@ impl SaRegistry {
         for ((spi, id), mark) in ids {
             text.push_str(&format!("{spi:08x} {id:016x} {mark:016x}\n"));
         }
+        let mut highs: Vec<_> = self.highs.iter().filter(|(_, (_, saved))| *saved > 0).collect();
+        highs.sort_by_key(|(id, _)| **id);
+        for ((spi, id), (_, high)) in highs {
+            text.push_str(&format!("in {spi:08x} {id:016x} {high:016x}\n"));
+        }
         let tmp = path.with_extension("tmp");
         let err = |e: std::io::Error| format!("{}: {e}", path.display());
         let mut f = fs::File::create(&tmp).map_err(err)?;
@@ -191,7 +254,8 @@ impl SaRegistry {
 }
 
 /// A thread that calls [`SaRegistry::refresh`] every 100 ms until `stop`,
-/// then once more. A failure to write is printed once per minute at most:
+/// then once more with every inbound high (set `stop` after the workers
+/// published theirs). A failure to write is printed once per minute at most:
 /// the dataplane keeps forwarding (the marks on disk stay valid for
 /// `AHEAD / 2` more numbers per SA).
 pub fn spawn_keeper(registry: Arc<Mutex<SaRegistry>>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
@@ -199,7 +263,7 @@ pub fn spawn_keeper(registry: Arc<Mutex<SaRegistry>>, stop: Arc<AtomicBool>) -> 
         let mut last_error = None::<std::time::Instant>;
         loop {
             let done = stop.load(Ordering::Relaxed);
-            let r = registry.lock().map_err(|_| "registry poisoned".to_string()).and_then(|mut r| r.refresh());
+            let r = registry.lock().map_err(|_| "registry poisoned".to_string()).and_then(|mut r| r.refresh(done));
             if let Err(e) = r {
                 if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                     eprintln!("braid-dataplane: sequence state: {e}");
@@ -253,11 +317,11 @@ mod tests {
             assert_eq!(sa.active().next_seq(), 1);
             assert_eq!(r.mark(&p), Some(1 + AHEAD), "mark on disk before use");
             sa.active().reserve(5000).unwrap();
-            assert!(!r.refresh().unwrap(), "far from the mark: no write");
+            assert!(!r.refresh(false).unwrap(), "far from the mark: no write");
             // Jump the counter close to the mark (as if AHEAD/2 were used).
             let far = OutboundSa::starting_at(&p, 1 + AHEAD / 2 + 10);
             r.sas.insert(sa_id(&p), Arc::new(OutboundSaPair::new(Arc::new(far))));
-            assert!(r.refresh().unwrap());
+            assert!(r.refresh(false).unwrap());
             assert_eq!(r.mark(&p), Some(1 + AHEAD / 2 + 10 + AHEAD));
             1 + AHEAD / 2 + 10
             // Dropped without any further write: a crash.
@@ -274,6 +338,38 @@ mod tests {
         fs::write(&path, "zz\n").unwrap();
         let Err(e) = SaRegistry::with_state(&path) else { panic!("a damaged file was accepted") };
         assert!(e.contains("expected"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn inbound_highs_survive_a_restart() {
+        let dir = std::env::temp_dir().join(format!("braid-high-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("seq");
+        // A file of the earlier format (outbound marks only) still reads.
+        fs::write(&path, "00000300 0000000000000001 0000000040000001\n").unwrap();
+        let json = crate::lab::config_json(false, ("net_null0", "net_null1"), "bundle", &[1, 1], 32, 1500);
+        let tables = Tables::from_config(&crate::config::Config::from_json_str(&json).unwrap()).unwrap();
+        let sa_in = tables.bundles[0].tunnels[0].sa_in.clone();
+        {
+            let mut r = SaRegistry::with_state(&path).unwrap();
+            let highs = r.inbound_highs(&tables);
+            assert_eq!(highs[0][0].load(Ordering::Relaxed), 0, "nothing kept yet");
+            // The same SA in the next snapshot: the same cell.
+            assert!(Arc::ptr_eq(&highs[0][0], &r.inbound_highs(&tables)[0][0]));
+            highs[0][0].fetch_max(5000, Ordering::Relaxed);
+            assert!(r.refresh(false).unwrap(), "first high written at once");
+            assert_eq!(r.saved_high(&sa_in), Some(5000));
+            highs[0][0].fetch_max(6000, Ordering::Relaxed);
+            assert!(!r.refresh(false).unwrap(), "at most one write of highs per HIGHS_EVERY");
+            assert_eq!(r.saved_high(&sa_in), Some(5000));
+            assert!(r.refresh(true).unwrap(), "the last refresh takes every high");
+            assert_eq!(r.saved_high(&sa_in), Some(6000));
+        }
+        let mut r = SaRegistry::with_state(&path).unwrap();
+        assert_eq!(r.inbound_highs(&tables)[0][0].load(Ordering::Relaxed), 6000);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("00000300 0000000000000001 0000000040000001\n"), "outbound marks kept: {text}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

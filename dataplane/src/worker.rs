@@ -24,6 +24,7 @@
 //! (`next_hop_unresolved`), one test per port per poll.
 
 use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use braid_dpdk::mbuf::{TxOffload, TX_IPV4, TX_IP_CKSUM};
@@ -69,6 +70,10 @@ pub struct TunnelSetup {
     /// Inbound SA parameters; the worker that receives the tunnel owns its
     /// replay window.
     pub inbound: SaParams,
+    /// Where the owner publishes its replay window's top, to be kept
+    /// across restarts (`sas::SaRegistry::inbound_highs`); a new window
+    /// starts above what it holds. `None`: nothing kept.
+    pub rx_high: Option<Arc<AtomicU64>>,
     /// Weight and rate for the balancer.
     pub params: PathParams,
 }
@@ -142,6 +147,19 @@ pub struct WorkerSetup {
     /// frames come from several workers' RX queues, so its re-orderer holds
     /// for the skew between them too (see `build_bundle`).
     pub workers: u16,
+}
+
+impl WorkerSetup {
+    /// Gives each tunnel its inbound SA's kept high (`rx_highs` by bundle,
+    /// as `sas::SaRegistry::inbound_highs` makes them for the same tables).
+    pub fn with_rx_highs(mut self, rx_highs: &[Vec<Arc<AtomicU64>>]) -> WorkerSetup {
+        for (bs, highs) in self.bundles.iter_mut().zip(rx_highs) {
+            for (t, h) in bs.tunnels.iter_mut().zip(highs) {
+                t.rx_high = Some(h.clone());
+            }
+        }
+        self
+    }
 }
 
 /// Plain mode state: its own balancer, sequence leases and inbound SAs.
@@ -1417,9 +1435,33 @@ impl Worker {
         c.messages_out += u64::from(ho.workers() - 1) - made as u64;
     }
 
+    /// Publishes the top of each replay window this worker owns into its
+    /// SA's kept high (`TunnelSetup::rx_high`): from the timers, once a
+    /// millisecond, and by the process after the worker stopped.
+    pub fn publish_rx_highs(&self) {
+        for st in &self.bundles {
+            for (t, spec) in st.spec.tunnels.iter().enumerate() {
+                let Some(high) = &spec.rx_high else { continue };
+                if st.owner.get(t).is_some_and(|o| *o != self.id) {
+                    continue;
+                }
+                let pair = match &st.engine {
+                    Engine::Bundle { rx, .. } => rx.inbound(t),
+                    Engine::Plain(p) => p.inbound.get(t),
+                };
+                // Only the SA the high belongs to (not one a rekey is
+                // still replacing).
+                if let Some(sa) = pair.map(|p| p.current()).filter(|sa| sa.spi() == spec.inbound.spi) {
+                    high.fetch_max(sa.window().top(), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     fn timers(&mut self, now: Nanos) {
         if now >= self.next_neighbors {
             self.next_neighbors = now.saturating_add(NEIGHBOR_PERIOD);
+            self.publish_rx_highs();
             self.resolve_next_hops(now);
             if self.lan_held() > 0 {
                 self.lan_del.retry = true;
@@ -1666,8 +1708,15 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
     let n = bs.tunnels.len();
     let mut inbound = Vec::with_capacity(n);
     for t in &bs.tunnels {
-        let sa = InboundSa::new(&t.inbound, setup.replay_window).map_err(|e| format!("replay window: {e:?}"))?;
-        inbound.push(InboundSaPair::new(sa));
+        // Above what an earlier window of this SA accepted (before a
+        // restart, or before the tunnel left the tables and came back).
+        let floor = t.rx_high.as_ref().map_or(0, |h| h.load(Ordering::Relaxed));
+        let sa = if floor > 0 {
+            InboundSa::starting_at(&t.inbound, setup.replay_window, floor)
+        } else {
+            InboundSa::new(&t.inbound, setup.replay_window)
+        };
+        inbound.push(InboundSaPair::new(sa.map_err(|e| format!("replay window: {e:?}"))?));
     }
     let out_sas: Vec<_> = bs.tunnels.iter().map(|t| t.out.clone()).collect();
     let engine = match bs.mode {
