@@ -189,6 +189,11 @@ pub struct BundleConfig {
     /// NAT-keepalive; 0 turns them off. Default [`DEFAULT_KEEPALIVE_SECS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_secs: Option<u32>,
+    /// Plain mode: an ESP packet bigger than its WAN port's MTU leaves as
+    /// outer IPv4 fragments (RFC 4459 section 4.1, fragmenting after
+    /// encryption) instead of being dropped as `too_big`. Default off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outer_fragmentation: Option<bool>,
     pub tunnels: Vec<TunnelConfig>,
 }
 
@@ -409,6 +414,9 @@ pub struct Bundle {
     /// Seconds without sending after which a tunnel sends a NAT-keepalive
     /// (RFC 3948 section 2.3); 0: never.
     pub keepalive_secs: u32,
+    /// Plain mode only: ESP packets bigger than a WAN port's MTU leave as
+    /// outer IPv4 fragments.
+    pub outer_fragmentation: bool,
     /// Index in [`Tables::peers`] of the peer using this bundle, if any.
     pub peer: Option<usize>,
     /// Tunnel `i` is the balancer's and the re-orderer's path `i`.
@@ -590,12 +598,20 @@ impl Tables {
                     format!("{keepalive_secs} is above the maximum of {MAX_KEEPALIVE_SECS} (0 turns keepalives off)"),
                 ));
             }
+            let outer_fragmentation = bc.outer_fragmentation.unwrap_or(false);
+            if outer_fragmentation && bc.mode != BundleMode::Plain {
+                return Err(invalid(
+                    format!("{at}.outer_fragmentation"),
+                    "applies to plain mode only (bundle mode cuts its frames to the WAN MTU itself)",
+                ));
+            }
             bundles.push(Bundle {
                 name: bc.name.clone(),
                 mode: bc.mode,
                 policy: bc.policy.into(),
                 max_frame,
                 keepalive_secs,
+                outer_fragmentation,
                 peer: bundle_peer[b],
                 tunnels,
             });

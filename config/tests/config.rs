@@ -644,6 +644,28 @@ fn keepalive_defaults_to_20_s_and_is_bounded() {
 }
 
 #[test]
+fn outer_fragmentation_is_off_by_default_and_for_plain_mode_only() {
+    let t = accepted(|_| {});
+    assert!(!t.bundles[0].outer_fragmentation);
+    let t = accepted(|v| {
+        v["bundles"][0]["mode"] = json!("plain");
+        v["bundles"][0]["outer_fragmentation"] = json!(true);
+    });
+    assert!(t.bundles[0].outer_fragmentation);
+    refused(
+        |v| {
+            v["bundles"][0]["mode"] = json!("bundle");
+            v["bundles"][0]["outer_fragmentation"] = json!(true);
+        },
+        "bundles[0].outer_fragmentation",
+        "plain mode only",
+    );
+    // Off is not written back (documents stay as they were).
+    let c: Config = serde_json::from_value(example_value()).unwrap();
+    assert!(!serde_json::to_string(&c).unwrap().contains("outer_fragmentation"));
+}
+
+#[test]
 fn max_frame_fits_the_smallest_mtu() {
     refused(
         |v| v["bundles"][0]["max_frame"] = json!(255),

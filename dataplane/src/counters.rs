@@ -203,12 +203,16 @@ impl TunnelCounters {
 /// packet is whole: `reassembled` packets then go through the receive path
 /// like any frame, and `discarded` counts fragments the reassembly threw
 /// away (overlaps, duplicates, more than 8 fragments, a full table, or
-/// incomplete after the timeout).
+/// incomplete after the timeout). On the way out (plain mode with
+/// `outer_fragmentation`), `fragmented` ESP packets left as `sent`
+/// fragments, each a WAN frame (and a tunnel `tx` packet).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FragCounters {
     pub taken: u64,
     pub reassembled: u64,
     pub discarded: u64,
+    pub fragmented: u64,
+    pub sent: u64,
 }
 
 /// The NAT of one worker: what its shards did (summed over the shards a
@@ -611,6 +615,8 @@ impl WorkerCounters {
         self.frags.taken += o.frags.taken;
         self.frags.reassembled += o.frags.reassembled;
         self.frags.discarded += o.frags.discarded;
+        self.frags.fragmented += o.frags.fragmented;
+        self.frags.sent += o.frags.sent;
         self.drops.merge(&o.drops);
         self.engine.merge(&o.engine);
         if self.tunnels.len() < o.tunnels.len() {

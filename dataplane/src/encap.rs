@@ -15,6 +15,54 @@ pub const UDP_AT: usize = 34;
 /// A whole NAT-keepalive frame: the outer headers and one octet.
 pub const KEEPALIVE_LEN: usize = OUTER_LEN + 1;
 
+/// Most bytes of Ethernet and IPv4 header a fragment repeats.
+pub const MAX_FRAGMENT_HEADER: usize = 14 + 60;
+
+/// Payload bytes per fragment for an IPv4 MTU (header without options):
+/// the most a fragment carries, a multiple of 8 (RFC 791).
+pub fn fragment_chunk(mtu: usize) -> usize {
+    mtu.saturating_sub(20) & !7
+}
+
+/// Cuts the Ethernet + IPv4 `frame` into IPv4 fragments (RFC 791) of at
+/// most `chunk` payload bytes (a multiple of 8, at least 8): calls
+/// `emit(header, part)` for each, in order, with the fragment's Ethernet
+/// and IPv4 header (DF cleared, MF and offset set, checksum computed) and
+/// its part of the payload. Returns how many; 0 (nothing emitted) when
+/// the frame is not IPv4, already a fragment, shorter than its header
+/// says, or its payload fits in `chunk`.
+pub fn fragment_ipv4(frame: &[u8], chunk: usize, mut emit: impl FnMut(&[u8], &[u8])) -> usize {
+    if chunk < 8 || chunk % 8 != 0 || frame.len() < IP_AT + 20 || frame[12..14] != [0x08, 0x00] {
+        return 0;
+    }
+    let ip = &frame[IP_AT..];
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let flags = u16::from_be_bytes([ip[6], ip[7]]);
+    if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || ip.len() < total || flags & 0x3fff != 0 {
+        return 0;
+    }
+    let payload = &ip[ihl..total];
+    if payload.len() <= chunk {
+        return 0;
+    }
+    let mut header = [0u8; MAX_FRAGMENT_HEADER];
+    let header = &mut header[..IP_AT + ihl];
+    header.copy_from_slice(&frame[..IP_AT + ihl]);
+    let n = payload.len().div_ceil(chunk);
+    for (i, part) in payload.chunks(chunk).enumerate() {
+        let h = &mut header[IP_AT..];
+        h[2..4].copy_from_slice(&((ihl + part.len()) as u16).to_be_bytes());
+        let mf = if i + 1 < n { 0x2000 } else { 0 };
+        h[6..8].copy_from_slice(&(mf | (i * chunk / 8) as u16).to_be_bytes());
+        h[10..12].copy_from_slice(&[0, 0]);
+        let c = !checksum::sum(h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        emit(header, part);
+    }
+    n
+}
+
 /// Outer headers of one tunnel, filled except for lengths and checksum.
 #[derive(Debug, Clone)]
 pub struct OuterTemplate {
@@ -105,6 +153,52 @@ impl OuterTemplate {
 mod tests {
     use super::*;
     use braid_tunnel::wire::{ipv4, udp, ChecksumCaps};
+
+    #[test]
+    fn fragments_carry_the_packet_and_nothing_else_is_cut() {
+        let t = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], "192.0.2.1:4500".parse().unwrap(), "198.51.100.7:4501".parse().unwrap());
+        let esp_len = 3000;
+        let mut frame = vec![0u8; OUTER_LEN + esp_len];
+        for (i, b) in frame[OUTER_LEN..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        t.write(&mut frame, esp_len, 0x1234, false);
+        let chunk = fragment_chunk(1500);
+        assert_eq!(chunk, 1480);
+        let mut frags: Vec<Vec<u8>> = Vec::new();
+        let n = fragment_ipv4(&frame, chunk, |h, p| frags.push([h, p].concat()));
+        assert_eq!((n, frags.len()), (3, 3), "3008 bytes of UDP in 1480-byte pieces");
+        let mut whole = Vec::new();
+        for (i, f) in frags.iter().enumerate() {
+            assert_eq!(f[..IP_AT], frame[..IP_AT], "Ethernet header repeated");
+            let ip = ipv4::Packet::new_checked(&f[IP_AT..]).unwrap();
+            assert!(ip.verify_checksum());
+            assert!(!ip.dont_frag());
+            assert_eq!(ip.more_frags(), i < 2);
+            assert_eq!(ip.frag_offset() as usize, i * chunk);
+            assert_eq!(ip.ident(), 0x1234);
+            assert_eq!(ip.total_len() as usize, f.len() - IP_AT);
+            assert!(f.len() - IP_AT <= 1500);
+            whole.extend_from_slice(&f[IP_AT + 20..]);
+        }
+        assert_eq!(whole, frame[UDP_AT..], "the payload, in order, once");
+        // Fits, not IPv4, already a fragment, truncated: nothing is cut.
+        let none = |f: &[u8], c| fragment_ipv4(f, c, |_, _| panic!("emitted"));
+        assert_eq!(none(&frame, 3008), 0);
+        assert_eq!(none(&frames_fragment(&frame), chunk), 0);
+        assert_eq!(none(&frame[..frame.len() - 1], chunk), 0);
+        let mut v6 = frame.clone();
+        v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        assert_eq!(none(&v6, chunk), 0);
+        assert_eq!(none(&frame, 1481), 0, "a chunk not a multiple of 8");
+    }
+
+    /// `frame` with MF set, as if it were a first fragment.
+    fn frames_fragment(frame: &[u8]) -> Vec<u8> {
+        let mut f = frame.to_vec();
+        f[IP_AT + 6] |= 0x20;
+        f
+    }
 
     #[test]
     fn headers_parse_back() {

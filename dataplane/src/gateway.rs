@@ -134,6 +134,7 @@ pub fn worker_setup_with_nat(
             policy: bundle.policy,
             max_frame: bundle.max_frame,
             keepalive: u64::from(bundle.keepalive_secs) * 1_000_000_000,
+            outer_fragmentation: bundle.outer_fragmentation,
             tunnels,
         });
     }

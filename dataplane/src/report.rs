@@ -26,7 +26,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"keepalives_rx\":{},\"keepalives\":{},\"stream_restarts\":{},\"outer_fragments\":{{\"taken\":{},\"reassembled\":{},\"discarded\":{}}},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
+        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"keepalives_rx\":{},\"keepalives\":{},\"stream_restarts\":{},\"outer_fragments\":{{\"taken\":{},\"reassembled\":{},\"discarded\":{},\"fragmented\":{},\"sent\":{}}},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
         flow(&c.lan_rx),
         flow(&c.lan_tx),
         flow(&c.wan_rx),
@@ -40,6 +40,8 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         c.frags.taken,
         c.frags.reassembled,
         c.frags.discarded,
+        c.frags.fragmented,
+        c.frags.sent,
         named(&c.drops.named()),
         named(&c.engine.named()),
     );

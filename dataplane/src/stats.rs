@@ -23,7 +23,7 @@ use crate::config::Tables;
 use crate::counters::{DpDrop, Flow, HandoffStats, KernelStats, LocalDrop, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
-const SCALARS: [&str; 11] = [
+const SCALARS: [&str; 13] = [
     "encapsulated",
     "delivered",
     "icmp_sent",
@@ -33,6 +33,8 @@ const SCALARS: [&str; 11] = [
     "frag/taken",
     "frag/reassembled",
     "frag/discarded",
+    "frag/fragmented",
+    "frag/sent",
     "idle_polls",
     "busy_polls",
 ];
@@ -111,6 +113,8 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
         c.frags.taken,
         c.frags.reassembled,
         c.frags.discarded,
+        c.frags.fragmented,
+        c.frags.sent,
         c.idle_polls,
         c.busy_polls,
     ]);

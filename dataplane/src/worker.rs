@@ -45,7 +45,7 @@ use braid_tunnel::wire::{esp, flow_hash};
 use braid_tunnel::{plain, Nanos};
 
 use crate::counters::{DpDrop, DpDrops, LocalStats, TunnelCounters, WorkerCounters};
-use crate::encap::{OuterTemplate, IP_AT, KEEPALIVE_LEN, OUTER_LEN};
+use crate::encap::{fragment_chunk, fragment_ipv4, OuterTemplate, IP_AT, KEEPALIVE_LEN, OUTER_LEN};
 use crate::local::{Handled, Responder};
 use crate::nat::{NatSetup, EXPIRE_BUSY, EXPIRE_IDLE};
 use crate::route::RouteTable;
@@ -92,6 +92,9 @@ pub struct BundleSetup {
     /// A tunnel that sent nothing for this long sends a NAT-keepalive
     /// (RFC 3948 section 2.3); 0: never.
     pub keepalive: Nanos,
+    /// Plain mode: ESP packets bigger than their WAN port's MTU leave as
+    /// outer IPv4 fragments instead of being dropped (`too_big`).
+    pub outer_fragmentation: bool,
     pub tunnels: Vec<TunnelSetup>,
 }
 
@@ -173,8 +176,10 @@ struct Plain {
     /// Packets of this burst picked for each tunnel, not leased yet.
     want: Vec<u32>,
     inbound: Vec<InboundSaPair>,
-    /// Largest outer IP packet every WAN of the bundle carries: a packet is
-    /// checked against it before the balancer picks (and charges) a tunnel.
+    /// Largest outer IP packet every WAN of the bundle carries (whole, or
+    /// in at most [`MAX_OUTER_FRAGMENTS`] fragments with outer
+    /// fragmentation): a packet is checked against it before the balancer
+    /// picks (and charges) a tunnel.
     max_outer: usize,
     /// Largest inner packet that fits `max_outer`: the next-hop MTU of
     /// ICMP "fragmentation needed".
@@ -265,6 +270,8 @@ pub struct Worker {
     rx_burst: Vec<Mbuf>,
     /// Mbufs done with in this burst, freed with one call.
     spent: Vec<Mbuf>,
+    /// Mbufs for the outer fragments of one packet (scratch).
+    frag_scratch: Vec<Mbuf>,
     /// Fresh mbufs for delivered inner packets, allocated in bulk.
     stash: MbufStash,
     lan_out: Vec<Mbuf>,
@@ -350,6 +357,9 @@ const OUTER_IP_UDP: usize = 20 + 8;
 
 /// Outer packets being reassembled at once, per worker.
 const FRAG_FLOWS: u32 = 1024;
+/// Most outer fragments braid cuts a packet into: what DPDK's reassembly
+/// (`braid_dpdk::ip_frag::MAX_FRAGMENTS`) takes, on a braid peer too.
+const MAX_OUTER_FRAGMENTS: usize = braid_dpdk::ip_frag::MAX_FRAGMENTS;
 /// An outer packet still incomplete this long after its first fragment is
 /// discarded (DPDK's ip_reassembly example uses 1 s too).
 const FRAG_TIMEOUT: Nanos = 1_000_000_000;
@@ -422,6 +432,7 @@ impl Worker {
             now,
             rx_burst: Vec::with_capacity(BURST),
             spent: Vec::with_capacity(BURST),
+            frag_scratch: Vec::with_capacity(MAX_OUTER_FRAGMENTS),
             stash: MbufStash::new(BURST),
             lan_out: Vec::with_capacity(4 * BURST),
             wan_out: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
@@ -703,7 +714,8 @@ impl Worker {
             let Engine::Plain(p) = &mut st.engine else { continue };
             let inner_len = m.data_len() - ETH;
             // Size first: a packet no WAN carries must not charge the
-            // balancer. braid does not fragment outer packets.
+            // balancer. braid fragments outer packets only when the
+            // bundle says so (`outer_fragmentation`).
             if OUTER_IP_UDP + esp::packet_len(inner_len) > p.max_outer {
                 self.counters.drops.add(DpDrop::TooBig);
                 dest[i] = TOO_BIG;
@@ -1057,8 +1069,46 @@ impl Worker {
         m.trim(extra);
         stamp_outer(&mut m, &st.outer[t], esp_len, &mut self.ident, self.wans[wan].ip_csum_offload);
         self.counters.encapsulated += 1;
+        if m.data_len() - ETH > usize::from(self.wans[wan].mtu) {
+            // Only with outer fragmentation: the size check let it through.
+            self.send_fragments(m, wan, (b as u16, t as u16));
+            return;
+        }
         self.wan_out[wan].push(m);
         self.wan_tags[wan].push((b as u16, t as u16));
+    }
+
+    /// An outer packet bigger than WAN port `wan`'s MTU, sent as IPv4
+    /// fragments, each in a new mbuf (all or none: without mbufs for every
+    /// fragment the packet is dropped as `no_mbuf`).
+    fn send_fragments(&mut self, m: Mbuf, wan: usize, tag: (u16, u16)) {
+        let chunk = fragment_chunk(usize::from(self.wans[wan].mtu));
+        let n = (m.data_len() - OUTER_LEN + 8).div_ceil(chunk.max(8));
+        let mut frags = std::mem::take(&mut self.frag_scratch);
+        if chunk < 8 || !Mbuf::alloc_bulk(&self.pool, &mut frags, n) {
+            self.counters.drops.add(DpDrop::NoMbuf);
+            self.frag_scratch = frags;
+            return;
+        }
+        let mut next = frags.drain(..);
+        let mut fit = true;
+        let made = fragment_ipv4(m.data(), chunk, |h, part| {
+            let Some(mut f) = next.next() else { return };
+            match f.append(h.len() + part.len()) {
+                Some(buf) => {
+                    buf[..h.len()].copy_from_slice(h);
+                    buf[h.len()..].copy_from_slice(part);
+                    self.wan_out[wan].push(f);
+                    self.wan_tags[wan].push(tag);
+                }
+                None => fit = false,
+            }
+        });
+        drop(next);
+        debug_assert!(fit && made == n, "{made} fragments, {n} expected");
+        self.frag_scratch = frags;
+        self.counters.frags.fragmented += 1;
+        self.counters.frags.sent += made as u64;
     }
 
     /// Plain mode: a packet too big for the WAN (already counted as
@@ -1767,7 +1817,14 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
             for (i, t) in bs.tunnels.iter().enumerate() {
                 balancer.set_params(i, t.params);
             }
-            let max_outer = bs.tunnels.iter().map(|t| setup.wans.get(t.wan).map_or(0, |w| w.mtu as usize)).min().unwrap_or(0);
+            let min_mtu = bs.tunnels.iter().map(|t| setup.wans.get(t.wan).map_or(0, |w| w.mtu as usize)).min().unwrap_or(0);
+            // Fragmented, what the peer's reassembly takes (DPDK's 8
+            // fragments), within IPv4's 64 KiB.
+            let max_outer = if bs.outer_fragmentation {
+                (20 + MAX_OUTER_FRAGMENTS * fragment_chunk(min_mtu)).min(usize::from(u16::MAX))
+            } else {
+                min_mtu
+            };
             let inner_mtu = (0..=u16::MAX).rev().find(|&l| OUTER_IP_UDP + esp::packet_len(l as usize) <= max_outer).unwrap_or(0);
             Engine::Plain(Plain {
                 balancer,

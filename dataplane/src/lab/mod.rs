@@ -83,33 +83,11 @@ pub fn config_json(side_a: bool, devices: (&str, &str), mode: &str, weights: &[u
 /// `chunk` payload bytes (a multiple of 8), each a whole frame with its own
 /// header and checksum; a frame that fits (or is not IPv4) is returned as is.
 pub fn fragment_frame(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
-    assert!(chunk >= 8 && chunk % 8 == 0);
-    let ip_at = 14;
-    if frame.len() < ip_at + 20 || frame[12..14] != [0x08, 0x00] {
+    let mut out = Vec::new();
+    if crate::encap::fragment_ipv4(frame, chunk, |h, p| out.push([h, p].concat())) == 0 {
         return vec![frame.to_vec()];
     }
-    let ihl = (frame[ip_at] & 0x0f) as usize * 4;
-    let total = u16::from_be_bytes([frame[ip_at + 2], frame[ip_at + 3]]) as usize;
-    let payload = &frame[ip_at + ihl..ip_at + total];
-    if payload.len() <= chunk {
-        return vec![frame.to_vec()];
-    }
-    let n = payload.len().div_ceil(chunk);
-    (0..n)
-        .map(|i| {
-            let part = &payload[i * chunk..((i + 1) * chunk).min(payload.len())];
-            let mut f = frame[..ip_at + ihl].to_vec();
-            f.extend_from_slice(part);
-            let ip = &mut f[ip_at..ip_at + ihl];
-            ip[2..4].copy_from_slice(&((ihl + part.len()) as u16).to_be_bytes());
-            let mf = if i + 1 < n { 0x2000 } else { 0 };
-            ip[6..8].copy_from_slice(&(mf | (i * chunk / 8) as u16).to_be_bytes());
-            ip[10..12].copy_from_slice(&[0, 0]);
-            let c = !braid_tunnel::wire::checksum::sum(ip);
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            f
-        })
-        .collect()
+    out
 }
 
 /// UDP destination port of an IPv4 frame without options (0 if shorter).
@@ -668,8 +646,9 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     assert!(ka_tx <= c.keepalives, "{why}");
     assert!(c.engine.total() >= rejected, "{why}");
     if plain {
+        // An ESP packet sent as fragments is that many WAN frames.
         assert_eq!(
-            c.encapsulated + l.wan_replies + l.requests + c.keepalives + k.from_kernel_wan,
+            c.encapsulated + (c.frags.sent - c.frags.fragmented) + l.wan_replies + l.requests + c.keepalives + k.from_kernel_wan,
             c.wan_tx.packets + d.get(DpDrop::WanTxFull) + d.get(DpDrop::WanTxRejected) + d.get(DpDrop::NextHopUnresolved),
             "{why}"
         );

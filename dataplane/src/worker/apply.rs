@@ -73,6 +73,7 @@ fn same_tunnels(old: &BundleSetup, new: &BundleSetup) -> bool {
     old.mode == new.mode
         && old.policy == new.policy
         && old.max_frame == new.max_frame
+        && old.outer_fragmentation == new.outer_fragmentation
         && old.tunnels.len() == new.tunnels.len()
         && old.tunnels.iter().zip(&new.tunnels).all(|(a, b)| {
             a.wan == b.wan
