@@ -82,6 +82,12 @@ drops! {
     /// Several workers with NAT: a packet for the LAN that did not reach
     /// the worker holding its NAT session (the ring was full).
     HandoffDeliverLost => "handoff_deliver_lost",
+    /// A packet for the LAN bigger than the LAN port's MTU that can be
+    /// neither segmented (not TCP) nor fragmented (IPv6, or IPv4 with DF).
+    LanTooBig => "lan_too_big",
+    /// A packet for the LAN to be cut to its MTU, with no mbufs for all
+    /// its pieces.
+    LanNoMbuf => "lan_no_mbuf",
 }
 
 impl DpDrop {
@@ -103,6 +109,8 @@ impl DpDrop {
                 | DpDrop::LanHoldFull
                 | DpDrop::HandoffLost
                 | DpDrop::HandoffDeliverLost
+                | DpDrop::LanTooBig
+                | DpDrop::LanNoMbuf
         )
     }
 }
@@ -213,6 +221,23 @@ pub struct FragCounters {
     pub discarded: u64,
     pub fragmented: u64,
     pub sent: u64,
+}
+
+/// Packets for the LAN bigger than its MTU, cut in software: TCP into
+/// `segments`, IPv4 without DF into `fragments`, each a LAN frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LanCutCounters {
+    pub segmented: u64,
+    pub segments: u64,
+    pub fragmented: u64,
+    pub fragments: u64,
+}
+
+impl LanCutCounters {
+    /// LAN frames the cuts added (pieces beyond the one packet each).
+    pub fn extra_frames(&self) -> u64 {
+        (self.segments - self.segmented) + (self.fragments - self.fragmented)
+    }
 }
 
 /// The NAT of one worker: what its shards did (summed over the shards a
@@ -537,7 +562,9 @@ pub struct WorkerCounters {
     ///   plus `lan_tx_full`, `lan_tx_rejected` and NAT's `in_drops` (the
     ///   NAT translates what the re-orderer delivered, just before the LAN
     ///   TX queue; our own replies and the kernel's frames skip it; the
-    ///   kernel's are `kernel.from_kernel_lan`);
+    ///   kernel's are `kernel.from_kernel_lan`); a packet cut to the LAN's
+    ///   MTU is as many frames as it has pieces (`lan_cut`), or one
+    ///   `lan_too_big` or `lan_no_mbuf` drop;
     /// - the tunnels' `tx` and `keepalives_tx` and `local.wan_replies_sent`
     ///   (which counts the kernel's frames too) sum to `wan_tx`; ESP
     ///   packets (and keepalives) for a WAN port whose next hop is
@@ -583,6 +610,8 @@ pub struct WorkerCounters {
     pub retired_tunnels: TunnelCounters,
     /// Outer IPv4 fragments.
     pub frags: FragCounters,
+    /// Packets for the LAN cut to its MTU.
+    pub lan_cut: LanCutCounters,
     /// Polls that found no work, and bursts that found some.
     pub idle_polls: u64,
     pub busy_polls: u64,
@@ -617,6 +646,10 @@ impl WorkerCounters {
         self.frags.discarded += o.frags.discarded;
         self.frags.fragmented += o.frags.fragmented;
         self.frags.sent += o.frags.sent;
+        self.lan_cut.segmented += o.lan_cut.segmented;
+        self.lan_cut.segments += o.lan_cut.segments;
+        self.lan_cut.fragmented += o.lan_cut.fragmented;
+        self.lan_cut.fragments += o.lan_cut.fragments;
         self.drops.merge(&o.drops);
         self.engine.merge(&o.engine);
         if self.tunnels.len() < o.tunnels.len() {

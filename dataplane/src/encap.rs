@@ -32,20 +32,9 @@ pub fn fragment_chunk(mtu: usize) -> usize {
 /// the frame is not IPv4, already a fragment, shorter than its header
 /// says, or its payload fits in `chunk`.
 pub fn fragment_ipv4(frame: &[u8], chunk: usize, mut emit: impl FnMut(&[u8], &[u8])) -> usize {
-    if chunk < 8 || chunk % 8 != 0 || frame.len() < IP_AT + 20 || frame[12..14] != [0x08, 0x00] {
-        return 0;
-    }
+    let Some((ihl, total)) = cuttable_ipv4(frame, chunk) else { return 0 };
     let ip = &frame[IP_AT..];
-    let ihl = (ip[0] & 0x0f) as usize * 4;
-    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    let flags = u16::from_be_bytes([ip[6], ip[7]]);
-    if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || ip.len() < total || flags & 0x3fff != 0 {
-        return 0;
-    }
     let payload = &ip[ihl..total];
-    if payload.len() <= chunk {
-        return 0;
-    }
     let mut header = [0u8; MAX_FRAGMENT_HEADER];
     let header = &mut header[..IP_AT + ihl];
     header.copy_from_slice(&frame[..IP_AT + ihl]);
@@ -61,6 +50,28 @@ pub fn fragment_ipv4(frame: &[u8], chunk: usize, mut emit: impl FnMut(&[u8], &[u
         emit(header, part);
     }
     n
+}
+
+/// How many fragments [`fragment_ipv4`] cuts `frame` into, or `None`
+/// when it cuts nothing.
+pub fn fragment_ipv4_count(frame: &[u8], chunk: usize) -> Option<usize> {
+    cuttable_ipv4(frame, chunk).map(|(ihl, total)| (total - ihl).div_ceil(chunk))
+}
+
+/// Header and total length of the IPv4 packet in `frame` when
+/// [`fragment_ipv4`] cuts it into pieces of `chunk` bytes.
+fn cuttable_ipv4(frame: &[u8], chunk: usize) -> Option<(usize, usize)> {
+    if chunk < 8 || chunk % 8 != 0 || frame.len() < IP_AT + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[IP_AT..];
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let flags = u16::from_be_bytes([ip[6], ip[7]]);
+    if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || ip.len() < total || flags & 0x3fff != 0 || total - ihl <= chunk {
+        return None;
+    }
+    Some((ihl, total))
 }
 
 /// Outer headers of one tunnel, filled except for lengths and checksum.

@@ -16,6 +16,7 @@ pub mod local;
 pub mod nat;
 pub mod report;
 pub mod sas;
+pub mod segment;
 pub mod stats;
 pub mod worker;
 

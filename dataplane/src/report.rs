@@ -26,7 +26,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"keepalives_rx\":{},\"keepalives\":{},\"stream_restarts\":{},\"outer_fragments\":{{\"taken\":{},\"reassembled\":{},\"discarded\":{},\"fragmented\":{},\"sent\":{}}},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
+        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"keepalives_rx\":{},\"keepalives\":{},\"stream_restarts\":{},\"outer_fragments\":{{\"taken\":{},\"reassembled\":{},\"discarded\":{},\"fragmented\":{},\"sent\":{}}},\"lan_cut\":{{\"segmented\":{},\"segments\":{},\"fragmented\":{},\"fragments\":{}}},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
         flow(&c.lan_rx),
         flow(&c.lan_tx),
         flow(&c.wan_rx),
@@ -42,6 +42,10 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         c.frags.discarded,
         c.frags.fragmented,
         c.frags.sent,
+        c.lan_cut.segmented,
+        c.lan_cut.segments,
+        c.lan_cut.fragmented,
+        c.lan_cut.fragments,
         named(&c.drops.named()),
         named(&c.engine.named()),
     );

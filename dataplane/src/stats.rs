@@ -23,7 +23,7 @@ use crate::config::Tables;
 use crate::counters::{DpDrop, Flow, HandoffStats, KernelStats, LocalDrop, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
-const SCALARS: [&str; 13] = [
+const SCALARS: [&str; 17] = [
     "encapsulated",
     "delivered",
     "icmp_sent",
@@ -35,6 +35,10 @@ const SCALARS: [&str; 13] = [
     "frag/discarded",
     "frag/fragmented",
     "frag/sent",
+    "lan_cut/segmented",
+    "lan_cut/segments",
+    "lan_cut/fragmented",
+    "lan_cut/fragments",
     "idle_polls",
     "busy_polls",
 ];
@@ -115,6 +119,10 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
         c.frags.discarded,
         c.frags.fragmented,
         c.frags.sent,
+        c.lan_cut.segmented,
+        c.lan_cut.segments,
+        c.lan_cut.fragmented,
+        c.lan_cut.fragments,
         c.idle_polls,
         c.busy_polls,
     ]);

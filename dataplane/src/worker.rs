@@ -45,7 +45,8 @@ use braid_tunnel::wire::{esp, flow_hash};
 use braid_tunnel::{plain, Nanos};
 
 use crate::counters::{DpDrop, DpDrops, LocalStats, TunnelCounters, WorkerCounters};
-use crate::encap::{fragment_chunk, fragment_ipv4, OuterTemplate, IP_AT, KEEPALIVE_LEN, OUTER_LEN};
+use crate::encap::{fragment_chunk, fragment_ipv4, fragment_ipv4_count, OuterTemplate, IP_AT, KEEPALIVE_LEN, OUTER_LEN};
+use crate::segment;
 use crate::local::{Handled, Responder};
 use crate::nat::{NatSetup, EXPIRE_BUSY, EXPIRE_IDLE};
 use crate::route::RouteTable;
@@ -270,8 +271,10 @@ pub struct Worker {
     rx_burst: Vec<Mbuf>,
     /// Mbufs done with in this burst, freed with one call.
     spent: Vec<Mbuf>,
-    /// Mbufs for the outer fragments of one packet (scratch).
+    /// Mbufs for the pieces of one packet (scratch).
     frag_scratch: Vec<Mbuf>,
+    /// `lan_out` being cut to the LAN's MTU (scratch).
+    lan_fit: Vec<Mbuf>,
     /// Fresh mbufs for delivered inner packets, allocated in bulk.
     stash: MbufStash,
     lan_out: Vec<Mbuf>,
@@ -433,6 +436,7 @@ impl Worker {
             rx_burst: Vec::with_capacity(BURST),
             spent: Vec::with_capacity(BURST),
             frag_scratch: Vec::with_capacity(MAX_OUTER_FRAGMENTS),
+            lan_fit: Vec::new(),
             stash: MbufStash::new(BURST),
             lan_out: Vec::with_capacity(4 * BURST),
             wan_out: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
@@ -1078,14 +1082,76 @@ impl Worker {
         self.wan_tags[wan].push((b as u16, t as u16));
     }
 
+    /// Cuts the frames of `lan_out` bigger than the LAN port's MTU (from a
+    /// peer whose LAN has a larger one): TCP into segments
+    /// (`segment::segment_tcp`), other IPv4 without DF into fragments, each
+    /// piece a new mbuf (all or none: `lan_no_mbuf`); the rest is dropped
+    /// (`lan_too_big`) rather than handed to the port as a giant. One
+    /// length compare per frame when nothing is too big.
+    fn fit_lan_mtu(&mut self) {
+        let mtu = usize::from(self.lan.mtu);
+        if mtu == 0 || self.lan_out.iter().all(|m| m.data_len() <= ETH + mtu) {
+            return;
+        }
+        let mut queued = std::mem::take(&mut self.lan_out);
+        let mut out = std::mem::take(&mut self.lan_fit);
+        for m in queued.drain(..) {
+            if m.data_len() <= ETH + mtu {
+                out.push(m);
+                continue;
+            }
+            let frame = m.data();
+            let df = frame.get(12..14) == Some(&[0x08, 0x00]) && frame.get(ETH + 6).is_some_and(|f| f & 0x40 != 0);
+            let (n, tcp) = match segment::tcp_segments(frame, mtu) {
+                Some(n) => (n, true),
+                None if !df => match fragment_ipv4_count(frame, fragment_chunk(mtu)) {
+                    Some(n) => (n, false),
+                    None => (0, false),
+                },
+                None => (0, false),
+            };
+            if n == 0 {
+                self.counters.drops.add(DpDrop::LanTooBig);
+                continue;
+            }
+            let mut pieces = std::mem::take(&mut self.frag_scratch);
+            if !Mbuf::alloc_bulk(&self.pool, &mut pieces, n) {
+                self.counters.drops.add(DpDrop::LanNoMbuf);
+                self.frag_scratch = pieces;
+                continue;
+            }
+            let mut next = pieces.drain(..);
+            let mut emit = |h: &[u8], part: &[u8]| {
+                let Some(mut p) = next.next() else { return };
+                if let Some(buf) = p.append(h.len() + part.len()) {
+                    buf[..h.len()].copy_from_slice(h);
+                    buf[h.len()..].copy_from_slice(part);
+                    out.push(p);
+                }
+            };
+            let c = &mut self.counters.lan_cut;
+            if tcp {
+                c.segmented += 1;
+                c.segments += segment::segment_tcp(frame, mtu, &mut emit) as u64;
+            } else {
+                c.fragmented += 1;
+                c.fragments += fragment_ipv4(frame, fragment_chunk(mtu), &mut emit) as u64;
+            }
+            drop(next);
+            self.frag_scratch = pieces;
+        }
+        self.lan_out = out;
+        self.lan_fit = queued;
+    }
+
     /// An outer packet bigger than WAN port `wan`'s MTU, sent as IPv4
     /// fragments, each in a new mbuf (all or none: without mbufs for every
     /// fragment the packet is dropped as `no_mbuf`).
     fn send_fragments(&mut self, m: Mbuf, wan: usize, tag: (u16, u16)) {
         let chunk = fragment_chunk(usize::from(self.wans[wan].mtu));
-        let n = (m.data_len() - OUTER_LEN + 8).div_ceil(chunk.max(8));
+        let n = fragment_ipv4_count(m.data(), chunk).unwrap_or(0);
         let mut frags = std::mem::take(&mut self.frag_scratch);
-        if chunk < 8 || !Mbuf::alloc_bulk(&self.pool, &mut frags, n) {
+        if n == 0 || !Mbuf::alloc_bulk(&self.pool, &mut frags, n) {
             self.counters.drops.add(DpDrop::NoMbuf);
             self.frag_scratch = frags;
             return;
@@ -1682,6 +1748,7 @@ impl Worker {
         }
         self.nat_done = 0;
         self.resolve_lan();
+        self.fit_lan_mtu();
         let c = &mut self.counters;
         for k in self.kernel.iter_mut().flatten() {
             if !k.out.is_empty() {

@@ -628,7 +628,7 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // Out: the ports took what they were given or it was dropped (the NAT
     // translates delivered packets just before the LAN TX queue).
     assert_eq!(
-        c.delivered + c.icmp_sent + l.lan_replies + k.from_kernel_lan + l.lan_requests + c.handoff.deliver_in,
+        c.delivered + c.icmp_sent + l.lan_replies + k.from_kernel_lan + l.lan_requests + c.handoff.deliver_in + c.lan_cut.extra_frames(),
         c.lan_tx.packets
             + c.handoff.deliver_out
             + d.get(DpDrop::HandoffDeliverLost)
@@ -638,6 +638,8 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
             + d.get(DpDrop::LanNextHopUnresolved)
             + d.get(DpDrop::LanNoNextHop)
             + d.get(DpDrop::LanHoldFull)
+            + d.get(DpDrop::LanTooBig)
+            + d.get(DpDrop::LanNoMbuf)
             + c.lan_held,
         "{why}"
     );

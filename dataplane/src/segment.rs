@@ -1,0 +1,219 @@
+//! Cutting an inner packet to the LAN's MTU in software (generic
+//! segmentation offload): a TCP packet (IPv4 or IPv6) into TCP segments
+//! whose IP packets fit, each with its own lengths, sequence number, flags
+//! and checksums, as a NIC's TSO would cut it.
+//!
+//! Inner packets bigger than the LAN come from a peer whose LAN has a
+//! larger MTU (a jumbo LAN on the other side); TCP hosts that agreed on a
+//! smaller MSS never send them, but a TCP stack behind a jumbo LAN that
+//! talks to a jumbo host elsewhere does. The worker cuts them rather than
+//! hand the port frames it would send as giants (see `Worker::fit_lan_mtu`).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use braid_tunnel::wire::checksum;
+
+/// Ethernet header.
+const ETH: usize = 14;
+/// Most bytes of Ethernet, IP (IPv4 with options, or IPv6) and TCP
+/// header (with options) a segment repeats.
+pub const MAX_HEADERS: usize = ETH + 60 + 60;
+
+const TCP: u8 = 6;
+const FIN: u8 = 0x01;
+const PSH: u8 = 0x08;
+const CWR: u8 = 0x80;
+
+/// Where the parts of a TCP packet are, and how it is cut.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    v6: bool,
+    /// IP header length (IPv4 with options; 40 for IPv6).
+    l3: usize,
+    /// TCP header length (with options).
+    l4: usize,
+    /// Payload bytes.
+    payload: usize,
+    /// Payload bytes per segment.
+    mss: usize,
+}
+
+impl Layout {
+    fn segments(&self) -> usize {
+        self.payload.div_ceil(self.mss)
+    }
+}
+
+/// The layout of the Ethernet frame `frame` when it holds a TCP packet
+/// (IPv4 not fragmented, or IPv6 with TCP as its first next header) whose
+/// IP packet exceeds `mtu` and can be cut into segments that fit it.
+fn layout(frame: &[u8], mtu: usize) -> Option<Layout> {
+    let ip = frame.get(ETH..)?;
+    let (v6, l3, ip_len) = match (frame.get(12..14)?, ip.first()? >> 4) {
+        ([0x08, 0x00], 4) => {
+            let ihl = (ip[0] & 0x0f) as usize * 4;
+            let total = u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]) as usize;
+            let flags = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]);
+            if ihl < 20 || *ip.get(9)? != TCP || flags & 0x3fff != 0 {
+                return None;
+            }
+            (false, ihl, total)
+        }
+        ([0x86, 0xdd], 6) => {
+            if *ip.get(6)? != TCP {
+                return None;
+            }
+            (true, 40, 40 + u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]) as usize)
+        }
+        _ => return None,
+    };
+    if ip_len > ip.len() || ip_len <= mtu {
+        return None;
+    }
+    let l4 = (*ip.get(l3 + 12)? >> 4) as usize * 4;
+    if l4 < 20 || l3 + l4 > ip_len {
+        return None;
+    }
+    let mss = mtu.checked_sub(l3 + l4).filter(|m| *m >= 8)?;
+    Some(Layout { v6, l3, l4, payload: ip_len - l3 - l4, mss })
+}
+
+/// How many TCP segments [`segment_tcp`] cuts `frame` into for `mtu`, or
+/// `None` when it is not a TCP packet bigger than `mtu` it can cut.
+pub fn tcp_segments(frame: &[u8], mtu: usize) -> Option<usize> {
+    layout(frame, mtu).map(|l| l.segments())
+}
+
+/// Cuts the Ethernet frame `frame`, a TCP packet whose IP packet exceeds
+/// `mtu`, into segments whose IP packets fit: calls `emit(headers, part)`
+/// for each, in order, with its Ethernet, IP and TCP headers (options
+/// repeated) and its part of the payload. Each segment's IP length (and
+/// IPv4 identification, the original's plus its index, and header
+/// checksum), TCP sequence number and checksum are its own; FIN and PSH
+/// stay on the last segment only, CWR on the first (RFC 3168 section 6.1.2,
+/// as TSO does). Returns how many; 0 (nothing emitted) when
+/// [`tcp_segments`] is `None`.
+pub fn segment_tcp(frame: &[u8], mtu: usize, mut emit: impl FnMut(&[u8], &[u8])) -> usize {
+    let Some(l) = layout(frame, mtu) else { return 0 };
+    let hdrs = ETH + l.l3 + l.l4;
+    let mut buf = [0u8; MAX_HEADERS];
+    let h = &mut buf[..hdrs];
+    h.copy_from_slice(&frame[..hdrs]);
+    let payload = &frame[hdrs..hdrs + l.payload];
+    let seq = u32::from_be_bytes([h[ETH + l.l3 + 4], h[ETH + l.l3 + 5], h[ETH + l.l3 + 6], h[ETH + l.l3 + 7]]);
+    let flags = h[ETH + l.l3 + 13];
+    let ident = u16::from_be_bytes([h[ETH + 4], h[ETH + 5]]);
+    let n = l.segments();
+    for (i, part) in payload.chunks(l.mss).enumerate() {
+        let (ip, tcp) = h[ETH..].split_at_mut(l.l3);
+        let tcp_len = l.l4 + part.len();
+        let pseudo = if l.v6 {
+            ip[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+            let src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
+            let dst: [u8; 16] = ip[24..40].try_into().expect("16 bytes");
+            checksum::pseudo_header_v6(Ipv6Addr::from(src), Ipv6Addr::from(dst), TCP, tcp_len as u32)
+        } else {
+            ip[2..4].copy_from_slice(&((l.l3 + tcp_len) as u16).to_be_bytes());
+            ip[4..6].copy_from_slice(&ident.wrapping_add(i as u16).to_be_bytes());
+            ip[10..12].copy_from_slice(&[0, 0]);
+            let c = !checksum::sum(&ip[..l.l3]);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let src: [u8; 4] = ip[12..16].try_into().expect("4 bytes");
+            let dst: [u8; 4] = ip[16..20].try_into().expect("4 bytes");
+            checksum::pseudo_header_v4(Ipv4Addr::from(src), Ipv4Addr::from(dst), TCP, tcp_len as u16)
+        };
+        tcp[4..8].copy_from_slice(&seq.wrapping_add((i * l.mss) as u32).to_be_bytes());
+        let mut f = flags;
+        if i + 1 < n {
+            f &= !(FIN | PSH);
+        }
+        if i > 0 {
+            f &= !CWR;
+        }
+        tcp[13] = f;
+        tcp[16..18].copy_from_slice(&[0, 0]);
+        let c = !checksum::combine(&[pseudo, checksum::sum(tcp), checksum::sum(part)]);
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        emit(h, part);
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::traffic::{ip_packet, Family, Flow, L4};
+    use braid_tunnel::wire::{ipv4, ipv6, tcp, AddrPair};
+
+    fn frame(ip: &[u8]) -> Vec<u8> {
+        let et: u16 = if ip[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&et.to_be_bytes());
+        f.extend_from_slice(ip);
+        f
+    }
+
+    /// Every segment fits, its IP and TCP checksums verify, sequence
+    /// numbers follow the payload, flags are where they belong, and the
+    /// payloads put back together are the original's.
+    #[test]
+    fn tcp_cut_to_the_mtu_v4_and_v6() {
+        for family in [Family::V4, Family::V6] {
+            let f = Flow::a_to_b(3, family, L4::Tcp);
+            let mut ip = ip_packet(&f, 7, 9000 + 14);
+            // FIN, PSH and CWR on the original.
+            let tcp_at = if family == Family::V4 { 20 } else { 40 };
+            ip[tcp_at + 13] |= FIN | PSH | CWR;
+            let orig = frame(&ip);
+            let orig_seq = u32::from_be_bytes(ip[tcp_at + 4..tcp_at + 8].try_into().unwrap());
+            let l4 = (ip[tcp_at + 12] >> 4) as usize * 4;
+            let payload = &ip[tcp_at + l4..];
+            let n = tcp_segments(&orig, 1500).unwrap();
+            let mut segs: Vec<Vec<u8>> = Vec::new();
+            assert_eq!(segment_tcp(&orig, 1500, |h, p| segs.push([h, p].concat())), n);
+            assert_eq!(n, payload.len().div_ceil(1500 - tcp_at - l4));
+            let mut joined = Vec::new();
+            for (i, s) in segs.iter().enumerate() {
+                assert!(s.len() - ETH <= 1500, "segment {i} is {} bytes", s.len() - ETH);
+                assert_eq!(s[..ETH], orig[..ETH]);
+                let (addrs, t) = if family == Family::V4 {
+                    let p = ipv4::Packet::new_checked(&s[ETH..]).unwrap();
+                    assert!(p.verify_checksum());
+                    assert_eq!(p.total_len() as usize, s.len() - ETH);
+                    assert_eq!(p.ident(), 7u16.wrapping_add(i as u16), "identification of segment {i}");
+                    (AddrPair::V4 { src: p.src_addr(), dst: p.dst_addr() }, &s[ETH + 20..])
+                } else {
+                    let p = ipv6::Packet::new_checked(&s[ETH..]).unwrap();
+                    assert_eq!(p.payload_len() as usize, s.len() - ETH - 40);
+                    (AddrPair::V6 { src: p.src_addr(), dst: p.dst_addr() }, &s[ETH + 40..])
+                };
+                let seg = tcp::Packet::new_checked(t).unwrap();
+                assert!(seg.verify_checksum(&addrs), "segment {i}: TCP checksum");
+                assert_eq!(seg.seq_number(), orig_seq.wrapping_add(joined.len() as u32));
+                let fl = t[13];
+                assert_eq!(fl & (FIN | PSH) != 0, i + 1 == n, "FIN/PSH on the last only");
+                assert_eq!(fl & CWR != 0, i == 0, "CWR on the first only");
+                assert_eq!(t[20..l4], ip[tcp_at + 20..tcp_at + l4], "options repeated");
+                joined.extend_from_slice(&t[l4..]);
+            }
+            assert_eq!(joined, payload);
+        }
+    }
+
+    #[test]
+    fn only_tcp_that_does_not_fit_is_cut() {
+        let tcp4 = frame(&ip_packet(&Flow::a_to_b(1, Family::V4, L4::Tcp), 0, 4000));
+        let udp4 = frame(&ip_packet(&Flow::a_to_b(1, Family::V4, L4::Udp), 0, 4000));
+        let none = |f: &[u8], mtu| segment_tcp(f, mtu, |_, _| panic!("emitted"));
+        assert_eq!(none(&tcp4, 4000), 0, "fits");
+        assert_eq!(none(&udp4, 1500), 0, "not TCP");
+        assert_eq!(tcp_segments(&udp4, 1500), None);
+        assert_eq!(none(&tcp4[..tcp4.len() - 1], 1500), 0, "shorter than its IP header says");
+        assert_eq!(none(&tcp4, 47), 0, "no room for 8 bytes of payload");
+        assert_eq!(tcp_segments(&tcp4, 48), Some(3946_usize.div_ceil(8)));
+        let mut frag = tcp4.clone();
+        frag[ETH + 6] |= 0x20;
+        assert_eq!(none(&frag, 1500), 0, "an IPv4 fragment");
+        assert_eq!(tcp_segments(&tcp4, 1500), Some(3));
+    }
+}

@@ -1,0 +1,160 @@
+//! A peer's LAN with jumbo frames, ours with 1500 bytes: what B delivers
+//! is cut to its LAN's MTU. TCP (IPv4 and IPv6) leaves as TCP segments
+//! whose payloads, in order, are the sender's byte stream, every checksum
+//! right; IPv4 UDP without DF as IP fragments that reassemble to the
+//! packet; what can be neither (IPv4 with DF, IPv6 UDP) is dropped and
+//! counted, never handed to the port as a giant. Two gateways on net_ring
+//! vdevs (no PCI), bundle and plain mode.
+
+use std::collections::{BTreeMap, HashMap};
+
+use braid_dataplane::counters::DpDrop;
+use braid_dataplane::lab::traffic::{ip_packet, Family, Flow, L4};
+use braid_dataplane::lab::{self, ConfigEdit, Lab, LabOptions};
+use braid_dpdk::{Mbuf, BURST};
+use braid_tunnel::wire::{ipv4, tcp, AddrPair};
+
+const ETH: usize = 14;
+const B_LAN_MTU: usize = 1500;
+
+/// Flows 0..4: TCP v4, TCP v6, UDP v4, UDP v4 with DF; flow 4: UDP v6.
+fn flows() -> Vec<Flow> {
+    [(Family::V4, L4::Tcp), (Family::V6, L4::Tcp), (Family::V4, L4::Udp), (Family::V4, L4::Udp), (Family::V6, L4::Udp)]
+        .iter()
+        .enumerate()
+        .map(|(i, (f, l))| Flow::a_to_b(i as u32, *f, *l))
+        .collect()
+}
+
+/// Packet `seq` of flow `f`: 1000, 4000 and 9000-byte frames in turn.
+fn packet(flows: &[Flow], f: usize, seq: u32) -> Vec<u8> {
+    let size = [1000, 4000, 9000][seq as usize % 3];
+    let mut ip = ip_packet(&flows[f], seq, size);
+    if f == 3 {
+        // DF, and the header checksum again.
+        ip[6] |= 0x40;
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = !braid_tunnel::wire::checksum::sum(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    ip
+}
+
+fn case(mode: &str) {
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let edit: ConfigEdit = Box::new(|side_a, doc| {
+        if !side_a {
+            doc["ports"][0]["mtu"] = serde_json::json!(B_LAN_MTU);
+        }
+    });
+    // Plain mode carries 9000-byte packets whole over a jumbo WAN.
+    let wan_mtu = if mode == "plain" { 9600 } else { 1500 };
+    let mut lab = Lab::with(&format!("lanmtu{}", &mode[..2]), mode, &[1, 1], 16, wan_mtu, LabOptions { edit: Some(edit), ..Default::default() });
+    let fl = flows();
+    let per_flow = 30u32;
+    let mut sent: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    for seq in 0..per_flow {
+        let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
+        for f in 0..fl.len() {
+            let ip = packet(&fl, f, seq);
+            burst.push(lab.frame_to_a(&ip));
+            sent.push((f, ip));
+        }
+        lab.gen.tx.tx_all(&mut burst, 1000);
+        assert!(burst.is_empty());
+        for _ in 0..4 {
+            lab.step();
+        }
+        frames.append(&mut lab.delivered);
+    }
+    lab.settle(50);
+    frames.append(&mut lab.delivered);
+    let (a, b) = lab.counters();
+    lab::assert_conserved(&a, "A", mode == "plain");
+    lab::assert_conserved(&b, "B", mode == "plain");
+    eprintln!("{mode}: B cut {:?}, drops {:?}", b.lan_cut, b.drops.named());
+    assert!(frames.iter().all(|f| f.len() - ETH <= B_LAN_MTU), "a frame above B's LAN MTU");
+
+    let big = |ip: &Vec<u8>| ip.len() > B_LAN_MTU;
+    let count = |f: usize, big_only: bool| sent.iter().filter(|(g, ip)| *g == f && (!big_only || big(ip))).count() as u64;
+    // What was too big and neither TCP nor IPv4 without DF.
+    assert_eq!(b.drops.get(DpDrop::LanTooBig), count(3, true) + count(4, true));
+    assert_eq!(b.drops.get(DpDrop::LanNoMbuf), 0);
+    assert_eq!(b.lan_cut.segmented, count(0, true) + count(1, true));
+    assert_eq!(b.lan_cut.fragmented, count(2, true));
+
+    // Frames by flow (source port), in the order B delivered them.
+    let sport = |f: &[u8]| -> u16 {
+        let ip = &f[ETH..];
+        let (l3, first) = if ip[0] >> 4 == 4 { ((ip[0] & 15) as usize * 4, u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0) } else { (40, true) };
+        if first { u16::from_be_bytes([ip[l3], ip[l3 + 1]]) } else { 0 }
+    };
+    let of_flow = |f: usize| -> Vec<&Vec<u8>> { frames.iter().filter(|fr| sport(fr) == fl[f].sport).collect() };
+
+    // TCP: each segment's checksums verify; the payloads, in order, are
+    // the sender's stream.
+    for f in [0, 1] {
+        let mut stream = Vec::new();
+        for fr in of_flow(f) {
+            let ip = &fr[ETH..];
+            let (addrs, t) = if ip[0] >> 4 == 4 {
+                let p = ipv4::Packet::new_checked(ip).unwrap();
+                assert!(p.verify_checksum());
+                (AddrPair::V4 { src: p.src_addr(), dst: p.dst_addr() }, &ip[20..])
+            } else {
+                let p = braid_tunnel::wire::ipv6::Packet::new_checked(ip).unwrap();
+                (AddrPair::V6 { src: p.src_addr(), dst: p.dst_addr() }, &ip[40..])
+            };
+            assert!(tcp::Packet::new_checked(t).unwrap().verify_checksum(&addrs), "TCP checksum, flow {f}");
+            stream.extend_from_slice(&t[20..]);
+        }
+        let l3 = if f == 0 { 20 } else { 40 };
+        let want: Vec<u8> = sent.iter().filter(|(g, _)| *g == f).flat_map(|(_, ip)| ip[l3 + 20..].to_vec()).collect();
+        assert_eq!(stream.len(), want.len(), "flow {f}: stream length");
+        assert!(stream == want, "flow {f}: the TCP stream differs");
+    }
+
+    // IPv4 UDP without DF: whole, or fragments that reassemble to it.
+    let mut by_id: HashMap<u16, BTreeMap<usize, (bool, Vec<u8>)>> = HashMap::new();
+    for fr in frames.iter().filter(|fr| fr[ETH] >> 4 == 4 && fr[ETH + 9] == 17 && fr[ETH + 12..ETH + 16] == fl[2].src4.octets()) {
+        let p = ipv4::Packet::new_checked(&fr[ETH..]).unwrap();
+        assert!(p.verify_checksum());
+        by_id.entry(p.ident()).or_default().insert(p.frag_offset() as usize, (p.more_frags(), fr[ETH + 20..].to_vec()));
+    }
+    let mut whole = 0;
+    for (_, ip) in sent.iter().filter(|(g, _)| *g == 2) {
+        let id = u16::from_be_bytes([ip[4], ip[5]]);
+        let parts = by_id.get(&id).unwrap_or_else(|| panic!("UDP packet {id} not delivered"));
+        let mut payload = Vec::new();
+        for (off, (_, part)) in parts {
+            assert_eq!(*off, payload.len(), "a gap before offset {off}");
+            payload.extend_from_slice(part);
+        }
+        assert!(!parts.values().last().unwrap().0, "the last fragment has MF");
+        assert!(payload == ip[20..], "UDP packet {id} reassembles to something else");
+        whole += 1;
+    }
+    assert_eq!(whole, per_flow);
+
+    // Too big with DF, or IPv6 UDP: only the small ones arrive, intact.
+    for f in [3, 4] {
+        let got = of_flow(f);
+        let small: Vec<&Vec<u8>> = sent.iter().filter(|(g, ip)| *g == f && !big(ip)).map(|(_, ip)| ip).collect();
+        assert_eq!(got.len(), small.len(), "flow {f}");
+        for (g, s) in got.iter().zip(&small) {
+            assert!(g[ETH..] == s[..], "flow {f}: a packet changed");
+        }
+    }
+    lab.close();
+}
+
+#[test]
+fn bundle_mode_delivers_to_a_smaller_lan_mtu() {
+    case("bundle");
+}
+
+#[test]
+fn plain_mode_delivers_to_a_smaller_lan_mtu() {
+    case("plain");
+}
