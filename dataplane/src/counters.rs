@@ -223,18 +223,20 @@ pub struct FragCounters {
     pub sent: u64,
 }
 
-/// Packets for the LAN bigger than its MTU, cut in software: TCP into
-/// `segments`, IPv4 without DF into `fragments`, each a LAN frame.
+/// Packets cut in software: for the LAN, bigger than its MTU (TCP into
+/// `segments`, IPv4 without DF into `fragments`, each a LAN frame); for a
+/// plain-mode tunnel, TCP bigger than it carries, into `segments` each
+/// sealed as its own ESP packet (`fragments` unused).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LanCutCounters {
+pub struct CutCounters {
     pub segmented: u64,
     pub segments: u64,
     pub fragmented: u64,
     pub fragments: u64,
 }
 
-impl LanCutCounters {
-    /// LAN frames the cuts added (pieces beyond the one packet each).
+impl CutCounters {
+    /// Packets the cuts added (pieces beyond the one packet each).
     pub fn extra_frames(&self) -> u64 {
         (self.segments - self.segmented) + (self.fragments - self.fragmented)
     }
@@ -550,7 +552,8 @@ pub struct WorkerCounters {
     /// Frames received on / sent to the LAN (sent: taken by the port).
     ///
     /// Conservation, each packet counted once:
-    /// - `lan_rx` is `encapsulated` plus the LAN side's incoming drops
+    /// - `lan_rx` (plus the segments `tunnel_cut` added) is `encapsulated`
+    ///   plus the LAN side's incoming drops
     ///   (NAT's `out_drops` included; and plain mode's engine drops when
     ///   sealing) plus the LAN frames for the gateway itself;
     /// - `wan_rx` plus `frags.reassembled` is `frags.taken`, the tunnels'
@@ -611,7 +614,10 @@ pub struct WorkerCounters {
     /// Outer IPv4 fragments.
     pub frags: FragCounters,
     /// Packets for the LAN cut to its MTU.
-    pub lan_cut: LanCutCounters,
+    pub lan_cut: CutCounters,
+    /// Plain mode: TCP packets from the LAN too big for the tunnels, cut
+    /// into segments before sealing (GSO).
+    pub tunnel_cut: CutCounters,
     /// Polls that found no work, and bursts that found some.
     pub idle_polls: u64,
     pub busy_polls: u64,
@@ -650,6 +656,8 @@ impl WorkerCounters {
         self.lan_cut.segments += o.lan_cut.segments;
         self.lan_cut.fragmented += o.lan_cut.fragmented;
         self.lan_cut.fragments += o.lan_cut.fragments;
+        self.tunnel_cut.segmented += o.tunnel_cut.segmented;
+        self.tunnel_cut.segments += o.tunnel_cut.segments;
         self.drops.merge(&o.drops);
         self.engine.merge(&o.engine);
         if self.tunnels.len() < o.tunnels.len() {

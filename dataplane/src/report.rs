@@ -26,7 +26,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"keepalives_rx\":{},\"keepalives\":{},\"stream_restarts\":{},\"outer_fragments\":{{\"taken\":{},\"reassembled\":{},\"discarded\":{},\"fragmented\":{},\"sent\":{}}},\"lan_cut\":{{\"segmented\":{},\"segments\":{},\"fragmented\":{},\"fragments\":{}}},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
+        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"keepalives_rx\":{},\"keepalives\":{},\"stream_restarts\":{},\"outer_fragments\":{{\"taken\":{},\"reassembled\":{},\"discarded\":{},\"fragmented\":{},\"sent\":{}}},\"lan_cut\":{{\"segmented\":{},\"segments\":{},\"fragmented\":{},\"fragments\":{}}},\"tunnel_cut\":{{\"segmented\":{},\"segments\":{}}},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
         flow(&c.lan_rx),
         flow(&c.lan_tx),
         flow(&c.wan_rx),
@@ -46,6 +46,8 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         c.lan_cut.segments,
         c.lan_cut.fragmented,
         c.lan_cut.fragments,
+        c.tunnel_cut.segmented,
+        c.tunnel_cut.segments,
         named(&c.drops.named()),
         named(&c.engine.named()),
     );

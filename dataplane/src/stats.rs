@@ -23,7 +23,7 @@ use crate::config::Tables;
 use crate::counters::{DpDrop, Flow, HandoffStats, KernelStats, LocalDrop, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
-const SCALARS: [&str; 17] = [
+const SCALARS: [&str; 19] = [
     "encapsulated",
     "delivered",
     "icmp_sent",
@@ -39,6 +39,8 @@ const SCALARS: [&str; 17] = [
     "lan_cut/segments",
     "lan_cut/fragmented",
     "lan_cut/fragments",
+    "tunnel_cut/segmented",
+    "tunnel_cut/segments",
     "idle_polls",
     "busy_polls",
 ];
@@ -123,6 +125,8 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
         c.lan_cut.segments,
         c.lan_cut.fragmented,
         c.lan_cut.fragments,
+        c.tunnel_cut.segmented,
+        c.tunnel_cut.segments,
         c.idle_polls,
         c.busy_polls,
     ]);

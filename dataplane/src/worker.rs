@@ -721,7 +721,6 @@ impl Worker {
             // balancer. braid fragments outer packets only when the
             // bundle says so (`outer_fragmentation`).
             if OUTER_IP_UDP + esp::packet_len(inner_len) > p.max_outer {
-                self.counters.drops.add(DpDrop::TooBig);
                 dest[i] = TOO_BIG;
                 tunnel[i] = b; // the bundle, for the ICMP error
                 continue;
@@ -742,7 +741,12 @@ impl Worker {
         for (i, m) in burst.drain(..).enumerate() {
             let b = dest[i];
             if b == TOO_BIG {
-                self.too_big(tunnel[i] as usize, m, now);
+                // TCP is cut into segments the tunnels carry (GSO); the
+                // rest is too big.
+                if let Err(m) = self.plain_gso(tunnel[i] as usize, m, now) {
+                    self.counters.drops.add(DpDrop::TooBig);
+                    self.too_big(tunnel[i] as usize, m, now);
+                }
             } else if b != NONE && matches!(self.bundles[b as usize].engine, Engine::Plain(_)) {
                 self.send_plain(b as usize, tunnel[i] as usize, m);
             } else {
@@ -1175,6 +1179,42 @@ impl Worker {
         self.frag_scratch = frags;
         self.counters.frags.fragmented += 1;
         self.counters.frags.sent += made as u64;
+    }
+
+    /// Plain mode: a TCP packet from the LAN too big for bundle `b`'s
+    /// tunnels, cut into segments that fit (`segment::segment_tcp`, as a
+    /// NIC's TSO would), each sealed as its own ESP packet on the tunnel
+    /// the balancer picks for it. All pieces or none (`no_mbuf`). `Err`
+    /// gives back a packet that is not TCP.
+    fn plain_gso(&mut self, b: usize, m: Mbuf, now: Nanos) -> Result<(), Mbuf> {
+        let Engine::Plain(p) = &self.bundles[b].engine else { return Err(m) };
+        let mtu = usize::from(p.inner_mtu);
+        let Some(n) = segment::tcp_segments(m.data(), mtu) else { return Err(m) };
+        let mut pieces = std::mem::take(&mut self.frag_scratch);
+        if !Mbuf::alloc_bulk(&self.pool, &mut pieces, n) {
+            self.counters.drops.add(DpDrop::NoMbuf);
+            self.frag_scratch = pieces;
+            return Ok(());
+        }
+        let mut k = 0;
+        segment::segment_tcp(m.data(), mtu, |h, part| {
+            if let Some(buf) = pieces[k].append(h.len() + part.len()) {
+                buf[..h.len()].copy_from_slice(h);
+                buf[h.len()..].copy_from_slice(part);
+            }
+            k += 1;
+        });
+        self.counters.tunnel_cut.segmented += 1;
+        self.counters.tunnel_cut.segments += n as u64;
+        for piece in pieces.drain(..) {
+            let Engine::Plain(p) = &mut self.bundles[b].engine else { break };
+            match p.balancer.pick(piece.data_len() - ETH, now) {
+                Some(t) => self.send_plain(b, t, piece),
+                None => self.counters.drops.add(DpDrop::NoPath),
+            }
+        }
+        self.frag_scratch = pieces;
+        Ok(())
     }
 
     /// Plain mode: a packet too big for the WAN (already counted as

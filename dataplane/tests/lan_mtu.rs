@@ -1,10 +1,12 @@
-//! A peer's LAN with jumbo frames, ours with 1500 bytes: what B delivers
-//! is cut to its LAN's MTU. TCP (IPv4 and IPv6) leaves as TCP segments
+//! Packets bigger than the next link, cut in software. A peer's LAN with
+//! jumbo frames, ours with 1500 bytes: what B delivers is cut to its LAN's
+//! MTU. TCP (IPv4 and IPv6) leaves as TCP segments
 //! whose payloads, in order, are the sender's byte stream, every checksum
 //! right; IPv4 UDP without DF as IP fragments that reassemble to the
 //! packet; what can be neither (IPv4 with DF, IPv6 UDP) is dropped and
-//! counted, never handed to the port as a giant. Two gateways on net_ring
-//! vdevs (no PCI), bundle and plain mode.
+//! counted, never handed to the port as a giant. And plain mode over a
+//! 1500-byte WAN: jumbo TCP is cut into segments before sealing (GSO).
+//! Two gateways on net_ring vdevs (no PCI), bundle and plain mode.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -95,24 +97,7 @@ fn case(mode: &str) {
     // TCP: each segment's checksums verify; the payloads, in order, are
     // the sender's stream.
     for f in [0, 1] {
-        let mut stream = Vec::new();
-        for fr in of_flow(f) {
-            let ip = &fr[ETH..];
-            let (addrs, t) = if ip[0] >> 4 == 4 {
-                let p = ipv4::Packet::new_checked(ip).unwrap();
-                assert!(p.verify_checksum());
-                (AddrPair::V4 { src: p.src_addr(), dst: p.dst_addr() }, &ip[20..])
-            } else {
-                let p = braid_tunnel::wire::ipv6::Packet::new_checked(ip).unwrap();
-                (AddrPair::V6 { src: p.src_addr(), dst: p.dst_addr() }, &ip[40..])
-            };
-            assert!(tcp::Packet::new_checked(t).unwrap().verify_checksum(&addrs), "TCP checksum, flow {f}");
-            stream.extend_from_slice(&t[20..]);
-        }
-        let l3 = if f == 0 { 20 } else { 40 };
-        let want: Vec<u8> = sent.iter().filter(|(g, _)| *g == f).flat_map(|(_, ip)| ip[l3 + 20..].to_vec()).collect();
-        assert_eq!(stream.len(), want.len(), "flow {f}: stream length");
-        assert!(stream == want, "flow {f}: the TCP stream differs");
+        assert_tcp_stream(&of_flow(f), &sent, f);
     }
 
     // IPv4 UDP without DF: whole, or fragments that reassemble to it.
@@ -145,6 +130,87 @@ fn case(mode: &str) {
         for (g, s) in got.iter().zip(&small) {
             assert!(g[ETH..] == s[..], "flow {f}: a packet changed");
         }
+    }
+    lab.close();
+}
+
+/// TCP frames of flow `f` as delivered: checksums right, and their
+/// payloads, in order, the payloads of what was sent on `f`.
+fn assert_tcp_stream(frames: &[&Vec<u8>], sent: &[(usize, Vec<u8>)], f: usize) {
+    let mut stream = Vec::new();
+    for fr in frames {
+        let ip = &fr[ETH..];
+        let (addrs, t) = if ip[0] >> 4 == 4 {
+            let p = ipv4::Packet::new_checked(ip).unwrap();
+            assert!(p.verify_checksum());
+            (AddrPair::V4 { src: p.src_addr(), dst: p.dst_addr() }, &ip[20..])
+        } else {
+            let p = braid_tunnel::wire::ipv6::Packet::new_checked(ip).unwrap();
+            (AddrPair::V6 { src: p.src_addr(), dst: p.dst_addr() }, &ip[40..])
+        };
+        assert!(tcp::Packet::new_checked(t).unwrap().verify_checksum(&addrs), "TCP checksum, flow {f}");
+        stream.extend_from_slice(&t[20..]);
+    }
+    let want: Vec<u8> = sent
+        .iter()
+        .filter(|(g, _)| *g == f)
+        .flat_map(|(_, ip)| ip[if ip[0] >> 4 == 4 { 20 } else { 40 } + 20..].to_vec())
+        .collect();
+    assert_eq!(stream.len(), want.len(), "flow {f}: stream length");
+    assert!(stream == want, "flow {f}: the TCP stream differs");
+}
+
+/// Plain mode over a 1500-byte WAN, both LANs jumbo: TCP packets of 4000
+/// and 9000 bytes are cut into segments before sealing, each its own ESP
+/// packet within the WAN MTU; B delivers the streams byte for byte. UDP
+/// that big is dropped as `too_big`, as before.
+#[test]
+fn plain_mode_cuts_tcp_too_big_for_its_tunnels() {
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let mut lab = Lab::new("gsoplain", "plain", &[1, 1], 16, 1500);
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = 100_000;
+    let fl = flows();
+    let per_flow = 30u32;
+    let mut sent: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    for seq in 0..per_flow {
+        let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
+        for f in [0, 1, 2] {
+            let ip = packet(&fl, f, seq);
+            burst.push(lab.frame_to_a(&ip));
+            sent.push((f, ip));
+        }
+        lab.gen.tx.tx_all(&mut burst, 1000);
+        for _ in 0..4 {
+            lab.step();
+        }
+        frames.append(&mut lab.delivered);
+    }
+    lab.settle(50);
+    frames.append(&mut lab.delivered);
+    let (a, b) = lab.counters();
+    lab::assert_conserved(&a, "A", true);
+    lab::assert_conserved(&b, "B", true);
+    eprintln!("A tunnel cut {:?}, drops {:?}", a.tunnel_cut, a.drops.named());
+    let big = |f: usize| sent.iter().filter(|(g, ip)| *g == f && ip.len() > 1400).count() as u64;
+    assert_eq!(a.tunnel_cut.segmented, big(0) + big(1));
+    assert_eq!(a.drops.get(DpDrop::TooBig), big(2), "UDP too big for the tunnels");
+    assert_eq!(a.drops.total() - a.drops.get(DpDrop::TooBig), 0, "{:?}", a.drops.named());
+    assert_eq!(b.drops.total(), 0, "{:?}", b.drops.named());
+    let wan = lab.capture.take().unwrap();
+    assert!(wan.iter().all(|f| f.len() - ETH <= 1500), "an ESP packet above the WAN MTU");
+    for f in [0, 1] {
+        let of: Vec<&Vec<u8>> = frames
+            .iter()
+            .filter(|fr| {
+                let ip = &fr[ETH..];
+                let l3 = if ip[0] >> 4 == 4 { 20 } else { 40 };
+                u16::from_be_bytes([ip[l3], ip[l3 + 1]]) == fl[f].sport
+            })
+            .collect();
+        assert!(of.iter().all(|fr| fr.len() - ETH <= 1500));
+        assert_tcp_stream(&of, &sent, f);
     }
     lab.close();
 }
