@@ -88,6 +88,12 @@ drops! {
     /// A packet for the LAN to be cut to its MTU, with no mbufs for all
     /// its pieces.
     LanNoMbuf => "lan_no_mbuf",
+    /// A TCP packet for the LAN to be cut to its MTU whose checksum does
+    /// not verify (cutting would give its pieces good ones).
+    LanBadChecksum => "lan_bad_checksum",
+    /// Plain mode: a TCP packet from the LAN to be cut for the tunnels
+    /// whose checksum does not verify.
+    BadInnerChecksum => "bad_inner_checksum",
 }
 
 impl DpDrop {
@@ -111,6 +117,7 @@ impl DpDrop {
                 | DpDrop::HandoffDeliverLost
                 | DpDrop::LanTooBig
                 | DpDrop::LanNoMbuf
+                | DpDrop::LanBadChecksum
         )
     }
 }

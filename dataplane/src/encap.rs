@@ -15,9 +15,6 @@ pub const UDP_AT: usize = 34;
 /// A whole NAT-keepalive frame: the outer headers and one octet.
 pub const KEEPALIVE_LEN: usize = OUTER_LEN + 1;
 
-/// Most bytes of Ethernet and IPv4 header a fragment repeats.
-pub const MAX_FRAGMENT_HEADER: usize = 14 + 60;
-
 /// Payload bytes per fragment for an IPv4 MTU (header without options):
 /// the most a fragment carries, a multiple of 8 (RFC 791).
 pub fn fragment_chunk(mtu: usize) -> usize {
@@ -29,13 +26,13 @@ pub fn fragment_chunk(mtu: usize) -> usize {
 /// `emit(header, part)` for each, in order, with the fragment's Ethernet
 /// and IPv4 header (DF cleared, MF and offset set, checksum computed) and
 /// its part of the payload. Returns how many; 0 (nothing emitted) when
-/// the frame is not IPv4, already a fragment, shorter than its header
-/// says, or its payload fits in `chunk`.
+/// the frame is not IPv4, has IP options, is already a fragment, is
+/// shorter than its header says, or its payload fits in `chunk`.
 pub fn fragment_ipv4(frame: &[u8], chunk: usize, mut emit: impl FnMut(&[u8], &[u8])) -> usize {
     let Some((ihl, total)) = cuttable_ipv4(frame, chunk) else { return 0 };
     let ip = &frame[IP_AT..];
     let payload = &ip[ihl..total];
-    let mut header = [0u8; MAX_FRAGMENT_HEADER];
+    let mut header = [0u8; IP_AT + 20];
     let header = &mut header[..IP_AT + ihl];
     header.copy_from_slice(&frame[..IP_AT + ihl]);
     let n = payload.len().div_ceil(chunk);
@@ -68,7 +65,10 @@ fn cuttable_ipv4(frame: &[u8], chunk: usize) -> Option<(usize, usize)> {
     let ihl = (ip[0] & 0x0f) as usize * 4;
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     let flags = u16::from_be_bytes([ip[6], ip[7]]);
-    if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || ip.len() < total || flags & 0x3fff != 0 || total - ihl <= chunk {
+    // Without options only: RFC 791 copies some options into every
+    // fragment and others into the first only (braid's outer headers
+    // carry none; an inner packet with options is not cut).
+    if ip[0] >> 4 != 4 || ihl != 20 || total < ihl || ip.len() < total || flags & 0x3fff != 0 || total - ihl <= chunk {
         return None;
     }
     Some((ihl, total))

@@ -520,7 +520,7 @@ fn run() -> Result<(), String> {
     for (w, _, _) in &done {
         w.publish_rx_highs();
     }
-    keeper_stop.store(true, Ordering::Relaxed);
+    keeper_stop.store(true, Ordering::Release);
     if let Some(k) = keeper {
         let _ = k.join();
     }

@@ -20,11 +20,14 @@
 //! replay window accepted (*high*), so that a restarted dataplane does not
 //! accept once more every packet an attacker captured before the restart.
 //! The tunnel's owner publishes its window's top into the SA's
-//! [`SaRegistry::inbound_highs`] cell every 100 ms and when it stops; the
-//! keeper writes highs that moved at most once a second, and at exit. A
-//! new inbound SA's window starts above its high. After a clean stop
-//! (SIGTERM) nothing it accepted is accepted again; after a crash, only
-//! what it accepted in its last second or so can be replayed once.
+//! [`SaRegistry::inbound_highs`] cell once a millisecond, before it applies
+//! new tables and when it stops; the keeper writes highs that moved at
+//! most once a second, and at exit. A new inbound SA's window starts above
+//! its high (also a window new tables rebuild, raised when they are
+//! applied). After a clean stop (SIGTERM) nothing it accepted is accepted
+//! again; after a crash, only what it accepted in its last second or so
+//! can be replayed once. An older braid-dataplane refuses a file with
+//! highs (`in` lines): delete those lines to go back to one.
 
 use std::collections::HashMap;
 use std::fs;
@@ -188,22 +191,31 @@ impl SaRegistry {
                 moved = true;
             }
         }
+        // Highs taken now, given back if the write fails (the next
+        // refresh tries again).
+        let mut taken = Vec::new();
         if all || self.highs_saved.is_none_or(|t| t.elapsed() >= HIGHS_EVERY) {
-            let mut any = false;
-            for (cell, saved) in self.highs.values_mut() {
+            for (id, (cell, saved)) in self.highs.iter_mut() {
                 let now = cell.load(Ordering::Relaxed);
                 if now > *saved {
+                    taken.push((*id, *saved));
                     *saved = now;
-                    any = true;
                 }
             }
-            if any {
+            if !taken.is_empty() {
                 self.highs_saved = Some(Instant::now());
                 moved = true;
             }
         }
         if moved {
-            self.save()?;
+            if let Err(e) = self.save() {
+                for (id, old) in taken {
+                    if let Some((_, saved)) = self.highs.get_mut(&id) {
+                        *saved = old;
+                    }
+                }
+                return Err(e);
+            }
         }
         Ok(moved)
     }
@@ -262,7 +274,8 @@ pub fn spawn_keeper(registry: Arc<Mutex<SaRegistry>>, stop: Arc<AtomicBool>) -> 
     std::thread::Builder::new().name("braid-seq".into()).spawn(move || {
         let mut last_error = None::<std::time::Instant>;
         loop {
-            let done = stop.load(Ordering::Relaxed);
+            // Acquire: the highs the workers published before `stop`.
+            let done = stop.load(Ordering::Acquire);
             let r = registry.lock().map_err(|_| "registry poisoned".to_string()).and_then(|mut r| r.refresh(done));
             if let Err(e) = r {
                 if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {

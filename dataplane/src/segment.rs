@@ -44,10 +44,41 @@ impl Layout {
     }
 }
 
+/// Why [`tcp_segments`] would not cut a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoCut {
+    /// Not a TCP packet bigger than the MTU that can be cut to it.
+    NotTcp,
+    /// A TCP packet whose checksum does not verify: cutting would give its
+    /// pieces good ones and hide the damage from the receiver.
+    BadChecksum,
+}
+
 /// The layout of the Ethernet frame `frame` when it holds a TCP packet
 /// (IPv4 not fragmented, or IPv6 with TCP as its first next header) whose
-/// IP packet exceeds `mtu` and can be cut into segments that fit it.
-fn layout(frame: &[u8], mtu: usize) -> Option<Layout> {
+/// IP packet exceeds `mtu`, can be cut into segments that fit it, and
+/// whose checksum verifies.
+fn layout(frame: &[u8], mtu: usize) -> Result<Layout, NoCut> {
+    let l = shape(frame, mtu).ok_or(NoCut::NotTcp)?;
+    let ip = &frame[ETH..];
+    let tcp_len = l.l4 + l.payload;
+    let pseudo = if l.v6 {
+        let src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
+        let dst: [u8; 16] = ip[24..40].try_into().expect("16 bytes");
+        checksum::pseudo_header_v6(Ipv6Addr::from(src), Ipv6Addr::from(dst), TCP, tcp_len as u32)
+    } else {
+        let src: [u8; 4] = ip[12..16].try_into().expect("4 bytes");
+        let dst: [u8; 4] = ip[16..20].try_into().expect("4 bytes");
+        checksum::pseudo_header_v4(Ipv4Addr::from(src), Ipv4Addr::from(dst), TCP, tcp_len as u16)
+    };
+    if checksum::combine(&[pseudo, checksum::sum(&ip[l.l3..l.l3 + tcp_len])]) != 0xffff {
+        return Err(NoCut::BadChecksum);
+    }
+    Ok(l)
+}
+
+/// [`layout`] without the checksum.
+fn shape(frame: &[u8], mtu: usize) -> Option<Layout> {
     let ip = frame.get(ETH..)?;
     let (v6, l3, ip_len) = match (frame.get(12..14)?, ip.first()? >> 4) {
         ([0x08, 0x00], 4) => {
@@ -79,8 +110,8 @@ fn layout(frame: &[u8], mtu: usize) -> Option<Layout> {
 }
 
 /// How many TCP segments [`segment_tcp`] cuts `frame` into for `mtu`, or
-/// `None` when it is not a TCP packet bigger than `mtu` it can cut.
-pub fn tcp_segments(frame: &[u8], mtu: usize) -> Option<usize> {
+/// why it does not cut it.
+pub fn tcp_segments(frame: &[u8], mtu: usize) -> Result<usize, NoCut> {
     layout(frame, mtu).map(|l| l.segments())
 }
 
@@ -92,9 +123,9 @@ pub fn tcp_segments(frame: &[u8], mtu: usize) -> Option<usize> {
 /// checksum), TCP sequence number and checksum are its own; FIN and PSH
 /// stay on the last segment only, CWR on the first (RFC 3168 section 6.1.2,
 /// as TSO does). Returns how many; 0 (nothing emitted) when
-/// [`tcp_segments`] is `None`.
+/// [`tcp_segments`] is an error.
 pub fn segment_tcp(frame: &[u8], mtu: usize, mut emit: impl FnMut(&[u8], &[u8])) -> usize {
-    let Some(l) = layout(frame, mtu) else { return 0 };
+    let Ok(l) = layout(frame, mtu) else { return 0 };
     let hdrs = ETH + l.l3 + l.l4;
     let mut buf = [0u8; MAX_HEADERS];
     let h = &mut buf[..hdrs];
@@ -161,9 +192,13 @@ mod tests {
         for family in [Family::V4, Family::V6] {
             let f = Flow::a_to_b(3, family, L4::Tcp);
             let mut ip = ip_packet(&f, 7, 9000 + 14);
-            // FIN, PSH and CWR on the original.
+            // FIN, PSH and CWR on the original (and its checksum again).
             let tcp_at = if family == Family::V4 { 20 } else { 40 };
+            let old = u16::from_be_bytes([ip[tcp_at + 12], ip[tcp_at + 13]]);
             ip[tcp_at + 13] |= FIN | PSH | CWR;
+            let new = u16::from_be_bytes([ip[tcp_at + 12], ip[tcp_at + 13]]);
+            let c = u16::from_be_bytes([ip[tcp_at + 16], ip[tcp_at + 17]]);
+            ip[tcp_at + 16..tcp_at + 18].copy_from_slice(&checksum::update_u16(c, old, new).to_be_bytes());
             let orig = frame(&ip);
             let orig_seq = u32::from_be_bytes(ip[tcp_at + 4..tcp_at + 8].try_into().unwrap());
             let l4 = (ip[tcp_at + 12] >> 4) as usize * 4;
@@ -207,13 +242,18 @@ mod tests {
         let none = |f: &[u8], mtu| segment_tcp(f, mtu, |_, _| panic!("emitted"));
         assert_eq!(none(&tcp4, 4000), 0, "fits");
         assert_eq!(none(&udp4, 1500), 0, "not TCP");
-        assert_eq!(tcp_segments(&udp4, 1500), None);
+        assert_eq!(tcp_segments(&udp4, 1500), Err(NoCut::NotTcp));
         assert_eq!(none(&tcp4[..tcp4.len() - 1], 1500), 0, "shorter than its IP header says");
         assert_eq!(none(&tcp4, 47), 0, "no room for 8 bytes of payload");
-        assert_eq!(tcp_segments(&tcp4, 48), Some(3946_usize.div_ceil(8)));
+        assert_eq!(tcp_segments(&tcp4, 48), Ok(3946_usize.div_ceil(8)));
         let mut frag = tcp4.clone();
         frag[ETH + 6] |= 0x20;
         assert_eq!(none(&frag, 1500), 0, "an IPv4 fragment");
-        assert_eq!(tcp_segments(&tcp4, 1500), Some(3));
+        assert_eq!(tcp_segments(&tcp4, 1500), Ok(3));
+        // A damaged payload: not cut (the pieces would carry good checksums).
+        let mut bad = tcp4.clone();
+        bad[ETH + 100] ^= 1;
+        assert_eq!(tcp_segments(&bad, 1500), Err(NoCut::BadChecksum));
+        assert_eq!(none(&bad, 1500), 0);
     }
 }

@@ -275,6 +275,11 @@ pub struct Worker {
     frag_scratch: Vec<Mbuf>,
     /// `lan_out` being cut to the LAN's MTU (scratch).
     lan_fit: Vec<Mbuf>,
+    /// Plain mode GSO: one packet's segments (scratch).
+    gso_pieces: Vec<Mbuf>,
+    /// Identification of the next outer packet sent as fragments: worker
+    /// `id`'s share of the space, striding by the number of workers.
+    frag_ident: u16,
     /// Fresh mbufs for delivered inner packets, allocated in bulk.
     stash: MbufStash,
     lan_out: Vec<Mbuf>,
@@ -437,6 +442,8 @@ impl Worker {
             spent: Vec::with_capacity(BURST),
             frag_scratch: Vec::with_capacity(MAX_OUTER_FRAGMENTS),
             lan_fit: Vec::new(),
+            gso_pieces: Vec::new(),
+            frag_ident: setup.id,
             stash: MbufStash::new(BURST),
             lan_out: Vec::with_capacity(4 * BURST),
             wan_out: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
@@ -1076,22 +1083,28 @@ impl Worker {
         let extra = m.data_len() - OUTER_LEN - esp_len;
         m.trim(extra);
         stamp_outer(&mut m, &st.outer[t], esp_len, &mut self.ident, self.wans[wan].ip_csum_offload);
-        self.counters.encapsulated += 1;
         if m.data_len() - ETH > usize::from(self.wans[wan].mtu) {
             // Only with outer fragmentation: the size check let it through.
-            self.send_fragments(m, wan, (b as u16, t as u16));
+            if self.send_fragments(m, wan, (b as u16, t as u16)) {
+                self.counters.encapsulated += 1;
+            } else {
+                self.counters.drops.add(DpDrop::NoMbuf);
+            }
             return;
         }
+        self.counters.encapsulated += 1;
         self.wan_out[wan].push(m);
         self.wan_tags[wan].push((b as u16, t as u16));
     }
 
     /// Cuts the frames of `lan_out` bigger than the LAN port's MTU (from a
     /// peer whose LAN has a larger one): TCP into segments
-    /// (`segment::segment_tcp`), other IPv4 without DF into fragments, each
-    /// piece a new mbuf (all or none: `lan_no_mbuf`); the rest is dropped
-    /// (`lan_too_big`) rather than handed to the port as a giant. One
-    /// length compare per frame when nothing is too big.
+    /// (`segment::segment_tcp`; one whose checksum does not verify is
+    /// dropped, `lan_bad_checksum`, rather than given fresh ones), other
+    /// IPv4 without DF or options into fragments, each piece a new mbuf
+    /// (all or none: `lan_no_mbuf`); the rest is dropped (`lan_too_big`)
+    /// rather than handed to the port as a giant. One length compare per
+    /// frame when nothing is too big.
     fn fit_lan_mtu(&mut self) {
         let mtu = usize::from(self.lan.mtu);
         if mtu == 0 || self.lan_out.iter().all(|m| m.data_len() <= ETH + mtu) {
@@ -1106,104 +1119,73 @@ impl Worker {
             }
             let frame = m.data();
             let df = frame.get(12..14) == Some(&[0x08, 0x00]) && frame.get(ETH + 6).is_some_and(|f| f & 0x40 != 0);
-            let (n, tcp) = match segment::tcp_segments(frame, mtu) {
-                Some(n) => (n, true),
-                None if !df => match fragment_ipv4_count(frame, fragment_chunk(mtu)) {
-                    Some(n) => (n, false),
-                    None => (0, false),
+            let chunk = fragment_chunk(mtu);
+            let (scratch, pool) = (&mut self.frag_scratch, &self.pool);
+            let (cut, tcp, drop) = match segment::tcp_segments(frame, mtu) {
+                Ok(n) => (cut_into(pool, scratch, n, &mut out, |e| segment::segment_tcp(frame, mtu, e)), true, DpDrop::LanNoMbuf),
+                Err(segment::NoCut::BadChecksum) => (None, true, DpDrop::LanBadChecksum),
+                Err(segment::NoCut::NotTcp) => match fragment_ipv4_count(frame, chunk).filter(|_| !df) {
+                    Some(n) => (cut_into(pool, scratch, n, &mut out, |e| fragment_ipv4(frame, chunk, e)), false, DpDrop::LanNoMbuf),
+                    None => (None, false, DpDrop::LanTooBig),
                 },
-                None => (0, false),
-            };
-            if n == 0 {
-                self.counters.drops.add(DpDrop::LanTooBig);
-                continue;
-            }
-            let mut pieces = std::mem::take(&mut self.frag_scratch);
-            if !Mbuf::alloc_bulk(&self.pool, &mut pieces, n) {
-                self.counters.drops.add(DpDrop::LanNoMbuf);
-                self.frag_scratch = pieces;
-                continue;
-            }
-            let mut next = pieces.drain(..);
-            let mut emit = |h: &[u8], part: &[u8]| {
-                let Some(mut p) = next.next() else { return };
-                if let Some(buf) = p.append(h.len() + part.len()) {
-                    buf[..h.len()].copy_from_slice(h);
-                    buf[h.len()..].copy_from_slice(part);
-                    out.push(p);
-                }
             };
             let c = &mut self.counters.lan_cut;
-            if tcp {
-                c.segmented += 1;
-                c.segments += segment::segment_tcp(frame, mtu, &mut emit) as u64;
-            } else {
-                c.fragmented += 1;
-                c.fragments += fragment_ipv4(frame, fragment_chunk(mtu), &mut emit) as u64;
+            match cut {
+                Some(n) if tcp => (c.segmented, c.segments) = (c.segmented + 1, c.segments + n as u64),
+                Some(n) => (c.fragmented, c.fragments) = (c.fragmented + 1, c.fragments + n as u64),
+                None => self.counters.drops.add(drop),
             }
-            drop(next);
-            self.frag_scratch = pieces;
         }
         self.lan_out = out;
         self.lan_fit = queued;
     }
 
     /// An outer packet bigger than WAN port `wan`'s MTU, sent as IPv4
-    /// fragments, each in a new mbuf (all or none: without mbufs for every
-    /// fragment the packet is dropped as `no_mbuf`).
-    fn send_fragments(&mut self, m: Mbuf, wan: usize, tag: (u16, u16)) {
+    /// fragments, each in a new mbuf; false (nothing sent) without mbufs
+    /// for every fragment. The fragments get an identification of their
+    /// own from this worker's share of the space (workers stride through
+    /// it), so that two workers' fragments never mix at the peer.
+    fn send_fragments(&mut self, mut m: Mbuf, wan: usize, tag: (u16, u16)) -> bool {
+        let id = self.frag_ident;
+        self.frag_ident = self.frag_ident.wrapping_add(self.workers().max(1));
+        if let Some(f) = m.data_mut().get_mut(IP_AT + 4..IP_AT + 6) {
+            f.copy_from_slice(&id.to_be_bytes());
+        }
         let chunk = fragment_chunk(usize::from(self.wans[wan].mtu));
         let n = fragment_ipv4_count(m.data(), chunk).unwrap_or(0);
-        let mut frags = std::mem::take(&mut self.frag_scratch);
-        if n == 0 || !Mbuf::alloc_bulk(&self.pool, &mut frags, n) {
-            self.counters.drops.add(DpDrop::NoMbuf);
-            self.frag_scratch = frags;
-            return;
-        }
-        let mut next = frags.drain(..);
-        let mut fit = true;
-        let made = fragment_ipv4(m.data(), chunk, |h, part| {
-            let Some(mut f) = next.next() else { return };
-            match f.append(h.len() + part.len()) {
-                Some(buf) => {
-                    buf[..h.len()].copy_from_slice(h);
-                    buf[h.len()..].copy_from_slice(part);
-                    self.wan_out[wan].push(f);
-                    self.wan_tags[wan].push(tag);
-                }
-                None => fit = false,
-            }
-        });
-        drop(next);
-        debug_assert!(fit && made == n, "{made} fragments, {n} expected");
-        self.frag_scratch = frags;
+        let out = &mut self.wan_out[wan];
+        let Some(made) = cut_into(&self.pool, &mut self.frag_scratch, n, out, |e| fragment_ipv4(m.data(), chunk, e)) else {
+            return false;
+        };
+        self.wan_tags[wan].extend(std::iter::repeat_n(tag, made));
         self.counters.frags.fragmented += 1;
         self.counters.frags.sent += made as u64;
+        true
     }
 
     /// Plain mode: a TCP packet from the LAN too big for bundle `b`'s
     /// tunnels, cut into segments that fit (`segment::segment_tcp`, as a
     /// NIC's TSO would), each sealed as its own ESP packet on the tunnel
-    /// the balancer picks for it. All pieces or none (`no_mbuf`). `Err`
-    /// gives back a packet that is not TCP.
+    /// the balancer picks for it. All pieces or none (`no_mbuf`); one whose
+    /// TCP checksum does not verify is dropped (`bad_inner_checksum`).
+    /// `Err` gives back a packet that is not TCP.
     fn plain_gso(&mut self, b: usize, m: Mbuf, now: Nanos) -> Result<(), Mbuf> {
         let Engine::Plain(p) = &self.bundles[b].engine else { return Err(m) };
         let mtu = usize::from(p.inner_mtu);
-        let Some(n) = segment::tcp_segments(m.data(), mtu) else { return Err(m) };
-        let mut pieces = std::mem::take(&mut self.frag_scratch);
-        if !Mbuf::alloc_bulk(&self.pool, &mut pieces, n) {
+        let n = match segment::tcp_segments(m.data(), mtu) {
+            Ok(n) => n,
+            Err(segment::NoCut::BadChecksum) => {
+                self.counters.drops.add(DpDrop::BadInnerChecksum);
+                return Ok(());
+            }
+            Err(segment::NoCut::NotTcp) => return Err(m),
+        };
+        let mut pieces = std::mem::take(&mut self.gso_pieces);
+        if cut_into(&self.pool, &mut self.frag_scratch, n, &mut pieces, |e| segment::segment_tcp(m.data(), mtu, e)).is_none() {
             self.counters.drops.add(DpDrop::NoMbuf);
-            self.frag_scratch = pieces;
+            self.gso_pieces = pieces;
             return Ok(());
         }
-        let mut k = 0;
-        segment::segment_tcp(m.data(), mtu, |h, part| {
-            if let Some(buf) = pieces[k].append(h.len() + part.len()) {
-                buf[..h.len()].copy_from_slice(h);
-                buf[h.len()..].copy_from_slice(part);
-            }
-            k += 1;
-        });
         self.counters.tunnel_cut.segmented += 1;
         self.counters.tunnel_cut.segments += n as u64;
         for piece in pieces.drain(..) {
@@ -1213,7 +1195,7 @@ impl Worker {
                 None => self.counters.drops.add(DpDrop::NoPath),
             }
         }
-        self.frag_scratch = pieces;
+        self.gso_pieces = pieces;
         Ok(())
     }
 
@@ -1609,6 +1591,25 @@ impl Worker {
                 // still replacing).
                 if let Some(sa) = pair.map(|p| p.current()).filter(|sa| sa.spi() == spec.inbound.spi) {
                     high.fetch_max(sa.window().top(), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Raises every window of this worker to its SA's kept high: a window
+    /// built for new tables (here, or ahead on the control thread) starts
+    /// above what the window it replaces accepted up to the moment the
+    /// tables were applied (`apply_with` publishes first).
+    pub(crate) fn raise_rx_floors(&mut self) {
+        for st in &mut self.bundles {
+            for (t, spec) in st.spec.tunnels.iter().enumerate() {
+                let Some(high) = &spec.rx_high else { continue };
+                let pair = match &mut st.engine {
+                    Engine::Bundle { rx, .. } => rx.inbound_mut(t),
+                    Engine::Plain(p) => p.inbound.get_mut(t),
+                };
+                if let Some(pair) = pair {
+                    pair.raise_floor(spec.inbound.spi, high.load(Ordering::Relaxed));
                 }
             }
         }
@@ -2198,6 +2199,40 @@ fn outer_ip_len(d: &[u8]) -> Result<usize, DpDrop> {
         return Err(DpDrop::BadOuterIp);
     }
     Ok(total)
+}
+
+/// Cuts a packet into `n` pieces, each a new mbuf appended to `out`:
+/// `cut` is a fragmenter or segmenter that calls the emitter it is given
+/// once per piece (headers, then part of the payload) and returns how many.
+/// All pieces or none: `None` (nothing added) when the pool cannot give
+/// `n` mbufs or a piece does not fit one; else `n`.
+fn cut_into(
+    pool: &Mempool,
+    scratch: &mut Vec<Mbuf>,
+    n: usize,
+    out: &mut Vec<Mbuf>,
+    cut: impl FnOnce(&mut dyn FnMut(&[u8], &[u8])) -> usize,
+) -> Option<usize> {
+    if n == 0 || !Mbuf::alloc_bulk(pool, scratch, n) {
+        return None;
+    }
+    let (mut k, mut fit) = (0, true);
+    let made = cut(&mut |h: &[u8], part: &[u8]| {
+        match scratch.get_mut(k).and_then(|p| p.append(h.len() + part.len())) {
+            Some(buf) => {
+                buf[..h.len()].copy_from_slice(h);
+                buf[h.len()..].copy_from_slice(part);
+            }
+            None => fit = false,
+        }
+        k += 1;
+    });
+    if !fit || made != n {
+        scratch.clear();
+        return None;
+    }
+    out.append(scratch);
+    Some(made)
 }
 
 /// Writes a tunnel's outer headers in front of an ESP packet of `esp_len`

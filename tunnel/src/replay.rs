@@ -66,17 +66,30 @@ impl ReplayWindow {
     /// to resume a persisted SA, or to test far into the sequence space.
     pub fn starting_at(size: u64, last_seq: u64) -> Result<ReplayWindow, BadWindowSize> {
         let mut window = ReplayWindow::new(size)?;
-        window.top = last_seq;
-        window.blocks.fill(u64::MAX);
+        window.seen_up_to(last_seq);
+        Ok(window)
+    }
+
+    /// Considers everything up to `seq` received, when `seq` is above the
+    /// top (a window must not accept what an earlier window of the same SA
+    /// accepted); otherwise changes nothing.
+    pub fn raise_to(&mut self, seq: u64) {
+        if seq > self.top {
+            self.seen_up_to(seq);
+        }
+    }
+
+    fn seen_up_to(&mut self, last_seq: u64) {
+        self.top = last_seq;
+        self.blocks.fill(u64::MAX);
         let bit = last_seq % BLOCK_BITS;
         let above = if bit == BLOCK_BITS - 1 {
             0
         } else {
             u64::MAX << (bit + 1)
         };
-        let index = window.index(last_seq);
-        window.blocks[index] &= !above;
-        Ok(window)
+        let index = self.index(last_seq);
+        self.blocks[index] &= !above;
     }
 
     /// Window size W.
@@ -185,6 +198,23 @@ mod tests {
             self.top = self.top.max(seq);
             Ok(())
         }
+    }
+
+    #[test]
+    fn raise_to_refuses_what_an_earlier_window_accepted() {
+        let mut w = ReplayWindow::new(64).unwrap();
+        w.check_and_update(100).unwrap();
+        w.raise_to(50);
+        assert_eq!(w.top(), 100, "below the top: nothing changes");
+        assert_eq!(w.check(99), Ok(()), "99 was never seen");
+        w.raise_to(5000);
+        assert_eq!(w.top(), 5000);
+        for seq in [4999, 5000, 4937] {
+            assert_eq!(w.check(seq), Err(DropReason::Replayed), "{seq}");
+        }
+        assert_eq!(w.check(100), Err(DropReason::ReplayTooOld));
+        assert_eq!(w.check_and_update(5001), Ok(()));
+        assert_eq!(w.check(5001), Err(DropReason::Replayed));
     }
 
     #[test]

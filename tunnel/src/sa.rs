@@ -398,6 +398,15 @@ impl<A: Aead> InboundSaPair<A> {
         &self.current
     }
 
+    /// Makes the current SA, if its SPI is `spi`, refuse every sequence
+    /// number up to `seq` (what an earlier window of the same SA accepted);
+    /// nothing changes when its window is already past `seq`.
+    pub fn raise_floor(&mut self, spi: Spi, seq: u64) {
+        if self.current.spi == spi {
+            self.current.window.raise_to(seq);
+        }
+    }
+
     /// The previous SA's SPI, while it is accepted (rekey grace).
     pub fn previous_spi(&self) -> Option<Spi> {
         self.previous.as_ref().map(|(sa, _)| sa.spi)

@@ -640,6 +640,7 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
             + d.get(DpDrop::LanHoldFull)
             + d.get(DpDrop::LanTooBig)
             + d.get(DpDrop::LanNoMbuf)
+            + d.get(DpDrop::LanBadChecksum)
             + c.lan_held,
         "{why}"
     );

@@ -231,6 +231,8 @@ impl Worker {
                 new.next_hop_mac = running.next_hop_mac;
             }
         }
+        // The running windows' tops, for the windows that replace them.
+        self.publish_rx_highs();
         let replay_same = setup.replay_window == self.options.replay_window;
         let options_same = replay_same
             && setup.hold == self.options.hold
@@ -342,6 +344,7 @@ impl Worker {
             self.counters.retired_tunnels.merge(c);
         }
         self.bundles = bundles;
+        self.raise_rx_floors();
         self.counters.tunnels = counters;
         self.spis = spi_table(&setup.bundles);
         self.tunnel_ports = port_set(&setup.bundles);

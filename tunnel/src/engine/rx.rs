@@ -309,6 +309,12 @@ impl<H, A: Aead> BundleRx<H, A> {
         self.inbound.get(tunnel)
     }
 
+    /// Tunnel `tunnel`'s receiver, to raise its floor
+    /// ([`InboundSaPair::raise_floor`]).
+    pub fn inbound_mut(&mut self, tunnel: usize) -> Option<&mut InboundSaPair<A>> {
+        self.inbound.get_mut(tunnel)
+    }
+
     /// Rekey: installs `next` on `tunnel`, the current SA accepted until
     /// `now + grace`. Returns the SA pushed out, to free off the hot path.
     pub fn install_inbound(
