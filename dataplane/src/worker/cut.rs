@@ -1,0 +1,151 @@
+//! Packets bigger than the next link, cut in software: plain mode's TCP
+//! segmentation before sealing (`plain_gso`) and outer IPv4 fragments
+//! (`send_fragments`, with `outer_fragmentation`), and packets for the
+//! LAN cut to its MTU (`fit_lan_mtu`). Every piece is a new mbuf, all
+//! pieces or none (`cut_into`); see ARCHITECTURE.md.
+
+use braid_dpdk::{Mbuf, Mempool};
+use braid_tunnel::Nanos;
+
+use super::{Engine, Worker, ETH};
+use crate::counters::DpDrop;
+use crate::encap::{fragment_chunk, fragment_ipv4, fragment_ipv4_count, IP_AT};
+use crate::segment;
+
+impl Worker {
+    /// Cuts the frames of `lan_out` bigger than the LAN port's MTU (from a
+    /// peer whose LAN has a larger one): TCP into segments
+    /// (`segment::segment_tcp`; one whose checksum does not verify is
+    /// dropped, `lan_bad_checksum`, rather than given fresh ones), other
+    /// IPv4 without DF or options into fragments, each piece a new mbuf
+    /// (all or none: `lan_no_mbuf`); the rest is dropped (`lan_too_big`)
+    /// rather than handed to the port as a giant. One length compare per
+    /// frame when nothing is too big.
+    pub(super) fn fit_lan_mtu(&mut self) {
+        let mtu = usize::from(self.lan.mtu);
+        if mtu == 0 || self.lan_out.iter().all(|m| m.data_len() <= ETH + mtu) {
+            return;
+        }
+        let mut queued = std::mem::take(&mut self.lan_out);
+        let mut out = std::mem::take(&mut self.lan_fit);
+        for m in queued.drain(..) {
+            if m.data_len() <= ETH + mtu {
+                out.push(m);
+                continue;
+            }
+            let frame = m.data();
+            let df = frame.get(12..14) == Some(&[0x08, 0x00]) && frame.get(ETH + 6).is_some_and(|f| f & 0x40 != 0);
+            let chunk = fragment_chunk(mtu);
+            let (scratch, pool) = (&mut self.frag_scratch, &self.pool);
+            let (cut, tcp, drop) = match segment::tcp_segments(frame, mtu) {
+                Ok(n) => (cut_into(pool, scratch, n, &mut out, |e| segment::segment_tcp(frame, mtu, e)), true, DpDrop::LanNoMbuf),
+                Err(segment::NoCut::BadChecksum) => (None, true, DpDrop::LanBadChecksum),
+                Err(segment::NoCut::NotTcp) => match fragment_ipv4_count(frame, chunk).filter(|_| !df) {
+                    Some(n) => (cut_into(pool, scratch, n, &mut out, |e| fragment_ipv4(frame, chunk, e)), false, DpDrop::LanNoMbuf),
+                    None => (None, false, DpDrop::LanTooBig),
+                },
+            };
+            let c = &mut self.counters.lan_cut;
+            match cut {
+                Some(n) if tcp => (c.segmented, c.segments) = (c.segmented + 1, c.segments + n as u64),
+                Some(n) => (c.fragmented, c.fragments) = (c.fragmented + 1, c.fragments + n as u64),
+                None => self.counters.drops.add(drop),
+            }
+        }
+        self.lan_out = out;
+        self.lan_fit = queued;
+    }
+
+    /// An outer packet bigger than WAN port `wan`'s MTU, sent as IPv4
+    /// fragments, each in a new mbuf; false (nothing sent) without mbufs
+    /// for every fragment. The fragments get an identification of their
+    /// own from this worker's share of the space (workers stride through
+    /// it), so that two workers' fragments never mix at the peer.
+    pub(super) fn send_fragments(&mut self, mut m: Mbuf, wan: usize, tag: (u16, u16)) -> bool {
+        let id = self.frag_ident;
+        self.frag_ident = self.frag_ident.wrapping_add(self.workers().max(1));
+        if let Some(f) = m.data_mut().get_mut(IP_AT + 4..IP_AT + 6) {
+            f.copy_from_slice(&id.to_be_bytes());
+        }
+        let chunk = fragment_chunk(usize::from(self.wans[wan].mtu));
+        let n = fragment_ipv4_count(m.data(), chunk).unwrap_or(0);
+        let out = &mut self.wan_out[wan];
+        let Some(made) = cut_into(&self.pool, &mut self.frag_scratch, n, out, |e| fragment_ipv4(m.data(), chunk, e)) else {
+            return false;
+        };
+        self.wan_tags[wan].extend(std::iter::repeat_n(tag, made));
+        self.counters.frags.fragmented += 1;
+        self.counters.frags.sent += made as u64;
+        true
+    }
+
+    /// Plain mode: a TCP packet from the LAN too big for bundle `b`'s
+    /// tunnels, cut into segments that fit (`segment::segment_tcp`, as a
+    /// NIC's TSO would), each sealed as its own ESP packet on the tunnel
+    /// the balancer picks for it. All pieces or none (`no_mbuf`); one whose
+    /// TCP checksum does not verify is dropped (`bad_inner_checksum`).
+    /// `Err` gives back a packet that is not TCP.
+    pub(super) fn plain_gso(&mut self, b: usize, m: Mbuf, now: Nanos) -> Result<(), Mbuf> {
+        let Engine::Plain(p) = &self.bundles[b].engine else { return Err(m) };
+        let mtu = usize::from(p.inner_mtu);
+        let n = match segment::tcp_segments(m.data(), mtu) {
+            Ok(n) => n,
+            Err(segment::NoCut::BadChecksum) => {
+                self.counters.drops.add(DpDrop::BadInnerChecksum);
+                return Ok(());
+            }
+            Err(segment::NoCut::NotTcp) => return Err(m),
+        };
+        let mut pieces = std::mem::take(&mut self.gso_pieces);
+        if cut_into(&self.pool, &mut self.frag_scratch, n, &mut pieces, |e| segment::segment_tcp(m.data(), mtu, e)).is_none() {
+            self.counters.drops.add(DpDrop::NoMbuf);
+            self.gso_pieces = pieces;
+            return Ok(());
+        }
+        self.counters.tunnel_cut.segmented += 1;
+        self.counters.tunnel_cut.segments += n as u64;
+        for piece in pieces.drain(..) {
+            let Engine::Plain(p) = &mut self.bundles[b].engine else { break };
+            match p.balancer.pick(piece.data_len() - ETH, now) {
+                Some(t) => self.send_plain(b, t, piece),
+                None => self.counters.drops.add(DpDrop::NoPath),
+            }
+        }
+        self.gso_pieces = pieces;
+        Ok(())
+    }
+}
+
+/// Cuts a packet into `n` pieces, each a new mbuf appended to `out`:
+/// `cut` is a fragmenter or segmenter that calls the emitter it is given
+/// once per piece (headers, then part of the payload) and returns how many.
+/// All pieces or none: `None` (nothing added) when the pool cannot give
+/// `n` mbufs or a piece does not fit one; else `n`.
+fn cut_into(
+    pool: &Mempool,
+    scratch: &mut Vec<Mbuf>,
+    n: usize,
+    out: &mut Vec<Mbuf>,
+    cut: impl FnOnce(&mut dyn FnMut(&[u8], &[u8])) -> usize,
+) -> Option<usize> {
+    if n == 0 || !Mbuf::alloc_bulk(pool, scratch, n) {
+        return None;
+    }
+    let (mut k, mut fit) = (0, true);
+    let made = cut(&mut |h: &[u8], part: &[u8]| {
+        match scratch.get_mut(k).and_then(|p| p.append(h.len() + part.len())) {
+            Some(buf) => {
+                buf[..h.len()].copy_from_slice(h);
+                buf[h.len()..].copy_from_slice(part);
+            }
+            None => fit = false,
+        }
+        k += 1;
+    });
+    if !fit || made != n {
+        scratch.clear();
+        return None;
+    }
+    out.append(scratch);
+    Some(made)
+}
