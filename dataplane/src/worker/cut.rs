@@ -61,6 +61,7 @@ impl Worker {
     /// for every fragment. The fragments get an identification of their
     /// own from this worker's share of the space (workers stride through
     /// it), so that two workers' fragments never mix at the peer.
+    #[cold]
     pub(super) fn send_fragments(&mut self, mut m: Mbuf, wan: usize, tag: (u16, u16)) -> bool {
         let id = self.frag_ident;
         self.frag_ident = self.frag_ident.wrapping_add(self.workers().max(1));
@@ -85,6 +86,7 @@ impl Worker {
     /// the balancer picks for it. All pieces or none (`no_mbuf`); one whose
     /// TCP checksum does not verify is dropped (`bad_inner_checksum`).
     /// `Err` gives back a packet that is not TCP.
+    #[cold]
     pub(super) fn plain_gso(&mut self, b: usize, m: Mbuf, now: Nanos) -> Result<(), Mbuf> {
         let Engine::Plain(p) = &self.bundles[b].engine else { return Err(m) };
         let mtu = usize::from(p.inner_mtu);
