@@ -642,6 +642,32 @@ pub struct WorkerCounters {
 }
 
 impl WorkerCounters {
+    /// The counters that are one number each, named as the stats segment
+    /// names them, in its order (the JSON report groups them by prefix).
+    pub fn scalars(&self) -> [(&'static str, u64); 19] {
+        [
+            ("encapsulated", self.encapsulated),
+            ("delivered", self.delivered),
+            ("icmp_sent", self.icmp_sent),
+            ("keepalives_rx", self.keepalives_rx),
+            ("keepalives", self.keepalives),
+            ("stream_restarts", self.stream_restarts),
+            ("frag/taken", self.frags.taken),
+            ("frag/reassembled", self.frags.reassembled),
+            ("frag/discarded", self.frags.discarded),
+            ("frag/fragmented", self.frags.fragmented),
+            ("frag/sent", self.frags.sent),
+            ("lan_cut/segmented", self.lan_cut.segmented),
+            ("lan_cut/segments", self.lan_cut.segments),
+            ("lan_cut/fragmented", self.lan_cut.fragmented),
+            ("lan_cut/fragments", self.lan_cut.fragments),
+            ("tunnel_cut/segmented", self.tunnel_cut.segmented),
+            ("tunnel_cut/segments", self.tunnel_cut.segments),
+            ("idle_polls", self.idle_polls),
+            ("busy_polls", self.busy_polls),
+        ]
+    }
+
     /// Adds another worker's counters.
     pub fn merge(&mut self, o: &WorkerCounters) {
         self.lan_rx.merge(&o.lan_rx);

@@ -12,6 +12,13 @@ fn flow(f: &crate::counters::Flow) -> String {
     format!("{{\"packets\":{},\"bytes\":{}}}", f.packets, f.bytes)
 }
 
+/// The scalars whose name starts with `prefix`, as one JSON object keyed
+/// by the rest of their names (`frag/taken` -> `"taken"`).
+fn group(scalars: &[(&str, u64)], prefix: &str) -> String {
+    let fields: Vec<String> = scalars.iter().filter_map(|(n, v)| n.strip_prefix(prefix).map(|k| format!("\"{k}\":{v}"))).collect();
+    format!("{{{}}}", fields.join(","))
+}
+
 fn named(v: &[(&str, u64)]) -> String {
     let body: Vec<String> = v.iter().map(|(n, c)| format!("\"{n}\":{c}")).collect();
     format!("{{{}}}", body.join(","))
@@ -23,10 +30,11 @@ fn named(v: &[(&str, u64)]) -> String {
 /// (`remote_now`: the configured `remote`, or the peer's NAT mapping learned
 /// from its packets); a tunnel missing from it shows the configured one.
 pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &[Vec<SocketAddrV4>], seconds: f64) -> String {
+    let scalars = c.scalars();
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"keepalives_rx\":{},\"keepalives\":{},\"stream_restarts\":{},\"outer_fragments\":{{\"taken\":{},\"reassembled\":{},\"discarded\":{},\"fragmented\":{},\"sent\":{}}},\"lan_cut\":{{\"segmented\":{},\"segments\":{},\"fragmented\":{},\"fragments\":{}}},\"tunnel_cut\":{{\"segmented\":{},\"segments\":{}}},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
+        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"keepalives_rx\":{},\"keepalives\":{},\"stream_restarts\":{},\"outer_fragments\":{},\"lan_cut\":{},\"tunnel_cut\":{},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
         flow(&c.lan_rx),
         flow(&c.lan_tx),
         flow(&c.wan_rx),
@@ -37,17 +45,9 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         c.keepalives_rx,
         c.keepalives,
         c.stream_restarts,
-        c.frags.taken,
-        c.frags.reassembled,
-        c.frags.discarded,
-        c.frags.fragmented,
-        c.frags.sent,
-        c.lan_cut.segmented,
-        c.lan_cut.segments,
-        c.lan_cut.fragmented,
-        c.lan_cut.fragments,
-        c.tunnel_cut.segmented,
-        c.tunnel_cut.segments,
+        group(&scalars, "frag/"),
+        group(&scalars, "lan_cut/"),
+        group(&scalars, "tunnel_cut/"),
         named(&c.drops.named()),
         named(&c.engine.named()),
     );

@@ -23,27 +23,6 @@ use crate::config::Tables;
 use crate::counters::{DpDrop, Flow, HandoffStats, KernelStats, LocalDrop, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
-const SCALARS: [&str; 19] = [
-    "encapsulated",
-    "delivered",
-    "icmp_sent",
-    "keepalives_rx",
-    "keepalives",
-    "stream_restarts",
-    "frag/taken",
-    "frag/reassembled",
-    "frag/discarded",
-    "frag/fragmented",
-    "frag/sent",
-    "lan_cut/segmented",
-    "lan_cut/segments",
-    "lan_cut/fragmented",
-    "lan_cut/fragments",
-    "tunnel_cut/segmented",
-    "tunnel_cut/segments",
-    "idle_polls",
-    "busy_polls",
-];
 const NAT: [&str; 6] =
     ["nat/out_translated", "nat/in_translated", "nat/icmp_errors_translated", "nat/sessions_created", "nat/sessions_expired", "nat/mappings_created"];
 const LOCAL: [&str; 12] = [
@@ -74,7 +53,7 @@ pub fn layout(tables: &Tables, workers: u16) -> StatsLayout {
         counters.push(format!("{f}_packets"));
         counters.push(format!("{f}_bytes"));
     }
-    counters.extend(SCALARS.iter().map(|s| s.to_string()));
+    counters.extend(WorkerCounters::default().scalars().iter().map(|(n, _)| n.to_string()));
     counters.extend(DpDrop::ALL.iter().map(|d| format!("drop/{}", d.name())));
     counters.extend(DropReason::ALL.iter().map(|d| format!("engine_drop/{}", d.name())));
     counters.extend(LOCAL.iter().map(|s| s.to_string()));
@@ -109,27 +88,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
         let Flow { packets, bytes } = *f;
         counters.extend([packets, bytes]);
     }
-    counters.extend([
-        c.encapsulated,
-        c.delivered,
-        c.icmp_sent,
-        c.keepalives_rx,
-        c.keepalives,
-        c.stream_restarts,
-        c.frags.taken,
-        c.frags.reassembled,
-        c.frags.discarded,
-        c.frags.fragmented,
-        c.frags.sent,
-        c.lan_cut.segmented,
-        c.lan_cut.segments,
-        c.lan_cut.fragmented,
-        c.lan_cut.fragments,
-        c.tunnel_cut.segmented,
-        c.tunnel_cut.segments,
-        c.idle_polls,
-        c.busy_polls,
-    ]);
+    counters.extend(c.scalars().iter().map(|(_, v)| *v));
     counters.extend(DpDrop::ALL.iter().map(|d| c.drops.get(*d)));
     counters.extend(DropReason::ALL.iter().map(|d| c.engine.get(*d)));
     let l = &c.local;

@@ -42,6 +42,33 @@ fn packet(flows: &[Flow], f: usize, seq: u32) -> Vec<u8> {
     ip
 }
 
+/// What was sent: (flow, IP packet), in order.
+type Sent = Vec<(usize, Vec<u8>)>;
+
+/// Sends `per_flow` packets on each of flows `which` through A, a burst
+/// per round, and returns what was sent and the frames B delivered.
+fn send(lab: &mut Lab, fl: &[Flow], which: &[usize], per_flow: u32) -> (Sent, Vec<Vec<u8>>) {
+    let mut sent = Vec::new();
+    let mut frames = Vec::new();
+    for seq in 0..per_flow {
+        let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
+        for &f in which {
+            let ip = packet(fl, f, seq);
+            burst.push(lab.frame_to_a(&ip));
+            sent.push((f, ip));
+        }
+        lab.gen.tx.tx_all(&mut burst, 1000);
+        assert!(burst.is_empty(), "A's LAN ring full");
+        for _ in 0..4 {
+            lab.step();
+        }
+        frames.append(&mut lab.delivered);
+    }
+    lab.settle(50);
+    frames.append(&mut lab.delivered);
+    (sent, frames)
+}
+
 fn case(mode: &str) {
     let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
     let edit: ConfigEdit = Box::new(|side_a, doc| {
@@ -54,24 +81,7 @@ fn case(mode: &str) {
     let mut lab = Lab::with(&format!("lanmtu{}", &mode[..2]), mode, &[1, 1], 16, wan_mtu, LabOptions { edit: Some(edit), ..Default::default() });
     let fl = flows();
     let per_flow = 30u32;
-    let mut sent: Vec<(usize, Vec<u8>)> = Vec::new();
-    let mut frames: Vec<Vec<u8>> = Vec::new();
-    for seq in 0..per_flow {
-        let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
-        for f in 0..fl.len() {
-            let ip = packet(&fl, f, seq);
-            burst.push(lab.frame_to_a(&ip));
-            sent.push((f, ip));
-        }
-        lab.gen.tx.tx_all(&mut burst, 1000);
-        assert!(burst.is_empty());
-        for _ in 0..4 {
-            lab.step();
-        }
-        frames.append(&mut lab.delivered);
-    }
-    lab.settle(50);
-    frames.append(&mut lab.delivered);
+    let (sent, frames) = send(&mut lab, &fl, &[0, 1, 2, 3, 4], per_flow);
     let (a, b) = lab.counters();
     lab::assert_conserved(&a, "A", mode == "plain");
     lab::assert_conserved(&b, "B", mode == "plain");
@@ -171,24 +181,7 @@ fn plain_mode_cuts_tcp_too_big_for_its_tunnels() {
     lab.capture = Some(Vec::new());
     lab.capture_limit = 100_000;
     let fl = flows();
-    let per_flow = 30u32;
-    let mut sent: Vec<(usize, Vec<u8>)> = Vec::new();
-    let mut frames: Vec<Vec<u8>> = Vec::new();
-    for seq in 0..per_flow {
-        let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
-        for f in [0, 1, 2] {
-            let ip = packet(&fl, f, seq);
-            burst.push(lab.frame_to_a(&ip));
-            sent.push((f, ip));
-        }
-        lab.gen.tx.tx_all(&mut burst, 1000);
-        for _ in 0..4 {
-            lab.step();
-        }
-        frames.append(&mut lab.delivered);
-    }
-    lab.settle(50);
-    frames.append(&mut lab.delivered);
+    let (sent, frames) = send(&mut lab, &fl, &[0, 1, 2], 30);
     let (a, b) = lab.counters();
     lab::assert_conserved(&a, "A", true);
     lab::assert_conserved(&b, "B", true);

@@ -541,19 +541,26 @@ fn snat_over_two_workers_each_side() {
         *next += 1;
     }
     assert_eq!(replies.values().map(|&n| u64::from(n)).sum::<u64>(), u64::from(rounds) * flows.len() as u64, "every reply once");
-    let ca = rig.a.counters();
-    lab::assert_conserved(&ca, "A", false);
-    lab::assert_conserved(&rig.b.counters(), "B", false);
-    let h = ca.handoff;
-    assert!(h.lan_out > 0 && h.lan_out == h.lan_in, "LAN frames went to their flow's shard: {h:?}");
-    assert!(h.deliver_out > 0 && h.deliver_out == h.deliver_in, "replies went to their session's shard: {h:?}");
-    assert_eq!(ca.nat.out_dropped() + ca.nat.in_dropped(), 0, "{:?}", ca.nat);
     assert_eq!(mapping.len(), flows.len());
-    // Each worker's shard holds only its own flows.
-    let sessions: Vec<u64> = rig.a.workers.iter().map(|w| w.counters().nat.sessions).collect();
-    assert_eq!(sessions.iter().sum::<u64>(), flows.len() as u64, "one session per flow, no duplicate: {sessions:?}");
-    assert!(sessions.iter().all(|&s| s > 0), "both shards used: {sessions:?}");
+    assert_nat_sharded(&rig, &rig.a, flows.len());
     rig.close();
+}
+
+/// Both gateways' counters add up; on `nat` (the gateway that translates)
+/// LAN frames and deliveries were handed to the worker holding their
+/// session and as many arrived, nothing was dropped by the NAT, and each
+/// flow has one session, on exactly one of the shards, both shards used.
+fn assert_nat_sharded(rig: &Rig, nat: &Gateway, flows: usize) {
+    lab::assert_conserved(&rig.a.counters(), "A", false);
+    lab::assert_conserved(&rig.b.counters(), "B", false);
+    let c = nat.counters();
+    let h = c.handoff;
+    assert!(h.lan_out > 0 && h.lan_out == h.lan_in, "LAN frames went to their session's worker: {h:?}");
+    assert!(h.deliver_out > 0 && h.deliver_out == h.deliver_in, "deliveries went to their session's worker: {h:?}");
+    assert_eq!(c.nat.out_dropped() + c.nat.in_dropped(), 0, "{:?}", c.nat);
+    let sessions: Vec<u64> = nat.workers.iter().map(|w| w.counters().nat.sessions).collect();
+    assert_eq!(sessions.iter().sum::<u64>(), flows as u64, "one session per flow, no duplicate: {sessions:?}");
+    assert!(sessions.iter().all(|&s| s > 0), "both shards used: {sessions:?}");
 }
 
 /// With the NICs' RSS known (`WorkerSetup::wan_rss`), each tunnel is owned
@@ -638,16 +645,7 @@ fn port_forward_over_two_workers_each_side() {
         *next += 1;
     }
     assert_eq!(replies.values().map(|&n| u64::from(n)).sum::<u64>(), u64::from(rounds) * flows.len() as u64, "every reply once");
-    let cb = rig.b.counters();
-    lab::assert_conserved(&rig.a.counters(), "A", false);
-    lab::assert_conserved(&cb, "B", false);
-    let h = cb.handoff;
-    assert!(h.deliver_out > 0 && h.deliver_out == h.deliver_in, "forwarded packets went to their session's worker: {h:?}");
-    assert!(h.lan_out > 0 && h.lan_out == h.lan_in, "replies went to their session's worker: {h:?}");
-    assert_eq!(cb.nat.out_dropped() + cb.nat.in_dropped(), 0, "{:?}", cb.nat);
-    let sessions: Vec<u64> = rig.b.workers.iter().map(|w| w.counters().nat.sessions).collect();
-    assert_eq!(sessions.iter().sum::<u64>(), flows.len() as u64, "one session per flow: {sessions:?}");
-    assert!(sessions.iter().all(|&s| s > 0), "both shards used: {sessions:?}");
+    assert_nat_sharded(&rig, &rig.b, flows.len());
     rig.close();
 }
 
