@@ -481,13 +481,7 @@ fn snat_over_two_workers_each_side() {
         }
     });
     let server = (Ipv4Addr::new(10, 2, 0, 1), 5201);
-    let flows: Vec<Flow> = (0..48u32)
-        .map(|i| {
-            let mut f = Flow::a_to_b(i, Family::V4, L4::Udp);
-            (f.src4, f.sport, f.dst4, f.dport) = (Ipv4Addr::new(10, 1, (i / 8) as u8, 1 + (i % 8) as u8), 30000 + i as u16, server.0, server.1);
-            f
-        })
-        .collect();
+    let flows = udp_flows_to(server);
     let rounds = 60u32;
     let mut mapping: HashMap<u32, (Ipv4Addr, u16)> = HashMap::new();
     // Per flow, the next sequence B's host expects, and how many it got.
@@ -546,6 +540,17 @@ fn snat_over_two_workers_each_side() {
     rig.close();
 }
 
+/// 48 UDP flows to `server`, each from its own host behind A.
+fn udp_flows_to(server: (Ipv4Addr, u16)) -> Vec<Flow> {
+    (0..48u32)
+        .map(|i| {
+            let mut f = Flow::a_to_b(i, Family::V4, L4::Udp);
+            (f.src4, f.sport, f.dst4, f.dport) = (Ipv4Addr::new(10, 1, (i / 8) as u8, 1 + (i % 8) as u8), 30000 + i as u16, server.0, server.1);
+            f
+        })
+        .collect()
+}
+
 /// Both gateways' counters add up; on `nat` (the gateway that translates)
 /// LAN frames and deliveries were handed to the worker holding their
 /// session and as many arrived, nothing was dropped by the NAT, and each
@@ -593,13 +598,7 @@ fn port_forward_over_two_workers_each_side() {
         }
     });
     let (external, internal) = ((Ipv4Addr::new(10, 2, 0, 1), 5201), (Ipv4Addr::new(10, 2, 0, 2), 5201));
-    let flows: Vec<Flow> = (0..48u32)
-        .map(|i| {
-            let mut f = Flow::a_to_b(i, Family::V4, L4::Udp);
-            (f.src4, f.sport, f.dst4, f.dport) = (Ipv4Addr::new(10, 1, (i / 8) as u8, 1 + (i % 8) as u8), 30000 + i as u16, external.0, external.1);
-            f
-        })
-        .collect();
+    let flows = udp_flows_to(external);
     let rounds = 40u32;
     let mut at_b: HashMap<u32, u32> = HashMap::new();
     let mut bad = Vec::new();
