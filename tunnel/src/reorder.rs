@@ -366,7 +366,12 @@ impl<H> Reorderer<H> {
                 self.count(kind);
                 out.extend(Some(handle));
                 self.advance(b);
-                self.release_run(b, kind, out);
+                // Nothing held in the bucket (the usual case): nothing for
+                // `release_run` to release or tidy.
+                let after = &self.buckets[b];
+                if after.head != NIL || after.tail != NIL || after.active_at != NIL {
+                    self.release_run(b, kind, out);
+                }
                 return Ok(Pushed::Released);
             }
             // Ahead: find its place in the bucket's sorted list (after

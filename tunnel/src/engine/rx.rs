@@ -508,16 +508,7 @@ impl<H, A: Aead> BundleRx<H, A> {
         let frame = Frame::parse(frame)?;
         let h = frame.header();
         // A frame is taken whole or dropped whole.
-        let buckets = self.cfg.reorder.buckets.max(1);
-        let mut has_data = false;
-        for rec in frame.records() {
-            if let Record::Data(d) = rec? {
-                has_data = true;
-                if d.bucket >= buckets {
-                    return Err(DropReason::BundleBucket);
-                }
-            }
-        }
+        let has_data = frame.check(usize::from(self.cfg.reorder.buckets.max(1)))?;
         let stream = usize::from(h.stream);
         if has_data && stream >= self.reorderers.len() {
             return Err(DropReason::BundleStream);
