@@ -1,0 +1,206 @@
+//! braid-gcm against the GCM specification's test vectors and, byte for
+//! byte, against the `aes-gcm` crate (an independent implementation).
+
+use aes_gcm::aead::array::Array;
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes128Gcm, Aes256Gcm};
+use braid_gcm::{Gcm, OpenError, TAG_LEN};
+use proptest::prelude::*;
+
+fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+fn gcm(key: &[u8]) -> Gcm {
+    Gcm::new(key).expect("this machine has AES-NI and PCLMULQDQ")
+}
+
+/// What the `aes-gcm` crate makes of the same input: ciphertext and tag.
+fn reference(key: &[u8], nonce: &[u8; 12], aad: &[u8], pt: &[u8]) -> (Vec<u8>, [u8; 16]) {
+    let mut ct = pt.to_vec();
+    let n = Array::from(*nonce);
+    let tag = match key.len() {
+        16 => Aes128Gcm::new(key.try_into().unwrap()).encrypt_inout_detached(&n, aad, ct.as_mut_slice().into()),
+        _ => Aes256Gcm::new(key.try_into().unwrap()).encrypt_inout_detached(&n, aad, ct.as_mut_slice().into()),
+    }
+    .unwrap();
+    (ct, tag.into())
+}
+
+/// McGrew and Viega, "The Galois/Counter Mode of Operation", test cases
+/// 1-4 (AES-128) and 13-16 (AES-256), 96-bit IVs.
+#[test]
+fn spec_vectors() {
+    let k128 = "feffe9928665731c6d6a8f9467308308";
+    let k256 = "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308";
+    let iv = "cafebabefacedbaddecaf888";
+    let pt4 = "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+               1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255";
+    let pt = "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+              1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39";
+    let aad = "feedfacedeadbeeffeedfacedeadbeefabaddad2";
+    let cases: [(&str, &str, &str, &str, &str, &str); 8] = [
+        ("00000000000000000000000000000000", "000000000000000000000000", "", "", "", "58e2fccefa7e3061367f1d57a4e7455a"),
+        (
+            "00000000000000000000000000000000",
+            "000000000000000000000000",
+            "",
+            "00000000000000000000000000000000",
+            "0388dace60b6a392f328c2b971b2fe78",
+            "ab6e47d42cec13bdf53a67b21257bddf",
+        ),
+        (
+            k128,
+            iv,
+            "",
+            pt4,
+            "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e\
+             21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091473f5985",
+            "4d5c2af327cd64a62cf35abd2ba6fab4",
+        ),
+        (
+            k128,
+            iv,
+            aad,
+            pt,
+            "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e\
+             21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091",
+            "5bc94fbc3221a5db94fae95ae7121a47",
+        ),
+        (
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "000000000000000000000000",
+            "",
+            "",
+            "",
+            "530f8afbc74536b9a963b4f1c4cb738b",
+        ),
+        (
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "000000000000000000000000",
+            "",
+            "00000000000000000000000000000000",
+            "cea7403d4d606b6e074ec5d3baf39d18",
+            "d0d1c8a799996bf0265b98b5d48ab919",
+        ),
+        (
+            k256,
+            iv,
+            "",
+            pt4,
+            "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+             8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad",
+            "b094dac5d93471bdec1a502270e3cc6c",
+        ),
+        (
+            k256,
+            iv,
+            aad,
+            pt,
+            "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+             8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662",
+            "76fc6ece0f4e1768cddf8853bb2d551b",
+        ),
+    ];
+    for (i, (key, iv, aad, pt, ct, tag)) in cases.iter().enumerate() {
+        let g = gcm(&hex(key));
+        let nonce: [u8; 12] = hex(iv).try_into().unwrap();
+        let mut buf = hex(pt);
+        let got = g.seal(&nonce, &hex(aad), &mut buf);
+        assert_eq!(buf, hex(ct), "case {i}: ciphertext");
+        assert_eq!(got.to_vec(), hex(tag), "case {i}: tag");
+        buf.extend_from_slice(&got);
+        g.open(&nonce, &hex(aad), &mut buf).unwrap();
+        assert_eq!(&buf[..buf.len() - TAG_LEN], hex(pt).as_slice(), "case {i}: opened");
+    }
+}
+
+/// Every length from 0 to 600 bytes (every way a buffer ends within the
+/// eight-block groups and the last partial block), AAD lengths around a
+/// block, both key sizes: the same bytes and tag as aes-gcm, and open
+/// gives the plaintext back.
+#[test]
+fn every_length_against_aes_gcm() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as u8
+    };
+    for key_len in [16, 32] {
+        for len in 0..=600 {
+            for aad_len in [0, 8, 12, 15, 16, 17, 33] {
+                let key: Vec<u8> = (0..key_len).map(|_| rnd()).collect();
+                let nonce: [u8; 12] = core::array::from_fn(|_| rnd());
+                let aad: Vec<u8> = (0..aad_len).map(|_| rnd()).collect();
+                let pt: Vec<u8> = (0..len).map(|_| rnd()).collect();
+                let (ct, tag) = reference(&key, &nonce, &aad, &pt);
+                let g = gcm(&key);
+                let mut buf = pt.clone();
+                assert_eq!(g.seal(&nonce, &aad, &mut buf), tag, "tag: key {key_len} len {len} aad {aad_len}");
+                assert_eq!(buf, ct, "ciphertext: key {key_len} len {len} aad {aad_len}");
+                buf.extend_from_slice(&tag);
+                g.open(&nonce, &aad, &mut buf).unwrap();
+                assert_eq!(&buf[..len], pt.as_slice());
+            }
+        }
+    }
+}
+
+#[test]
+fn large_buffers_against_aes_gcm() {
+    for len in [1420, 4096, 9000, 65535] {
+        let key = [0x5au8; 32];
+        let nonce = [7u8; 12];
+        let pt: Vec<u8> = (0..len).map(|i| (i * 31) as u8).collect();
+        let (ct, tag) = reference(&key, &nonce, b"spi+seq!", &pt);
+        let mut buf = pt.clone();
+        assert_eq!(gcm(&key).seal(&nonce, b"spi+seq!", &mut buf), tag, "len {len}");
+        assert_eq!(buf, ct, "len {len}");
+    }
+}
+
+#[test]
+fn other_key_lengths_and_short_input_are_refused() {
+    assert!(Gcm::new(&[0; 24]).is_none(), "AES-192 is not offered");
+    assert!(Gcm::new(&[0; 15]).is_none());
+    let g = gcm(&[1; 16]);
+    let mut short = [0u8; TAG_LEN - 1];
+    assert_eq!(g.open(&[0; 12], b"", &mut short), Err(OpenError));
+    assert_eq!(format!("{g:?}"), "Gcm(AES-128)", "the key never printed");
+}
+
+proptest! {
+    /// Any one bit flipped in the ciphertext, the tag or the AAD: refused,
+    /// and the buffer left exactly as it was (nothing decrypted).
+    #[test]
+    fn tampering_is_refused_and_nothing_decrypted(
+        key in proptest::collection::vec(any::<u8>(), 32),
+        pt in proptest::collection::vec(any::<u8>(), 0..300),
+        aad in proptest::collection::vec(any::<u8>(), 0..20),
+        flip in any::<usize>(),
+        bit in 0u8..8,
+    ) {
+        let g = gcm(&key);
+        let nonce = [3u8; 12];
+        let mut sealed = pt.clone();
+        let tag = g.seal(&nonce, &aad, &mut sealed);
+        sealed.extend_from_slice(&tag);
+        let total = sealed.len() + aad.len();
+        let at = flip % total;
+        let mut aad2 = aad.clone();
+        let mut bad = sealed.clone();
+        if at < sealed.len() {
+            bad[at] ^= 1 << bit;
+        } else {
+            aad2[at - sealed.len()] ^= 1 << bit;
+        }
+        let before = bad.clone();
+        prop_assert_eq!(g.open(&nonce, &aad2, &mut bad), Err(OpenError));
+        prop_assert_eq!(bad, before);
+        let mut wrong_nonce = sealed.clone();
+        prop_assert_eq!(g.open(&[4u8; 12], &aad, &mut wrong_nonce), Err(OpenError));
+    }
+}
