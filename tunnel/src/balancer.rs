@@ -51,18 +51,31 @@ struct Path {
     picks: u64,
 }
 
+/// Longest smooth weighted round-robin cycle (the weights of the live paths
+/// divided by their greatest common divisor, summed) kept as a schedule.
+const MAX_SCHEDULE: u64 = 1024;
+
 /// The balancer of one bundle (owned by one worker).
 #[derive(Debug, Clone)]
 pub struct Balancer {
     policy: Policy,
     paths: Vec<Path>,
     next_rr: usize,
+    /// `Weighted`: one whole cycle of smooth WRR from all-zero running
+    /// weights (they are all zero again at its end), computed when the
+    /// paths change; a pick reads the next entry instead of running the
+    /// loop over every path (plain mode picks per packet: ~30 cycles less
+    /// per 64-byte packet). Empty: picks run the loop (no cycle yet, one
+    /// too long, or a `stay` moved the running weights off it).
+    schedule: Vec<u16>,
+    /// The next entry of `schedule`.
+    at: usize,
 }
 
 impl Balancer {
     /// `paths` paths, all alive, default parameters.
     pub fn new(policy: Policy, paths: usize) -> Self {
-        Balancer {
+        let mut b = Balancer {
             policy,
             paths: vec![
                 Path {
@@ -75,7 +88,11 @@ impl Balancer {
                 paths
             ],
             next_rr: 0,
-        }
+            schedule: Vec::new(),
+            at: 0,
+        };
+        b.reschedule();
+        b
     }
 
     /// The policy.
@@ -142,6 +159,50 @@ impl Balancer {
         for p in &mut self.paths {
             p.current = 0;
         }
+        self.reschedule();
+    }
+
+    /// Computes `schedule` from all-zero running weights (which it leaves
+    /// all zero), or leaves it empty.
+    fn reschedule(&mut self) {
+        self.schedule.clear();
+        self.at = 0;
+        if self.policy != Policy::Weighted || self.paths.len() > usize::from(u16::MAX) {
+            return;
+        }
+        let weights = || self.paths.iter().filter(|p| p.alive && p.params.weight > 0).map(|p| u64::from(p.params.weight));
+        let g = weights().fold(0, gcd);
+        if g == 0 {
+            return;
+        }
+        // Weights k times as large make the same picks: the cycle is as
+        // long as the reduced weights' sum.
+        let cycle: u64 = weights().map(|w| w / g).sum();
+        if cycle > MAX_SCHEDULE {
+            return;
+        }
+        for _ in 0..cycle {
+            let i = self.pick_weighted_loop().expect("a live path with weight");
+            self.schedule.push(i as u16);
+        }
+        debug_assert!(self.paths.iter().all(|p| p.current == 0), "a whole cycle");
+    }
+
+    /// Leaves the schedule: the running weights become what the loop
+    /// would have made them by now.
+    fn unschedule(&mut self) {
+        if self.schedule.is_empty() {
+            return;
+        }
+        for p in &mut self.paths {
+            p.current = 0;
+        }
+        for k in 0..self.at {
+            let i = self.pick_weighted_loop();
+            debug_assert_eq!(i, Some(usize::from(self.schedule[k])));
+        }
+        self.schedule.clear();
+        self.at = 0;
     }
 
     /// Picks the path for a frame of `len` bytes sent at `now`; `None` when no
@@ -174,6 +235,7 @@ impl Balancer {
             return false;
         }
         if self.policy == Policy::Weighted {
+            self.unschedule();
             let mut total = 0;
             for q in self.paths.iter_mut().filter(|q| q.alive && q.params.weight > 0) {
                 q.current += i64::from(q.params.weight);
@@ -213,7 +275,16 @@ impl Balancer {
         None
     }
 
+    #[inline]
     fn pick_weighted(&mut self) -> Option<usize> {
+        if let Some(&i) = self.schedule.get(self.at) {
+            self.at = if self.at + 1 == self.schedule.len() { 0 } else { self.at + 1 };
+            return Some(usize::from(i));
+        }
+        self.pick_weighted_loop()
+    }
+
+    fn pick_weighted_loop(&mut self) -> Option<usize> {
         let mut total: i64 = 0;
         let mut best: Option<usize> = None;
         for i in 0..self.paths.len() {
@@ -260,6 +331,14 @@ fn tx_time(len: usize, rate: u64) -> Nanos {
     }
     let t = len as u128 * NANOS_PER_SEC / u128::from(rate);
     t.min(u128::from(Nanos::MAX)) as Nanos
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 #[cfg(test)]
@@ -393,5 +472,112 @@ mod tests {
         assert_eq!(b.pick(1, 0), None);
         let mut b = Balancer::new(Policy::EarliestArrival, 0);
         assert_eq!(b.pick(1, 0), None);
+    }
+
+    /// Smooth WRR as written in nginx, kept apart from the balancer: what
+    /// the schedule must reproduce pick for pick.
+    struct Model {
+        weight: Vec<i64>,
+        alive: Vec<bool>,
+        current: Vec<i64>,
+    }
+
+    impl Model {
+        fn pick(&mut self) -> Option<usize> {
+            let mut total = 0;
+            let mut best: Option<usize> = None;
+            for i in 0..self.weight.len() {
+                if !self.alive[i] || self.weight[i] == 0 {
+                    continue;
+                }
+                self.current[i] += self.weight[i];
+                total += self.weight[i];
+                if best.is_none_or(|b| self.current[i] > self.current[b]) {
+                    best = Some(i);
+                }
+            }
+            self.current[best?] -= total;
+            best
+        }
+
+        fn stay(&mut self, path: usize) -> bool {
+            if !self.alive[path] || self.weight[path] == 0 {
+                return false;
+            }
+            let mut total = 0;
+            for i in 0..self.weight.len() {
+                if self.alive[i] && self.weight[i] > 0 {
+                    self.current[i] += self.weight[i];
+                    total += self.weight[i];
+                }
+            }
+            self.current[path] -= total;
+            true
+        }
+
+        fn reset(&mut self) {
+            self.current.iter_mut().for_each(|c| *c = 0);
+        }
+    }
+
+    proptest::proptest! {
+        /// Weights small and large (cycles kept as a schedule and cycles
+        /// too long for one), paths dying and coming back, weights
+        /// changed, `stay` between picks: the same picks as the model.
+        #[test]
+        fn weighted_picks_match_smooth_wrr(
+            weights in proptest::collection::vec(proptest::prop_oneof![0u32..4, 1u32..1000, 400u32..2000], 1..6),
+            ops in proptest::collection::vec((0u8..20, 0usize..6, 0u32..1500), 0..400),
+        ) {
+            let n = weights.len();
+            let mut b = Balancer::new(Policy::Weighted, n);
+            let mut m = Model { weight: vec![1; n], alive: vec![true; n], current: vec![0; n] };
+            for (i, &w) in weights.iter().enumerate() {
+                b.set_params(i, PathParams { weight: w, ..Default::default() });
+                if m.weight[i] != i64::from(w) {
+                    m.weight[i] = i64::from(w);
+                    m.reset();
+                }
+            }
+            for (op, path, w) in ops {
+                let path = path % n;
+                match op {
+                    0 => {
+                        let alive = !b.is_alive(path);
+                        b.set_alive(path, alive);
+                        m.alive[path] = alive;
+                        m.reset();
+                    }
+                    1 => {
+                        b.set_params(path, PathParams { weight: w, ..Default::default() });
+                        if m.weight[path] != i64::from(w) {
+                            m.weight[path] = i64::from(w);
+                            m.reset();
+                        }
+                    }
+                    2 => proptest::prop_assert_eq!(b.stay(path, 100, 0), m.stay(path)),
+                    _ => proptest::prop_assert_eq!(b.pick(100, 0), m.pick()),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_schedule_is_one_cycle_of_reduced_weights() {
+        let mut b = Balancer::new(Policy::Weighted, 3);
+        for (i, w) in [300, 200, 100].into_iter().enumerate() {
+            b.set_params(i, PathParams { weight: w, ..Default::default() });
+        }
+        assert_eq!(b.schedule, vec![0, 1, 0, 2, 1, 0], "weights 3:2:1, nginx's order");
+        b.set_params(2, PathParams { weight: 1000, ..Default::default() });
+        assert_eq!(b.schedule.len(), 15, "3 + 2 + 10 once divided by 100");
+        b.set_params(2, PathParams { weight: 1001, ..Default::default() });
+        assert!(b.schedule.is_empty(), "a cycle of 1501 is left to the loop");
+        b.set_params(2, PathParams { weight: 100, ..Default::default() });
+        b.pick(100, 0);
+        assert!(b.stay(1, 100, 0));
+        assert!(b.schedule.is_empty(), "stay leaves the schedule");
+        b.set_alive(0, false);
+        assert_eq!(b.schedule, vec![1, 2, 1], "2:1 once path 0 is dead");
     }
 }
