@@ -359,23 +359,43 @@ unsafe fn ctr(k: &Keys, nonce: &[u8; NONCE_LEN], buf: &mut [u8], with_j0: bool) 
             mask = ks[0];
             first = false;
         }
-        for key in &ks[from..from + take] {
-            let rest = &mut buf[at..];
-            if let Some(full) = rest.first_chunk_mut::<16>() {
-                let v = _mm_xor_si128(unsafe { load16(full) }, *key);
-                unsafe { store16(full, v) };
-                at += 16;
-            } else {
-                let mut t = [0u8; 16];
-                unsafe { store16(&mut t, *key) };
-                for (d, s) in rest.iter_mut().zip(t) {
-                    *d ^= s;
-                }
-                at = buf.len();
-            }
-        }
+        at = unsafe { xor_keys(buf, at, &ks[from..from + take]) };
     }
     mask
+}
+
+/// XORs keystream blocks into `buf` from `at`; returns where they ended.
+#[inline(always)]
+unsafe fn xor_keys(buf: &mut [u8], mut at: usize, keys: &[__m128i]) -> usize {
+    for key in keys {
+        let rest = &mut buf[at..];
+        if let Some(full) = rest.first_chunk_mut::<16>() {
+            let v = _mm_xor_si128(unsafe { load16(full) }, *key);
+            unsafe { store16(full, v) };
+            at += 16;
+        } else {
+            let mut t = [0u8; 16];
+            unsafe { store16(&mut t, *key) };
+            for (d, s) in rest.iter_mut().zip(t) {
+                *d ^= s;
+            }
+            at = buf.len();
+        }
+    }
+    at
+}
+
+/// The counter blocks J0, J0 + 1, ... J0 + n - 1 into `ks[..n]`.
+#[inline(always)]
+unsafe fn counters(nonce: &[u8; NONCE_LEN], ks: &mut [__m128i; WIDE], n: usize) {
+    let j = unsafe { j0(nonce) };
+    let mut counter = unsafe { bswap(j) };
+    let one = _mm_set_epi32(0, 0, 0, 1);
+    ks[0] = j;
+    for key in &mut ks[1..n] {
+        counter = _mm_add_epi32(counter, one);
+        *key = unsafe { bswap(counter) };
+    }
 }
 
 /// The tag: GHASH(aad, ct, lengths) XOR E(J0) (SP 800-38D section 7.1
@@ -404,14 +424,34 @@ unsafe fn seal(k: &Keys, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) ->
 #[target_feature(enable = "aes,pclmulqdq,ssse3,sse4.1")]
 unsafe fn open(k: &Keys, nonce: &[u8; NONCE_LEN], aad: &[u8], sealed: &mut [u8]) -> Result<(), OpenError> {
     let (ct, got) = sealed.split_at_mut(sealed.len() - TAG_LEN);
+    let blocks = ct.len().div_ceil(16);
+    if blocks < WIDE {
+        // Short: E(J0) and the whole keystream in one batch, which the CPU
+        // runs alongside the GHASH of the ciphertext; the keystream is
+        // applied only once the tag matched.
+        let mut ks = [_mm_setzero_si128(); WIDE];
+        unsafe { counters(nonce, &mut ks, blocks + 1) };
+        unsafe { encrypt_some(k, &mut ks, blocks + 1) };
+        let want = unsafe { tag(k, aad, ct, ks[0]) };
+        if !same_tag(&want, got) {
+            return Err(OpenError);
+        }
+        unsafe { xor_keys(ct, 0, &ks[1..=blocks]) };
+        return Ok(());
+    }
     let mut j = [unsafe { j0(nonce) }];
     unsafe { encrypt(k, &mut j) };
     let want = unsafe { tag(k, aad, ct, j[0]) };
-    // Constant time: every byte compared, no early exit.
-    let diff = want.iter().zip(got.iter()).fold(0u8, |d, (a, b)| d | (a ^ b));
-    if core::hint::black_box(diff) != 0 {
+    if !same_tag(&want, got) {
         return Err(OpenError);
     }
     unsafe { ctr(k, nonce, ct, false) };
     Ok(())
+}
+
+/// Constant time: every byte compared, no early exit.
+#[inline(always)]
+fn same_tag(want: &[u8; TAG_LEN], got: &[u8]) -> bool {
+    let diff = want.iter().zip(got.iter()).fold(0u8, |d, (a, b)| d | (a ^ b));
+    core::hint::black_box(diff) == 0
 }
