@@ -27,6 +27,8 @@ mod x86;
 pub const NONCE_LEN: usize = 12;
 /// Bytes of the tag.
 pub const TAG_LEN: usize = 16;
+/// Most bytes sealed or opened under one nonce: 2^32 - 2 blocks.
+pub const MAX_LEN: u64 = ((1 << 32) - 2) * 16;
 
 /// An AES-128-GCM or AES-256-GCM key, expanded once.
 #[derive(Clone)]
@@ -71,7 +73,12 @@ impl Gcm {
 
     /// Encrypts `buf` in place and returns the tag over `aad` and the
     /// ciphertext.
+    ///
+    /// # Panics
+    /// On a buffer longer than GCM allows under one nonce (2^32 - 2
+    /// blocks, NIST SP 800-38D section 5.2.1.1): the counter would wrap.
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        assert!(buf.len() as u64 <= MAX_LEN, "longer than GCM allows under one nonce");
         #[cfg(target_arch = "x86_64")]
         {
             self.keys.seal(nonce, aad, buf)
@@ -89,7 +96,7 @@ impl Gcm {
     /// constant time) before anything is decrypted: on failure `sealed` is
     /// left as it was.
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], sealed: &mut [u8]) -> Result<(), OpenError> {
-        if sealed.len() < TAG_LEN {
+        if sealed.len() < TAG_LEN || (sealed.len() - TAG_LEN) as u64 > MAX_LEN {
             return Err(OpenError);
         }
         #[cfg(target_arch = "x86_64")]

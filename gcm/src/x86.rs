@@ -13,6 +13,13 @@
 //! only way in is through [`Keys`], which exists only once [`available`]
 //! said yes.
 
+// SAFETY (for every `unsafe` block below without a line of its own): the
+// helpers are `unsafe fn` only because they execute AES-NI, PCLMULQDQ,
+// SSSE3 and SSE4.1 instructions. They are reached only from `expand`,
+// `seal` and `open`, which are reached only through a `Keys`, and a
+// `Keys` is made only after `available()` found those instructions on
+// this CPU. Memory is touched only by `load16`, `store16` (16-byte arrays
+// borrowed from checked slices) and safe slice code.
 use core::arch::x86_64::*;
 
 use crate::{OpenError, NONCE_LEN, TAG_LEN};

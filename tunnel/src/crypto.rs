@@ -106,9 +106,10 @@ impl Drop for AesGcmKey {
 pub const SMALL: usize = 256;
 
 /// AES-GCM (128 or 256 by the key's length): aws-lc for packets of
-/// [`SMALL`] bytes and more, the `aes-gcm` crate below. Both are the same
-/// standard GCM (tested against each other byte for byte), so which one
-/// sealed a packet never matters to the receiver. Key schedules and GHASH
+/// [`SMALL`] bytes and more; below, `braid-gcm` where the CPU has AES-NI
+/// and PCLMULQDQ, else the `aes-gcm` crate. All are the same standard GCM
+/// (tested against each other byte for byte), so which one sealed a
+/// packet never matters to the receiver. Key schedules and GHASH
 /// tables are computed once, at SA set-up.
 pub struct AesGcm {
     large: LessSafeKey,
@@ -362,9 +363,10 @@ mod tests {
     /// opens what we seal and we open what it seals, for both key sizes,
     /// every length from 0 to 1100 bytes and a jumbo frame, with and
     /// without an ESN-sized AAD: from [`SMALL`] up, that checks aws-lc
-    /// against an independent implementation; below, where `AesGcm` is
-    /// that crate itself, it checks the switch between the two (the GCM
-    /// spec vectors and `tests/interop.rs` check that crate).
+    /// against an independent implementation; below, `braid-gcm`
+    /// (`AesGcm::new` where the CPU has the instructions) and, with
+    /// `AesGcm::portable`, the switch to that crate itself (the GCM spec
+    /// vectors and `tests/interop.rs` check that crate).
     #[test]
     fn agrees_with_an_independent_implementation() {
         let k128 = [0x11u8; 16];
