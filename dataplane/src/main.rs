@@ -460,9 +460,10 @@ fn run() -> Result<(), String> {
         None => None,
     };
     eprintln!(
-        "braid-dataplane: running generation {generation} ({} bundle(s), {} tunnel(s), {workers} worker(s))",
+        "braid-dataplane: running generation {generation} ({} bundle(s), {} tunnel(s), {workers} worker(s)); AES-GCM: {}",
         tables.bundles.len(),
-        n_tunnels(&tables)
+        n_tunnels(&tables),
+        braid_tunnel::crypto::engines()
     );
 
     let shared = Arc::new(Shared {

@@ -147,6 +147,17 @@ impl AesGcm {
     }
 }
 
+/// Which AES-GCM implementations [`AesGcm`] uses on this CPU, for the
+/// operator's log: a CPU without AES-NI and PCLMULQDQ seals short packets
+/// several times slower.
+pub fn engines() -> &'static str {
+    if braid_gcm::Gcm::available() {
+        "aws-lc from 256 bytes, braid-gcm (AES-NI + PCLMULQDQ) below"
+    } else {
+        "aws-lc from 256 bytes, the portable aes-gcm crate below (no AES-NI/PCLMULQDQ on this CPU: short packets are slow)"
+    }
+}
+
 impl core::fmt::Debug for AesGcm {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let bits = match self.large.algorithm() {
@@ -408,6 +419,12 @@ mod tests {
                 assert_eq!(back[..len], plain[..], "ours opens theirs, {len} B");
             }
         }
+    }
+
+    #[test]
+    fn engines_name_what_runs() {
+        let want = if braid_gcm::Gcm::available() { "braid-gcm" } else { "portable" };
+        assert!(engines().contains(want), "{}", engines());
     }
 
     #[test]
