@@ -224,13 +224,17 @@ impl Aead for AesGcm {
             return opened.map_err(|_| AeadError);
         }
         let nonce = Nonce::assume_unique_for_key(*nonce);
-        match self.large.open_in_place(nonce, Aad::from(aad), sealed) {
+        // With the tag apart: `open_in_place` moves the plaintext to the
+        // front of its buffer afterwards, a memmove of the whole packet
+        // onto itself here.
+        let (body, tag) = sealed.split_at_mut(end);
+        match self.large.open_in_place_separate_tag(nonce, Aad::from(aad), tag, body) {
             Ok(_) => Ok(()),
             Err(_) => {
-                // aws-lc zeroes its output on failure; make sure of it
-                // rather than depend on it (the cost is nothing next to
+                // aws-lc may leave anything in the buffer on failure: make
+                // sure no plaintext is left (the cost is nothing next to
                 // the decryption the forged packet already took).
-                sealed[..end].fill(0);
+                body.fill(0);
                 Err(AeadError)
             }
         }
