@@ -148,6 +148,45 @@ fn expired_sessions_are_swept_and_ports_reused() {
 }
 
 #[test]
+fn the_sweep_examines_exactly_its_budget_and_misses_no_due_session() {
+    // Sessions fill slots 0.. in order; all but every 40th (from slot 16,
+    // a chunk's edge) are refreshed later and are not due. The sweep skips runs of slots with nothing due at once:
+    // whatever the budgets (inside a run, across runs, across the wrap),
+    // after k slots examined exactly the due sessions below slot k are
+    // closed.
+    for budgets in [&[1usize][..], &[7], &[16], &[33], &[5, 16, 27, 64]] {
+        let mut nat = NatShard::new(&lan_config(1, 1000), 0, 1).unwrap();
+        for i in 0..600u16 {
+            let mut p = udp_pkt(sa([10, 0, 1, 1], 10000 + i), sa([198, 51, 100, 1], 53));
+            assert_eq!(nat.outbound(&mut p, 0, SEC), Verdict::Translated);
+        }
+        for i in (0..600u16).filter(|i| i % 40 != 16) {
+            let mut p = udp_pkt(sa([10, 0, 1, 1], 10000 + i), sa([198, 51, 100, 1], 53));
+            assert_eq!(nat.outbound(&mut p, 0, 100 * SEC), Verdict::Translated);
+        }
+        // A sweep before anything is due learns the refreshed deadlines
+        // (a refresh does not move a slot's sweep hint) and ends where it
+        // began, at slot 0.
+        assert_eq!(nat.expire(110 * SEC, 1000), 0);
+        let (later, mut examined, mut closed) = (200 * SEC, 0usize, 0usize);
+        for &b in budgets.iter().cycle() {
+            if examined >= 1000 {
+                break;
+            }
+            let b = b.min(1000 - examined);
+            closed += nat.expire(later, b);
+            examined += b;
+            let due_below = (0..examined.min(600)).filter(|i| i % 40 == 16).count();
+            assert_eq!(closed, due_below, "budgets {budgets:?}, {examined} slots examined");
+        }
+        assert_eq!(nat.sessions(), 585);
+        // The hand is back at slot 0: one more whole sweep closes nothing.
+        assert_eq!(nat.expire(later, 1000), 0);
+        assert_eq!(nat.expire(300 * SEC, 1000), 585);
+    }
+}
+
+#[test]
 fn session_table_exhaustion_is_bounded_and_counted() {
     let mut nat = NatShard::new(&lan_config(1, 1000), 0, 1).unwrap();
     let mut ok = 0;
