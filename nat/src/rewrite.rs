@@ -3,7 +3,7 @@
 //! IPv4 header, the TCP/UDP pseudo-header sum and, for ICMP errors, every
 //! word changed inside the quoted packet.
 
-use braid_tunnel::wire::checksum::{update_u16, update_u32};
+use braid_tunnel::wire::checksum::{apply_delta, delta_u16, delta_u32, update_u16, update_u32};
 use braid_tunnel::wire::{icmpv4, ipv4, tcp, udp, IpProtocol};
 
 pub(crate) const TCP: u8 = IpProtocol::TCP.0;
@@ -238,10 +238,16 @@ fn udp_fix(c: u16) -> u16 {
 }
 
 /// Rewrites one end (address and port, or ICMP query id) of a TCP, UDP or
-/// ICMP query packet `h` describes, with incremental checksums.
+/// ICMP query packet `h` describes, with incremental checksums: the
+/// address's delta is summed once and applied to the IPv4 header's
+/// checksum and, with the port's, to the TCP/UDP one (pseudo-header).
 #[inline]
 pub(crate) fn rewrite(pkt: &mut [u8], h: &Headers, end: End, addr: u32, port: u16) {
-    let old_addr = set_ip_addr(pkt, 0, end.addr_at(), addr);
+    let at = end.addr_at();
+    let old_addr = rd32(pkt, at);
+    wr32(pkt, at, addr);
+    let d_addr = delta_u32(old_addr, addr);
+    wr16(pkt, IP_CHECKSUM, apply_delta(rd16(pkt, IP_CHECKSUM), d_addr));
     let l4 = h.ihl;
     match h.proto {
         TCP | UDP => {
@@ -256,7 +262,7 @@ pub(crate) fn rewrite(pkt: &mut [u8], h: &Headers, end: End, addr: u32, port: u1
                 };
             let c = rd16(pkt, ck);
             if h.proto == TCP || c != 0 {
-                let n = update_u16(update_u32(c, old_addr, addr), old_port, port);
+                let n = apply_delta(c, d_addr + delta_u16(old_port, port));
                 wr16(pkt, ck, if h.proto == UDP { udp_fix(n) } else { n });
             }
         }

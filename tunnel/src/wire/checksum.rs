@@ -195,19 +195,47 @@ pub fn verifies(data: &[u8]) -> bool {
     sum(data) == 0xffff
 }
 
+/// What a 16-bit word of the covered data changing from `old` to `new`
+/// adds to a ones'-complement sum: RFC 1624 equation 3's `~m + m'`, not
+/// folded. Several changes' deltas add up (as long as the total stays
+/// below 2^32) and are applied once with [`apply_delta`]: one fold at the
+/// end instead of one per word, a much shorter chain of dependent adds.
+#[inline(always)]
+pub const fn delta_u16(old: u16, new: u16) -> u32 {
+    (!old) as u32 + new as u32
+}
+
+/// [`delta_u16`] for a 32-bit word (an IPv4 address): both halves.
+#[inline(always)]
+pub const fn delta_u32(old: u32, new: u32) -> u32 {
+    delta_u16((old >> 16) as u16, (new >> 16) as u16) + delta_u16(old as u16, new as u16)
+}
+
+/// The checksum after changes whose deltas sum to `delta`, RFC 1624
+/// equation 3: `HC' = ~(~HC + sum of (~m + m'))`. The same value as
+/// applying them one word at a time with [`update_u16`].
+#[inline(always)]
+pub const fn apply_delta(check: u16, delta: u32) -> u16 {
+    let s = (!check) as u64 + delta as u64;
+    // Below 2^33: three folds bring any such sum into 16 bits.
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
 /// New checksum after one 16-bit word of the covered data changes from
 /// `old` to `new`, by RFC 1624 equation 3: `HC' = ~(~HC + ~m + m')`.
 /// A UDP checksum of zero means "none" over IPv4: callers leave it alone.
 #[inline]
 pub const fn update_u16(check: u16, old: u16, new: u16) -> u16 {
-    !add(add(!check, !old), new)
+    apply_delta(check, delta_u16(old, new))
 }
 
 /// New checksum after a 32-bit word (an IPv4 address) changes, RFC 1624.
 #[inline]
 pub const fn update_u32(check: u16, old: u32, new: u32) -> u16 {
-    let c = update_u16(check, (old >> 16) as u16, (new >> 16) as u16);
-    update_u16(c, old as u16, new as u16)
+    apply_delta(check, delta_u32(old, new))
 }
 
 #[cfg(test)]
@@ -297,7 +325,27 @@ mod tests {
         assert!(!ChecksumCaps::offloaded().udp.rx());
     }
 
+    /// RFC 1624 equation 3 applied one 16-bit word at a time, folding
+    /// after every add: what `update_u16`/`update_u32` computed before
+    /// deltas were summed first.
+    fn update_word_by_word(check: u16, changes: &[(u16, u16)]) -> u16 {
+        changes.iter().fold(check, |c, &(old, new)| !add(add(!c, !old), new))
+    }
+
     proptest! {
+        #[test]
+        fn summed_deltas_equal_word_by_word(
+            check in any::<u16>(),
+            changes in proptest::collection::vec((any::<u16>(), any::<u16>()), 0..12),
+        ) {
+            let delta: u32 = changes.iter().map(|&(o, n)| delta_u16(o, n)).sum();
+            prop_assert_eq!(apply_delta(check, delta), update_word_by_word(check, &changes));
+            if let [(o1, n1), (o2, n2), ..] = changes[..] {
+                let (old, new) = ((o1 as u32) << 16 | o2 as u32, (n1 as u32) << 16 | n2 as u32);
+                prop_assert_eq!(update_u32(check, old, new), update_word_by_word(check, &changes[..2]));
+            }
+        }
+
         #[test]
         fn fast_equals_reference(data in proptest::collection::vec(any::<u8>(), 0..600)) {
             prop_assert_eq!(sum(&data), reference(&data));
