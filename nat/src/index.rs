@@ -103,10 +103,10 @@ impl Index {
         true
     }
 
-    /// The raw home bucket of `hash` (0 when empty; else tag and slot + 1).
+    /// Prefetches `hash`'s home bucket (its cache line), without waiting.
     #[inline(always)]
-    pub fn first_bucket(&self, hash: u64) -> u64 {
-        self.buckets[self.home(tag(hash))]
+    pub fn warm(&self, hash: u64) {
+        crate::hint::prefetch(&self.buckets[self.home(tag(hash))]);
     }
 
     /// The first slot along `hash`'s probe sequence whose tag matches (at

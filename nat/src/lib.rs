@@ -11,13 +11,15 @@
 //!
 //! This crate owns the session tables and the rewriting. It never does
 //! I/O, never reads a clock (time is a [`Nanos`] argument), never takes a
-//! lock, contains no `unsafe`, and allocates nothing per packet once built.
-//! Design and limits: `nat/README.md`.
+//! lock, contains no `unsafe` but one prefetch hint (`hint.rs`), and
+//! allocates nothing per packet once built. Design and limits:
+//! `nat/README.md`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod counters;
+mod hint;
 mod index;
 pub mod resolver;
 mod rewrite;

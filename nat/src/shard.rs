@@ -525,12 +525,11 @@ impl NatShard {
         (x.expires > now).then(|| SocketAddrV4::new(Ipv4Addr::from(x.ext_addr), x.ext_port))
     }
 
-    /// Loads the index buckets, then the sessions, that translating these
-    /// packets with [`NatShard::outbound`] will read: called on a burst
-    /// before translating it, it lets the CPU overlap the cache misses of a
-    /// large table (safe Rust has no prefetch instruction; independent
-    /// plain loads run in parallel out of order). Up to [`PREFETCH_BURST`]
-    /// packets; the rest are ignored. Does nothing below
+    /// Prefetches the index buckets, then the sessions, that translating
+    /// these packets with [`NatShard::outbound`] will read: called on a
+    /// burst before translating it, it lets the cache misses of a large
+    /// table overlap one another and the translations. Up to
+    /// [`PREFETCH_BURST`] packets; the rest are ignored. Does nothing below
     /// [`PREFETCH_MIN_SESSIONS`]. Changes nothing.
     pub fn prefetch_outbound(&self, pkts: &[&[u8]]) {
         self.prefetch(pkts, false);
@@ -546,9 +545,10 @@ impl NatShard {
             return;
         }
         let index = if inbound { &self.by_in } else { &self.by_out };
-        // In stages, so that each stage's loads are independent of one
-        // another and many are in flight at once: the hashes (packet bytes,
-        // in cache), then every first bucket, then every session.
+        // In stages: the hashes (packet bytes, in cache), a prefetch of
+        // every first bucket, then a prefetch of the session each bucket's
+        // tag points at (reading a bucket waits for its line, which the
+        // first stage's prefetches of the others overlap).
         let n = pkts.len().min(PREFETCH_BURST);
         let mut hashes = [0u64; PREFETCH_BURST];
         let mut valid = [false; PREFETCH_BURST];
@@ -556,26 +556,18 @@ impl NatShard {
             if let Some((proto, a, ap, r, rp)) = quick_tuple(pkt, inbound) {
                 *h = tuple_hash(self.seed, proto, a, ap, r, rp);
                 *v = true;
+                index.warm(*h);
             }
         }
-        let mut buckets = [0u64; PREFETCH_BURST];
+        // The home bucket often holds another key's: the session is the
+        // first whose tag matches.
         for i in 0..n {
             if valid[i] {
-                buckets[i] = index.first_bucket(hashes[i]);
-            }
-        }
-        core::hint::black_box(&buckets);
-        // The session each packet's tag points at (its bucket's line is in
-        // cache now): the home bucket often holds another key's.
-        let mut sink = 0u64;
-        for i in 0..n {
-            if valid[i] {
-                if let Some(slot) = index.candidate(hashes[i]) {
-                    sink ^= self.sessions.get(slot as usize).map_or(0, |x| x.expires);
+                if let Some(x) = index.candidate(hashes[i]).and_then(|s| self.sessions.get(s as usize)) {
+                    crate::hint::prefetch(x);
                 }
             }
         }
-        core::hint::black_box(sink);
     }
 
     /// Translates a packet going from the LAN to the WAN by `egress` (the
