@@ -247,7 +247,11 @@ fn tuple_hash(seed: u64, proto: u8, a: u32, ap: u16, b: u32, bp: u16) -> u64 {
 /// remote port) with "our side" the source outbound, the destination inbound.
 #[inline(always)]
 fn quick_tuple(p: &[u8], inbound: bool) -> Option<(u8, u32, u16, u32, u16)> {
-    let ihl = (*p.first()? as usize & 0x0f) * 4;
+    let v_ihl = *p.first()?;
+    if v_ihl >> 4 != 4 {
+        return None;
+    }
+    let ihl = (v_ihl as usize & 0x0f) * 4;
     let l4 = p.get(ihl..ihl + 8)?;
     let rd32 = |at: usize| {
         p.get(at..at + 4)
