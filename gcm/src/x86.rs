@@ -63,9 +63,9 @@ impl Keys {
         }
     }
 
-    pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+    pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &mut [u8; TAG_LEN]) {
         // SAFETY: a `Keys` exists only where `available()` said yes.
-        unsafe { seal(self, nonce, aad, buf) }
+        unsafe { seal(self, nonce, aad, buf, tag) }
     }
 
     /// `sealed` holds at least `TAG_LEN` bytes (checked by the caller).
@@ -452,6 +452,16 @@ unsafe fn counters(nonce: &[u8; NONCE_LEN], ks: &mut [__m128i; WIDE], n: usize) 
 /// steps 5 and 6).
 #[inline(always)]
 unsafe fn tag(k: &Keys, aad: &[u8], ct: &[u8], mask: __m128i) -> [u8; TAG_LEN] {
+    let mut out = [0u8; TAG_LEN];
+    unsafe { tag_into(k, aad, ct, mask, &mut out) };
+    out
+}
+
+/// [`tag`], stored straight into `out` (one 16-byte store: a tag returned
+/// by value was copied through the stack and reloaded in pieces, which
+/// stalled on store forwarding).
+#[inline(always)]
+unsafe fn tag_into(k: &Keys, aad: &[u8], ct: &[u8], mask: __m128i, out: &mut [u8; TAG_LEN]) {
     let z = _mm_setzero_si128();
     let mut g = Ghash { hp: &k.hp, x: z, pending: [z; WIDE], n: 0 };
     unsafe { g.bytes(aad) };
@@ -460,15 +470,13 @@ unsafe fn tag(k: &Keys, aad: &[u8], ct: &[u8], mask: __m128i) -> [u8; TAG_LEN] {
     let be = |bytes: usize| ((bytes as u64) * 8).swap_bytes() as i64;
     unsafe { g.push(_mm_set_epi64x(be(ct.len()), be(aad.len()))) };
     unsafe { g.fold() };
-    let mut out = [0u8; TAG_LEN];
-    unsafe { store16(&mut out, _mm_xor_si128(bswap(g.x), mask)) };
-    out
+    unsafe { store16(out, _mm_xor_si128(bswap(g.x), mask)) };
 }
 
 #[target_feature(enable = "aes,pclmulqdq,ssse3,sse4.1")]
-unsafe fn seal(k: &Keys, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+unsafe fn seal(k: &Keys, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &mut [u8; TAG_LEN]) {
     let mask = unsafe { ctr(k, nonce, buf, true) };
-    unsafe { tag(k, aad, buf, mask) }
+    unsafe { tag_into(k, aad, buf, mask, tag) }
 }
 
 #[target_feature(enable = "aes,pclmulqdq,ssse3,sse4.1")]

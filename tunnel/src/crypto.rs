@@ -28,13 +28,16 @@ pub struct AeadError;
 /// An authenticated cipher with 16-byte tags, working in place.
 /// Implementations hold only key material and are shared read-only by workers.
 pub trait Aead: Send + Sync {
-    /// Encrypts `buf` in place and returns the tag over `aad` and the ciphertext.
+    /// Encrypts `buf` in place and writes the tag over `aad` and the
+    /// ciphertext into `tag` (ESP's ICV field: written in place, not
+    /// returned, which cost a store-forwarding stall per packet).
     fn seal_in_place(
         &self,
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
         buf: &mut [u8],
-    ) -> Result<[u8; TAG_LEN], AeadError>;
+        tag: &mut [u8; TAG_LEN],
+    ) -> Result<(), AeadError>;
 
     /// Checks the tag and decrypts in place: `sealed` is the ciphertext
     /// followed by its [`TAG_LEN`]-byte tag (as ESP lays them out), and the
@@ -176,25 +179,31 @@ impl Aead for AesGcm {
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
         buf: &mut [u8],
-    ) -> Result<[u8; TAG_LEN], AeadError> {
+        tag: &mut [u8; TAG_LEN],
+    ) -> Result<(), AeadError> {
         if buf.len() < SMALL {
             let nonce = match &self.small {
-                Small::Hw(g) => return Ok(g.seal(nonce, aad, buf)),
+                Small::Hw(g) => {
+                    g.seal_into(nonce, aad, buf, tag);
+                    return Ok(());
+                }
                 _ => Array::from(*nonce),
             };
-            let tag = match &self.small {
+            let t = match &self.small {
                 Small::Hw(_) => unreachable!("sealed above"),
                 Small::Aes128(c) => c.encrypt_inout_detached(&nonce, aad, buf.into()),
                 Small::Aes256(c) => c.encrypt_inout_detached(&nonce, aad, buf.into()),
             };
-            return tag.map(Into::into).map_err(|_| AeadError);
+            tag.copy_from_slice(&t.map_err(|_| AeadError)?);
+            return Ok(());
         }
         let nonce = Nonce::assume_unique_for_key(*nonce);
-        let tag = self
+        let t = self
             .large
             .seal_in_place_separate_tag(nonce, Aad::from(aad), buf)
             .map_err(|_| AeadError)?;
-        tag.as_ref().try_into().map_err(|_| AeadError)
+        tag.copy_from_slice(t.as_ref().get(..TAG_LEN).ok_or(AeadError)?);
+        Ok(())
     }
 
     #[inline]
@@ -309,7 +318,8 @@ mod tests {
     /// `plain` sealed: ciphertext followed by the tag.
     fn sealed(aead: &AesGcm, nonce: &[u8; 12], aad: &[u8], plain: &[u8]) -> Vec<u8> {
         let mut buf = plain.to_vec();
-        let tag = aead.seal_in_place(nonce, aad, &mut buf).unwrap();
+        let mut tag = [0u8; TAG_LEN];
+        aead.seal_in_place(nonce, aad, &mut buf, &mut tag).unwrap();
         buf.extend_from_slice(&tag);
         buf
     }

@@ -218,11 +218,10 @@ impl<A: Aead> OutboundSa<A> {
         let (_, rest) = buf.split_at_mut(PAYLOAD_OFFSET);
         let (body, icv) = rest.split_at_mut(total - PAYLOAD_OFFSET - ICV_LEN);
         esp::write_trailer(body, payload_len, next_header)?;
-        let tag = self
-            .aead
-            .seal_in_place(&nonce(&self.salt, &iv), &aad(self.spi, seq), body)
+        let icv: &mut [u8; ICV_LEN] = icv.try_into().map_err(|_| DropReason::EspNoTailroom)?;
+        self.aead
+            .seal_in_place(&nonce(&self.salt, &iv), &aad(self.spi, seq), body, icv)
             .map_err(|_| DropReason::EspTooLong)?;
-        icv.copy_from_slice(&tag);
         Ok(total)
     }
 }
@@ -569,13 +568,14 @@ mod tests {
         buf.extend_from_slice(&(seq as u32).to_be_bytes());
         buf.extend_from_slice(&seq.to_be_bytes());
         let mut ct = body.to_vec();
-        let tag = aead
-            .seal_in_place(
-                &nonce(&p.salt, &seq.to_be_bytes()),
-                &aad(p.spi, seq),
-                &mut ct,
-            )
-            .unwrap();
+        let mut tag = [0u8; crate::crypto::TAG_LEN];
+        aead.seal_in_place(
+            &nonce(&p.salt, &seq.to_be_bytes()),
+            &aad(p.spi, seq),
+            &mut ct,
+            &mut tag,
+        )
+        .unwrap();
         buf.extend_from_slice(&ct);
         buf.extend_from_slice(&tag);
         buf
