@@ -358,10 +358,12 @@ impl Ghash<'_> {
 /// J0 = nonce || 1 (SP 800-38D section 7.1, 96-bit IV).
 #[inline(always)]
 unsafe fn j0(nonce: &[u8; NONCE_LEN]) -> __m128i {
-    let mut j = [0u8; 16];
-    j[..NONCE_LEN].copy_from_slice(nonce);
-    j[15] = 1;
-    unsafe { load16(&j) }
+    // Through general registers (bytes 0..8, then 8..12 and the counter's
+    // big-endian 1 in byte 15): a copy into a 16-byte block and a vector
+    // load of it stalled on store forwarding.
+    let lo = u64::from_le_bytes(nonce[..8].try_into().expect("8 bytes"));
+    let hi = u64::from(u32::from_le_bytes(nonce[8..].try_into().expect("4 bytes"))) | 1 << 56;
+    _mm_set_epi64x(hi as i64, lo as i64)
 }
 
 /// Encrypts the first `n` of `ks` (`n` <= WIDE) in the narrowest width that
