@@ -39,7 +39,7 @@ pub fn encapsulate<A: Aead>(
 /// IP packet. Refuses next headers other than 4 and 41 and an inner version
 /// nibble that disagrees with the next header. TFC padding after the inner
 /// packet (RFC 4303 section 2.7) is left for the IP layer to trim.
-#[inline]
+#[inline(always)]
 pub fn decapsulate<R: EspReceiver>(
     rx: &mut R,
     buf: &mut [u8],

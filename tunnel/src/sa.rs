@@ -433,7 +433,7 @@ impl<A: Aead> InboundSaPair<A> {
 
     /// Opens with the SA named by the packet's SPI. The previous SA is
     /// refused with `SaExpired` once `now` reaches the end of its grace.
-    #[inline]
+    #[inline(always)]
     pub fn open(&mut self, buf: &mut [u8], now: Nanos) -> Result<Opened, DropReason> {
         let spi = Packet::new_checked(&*buf)?.spi();
         if spi == self.current.spi {
