@@ -280,6 +280,7 @@ pub struct Records<'a> {
 }
 
 impl<'a> Records<'a> {
+    #[inline(always)]
     fn next_record(&mut self) -> Result<Option<Record<'a>>, DropReason> {
         let rest = self.rest;
         if rest.is_empty() || rest[field::TYPE] == record_type::PAD {
@@ -341,6 +342,9 @@ impl<'a> Records<'a> {
 impl<'a> Iterator for Records<'a> {
     type Item = Result<Record<'a>, DropReason>;
 
+    /// Inlined into the receive loop: returned through the stack, the
+    /// record's fields were reloaded one by one.
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         let item = self.next_record().transpose();
         if !matches!(item, Some(Ok(_))) {
