@@ -217,14 +217,16 @@ pub(crate) struct Quote {
 }
 
 /// Writes `addr` at `at` in an IPv4 header and patches its checksum.
-/// Returns the old address.
-#[inline]
-fn set_ip_addr(pkt: &mut [u8], ip: usize, at: usize, addr: u32) -> u32 {
+/// Returns the old address and the change's checksum delta (for a
+/// pseudo-header sum that covers the address too).
+#[inline(always)]
+fn set_ip_addr(pkt: &mut [u8], ip: usize, at: usize, addr: u32) -> (u32, u32) {
     let old = rd32(pkt, ip + at);
     wr32(pkt, ip + at, addr);
+    let delta = delta_u32(old, addr);
     let c = rd16(pkt, ip + IP_CHECKSUM);
-    wr16(pkt, ip + IP_CHECKSUM, update_u32(c, old, addr));
-    old
+    wr16(pkt, ip + IP_CHECKSUM, apply_delta(c, delta));
+    (old, delta)
 }
 
 /// UDP's "no checksum" zero must stay zero; a computed zero is sent as
@@ -243,11 +245,7 @@ fn udp_fix(c: u16) -> u16 {
 /// checksum and, with the port's, to the TCP/UDP one (pseudo-header).
 #[inline]
 pub(crate) fn rewrite(pkt: &mut [u8], h: &Headers, end: End, addr: u32, port: u16) {
-    let at = end.addr_at();
-    let old_addr = rd32(pkt, at);
-    wr32(pkt, at, addr);
-    let d_addr = delta_u32(old_addr, addr);
-    wr16(pkt, IP_CHECKSUM, apply_delta(rd16(pkt, IP_CHECKSUM), d_addr));
+    let (_, d_addr) = set_ip_addr(pkt, 0, end.addr_at(), addr);
     let l4 = h.ihl;
     match h.proto {
         TCP | UDP => {
@@ -295,7 +293,7 @@ pub(crate) fn rewrite_icmp_error(
     let mut ick = rd16(pkt, ick_at);
     // Quoted address and the quoted header's checksum.
     let qck_old = rd16(pkt, q.off + IP_CHECKSUM);
-    let old_addr = set_ip_addr(pkt, q.off, qend.addr_at(), addr);
+    let (old_addr, _) = set_ip_addr(pkt, q.off, qend.addr_at(), addr);
     let qck_new = rd16(pkt, q.off + IP_CHECKSUM);
     ick = update_u32(ick, old_addr, addr);
     ick = update_u16(ick, qck_old, qck_new);

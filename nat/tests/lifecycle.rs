@@ -149,26 +149,21 @@ fn expired_sessions_are_swept_and_ports_reused() {
 
 #[test]
 fn the_sweep_examines_exactly_its_budget_and_misses_no_due_session() {
-    // Sessions fill slots 0.. in order; all but every 40th (from slot 16,
-    // a chunk's edge) are refreshed later and are not due. The sweep skips runs of slots with nothing due at once:
-    // whatever the budgets (inside a run, across runs, across the wrap),
-    // after k slots examined exactly the due sessions below slot k are
-    // closed.
-    for budgets in [&[1usize][..], &[7], &[16], &[33], &[5, 16, 27, 64]] {
+    // 600 sessions opened at 1 s fill slots 0..600 in order. Those at
+    // i % 40 == 7 or 16 are TCP SYNs (30 s) and are due at 60 s: at offset
+    // 7, 0 and 15 (slot 47) of the 16-slot runs the sweep tests at once;
+    // the others are UDP (120 s) and are not. Whatever the budgets (inside
+    // a run, across runs, across the end of the table), after k slots
+    // examined exactly the due sessions below slot k are closed.
+    let is_due = |i: usize| i % 40 == 7 || i % 40 == 16;
+    for budgets in [&[1usize][..], &[7], &[16], &[33], &[5, 16, 27, 64], &[1000]] {
         let mut nat = NatShard::new(&lan_config(1, 1000), 0, 1).unwrap();
         for i in 0..600u16 {
-            let mut p = udp_pkt(sa([10, 0, 1, 1], 10000 + i), sa([198, 51, 100, 1], 53));
+            let (src, dst) = (sa([10, 0, 1, 1], 10000 + i), sa([198, 51, 100, 1], 53));
+            let mut p = if is_due(usize::from(i)) { tcp_pkt(src, dst, SYN) } else { udp_pkt(src, dst) };
             assert_eq!(nat.outbound(&mut p, 0, SEC), Verdict::Translated);
         }
-        for i in (0..600u16).filter(|i| i % 40 != 16) {
-            let mut p = udp_pkt(sa([10, 0, 1, 1], 10000 + i), sa([198, 51, 100, 1], 53));
-            assert_eq!(nat.outbound(&mut p, 0, 100 * SEC), Verdict::Translated);
-        }
-        // A sweep before anything is due learns the refreshed deadlines
-        // (a refresh does not move a slot's sweep hint) and ends where it
-        // began, at slot 0.
-        assert_eq!(nat.expire(110 * SEC, 1000), 0);
-        let (later, mut examined, mut closed) = (200 * SEC, 0usize, 0usize);
+        let (later, mut examined, mut closed) = (60 * SEC, 0usize, 0usize);
         for &b in budgets.iter().cycle() {
             if examined >= 1000 {
                 break;
@@ -176,13 +171,13 @@ fn the_sweep_examines_exactly_its_budget_and_misses_no_due_session() {
             let b = b.min(1000 - examined);
             closed += nat.expire(later, b);
             examined += b;
-            let due_below = (0..examined.min(600)).filter(|i| i % 40 == 16).count();
+            let due_below = (0..examined.min(600)).filter(|&i| is_due(i)).count();
             assert_eq!(closed, due_below, "budgets {budgets:?}, {examined} slots examined");
         }
-        assert_eq!(nat.sessions(), 585);
+        assert_eq!(nat.sessions(), 570);
         // The hand is back at slot 0: one more whole sweep closes nothing.
         assert_eq!(nat.expire(later, 1000), 0);
-        assert_eq!(nat.expire(300 * SEC, 1000), 585);
+        assert_eq!(nat.expire(200 * SEC, 1000), 570);
     }
 }
 

@@ -202,7 +202,7 @@ impl Aead for AesGcm {
             .large
             .seal_in_place_separate_tag(nonce, Aad::from(aad), buf)
             .map_err(|_| AeadError)?;
-        tag.copy_from_slice(t.as_ref().get(..TAG_LEN).ok_or(AeadError)?);
+        *tag = t.as_ref().try_into().map_err(|_| AeadError)?;
         Ok(())
     }
 
