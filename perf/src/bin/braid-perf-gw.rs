@@ -17,7 +17,10 @@
 //! usage: braid-perf-gw [--mode bundle|plain] [--size FRAME_BYTES]
 //!                      [--packets N] [--tunnels N] [--flows N]
 //!                      [--nat-sessions N] [--lan static|resolve]
+//!                      [--key-bits 128|256]
 //!                      -- <EAL args with --no-pci>
+//!
+//! `--key-bits`: the SAs' AES-GCM key (default 256).
 //!
 //! `--lan resolve`: B's LAN port has no static next hop and resolves each
 //! destination host by ARP (the lab's host answers), so B's WAN -> LAN
@@ -44,6 +47,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (ours, eal_args) = (&args[..split], &args[split + 1..]);
     let (mut mode, mut size, mut packets, mut tunnels) = ("bundle".to_string(), 64usize, 2_000_000u64, 4usize);
     let (mut flows, mut nat, mut lan_resolve) = (16usize, false, false);
+    let mut key_bits = 256usize;
     let mut it = ours.iter();
     while let Some(a) = it.next() {
         let v = it.next().ok_or(format!("{a} needs a value"))?;
@@ -53,6 +57,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--packets" => packets = v.parse()?,
             "--tunnels" => tunnels = v.parse()?,
             "--flows" => flows = v.parse()?,
+            "--key-bits" => {
+                key_bits = v.parse()?;
+                if key_bits != 128 && key_bits != 256 {
+                    return Err(format!("--key-bits {v}: 128 or 256").into());
+                }
+            }
             "--lan" => {
                 lan_resolve = match v.as_str() {
                     "resolve" => true,
@@ -88,7 +98,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         }));
     }
-    let mut lab = Lab::with("perf", &mode, &weights, 32, wan_mtu, opts);
+    let mut lab = Lab::with("perf", &mode, &weights, key_bits / 8, wan_mtu, opts);
     lab.keep_delivered = false;
     if lan_resolve {
         lab.b_lan_answers = Some(braid_dataplane::lab::mac(braid_dataplane::lab::B_HOST_MAC));
@@ -151,7 +161,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         )
     };
     println!(
-        "{{\"bench\":\"gateway\",\"mode\":\"{mode}\",\"flows\":{flows},\"nat\":{nat},\"nat_sessions_a\":{},\"nat_sessions_b\":{},\"nat_drops\":{},\"frame_bytes\":{size},\"inner_ip_bytes\":{inner_len},\"tunnels\":{tunnels},\"lan_to_wan\":{},\"wan_to_lan\":{},\"esp_packets\":{},\"delivered\":{},\"drops_a\":{:?},\"drops_b\":{:?},\"engine_drops_b\":{:?}}}",
+        "{{\"bench\":\"gateway\",\"mode\":\"{mode}\",\"flows\":{flows},\"nat\":{nat},\"nat_sessions_a\":{},\"nat_sessions_b\":{},\"nat_drops\":{},\"key_bits\":{key_bits},\"frame_bytes\":{size},\"inner_ip_bytes\":{inner_len},\"tunnels\":{tunnels},\"lan_to_wan\":{},\"wan_to_lan\":{},\"esp_packets\":{},\"delivered\":{},\"drops_a\":{:?},\"drops_b\":{:?},\"engine_drops_b\":{:?}}}",
         a.nat.sessions,
         b.nat.sessions,
         a.nat.out_dropped() + a.nat.in_dropped() + b.nat.out_dropped() + b.nat.in_dropped(),
