@@ -2117,7 +2117,7 @@ fn stamp_outer(m: &mut Mbuf, outer: &OuterTemplate, esp_len: usize, ident: &mut 
 
 /// A new LAN frame holding `inner`, or `None` when the pool is empty or the
 /// packet does not fit an mbuf.
-#[inline]
+#[inline(always)]
 fn lan_frame(stash: &mut MbufStash, pool: &Mempool, lan: &L2, inner: &[u8]) -> Option<Mbuf> {
     let mut m = stash.get(pool)?;
     let buf = m.append(ETH + inner.len())?;

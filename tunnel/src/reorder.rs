@@ -327,6 +327,7 @@ impl<H> Reorderer<H> {
     /// Takes a packet that arrived on `path`. In-order packets, and the held
     /// ones they unblock, go to `out` at once; a packet that is dropped comes
     /// back with its reason so the caller can free it.
+    #[inline(always)]
     pub fn push(
         &mut self,
         handle: H,
