@@ -608,28 +608,35 @@ impl NatShard {
         let mut closed = 0;
         let mut left = budget.min(n);
         while left > 0 {
+            // Up to 16 slots at a time: a run with nothing due (free, or
+            // not due by its last known deadline: most of them, most of
+            // the time) is passed with one branch-free test the compiler
+            // vectorizes; a run with something due is looked at slot by
+            // slot.
             let s = self.hand;
-            // A whole chunk with nothing due (free, or not due by its last
-            // known deadline: most of them, most of the time) is passed
-            // with one branch-free test the compiler vectorizes.
             let k = SWEEP_CHUNK.min(left).min(n - s);
-            if k == SWEEP_CHUNK && !self.sweep_hint[s..s + k].iter().fold(false, |any, &h| any | due(h, now_h)) {
-                self.hand = if s + k == n { 0 } else { s + k };
-                left -= k;
+            self.hand = if s + k == n { 0 } else { s + k };
+            left -= k;
+            let hints = &self.sweep_hint[s..s + k];
+            let any = match <&[u32; SWEEP_CHUNK]>::try_from(hints) {
+                Ok(run) => run.iter().fold(false, |any, &h| any | due(h, now_h)),
+                Err(_) => hints.iter().fold(false, |any, &h| any | due(h, now_h)),
+            };
+            if !any {
                 continue;
             }
-            self.hand = if s + 1 == n { 0 } else { s + 1 };
-            left -= 1;
-            if !due(self.sweep_hint[s], now_h) {
-                continue;
-            }
-            let x = &self.sessions[s];
-            if x.live && x.expires <= now {
-                self.close(s as u32);
-                self.counters.sessions_expired += 1;
-                closed += 1;
-            } else {
-                self.sweep_hint[s] = if x.live { hint(x.expires) } else { 0 };
+            for i in s..s + k {
+                if !due(self.sweep_hint[i], now_h) {
+                    continue;
+                }
+                let x = &self.sessions[i];
+                if x.live && x.expires <= now {
+                    self.close(i as u32);
+                    self.counters.sessions_expired += 1;
+                    closed += 1;
+                } else {
+                    self.sweep_hint[i] = if x.live { hint(x.expires) } else { 0 };
+                }
             }
         }
         closed
