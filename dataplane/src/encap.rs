@@ -58,7 +58,7 @@ pub fn fragment_ipv4_count(frame: &[u8], chunk: usize) -> Option<usize> {
 /// Header and total length of the IPv4 packet in `frame` when
 /// [`fragment_ipv4`] cuts it into pieces of `chunk` bytes.
 fn cuttable_ipv4(frame: &[u8], chunk: usize) -> Option<(usize, usize)> {
-    if chunk < 8 || chunk % 8 != 0 || frame.len() < IP_AT + 20 || frame[12..14] != [0x08, 0x00] {
+    if chunk < 8 || !chunk.is_multiple_of(8) || frame.len() < IP_AT + 20 || frame[12..14] != [0x08, 0x00] {
         return None;
     }
     let ip = &frame[IP_AT..];

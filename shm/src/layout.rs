@@ -81,7 +81,7 @@ pub(crate) struct Header {
 const _: () = assert!(size_of::<Meta>() == 64);
 const _: () = assert!(HEADER_SIZE == 320);
 const _: () = assert!(MSG_SIZE == 128);
-const _: () = assert!(HEADER_SIZE % core::mem::align_of::<Msg>() == 0);
+const _: () = assert!(HEADER_SIZE.is_multiple_of(core::mem::align_of::<Msg>()));
 
 /// Total bytes of a segment whose rings hold `capacity` slots each.
 pub const fn segment_len(capacity: u32) -> u64 {

@@ -188,7 +188,7 @@ fn readers_never_see_a_torn_publish() {
                 // Everything published before DONE is visible now.
                 let last = reader.snapshot();
                 let end = check(&last, &steps).unwrap();
-                assert!(end[0] == end[1] && end[0] >= STEPS && end[0] % STOP_EVERY == 0, "last steps {end:?}");
+                assert!(end[0] == end[1] && end[0] >= STEPS && end[0].is_multiple_of(STOP_EVERY), "last steps {end:?}");
                 assert_eq!((last.heartbeat, last.torn_workers), (u64::MAX, 0));
                 steps = end;
                 break 'read;

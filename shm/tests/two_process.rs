@@ -114,7 +114,7 @@ fn two_processes_exchange_two_million_messages() {
                 Ok(()) => break,
                 Err(Full) => {
                     full += 1;
-                    if full % 4096 == 0 {
+                    if full.is_multiple_of(4096) {
                         assert!(child.exited().is_none(), "consumer exited early at seq {seq}");
                         assert!(start.elapsed() < DEADLINE, "stuck at seq {seq}");
                     }

@@ -436,7 +436,7 @@ mod tests {
         let mut m = PathMonitor::new(0, LivenessConfig::default(), 0);
         // Every other probe lost: never 3 in a row.
         let changed = run(&mut m, 0, 5000 * MS, 10 * MS, |now| {
-            (now / (100 * MS)) % 2 == 0
+            (now / (100 * MS)).is_multiple_of(2)
         });
         assert_eq!(changed, None);
         assert!(m.is_alive());

@@ -377,7 +377,7 @@ fn simulate(s: &Scenario) -> Outcome {
                     };
                     let idx = next_idx[flow as usize];
                     next_idx[flow as usize] += 1;
-                    let p = inner_packet(flow % 3 == 0, flow, idx, len);
+                    let p = inner_packet(flow.is_multiple_of(3), flow, idx, len);
                     let hash = FlowKey::extract(&p).unwrap().hash() as u32;
                     sent.insert((flow, idx), p.clone());
                     burst.push((p, hash));
