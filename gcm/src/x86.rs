@@ -24,12 +24,19 @@ use core::arch::x86_64::*;
 
 use crate::{OpenError, NONCE_LEN, TAG_LEN};
 
+mod wide;
+
 /// Whether the CPU has every instruction used here.
 pub fn available() -> bool {
     std::is_x86_feature_detected!("aes")
         && std::is_x86_feature_detected!("pclmulqdq")
         && std::is_x86_feature_detected!("ssse3")
         && std::is_x86_feature_detected!("sse4.1")
+}
+
+/// Whether the CPU runs the wide kernels too.
+pub fn wide_available() -> bool {
+    wide::available()
 }
 
 /// Most blocks encrypted, and GHASH products summed, at once.
@@ -43,6 +50,12 @@ pub struct Keys {
     rounds: usize,
     /// H^1..H^8, byte-reflected.
     hp: [__m128i; WIDE],
+    /// H^32 down to H^1 (`wide::GROUP` powers), byte-reflected, then
+    /// four zeros: the wide kernels load four consecutive powers from any
+    /// of the first 32.
+    hw: [__m128i; wide::GROUP + 4],
+    /// The CPU runs the wide kernels (`wide::available`).
+    wide: bool,
 }
 
 impl Keys {
@@ -63,16 +76,37 @@ impl Keys {
         }
     }
 
+    /// Whether buffers of `len` bytes go to the wide kernels.
+    #[inline(always)]
+    fn use_wide(&self, len: usize) -> bool {
+        self.wide && len >= wide::WIDE_FROM
+    }
+
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &mut [u8; TAG_LEN]) {
+        if self.use_wide(buf.len()) {
+            // SAFETY: `wide` is set only where `wide::available()` said yes.
+            return unsafe { wide::seal(self, nonce, aad, buf, tag) };
+        }
         // SAFETY: a `Keys` exists only where `available()` said yes.
         unsafe { seal(self, nonce, aad, buf, tag) }
     }
 
     /// `sealed` holds at least `TAG_LEN` bytes (checked by the caller).
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], sealed: &mut [u8]) -> Result<(), OpenError> {
+        if self.use_wide(sealed.len() - TAG_LEN) {
+            // SAFETY: as in `seal`.
+            return unsafe { wide::open(self, nonce, aad, sealed) };
+        }
         // SAFETY: as in `seal`.
         unsafe { open(self, nonce, aad, sealed) }
     }
+
+    /// The wide (VAES, AVX-512) kernels are in use from
+    /// [`wide::WIDE_FROM`] bytes.
+    pub fn wide(&self) -> bool {
+        self.wide
+    }
+
 }
 
 /// Loads 16 bytes.
@@ -219,13 +253,17 @@ unsafe fn expand(key: &[u8]) -> Keys {
         rk[14] = unsafe { step256_even::<0x40>(rk[12], rk[13]) };
         14
     };
-    let mut k = Keys { rk, rounds, hp: [z; WIDE] };
+    let mut k = Keys { rk, rounds, hp: [z; WIDE], hw: [z; wide::GROUP + 4], wide: wide::available() };
     let mut h = [z];
     unsafe { encrypt(&k, &mut h) };
     let h = unsafe { bswap(h[0]) };
-    k.hp[0] = h;
-    for i in 1..WIDE {
-        k.hp[i] = unsafe { gfmul(k.hp[i - 1], h) };
+    let mut p = h;
+    for i in 0..wide::GROUP {
+        if i < WIDE {
+            k.hp[i] = p;
+        }
+        k.hw[wide::GROUP - 1 - i] = p;
+        p = unsafe { gfmul(p, h) };
     }
     k
 }

@@ -1,15 +1,18 @@
 //! The AEAD behind every SA, as a small trait so another engine (DPDK
 //! cryptodev, QAT) can replace it without touching the pipeline.
 //!
-//! [`AesGcm`] seals and opens packets of [`SMALL`] bytes or more with
-//! aws-lc's AES-GCM (through `aws-lc-rs`): its stitched AES-NI/VAES +
-//! (V)PCLMULQDQ assembly, picked at run time from CPUID, seals 1420 bytes
-//! about twice as fast as the `aes-gcm` crate on these machines and 9000
-//! bytes 2.5 times as fast. Smaller packets, where aws-lc's fixed cost per
-//! call dominates, go to `braid-gcm` (AES-NI + PCLMULQDQ kernels for short
-//! buffers, ~3 times as fast as the `aes-gcm` crate at 64 bytes), or to the
-//! `aes-gcm` crate on a CPU without those instructions (ARCHITECTURE.md,
-//! "Decisions").
+//! [`AesGcm`] seals and opens with `braid-gcm` where the CPU has VAES,
+//! VPCLMULQDQ and AVX-512 (its wide kernels: sixteen blocks a step, one
+//! reduction per 64 blocks, ~60 cycles of fixed cost), at every size: a
+//! 1448-byte ESP payload costs ~375 cycles there against ~530 with
+//! aws-lc, whose fixed cost per call is ~250 cycles, and 9000 bytes the
+//! same. Elsewhere, packets of [`SMALL`] bytes or more go to aws-lc's
+//! AES-GCM (through `aws-lc-rs`: stitched AES-NI/VAES + (V)PCLMULQDQ
+//! assembly picked at run time from CPUID, twice as fast as the `aes-gcm`
+//! crate at 1420 bytes), and smaller ones to `braid-gcm`'s AES-NI +
+//! PCLMULQDQ kernels for short buffers (~3 times as fast as the `aes-gcm`
+//! crate at 64 bytes), or to the `aes-gcm` crate on a CPU without those
+//! instructions (ARCHITECTURE.md, "Decisions").
 
 use aes_gcm::aead::array::Array;
 use aes_gcm::{AeadInOut, Aes128Gcm, Aes256Gcm, KeyInit};
@@ -102,7 +105,8 @@ impl Drop for AesGcmKey {
 }
 
 /// Below this many bytes of ciphertext [`AesGcm`] uses `braid-gcm` (or the
-/// `aes-gcm` crate), from it up aws-lc. aws-lc's fixed cost per call (its one-block GHASH of
+/// `aes-gcm` crate), from it up aws-lc, unless `braid-gcm` has its wide
+/// kernels on this CPU (then it takes every size). aws-lc's fixed cost per call (its one-block GHASH of
 /// the AAD and lengths, IV set-up) made plain-mode 64-byte packets ~30%
 /// dearer per packet (braid-perf-gw: 285-314 -> 395 cycles LAN->WAN); at
 /// 1420 bytes it is ~30% cheaper per packet for the whole gateway.
@@ -117,8 +121,13 @@ pub const SMALL: usize = 256;
 pub struct AesGcm {
     large: LessSafeKey,
     small: Small,
+    /// `small` is braid-gcm with its wide kernels: it takes every size.
+    wide: bool,
 }
 
+// One per SA, built once: the variants' sizes (braid-gcm's key holds
+// H..H^64) cost nothing, a box would cost a pointer chase per packet.
+#[allow(clippy::large_enum_variant)]
 enum Small {
     /// AES-NI + PCLMULQDQ, where the CPU has them.
     Hw(braid_gcm::Gcm),
@@ -131,14 +140,15 @@ impl AesGcm {
     pub fn new(key: &AesGcmKey) -> AesGcm {
         let mut aead = AesGcm::portable(key);
         if let Some(hw) = braid_gcm::Gcm::new(key.as_bytes()) {
+            aead.wide = hw.wide();
             aead.small = Small::Hw(hw);
         }
         aead
     }
 
     /// As [`AesGcm::new`], but short packets always go to the `aes-gcm`
-    /// crate: what a CPU without AES-NI and PCLMULQDQ gets, and what tests
-    /// compare the kernels with.
+    /// crate and the others to aws-lc: what a CPU without AES-NI and
+    /// PCLMULQDQ gets, and what tests compare the kernels with.
     pub fn portable(key: &AesGcmKey) -> AesGcm {
         let (alg, small) = match key {
             AesGcmKey::Aes128(k) => (&AES_128_GCM, Small::Aes128(Aes128Gcm::new(&Array::from(*k)))),
@@ -146,7 +156,7 @@ impl AesGcm {
         };
         // Infallible: the key's length is the algorithm's by construction.
         let unbound = UnboundKey::new(alg, key.as_bytes()).expect("AES-GCM key length");
-        AesGcm { large: LessSafeKey::new(unbound), small }
+        AesGcm { large: LessSafeKey::new(unbound), small, wide: false }
     }
 }
 
@@ -154,7 +164,9 @@ impl AesGcm {
 /// operator's log: a CPU without AES-NI and PCLMULQDQ seals short packets
 /// several times slower.
 pub fn engines() -> &'static str {
-    if braid_gcm::Gcm::available() {
+    if braid_gcm::Gcm::wide_available() {
+        "braid-gcm at every size (VAES + VPCLMULQDQ + AVX-512 from 128 bytes, AES-NI + PCLMULQDQ below)"
+    } else if braid_gcm::Gcm::available() {
         "aws-lc from 256 bytes, braid-gcm (AES-NI + PCLMULQDQ) below"
     } else {
         "aws-lc from 256 bytes, the portable aes-gcm crate below (no AES-NI/PCLMULQDQ on this CPU: short packets are slow)"
@@ -167,7 +179,11 @@ impl core::fmt::Debug for AesGcm {
             a if *a == AES_128_GCM => 128,
             _ => 256,
         };
-        let small = if matches!(self.small, Small::Hw(_)) { "aes-ni" } else { "portable" };
+        let small = match self.small {
+            Small::Hw(_) if self.wide => "vaes",
+            Small::Hw(_) => "aes-ni",
+            _ => "portable",
+        };
         write!(f, "AesGcm::Aes{bits}({small})")
     }
 }
@@ -181,7 +197,7 @@ impl Aead for AesGcm {
         buf: &mut [u8],
         tag: &mut [u8; TAG_LEN],
     ) -> Result<(), AeadError> {
-        if buf.len() < SMALL {
+        if buf.len() < SMALL || self.wide {
             let nonce = match &self.small {
                 Small::Hw(g) => {
                     g.seal_into(nonce, aad, buf, tag);
@@ -215,9 +231,10 @@ impl Aead for AesGcm {
         let Some(end) = sealed.len().checked_sub(TAG_LEN) else {
             return Err(AeadError);
         };
-        if end < SMALL {
-            // Both check the tag before they decrypt: a refused packet is
-            // left as it was.
+        if end < SMALL || self.wide {
+            // A refused packet is left as it was: the aes-gcm crate and
+            // braid-gcm's narrow kernels check the tag before they
+            // decrypt, its wide ones apply the keystream again.
             if let Small::Hw(g) = &self.small {
                 return g.open(nonce, aad, sealed).map_err(|_| AeadError);
             }
@@ -386,10 +403,10 @@ mod tests {
     /// The `aes-gcm` crate (RustCrypto, written independently of aws-lc)
     /// opens what we seal and we open what it seals, for both key sizes,
     /// every length from 0 to 1100 bytes and a jumbo frame, with and
-    /// without an ESN-sized AAD: from [`SMALL`] up, that checks aws-lc
-    /// against an independent implementation; below, `braid-gcm`
-    /// (`AesGcm::new` where the CPU has the instructions) and, with
-    /// `AesGcm::portable`, the switch to that crate itself (the GCM spec
+    /// without an ESN-sized AAD: `braid-gcm` (`AesGcm::new` where the CPU
+    /// has the instructions: its wide kernels at every size where it has
+    /// those) and, with `AesGcm::portable`, aws-lc from [`SMALL`] up and
+    /// the switch to that crate below (the GCM spec
     /// vectors and `tests/interop.rs` check that crate).
     #[test]
     fn agrees_with_an_independent_implementation() {
@@ -400,7 +417,12 @@ mod tests {
         // the portable path.
         let ours = [AesGcm::new(&k128), AesGcm::new(&k256), AesGcm::portable(&k128), AesGcm::portable(&k256)];
         assert_eq!(format!("{:?}", ours[2]), "AesGcm::Aes128(portable)");
-        assert_eq!(format!("{:?}", ours[1]), if braid_gcm::Gcm::available() { "AesGcm::Aes256(aes-ni)" } else { "AesGcm::Aes256(portable)" });
+        let hw = match (braid_gcm::Gcm::wide_available(), braid_gcm::Gcm::available()) {
+            (true, _) => "vaes",
+            (false, true) => "aes-ni",
+            _ => "portable",
+        };
+        assert_eq!(format!("{:?}", ours[1]), format!("AesGcm::Aes256({hw})"));
         let (k128, k256) = ([0x11u8; 16], [0x22u8; 32]);
         let r128 = Aes128Gcm::new(&Array::from(k128));
         let r256 = Aes256Gcm::new(&Array::from(k256));
@@ -436,7 +458,13 @@ mod tests {
 
     #[test]
     fn engines_name_what_runs() {
-        let want = if braid_gcm::Gcm::available() { "braid-gcm" } else { "portable" };
+        let want = if braid_gcm::Gcm::wide_available() {
+            "every size"
+        } else if braid_gcm::Gcm::available() {
+            "braid-gcm"
+        } else {
+            "portable"
+        };
         assert!(engines().contains(want), "{}", engines());
     }
 
