@@ -7,11 +7,12 @@
 //! reduced once (aggregated reduction, the same paper's section on
 //! "aggregated reduction").
 //!
-//! The three entry points (`expand`, `seal`, `open`) are
-//! `#[target_feature]`; every helper is `#[inline(always)]` into them, so
-//! it is compiled with their features and no vector crosses a call. The
-//! only way in is through [`Keys`], which exists only once [`available`]
-//! said yes.
+//! The entry points (`expand`, `seal`, `open`, and the wide kernels'
+//! `wide::seal`, `wide::open`) are `#[target_feature]`; every helper is
+//! `#[inline(always)]` into them, so it is compiled with their features
+//! and no vector crosses a call. The only way in is through [`Keys`],
+//! which exists only once [`available`] said yes, and which goes to the
+//! wide kernels only where `wide::available()` also said yes.
 
 // SAFETY (for every `unsafe` block below without a line of its own): the
 // helpers are `unsafe fn` only because they execute AES-NI, PCLMULQDQ,
@@ -50,10 +51,10 @@ pub struct Keys {
     rounds: usize,
     /// H^1..H^8, byte-reflected.
     hp: [__m128i; WIDE],
-    /// H^32 down to H^1 (`wide::GROUP` powers), byte-reflected, then
-    /// four zeros: the wide kernels load four consecutive powers from any
-    /// of the first 32.
-    hw: [__m128i; wide::GROUP + 4],
+    /// H^66 down to H^1 (`wide::POWERS`), byte-reflected, then four
+    /// zeros: the wide kernels load four consecutive powers from any of
+    /// the first 66.
+    hw: [__m128i; wide::POWERS + 4],
     /// The CPU runs the wide kernels (`wide::available`).
     wide: bool,
 }
@@ -76,14 +77,8 @@ impl Keys {
         }
     }
 
-    /// Whether buffers of `len` bytes go to the wide kernels.
-    #[inline(always)]
-    fn use_wide(&self, len: usize) -> bool {
-        self.wide && len >= wide::WIDE_FROM
-    }
-
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &mut [u8; TAG_LEN]) {
-        if self.use_wide(buf.len()) {
+        if self.wide {
             // SAFETY: `wide` is set only where `wide::available()` said yes.
             return unsafe { wide::seal(self, nonce, aad, buf, tag) };
         }
@@ -93,7 +88,7 @@ impl Keys {
 
     /// `sealed` holds at least `TAG_LEN` bytes (checked by the caller).
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], sealed: &mut [u8]) -> Result<(), OpenError> {
-        if self.use_wide(sealed.len() - TAG_LEN) {
+        if self.wide {
             // SAFETY: as in `seal`.
             return unsafe { wide::open(self, nonce, aad, sealed) };
         }
@@ -101,12 +96,15 @@ impl Keys {
         unsafe { open(self, nonce, aad, sealed) }
     }
 
-    /// The wide (VAES, AVX-512) kernels are in use from
-    /// [`wide::WIDE_FROM`] bytes.
+    /// The wide (VAES, AVX-512) kernels are in use.
     pub fn wide(&self) -> bool {
         self.wide
     }
 
+    /// The same key on the narrow kernels only.
+    pub fn narrow(&self) -> Keys {
+        Keys { wide: false, ..*self }
+    }
 }
 
 /// Loads 16 bytes.
@@ -253,16 +251,16 @@ unsafe fn expand(key: &[u8]) -> Keys {
         rk[14] = unsafe { step256_even::<0x40>(rk[12], rk[13]) };
         14
     };
-    let mut k = Keys { rk, rounds, hp: [z; WIDE], hw: [z; wide::GROUP + 4], wide: wide::available() };
+    let mut k = Keys { rk, rounds, hp: [z; WIDE], hw: [z; wide::POWERS + 4], wide: wide::available() };
     let mut h = [z];
     unsafe { encrypt(&k, &mut h) };
     let h = unsafe { bswap(h[0]) };
     let mut p = h;
-    for i in 0..wide::GROUP {
+    for i in 0..wide::POWERS {
         if i < WIDE {
             k.hp[i] = p;
         }
-        k.hw[wide::GROUP - 1 - i] = p;
+        k.hw[wide::POWERS - 1 - i] = p;
         p = unsafe { gfmul(p, h) };
     }
     k
@@ -355,7 +353,7 @@ struct Ghash<'a> {
 
 impl Ghash<'_> {
     #[inline(always)]
-        unsafe fn push(&mut self, block: __m128i) {
+    unsafe fn push(&mut self, block: __m128i) {
         self.pending[self.n] = unsafe { bswap(block) };
         self.n += 1;
         if self.n == WIDE {
@@ -364,7 +362,7 @@ impl Ghash<'_> {
     }
 
     #[inline(always)]
-        unsafe fn fold(&mut self) {
+    unsafe fn fold(&mut self) {
         let n = self.n;
         if n == 0 {
             return;
@@ -381,7 +379,7 @@ impl Ghash<'_> {
 
     /// `b` as blocks, the last zero-padded.
     #[inline(always)]
-        unsafe fn bytes(&mut self, b: &[u8]) {
+    unsafe fn bytes(&mut self, b: &[u8]) {
         let mut blocks = b.chunks_exact(16);
         for blk in &mut blocks {
             unsafe { self.push(load16(blk.try_into().expect("16 bytes"))) };

@@ -16,6 +16,17 @@ fn gcm(key: &[u8]) -> Gcm {
     Gcm::new(key).expect("this machine has AES-NI and PCLMULQDQ")
 }
 
+/// The key on each set of kernels this CPU runs: the wide ones (where it
+/// has them: `Gcm::new`'s choice) and the narrow ones.
+fn kernels(key: &[u8]) -> Vec<Gcm> {
+    let g = gcm(key);
+    if g.wide() {
+        vec![g.narrow(), g]
+    } else {
+        vec![g]
+    }
+}
+
 /// What the `aes-gcm` crate makes of the same input: ciphertext and tag.
 fn reference(key: &[u8], nonce: &[u8; 12], aad: &[u8], pt: &[u8]) -> (Vec<u8>, [u8; 16]) {
     let mut ct = pt.to_vec();
@@ -104,25 +115,29 @@ fn spec_vectors() {
         ),
     ];
     for (i, (key, iv, aad, pt, ct, tag)) in cases.iter().enumerate() {
-        let g = gcm(&hex(key));
-        let nonce: [u8; 12] = hex(iv).try_into().unwrap();
-        let mut buf = hex(pt);
-        let got = g.seal(&nonce, &hex(aad), &mut buf);
-        assert_eq!(buf, hex(ct), "case {i}: ciphertext");
-        assert_eq!(got.to_vec(), hex(tag), "case {i}: tag");
-        buf.extend_from_slice(&got);
-        g.open(&nonce, &hex(aad), &mut buf).unwrap();
-        assert_eq!(&buf[..buf.len() - TAG_LEN], hex(pt).as_slice(), "case {i}: opened");
+        for g in kernels(&hex(key)) {
+            let nonce: [u8; 12] = hex(iv).try_into().unwrap();
+            let mut buf = hex(pt);
+            let got = g.seal(&nonce, &hex(aad), &mut buf);
+            assert_eq!(buf, hex(ct), "case {i}: ciphertext");
+            assert_eq!(got.to_vec(), hex(tag), "case {i}: tag");
+            buf.extend_from_slice(&got);
+            g.open(&nonce, &hex(aad), &mut buf).unwrap();
+            assert_eq!(&buf[..buf.len() - TAG_LEN], hex(pt).as_slice(), "case {i}: opened");
+        }
     }
 }
 
-/// Every length from 0 to 1100 bytes (every way a buffer ends within the
+/// Every length from 0 to 2300 bytes (every way a buffer ends within the
 /// narrow kernels' eight-block groups, the wide kernels' 64-byte
-/// registers, 256-byte steps and 64-block reductions, and the last
-/// partial block), AAD lengths around a block, both key sizes: the same
-/// bytes and tag as aes-gcm, and open gives the plaintext back.
+/// registers, 256-byte steps and 64-block groups, and the last partial
+/// block; a later group of every size), AAD lengths around a block and
+/// longer, both key sizes, on each set of kernels: the same bytes and tag
+/// as aes-gcm, open gives the plaintext back, and the bytes on either
+/// side of the buffer are never touched.
 #[test]
 fn every_length_against_aes_gcm() {
+    const GUARD: usize = 64;
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut rnd = move || {
         seed ^= seed << 13;
@@ -131,20 +146,28 @@ fn every_length_against_aes_gcm() {
         seed as u8
     };
     for key_len in [16, 32] {
-        for len in 0..=1100 {
-            for aad_len in [0, 8, 12, 15, 16, 17, 33] {
+        for len in 0..=2300 {
+            for aad_len in [0, 8, 12, 15, 16, 17, 33, 64, 100] {
                 let key: Vec<u8> = (0..key_len).map(|_| rnd()).collect();
                 let nonce: [u8; 12] = core::array::from_fn(|_| rnd());
                 let aad: Vec<u8> = (0..aad_len).map(|_| rnd()).collect();
                 let pt: Vec<u8> = (0..len).map(|_| rnd()).collect();
                 let (ct, tag) = reference(&key, &nonce, &aad, &pt);
-                let g = gcm(&key);
-                let mut buf = pt.clone();
-                assert_eq!(g.seal(&nonce, &aad, &mut buf), tag, "tag: key {key_len} len {len} aad {aad_len}");
-                assert_eq!(buf, ct, "ciphertext: key {key_len} len {len} aad {aad_len}");
-                buf.extend_from_slice(&tag);
-                g.open(&nonce, &aad, &mut buf).unwrap();
-                assert_eq!(&buf[..len], pt.as_slice());
+                for g in kernels(&key) {
+                    let w = g.wide();
+                    let what = format!("key {key_len} len {len} aad {aad_len} wide {w}");
+                    // [guard | text | tag | guard]
+                    let mut buf = vec![0xa5u8; GUARD + len + TAG_LEN + GUARD];
+                    buf[GUARD..GUARD + len].copy_from_slice(&pt);
+                    let got = g.seal(&nonce, &aad, &mut buf[GUARD..GUARD + len]);
+                    assert_eq!(got, tag, "tag: {what}");
+                    assert_eq!(&buf[GUARD..GUARD + len], ct.as_slice(), "ciphertext: {what}");
+                    buf[GUARD + len..GUARD + len + TAG_LEN].copy_from_slice(&tag);
+                    g.open(&nonce, &aad, &mut buf[GUARD..GUARD + len + TAG_LEN]).unwrap();
+                    assert_eq!(&buf[GUARD..GUARD + len], pt.as_slice(), "opened: {what}");
+                    let outside = buf[..GUARD].iter().chain(&buf[GUARD + len + TAG_LEN..]);
+                    assert!(outside.into_iter().all(|b| *b == 0xa5), "a byte outside the buffer changed: {what}");
+                }
             }
         }
     }
@@ -161,19 +184,22 @@ fn large_buffers_against_aes_gcm() {
             let nonce = [7u8; 12];
             let pt: Vec<u8> = (0..len).map(|i| (i * 31) as u8).collect();
             let (ct, tag) = reference(&key, &nonce, b"spi+seq!", &pt);
-            let g = gcm(&key);
-            let mut buf = pt.clone();
-            assert_eq!(g.seal(&nonce, b"spi+seq!", &mut buf), tag, "key {key_len} len {len}");
-            assert_eq!(buf, ct, "key {key_len} len {len}");
-            buf.extend_from_slice(&tag);
-            g.open(&nonce, b"spi+seq!", &mut buf).unwrap();
-            assert_eq!(&buf[..len], pt.as_slice(), "key {key_len} len {len}");
+            for g in kernels(&key) {
+                let w = g.wide();
+                let mut buf = pt.clone();
+                assert_eq!(g.seal(&nonce, b"spi+seq!", &mut buf), tag, "key {key_len} len {len} wide {w}");
+                assert_eq!(buf, ct, "key {key_len} len {len} wide {w}");
+                buf.extend_from_slice(&tag);
+                g.open(&nonce, b"spi+seq!", &mut buf).unwrap();
+                assert_eq!(&buf[..len], pt.as_slice(), "key {key_len} len {len} wide {w}");
+            }
         }
     }
 }
 
-/// The wide kernels (from 128 bytes) run wherever the CPU has them, so
-/// the tests above test them on such a CPU (this project's machines).
+/// The wide kernels run wherever the CPU has them (so the tests above test
+/// both sets on such a CPU: this project's machines), and `narrow` turns
+/// them off.
 #[test]
 fn wide_kernels_where_the_cpu_has_them() {
     let cpu = std::is_x86_feature_detected!("avx512f")
@@ -181,6 +207,7 @@ fn wide_kernels_where_the_cpu_has_them() {
         && std::is_x86_feature_detected!("vaes")
         && std::is_x86_feature_detected!("vpclmulqdq");
     assert_eq!(gcm(&[1; 32]).wide(), cpu);
+    assert!(!gcm(&[1; 32]).narrow().wide());
     eprintln!("wide kernels on this CPU: {cpu}");
 }
 
@@ -195,18 +222,19 @@ fn other_key_lengths_and_short_input_are_refused() {
 }
 
 proptest! {
-    /// Any one bit flipped in the ciphertext, the tag or the AAD: refused,
-    /// and the buffer left exactly as it was (nothing decrypted by the
-    /// narrow kernels; the wide ones' keystream applied again).
+    /// Any one bit flipped in the ciphertext, the tag or the AAD, either
+    /// key size, either set of kernels: refused, and the buffer left
+    /// exactly as it was (the narrow kernels decrypt nothing; the wide ones
+    /// apply their keystream again).
     #[test]
-    fn tampering_is_refused_and_nothing_decrypted(
-        key in proptest::collection::vec(any::<u8>(), 32),
+    fn tampering_is_refused_and_the_buffer_left_as_it_was(
+        key in prop_oneof![proptest::collection::vec(any::<u8>(), 16), proptest::collection::vec(any::<u8>(), 32)],
         pt in proptest::collection::vec(any::<u8>(), 0..1200),
         aad in proptest::collection::vec(any::<u8>(), 0..20),
         flip in any::<usize>(),
         bit in 0u8..8,
     ) {
-        let g = gcm(&key);
+      for g in kernels(&key) {
         let nonce = [3u8; 12];
         let mut sealed = pt.clone();
         let tag = g.seal(&nonce, &aad, &mut sealed);
@@ -225,5 +253,7 @@ proptest! {
         prop_assert_eq!(bad, before);
         let mut wrong_nonce = sealed.clone();
         prop_assert_eq!(g.open(&[4u8; 12], &aad, &mut wrong_nonce), Err(OpenError));
+        prop_assert_eq!(wrong_nonce, sealed);
+      }
     }
 }

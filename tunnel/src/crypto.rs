@@ -1,18 +1,18 @@
 //! The AEAD behind every SA, as a small trait so another engine (DPDK
 //! cryptodev, QAT) can replace it without touching the pipeline.
 //!
-//! [`AesGcm`] seals and opens with `braid-gcm` where the CPU has VAES,
-//! VPCLMULQDQ and AVX-512 (its wide kernels: sixteen blocks a step, one
-//! reduction per 64 blocks, ~60 cycles of fixed cost), at every size: a
-//! 1448-byte ESP payload costs ~375 cycles there against ~530 with
-//! aws-lc, whose fixed cost per call is ~250 cycles, and 9000 bytes the
-//! same. Elsewhere, packets of [`SMALL`] bytes or more go to aws-lc's
-//! AES-GCM (through `aws-lc-rs`: stitched AES-NI/VAES + (V)PCLMULQDQ
-//! assembly picked at run time from CPUID, twice as fast as the `aes-gcm`
-//! crate at 1420 bytes), and smaller ones to `braid-gcm`'s AES-NI +
-//! PCLMULQDQ kernels for short buffers (~3 times as fast as the `aes-gcm`
-//! crate at 64 bytes), or to the `aes-gcm` crate on a CPU without those
-//! instructions (ARCHITECTURE.md, "Decisions").
+//! [`AesGcm`] seals and opens with `braid-gcm` at every size where the
+//! CPU has VAES, VPCLMULQDQ and AVX-512 (its wide kernels: sixteen
+//! blocks a step, the AAD, up to 64 blocks and the lengths under one
+//! reduction): AES-256 ~66 cycles for 64 bytes, ~350 for a 1448-byte ESP
+//! payload against ~530 with aws-lc, whose fixed cost per call is ~250
+//! cycles; even at 9000 bytes. Elsewhere, packets of [`SMALL`] bytes or
+//! more go to aws-lc's AES-GCM (through `aws-lc-rs`: stitched
+//! AES-NI/VAES + (V)PCLMULQDQ assembly picked at run time from CPUID,
+//! twice as fast as the `aes-gcm` crate at 1420 bytes), and smaller ones
+//! to `braid-gcm`'s narrow kernels (AES-NI + PCLMULQDQ, ~3 times as fast
+//! as the `aes-gcm` crate at 64 bytes), or to the `aes-gcm` crate on a
+//! CPU without those instructions (ARCHITECTURE.md, "Decisions").
 
 use aes_gcm::aead::array::Array;
 use aes_gcm::{AeadInOut, Aes128Gcm, Aes256Gcm, KeyInit};
@@ -106,15 +106,17 @@ impl Drop for AesGcmKey {
 
 /// Below this many bytes of ciphertext [`AesGcm`] uses `braid-gcm` (or the
 /// `aes-gcm` crate), from it up aws-lc, unless `braid-gcm` has its wide
-/// kernels on this CPU (then it takes every size). aws-lc's fixed cost per call (its one-block GHASH of
-/// the AAD and lengths, IV set-up) made plain-mode 64-byte packets ~30%
+/// kernels on this CPU (then it takes every size). aws-lc's fixed cost
+/// per call (its one-block GHASH of the AAD and lengths, IV set-up) made plain-mode 64-byte packets ~30%
 /// dearer per packet (braid-perf-gw: 285-314 -> 395 cycles LAN->WAN); at
 /// 1420 bytes it is ~30% cheaper per packet for the whole gateway.
 pub const SMALL: usize = 256;
 
-/// AES-GCM (128 or 256 by the key's length): aws-lc for packets of
-/// [`SMALL`] bytes and more; below, `braid-gcm` where the CPU has AES-NI
-/// and PCLMULQDQ, else the `aes-gcm` crate. All are the same standard GCM
+/// AES-GCM (128 or 256 by the key's length): `braid-gcm` at every size
+/// where the CPU has its wide kernels (VAES, VPCLMULQDQ, AVX-512);
+/// elsewhere aws-lc for packets of [`SMALL`] bytes and more and, below,
+/// `braid-gcm` where the CPU has AES-NI and PCLMULQDQ, else the `aes-gcm`
+/// crate. All are the same standard GCM
 /// (tested against each other byte for byte), so which one sealed a
 /// packet never matters to the receiver. Key schedules and GHASH
 /// tables are computed once, at SA set-up.
@@ -126,10 +128,11 @@ pub struct AesGcm {
 }
 
 // One per SA, built once: the variants' sizes (braid-gcm's key holds
-// H..H^64) cost nothing, a box would cost a pointer chase per packet.
+// H..H^66) cost nothing, a box would cost a pointer chase per packet.
 #[allow(clippy::large_enum_variant)]
 enum Small {
-    /// AES-NI + PCLMULQDQ, where the CPU has them.
+    /// braid-gcm, where the CPU has AES-NI + PCLMULQDQ (and its wide
+    /// kernels where it has VAES, VPCLMULQDQ and AVX-512).
     Hw(braid_gcm::Gcm),
     Aes128(Aes128Gcm),
     Aes256(Aes256Gcm),
@@ -165,7 +168,7 @@ impl AesGcm {
 /// several times slower.
 pub fn engines() -> &'static str {
     if braid_gcm::Gcm::wide_available() {
-        "braid-gcm at every size (VAES + VPCLMULQDQ + AVX-512 from 128 bytes, AES-NI + PCLMULQDQ below)"
+        "braid-gcm at every size (its VAES + VPCLMULQDQ + AVX-512 kernels)"
     } else if braid_gcm::Gcm::available() {
         "aws-lc from 256 bytes, braid-gcm (AES-NI + PCLMULQDQ) below"
     } else {
@@ -366,38 +369,49 @@ mod tests {
         );
     }
 
+    /// On every engine: `AesGcm::new`'s (braid-gcm here) and
+    /// `AesGcm::portable`'s (the `aes-gcm` crate below `SMALL`, aws-lc
+    /// from it up).
     #[test]
     fn open_rejects_any_flipped_bit() {
         let v = &VECTORS[3];
-        let aead = AesGcm::new(&AesGcmKey::from_slice(&hex(v.key)).unwrap());
+        let key = AesGcmKey::from_slice(&hex(v.key)).unwrap();
+        for aead in [AesGcm::new(&key), AesGcm::portable(&key)] {
+            rejects_any_flipped_bit(&aead);
+        }
+    }
+
+    fn rejects_any_flipped_bit(aead: &AesGcm) {
+        let v = &VECTORS[3];
         let nonce: [u8; 12] = hex(v.iv).try_into().unwrap();
         let aad = hex(v.aad);
-        let good = sealed(&aead, &nonce, &aad, &hex(v.plain));
+        let good = sealed(aead, &nonce, &aad, &hex(v.plain));
         // Every bit of the ciphertext and of the tag.
         for bit in 0..good.len() * 8 {
             let mut buf = good.clone();
             buf[bit / 8] ^= 1 << (bit % 8);
-            refused(&aead, &nonce, &aad, buf);
+            refused(aead, &nonce, &aad, buf);
         }
         let mut bad_aad = aad.clone();
         bad_aad[0] ^= 1;
-        refused(&aead, &nonce, &bad_aad, good.clone());
+        refused(aead, &nonce, &bad_aad, good.clone());
         let mut bad_nonce = nonce;
         bad_nonce[11] ^= 1;
-        refused(&aead, &bad_nonce, &aad, good.clone());
+        refused(aead, &bad_nonce, &aad, good.clone());
         // Shorter than a tag, and a tag alone that is not the empty text's.
-        refused(&aead, &nonce, &aad, good[..TAG_LEN - 1].to_vec());
-        refused(&aead, &nonce, &aad, good[good.len() - TAG_LEN..].to_vec());
-        // The same for a packet long enough for aws-lc, whose failed open
-        // must not leave plaintext either.
+        refused(aead, &nonce, &aad, good[..TAG_LEN - 1].to_vec());
+        refused(aead, &nonce, &aad, good[good.len() - TAG_LEN..].to_vec());
+        // The same for a packet long enough for aws-lc (`portable`) and
+        // for more than one step of braid-gcm's wide kernels: a failed
+        // open must not leave plaintext either.
         let plain = vec![0x45u8; SMALL * 4];
-        let good = sealed(&aead, &nonce, &aad, &plain);
+        let good = sealed(aead, &nonce, &aad, &plain);
         for bit in (0..good.len() * 8).step_by(61) {
             let mut buf = good.clone();
             buf[bit / 8] ^= 1 << (bit % 8);
-            refused(&aead, &nonce, &aad, buf);
+            refused(aead, &nonce, &aad, buf);
         }
-        refused(&aead, &nonce, &bad_aad, good.clone());
+        refused(aead, &nonce, &bad_aad, good.clone());
     }
 
     /// The `aes-gcm` crate (RustCrypto, written independently of aws-lc)
