@@ -715,6 +715,14 @@ impl Worker {
                 self.send_bundle(b, &burst, &dest[..n], now);
             }
         }
+        if !self.bundles.iter().any(|st| matches!(st.engine, Engine::Plain(_))) {
+            // Bundle mode only: every packet was copied into frames or
+            // dropped. Freed together, with no pass over the burst.
+            let mut burst = burst;
+            Mbuf::free_bulk(&mut burst);
+            self.rx_burst = burst;
+            return;
+        }
         // Plain mode: a tunnel for every packet first, so that each tunnel
         // leases exactly the sequence numbers this burst seals with.
         let mut tunnel = [0u16; BURST];
