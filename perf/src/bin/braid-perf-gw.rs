@@ -17,10 +17,13 @@
 //! usage: braid-perf-gw [--mode bundle|plain] [--size FRAME_BYTES]
 //!                      [--packets N] [--tunnels N] [--flows N]
 //!                      [--nat-sessions N] [--lan static|resolve]
-//!                      [--key-bits 128|256]
+//!                      [--key-bits 128|256] [--l4 udp|tcp]
 //!                      -- <EAL args with --no-pci>
 //!
 //! `--key-bits`: the SAs' AES-GCM key (default 256).
+//!
+//! `--l4 tcp`: the flows are TCP (ACK segments) instead of UDP; with NAT,
+//! the sessions then follow TCP's state machine.
 //!
 //! `--lan resolve`: B's LAN port has no static next hop and resolves each
 //! destination host by ARP (the lab's host answers), so B's WAN -> LAN
@@ -48,6 +51,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (mut mode, mut size, mut packets, mut tunnels) = ("bundle".to_string(), 64usize, 2_000_000u64, 4usize);
     let (mut flows, mut nat, mut lan_resolve) = (16usize, false, false);
     let mut key_bits = 256usize;
+    let mut l4 = L4::Udp;
     let mut it = ours.iter();
     while let Some(a) = it.next() {
         let v = it.next().ok_or(format!("{a} needs a value"))?;
@@ -61,6 +65,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 key_bits = v.parse()?;
                 if key_bits != 128 && key_bits != 256 {
                     return Err(format!("--key-bits {v}: 128 or 256").into());
+                }
+            }
+            "--l4" => {
+                l4 = match v.as_str() {
+                    "udp" => L4::Udp,
+                    "tcp" => L4::Tcp,
+                    _ => return Err(format!("--l4 {v}: udp or tcp").into()),
                 }
             }
             "--lan" => {
@@ -82,7 +93,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Plain mode never fragments outer packets: give it a jumbo WAN.
     let wan_mtu = if mode == "plain" { 9600 } else { 1500 };
     let weights = vec![1u32; tunnels];
-    let mut opts = if nat { nat_options(flows) } else { LabOptions::default() };
+    let mut opts = if nat { nat_options(flows, l4) } else { LabOptions::default() };
     if lan_resolve {
         // B's LAN resolves its hosts (10.2.0.x, one per flow up to 200) by
         // ARP; the lab's host answers.
@@ -107,7 +118,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // behind B; frames of `size` bytes (Ethernet included).
     let templates: Vec<Vec<u8>> = (0..flows as u32)
         .map(|i| {
-            let mut f = Flow::a_to_b(i, Family::V4, L4::Udp);
+            let mut f = Flow::a_to_b(i, Family::V4, l4);
             let h = i / 1000;
             f.src4 = std::net::Ipv4Addr::new(10, 1, (h >> 8) as u8, h as u8);
             f.sport = 20000 + (i % 1000) as u16;
@@ -161,10 +172,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         )
     };
     println!(
-        "{{\"bench\":\"gateway\",\"mode\":\"{mode}\",\"flows\":{flows},\"nat\":{nat},\"nat_sessions_a\":{},\"nat_sessions_b\":{},\"nat_drops\":{},\"key_bits\":{key_bits},\"frame_bytes\":{size},\"inner_ip_bytes\":{inner_len},\"tunnels\":{tunnels},\"lan_to_wan\":{},\"wan_to_lan\":{},\"esp_packets\":{},\"delivered\":{},\"drops_a\":{:?},\"drops_b\":{:?},\"engine_drops_b\":{:?}}}",
+        "{{\"bench\":\"gateway\",\"mode\":\"{mode}\",\"flows\":{flows},\"nat\":{nat},\"nat_sessions_a\":{},\"nat_sessions_b\":{},\"nat_drops\":{},\"key_bits\":{key_bits},\"l4\":\"{}\",\"frame_bytes\":{size},\"inner_ip_bytes\":{inner_len},\"tunnels\":{tunnels},\"lan_to_wan\":{},\"wan_to_lan\":{},\"esp_packets\":{},\"delivered\":{},\"drops_a\":{:?},\"drops_b\":{:?},\"engine_drops_b\":{:?}}}",
         a.nat.sessions,
         b.nat.sessions,
         a.nat.out_dropped() + a.nat.in_dropped() + b.nat.out_dropped() + b.nat.in_dropped(),
+        if matches!(l4, L4::Tcp) { "tcp" } else { "udp" },
         dir(a.encapsulated, lab.cycles_a),
         dir(b.delivered, lab.cycles_b),
         a.wan_tx.packets,
@@ -183,16 +195,18 @@ fn gcd(a: usize, b: usize) -> usize {
 }
 
 /// A: SNAT of 10.1.0.0/16 to 32 pool addresses (paired pooling spreads the
-/// hosts, ~64,000 ports each); B: DNAT of 10.2.0.1:5201 to 10.2.0.2:5201
-/// and a route back for the pool. Tables sized for `sessions`.
-fn nat_options(sessions: usize) -> LabOptions {
+/// hosts, ~64,000 ports each); B: DNAT of 10.2.0.1:5201 (UDP or TCP, as the
+/// flows) to 10.2.0.2:5201 and a route back for the pool. Tables sized for
+/// `sessions`.
+fn nat_options(sessions: usize, l4: L4) -> LabOptions {
+    let proto = if matches!(l4, L4::Tcp) { "tcp" } else { "udp" };
     LabOptions {
-        edit: Some(Box::new(|side_a, doc| {
+        edit: Some(Box::new(move |side_a, doc| {
             if side_a {
                 let pool: Vec<String> = (1..=32).map(|i| format!("100.64.0.{i}")).collect();
                 doc["nat"] = serde_json::json!({"snat": [{"name": "lan", "match": "10.1.0.0/16", "pool": pool}]});
             } else {
-                doc["nat"] = serde_json::json!({"dnat": [{"name": "srv", "external": "10.2.0.1", "protocol": "udp", "port": 5201, "internal": "10.2.0.2"}]});
+                doc["nat"] = serde_json::json!({"dnat": [{"name": "srv", "external": "10.2.0.1", "protocol": proto, "port": 5201, "internal": "10.2.0.2"}]});
                 doc["routes"].as_array_mut().unwrap().push(serde_json::json!({"prefix": "100.64.0.0/24", "peer": "peer"}));
             }
         })),
