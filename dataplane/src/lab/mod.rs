@@ -201,6 +201,9 @@ pub struct Lab {
     /// TSC cycles spent inside A's and B's polls.
     pub cycles_a: u64,
     pub cycles_b: u64,
+    /// Of `cycles_a`/`cycles_b`: spent in polls that found nothing to do.
+    pub idle_cycles_a: u64,
+    pub idle_cycles_b: u64,
     /// Destination and source MACs of frames from A's host to A.
     to_a_macs: [u8; 12],
     /// With [`LabOptions::kernel_taps`]: the kernel's side of A's LAN tap
@@ -358,6 +361,8 @@ impl Lab {
             delivered_a_count: 0,
             cycles_a: 0,
             cycles_b: 0,
+            idle_cycles_a: 0,
+            idle_cycles_b: 0,
             kernel_a,
             to_a_macs: {
                 let mut m = [0u8; 12];
@@ -404,8 +409,12 @@ impl Lab {
     pub fn step(&mut self) {
         self.poll_no += 1;
         let t0 = braid_dpdk::rdtsc();
-        self.a.poll(self.now);
-        self.cycles_a += braid_dpdk::rdtsc() - t0;
+        let work = self.a.poll(self.now);
+        let spent = braid_dpdk::rdtsc() - t0;
+        self.cycles_a += spent;
+        if work == 0 {
+            self.idle_cycles_a += spent;
+        }
         let mut got = Vec::with_capacity(BURST);
         while self.read_a_lan && self.gen.rx.rx_burst(&mut got, BURST) > 0 {
             self.delivered_a_count += got.len() as u64;
@@ -504,8 +513,12 @@ impl Lab {
     /// Polls B once and moves what it delivered into `delivered`.
     fn poll_b(&mut self) {
         let t0 = braid_dpdk::rdtsc();
-        self.b.poll(self.now);
-        self.cycles_b += braid_dpdk::rdtsc() - t0;
+        let work = self.b.poll(self.now);
+        let spent = braid_dpdk::rdtsc() - t0;
+        self.cycles_b += spent;
+        if work == 0 {
+            self.idle_cycles_b += spent;
+        }
         let mut got = Vec::with_capacity(BURST);
         while !self.hold_b_lan && self.check.rx.rx_burst(&mut got, BURST) > 0 {
             if let Some(mac) = self.b_lan_answers {
