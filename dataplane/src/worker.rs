@@ -2129,7 +2129,7 @@ fn stamp_outer(m: &mut Mbuf, outer: &OuterTemplate, esp_len: usize, ident: &mut 
 fn lan_frame(stash: &mut MbufStash, pool: &Mempool, lan: &L2, inner: &[u8]) -> Option<Mbuf> {
     let mut m = stash.get(pool)?;
     let buf = m.append(ETH + inner.len())?;
-    buf[ETH..].copy_from_slice(inner);
+    braid_tunnel::wire::copy_bytes(&mut buf[ETH..], inner);
     write_eth(buf, lan);
     Some(m)
 }

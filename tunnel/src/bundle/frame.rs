@@ -422,7 +422,7 @@ impl<'b> FrameBuilder<'b> {
         rec[field::BUCKET].copy_from_slice(&data.bucket.to_be_bytes());
         rec[field::OFFSET].copy_from_slice(&data.offset.to_be_bytes());
         rec[field::FLOW_SEQ].copy_from_slice(&data.flow_seq.to_be_bytes());
-        rec[DATA_HEADER_LEN..].copy_from_slice(data.data);
+        crate::wire::copy_bytes(&mut rec[DATA_HEADER_LEN..], data.data);
         true
     }
 
