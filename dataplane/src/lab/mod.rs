@@ -150,6 +150,14 @@ pub struct Lab {
     pub pools: Vec<Arc<Mempool>>,
     pub test_pool: Arc<Mempool>,
     pub now: u64,
+    /// How simulated time advances per `step`: `None`, by [`TICK`]; with
+    /// the TSC's rate, by the busy time of the slower gateway in that step
+    /// (each gateway is a worker on its own core, both saturated: their
+    /// timers run as often per packet as a real worker's at that rate).
+    /// Benchmarks use the latter; tests the fixed tick.
+    pub busy_clock: Option<u64>,
+    /// Cycles each gateway spent in the current step.
+    step_cycles: (u64, u64),
     /// Frames A sent to B, copied, when capturing.
     pub capture: Option<Vec<Vec<u8>>>,
     pub capture_limit: usize,
@@ -338,6 +346,8 @@ impl Lab {
             pools: vec![pool_a, pool_b],
             test_pool,
             now: 0,
+            busy_clock: None,
+            step_cycles: (0, 0),
             capture: None,
             capture_limit: 0,
             delay_polls: HashMap::new(),
@@ -412,6 +422,7 @@ impl Lab {
         let work = self.a.poll(self.now);
         let spent = braid_dpdk::rdtsc() - t0;
         self.cycles_a += spent;
+        self.step_cycles = (spent, 0);
         if work == 0 {
             self.idle_cycles_a += spent;
         }
@@ -499,7 +510,13 @@ impl Lab {
             assert!(burst.is_empty());
         }
         self.poll_b();
-        self.now += TICK;
+        self.now += match self.busy_clock {
+            Some(hz) => {
+                let (a, b) = self.step_cycles;
+                ((a.max(b) as u128 * 1_000_000_000 / hz.max(1) as u128) as u64).max(1)
+            }
+            None => TICK,
+        };
     }
 
     /// Runs `wan_hook` on one frame: whether it goes on.
@@ -516,6 +533,7 @@ impl Lab {
         let work = self.b.poll(self.now);
         let spent = braid_dpdk::rdtsc() - t0;
         self.cycles_b += spent;
+        self.step_cycles.1 += spent;
         if work == 0 {
             self.idle_cycles_b += spent;
         }
