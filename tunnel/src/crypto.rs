@@ -369,14 +369,22 @@ mod tests {
         );
     }
 
-    /// On every engine: `AesGcm::new`'s (braid-gcm here) and
-    /// `AesGcm::portable`'s (the `aes-gcm` crate below `SMALL`, aws-lc
-    /// from it up).
+    /// What a CPU with AES-NI and PCLMULQDQ but without braid-gcm's wide
+    /// kernels runs: braid-gcm's narrow kernels below `SMALL`, aws-lc from
+    /// it up (`None` on a CPU without AES-NI).
+    fn narrow(key: &AesGcmKey) -> Option<AesGcm> {
+        let g = braid_gcm::Gcm::new(key.as_bytes())?;
+        Some(AesGcm { small: Small::Hw(g.narrow()), wide: false, ..AesGcm::portable(key) })
+    }
+
+    /// On every engine: `AesGcm::new`'s (braid-gcm here), the narrow
+    /// kernels with aws-lc, and `AesGcm::portable`'s (the `aes-gcm` crate
+    /// below `SMALL`, aws-lc from it up).
     #[test]
     fn open_rejects_any_flipped_bit() {
         let v = &VECTORS[3];
         let key = AesGcmKey::from_slice(&hex(v.key)).unwrap();
-        for aead in [AesGcm::new(&key), AesGcm::portable(&key)] {
+        for aead in [Some(AesGcm::new(&key)), narrow(&key), Some(AesGcm::portable(&key))].into_iter().flatten() {
             rejects_any_flipped_bit(&aead);
         }
     }
@@ -429,7 +437,11 @@ mod tests {
         let (k128, k256) = (AesGcmKey::Aes128(k128), AesGcmKey::Aes256(k256));
         // Index 0, 2: AES-128; the kernels where the CPU has them, then
         // the portable path.
-        let ours = [AesGcm::new(&k128), AesGcm::new(&k256), AesGcm::portable(&k128), AesGcm::portable(&k256)];
+        let mut ours = vec![AesGcm::new(&k128), AesGcm::new(&k256), AesGcm::portable(&k128), AesGcm::portable(&k256)];
+        // The narrow kernels with aws-lc, where the CPU has AES-NI.
+        if let (Some(a), Some(b)) = (narrow(&k128), narrow(&k256)) {
+            ours.extend([a, b]);
+        }
         assert_eq!(format!("{:?}", ours[2]), "AesGcm::Aes128(portable)");
         let hw = match (braid_gcm::Gcm::wide_available(), braid_gcm::Gcm::available()) {
             (true, _) => "vaes",
