@@ -31,24 +31,45 @@ pub(crate) type Field = core::ops::Range<usize>;
 pub(crate) type Rest = core::ops::RangeFrom<usize>;
 
 /// Copies `src` into `dst` (the same length; panics otherwise, as
-/// `copy_from_slice`). From 16 to 256 bytes inline, in 16-byte pieces, the
-/// last one overlapping the one before: a `memcpy` call cost more than
+/// `copy_from_slice`). From 16 to 256 bytes inline, in 16- or 32-byte
+/// pieces from both ends that overlap in the middle (no loop, which the
+/// compiler would turn back into a `memcpy` call): a call cost more than
 /// copying a small packet. Shorter and longer copies go to `memcpy`.
 #[inline(always)]
 pub fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+    #[inline(always)]
+    fn piece<const N: usize>(dst: &mut [u8], src: &[u8], at: usize) {
+        let d: &mut [u8; N] = (&mut dst[at..at + N]).try_into().expect("N bytes");
+        let s: &[u8; N] = src[at..at + N].try_into().expect("N bytes");
+        *d = *s;
+    }
     let n = src.len();
-    if !(16..=256).contains(&n) || dst.len() != n {
+    if dst.len() != n {
         dst.copy_from_slice(src);
         return;
     }
-    let mut at = 0;
-    while at + 16 < n {
-        let d: &mut [u8; 16] = (&mut dst[at..at + 16]).try_into().expect("16 bytes");
-        d.copy_from_slice(&src[at..at + 16]);
-        at += 16;
+    match n {
+        16..=32 => {
+            piece::<16>(dst, src, 0);
+            piece::<16>(dst, src, n - 16);
+        }
+        33..=64 => {
+            piece::<32>(dst, src, 0);
+            piece::<32>(dst, src, n - 32);
+        }
+        65..=128 => {
+            piece::<32>(dst, src, 0);
+            piece::<32>(dst, src, 32);
+            piece::<32>(dst, src, n - 64);
+            piece::<32>(dst, src, n - 32);
+        }
+        129..=256 => {
+            for at in [0, 32, 64, 96, n - 128, n - 96, n - 64, n - 32] {
+                piece::<32>(dst, src, at);
+            }
+        }
+        _ => dst.copy_from_slice(src),
     }
-    let d: &mut [u8; 16] = (&mut dst[n - 16..]).try_into().expect("16 bytes");
-    d.copy_from_slice(&src[n - 16..]);
 }
 
 #[inline(always)]
