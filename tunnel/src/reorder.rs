@@ -336,8 +336,22 @@ impl<H> Reorderer<H> {
         now: Nanos,
         out: &mut impl Extend<H>,
     ) -> Result<Pushed, (H, DropReason)> {
-        self.counters.pushed += 1;
         self.on_frame(path, meta.stream_seq);
+        self.push_in_frame(handle, meta, now, out)
+    }
+
+    /// [`push`](Self::push) for a packet of a frame already noted with
+    /// [`on_frame`](Self::on_frame) (the engine notes each frame once,
+    /// not once per packet in it).
+    #[inline(always)]
+    pub fn push_in_frame(
+        &mut self,
+        handle: H,
+        meta: PacketMeta,
+        now: Nanos,
+        out: &mut impl Extend<H>,
+    ) -> Result<Pushed, (H, DropReason)> {
+        self.counters.pushed += 1;
         let b = usize::from(meta.bucket);
         if b >= self.buckets.len() {
             self.counters.bad_bucket += 1;

@@ -628,7 +628,8 @@ impl<H, A: Aead> BundleRx<H, A> {
             };
             counters.packets += 1;
             let r = rord.as_deref_mut().expect("data frames have a stream checked above");
-            match r.push(handle, meta, tunnel, now, &mut out) {
+            // The frame was noted above (`on_frame`).
+            match r.push_in_frame(handle, meta, now, &mut out) {
                 Ok(Pushed::Released) => {}
                 Ok(Pushed::Held) => s.held += 1,
                 Err((_handle, reason)) => {
