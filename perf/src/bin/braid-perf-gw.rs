@@ -186,7 +186,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         )
     };
     println!(
-        "{{\"bench\":\"gateway\",\"mode\":\"{mode}\",\"flows\":{flows},\"nat\":{nat},\"nat_sessions_a\":{},\"nat_sessions_b\":{},\"nat_drops\":{},\"key_bits\":{key_bits},\"l4\":\"{}\",\"frame_bytes\":{size},\"inner_ip_bytes\":{inner_len},\"tunnels\":{tunnels},\"lan_to_wan\":{},\"wan_to_lan\":{},\"esp_packets\":{},\"delivered\":{},\"drops_a\":{:?},\"drops_b\":{:?},\"engine_drops_b\":{:?},\"idle_cycles_per_packet\":[{:.1},{:.1}]}}",
+        "{{\"bench\":\"gateway\",\"mode\":\"{mode}\",\"flows\":{flows},\"nat\":{nat},\"nat_sessions_a\":{},\"nat_sessions_b\":{},\"nat_drops\":{},\"key_bits\":{key_bits},\"l4\":\"{}\",\"frame_bytes\":{size},\"inner_ip_bytes\":{inner_len},\"tunnels\":{tunnels},\"lan_to_wan\":{},\"wan_to_lan\":{},\"esp_packets\":{},\"delivered\":{},\"drops_a\":{},\"drops_b\":{},\"engine_drops_b\":{},\"idle_cycles_per_packet\":[{:.1},{:.1}]}}",
         a.nat.sessions,
         b.nat.sessions,
         a.nat.out_dropped() + a.nat.in_dropped() + b.nat.out_dropped() + b.nat.in_dropped(),
@@ -195,15 +195,20 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         dir(b.delivered, lab.cycles_b),
         a.wan_tx.packets,
         lab.delivered_count,
-        a.drops.named(),
-        b.drops.named(),
-        b.engine.named(),
+        json_counts(&a.drops.named()),
+        json_counts(&b.drops.named()),
+        json_counts(&b.engine.named()),
         lab.idle_cycles_a as f64 / a.encapsulated.max(1) as f64,
         lab.idle_cycles_b as f64 / b.delivered.max(1) as f64
     );
     lab.close();
     eal.cleanup();
     Ok(())
+}
+
+/// Named counters as a JSON object (`{"reason": count, ...}`).
+fn json_counts(named: &[(&str, u64)]) -> serde_json::Value {
+    serde_json::Value::Object(named.iter().map(|(k, n)| (k.to_string(), (*n).into())).collect())
 }
 
 fn gcd(a: usize, b: usize) -> usize {
