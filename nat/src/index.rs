@@ -1,5 +1,5 @@
 //! A preallocated open-addressing index from a 64-bit hash to a slot number
-//! in a slab (sessions, mappings). Linear probing, load kept at or below
+//! in a slab (the mappings; sessions live in `table.rs`). Linear probing, load kept at or below
 //! one half, backward-shift deletion (no tombstones, so probe lengths do
 //! not grow with churn). Each bucket is 8 bytes: the hash's top 32 bits as
 //! a tag and the slot number; the caller confirms a candidate against its
@@ -101,32 +101,6 @@ impl Index {
         }
         self.buckets[hole] = EMPTY;
         true
-    }
-
-    /// Prefetches `hash`'s home bucket (its cache line), without waiting.
-    #[inline(always)]
-    pub fn warm(&self, hash: u64) {
-        crate::hint::prefetch(&self.buckets[self.home(tag(hash))]);
-    }
-
-    /// The first slot along `hash`'s probe sequence whose tag matches (at
-    /// most 8 buckets: the home bucket's cache line, mostly), without
-    /// confirming it: what a prefetch should warm.
-    #[inline]
-    pub fn candidate(&self, hash: u64) -> Option<u32> {
-        let t = tag(hash);
-        let mut i = self.home(t);
-        for _ in 0..8 {
-            let b = self.buckets[i];
-            if b == EMPTY {
-                return None;
-            }
-            if (b >> 32) as u32 == t {
-                return Some((b as u32).wrapping_sub(1));
-            }
-            i = (i + 1) & self.mask;
-        }
-        None
     }
 
     /// Bytes held.

@@ -23,6 +23,7 @@ mod hint;
 mod index;
 pub mod resolver;
 mod rewrite;
+mod table;
 pub mod shard;
 
 pub use braid_tunnel::Nanos;

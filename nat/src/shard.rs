@@ -12,6 +12,7 @@ use braid_tunnel::Nanos;
 use crate::config::{slice_start, steer_hash, v4, ConfigError, NatConfig, Timeouts};
 use crate::counters::{NatCounters, NatDrop, Verdict};
 use crate::index::Index;
+use crate::table::{due, hint, tuple_hash, Key, Session, Table, TcpState};
 use crate::rewrite::{
     rewrite, rewrite_icmp_error, End, Headers, ParseError, Quote, ICMP, L4, TCP, UDP,
 };
@@ -31,64 +32,21 @@ pub const SWEEP_WHEN_FULL: usize = 64;
 
 const NONE: u32 = u32::MAX;
 
+/// `NatShard::tables` by direction.
+const OUT: usize = 0;
+const IN: usize = 1;
+
+/// Slots `expire` passes with one test when none of them is due.
+const SWEEP_CHUNK: usize = 16;
+
 /// Most packets one `prefetch_*` call warms (a DPDK burst).
 pub const PREFETCH_BURST: usize = 32;
 /// Below this many sessions the tables sit in L1/L2 and warming them costs
 /// more than it saves, so `prefetch_*` returns at once. At 10^4 sessions
 /// they no longer do once the packets' own traffic shares the cache
 /// (braid-perf-gw, bundle 64 B: NAT on ~540 -> ~330 cycles per packet with
-/// the staged prefetch).
+/// the prefetch, when it was done in two stages: index bucket, then session).
 pub const PREFETCH_MIN_SESSIONS: usize = 1 << 10;
-
-/// TCP connection state as the NAT tracks it (RFC 5382 section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TcpState {
-    /// Only the opener's side seen (a SYN with no answer yet).
-    Opening,
-    /// Both sides seen.
-    Established,
-    /// A FIN or RST seen: partially or fully closed.
-    Closing,
-}
-
-/// One cache line each: a lookup's compare, the translation and the
-/// timeout refresh touch one line, never two.
-#[derive(Debug, Clone, Copy)]
-#[repr(align(64))]
-struct Session {
-    expires: Nanos,
-    int_addr: u32,
-    ext_addr: u32,
-    rem_addr: u32,
-    /// Mapping slot, or `NONE` for a port forward.
-    mapping: u32,
-    int_port: u16,
-    ext_port: u16,
-    /// Remote port, 0 for ICMP queries.
-    rem_port: u16,
-    proto: u8,
-    state: TcpState,
-    /// Opened by an outbound packet (SNAT) rather than inbound (port forward).
-    opened_out: bool,
-    live: bool,
-}
-
-impl Session {
-    const DEAD: Session = Session {
-        expires: 0,
-        int_addr: 0,
-        ext_addr: 0,
-        rem_addr: 0,
-        mapping: NONE,
-        int_port: 0,
-        ext_port: 0,
-        rem_port: 0,
-        proto: 0,
-        state: TcpState::Opening,
-        opened_out: true,
-        live: false,
-    };
-}
 
 /// An endpoint-independent mapping: internal `addr:port` of one protocol,
 /// under one rule, to one external port of one pool address.
@@ -222,7 +180,7 @@ const fn proto_index(proto: u8) -> usize {
     }
 }
 
-fn splitmix(s: &mut u64) -> u64 {
+pub(crate) fn splitmix(s: &mut u64) -> u64 {
     *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *s;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -230,23 +188,11 @@ fn splitmix(s: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Hash of a (protocol, endpoint a, endpoint b) tuple, seeded.
-#[inline(always)]
-fn tuple_hash(seed: u64, proto: u8, a: u32, ap: u16, b: u32, bp: u16) -> u64 {
-    let w0 = ((a as u64) << 32) | b as u64;
-    let w1 = ((ap as u64) << 32) | ((bp as u64) << 16) | proto as u64;
-    let mut h = (seed ^ w0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    h = (h ^ (h >> 29) ^ w1).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 32;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 29)
-}
-
 /// The lookup tuple of a TCP/UDP/ICMP-query packet read without full
 /// checks, for prefetching only: (proto, our side addr, port, remote addr,
 /// remote port) with "our side" the source outbound, the destination inbound.
 #[inline(always)]
-fn quick_tuple(p: &[u8], inbound: bool) -> Option<(u8, u32, u16, u32, u16)> {
+fn quick_tuple(p: &[u8], inbound: bool) -> Option<Key> {
     let v_ihl = *p.first()?;
     if v_ihl >> 4 != 4 {
         return None;
@@ -278,24 +224,6 @@ fn quick_tuple(p: &[u8], inbound: bool) -> Option<(u8, u32, u16, u32, u16)> {
     })
 }
 
-/// A deadline in the expiry sweep's units (2^20 ns, about 1 ms; wraps
-/// after 52 days, compared with wrapping arithmetic), never 0 (a free slot).
-#[inline]
-fn hint(t: Nanos) -> u32 {
-    ((t >> 20) as u32).max(1)
-}
-
-/// Slots `expire` passes with one test when none of them is due.
-const SWEEP_CHUNK: usize = 16;
-
-/// Is a slot with sweep hint `h` worth a look at `now_h`: a session that
-/// was due by its last known deadline (0 is a free slot). No branch, so a
-/// run of them vectorizes.
-#[inline(always)]
-fn due(h: u32, now_h: u32) -> bool {
-    (h != 0) & ((now_h.wrapping_sub(h) as i32) >= 0)
-}
-
 /// A worker's NAT: sessions and mappings preallocated to
 /// `NatConfig::max_sessions`, no allocation per packet.
 #[derive(Debug, Clone)]
@@ -317,17 +245,12 @@ pub struct NatShard {
     nat_addrs: FastSet<u32>,
     timeouts: Timeouts,
     seed: u64,
-    sessions: Vec<Session>,
-    /// Per session slot, what the expiry sweep reads instead of the
-    /// session: its deadline when last looked at, in [`hint`] units, or 0
-    /// for a free slot. A refresh (`touch`) never writes it, so it is at
-    /// most early: the sweep then reads the session and corrects it. Four
-    /// bytes a slot, 16 to a cache line: sweeping a live table costs a
-    /// line per 16 slots, not one per slot.
-    sweep_hint: Vec<u32>,
-    free_sessions: Vec<u32>,
-    by_out: Index,
-    by_in: Index,
+    /// The sessions, each twice: `tables[OUT]` keyed by the internal
+    /// tuple, `tables[IN]` by the external one (`table.rs`).
+    tables: [Table; 2],
+    /// Sessions held (expired ones not yet swept included).
+    n_sessions: usize,
+    max_sessions: usize,
     mappings: Vec<Mapping>,
     free_mappings: Vec<u32>,
     by_internal: Index,
@@ -447,11 +370,12 @@ impl NatShard {
             pools,
             timeouts: config.timeouts,
             seed: config.hash_seed,
-            sessions: vec![Session::DEAD; max],
-            sweep_hint: vec![0; max],
-            free_sessions: (0..max as u32).rev().collect(),
-            by_out: Index::with_bound(max),
-            by_in: Index::with_bound(max),
+            tables: [
+                Table::with_bound(max, config.hash_seed, false, true),
+                Table::with_bound(max, config.hash_seed, true, false),
+            ],
+            n_sessions: 0,
+            max_sessions: max,
             mappings: vec![Mapping::default(); max],
             free_mappings: (0..max as u32).rev().collect(),
             by_internal: Index::with_bound(max),
@@ -490,21 +414,19 @@ impl NatShard {
 
     /// Sessions held (expired ones not yet swept included).
     pub fn sessions(&self) -> usize {
-        self.sessions.len() - self.free_sessions.len()
+        self.n_sessions
     }
 
     /// The session bound.
     pub fn capacity(&self) -> usize {
-        self.sessions.len()
+        self.max_sessions
     }
 
     /// Bytes of preallocated tables (not counting the port lists).
     pub fn memory(&self) -> usize {
-        self.sessions.len() * core::mem::size_of::<Session>()
-            + self.sweep_hint.len() * 4
+        self.tables[OUT].memory()
+            + self.tables[IN].memory()
             + self.mappings.len() * core::mem::size_of::<Mapping>()
-            + self.by_out.memory()
-            + self.by_in.memory()
             + self.by_internal.memory()
     }
 
@@ -518,21 +440,17 @@ impl NatShard {
         remote: SocketAddrV4,
         now: Nanos,
     ) -> Option<SocketAddrV4> {
-        let s = self.find_out(
-            proto,
-            u32::from(*internal.ip()),
-            internal.port(),
-            u32::from(*remote.ip()),
-            remote.port(),
-        )?;
-        let x = &self.sessions[s as usize];
-        (x.expires > now).then(|| SocketAddrV4::new(Ipv4Addr::from(x.ext_addr), x.ext_port))
+        let k = (proto, u32::from(*internal.ip()), internal.port(), u32::from(*remote.ip()), remote.port());
+        let p = self.tables[OUT].find(k)?;
+        let x = *self.tables[OUT].get(p);
+        (self.expires(OUT, p) > now).then(|| SocketAddrV4::new(Ipv4Addr::from(x.ext_addr), x.ext_port))
     }
 
-    /// Prefetches the index buckets, then the sessions, that translating
-    /// these packets with [`NatShard::outbound`] will read: called on a
-    /// burst before translating it, it lets the cache misses of a large
-    /// table overlap one another and the translations. Up to
+    /// Prefetches the session records (a cache line each, found from the
+    /// packet's bytes alone) that translating these packets with
+    /// [`NatShard::outbound`] will read: called on a burst before
+    /// translating it, it lets the cache misses of a large table overlap
+    /// one another and the translations. Up to
     /// [`PREFETCH_BURST`] packets; the rest are ignored. Does nothing below
     /// [`PREFETCH_MIN_SESSIONS`]. Changes nothing.
     pub fn prefetch_outbound(&self, pkts: &[&[u8]]) {
@@ -548,28 +466,12 @@ impl NatShard {
         if self.sessions() < PREFETCH_MIN_SESSIONS {
             return;
         }
-        let index = if inbound { &self.by_in } else { &self.by_out };
-        // In stages: the hashes (packet bytes, in cache), a prefetch of
-        // every first bucket, then a prefetch of the session each bucket's
-        // tag points at (reading a bucket waits for its line, which the
-        // first stage's prefetches of the others overlap).
-        let n = pkts.len().min(PREFETCH_BURST);
-        let mut hashes = [0u64; PREFETCH_BURST];
-        let mut valid = [false; PREFETCH_BURST];
-        for ((h, v), pkt) in hashes.iter_mut().zip(valid.iter_mut()).zip(&pkts[..n]) {
-            if let Some((proto, a, ap, r, rp)) = quick_tuple(pkt, inbound) {
-                *h = tuple_hash(self.seed, proto, a, ap, r, rp);
-                *v = true;
-                index.warm(*h);
-            }
-        }
-        // The home bucket often holds another key's: the session is the
-        // first whose tag matches.
-        for i in 0..n {
-            if valid[i] {
-                if let Some(x) = index.candidate(hashes[i]).and_then(|s| self.sessions.get(s as usize)) {
-                    crate::hint::prefetch(x);
-                }
+        // One line per packet, whose address the packet's bytes (in cache)
+        // give: every miss of the burst is in flight at once.
+        let table = &self.tables[if inbound { IN } else { OUT }];
+        for pkt in &pkts[..pkts.len().min(PREFETCH_BURST)] {
+            if let Some(k) = quick_tuple(pkt, inbound) {
+                table.warm(k);
             }
         }
     }
@@ -603,41 +505,49 @@ impl NatShard {
     /// stopped and closes those idle past their timeout; returns how many.
     /// Called with a small budget per packet, and by the worker when idle.
     pub fn expire(&mut self, now: Nanos, budget: usize) -> usize {
-        let n = self.sessions.len();
+        let n = self.tables[OUT].slots();
         let now_h = hint(now);
         let mut closed = 0;
-        let mut left = budget.min(n);
+        // The outbound table holds every session once. One turn of it at
+        // most: each slot once, plus a second look at each slot where a
+        // session was closed.
+        let mut left = budget.min(n + self.n_sessions);
         while left > 0 {
             // Up to 16 slots at a time: a run with nothing due (free, or
             // not due by its last known deadline: most of them, most of
             // the time) is passed with one branch-free test the compiler
             // vectorizes; a run with something due is looked at slot by
             // slot.
-            let s = self.hand;
-            let k = SWEEP_CHUNK.min(left).min(n - s);
-            self.hand = if s + k == n { 0 } else { s + k };
-            left -= k;
-            let hints = &self.sweep_hint[s..s + k];
+            let i = self.hand;
+            let k = SWEEP_CHUNK.min(left).min(n - i);
+            let hints = &self.tables[OUT].hints()[i..i + k];
             let any = match <&[u32; SWEEP_CHUNK]>::try_from(hints) {
                 Ok(run) => run.iter().fold(false, |any, &h| any | due(h, now_h)),
                 Err(_) => hints.iter().fold(false, |any, &h| any | due(h, now_h)),
             };
             if !any {
+                self.hand = (i + k) & (n - 1);
+                left -= k;
                 continue;
             }
-            for i in s..s + k {
-                if !due(self.sweep_hint[i], now_h) {
-                    continue;
-                }
-                let x = &self.sessions[i];
-                if x.live && x.expires <= now {
-                    self.close(i as u32);
+            left -= 1;
+            if due(hints[0], now_h) {
+                let x = *self.tables[OUT].get(i);
+                // A record whose timer ran out is looked up in the inbound
+                // table, whose copy may have been refreshed since.
+                let t = if x.expires <= now { self.expires(OUT, i) } else { x.expires };
+                if t <= now {
+                    self.close(OUT, i);
                     self.counters.sessions_expired += 1;
                     closed += 1;
-                } else {
-                    self.sweep_hint[i] = if x.live { hint(x.expires) } else { 0 };
+                    // The removal may have pulled a later record of the
+                    // cluster into `i`: look at `i` again.
+                    continue;
                 }
+                self.tables[OUT].get_mut(i).expires = t;
+                self.tables[OUT].set_hint(i, t);
             }
+            self.hand = (i + 1) & (n - 1);
         }
         closed
     }
@@ -671,68 +581,58 @@ impl NatShard {
     }
 
     #[inline]
-    fn out_hash(&self, x: &Session) -> u64 {
-        tuple_hash(
-            self.seed, x.proto, x.int_addr, x.int_port, x.rem_addr, x.rem_port,
-        )
-    }
-
-    #[inline]
-    fn in_hash(&self, x: &Session) -> u64 {
-        tuple_hash(
-            self.seed, x.proto, x.ext_addr, x.ext_port, x.rem_addr, x.rem_port,
-        )
-    }
-
-    #[inline]
     fn map_hash(&self, proto: u8, addr: u32, port: u16, rule: u16) -> u64 {
         tuple_hash(!self.seed, proto, addr, port, rule as u32, 0)
     }
 
-    #[inline]
-    fn find_out(&self, proto: u8, int: u32, int_port: u16, rem: u32, rem_port: u16) -> Option<u32> {
-        let h = tuple_hash(self.seed, proto, int, int_port, rem, rem_port);
-        self.by_out.find(h, |s| {
-            let x = &self.sessions[s as usize];
-            x.int_addr == int
-                && x.rem_addr == rem
-                && x.int_port == int_port
-                && x.rem_port == rem_port
-                && x.proto == proto
-        })
+    /// The other table's copy of the session at `p` in `tables[d]`.
+    fn twin(&self, d: usize, p: usize) -> usize {
+        let x = self.tables[d].get(p);
+        let other = &self.tables[1 - d];
+        other.find(other.key_of(x)).expect("both tables hold every session")
     }
 
-    #[inline]
-    fn find_in(&self, proto: u8, ext: u32, ext_port: u16, rem: u32, rem_port: u16) -> Option<u32> {
-        let h = tuple_hash(self.seed, proto, ext, ext_port, rem, rem_port);
-        self.by_in.find(h, |s| {
-            let x = &self.sessions[s as usize];
-            x.ext_addr == ext
-                && x.rem_addr == rem
-                && x.ext_port == ext_port
-                && x.rem_port == rem_port
-                && x.proto == proto
-        })
+    /// When the session at `p` in `tables[d]` expires: the later of its
+    /// two copies' timers.
+    fn expires(&self, d: usize, p: usize) -> Nanos {
+        let q = self.twin(d, p);
+        self.tables[d].get(p).expires.max(self.tables[1 - d].get(q).expires)
     }
 
-    /// A session found by a lookup, unless it is past its timeout: then it
-    /// is closed on the spot and the packet sees no session.
+    /// The session found at `found` in `tables[d]`, unless it is past its
+    /// timeout: then it is closed on the spot and the packet sees no
+    /// session.
     #[inline]
-    fn live(&mut self, found: Option<u32>, now: Nanos) -> Option<u32> {
-        let s = found?;
-        if self.sessions[s as usize].expires <= now {
-            self.close(s);
-            self.counters.sessions_expired += 1;
-            return None;
+    fn live(&mut self, d: usize, found: Option<usize>, now: Nanos) -> Option<usize> {
+        let p = found?;
+        if self.tables[d].get(p).expires > now {
+            return Some(p);
         }
-        Some(s)
+        self.live_cold(d, p, now)
     }
 
-    fn close(&mut self, s: u32) {
-        let x = self.sessions[s as usize];
-        let removed =
-            self.by_out.remove(self.out_hash(&x), s) & self.by_in.remove(self.in_hash(&x), s);
-        debug_assert!(removed);
+    /// `live` for a copy whose own timer ran out: the other copy may have
+    /// been refreshed since.
+    #[cold]
+    fn live_cold(&mut self, d: usize, p: usize, now: Nanos) -> Option<usize> {
+        let later = self.expires(d, p);
+        if later > now {
+            self.tables[d].get_mut(p).expires = later;
+            return Some(p);
+        }
+        self.close(d, p);
+        self.counters.sessions_expired += 1;
+        None
+    }
+
+    /// Closes the session at `p` in `tables[d]`: both copies, and its
+    /// mapping's reference.
+    fn close(&mut self, d: usize, p: usize) {
+        let q = self.twin(d, p);
+        let x = *self.tables[d].get(p);
+        self.tables[d].remove_at(p);
+        self.tables[1 - d].remove_at(q);
+        self.n_sessions -= 1;
         if x.mapping != NONE {
             let m = &mut self.mappings[x.mapping as usize];
             m.refs -= 1;
@@ -744,13 +644,10 @@ impl NatShard {
                 self.free_mappings.push(x.mapping);
             }
         }
-        self.sessions[s as usize].live = false;
-        self.sweep_hint[s as usize] = 0;
-        self.free_sessions.push(s);
     }
 
-    fn timeout(&self, x: &Session) -> Nanos {
-        match (x.proto, x.state) {
+    fn timeout(&self, proto: u8, state: TcpState) -> Nanos {
+        match (proto, state) {
             (TCP, TcpState::Opening) => self.timeouts.tcp_opening,
             (TCP, TcpState::Established) => self.timeouts.tcp_established,
             (TCP, TcpState::Closing) => self.timeouts.tcp_transitory,
@@ -759,45 +656,65 @@ impl NatShard {
         }
     }
 
-    /// Advances the TCP state for a packet and restarts the idle timer.
-    #[inline]
-    fn touch(&mut self, s: u32, l4: L4, outbound: bool, now: Nanos) {
-        let x = &mut self.sessions[s as usize];
-        if let L4::Tcp(f) = l4 {
-            let from_opener = outbound == x.opened_out;
-            x.state = if f.rst() || f.fin() {
-                TcpState::Closing
-            } else {
-                match x.state {
-                    TcpState::Opening if !from_opener => TcpState::Established,
-                    TcpState::Closing if f.syn() && !f.ack() && from_opener => TcpState::Opening,
-                    st => st,
-                }
-            };
+    /// The TCP state after a packet (`outbound` or not) with `l4`'s flags.
+    #[inline(always)]
+    fn next_state(x: &Session, l4: L4, outbound: bool) -> TcpState {
+        let L4::Tcp(f) = l4 else { return x.state };
+        let from_opener = outbound == x.opened_out();
+        if f.rst() || f.fin() {
+            TcpState::Closing
+        } else {
+            match x.state {
+                TcpState::Opening if !from_opener => TcpState::Established,
+                TcpState::Closing if f.syn() && !f.ack() && from_opener => TcpState::Opening,
+                st => st,
+            }
         }
-        let x = self.sessions[s as usize];
-        self.sessions[s as usize].expires = now.saturating_add(self.timeout(&x));
     }
 
-    /// A free session slot, sweeping a little harder when there is none.
-    fn take_session(&mut self, now: Nanos) -> Option<u32> {
-        if self.free_sessions.is_empty() {
+    /// Restarts the idle timer of the session at `p` in `tables[d]` for a
+    /// packet in direction `d`, and advances its TCP state: the copy the
+    /// lookup found only, unless the state changes (then both copies).
+    #[inline]
+    fn touch(&mut self, d: usize, p: usize, l4: L4, now: Nanos) {
+        let x = *self.tables[d].get(p);
+        let state = Self::next_state(&x, l4, d == OUT);
+        let expires = now.saturating_add(self.timeout(x.proto, state));
+        if state == x.state {
+            self.tables[d].get_mut(p).expires = expires;
+        } else {
+            self.set_state(d, p, state, expires);
+        }
+    }
+
+    #[cold]
+    fn set_state(&mut self, d: usize, p: usize, state: TcpState, expires: Nanos) {
+        let q = self.twin(d, p);
+        for (t, i) in [(d, p), (1 - d, q)] {
+            let x = self.tables[t].get_mut(i);
+            x.state = state;
+            x.expires = expires;
+        }
+    }
+
+    /// Room for one more session, sweeping a little harder when there is
+    /// none.
+    fn has_room(&mut self, now: Nanos) -> bool {
+        if self.n_sessions >= self.max_sessions {
             self.expire(now, SWEEP_WHEN_FULL);
         }
-        self.free_sessions.pop()
+        self.n_sessions < self.max_sessions
     }
 
-    fn insert_session(&mut self, s: u32, x: Session, l4: L4, now: Nanos) {
-        self.sessions[s as usize] = x;
-        let (oh, ih) = (self.out_hash(&x), self.in_hash(&x));
-        debug_assert!(self
-            .find_in(x.proto, x.ext_addr, x.ext_port, x.rem_addr, x.rem_port)
-            .is_none());
-        self.by_out.insert(oh, s);
-        self.by_in.insert(ih, s);
+    /// Stores a new session (its state and timer set for its first packet,
+    /// in `x.opened_out()`'s direction) in both tables.
+    fn insert_session(&mut self, mut x: Session, l4: L4, now: Nanos) {
+        x.state = Self::next_state(&x, l4, x.opened_out());
+        x.expires = now.saturating_add(self.timeout(x.proto, x.state));
+        self.tables[OUT].insert(x);
+        self.tables[IN].insert(x);
+        self.n_sessions += 1;
         self.counters.sessions_created += 1;
-        self.touch(s, l4, x.opened_out, now);
-        self.sweep_hint[s as usize] = hint(self.sessions[s as usize].expires);
     }
 
     fn outbound_inner(&mut self, pkt: &mut [u8], egress: u32, now: Nanos) -> Verdict {
@@ -830,10 +747,10 @@ impl NatShard {
             L4::IcmpOther | L4::Other => return passthrough(self, NatDrop::UnsupportedProtocol),
         };
         let rem_port = if h.proto == ICMP { 0 } else { h.dport };
-        let found = self.find_out(h.proto, h.src, h.sport, h.dst, rem_port);
-        if let Some(s) = self.live(found, now) {
-            self.touch(s, h.l4, true, now);
-            let x = &self.sessions[s as usize];
+        let found = self.tables[OUT].find((h.proto, h.src, h.sport, h.dst, rem_port));
+        if let Some(p) = self.live(OUT, found, now) {
+            self.touch(OUT, p, h.l4, now);
+            let x = self.tables[OUT].get(p);
             rewrite(pkt, &h, End::Src, x.ext_addr, x.ext_port);
             return Verdict::Translated;
         }
@@ -843,9 +760,9 @@ impl NatShard {
         if !opens {
             return Verdict::Drop(NatDrop::NoSession);
         }
-        let Some(s) = self.take_session(now) else {
+        if !self.has_room(now) {
             return Verdict::Drop(NatDrop::SessionsFull);
-        };
+        }
         // The endpoint-independent mapping of this internal endpoint.
         let mh = self.map_hash(h.proto, h.src, h.sport, rule as u16);
         let found = self.by_internal.find(mh, |m| {
@@ -862,7 +779,6 @@ impl NatShard {
                 let pool = pools[(steer_hash(h.src, 0, 0) % pools.len() as u64) as usize];
                 let space = &mut self.pools[pool as usize].spaces[proto_index(h.proto)];
                 let Some(port) = space.pop() else {
-                    self.free_sessions.push(s);
                     return Verdict::Drop(NatDrop::PortsExhausted);
                 };
                 // Never empty: each mapping holds a session slot.
@@ -895,10 +811,8 @@ impl NatShard {
             rem_port,
             proto: h.proto,
             state: TcpState::Opening,
-            opened_out: true,
-            live: true,
         };
-        self.insert_session(s, x, h.l4, now);
+        self.insert_session(x, h.l4, now);
         rewrite(pkt, &h, End::Src, x.ext_addr, x.ext_port);
         Verdict::Translated
     }
@@ -927,10 +841,10 @@ impl NatShard {
             L4::IcmpOther | L4::Other => return passthrough(self, NatDrop::UnsupportedProtocol),
         };
         let rem_port = if h.proto == ICMP { 0 } else { h.sport };
-        let found = self.find_in(h.proto, h.dst, h.dport, h.src, rem_port);
-        if let Some(s) = self.live(found, now) {
-            self.touch(s, h.l4, false, now);
-            let x = &self.sessions[s as usize];
+        let found = self.tables[IN].find((h.proto, h.dst, h.dport, h.src, rem_port));
+        if let Some(p) = self.live(IN, found, now) {
+            self.touch(IN, p, h.l4, now);
+            let x = self.tables[IN].get(p);
             rewrite(pkt, &h, End::Dst, x.int_addr, x.int_port);
             return Verdict::Translated;
         }
@@ -940,13 +854,13 @@ impl NatShard {
         if !opens {
             return Verdict::Drop(NatDrop::NoSession);
         }
-        let taken = self.find_out(h.proto, d.internal, d.internal_port, h.src, h.sport);
-        if self.live(taken, now).is_some() {
+        let taken = self.tables[OUT].find((h.proto, d.internal, d.internal_port, h.src, h.sport));
+        if self.live(OUT, taken, now).is_some() {
             return Verdict::Drop(NatDrop::Conflict);
         }
-        let Some(s) = self.take_session(now) else {
+        if !self.has_room(now) {
             return Verdict::Drop(NatDrop::SessionsFull);
-        };
+        }
         let x = Session {
             expires: 0,
             int_addr: d.internal,
@@ -958,10 +872,8 @@ impl NatShard {
             rem_port: h.sport,
             proto: h.proto,
             state: TcpState::Opening,
-            opened_out: false,
-            live: true,
         };
-        self.insert_session(s, x, h.l4, now);
+        self.insert_session(x, h.l4, now);
         rewrite(pkt, &h, End::Dst, x.int_addr, x.int_port);
         Verdict::Translated
     }
@@ -989,24 +901,19 @@ impl NatShard {
                 Verdict::Untouched
             };
         };
-        let found = match outer {
-            End::Dst => {
-                let rem_port = if q.proto == ICMP { 0 } else { q.dport };
-                self.find_in(q.proto, q.src, q.sport, q.dst, rem_port)
-            }
-            End::Src => {
-                let rem_port = if q.proto == ICMP { 0 } else { q.sport };
-                self.find_out(q.proto, q.dst, q.dport, q.src, rem_port)
-            }
+        let (d, key): (usize, Key) = match outer {
+            End::Dst => (IN, (q.proto, q.src, q.sport, q.dst, if q.proto == ICMP { 0 } else { q.dport })),
+            End::Src => (OUT, (q.proto, q.dst, q.dport, q.src, if q.proto == ICMP { 0 } else { q.sport })),
         };
-        let Some(s) = self.live(found, now) else {
+        let found = self.tables[d].find(key);
+        let Some(p) = self.live(d, found, now) else {
             return if relevant(self, Some(&q)) {
                 Verdict::Drop(NatDrop::IcmpNoSession)
             } else {
                 Verdict::Untouched
             };
         };
-        let x = self.sessions[s as usize];
+        let x = *self.tables[d].get(p);
         match outer {
             End::Dst => rewrite_icmp_error(pkt, h, &q, outer, x.int_addr, x.int_port),
             End::Src => rewrite_icmp_error(pkt, h, &q, outer, x.ext_addr, x.ext_port),
