@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use braid_dpdk::mbuf::DEFAULT_DATA_ROOM;
+use braid_dpdk::mbuf::{TxOffload, DEFAULT_DATA_ROOM, TX_IPV4, TX_IP_CKSUM};
 use braid_dpdk::ring_port::RingPair;
 use braid_dpdk::{launch, Error, Mbuf, Mempool, Offloads, Port, PortConfig, BURST};
 
@@ -323,6 +323,38 @@ fn mbuf_stash_and_bulk_free_keep_the_pool_whole() {
     let mut stash = braid_dpdk::mbuf::MbufStash::new(64);
     let mut all = Vec::new();
     while let Some(m) = stash.get(&pool) {
+        all.push(m);
+    }
+    assert_eq!(all.len(), 255);
+    Mbuf::free_bulk(&mut all);
+    drop(stash);
+    assert_eq!(pool.in_use(), 0);
+
+    // The stash resets only each mbuf's first cache line; whatever was
+    // done to every mbuf of the pool before (data moved, TX offload asked,
+    // chained, freed), what it hands out is empty, one segment, with the
+    // default headroom and no offload flag.
+    let headroom = Mbuf::alloc(&pool).unwrap().headroom();
+    let mut dirty = Vec::new();
+    while let Some(mut m) = Mbuf::alloc(&pool) {
+        m.append(100).unwrap().fill(0xee);
+        assert!(m.adj(10));
+        m.set_tx_offload(TxOffload { flags: TX_IPV4 | TX_IP_CKSUM, l2_len: 14, l3_len: 20, ..Default::default() });
+        dirty.push(m);
+    }
+    assert_eq!(dirty.len(), 255);
+    for _ in 0..20 {
+        let tail = dirty.pop().unwrap();
+        dirty[0].chain(tail).map_err(|_| ()).unwrap();
+    }
+    Mbuf::free_bulk(&mut dirty);
+    assert_eq!(pool.in_use(), 0);
+    let mut stash = braid_dpdk::mbuf::MbufStash::new(32);
+    let mut all = Vec::new();
+    while let Some(m) = stash.get(&pool) {
+        assert_eq!((m.pkt_len(), m.data_len(), m.nb_segs()), (0, 0, 1));
+        assert_eq!(m.headroom(), headroom);
+        assert_eq!(m.ol_flags(), 0);
         all.push(m);
     }
     assert_eq!(all.len(), 255);
