@@ -695,6 +695,11 @@ impl NatShard {
             x.state = state;
             x.expires = expires;
         }
+        // A new state may have a shorter timeout (a FIN after 2 hours
+        // established): the sweep hint, which must never be later than the
+        // deadline, moves with it.
+        let out = if d == OUT { p } else { q };
+        self.tables[OUT].set_hint(out, expires);
     }
 
     /// Room for one more session, sweeping a little harder when there is

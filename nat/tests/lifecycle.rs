@@ -348,3 +348,22 @@ fn port_forward() {
         assert_eq!(cfg.inbound_owner(&req, n), cfg.outbound_owner(&rep, n));
     }
 }
+
+#[test]
+fn a_fin_after_the_sweep_saw_the_session_established_is_swept_on_time() {
+    // The sweep reads a slot when its hint (the deadline it last knew) is
+    // due. A FIN shortens the deadline from 2 h 4 min to 4 min: the hint
+    // must follow, or the closed session holds its slot and port for 2 h.
+    let mut nat = NatShard::new(&lan_config(1, 256), 0, 1).unwrap();
+    let (int, rem) = (sa([10, 0, 0, 2], 1000), sa([198, 51, 100, 1], 53));
+    let mut p = tcp_pkt(int, rem, SYN);
+    assert_eq!(nat.outbound(&mut p, 0, SEC), Verdict::Translated);
+    let ext = endpoints(&p).1;
+    assert_eq!(nat.inbound(&mut tcp_pkt(rem, ext, SYN_ACK), SEC), Verdict::Translated);
+    // The sweep passes the session at 31 s, established.
+    assert_eq!(nat.expire(31 * SEC, 1 << 20), 0);
+    assert_eq!(nat.outbound(&mut tcp_pkt(int, rem, FIN_ACK), 0, 31 * SEC), Verdict::Translated);
+    assert_eq!(nat.expire(271 * SEC - 1, 1 << 20), 0);
+    assert_eq!(nat.expire(271 * SEC, 1 << 20), 1);
+    assert_eq!(nat.sessions(), 0);
+}
