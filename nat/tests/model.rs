@@ -1,7 +1,9 @@
 //! The shard against a model of what RFC 4787 / RFC 5382 ask of it:
 //! random UDP and TCP packets of a few flows, in both directions, at random
 //! times around the timeouts, with expiry sweeps of random budgets in
-//! between. The model keeps one idle timer per session (restarted by
+//! between; and connections from outside to a port forward whose internal
+//! host also opens flows of its own (SNAT, and the conflict between the
+//! two). The model keeps one idle timer per session (restarted by
 //! packets in both directions, with the timeout of the TCP state the
 //! packet leaves), endpoint-independent mappings and address-and-port-
 //! dependent filtering; the shard must agree on every verdict and every
@@ -13,7 +15,9 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 
-use braid_nat::{NatDrop, NatShard, Verdict};
+use std::net::Ipv4Addr;
+
+use braid_nat::{DnatRule, NatDrop, NatShard, Proto, Verdict};
 use common::*;
 use proptest::prelude::*;
 
@@ -35,7 +39,13 @@ struct Session {
     ext: SocketAddrV4,
     expires: u64,
     state: State,
+    /// SNAT (opened by an outbound packet) rather than a port forward.
+    opened_out: bool,
 }
+
+/// The port forward (TCP and UDP): `FWD_EXT` to `FWD_INT`.
+const FWD_EXT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 80);
+const FWD_INT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 8080);
 
 /// (protocol, internal endpoint, remote endpoint).
 type Key = (u8, SocketAddrV4, SocketAddrV4);
@@ -66,13 +76,28 @@ fn next(st: State, proto: u8, flags: u8, from_opener: bool) -> State {
     }
 }
 
-/// Eight flows: two protocols, two internal endpoints, each talking to
-/// two remotes (so mappings are shared and ports reused).
+/// Eight flows: two protocols, two internal endpoints (one of them the
+/// port forward's), each talking to two remotes (so mappings are shared
+/// and ports reused).
 fn flow(i: u8) -> Key {
     let proto = if i.is_multiple_of(2) { UDP } else { TCP };
-    let int = sa([10, 0, 0, 1 + (i / 2) % 2], 1000);
+    let int = if (i / 2).is_multiple_of(2) { sa([10, 0, 0, 1], 1000) } else { FWD_INT };
     let rem = sa([198, 51, 100, 1 + (i / 4) % 2], 53);
     (proto, int, rem)
+}
+
+fn config() -> braid_nat::NatConfig {
+    let mut cfg = lan_config(1, 256);
+    for proto in [Proto::Tcp, Proto::Udp] {
+        cfg.dnat.push(DnatRule {
+            external: (*FWD_EXT.ip()).into(),
+            proto,
+            port: FWD_EXT.port(),
+            internal: (*FWD_INT.ip()).into(),
+            internal_port: FWD_INT.port(),
+        });
+    }
+    cfg
 }
 
 fn packet(proto: u8, src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Vec<u8> {
@@ -88,9 +113,9 @@ proptest! {
 
     #[test]
     fn the_shard_agrees_with_the_model(
-        steps in proptest::collection::vec((0u8..4, 0u8..8, 0usize..6, 0usize..12, 1usize..3000), 1..120)
+        steps in proptest::collection::vec((0u8..5, 0u8..8, 0usize..6, 0usize..12, 1usize..3000), 1..120)
     ) {
-        let mut nat = NatShard::new(&lan_config(1, 256), 0, 1).unwrap();
+        let mut nat = NatShard::new(&config(), 0, 1).unwrap();
         let mut model: HashMap<Key, Session> = HashMap::new();
         let mut now = SEC;
         // Waits around the timeouts (seconds), so expiry is hit exactly.
@@ -107,14 +132,16 @@ proptest! {
                     if let Some(s) = live(&model, &key, now) {
                         prop_assert_eq!(v, Verdict::Translated);
                         prop_assert_eq!(endpoints(&p).1, s.ext);
-                        let state = next(s.state, proto, flags, true);
-                        model.insert(key, Session { ext: s.ext, state, expires: now + timeout(proto, state) });
+                        let state = next(s.state, proto, flags, s.opened_out);
+                        model.insert(key, Session { state, expires: now + timeout(proto, state), ..s });
                     } else if proto == TCP && flags & RST != 0 {
                         prop_assert_eq!(v, Verdict::Drop(NatDrop::NoSession));
                     } else {
+                        // A new SNAT session, the forward's host included.
                         prop_assert_eq!(v, Verdict::Translated);
                         let ext = endpoints(&p).1;
-                        for (k, s) in model.iter().filter(|(_, s)| s.expires > now) {
+                        prop_assert_ne!(ext, FWD_EXT);
+                        for (k, s) in model.iter().filter(|(_, s)| s.expires > now && s.opened_out) {
                             if k.0 == proto && k.1 == int {
                                 // Endpoint-independent mapping.
                                 prop_assert_eq!(s.ext, ext);
@@ -124,13 +151,17 @@ proptest! {
                             }
                         }
                         let state = next(State::Opening, proto, flags, true);
-                        model.insert(key, Session { ext, state, expires: now + timeout(proto, state) });
+                        model.insert(key, Session { ext, state, expires: now + timeout(proto, state), opened_out: true });
                     }
                     assert_checksums(&p);
                 }
                 1 => {
                     // A reply to the external endpoint this flow has or had.
                     let Some(ext) = model.get(&(proto, int, rem)).map(|s| s.ext) else { continue };
+                    if ext == FWD_EXT {
+                        // The forward's own action (4) covers these.
+                        continue;
+                    }
                     let mut p = packet(proto, rem, ext, flags);
                     let v = nat.inbound(&mut p, now);
                     let owner = model
@@ -140,12 +171,41 @@ proptest! {
                     if let Some((k, s)) = owner {
                         prop_assert_eq!(v, Verdict::Translated);
                         prop_assert_eq!(endpoints(&p).2, k.1);
-                        let state = next(s.state, proto, flags, false);
-                        model.insert(k, Session { ext: s.ext, state, expires: now + timeout(proto, state) });
+                        let state = next(s.state, proto, flags, !s.opened_out);
+                        model.insert(k, Session { state, expires: now + timeout(proto, state), ..s });
                         assert_checksums(&p);
                     } else {
                         prop_assert_eq!(v, Verdict::Drop(NatDrop::NoSession));
                     }
+                }
+                4 => {
+                    // From outside to the port forward.
+                    let mut p = packet(proto, rem, FWD_EXT, flags);
+                    let v = nat.inbound(&mut p, now);
+                    let key = (proto, FWD_INT, rem);
+                    match live(&model, &key, now) {
+                        Some(s) if !s.opened_out => {
+                            prop_assert_eq!(v, Verdict::Translated);
+                            prop_assert_eq!(endpoints(&p).2, FWD_INT);
+                            let state = next(s.state, proto, flags, true);
+                            model.insert(key, Session { state, expires: now + timeout(proto, state), ..s });
+                        }
+                        // A RST opens nothing.
+                        _ if proto == TCP && flags & RST != 0 => {
+                            prop_assert_eq!(v, Verdict::Drop(NatDrop::NoSession));
+                        }
+                        // The internal host's own SNAT session holds the
+                        // tuple the forward would need.
+                        Some(_) => prop_assert_eq!(v, Verdict::Drop(NatDrop::Conflict)),
+                        None => {
+                            prop_assert_eq!(v, Verdict::Translated);
+                            prop_assert_eq!(endpoints(&p).2, FWD_INT);
+                            let state = next(State::Opening, proto, flags, true);
+                            let s = Session { ext: FWD_EXT, state, expires: now + timeout(proto, state), opened_out: false };
+                            model.insert(key, s);
+                        }
+                    }
+                    assert_checksums(&p);
                 }
                 2 => {
                     nat.expire(now, budget);
