@@ -1,9 +1,9 @@
 //! The shard against a model of what RFC 4787 / RFC 5382 ask of it:
 //! random UDP and TCP packets of a few flows, in both directions, at random
 //! times around the timeouts, with expiry sweeps of random budgets in
-//! between; and connections from outside to a port forward whose internal
+//! between; connections from outside to a port forward whose internal
 //! host also opens flows of its own (SNAT, and the conflict between the
-//! two). The model keeps one idle timer per session (restarted by
+//! two); and ICMP errors about the flows' packets. The model keeps one idle timer per session (restarted by
 //! packets in both directions, with the timeout of the TCP state the
 //! packet leaves), endpoint-independent mappings and address-and-port-
 //! dependent filtering; the shard must agree on every verdict and every
@@ -113,7 +113,7 @@ proptest! {
 
     #[test]
     fn the_shard_agrees_with_the_model(
-        steps in proptest::collection::vec((0u8..5, 0u8..8, 0usize..6, 0usize..12, 1usize..3000), 1..120)
+        steps in proptest::collection::vec((0u8..6, 0u8..8, 0usize..6, 0usize..12, 1usize..3000), 1..120)
     ) {
         let mut nat = NatShard::new(&config(), 0, 1).unwrap();
         let mut model: HashMap<Key, Session> = HashMap::new();
@@ -176,6 +176,24 @@ proptest! {
                         assert_checksums(&p);
                     } else {
                         prop_assert_eq!(v, Verdict::Drop(NatDrop::NoSession));
+                    }
+                }
+                5 => {
+                    // A router's "port unreachable" about a packet this
+                    // flow sent (or once sent) out: translated back to the
+                    // internal host while the session lives, never
+                    // refreshing it.
+                    let Some(ext) = model.get(&(proto, int, rem)).map(|s| s.ext) else { continue };
+                    let quoted = packet(proto, ext, rem, flags);
+                    let mut p = icmp_error(Ipv4Addr::new(192, 0, 2, 254), *ext.ip(), 3, 3, &quoted);
+                    let v = nat.inbound(&mut p, now);
+                    let owner = model.iter().find(|(k, s)| s.expires > now && k.0 == proto && k.2 == rem && s.ext == ext);
+                    if let Some((k, _)) = owner {
+                        prop_assert_eq!(v, Verdict::Translated);
+                        prop_assert_eq!(*endpoints(&p).2.ip(), *k.1.ip());
+                        assert_checksums(&p);
+                    } else {
+                        prop_assert_eq!(v, Verdict::Drop(NatDrop::IcmpNoSession));
                     }
                 }
                 4 => {
