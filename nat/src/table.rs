@@ -14,7 +14,7 @@
 //! The two copies of a session may disagree on one thing only: `expires`.
 //! A packet refreshes the copy its lookup found; the session lives until
 //! the later of the two. A TCP state change is written to both copies, with
-//! the new timeout (`NatShard::touch`).
+//! the new timeout, and to the sweep hint (`NatShard::set_state`).
 
 use braid_tunnel::Nanos;
 
@@ -110,9 +110,11 @@ pub(crate) struct Table {
     recs: Vec<Session>,
     /// Per slot, in the table the expiry sweep walks (else empty), what
     /// the sweep reads instead of the record: the record's deadline when
-    /// stored or last looked at, in [`hint`] units, or 0 for a free slot.
-    /// A refresh never writes it, so it is at most early: the sweep then
-    /// reads the record and corrects it. Four bytes a slot, 16 to a cache
+    /// stored, last looked at or last given a new TCP state, in [`hint`]
+    /// units, or 0 for a free slot. Never later than the session's
+    /// deadline: a refresh (which only moves the deadline later) does not
+    /// write it, so it may be early, and the sweep then reads the record
+    /// and corrects it. Four bytes a slot, 16 to a cache
     /// line: a walk over 32-byte records streams 8 times the memory, and
     /// cost a 10^6-session gateway ~30% of its time at 64 B.
     hints: Vec<u32>,
