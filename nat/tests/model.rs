@@ -1,14 +1,14 @@
-//! The shard against a model of what RFC 4787 / RFC 5382 ask of it:
-//! random UDP and TCP packets of a few flows, in both directions, at random
-//! times around the timeouts, with expiry sweeps of random budgets in
-//! between; connections from outside to a port forward whose internal
-//! host also opens flows of its own (SNAT, and the conflict between the
-//! two); and ICMP errors about the flows' packets. The model keeps one idle timer per session (restarted by
-//! packets in both directions, with the timeout of the TCP state the
-//! packet leaves), endpoint-independent mappings and address-and-port-
-//! dependent filtering; the shard must agree on every verdict and every
-//! address, however its session tables store the timers. Case count from
-//! PROPTEST_CASES.
+//! The shard against a model of what RFC 4787, RFC 5382 and RFC 5508 ask
+//! of it: random UDP, TCP and ICMP echo packets of a few flows, in both
+//! directions, at random times around the timeouts, with expiry sweeps of
+//! random budgets in between; connections from outside to a port forward
+//! whose internal host also opens flows of its own (SNAT, and the conflict
+//! between the two); and ICMP errors about the flows' packets. The model
+//! keeps one idle timer per session (restarted by packets in both
+//! directions, with the timeout of the TCP state the packet leaves),
+//! endpoint-independent mappings and address-and-port-dependent filtering;
+//! the shard must agree on every verdict and every address, however its
+//! session tables store the timers. Case count from PROPTEST_CASES.
 
 mod common;
 
@@ -55,6 +55,7 @@ fn timeout(proto: u8, st: State) -> u64 {
         (TCP, State::Opening) => 30,
         (TCP, State::Established) => 2 * 3600 + 4 * 60,
         (TCP, State::Closing) => 4 * 60,
+        (ICMP, _) => 60,
         _ => 120,
     }
 }
@@ -76,13 +77,14 @@ fn next(st: State, proto: u8, flags: u8, from_opener: bool) -> State {
     }
 }
 
-/// Eight flows: two protocols, two internal endpoints (one of them the
+/// Twelve flows: three protocols (UDP, TCP, ICMP echo: the port is the
+/// query id, the remote's is 0), two internal endpoints (one of them the
 /// port forward's), each talking to two remotes (so mappings are shared
 /// and ports reused).
 fn flow(i: u8) -> Key {
-    let proto = if i.is_multiple_of(2) { UDP } else { TCP };
-    let int = if (i / 2).is_multiple_of(2) { sa([10, 0, 0, 1], 1000) } else { FWD_INT };
-    let rem = sa([198, 51, 100, 1 + (i / 4) % 2], 53);
+    let proto = [UDP, TCP, ICMP][usize::from(i % 3)];
+    let int = if (i / 3).is_multiple_of(2) { sa([10, 0, 0, 1], 1000) } else { FWD_INT };
+    let rem = sa([198, 51, 100, 1 + (i / 6) % 2], if proto == ICMP { 0 } else { 53 });
     (proto, int, rem)
 }
 
@@ -100,12 +102,19 @@ fn config() -> braid_nat::NatConfig {
     cfg
 }
 
-fn packet(proto: u8, src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Vec<u8> {
-    if proto == TCP {
-        tcp_pkt(src, dst, flags)
-    } else {
-        udp_pkt(src, dst)
+/// A packet of the flow from `src` to `dst`. ICMP: an echo request when
+/// `flags` has no ACK (else a reply), its id the port of our side (the
+/// source going out, the destination coming in).
+fn packet(proto: u8, src: SocketAddrV4, dst: SocketAddrV4, flags: u8, inbound: bool) -> Vec<u8> {
+    match proto {
+        TCP => tcp_pkt(src, dst, flags),
+        ICMP => echo_pkt(*src.ip(), *dst.ip(), if inbound { dst.port() } else { src.port() }, is_request(flags)),
+        _ => udp_pkt(src, dst),
     }
+}
+
+fn is_request(flags: u8) -> bool {
+    flags & ACK == 0
 }
 
 proptest! {
@@ -113,20 +122,20 @@ proptest! {
 
     #[test]
     fn the_shard_agrees_with_the_model(
-        steps in proptest::collection::vec((0u8..6, 0u8..8, 0usize..6, 0usize..12, 1usize..3000), 1..120)
+        steps in proptest::collection::vec((0u8..6, 0u8..12, 0usize..6, 0usize..15, 1usize..3000), 1..120)
     ) {
         let mut nat = NatShard::new(&config(), 0, 1).unwrap();
         let mut model: HashMap<Key, Session> = HashMap::new();
         let mut now = SEC;
         // Waits around the timeouts (seconds), so expiry is hit exactly.
-        const WAITS: [u64; 12] = [0, 1, 29, 30, 31, 119, 120, 121, 239, 240, 241, 7440];
+        const WAITS: [u64; 15] = [0, 1, 29, 30, 31, 59, 60, 61, 119, 120, 121, 239, 240, 241, 7440];
         for (action, f, fl, wait, budget) in steps {
             let (proto, int, rem) = flow(f);
             let flags = FLAGS[fl];
             let live = |m: &HashMap<Key, Session>, k: &Key, now: u64| m.get(k).filter(|s| s.expires > now).copied();
             match action {
                 0 => {
-                    let mut p = packet(proto, int, rem, flags);
+                    let mut p = packet(proto, int, rem, flags, false);
                     let v = nat.outbound(&mut p, 0, now);
                     let key = (proto, int, rem);
                     if let Some(s) = live(&model, &key, now) {
@@ -134,7 +143,8 @@ proptest! {
                         prop_assert_eq!(endpoints(&p).1, s.ext);
                         let state = next(s.state, proto, flags, s.opened_out);
                         model.insert(key, Session { state, expires: now + timeout(proto, state), ..s });
-                    } else if proto == TCP && flags & RST != 0 {
+                    } else if (proto == TCP && flags & RST != 0) || (proto == ICMP && !is_request(flags)) {
+                        // Neither a RST nor an echo reply opens a session.
                         prop_assert_eq!(v, Verdict::Drop(NatDrop::NoSession));
                     } else {
                         // A new SNAT session, the forward's host included.
@@ -162,7 +172,7 @@ proptest! {
                         // The forward's own action (4) covers these.
                         continue;
                     }
-                    let mut p = packet(proto, rem, ext, flags);
+                    let mut p = packet(proto, rem, ext, flags, true);
                     let v = nat.inbound(&mut p, now);
                     let owner = model
                         .iter()
@@ -184,7 +194,7 @@ proptest! {
                     // internal host while the session lives, never
                     // refreshing it.
                     let Some(ext) = model.get(&(proto, int, rem)).map(|s| s.ext) else { continue };
-                    let quoted = packet(proto, ext, rem, flags);
+                    let quoted = packet(proto, ext, rem, SYN, false);
                     let mut p = icmp_error(Ipv4Addr::new(192, 0, 2, 254), *ext.ip(), 3, 3, &quoted);
                     let v = nat.inbound(&mut p, now);
                     let owner = model.iter().find(|(k, s)| s.expires > now && k.0 == proto && k.2 == rem && s.ext == ext);
@@ -197,8 +207,11 @@ proptest! {
                     }
                 }
                 4 => {
-                    // From outside to the port forward.
-                    let mut p = packet(proto, rem, FWD_EXT, flags);
+                    // From outside to the port forward (TCP and UDP).
+                    if proto == ICMP {
+                        continue;
+                    }
+                    let mut p = packet(proto, rem, FWD_EXT, flags, true);
                     let v = nat.inbound(&mut p, now);
                     let key = (proto, FWD_INT, rem);
                     match live(&model, &key, now) {
