@@ -1,9 +1,9 @@
 //! A preallocated open-addressing index from a 64-bit hash to a slot number
-//! in a slab (the mappings; sessions live in `table.rs`). Linear probing, load kept at or below
-//! one half, backward-shift deletion (no tombstones, so probe lengths do
-//! not grow with churn). Each bucket is 8 bytes: the hash's top 32 bits as
-//! a tag and the slot number; the caller confirms a candidate against its
-//! slab, which it reads anyway to translate.
+//! in a slab: the mappings (sessions live in `table.rs`). Linear probing,
+//! load kept at or below one half, backward-shift deletion (no tombstones,
+//! so probe lengths do not grow with churn). Each bucket is 8 bytes: the
+//! hash's top 32 bits as a tag and the slot number; the caller confirms a
+//! candidate against its slab.
 
 /// Empty bucket.
 const EMPTY: u64 = 0;
