@@ -3,9 +3,9 @@
 //! sprayed over the bundle's tunnels and translates the replies after B's
 //! packets were re-ordered. B's side sees only pool addresses; every reply
 //! finds its original host and port; a flow keeps one mapping whatever
-//! tunnels carried its packets; sessions expire; port forwards, table
-//! exhaustion and ICMP errors; new tables keep the sessions unless the
-//! rules changed. Every packet is counted once (`lab::assert_conserved`).
+//! tunnels carried its packets; sessions expire, closed TCP ones within
+//! their transitory timeout; port forwards, table exhaustion and ICMP
+//! errors; new tables keep the sessions unless the rules changed. Every packet is counted once (`lab::assert_conserved`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -550,6 +550,66 @@ fn new_tables_keep_sessions_unless_the_rules_change() {
     let off = tables(&lab, serde_json::json!({}), true);
     apply(&mut lab, &off);
     assert!(lab.a.nat().is_none());
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+}
+
+/// `packet` with TCP `flags` instead of PSH|ACK, its checksum recomputed.
+fn tcp_with_flags(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), id: u32, seq: u32, flags: u8) -> Vec<u8> {
+    let mut ip = packet(L4::Tcp, src, dst, id, seq);
+    ip[20 + 13] = flags;
+    ip[20 + 16..20 + 18].copy_from_slice(&[0, 0]);
+    let l4_len = (ip.len() - 20) as u16;
+    let c = !checksum::combine(&[checksum::pseudo_header_v4(src.0, dst.0, 6, l4_len), checksum::sum(&ip[20..])]);
+    ip[20 + 16..20 + 18].copy_from_slice(&c.to_be_bytes());
+    assert!(checksums_ok(&ip));
+    ip
+}
+
+/// Short TCP connections, generation after generation, through a table
+/// with room for one generation: each connection opens (SYN, SYN-ACK),
+/// lives past the sweep's first look at it (so the sweep knows it as
+/// established, 1 h), then closes (FIN both ways, 2 s). The workers' idle
+/// sweeps must give the closed sessions back within their 2 s, so the next
+/// generation never finds the table full.
+#[test]
+fn closed_tcp_sessions_are_swept_so_new_connections_find_room() {
+    const SYN: u8 = 0x02;
+    const SYN_ACK: u8 = 0x12;
+    const ACK: u8 = 0x10;
+    const FIN_ACK: u8 = 0x11;
+    let timeouts = Timeouts { tcp_transitory: 2 * SECOND, tcp_established: 3600 * SECOND, ..Timeouts::default() };
+    let (mut lab, _g) = start("nchurn", &[1, 1], options(snat_rule(1, "1024-65535"), Some(100), Some(timeouts)));
+    let server = (SERVER, SERVER_PORT);
+    for generation in 0..4u32 {
+        let flows: Vec<u32> = (0..100).map(|i| generation * 100 + i).collect();
+        send_a(&mut lab, flows.iter().map(|&i| tcp_with_flags(flow_src(i), server, i, 0, SYN)));
+        lab.settle(5);
+        let ext: Vec<(Ipv4Addr, u16)> = lab.delivered.drain(..).map(|f| endpoints(&f[14..]).0).collect();
+        assert_eq!(ext.len(), 100, "generation {generation}: every SYN got a session");
+        send_b(&mut lab, flows.iter().zip(&ext).map(|(&i, &e)| tcp_with_flags(server, e, i, 0, SYN_ACK)));
+        lab.settle(5);
+        assert_eq!(lab.delivered_a.drain(..).count(), 100);
+        // Established; 40 s on, the idle sweeps have looked at every slot.
+        lab.now += 40 * SECOND;
+        lab.settle(20);
+        send_a(&mut lab, flows.iter().map(|&i| tcp_with_flags(flow_src(i), server, i, 1, ACK)));
+        send_a(&mut lab, flows.iter().map(|&i| tcp_with_flags(flow_src(i), server, i, 2, FIN_ACK)));
+        lab.settle(5);
+        send_b(&mut lab, flows.iter().zip(&ext).map(|(&i, &e)| tcp_with_flags(server, e, i, 1, FIN_ACK)));
+        lab.settle(5);
+        assert_eq!(lab.delivered.drain(..).count(), 200);
+        assert_eq!(lab.delivered_a.drain(..).count(), 100);
+        // 2 s after the last FIN, and the sweeps have run: all gone.
+        lab.now += 2 * SECOND + TICK_MS;
+        lab.settle(20);
+        let (a, _) = lab.counters();
+        assert_eq!(a.nat.sessions, 0, "generation {generation}: closed sessions swept");
+    }
+    let (a, b) = lab.counters();
+    assert_eq!(a.nat.drop_count(true, NatDrop::SessionsFull), 0);
+    assert_eq!((a.nat.sessions_created, a.nat.sessions_expired), (400, 400));
     lab::assert_conserved(&a, "A", false);
     lab::assert_conserved(&b, "B", false);
     lab.close();
