@@ -19,13 +19,13 @@ use crate::rewrite::{
 
 /// Session slots the background sweep should examine per packet
 /// translated: with a table of `n` slots (2 to 4 per session of the
-/// bound), every session is looked at once per `n / 2` packets. The owner calls [`NatShard::expire`] with this
-/// budget per packet, once per burst: a tight loop over consecutive slots
-/// (the hardware prefetcher streams it), where one or two slots per packet
-/// inside the packet loop took a cache miss each (42% of `outbound`'s
-/// time at 10^6 sessions). Correctness does not depend on it: a lookup
-/// never uses an expired session; the sweep only gives memory and ports
-/// back.
+/// bound), every session is looked at once per `n / 2` packets. The owner
+/// calls [`NatShard::expire`] with this budget per packet, once per burst:
+/// a tight loop over consecutive slots (the hardware prefetcher streams
+/// it), where one or two slots per packet inside the packet loop took a
+/// cache miss each (42% of `outbound`'s time at 10^6 sessions).
+/// Correctness does not depend on it: a lookup never uses an expired
+/// session; the sweep only gives memory and ports back.
 pub const SWEEP_PER_PACKET: usize = 2;
 /// Slots examined before a new session is refused for a full table: ~64
 /// sessions (the table has 2 to 4 slots per session).
