@@ -27,7 +27,7 @@ pub use lcore::{launch, LcoreHandle, LcoreId};
 pub use mbuf::Mbuf;
 pub use mbuf_ring::{MbufRing, RingConsumer, RingProducer};
 pub use mempool::Mempool;
-pub use port::{Offloads, Port, PortConfig, PortId, PortInfo, PortStats, QueueId, RxQueue, TxQueue};
+pub use port::{Offloads, Port, PortConfig, PortId, PortInfo, PortStats, QueueId, RxQueue, TxQueue, Tso};
 
 /// A burst, as DPDK's examples use: big enough to amortise per-call costs,
 /// small enough to stay in L1.

@@ -123,6 +123,40 @@ impl Offloads {
     }
 }
 
+/// How a port cuts a packet it was asked to segment (`TX_TCP_SEG`): what
+/// a caller must know beyond the offload bit, per PMD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tso {
+    /// The PMD checks `l2_len + l3_len + l4_len + tso_segsz` (the
+    /// segment's Ethernet frame, not its IP packet) against the MTU, and
+    /// refuses a larger request: a segment then carries 14 bytes less.
+    /// net_tap in DPDK 22.11 (`pmd_tx_burst`, its GSO size).
+    pub counts_l2: bool,
+    /// The PMD cuts TCP over IPv6 too. net_tap cuts with DPDK 22.11's GSO
+    /// library, which cuts TCP over IPv4 only (and skips anything else
+    /// without sending it).
+    pub ipv6: bool,
+}
+
+impl Tso {
+    /// A NIC's TSO: segments sized by their IP packet, IPv4 and IPv6.
+    pub const NIC: Tso = Tso { counts_l2: false, ipv6: true };
+
+    /// What the PMD named `driver` does, given that it offers TCP TSO.
+    pub fn of_driver(driver: &str) -> Tso {
+        match driver {
+            "net_tap" => Tso { counts_l2: true, ipv6: false },
+            _ => Tso::NIC,
+        }
+    }
+
+    /// The largest IP packet a segment may be asked to carry on a link of
+    /// `mtu` bytes (IP), as this PMD takes the request.
+    pub fn ip_mtu(&self, mtu: usize) -> usize {
+        mtu.saturating_sub(if self.counts_l2 { 14 } else { 0 })
+    }
+}
+
 /// What the PMD says about a port.
 #[derive(Debug, Clone)]
 pub struct PortInfo {
@@ -316,6 +350,12 @@ impl Port {
     /// Offloads turned on by [`Port::configure`].
     pub fn offloads(&self) -> Offloads {
         self.granted
+    }
+
+    /// TCP segmentation on TX, if [`Port::configure`] turned it on, and
+    /// how this PMD does it.
+    pub fn tso(&self) -> Option<Tso> {
+        self.granted.tx_tcp_tso.then(|| Tso::of_driver(&self.info.driver))
     }
 
     fn fail(&self, op: &'static str, ret: i32) -> Error {
@@ -926,5 +966,14 @@ mod tests {
         assert!(!Offloads::negotiate(Offloads::ALL, capa).tx_tcp_tso);
         // Nothing wanted, nothing granted.
         assert_eq!(Offloads::negotiate(Offloads::default(), Offloads::ALL), Offloads::default());
+    }
+
+    #[test]
+    fn tso_per_pmd() {
+        let tap = Tso::of_driver("net_tap");
+        assert_eq!(tap, Tso { counts_l2: true, ipv6: false });
+        assert_eq!(tap.ip_mtu(1500), 1486);
+        assert_eq!(Tso::of_driver("net_i40e"), Tso::NIC);
+        assert_eq!(Tso::NIC.ip_mtu(1500), 1500);
     }
 }
