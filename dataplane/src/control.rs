@@ -68,11 +68,11 @@ pub struct Snapshot {
 }
 
 /// What the control thread needs to build a worker's setup and engines
-/// the way the worker would: the ports' checksum offloads (by port index)
-/// and the workers' clock.
+/// the way the worker would: what the ports do on TX (by port index) and
+/// the workers' clock.
 #[derive(Clone)]
 pub struct Prebuild {
-    pub ip_csum_offload: Vec<bool>,
+    pub port_tx: Vec<crate::gateway::PortTx>,
     pub clock: Instant,
     /// Each WAN port's RSS (`WorkerSetup::wan_rss`).
     pub wan_rss: Vec<Option<Arc<braid_dpdk::rss::RssSteering>>>,
@@ -402,7 +402,7 @@ impl Ctl {
     ) -> Result<Vec<Prebuilt>, String> {
         let Some(pb) = &self.prebuild else { return Ok(Vec::new()) };
         let plan = PortPlan::new(tables)?;
-        let offload = |i: usize| pb.ip_csum_offload.get(i).copied().unwrap_or(false);
+        let offload = |i: usize| pb.port_tx.get(i).copied().unwrap_or_default();
         let mut out = Vec::with_capacity(self.workers as usize);
         for w in 0..self.workers {
             let setup = crate::worker::WorkerSetup {

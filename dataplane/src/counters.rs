@@ -233,13 +233,17 @@ pub struct FragCounters {
 /// Packets cut in software: for the LAN, bigger than its MTU (TCP into
 /// `segments`, IPv4 without DF into `fragments`, each a LAN frame); for a
 /// plain-mode tunnel, TCP bigger than it carries, into `segments` each
-/// sealed as its own ESP packet (`fragments` unused).
+/// sealed as its own ESP packet (`fragments` unused). And for a LAN port
+/// with TSO, TCP handed to it whole (`tso`, one frame each to `lan_tx`)
+/// for it to cut into `tso_segments`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CutCounters {
     pub segmented: u64,
     pub segments: u64,
     pub fragmented: u64,
     pub fragments: u64,
+    pub tso: u64,
+    pub tso_segments: u64,
 }
 
 impl CutCounters {
@@ -644,7 +648,7 @@ pub struct WorkerCounters {
 impl WorkerCounters {
     /// The counters that are one number each, named as the stats segment
     /// names them, in its order (the JSON report groups them by prefix).
-    pub fn scalars(&self) -> [(&'static str, u64); 19] {
+    pub fn scalars(&self) -> [(&'static str, u64); 21] {
         [
             ("encapsulated", self.encapsulated),
             ("delivered", self.delivered),
@@ -661,6 +665,8 @@ impl WorkerCounters {
             ("lan_cut/segments", self.lan_cut.segments),
             ("lan_cut/fragmented", self.lan_cut.fragmented),
             ("lan_cut/fragments", self.lan_cut.fragments),
+            ("lan_cut/tso", self.lan_cut.tso),
+            ("lan_cut/tso_segments", self.lan_cut.tso_segments),
             ("tunnel_cut/segmented", self.tunnel_cut.segmented),
             ("tunnel_cut/segments", self.tunnel_cut.segments),
             ("idle_polls", self.idle_polls),
@@ -689,6 +695,8 @@ impl WorkerCounters {
         self.lan_cut.segments += o.lan_cut.segments;
         self.lan_cut.fragmented += o.lan_cut.fragmented;
         self.lan_cut.fragments += o.lan_cut.fragments;
+        self.lan_cut.tso += o.lan_cut.tso;
+        self.lan_cut.tso_segments += o.lan_cut.tso_segments;
         self.tunnel_cut.segmented += o.tunnel_cut.segmented;
         self.tunnel_cut.segments += o.tunnel_cut.segments;
         self.drops.merge(&o.drops);

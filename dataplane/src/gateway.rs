@@ -33,6 +33,36 @@ impl PortPlan {
     }
 }
 
+/// What a port does on TX for the workers, from the offloads its PMD
+/// granted. `Default`: nothing (checksums and cuts in software).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortTx {
+    /// IPv4 header checksums.
+    pub ip_csum: bool,
+    /// TCP segmentation, and how this PMD does it.
+    pub tso: Option<braid_dpdk::Tso>,
+}
+
+impl PortTx {
+    /// What `port`, configured, does.
+    pub fn of(port: &braid_dpdk::Port) -> PortTx {
+        PortTx { ip_csum: port.offloads().tx_ipv4_cksum, tso: port.tso() }
+    }
+}
+
+/// Data room of the mbufs of a gateway's pool: the largest frame any of
+/// its ports carries, plus room to grow it by the outer headers and ESP
+/// trailer in place; and of its jumbo pool's, if it needs one: a peer
+/// whose LAN has a larger MTU than any port here sends inner packets the
+/// first cannot hold (to be cut to the LAN's MTU), up to the largest MTU
+/// braid takes.
+pub fn pool_rooms(tables: &Tables) -> (u16, Option<u16>) {
+    let max_mtu = tables.ports.iter().map(|p| p.mtu as usize).max().unwrap_or(1500);
+    let room = (128 + 14 + max_mtu + 128).max(braid_dpdk::mbuf::DEFAULT_DATA_ROOM as usize) as u16;
+    let max_inner = crate::config::MAX_MTU as usize;
+    (room, (max_mtu < max_inner).then_some((128 + 14 + max_inner) as u16))
+}
+
 /// The outbound SA of every tunnel, by bundle, shared by all workers
 /// (sequence numbers are leased per burst, one atomic add each).
 pub fn outbound_sas(tables: &Tables) -> Vec<Vec<Arc<OutboundSaPair>>> {
@@ -61,18 +91,18 @@ pub fn nat_setup(tables: &Tables, workers: u16) -> Result<Option<NatSetup>, Stri
 }
 
 /// Worker `id`'s setup, its NAT split for a gateway of one worker (several:
-/// [`worker_setup_with_nat`] with [`nat_setup`]). `ip_csum_offload(port)` says whether a port
-/// computes IPv4 header checksums on TX; `probes` makes this worker the one
-/// that probes every tunnel.
+/// [`worker_setup_with_nat`] with [`nat_setup`]). `port_tx(port)` says what
+/// a port does on TX (IPv4 header checksums, TSO); `probes` makes this
+/// worker the one that probes every tunnel.
 pub fn worker_setup(
     tables: &Tables,
     plan: &PortPlan,
     sas: &[Vec<Arc<OutboundSaPair>>],
     id: u16,
     probes: bool,
-    ip_csum_offload: impl Fn(usize) -> bool,
+    port_tx: impl Fn(usize) -> PortTx,
 ) -> Result<WorkerSetup, String> {
-    worker_setup_with_nat(tables, plan, sas, nat_setup(tables, 1)?, id, probes, ip_csum_offload)
+    worker_setup_with_nat(tables, plan, sas, nat_setup(tables, 1)?, id, probes, port_tx)
 }
 
 /// [`worker_setup`] with the NAT setup already made (by the control
@@ -85,7 +115,7 @@ pub fn worker_setup_with_nat(
     nat: Option<NatSetup>,
     id: u16,
     probes: bool,
-    ip_csum_offload: impl Fn(usize) -> bool,
+    port_tx: impl Fn(usize) -> PortTx,
 ) -> Result<WorkerSetup, String> {
     let l2 = |i: usize| {
         let p = &tables.ports[i];
@@ -102,7 +132,8 @@ pub fn worker_setup_with_nat(
             mac: p.mac,
             next_hop_mac,
             next_hop,
-            ip_csum_offload: ip_csum_offload(i),
+            ip_csum_offload: port_tx(i).ip_csum,
+            tso: port_tx(i).tso,
             mtu: p.mtu,
             ipv4: p.ipv4.map(|a| a.addr),
             ipv6: p.ipv6.map(|a| a.addr),

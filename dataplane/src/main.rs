@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use braid_dataplane::config::{Config, Tables};
 use braid_dataplane::control::{self, ControlConfig, Exchange, SaRegistry, Snapshot};
-use braid_dataplane::gateway::{self, worker_setup_with_nat, PortPlan};
+use braid_dataplane::gateway::{self, worker_setup_with_nat, PortPlan, PortTx};
 use braid_dataplane::counters::WorkerCounters;
 use braid_dataplane::worker::{handoff, KernelTap, Worker, WorkerSetup};
 use braid_shm::stats::StatsWriter;
@@ -159,7 +159,7 @@ struct Shared {
     stop: Arc<AtomicBool>,
     exchange: Arc<Exchange>,
     plan: PortPlan,
-    offloads: Vec<bool>,
+    port_tx: Vec<PortTx>,
     t0: Instant,
     idle_us: u64,
     deadline: Option<Instant>,
@@ -179,7 +179,7 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
     let id = worker.id();
     let t0 = sh.t0;
     let now = || t0.elapsed().as_nanos() as u64;
-    let offload = |i: usize| sh.offloads.get(i).copied().unwrap_or(false);
+    let offload = |i: usize| sh.port_tx.get(i).copied().unwrap_or_default();
     let mut next_stats = t0 + sh.stats_interval;
     let mut next_segment = t0;
     let (mut cbuf, mut gbuf) = (Vec::new(), Vec::new());
@@ -326,14 +326,20 @@ fn run() -> Result<(), String> {
     }
     let eal = Eal::init(&eal_args).map_err(|e| e.to_string())?;
     eal.remove_runtime_dir_at_exit();
-    // Mbufs big enough for the largest frame any port carries, plus room to
-    // grow it by the outer headers and ESP trailer in place.
-    let max_mtu = tables.ports.iter().map(|p| p.mtu as usize).max().unwrap_or(1500);
-    let data_room = (128 + 14 + max_mtu + 128).max(braid_dpdk::mbuf::DEFAULT_DATA_ROOM as usize) as u16;
+    // Mbufs big enough for the largest frame any port carries (and a few
+    // for the largest inner packet a peer may send, if bigger).
+    let (data_room, jumbo_room) = gateway::pool_rooms(&tables);
     // Per worker: an RX ring and a TX ring on every port, a burst or two in
     // flight, and its stash.
     let pool_size = (usize::from(workers) + 1) * 8192 - 1;
     let pool = Arc::new(Mempool::new("braid_pool", pool_size as u32, data_room).map_err(|e| e.to_string())?);
+    let jumbo = match jumbo_room {
+        Some(room) => {
+            let n = (usize::from(workers) + 1) * 1024 - 1;
+            Some(Arc::new(Mempool::new("braid_jumbo", n as u32, room).map_err(|e| format!("jumbo pool: {e}"))?))
+        }
+        None => None,
+    };
     if workers > 1 && eal.worker_lcores().len() + 1 < usize::from(workers) {
         return Err(format!(
             "--workers {workers} needs {workers} lcores, EAL has {} (give -l with one core per worker)",
@@ -386,7 +392,7 @@ fn run() -> Result<(), String> {
         eprintln!("braid-dataplane: port {} has kernel tap {name} (frames for the gateway the dataplane does not answer)", p.name);
         taps.push(Some(tap));
     }
-    let offload = |i: usize| ports.iter().any(|(j, p)| *j == i && p.offloads().tx_ipv4_cksum);
+    let offload = |i: usize| ports.iter().find(|(j, _)| *j == i).map(|(_, p)| PortTx::of(p)).unwrap_or_default();
     // Outbound sequence numbers: kept on disk so a restart never reuses one
     // (and the peers' replay windows accept the restarted gateway).
     let mut registry = match &args.seq_state {
@@ -444,17 +450,20 @@ fn run() -> Result<(), String> {
         let setup = WorkerSetup { workers, wan_rss: wan_rss.clone(), ..worker_setup_with_nat(&tables, &plan, &sas, nat.clone(), w, w == 0, offload)? }
             .with_rx_highs(&rx_highs);
         let mut worker = Worker::new(setup, pool.clone(), lan_q, wan_q, now())?.with_kernel_taps(tap_queues)?;
+        if let Some(j) = &jumbo {
+            worker = worker.with_jumbo_pool(j.clone());
+        }
         if let Some(h) = handoffs[usize::from(w)].take() {
             worker = worker.with_handoff(h)?;
         }
         built.push(worker);
     }
-    let offloads: Vec<bool> = (0..tables.ports.len()).map(offload).collect();
+    let port_tx: Vec<PortTx> = (0..tables.ports.len()).map(offload).collect();
     let control = match endpoint {
         Some(ep) => {
             // The control thread builds new tables' setups and engines the
             // way the workers would, so a worker only swaps them in.
-            let prebuild = control::Prebuild { ip_csum_offload: offloads.clone(), clock: t0, wan_rss: wan_rss.clone() };
+            let prebuild = control::Prebuild { port_tx: port_tx.clone(), clock: t0, wan_rss: wan_rss.clone() };
             Some(ep.spawn(exchange.clone(), registry.clone(), stats_seg, workers, generation, Some(prebuild))?)
         }
         None => None,
@@ -470,7 +479,7 @@ fn run() -> Result<(), String> {
         stop: stop.clone(),
         exchange: exchange.clone(),
         plan: plan.clone(),
-        offloads,
+        port_tx,
         t0,
         idle_us: args.idle_us,
         deadline: args.seconds.map(|s| t0 + Duration::from_secs(s)),

@@ -115,6 +115,50 @@ pub fn tcp_segments(frame: &[u8], mtu: usize) -> Result<usize, NoCut> {
     layout(frame, mtu).map(|l| l.segments())
 }
 
+/// A TCP packet for a port that cuts it itself (TSO): where its headers
+/// end and how much payload each segment carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TsoRequest {
+    pub v6: bool,
+    /// IP header length.
+    pub l3: usize,
+    /// TCP header length.
+    pub l4: usize,
+    /// Payload bytes per segment.
+    pub mss: usize,
+    /// Segments the port will make.
+    pub segments: usize,
+    /// The IP packet's length (the frame may hold padding after it).
+    pub ip_len: usize,
+}
+
+/// [`tcp_segments`] for a port that cuts `frame` itself into segments
+/// whose IP packets are at most `mtu` bytes: the same checks (the
+/// checksum verified, so a damaged packet is never given fresh ones).
+pub fn tso_request(frame: &[u8], mtu: usize) -> Result<TsoRequest, NoCut> {
+    let l = layout(frame, mtu)?;
+    Ok(TsoRequest { v6: l.v6, l3: l.l3, l4: l.l4, mss: l.mss, segments: l.segments(), ip_len: l.l3 + l.l4 + l.payload })
+}
+
+/// Readies the headers of `frame` (checked by [`tso_request`], `r`) for a
+/// port's TSO, as DPDK asks (`RTE_MBUF_F_TX_TCP_SEG`): the TCP checksum
+/// holds the pseudo-header's sum without the length, an IPv4 header
+/// checksum is zero (the port fills both in for each segment).
+pub fn prepare_tso(frame: &mut [u8], r: &TsoRequest) {
+    let ip = &mut frame[ETH..];
+    let pseudo = if r.v6 {
+        let src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
+        let dst: [u8; 16] = ip[24..40].try_into().expect("16 bytes");
+        checksum::pseudo_header_v6(Ipv6Addr::from(src), Ipv6Addr::from(dst), TCP, 0)
+    } else {
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let src: [u8; 4] = ip[12..16].try_into().expect("4 bytes");
+        let dst: [u8; 4] = ip[16..20].try_into().expect("4 bytes");
+        checksum::pseudo_header_v4(Ipv4Addr::from(src), Ipv4Addr::from(dst), TCP, 0)
+    };
+    ip[r.l3 + 16..r.l3 + 18].copy_from_slice(&pseudo.to_be_bytes());
+}
+
 /// Cuts the Ethernet frame `frame`, a TCP packet whose IP packet exceeds
 /// `mtu`, into segments whose IP packets fit: calls `emit(headers, part)`
 /// for each, in order, with its Ethernet, IP and TCP headers (options
@@ -255,5 +299,35 @@ mod tests {
         bad[ETH + 100] ^= 1;
         assert_eq!(tcp_segments(&bad, 1500), Err(NoCut::BadChecksum));
         assert_eq!(none(&bad, 1500), 0);
+    }
+
+    /// What a port's TSO is given: the layout `segment_tcp` would cut by,
+    /// the same refusals, and headers as DPDK asks (TCP checksum = the
+    /// pseudo-header's sum without the length, IPv4 header checksum 0).
+    #[test]
+    fn tso_request_and_headers_for_the_port() {
+        for (family, l3) in [(Family::V4, 20), (Family::V6, 40)] {
+            let f = Flow::a_to_b(2, family, L4::Tcp);
+            let ip = ip_packet(&f, 5, 9000 + 14);
+            let mut fr = frame(&ip);
+            fr.extend_from_slice(&[0; 6]); // padding after the IP packet
+            let r = tso_request(&fr, 1500).unwrap();
+            let payload = ip.len() - l3 - 20;
+            assert_eq!(r, TsoRequest { v6: l3 == 40, l3, l4: 20, mss: 1500 - l3 - 20, segments: payload.div_ceil(1500 - l3 - 20), ip_len: ip.len() });
+            assert_eq!(r.segments, tcp_segments(&fr, 1500).unwrap());
+            prepare_tso(&mut fr, &r);
+            let addrs = &ip[if l3 == 20 { 12..20 } else { 8..40 }];
+            let pseudo = checksum::combine(&[checksum::sum(addrs), TCP as u16]);
+            assert_eq!(u16::from_be_bytes([fr[ETH + l3 + 16], fr[ETH + l3 + 17]]), pseudo);
+            if l3 == 20 {
+                assert_eq!(fr[ETH + 10..ETH + 12], [0, 0], "IPv4 header checksum left to the port");
+            }
+            assert_eq!(fr[ETH + l3 + 18..fr.len() - 6], ip[l3 + 18..], "nothing else changed");
+        }
+        let tcp4 = frame(&ip_packet(&Flow::a_to_b(1, Family::V4, L4::Tcp), 0, 4000));
+        assert_eq!(tso_request(&tcp4, 4000), Err(NoCut::NotTcp), "fits");
+        let mut bad = tcp4.clone();
+        bad[ETH + 100] ^= 1;
+        assert_eq!(tso_request(&bad, 1500), Err(NoCut::BadChecksum));
     }
 }

@@ -111,6 +111,9 @@ pub struct L2 {
     pub next_hop: Option<std::net::IpAddr>,
     /// The port computes IPv4 header checksums on TX.
     pub ip_csum_offload: bool,
+    /// The port cuts TCP packets into segments on TX (TSO), and how: the
+    /// LAN port's oversized TCP goes to it whole (`Worker::fit_lan_mtu`).
+    pub tso: Option<braid_dpdk::Tso>,
     /// Largest IP packet the port's link carries.
     pub mtu: u16,
     /// The port's own addresses: ARP, neighbor solicitations and echo
@@ -233,6 +236,9 @@ struct Options {
 pub struct Worker {
     id: u16,
     pool: Arc<Mempool>,
+    /// Mbufs for inner packets bigger than `pool`'s (a peer's jumbo LAN),
+    /// if the process made some (`with_jumbo_pool`).
+    jumbo: Option<Arc<Mempool>>,
     lan_rx: RxQueue,
     lan_tx: TxQueue,
     wan_rx: Vec<RxQueue>,
@@ -416,6 +422,7 @@ impl Worker {
         Ok(Worker {
             id: setup.id,
             pool,
+            jumbo: None,
             lan_rx,
             lan_tx,
             wan_rx,
@@ -500,6 +507,15 @@ impl Worker {
         }
         self.kernel = taps;
         Ok(self)
+    }
+
+    /// Gives the worker a pool for inner packets from a tunnel that do not
+    /// fit the main pool's mbufs: a peer whose LAN has a larger MTU than
+    /// any port of this gateway sends them, to be cut to the LAN's MTU
+    /// here. Without it they are the engine's `rx_no_buffer`.
+    pub fn with_jumbo_pool(mut self, pool: Arc<Mempool>) -> Worker {
+        self.jumbo = Some(pool);
+        self
     }
 
     /// This worker's index.
@@ -1311,12 +1327,12 @@ impl Worker {
                 Ok(())
             }
             Engine::Bundle { rx, .. } => {
-                let pool = &self.pool;
+                let (pool, jumbo) = (&self.pool, self.jumbo.as_deref());
                 let stash = &mut self.stash;
                 let lan = self.lan;
                 // An inner packet without an mbuf is the engine's
                 // `rx_no_buffer`.
-                let make = |inner: &[u8]| lan_frame(stash, pool, &lan, inner);
+                let make = |inner: &[u8]| lan_frame(stash, pool, jumbo, &lan, inner);
                 let before = self.lan_out.len();
                 let r = rx.on_esp_from(t, &mut m.data_mut()[esp_at..esp_at + esp_len], now, make, &mut self.lan_out);
                 self.counters.delivered += (self.lan_out.len() - before) as u64;
@@ -1384,10 +1400,10 @@ impl Worker {
     /// tunnel's owner), to this worker's re-orderer of its stream.
     fn deliver_frame(&mut self, b: usize, o: &OpenedFrame, frame: &[u8], now: Nanos) {
         let Engine::Bundle { rx, .. } = &mut self.bundles[b].engine else { return };
-        let pool = &self.pool;
+        let (pool, jumbo) = (&self.pool, self.jumbo.as_deref());
         let stash = &mut self.stash;
         let lan = self.lan;
-        let make = |inner: &[u8]| lan_frame(stash, pool, &lan, inner);
+        let make = |inner: &[u8]| lan_frame(stash, pool, jumbo, &lan, inner);
         let before = self.lan_out.len();
         // A refused frame is counted by the engine.
         let _ = rx.on_opened(o, frame, now, make, &mut self.lan_out);
@@ -2124,12 +2140,27 @@ fn stamp_outer(m: &mut Mbuf, outer: &OuterTemplate, esp_len: usize, ident: &mut 
 }
 
 /// A new LAN frame holding `inner`, or `None` when the pool is empty or the
-/// packet does not fit an mbuf.
+/// packet does not fit an mbuf (of `pool`, or of `jumbo` if there is one).
 #[inline(always)]
-fn lan_frame(stash: &mut MbufStash, pool: &Mempool, lan: &L2, inner: &[u8]) -> Option<Mbuf> {
+fn lan_frame(stash: &mut MbufStash, pool: &Mempool, jumbo: Option<&Mempool>, lan: &L2, inner: &[u8]) -> Option<Mbuf> {
     let mut m = stash.get(pool)?;
+    match m.append(ETH + inner.len()) {
+        Some(buf) => {
+            braid_tunnel::wire::copy_bytes(&mut buf[ETH..], inner);
+            write_eth(buf, lan);
+        }
+        // Too big for the pool's mbufs (`m` goes back to it).
+        None => return jumbo_frame(jumbo?, lan, inner),
+    }
+    Some(m)
+}
+
+/// [`lan_frame`] in an mbuf of the jumbo pool.
+#[cold]
+fn jumbo_frame(jumbo: &Mempool, lan: &L2, inner: &[u8]) -> Option<Mbuf> {
+    let mut m = Mbuf::alloc(jumbo)?;
     let buf = m.append(ETH + inner.len())?;
-    braid_tunnel::wire::copy_bytes(&mut buf[ETH..], inner);
+    buf[ETH..].copy_from_slice(inner);
     write_eth(buf, lan);
     Some(m)
 }

@@ -48,7 +48,7 @@ fn apply(lab: &mut Lab, tables: &Tables) -> Result<Applied, String> {
     registry.adopt(&lab.tables_a, &lab.sas_a);
     let sas = registry.for_tables(tables)?;
     let plan = PortPlan::new(tables)?;
-    let setup = worker_setup(tables, &plan, &sas, 0, true, |_| false)?;
+    let setup = worker_setup(tables, &plan, &sas, 0, true, |_| Default::default())?;
     let now = lab.now;
     lab.a.apply(setup, now)
 }
@@ -233,7 +233,7 @@ impl Registries {
     fn apply(&mut self, lab: &mut Lab, side_a: bool, tables: &Tables) -> Applied {
         let reg = if side_a { &mut self.a } else { &mut self.b };
         let sas = reg.for_tables(tables).unwrap();
-        let setup = worker_setup(tables, &PortPlan::new(tables).unwrap(), &sas, 0, true, |_| false).unwrap();
+        let setup = worker_setup(tables, &PortPlan::new(tables).unwrap(), &sas, 0, true, |_| Default::default()).unwrap();
         let now = lab.now;
         let w = if side_a { &mut lab.a } else { &mut lab.b };
         w.apply(setup, now).unwrap()

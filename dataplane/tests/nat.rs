@@ -501,7 +501,7 @@ fn new_tables_keep_sessions_unless_the_rules_change() {
         Tables::from_config(&Config::from_json_str(&doc.to_string()).unwrap()).unwrap()
     };
     let apply = |lab: &mut Lab, t: &Tables| {
-        let setup = worker_setup(t, &PortPlan::new(t).unwrap(), &lab.sas_a, 0, true, |_| false).unwrap();
+        let setup = worker_setup(t, &PortPlan::new(t).unwrap(), &lab.sas_a, 0, true, |_| Default::default()).unwrap();
         let now = lab.now;
         lab.a.apply(setup, now).unwrap()
     };
@@ -533,7 +533,7 @@ fn new_tables_keep_sessions_unless_the_rules_change() {
     // A shard built beforehand (by the control thread) is used as it is;
     // one built for another worker is not.
     let third = tables(&lab, snat_rule(2, "1024-50000"), true);
-    let setup = worker_setup(&third, &PortPlan::new(&third).unwrap(), &lab.sas_a, 0, true, |_| false).unwrap();
+    let setup = worker_setup(&third, &PortPlan::new(&third).unwrap(), &lab.sas_a, 0, true, |_| Default::default()).unwrap();
     let n = setup.nat.clone().unwrap();
     let mut cfg = (*n.config).clone();
     cfg.max_sessions = 4321;
@@ -542,7 +542,7 @@ fn new_tables_keep_sessions_unless_the_rules_change() {
     lab.a.apply_with(setup.clone(), Some(mine), Vec::new(), now).unwrap();
     assert_eq!(lab.a.nat().unwrap().capacity(), 4321, "the prebuilt shard");
     let fourth = tables(&lab, snat_rule(2, "1024-40000"), true);
-    let setup4 = worker_setup(&fourth, &PortPlan::new(&fourth).unwrap(), &lab.sas_a, 0, true, |_| false).unwrap();
+    let setup4 = worker_setup(&fourth, &PortPlan::new(&fourth).unwrap(), &lab.sas_a, 0, true, |_| Default::default()).unwrap();
     let theirs = Box::new(braid_nat::NatShard::new(&cfg, 1, 2).unwrap());
     lab.a.apply_with(setup4, Some(theirs), Vec::new(), now).unwrap();
     assert_ne!(lab.a.nat().unwrap().capacity(), 4321, "another worker's shard is not taken");

@@ -538,7 +538,7 @@ fn apply_a(lab: &mut Lab, mode: &str, edit: impl Fn(&mut serde_json::Value)) -> 
     let mut registry = SaRegistry::default();
     registry.adopt(&lab.tables_a, &lab.sas_a);
     let sas = registry.for_tables(&tables).unwrap();
-    let setup = worker_setup(&tables, &PortPlan::new(&tables).unwrap(), &sas, 0, true, |_| false).unwrap();
+    let setup = worker_setup(&tables, &PortPlan::new(&tables).unwrap(), &sas, 0, true, |_| Default::default()).unwrap();
     let now = lab.now;
     lab.a.apply(setup, now).unwrap()
 }
@@ -616,7 +616,7 @@ fn rebuilt_windows_refuse_old_packets(case: &str, mode: &str) {
         let tables = Tables::from_config(&Config::from_json_str(&doc.to_string()).unwrap()).unwrap();
         let sas = registry.for_tables(&tables).unwrap();
         let highs = registry.inbound_highs(&tables);
-        let setup = worker_setup(&tables, &PortPlan::new(&tables).unwrap(), &sas, 0, true, |_| false).unwrap().with_rx_highs(&highs);
+        let setup = worker_setup(&tables, &PortPlan::new(&tables).unwrap(), &sas, 0, true, |_| Default::default()).unwrap().with_rx_highs(&highs);
         let now = lab.now;
         lab.a.apply(setup, now).unwrap()
     };

@@ -47,7 +47,7 @@ fn rebuild_a_with(lab: &mut Lab, next_hop: &str, policy: &str, prebuilt: bool) -
     let mut registry = SaRegistry::default();
     registry.adopt(&lab.tables_a, &lab.sas_a);
     let sas = registry.for_tables(&tables).unwrap();
-    let setup = worker_setup(&tables, &PortPlan::new(&tables).unwrap(), &sas, 0, true, |_| false).unwrap();
+    let setup = worker_setup(&tables, &PortPlan::new(&tables).unwrap(), &sas, 0, true, |_| Default::default()).unwrap();
     let now = lab.now;
     if prebuilt {
         let engines = setup.bundles.iter().map(|bs| Some(prebuild_bundle(&setup, bs, now).unwrap())).collect();

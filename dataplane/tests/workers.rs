@@ -172,7 +172,7 @@ impl Rig {
                     let setup = WorkerSetup {
                         workers: WORKERS,
                         wan_rss: vec![rss.clone()],
-                        ..worker_setup_with_nat(&tables, &plan, &sas, nat, id, id == 0, |_| false).unwrap()
+                        ..worker_setup_with_nat(&tables, &plan, &sas, nat, id, id == 0, |_| Default::default()).unwrap()
                     };
                     let lanq = (lan.rx_queue(id).unwrap(), lan.tx_queue(id).unwrap());
                     let wanq = vec![(wan.rx_queue(id).unwrap(), wan.tx_queue(id).unwrap())];

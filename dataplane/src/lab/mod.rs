@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, Tables};
 use crate::counters::WorkerCounters;
-use crate::gateway::{outbound_sas, worker_setup, PortPlan};
+use crate::gateway::{outbound_sas, pool_rooms, worker_setup, PortPlan, PortTx};
 use crate::worker::{KernelTap, Worker};
 use braid_dpdk::ring_port::RingPair;
 use braid_dpdk::{Mbuf, Mempool, Port, PortConfig, RxQueue, TxQueue, BURST};
@@ -116,6 +116,11 @@ pub struct LabOptions {
     /// Give A an exception path: ring ports stand in for the kernel taps
     /// of A's LAN and WAN ports ([`Lab::kernel_a`]).
     pub kernel_taps: bool,
+    /// B's LAN port: this DPDK port (a vdev given to EAL, e.g. a net_tap)
+    /// instead of a ring pair (`check` then sees nothing), and B's mbufs
+    /// sized as the process sizes them (`gateway::pool_rooms`: a jumbo
+    /// pool when its ports are smaller than the biggest MTU).
+    pub b_lan_device: Option<String>,
 }
 
 /// Which way a WAN frame crosses the middle.
@@ -280,7 +285,10 @@ impl Lab {
         let mid_b = mk_end(&ends[2]);
         let check = mk_end(&ends[3]);
         let kernel_a = opts.kernel_taps.then(|| [mk_end(&ends[4]), mk_end(&ends[5])]);
-        let names: Vec<String> = gw_ports.iter().map(|p| p.info().name.clone()).collect();
+        let mut names: Vec<String> = gw_ports.iter().map(|p| p.info().name.clone()).collect();
+        if let Some(dev) = &opts.b_lan_device {
+            names[3] = dev.clone();
+        }
         type Built = (Worker, Arc<Tables>, Arc<Mempool>, Vec<Port>, Vec<Vec<Arc<OutboundSaPair>>>);
         let build = |side_a: bool, lan: Port, wan: Port, mut taps: Vec<Port>| -> Built {
             let (ln, wn) = if side_a { (&names[0], &names[1]) } else { (&names[3], &names[2]) };
@@ -291,7 +299,15 @@ impl Lab {
                 json = doc.to_string();
             }
             let tables = Arc::new(Tables::from_config(&Config::from_json_str(&json).unwrap()).unwrap());
-            let pool = Arc::new(Mempool::new(&format!("{case}_{}", if side_a { "pa" } else { "pb" }), 8191, 9400).unwrap());
+            let name = format!("{case}_{}", if side_a { "pa" } else { "pb" });
+            let (room, jumbo) = match (&opts.b_lan_device, side_a) {
+                (Some(_), false) => {
+                    let (room, jumbo) = pool_rooms(&tables);
+                    (room, jumbo.map(|r| Arc::new(Mempool::new(&format!("{name}j"), 1023, r).unwrap())))
+                }
+                _ => (9400, None),
+            };
+            let pool = Arc::new(Mempool::new(&name, 8191, room).unwrap());
             let mut lan = lan;
             let mut wan = wan;
             for p in [&mut lan, &mut wan] {
@@ -300,7 +316,8 @@ impl Lab {
             }
             let plan = PortPlan::new(&tables).unwrap();
             let sas = outbound_sas(&tables);
-            let mut setup = worker_setup(&tables, &plan, &sas, 0, true, |_| false).unwrap();
+            let port_tx = [PortTx::of(&lan), PortTx::of(&wan)];
+            let mut setup = worker_setup(&tables, &plan, &sas, 0, true, |i| port_tx[i]).unwrap();
             if let Some(nat) = setup.nat.as_mut() {
                 let mut c = (*nat.config).clone();
                 c.max_sessions = opts.nat_max_sessions.unwrap_or(c.max_sessions);
@@ -315,6 +332,9 @@ impl Lab {
                 0,
             )
             .unwrap();
+            if let Some(j) = jumbo {
+                w = w.with_jumbo_pool(j);
+            }
             if !taps.is_empty() {
                 for p in taps.iter_mut() {
                     p.configure(&cfg, &[&pool]).unwrap();
@@ -328,7 +348,11 @@ impl Lab {
             (w, tables, pool, ports, sas)
         };
         let mut gw = gw_ports.into_iter();
-        let (alan, awan, bwan, blan) = (gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap());
+        let (alan, awan, bwan, mut blan) = (gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap());
+        if let Some(dev) = &opts.b_lan_device {
+            let ring = std::mem::replace(&mut blan, Port::by_name(dev).unwrap_or_else(|e| panic!("B's LAN port {dev}: {e}")));
+            ring.close();
+        }
         let (a, tables_a, pool_a, pa, sas_a) = build(true, alan, awan, taps);
         let (b, tables_b, pool_b, pb, sas_b) = build(false, blan, bwan, Vec::new());
         ports.extend(ends);

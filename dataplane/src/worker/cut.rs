@@ -4,6 +4,7 @@
 //! LAN cut to its MTU (`fit_lan_mtu`). Every piece is a new mbuf, all
 //! pieces or none (`cut_into`); see ARCHITECTURE.md.
 
+use braid_dpdk::mbuf::{TxOffload, TX_IPV4, TX_IPV6, TX_IP_CKSUM, TX_TCP_SEG};
 use braid_dpdk::{Mbuf, Mempool};
 use braid_tunnel::Nanos;
 
@@ -19,7 +20,9 @@ impl Worker {
     /// dropped, `lan_bad_checksum`, rather than given fresh ones), other
     /// IPv4 without DF or options into fragments, each piece a new mbuf
     /// (all or none: `lan_no_mbuf`); the rest is dropped (`lan_too_big`)
-    /// rather than handed to the port as a giant. One length compare per
+    /// rather than handed to the port as a giant. A LAN port with TSO
+    /// cuts TCP itself (IPv6 only if it can): such a packet goes to it
+    /// whole, checked the same way (`lan_cut.tso`). One length compare per
     /// frame when nothing is too big.
     pub(super) fn fit_lan_mtu(&mut self) {
         let mtu = usize::from(self.lan.mtu);
@@ -28,10 +31,27 @@ impl Worker {
         }
         let mut queued = std::mem::take(&mut self.lan_out);
         let mut out = std::mem::take(&mut self.lan_fit);
-        for m in queued.drain(..) {
+        for mut m in queued.drain(..) {
             if m.data_len() <= ETH + mtu {
                 out.push(m);
                 continue;
+            }
+            if let Some(tso) = self.lan.tso {
+                match segment::tso_request(m.data(), tso.ip_mtu(mtu)) {
+                    Ok(r) if tso.ipv6 || !r.v6 => {
+                        to_tso(&mut m, &r);
+                        out.push(m);
+                        let c = &mut self.counters.lan_cut;
+                        (c.tso, c.tso_segments) = (c.tso + 1, c.tso_segments + r.segments as u64);
+                        continue;
+                    }
+                    Err(segment::NoCut::BadChecksum) => {
+                        self.counters.drops.add(DpDrop::LanBadChecksum);
+                        continue;
+                    }
+                    // Cut here: IPv6 the port does not cut, or not TCP.
+                    _ => {}
+                }
             }
             let frame = m.data();
             let df = frame.get(12..14) == Some(&[0x08, 0x00]) && frame.get(ETH + 6).is_some_and(|f| f & 0x40 != 0);
@@ -116,6 +136,26 @@ impl Worker {
         self.gso_pieces = pieces;
         Ok(())
     }
+}
+
+/// Hands the TCP packet in `m` (checked: `r`) to the port's TSO whole: its
+/// headers readied (`segment::prepare_tso`), padding after the IP packet
+/// trimmed, the segmentation request in the mbuf.
+fn to_tso(m: &mut Mbuf, r: &segment::TsoRequest) {
+    let pad = m.data_len() - (ETH + r.ip_len);
+    if pad > 0 {
+        m.trim(pad);
+    }
+    segment::prepare_tso(m.data_mut(), r);
+    let flags = TX_TCP_SEG | if r.v6 { TX_IPV6 } else { TX_IPV4 | TX_IP_CKSUM };
+    m.set_tx_offload(TxOffload {
+        flags,
+        l2_len: ETH as u8,
+        l3_len: r.l3 as u16,
+        l4_len: r.l4 as u8,
+        tso_segsz: r.mss as u16,
+        ..Default::default()
+    });
 }
 
 /// Cuts a packet into `n` pieces, each a new mbuf appended to `out`:

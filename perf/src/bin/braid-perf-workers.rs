@@ -89,7 +89,7 @@ fn gateway(side_a: bool, n: u16, lan: &mut Port, wan: &mut Port, pool: &Arc<Memp
         let nat = braid_dataplane::gateway::nat_setup(&tables, n)?;
         let setup = WorkerSetup {
             workers: n,
-            ..braid_dataplane::gateway::worker_setup_with_nat(&tables, &plan, &sas, nat, id, id == 0 && side_a, |_| false)?
+            ..braid_dataplane::gateway::worker_setup_with_nat(&tables, &plan, &sas, nat, id, id == 0 && side_a, |_| Default::default())?
         };
         let q = |p: &Port| -> Result<_, String> { Ok((p.rx_queue(id).map_err(|e| e.to_string())?, p.tx_queue(id).map_err(|e| e.to_string())?)) };
         let w = Worker::new(setup, pool.clone(), q(lan)?, vec![q(wan)?], 0)?.with_handoff(h)?;
