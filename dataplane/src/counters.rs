@@ -577,7 +577,8 @@ pub struct WorkerCounters {
     ///   NAT translates what the re-orderer delivered, just before the LAN
     ///   TX queue; our own replies and the kernel's frames skip it; the
     ///   kernel's are `kernel.from_kernel_lan`); a packet cut to the LAN's
-    ///   MTU is as many frames as it has pieces (`lan_cut`), or one
+    ///   MTU is as many frames as it has pieces (`lan_cut`; one frame
+    ///   when the port's TSO cuts it, `lan_cut.tso`), or one
     ///   `lan_too_big` or `lan_no_mbuf` drop;
     /// - the tunnels' `tx` and `keepalives_tx` and `local.wan_replies_sent`
     ///   (which counts the kernel's frames too) sum to `wan_tx`; ESP

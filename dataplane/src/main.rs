@@ -333,13 +333,21 @@ fn run() -> Result<(), String> {
     // flight, and its stash.
     let pool_size = (usize::from(workers) + 1) * 8192 - 1;
     let pool = Arc::new(Mempool::new("braid_pool", pool_size as u32, data_room).map_err(|e| e.to_string())?);
-    let jumbo = match jumbo_room {
-        Some(room) => {
-            let n = (usize::from(workers) + 1) * 1024 - 1;
-            Some(Arc::new(Mempool::new("braid_jumbo", n as u32, room).map_err(|e| format!("jumbo pool: {e}"))?))
+    // Without it (no memory for it), such packets are dropped and counted
+    // (`rx_no_buffer`, or `too_big` after outer reassembly).
+    let jumbo = jumbo_room.and_then(|room| {
+        let n = (usize::from(workers) + 1) * 1024 - 1;
+        match Mempool::new("braid_jumbo", n as u32, room) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                eprintln!(
+                    "braid-dataplane: warning: no jumbo pool ({n} mbufs of {room} bytes: {e}): inner packets bigger \
+                     than this gateway's MTUs (a peer's jumbo LAN) will be dropped"
+                );
+                None
+            }
         }
-        None => None,
-    };
+    });
     if workers > 1 && eal.worker_lcores().len() + 1 < usize::from(workers) {
         return Err(format!(
             "--workers {workers} needs {workers} lcores, EAL has {} (give -l with one core per worker)",

@@ -6,8 +6,9 @@
 //! Inner packets bigger than the LAN come from a peer whose LAN has a
 //! larger MTU (a jumbo LAN on the other side); TCP hosts that agreed on a
 //! smaller MSS never send them, but a TCP stack behind a jumbo LAN that
-//! talks to a jumbo host elsewhere does. The worker cuts them rather than
-//! hand the port frames it would send as giants (see `Worker::fit_lan_mtu`).
+//! talks to a jumbo host elsewhere does. The worker cuts them (or has the
+//! LAN port's TSO cut them: [`tso_request`]) rather than hand the port
+//! frames it would send as giants (see `Worker::fit_lan_mtu`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

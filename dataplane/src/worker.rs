@@ -1237,7 +1237,13 @@ impl Worker {
         match r {
             Ok(Some(whole)) => {
                 self.counters.frags.reassembled += 1;
-                whole.linearized(&self.pool).map(Some).map_err(|_| DpDrop::TooBig)
+                // Bigger than the pool's mbufs (a peer's jumbo LAN): the
+                // jumbo pool's, if there is one.
+                let whole = match (whole.linearized(&self.pool), &self.jumbo) {
+                    (Err(w), Some(j)) => w.linearized(j),
+                    (r, _) => r,
+                };
+                whole.map(Some).map_err(|_| DpDrop::TooBig)
             }
             Ok(None) => Ok(None),
             // Not reached: checked to be an IPv4 fragment above.

@@ -5,8 +5,10 @@
 //! pool: all its ports are 1500 bytes), and hands each IPv4 one to the
 //! tap's TSO whole; IPv6 ones it cuts itself (net_tap's TSO is DPDK
 //! 22.11's GSO library: TCP over IPv4 only). The kernel must receive the
-//! byte stream intact: it checks every segment's checksums, and drops
-//! what does not fit its MTU.
+//! byte stream intact (it checks every segment's checksums), in frames
+//! that fit the LAN: a tap takes giants too, so the test counts the frames
+//! the kernel got (each 9000-byte packet must have become at least seven)
+//! and reads the largest segment its TCP saw.
 //!
 //! The test runs in a network namespace of its own: it runs itself again
 //! under `unshare --net`, so the tap and its addresses go with that
@@ -34,19 +36,40 @@ const CHILD: &str = "BRAID_LAN_TSO_NETNS";
 
 #[test]
 fn jumbo_tcp_goes_whole_to_the_lan_ports_tso() {
-    if std::env::var_os(CHILD).is_none() {
-        let exe = std::env::current_exe().unwrap();
-        let status = Command::new("unshare")
-            .args(["--net", "--"])
-            .arg(exe)
-            .args(["--exact", "jumbo_tcp_goes_whole_to_the_lan_ports_tso", "--nocapture", "--test-threads=1"])
-            .env(CHILD, "1")
-            .status()
-            .expect("unshare (util-linux)");
-        assert!(status.success(), "the test in its own network namespace: {status}");
-        return;
+    isolated("jumbo_tcp_goes_whole_to_the_lan_ports_tso", || in_own_netns("bundle"));
+}
+
+/// Plain mode, the outer packets fragmented over the 1500-byte WAN
+/// (`outer_fragmentation`): B reassembles each 9000-byte ESP packet (into
+/// its jumbo pool), and the rest goes as in bundle mode.
+#[test]
+fn plain_mode_reassembled_jumbo_tcp_goes_to_the_tso_too() {
+    isolated("plain_mode_reassembled_jumbo_tcp_goes_to_the_tso_too", || in_own_netns("plain"));
+}
+
+/// Runs `body` in a network namespace of its own: the test runs itself
+/// again, alone, under `unshare --net`; the namespace goes with that
+/// process, and the tap with it.
+fn isolated(name: &str, body: impl FnOnce()) {
+    if std::env::var_os(CHILD).is_some() {
+        return body();
     }
-    in_own_netns();
+    let exe = std::env::current_exe().unwrap();
+    let status = Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .status()
+        .expect("unshare (util-linux)");
+    assert!(status.success(), "{name} in its own network namespace: {status}");
+}
+
+/// Frames the kernel received on the tap (what B's LAN port sent).
+fn tap_rx_packets() -> u64 {
+    let out = Command::new("ip").args(["-s", "-j", "link", "show", "dev", TAP]).output().expect("ip (iproute2)");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j");
+    v[0]["stats64"]["rx"]["packets"].as_u64().expect("rx packets")
 }
 
 fn ip(args: &[&str]) {
@@ -54,7 +77,7 @@ fn ip(args: &[&str]) {
     assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn in_own_netns() {
+fn in_own_netns(mode: &str) {
     let (_eal, _guard) = braid_dpdk::testing::eal(&[&format!("{DEVICE},iface={TAP}")], 1024);
     // The tap's MAC (from `ip`: /sys shows the namespace it was mounted in).
     let link = Command::new("ip").args(["-o", "link", "show", "dev", TAP]).output().expect("ip (iproute2)");
@@ -66,11 +89,14 @@ fn in_own_netns() {
                 doc["ports"][0]["next_hop_mac"] = tap_mac.clone().into();
                 doc["ports"][0]["mtu"] = 1500.into();
             }
+            if doc["bundles"][0]["mode"] == "plain" {
+                doc["bundles"][0]["outer_fragmentation"] = true.into();
+            }
         })),
         b_lan_device: Some(DEVICE.into()),
         ..Default::default()
     };
-    let mut lab = Lab::with("lantso", "bundle", &[1, 1], 16, 1500, opts);
+    let mut lab = Lab::with("lantso", mode, &[1, 1], 16, 1500, opts);
     lab.read_a_lan = true;
 
     // The kernel: B's host, its way back through B.
@@ -85,21 +111,36 @@ fn in_own_netns() {
     ip(&["-6", "route", "add", "fd00:1::/64", "via", "fd00:2::1", "dev", TAP]);
 
     let total = 2_000_000;
-    for (client, kernel, sport) in [(IpAddr::V4(CLIENT4), IpAddr::V4(KERNEL4), 40001), (IpAddr::V6(CLIENT6), IpAddr::V6(KERNEL6), 40002)] {
+    let (v4, v6) = ((IpAddr::V4(CLIENT4), IpAddr::V4(KERNEL4)), (IpAddr::V6(CLIENT6), IpAddr::V6(KERNEL6)));
+    // IPv4, IPv6, and IPv4 whose IP and TCP headers carry 40 bytes of
+    // options each: 134 bytes of headers, more than net_tap's GSO copies.
+    for ((client, kernel), sport, options) in [(v4, 40001, false), (v6, 40002, false), (v4, 40003, true)] {
         let before = lab.counters().1.lan_cut;
-        let (sent, rcv_mss) = transfer(&mut lab, client, kernel, sport, total);
+        let frames_before = tap_rx_packets();
+        let c = Conn { client, kernel, sport, dport: 5201, options };
+        let (sent, rcv_mss) = transfer(&mut lab, &c, total);
+        let frames = tap_rx_packets() - frames_before;
         let after = lab.counters().1.lan_cut;
         let (tso, tso_segments, segmented) =
             (after.tso - before.tso, after.tso_segments - before.tso_segments, after.segmented - before.segmented);
         eprintln!(
-            "{kernel}: {sent} client segments; B: {tso} to TSO ({tso_segments} segments), {segmented} cut in software; \
-             the kernel's rcvmss {rcv_mss}"
+            "{mode} {kernel}: {sent} client segments; B: {tso} to TSO ({tso_segments} segments), {segmented} cut in software; \
+             the kernel got {frames} frames, its rcvmss {rcv_mss}"
         );
+        // 8960 bytes need 7 segments of at most 1446 (1440, 1380); a few
+        // packets the window cut short need fewer.
+        let jumbo = (total / SEG) as u64;
+        assert!(frames >= 6 * jumbo, "{frames} frames reached the kernel for {jumbo} jumbo packets: giants?");
         // What a 1500-byte link carries after IP and TCP headers (20 + 20,
-        // and 14 less as net_tap cuts; 40 + 20 in software).
-        let mss = if kernel.is_ipv4() { 1500 - 14 - 40 } else { 1500 - 60 };
+        // and 14 less as net_tap cuts; 40 + 20 or 60 + 60 in software).
+        let tso_expected = kernel.is_ipv4() && !options;
+        let mss = match (tso_expected, options) {
+            (true, _) => 1500 - 14 - 40,
+            (false, false) => 1500 - 60,
+            (false, true) => 1500 - 120,
+        };
         assert_eq!(rcv_mss, mss, "the largest segment the kernel received on a 1500-byte LAN");
-        if kernel.is_ipv4() {
+        if tso_expected {
             assert!(tso >= (total / SEG) as u64, "IPv4 jumbo segments handed to the tap's TSO whole: {tso}");
             // At most 8960 bytes (the window may cut a packet short) in
             // segments of 1500 - 14 (net_tap counts the Ethernet header)
@@ -108,12 +149,16 @@ fn in_own_netns() {
             assert!(tso_segments > tso && tso_segments <= tso * most, "{tso_segments} segments for {tso} packets");
             assert_eq!(segmented, 0);
         } else {
-            assert_eq!(tso, 0, "net_tap cannot cut IPv6");
-            assert!(segmented >= (total / SEG) as u64, "IPv6 jumbo segments cut in software: {segmented}");
+            assert_eq!(tso, 0, "net_tap cuts neither IPv6 nor such long headers");
+            assert!(segmented >= (total / SEG) as u64, "jumbo segments cut in software: {segmented}");
         }
     }
     let (_, b) = lab.counters();
-    eprintln!("B drops: {:?}, engine: {:?}", b.drops.named(), b.engine.named());
+    eprintln!("B drops: {:?}, engine: {:?}, outer fragments {:?}", b.drops.named(), b.engine.named(), b.frags);
+    if mode == "plain" {
+        // Each jumbo ESP packet crossed the WAN in fragments.
+        assert!(b.frags.reassembled >= 3 * (total / SEG) as u64, "outer packets reassembled: {}", b.frags.reassembled);
+    }
     for d in [DpDrop::LanTooBig, DpDrop::LanBadChecksum, DpDrop::LanNoMbuf, DpDrop::LanTxRejected, DpDrop::LanTxFull] {
         assert_eq!(b.drops.get(d), 0, "{d:?}");
     }
@@ -128,23 +173,31 @@ fn in_own_netns() {
 /// The kernel's socket must read exactly those bytes. Returns how many
 /// data segments the client sent, and the largest TCP payload the kernel
 /// received in one segment (its `rcvmss`).
-fn transfer(lab: &mut Lab, client: IpAddr, kernel: IpAddr, sport: u16, total: usize) -> (usize, usize) {
-    let listener = TcpListener::bind(SocketAddr::new(kernel, 5201)).expect("listen on the kernel's address");
+fn transfer(lab: &mut Lab, c: &Conn, total: usize) -> (usize, usize) {
+    let listener = TcpListener::bind(SocketAddr::new(c.kernel, c.dport)).expect("listen on the kernel's address");
     let reader = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut got = Vec::with_capacity(total);
         let mut buf = vec![0u8; 65536];
+        let mut end = None;
         while got.len() < total {
             match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => {
+                    end = Some("end of stream".to_string());
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    end = Some(e.to_string());
+                    break;
+                }
                 Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
-        (got, s)
+        (got, s, end)
     });
     let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 4099) as u8).collect();
-    let c = Conn { client, kernel, sport, dport: 5201 };
     let iss = 1_000_000u32;
     // SYN with an MSS of 8960: a host on a jumbo LAN.
     let mss = [2, 4, (SEG >> 8) as u8, SEG as u8];
@@ -152,7 +205,7 @@ fn transfer(lab: &mut Lab, client: IpAddr, kernel: IpAddr, sport: u16, total: us
     let deadline = Instant::now() + Duration::from_secs(10);
     let (irs, mut wnd) = loop {
         assert!(Instant::now() < deadline, "no SYN-ACK from the kernel");
-        if let Some(s) = replies(lab, &c).into_iter().find(|s| s.flags & (SYN | ACK) == SYN | ACK) {
+        if let Some(s) = replies(lab, c).into_iter().find(|s| s.flags & (SYN | ACK) == SYN | ACK) {
             break (s.seq, s.window as usize);
         }
     };
@@ -170,7 +223,7 @@ fn transfer(lab: &mut Lab, client: IpAddr, kernel: IpAddr, sport: u16, total: us
             nxt += len;
             sent += 1;
         }
-        for s in replies(lab, &c) {
+        for s in replies(lab, c) {
             let acked = s.ack.wrapping_sub(iss.wrapping_add(1)) as usize;
             if s.flags & ACK != 0 && acked <= total && acked > una {
                 una = acked;
@@ -183,12 +236,13 @@ fn transfer(lab: &mut Lab, client: IpAddr, kernel: IpAddr, sport: u16, total: us
             progress = Instant::now();
         }
     }
-    let (got, socket) = reader.join().expect("reader");
-    assert_eq!(got.len(), total, "bytes the kernel's socket read");
+    let (got, socket, end) = reader.join().expect("reader");
+    assert_eq!(got.len(), total, "bytes the kernel's socket read ({end:?})");
     assert!(got == data, "the kernel's socket read other bytes than were sent");
     // The largest segment the kernel received (a tap takes giants too):
     // cut to the LAN's MTU, not the client's 8960 bytes.
-    let ss = Command::new("ss").args(["-tni", "state", "established", "( sport = :5201 )"]).output().expect("ss (iproute2)");
+    let filter = format!("( sport = :{} and dport = :{} )", c.dport, c.sport);
+    let ss = Command::new("ss").args(["-tni", "state", "established", &filter]).output().expect("ss (iproute2)");
     let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
     let rcv_mss: usize = ss
         .split_whitespace()
@@ -208,6 +262,9 @@ struct Conn {
     kernel: IpAddr,
     sport: u16,
     dport: u16,
+    /// 40 bytes of IPv4 options (NOPs) and, but on the SYN, 40 bytes of
+    /// TCP options (NOPs) in every packet.
+    options: bool,
 }
 
 /// What the kernel sent the client.
@@ -221,6 +278,8 @@ struct Seg {
 impl Conn {
     /// An IP packet of this connection from the client, checksums filled.
     fn packet(&self, seq: u32, ack: u32, flags: u8, opts: &[u8], payload: &[u8]) -> Vec<u8> {
+        let nops = [1u8; 40];
+        let opts = if self.options && flags & SYN == 0 { &nops[..] } else { opts };
         let l4 = 20 + opts.len();
         let mut t = vec![0u8; l4 + payload.len()];
         t[0..2].copy_from_slice(&self.sport.to_be_bytes());
@@ -234,10 +293,12 @@ impl Conn {
         t[l4..].copy_from_slice(payload);
         let (mut ip, pseudo) = match (self.client, self.kernel) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let mut h = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0];
-                h[2..4].copy_from_slice(&((20 + t.len()) as u16).to_be_bytes());
+                let ihl = if self.options { 60 } else { 20 };
+                let mut h = vec![0x40 | (ihl / 4) as u8, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0];
+                h[2..4].copy_from_slice(&((ihl + t.len()) as u16).to_be_bytes());
                 h.extend_from_slice(&s.octets());
                 h.extend_from_slice(&d.octets());
+                h.resize(ihl, 1);
                 let c = !checksum::sum(&h);
                 h[10..12].copy_from_slice(&c.to_be_bytes());
                 (h, checksum::pseudo_header_v4(s, d, 6, t.len() as u16))

@@ -133,19 +133,26 @@ pub struct Tso {
     /// net_tap in DPDK 22.11 (`pmd_tx_burst`, its GSO size).
     pub counts_l2: bool,
     /// The PMD cuts TCP over IPv6 too. net_tap cuts with DPDK 22.11's GSO
-    /// library, which cuts TCP over IPv4 only (and skips anything else
-    /// without sending it).
+    /// library, which cuts TCP over IPv4 only (and sends anything else
+    /// whole, as a giant).
     pub ipv6: bool,
+    /// Most header bytes (Ethernet, IP and TCP, with options) a packet
+    /// may have for the PMD to cut it. net_tap's GSO copies the headers
+    /// into mbufs of its own with 128 bytes of room and checks nothing
+    /// (`TAP_GSO_MBUF_SEG_SIZE`): IPv4 and TCP options can reach 134.
+    pub max_headers: usize,
 }
 
 impl Tso {
     /// A NIC's TSO: segments sized by their IP packet, IPv4 and IPv6.
-    pub const NIC: Tso = Tso { counts_l2: false, ipv6: true };
+    pub const NIC: Tso = Tso { counts_l2: false, ipv6: true, max_headers: usize::MAX };
 
     /// What the PMD named `driver` does, given that it offers TCP TSO.
+    /// A NIC's PMD checks what it cannot cut in `tx_prepare` (the packet
+    /// is then dropped and counted, never sent wrong).
     pub fn of_driver(driver: &str) -> Tso {
         match driver {
-            "net_tap" => Tso { counts_l2: true, ipv6: false },
+            "net_tap" => Tso { counts_l2: true, ipv6: false, max_headers: 128 },
             _ => Tso::NIC,
         }
     }
@@ -971,7 +978,7 @@ mod tests {
     #[test]
     fn tso_per_pmd() {
         let tap = Tso::of_driver("net_tap");
-        assert_eq!(tap, Tso { counts_l2: true, ipv6: false });
+        assert_eq!(tap, Tso { counts_l2: true, ipv6: false, max_headers: 128 });
         assert_eq!(tap.ip_mtu(1500), 1486);
         assert_eq!(Tso::of_driver("net_i40e"), Tso::NIC);
         assert_eq!(Tso::NIC.ip_mtu(1500), 1500);

@@ -310,8 +310,13 @@ impl Lab {
             let pool = Arc::new(Mempool::new(&name, 8191, room).unwrap());
             let mut lan = lan;
             let mut wan = wan;
-            for p in [&mut lan, &mut wan] {
-                p.configure(&cfg, &[&pool]).unwrap();
+            // A real device for B's LAN gets its MTU, as the process sets it.
+            let lan_cfg = match (&opts.b_lan_device, side_a) {
+                (Some(_), false) => PortConfig { mtu: Some(tables.ports[0].mtu), ..cfg.clone() },
+                _ => cfg.clone(),
+            };
+            for (p, c) in [(&mut lan, &lan_cfg), (&mut wan, &cfg)] {
+                p.configure(c, &[&pool]).unwrap();
                 p.start().unwrap();
             }
             let plan = PortPlan::new(&tables).unwrap();

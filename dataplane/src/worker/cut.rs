@@ -1,8 +1,9 @@
 //! Packets bigger than the next link, cut in software: plain mode's TCP
 //! segmentation before sealing (`plain_gso`) and outer IPv4 fragments
 //! (`send_fragments`, with `outer_fragmentation`), and packets for the
-//! LAN cut to its MTU (`fit_lan_mtu`). Every piece is a new mbuf, all
-//! pieces or none (`cut_into`); see ARCHITECTURE.md.
+//! LAN cut to its MTU (`fit_lan_mtu`), unless the LAN port's TSO cuts
+//! them (`to_tso`). Every piece cut here is a new mbuf, all pieces or
+//! none (`cut_into`); see ARCHITECTURE.md.
 
 use braid_dpdk::mbuf::{TxOffload, TX_IPV4, TX_IPV6, TX_IP_CKSUM, TX_TCP_SEG};
 use braid_dpdk::{Mbuf, Mempool};
@@ -21,9 +22,10 @@ impl Worker {
     /// IPv4 without DF or options into fragments, each piece a new mbuf
     /// (all or none: `lan_no_mbuf`); the rest is dropped (`lan_too_big`)
     /// rather than handed to the port as a giant. A LAN port with TSO
-    /// cuts TCP itself (IPv6 only if it can): such a packet goes to it
-    /// whole, checked the same way (`lan_cut.tso`). One length compare per
-    /// frame when nothing is too big.
+    /// cuts TCP itself (IPv6, or headers longer than its PMD copies, only
+    /// if it can): such a packet goes to it whole, checked the same way
+    /// (`lan_cut.tso`). One length compare per frame when nothing is too
+    /// big.
     pub(super) fn fit_lan_mtu(&mut self) {
         let mtu = usize::from(self.lan.mtu);
         if mtu == 0 || self.lan_out.iter().all(|m| m.data_len() <= ETH + mtu) {
@@ -38,7 +40,7 @@ impl Worker {
             }
             if let Some(tso) = self.lan.tso {
                 match segment::tso_request(m.data(), tso.ip_mtu(mtu)) {
-                    Ok(r) if tso.ipv6 || !r.v6 => {
+                    Ok(r) if (tso.ipv6 || !r.v6) && ETH + r.l3 + r.l4 <= tso.max_headers => {
                         to_tso(&mut m, &r);
                         out.push(m);
                         let c = &mut self.counters.lan_cut;
@@ -49,7 +51,8 @@ impl Worker {
                         self.counters.drops.add(DpDrop::LanBadChecksum);
                         continue;
                     }
-                    // Cut here: IPv6 the port does not cut, or not TCP.
+                    // Cut here: what the port does not cut (IPv6, long
+                    // headers), or not TCP.
                     _ => {}
                 }
             }
