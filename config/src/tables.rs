@@ -14,7 +14,7 @@
 //! every rule are in `docs/config.md`.
 
 use core::fmt;
-use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -43,6 +43,22 @@ pub const UDP_LEN: usize = 8;
 /// Bytes an ESP-in-UDP-in-IPv4 packet adds around a bundle frame at most:
 /// IPv4 20 + UDP 8 + ESP header and IV 16 + pad 3 + trailer 2 + ICV 16 = 65.
 pub const FRAME_OVERHEAD_V4: usize = OUTER_IPV4_LEN + UDP_LEN + esp::PAYLOAD_OFFSET + esp::MAX_TAIL;
+/// Outer IPv6 header, without extension headers (RFC 8200).
+pub const OUTER_IPV6_LEN: usize = 40;
+/// [`FRAME_OVERHEAD_V4`] over IPv6: 85.
+pub const FRAME_OVERHEAD_V6: usize = OUTER_IPV6_LEN + UDP_LEN + esp::PAYLOAD_OFFSET + esp::MAX_TAIL;
+/// Smallest MTU of a WAN port carrying IPv6 tunnels (RFC 8200 section 5).
+pub const MIN_MTU_V6: u32 = 1280;
+
+/// Bytes the outer headers of a tunnel from `local` add around a bundle
+/// frame at most.
+pub fn frame_overhead(local: &SocketAddr) -> usize {
+    if local.is_ipv6() {
+        FRAME_OVERHEAD_V6
+    } else {
+        FRAME_OVERHEAD_V4
+    }
+}
 /// Smallest `max_frame`: below this, packing and fragment headers eat the
 /// frame.
 pub const MIN_MAX_FRAME: usize = 256;
@@ -182,7 +198,8 @@ pub struct BundleConfig {
     #[serde(default)]
     pub policy: BalancePolicy,
     /// Largest frame (ESP payload). Default: the smallest MTU of the
-    /// tunnels' WAN ports less [`FRAME_OVERHEAD_V4`].
+    /// tunnels' WAN ports less their outer headers ([`FRAME_OVERHEAD_V4`],
+    /// [`FRAME_OVERHEAD_V6`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_frame: Option<u32>,
     /// A tunnel that sent nothing for this many seconds sends an RFC 3948
@@ -428,8 +445,9 @@ pub struct Bundle {
 pub struct Tunnel {
     /// Index in [`Tables::ports`]; always a WAN port.
     pub wan_port: usize,
-    pub local: SocketAddrV4,
-    pub remote: SocketAddrV4,
+    /// Outer addresses, IPv4 or IPv6 (both ends the same family).
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
     pub sa_out: SaParams,
     pub sa_in: SaParams,
     /// Share under [`Policy::Weighted`], at least 1.
@@ -478,7 +496,7 @@ pub struct Tables {
     /// Inbound SPI to tunnel, sorted by SPI.
     by_spi_in: Box<[(Spi, TunnelRef)]>,
     /// (WAN port, local socket) to tunnel, sorted.
-    by_local: Box<[((usize, SocketAddrV4), TunnelRef)]>,
+    by_local: Box<[((usize, SocketAddr), TunnelRef)]>,
 }
 
 impl Tables {
@@ -514,7 +532,7 @@ impl Tables {
 
         let mut bundles = Vec::with_capacity(config.bundles.len());
         let mut spi_in_owner: HashMap<u32, String> = HashMap::new();
-        let mut local_owner: HashMap<(usize, SocketAddrV4), String> = HashMap::new();
+        let mut local_owner: HashMap<(usize, SocketAddr), String> = HashMap::new();
         let mut by_spi_in = Vec::new();
         let mut by_local = Vec::new();
         for (b, bc) in config.bundles.iter().enumerate() {
@@ -563,12 +581,13 @@ impl Tables {
                 by_local.push((key, r));
                 tunnels.push(tunnel);
             }
-            let min_mtu = tunnels
+            // The tunnel whose WAN MTU less its outer headers is smallest.
+            let (min_mtu, overhead) = tunnels
                 .iter()
-                .map(|t| ports[t.wan_port].mtu as usize)
-                .min()
+                .map(|t| (ports[t.wan_port].mtu as usize, frame_overhead(&t.local)))
+                .min_by_key(|(mtu, o)| mtu - o)
                 .expect("at least one tunnel");
-            let limit = min_mtu - FRAME_OVERHEAD_V4;
+            let limit = min_mtu - overhead;
             let max_frame = match bc.max_frame {
                 None => limit,
                 Some(f) => {
@@ -584,7 +603,7 @@ impl Tables {
                             format!("{at}.max_frame"),
                             format!(
                                 "{f} does not fit the smallest WAN MTU of the bundle's tunnels \
-                                 ({min_mtu} - {FRAME_OVERHEAD_V4} bytes of outer headers = {limit})"
+                                 ({min_mtu} - {overhead} bytes of outer headers = {limit})"
                             ),
                         ));
                     }
@@ -603,6 +622,12 @@ impl Tables {
                 return Err(invalid(
                     format!("{at}.outer_fragmentation"),
                     "applies to plain mode only (bundle mode cuts its frames to the WAN MTU itself)",
+                ));
+            }
+            if outer_fragmentation && tunnels.iter().any(|t| t.local.is_ipv6()) {
+                return Err(invalid(
+                    format!("{at}.outer_fragmentation"),
+                    "outer IPv4 only: a bundle with IPv6 tunnels cannot fragment its outer packets",
                 ));
             }
             bundles.push(Bundle {
@@ -648,7 +673,7 @@ impl Tables {
         let nat = resolve_nat(&config.nat, &peer_index)?;
 
         by_spi_in.sort_unstable_by_key(|&(spi, _)| spi);
-        by_local.sort_unstable_by_key(|&(k, _)| (k.0, u32::from(*k.1.ip()), k.1.port()));
+        by_local.sort_unstable_by_key(|&(k, _)| k);
         Ok(Tables {
             ports,
             peers,
@@ -673,11 +698,9 @@ impl Tables {
     /// The tunnel with this local socket address on WAN port `port`: how
     /// the receiver classifies an ESP-in-UDP packet by its destination.
     #[inline]
-    pub fn tunnel_by_local(&self, port: usize, local: SocketAddrV4) -> Option<TunnelRef> {
-        let key = |k: &(usize, SocketAddrV4)| (k.0, u32::from(*k.1.ip()), k.1.port());
-        let want = key(&(port, local));
+    pub fn tunnel_by_local(&self, port: usize, local: SocketAddr) -> Option<TunnelRef> {
         self.by_local
-            .binary_search_by_key(&want, |(k, _)| key(k))
+            .binary_search_by_key(&(port, local), |(k, _)| *k)
             .ok()
             .map(|i| self.by_local[i].1)
     }
@@ -900,25 +923,37 @@ fn resolve_tunnel(
             format!("port {:?} has role lan, expected wan", tc.wan_port),
         ));
     }
-    let local = parse_socket_v4(&tc.local).map_err(|e| invalid(f("local"), e))?;
-    let port_ip = port.ipv4.ok_or_else(|| {
+    let local = parse_socket(&tc.local).map_err(|e| invalid(f("local"), e))?;
+    let (family, port_ip) = match local {
+        SocketAddr::V4(_) => ("ipv4", port.ipv4.map(|a| IpAddr::V4(a.addr))),
+        SocketAddr::V6(_) => ("ipv6", port.ipv6.map(|a| IpAddr::V6(a.addr))),
+    };
+    let port_ip = port_ip.ok_or_else(|| {
         invalid(
             f("wan_port"),
-            format!("port {:?} has no ipv4 address to send from", tc.wan_port),
+            format!("port {:?} has no {family} address to send from", tc.wan_port),
         )
     })?;
-    if *local.ip() != port_ip.addr {
+    if local.ip() != port_ip {
         return Err(invalid(
             f("local"),
             format!(
-                "{} is not the address of port {:?} ({})",
+                "{} is not the {family} address of port {:?} ({port_ip})",
                 local.ip(),
                 tc.wan_port,
-                port_ip.addr
             ),
         ));
     }
-    let remote = parse_socket_v4(&tc.remote).map_err(|e| invalid(f("remote"), e))?;
+    if local.is_ipv6() && u32::from(port.mtu) < MIN_MTU_V6 {
+        return Err(invalid(
+            f("local"),
+            format!("an IPv6 tunnel needs a WAN MTU of at least {MIN_MTU_V6}; port {:?} has {}", tc.wan_port, port.mtu),
+        ));
+    }
+    let remote = parse_socket(&tc.remote).map_err(|e| invalid(f("remote"), e))?;
+    if remote.is_ipv6() != local.is_ipv6() {
+        return Err(invalid(f("remote"), format!("{remote} and local {local} are not the same IP version")));
+    }
     let spi_out = check_spi(tc.spi_out).map_err(|e| invalid(f("spi_out"), e))?;
     let spi_in = check_spi(tc.spi_in).map_err(|e| invalid(f("spi_in"), e))?;
     let key_out = parse_key(&tc.key_out.0).map_err(|e| invalid(f("key_out"), e))?;
@@ -1093,18 +1128,22 @@ fn parse_iface_v6(s: &str) -> Result<IfaceAddr<Ipv6Addr>, String> {
     Ok(IfaceAddr { addr, prefix_len })
 }
 
-/// `192.0.2.1:4500`. IPv6 outer addresses are refused until the dataplane
-/// emits outer IPv6.
-fn parse_socket_v4(s: &str) -> Result<SocketAddrV4, String> {
+/// `192.0.2.1:4500` or `[2001:db8::1]:4500`: a unicast address (IPv6:
+/// global or unique local, not link-local) and a port.
+fn parse_socket(s: &str) -> Result<SocketAddr, String> {
     let sa: SocketAddr = s
         .parse()
-        .map_err(|_| format!("{s:?} is not a socket address like 192.0.2.1:4500"))?;
-    let SocketAddr::V4(sa) = sa else {
-        return Err(format!("{s}: IPv6 outer addresses are not supported yet"));
+        .map_err(|_| format!("{s:?} is not a socket address like 192.0.2.1:4500 or [2001:db8::1]:4500"))?;
+    let unicast = match sa.ip() {
+        IpAddr::V4(ip) => !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()),
+        IpAddr::V6(ip) => {
+            let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
+            !(ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || link_local || ip.to_ipv4_mapped().is_some())
+        }
     };
     let ip = sa.ip();
-    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
-        return Err(format!("{ip} is not a unicast address"));
+    if !unicast {
+        return Err(format!("{ip} is not a unicast address (IPv6: not link-local, not IPv4-mapped)"));
     }
     if sa.port() == 0 {
         return Err(format!("{s}: UDP port 0 is not allowed"));
@@ -1618,12 +1657,14 @@ mod tests {
 
     #[test]
     fn socket_addresses() {
-        assert_eq!(parse_socket_v4("192.0.2.1:4500").unwrap().port(), 4500);
-        assert!(parse_socket_v4("[2001:db8::1]:4500")
-            .unwrap_err()
-            .contains("not supported yet"));
-        assert!(parse_socket_v4("192.0.2.1").is_err());
-        assert!(parse_socket_v4("192.0.2.1:0").is_err());
-        assert!(parse_socket_v4("0.0.0.0:4500").is_err());
+        assert_eq!(parse_socket("192.0.2.1:4500").unwrap().port(), 4500);
+        assert_eq!(parse_socket("[2001:db8::1]:4500").unwrap(), "[2001:db8::1]:4500".parse().unwrap());
+        assert!(parse_socket("[fe80::1]:4500").unwrap_err().contains("unicast"));
+        assert!(parse_socket("[::ffff:192.0.2.1]:4500").is_err());
+        assert!(parse_socket("[::]:4500").is_err());
+        assert!(parse_socket("[ff02::1]:4500").is_err());
+        assert!(parse_socket("192.0.2.1").is_err());
+        assert!(parse_socket("192.0.2.1:0").is_err());
+        assert!(parse_socket("0.0.0.0:4500").is_err());
     }
 }

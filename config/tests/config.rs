@@ -2,7 +2,7 @@
 //! validates, and every documented rule refuses what it should, naming the
 //! field.
 
-use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, Ipv6Addr};
 
 use braid_config::{
     BundleMode, Config, ConfigError, NextHop, PortRole, Tables, TunnelRef, FRAME_OVERHEAD_V4,
@@ -102,10 +102,10 @@ fn doc_example_parses_and_validates() {
     assert_eq!(weights, vec![2, 2, 1, 1]);
     let t0 = &b.tunnels[0];
     assert_eq!(t0.wan_port, 1);
-    assert_eq!(t0.local, "192.0.2.1:4500".parse::<SocketAddrV4>().unwrap());
+    assert_eq!(t0.local, "192.0.2.1:4500".parse::<std::net::SocketAddr>().unwrap());
     assert_eq!(
         t0.remote,
-        "198.51.100.1:4500".parse::<SocketAddrV4>().unwrap()
+        "198.51.100.1:4500".parse::<std::net::SocketAddr>().unwrap()
     );
     assert_eq!(t0.sa_out.spi, Spi(4096));
     assert_eq!(t0.sa_in.spi, Spi(8192));
@@ -737,13 +737,13 @@ fn tunnel_local_is_the_ports_ipv4_socket() {
     );
     refused(
         |v| tunnel(v, 0, 1)["local"] = json!("[2001:db8::1]:4500"),
-        "bundles[0].tunnels[1].local",
-        "IPv6 outer addresses are not supported yet",
+        "bundles[0].tunnels[1].wan_port",
+        "port \"wan0\" has no ipv6 address to send from",
     );
     refused(
         |v| tunnel(v, 0, 1)["local"] = json!("192.0.2.9:4501"),
         "bundles[0].tunnels[1].local",
-        "not the address of port \"wan0\" (192.0.2.1)",
+        "not the ipv4 address of port \"wan0\" (192.0.2.1)",
     );
     refused(
         |v| tunnel(v, 0, 1)["local"] = json!("192.0.2.1:0"),
@@ -762,7 +762,7 @@ fn tunnel_remote_is_a_unicast_ipv4_socket() {
     refused(
         |v| tunnel(v, 0, 3)["remote"] = json!("[2001:db8::2]:4500"),
         "bundles[0].tunnels[3].remote",
-        "not supported yet",
+        "not the same IP version",
     );
     refused(
         |v| tunnel(v, 0, 3)["remote"] = json!("198.51.100.1:0"),
@@ -784,6 +784,76 @@ fn tunnel_remote_is_a_unicast_ipv4_socket() {
         "bundles[0].tunnels[3].remote",
         "not a unicast",
     );
+}
+
+/// The example's WAN port with an IPv6 address too, and its tunnel `t`
+/// over IPv6.
+fn v6_tunnel(v: &mut Value, t: usize) {
+    v["ports"][1]["ipv6"] = json!("2001:db8:a::1/64");
+    tunnel(v, 0, t)["local"] = json!(format!("[2001:db8:a::1]:{}", 4500 + t));
+    tunnel(v, 0, t)["remote"] = json!(format!("[2001:db8:b::1]:{}", 4500 + t));
+}
+
+#[test]
+fn tunnels_over_ipv6() {
+    // One tunnel over IPv6 next to IPv4 ones: the bundle's frames fit the
+    // IPv6 tunnel's 20 more bytes of headers.
+    let t = accepted(|v| v6_tunnel(v, 1));
+    let b = &t.bundles[0];
+    assert_eq!(b.tunnels[1].local, "[2001:db8:a::1]:4501".parse().unwrap());
+    assert_eq!(b.tunnels[1].remote, "[2001:db8:b::1]:4501".parse().unwrap());
+    assert_eq!(b.max_frame, 1500 - braid_config::FRAME_OVERHEAD_V6);
+    assert_eq!(braid_config::FRAME_OVERHEAD_V6, FRAME_OVERHEAD_V4 + 20);
+    assert_eq!(t.tunnel_by_local(1, "[2001:db8:a::1]:4501".parse().unwrap()), Some(TunnelRef { bundle: 0, tunnel: 1 }));
+    refused(
+        |v| {
+            v6_tunnel(v, 1);
+            tunnel(v, 0, 1)["remote"] = json!("198.51.100.1:4501");
+        },
+        "bundles[0].tunnels[1].remote",
+        "not the same IP version",
+    );
+    refused(
+        |v| {
+            v6_tunnel(v, 1);
+            tunnel(v, 0, 1)["local"] = json!("[2001:db8:a::9]:4501");
+        },
+        "bundles[0].tunnels[1].local",
+        "not the ipv6 address of port \"wan0\" (2001:db8:a::1)",
+    );
+    refused(
+        |v| {
+            v6_tunnel(v, 1);
+            tunnel(v, 0, 1)["remote"] = json!("[fe80::1]:4501");
+        },
+        "bundles[0].tunnels[1].remote",
+        "not a unicast address",
+    );
+    refused(
+        |v| {
+            v6_tunnel(v, 1);
+            v["ports"][1]["mtu"] = json!(1200);
+        },
+        "bundles[0].tunnels[1].local",
+        "at least 1280",
+    );
+    refused(
+        |v| {
+            v6_tunnel(v, 1);
+            v["bundles"][0]["mode"] = json!("plain");
+            v["bundles"][0]["outer_fragmentation"] = json!(true);
+        },
+        "bundles[0].outer_fragmentation",
+        "outer IPv4 only",
+    );
+    // The next hop given by an IPv4 address (found by ARP) takes the IPv6
+    // tunnel's packets too: it is only a MAC to send to.
+    accepted(|v| {
+        v6_tunnel(v, 1);
+        let p = v["ports"][1].as_object_mut().unwrap();
+        p.remove("next_hop_mac");
+        p.insert("next_hop".into(), json!("192.0.2.254"));
+    });
 }
 
 #[test]

@@ -44,15 +44,22 @@ drops! {
     LanTxRejected => "lan_tx_rejected",
     /// A WAN port refused the packet in tx_prepare.
     WanTxRejected => "wan_tx_rejected",
-    /// WAN frame not IPv4/UDP to one of our tunnel endpoints.
+    /// WAN frame not IPv4 or IPv6 UDP to one of our tunnel endpoints.
     NotTunnel => "not_tunnel",
-    /// Outer IPv4 header malformed.
+    /// Outer IPv4 or IPv6 header malformed.
     BadOuterIp => "bad_outer_ip",
+    /// Outer IPv6: the UDP checksum is zero or does not verify (it covers
+    /// the addresses a tunnel's remote follows; IPv6 has no header
+    /// checksum).
+    BadOuterUdp => "bad_outer_udp",
+    /// An outer IPv6 fragment: braid reassembles outer IPv4 only.
+    OuterFragmentV6 => "outer_ipv6_fragment",
     /// UDP payload with the non-ESP marker (IKE): no IKE here.
     NonEsp => "non_esp",
     /// ESP packet whose SPI no tunnel uses.
     UnknownSpi => "unknown_spi",
-    /// SPI of a tunnel whose local UDP port is not the one the packet hit.
+    /// SPI of a tunnel whose local UDP port (or IP version) is not the one
+    /// the packet hit.
     TunnelMismatch => "tunnel_mismatch",
     /// ESP packet (data, probe or probe reply) for a WAN port whose next
     /// hop is not resolved (yet, or no longer): dropped, never queued.

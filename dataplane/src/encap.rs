@@ -1,13 +1,20 @@
-//! Outer headers of a tunnel: Ethernet, IPv4, UDP (RFC 3948), prebuilt once
-//! per tunnel and stamped on each ESP packet with its lengths.
+//! Outer headers of a tunnel: Ethernet, IPv4 or IPv6, UDP (RFC 3948),
+//! prebuilt once per tunnel and stamped on each ESP packet with its lengths
+//! (and, over IPv6, the UDP checksum RFC 8200 requires).
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use braid_tunnel::wire::checksum;
 use braid_tunnel::wire::udp_encap::emit_keepalive;
 
 /// Ethernet + IPv4 (no options) + UDP.
 pub const OUTER_LEN: usize = 14 + 20 + 8;
+/// Ethernet + IPv6 (no extension headers) + UDP.
+pub const OUTER_LEN_V6: usize = 14 + 40 + 8;
+/// The longer of the two.
+pub const MAX_OUTER_LEN: usize = OUTER_LEN_V6;
+/// Where the UDP header starts over IPv6.
+pub const UDP_AT_V6: usize = 54;
 /// Where the IPv4 header starts.
 pub const IP_AT: usize = 14;
 /// Where the UDP header starts.
@@ -74,37 +81,85 @@ fn cuttable_ipv4(frame: &[u8], chunk: usize) -> Option<(usize, usize)> {
     Some((ihl, total))
 }
 
-/// Outer headers of one tunnel, filled except for lengths and checksum.
+/// Outer headers of one tunnel, filled except for lengths and checksums.
+/// One cache line holds what an IPv4 packet reads (the fields, then the
+/// headers).
 #[derive(Debug, Clone)]
+#[repr(C, align(64))]
 pub struct OuterTemplate {
-    bytes: [u8; OUTER_LEN],
-    /// Ones' complement sum of the IPv4 header's fixed fields (total
+    /// IPv4: ones' complement sum of the IPv4 header's fixed fields (total
     /// length, identification and checksum zero): per packet only those
-    /// two words are added (RFC 1071 section 2).
-    ip_sum: u16,
+    /// two words are added (RFC 1071 section 2). IPv6: of the UDP
+    /// checksum's fixed part (the pseudo-header's addresses and next
+    /// header, the ports): per packet the lengths and the payload.
+    sum: u16,
+    v6: bool,
+    bytes: [u8; MAX_OUTER_LEN],
 }
 
 impl OuterTemplate {
-    /// Headers from `local` to `remote` out of a port with MAC `src_mac`
-    /// towards next hop `dst_mac`. DF is set: braid never relies on outer
-    /// fragmentation; TTL 64.
-    pub fn new(src_mac: [u8; 6], dst_mac: [u8; 6], local: SocketAddrV4, remote: SocketAddrV4) -> Self {
-        let mut b = [0u8; OUTER_LEN];
+    /// Headers from `local` to `remote` (the same IP version) out of a
+    /// port with MAC `src_mac` towards next hop `dst_mac`. IPv4: DF set
+    /// (braid never relies on outer fragmentation), TTL 64; IPv6: hop
+    /// limit 64, no flow label.
+    pub fn new(src_mac: [u8; 6], dst_mac: [u8; 6], local: SocketAddr, remote: SocketAddr) -> Self {
+        let mut b = [0u8; MAX_OUTER_LEN];
         b[0..6].copy_from_slice(&dst_mac);
         b[6..12].copy_from_slice(&src_mac);
-        b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        let ip = &mut b[IP_AT..UDP_AT];
-        ip[0] = 0x45;
-        ip[6] = 0x40; // DF
-        ip[8] = 64;
-        ip[9] = 17;
-        ip[12..16].copy_from_slice(&local.ip().octets());
-        ip[16..20].copy_from_slice(&remote.ip().octets());
-        let udp = &mut b[UDP_AT..];
+        let v6 = local.is_ipv6();
+        let udp_at = if v6 { UDP_AT_V6 } else { UDP_AT };
+        let ip = &mut b[IP_AT..udp_at];
+        match local.ip() {
+            std::net::IpAddr::V4(a) => {
+                ip[0] = 0x45;
+                ip[6] = 0x40; // DF
+                ip[8] = 64;
+                ip[9] = 17;
+                ip[12..16].copy_from_slice(&a.octets());
+            }
+            std::net::IpAddr::V6(a) => {
+                ip[0] = 0x60;
+                ip[6] = 17;
+                ip[7] = 64;
+                ip[8..24].copy_from_slice(&a.octets());
+            }
+        }
+        let udp = &mut b[udp_at..];
         udp[0..2].copy_from_slice(&local.port().to_be_bytes());
-        udp[2..4].copy_from_slice(&remote.port().to_be_bytes());
-        let ip_sum = checksum::sum(&b[IP_AT..UDP_AT]);
-        OuterTemplate { bytes: b, ip_sum }
+        let ethertype: u16 = if v6 { 0x86dd } else { 0x0800 };
+        b[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        let mut t = OuterTemplate { sum: 0, v6, bytes: b };
+        t.set_remote(remote);
+        t
+    }
+
+    /// Length of the headers: [`OUTER_LEN`] or [`OUTER_LEN_V6`].
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        if self.v6 {
+            OUTER_LEN_V6
+        } else {
+            OUTER_LEN
+        }
+    }
+
+    /// IPv6 outer headers.
+    #[inline(always)]
+    pub fn is_v6(&self) -> bool {
+        self.v6
+    }
+
+    /// A whole NAT-keepalive frame's length.
+    pub fn keepalive_len(&self) -> usize {
+        self.header_len() + 1
+    }
+
+    fn udp_at(&self) -> usize {
+        if self.v6 {
+            UDP_AT_V6
+        } else {
+            UDP_AT
+        }
     }
 
     /// Points the template at another next hop (a WAN next hop resolved by
@@ -114,35 +169,80 @@ impl OuterTemplate {
     }
 
     /// The peer's address and port the headers go to.
-    pub fn remote(&self) -> SocketAddrV4 {
-        let ip = &self.bytes[IP_AT + 16..IP_AT + 20];
-        let port = u16::from_be_bytes([self.bytes[UDP_AT + 2], self.bytes[UDP_AT + 3]]);
-        SocketAddrV4::new([ip[0], ip[1], ip[2], ip[3]].into(), port)
+    pub fn remote(&self) -> SocketAddr {
+        let u = self.udp_at();
+        let port = u16::from_be_bytes([self.bytes[u + 2], self.bytes[u + 3]]);
+        if self.v6 {
+            let ip: [u8; 16] = self.bytes[IP_AT + 24..IP_AT + 40].try_into().expect("16 bytes");
+            SocketAddr::new(ip.into(), port)
+        } else {
+            let ip: [u8; 4] = self.bytes[IP_AT + 16..IP_AT + 20].try_into().expect("4 bytes");
+            SocketAddr::new(ip.into(), port)
+        }
+    }
+
+    /// Whether the headers go where received frame `d` (of this IP
+    /// version, its UDP header at `udp_at`) came from: its source address
+    /// and port are this template's destination. Bytes compared in place:
+    /// asked for every authenticated packet.
+    #[inline]
+    pub fn is_source_of(&self, d: &[u8], udp_at: usize) -> bool {
+        fn at<const N: usize>(b: &[u8], i: usize) -> Option<[u8; N]> {
+            b.get(i..i + N).and_then(|s| s.try_into().ok())
+        }
+        let port = at::<2>(d, udp_at) == at::<2>(&self.bytes, self.udp_at() + 2);
+        port && if self.v6 {
+            at::<16>(d, IP_AT + 8) == at::<16>(&self.bytes, IP_AT + 24)
+        } else {
+            at::<4>(d, IP_AT + 12) == at::<4>(&self.bytes, IP_AT + 16)
+        }
     }
 
     /// Points the template at another peer address and port (the peer's
-    /// NAT mapping changed). The checksum sum is recomputed: it covers the
-    /// destination address.
-    pub fn set_remote(&mut self, remote: SocketAddrV4) {
-        self.bytes[IP_AT + 16..IP_AT + 20].copy_from_slice(&remote.ip().octets());
-        self.bytes[UDP_AT + 2..UDP_AT + 4].copy_from_slice(&remote.port().to_be_bytes());
-        self.ip_sum = checksum::sum(&self.bytes[IP_AT..UDP_AT]);
+    /// NAT mapping changed) of its IP version (another is ignored). The
+    /// checksum sum is recomputed: it covers the destination address.
+    pub fn set_remote(&mut self, remote: SocketAddr) {
+        let u = self.udp_at();
+        match remote.ip() {
+            std::net::IpAddr::V4(a) if !self.v6 => {
+                self.bytes[IP_AT + 16..IP_AT + 20].copy_from_slice(&a.octets());
+                self.bytes[u + 2..u + 4].copy_from_slice(&remote.port().to_be_bytes());
+                self.sum = checksum::sum(&self.bytes[IP_AT..UDP_AT]);
+            }
+            std::net::IpAddr::V6(a) if self.v6 => {
+                self.bytes[IP_AT + 24..IP_AT + 40].copy_from_slice(&a.octets());
+                self.bytes[u + 2..u + 4].copy_from_slice(&remote.port().to_be_bytes());
+                // Addresses, next header (UDP), ports.
+                self.sum = checksum::combine(&[
+                    checksum::sum(&self.bytes[IP_AT + 8..IP_AT + 40]),
+                    17,
+                    checksum::sum(&self.bytes[u..u + 4]),
+                ]);
+            }
+            _ => {}
+        }
     }
 
     /// Writes the headers for an ESP packet of `esp_len` bytes into
-    /// `out[..OUTER_LEN]`. The IPv4 checksum is computed unless the NIC does
-    /// it (`ip_csum_offload`: left zero). The UDP checksum is zero, as RFC
-    /// 3948 section 2.1 says ESP-in-UDP senders should send it.
+    /// `out[..self.header_len()]`; the ESP packet follows them in `out`. IPv4:
+    /// the IPv4 checksum is computed unless the NIC does it
+    /// (`ip_csum_offload`: left zero); the UDP checksum is zero, as RFC
+    /// 3948 section 2.1 says ESP-in-UDP senders should send it. IPv6:
+    /// the UDP checksum is computed over the ESP packet (RFC 8200 section
+    /// 8.1 forbids a zero one); `ident` and `ip_csum_offload` do not apply.
     #[inline]
     pub fn write(&self, out: &mut [u8], esp_len: usize, ident: u16, ip_csum_offload: bool) {
+        if self.v6 {
+            return self.write_v6(out, esp_len);
+        }
         let out = &mut out[..OUTER_LEN];
-        out.copy_from_slice(&self.bytes);
+        out.copy_from_slice(&self.bytes[..OUTER_LEN]);
         let udp_len = (8 + esp_len) as u16;
         let ip_len = 20 + udp_len;
         out[IP_AT + 2..IP_AT + 4].copy_from_slice(&ip_len.to_be_bytes());
         out[IP_AT + 4..IP_AT + 6].copy_from_slice(&ident.to_be_bytes());
         if !ip_csum_offload {
-            let mut s = self.ip_sum as u32 + ip_len as u32 + ident as u32;
+            let mut s = self.sum as u32 + ip_len as u32 + ident as u32;
             s = (s & 0xffff) + (s >> 16);
             s = (s & 0xffff) + (s >> 16);
             out[IP_AT + 10..IP_AT + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
@@ -150,13 +250,28 @@ impl OuterTemplate {
         out[UDP_AT + 4..UDP_AT + 6].copy_from_slice(&udp_len.to_be_bytes());
     }
 
+    #[cold]
+    fn write_v6(&self, out: &mut [u8], esp_len: usize) {
+        let udp_len = (8 + esp_len) as u16;
+        let (hdr, esp) = out[..OUTER_LEN_V6 + esp_len].split_at_mut(OUTER_LEN_V6);
+        hdr.copy_from_slice(&self.bytes);
+        hdr[IP_AT + 4..IP_AT + 6].copy_from_slice(&udp_len.to_be_bytes());
+        hdr[UDP_AT_V6 + 4..UDP_AT_V6 + 6].copy_from_slice(&udp_len.to_be_bytes());
+        // Pseudo-header length and UDP length field: the same number.
+        let c = !checksum::combine(&[self.sum, udp_len, udp_len, checksum::sum(esp)]);
+        // A computed zero is sent as all ones (RFC 768).
+        let c = if c == 0 { 0xffff } else { c };
+        hdr[UDP_AT_V6 + 6..UDP_AT_V6 + 8].copy_from_slice(&c.to_be_bytes());
+    }
+
     /// Writes a whole NAT-keepalive frame (RFC 3948 section 2.3: the UDP
-    /// payload is the one octet 0xff) into `out[..KEEPALIVE_LEN]`.
+    /// payload is the one octet 0xff) into `out[..self.keepalive_len()]`.
     pub fn write_keepalive(&self, out: &mut [u8], ident: u16, ip_csum_offload: bool) {
         // The same headers as an ESP packet, one octet of payload less than
-        // any ESP packet: write as if the "ESP" were one octet long.
+        // any ESP packet: written as if the "ESP" were one octet long, after
+        // it (the IPv6 UDP checksum covers it).
+        let _ = emit_keepalive(&mut out[self.header_len()..self.keepalive_len()]);
         self.write(out, 1, ident, ip_csum_offload);
-        let _ = emit_keepalive(&mut out[OUTER_LEN..KEEPALIVE_LEN]);
     }
 }
 
@@ -236,9 +351,16 @@ mod tests {
         t.set_dst_mac([2, 0, 0, 0, 0, 3]);
         assert_eq!(t.remote(), "198.51.100.7:4501".parse().unwrap());
         for remote in ["203.0.113.9:61000", "255.255.255.255:65535", "0.0.0.0:0", "198.51.100.7:4501"] {
-            let remote: SocketAddrV4 = remote.parse().unwrap();
+            let remote: SocketAddr = remote.parse().unwrap();
             t.set_remote(remote);
             assert_eq!(t.remote(), remote);
+            let from = |r: SocketAddr| {
+                let mut f = vec![0u8; OUTER_LEN];
+                OuterTemplate::new([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 1], r, local).write(&mut f, 0, 0, false);
+                f
+            };
+            assert!(t.is_source_of(&from(remote), UDP_AT));
+            assert!(!t.is_source_of(&from(SocketAddr::new(remote.ip(), remote.port().wrapping_add(1))), UDP_AT));
             let mut fresh = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 3], local, remote);
             fresh.set_dst_mac([2, 0, 0, 0, 0, 3]);
             let (mut a, mut b) = (vec![0u8; OUTER_LEN], vec![0u8; OUTER_LEN]);
@@ -286,5 +408,72 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The UDP checksum of an IPv6 frame, computed independently: zero
+    /// when it verifies.
+    fn udp6_verifies(f: &[u8]) -> bool {
+        let ip = &f[IP_AT..];
+        let src: [u8; 16] = ip[8..24].try_into().unwrap();
+        let dst: [u8; 16] = ip[24..40].try_into().unwrap();
+        let udp = &f[UDP_AT_V6..];
+        let len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+        let pseudo = checksum::pseudo_header_v6(src.into(), dst.into(), 17, len as u32);
+        udp[6..8] != [0, 0] && checksum::combine(&[pseudo, checksum::sum(&udp[..len])]) == 0xffff
+    }
+
+    /// IPv6 headers: version, lengths, next header, hop limit, addresses,
+    /// ports, and a UDP checksum over the ESP packet that verifies; after
+    /// a new remote too, as a template built for it; a remote of the
+    /// other IP version is ignored.
+    #[test]
+    fn ipv6_headers_and_udp_checksum() {
+        let (local, remote): (SocketAddr, SocketAddr) = ("[2001:db8::1]:4500".parse().unwrap(), "[2001:db8:1::7]:4501".parse().unwrap());
+        let mut t = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], local, remote);
+        assert!(t.is_v6() && t.header_len() == OUTER_LEN_V6);
+        assert_eq!(t.remote(), remote);
+        for esp_len in [1usize, 2, 99, 100, 1400, 9000] {
+            let mut f = vec![0u8; OUTER_LEN_V6 + esp_len];
+            for (i, b) in f[OUTER_LEN_V6..].iter_mut().enumerate() {
+                *b = (i * 7 + esp_len) as u8;
+            }
+            t.write(&mut f, esp_len, 0, false);
+            assert_eq!(f[12..14], [0x86, 0xdd]);
+            assert_eq!(f[IP_AT] >> 4, 6);
+            assert_eq!(u16::from_be_bytes([f[IP_AT + 4], f[IP_AT + 5]]) as usize, 8 + esp_len);
+            assert_eq!((f[IP_AT + 6], f[IP_AT + 7]), (17, 64));
+            assert_eq!(f[IP_AT + 8..IP_AT + 24], "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+            assert_eq!(u16::from_be_bytes([f[UDP_AT_V6], f[UDP_AT_V6 + 1]]), 4500);
+            assert_eq!(u16::from_be_bytes([f[UDP_AT_V6 + 2], f[UDP_AT_V6 + 3]]), 4501);
+            assert!(udp6_verifies(&f), "esp_len {esp_len}");
+            f[OUTER_LEN_V6] ^= 1;
+            assert!(!udp6_verifies(&f), "a flipped bit");
+        }
+        let moved: SocketAddr = "[2001:db8:ffff::9]:61000".parse().unwrap();
+        // A frame from `remote` (a template the other way round).
+        let back = |from: SocketAddr| {
+            let mut f = vec![0u8; OUTER_LEN_V6 + 8];
+            OuterTemplate::new([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], from, local).write(&mut f, 8, 0, false);
+            f
+        };
+        assert!(t.is_source_of(&back(remote), UDP_AT_V6) && !t.is_source_of(&back(moved), UDP_AT_V6));
+        t.set_remote(moved);
+        assert!(t.is_source_of(&back(moved), UDP_AT_V6) && !t.is_source_of(&back(remote), UDP_AT_V6));
+        t.set_remote("198.51.100.7:4501".parse().unwrap());
+        assert_eq!(t.remote(), moved, "another IP version is ignored");
+        let fresh = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], local, moved);
+        let (mut a, mut b) = (vec![5u8; OUTER_LEN_V6 + 300], vec![5u8; OUTER_LEN_V6 + 300]);
+        t.write(&mut a, 300, 0, false);
+        fresh.write(&mut b, 300, 0, false);
+        assert_eq!(a, b);
+        assert!(udp6_verifies(&a));
+        // A keepalive: one octet, checksummed.
+        let mut k = vec![0u8; t.keepalive_len()];
+        t.write_keepalive(&mut k, 0, false);
+        assert!(udp6_verifies(&k));
+        assert_eq!(
+            braid_tunnel::wire::udp_encap::classify(&k[OUTER_LEN_V6..]),
+            Ok(braid_tunnel::wire::udp_encap::EncapKind::Keepalive)
+        );
     }
 }

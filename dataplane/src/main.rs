@@ -152,7 +152,7 @@ fn n_tunnels(t: &Tables) -> usize {
 
 /// A worker's counters, paths alive and remotes, as of its last stats
 /// interval.
-type Published = (WorkerCounters, Vec<Vec<bool>>, Vec<Vec<std::net::SocketAddrV4>>);
+type Published = (WorkerCounters, Vec<Vec<bool>>, Vec<Vec<std::net::SocketAddr>>);
 
 /// What every worker's loop shares (read-only, but for `published`).
 struct Shared {

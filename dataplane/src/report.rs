@@ -3,7 +3,7 @@
 //! the file later).
 
 use std::fmt::Write;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use crate::config::Tables;
 use crate::counters::WorkerCounters;
@@ -29,7 +29,7 @@ fn named(v: &[(&str, u64)]) -> String {
 /// `remotes` (per bundle, per tunnel) is where each tunnel sends now
 /// (`remote_now`: the configured `remote`, or the peer's NAT mapping learned
 /// from its packets); a tunnel missing from it shows the configured one.
-pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &[Vec<SocketAddrV4>], seconds: f64) -> String {
+pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &[Vec<SocketAddr>], seconds: f64) -> String {
     let scalars = c.scalars();
     let mut s = String::new();
     let _ = write!(
@@ -129,7 +129,7 @@ mod tests {
         c.tunnels = vec![vec![crate::counters::TunnelCounters::default(); tables.bundles[0].tunnels.len()]];
         c.tunnels[0][0].remote_changes = 1;
         c.tunnels[0][0].keepalives_tx = 6;
-        let learned: std::net::SocketAddrV4 = "203.0.113.7:61000".parse().unwrap();
+        let learned: std::net::SocketAddr = "203.0.113.7:61000".parse().unwrap();
         let v: serde_json::Value = serde_json::from_str(&super::json(&tables, &c, &[], &[vec![learned]], 1.0)).unwrap();
         let t0 = &v["bundles"][0]["tunnels"][0];
         assert_eq!(t0["remote_now"], "203.0.113.7:61000");

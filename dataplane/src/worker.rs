@@ -23,7 +23,7 @@
 //! MAC, and until there is one the port's ESP packets are dropped at TX
 //! (`next_hop_unresolved`), one test per port per poll.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -45,7 +45,7 @@ use braid_tunnel::wire::{esp, flow_hash};
 use braid_tunnel::{plain, Nanos};
 
 use crate::counters::{DpDrop, DpDrops, LocalStats, TunnelCounters, WorkerCounters};
-use crate::encap::{fragment_chunk, OuterTemplate, IP_AT, KEEPALIVE_LEN, OUTER_LEN};
+use crate::encap::{fragment_chunk, OuterTemplate, IP_AT, OUTER_LEN, OUTER_LEN_V6, UDP_AT_V6};
 use crate::local::{Handled, Responder};
 use crate::nat::{NatSetup, EXPIRE_BUSY, EXPIRE_IDLE};
 use crate::route::RouteTable;
@@ -64,8 +64,8 @@ pub use lan::{OnLink, LAN_HOLD_MAX, LAN_HOLD_TIME};
 pub struct TunnelSetup {
     /// Index of its WAN port in [`WorkerSetup::wans`].
     pub wan: usize,
-    pub local: SocketAddrV4,
-    pub remote: SocketAddrV4,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
     /// Shared with the other workers: sequence numbers are leased per burst.
     pub out: Arc<OutboundSaPair>,
     /// Inbound SA parameters; the worker that receives the tunnel owns its
@@ -188,8 +188,12 @@ struct Plain {
     /// Largest inner packet that fits `max_outer`: the next-hop MTU of
     /// ICMP "fragmentation needed".
     inner_mtu: u16,
-    /// Source address of the ICMP errors: the first tunnel's local address.
+    /// Source address of the ICMP errors: the first IPv4 tunnel's local
+    /// address, else the LAN port's.
     icmp_src: [u8; 4],
+    /// Outer IP and UDP header bytes of the bundle's tunnels, the most
+    /// (IPv4 28, IPv6 48): sizes are checked before a tunnel is picked.
+    outer_ip_udp: usize,
 }
 
 enum Engine {
@@ -208,9 +212,15 @@ struct BundleState {
     /// another source: then that source (the peer's NAT rebound). Learned
     /// per worker (see ARCHITECTURE.md).
     outer: Vec<OuterTemplate>,
+    /// The longest of `outer` (IPv4 42 bytes, IPv6 62): room a frame is
+    /// built with before its tunnel is known; a shorter header takes the
+    /// rest off the front.
+    outer_room: usize,
     out_sas: Vec<Arc<OutboundSaPair>>,
     wan_of: Vec<usize>,
-    local_port: Vec<u16>,
+    /// Each tunnel's local UDP port, and 1 << 16 for an IPv6 tunnel: what
+    /// a received packet of its SPI must have hit (`local_key`).
+    local_key: Vec<u32>,
     /// Each path as the receiver's re-orderers last heard of it from the
     /// sender's liveness: (alive, one-way delay).
     rx_paths: Vec<(bool, Option<Nanos>)>,
@@ -231,6 +241,10 @@ struct Options {
     hold: HoldConfig,
     probes: Option<LivenessConfig>,
 }
+
+/// In a `Remote` hand-off message's `x`: the remote is IPv6, its address
+/// in the body (IPv4 fits in `x` with the port).
+const REMOTE_V6: u64 = 1 << 63;
 
 /// A poll-mode worker. Call [`Worker::poll`] in a loop on its lcore.
 pub struct Worker {
@@ -334,7 +348,7 @@ pub struct Worker {
     handed: Vec<Mbuf>,
     /// Remotes learned this poll (inbound SPI, new remote), told to the
     /// other workers at the flush.
-    remote_news: Vec<(u32, SocketAddrV4)>,
+    remote_news: Vec<(u32, SocketAddr)>,
     /// Path changes seen by the prober this round, told to the others.
     path_news: Vec<handoff::Header>,
     /// LAN frames and packets for the LAN other workers handed this one
@@ -575,7 +589,7 @@ impl Worker {
 
     /// Where each tunnel of each bundle sends now: its configured remote,
     /// or the source of the peer's newest authenticated packet.
-    pub fn remotes(&self) -> Vec<Vec<SocketAddrV4>> {
+    pub fn remotes(&self) -> Vec<Vec<SocketAddr>> {
         self.bundles.iter().map(|b| b.outer.iter().map(OuterTemplate::remote).collect()).collect()
     }
 
@@ -751,7 +765,7 @@ impl Worker {
             // Size first: a packet no WAN carries must not charge the
             // balancer. braid fragments outer packets only when the
             // bundle says so (`outer_fragmentation`).
-            if OUTER_IP_UDP + esp::packet_len(inner_len) > p.max_outer {
+            if p.outer_ip_udp + esp::packet_len(inner_len) > p.max_outer {
                 dest[i] = TOO_BIG;
                 tunnel[i] = b; // the bundle, for the ICMP error
                 continue;
@@ -1038,17 +1052,19 @@ impl Worker {
         let st = &mut self.bundles[b];
         let Engine::Bundle { tx, .. } = &mut st.engine else { return };
         let area = esp_area_len(st.max_frame);
+        let room = st.outer_room;
         let mut cursor = PackCursor::new();
         let lost = loop {
             let Some(mut m) = Mbuf::alloc(&self.pool) else { break Some(DpDrop::NoMbuf) };
-            let Some(buf) = m.append(OUTER_LEN + area) else { break Some(DpDrop::TooBig) };
-            match tx.next_frame(&inner[..k], &mut cursor, &mut buf[OUTER_LEN..], now) {
+            let Some(buf) = m.append(room + area) else { break Some(DpDrop::TooBig) };
+            match tx.next_frame(&inner[..k], &mut cursor, &mut buf[room..], now) {
                 None => break None, // all packed; `m` goes back to the pool
                 // The frame is lost; the engine counts it by reason.
                 Some(Err(_)) => {}
                 Some(Ok(t)) => {
                     let wan = st.wan_of[t.tunnel];
                     m.trim(area - t.esp_len);
+                    fit_outer(&mut m, room, &st.outer[t.tunnel]);
                     stamp_outer(&mut m, &st.outer[t.tunnel], t.esp_len, &mut self.ident, self.wans[wan].ip_csum_offload);
                     self.wan_out[wan].push(m);
                     self.wan_tags[wan].push((b as u16, t.tunnel as u16));
@@ -1074,12 +1090,24 @@ impl Worker {
     /// caller, `plain_gso`, LLVM stopped inlining it: +15 cycles per plain
     /// 64-byte packet).
     #[inline(always)]
-    fn send_plain(&mut self, b: usize, t: usize, mut m: Mbuf) {
+    fn send_plain(&mut self, b: usize, t: usize, m: Mbuf) {
+        // The outer header's length a constant in each.
+        match self.bundles[b].outer.get(t).is_some_and(OuterTemplate::is_v6) {
+            false => self.seal_plain::<OUTER_LEN>(b, t, m),
+            true => self.seal_plain::<OUTER_LEN_V6>(b, t, m),
+        }
+    }
+
+    /// [`Worker::send_plain`] on a tunnel whose outer headers are `HL`
+    /// bytes long.
+    #[inline(always)]
+    fn seal_plain<const HL: usize>(&mut self, b: usize, t: usize, mut m: Mbuf) {
         let st = &mut self.bundles[b];
         let Engine::Plain(p) = &mut st.engine else { return };
         let inner_len = m.data_len() - ETH;
         let wan = st.wan_of[t];
-        if m.prepend(OUTER_LEN + esp::PAYLOAD_OFFSET - ETH).is_none() || m.append(esp::MAX_TAIL).is_none() {
+        let hl = HL;
+        if m.prepend(hl + esp::PAYLOAD_OFFSET - ETH).is_none() || m.append(esp::MAX_TAIL).is_none() {
             self.counters.drops.add(DpDrop::TooBig);
             return;
         }
@@ -1102,14 +1130,14 @@ impl Worker {
             self.plain_drops.add(braid_tunnel::DropReason::EspWrongSeqBlock);
             return;
         };
-        let esp_len = match plain::encapsulate(sa, lease, &mut m.data_mut()[OUTER_LEN..], inner_len) {
+        let esp_len = match plain::encapsulate(sa, lease, &mut m.data_mut()[hl..], inner_len) {
             Ok(l) => l,
             Err(r) => {
                 self.plain_drops.add(r);
                 return;
             }
         };
-        let extra = m.data_len() - OUTER_LEN - esp_len;
+        let extra = m.data_len() - hl - esp_len;
         m.trim(extra);
         stamp_outer(&mut m, &st.outer[t], esp_len, &mut self.ident, self.wans[wan].ip_csum_offload);
         if m.data_len() - ETH > usize::from(self.wans[wan].mtu) {
@@ -1280,13 +1308,14 @@ impl Worker {
             }
             Err(r) => return Err(r),
         };
-        let OuterEsp { spi, dst_port, src, esp_at, esp_len } = o;
+        let OuterEsp { spi, dst_port, v6, esp_at, esp_len } = o;
+        let udp_at = esp_at - 8;
         let i = self.spis.binary_search_by_key(&spi, |e| e.0).map_err(|_| DpDrop::UnknownSpi)?;
         let (_, b, t) = self.spis[i];
         let (b, t) = (b as usize, t as usize);
         let workers = self.workers();
         let st = &mut self.bundles[b];
-        if st.local_port[t] != dst_port {
+        if st.local_key[t] != local_key(dst_port, v6) {
             return Err(DpDrop::TunnelMismatch);
         }
         if workers > 1 && !handed {
@@ -1312,7 +1341,8 @@ impl Worker {
                     }
                 };
                 tc.rx.add(esp_len);
-                if o.newest && follow_remote(&mut st.outer[t], src, tc) {
+                let moved = if o.newest { follow_remote(&mut st.outer[t], m.data(), udp_at, tc) } else { None };
+                if let Some(src) = moved {
                     self.remote_news.push((o.spi.0, src));
                 }
                 let owner = handoff::stream_owner(o.stream, workers);
@@ -1346,7 +1376,7 @@ impl Worker {
                     Ok(s) => {
                         tc.rx.add(esp_len);
                         if s.newest {
-                            follow_remote(&mut st.outer[t], src, tc);
+                            follow_remote(&mut st.outer[t], m.data(), udp_at, tc);
                         }
                     }
                     Err(_) => tc.rejected += 1,
@@ -1362,7 +1392,8 @@ impl Worker {
                         return Ok(());
                     }
                 };
-                if opened.newest && follow_remote(&mut st.outer[t], src, tc) && workers > 1 {
+                let moved = if opened.newest { follow_remote(&mut st.outer[t], m.data(), udp_at, tc) } else { None };
+                if let Some(src) = moved.filter(|_| workers > 1) {
                     self.remote_news.push((p.inbound[t].current().spi().0, src));
                 }
                 // Strip outer headers down to room for the LAN Ethernet
@@ -1387,8 +1418,14 @@ impl Worker {
     /// is theirs.
     fn flush_handoff(&mut self) {
         for (spi, src) in std::mem::take(&mut self.remote_news) {
-            let x = (u64::from(u32::from(*src.ip())) << 16) | u64::from(src.port());
-            self.tell(handoff::Header { kind: handoff::Kind::Remote, a: 0, b: 0, spi, x }, &[]);
+            // IPv4: address and port in `x`; IPv6: the port and a flag in
+            // `x`, the address in the body.
+            let (x, body) = match src {
+                SocketAddr::V4(a) => ((u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port()), [0u8; 16]),
+                SocketAddr::V6(a) => (REMOTE_V6 | u64::from(a.port()), a.ip().octets()),
+            };
+            let body = if src.is_ipv6() { &body[..] } else { &[] };
+            self.tell(handoff::Header { kind: handoff::Kind::Remote, a: 0, b: 0, spi, x }, body);
         }
         let Some(h) = self.handoff.as_mut() else { return };
         let f = h.flush();
@@ -1447,9 +1484,13 @@ impl Worker {
                 }
                 handoff::Kind::Remote => {
                     self.counters.handoff.messages_in += 1;
-                    if let Some((b, t)) = tunnel(&self.spis) {
-                        let ip = std::net::Ipv4Addr::from((h.x >> 16) as u32);
-                        self.bundles[b].outer[t].set_remote(SocketAddrV4::new(ip, h.x as u16));
+                    let remote = if h.x & REMOTE_V6 != 0 {
+                        <[u8; 16]>::try_from(m.data()).ok().map(|ip| SocketAddr::new(ip.into(), h.x as u16))
+                    } else {
+                        Some(SocketAddr::new(std::net::Ipv4Addr::from((h.x >> 16) as u32).into(), h.x as u16))
+                    };
+                    if let (Some((b, t)), Some(remote)) = (tunnel(&self.spis), remote) {
+                        self.bundles[b].outer[t].set_remote(remote);
                     }
                 }
                 handoff::Kind::Path => {
@@ -1573,11 +1614,12 @@ impl Worker {
             let area = esp_area_len(st.max_frame);
             loop {
                 let Some(mut m) = Mbuf::alloc(&self.pool) else { break };
-                let Some(buf) = m.append(OUTER_LEN + area) else { break };
-                let esp_buf = &mut buf[OUTER_LEN..];
+                let Some(buf) = m.append(st.outer_room + area) else { break };
+                let esp_buf = &mut buf[st.outer_room..];
                 let Some(t) = tx.poll(now, esp_buf).or_else(|| rx.poll_transmit(esp_buf)) else { break };
                 let wan = st.wan_of[t.tunnel];
                 m.trim(area - t.esp_len);
+                fit_outer(&mut m, st.outer_room, &st.outer[t.tunnel]);
                 stamp_outer(&mut m, &st.outer[t.tunnel], t.esp_len, &mut self.ident, self.wans[wan].ip_csum_offload);
                 self.wan_out[wan].push(m);
                 self.wan_tags[wan].push((b as u16, t.tunnel as u16));
@@ -1643,8 +1685,8 @@ impl Worker {
                 }
                 // No mbuf: tried again at the next check.
                 let Some(mut m) = Mbuf::alloc(&self.pool) else { break };
-                let offload = self.wans[wan].ip_csum_offload;
-                let Some(buf) = m.append(KEEPALIVE_LEN) else { break };
+                let offload = self.wans[wan].ip_csum_offload && !st.outer[t].is_v6();
+                let Some(buf) = m.append(st.outer[t].keepalive_len()) else { break };
                 self.ident = self.ident.wrapping_add(1);
                 st.outer[t].write_keepalive(buf, self.ident, offload);
                 if offload {
@@ -1866,7 +1908,8 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
             } else {
                 min_mtu
             };
-            let inner_mtu = (0..=u16::MAX).rev().find(|&l| OUTER_IP_UDP + esp::packet_len(l as usize) <= max_outer).unwrap_or(0);
+            let outer_ip_udp = bs.tunnels.iter().map(|t| if t.local.is_ipv6() { OUTER_LEN_V6 - ETH } else { OUTER_IP_UDP }).max().unwrap_or(OUTER_IP_UDP);
+            let inner_mtu = (0..=u16::MAX).rev().find(|&l| outer_ip_udp + esp::packet_len(l as usize) <= max_outer).unwrap_or(0);
             Engine::Plain(Plain {
                 balancer,
                 leases: (0..n).map(|_| None).collect(),
@@ -1874,7 +1917,17 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
                 inbound,
                 max_outer,
                 inner_mtu,
-                icmp_src: bs.tunnels.first().map_or([0; 4], |t| t.local.ip().octets()),
+                // An IPv4 tunnel's local address, else the LAN port's.
+                icmp_src: bs
+                    .tunnels
+                    .iter()
+                    .find_map(|t| match t.local.ip() {
+                        std::net::IpAddr::V4(a) => Some(a.octets()),
+                        std::net::IpAddr::V6(_) => None,
+                    })
+                    .or(setup.lan.ipv4.map(|a| a.octets()))
+                    .unwrap_or([0; 4]),
+                outer_ip_udp,
             })
         }
     };
@@ -1883,7 +1936,7 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
             return Err(format!("tunnel {i}: WAN port {} does not exist", t.wan));
         }
     }
-    let outer = bs
+    let outer: Vec<OuterTemplate> = bs
         .tunnels
         .iter()
         .map(|t| OuterTemplate::new(setup.wans[t.wan].mac, setup.wans[t.wan].next_hop_mac, t.local, t.remote))
@@ -1892,10 +1945,11 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
         spec: bs.clone(),
         engine,
         max_frame: bs.max_frame,
+        outer_room: outer.iter().map(OuterTemplate::header_len).max().unwrap_or(OUTER_LEN),
         outer,
         out_sas,
         wan_of: bs.tunnels.iter().map(|t| t.wan).collect(),
-        local_port: bs.tunnels.iter().map(|t| t.local.port()).collect(),
+        local_key: bs.tunnels.iter().map(|t| local_key(t.local.port(), t.local.is_ipv6())).collect(),
         rx_paths: vec![(true, None); n],
         keepalive: bs.keepalive,
         next_keepalive: now.saturating_add(bs.keepalive.min(KEEPALIVE_CHECK)),
@@ -1915,7 +1969,14 @@ fn tunnel_owner(setup: &WorkerSetup, t: &TunnelSetup) -> u16 {
     }
     let by_port = handoff::tunnel_owner(t.local.port(), setup.workers);
     match setup.wan_rss.get(t.wan).and_then(|s| s.as_deref()) {
-        Some(rss) => Some(rss.queue_v4(*t.remote.ip(), t.remote.port(), *t.local.ip(), t.local.port())).filter(|&q| q < setup.workers).unwrap_or(by_port),
+        Some(rss) => match (t.remote, t.local) {
+            (SocketAddr::V4(r), SocketAddr::V4(l)) => {
+                Some(rss.queue_v4(*r.ip(), r.port(), *l.ip(), l.port())).filter(|&q| q < setup.workers).unwrap_or(by_port)
+            }
+            // IPv6 tunnels by local port (their packets are handed to the
+            // owner when RSS puts them elsewhere).
+            _ => by_port,
+        },
         None => by_port,
     }
 }
@@ -2043,9 +2104,10 @@ struct OuterEsp {
     spi: u32,
     /// Local UDP port it was sent to.
     dst_port: u16,
-    /// Outer source address and UDP port: the peer as seen here (through
-    /// whatever NAT is in front of it).
-    src: SocketAddrV4,
+    /// Outer IPv6 (else IPv4). The outer source address and UDP port (the
+    /// peer as seen here, through whatever NAT is in front of it) are read
+    /// from the frame when needed (`follow_remote`).
+    v6: bool,
     /// Offset and length of the ESP packet in the frame.
     esp_at: usize,
     esp_len: usize,
@@ -2056,6 +2118,9 @@ struct OuterEsp {
 #[inline]
 fn outer_esp(d: &[u8], verify_csum: bool, tunnel_ports: &[u64; 1024]) -> Result<Option<OuterEsp>, DpDrop> {
     if d.len() < OUTER_LEN || !is_ipv4(d) {
+        if d.len() >= ETH && d[12..14] == [0x86, 0xdd] {
+            return outer_esp_v6(d, tunnel_ports);
+        }
         return Err(DpDrop::NotTunnel);
     }
     let ip = &d[IP_AT..];
@@ -2077,7 +2142,24 @@ fn outer_esp(d: &[u8], verify_csum: bool, tunnel_ports: &[u64; 1024]) -> Result<
     if ip[9] != 17 {
         return Err(DpDrop::NotTunnel);
     }
-    let udp = &ip[ihl..total];
+    esp_in_udp(&ip[ihl..total], IP_AT + ihl, false, tunnel_ports, |_| Ok(()))
+}
+
+/// The UDP datagram `udp` (its header at `udp_at` in the frame) if it is
+/// to one of our tunnels' ports: its ESP packet, or `None` for a
+/// NAT-keepalive. `checked(udp_len)` checks what the IP version asks
+/// (IPv6: the UDP checksum) before the payload is looked at.
+#[inline(always)]
+fn esp_in_udp(
+    udp: &[u8],
+    udp_at: usize,
+    v6: bool,
+    tunnel_ports: &[u64; 1024],
+    checked: impl FnOnce(usize) -> Result<(), DpDrop>,
+) -> Result<Option<OuterEsp>, DpDrop> {
+    if udp.len() < 8 {
+        return Err(DpDrop::NotTunnel);
+    }
     let ulen = u16::from_be_bytes([udp[4], udp[5]]) as usize;
     if ulen < 8 || ulen > udp.len() {
         return Err(DpDrop::NotTunnel);
@@ -2086,12 +2168,13 @@ fn outer_esp(d: &[u8], verify_csum: bool, tunnel_ports: &[u64; 1024]) -> Result<
     if tunnel_ports[dst_port as usize / 64] & (1 << (dst_port % 64)) == 0 {
         return Err(DpDrop::NotTunnel);
     }
+    checked(ulen)?;
     match classify(&udp[8..ulen]) {
         Ok(EncapKind::Esp(e)) => Ok(Some(OuterEsp {
             spi: u32::from_be_bytes([e[0], e[1], e[2], e[3]]),
             dst_port,
-            src: SocketAddrV4::new([ip[12], ip[13], ip[14], ip[15]].into(), u16::from_be_bytes([udp[0], udp[1]])),
-            esp_at: IP_AT + ihl + 8,
+            v6,
+            esp_at: udp_at + 8,
             esp_len: ulen - 8,
         })),
         Ok(EncapKind::Keepalive) => Ok(None),
@@ -2100,17 +2183,63 @@ fn outer_esp(d: &[u8], verify_csum: bool, tunnel_ports: &[u64; 1024]) -> Result<
     }
 }
 
-/// The peer's newest authenticated packet came from `src`: the tunnel
-/// sends there from now on (a NAT in front of the peer rebound).
-#[inline]
-/// Points `outer` at `src`; `true` if that moved it.
-fn follow_remote(outer: &mut OuterTemplate, src: SocketAddrV4, tc: &mut TunnelCounters) -> bool {
-    if outer.remote() != src {
-        outer.set_remote(src);
-        tc.remote_changes += 1;
-        return true;
+/// [`outer_esp`] over IPv6: no extension headers (a fragment header is
+/// `outer_ipv6_fragment`), the UDP checksum verified in software (zero is
+/// refused, RFC 8200 section 8.1).
+#[inline(never)]
+fn outer_esp_v6(d: &[u8], tunnel_ports: &[u64; 1024]) -> Result<Option<OuterEsp>, DpDrop> {
+    let ip = &d[IP_AT..];
+    if ip.len() < 40 || ip[0] >> 4 != 6 {
+        return Err(DpDrop::BadOuterIp);
     }
-    false
+    let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    if 40 + plen > ip.len() {
+        return Err(DpDrop::BadOuterIp);
+    }
+    match ip[6] {
+        17 => {}
+        44 => return Err(DpDrop::OuterFragmentV6),
+        _ => return Err(DpDrop::NotTunnel),
+    }
+    let udp = &ip[40..40 + plen];
+    let (src, dst): ([u8; 16], [u8; 16]) = (ip[8..24].try_into().expect("16 bytes"), ip[24..40].try_into().expect("16 bytes"));
+    esp_in_udp(udp, UDP_AT_V6, true, tunnel_ports, |ulen| {
+        use braid_tunnel::wire::checksum;
+        let pseudo = checksum::pseudo_header_v6(src.into(), dst.into(), 17, ulen as u32);
+        if udp[6..8] == [0, 0] || checksum::combine(&[pseudo, checksum::sum(&udp[..ulen])]) != 0xffff {
+            return Err(DpDrop::BadOuterUdp);
+        }
+        Ok(())
+    })
+}
+
+/// A tunnel's local UDP port and IP version in one word.
+#[inline(always)]
+fn local_key(port: u16, v6: bool) -> u32 {
+    u32::from(port) | (u32::from(v6) << 16)
+}
+
+/// The peer's newest authenticated packet came from the outer source of
+/// frame `d` (its UDP header at `udp_at`): the tunnel sends there from now
+/// on (a NAT in front of the peer rebound). Returns that source if it
+/// moved the tunnel.
+#[inline]
+fn follow_remote(outer: &mut OuterTemplate, d: &[u8], udp_at: usize, tc: &mut TunnelCounters) -> Option<SocketAddr> {
+    // `receive_esp` checked the IP version.
+    if outer.is_source_of(d, udp_at) {
+        return None;
+    }
+    let port = u16::from_be_bytes([d[udp_at], d[udp_at + 1]]);
+    let src = if outer.is_v6() {
+        let ip: [u8; 16] = d[IP_AT + 8..IP_AT + 24].try_into().expect("16 bytes");
+        SocketAddr::new(ip.into(), port)
+    } else {
+        let ip: [u8; 4] = d[IP_AT + 12..IP_AT + 16].try_into().expect("4 bytes");
+        SocketAddr::new(ip.into(), port)
+    };
+    outer.set_remote(src);
+    tc.remote_changes += 1;
+    Some(src)
 }
 
 /// Whether an Ethernet frame carries IPv4.
@@ -2134,10 +2263,25 @@ fn outer_ip_len(d: &[u8]) -> Result<usize, DpDrop> {
     Ok(total)
 }
 
+/// A frame built with `room` bytes for outer headers before its tunnel was
+/// known: the front that `outer`'s shorter headers leave unused goes (an
+/// IPv4 tunnel of a bundle that also has IPv6 ones).
+#[inline(always)]
+fn fit_outer(m: &mut Mbuf, room: usize, outer: &OuterTemplate) {
+    let hl = outer.header_len();
+    if hl < room {
+        m.adj(room - hl);
+    }
+}
+
 /// Writes a tunnel's outer headers in front of an ESP packet of `esp_len`
 /// bytes and asks the port for the IPv4 checksum when it offers it.
 #[inline]
 fn stamp_outer(m: &mut Mbuf, outer: &OuterTemplate, esp_len: usize, ident: &mut u16, offload: bool) {
+    if outer.is_v6() {
+        outer.write(m.data_mut(), esp_len, 0, false);
+        return;
+    }
     *ident = ident.wrapping_add(1);
     outer.write(m.data_mut(), esp_len, *ident, offload);
     if offload {

@@ -25,6 +25,16 @@ def frames(path):
         off += incl
 
 
+def checksum(data):
+    """Ones' complement sum of 16-bit words (RFC 1071), not complemented."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(">%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
 def inner_tag(ip):
     if ip[0] >> 4 == 4:
         hl, proto = (ip[0] & 15) * 4, ip[9]
@@ -44,17 +54,28 @@ def inner_tag(ip):
 def main():
     keys = {int(k): (bytes.fromhex(v[0]), bytes.fromhex(v[1])) for k, v in json.load(open(sys.argv[2])).items()}
     s = {"frames": 0, "decrypted": 0, "failed": 0, "next_header_253": 0, "next_header_4": 0,
-         "next_header_41": 0, "inner_test_packets": 0, "errors": []}
+         "next_header_41": 0, "inner_test_packets": 0, "outer_ipv6": 0, "errors": []}
     for f in frames(sys.argv[1]):
         s["frames"] += 1
         try:
-            assert f[12:14] == b"\x08\x00", "not IPv4"
-            ihl = (f[14] & 15) * 4
             ip = f[14:]
-            total = struct.unpack(">H", ip[2:4])[0]
-            assert ip[9] == 17, "not UDP"
-            udp = ip[ihl:total]
-            ulen = struct.unpack(">H", udp[4:6])[0]
+            if f[12:14] == b"\x86\xdd":
+                # Outer IPv6: no extension headers; the UDP checksum (which
+                # IPv6 requires) must verify.
+                assert ip[0] >> 4 == 6 and ip[6] == 17, "not IPv6/UDP"
+                udp = ip[40:40 + struct.unpack(">H", ip[4:6])[0]]
+                ulen = struct.unpack(">H", udp[4:6])[0]
+                assert udp[6:8] != b"\0\0", "zero UDP checksum over IPv6"
+                pseudo = ip[8:40] + struct.pack(">IxxxB", ulen, 17)
+                assert checksum(pseudo + udp[:ulen]) == 0xFFFF, "bad UDP checksum"
+                s["outer_ipv6"] += 1
+            else:
+                assert f[12:14] == b"\x08\x00", "not IPv4"
+                ihl = (f[14] & 15) * 4
+                total = struct.unpack(">H", ip[2:4])[0]
+                assert ip[9] == 17, "not UDP"
+                udp = ip[ihl:total]
+                ulen = struct.unpack(">H", udp[4:6])[0]
             esp = udp[8:ulen]
             spi, seq_lo = struct.unpack(">II", esp[:8])
             iv = esp[8:16]

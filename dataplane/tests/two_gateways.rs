@@ -253,6 +253,114 @@ fn plain_mode_four_tunnels_interoperable_esp() {
     lab.close();
 }
 
+/// Tunnels over IPv6 (`lab::outer_v6`), `mode`, one weight per tunnel,
+/// `v6[i]` for tunnel `i`; every packet once and in order, the weights,
+/// and WAN frames that Python decrypts, their IPv6 UDP checksums
+/// verified. Returns the decryption summary.
+fn over_ipv6(case: &str, mode: &str, weights: &[u32], v6: &[bool], wan_mtu: u32) -> serde_json::Value {
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let opts = lab::LabOptions { edit: Some(lab::outer_v6(v6.to_vec())), ..Default::default() };
+    let mut lab = Lab::with(case, mode, weights, 16, wan_mtu, opts);
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = 400;
+    let fl = flows(16);
+    let c = run(&mut lab, &fl, 300);
+    assert_clean(&lab, &c, 4800);
+    assert_shares(&lab, weights);
+    let frames = lab.capture.take().unwrap();
+    let summary = decrypt_independently(case, &frames, weights.len(), 16);
+    eprintln!("{mode} over IPv6 {v6:?}: {summary}");
+    assert_eq!(summary["decrypted"], frames.len(), "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    lab.close();
+    summary
+}
+
+#[test]
+fn bundle_mode_over_ipv6_tunnels() {
+    let s = over_ipv6("b6", "bundle", &[1, 2, 3, 4], &[true; 4], 1500);
+    assert_eq!(s["outer_ipv6"], s["frames"], "{s}");
+    assert_eq!(s["next_header_253"], s["frames"], "{s}");
+}
+
+#[test]
+fn plain_mode_over_ipv6_tunnels() {
+    let s = over_ipv6("p6", "plain", &[1, 1, 2, 4], &[true; 4], 9600);
+    assert_eq!(s["outer_ipv6"], s["frames"], "{s}");
+    assert_eq!(s["inner_test_packets"], s["frames"], "{s}");
+}
+
+/// One bundle over an IPv4 tunnel and an IPv6 one (two uplinks of two
+/// families, say): both carry their share, frames of both families.
+#[test]
+fn bundle_and_plain_mode_over_an_ipv4_and_an_ipv6_tunnel() {
+    for (case, mode, mtu) in [("bm6", "bundle", 1500), ("pm6", "plain", 9600)] {
+        let s = over_ipv6(case, mode, &[1, 1], &[false, true], mtu);
+        let (frames, v6) = (s["frames"].as_u64().unwrap(), s["outer_ipv6"].as_u64().unwrap());
+        assert!(v6 > frames / 3 && v6 < frames * 2 / 3, "{mode}: {v6} of {frames} frames over IPv6");
+    }
+}
+
+/// Bad input on IPv6 tunnels, towards B: a zero or wrong UDP checksum
+/// (IPv6 has no header checksum; the UDP one guards the addresses), an
+/// outer IPv6 fragment, a payload length past the frame, and a tunnel's
+/// ESP over the other IP version: each dropped and counted; a good frame
+/// re-sent with a keepalive's payload is a keepalive; B still delivers
+/// afterwards.
+#[test]
+fn bad_input_on_ipv6_tunnels_is_dropped_and_counted() {
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let opts = lab::LabOptions { edit: Some(lab::outer_v6(vec![true, true])), ..Default::default() };
+    let mut lab = Lab::with("bad6", "bundle", &[1, 1], 16, 1500, opts);
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = 8;
+    let fl = flows(2);
+    assert_eq!(run(&mut lab, &fl, 4).received, 8);
+    let good = lab.capture.take().unwrap();
+    let esp = good.iter().find(|f| f.len() > 200 && f[12..14] == [0x86, 0xdd]).unwrap().clone();
+    const UDP: usize = 54;
+    let mut bad: Vec<Vec<u8>> = Vec::new();
+    let mut v = esp.clone();
+    v[UDP + 6..UDP + 8].copy_from_slice(&[0, 0]);
+    bad.push(v);
+    let mut v = esp.clone();
+    let n = v.len();
+    v[n - 1] ^= 1;
+    bad.push(v);
+    let mut v = esp.clone();
+    v[14 + 6] = 44; // a fragment header
+    bad.push(v);
+    let mut v = esp.clone();
+    v[14 + 4..14 + 6].copy_from_slice(&4000u16.to_be_bytes());
+    bad.push(v);
+    // The same ESP packet over IPv4 to B's port: the SPI's tunnel is IPv6.
+    let t4 = braid_dataplane::encap::OuterTemplate::new(
+        lab::mac(lab::A_WAN_MAC),
+        lab::mac(lab::B_WAN_MAC),
+        "192.0.2.1:4500".parse().unwrap(),
+        "198.51.100.1:4500".parse().unwrap(),
+    );
+    let esp_bytes = &esp[UDP + 8..];
+    let mut v = vec![0u8; braid_dataplane::encap::OUTER_LEN + esp_bytes.len()];
+    v[braid_dataplane::encap::OUTER_LEN..].copy_from_slice(esp_bytes);
+    t4.write(&mut v, esp_bytes.len(), 1, false);
+    bad.push(v);
+    let mut burst: Vec<Mbuf> = bad.iter().map(|b| lab.raw(b)).collect();
+    lab.mid_b.tx.tx_all(&mut burst, 1000);
+    lab.settle(5);
+    let (_, b) = lab.counters();
+    eprintln!("B drops {:?}, engine {:?}", b.drops.named(), b.engine.named());
+    assert_eq!(b.drops.get(DpDrop::BadOuterUdp), 2, "zero and wrong UDP checksums");
+    assert_eq!(b.drops.get(DpDrop::OuterFragmentV6), 1);
+    assert_eq!(b.drops.get(DpDrop::BadOuterIp), 1, "payload length past the frame");
+    assert_eq!(b.drops.get(DpDrop::TunnelMismatch), 1, "ESP of an IPv6 tunnel over IPv4");
+    assert_eq!(b.engine.named(), vec![], "nothing reached the engine");
+    // Still working.
+    let c = run(&mut lab, &fl, 4);
+    assert_eq!(c.received, 8);
+    lab.close();
+}
+
 #[test]
 fn plain_mode_drops_what_the_wan_mtu_cannot_carry() {
     let (mut lab, _g) = start("pmtu", "plain", &[1], 16, 1500);

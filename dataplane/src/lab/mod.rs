@@ -92,7 +92,26 @@ pub fn fragment_frame(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
 
 /// UDP destination port of an IPv4 frame without options (0 if shorter).
 fn udp_dport(d: &[u8]) -> u16 {
-    if d.len() >= 38 { u16::from_be_bytes([d[36], d[37]]) } else { 0 }
+    // Outer IPv4 (no options) or IPv6 (no extension headers).
+    let at = if d.get(12..14) == Some(&[0x86, 0xdd]) { crate::encap::UDP_AT_V6 + 2 } else { 36 };
+    d.get(at..at + 2).map_or(0, |p| u16::from_be_bytes([p[0], p[1]]))
+}
+
+/// A configuration edit that moves tunnel `i` to outer IPv6 where
+/// `v6[i]`: the WAN ports get IPv6 addresses too (2001:db8:a::1 for A,
+/// 2001:db8:b::1 for B), the tunnels' local and remote addresses are
+/// those, with the same ports.
+pub fn outer_v6(v6: Vec<bool>) -> ConfigEdit {
+    Box::new(move |side_a, doc| {
+        let (me, them) = if side_a { ("2001:db8:a::1", "2001:db8:b::1") } else { ("2001:db8:b::1", "2001:db8:a::1") };
+        doc["ports"][1]["ipv6"] = format!("{me}/64").into();
+        if let Some(tunnels) = doc["bundles"][0]["tunnels"].as_array_mut() {
+            for (i, t) in tunnels.iter_mut().enumerate().filter(|(i, _)| v6.get(*i) == Some(&true)) {
+                t["local"] = format!("[{me}]:{}", 4500 + i).into();
+                t["remote"] = format!("[{them}]:{}", 4500 + i).into();
+            }
+        }
+    })
 }
 
 /// A MAC address from `aa:bb:..` text.

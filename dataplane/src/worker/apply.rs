@@ -39,7 +39,7 @@
 //! sessions over a rule change), so replies to flows translated before the
 //! change are dropped (`no_session`) and those flows get new mappings.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use braid_tunnel::engine::Predecessor;
@@ -89,7 +89,7 @@ fn same_tunnels(old: &BundleSetup, new: &BundleSetup) -> bool {
 /// A remote learned from the peer (other than the configured one), with
 /// what identifies its tunnel: inbound SPI, WAN port, local and configured
 /// remote addresses. Sorted by SPI.
-type Learned = Vec<(u32, usize, SocketAddrV4, SocketAddrV4, SocketAddrV4)>;
+type Learned = Vec<(u32, usize, SocketAddr, SocketAddr, SocketAddr)>;
 
 /// The remotes the running bundles learned: usually none, so a rebuilt
 /// bundle of thousands of tunnels pays a binary search per tunnel at most.
@@ -123,7 +123,7 @@ fn carry_remotes(st: &mut BundleState, learned: &Learned) {
 /// port, local and configured remote addresses), and whether its inbound
 /// SA is the same (`replay_same`: the replay window size did not change).
 fn predecessors(old: &BundleSetup, new: &BundleSetup, replay_same: bool) -> Vec<Option<Predecessor>> {
-    let mut by_path: Vec<((usize, SocketAddrV4, SocketAddrV4), usize)> =
+    let mut by_path: Vec<((usize, SocketAddr, SocketAddr), usize)> =
         old.tunnels.iter().enumerate().map(|(j, t)| ((t.wan, t.local, t.remote), j)).collect();
     by_path.sort_unstable();
     new.tunnels
