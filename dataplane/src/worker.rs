@@ -1174,6 +1174,11 @@ impl Worker {
             return;
         }
         let (src, mtu) = (p.icmp_src, p.inner_mtu);
+        if src == [0; 4] {
+            // No IPv4 address to send from (IPv6 tunnels, a LAN port
+            // without ipv4): no error rather than one from 0.0.0.0.
+            return;
+        }
         // The offending header and the first 8 octets of its payload.
         let quote_len = (ihl + 8).min(ip.len());
         let mut quote = [0u8; 60 + 8];
@@ -2185,7 +2190,10 @@ fn esp_in_udp(
 
 /// [`outer_esp`] over IPv6: no extension headers (a fragment header is
 /// `outer_ipv6_fragment`), the UDP checksum verified in software (zero is
-/// refused, RFC 8200 section 8.1).
+/// refused, RFC 8200 section 8.1). Cold, out of the IPv4 path's way: the
+/// IPv4 WAN->LAN path measured 1-2 cycles per 64-byte inner packet
+/// slower with it laid out in line.
+#[cold]
 #[inline(never)]
 fn outer_esp_v6(d: &[u8], tunnel_ports: &[u64; 1024]) -> Result<Option<OuterEsp>, DpDrop> {
     let ip = &d[IP_AT..];

@@ -41,7 +41,6 @@ const IP: usize = 14;
 const UDP: usize = 34;
 const ESP: usize = 42;
 
-/// Tunnel t's first public mapping.
 /// A worker's tunnel remotes, all IPv4 here.
 fn remotes_v4(w: &braid_dataplane::worker::Worker) -> Vec<Vec<SocketAddrV4>> {
     let v4 = |r: &std::net::SocketAddr| match r {
@@ -51,6 +50,7 @@ fn remotes_v4(w: &braid_dataplane::worker::Worker) -> Vec<Vec<SocketAddrV4>> {
     w.remotes().iter().map(|b| b.iter().map(v4).collect()).collect()
 }
 
+/// Tunnel t's first public mapping.
 fn mapping(t: usize) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 40_000 + t as u16)
 }

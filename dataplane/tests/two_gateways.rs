@@ -268,6 +268,7 @@ fn over_ipv6(case: &str, mode: &str, weights: &[u32], v6: &[bool], wan_mtu: u32)
     assert_clean(&lab, &c, 4800);
     assert_shares(&lab, weights);
     let frames = lab.capture.take().unwrap();
+    assert!(frames.iter().all(|f| f.len() <= 14 + wan_mtu as usize), "a WAN frame above the MTU");
     let summary = decrypt_independently(case, &frames, weights.len(), 16);
     eprintln!("{mode} over IPv6 {v6:?}: {summary}");
     assert_eq!(summary["decrypted"], frames.len(), "{summary}");
@@ -304,8 +305,8 @@ fn bundle_and_plain_mode_over_an_ipv4_and_an_ipv6_tunnel() {
 /// Bad input on IPv6 tunnels, towards B: a zero or wrong UDP checksum
 /// (IPv6 has no header checksum; the UDP one guards the addresses), an
 /// outer IPv6 fragment, a payload length past the frame, and a tunnel's
-/// ESP over the other IP version: each dropped and counted; a good frame
-/// re-sent with a keepalive's payload is a keepalive; B still delivers
+/// ESP over the other IP version: each dropped and counted; a
+/// NAT-keepalive over IPv6 is counted as one; B still delivers
 /// afterwards.
 #[test]
 fn bad_input_on_ipv6_tunnels_is_dropped_and_counted() {
@@ -333,23 +334,34 @@ fn bad_input_on_ipv6_tunnels_is_dropped_and_counted() {
     let mut v = esp.clone();
     v[14 + 4..14 + 6].copy_from_slice(&4000u16.to_be_bytes());
     bad.push(v);
-    // The same ESP packet over IPv4 to B's port: the SPI's tunnel is IPv6.
-    let t4 = braid_dataplane::encap::OuterTemplate::new(
-        lab::mac(lab::A_WAN_MAC),
-        lab::mac(lab::B_WAN_MAC),
-        "192.0.2.1:4500".parse().unwrap(),
-        "198.51.100.1:4500".parse().unwrap(),
-    );
+    // The same ESP packet over IPv4 to the same port of B: the SPI's
+    // tunnel is IPv6.
+    let port = u16::from_be_bytes([esp[UDP + 2], esp[UDP + 3]]);
+    let over = |local: &str, remote: &str| {
+        braid_dataplane::encap::OuterTemplate::new(
+            lab::mac(lab::A_WAN_MAC),
+            lab::mac(lab::B_WAN_MAC),
+            format!("{local}:{port}").parse().unwrap(),
+            format!("{remote}:{port}").parse().unwrap(),
+        )
+    };
     let esp_bytes = &esp[UDP + 8..];
     let mut v = vec![0u8; braid_dataplane::encap::OUTER_LEN + esp_bytes.len()];
     v[braid_dataplane::encap::OUTER_LEN..].copy_from_slice(esp_bytes);
-    t4.write(&mut v, esp_bytes.len(), 1, false);
+    over("192.0.2.1", "198.51.100.1").write(&mut v, esp_bytes.len(), 1, false);
     bad.push(v);
+    // A NAT-keepalive over IPv6 (its UDP checksum right): counted.
+    let t6 = over("[2001:db8:a::1]", "[2001:db8:b::1]");
+    let mut v = vec![0u8; t6.keepalive_len()];
+    t6.write_keepalive(&mut v, 0, false);
+    bad.push(v);
+    let keepalives = lab.counters().1.keepalives_rx;
     let mut burst: Vec<Mbuf> = bad.iter().map(|b| lab.raw(b)).collect();
     lab.mid_b.tx.tx_all(&mut burst, 1000);
     lab.settle(5);
     let (_, b) = lab.counters();
     eprintln!("B drops {:?}, engine {:?}", b.drops.named(), b.engine.named());
+    assert_eq!(b.keepalives_rx, keepalives + 1, "the IPv6 keepalive");
     assert_eq!(b.drops.get(DpDrop::BadOuterUdp), 2, "zero and wrong UDP checksums");
     assert_eq!(b.drops.get(DpDrop::OuterFragmentV6), 1);
     assert_eq!(b.drops.get(DpDrop::BadOuterIp), 1, "payload length past the frame");
@@ -359,6 +371,82 @@ fn bad_input_on_ipv6_tunnels_is_dropped_and_counted() {
     let c = run(&mut lab, &fl, 4);
     assert_eq!(c.received, 8);
     lab.close();
+}
+
+/// A NAT66 box in front of A: A's IPv6 WAN frames leave with the source
+/// `to`, and what B sends to `to` comes back to A. Each UDP checksum made
+/// right again.
+fn nat66(to: std::net::Ipv6Addr) -> lab::WanHook {
+    let real: std::net::Ipv6Addr = "2001:db8:a::1".parse().unwrap();
+    Box::new(move |dir, f| {
+        if f.len() < 62 || f[12..14] != [0x86, 0xdd] || f[20] != 17 {
+            return true;
+        }
+        let (at, want, from) = match dir {
+            lab::WanDir::AToB => (22, to, real),
+            lab::WanDir::BToA => (38, real, to),
+        };
+        if f[at..at + 16] != from.octets() {
+            return true;
+        }
+        f[at..at + 16].copy_from_slice(&want.octets());
+        let ulen = u16::from_be_bytes([f[58], f[59]]) as usize;
+        f[60..62].copy_from_slice(&[0, 0]);
+        let (src, dst): ([u8; 16], [u8; 16]) = (f[22..38].try_into().unwrap(), f[38..54].try_into().unwrap());
+        let pseudo = braid_tunnel::wire::checksum::pseudo_header_v6(src.into(), dst.into(), 17, ulen as u32);
+        let c = !braid_tunnel::wire::checksum::combine(&[pseudo, braid_tunnel::wire::checksum::sum(&f[54..54 + ulen])]);
+        f[60..62].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+        true
+    })
+}
+
+/// A peer over IPv6 whose address changes (a NAT66 rebinds it): B follows
+/// it from its first authenticated packets, each tunnel once, and the
+/// traffic goes on.
+#[test]
+fn an_ipv6_peer_that_moves_is_followed() {
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let opts = lab::LabOptions { edit: Some(lab::outer_v6(vec![true, true])), ..Default::default() };
+    let mut lab = Lab::with("mv6", "bundle", &[1, 1], 16, 1500, opts);
+    let fl = flows(4);
+    assert_eq!(run(&mut lab, &fl, 50).received, 200);
+    let real: Vec<std::net::SocketAddr> = (0..2).map(|t| format!("[2001:db8:a::1]:{}", 4500 + t).parse().unwrap()).collect();
+    assert_eq!(lab.b.remotes(), vec![real]);
+    let moved: std::net::Ipv6Addr = "2001:db8:c::7".parse().unwrap();
+    lab.wan_hook = Some(nat66(moved));
+    let c = run(&mut lab, &fl, 100);
+    assert!(c.bad.is_empty() && c.received == 400, "{} received, {} bad", c.received, c.bad.len());
+    let want: Vec<std::net::SocketAddr> = (0..2).map(|t| std::net::SocketAddr::new(moved.into(), 4500 + t as u16)).collect();
+    assert_eq!(lab.b.remotes(), vec![want]);
+    let (_, b) = lab.counters();
+    assert_eq!(b.drops.named(), vec![], "B dropped");
+    assert_eq!(b.tunnels[0].iter().map(|t| t.remote_changes).collect::<Vec<_>>(), vec![1, 1]);
+    lab.close();
+}
+
+/// Plain mode sizes a packet for its tunnel's outer headers before the
+/// balancer picks: over an IPv6 tunnel, 20 bytes fewer than over IPv4. A
+/// 1430-byte inner packet fits a 1500-byte WAN over IPv4 (1494 bytes), not
+/// over IPv6 (1514): dropped as too big, never sent above the MTU.
+#[test]
+fn plain_mode_over_ipv6_leaves_room_for_the_longer_header() {
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    for (v6, fits) in [(false, true), (true, false)] {
+        let opts = lab::LabOptions { edit: Some(lab::outer_v6(vec![v6])), ..Default::default() };
+        let mut lab = Lab::with(&format!("pm{}", v6 as u8), "plain", &[1], 16, 1500, opts);
+        lab.capture = Some(Vec::new());
+        lab.capture_limit = 10;
+        let f = Flow::a_to_b(0, Family::V4, L4::Udp);
+        let mut burst = vec![lab.frame_to_a(&ip_packet(&f, 0, 1400)), lab.frame_to_a(&ip_packet(&f, 1, 14 + 1430))];
+        lab.gen.tx.tx_all(&mut burst, 100);
+        lab.settle(5);
+        let (a, _) = lab.counters();
+        let frames = lab.capture.take().unwrap();
+        assert!(frames.iter().all(|f| f.len() <= 14 + 1500), "v6 {v6}: a WAN frame above the MTU");
+        assert_eq!(a.drops.get(DpDrop::TooBig), u64::from(!fits), "v6 {v6}");
+        assert_eq!(lab.delivered.len(), 1 + usize::from(fits), "v6 {v6}");
+        lab.close();
+    }
 }
 
 #[test]
