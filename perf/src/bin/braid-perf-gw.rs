@@ -26,12 +26,16 @@
 //!                      [--packets N] [--tunnels N] [--flows N]
 //!                      [--nat-sessions N] [--lan static|resolve]
 //!                      [--key-bits 128|256] [--l4 udp|tcp]
+//!                      [--outer ipv4|ipv6]
 //!                      -- <EAL args with --no-pci>
 //!
 //! `--key-bits`: the SAs' AES-GCM key (default 256).
 //!
 //! `--l4 tcp`: the flows are TCP (ACK segments) instead of UDP; with NAT,
 //! the sessions then follow TCP's state machine.
+//!
+//! `--outer ipv6`: the tunnels' outer headers are IPv6 (`lab::outer_v6`;
+//! the UDP checksum computed and checked in software).
 //!
 //! `--lan resolve`: B's LAN port has no static next hop and resolves each
 //! destination host by ARP (the lab's host answers), so B's WAN -> LAN
@@ -57,7 +61,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let split = args.iter().position(|a| a == "--").ok_or("missing -- before EAL args")?;
     let (ours, eal_args) = (&args[..split], &args[split + 1..]);
     let (mut mode, mut size, mut packets, mut tunnels) = ("bundle".to_string(), 64usize, 2_000_000u64, 4usize);
-    let (mut flows, mut nat, mut lan_resolve) = (16usize, false, false);
+    let (mut flows, mut nat, mut lan_resolve, mut outer_v6) = (16usize, false, false, false);
     let mut key_bits = 256usize;
     let mut l4 = L4::Udp;
     let mut it = ours.iter();
@@ -89,6 +93,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     _ => return Err(format!("--lan {v}: resolve or static").into()),
                 }
             }
+            "--outer" => {
+                outer_v6 = match v.as_str() {
+                    "ipv6" => true,
+                    "ipv4" => false,
+                    _ => return Err(format!("--outer {v}: ipv4 or ipv6").into()),
+                }
+            }
             "--nat-sessions" => {
                 flows = v.parse()?;
                 nat = true;
@@ -105,17 +116,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if lan_resolve {
         // B's LAN resolves its hosts (10.2.0.x, one per flow up to 200) by
         // ARP; the lab's host answers.
-        let inner = opts.edit.take();
-        opts.edit = Some(Box::new(move |side_a, doc| {
-            if let Some(e) = &inner {
-                e(side_a, doc);
-            }
-            if !side_a {
-                let p = doc["ports"][0].as_object_mut().unwrap();
-                p.remove("next_hop_mac");
-                p.insert("ipv4".into(), "10.2.0.254/24".into());
-            }
-        }));
+        then_edit(
+            &mut opts,
+            Box::new(|side_a, doc| {
+                if !side_a {
+                    let p = doc["ports"][0].as_object_mut().unwrap();
+                    p.remove("next_hop_mac");
+                    p.insert("ipv4".into(), "10.2.0.254/24".into());
+                }
+            }),
+        );
+    }
+    if outer_v6 {
+        then_edit(&mut opts, braid_dataplane::lab::outer_v6(vec![true; tunnels]));
     }
     let mut lab = Lab::with("perf", &mode, &weights, key_bits / 8, wan_mtu, opts);
     lab.keep_delivered = false;
@@ -219,6 +232,17 @@ fn gcd(a: usize, b: usize) -> usize {
 /// hosts, ~64,000 ports each); B: DNAT of 10.2.0.1:5201 (UDP or TCP, as the
 /// flows) to 10.2.0.2:5201 and a route back for the pool. Tables sized for
 /// `sessions`.
+/// Adds `next` after the configuration edit `opts` already has.
+fn then_edit(opts: &mut LabOptions, next: braid_dataplane::lab::ConfigEdit) {
+    let first = opts.edit.take();
+    opts.edit = Some(Box::new(move |side_a, doc| {
+        if let Some(e) = &first {
+            e(side_a, doc);
+        }
+        next(side_a, doc);
+    }));
+}
+
 fn nat_options(sessions: usize, l4: L4) -> LabOptions {
     let proto = if matches!(l4, L4::Tcp) { "tcp" } else { "udp" };
     LabOptions {
