@@ -390,12 +390,7 @@ fn nat66(to: std::net::Ipv6Addr) -> lab::WanHook {
             return true;
         }
         f[at..at + 16].copy_from_slice(&want.octets());
-        let ulen = u16::from_be_bytes([f[58], f[59]]) as usize;
-        f[60..62].copy_from_slice(&[0, 0]);
-        let (src, dst): ([u8; 16], [u8; 16]) = (f[22..38].try_into().unwrap(), f[38..54].try_into().unwrap());
-        let pseudo = braid_tunnel::wire::checksum::pseudo_header_v6(src.into(), dst.into(), 17, ulen as u32);
-        let c = !braid_tunnel::wire::checksum::combine(&[pseudo, braid_tunnel::wire::checksum::sum(&f[54..54 + ulen])]);
-        f[60..62].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+        lab::fix_udp6_checksum(f);
         true
     })
 }

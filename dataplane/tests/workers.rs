@@ -244,8 +244,13 @@ impl Rig {
                             self.capture.push(m.data().to_vec());
                             if let Some((old, new)) = self.rebind {
                                 let d = m.data_mut();
-                                if d.len() >= 38 && d[34..36] == old.to_be_bytes() {
-                                    d[34..36].copy_from_slice(&new.to_be_bytes());
+                                let v6 = d.get(12..14) == Some(&[0x86, 0xdd]);
+                                let at = if v6 { 54 } else { 34 };
+                                if d.len() >= at + 8 && d[at..at + 2] == old.to_be_bytes() {
+                                    d[at..at + 2].copy_from_slice(&new.to_be_bytes());
+                                    if v6 {
+                                        lab::fix_udp6_checksum(d);
+                                    }
                                 }
                             }
                         }
@@ -426,6 +431,53 @@ fn run_with(case: &str, mode: &str, weights: &[u32], size_of: fn(u32, u32) -> us
     assert!(checker.bad.is_empty(), "{:?}", &checker.bad[..checker.bad.len().min(10)]);
     assert_eq!(checker.received, 20 * flows.len() as u64, "nothing lost across the rebinding");
     lab::assert_conserved(&rig.b.counters(), "B", mode == "plain");
+    rig.close();
+}
+
+fn ipv6_tunnels(side_a: bool, doc: &mut serde_json::Value) {
+    lab::outer_v6(vec![true, true])(side_a, doc)
+}
+
+/// Two workers each side over IPv6 tunnels: every packet once and in
+/// order; a NAT66 in front of A rebinds tunnel 0's port: its owner learns
+/// the new IPv6 remote and tells the other worker (the hand-off message
+/// carries the address in its body), so every worker of B sends there.
+#[test]
+fn ipv6_tunnels_over_two_workers_and_a_rebinding_learned_by_both() {
+    let (_eal, _guard) = braid_dpdk::testing::eal(&[], 1536);
+    let mut rig = Rig::build("w6", "bundle", &[1, 1], ipv6_tunnels, false);
+    let flows = flows();
+    let size_of = |id: u32, seq: u32| [64, 700, 1400, 3000][((id + seq) % 4) as usize];
+    let send = |rig: &mut Rig, rounds: std::ops::Range<u32>| {
+        for round in rounds {
+            for f in &flows {
+                let mut v = vec![rig.frame_to_a(&ip_packet(f, round, size_of(f.id, round)))];
+                rig.gen.tx[(f.id % WORKERS as u32) as usize].tx_all(&mut v, 1000);
+                assert!(v.is_empty());
+            }
+            rig.step();
+        }
+        rig.settle(400);
+    };
+    send(&mut rig, 0..40);
+    rig.rebind = Some((4500, 20_000));
+    send(&mut rig, 40..80);
+    let mut checker = Checker::default();
+    for f in std::mem::take(&mut rig.delivered) {
+        checker.check(&f, &flows, size_of);
+    }
+    assert!(checker.bad.is_empty(), "{:?}", &checker.bad[..checker.bad.len().min(10)]);
+    assert_eq!(checker.received, 80 * flows.len() as u64, "every packet once");
+    assert!(rig.capture.iter().all(|f| f[12..14] == [0x86, 0xdd]), "IPv6 WAN frames only");
+    let moved: std::net::SocketAddr = "[2001:db8:a::1]:20000".parse().unwrap();
+    for (i, w) in rig.b.workers.iter().enumerate() {
+        assert_eq!(w.remotes()[0][0], moved, "B worker {i} sends tunnel 0 to the new mapping");
+        assert_eq!(w.remotes()[0][1], "[2001:db8:a::1]:4501".parse().unwrap(), "B worker {i}: tunnel 1 unchanged");
+    }
+    let cb = rig.b.counters();
+    assert_eq!(cb.tunnels[0][0].remote_changes, 1, "learned once, by the tunnel's owner");
+    assert!(cb.handoff.messages_out > 0 && cb.handoff.messages_in == cb.handoff.messages_out, "{:?}", cb.handoff);
+    assert!(cb.drops.named().is_empty() && cb.engine.total() == 0, "B dropped: {:?} {:?}", cb.drops.named(), cb.engine.named());
     rig.close();
 }
 

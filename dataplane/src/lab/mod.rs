@@ -97,6 +97,19 @@ fn udp_dport(d: &[u8]) -> u16 {
     d.get(at..at + 2).map_or(0, |p| u16::from_be_bytes([p[0], p[1]]))
 }
 
+/// Recomputes the UDP checksum of an Ethernet + IPv6 + UDP `frame` (no
+/// extension headers), after a test rewrote its addresses or ports.
+pub fn fix_udp6_checksum(frame: &mut [u8]) {
+    use braid_tunnel::wire::checksum;
+    const UDP: usize = crate::encap::UDP_AT_V6;
+    let ulen = u16::from_be_bytes([frame[UDP + 4], frame[UDP + 5]]) as usize;
+    frame[UDP + 6..UDP + 8].copy_from_slice(&[0, 0]);
+    let (src, dst): ([u8; 16], [u8; 16]) = (frame[22..38].try_into().unwrap(), frame[38..54].try_into().unwrap());
+    let pseudo = checksum::pseudo_header_v6(src.into(), dst.into(), 17, ulen as u32);
+    let c = !checksum::combine(&[pseudo, checksum::sum(&frame[UDP..UDP + ulen])]);
+    frame[UDP + 6..UDP + 8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+}
+
 /// A configuration edit that moves tunnel `i` to outer IPv6 where
 /// `v6[i]`: the WAN ports get IPv6 addresses too (2001:db8:a::1 for A,
 /// 2001:db8:b::1 for B), the tunnels' local and remote addresses are
