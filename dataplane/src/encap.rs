@@ -19,8 +19,6 @@ pub const UDP_AT_V6: usize = 54;
 pub const IP_AT: usize = 14;
 /// Where the UDP header starts.
 pub const UDP_AT: usize = 34;
-/// A whole NAT-keepalive frame: the outer headers and one octet.
-pub const KEEPALIVE_LEN: usize = OUTER_LEN + 1;
 
 /// Payload bytes per fragment for an IPv4 MTU (header without options):
 /// the most a fragment carries, a multiple of 8 (RFC 791).
@@ -377,7 +375,7 @@ mod tests {
     #[test]
     fn keepalive_frame() {
         let t = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], "192.0.2.1:4500".parse().unwrap(), "198.51.100.7:4501".parse().unwrap());
-        let mut buf = vec![0u8; KEEPALIVE_LEN];
+        let mut buf = vec![0u8; t.keepalive_len()];
         t.write_keepalive(&mut buf, 9, false);
         let ip = ipv4::Packet::new_checked(&buf[IP_AT..]).unwrap();
         assert!(ip.verify_checksum());
