@@ -1974,14 +1974,8 @@ fn tunnel_owner(setup: &WorkerSetup, t: &TunnelSetup) -> u16 {
     }
     let by_port = handoff::tunnel_owner(t.local.port(), setup.workers);
     match setup.wan_rss.get(t.wan).and_then(|s| s.as_deref()) {
-        Some(rss) => match (t.remote, t.local) {
-            (SocketAddr::V4(r), SocketAddr::V4(l)) => {
-                Some(rss.queue_v4(*r.ip(), r.port(), *l.ip(), l.port())).filter(|&q| q < setup.workers).unwrap_or(by_port)
-            }
-            // IPv6 tunnels by local port (their packets are handed to the
-            // owner when RSS puts them elsewhere).
-            _ => by_port,
-        },
+        // IPv4 or IPv6 alike: RSS hashes the outer addresses and ports.
+        Some(rss) => rss.queue(t.remote, t.local).filter(|&q| q < setup.workers).unwrap_or(by_port),
         None => by_port,
     }
 }

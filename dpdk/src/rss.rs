@@ -4,7 +4,7 @@
 //! port's redirection table. Lets the dataplane make the worker that owns a
 //! tunnel the one whose queue the NIC gives the tunnel's packets.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// A port's RSS key and redirection table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +32,29 @@ impl RssSteering {
         input[10..12].copy_from_slice(&dport.to_be_bytes());
         let h = toeplitz(&self.key, &input);
         self.reta[h as usize % self.reta.len()]
+    }
+
+    /// The queue of an IPv6 UDP (or TCP) packet `src:sport -> dst:dport`,
+    /// hashed over addresses and ports as `RTE_ETH_RSS_NONFRAG_IPV6_UDP`
+    /// does (no extension headers).
+    pub fn queue_v6(&self, src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> u16 {
+        let mut input = [0u8; 36];
+        input[0..16].copy_from_slice(&src.octets());
+        input[16..32].copy_from_slice(&dst.octets());
+        input[32..34].copy_from_slice(&sport.to_be_bytes());
+        input[34..36].copy_from_slice(&dport.to_be_bytes());
+        let h = toeplitz(&self.key, &input);
+        self.reta[h as usize % self.reta.len()]
+    }
+
+    /// The queue of a UDP packet `src -> dst` of either IP version;
+    /// `None` when the two are of different versions (no such packet).
+    pub fn queue(&self, src: SocketAddr, dst: SocketAddr) -> Option<u16> {
+        match (src, dst) {
+            (SocketAddr::V4(s), SocketAddr::V4(d)) => Some(self.queue_v4(*s.ip(), s.port(), *d.ip(), d.port())),
+            (SocketAddr::V6(s), SocketAddr::V6(d)) => Some(self.queue_v6(*s.ip(), s.port(), *d.ip(), d.port())),
+            _ => None,
+        }
     }
 
     /// The redirection table.
@@ -84,6 +107,33 @@ mod tests {
             input.extend_from_slice(&u16::to_be_bytes(sp));
             input.extend_from_slice(&u16::to_be_bytes(dp));
             assert_eq!(toeplitz(&KEY, &input), with_ports, "{s:?}:{sp} -> {d:?}:{dp}");
+        }
+    }
+
+    #[test]
+    fn microsoft_verification_suite_ipv6() {
+        // (source, destination, IPv6 only or None, with ports).
+        let cases = [
+            (("3ffe:2501:200:1fff::7", 2794), ("3ffe:2501:200:3::1", 1766), Some(0x2cc1_8cd5), 0x4020_7d3d),
+            (("3ffe:501:8::260:97ff:fe40:efab", 14230), ("ff02::1", 4739), Some(0x0f0c_461c), 0xdde5_1bbf),
+            (("3ffe:1900:4545:3:200:f8ff:fe21:67cf", 44251), ("fe80::200:f8ff:fe21:67cf", 38024), None, 0x02d1_feef),
+        ];
+        let reta: Vec<u16> = (0..128).collect();
+        let s = RssSteering::new(KEY.to_vec(), reta).unwrap();
+        for ((src, sp), (dst, dp), ip_only, with_ports) in cases {
+            let (src, dst): (Ipv6Addr, Ipv6Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let mut input = [src.octets(), dst.octets()].concat();
+            if let Some(h) = ip_only {
+                assert_eq!(toeplitz(&KEY, &input), h, "{src} -> {dst}");
+            }
+            input.extend_from_slice(&u16::to_be_bytes(sp));
+            input.extend_from_slice(&u16::to_be_bytes(dp));
+            assert_eq!(toeplitz(&KEY, &input), with_ports, "{src}:{sp} -> {dst}:{dp}");
+            // An identity table of 128 gives the hash's low 7 bits.
+            assert_eq!(u32::from(s.queue_v6(src, sp, dst, dp)), with_ports & 127);
+            let (a, b) = (SocketAddr::new(src.into(), sp), SocketAddr::new(dst.into(), dp));
+            assert_eq!(s.queue(a, b), Some(s.queue_v6(src, sp, dst, dp)));
+            assert_eq!(s.queue(a, "192.0.2.1:4500".parse().unwrap()), None, "no mixed-version packet");
         }
     }
 
