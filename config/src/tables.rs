@@ -624,12 +624,6 @@ impl Tables {
                     "applies to plain mode only (bundle mode cuts its frames to the WAN MTU itself)",
                 ));
             }
-            if outer_fragmentation && tunnels.iter().any(|t| t.local.is_ipv6()) {
-                return Err(invalid(
-                    format!("{at}.outer_fragmentation"),
-                    "outer IPv4 only: a bundle with IPv6 tunnels cannot fragment its outer packets",
-                ));
-            }
             bundles.push(Bundle {
                 name: bc.name.clone(),
                 mode: bc.mode,

@@ -837,15 +837,13 @@ fn tunnels_over_ipv6() {
         "bundles[0].tunnels[1].local",
         "at least 1280",
     );
-    refused(
-        |v| {
-            v6_tunnel(v, 1);
-            v["bundles"][0]["mode"] = json!("plain");
-            v["bundles"][0]["outer_fragmentation"] = json!(true);
-        },
-        "bundles[0].outer_fragmentation",
-        "outer IPv4 only",
-    );
+    // Outer fragmentation over IPv6 too (Fragment headers).
+    let t = accepted(|v| {
+        v6_tunnel(v, 1);
+        v["bundles"][0]["mode"] = json!("plain");
+        v["bundles"][0]["outer_fragmentation"] = json!(true);
+    });
+    assert!(t.bundles[0].outer_fragmentation);
     // The next hop given by an IPv4 address (found by ARP) takes the IPv6
     // tunnel's packets too: it is only a MAC to send to.
     accepted(|v| {

@@ -52,7 +52,10 @@ drops! {
     /// the addresses a tunnel's remote follows; IPv6 has no header
     /// checksum).
     BadOuterUdp => "bad_outer_udp",
-    /// An outer IPv6 fragment: braid reassembles outer IPv4 only.
+    /// An outer IPv6 fragment braid cannot reassemble: its Fragment
+    /// header truncated or with reserved bits set, a non-last fragment
+    /// not a multiple of 8 bytes, or a fragment inside a reassembled
+    /// packet.
     OuterFragmentV6 => "outer_ipv6_fragment",
     /// UDP payload with the non-ESP marker (IKE): no IKE here.
     NonEsp => "non_esp",
@@ -220,12 +223,15 @@ impl TunnelCounters {
     }
 }
 
-/// Outer IPv4 fragments (a peer or a path that fragments ESP-in-UDP).
-/// Fragments taken are neither received packets nor drops until their
-/// packet is whole: `reassembled` packets then go through the receive path
-/// like any frame, and `discarded` counts fragments the reassembly threw
-/// away (overlaps, duplicates, more than 8 fragments, a full table, or
-/// incomplete after the timeout). On the way out (plain mode with
+/// Outer IPv4 and IPv6 fragments (a peer or a path that fragments
+/// ESP-in-UDP). Fragments taken are neither received packets nor drops
+/// until their packet is whole: `reassembled` packets then go through the
+/// receive path like any frame, and `discarded` counts fragments the
+/// reassembly threw away (overlaps, duplicates, more than 8 fragments, a
+/// full table, or incomplete after the timeout). An IPv6 `atomic`
+/// fragment (offset 0, no more to come: a whole packet with a Fragment
+/// header) is not taken: it goes through the receive path at once, its
+/// Fragment header removed. On the way out (plain mode with
 /// `outer_fragmentation`), `fragmented` ESP packets left as `sent`
 /// fragments, each a WAN frame (and a tunnel `tx` packet).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -233,6 +239,7 @@ pub struct FragCounters {
     pub taken: u64,
     pub reassembled: u64,
     pub discarded: u64,
+    pub atomic: u64,
     pub fragmented: u64,
     pub sent: u64,
 }
@@ -656,7 +663,7 @@ pub struct WorkerCounters {
 impl WorkerCounters {
     /// The counters that are one number each, named as the stats segment
     /// names them, in its order (the JSON report groups them by prefix).
-    pub fn scalars(&self) -> [(&'static str, u64); 21] {
+    pub fn scalars(&self) -> [(&'static str, u64); 22] {
         [
             ("encapsulated", self.encapsulated),
             ("delivered", self.delivered),
@@ -667,6 +674,7 @@ impl WorkerCounters {
             ("frag/taken", self.frags.taken),
             ("frag/reassembled", self.frags.reassembled),
             ("frag/discarded", self.frags.discarded),
+            ("frag/atomic", self.frags.atomic),
             ("frag/fragmented", self.frags.fragmented),
             ("frag/sent", self.frags.sent),
             ("lan_cut/segmented", self.lan_cut.segmented),
@@ -697,6 +705,7 @@ impl WorkerCounters {
         self.frags.taken += o.frags.taken;
         self.frags.reassembled += o.frags.reassembled;
         self.frags.discarded += o.frags.discarded;
+        self.frags.atomic += o.frags.atomic;
         self.frags.fragmented += o.frags.fragmented;
         self.frags.sent += o.frags.sent;
         self.lan_cut.segmented += o.lan_cut.segmented;

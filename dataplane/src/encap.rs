@@ -60,6 +60,68 @@ pub fn fragment_ipv4_count(frame: &[u8], chunk: usize) -> Option<usize> {
     cuttable_ipv4(frame, chunk).map(|(ihl, total)| (total - ihl).div_ceil(chunk))
 }
 
+/// An IPv6 Fragment header's length (RFC 8200 section 4.5).
+pub const FRAG_HEADER_V6: usize = 8;
+
+/// Payload bytes per IPv6 fragment for an MTU (no extension headers but
+/// the Fragment header): the most a fragment carries, a multiple of 8.
+pub fn fragment_chunk_v6(mtu: usize) -> usize {
+    mtu.saturating_sub(40 + FRAG_HEADER_V6) & !7
+}
+
+/// Cuts the Ethernet + IPv6 `frame` (no extension headers) into IPv6
+/// fragments (RFC 8200 section 4.5) of at most `chunk` payload bytes (a
+/// multiple of 8, at least 8): calls `emit(header, part)` for each, in
+/// order, with the fragment's Ethernet and IPv6 header (payload length
+/// set, next header 44) and Fragment header (the original next header,
+/// offset, M flag, `ident`), and its part of the payload. Returns how
+/// many; 0 (nothing emitted) when the frame is not IPv6, starts with an
+/// extension header that stays unfragmented (hop-by-hop, routing,
+/// destination options) or is already a fragment, is shorter than its
+/// header says, or its payload fits in `chunk`.
+pub fn fragment_ipv6(frame: &[u8], chunk: usize, ident: u32, mut emit: impl FnMut(&[u8], &[u8])) -> usize {
+    let Some(plen) = cuttable_ipv6(frame, chunk) else { return 0 };
+    const FH: usize = IP_AT + 40;
+    let mut header = [0u8; FH + FRAG_HEADER_V6];
+    header[..FH].copy_from_slice(&frame[..FH]);
+    header[IP_AT + 6] = 44;
+    header[FH] = frame[IP_AT + 6];
+    header[FH + 4..FH + 8].copy_from_slice(&ident.to_be_bytes());
+    let n = plen.div_ceil(chunk);
+    for (i, part) in frame[FH..FH + plen].chunks(chunk).enumerate() {
+        header[IP_AT + 4..IP_AT + 6].copy_from_slice(&((FRAG_HEADER_V6 + part.len()) as u16).to_be_bytes());
+        // The offset in 8-byte units sits above 3 bits whose lowest is M:
+        // the byte offset itself (a multiple of 8), or'ed with M.
+        let m = u16::from(i + 1 < n);
+        header[FH + 2..FH + 4].copy_from_slice(&((i * chunk) as u16 | m).to_be_bytes());
+        emit(&header, part);
+    }
+    n
+}
+
+/// How many fragments [`fragment_ipv6`] cuts `frame` into, or `None`
+/// when it cuts nothing.
+pub fn fragment_ipv6_count(frame: &[u8], chunk: usize) -> Option<usize> {
+    cuttable_ipv6(frame, chunk).map(|plen| plen.div_ceil(chunk))
+}
+
+/// The payload length of the IPv6 packet in `frame` when [`fragment_ipv6`]
+/// cuts it into pieces of `chunk` bytes.
+fn cuttable_ipv6(frame: &[u8], chunk: usize) -> Option<usize> {
+    if chunk < 8 || !chunk.is_multiple_of(8) || frame.len() < IP_AT + 40 || frame[12..14] != [0x86, 0xdd] {
+        return None;
+    }
+    let ip = &frame[IP_AT..];
+    let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    // Hop-by-hop, routing and destination options headers belong to the
+    // unfragmentable part (RFC 8200 section 4.5), which braid's outer
+    // headers never have; a fragment is not cut again.
+    if ip[0] >> 4 != 6 || matches!(ip[6], 0 | 43 | 44 | 60) || ip.len() < 40 + plen || plen <= chunk {
+        return None;
+    }
+    Some(plen)
+}
+
 /// Header and total length of the IPv4 packet in `frame` when
 /// [`fragment_ipv4`] cuts it into pieces of `chunk` bytes.
 fn cuttable_ipv4(frame: &[u8], chunk: usize) -> Option<(usize, usize)> {
@@ -277,6 +339,60 @@ impl OuterTemplate {
 mod tests {
     use super::*;
     use braid_tunnel::wire::{ipv4, udp, ChecksumCaps};
+
+    #[test]
+    fn ipv6_fragments_carry_the_packet_and_nothing_else_is_cut() {
+        let t = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], "[2001:db8:a::1]:4500".parse().unwrap(), "[2001:db8:b::1]:4501".parse().unwrap());
+        let esp_len = 3000;
+        let mut frame = vec![0u8; OUTER_LEN_V6 + esp_len];
+        for (i, b) in frame[OUTER_LEN_V6..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        t.write(&mut frame, esp_len, 0, false);
+        let chunk = fragment_chunk_v6(1500);
+        assert_eq!(chunk, 1448);
+        let mut frags: Vec<Vec<u8>> = Vec::new();
+        let n = fragment_ipv6(&frame, chunk, 0xdead_beef, |h, p| frags.push([h, p].concat()));
+        assert_eq!((n, frags.len()), (3, 3), "3008 bytes of UDP in 1448-byte pieces");
+        let mut whole = Vec::new();
+        for (i, f) in frags.iter().enumerate() {
+            assert_eq!(f[..IP_AT + 4], frame[..IP_AT + 4], "Ethernet header and IPv6 first word repeated");
+            assert_eq!(f[IP_AT + 6], 44, "next header: Fragment");
+            assert_eq!(f[IP_AT + 7..IP_AT + 40], frame[IP_AT + 7..IP_AT + 40], "hop limit and addresses");
+            let plen = u16::from_be_bytes([f[IP_AT + 4], f[IP_AT + 5]]) as usize;
+            assert_eq!(plen, f.len() - IP_AT - 40);
+            assert!(f.len() - IP_AT <= 1500);
+            let fh = &f[IP_AT + 40..IP_AT + 48];
+            assert_eq!((fh[0], fh[1]), (17, 0), "UDP follows, reserved zero");
+            let off = u16::from_be_bytes([fh[2], fh[3]]);
+            assert_eq!(usize::from(off >> 3) * 8, i * chunk, "offset in 8-byte units");
+            assert_eq!(off & 1 == 1, i < 2, "M on all but the last");
+            assert_eq!(off & 6, 0, "reserved bits");
+            assert_eq!(fh[4..8], 0xdead_beef_u32.to_be_bytes());
+            if i < 2 {
+                assert_eq!((plen - 8) % 8, 0, "a fragment but the last carries a multiple of 8");
+            }
+            whole.extend_from_slice(&f[IP_AT + 48..]);
+        }
+        assert_eq!(whole, frame[UDP_AT_V6..], "the payload, in order, once");
+        assert_eq!(fragment_ipv6_count(&frame, chunk), Some(3));
+        // Fits, not IPv6, already a fragment, an extension header first,
+        // truncated, a bad chunk: nothing is cut.
+        let none = |f: &[u8], c| fragment_ipv6(f, c, 1, |_, _| panic!("emitted"));
+        assert_eq!(none(&frame, 3008), 0);
+        assert_eq!(none(&frags[0], 8), 0);
+        for nh in [0u8, 43, 60] {
+            let mut x = frame.clone();
+            x[IP_AT + 6] = nh;
+            assert_eq!(none(&x, chunk), 0, "next header {nh}");
+        }
+        assert_eq!(none(&frame[..frame.len() - 1], chunk), 0);
+        let mut v4 = frame.clone();
+        v4[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        assert_eq!(none(&v4, chunk), 0);
+        assert_eq!(none(&frame, 1449), 0, "a chunk not a multiple of 8");
+        assert_eq!(fragment_ipv6_count(&frame, 3008), None);
+    }
 
     #[test]
     fn fragments_carry_the_packet_and_nothing_else_is_cut() {

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use braid_dpdk::mbuf::{TxOffload, TX_IPV4, TX_IP_CKSUM};
-use braid_dpdk::ip_frag::Ipv4Reassembly;
+use braid_dpdk::ip_frag::Reassembly;
 use braid_dpdk::mbuf::{MbufStash, RxCksum};
 use braid_dpdk::{Mbuf, Mempool, RxQueue, TxQueue, BURST};
 use braid_nat::resolver::{Lookup, FRAME_MAX};
@@ -45,7 +45,7 @@ use braid_tunnel::wire::{esp, flow_hash};
 use braid_tunnel::{plain, Nanos};
 
 use crate::counters::{DpDrop, DpDrops, LocalStats, TunnelCounters, WorkerCounters};
-use crate::encap::{fragment_chunk, OuterTemplate, IP_AT, OUTER_LEN, OUTER_LEN_V6, UDP_AT_V6};
+use crate::encap::{fragment_chunk, fragment_chunk_v6, OuterTemplate, IP_AT, OUTER_LEN, OUTER_LEN_V6, UDP_AT_V6};
 use crate::local::{Handled, Responder};
 use crate::nat::{NatSetup, EXPIRE_BUSY, EXPIRE_IDLE};
 use crate::route::RouteTable;
@@ -272,7 +272,7 @@ pub struct Worker {
     /// When timers next run.
     next_timers: Nanos,
     /// Outer IPv4 fragments being reassembled (time in `Nanos`).
-    frag: Ipv4Reassembly,
+    frag: Reassembly,
     /// When the next ICMP error may be sent (rate limit, RFC 1812 4.3.2.8).
     next_icmp: Nanos,
     /// This worker's NAT shard, when the tables have NAT rules.
@@ -299,7 +299,7 @@ pub struct Worker {
     gso_pieces: Vec<Mbuf>,
     /// Identification of the next outer packet sent as fragments: worker
     /// `id`'s share of the space, striding by the number of workers.
-    frag_ident: u16,
+    frag_ident: u32,
     /// Fresh mbufs for delivered inner packets, allocated in bulk.
     stash: MbufStash,
     lan_out: Vec<Mbuf>,
@@ -452,7 +452,7 @@ impl Worker {
             plain_drops: DropCounters::default(),
             ident: 0,
             next_timers: 0,
-            frag: Ipv4Reassembly::with_ticks(FRAG_FLOWS, FRAG_TIMEOUT).map_err(|e| e.to_string())?,
+            frag: Reassembly::with_ticks(FRAG_FLOWS, FRAG_TIMEOUT).map_err(|e| e.to_string())?,
             next_icmp: 0,
             nat,
             nat_spec: setup.nat,
@@ -464,7 +464,7 @@ impl Worker {
             frag_scratch: Vec::with_capacity(MAX_OUTER_FRAGMENTS),
             lan_fit: Vec::new(),
             gso_pieces: Vec::new(),
-            frag_ident: setup.id,
+            frag_ident: u32::from(setup.id),
             stash: MbufStash::new(BURST),
             lan_out: Vec::with_capacity(4 * BURST),
             wan_out: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
@@ -1225,7 +1225,7 @@ impl Worker {
             } else {
                 m
             };
-            let r = if Ipv4Reassembly::is_fragment(m.data(), ETH) && is_ipv4(m.data()) {
+            let r = if is_outer_fragment(m.data()) {
                 match self.take_fragment(m, now) {
                     // DPDK leaves the reassembled header's checksum to TX
                     // offload (zero); each fragment's was checked.
@@ -1255,17 +1255,26 @@ impl Worker {
         n
     }
 
-    /// An outer IPv4 fragment: checked, trimmed to its IP length, and given
-    /// to the reassembly; the whole packet, in one segment, once complete.
+    /// An outer IPv4 or IPv6 fragment ([`is_outer_fragment`]): checked,
+    /// trimmed to its IP length, and given to the reassembly; the whole
+    /// packet, in one segment, once complete.
     fn take_fragment(&mut self, mut m: Mbuf, now: Nanos) -> Result<Option<Mbuf>, DpDrop> {
         if !m.is_contiguous() {
             return Err(DpDrop::Multiseg);
         }
-        let total = outer_ip_len(m.data())?;
+        let v6 = !is_ipv4(m.data());
+        let total = if v6 { outer_fragment_v6_len(m.data())? } else { outer_ip_len(m.data())? };
         let pad = m.data_len() - ETH - total;
         m.trim(pad);
+        if v6 && m.data()[IP_AT + 42..IP_AT + 44] == [0, 0] {
+            // An atomic fragment (offset 0, no more): a whole packet with a
+            // Fragment header, processed as such (RFC 8200 section 4.5,
+            // RFC 6946), never mixed with fragments of the same id.
+            self.counters.frags.atomic += 1;
+            return Ok(strip_fragment_header(m));
+        }
         self.counters.frags.taken += 1;
-        let r = self.frag.push(m, ETH, now);
+        let r = if v6 { self.frag.push_v6(m, ETH, now) } else { self.frag.push(m, ETH, now) };
         self.counters.frags.discarded = self.frag.stats().discarded;
         match r {
             Ok(Some(whole)) => {
@@ -1906,14 +1915,26 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
                 balancer.set_params(i, t.params);
             }
             let min_mtu = bs.tunnels.iter().map(|t| setup.wans.get(t.wan).map_or(0, |w| w.mtu as usize)).min().unwrap_or(0);
+            let any_v6 = bs.tunnels.iter().any(|t| t.local.is_ipv6());
+            let outer_ip_udp = if any_v6 { OUTER_LEN_V6 - ETH } else { OUTER_IP_UDP };
             // Fragmented, what the peer's reassembly takes (DPDK's 8
-            // fragments), within IPv4's 64 KiB.
+            // fragments) on every tunnel of the bundle: IPv4 within its
+            // 64 KiB total length; IPv6's fragments carry less (a 40-byte
+            // header and a Fragment header each), within 64 KiB of payload.
+            // As the largest outer header's IP packet.
             let max_outer = if bs.outer_fragmentation {
-                (20 + MAX_OUTER_FRAGMENTS * fragment_chunk(min_mtu)).min(usize::from(u16::MAX))
+                let v4 = bs.tunnels.iter().any(|t| t.local.is_ipv4());
+                let v4_payload = (MAX_OUTER_FRAGMENTS * fragment_chunk(min_mtu)).min(usize::from(u16::MAX) - 20);
+                let v6_payload = (MAX_OUTER_FRAGMENTS * fragment_chunk_v6(min_mtu)).min(usize::from(u16::MAX));
+                let payload = match (v4, any_v6) {
+                    (true, true) => v4_payload.min(v6_payload),
+                    (_, true) => v6_payload,
+                    _ => v4_payload,
+                };
+                outer_ip_udp - 8 + payload
             } else {
                 min_mtu
             };
-            let outer_ip_udp = bs.tunnels.iter().map(|t| if t.local.is_ipv6() { OUTER_LEN_V6 - ETH } else { OUTER_IP_UDP }).max().unwrap_or(OUTER_IP_UDP);
             let inner_mtu = (0..=u16::MAX).rev().find(|&l| outer_ip_udp + esp::packet_len(l as usize) <= max_outer).unwrap_or(0);
             Engine::Plain(Plain {
                 balancer,
@@ -2248,6 +2269,56 @@ fn follow_remote(outer: &mut OuterTemplate, d: &[u8], udp_at: usize, tc: &mut Tu
 #[inline]
 fn is_ipv4(d: &[u8]) -> bool {
     d.len() >= ETH && u16::from_be_bytes([d[12], d[13]]) == 0x0800
+}
+
+/// Whether WAN frame `d` is an outer IP fragment: IPv4 with MF or an
+/// offset, or IPv6 with a Fragment header first.
+#[inline(always)]
+fn is_outer_fragment(d: &[u8]) -> bool {
+    // IPv4's flags and offset first, where an IPv6 frame has its next
+    // header and hop limit: the IPv4 path pays one test, as before IPv6.
+    let Some(&[b0, b1]) = d.get(IP_AT + 6..IP_AT + 8) else { return false };
+    if u16::from_be_bytes([b0, b1]) & 0x3fff == 0 {
+        return false;
+    }
+    match (d[12], d[13]) {
+        (0x08, 0x00) => true,
+        (0x86, 0xdd) => b0 == 44,
+        _ => false,
+    }
+}
+
+/// The IP length (40 + payload length) of an outer IPv6 fragment whose
+/// header and Fragment header are sane: version 6, both within the frame,
+/// a non-last fragment's payload a multiple of 8 bytes (RFC 8200 section
+/// 4.5), the Fragment header's reserved fields zero. Else
+/// `outer_ipv6_fragment`.
+fn outer_fragment_v6_len(d: &[u8]) -> Result<usize, DpDrop> {
+    let ip = d.get(IP_AT..).ok_or(DpDrop::OuterFragmentV6)?;
+    if ip.len() < 48 || ip[0] >> 4 != 6 || ip[6] != 44 {
+        return Err(DpDrop::OuterFragmentV6);
+    }
+    let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    let off = u16::from_be_bytes([ip[42], ip[43]]);
+    let more = off & 1 != 0;
+    if plen < 8 || 40 + plen > ip.len() || ip[41] != 0 || off & 6 != 0 || (more && !(plen - 8).is_multiple_of(8)) {
+        return Err(DpDrop::OuterFragmentV6);
+    }
+    Ok(40 + plen)
+}
+
+/// An IPv6 frame without its Fragment header (right after the IPv6
+/// header): the Ethernet and IPv6 headers move 8 bytes up, the next
+/// header and payload length become the fragment's.
+fn strip_fragment_header(mut m: Mbuf) -> Option<Mbuf> {
+    let d = m.data_mut();
+    let next = d[IP_AT + 40];
+    let plen = u16::from_be_bytes([d[IP_AT + 4], d[IP_AT + 5]]) - 8;
+    d[IP_AT + 4..IP_AT + 6].copy_from_slice(&plen.to_be_bytes());
+    d[IP_AT + 6] = next;
+    d.copy_within(..IP_AT + 40, 8);
+    m.adj(8);
+    Some(m)
 }
 
 /// The IP length of an outer IPv4 header that is sane (version, header

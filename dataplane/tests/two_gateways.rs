@@ -130,10 +130,19 @@ fn bundle_mode_one_tunnel_every_packet_once_in_order() {
 /// reassembles them (librte_ip_frag) and delivers every packet once, in
 /// order; nothing is discarded or dropped.
 fn outer_fragments(mode: &str) {
+    outer_fragments_over(mode, &[false, false]);
+}
+
+/// [`outer_fragments`] over tunnels of either IP version (`v6[t]`: tunnel
+/// `t` over IPv6, whose fragments carry a Fragment header).
+fn outer_fragments_over(mode: &str, v6: &[bool]) {
     // Plain ESP needs a jumbo WAN for the jumbo inner packets; DPDK takes
     // at most 8 fragments per packet.
     let (wan_mtu, chunk) = if mode == "plain" { (9600, 1480) } else { (1500, 512) };
-    let (mut lab, _g) = start(&format!("fr{}", &mode[..2]), mode, &[1, 1], 16, wan_mtu);
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let case = format!("fr{}{}", &mode[..2], v6.iter().map(|&x| if x { '6' } else { '4' }).collect::<String>());
+    let edit = v6.iter().any(|&x| x).then(|| lab::outer_v6(v6.to_vec()));
+    let mut lab = Lab::with(&case, mode, &[1, 1], 16, wan_mtu, lab::LabOptions { edit, ..Default::default() });
     lab.fragment_wan = Some(chunk);
     let fl = flows(8);
     let c = run(&mut lab, &fl, 150);
@@ -147,22 +156,43 @@ fn outer_fragments(mode: &str) {
 }
 
 /// Plain mode over a 1500-byte WAN with `outer_fragmentation`: inner
-/// packets of 64..9000 bytes that do not fit leave A as outer IPv4
-/// fragments (up to 7, for 9000 bytes), every WAN frame within the MTU;
-/// B reassembles them and delivers every packet once, in order, byte for
+/// packets of 64..9000 bytes that do not fit leave A as outer fragments
+/// (up to 7, for 9000 bytes), every WAN frame within the MTU; B
+/// reassembles them and delivers every packet once, in order, byte for
 /// byte; nothing is dropped as too big.
 #[test]
 fn plain_mode_outer_fragmentation_carries_jumbo_packets_over_a_1500_wan() {
+    plain_outer_fragmentation("ofrag", &[false, false]);
+}
+
+/// The same over IPv6 tunnels and over a bundle of both versions: A cuts
+/// with Fragment headers (1448 bytes of payload each over a 1500-byte
+/// MTU, the same counts of fragments as IPv4's 1480 here).
+#[test]
+fn plain_mode_outer_fragmentation_over_ipv6() {
+    plain_outer_fragmentation("ofrag6", &[true, true]);
+    plain_outer_fragmentation("ofrag46", &[false, true]);
+}
+
+/// [`plain_mode_outer_fragmentation_carries_jumbo_packets_over_a_1500_wan`]
+/// over tunnels of IP versions `v6`.
+fn plain_outer_fragmentation(case: &str, v6: &[bool]) {
     let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
-    let edit: lab::ConfigEdit = Box::new(|_, doc| doc["bundles"][0]["outer_fragmentation"] = serde_json::json!(true));
-    let mut lab = Lab::with("ofrag", "plain", &[1, 1], 16, 1500, lab::LabOptions { edit: Some(edit), ..Default::default() });
+    let v6_edit = v6.contains(&true).then(|| lab::outer_v6(v6.to_vec()));
+    let edit: lab::ConfigEdit = Box::new(move |side_a, doc| {
+        if let Some(e) = &v6_edit {
+            e(side_a, doc);
+        }
+        doc["bundles"][0]["outer_fragmentation"] = serde_json::json!(true);
+    });
+    let mut lab = Lab::with(case, "plain", &[1, 1], 16, 1500, lab::LabOptions { edit: Some(edit), ..Default::default() });
     lab.capture = Some(Vec::new());
     lab.capture_limit = 100_000;
     let fl = flows(8);
     let c = run(&mut lab, &fl, 120);
     assert_clean(&lab, &c, 960);
     let (a, b) = lab.counters();
-    eprintln!("A outer fragments {:?}, B {:?}", a.frags, b.frags);
+    eprintln!("{v6:?}: A outer fragments {:?}, B {:?}", a.frags, b.frags);
     // 1500, 2000, 4000 and 9000 bytes do not fit: half the packets, in
     // 2, 2, 3 and 7 fragments.
     assert_eq!(a.frags.fragmented, 480, "{:?}", a.frags);
@@ -171,17 +201,56 @@ fn plain_mode_outer_fragmentation_carries_jumbo_packets_over_a_1500_wan() {
     assert_eq!(b.frags.reassembled, a.frags.fragmented);
     assert_eq!(b.frags.discarded, 0);
     let frames = lab.capture.take().unwrap();
-    let ab: Vec<&Vec<u8>> = frames.iter().filter(|f| f.len() > 34 && f[26..30] == [192, 0, 2, 1]).collect();
+    let is_v6 = |f: &&Vec<u8>| f[12..14] == [0x86, 0xdd];
+    let from_a = |f: &&Vec<u8>| if is_v6(f) { f[22..26] == [0x20, 0x01, 0x0d, 0xb8] && f[26..28] == [0, 0x0a] } else { f[26..30] == [192, 0, 2, 1] };
+    let ab: Vec<&Vec<u8>> = frames.iter().filter(|f| f.len() > 54).filter(from_a).collect();
     assert!(ab.iter().all(|f| f.len() <= 14 + 1500), "a WAN frame above the MTU");
-    let frags = ab.iter().filter(|f| u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0).count() as u64;
-    assert_eq!(frags, a.frags.sent, "every fragment on the wire");
-    assert!(ab.iter().filter(|f| u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0).all(|f| f[20] & 0x40 == 0), "DF on a fragment");
+    let v4_frags: Vec<&&Vec<u8>> = ab.iter().filter(|f| !is_v6(f) && u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0).collect();
+    let v6_frags: Vec<&&Vec<u8>> = ab.iter().filter(|f| is_v6(f) && f[20] == 44).collect();
+    assert_eq!((v4_frags.len() + v6_frags.len()) as u64, a.frags.sent, "every fragment on the wire");
+    assert_eq!((v4_frags.is_empty(), v6_frags.is_empty()), (!v6.contains(&false), !v6.contains(&true)), "fragments of the tunnels' versions");
+    assert!(v4_frags.iter().all(|f| f[20] & 0x40 == 0), "DF on a fragment");
+    // Each IPv6 fragment: UDP after the Fragment header, reserved bits
+    // zero, a payload of a multiple of 8 unless it is the last.
+    for f in &v6_frags {
+        let (plen, off) = (u16::from_be_bytes([f[18], f[19]]) as usize, u16::from_be_bytes([f[56], f[57]]));
+        assert_eq!((f[54], f[55], off & 6), (17, 0, 0));
+        assert!(off & 1 == 0 || (plen - 8) % 8 == 0, "a non-last fragment of {} bytes", plen - 8);
+    }
     lab.close();
 }
 
 #[test]
 fn bundle_mode_outer_fragments_are_reassembled() {
     outer_fragments("bundle");
+}
+
+/// Outer IPv6 fragments (a peer or a path that fragments at the source):
+/// B reassembles them as it does IPv4's, over IPv6 tunnels and over a
+/// bundle of both versions.
+#[test]
+fn outer_ipv6_fragments_are_reassembled() {
+    outer_fragments_over("bundle", &[true, true]);
+    outer_fragments_over("plain", &[true, true]);
+    outer_fragments_over("bundle", &[false, true]);
+}
+
+/// Atomic IPv6 fragments (a Fragment header with offset 0 and no more to
+/// come, RFC 6946: some paths add one): B takes each as the whole packet it
+/// is, never through the reassembly; every packet arrives once, in order.
+#[test]
+fn atomic_ipv6_fragments_are_whole_packets() {
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let opts = lab::LabOptions { edit: Some(lab::outer_v6(vec![true, true])), ..Default::default() };
+    let mut lab = Lab::with("atom6", "bundle", &[1, 1], 16, 1500, opts);
+    lab.atomic_wan = true;
+    let fl = flows(8);
+    let c = run(&mut lab, &fl, 100);
+    assert_clean(&lab, &c, 800);
+    let (_, b) = lab.counters();
+    assert_eq!(b.frags.atomic, b.wan_rx.packets, "every frame B received was an atomic fragment: {:?}", b.frags);
+    assert_eq!((b.frags.taken, b.frags.reassembled, b.frags.discarded), (0, 0, 0));
+    lab.close();
 }
 
 #[test]
@@ -304,10 +373,12 @@ fn bundle_and_plain_mode_over_an_ipv4_and_an_ipv6_tunnel() {
 
 /// Bad input on IPv6 tunnels, towards B: a zero or wrong UDP checksum
 /// (IPv6 has no header checksum; the UDP one guards the addresses), an
-/// outer IPv6 fragment, a payload length past the frame, and a tunnel's
-/// ESP over the other IP version: each dropped and counted; a
-/// NAT-keepalive over IPv6 is counted as one; B still delivers
-/// afterwards.
+/// outer IPv6 fragment whose Fragment header has reserved bits set and
+/// one whose payload is not a multiple of 8 bytes though more follow, a
+/// payload length past the frame, and a tunnel's ESP over the other IP
+/// version: each dropped and counted; a flood of lone first fragments is
+/// held by the reassembly and freed when its time is up; a NAT-keepalive
+/// over IPv6 is counted as one; B still delivers afterwards.
 #[test]
 fn bad_input_on_ipv6_tunnels_is_dropped_and_counted() {
     let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
@@ -329,8 +400,16 @@ fn bad_input_on_ipv6_tunnels_is_dropped_and_counted() {
     v[n - 1] ^= 1;
     bad.push(v);
     let mut v = esp.clone();
-    v[14 + 6] = 44; // a fragment header
+    v[14 + 6] = 44; // a "Fragment header" (the UDP header: reserved bits set)
     bad.push(v);
+    let mut v = lab::fragment_frame(&esp, 64)[0].clone();
+    v.truncate(v.len() - 3); // 61 bytes, and more to come
+    v[18..20].copy_from_slice(&(8u16 + 61).to_be_bytes());
+    bad.push(v);
+    // A flood of lone first fragments, each of its own packet.
+    for _ in 0..300 {
+        bad.push(lab::fragment_frame(&esp, 64)[0].clone());
+    }
     let mut v = esp.clone();
     v[14 + 4..14 + 6].copy_from_slice(&4000u16.to_be_bytes());
     bad.push(v);
@@ -356,17 +435,25 @@ fn bad_input_on_ipv6_tunnels_is_dropped_and_counted() {
     t6.write_keepalive(&mut v, 0, false);
     bad.push(v);
     let keepalives = lab.counters().1.keepalives_rx;
-    let mut burst: Vec<Mbuf> = bad.iter().map(|b| lab.raw(b)).collect();
-    lab.mid_b.tx.tx_all(&mut burst, 1000);
+    for chunk in bad.chunks(BURST) {
+        let mut burst: Vec<Mbuf> = chunk.iter().map(|b| lab.raw(b)).collect();
+        lab.mid_b.tx.tx_all(&mut burst, 1000);
+        lab.step();
+    }
     lab.settle(5);
     let (_, b) = lab.counters();
     eprintln!("B drops {:?}, engine {:?}", b.drops.named(), b.engine.named());
     assert_eq!(b.keepalives_rx, keepalives + 1, "the IPv6 keepalive");
     assert_eq!(b.drops.get(DpDrop::BadOuterUdp), 2, "zero and wrong UDP checksums");
-    assert_eq!(b.drops.get(DpDrop::OuterFragmentV6), 1);
+    assert_eq!(b.drops.get(DpDrop::OuterFragmentV6), 2, "reserved bits, a non-last fragment not a multiple of 8");
     assert_eq!(b.drops.get(DpDrop::BadOuterIp), 1, "payload length past the frame");
     assert_eq!(b.drops.get(DpDrop::TunnelMismatch), 1, "ESP of an IPv6 tunnel over IPv4");
     assert_eq!(b.engine.named(), vec![], "nothing reached the engine");
+    assert_eq!((b.frags.taken, b.frags.reassembled), (300, 0), "the flood is held by the reassembly");
+    lab::assert_conserved(&b, "B", false);
+    lab.now += 2_000_000_000;
+    lab.step();
+    assert_eq!(lab.counters().1.frags.discarded, 300, "and freed when its time is up");
     // Still working.
     let c = run(&mut lab, &fl, 4);
     assert_eq!(c.received, 8);

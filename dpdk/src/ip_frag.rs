@@ -1,9 +1,10 @@
-//! Reassembly of IPv4 fragments with DPDK's `librte_ip_frag`.
+//! Reassembly of IPv4 and IPv6 fragments with DPDK's `librte_ip_frag`.
 //!
-//! One [`Ipv4Reassembly`] per worker (the table is not thread-safe; it is
-//! `Send`, not `Sync`). [`Ipv4Reassembly::push`] takes a fragment and gives
-//! back the whole packet once its last fragment arrived. DPDK's rules, kept
-//! here so callers cannot break them:
+//! One [`Reassembly`] per worker (the table is not thread-safe; it is
+//! `Send`, not `Sync`); one table holds both versions' packets.
+//! [`Reassembly::push`] (IPv4) and [`Reassembly::push_v6`] take a fragment
+//! and give back the whole packet once its last fragment arrived. DPDK's
+//! rules, kept here so callers cannot break them:
 //! - the mbuf's `l2_len`/`l3_len` must describe the frame (set from the
 //!   header before the call);
 //! - fragments DPDK refuses (overlaps, too many fragments, table full) go to
@@ -14,10 +15,13 @@
 //!   one segment when the pool's data room allows;
 //! - the reassembled IPv4 header has its checksum zeroed and
 //!   `RTE_MBUF_F_TX_IP_CKSUM` set (DPDK leaves the checksum to TX offload):
-//!   check each fragment's header checksum before pushing it.
+//!   check each fragment's header checksum before pushing it;
+//! - IPv6: only a Fragment header right after the IPv6 header (DPDK knows
+//!   no other extension header); the reassembled packet has it removed
+//!   (next header and payload length restored).
 //!
 //! Incomplete packets expire `timeout` after their first fragment
-//! ([`Ipv4Reassembly::expire`] frees them; `push` also reclaims an expired
+//! ([`Reassembly::expire`] frees them; `push` also reclaims an expired
 //! entry it meets).
 
 use std::ptr::NonNull;
@@ -26,8 +30,8 @@ use std::time::Duration;
 use crate::mbuf::TxOffload;
 use crate::{Error, Mbuf, Mempool};
 
-/// IPv4 fragment table of one worker.
-pub struct Ipv4Reassembly {
+/// IPv4 and IPv6 fragment table of one worker.
+pub struct Reassembly {
     tbl: NonNull<dpdk_sys::rte_ip_frag_tbl>,
     dr: Box<dpdk_sys::rte_ip_frag_death_row>,
     stats: FragStats,
@@ -36,7 +40,7 @@ pub struct Ipv4Reassembly {
 // SAFETY: the table and death row are plain memory owned by this value; DPDK
 // keeps no thread affinity for them. Moving the owner to another thread is
 // fine; sharing is not (no `Sync`).
-unsafe impl Send for Ipv4Reassembly {}
+unsafe impl Send for Reassembly {}
 
 /// What the table did, as counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -48,19 +52,19 @@ pub struct FragStats {
     /// Mbufs DPDK discarded (bad or duplicate fragments, table full,
     /// expired incomplete packets).
     pub discarded: u64,
-    /// Frames refused before reaching DPDK (not an IPv4 fragment, headers
-    /// outside the first segment).
+    /// Frames refused before reaching DPDK (not a fragment of the IP
+    /// version pushed, headers outside the first segment).
     pub not_fragment: u64,
 }
 
 /// Most fragments of one packet (`RTE_LIBRTE_IP_FRAG_MAX_FRAG`).
 pub const MAX_FRAGMENTS: usize = 8;
 
-impl Ipv4Reassembly {
+impl Reassembly {
     /// A table for up to `max_flows` packets being reassembled at once
     /// (rounded up to a multiple of the 16-entry buckets), which drops an
     /// incomplete packet `timeout` after its first fragment. Needs EAL up.
-    pub fn new(max_flows: u32, timeout: Duration) -> Result<Ipv4Reassembly, Error> {
+    pub fn new(max_flows: u32, timeout: Duration) -> Result<Reassembly, Error> {
         let cycles = (crate::tsc_hz() as u128 * timeout.as_nanos() / 1_000_000_000).max(1) as u64;
         Self::with_ticks(max_flows, cycles)
     }
@@ -68,7 +72,7 @@ impl Ipv4Reassembly {
     /// The same with time in the caller's own unit (nanoseconds of a
     /// simulated clock, say): DPDK only compares the `now` values passed to
     /// [`push`](Self::push) and [`expire`](Self::expire) with `timeout`.
-    pub fn with_ticks(max_flows: u32, timeout: u64) -> Result<Ipv4Reassembly, Error> {
+    pub fn with_ticks(max_flows: u32, timeout: u64) -> Result<Reassembly, Error> {
         const BUCKET_ENTRIES: u32 = 16;
         let buckets = max_flows.div_ceil(BUCKET_ENTRIES).max(1).next_power_of_two();
         let cycles = timeout.max(1);
@@ -83,7 +87,7 @@ impl Ipv4Reassembly {
         // SAFETY: the death row is plain data (a count and pointers); all
         // zeroes is an empty row.
         let dr = Box::new(unsafe { std::mem::zeroed::<dpdk_sys::rte_ip_frag_death_row>() });
-        Ok(Ipv4Reassembly { tbl, dr, stats: FragStats::default() })
+        Ok(Reassembly { tbl, dr, stats: FragStats::default() })
     }
 
     /// Whether the IPv4 header at `l2_len` in `frame` is a fragment (MF set
@@ -127,6 +131,48 @@ impl Ipv4Reassembly {
         }))
     }
 
+    /// Whether the IPv6 header at `l2_len` in `frame` is followed by a
+    /// Fragment header.
+    pub fn is_fragment_v6(frame: &[u8], l2_len: usize) -> bool {
+        frame.get(l2_len).is_some_and(|v| v >> 4 == 6) && frame.get(l2_len + 6) == Some(&44)
+    }
+
+    /// [`push`](Self::push) for an IPv6 fragment: its Fragment header
+    /// right after the IPv6 header, both in the first segment. The whole
+    /// packet comes back without the Fragment header. `Err` gives back a
+    /// frame that is not such a fragment.
+    pub fn push_v6(&mut self, mut m: Mbuf, l2_len: usize, now: u64) -> Result<Option<Mbuf>, Mbuf> {
+        const L3: usize = 40 + 8;
+        let d = m.data();
+        if l2_len >= 128 || d.len() < l2_len + L3 || !Self::is_fragment_v6(d, l2_len) {
+            self.stats.not_fragment += 1;
+            return Err(m);
+        }
+        m.set_tx_offload(TxOffload { l2_len: l2_len as u8, l3_len: L3 as u16, ..Default::default() });
+        self.stats.fragments += 1;
+        let ip = m.data_mut()[l2_len..].as_mut_ptr();
+        let raw = m.into_raw();
+        // SAFETY: as in `push`: `raw` is ours to hand to DPDK; `ip` and the
+        // Fragment header 40 bytes later lie in its first segment (checked
+        // above), which DPDK reads and, on completion, rewrites in place.
+        let out = unsafe {
+            dpdk_sys::rte_ipv6_frag_reassemble_packet(
+                self.tbl.as_ptr(),
+                &mut *self.dr,
+                raw.as_ptr(),
+                now,
+                ip.cast::<dpdk_sys::rte_ipv6_hdr>(),
+                ip.add(40).cast::<dpdk_sys::rte_ipv6_fragment_ext>(),
+            )
+        };
+        self.free_death_row();
+        // SAFETY: a non-NULL result is a packet DPDK hands back to us.
+        Ok(NonNull::new(out).map(|p| {
+            self.stats.reassembled += 1;
+            unsafe { Mbuf::from_raw(p) }
+        }))
+    }
+
     /// Frees the incomplete packets whose time ran out.
     pub fn expire(&mut self, now: u64) {
         // DPDK stops when its death row is full: go on while it moves.
@@ -155,7 +201,7 @@ impl Ipv4Reassembly {
     }
 }
 
-impl Drop for Ipv4Reassembly {
+impl Drop for Reassembly {
     fn drop(&mut self) {
         // Far in the future: every entry is expired and freed first.
         self.expire(u64::MAX / 2);

@@ -1,5 +1,5 @@
-//! IPv4 reassembly through librte_ip_frag: fragments in any order give back
-//! the original packet byte for byte; a duplicated fragment makes DPDK
+//! IPv4 and IPv6 reassembly through librte_ip_frag: fragments in any order
+//! give back the original packet byte for byte; a duplicated fragment makes DPDK
 //! discard that packet (never deliver it twice); duplicates, overlaps, too many
 //! fragments and lone fragments never leak an mbuf (the pool is full again
 //! afterwards), and a frame that is no fragment is handed back.
@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use braid_dpdk::ip_frag::{Ipv4Reassembly, MAX_FRAGMENTS};
+use braid_dpdk::ip_frag::{Reassembly, MAX_FRAGMENTS};
 use braid_dpdk::{rdtsc, tsc_hz, Mbuf, Mempool};
 
 const ETH: usize = 14;
@@ -92,7 +92,7 @@ fn setup() -> (std::sync::MutexGuard<'static, ()>, Mempool) {
 #[test]
 fn fragments_in_any_order_give_back_the_packet() {
     let (_g, pool) = setup();
-    let mut r = Ipv4Reassembly::new(64, Duration::from_secs(1)).unwrap();
+    let mut r = Reassembly::new(64, Duration::from_secs(1)).unwrap();
     let orders: [&[usize]; 4] = [&[0, 1, 2, 3], &[3, 2, 1, 0], &[2, 0, 3, 1], &[1, 3, 0, 2]];
     for (k, order) in orders.iter().enumerate() {
         let pkt = packet(100 + k as u16, 5000);
@@ -101,7 +101,7 @@ fn fragments_in_any_order_give_back_the_packet() {
         let mut out = None;
         for (j, &i) in order.iter().enumerate() {
             let m = mbuf(&pool, &frags[i]);
-            assert!(Ipv4Reassembly::is_fragment(m.data(), ETH));
+            assert!(Reassembly::is_fragment(m.data(), ETH));
             let got = r.push(m, ETH, rdtsc()).unwrap_or_else(|_| panic!("a fragment"));
             assert_eq!(got.is_some(), j == order.len() - 1, "order {order:?} step {j}");
             out = got.or(out);
@@ -122,7 +122,7 @@ fn fragments_in_any_order_give_back_the_packet() {
 #[test]
 fn interleaved_packets_and_duplicates() {
     let (_g, pool) = setup();
-    let mut r = Ipv4Reassembly::new(64, Duration::from_secs(1)).unwrap();
+    let mut r = Reassembly::new(64, Duration::from_secs(1)).unwrap();
     let pkts: Vec<Vec<u8>> = (0..8).map(|i| packet(500 + i, 2000 + 333 * i as usize)).collect();
     let frags: Vec<Vec<Vec<u8>>> = pkts.iter().map(|p| fragments(p, 1024)).collect();
     let mut done = vec![false; pkts.len()];
@@ -155,7 +155,7 @@ fn lone_fragments_expire_and_bad_ones_never_leak() {
     let (_g, pool) = setup();
     let t0 = rdtsc();
     // Lone first fragments of 10 packets: kept until they expire.
-    let mut r = Ipv4Reassembly::new(1024, Duration::from_millis(50)).unwrap();
+    let mut r = Reassembly::new(1024, Duration::from_millis(50)).unwrap();
     for i in 0..10 {
         let f = fragments(&packet(900 + i, 3000), 1480);
         assert!(r.push(mbuf(&pool, &f[0]), ETH, t0).unwrap_or_else(|_| panic!()).is_none());
@@ -203,4 +203,109 @@ fn lone_fragments_expire_and_bad_ones_never_leak() {
     assert_eq!(r.stats().not_fragment, 2);
     drop(r);
     assert_eq!(pool.in_use(), 0);
+}
+
+/// An Ethernet + IPv6 (UDP next header) frame with `payload` bytes.
+fn packet_v6(id: u32, payload: usize) -> Vec<u8> {
+    let mut f = vec![0u8; ETH + 40 + payload];
+    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let ip = &mut f[ETH..];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
+    ip[6] = 17;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&"2001:db8:a::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    ip[24..40].copy_from_slice(&"2001:db8:b::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    for (i, b) in ip[40..].iter_mut().enumerate() {
+        *b = (i as u32).wrapping_mul(2654435761).rotate_right(7) as u8 ^ id as u8;
+    }
+    f
+}
+
+/// `pkt` cut into IPv6 fragments (RFC 8200 section 4.5) of at most
+/// `chunk` payload bytes (a multiple of 8), identification `id`.
+fn fragments_v6(pkt: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    let payload = &pkt[ETH + 40..];
+    let n = payload.len().div_ceil(chunk);
+    (0..n)
+        .map(|i| {
+            let part = &payload[i * chunk..((i + 1) * chunk).min(payload.len())];
+            let mut f = pkt[..ETH + 40].to_vec();
+            f[ETH + 4..ETH + 6].copy_from_slice(&((8 + part.len()) as u16).to_be_bytes());
+            f[ETH + 6] = 44;
+            let off = (i * chunk) as u16 | u16::from(i + 1 < n);
+            f.extend_from_slice(&[17, 0]);
+            f.extend_from_slice(&off.to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+            f.extend_from_slice(part);
+            f
+        })
+        .collect()
+}
+
+#[test]
+fn ipv6_fragments_in_any_order_give_back_the_packet() {
+    let (_g, pool) = setup();
+    let mut r = Reassembly::new(64, Duration::from_secs(1)).unwrap();
+    let orders: [&[usize]; 4] = [&[0, 1, 2, 3], &[3, 2, 1, 0], &[2, 0, 3, 1], &[1, 3, 0, 2]];
+    for (k, order) in orders.iter().enumerate() {
+        let pkt = packet_v6(0x1000 + k as u32, 5000);
+        let frags = fragments_v6(&pkt, 1448, 0x1000 + k as u32);
+        assert_eq!(frags.len(), 4);
+        let mut out = None;
+        for (j, &i) in order.iter().enumerate() {
+            let m = mbuf(&pool, &frags[i]);
+            assert!(Reassembly::is_fragment_v6(m.data(), ETH));
+            assert!(!Reassembly::is_fragment(m.data(), ETH) || m.data()[12..14] != [8, 0]);
+            let got = r.push_v6(m, ETH, rdtsc()).unwrap_or_else(|_| panic!("a fragment"));
+            assert_eq!(got.is_some(), j == order.len() - 1, "order {order:?} step {j}");
+            out = got.or(out);
+        }
+        let flat = out.unwrap().linearized(&pool).unwrap_or_else(|_| panic!("fits"));
+        assert!(flat.data() == &pkt[..], "packet {k}: the original, Fragment header gone");
+    }
+    // The same identification between other addresses, or over IPv4, is
+    // another packet: two packets of one id interleaved both complete.
+    let (p1, mut p2) = (packet_v6(1, 3000), packet_v6(2, 3000));
+    p2[ETH + 8] ^= 0x40;
+    let (f1, f2) = (fragments_v6(&p1, 1448, 7), fragments_v6(&p2, 1448, 7));
+    let mut got = Vec::new();
+    for (a, b) in f1.iter().zip(&f2) {
+        for f in [a, b] {
+            if let Some(m) = r.push_v6(mbuf(&pool, f), ETH, rdtsc()).unwrap_or_else(|_| panic!()) {
+                got.push(m.linearized(&pool).unwrap_or_else(|_| panic!()).to_vec());
+            }
+        }
+    }
+    assert_eq!(got, vec![p1, p2]);
+    assert_eq!(r.stats().reassembled, 6);
+    // Not an IPv6 fragment: an IPv4 one, a whole IPv6 packet, a runt.
+    let v4 = fragments(&packet(3, 3000), 1480);
+    let Err(m) = r.push_v6(mbuf(&pool, &v4[0]), ETH, rdtsc()) else { panic!("IPv4") };
+    drop(m);
+    let Err(m) = r.push_v6(mbuf(&pool, &packet_v6(4, 100)), ETH, rdtsc()) else { panic!("whole") };
+    drop(m);
+    let f = fragments_v6(&packet_v6(5, 3000), 1448, 5);
+    let Err(m) = r.push_v6(mbuf(&pool, &f[0][..ETH + 44]), ETH, rdtsc()) else { panic!("runt") };
+    drop(m);
+    assert_eq!(r.stats().not_fragment, 3);
+    // Lone, overlapping and duplicated fragments: freed, never leaked.
+    let t0 = rdtsc();
+    for i in 0..300 {
+        let f = fragments_v6(&packet_v6(i, 3000), 1448, 100 + i);
+        assert!(r.push_v6(mbuf(&pool, &f[0]), ETH, t0).unwrap_or_else(|_| panic!()).is_none());
+    }
+    let pkt = packet_v6(9, 4000);
+    let mut a = fragments_v6(&pkt, 1448, 9);
+    a.insert(1, fragments_v6(&pkt, 1024, 9)[1].clone());
+    a.insert(0, a[0].clone());
+    for f in &a {
+        let _ = r.push_v6(mbuf(&pool, f), ETH, t0).unwrap_or_else(|_| panic!());
+    }
+    r.expire(t0 + 3 * tsc_hz());
+    assert!(r.stats().discarded >= 300, "{:?}", r.stats());
+    drop(r);
+    assert_eq!(pool.in_use(), 0, "nothing leaked");
 }

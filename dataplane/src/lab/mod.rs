@@ -79,15 +79,43 @@ pub fn config_json(side_a: bool, devices: (&str, &str), mode: &str, weights: &[u
     )
 }
 
-/// An Ethernet + IPv4 frame cut into IPv4 fragments (RFC 791) of at most
-/// `chunk` payload bytes (a multiple of 8), each a whole frame with its own
-/// header and checksum; a frame that fits (or is not IPv4) is returned as is.
+/// An Ethernet + IPv4 or IPv6 frame cut into IPv4 fragments (RFC 791) or
+/// IPv6 ones (RFC 8200, each with an identification of its own) of at
+/// most `chunk` payload bytes (a multiple of 8), each a whole frame with
+/// its own headers; a frame that fits (or is neither) is returned as is.
 pub fn fragment_frame(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    static IDENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     let mut out = Vec::new();
-    if crate::encap::fragment_ipv4(frame, chunk, |h, p| out.push([h, p].concat())) == 0 {
+    let mut emit = |h: &[u8], p: &[u8]| out.push([h, p].concat());
+    let n = if frame.get(12..14) == Some(&[0x86, 0xdd]) {
+        let id = IDENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::encap::fragment_ipv6(frame, chunk, id, &mut emit)
+    } else {
+        crate::encap::fragment_ipv4(frame, chunk, &mut emit)
+    };
+    if n == 0 {
         return vec![frame.to_vec()];
     }
     out
+}
+
+/// An Ethernet + IPv6 frame (no extension headers) as an atomic fragment:
+/// a Fragment header (offset 0, M clear, its own identification) after
+/// the IPv6 header; `None` for anything else.
+pub fn atomic_fragment(frame: &[u8]) -> Option<Vec<u8>> {
+    static IDENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    if frame.len() < 54 || frame[12..14] != [0x86, 0xdd] || matches!(frame[20], 0 | 43 | 44 | 60) {
+        return None;
+    }
+    let id = IDENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let plen = u16::from_be_bytes([frame[18], frame[19]]) + 8;
+    let mut f = frame[..54].to_vec();
+    f[18..20].copy_from_slice(&plen.to_be_bytes());
+    f[20] = 44;
+    f.extend_from_slice(&[frame[20], 0, 0, 0]);
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&frame[54..]);
+    Some(f)
 }
 
 /// UDP destination port of an IPv4 frame without options (0 if shorter).
@@ -217,9 +245,13 @@ pub struct Lab {
     pub nh_answer: Option<u32>,
     /// The requests the middle took from A, in order.
     pub nh_requests: Vec<Vec<u8>>,
-    /// Cut A's WAN frames into IPv4 fragments of at most this many payload
-    /// bytes (a multiple of 8) on their way to B, last fragment first.
+    /// Cut A's WAN frames into IPv4 or IPv6 fragments of at most this many
+    /// payload bytes (a multiple of 8) on their way to B, last fragment
+    /// first.
     pub fragment_wan: Option<usize>,
+    /// Give A's IPv6 WAN frames a Fragment header on their way to B, as
+    /// atomic fragments (offset 0, no more to come: RFC 6946).
+    pub atomic_wan: bool,
     /// Called on every WAN frame the middle passes, both ways (A's next-hop
     /// requests excepted; frames A sends to B after `delay_polls`).
     pub wan_hook: Option<WanHook>,
@@ -418,6 +450,7 @@ impl Lab {
             sas_a,
             sas_b,
             fragment_wan: None,
+            atomic_wan: false,
             wan_hook: None,
             nh_answer: None,
             nh_requests: Vec::new(),
@@ -526,12 +559,13 @@ impl Lab {
                 match delay {
                     k if k > 0 => self.held.push_back((self.poll_no + k as u64, m)),
                     _ if !self.pass_hook(WanDir::AToB, &mut m) => {}
-                    _ => match self.fragment_wan {
-                        Some(chunk) => {
+                    _ => match (self.fragment_wan, self.atomic_wan.then(|| atomic_fragment(m.data())).flatten()) {
+                        (Some(chunk), _) => {
                             let frags = fragment_frame(m.data(), chunk);
                             out.extend(frags.iter().rev().map(|f| self.raw(f)));
                         }
-                        None => out.push(m),
+                        (None, Some(f)) => out.push(self.raw(&f)),
+                        (None, None) => out.push(m),
                     },
                 }
             }

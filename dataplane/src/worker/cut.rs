@@ -11,7 +11,7 @@ use braid_tunnel::Nanos;
 
 use super::{Engine, Worker, ETH};
 use crate::counters::DpDrop;
-use crate::encap::{fragment_chunk, fragment_ipv4, fragment_ipv4_count, IP_AT};
+use crate::encap::{fragment_chunk, fragment_chunk_v6, fragment_ipv4, fragment_ipv4_count, fragment_ipv6, fragment_ipv6_count, IP_AT};
 use crate::segment;
 
 impl Worker {
@@ -79,22 +79,31 @@ impl Worker {
         self.lan_fit = queued;
     }
 
-    /// An outer packet bigger than WAN port `wan`'s MTU, sent as IPv4
-    /// fragments, each in a new mbuf; false (nothing sent) without mbufs
-    /// for every fragment. The fragments get an identification of their
-    /// own from this worker's share of the space (workers stride through
-    /// it), so that two workers' fragments never mix at the peer.
+    /// An outer packet bigger than WAN port `wan`'s MTU, sent as IPv4 or
+    /// IPv6 fragments, each in a new mbuf; false (nothing sent) without
+    /// mbufs for every fragment. The fragments get an identification of
+    /// their own from this worker's share of the space (workers stride
+    /// through it), so that two workers' fragments never mix at the peer:
+    /// IPv4's 16 bits of it, IPv6's 32 (a Fragment header's).
     #[cold]
     pub(super) fn send_fragments(&mut self, mut m: Mbuf, wan: usize, tag: (u16, u16)) -> bool {
         let id = self.frag_ident;
-        self.frag_ident = self.frag_ident.wrapping_add(self.workers().max(1));
-        if let Some(f) = m.data_mut().get_mut(IP_AT + 4..IP_AT + 6) {
-            f.copy_from_slice(&id.to_be_bytes());
-        }
-        let chunk = fragment_chunk(usize::from(self.wans[wan].mtu));
-        let n = fragment_ipv4_count(m.data(), chunk).unwrap_or(0);
+        self.frag_ident = self.frag_ident.wrapping_add(u32::from(self.workers().max(1)));
+        let mtu = usize::from(self.wans[wan].mtu);
         let out = &mut self.wan_out[wan];
-        let Some(made) = cut_into(&self.pool, &mut self.frag_scratch, n, out, |e| fragment_ipv4(m.data(), chunk, e)) else {
+        let made = if m.data().get(12..14) == Some(&[0x86, 0xdd]) {
+            let chunk = fragment_chunk_v6(mtu);
+            let n = fragment_ipv6_count(m.data(), chunk).unwrap_or(0);
+            cut_into(&self.pool, &mut self.frag_scratch, n, out, |e| fragment_ipv6(m.data(), chunk, id, e))
+        } else {
+            if let Some(f) = m.data_mut().get_mut(IP_AT + 4..IP_AT + 6) {
+                f.copy_from_slice(&(id as u16).to_be_bytes());
+            }
+            let chunk = fragment_chunk(mtu);
+            let n = fragment_ipv4_count(m.data(), chunk).unwrap_or(0);
+            cut_into(&self.pool, &mut self.frag_scratch, n, out, |e| fragment_ipv4(m.data(), chunk, e))
+        };
+        let Some(made) = made else {
             return false;
         };
         self.wan_tags[wan].extend(std::iter::repeat_n(tag, made));
