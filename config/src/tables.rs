@@ -1062,7 +1062,9 @@ fn parse_unicast_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 /// A WAN port's next hop: a unicast address inside the subnet of the
-/// port's address of the same family, not the port's own address.
+/// port's address of the same family, not the port's own address; or,
+/// for a port with an IPv6 address, an IPv6 link-local one (fe80::/10,
+/// where routers advertise themselves), on the link whatever the prefix.
 fn parse_next_hop(
     s: &str,
     v4: Option<IfaceAddr<Ipv4Addr>>,
@@ -1087,8 +1089,9 @@ fn parse_next_hop(
             let Some(i) = v6 else {
                 return Err(format!("{a}: the port has no ipv6 address to reach it from"));
             };
+            let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
             let mask = u128::MAX.checked_shl(128 - i.prefix_len as u32).unwrap_or(0);
-            (IpAddr::V6(i.addr), i.prefix_len, u128::from(a) & mask == u128::from(i.addr) & mask)
+            (IpAddr::V6(i.addr), i.prefix_len, link_local || u128::from(a) & mask == u128::from(i.addr) & mask)
         }
     };
     if ip == own {

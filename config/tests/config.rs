@@ -388,6 +388,15 @@ fn wan_next_hop_by_address() {
         v["ports"][1]["ipv6"] = json!("2001:db8:2::1/64");
     });
     assert_eq!(t.ports[1].next_hop, NextHop::Ip("2001:db8:2::fe".parse().unwrap()));
+    // A link-local router (as IPv6 routers advertise themselves): on the
+    // link whatever the port's prefix; it needs an IPv6 address on the
+    // port all the same (braid speaks IPv6 there from its link-local one).
+    let t = accepted(|v| {
+        wan_by_ip("fe80::1")(v);
+        v["ports"][1]["ipv6"] = json!("2001:db8:2::1/64");
+    });
+    assert_eq!(t.ports[1].next_hop, NextHop::Ip("fe80::1".parse().unwrap()));
+    refused(wan_by_ip("fe80::1"), "ports[1].next_hop", "no ipv6 address");
     // The document round-trips without a next_hop_mac.
     let mut v = example_value();
     wan_by_ip("192.0.2.254")(&mut v);

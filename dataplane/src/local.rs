@@ -58,26 +58,50 @@ pub enum Handled {
 pub struct Responder {
     v4: Option<[u8; 4]>,
     v6: Option<[u8; 16]>,
+    /// The port's link-local address, when it has an IPv6 one.
+    v6_ll: Option<[u8; 16]>,
     resolver: Resolver,
 }
 
+/// The link-local address a port with `mac` forms (RFC 4291 appendix A,
+/// modified EUI-64: fe80::, the MAC with ff:fe in its middle and the
+/// universal/local bit flipped), as a kernel tap with the same MAC does.
+pub fn link_local(mac: [u8; 6]) -> std::net::Ipv6Addr {
+    let mut a = [0u8; 16];
+    a[0..2].copy_from_slice(&[0xfe, 0x80]);
+    a[8..16].copy_from_slice(&[mac[0] ^ 0x02, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]]);
+    a.into()
+}
+
 impl Responder {
-    /// The responder of a port with `l2`'s MAC and addresses.
+    /// The responder of a port with `l2`'s MAC and addresses. A port with
+    /// an IPv6 address also has its link-local one ([`link_local`]): its
+    /// neighbor solicitations come from it (the source a router answers on
+    /// the link, whatever prefixes it knows) and it answers for it
+    /// (routers check their neighbors at that address).
     pub fn new(l2: &L2) -> Responder {
+        let ll = l2.ipv6.map(|_| link_local(l2.mac));
         let cfg = ResolverConfig {
             mac: Address(l2.mac),
             ipv4: l2.ipv4.into_iter().collect(),
-            ipv6: l2.ipv6.into_iter().collect(),
+            // The first is the source of solicitations.
+            ipv6: ll.into_iter().chain(l2.ipv6).collect(),
             // A LAN that resolves its hosts has many neighbors.
             capacity: if l2.on_link.is_some() { LAN_NEIGHBORS } else { ResolverConfig::default().capacity },
             ..Default::default()
         };
-        Responder { v4: l2.ipv4.map(|a| a.octets()), v6: l2.ipv6.map(|a| a.octets()), resolver: Resolver::new(cfg) }
+        Responder {
+            v4: l2.ipv4.map(|a| a.octets()),
+            v6: l2.ipv6.map(|a| a.octets()),
+            v6_ll: ll.map(|a| a.octets()),
+            resolver: Resolver::new(cfg),
+        }
     }
 
     /// Whether a received frame may be for the gateway itself: ARP; ICMP
-    /// to our IPv4 address; ICMPv6 to our IPv6 address or to a multicast
-    /// group (neighbor solicitations go to the solicited-node group).
+    /// to our IPv4 address; ICMPv6 to our IPv6 address, to our link-local
+    /// one or to a multicast group (neighbor solicitations go to the
+    /// solicited-node group).
     #[inline]
     pub fn wants(&self, d: &[u8]) -> bool {
         if d.len() < 14 {
@@ -87,7 +111,9 @@ impl Responder {
             ARP => true,
             IPV4 => self.v4.is_some_and(|a| d.len() >= V4_DST + 4 && d[V4_PROTO] == 1 && d[V4_DST..V4_DST + 4] == a),
             IPV6 => self.v6.is_some_and(|a| {
-                d.len() > ICMPV6_TYPE && d[V6_NEXT] == 58 && (d[V6_DST] == 0xff || d[V6_DST..V6_DST + 16] == a)
+                d.len() > ICMPV6_TYPE
+                    && d[V6_NEXT] == 58
+                    && (d[V6_DST] == 0xff || d[V6_DST..V6_DST + 16] == a || self.v6_ll.is_some_and(|ll| d[V6_DST..V6_DST + 16] == ll))
             }),
             _ => false,
         }
@@ -260,6 +286,13 @@ mod tests {
         assert!(r.wants(&v6(58, "ff02::1:ff00:1")), "solicited-node group");
         assert!(!r.wants(&v6(17, "fd00:1::1")));
         assert!(!r.wants(&v6(58, "fd00:2::1")));
+        // The link-local address 02:00:00:00:00:01 forms (the U/L bit
+        // flipped, ff:fe in the middle), and no other.
+        assert_eq!(link_local([2, 0, 0, 0, 0, 1]), "fe80::ff:fe00:1".parse::<core::net::Ipv6Addr>().unwrap());
+        assert_eq!(link_local([0x52, 0x54, 0, 0x12, 0x34, 0x56]), "fe80::5054:ff:fe12:3456".parse::<core::net::Ipv6Addr>().unwrap());
+        assert!(r.wants(&v6(58, "fe80::ff:fe00:1")), "ICMPv6 to our link-local address");
+        assert!(!r.wants(&v6(58, "fe80::ff:fe00:2")));
+        assert!(!port(Some("10.1.0.1"), None).wants(&v6(58, "fe80::ff:fe00:1")), "no IPv6 on the port, no link-local");
         assert!(!r.wants(&v4(1, [10, 1, 0, 1])[..30]), "truncated");
         assert!(!r.wants(&arp[..13]));
         let bare = port(None, None);

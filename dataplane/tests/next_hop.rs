@@ -1,6 +1,7 @@
 //! WAN next hops given by address, resolved by ARP / neighbor discovery, end
 //! to end on net_ring ports. A's WAN port names its next hop by address
-//! (192.0.2.254, or 2001:db8:a::fe); the lab's WAN middle plays that router
+//! (192.0.2.254, 2001:db8:a::fe, or the link-local fe80::1); the lab's WAN
+//! middle plays that router
 //! with B's WAN MAC, answering A's first request, a late one, or none.
 //! Until the next hop answers, A's ESP packets are dropped and counted
 //! (`next_hop_unresolved`), nothing is queued, and the other direction
@@ -241,7 +242,19 @@ fn a_silent_next_hop_is_unresolved_and_the_other_direction_flows() {
 /// An IPv6 next hop is resolved by neighbor solicitation / advertisement.
 #[test]
 fn an_ipv6_next_hop_is_resolved_by_neighbor_discovery() {
-    let (mut lab, _g) = start("nhsix", "plain", "2001:db8:a::fe");
+    let (lab, _g, _) = resolved_v6("nhsix", "2001:db8:a::fe");
+    let (a, b) = lab.counters();
+    lab::assert_conserved(&a, "A", true);
+    lab::assert_conserved(&b, "B", true);
+    lab.close();
+}
+
+/// A's IPv6 next hop `next_hop` answers A's first solicitation, which
+/// leaves from A's link-local address (modified EUI-64 of its WAN MAC)
+/// to the target's solicited-node group: every packet arrives, all ESP to
+/// the MAC learned. Returns the lab and the solicitation.
+fn resolved_v6(case: &str, next_hop: &'static str) -> (Lab, std::sync::MutexGuard<'static, ()>, Vec<u8>) {
+    let (mut lab, g) = start(case, "plain", next_hop);
     lab.nh_answer = Some(1);
     at(&mut lab, 0);
     let flows = a_flows();
@@ -249,15 +262,64 @@ fn an_ipv6_next_hop_is_resolved_by_neighbor_discovery() {
     lab.settle(20);
     assert_eq!(tags(&mut lab.delivered).len(), 100 * flows.len());
     assert_eq!(lab.nh_requests.len(), 1);
-    let ns = &lab.nh_requests[0];
-    let target: Ipv6Addr = "2001:db8:a::fe".parse().unwrap();
+    let ns = lab.nh_requests[0].clone();
+    let target = next_hop.parse::<Ipv6Addr>().unwrap().octets();
     assert_eq!((&ns[12..14], ns[54]), (&[0x86, 0xdd][..], 135), "a neighbor solicitation");
-    assert_eq!(ns[62..78], target.octets());
-    assert_eq!(ns[0..6], [0x33, 0x33, 0xff, 0, 0, 0xfe], "to the solicited-node group");
+    assert_eq!(ns[22..38], A_LINK_LOCAL.parse::<Ipv6Addr>().unwrap().octets(), "from A's link-local address");
+    assert_eq!(ns[62..78], target);
+    assert_eq!(ns[0..6], [0x33, 0x33, 0xff, target[13], target[14], target[15]], "to the solicited-node group");
     assert_eq!(esp_to(&mut lab, lab::mac(lab::B_WAN_MAC)), 100 * flows.len());
-    let (a, b) = lab.counters();
+    let (a, _) = lab.counters();
     assert_eq!((a.local.requests, a.local.learned), (1, 1));
     assert_eq!(a.drops.get(DpDrop::NextHopUnresolved), 0);
+    (lab, g, ns)
+}
+
+/// A's WAN link-local address: 02:aa:00:00:01:01 in modified EUI-64.
+const A_LINK_LOCAL: &str = "fe80::aa:ff:fe00:101";
+
+/// An IPv6 router on the link by its link-local address (how routers
+/// advertise themselves): A solicits it from its own link-local address
+/// (modified EUI-64 of its WAN MAC), learns it from the advertisement sent
+/// back there, and answers the router's own checks: a neighbor
+/// solicitation and an echo request to A's link-local address.
+#[test]
+fn a_link_local_ipv6_next_hop_is_resolved_from_the_link_local_address() {
+    use braid_tunnel::wire::ethernet::{self, Address, EtherType};
+    use braid_tunnel::wire::{icmpv6, ipv6, AddrPair, IpProtocol};
+    let (mut lab, _g, _) = resolved_v6("nhll", "fe80::1");
+    let a_ll: Ipv6Addr = A_LINK_LOCAL.parse().unwrap();
+    assert_eq!(braid_dataplane::local::link_local(lab::mac(lab::A_WAN_MAC)), a_ll);
+
+    // The router checks A (unicast neighbor solicitation, then a ping), at
+    // A's link-local address.
+    let router: Ipv6Addr = "fe80::1".parse().unwrap();
+    let frame = |dst: Ipv6Addr, msg: &[u8], hop_limit: u8| {
+        let mut f = vec![0u8; 14 + 40 + msg.len()];
+        ethernet::Repr { src_addr: Address(lab::mac(lab::B_WAN_MAC)), dst_addr: Address(lab::mac(lab::A_WAN_MAC)), vlan: None, ethertype: EtherType::IPV6 }
+            .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
+        ipv6::Repr { src_addr: router, dst_addr: dst, next_header: IpProtocol::ICMPV6, payload_len: msg.len(), hop_limit, traffic_class: 0, flow_label: 0 }
+            .emit(&mut ipv6::Packet::new_unchecked(&mut f[14..]));
+        f[54..].copy_from_slice(msg);
+        icmpv6::Packet::new_unchecked(&mut f[54..]).fill_checksum(&AddrPair::V6 { src: router, dst });
+        f
+    };
+    let nd = icmpv6::Repr::NeighborSolicit { target: a_ll, source_lladdr: Some(Address(lab::mac(lab::B_WAN_MAC))) };
+    let mut msg = vec![0u8; nd.buffer_len()];
+    nd.emit(&mut icmpv6::Packet::new_unchecked(&mut msg[..]), &AddrPair::V6 { src: router, dst: a_ll });
+    let echo = [128, 0, 0, 0, 0x12, 0x34, 0, 1, b'l', b'l'];
+    let mut v = vec![lab.raw(&frame(a_ll, &msg, 255)), lab.raw(&frame(a_ll, &echo, 64))];
+    lab.capture = Some(Vec::new());
+    lab.mid_a.tx.tx_all(&mut v, 100);
+    lab.settle(5);
+    let (a, b) = lab.counters();
+    assert_eq!((a.local.na_replies, a.local.echo_v6_replies), (1, 1), "{:?}", a.local);
+    let out = lab.capture.take().unwrap();
+    let na = out.iter().find(|f| f.len() > 54 && f[12..14] == [0x86, 0xdd] && f[54] == 136).expect("a neighbor advertisement");
+    assert_eq!((&na[22..38], &na[38..54]), (&a_ll.octets()[..], &router.octets()[..]), "from A's link-local to the router");
+    assert_eq!(na[62..78], a_ll.octets(), "about A's link-local address");
+    let reply = out.iter().find(|f| f.len() > 54 && f[12..14] == [0x86, 0xdd] && f[54] == 129).expect("an echo reply");
+    assert_eq!((&reply[22..38], &reply[reply.len() - 2..]), (&a_ll.octets()[..], &b"ll"[..]));
     lab::assert_conserved(&a, "A", true);
     lab::assert_conserved(&b, "B", true);
     lab.close();
