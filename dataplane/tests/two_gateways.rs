@@ -668,14 +668,35 @@ fn bad_input_on_either_side_is_dropped_and_counted() {
 /// the pools end full. Rounds from PROPTEST_CASES (default 256).
 #[test]
 fn random_and_mutated_frames_never_crash_a_gateway() {
+    fuzz("fz", false);
+}
+
+/// The same over IPv6 tunnels, the WAN frames mutated including outer
+/// IPv6 fragments and atomic fragments of them.
+#[test]
+fn random_and_mutated_frames_never_crash_a_gateway_over_ipv6() {
+    fuzz("fz6", true);
+}
+
+fn fuzz(case: &str, v6: bool) {
     let rounds: usize = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    let (mut lab, _g) = start("fz", "bundle", &[1, 2], 16, 1500);
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let edit = v6.then(|| lab::outer_v6(vec![true, true]));
+    let mut lab = Lab::with(case, "bundle", &[1, 2], 16, 1500, lab::LabOptions { edit, ..Default::default() });
     lab.capture = Some(Vec::new());
     lab.capture_limit = 64;
     let fl = flows(4);
     let c = run(&mut lab, &fl, 16);
     assert_eq!(c.received, 64);
-    let wan_frames = lab.capture.take().unwrap();
+    let mut wan_frames = lab.capture.take().unwrap();
+    if v6 {
+        assert!(wan_frames.iter().all(|f| f[12..14] == [0x86, 0xdd]));
+        let extra: Vec<Vec<u8>> = wan_frames
+            .iter()
+            .flat_map(|f| lab::fragment_frame(f, 256).into_iter().chain(lab::atomic_fragment(f)))
+            .collect();
+        wan_frames.extend(extra);
+    }
     let lan_ips: Vec<Vec<u8>> = (0..8).map(|i| ip_packet(&fl[i % 4], 100 + i as u32, SIZES[i])).collect();
     // A small deterministic PRNG (xorshift64*).
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -753,9 +774,15 @@ fn random_and_mutated_frames_never_crash_a_gateway() {
     let seen = |c: &WorkerCounters| c.tunnels[0].iter().map(|t| t.rx.packets + t.rejected).sum::<u64>();
     let accepted = seen(&b) - seen(&b0);
     let b_drops = b.drops.total_rx() - b0.drops.total_rx();
-    assert_eq!(accepted + b_drops, b_rx, "B: {:?} engine {:?}", b.drops.named(), b.engine.named());
+    // Fragments taken are counted when their packet is whole (or in
+    // `frags.discarded` when it never is).
+    let (taken, whole) = (b.frags.taken - b0.frags.taken, b.frags.reassembled - b0.frags.reassembled);
+    assert_eq!(accepted + b_drops + taken, b_rx + whole, "B: {:?} engine {:?} frags {:?}", b.drops.named(), b.engine.named(), b.frags);
+    if v6 {
+        assert!(taken > 0 && b.frags.atomic > 0, "fragments reached B: {:?}", b.frags);
+    }
     lab::assert_conserved(&a, "A", false);
     lab::assert_conserved(&b, "B", false);
-    eprintln!("fuzz: {lan_in} LAN frames, {wan_in} WAN frames; A drops {:?}; B drops {:?}; B engine {:?}", a.drops.named(), b.drops.named(), b.engine.named());
+    eprintln!("fuzz: {lan_in} LAN frames, {wan_in} WAN frames; A drops {:?}; B drops {:?}; B engine {:?}; B frags {:?}", a.drops.named(), b.drops.named(), b.engine.named(), b.frags);
     lab.close();
 }
