@@ -207,8 +207,9 @@ pub struct BundleConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_secs: Option<u32>,
     /// Plain mode: an ESP packet bigger than its WAN port's MTU leaves as
-    /// outer IPv4 fragments (RFC 4459 section 4.1, fragmenting after
-    /// encryption) instead of being dropped as `too_big`. Default off.
+    /// outer IPv4 or IPv6 fragments (RFC 4459 section 4.1, fragmenting
+    /// after encryption) instead of being dropped as `too_big`. Default
+    /// off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outer_fragmentation: Option<bool>,
     pub tunnels: Vec<TunnelConfig>,
@@ -432,7 +433,7 @@ pub struct Bundle {
     /// (RFC 3948 section 2.3); 0: never.
     pub keepalive_secs: u32,
     /// Plain mode only: ESP packets bigger than a WAN port's MTU leave as
-    /// outer IPv4 fragments.
+    /// outer IPv4 or IPv6 fragments.
     pub outer_fragmentation: bool,
     /// Index in [`Tables::peers`] of the peer using this bundle, if any.
     pub peer: Option<usize>,

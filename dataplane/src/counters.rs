@@ -53,9 +53,9 @@ drops! {
     /// checksum).
     BadOuterUdp => "bad_outer_udp",
     /// An outer IPv6 fragment braid cannot reassemble: its Fragment
-    /// header truncated or with reserved bits set, a non-last fragment
-    /// not a multiple of 8 bytes, or a fragment inside a reassembled
-    /// packet.
+    /// header cut short, a payload length under 8 or past the frame, a
+    /// non-last fragment not a multiple of 8 bytes, one ending past
+    /// 65,535 bytes, or a fragment inside a reassembled packet.
     OuterFragmentV6 => "outer_ipv6_fragment",
     /// UDP payload with the non-ESP marker (IKE): no IKE here.
     NonEsp => "non_esp",

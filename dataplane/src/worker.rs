@@ -94,7 +94,7 @@ pub struct BundleSetup {
     /// (RFC 3948 section 2.3); 0: never.
     pub keepalive: Nanos,
     /// Plain mode: ESP packets bigger than their WAN port's MTU leave as
-    /// outer IPv4 fragments instead of being dropped (`too_big`).
+    /// outer IPv4 or IPv6 fragments instead of being dropped (`too_big`).
     pub outer_fragmentation: bool,
     pub tunnels: Vec<TunnelSetup>,
 }
@@ -271,7 +271,7 @@ pub struct Worker {
     ident: u16,
     /// When timers next run.
     next_timers: Nanos,
-    /// Outer IPv4 fragments being reassembled (time in `Nanos`).
+    /// Outer IPv4 and IPv6 fragments being reassembled (time in `Nanos`).
     frag: Reassembly,
     /// When the next ICMP error may be sent (rate limit, RFC 1812 4.3.2.8).
     next_icmp: Nanos,
@@ -297,9 +297,10 @@ pub struct Worker {
     lan_fit: Vec<Mbuf>,
     /// Plain mode GSO: one packet's segments (scratch).
     gso_pieces: Vec<Mbuf>,
-    /// Identification of the next outer packet sent as fragments: worker
-    /// `id`'s share of the space, striding by the number of workers.
-    frag_ident: u32,
+    /// Outer packets this worker sent as fragments: their identification
+    /// is the next number of this worker's share of the space
+    /// ([`frag_ident`]).
+    frag_count: u32,
     /// Fresh mbufs for delivered inner packets, allocated in bulk.
     stash: MbufStash,
     lan_out: Vec<Mbuf>,
@@ -464,7 +465,7 @@ impl Worker {
             frag_scratch: Vec::with_capacity(MAX_OUTER_FRAGMENTS),
             lan_fit: Vec::new(),
             gso_pieces: Vec::new(),
-            frag_ident: u32::from(setup.id),
+            frag_count: 0,
             stash: MbufStash::new(BURST),
             lan_out: Vec::with_capacity(4 * BURST),
             wan_out: (0..nwan).map(|_| Vec::with_capacity(4 * BURST)).collect(),
@@ -1266,7 +1267,7 @@ impl Worker {
         let total = if v6 { outer_fragment_v6_len(m.data())? } else { outer_ip_len(m.data())? };
         let pad = m.data_len() - ETH - total;
         m.trim(pad);
-        if v6 && m.data()[IP_AT + 42..IP_AT + 44] == [0, 0] {
+        if v6 && u16::from_be_bytes([m.data()[IP_AT + 42], m.data()[IP_AT + 43]]) & !6 == 0 {
             // An atomic fragment (offset 0, no more): a whole packet with a
             // Fragment header, processed as such (RFC 8200 section 4.5,
             // RFC 6946), never mixed with fragments of the same id.
@@ -1288,7 +1289,7 @@ impl Worker {
                 whole.map(Some).map_err(|_| DpDrop::TooBig)
             }
             Ok(None) => Ok(None),
-            // Not reached: checked to be an IPv4 fragment above.
+            // Not reached: checked to be a fragment of its version above.
             Err(_) => Err(DpDrop::BadOuterIp),
         }
     }
@@ -1915,26 +1916,9 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
                 balancer.set_params(i, t.params);
             }
             let min_mtu = bs.tunnels.iter().map(|t| setup.wans.get(t.wan).map_or(0, |w| w.mtu as usize)).min().unwrap_or(0);
-            let any_v6 = bs.tunnels.iter().any(|t| t.local.is_ipv6());
-            let outer_ip_udp = if any_v6 { OUTER_LEN_V6 - ETH } else { OUTER_IP_UDP };
-            // Fragmented, what the peer's reassembly takes (DPDK's 8
-            // fragments) on every tunnel of the bundle: IPv4 within its
-            // 64 KiB total length; IPv6's fragments carry less (a 40-byte
-            // header and a Fragment header each), within 64 KiB of payload.
-            // As the largest outer header's IP packet.
-            let max_outer = if bs.outer_fragmentation {
-                let v4 = bs.tunnels.iter().any(|t| t.local.is_ipv4());
-                let v4_payload = (MAX_OUTER_FRAGMENTS * fragment_chunk(min_mtu)).min(usize::from(u16::MAX) - 20);
-                let v6_payload = (MAX_OUTER_FRAGMENTS * fragment_chunk_v6(min_mtu)).min(usize::from(u16::MAX));
-                let payload = match (v4, any_v6) {
-                    (true, true) => v4_payload.min(v6_payload),
-                    (_, true) => v6_payload,
-                    _ => v4_payload,
-                };
-                outer_ip_udp - 8 + payload
-            } else {
-                min_mtu
-            };
+            let v4 = bs.tunnels.iter().any(|t| t.local.is_ipv4());
+            let v6 = bs.tunnels.iter().any(|t| t.local.is_ipv6());
+            let (outer_ip_udp, max_outer) = plain_outer_limits(min_mtu, bs.outer_fragmentation, v4, v6);
             let inner_mtu = (0..=u16::MAX).rev().find(|&l| outer_ip_udp + esp::packet_len(l as usize) <= max_outer).unwrap_or(0);
             Engine::Plain(Plain {
                 balancer,
@@ -2271,6 +2255,42 @@ fn is_ipv4(d: &[u8]) -> bool {
     d.len() >= ETH && u16::from_be_bytes([d[12], d[13]]) == 0x0800
 }
 
+/// Plain mode's size limits for a bundle whose smallest WAN MTU is
+/// `min_mtu`, with tunnels over IPv4 (`v4`) and/or IPv6 (`v6`): the outer
+/// IP and UDP header bytes of its longest header, and the largest outer
+/// IP packet with that header that every tunnel carries: the MTU, or
+/// with `fragmentation` what the peer's reassembly takes (DPDK's 8
+/// fragments) on each: IPv4 within its 64 KiB total length, IPv6's
+/// fragments carrying less each (a 40-byte header and a Fragment header)
+/// within 64 KiB of payload.
+fn plain_outer_limits(min_mtu: usize, fragmentation: bool, v4: bool, v6: bool) -> (usize, usize) {
+    let outer_ip_udp = if v6 { OUTER_LEN_V6 - ETH } else { OUTER_IP_UDP };
+    if !fragmentation {
+        return (outer_ip_udp, min_mtu);
+    }
+    let v4_payload = (MAX_OUTER_FRAGMENTS * fragment_chunk(min_mtu)).min(usize::from(u16::MAX) - 20);
+    let v6_payload = (MAX_OUTER_FRAGMENTS * fragment_chunk_v6(min_mtu)).min(usize::from(u16::MAX));
+    let payload = match (v4, v6) {
+        (true, true) => v4_payload.min(v6_payload),
+        (_, true) => v6_payload,
+        _ => v4_payload,
+    };
+    // The UDP header is in the fragmented payload.
+    (outer_ip_udp, outer_ip_udp - 8 + payload)
+}
+
+/// The identification of the `k`-th packet worker `w` of `workers` cuts
+/// into fragments, in a space of `bits` bits (IPv4's 16, IPv6's 32):
+/// `w`, `w + workers`, `w + 2 workers`... wrapping within the worker's own
+/// share, so that two workers' identifications never meet at the peer
+/// whatever their number (a counter wrapping at 2^bits would, unless the
+/// number of workers divides it).
+fn frag_ident(w: u16, workers: u16, k: u32, bits: u32) -> u32 {
+    let n = u64::from(workers.max(1));
+    let share = (1u64 << bits) / n;
+    (u64::from(w) + n * (u64::from(k) % share)) as u32
+}
+
 /// Whether WAN frame `d` is an outer IP fragment: IPv4 with MF or an
 /// offset, or IPv6 with a Fragment header first.
 #[inline(always)]
@@ -2290,9 +2310,9 @@ fn is_outer_fragment(d: &[u8]) -> bool {
 
 /// The IP length (40 + payload length) of an outer IPv6 fragment whose
 /// header and Fragment header are sane: version 6, both within the frame,
-/// a non-last fragment's payload a multiple of 8 bytes (RFC 8200 section
-/// 4.5), the Fragment header's reserved fields zero. Else
-/// `outer_ipv6_fragment`.
+/// a non-last fragment's payload a multiple of 8 bytes, and offset plus
+/// payload within 65,535 bytes (RFC 8200 section 4.5; the reserved
+/// fields are ignored, as it says). Else `outer_ipv6_fragment`.
 fn outer_fragment_v6_len(d: &[u8]) -> Result<usize, DpDrop> {
     let ip = d.get(IP_AT..).ok_or(DpDrop::OuterFragmentV6)?;
     if ip.len() < 48 || ip[0] >> 4 != 6 || ip[6] != 44 {
@@ -2300,8 +2320,8 @@ fn outer_fragment_v6_len(d: &[u8]) -> Result<usize, DpDrop> {
     }
     let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
     let off = u16::from_be_bytes([ip[42], ip[43]]);
-    let more = off & 1 != 0;
-    if plen < 8 || 40 + plen > ip.len() || ip[41] != 0 || off & 6 != 0 || (more && !(plen - 8).is_multiple_of(8)) {
+    let (offset, more) = (usize::from(off & !7), off & 1 != 0);
+    if plen < 8 || 40 + plen > ip.len() || (more && !(plen - 8).is_multiple_of(8)) || offset + plen - 8 > 65535 {
         return Err(DpDrop::OuterFragmentV6);
     }
     Ok(40 + plen)
@@ -2398,7 +2418,41 @@ fn write_eth(buf: &mut [u8], lan: &L2) {
 
 #[cfg(test)]
 mod tests {
-    use super::inner_ip_len;
+    use super::{frag_ident, inner_ip_len, plain_outer_limits};
+
+    #[test]
+    fn plain_mode_limits_with_and_without_outer_fragments() {
+        // Whole packets: the MTU, with the longest header.
+        assert_eq!(plain_outer_limits(1500, false, true, false), (28, 1500));
+        assert_eq!(plain_outer_limits(1500, false, true, true), (48, 1500));
+        // 8 fragments of a 1500-byte MTU: IPv4 1480 bytes each, IPv6 1448
+        // (a 40-byte header and an 8-byte Fragment header, rounded down to
+        // a multiple of 8); a bundle of both takes the smaller.
+        assert_eq!(plain_outer_limits(1500, true, true, false), (28, 20 + 8 * 1480));
+        assert_eq!(plain_outer_limits(1500, true, false, true), (48, 40 + 8 * 1448));
+        assert_eq!(plain_outer_limits(1500, true, true, true), (48, 40 + 8 * 1448));
+        // Jumbo MTUs: IPv4's total length and IPv6's payload length cap them.
+        assert_eq!(plain_outer_limits(9000, true, true, false), (28, 65535));
+        assert_eq!(plain_outer_limits(9000, true, false, true), (48, 40 + 65535));
+        assert_eq!(plain_outer_limits(9000, true, true, true), (48, 40 + 65515));
+    }
+
+    #[test]
+    fn fragment_identifications_of_workers_never_meet() {
+        // Three workers (3 does not divide 2^16): each one's IPv4 ids stay
+        // in its own residue class however far its count goes, past the
+        // wrap.
+        for w in 0..3u16 {
+            for k in (0..200_000u32).step_by(7) {
+                let id = frag_ident(w, 3, k, 16);
+                assert!(id < 65536 && id % 3 == u32::from(w), "worker {w}, packet {k}: {id}");
+            }
+            assert_eq!(frag_ident(w, 3, 21845, 16), u32::from(w), "wraps within the share");
+        }
+        assert_eq!((frag_ident(0, 1, 65536, 16), frag_ident(0, 1, 65537, 16)), (0, 1));
+        assert_eq!(frag_ident(1, 2, u32::MAX, 32), u32::MAX, "IPv6: the whole 32 bits");
+        assert_eq!(frag_ident(2, 3, 5, 32), 17);
+    }
 
     fn v4(ihl: u8, total: u16, len: usize) -> Vec<u8> {
         let mut p = vec![0u8; len];

@@ -144,11 +144,19 @@ fn outer_fragments_over(mode: &str, v6: &[bool]) {
     let edit = v6.iter().any(|&x| x).then(|| lab::outer_v6(v6.to_vec()));
     let mut lab = Lab::with(&case, mode, &[1, 1], 16, wan_mtu, lab::LabOptions { edit, ..Default::default() });
     lab.fragment_wan = Some(chunk);
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = 1_000_000;
     let fl = flows(8);
     let c = run(&mut lab, &fl, 150);
     assert_clean(&lab, &c, 1200);
     let (_, b) = lab.counters();
-    eprintln!("{mode}: B outer fragments {:?}", b.frags);
+    eprintln!("{mode} {v6:?}: B outer fragments {:?}", b.frags);
+    // Every frame the path cut (A's, as captured before the cut) was made
+    // whole again, of each IP version the bundle's tunnels use.
+    let cut: Vec<Vec<u8>> = lab.capture.take().unwrap().into_iter().filter(|f| lab::fragment_frame(f, chunk).len() > 1).collect();
+    let cut_v6 = cut.iter().filter(|f| f[12..14] == [0x86, 0xdd]).count();
+    assert_eq!((cut_v6 > 0, cut_v6 < cut.len()), (v6.contains(&true), v6.contains(&false)), "{cut_v6} of {} over IPv6", cut.len());
+    assert_eq!(b.frags.reassembled, cut.len() as u64, "{:?}", b.frags);
     assert!(b.frags.reassembled > 100, "{:?}", b.frags);
     assert!(b.frags.taken >= 2 * b.frags.reassembled);
     assert_eq!(b.frags.discarded, 0);
@@ -372,10 +380,11 @@ fn bundle_and_plain_mode_over_an_ipv4_and_an_ipv6_tunnel() {
 }
 
 /// Bad input on IPv6 tunnels, towards B: a zero or wrong UDP checksum
-/// (IPv6 has no header checksum; the UDP one guards the addresses), an
-/// outer IPv6 fragment whose Fragment header has reserved bits set and
-/// one whose payload is not a multiple of 8 bytes though more follow, a
-/// payload length past the frame, and a tunnel's ESP over the other IP
+/// (IPv6 has no header checksum; the UDP one guards the addresses), outer
+/// IPv6 fragments cut short, with a payload shorter than the Fragment
+/// header, not a multiple of 8 bytes though more follow, or past 64 KiB,
+/// and fragments of a packet that is a fragment itself, a payload length
+/// past the frame, and a tunnel's ESP over the other IP
 /// version: each dropped and counted; a flood of lone first fragments is
 /// held by the reassembly and freed when its time is up; a NAT-keepalive
 /// over IPv6 is counted as one; B still delivers afterwards.
@@ -399,13 +408,27 @@ fn bad_input_on_ipv6_tunnels_is_dropped_and_counted() {
     let n = v.len();
     v[n - 1] ^= 1;
     bad.push(v);
-    let mut v = esp.clone();
-    v[14 + 6] = 44; // a "Fragment header" (the UDP header: reserved bits set)
+    let first = lab::fragment_frame(&esp, 64)[0].clone();
+    let mut v = first[..14 + 40 + 4].to_vec(); // a Fragment header cut short
+    v[18..20].copy_from_slice(&4u16.to_be_bytes());
     bad.push(v);
-    let mut v = lab::fragment_frame(&esp, 64)[0].clone();
+    let mut v = first.clone();
+    v[18..20].copy_from_slice(&4u16.to_be_bytes()); // payload shorter than the Fragment header
+    bad.push(v);
+    let mut v = first.clone();
     v.truncate(v.len() - 3); // 61 bytes, and more to come
     v[18..20].copy_from_slice(&(8u16 + 61).to_be_bytes());
     bad.push(v);
+    let mut v = first.clone();
+    v[56..58].copy_from_slice(&(65528u16 | 1).to_be_bytes()); // past 65,535 bytes
+    bad.push(v);
+    // Fragments whose packet, made whole, is a fragment again.
+    let mut inner = lab::atomic_fragment(&esp).unwrap();
+    inner[20] = 17; // let it be cut
+    for mut f in lab::fragment_frame(&inner, 256) {
+        f[54] = 44;
+        bad.push(f);
+    }
     // A flood of lone first fragments, each of its own packet.
     for _ in 0..300 {
         bad.push(lab::fragment_frame(&esp, 64)[0].clone());
@@ -445,11 +468,12 @@ fn bad_input_on_ipv6_tunnels_is_dropped_and_counted() {
     eprintln!("B drops {:?}, engine {:?}", b.drops.named(), b.engine.named());
     assert_eq!(b.keepalives_rx, keepalives + 1, "the IPv6 keepalive");
     assert_eq!(b.drops.get(DpDrop::BadOuterUdp), 2, "zero and wrong UDP checksums");
-    assert_eq!(b.drops.get(DpDrop::OuterFragmentV6), 2, "reserved bits, a non-last fragment not a multiple of 8");
+    assert_eq!(b.drops.get(DpDrop::OuterFragmentV6), 5, "short, shorter than its header, not a multiple of 8, past 64 KiB, nested");
     assert_eq!(b.drops.get(DpDrop::BadOuterIp), 1, "payload length past the frame");
     assert_eq!(b.drops.get(DpDrop::TunnelMismatch), 1, "ESP of an IPv6 tunnel over IPv4");
     assert_eq!(b.engine.named(), vec![], "nothing reached the engine");
-    assert_eq!((b.frags.taken, b.frags.reassembled), (300, 0), "the flood is held by the reassembly");
+    let nested = lab::fragment_frame(&esp, 256).len() as u64;
+    assert_eq!((b.frags.taken, b.frags.reassembled), (300 + nested, 1), "the flood is held by the reassembly");
     lab::assert_conserved(&b, "B", false);
     lab.now += 2_000_000_000;
     lab.step();

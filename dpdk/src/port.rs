@@ -542,7 +542,7 @@ impl Port {
             return None;
         }
         let reta = entries.iter().flat_map(|e| e.reta).take(size).collect();
-        crate::rss::RssSteering::new(key, reta)
+        crate::rss::RssSteering::new(key, reta).map(|s| s.with_rss_hf(conf.rss_hf))
     }
 
     /// Starts the port.

@@ -6,19 +6,56 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// A port's RSS key and redirection table.
+/// What a port's RSS hashes in a UDP packet of one IP version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpHash {
+    /// Addresses and ports (`RTE_ETH_RSS_NONFRAG_IPV4_UDP`, `..._IPV6_UDP`).
+    AddrsPorts,
+    /// Addresses only (`RTE_ETH_RSS_IPV4`, `..._IPV6`, without the UDP type).
+    Addrs,
+    /// Nothing: the packets all reach one queue, which is not known here.
+    Nothing,
+}
+
+/// A port's RSS key, redirection table and hash types.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RssSteering {
     key: Vec<u8>,
     reta: Vec<u16>,
+    /// For UDP over IPv4, over IPv6.
+    udp: [UdpHash; 2],
 }
 
 impl RssSteering {
     /// `None` unless the key has at least the 4 bytes the hash starts from
     /// (plus one per input byte, else the missing bits count as zero) and
-    /// the table is not empty.
+    /// the table is not empty. UDP is taken as hashed over addresses and
+    /// ports for both IP versions ([`with_rss_hf`](Self::with_rss_hf) says
+    /// otherwise).
     pub fn new(key: Vec<u8>, reta: Vec<u16>) -> Option<RssSteering> {
-        (key.len() >= 4 && !reta.is_empty()).then_some(RssSteering { key, reta })
+        (key.len() >= 4 && !reta.is_empty()).then_some(RssSteering { key, reta, udp: [UdpHash::AddrsPorts; 2] })
+    }
+
+    /// The hash types the port reports (`rte_eth_rss_conf.rss_hf`): what
+    /// it hashes in UDP over each IP version.
+    pub fn with_rss_hf(mut self, rss_hf: u64) -> RssSteering {
+        let of = |udp: u64, ip: u64| {
+            if rss_hf & udp != 0 {
+                UdpHash::AddrsPorts
+            } else if rss_hf & ip != 0 {
+                UdpHash::Addrs
+            } else {
+                UdpHash::Nothing
+            }
+        };
+        use dpdk_sys::consts::*;
+        self.udp = [of(BRAID_ETH_RSS_NONFRAG_IPV4_UDP, BRAID_ETH_RSS_IPV4), of(BRAID_ETH_RSS_NONFRAG_IPV6_UDP, BRAID_ETH_RSS_IPV6)];
+        self
+    }
+
+    /// What the port hashes in UDP over IPv4 (`false`) or IPv6 (`true`).
+    pub fn udp_hash(&self, v6: bool) -> UdpHash {
+        self.udp[usize::from(v6)]
     }
 
     /// The queue of an IPv4 UDP (or TCP) packet `src:sport -> dst:dport`,
@@ -47,14 +84,37 @@ impl RssSteering {
         self.reta[h as usize % self.reta.len()]
     }
 
-    /// The queue of a UDP packet `src -> dst` of either IP version;
-    /// `None` when the two are of different versions (no such packet).
+    /// The queue of a UDP packet `src -> dst` of either IP version, by
+    /// what the port hashes for that version ([`UdpHash`]); `None` when
+    /// it hashes nothing of it, or the two are of different versions (no
+    /// such packet).
     pub fn queue(&self, src: SocketAddr, dst: SocketAddr) -> Option<u16> {
-        match (src, dst) {
-            (SocketAddr::V4(s), SocketAddr::V4(d)) => Some(self.queue_v4(*s.ip(), s.port(), *d.ip(), d.port())),
-            (SocketAddr::V6(s), SocketAddr::V6(d)) => Some(self.queue_v6(*s.ip(), s.port(), *d.ip(), d.port())),
-            _ => None,
+        if src.is_ipv4() != dst.is_ipv4() {
+            return None;
         }
+        let ports = match self.udp_hash(src.is_ipv6()) {
+            UdpHash::AddrsPorts => true,
+            UdpHash::Addrs => false,
+            UdpHash::Nothing => return None,
+        };
+        let mut input = [0u8; 36];
+        let mut n = 0;
+        let mut put = |b: &[u8]| {
+            input[n..n + b.len()].copy_from_slice(b);
+            n += b.len();
+        };
+        for a in [src, dst] {
+            match a.ip() {
+                std::net::IpAddr::V4(ip) => put(&ip.octets()),
+                std::net::IpAddr::V6(ip) => put(&ip.octets()),
+            }
+        }
+        if ports {
+            put(&src.port().to_be_bytes());
+            put(&dst.port().to_be_bytes());
+        }
+        let h = toeplitz(&self.key, &input[..n]);
+        Some(self.reta[h as usize % self.reta.len()])
     }
 
     /// The redirection table.
@@ -116,7 +176,7 @@ mod tests {
         let cases = [
             (("3ffe:2501:200:1fff::7", 2794), ("3ffe:2501:200:3::1", 1766), Some(0x2cc1_8cd5), 0x4020_7d3d),
             (("3ffe:501:8::260:97ff:fe40:efab", 14230), ("ff02::1", 4739), Some(0x0f0c_461c), 0xdde5_1bbf),
-            (("3ffe:1900:4545:3:200:f8ff:fe21:67cf", 44251), ("fe80::200:f8ff:fe21:67cf", 38024), None, 0x02d1_feef),
+            (("3ffe:1900:4545:3:200:f8ff:fe21:67cf", 44251), ("fe80::200:f8ff:fe21:67cf", 38024), Some(0x4b61_e985), 0x02d1_feef),
         ];
         let reta: Vec<u16> = (0..128).collect();
         let s = RssSteering::new(KEY.to_vec(), reta).unwrap();
@@ -134,6 +194,20 @@ mod tests {
             let (a, b) = (SocketAddr::new(src.into(), sp), SocketAddr::new(dst.into(), dp));
             assert_eq!(s.queue(a, b), Some(s.queue_v6(src, sp, dst, dp)));
             assert_eq!(s.queue(a, "192.0.2.1:4500".parse().unwrap()), None, "no mixed-version packet");
+            // A port that hashes IPv6 addresses only, or nothing of IPv6
+            // (IPv4 unchanged).
+            use dpdk_sys::consts::*;
+            let (v4_udp, v6_ip) = (BRAID_ETH_RSS_NONFRAG_IPV4_UDP, BRAID_ETH_RSS_IPV6);
+            let addrs = s.clone().with_rss_hf(v4_udp | v6_ip);
+            assert_eq!(addrs.udp_hash(true), UdpHash::Addrs);
+            if let Some(h) = ip_only {
+                assert_eq!(u32::from(addrs.queue(a, b).unwrap()), h & 127, "addresses only");
+            }
+            let v4_only = s.clone().with_rss_hf(v4_udp);
+            assert_eq!(v4_only.queue(a, b), None, "IPv6 not hashed: queue unknown");
+            let (x, y) = ("66.9.149.187:2794".parse().unwrap(), "161.142.100.80:1766".parse().unwrap());
+            assert_eq!(v4_only.queue(x, y), s.queue(x, y));
+            assert_eq!(u32::from(s.queue(x, y).unwrap()), 0x51cc_c178 & 127);
         }
     }
 

@@ -258,7 +258,6 @@ fn ipv6_fragments_in_any_order_give_back_the_packet() {
         for (j, &i) in order.iter().enumerate() {
             let m = mbuf(&pool, &frags[i]);
             assert!(Reassembly::is_fragment_v6(m.data(), ETH));
-            assert!(!Reassembly::is_fragment(m.data(), ETH) || m.data()[12..14] != [8, 0]);
             let got = r.push_v6(m, ETH, rdtsc()).unwrap_or_else(|_| panic!("a fragment"));
             assert_eq!(got.is_some(), j == order.len() - 1, "order {order:?} step {j}");
             out = got.or(out);
@@ -267,20 +266,25 @@ fn ipv6_fragments_in_any_order_give_back_the_packet() {
         assert!(flat.data() == &pkt[..], "packet {k}: the original, Fragment header gone");
     }
     // The same identification between other addresses, or over IPv4, is
-    // another packet: two packets of one id interleaved both complete.
-    let (p1, mut p2) = (packet_v6(1, 3000), packet_v6(2, 3000));
+    // another packet: three packets of one id interleaved all complete.
+    let (p1, mut p2, p4) = (packet_v6(1, 3000), packet_v6(2, 3000), packet(7, 3000));
     p2[ETH + 8] ^= 0x40;
-    let (f1, f2) = (fragments_v6(&p1, 1448, 7), fragments_v6(&p2, 1448, 7));
+    let (f1, f2, f4) = (fragments_v6(&p1, 1448, 7), fragments_v6(&p2, 1448, 7), fragments(&p4, 1480));
+    assert_eq!((f1.len(), f4.len()), (3, 3));
     let mut got = Vec::new();
-    for (a, b) in f1.iter().zip(&f2) {
-        for f in [a, b] {
-            if let Some(m) = r.push_v6(mbuf(&pool, f), ETH, rdtsc()).unwrap_or_else(|_| panic!()) {
+    for ((a, b), c) in f1.iter().zip(&f2).zip(&f4) {
+        for (f, v6) in [(a, true), (b, true), (c, false)] {
+            let m = mbuf(&pool, f);
+            let whole = if v6 { r.push_v6(m, ETH, rdtsc()) } else { r.push(m, ETH, rdtsc()) };
+            if let Some(m) = whole.unwrap_or_else(|_| panic!()) {
                 got.push(m.linearized(&pool).unwrap_or_else(|_| panic!()).to_vec());
             }
         }
     }
-    assert_eq!(got, vec![p1, p2]);
-    assert_eq!(r.stats().reassembled, 6);
+    assert_eq!(got.len(), 3);
+    assert!(got[0] == p1 && got[1] == p2, "the IPv6 packets, each whole");
+    assert_same(&got[2], &p4);
+    assert_eq!(r.stats().reassembled, 7);
     // Not an IPv6 fragment: an IPv4 one, a whole IPv6 packet, a runt.
     let v4 = fragments(&packet(3, 3000), 1480);
     let Err(m) = r.push_v6(mbuf(&pool, &v4[0]), ETH, rdtsc()) else { panic!("IPv4") };

@@ -1,6 +1,6 @@
 //! Packets bigger than the next link, cut in software: plain mode's TCP
-//! segmentation before sealing (`plain_gso`) and outer IPv4 fragments
-//! (`send_fragments`, with `outer_fragmentation`), and packets for the
+//! segmentation before sealing (`plain_gso`) and outer IPv4 or IPv6
+//! fragments (`send_fragments`, with `outer_fragmentation`), and packets for the
 //! LAN cut to its MTU (`fit_lan_mtu`), unless the LAN port's TSO cuts
 //! them (`to_tso`). Every piece cut here is a new mbuf, all pieces or
 //! none (`cut_into`); see ARCHITECTURE.md.
@@ -9,7 +9,7 @@ use braid_dpdk::mbuf::{TxOffload, TX_IPV4, TX_IPV6, TX_IP_CKSUM, TX_TCP_SEG};
 use braid_dpdk::{Mbuf, Mempool};
 use braid_tunnel::Nanos;
 
-use super::{Engine, Worker, ETH};
+use super::{frag_ident, Engine, Worker, ETH};
 use crate::counters::DpDrop;
 use crate::encap::{fragment_chunk, fragment_chunk_v6, fragment_ipv4, fragment_ipv4_count, fragment_ipv6, fragment_ipv6_count, IP_AT};
 use crate::segment;
@@ -82,22 +82,24 @@ impl Worker {
     /// An outer packet bigger than WAN port `wan`'s MTU, sent as IPv4 or
     /// IPv6 fragments, each in a new mbuf; false (nothing sent) without
     /// mbufs for every fragment. The fragments get an identification of
-    /// their own from this worker's share of the space (workers stride
-    /// through it), so that two workers' fragments never mix at the peer:
-    /// IPv4's 16 bits of it, IPv6's 32 (a Fragment header's).
+    /// their own from this worker's share of the space (`frag_ident`), so
+    /// that two workers' fragments never mix at the peer: IPv4's 16 bits
+    /// of it, IPv6's 32 (a Fragment header's).
     #[cold]
     pub(super) fn send_fragments(&mut self, mut m: Mbuf, wan: usize, tag: (u16, u16)) -> bool {
-        let id = self.frag_ident;
-        self.frag_ident = self.frag_ident.wrapping_add(u32::from(self.workers().max(1)));
+        let (k, workers) = (self.frag_count, self.workers());
+        self.frag_count = self.frag_count.wrapping_add(1);
         let mtu = usize::from(self.wans[wan].mtu);
         let out = &mut self.wan_out[wan];
         let made = if m.data().get(12..14) == Some(&[0x86, 0xdd]) {
+            let id = frag_ident(self.id, workers, k, 32);
             let chunk = fragment_chunk_v6(mtu);
             let n = fragment_ipv6_count(m.data(), chunk).unwrap_or(0);
             cut_into(&self.pool, &mut self.frag_scratch, n, out, |e| fragment_ipv6(m.data(), chunk, id, e))
         } else {
+            let id = frag_ident(self.id, workers, k, 16) as u16;
             if let Some(f) = m.data_mut().get_mut(IP_AT + 4..IP_AT + 6) {
-                f.copy_from_slice(&(id as u16).to_be_bytes());
+                f.copy_from_slice(&id.to_be_bytes());
             }
             let chunk = fragment_chunk(mtu);
             let n = fragment_ipv4_count(m.data(), chunk).unwrap_or(0);
