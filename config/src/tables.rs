@@ -769,7 +769,7 @@ fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
                 parse_unicast_mac(m).map_err(|e| invalid(format!("{at}.next_hop_mac"), e))?,
             ),
             (None, Some(ip), _) => NextHop::Ip(
-                parse_next_hop(ip, ipv4, ipv6).map_err(|e| invalid(format!("{at}.next_hop"), e))?,
+                parse_next_hop(ip, ipv4, ipv6, mac).map_err(|e| invalid(format!("{at}.next_hop"), e))?,
             ),
             (Some(_), Some(_), _) => {
                 return Err(invalid(
@@ -1062,14 +1062,29 @@ fn parse_unicast_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
-/// A WAN port's next hop: a unicast address inside the subnet of the
-/// port's address of the same family, not the port's own address; or,
-/// for a port with an IPv6 address, an IPv6 link-local one (fe80::/10,
-/// where routers advertise themselves), on the link whatever the prefix.
+/// The IPv6 link-local address a port with `mac` has (when it has an
+/// IPv6 address): fe80:: and the modified EUI-64 of its MAC (RFC 4291
+/// appendix A: ff:fe in the middle, the universal/local bit flipped).
+/// The dataplane answers for it and solicits link-local neighbours from
+/// it; the port's kernel tap is given the same.
+pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a[0..2].copy_from_slice(&[0xfe, 0x80]);
+    a[8..16].copy_from_slice(&[mac[0] ^ 0x02, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]]);
+    a.into()
+}
+
+/// A port's next hop (a WAN port's, or a LAN port's router): a unicast
+/// address inside the subnet of the port's address of the same family,
+/// not the port's own address; or, for a port with an IPv6 address, an
+/// IPv6 link-local one (fe80::/10, where routers advertise themselves),
+/// on the link whatever the prefix, not the port's own ([`link_local`] of
+/// its `mac`).
 fn parse_next_hop(
     s: &str,
     v4: Option<IfaceAddr<Ipv4Addr>>,
     v6: Option<IfaceAddr<Ipv6Addr>>,
+    mac: [u8; 6],
 ) -> Result<IpAddr, String> {
     let ip: IpAddr = s.parse().map_err(|_| format!("{s:?} is not an IP address"))?;
     let (own, prefix_len, same_subnet) = match ip {
@@ -1095,7 +1110,7 @@ fn parse_next_hop(
             (IpAddr::V6(i.addr), i.prefix_len, link_local || u128::from(a) & mask == u128::from(i.addr) & mask)
         }
     };
-    if ip == own {
+    if ip == own || ip == IpAddr::V6(link_local(mac)) {
         return Err(format!("{ip} is the port's own address"));
     }
     if !same_subnet {

@@ -397,6 +397,18 @@ fn wan_next_hop_by_address() {
     });
     assert_eq!(t.ports[1].next_hop, NextHop::Ip("fe80::1".parse().unwrap()));
     refused(wan_by_ip("fe80::1"), "ports[1].next_hop", "no ipv6 address");
+    // Its own link-local address (that of the port's MAC) is no next hop.
+    let own = braid_config::link_local(t.ports[1].mac).to_string();
+    refused(
+        move |v| {
+            v["ports"][1]["ipv6"] = json!("2001:db8:2::1/64");
+            let p = v["ports"][1].as_object_mut().unwrap();
+            p.remove("next_hop_mac");
+            p.insert("next_hop".into(), json!(own));
+        },
+        "ports[1].next_hop",
+        "own address",
+    );
     // The document round-trips without a next_hop_mac.
     let mut v = example_value();
     wan_by_ip("192.0.2.254")(&mut v);

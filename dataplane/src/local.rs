@@ -63,28 +63,21 @@ pub struct Responder {
     resolver: Resolver,
 }
 
-/// The link-local address a port with `mac` forms (RFC 4291 appendix A,
-/// modified EUI-64: fe80::, the MAC with ff:fe in its middle and the
-/// universal/local bit flipped), as a kernel tap with the same MAC does.
-pub fn link_local(mac: [u8; 6]) -> std::net::Ipv6Addr {
-    let mut a = [0u8; 16];
-    a[0..2].copy_from_slice(&[0xfe, 0x80]);
-    a[8..16].copy_from_slice(&[mac[0] ^ 0x02, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]]);
-    a.into()
-}
+pub use crate::config::link_local;
 
 impl Responder {
     /// The responder of a port with `l2`'s MAC and addresses. A port with
     /// an IPv6 address also has its link-local one ([`link_local`]): its
-    /// neighbor solicitations come from it (the source a router answers on
-    /// the link, whatever prefixes it knows) and it answers for it
-    /// (routers check their neighbors at that address).
+    /// solicitations for link-local neighbors come from it (a router on
+    /// the link by its link-local address, say; the others come from the
+    /// port's address) and it answers for it (routers check their
+    /// neighbors at that address).
     pub fn new(l2: &L2) -> Responder {
         let ll = l2.ipv6.map(|_| link_local(l2.mac));
         let cfg = ResolverConfig {
             mac: Address(l2.mac),
             ipv4: l2.ipv4.into_iter().collect(),
-            // The first is the source of solicitations.
+            // Solicitations leave from the one of the target's scope.
             ipv6: ll.into_iter().chain(l2.ipv6).collect(),
             // A LAN that resolves its hosts has many neighbors.
             capacity: if l2.on_link.is_some() { LAN_NEIGHBORS } else { ResolverConfig::default().capacity },

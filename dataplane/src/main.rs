@@ -127,13 +127,22 @@ fn mac_string(m: &[u8; 6]) -> String {
 
 /// Puts the port's addresses on its kernel tap (with `ip`, iproute2), so
 /// the kernel's sockets (sshd, bird, an IKE daemon) answer on them. IPv6
-/// without duplicate address detection: the address is the port's own.
+/// without duplicate address detection: the addresses are the port's own.
+/// With IPv6, the tap's link-local address is exactly the one the
+/// dataplane answers for (`config::link_local` of the port's MAC), not
+/// whatever the kernel's address generation mode would make (a stable
+/// privacy address, say): the kernel makes none, and gets that one.
 fn give_addresses(iface: &str, p: &braid_dataplane::config::Port) -> Result<(), String> {
     let mut cmds: Vec<Vec<String>> = Vec::new();
     if let Some(a) = &p.ipv4 {
         cmds.push(vec!["-4".into(), "addr".into(), "replace".into(), format!("{}/{}", a.addr, a.prefix_len), "dev".into(), iface.into()]);
     }
     if let Some(a) = &p.ipv6 {
+        let ll = braid_dataplane::config::link_local(p.mac);
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<String>>();
+        cmds.push(args(&format!("link set dev {iface} addrgenmode none")));
+        cmds.push(args(&format!("-6 addr flush dev {iface} scope link")));
+        cmds.push(args(&format!("-6 addr replace {ll}/64 dev {iface} nodad")));
         cmds.push(vec!["-6".into(), "addr".into(), "replace".into(), format!("{}/{}", a.addr, a.prefix_len), "dev".into(), iface.into(), "nodad".into()]);
     }
     cmds.push(vec!["link".into(), "set".into(), "dev".into(), iface.into(), "up".into()]);

@@ -250,8 +250,9 @@ fn an_ipv6_next_hop_is_resolved_by_neighbor_discovery() {
 }
 
 /// A's IPv6 next hop `next_hop` answers A's first solicitation, which
-/// leaves from A's link-local address (modified EUI-64 of its WAN MAC)
-/// to the target's solicited-node group: every packet arrives, all ESP to
+/// leaves from A's address of the target's scope (for a link-local one,
+/// A's link-local address: the modified EUI-64 of its WAN MAC) to the
+/// target's solicited-node group: every packet arrives, all ESP to
 /// the MAC learned. Returns the lab and the solicitation.
 fn resolved_v6(case: &str, next_hop: &'static str) -> (Lab, std::sync::MutexGuard<'static, ()>, Vec<u8>) {
     let (mut lab, g) = start(case, "plain", next_hop);
@@ -265,7 +266,9 @@ fn resolved_v6(case: &str, next_hop: &'static str) -> (Lab, std::sync::MutexGuar
     let ns = lab.nh_requests[0].clone();
     let target = next_hop.parse::<Ipv6Addr>().unwrap().octets();
     assert_eq!((&ns[12..14], ns[54]), (&[0x86, 0xdd][..], 135), "a neighbor solicitation");
-    assert_eq!(ns[22..38], A_LINK_LOCAL.parse::<Ipv6Addr>().unwrap().octets(), "from A's link-local address");
+    // From the address of the target's scope (RFC 4861 7.2.2).
+    let from = if target[0] == 0xfe { A_LINK_LOCAL } else { "2001:db8:a::1" };
+    assert_eq!(ns[22..38], from.parse::<Ipv6Addr>().unwrap().octets(), "from A's {from}");
     assert_eq!(ns[62..78], target);
     assert_eq!(ns[0..6], [0x33, 0x33, 0xff, target[13], target[14], target[15]], "to the solicited-node group");
     assert_eq!(esp_to(&mut lab, lab::mac(lab::B_WAN_MAC)), 100 * flows.len());

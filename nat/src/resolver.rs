@@ -45,8 +45,11 @@ pub struct ResolverConfig {
     pub mac: Address,
     /// The port's IPv4 addresses; the first is the ARP sender address.
     pub ipv4: Vec<Ipv4Addr>,
-    /// The port's IPv6 addresses; the first (normally the link-local) is
-    /// the source of solicitations.
+    /// The port's IPv6 addresses. Solicitations leave from the first of
+    /// the target's scope: a link-local one for a link-local target, else
+    /// a wider one (RFC 4861 section 7.2.2 asks for the address the
+    /// prompting packet came from, which is the port's own address, where
+    /// there is one), else the first.
     pub ipv6: Vec<Ipv6Addr>,
     /// Cache bound (next hops of this port).
     pub capacity: usize,
@@ -332,7 +335,9 @@ impl Resolver {
                 )
             }
             IpAddr::V6(target) => {
-                let src = *self.cfg.ipv6.first()?;
+                let link_local = |a: &Ipv6Addr| a.segments()[0] & 0xffc0 == 0xfe80;
+                let same_scope = self.cfg.ipv6.iter().find(|a| link_local(a) == link_local(&target));
+                let src = *same_scope.or(self.cfg.ipv6.first())?;
                 let (dst, dst_mac) = match unicast {
                     Some(m) => (target, m),
                     None => {

@@ -349,6 +349,28 @@ fn neighbor_discovery() {
     assert_eq!(r.on_frame(&bad, SEC, &mut out), None);
 }
 
+/// A port with a link-local and a global address solicits a link-local
+/// neighbor from its link-local address and any other from its global
+/// one, whatever their order; with one address only, from that one.
+#[test]
+fn solicitations_leave_from_the_targets_scope() {
+    let global: Ipv6Addr = "2001:db8:2::1".parse().unwrap();
+    let source = |ipv6: Vec<Ipv6Addr>, target: &str| {
+        let mut r = Resolver::new(ResolverConfig { mac: OUR_MAC, ipv6, capacity: 16, ..ResolverConfig::default() });
+        let mut out = [0u8; FRAME_MAX];
+        let Lookup::Pending { request: Some(n) } = r.lookup(target.parse::<Ipv6Addr>().unwrap().into(), SEC, &mut out) else {
+            panic!("a solicitation for {target}")
+        };
+        parse_nd(&out[..n]).0
+    };
+    for both in [vec![our_v6(), global], vec![global, our_v6()]] {
+        assert_eq!(source(both.clone(), "fe80::fe"), our_v6());
+        assert_eq!(source(both.clone(), "2001:db8:2::fe"), global);
+    }
+    assert_eq!(source(vec![global], "fe80::fe"), global);
+    assert_eq!(source(vec![our_v6()], "2001:db8:2::fe"), our_v6());
+}
+
 #[test]
 fn answers_ping_in_place() {
     let mut r = resolver();
