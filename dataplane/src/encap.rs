@@ -155,6 +155,9 @@ pub struct OuterTemplate {
     sum: u16,
     v6: bool,
     bytes: [u8; MAX_OUTER_LEN],
+    /// IPv6: the pseudo-header's addresses and next header alone, the
+    /// seed a NIC computing the UDP checksum wants (`write_v6_offload`).
+    pseudo: u16,
 }
 
 impl OuterTemplate {
@@ -188,7 +191,7 @@ impl OuterTemplate {
         udp[0..2].copy_from_slice(&local.port().to_be_bytes());
         let ethertype: u16 = if v6 { 0x86dd } else { 0x0800 };
         b[12..14].copy_from_slice(&ethertype.to_be_bytes());
-        let mut t = OuterTemplate { sum: 0, v6, bytes: b };
+        let mut t = OuterTemplate { sum: 0, v6, bytes: b, pseudo: 0 };
         t.set_remote(remote);
         t
     }
@@ -273,11 +276,8 @@ impl OuterTemplate {
                 self.bytes[IP_AT + 24..IP_AT + 40].copy_from_slice(&a.octets());
                 self.bytes[u + 2..u + 4].copy_from_slice(&remote.port().to_be_bytes());
                 // Addresses, next header (UDP), ports.
-                self.sum = checksum::combine(&[
-                    checksum::sum(&self.bytes[IP_AT + 8..IP_AT + 40]),
-                    17,
-                    checksum::sum(&self.bytes[u..u + 4]),
-                ]);
+                self.pseudo = checksum::combine(&[checksum::sum(&self.bytes[IP_AT + 8..IP_AT + 40]), 17]);
+                self.sum = checksum::combine(&[self.pseudo, checksum::sum(&self.bytes[u..u + 4])]);
             }
             _ => {}
         }
@@ -322,6 +322,26 @@ impl OuterTemplate {
         // A computed zero is sent as all ones (RFC 768).
         let c = if c == 0 { 0xffff } else { c };
         hdr[UDP_AT_V6 + 6..UDP_AT_V6 + 8].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// [`write`](Self::write) over IPv6 for a port that computes the UDP
+    /// checksum (`RTE_MBUF_F_TX_UDP_CKSUM`): the checksum field holds the
+    /// pseudo-header sum (addresses, UDP length, next header; folded, not
+    /// inverted), as `rte_ipv6_phdr_cksum` makes it, and the NIC adds the
+    /// datagram. Nothing of the ESP packet is read. IPv4 templates: as
+    /// [`write`](Self::write) (their UDP checksum is zero).
+    #[inline]
+    pub fn write_v6_offload(&self, out: &mut [u8], esp_len: usize) {
+        if !self.v6 {
+            return self.write(out, esp_len, 0, false);
+        }
+        let udp_len = (8 + esp_len) as u16;
+        let hdr = &mut out[..OUTER_LEN_V6];
+        hdr.copy_from_slice(&self.bytes);
+        hdr[IP_AT + 4..IP_AT + 6].copy_from_slice(&udp_len.to_be_bytes());
+        hdr[UDP_AT_V6 + 4..UDP_AT_V6 + 6].copy_from_slice(&udp_len.to_be_bytes());
+        let seed = checksum::combine(&[self.pseudo, udp_len]);
+        hdr[UDP_AT_V6 + 6..UDP_AT_V6 + 8].copy_from_slice(&seed.to_be_bytes());
     }
 
     /// Writes a whole NAT-keepalive frame (RFC 3948 section 2.3: the UDP
@@ -540,6 +560,47 @@ mod tests {
     /// ports, and a UDP checksum over the ESP packet that verifies; after
     /// a new remote too, as a template built for it; a remote of the
     /// other IP version is ignored.
+    /// A port computing the UDP checksum (`RTE_MBUF_F_TX_UDP_CKSUM`) finds
+    /// in the checksum field the seed DPDK's own `rte_ipv6_phdr_cksum`
+    /// makes of the header, and completing it over the datagram as a NIC
+    /// does gives the checksum braid computes in software.
+    #[test]
+    fn ipv6_udp_checksum_offload_seed() {
+        let (local, remote): (SocketAddr, SocketAddr) = ("[2001:db8::1]:4500".parse().unwrap(), "[2001:db8:1::7]:4501".parse().unwrap());
+        let mut t = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], local, remote);
+        for moved in [false, true] {
+            if moved {
+                t.set_remote("[2001:db8:ffff::9]:61000".parse().unwrap());
+            }
+            for esp_len in [1usize, 2, 99, 1400, 9000] {
+                let mut f = vec![0u8; OUTER_LEN_V6 + esp_len];
+                for (i, b) in f[OUTER_LEN_V6..].iter_mut().enumerate() {
+                    *b = (i * 13 + esp_len) as u8;
+                }
+                let mut soft = f.clone();
+                t.write(&mut soft, esp_len, 0, false);
+                t.write_v6_offload(&mut f, esp_len);
+                assert_eq!(f[..UDP_AT_V6 + 6], soft[..UDP_AT_V6 + 6], "the same headers");
+                let hdr: &[u8; 40] = f[IP_AT..IP_AT + 40].try_into().unwrap();
+                assert_eq!(f[UDP_AT_V6 + 6..UDP_AT_V6 + 8], braid_dpdk::ipv6_phdr_cksum(hdr), "DPDK's seed, esp_len {esp_len}");
+                // The NIC: the datagram summed with the seed in place.
+                let c = !checksum::sum(&f[UDP_AT_V6..]);
+                let c = if c == 0 { 0xffff } else { c };
+                assert_eq!(c.to_be_bytes(), soft[UDP_AT_V6 + 6..UDP_AT_V6 + 8], "esp_len {esp_len}");
+            }
+        }
+        // IPv4: no UDP checksum to leave to the port.
+        let v4 = OuterTemplate::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], "192.0.2.1:4500".parse().unwrap(), remote_v4());
+        let (mut a, mut b) = (vec![0u8; OUTER_LEN + 50], vec![0u8; OUTER_LEN + 50]);
+        v4.write_v6_offload(&mut a, 50);
+        v4.write(&mut b, 50, 0, false);
+        assert_eq!(a, b);
+    }
+
+    fn remote_v4() -> SocketAddr {
+        "198.51.100.7:4501".parse().unwrap()
+    }
+
     #[test]
     fn ipv6_headers_and_udp_checksum() {
         let (local, remote): (SocketAddr, SocketAddr) = ("[2001:db8::1]:4500".parse().unwrap(), "[2001:db8:1::7]:4501".parse().unwrap());

@@ -39,6 +39,8 @@ impl PortPlan {
 pub struct PortTx {
     /// IPv4 header checksums.
     pub ip_csum: bool,
+    /// UDP checksums (IPv6 tunnels' ESP-in-UDP).
+    pub udp_csum: bool,
     /// TCP segmentation, and how this PMD does it.
     pub tso: Option<braid_dpdk::Tso>,
 }
@@ -46,7 +48,7 @@ pub struct PortTx {
 impl PortTx {
     /// What `port`, configured, does.
     pub fn of(port: &braid_dpdk::Port) -> PortTx {
-        PortTx { ip_csum: port.offloads().tx_ipv4_cksum, tso: port.tso() }
+        PortTx { ip_csum: port.offloads().tx_ipv4_cksum, udp_csum: port.offloads().tx_udp_cksum, tso: port.tso() }
     }
 }
 
@@ -133,6 +135,7 @@ pub fn worker_setup_with_nat(
             next_hop_mac,
             next_hop,
             ip_csum_offload: port_tx(i).ip_csum,
+            udp_csum_offload: port_tx(i).udp_csum,
             tso: port_tx(i).tso,
             mtu: p.mtu,
             ipv4: p.ipv4.map(|a| a.addr),

@@ -242,6 +242,7 @@ mod tests {
             next_hop_mac: [2, 0, 0, 0, 0, 2],
             next_hop: None,
             ip_csum_offload: false,
+            udp_csum_offload: false,
             tso: None,
             mtu: 1500,
             ipv4: v4.map(|a| a.parse().unwrap()),

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use braid_dpdk::mbuf::{TxOffload, TX_IPV4, TX_IP_CKSUM};
+use braid_dpdk::mbuf::{TxOffload, TX_IPV4, TX_IPV6, TX_IP_CKSUM, TX_UDP_CKSUM};
 use braid_dpdk::ip_frag::Reassembly;
 use braid_dpdk::mbuf::{MbufStash, RxCksum};
 use braid_dpdk::{Mbuf, Mempool, RxQueue, TxQueue, BURST};
@@ -111,6 +111,9 @@ pub struct L2 {
     pub next_hop: Option<std::net::IpAddr>,
     /// The port computes IPv4 header checksums on TX.
     pub ip_csum_offload: bool,
+    /// The port computes UDP checksums on TX: IPv6 tunnels' ESP packets
+    /// leave with the pseudo-header sum only (`stamp_outer`).
+    pub udp_csum_offload: bool,
     /// The port cuts TCP packets into segments on TX (TSO), and how: the
     /// LAN port's oversized TCP goes to it whole (`Worker::fit_lan_mtu`).
     pub tso: Option<braid_dpdk::Tso>,
@@ -586,6 +589,12 @@ impl Worker {
                 Engine::Plain(_) => 0,
             })
             .sum()
+    }
+
+    /// The checksum offloads each WAN port's TX is asked for: (IPv4 header,
+    /// UDP). What the port granted at setup (`PortTx`).
+    pub fn wan_tx_offloads(&self) -> Vec<(bool, bool)> {
+        self.wans.iter().map(|w| (w.ip_csum_offload, w.udp_csum_offload)).collect()
     }
 
     /// Where each tunnel of each bundle sends now: its configured remote,
@@ -1066,7 +1075,7 @@ impl Worker {
                     let wan = st.wan_of[t.tunnel];
                     m.trim(area - t.esp_len);
                     fit_outer(&mut m, room, &st.outer[t.tunnel]);
-                    stamp_outer(&mut m, &st.outer[t.tunnel], t.esp_len, &mut self.ident, self.wans[wan].ip_csum_offload);
+                    stamp_outer(&mut m, &st.outer[t.tunnel], t.esp_len, &mut self.ident, &self.wans[wan], true);
                     self.wan_out[wan].push(m);
                     self.wan_tags[wan].push((b as u16, t.tunnel as u16));
                 }
@@ -1140,8 +1149,11 @@ impl Worker {
         };
         let extra = m.data_len() - hl - esp_len;
         m.trim(extra);
-        stamp_outer(&mut m, &st.outer[t], esp_len, &mut self.ident, self.wans[wan].ip_csum_offload);
-        if m.data_len() - ETH > usize::from(self.wans[wan].mtu) {
+        // A packet cut into fragments has its UDP checksum computed here:
+        // it covers the whole datagram, which no fragment's NIC sees.
+        let whole = m.data_len() - ETH <= usize::from(self.wans[wan].mtu);
+        stamp_outer(&mut m, &st.outer[t], esp_len, &mut self.ident, &self.wans[wan], whole);
+        if !whole {
             // Only with outer fragmentation: the size check let it through.
             if self.send_fragments(m, wan, (b as u16, t as u16)) {
                 self.counters.encapsulated += 1;
@@ -1635,7 +1647,7 @@ impl Worker {
                 let wan = st.wan_of[t.tunnel];
                 m.trim(area - t.esp_len);
                 fit_outer(&mut m, st.outer_room, &st.outer[t.tunnel]);
-                stamp_outer(&mut m, &st.outer[t.tunnel], t.esp_len, &mut self.ident, self.wans[wan].ip_csum_offload);
+                stamp_outer(&mut m, &st.outer[t.tunnel], t.esp_len, &mut self.ident, &self.wans[wan], true);
                 self.wan_out[wan].push(m);
                 self.wan_tags[wan].push((b as u16, t.tunnel as u16));
             }
@@ -2370,15 +2382,28 @@ fn fit_outer(m: &mut Mbuf, room: usize, outer: &OuterTemplate) {
 /// Writes a tunnel's outer headers in front of an ESP packet of `esp_len`
 /// bytes and asks the port for the IPv4 checksum when it offers it.
 #[inline]
-fn stamp_outer(m: &mut Mbuf, outer: &OuterTemplate, esp_len: usize, ident: &mut u16, offload: bool) {
+fn stamp_outer(m: &mut Mbuf, outer: &OuterTemplate, esp_len: usize, ident: &mut u16, wan: &L2, whole: bool) {
     if outer.is_v6() {
-        outer.write(m.data_mut(), esp_len, 0, false);
-        return;
+        return stamp_outer_v6(m, outer, esp_len, wan.udp_csum_offload && whole);
     }
     *ident = ident.wrapping_add(1);
+    let offload = wan.ip_csum_offload;
     outer.write(m.data_mut(), esp_len, *ident, offload);
     if offload {
         m.set_tx_offload(TxOffload { flags: TX_IPV4 | TX_IP_CKSUM, l2_len: 14, l3_len: 20, ..Default::default() });
+    }
+}
+
+/// [`stamp_outer`] over IPv6: the UDP checksum left to the port when it
+/// computes it (`offload`: the pseudo-header sum in its place), else
+/// computed here. Out of line: the IPv4 path stays as it was.
+#[inline(never)]
+fn stamp_outer_v6(m: &mut Mbuf, outer: &OuterTemplate, esp_len: usize, offload: bool) {
+    if offload {
+        outer.write_v6_offload(m.data_mut(), esp_len);
+        m.set_tx_offload(TxOffload { flags: TX_IPV6 | TX_UDP_CKSUM, l2_len: 14, l3_len: 40, ..Default::default() });
+    } else {
+        outer.write(m.data_mut(), esp_len, 0, false);
     }
 }
 

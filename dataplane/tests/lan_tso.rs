@@ -32,11 +32,10 @@ const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 7);
 /// TCP payload of the client's segments: 9000-byte IPv4 packets.
 const SEG: usize = 8960;
 const ETH: usize = 14;
-const CHILD: &str = "BRAID_LAN_TSO_NETNS";
 
 #[test]
 fn jumbo_tcp_goes_whole_to_the_lan_ports_tso() {
-    isolated("jumbo_tcp_goes_whole_to_the_lan_ports_tso", || in_own_netns("bundle"));
+    lab::isolated("jumbo_tcp_goes_whole_to_the_lan_ports_tso", || in_own_netns("bundle"));
 }
 
 /// Plain mode, the outer packets fragmented over the 1500-byte WAN
@@ -44,25 +43,7 @@ fn jumbo_tcp_goes_whole_to_the_lan_ports_tso() {
 /// its jumbo pool), and the rest goes as in bundle mode.
 #[test]
 fn plain_mode_reassembled_jumbo_tcp_goes_to_the_tso_too() {
-    isolated("plain_mode_reassembled_jumbo_tcp_goes_to_the_tso_too", || in_own_netns("plain"));
-}
-
-/// Runs `body` in a network namespace of its own: the test runs itself
-/// again, alone, under `unshare --net`; the namespace goes with that
-/// process, and the tap with it.
-fn isolated(name: &str, body: impl FnOnce()) {
-    if std::env::var_os(CHILD).is_some() {
-        return body();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let status = Command::new("unshare")
-        .args(["--net", "--"])
-        .arg(exe)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .status()
-        .expect("unshare (util-linux)");
-    assert!(status.success(), "{name} in its own network namespace: {status}");
+    lab::isolated("plain_mode_reassembled_jumbo_tcp_goes_to_the_tso_too", || in_own_netns("plain"));
 }
 
 /// Frames the kernel received on the tap (what B's LAN port sent).

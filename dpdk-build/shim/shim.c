@@ -6,6 +6,7 @@
 #include <rte_lcore.h>
 #include <rte_cycles.h>
 #include <rte_pause.h>
+#include <rte_ip.h>
 
 uint16_t braid_eth_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n)
 { return rte_eth_rx_burst(port, queue, pkts, n); }
@@ -29,6 +30,7 @@ int braid_pktmbuf_is_contiguous(const struct rte_mbuf *m) { return rte_pktmbuf_i
 int braid_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail) { return rte_pktmbuf_chain(head, tail); }
 unsigned int braid_mempool_avail_count(const struct rte_mempool *mp) { return rte_mempool_avail_count(mp); }
 uint16_t braid_pktmbuf_data_room_size(struct rte_mempool *mp) { return rte_pktmbuf_data_room_size(mp); }
+uint16_t braid_ipv6_phdr_cksum(const void *ipv6_hdr) { return rte_ipv6_phdr_cksum((const struct rte_ipv6_hdr *)ipv6_hdr, 0); }
 
 int braid_rte_errno(void) { return rte_errno; }
 unsigned int braid_lcore_id(void) { return rte_lcore_id(); }

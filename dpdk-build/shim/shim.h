@@ -29,6 +29,7 @@ int braid_pktmbuf_is_contiguous(const struct rte_mbuf *m);
 int braid_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail);
 unsigned int braid_mempool_avail_count(const struct rte_mempool *mp);
 uint16_t braid_pktmbuf_data_room_size(struct rte_mempool *mp);
+uint16_t braid_ipv6_phdr_cksum(const void *ipv6_hdr);
 
 /* per-lcore state */
 int braid_rte_errno(void);

@@ -59,6 +59,16 @@ pub fn rdtsc() -> u64 {
     unsafe { dpdk_sys::braid_rdtsc() }
 }
 
+/// The pseudo-header checksum DPDK's `rte_ipv6_phdr_cksum` makes of the
+/// IPv6 header `hdr` (no segmentation): the seed a port's UDP or TCP
+/// checksum offload wants in the checksum field, as the two bytes to
+/// store there.
+pub fn ipv6_phdr_cksum(hdr: &[u8; 40]) -> [u8; 2] {
+    // SAFETY: the shim reads the 40 bytes of `hdr` (`rte_ipv6_hdr` is
+    // packed: any alignment) and nothing else.
+    unsafe { dpdk_sys::braid_ipv6_phdr_cksum(hdr.as_ptr().cast()) }.to_ne_bytes()
+}
+
 /// TSC frequency in Hz (needs EAL up).
 pub fn tsc_hz() -> u64 {
     // SAFETY: plain getter.

@@ -99,6 +99,26 @@ pub fn fragment_frame(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
     out
 }
 
+/// Runs test `name`'s `body` in a network namespace of its own: the test
+/// binary runs itself again, that test alone, under `unshare --net`; the
+/// namespace goes with that process, and any tap made in it. For tests
+/// whose DPDK ports are net_tap devices.
+pub fn isolated(name: &str, body: impl FnOnce()) {
+    const CHILD: &str = "BRAID_TEST_OWN_NETNS";
+    if std::env::var_os(CHILD).is_some() {
+        return body();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let status = std::process::Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .status()
+        .expect("unshare (util-linux)");
+    assert!(status.success(), "{name} in its own network namespace: {status}");
+}
+
 /// An Ethernet + IPv6 frame (no extension headers) as an atomic fragment:
 /// a Fragment header (offset 0, M clear, its own identification) after
 /// the IPv6 header; `None` for anything else.
@@ -181,6 +201,10 @@ pub struct LabOptions {
     /// sized as the process sizes them (`gateway::pool_rooms`: a jumbo
     /// pool when its ports are smaller than the biggest MTU).
     pub b_lan_device: Option<String>,
+    /// A's WAN port: this DPDK port (a vdev given to EAL, e.g. a net_tap)
+    /// instead of a ring pair. What A sends there never reaches B (the
+    /// test reads it where the device leads).
+    pub a_wan_device: Option<String>,
 }
 
 /// Which way a WAN frame crosses the middle.
@@ -353,6 +377,9 @@ impl Lab {
         if let Some(dev) = &opts.b_lan_device {
             names[3] = dev.clone();
         }
+        if let Some(dev) = &opts.a_wan_device {
+            names[1] = dev.clone();
+        }
         type Built = (Worker, Arc<Tables>, Arc<Mempool>, Vec<Port>, Vec<Vec<Arc<OutboundSaPair>>>);
         let build = |side_a: bool, lan: Port, wan: Port, mut taps: Vec<Port>| -> Built {
             let (ln, wn) = if side_a { (&names[0], &names[1]) } else { (&names[3], &names[2]) };
@@ -417,9 +444,13 @@ impl Lab {
             (w, tables, pool, ports, sas)
         };
         let mut gw = gw_ports.into_iter();
-        let (alan, awan, bwan, mut blan) = (gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap());
+        let (alan, mut awan, bwan, mut blan) = (gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap(), gw.next().unwrap());
         if let Some(dev) = &opts.b_lan_device {
             let ring = std::mem::replace(&mut blan, Port::by_name(dev).unwrap_or_else(|e| panic!("B's LAN port {dev}: {e}")));
+            ring.close();
+        }
+        if let Some(dev) = &opts.a_wan_device {
+            let ring = std::mem::replace(&mut awan, Port::by_name(dev).unwrap_or_else(|e| panic!("A's WAN port {dev}: {e}")));
             ring.close();
         }
         let (a, tables_a, pool_a, pa, sas_a) = build(true, alan, awan, taps);
