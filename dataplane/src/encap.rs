@@ -556,10 +556,6 @@ mod tests {
         udp[6..8] != [0, 0] && checksum::combine(&[pseudo, checksum::sum(&udp[..len])]) == 0xffff
     }
 
-    /// IPv6 headers: version, lengths, next header, hop limit, addresses,
-    /// ports, and a UDP checksum over the ESP packet that verifies; after
-    /// a new remote too, as a template built for it; a remote of the
-    /// other IP version is ignored.
     /// A port computing the UDP checksum (`RTE_MBUF_F_TX_UDP_CKSUM`) finds
     /// in the checksum field the seed DPDK's own `rte_ipv6_phdr_cksum`
     /// makes of the header, and completing it over the datagram as a NIC
@@ -601,6 +597,10 @@ mod tests {
         "198.51.100.7:4501".parse().unwrap()
     }
 
+    /// IPv6 headers: version, lengths, next header, hop limit, addresses,
+    /// ports, and a UDP checksum over the ESP packet that verifies; after
+    /// a new remote too, as a template built for it; a remote of the
+    /// other IP version is ignored.
     #[test]
     fn ipv6_headers_and_udp_checksum() {
         let (local, remote): (SocketAddr, SocketAddr) = ("[2001:db8::1]:4500".parse().unwrap(), "[2001:db8:1::7]:4501".parse().unwrap());

@@ -125,34 +125,51 @@ fn mac_string(m: &[u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// Runs `ip` (iproute2) with `args`.
+fn ip(args: &[String]) -> Result<(), String> {
+    let out = std::process::Command::new("ip").args(args).output().map_err(|e| format!("ip {}: {e} (is iproute2 installed?)", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+/// Keeps the kernel from giving a port's tap IPv6 addresses of its own
+/// (before the tap comes up): no link-local address by its generation mode
+/// (a stable privacy one would differ from the port's), no addresses from
+/// router advertisements. The port's own are given by [`give_addresses`].
+fn quiet_ipv6(iface: &str, p: &braid_dataplane::config::Port) -> Result<(), String> {
+    if p.ipv6.is_none() {
+        return Ok(());
+    }
+    for (knob, value) in [("autoconf", "0"), ("accept_ra", "0")] {
+        let path = format!("/proc/sys/net/ipv6/conf/{iface}/{knob}");
+        std::fs::write(&path, value).map_err(|e| format!("{path}: {e}"))?;
+    }
+    ip(&["link", "set", "dev", iface, "addrgenmode", "none"].map(String::from))
+}
+
 /// Puts the port's addresses on its kernel tap (with `ip`, iproute2), so
 /// the kernel's sockets (sshd, bird, an IKE daemon) answer on them. IPv6
 /// without duplicate address detection: the addresses are the port's own.
 /// With IPv6, the tap's link-local address is exactly the one the
-/// dataplane answers for (`config::link_local` of the port's MAC), not
-/// whatever the kernel's address generation mode would make (a stable
-/// privacy address, say): the kernel makes none, and gets that one.
+/// dataplane answers for (`config::link_local` of the port's MAC), and the
+/// only one ([`quiet_ipv6`] ran before the tap came up; one made before
+/// is flushed anyway).
 fn give_addresses(iface: &str, p: &braid_dataplane::config::Port) -> Result<(), String> {
+    let args = |s: String| s.split(' ').map(String::from).collect::<Vec<String>>();
     let mut cmds: Vec<Vec<String>> = Vec::new();
     if let Some(a) = &p.ipv4 {
-        cmds.push(vec!["-4".into(), "addr".into(), "replace".into(), format!("{}/{}", a.addr, a.prefix_len), "dev".into(), iface.into()]);
+        cmds.push(args(format!("-4 addr replace {}/{} dev {iface}", a.addr, a.prefix_len)));
     }
     if let Some(a) = &p.ipv6 {
         let ll = braid_dataplane::config::link_local(p.mac);
-        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<String>>();
-        cmds.push(args(&format!("link set dev {iface} addrgenmode none")));
-        cmds.push(args(&format!("-6 addr flush dev {iface} scope link")));
-        cmds.push(args(&format!("-6 addr replace {ll}/64 dev {iface} nodad")));
-        cmds.push(vec!["-6".into(), "addr".into(), "replace".into(), format!("{}/{}", a.addr, a.prefix_len), "dev".into(), iface.into(), "nodad".into()]);
+        cmds.push(args(format!("-6 addr flush dev {iface} scope link")));
+        cmds.push(args(format!("-6 addr replace {ll}/64 dev {iface} nodad")));
+        cmds.push(args(format!("-6 addr replace {}/{} dev {iface} nodad", a.addr, a.prefix_len)));
     }
-    cmds.push(vec!["link".into(), "set".into(), "dev".into(), iface.into(), "up".into()]);
-    for c in cmds {
-        let out = std::process::Command::new("ip").args(&c).output().map_err(|e| format!("ip {}: {e} (is iproute2 installed?)", c.join(" ")))?;
-        if !out.status.success() {
-            return Err(format!("ip {}: {}", c.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
-        }
-    }
-    Ok(())
+    cmds.push(args(format!("link set dev {iface} up")));
+    cmds.iter().try_for_each(|c| ip(c))
 }
 
 fn n_tunnels(t: &Tables) -> usize {
@@ -404,6 +421,8 @@ fn run() -> Result<(), String> {
             ..Default::default()
         };
         tap.configure(&cfg, &[&pool]).map_err(|e| format!("{what}: {e}"))?;
+        // Before the tap comes up: the kernel makes no address of its own.
+        quiet_ipv6(name, p).map_err(|e| format!("{what}: {e}"))?;
         tap.start().map_err(|e| format!("{what}: {e}"))?;
         give_addresses(name, p).map_err(|e| format!("{what}: {e}"))?;
         eprintln!("braid-dataplane: port {} has kernel tap {name} (frames for the gateway the dataplane does not answer)", p.name);

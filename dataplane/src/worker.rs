@@ -2380,7 +2380,9 @@ fn fit_outer(m: &mut Mbuf, room: usize, outer: &OuterTemplate) {
 }
 
 /// Writes a tunnel's outer headers in front of an ESP packet of `esp_len`
-/// bytes and asks the port for the IPv4 checksum when it offers it.
+/// bytes and asks the port for the checksums it offers: IPv4's header
+/// checksum, or over IPv6 the UDP checksum when the packet leaves `whole`
+/// (one cut into outer fragments has its checksum computed here).
 #[inline]
 fn stamp_outer(m: &mut Mbuf, outer: &OuterTemplate, esp_len: usize, ident: &mut u16, wan: &L2, whole: bool) {
     if outer.is_v6() {
@@ -2401,7 +2403,10 @@ fn stamp_outer(m: &mut Mbuf, outer: &OuterTemplate, esp_len: usize, ident: &mut 
 fn stamp_outer_v6(m: &mut Mbuf, outer: &OuterTemplate, esp_len: usize, offload: bool) {
     if offload {
         outer.write_v6_offload(m.data_mut(), esp_len);
-        m.set_tx_offload(TxOffload { flags: TX_IPV6 | TX_UDP_CKSUM, l2_len: 14, l3_len: 40, ..Default::default() });
+        // l4_len: the UDP header. Intel PMDs assume it; net_tap before
+        // DPDK 22.11.4 copies only l2 + l3 + l4 bytes of headers to fix
+        // the checksum in, and with 0 would send the seed.
+        m.set_tx_offload(TxOffload { flags: TX_IPV6 | TX_UDP_CKSUM, l2_len: 14, l3_len: 40, l4_len: 8, ..Default::default() });
     } else {
         outer.write(m.data_mut(), esp_len, 0, false);
     }

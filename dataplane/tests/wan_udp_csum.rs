@@ -11,7 +11,7 @@
 //! The test runs in a network namespace of its own (`lab::isolated`), so
 //! the tap goes with it. EAL: `--no-pci`, vdevs only.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
 use braid_dataplane::lab::traffic::{ip_packet, Family, Flow, L4};
@@ -21,17 +21,16 @@ use braid_dpdk::BURST;
 const TAP: &str = "brwan0";
 const DEVICE: &str = "net_tap_wan";
 
-/// Captures what the tap's kernel side receives for `secs` seconds and
-/// prints, as JSON, how many IPv6 UDP frames to ports 4500-4599 it saw,
+/// Captures what the tap's kernel side receives until told "done" on its
+/// standard input and nothing more arrived for 0.3 s, and prints, as JSON, how many IPv6 UDP frames to ports 4500-4599 it saw,
 /// how many fragments (next header 44), and how many whole datagrams, and
 /// datagrams made whole from fragments, have a right, zero or wrong UDP
 /// checksum.
 const SNIFFER: &str = r#"
-import json, socket, struct, sys, time
+import json, select, socket, struct, sys, time
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: room for every frame
 s.bind((sys.argv[1], 0))
-s.settimeout(0.2)
 print("ready", flush=True)
 def csum(b):
     if len(b) % 2: b += b"\0"
@@ -47,12 +46,18 @@ def check(ip, udp, key):
         n[key] += 1 if csum(pseudo + udp) == 0xffff else 0
         n[key.replace("good", "bad")] += 0 if csum(pseudo + udp) == 0xffff else 1
 frags = {}
-end = time.time() + float(sys.argv[2])
-while time.time() < end:
-    try:
-        f, addr = s.recvfrom(65535)
-    except socket.timeout:
+done, deadline = False, time.time() + 120
+while time.time() < deadline:
+    ready, _, _ = select.select([s] + ([] if done else [sys.stdin]), [], [], 0.3)
+    if not ready:
+        if done:
+            break
         continue
+    if sys.stdin in ready:
+        sys.stdin.readline()  # "done", or the end of the input
+        done = True
+        continue
+    f, addr = s.recvfrom(65535)
     if addr[2] == socket.PACKET_OUTGOING or len(f) < 62 or f[12:14] != b"\x86\xdd":
         continue
     ip = f[14:]
@@ -108,14 +113,21 @@ fn in_own_netns(mode: &str) {
     assert!(status(&["link", "set", "lo", "up"]) && status(&["link", "set", TAP, "up"]));
 
     let mut sniffer = Command::new("python3")
-        .args(["-c", SNIFFER, TAP, "3"])
+        .args(["-c", SNIFFER, TAP])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("python3");
     let mut out = BufReader::new(sniffer.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+    let stderr = |sniffer: &mut std::process::Child| {
+        let mut e = String::new();
+        let _ = sniffer.stderr.take().map(|mut s| s.read_to_string(&mut e));
+        e
+    };
+    assert_eq!(line.trim(), "ready", "the sniffer: {}", stderr(&mut sniffer));
 
     // Inner packets of many sizes (plain mode: up to 4000 bytes, cut into
     // outer fragments over the 1500-byte WAN).
@@ -131,9 +143,11 @@ fn in_own_netns(mode: &str) {
     }
     lab.settle(50);
     let a = lab.counters().0;
+    // Everything is sent: the sniffer reads what is left and reports.
+    sniffer.stdin.take().unwrap().write_all(b"done\n").unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
-    assert!(sniffer.wait().unwrap().success());
+    assert!(sniffer.wait().unwrap().success(), "the sniffer: {}", stderr(&mut sniffer));
     let n: serde_json::Value = serde_json::from_str(line.trim()).expect("the sniffer's counts");
     eprintln!("{mode}: {sent} inner packets, A sent {} ESP ({:?}); the kernel saw {n}", a.wan_tx.packets, a.frags);
     assert_eq!(a.encapsulated, sent as u64, "{:?}", a.drops.named());
