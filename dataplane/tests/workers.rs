@@ -439,6 +439,20 @@ fn run_with(case: &str, mode: &str, weights: &[u32], size_of: fn(u32, u32) -> us
     rig.close();
 }
 
+/// One packet of every flow into A per round (each flow to the worker
+/// its id picks, as RSS on the inner flow would), then B settles.
+fn send_rounds(rig: &mut Rig, flows: &[Flow], rounds: std::ops::Range<u32>, size_of: impl Fn(u32, u32) -> usize) {
+    for round in rounds {
+        for f in flows {
+            let mut v = vec![rig.frame_to_a(&ip_packet(f, round, size_of(f.id, round)))];
+            rig.gen.tx[(f.id % WORKERS as u32) as usize].tx_all(&mut v, 1000);
+            assert!(v.is_empty());
+        }
+        rig.step();
+    }
+    rig.settle(400);
+}
+
 fn ipv6_tunnels(side_a: bool, doc: &mut serde_json::Value) {
     lab::outer_v6(vec![true, true])(side_a, doc)
 }
@@ -453,20 +467,9 @@ fn ipv6_tunnels_over_two_workers_and_a_rebinding_learned_by_both() {
     let mut rig = Rig::build("w6", "bundle", &[1, 1], ipv6_tunnels, false);
     let flows = flows();
     let size_of = |id: u32, seq: u32| [64, 700, 1400, 3000][((id + seq) % 4) as usize];
-    let send = |rig: &mut Rig, rounds: std::ops::Range<u32>| {
-        for round in rounds {
-            for f in &flows {
-                let mut v = vec![rig.frame_to_a(&ip_packet(f, round, size_of(f.id, round)))];
-                rig.gen.tx[(f.id % WORKERS as u32) as usize].tx_all(&mut v, 1000);
-                assert!(v.is_empty());
-            }
-            rig.step();
-        }
-        rig.settle(400);
-    };
-    send(&mut rig, 0..40);
+    send_rounds(&mut rig, &flows, 0..40, size_of);
     rig.rebind = Some((4500, 20_000));
-    send(&mut rig, 40..80);
+    send_rounds(&mut rig, &flows, 40..80, size_of);
     let mut checker = Checker::default();
     for f in std::mem::take(&mut rig.delivered) {
         checker.check(&f, &flows, size_of);
@@ -658,15 +661,7 @@ fn ipv6_tunnels_with_rss_known_hand_no_esp() {
     let flows = flows();
     let size_of = |id: u32, seq: u32| 64 + ((id * 131 + seq * 17) % 1400) as usize;
     let rounds = 60;
-    for round in 0..rounds {
-        for f in &flows {
-            let mut v = vec![rig.frame_to_a(&ip_packet(f, round, size_of(f.id, round)))];
-            rig.gen.tx[(f.id % WORKERS as u32) as usize].tx_all(&mut v, 1000);
-            assert!(v.is_empty());
-        }
-        rig.step();
-    }
-    rig.settle(400);
+    send_rounds(&mut rig, &flows, 0..rounds, size_of);
     let mut checker = Checker::default();
     for f in std::mem::take(&mut rig.delivered) {
         checker.check(&f, &flows, size_of);

@@ -4,7 +4,7 @@
 //! port's redirection table. Lets the dataplane make the worker that owns a
 //! tunnel the one whose queue the NIC gives the tunnel's packets.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// What a port's RSS hashes in a UDP packet of one IP version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,26 +62,14 @@ impl RssSteering {
     /// hashed over addresses and ports as `RTE_ETH_RSS_NONFRAG_IPV4_UDP`
     /// does. The table is indexed by the hash's low bits.
     pub fn queue_v4(&self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> u16 {
-        let mut input = [0u8; 12];
-        input[0..4].copy_from_slice(&src.octets());
-        input[4..8].copy_from_slice(&dst.octets());
-        input[8..10].copy_from_slice(&sport.to_be_bytes());
-        input[10..12].copy_from_slice(&dport.to_be_bytes());
-        let h = toeplitz(&self.key, &input);
-        self.reta[h as usize % self.reta.len()]
+        self.lookup(src.into(), dst.into(), Some((sport, dport)))
     }
 
     /// The queue of an IPv6 UDP (or TCP) packet `src:sport -> dst:dport`,
     /// hashed over addresses and ports as `RTE_ETH_RSS_NONFRAG_IPV6_UDP`
     /// does (no extension headers).
     pub fn queue_v6(&self, src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> u16 {
-        let mut input = [0u8; 36];
-        input[0..16].copy_from_slice(&src.octets());
-        input[16..32].copy_from_slice(&dst.octets());
-        input[32..34].copy_from_slice(&sport.to_be_bytes());
-        input[34..36].copy_from_slice(&dport.to_be_bytes());
-        let h = toeplitz(&self.key, &input);
-        self.reta[h as usize % self.reta.len()]
+        self.lookup(src.into(), dst.into(), Some((sport, dport)))
     }
 
     /// The queue of a UDP packet `src -> dst` of either IP version, by
@@ -93,10 +81,17 @@ impl RssSteering {
             return None;
         }
         let ports = match self.udp_hash(src.is_ipv6()) {
-            UdpHash::AddrsPorts => true,
-            UdpHash::Addrs => false,
+            UdpHash::AddrsPorts => Some((src.port(), dst.port())),
+            UdpHash::Addrs => None,
             UdpHash::Nothing => return None,
         };
+        Some(self.lookup(src.ip(), dst.ip(), ports))
+    }
+
+    /// The table entry of the hash of source and destination addresses
+    /// (the same version), then the ports if given: the hash input's order
+    /// in Microsoft's specification.
+    fn lookup(&self, src: IpAddr, dst: IpAddr, ports: Option<(u16, u16)>) -> u16 {
         let mut input = [0u8; 36];
         let mut n = 0;
         let mut put = |b: &[u8]| {
@@ -104,17 +99,17 @@ impl RssSteering {
             n += b.len();
         };
         for a in [src, dst] {
-            match a.ip() {
-                std::net::IpAddr::V4(ip) => put(&ip.octets()),
-                std::net::IpAddr::V6(ip) => put(&ip.octets()),
+            match a {
+                IpAddr::V4(ip) => put(&ip.octets()),
+                IpAddr::V6(ip) => put(&ip.octets()),
             }
         }
-        if ports {
-            put(&src.port().to_be_bytes());
-            put(&dst.port().to_be_bytes());
+        if let Some((sport, dport)) = ports {
+            put(&sport.to_be_bytes());
+            put(&dport.to_be_bytes());
         }
         let h = toeplitz(&self.key, &input[..n]);
-        Some(self.reta[h as usize % self.reta.len()])
+        self.reta[h as usize % self.reta.len()]
     }
 
     /// The redirection table.
