@@ -18,6 +18,10 @@ uint16_t braid_eth_tx_prepare(uint16_t port, uint16_t queue, struct rte_mbuf **p
 struct rte_mbuf *braid_pktmbuf_alloc(struct rte_mempool *mp) { return rte_pktmbuf_alloc(mp); }
 int braid_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs, unsigned int n)
 { return rte_pktmbuf_alloc_bulk(mp, mbufs, n); }
+int braid_mempool_get_bulk(struct rte_mempool *mp, void **objs, unsigned int n)
+{ return rte_mempool_get_bulk(mp, objs, n); }
+void braid_mempool_put_bulk(struct rte_mempool *mp, void *const *objs, unsigned int n)
+{ rte_mempool_put_bulk(mp, objs, n); }
 void braid_pktmbuf_free(struct rte_mbuf *m) { rte_pktmbuf_free(m); }
 void braid_pktmbuf_reset(struct rte_mbuf *m) { rte_pktmbuf_reset(m); }
 char *braid_pktmbuf_append(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_append(m, len); }

@@ -17,6 +17,8 @@ uint16_t braid_eth_tx_prepare(uint16_t port, uint16_t queue, struct rte_mbuf **p
 /* mbuf */
 struct rte_mbuf *braid_pktmbuf_alloc(struct rte_mempool *mp);
 int braid_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs, unsigned int n);
+int braid_mempool_get_bulk(struct rte_mempool *mp, void **objs, unsigned int n);
+void braid_mempool_put_bulk(struct rte_mempool *mp, void *const *objs, unsigned int n);
 void braid_pktmbuf_free(struct rte_mbuf *m);
 void braid_pktmbuf_reset(struct rte_mbuf *m);
 char *braid_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
@@ -74,6 +76,8 @@ enum braid_consts {
 	BRAID_MBUF_F_TX_TCP_SEG = RTE_MBUF_F_TX_TCP_SEG,
 	BRAID_MBUF_F_TX_UDP_SEG = RTE_MBUF_F_TX_UDP_SEG,
 	BRAID_MBUF_F_TX_OFFLOAD_MASK = RTE_MBUF_F_TX_OFFLOAD_MASK,
+	BRAID_MBUF_F_EXTERNAL = RTE_MBUF_F_EXTERNAL,
+	BRAID_MBUF_F_INDIRECT = RTE_MBUF_F_INDIRECT,
 	BRAID_MBUF_F_RX_IP_CKSUM_BAD = RTE_MBUF_F_RX_IP_CKSUM_BAD,
 	BRAID_MBUF_F_RX_IP_CKSUM_GOOD = RTE_MBUF_F_RX_IP_CKSUM_GOOD,
 	BRAID_MBUF_F_RX_L4_CKSUM_BAD = RTE_MBUF_F_RX_L4_CKSUM_BAD,

@@ -55,16 +55,24 @@ impl Mbuf {
 
     /// Fills `out` with `n` mbufs at once, or leaves it untouched and returns
     /// false when the pool cannot give all of them.
+    ///
+    /// `rte_pktmbuf_alloc_bulk` without its stores to the mbufs' second
+    /// cache line: each mbuf is reset here ([`reset_fresh`]).
     pub fn alloc_bulk(pool: &Mempool, out: &mut Vec<Mbuf>, n: usize) -> bool {
         let Ok(n32) = u32::try_from(n) else { return false };
         out.reserve(n);
         let len = out.len();
         // SAFETY: spare capacity holds n pointers; Mbuf is repr(transparent)
-        // over a non-null pointer, and on success DPDK writes n valid mbufs.
+        // over a non-null pointer. On success the pool wrote n pointers to
+        // mbufs of `pool` that nobody owns (a pktmbuf pool holds only
+        // mbufs), and each is reset before the Vec counts it.
         unsafe {
             let dst = out.as_mut_ptr().add(len) as *mut *mut dpdk_sys::rte_mbuf;
-            if dpdk_sys::braid_pktmbuf_alloc_bulk(pool.as_ptr(), dst, n32) != 0 {
+            if dpdk_sys::braid_mempool_get_bulk(pool.as_ptr(), dst as *mut *mut std::ffi::c_void, n32) != 0 {
                 return false;
+            }
+            for i in 0..n {
+                reset_fresh(&mut **dst.add(i));
             }
             out.set_len(len + n);
         }
@@ -79,11 +87,28 @@ impl Mbuf {
         }
         let n = v.len();
         // SAFETY: the Vec owns n valid mbufs (repr(transparent) pointers);
-        // DPDK frees each chain; set_len(0) first so no Drop runs on them,
-        // even if the call unwound (it cannot: C).
+        // set_len(0) first so no Drop runs on them. Each goes back to its
+        // pool exactly once: the plain ones (see `plain`) with one
+        // `rte_mempool_put_bulk` to the first one's pool, gathered at the
+        // front of the buffer (k <= i, so no pointer not yet read is
+        // overwritten); any other through `rte_pktmbuf_free`.
         unsafe {
             v.set_len(0);
-            dpdk_sys::rte_pktmbuf_free_bulk(v.as_mut_ptr() as *mut *mut dpdk_sys::rte_mbuf, n as u32);
+            let p = v.as_mut_ptr() as *mut *mut dpdk_sys::rte_mbuf;
+            let pool = (**p).pool;
+            let mut k = 0;
+            for i in 0..n {
+                let m = *p.add(i);
+                if plain(m, pool) {
+                    *p.add(k) = m;
+                    k += 1;
+                } else {
+                    dpdk_sys::braid_pktmbuf_free(m);
+                }
+            }
+            if k > 0 {
+                dpdk_sys::braid_mempool_put_bulk(pool, p as *const *mut std::ffi::c_void, k as u32);
+            }
         }
     }
 
@@ -370,6 +395,50 @@ impl Mbuf {
         self.for_each_segment(|s| out.extend_from_slice(s));
         out
     }
+}
+
+/// What `rte_pktmbuf_reset` does to an mbuf just taken from its pool,
+/// writing its first cache line only (one bulk allocation of 32 mbufs was
+/// ~10 cycles per mbuf in bundle mode's delivery, most of it the second
+/// line). The rest already holds in the pool: an mbuf is put back with
+/// `next` NULL, `nb_segs` 1 and `refcnt` 1 (`rte_pktmbuf_prefree_seg`;
+/// DPDK's `rte_mbuf_raw_free` contract). `tx_offload` is left as it was:
+/// with `ol_flags` clear no PMD reads it, and braid writes it whole with
+/// its flags ([`Mbuf::set_tx_offload`]). (A PMD with
+/// `RTE_ETH_TX_OFFLOAD_MBUF_FAST_FREE` puts segments back without
+/// clearing `next`; braid never turns that offload on.)
+#[inline(always)]
+fn reset_fresh(m: &mut dpdk_sys::rte_mbuf) {
+    debug_assert!(m.next.is_null() && m.nb_segs == 1 && m.refcnt == 1, "mbuf in its pool not reset");
+    m.data_off = m.buf_len.min(dpdk_sys::BRAID_PKTMBUF_HEADROOM as u16);
+    m.nb_segs = 1;
+    m.port = u16::MAX; // RTE_MBUF_PORT_INVALID
+    m.ol_flags &= dpdk_sys::consts::BRAID_MBUF_F_EXTERNAL;
+    m.__bindgen_anon_1.packet_type = 0;
+    m.pkt_len = 0;
+    m.data_len = 0;
+    m.vlan_tci = 0;
+    m.vlan_tci_outer = 0;
+}
+
+/// An mbuf `rte_pktmbuf_free` would put back into `pool` as it is: one
+/// segment (for a packet's head, `nb_segs` 1 means `next` is NULL), direct,
+/// and ours alone. Reads the first cache line only; `rte_pktmbuf_free_bulk`
+/// also reads `next`, on the second (on a NIC's RX path, the only touch of
+/// that line).
+///
+/// # Safety
+/// `m` is a valid mbuf, the head of a packet, owned by the caller.
+#[inline(always)]
+unsafe fn plain(m: *mut dpdk_sys::rte_mbuf, pool: *mut dpdk_sys::rte_mempool) -> bool {
+    use dpdk_sys::consts::{BRAID_MBUF_F_EXTERNAL as EXT, BRAID_MBUF_F_INDIRECT as IND};
+    // SAFETY (caller): valid mbuf. refcnt is read atomically: a clone's
+    // holder may change it (DPDK's rte_mbuf_refcnt_read).
+    let refcnt = unsafe { std::sync::atomic::AtomicU16::from_ptr(std::ptr::addr_of_mut!((*m).refcnt)) }
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY (caller): valid mbuf.
+    let r = unsafe { &*m };
+    r.nb_segs == 1 && refcnt == 1 && r.ol_flags & (EXT | IND) == 0 && r.pool == pool
 }
 
 /// A per-worker stash of free mbufs, refilled `batch` at a time with one

@@ -364,6 +364,24 @@ fn mbuf_stash_and_bulk_free_keep_the_pool_whole() {
     Mbuf::free_bulk(&mut all);
     drop(stash);
     assert_eq!(pool.in_use(), 0);
+
+    // One bulk free of a burst from two pools, with chains (also across
+    // the pools) anywhere in it: every mbuf goes back to its own pool.
+    let other = Mempool::new("stash_other", 127, DEFAULT_DATA_ROOM).unwrap();
+    let mut mixed = Vec::new();
+    for i in 0..90 {
+        let p = if i % 3 == 1 { &other } else { &pool };
+        let mut m = Mbuf::alloc(p).unwrap();
+        m.append(10).unwrap();
+        if i % 7 == 3 {
+            let q = if i % 2 == 0 { &other } else { &pool };
+            m.chain(Mbuf::alloc(q).unwrap()).map_err(|_| ()).unwrap();
+        }
+        mixed.push(m);
+    }
+    assert!(pool.in_use() > 0 && other.in_use() > 0);
+    Mbuf::free_bulk(&mut mixed);
+    assert_eq!((pool.in_use(), other.in_use()), (0, 0));
 }
 
 /// A port spread over several RX queues by RSS gives back the key and the
