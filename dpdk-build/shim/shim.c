@@ -16,8 +16,6 @@ uint16_t braid_eth_tx_prepare(uint16_t port, uint16_t queue, struct rte_mbuf **p
 { return rte_eth_tx_prepare(port, queue, pkts, n); }
 
 struct rte_mbuf *braid_pktmbuf_alloc(struct rte_mempool *mp) { return rte_pktmbuf_alloc(mp); }
-int braid_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs, unsigned int n)
-{ return rte_pktmbuf_alloc_bulk(mp, mbufs, n); }
 int braid_mempool_get_bulk(struct rte_mempool *mp, void **objs, unsigned int n)
 { return rte_mempool_get_bulk(mp, objs, n); }
 void braid_mempool_put_bulk(struct rte_mempool *mp, void *const *objs, unsigned int n)

@@ -16,7 +16,6 @@ uint16_t braid_eth_tx_prepare(uint16_t port, uint16_t queue, struct rte_mbuf **p
 
 /* mbuf */
 struct rte_mbuf *braid_pktmbuf_alloc(struct rte_mempool *mp);
-int braid_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs, unsigned int n);
 int braid_mempool_get_bulk(struct rte_mempool *mp, void **objs, unsigned int n);
 void braid_mempool_put_bulk(struct rte_mempool *mp, void *const *objs, unsigned int n);
 void braid_pktmbuf_free(struct rte_mbuf *m);

@@ -79,32 +79,38 @@ impl Mbuf {
         true
     }
 
-    /// Frees every mbuf of `v` (all their segments) with one call, and
-    /// empties it: one FFI call for a burst instead of one per packet.
+    /// Frees every mbuf of `v` (all their segments) and empties it, as
+    /// `rte_pktmbuf_free_bulk` does: plain mbufs (see `plain`) go back to
+    /// their pool with one `rte_mempool_put_bulk` per run of one pool, any
+    /// other through `rte_pktmbuf_free`.
     pub fn free_bulk(v: &mut Vec<Mbuf>) {
-        if v.is_empty() {
-            return;
-        }
         let n = v.len();
         // SAFETY: the Vec owns n valid mbufs (repr(transparent) pointers);
         // set_len(0) first so no Drop runs on them. Each goes back to its
-        // pool exactly once: the plain ones (see `plain`) with one
-        // `rte_mempool_put_bulk` to the first one's pool, gathered at the
-        // front of the buffer (k <= i, so no pointer not yet read is
-        // overwritten); any other through `rte_pktmbuf_free`.
+        // pool exactly once: a plain one is gathered at the front of the
+        // buffer (k <= i, so no pointer not yet read is overwritten) with
+        // the others of its pool's run, which go back together when the
+        // pool changes or at the end; any other is freed on the spot.
         unsafe {
             v.set_len(0);
             let p = v.as_mut_ptr() as *mut *mut dpdk_sys::rte_mbuf;
-            let pool = (**p).pool;
+            let mut pool: *mut dpdk_sys::rte_mempool = std::ptr::null_mut();
             let mut k = 0;
             for i in 0..n {
                 let m = *p.add(i);
-                if plain(m, pool) {
-                    *p.add(k) = m;
-                    k += 1;
-                } else {
+                if !plain(m) {
                     dpdk_sys::braid_pktmbuf_free(m);
+                    continue;
                 }
+                let mp = (*m).pool;
+                if mp != pool {
+                    if k > 0 {
+                        dpdk_sys::braid_mempool_put_bulk(pool, p as *const *mut std::ffi::c_void, k as u32);
+                    }
+                    (pool, k) = (mp, 0);
+                }
+                *p.add(k) = m;
+                k += 1;
             }
             if k > 0 {
                 dpdk_sys::braid_mempool_put_bulk(pool, p as *const *mut std::ffi::c_void, k as u32);
@@ -421,24 +427,26 @@ fn reset_fresh(m: &mut dpdk_sys::rte_mbuf) {
     m.vlan_tci_outer = 0;
 }
 
-/// An mbuf `rte_pktmbuf_free` would put back into `pool` as it is: one
+/// An mbuf `rte_pktmbuf_free` would put back into its pool as it is: one
 /// segment (for a packet's head, `nb_segs` 1 means `next` is NULL), direct,
-/// and ours alone. Reads the first cache line only; `rte_pktmbuf_free_bulk`
-/// also reads `next`, on the second (on a NIC's RX path, the only touch of
-/// that line).
+/// and ours alone. Reads the first cache line only (`rte_pktmbuf_free_bulk`
+/// also reads `next`, on the second, which a PMD's vector RX path never
+/// touches).
 ///
 /// # Safety
 /// `m` is a valid mbuf, the head of a packet, owned by the caller.
 #[inline(always)]
-unsafe fn plain(m: *mut dpdk_sys::rte_mbuf, pool: *mut dpdk_sys::rte_mempool) -> bool {
+unsafe fn plain(m: *mut dpdk_sys::rte_mbuf) -> bool {
     use dpdk_sys::consts::{BRAID_MBUF_F_EXTERNAL as EXT, BRAID_MBUF_F_INDIRECT as IND};
-    // SAFETY (caller): valid mbuf. refcnt is read atomically: a clone's
-    // holder may change it (DPDK's rte_mbuf_refcnt_read).
-    let refcnt = unsafe { std::sync::atomic::AtomicU16::from_ptr(std::ptr::addr_of_mut!((*m).refcnt)) }
-        .load(std::sync::atomic::Ordering::Relaxed);
-    // SAFETY (caller): valid mbuf.
-    let r = unsafe { &*m };
-    r.nb_segs == 1 && refcnt == 1 && r.ol_flags & (EXT | IND) == 0 && r.pool == pool
+    // SAFETY (caller): valid mbuf. Fields are read through the pointer, no
+    // reference to the whole mbuf is made: refcnt is read atomically, as
+    // DPDK's rte_mbuf_refcnt_read does (the holder of a clone, if there
+    // were one, may change it).
+    unsafe {
+        let refcnt = std::sync::atomic::AtomicU16::from_ptr(std::ptr::addr_of_mut!((*m).refcnt))
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (*m).nb_segs == 1 && refcnt == 1 && (*m).ol_flags & (EXT | IND) == 0
+    }
 }
 
 /// A per-worker stash of free mbufs, refilled `batch` at a time with one

@@ -382,6 +382,18 @@ fn mbuf_stash_and_bulk_free_keep_the_pool_whole() {
     assert!(pool.in_use() > 0 && other.in_use() > 0);
     Mbuf::free_bulk(&mut mixed);
     assert_eq!((pool.in_use(), other.in_use()), (0, 0));
+    // The first one a chain, or of the other pool.
+    for first_other in [false, true] {
+        let mut v = Vec::new();
+        let mut head = Mbuf::alloc(if first_other { &other } else { &pool }).unwrap();
+        head.chain(Mbuf::alloc(&other).unwrap()).map_err(|_| ()).unwrap();
+        v.push(head);
+        for i in 0..40 {
+            v.push(Mbuf::alloc(if i % 5 == 0 { &other } else { &pool }).unwrap());
+        }
+        Mbuf::free_bulk(&mut v);
+        assert_eq!((pool.in_use(), other.in_use()), (0, 0));
+    }
 }
 
 /// A port spread over several RX queues by RSS gives back the key and the
