@@ -2094,6 +2094,16 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize,
             if ihl < 20 || total < ihl || total > l3.len() {
                 return Err(DpDrop::BadInnerIp);
             }
+            // The header checksum, as a router must (RFC 1812 5.2.2): the
+            // NIC's verdict where it checks, else summed here.
+            let sum_ok = match m.rx_ip_cksum() {
+                RxCksum::Good | RxCksum::Valid => true,
+                RxCksum::Bad => false,
+                RxCksum::Unknown => ipv4_header_sums(&l3[..ihl]),
+            };
+            if !sum_ok {
+                return Err(DpDrop::BadInnerIp);
+            }
             (routes.lookup_v4(std::net::Ipv4Addr::new(l3[16], l3[17], l3[18], l3[19])), total)
         }
         (0x86dd, 6) => {
@@ -2112,6 +2122,25 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize,
     };
     let peer = peer.ok_or(DpDrop::NoRoute)? as usize;
     Ok((peer, peer_bundle.get(peer).copied().ok_or(DpDrop::NoRoute)?, len))
+}
+
+/// An IPv4 header's checksum verifies. An options-free header (20 bytes)
+/// is summed as ten native 16-bit words (a ones'-complement sum in the
+/// other byte order is the byte swap of it, and all ones is all ones in
+/// both): under 2^20, two folds make it 16 bits. Through the general sum
+/// it cost 13-15 cycles a 64-byte packet.
+#[inline(always)]
+fn ipv4_header_sums(h: &[u8]) -> bool {
+    let Some(w) = h.first_chunk::<20>().filter(|_| h.len() == 20) else {
+        return braid_tunnel::wire::checksum::sum(h) == 0xffff;
+    };
+    let word = |i: usize| u32::from(u16::from_ne_bytes([w[2 * i], w[2 * i + 1]]));
+    let mut s = ((word(0) + word(1)) + (word(2) + word(3)))
+        + ((word(4) + word(5)) + (word(6) + word(7)))
+        + (word(8) + word(9));
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s == 0xffff
 }
 
 /// Where the ESP packet of a WAN frame is, and who sent it.
@@ -2469,6 +2498,44 @@ fn write_eth_type(buf: &mut [u8], lan: &L2, et: u16) {
 
 #[cfg(test)]
 mod tests {
+    /// The 20-byte fast path agrees with the general sum on every header
+    /// (random ones, ones with a right checksum, and edge words).
+    #[test]
+    fn ipv4_header_sums_matches_the_general_sum() {
+        use crate::worker::ipv4_header_sums;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut right = 0;
+        for round in 0..200_000 {
+            let mut h = [0u8; 24];
+            for b in h.iter_mut() {
+                *b = match round % 4 {
+                    0 => next() as u8,
+                    1 => 0xff,
+                    2 => [0, 0xff][(next() & 1) as usize],
+                    _ => 0,
+                };
+            }
+            if round % 2 == 0 {
+                h[10] = 0;
+                h[11] = 0;
+                let c = !braid_tunnel::wire::checksum::sum(&h[..20]);
+                h[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+            let want = braid_tunnel::wire::checksum::sum(&h[..20]) == 0xffff;
+            right += want as u32;
+            assert_eq!(ipv4_header_sums(&h[..20]), want, "{:02x?}", &h[..20]);
+            // With options: the general sum.
+            assert_eq!(ipv4_header_sums(&h[..24]), braid_tunnel::wire::checksum::sum(&h[..24]) == 0xffff);
+        }
+        assert!(right > 90_000, "{right} right checksums");
+    }
+
     use super::{frag_ident, inner_ip_len, plain_outer_limits};
 
     #[test]

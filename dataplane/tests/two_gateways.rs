@@ -640,7 +640,9 @@ fn bad_input_on_either_side_is_dropped_and_counted() {
     lab.mid_b.tx.tx_all(&mut v, 100);
     lab.step();
 
-    // LAN side, towards A: runt, ARP, bad IHL, no route.
+    // LAN side, towards A: runt, ARP, bad IHL, bad header checksum (summed
+    // in software: net_ring gives no verdict), a header the "NIC" found
+    // bad (net_ring keeps the mbuf's flags), no route.
     let f = Flow::a_to_b(0, Family::V4, L4::Udp);
     let mut ip = ip_packet(&f, 99, 200);
     let mut lan_bad = vec![lab.raw(&[0u8; 12])];
@@ -651,7 +653,16 @@ fn bad_input_on_either_side_is_dropped_and_counted() {
     let mut v = ip.clone();
     v[0] = 0x44;
     lan_bad.push(lab.frame_to_a(&v));
-    ip[16..20].copy_from_slice(&[203, 0, 113, 9]); // no route (checksum irrelevant)
+    let mut v = ip.clone();
+    v[10] ^= 0x5a;
+    lan_bad.push(lab.frame_to_a(&v));
+    let mut m = lab.frame_to_a(&ip);
+    m.set_rx_ip_cksum(braid_dpdk::mbuf::RxCksum::Bad);
+    lan_bad.push(m);
+    ip[16..20].copy_from_slice(&[203, 0, 113, 9]); // no route
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = !braid_tunnel::wire::checksum::sum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
     lan_bad.push(lab.frame_to_a(&ip));
     lab.gen.tx.tx_all(&mut lan_bad, 100);
     for _ in 0..10 {
@@ -671,7 +682,7 @@ fn bad_input_on_either_side_is_dropped_and_counted() {
     assert_eq!(b.engine.get(braid_tunnel::DropReason::Replayed), 1, "replayed");
     assert_eq!(a.drops.get(DpDrop::NotIp), 1, "runt");
     assert_eq!(a.local.get(braid_dataplane::counters::LocalDrop::Malformed), 1, "ARP of no known hardware type");
-    assert_eq!(a.drops.get(DpDrop::BadInnerIp), 1);
+    assert_eq!(a.drops.get(DpDrop::BadInnerIp), 3, "bad IHL, bad checksum, found bad by the NIC");
     assert_eq!(a.drops.get(DpDrop::NoRoute), 1);
     // Engine drops are counted once, in the engine counters.
     assert_eq!(b.tunnels[0].iter().map(|t| t.rejected).sum::<u64>(), 2, "forged + replayed");
