@@ -97,6 +97,23 @@ def main():
                     s["inner_test_packets"] += 1
             elif nh == 253:
                 assert payload[0] >> 4 == 1, "bundle frame version"
+                # Records after the 12-byte frame header: type, flags,
+                # length; a data record's own header is 12 bytes in all.
+                # A whole inner packet must be one of the test's.
+                at = 12
+                while at < len(payload) and payload[at] != 0:
+                    ty, flags, length = payload[at], payload[at + 1], struct.unpack(">H", payload[at + 2:at + 4])[0]
+                    rec = payload[at:at + 4 + length]
+                    assert len(rec) == 4 + length, "record past the frame"
+                    if ty == 1:
+                        if flags & 0xC0 == 0xC0:
+                            assert inner_tag(rec[12:]) is not None, "a whole inner packet not of the test"
+                            s["inner_test_packets"] += 1
+                        else:
+                            s["inner_fragments"] = s.get("inner_fragments", 0) + 1
+                    else:
+                        assert ty in (2, 3), "record type %d" % ty
+                    at += 4 + length
         except Exception as e:  # noqa: BLE001 - report every failure
             s["failed"] += 1
             if len(s["errors"]) < 5:

@@ -278,19 +278,37 @@ fn sessions_expire_and_late_replies_are_dropped() {
     lab.settle(5);
     let ext: Vec<(Ipv4Addr, u16)> = lab.delivered.drain(..).map(|f| endpoints(&f[14..]).0).collect();
     assert_eq!(ext.len(), n as usize);
-    // In time: the replies come back.
+    // In time: the replies come back (and restart the timers: each
+    // session's deadline is 2 s after A took its reply, which was within
+    // the 5 polls before `replied`).
     lab.now += SECOND;
     send_b(&mut lab, (0..n).map(|i| packet(L4::Udp, (SERVER, SERVER_PORT), ext[i as usize], i, 1)));
     lab.settle(5);
     assert_eq!(lab.delivered_a.drain(..).count(), n as usize);
-    // 2 s after the last packet (the reply restarted the timers): gone.
-    lab.now += 2 * SECOND + TICK_MS;
+    let replied = lab.now;
+    // 20 ms before the deadline: the first half's replies still pass
+    // (and restart those sessions' timers).
+    let half = n / 2;
+    lab.now = replied + 2 * SECOND - 20 * TICK_MS;
+    send_b(&mut lab, (0..half).map(|i| packet(L4::Udp, (SERVER, SERVER_PORT), ext[i as usize], i, 2)));
+    lab.settle(5);
+    assert_eq!(lab.delivered_a.drain(..).count(), half as usize, "replies just before the timeout");
+    // Past the deadline: the idle polls close the second half's sessions
+    // (before any reply could close them on lookup)...
+    lab.now = replied + 2 * SECOND + TICK_MS;
     lab.settle(50);
-    send_b(&mut lab, (0..n).map(|i| packet(L4::Udp, (SERVER, SERVER_PORT), ext[i as usize], i, 2)));
+    let a = lab.counters().0;
+    assert_eq!((a.nat.sessions_expired, a.nat.sessions), ((n - half) as u64, half as u64), "idle polls swept the table");
+    // ...and their late replies are dropped.
+    send_b(&mut lab, (half..n).map(|i| packet(L4::Udp, (SERVER, SERVER_PORT), ext[i as usize], i, 2)));
     lab.settle(5);
     assert_eq!(lab.delivered_a.len(), 0, "late replies are dropped");
     let (a, b) = lab.counters();
-    assert_eq!(a.nat.drop_count(false, NatDrop::NoSession), n as u64);
+    assert_eq!(a.nat.drop_count(false, NatDrop::NoSession), (n - half) as u64);
+    // The first half expires in its turn.
+    lab.now += 2 * SECOND;
+    lab.settle(50);
+    let a = lab.counters().0;
     assert_eq!((a.nat.sessions_expired, a.nat.sessions), (n as u64, 0), "idle polls swept the table");
     // The flow starts again: a new session.
     send_a(&mut lab, (0..1).map(|i| packet(L4::Udp, flow_src(i), (SERVER, SERVER_PORT), i, 3)));

@@ -354,7 +354,17 @@ fn forged(case: &str, mode: &str) {
     *forgery.last_mut().unwrap() ^= 1;
     let mut replay = old.clone();
     set_src(&mut replay, attacker());
-    inject(&mut lab, &[forgery, replay]);
+    // A NAT-keepalive (RFC 3948: one 0xff byte, nothing to authenticate)
+    // from there too, to tunnel 1's port.
+    let mut keepalive = old[..ESP + 1].to_vec();
+    keepalive[ESP] = 0xff;
+    keepalive[IP + 2..IP + 4].copy_from_slice(&((ESP + 1 - IP) as u16).to_be_bytes());
+    keepalive[UDP + 4..UDP + 8].copy_from_slice(&[0, 9, 0, 0]);
+    set_src(&mut keepalive, attacker());
+    assert!(is_keepalive(&keepalive));
+    let ka0 = lab.a.counters().keepalives_rx;
+    inject(&mut lab, &[forgery, replay, keepalive]);
+    assert_eq!(lab.a.counters().keepalives_rx, ka0 + 1, "the keepalive was taken as one");
 
     let (a1, _) = lab.counters();
     assert_eq!(a1.engine.get(DropReason::AuthFailed) - a0.engine.get(DropReason::AuthFailed), 1, "forged tag");

@@ -219,6 +219,11 @@ fn a_silent_next_hop_is_unresolved_and_the_other_direction_flows() {
         assert_eq!(lab.nh_requests.len(), requests, "at {t} ns");
         send(&mut lab, &flows, seq..seq + 20, Some(&back));
         seq += 20;
+        // Meanwhile, not at the end: B -> A delivered up to the last round
+        // (two polls for it to cross).
+        lab.step();
+        lab.step();
+        assert_eq!(lab.delivered_a.len(), seq as usize * back.len(), "B -> A held back at {t} ns");
         if t == 3 * SECOND + 1 {
             assert_eq!(lab.a.counters().local.unresolved, 1, "given up after 3 requests");
         }

@@ -87,6 +87,7 @@ fn assert_clean(lab: &Lab, checker: &Checker, total: u64) {
 fn assert_shares(lab: &Lab, weights: &[u32]) {
     let (a, _) = lab.counters();
     let tx: Vec<u64> = a.tunnels[0].iter().map(|t| t.tx.packets).collect();
+    assert_eq!(tx.len(), weights.len(), "a counter per tunnel");
     let sum: u64 = tx.iter().sum();
     let wsum: u32 = weights.iter().sum();
     for (t, (&n, &w)) in tx.iter().zip(weights).enumerate() {
@@ -277,11 +278,15 @@ fn bundle_mode_four_weighted_tunnels_and_independent_decryption() {
     assert_clean(&lab, &c, 4800);
     assert_shares(&lab, &weights);
     let frames = lab.capture.take().unwrap();
+    assert_eq!(frames.len(), 400, "the capture is full");
     let summary = decrypt_independently("b4", &frames, weights.len(), 32);
     eprintln!("independent decryption: {summary}");
     assert_eq!(summary["decrypted"], frames.len(), "{summary}");
     assert_eq!(summary["failed"], 0, "{summary}");
     assert_eq!(summary["next_header_253"], frames.len(), "{summary}");
+    // Whole inner packets found in the frames, each one of the test's
+    // (the script checks every whole data record).
+    assert!(summary["inner_test_packets"].as_u64().unwrap() >= 100, "{summary}");
     lab.close();
 }
 
@@ -323,6 +328,7 @@ fn plain_mode_four_tunnels_interoperable_esp() {
     assert_clean(&lab, &c, 4800);
     assert_shares(&lab, &weights);
     let frames = lab.capture.take().unwrap();
+    assert_eq!(frames.len(), 300, "the capture is full");
     let summary = decrypt_independently("p4", &frames, weights.len(), 16);
     eprintln!("independent decryption: {summary}");
     assert_eq!(summary["decrypted"], frames.len(), "{summary}");
@@ -345,11 +351,17 @@ fn over_ipv6(case: &str, mode: &str, weights: &[u32], v6: &[bool], wan_mtu: u32)
     assert_clean(&lab, &c, 4800);
     assert_shares(&lab, weights);
     let frames = lab.capture.take().unwrap();
+    assert_eq!(frames.len(), 400, "the capture is full");
     assert!(frames.iter().all(|f| f.len() <= 14 + wan_mtu as usize), "a WAN frame above the MTU");
     let summary = decrypt_independently(case, &frames, weights.len(), 16);
     eprintln!("{mode} over IPv6 {v6:?}: {summary}");
     assert_eq!(summary["decrypted"], frames.len(), "{summary}");
     assert_eq!(summary["failed"], 0, "{summary}");
+    // Test packets inside: one per ESP packet in plain mode; in bundle
+    // mode whole ones (the rest of the frames' bytes are pieces of the
+    // big ones), every whole one checked by the script.
+    let whole = summary["inner_test_packets"].as_u64().unwrap();
+    assert!(if mode == "plain" { whole == frames.len() as u64 } else { whole >= 100 }, "{summary}");
     lab.close();
     summary
 }

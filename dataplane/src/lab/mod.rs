@@ -731,6 +731,14 @@ impl Checker {
             return;
         }
         let ip = &frame[14..];
+        let et = match ip.first().map(|b| b >> 4) {
+            Some(6) => [0x86, 0xdd],
+            _ => [0x08, 0x00],
+        };
+        if frame[12..14] != et {
+            self.bad.push(format!("EtherType {:02x?} for an IPv{} packet", &frame[12..14], ip.first().map_or(0, |b| b >> 4)));
+            return;
+        }
         let Some((id, seq)) = tag(ip) else {
             self.bad.push("not a test packet".into());
             return;
