@@ -9,7 +9,14 @@
 //!
 //! usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH]
 //!            [--seq-state FILE] [--stats-file PATH] [--stats-interval-ms N] [--idle-us N]
-//!            [--workers N] [--seconds N] -- <EAL args>
+//!            [--idle-max-us N] [--workers N] [--seconds N] -- <EAL args>
+//!
+//! An idle worker backs off: after 1000 empty polls it sleeps `--idle-us`
+//! (default 50) between polls, and after 100 ms with nothing at all
+//! `--idle-max-us` (default 500, at least `--idle-us`): a quiet gateway
+//! takes a few percent of a core, and the first packets after a silence
+//! wait at most that long (a 1024-descriptor RX ring holds 500 us of
+//! 2 Mpps).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -38,15 +45,20 @@ struct Args {
     stats_file: Option<String>,
     stats_interval: Duration,
     idle_us: u64,
+    idle_max_us: u64,
     seconds: Option<u64>,
     workers: u16,
     eal: Vec<String>,
 }
 
-const USAGE: &str = "usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH] [--seq-state FILE] [--stats-file PATH] [--stats-interval-ms N] [--idle-us N] [--workers N] [--seconds N] -- <EAL args>";
+const USAGE: &str = "usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH] [--seq-state FILE] [--stats-file PATH] [--stats-interval-ms N] [--idle-us N] [--idle-max-us N] [--workers N] [--seconds N] -- <EAL args>";
 
 /// How often the worker publishes its counters to the stats segment.
 const SEGMENT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a worker finds nothing before it sleeps `--idle-max-us`
+/// instead of `--idle-us` between polls.
+const DEEP_IDLE: Duration = Duration::from_millis(100);
 
 fn parse_args() -> Result<Args, String> {
     let all: Vec<String> = std::env::args().skip(1).collect();
@@ -59,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
         stats_file: None,
         stats_interval: Duration::from_secs(1),
         idle_us: 50,
+        idle_max_us: 500,
         seconds: None,
         workers: 1,
         eal: all[split + 1..].to_vec(),
@@ -75,6 +88,7 @@ fn parse_args() -> Result<Args, String> {
             "--stats-file" => a.stats_file = Some(v.clone()),
             "--stats-interval-ms" => a.stats_interval = Duration::from_millis(num(v)?),
             "--idle-us" => a.idle_us = num(v)?,
+            "--idle-max-us" => a.idle_max_us = num(v)?,
             "--seconds" => a.seconds = Some(num(v)?),
             "--workers" => {
                 a.workers = u16::try_from(num(v)?).ok().filter(|w| (1..=64).contains(w)).ok_or_else(|| format!("--workers: 1 to 64, not {v}"))?
@@ -188,6 +202,7 @@ struct Shared {
     port_tx: Vec<PortTx>,
     t0: Instant,
     idle_us: u64,
+    idle_max_us: u64,
     deadline: Option<Instant>,
     stats_interval: Duration,
     stats_file: Option<String>,
@@ -210,6 +225,7 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
     let mut next_segment = t0;
     let (mut cbuf, mut gbuf) = (Vec::new(), Vec::new());
     let mut idle = 0u32;
+    let mut idle_since = Instant::now();
     let mut polls = 0u32;
     while !sh.stop.load(Ordering::Relaxed) {
         polls = polls.wrapping_add(1);
@@ -257,11 +273,19 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
             next_segment = Instant::now();
         }
         if worker.poll(now()) == 0 {
-            // Idle back-off: after 1000 empty polls, sleep between polls; a
-            // busy worker never gets here.
+            // Idle back-off: after 1000 empty polls, sleep between polls
+            // (`--idle-us`: a burst waits at most that long); after
+            // DEEP_IDLE with nothing at all, longer sleeps (`--idle-max-us`:
+            // a quiet gateway takes a few percent of a core instead of
+            // ~20%, and the first packets after the silence wait up to
+            // that long). A busy worker never gets here.
             idle = idle.saturating_add(1);
+            if idle == 1 {
+                idle_since = Instant::now();
+            }
             if idle > 1000 {
-                std::thread::sleep(Duration::from_micros(sh.idle_us));
+                let deep = idle_since.elapsed() >= DEEP_IDLE;
+                std::thread::sleep(Duration::from_micros(if deep { sh.idle_max_us } else { sh.idle_us }));
             }
         } else {
             idle = 0;
@@ -518,6 +542,7 @@ fn run() -> Result<(), String> {
         port_tx,
         t0,
         idle_us: args.idle_us,
+        idle_max_us: args.idle_max_us.max(args.idle_us),
         deadline: args.seconds.map(|s| t0 + Duration::from_secs(s)),
         stats_interval: args.stats_interval,
         stats_file: args.stats_file.clone(),
