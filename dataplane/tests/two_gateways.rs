@@ -709,6 +709,76 @@ fn bad_input_on_either_side_is_dropped_and_counted() {
     lab.close();
 }
 
+/// An outer fragment flood as big as the reassembly table takes: 1,100
+/// packet ids (the table holds 1,024) of 7 fragments each (DPDK keeps at
+/// most 8 of one packet), none ever complete. The table fills and refuses
+/// the rest (counted as discarded), what it holds stays within B's pool,
+/// and tunnel traffic goes on during the flood; when their time is up every
+/// held fragment is freed and the pools are whole again.
+#[test]
+fn a_fragment_flood_fills_the_table_not_the_pool() {
+    let (mut lab, _g) = start("ffl", "bundle", &[1, 1], 16, 1500);
+    let fl = flows(2);
+    assert_eq!(run(&mut lab, &fl, 4).received, 8);
+    // Fragments from A's WAN to B's, each 64 bytes of payload at offset
+    // 64 * k, more fragments always to come.
+    let frag = |id: u16, k: u16| {
+        let mut f = vec![0u8; 14 + 20 + 64];
+        f[0..6].copy_from_slice(&lab::mac(lab::B_WAN_MAC));
+        f[6..12].copy_from_slice(&lab::mac(lab::A_WAN_MAC));
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&84u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&id.to_be_bytes());
+        ip[6..8].copy_from_slice(&(0x2000 | (k * 8)).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&[192, 0, 2, 1]);
+        ip[16..20].copy_from_slice(&[192, 0, 2, 2]);
+        let c = !braid_tunnel::wire::checksum::sum(ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    let (ids, per_id) = (1100u16, 7u16);
+    let pool_b = lab.pools[1].clone();
+    let mut least = pool_b.avail();
+    // From B's own pool, as B's WAN port would have received them.
+    let from_b = |bytes: &[u8]| {
+        let mut m = Mbuf::alloc(&pool_b).expect("B's pool");
+        m.append(bytes.len()).unwrap().copy_from_slice(bytes);
+        m
+    };
+    for id in 0..ids {
+        let mut burst: Vec<Mbuf> = (0..per_id).map(|k| from_b(&frag(id, k))).collect();
+        lab.mid_b.tx.tx_all(&mut burst, 1000);
+        assert!(burst.is_empty());
+        lab.step();
+        least = least.min(pool_b.avail());
+        if id % 100 == 99 {
+            // Tunnel traffic during the flood.
+            let c = run(&mut lab, &fl, 2);
+            assert_eq!((c.received, c.bad.len()), (4, 0), "traffic during the flood");
+        }
+    }
+    let b = lab.counters().1;
+    eprintln!("held at most {} of B's {} mbufs; frag {:?}", pool_b.size() - least, pool_b.size(), b.frags);
+    assert_eq!(b.frags.taken, u64::from(ids) * u64::from(per_id));
+    assert_eq!(b.frags.reassembled, 0);
+    // The table's 1,024 packets of 7 fragments at most; the rest refused.
+    let held = b.frags.taken - b.frags.discarded;
+    assert!(held <= 1024 * 7 && b.frags.discarded >= 76 * 7, "held {held}, discarded {}", b.frags.discarded);
+    assert!(pool_b.size() - least <= 1024 * 7 + 512, "B's pool went down to {least}");
+    // Their time is up: every fragment freed, nothing else lost.
+    lab.now += 2_000_000_000;
+    lab.settle(3);
+    assert_eq!(lab.counters().1.frags.discarded, b.frags.taken);
+    let c = run(&mut lab, &fl, 4);
+    assert_eq!((c.received, c.bad.len()), (8, 0));
+    lab::assert_conserved(&lab.counters().1, "B", false);
+    lab.close();
+}
+
 /// Fuzzing both gateways with real frames: random bytes of random lengths
 /// and mutations of valid LAN and WAN frames, into A's LAN and B's WAN.
 /// Nothing may panic, every frame is forwarded or dropped with a reason, and
