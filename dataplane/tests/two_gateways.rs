@@ -13,7 +13,10 @@ use braid_dataplane::lab::traffic::{ip_packet, write_pcap, Family, Flow, L4};
 use braid_dataplane::lab::{self, Checker, Lab};
 use braid_dpdk::{Mbuf, BURST};
 
-const SIZES: [usize; 8] = [64, 100, 512, 1400, 1500, 2000, 4000, 9000];
+/// Ethernet frame sizes (a packet too short for its headers is made the
+/// shortest its IP version and L4 allow); 9014 is a 9000-byte IP packet,
+/// the LAN MTU.
+const SIZES: [usize; 8] = [64, 100, 512, 1400, 1500, 2000, 4000, 9014];
 
 fn size_of(id: u32, seq: u32) -> usize {
     SIZES[(id as usize * 3 + seq as usize) % SIZES.len()]
