@@ -119,6 +119,13 @@ struct NatBox {
     /// Keepalives crossing, by direction: (source, destination) as sent.
     keepalives_ab: Vec<(SocketAddrV4, SocketAddrV4)>,
     keepalives_ba: Vec<(SocketAddrV4, SocketAddrV4)>,
+    /// A mapping with no B -> A frame for this long is forgotten (B's next
+    /// frame gets a new one), as real NATs do with idle UDP; never if None.
+    /// `now` is set by the test.
+    timeout: Option<u64>,
+    now: u64,
+    last_out: Vec<u64>,
+    expired: u64,
 }
 
 impl NatBox {
@@ -128,10 +135,25 @@ impl NatBox {
         self.stale.push(old);
     }
 
+    /// Forgets the mappings idle past the timeout.
+    fn expire(&mut self) {
+        let Some(timeout) = self.timeout else { return };
+        self.last_out.resize(self.public.len(), self.now);
+        for t in 0..self.public.len() {
+            if self.now.saturating_sub(self.last_out[t]) > timeout {
+                let next = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 3), 30_000 + self.expired as u16);
+                self.rebind(t, next);
+                self.last_out[t] = self.now;
+                self.expired += 1;
+            }
+        }
+    }
+
     fn pass(&mut self, dir: WanDir, f: &mut [u8]) -> bool {
         if !is_udp(f) {
             return true;
         }
+        self.expire();
         match dir {
             WanDir::BToA => {
                 if is_keepalive(f) {
@@ -140,6 +162,9 @@ impl NatBox {
                 let src = src_of(f);
                 if *src.ip() == B_PRIVATE {
                     let t = (src.port() - B_PORT) as usize;
+                    if let Some(last) = self.last_out.get_mut(t) {
+                        *last = self.now;
+                    }
                     set_src(f, self.public[t]);
                     if self.hold == Some(t) && !is_keepalive(f) {
                         self.hold = None;
@@ -533,6 +558,60 @@ fn bundle_mode_idle_tunnels_send_nat_keepalives() {
 #[test]
 fn plain_mode_idle_tunnels_send_nat_keepalives() {
     keepalives("ntkap", "plain");
+}
+
+/// The NAT forgets a mapping idle (nothing from B) for 2.5 s. With
+/// keepalives every second (in bundle mode at most 2 s apart) B's mappings
+/// stay open through 10 s without data, and A's packets then reach B at the
+/// first mappings; without them (`keepalive_secs: 0`) the NAT forgets both
+/// and A's packets are lost to the old mappings (until B sends again).
+fn mappings_kept_open(case: &str, mode: &str, keepalive: bool) {
+    let edit = move |side_a: bool, doc: &mut serde_json::Value| {
+        keepalive_1s(side_a, doc);
+        if !keepalive {
+            doc["bundles"][0]["keepalive_secs"] = 0.into();
+        }
+    };
+    let (mut lab, nat, _g) = start(case, mode, edit);
+    {
+        let mut n = nat.borrow_mut();
+        (n.timeout, n.now, n.last_out) = (Some(2500 * MS), lab.now, vec![lab.now; 2]);
+    }
+    let clock = nat.clone();
+    idle_for(&mut lab, 10 * SECOND, 10 * MS, move |lab| clock.borrow_mut().now = lab.now);
+    let fa = a_flows();
+    for seq in 0..20 {
+        nat.borrow_mut().now = lab.now;
+        send_one(&mut lab, &fa, &[], seq);
+    }
+    drain(&mut lab);
+    let (expired, to_stale) = (nat.borrow().expired, nat.borrow().to_stale);
+    let got = tags(&mut lab.delivered);
+    eprintln!("{mode}, keepalives {keepalive}: {expired} mappings expired, {to_stale} A -> B frames lost, {} packets delivered", got.len());
+    if keepalive {
+        assert_eq!((expired, to_stale), (0, 0));
+        assert_eq!(got, want(&fa, 0..20));
+        assert_eq!(remotes_v4(&lab.a), vec![vec![mapping(0), mapping(1)]]);
+    } else {
+        assert_eq!(expired, 2, "both mappings forgotten");
+        assert!(to_stale > 0 && got.is_empty(), "{to_stale} lost, {} delivered", got.len());
+    }
+    lab.close();
+}
+
+#[test]
+fn bundle_mode_keepalives_keep_nat_mappings_open() {
+    mappings_kept_open("ntkob", "bundle", true);
+}
+
+#[test]
+fn plain_mode_keepalives_keep_nat_mappings_open() {
+    mappings_kept_open("ntkop", "plain", true);
+}
+
+#[test]
+fn without_keepalives_an_idle_nat_mapping_is_lost() {
+    mappings_kept_open("ntkon", "plain", false);
 }
 
 /// `keepalive_secs: 0` sends none.
