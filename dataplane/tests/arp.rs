@@ -334,6 +334,19 @@ fn gratuitous_claims_on_our_addresses_are_refused() {
     let got = from_a_lan(&mut lab);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0][22..28], lan_mac(), "sender hardware address is A's");
+    // The same claims on the WAN port's address, from the WAN: refused,
+    // learned nowhere, and tunnel traffic goes on.
+    let wan_req = arp_frame(arp::Operation::Request, [0xff; 6], (thief, A_WAN4), ([0; 6], A_WAN4));
+    let wan_rep = arp_frame(arp::Operation::Reply, [0xff; 6], (thief, A_WAN4), ([0xff; 6], A_WAN4));
+    to_a_wan(&mut lab, &[wan_req, wan_rep]);
+    let (a, _) = lab.counters();
+    assert_eq!(a.local.get(LocalDrop::OwnAddrConflict), 5, "{:?}", a.local);
+    assert_eq!(a.local.neighbors, 0);
+    let flows: Vec<Flow> = (0..4).map(|i| Flow::a_to_b(i, Family::V4, L4::Udp)).collect();
+    let mut burst: Vec<Mbuf> = flows.iter().map(|f| lab.frame_to_a(&ip_packet(f, 0, 200))).collect();
+    lab.gen.tx.tx_all(&mut burst, 1000);
+    lab.settle(5);
+    assert_eq!(lab.delivered.len(), flows.len(), "tunnel traffic after the claims");
     let (a, b) = lab.counters();
     lab::assert_conserved(&a, "A", false);
     lab::assert_conserved(&b, "B", false);

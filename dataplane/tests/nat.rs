@@ -451,13 +451,23 @@ fn icmp_errors_about_nated_packets_are_translated_back() {
     assert_eq!(endpoints(quoted), (host, (SERVER, SERVER_PORT)), "the quote names the internal host");
     assert!(checksum::verifies(&quoted[..20]));
     assert_eq!(&quoted[..28], &out[..28], "the quote is what the host sent");
-    // An error quoting garbage.
-    send_b(&mut lab, [icmp(&[0xff; 8])]);
+    // Errors quoting garbage: nothing, 4 bytes, no IPv4 header, a header
+    // cut short, a header without the 8 bytes of UDP after it...
+    let garbage: Vec<Vec<u8>> = vec![vec![], vec![0x45; 4], vec![0xff; 8], seen[..19].to_vec(), seen[..27].to_vec()];
+    for g in &garbage {
+        send_b(&mut lab, [icmp(g)]);
+    }
+    // ...and a well-formed quote of a flow the NAT never mapped (another
+    // external port of the pool).
+    let mut unknown = seen[..28].to_vec();
+    unknown[20..22].copy_from_slice(&ext.1.wrapping_add(1).max(1024).to_be_bytes());
+    send_b(&mut lab, [icmp(&unknown)]);
     lab.settle(5);
     assert!(lab.delivered_a.is_empty());
     let (a, b) = lab.counters();
     assert_eq!(a.nat.icmp_errors_translated, 1);
-    assert_eq!(a.nat.drop_count(false, NatDrop::IcmpBadQuote), 1);
+    assert_eq!(a.nat.drop_count(false, NatDrop::IcmpBadQuote), garbage.len() as u64, "{:?}", a.nat);
+    assert_eq!(a.nat.drop_count(false, NatDrop::IcmpNoSession), 1, "{:?}", a.nat);
     lab::assert_conserved(&a, "A", false);
     lab::assert_conserved(&b, "B", false);
     lab.close();

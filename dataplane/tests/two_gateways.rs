@@ -679,6 +679,11 @@ fn bad_input_on_either_side_is_dropped_and_counted() {
     let c = !braid_tunnel::wire::checksum::sum(&ip[..20]);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     lan_bad.push(lab.frame_to_a(&ip));
+    // A LAN frame spread over two mbufs.
+    let whole = lab.frame_to_a(&ip_packet(&f, 97, 300)).to_vec();
+    let mut head = lab.raw(&whole[..100]);
+    head.chain(lab.raw(&whole[100..])).map_err(|_| ()).unwrap();
+    lan_bad.push(head);
     lab.gen.tx.tx_all(&mut lan_bad, 100);
     for _ in 0..10 {
         lab.step();
@@ -699,6 +704,7 @@ fn bad_input_on_either_side_is_dropped_and_counted() {
     assert_eq!(a.local.get(braid_dataplane::counters::LocalDrop::Malformed), 1, "ARP of no known hardware type");
     assert_eq!(a.drops.get(DpDrop::BadInnerIp), 3, "bad IHL, bad checksum, found bad by the NIC");
     assert_eq!(a.drops.get(DpDrop::NoRoute), 1);
+    assert_eq!(a.drops.get(DpDrop::Multiseg), 1, "a chained LAN frame");
     // Engine drops are counted once, in the engine counters.
     assert_eq!(b.tunnels[0].iter().map(|t| t.rejected).sum::<u64>(), 2, "forged + replayed");
     lab::assert_conserved(&a, "A", false);
