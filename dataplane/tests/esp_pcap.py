@@ -73,6 +73,7 @@ def main():
                 assert f[12:14] == b"\x08\x00", "not IPv4"
                 ihl = (f[14] & 15) * 4
                 total = struct.unpack(">H", ip[2:4])[0]
+                assert checksum(ip[:ihl]) == 0xFFFF, "bad IPv4 header checksum"
                 assert ip[9] == 17, "not UDP"
                 udp = ip[ihl:total]
                 ulen = struct.unpack(">H", udp[4:6])[0]

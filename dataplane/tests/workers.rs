@@ -596,6 +596,13 @@ fn snat_over_two_workers_each_side() {
     }
     assert_eq!(replies.values().map(|&n| u64::from(n)).sum::<u64>(), u64::from(rounds) * flows.len() as u64, "every reply once");
     assert_eq!(mapping.len(), flows.len());
+    // No two flows share an external endpoint, across the two shards.
+    let mut owner: HashMap<(Ipv4Addr, u16), u32> = HashMap::new();
+    for (&id, &ext) in &mapping {
+        if let Some(o) = owner.insert(ext, id) {
+            panic!("{ext:?} is used by flows {o} and {id}");
+        }
+    }
     assert_nat_sharded(&rig, &rig.a, flows.len());
     rig.close();
 }
