@@ -71,10 +71,12 @@ fn run_and_stop(workers: u16) {
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = config(&dir);
     let stats = dir.join("stats.json");
+    let segment = dir.join("stats.seg");
     let prefix = format!("braid-proc-{}-{workers}", std::process::id());
     let (w, lcores) = (workers.to_string(), if workers > 1 { "0,1" } else { "0" });
     let mut reap = Reap(Some(Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap(), "--stats-file", stats.to_str().unwrap(), "--stats-interval-ms", "100"])
+        .args(["--stats", segment.to_str().unwrap()])
         .args(["--workers", &w, "--"])
         .args(["--no-pci", "--no-huge", "-m", "256", "-l", lcores, "--file-prefix", &prefix, "--log-level=*:error"])
         .args(["--vdev=net_null0", "--vdev=net_null1"])
@@ -102,6 +104,24 @@ fn run_and_stop(workers: u16) {
     let drops: u64 = running["drops"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     let rx = running["lan_rx"]["packets"].as_u64().unwrap() + running["wan_rx"]["packets"].as_u64().unwrap();
     assert_eq!(drops, rx, "{running}");
+    // The stats segment while it runs: each worker's own counters (both
+    // receive: net_null spreads its queues) and a tunnel's counter moving
+    // (its liveness probes).
+    let r = braid_shm::stats::StatsReader::open(&segment).expect("the stats segment");
+    let (lan_rx, tunnel_tx) = {
+        let l = r.layout();
+        (l.counter_index("lan/rx_packets").unwrap(), l.counter_index("tunnel/b/0/tx_packets").expect("per-tunnel counters"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = r.snapshot();
+        assert_eq!(s.per_worker.len(), usize::from(workers));
+        if s.per_worker.iter().all(|w| w[lan_rx] > 0) && s.totals[tunnel_tx] > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "per-worker or tunnel counters not moving: {:?}", s.per_worker.iter().map(|w| (w[lan_rx], w[tunnel_tx])).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // SIGTERM: clean stop, exit 0, final counters on stdout.
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
