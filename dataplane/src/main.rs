@@ -31,7 +31,7 @@ use braid_dataplane::counters::WorkerCounters;
 use braid_dataplane::worker::{handoff, KernelTap, Worker, WorkerSetup};
 use braid_shm::stats::StatsWriter;
 use braid_dataplane::{report, sas, stats};
-use braid_dpdk::{Eal, Mempool, Port, PortConfig};
+use braid_dpdk::{Eal, Mempool, Port, PortConfig, PortId, PortStats};
 
 /// Large tables (NAT sessions and indexes) on transparent huge pages.
 #[global_allocator]
@@ -196,6 +196,9 @@ type Published = (WorkerCounters, Vec<Vec<bool>>, Vec<Vec<std::net::SocketAddr>>
 
 /// What every worker's loop shares (read-only, but for `published`).
 struct Shared {
+    /// Each configured port's DPDK port, in the tables' order (for its
+    /// own counters).
+    nic: Vec<Option<PortId>>,
     stop: Arc<AtomicBool>,
     exchange: Arc<Exchange>,
     plan: PortPlan,
@@ -213,6 +216,13 @@ struct Shared {
     published: Mutex<Vec<Option<Published>>>,
 }
 
+impl Shared {
+    /// The ports' own counters now, in the tables' port order.
+    fn nic_stats(&self) -> Vec<PortStats> {
+        self.nic.iter().map(|p| p.map(PortId::stats).unwrap_or_default()).collect()
+    }
+}
+
 /// One worker's loop: new tables between bursts, a poll, idle back-off,
 /// its counters to its slot of the stats segment. Returns when `stop` is
 /// set or the deadline passes.
@@ -224,6 +234,7 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
     let mut next_stats = t0 + sh.stats_interval;
     let mut next_segment = t0;
     let (mut cbuf, mut gbuf) = (Vec::new(), Vec::new());
+    let mut nic = Vec::new();
     let mut idle = 0u32;
     let mut idle_since = Instant::now();
     let mut polls = 0u32;
@@ -299,7 +310,12 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
             if t >= next_segment {
                 next_segment = t + SEGMENT_INTERVAL;
                 if let Some(w) = &mut writer {
-                    stats::flatten(&tables, &worker.counters(), &worker.paths_alive(), &mut cbuf, &mut gbuf);
+                    // The ports' own counters from worker 0 only.
+                    nic.clear();
+                    if id == 0 {
+                        nic.extend(sh.nic.iter().map(|p| p.map(PortId::stats).unwrap_or_default()));
+                    }
+                    stats::flatten(&tables, &worker.counters(), &worker.paths_alive(), &nic, &mut cbuf, &mut gbuf);
                     w.publish(&cbuf, &gbuf);
                 }
             }
@@ -317,7 +333,8 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
                             sum.merge(c);
                         }
                         if let Some((_, paths, remotes)) = &p[0] {
-                            write_stats(path, &report::json(&tables, &sum, paths, remotes, t0.elapsed().as_secs_f64()));
+                            let nic = sh.nic_stats();
+                            write_stats(path, &report::json(&tables, &sum, paths, remotes, &nic, t0.elapsed().as_secs_f64()));
                         }
                     }
                 }
@@ -549,6 +566,7 @@ fn run() -> Result<(), String> {
         workers,
         wan_rss: wan_rss.clone(),
         published: Mutex::new((0..workers).map(|_| None).collect()),
+        nic: (0..tables.ports.len()).map(|i| ports.iter().find(|(j, _)| *j == i).map(|(_, p)| p.id())).collect(),
     });
     let mut running = Vec::new();
     let mut built = built.into_iter().zip(writers).enumerate();
@@ -570,16 +588,17 @@ fn run() -> Result<(), String> {
     }
     let mut counters = WorkerCounters::default();
     let (mut cbuf, mut gbuf) = (Vec::new(), Vec::new());
-    for (w, t, wr) in &mut done {
+    let nic = shared.nic_stats();
+    for (i, (w, t, wr)) in done.iter_mut().enumerate() {
         let c = w.counters();
         if let Some(wr) = wr {
-            stats::flatten(t, &c, &w.paths_alive(), &mut cbuf, &mut gbuf);
+            stats::flatten(t, &c, &w.paths_alive(), if i == 0 { &nic } else { &[] }, &mut cbuf, &mut gbuf);
             wr.publish(&cbuf, &gbuf);
         }
         counters.merge(&c);
     }
     let first = &done[0].0;
-    let json = report::json(&tables, &counters, &first.paths_alive(), &first.remotes(), t0.elapsed().as_secs_f64());
+    let json = report::json(&tables, &counters, &first.paths_alive(), &first.remotes(), &nic, t0.elapsed().as_secs_f64());
     if let Some(path) = &args.stats_file {
         write_stats(path, &json);
     }

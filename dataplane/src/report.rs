@@ -5,6 +5,8 @@
 use std::fmt::Write;
 use std::net::SocketAddr;
 
+use braid_dpdk::PortStats;
+
 use crate::config::Tables;
 use crate::counters::WorkerCounters;
 
@@ -29,7 +31,10 @@ fn named(v: &[(&str, u64)]) -> String {
 /// `remotes` (per bundle, per tunnel) is where each tunnel sends now
 /// (`remote_now`: the configured `remote`, or the peer's NAT mapping learned
 /// from its packets); a tunnel missing from it shows the configured one.
-pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &[Vec<SocketAddr>], seconds: f64) -> String {
+///
+/// `nic`: each port's own counters (`rte_eth_stats`), in the tables' port
+/// order, under `"ports"` by port name; ports missing from it are left out.
+pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &[Vec<SocketAddr>], nic: &[PortStats], seconds: f64) -> String {
     let scalars = c.scalars();
     let mut s = String::new();
     let _ = write!(
@@ -111,7 +116,19 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         named(&l.named_drops()),
     );
     s.pop();
-    let _ = write!(s, ",\"kernel\":{},\"handoff\":{},\"lan_held\":{}}}", named(&c.kernel.named()), named(&c.handoff.named()), c.lan_held);
+    let _ = write!(s, ",\"kernel\":{},\"handoff\":{},\"lan_held\":{}", named(&c.kernel.named()), named(&c.handoff.named()), c.lan_held);
+    let ports: Vec<String> = tables
+        .ports
+        .iter()
+        .zip(nic)
+        .map(|(p, n)| {
+            format!(
+                "\"{}\":{{\"rx_packets\":{},\"rx_bytes\":{},\"tx_packets\":{},\"tx_bytes\":{},\"rx_missed\":{},\"rx_errors\":{},\"rx_nombuf\":{},\"tx_errors\":{}}}",
+                p.name, n.ipackets, n.ibytes, n.opackets, n.obytes, n.imissed, n.ierrors, n.rx_nombuf, n.oerrors
+            )
+        })
+        .collect();
+    let _ = write!(s, ",\"ports\":{{{}}}}}", ports.join(","));
     s
 }
 
@@ -130,7 +147,11 @@ mod tests {
         c.tunnels[0][0].remote_changes = 1;
         c.tunnels[0][0].keepalives_tx = 6;
         let learned: std::net::SocketAddr = "203.0.113.7:61000".parse().unwrap();
-        let v: serde_json::Value = serde_json::from_str(&super::json(&tables, &c, &[], &[vec![learned]], 1.0)).unwrap();
+        let lan = braid_dpdk::PortStats { ipackets: 7, imissed: 2, ..Default::default() };
+        let v: serde_json::Value = serde_json::from_str(&super::json(&tables, &c, &[], &[vec![learned]], &[lan], 1.0)).unwrap();
+        let name = &tables.ports[0].name;
+        assert_eq!((&v["ports"][name]["rx_packets"], &v["ports"][name]["rx_missed"]), (&7.into(), &2.into()));
+        assert_eq!(v["ports"].as_object().unwrap().len(), 1, "only the ports given");
         let t0 = &v["bundles"][0]["tunnels"][0];
         assert_eq!(t0["remote_now"], "203.0.113.7:61000");
         assert_eq!(t0["remote"], tables.bundles[0].tunnels[0].remote.to_string());

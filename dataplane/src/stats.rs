@@ -15,6 +15,7 @@
 //! The order of [`layout`] and [`flatten`] is
 //! the same by construction (both walk [`Names`]).
 
+use braid_dpdk::port::PortStats;
 use braid_nat::NatDrop;
 use braid_shm::stats::StatsLayout;
 use braid_tunnel::drop::DropReason;
@@ -40,6 +41,10 @@ const LOCAL: [&str; 12] = [
     "local/unresolved",
 ];
 const TUNNEL: [&str; 7] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected", "keepalives_tx", "remote_changes"];
+/// Each port's own counters, as its PMD keeps them (`rte_eth_stats`):
+/// `rx_missed` is what the NIC dropped for want of RX descriptors (the
+/// worker too slow), `rx_nombuf` for want of mbufs.
+const PORT: [&str; 8] = ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_missed", "rx_errors", "rx_nombuf", "tx_errors"];
 
 /// Whether the tables have NAT rules (and so NAT counters).
 fn has_nat(tables: &Tables) -> bool {
@@ -72,6 +77,9 @@ pub fn layout(tables: &Tables, workers: u16) -> StatsLayout {
             gauges.push(format!("path/{}/{t}/alive", b.name));
         }
     }
+    for p in &tables.ports {
+        counters.extend(PORT.iter().map(|c| format!("port/{}/{c}", p.name)));
+    }
     if has_nat(tables) {
         gauges.push("nat/sessions".to_string());
     }
@@ -80,8 +88,10 @@ pub fn layout(tables: &Tables, workers: u16) -> StatsLayout {
 }
 
 /// Writes one worker's counters and gauges in [`layout`]'s order into the
-/// two buffers (cleared first; no allocation once they have grown).
-pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counters: &mut Vec<u64>, gauges: &mut Vec<u64>) {
+/// two buffers (cleared first; no allocation once they have grown). `nic`:
+/// the ports' own counters, in the tables' port order, from one worker
+/// only (the others give none: zeros, so the segment's sum is the ports').
+pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], nic: &[PortStats], counters: &mut Vec<u64>, gauges: &mut Vec<u64>) {
     counters.clear();
     gauges.clear();
     for f in [&c.lan_rx, &c.lan_tx, &c.wan_rx, &c.wan_tx] {
@@ -131,6 +141,10 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], counter
             gauges.push(up as u64);
         }
     }
+    for i in 0..tables.ports.len() {
+        let s = nic.get(i).copied().unwrap_or_default();
+        counters.extend([s.ipackets, s.ibytes, s.opackets, s.obytes, s.imissed, s.ierrors, s.rx_nombuf, s.oerrors]);
+    }
     if nat {
         gauges.push(n.sessions);
     }
@@ -170,10 +184,26 @@ mod tests {
         c.kernel.from_kernel_wan = 12;
 
         let (mut cs, mut gs) = (Vec::new(), Vec::new());
-        flatten(&tables, &c, &[vec![true, false]], &mut cs, &mut gs);
+        let wan = PortStats { ipackets: 21, ibytes: 2100, imissed: 3, rx_nombuf: 4, oerrors: 5, ..Default::default() };
+        let nic: Vec<PortStats> = (0..tables.ports.len()).map(|i| if i == 1 { wan } else { PortStats::default() }).collect();
+        flatten(&tables, &c, &[vec![true, false]], &nic, &mut cs, &mut gs);
         assert_eq!(cs.len(), l.counters.len());
         assert_eq!(gs.len(), l.gauges.len());
         let at = |name: &str| cs[l.counters.iter().position(|n| n == name).unwrap_or_else(|| panic!("{name}"))];
+        let w = &tables.ports[1].name;
+        assert_eq!(at(&format!("port/{w}/rx_packets")), 21);
+        assert_eq!(at(&format!("port/{w}/rx_bytes")), 2100);
+        assert_eq!(at(&format!("port/{w}/rx_missed")), 3);
+        assert_eq!(at(&format!("port/{w}/rx_nombuf")), 4);
+        assert_eq!(at(&format!("port/{w}/tx_errors")), 5);
+        assert_eq!(at(&format!("port/{}/rx_packets", tables.ports[0].name)), 0);
+        // A worker that gives no port counters writes zeros (the segment's
+        // sum is the one that does).
+        let (mut cs2, mut gs2) = (Vec::new(), Vec::new());
+        flatten(&tables, &c, &[vec![true, false]], &[], &mut cs2, &mut gs2);
+        assert_eq!(cs2.len(), l.counters.len());
+        let p0 = l.counters.iter().position(|n| n.starts_with("port/")).unwrap();
+        assert!(cs2[p0..].iter().all(|&v| v == 0) && cs2[..p0] == cs[..p0]);
         assert_eq!(at("lan/rx_packets"), 1);
         assert_eq!(at("lan/rx_bytes"), 100);
         assert_eq!(at("drop/no_route"), 1);

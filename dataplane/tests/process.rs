@@ -108,15 +108,22 @@ fn run_and_stop(workers: u16) {
     // receive: net_null spreads its queues) and a tunnel's counter moving
     // (its liveness probes).
     let r = braid_shm::stats::StatsReader::open(&segment).expect("the stats segment");
-    let (lan_rx, tunnel_tx) = {
+    let (lan_rx, tunnel_tx, nic_rx) = {
         let l = r.layout();
-        (l.counter_index("lan/rx_packets").unwrap(), l.counter_index("tunnel/b/0/tx_packets").expect("per-tunnel counters"))
+        (
+            l.counter_index("lan/rx_packets").unwrap(),
+            l.counter_index("tunnel/b/0/tx_packets").expect("per-tunnel counters"),
+            l.counter_index("port/lan/rx_packets").expect("per-port counters"),
+        )
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let s = r.snapshot();
         assert_eq!(s.per_worker.len(), usize::from(workers));
-        if s.per_worker.iter().all(|w| w[lan_rx] > 0) && s.totals[tunnel_tx] > 0 {
+        if s.per_worker.iter().all(|w| w[lan_rx] > 0) && s.totals[tunnel_tx] > 0 && s.totals[nic_rx] > 0 {
+            // The port's own count is worker 0's alone, and covers what
+            // the workers counted (the PMD counts first).
+            assert!(s.per_worker.iter().skip(1).all(|w| w[nic_rx] == 0));
             break;
         }
         assert!(Instant::now() < deadline, "per-worker or tunnel counters not moving: {:?}", s.per_worker.iter().map(|w| (w[lan_rx], w[tunnel_tx])).collect::<Vec<_>>());
@@ -134,6 +141,13 @@ fn run_and_stop(workers: u16) {
     assert!(stderr.contains(&format!("{workers} worker(s)")), "{stderr}");
     let last: serde_json::Value = serde_json::from_str(stdout.trim()).expect("final JSON");
     assert!(last["lan_rx"]["packets"].as_u64().unwrap() >= running["lan_rx"]["packets"].as_u64().unwrap());
+    // Each port's own counters, by name: net_null's frames as its PMD
+    // counted them, at least what the workers took.
+    for (port, ours) in [("lan", "lan_rx"), ("wan", "wan_rx")] {
+        let nic = last["ports"][port]["rx_packets"].as_u64().unwrap_or_else(|| panic!("ports.{port}: {last}"));
+        assert!(nic >= last[ours]["packets"].as_u64().unwrap() && nic > 0, "{port}: {nic} {last}");
+        assert!(last["ports"][port]["rx_missed"].is_u64());
+    }
     assert!(!std::path::Path::new(&format!("/var/run/dpdk/{prefix}")).exists(), "runtime folder left");
 }
 

@@ -700,6 +700,14 @@ pub struct PortStats {
     pub rx_nombuf: u64,
 }
 
+impl PortId {
+    /// The port's basic counters (`rte_eth_stats_get`; all zero for a port
+    /// that does not exist). Any lcore or thread may ask.
+    pub fn stats(self) -> PortStats {
+        stats(self)
+    }
+}
+
 fn stats(id: PortId) -> PortStats {
     let mut s = dpdk_sys::rte_eth_stats::default();
     // SAFETY: out-pointer.
