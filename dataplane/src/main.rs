@@ -12,11 +12,12 @@
 //!            [--idle-max-us N] [--workers N] [--seconds N] -- <EAL args>
 //!
 //! An idle worker backs off: after 1000 empty polls it sleeps `--idle-us`
-//! (default 50) between polls, and after 100 ms with nothing at all
+//! (default 50) between polls, and after 100 ms without user traffic
+//! (a live peer's liveness probes and keepalives do not count)
 //! `--idle-max-us` (default 500, at least `--idle-us`): a quiet gateway
 //! takes a few percent of a core, and the first packets after a silence
-//! wait at most that long (a 1024-descriptor RX ring holds 500 us of
-//! 2 Mpps).
+//! wait at most that long, plus the timer's slack (a 1024-descriptor RX
+//! ring holds that much of ~1.8 Mpps).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -199,6 +200,10 @@ struct Shared {
     /// Each configured port's DPDK port, in the tables' order (for its
     /// own counters).
     nic: Vec<Option<PortId>>,
+    /// The ports' own counters as last read, every 100 ms, by a thread of
+    /// their own (on an i40e a read is ~100 register reads: no worker
+    /// should stall on it).
+    nic_now: Mutex<Vec<PortStats>>,
     stop: Arc<AtomicBool>,
     exchange: Arc<Exchange>,
     plan: PortPlan,
@@ -237,6 +242,7 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
     let mut nic = Vec::new();
     let mut idle = 0u32;
     let mut idle_since = Instant::now();
+    let mut last_data = 0u64;
     let mut polls = 0u32;
     while !sh.stop.load(Ordering::Relaxed) {
         polls = polls.wrapping_add(1);
@@ -286,15 +292,18 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
         if worker.poll(now()) == 0 {
             // Idle back-off: after 1000 empty polls, sleep between polls
             // (`--idle-us`: a burst waits at most that long); after
-            // DEEP_IDLE with nothing at all, longer sleeps (`--idle-max-us`:
-            // a quiet gateway takes a few percent of a core instead of
-            // ~20%, and the first packets after the silence wait up to
-            // that long). A busy worker never gets here.
+            // DEEP_IDLE without user traffic (liveness probes and
+            // keepalives, every 100 ms or so from a live peer, do not
+            // count), longer sleeps (`--idle-max-us`: a quiet gateway
+            // takes a few percent of a core instead of ~20%, and the first
+            // packets after the silence wait up to that long). A busy
+            // worker never gets here.
             idle = idle.saturating_add(1);
-            if idle == 1 {
-                idle_since = Instant::now();
-            }
             if idle > 1000 {
+                let data = worker.data_packets();
+                if data != last_data {
+                    (last_data, idle_since) = (data, Instant::now());
+                }
                 let deep = idle_since.elapsed() >= DEEP_IDLE;
                 std::thread::sleep(Duration::from_micros(if deep { sh.idle_max_us } else { sh.idle_us }));
             }
@@ -310,10 +319,11 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
             if t >= next_segment {
                 next_segment = t + SEGMENT_INTERVAL;
                 if let Some(w) = &mut writer {
-                    // The ports' own counters from worker 0 only.
+                    // The ports' own counters (read by their own thread)
+                    // from worker 0 only.
                     nic.clear();
                     if id == 0 {
-                        nic.extend(sh.nic.iter().map(|p| p.map(PortId::stats).unwrap_or_default()));
+                        nic.extend_from_slice(&sh.nic_now.lock().unwrap_or_else(|e| e.into_inner()));
                     }
                     stats::flatten(&tables, &worker.counters(), &worker.paths_alive(), &nic, &mut cbuf, &mut gbuf);
                     w.publish(&cbuf, &gbuf);
@@ -333,7 +343,7 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
                             sum.merge(c);
                         }
                         if let Some((_, paths, remotes)) = &p[0] {
-                            let nic = sh.nic_stats();
+                            let nic = sh.nic_now.lock().unwrap_or_else(|e| e.into_inner()).clone();
                             write_stats(path, &report::json(&tables, &sum, paths, remotes, &nic, t0.elapsed().as_secs_f64()));
                         }
                     }
@@ -567,7 +577,24 @@ fn run() -> Result<(), String> {
         wan_rss: wan_rss.clone(),
         published: Mutex::new((0..workers).map(|_| None).collect()),
         nic: (0..tables.ports.len()).map(|i| ports.iter().find(|(j, _)| *j == i).map(|(_, p)| p.id())).collect(),
+        nic_now: Mutex::new(Vec::new()),
     });
+    // The ports' counters, read off the workers' lcores; joined before
+    // the last read below (one reader at a time: some PMDs keep offsets
+    // or clear on read).
+    let nic_reader = {
+        let sh = shared.clone();
+        std::thread::Builder::new()
+            .name("braid-nic-stats".into())
+            .spawn(move || {
+                while !sh.stop.load(Ordering::Relaxed) {
+                    let now = sh.nic_stats();
+                    *sh.nic_now.lock().unwrap_or_else(|e| e.into_inner()) = now;
+                    std::thread::sleep(SEGMENT_INTERVAL);
+                }
+            })
+            .map_err(|e| format!("NIC stats thread: {e}"))?
+    };
     let mut running = Vec::new();
     let mut built = built.into_iter().zip(writers).enumerate();
     let (_, (first, first_writer)) = built.next().expect("one worker at least");
@@ -588,6 +615,7 @@ fn run() -> Result<(), String> {
     }
     let mut counters = WorkerCounters::default();
     let (mut cbuf, mut gbuf) = (Vec::new(), Vec::new());
+    let _ = nic_reader.join();
     let nic = shared.nic_stats();
     for (i, (w, t, wr)) in done.iter_mut().enumerate() {
         let c = w.counters();

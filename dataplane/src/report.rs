@@ -21,6 +21,12 @@ fn group(scalars: &[(&str, u64)], prefix: &str) -> String {
     format!("{{{}}}", fields.join(","))
 }
 
+/// A name from the configuration as a JSON string (quotes and control
+/// characters escaped: names are only checked to be non-empty and unique).
+fn quoted(name: &str) -> String {
+    serde_json::Value::from(name).to_string()
+}
+
 fn named(v: &[(&str, u64)]) -> String {
     let body: Vec<String> = v.iter().map(|(n, c)| format!("\"{n}\":{c}")).collect();
     format!("{{{}}}", body.join(","))
@@ -79,7 +85,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
                 )
             })
             .collect();
-        let _ = write!(s, "{}{{\"name\":\"{}\",\"tunnels\":[{}]}}", if b > 0 { "," } else { "" }, bundle.name, tunnels.join(","));
+        let _ = write!(s, "{}{{\"name\":{},\"tunnels\":[{}]}}", if b > 0 { "," } else { "" }, quoted(&bundle.name), tunnels.join(","));
     }
     let n = &c.nat;
     let _ = write!(
@@ -123,8 +129,8 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         .zip(nic)
         .map(|(p, n)| {
             format!(
-                "\"{}\":{{\"rx_packets\":{},\"rx_bytes\":{},\"tx_packets\":{},\"tx_bytes\":{},\"rx_missed\":{},\"rx_errors\":{},\"rx_nombuf\":{},\"tx_errors\":{}}}",
-                p.name, n.ipackets, n.ibytes, n.opackets, n.obytes, n.imissed, n.ierrors, n.rx_nombuf, n.oerrors
+                "{}:{{\"rx_packets\":{},\"rx_bytes\":{},\"tx_packets\":{},\"tx_bytes\":{},\"rx_missed\":{},\"rx_errors\":{},\"rx_nombuf\":{},\"tx_errors\":{}}}",
+                quoted(&p.name), n.ipackets, n.ibytes, n.opackets, n.obytes, n.imissed, n.ierrors, n.rx_nombuf, n.oerrors
             )
         })
         .collect();
@@ -152,6 +158,13 @@ mod tests {
         let name = &tables.ports[0].name;
         assert_eq!((&v["ports"][name]["rx_packets"], &v["ports"][name]["rx_missed"]), (&7.into(), &2.into()));
         assert_eq!(v["ports"].as_object().unwrap().len(), 1, "only the ports given");
+        // Names are any non-empty strings: escaped.
+        let mut odd = tables.clone();
+        odd.ports[0].name = "lan \"0\"\\".into();
+        odd.bundles[0].name = "b\n\"".into();
+        let w: serde_json::Value = serde_json::from_str(&super::json(&odd, &c, &[], &[], &[lan], 1.0)).expect("valid JSON");
+        assert_eq!(w["ports"]["lan \"0\"\\"]["rx_packets"], 7);
+        assert_eq!(w["bundles"][0]["name"], "b\n\"");
         let t0 = &v["bundles"][0]["tunnels"][0];
         assert_eq!(t0["remote_now"], "203.0.113.7:61000");
         assert_eq!(t0["remote"], tables.bundles[0].tunnels[0].remote.to_string());

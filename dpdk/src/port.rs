@@ -702,7 +702,8 @@ pub struct PortStats {
 
 impl PortId {
     /// The port's basic counters (`rte_eth_stats_get`; all zero for a port
-    /// that does not exist). Any lcore or thread may ask.
+    /// that does not exist). Any thread may ask while others run bursts,
+    /// but one at a time: some PMDs keep offsets or clear on read.
     pub fn stats(self) -> PortStats {
         stats(self)
     }

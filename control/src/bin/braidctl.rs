@@ -511,7 +511,10 @@ fn show(cli: &Cli, c: &Client, clear: bool) -> Result<(), String> {
             .as_object()
             .into_iter()
             .flatten()
-            .filter(|(k, v)| k.contains("drop/") && v.as_u64() != Some(0))
+            // Drop counters are `<kind>drop/<reason>` (`drop/`,
+            // `engine_drop/`, `nat_in_drop/`...); a port or bundle whose name
+            // holds "drop/" is not one.
+            .filter(|(k, v)| k.split('/').next().is_some_and(|kind| kind.ends_with("drop")) && v.as_u64() != Some(0))
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         out.push_str(&format!("\ndrops: {}\n", if drops.is_empty() { "none".to_string() } else { drops.join(", ") }));
