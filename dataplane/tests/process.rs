@@ -1,8 +1,8 @@
 //! The braid-dataplane process itself: starts from a config file on vdevs
 //! (--no-pci), forwards, writes its stats file while running, stops cleanly
 //! on SIGTERM or SIGINT (exit 0, counters printed, no runtime folder left),
-//! sleeps when idle, and
-//! refuses a bad config or a PCI-unsafe command line with a clear error.
+//! sleeps when idle, and refuses a bad config or a PCI-unsafe command line
+//! with a clear error.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +37,23 @@ impl Drop for Reap {
             let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{}", self.1));
         }
     }
+}
+
+/// Starts braid-dataplane with the config `cfg`, `args` before `--`, and
+/// EAL on `lcores` with `vdevs` (--no-pci, --no-huge); killed if the test
+/// fails before it exits.
+fn spawn(cfg: &std::path::Path, args: &[&str], lcores: &str, prefix: &str, vdevs: &[&str]) -> Reap {
+    let child = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap()])
+        .args(args)
+        .arg("--")
+        .args(["--no-pci", "--no-huge", "-m", "256", "-l", lcores, "--file-prefix", prefix, "--log-level=*:error"])
+        .args(vdevs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Reap(Some(child), prefix.to_string())
 }
 
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
@@ -74,16 +91,8 @@ fn run_and_stop(workers: u16) {
     let segment = dir.join("stats.seg");
     let prefix = format!("braid-proc-{}-{workers}", std::process::id());
     let (w, lcores) = (workers.to_string(), if workers > 1 { "0,1" } else { "0" });
-    let mut reap = Reap(Some(Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), "--stats-file", stats.to_str().unwrap(), "--stats-interval-ms", "100"])
-        .args(["--stats", segment.to_str().unwrap()])
-        .args(["--workers", &w, "--"])
-        .args(["--no-pci", "--no-huge", "-m", "256", "-l", lcores, "--file-prefix", &prefix, "--log-level=*:error"])
-        .args(["--vdev=net_null0", "--vdev=net_null1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()), prefix.clone());
+    let stats_args = ["--stats-file", stats.to_str().unwrap(), "--stats-interval-ms", "100", "--stats", segment.to_str().unwrap()];
+    let mut reap = spawn(&cfg, &[&stats_args[..], &["--workers", w.as_str()]].concat(), lcores, &prefix, &["--vdev=net_null0", "--vdev=net_null1"]);
     let child = reap.0.as_mut().unwrap();
     // The stats file appears and counts while the process runs.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -196,9 +205,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// With ports that never receive (net_null's `no-rx`), the worker backs
 /// off after its idle polls and sleeps between polls, longer once idle for
 /// 100 ms: the process uses a small share of a core, not the whole core a
-/// busy poller takes. SIGINT
-/// stops it as cleanly as SIGTERM (exit 0, final counters, no runtime
-/// folder).
+/// busy poller takes. SIGINT stops it as cleanly as SIGTERM (exit 0, final
+/// counters, no runtime folder).
 #[test]
 fn an_idle_worker_sleeps_and_sigint_stops_it() {
     let dir = std::env::temp_dir().join(format!("braid-proc-idle-{}", std::process::id()));
@@ -206,15 +214,8 @@ fn an_idle_worker_sleeps_and_sigint_stops_it() {
     let cfg = config(&dir);
     let stats = dir.join("stats.json");
     let prefix = format!("braid-proc-idle-{}", std::process::id());
-    let mut reap = Reap(Some(Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), "--stats-file", stats.to_str().unwrap(), "--stats-interval-ms", "100"])
-        .args(["--"])
-        .args(["--no-pci", "--no-huge", "-m", "256", "-l", "0", "--file-prefix", &prefix, "--log-level=*:error"])
-        .args(["--vdev=net_null0,no-rx=1", "--vdev=net_null1,no-rx=1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()), prefix.clone());
+    let stats_args = ["--stats-file", stats.to_str().unwrap(), "--stats-interval-ms", "100"];
+    let mut reap = spawn(&cfg, &stats_args, "0", &prefix, &["--vdev=net_null0,no-rx=1", "--vdev=net_null1,no-rx=1"]);
     let child = reap.0.as_mut().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !stats.exists() {
