@@ -57,8 +57,8 @@ const USAGE: &str = "usage: braid-dataplane [--config FILE] [--shm PATH] [--stat
 /// How often the worker publishes its counters to the stats segment.
 const SEGMENT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How long a worker finds nothing before it sleeps `--idle-max-us`
-/// instead of `--idle-us` between polls.
+/// How long a worker sees no user traffic (`Worker::data_packets` still)
+/// before it sleeps `--idle-max-us` instead of `--idle-us` between polls.
 const DEEP_IDLE: Duration = Duration::from_millis(100);
 
 fn parse_args() -> Result<Args, String> {
