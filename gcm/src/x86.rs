@@ -7,12 +7,13 @@
 //! reduced once (aggregated reduction, the same paper's section on
 //! "aggregated reduction").
 //!
-//! The entry points (`expand`, `seal`, `open`, and the wide kernels'
-//! `wide::seal`, `wide::open`) are `#[target_feature]`; every helper is
-//! `#[inline(always)]` into them, so it is compiled with their features
-//! and no vector crosses a call. The only way in is through [`Keys`],
-//! which exists only once [`available`] said yes, and which goes to the
-//! wide kernels only where `wide::available()` also said yes.
+//! The entry points (`expand`, `seal`, `open`, and the VAES kernels'
+//! `wide::seal`, `wide::open`, `ymm::seal`, `ymm::open`) are
+//! `#[target_feature]`; every helper is `#[inline(always)]` into them, so
+//! it is compiled with their features and no vector crosses a call. The
+//! only way in is through [`Keys`], which exists only once [`available`]
+//! said yes, and which goes to the VAES kernels only where
+//! `wide::available()` or `ymm::available()` also said yes.
 
 // SAFETY (for every `unsafe` block below without a line of its own): the
 // helpers are `unsafe fn` only because they execute AES-NI, PCLMULQDQ,
@@ -23,9 +24,10 @@
 // borrowed from checked slices) and safe slice code.
 use core::arch::x86_64::*;
 
-use crate::{OpenError, NONCE_LEN, TAG_LEN};
+use crate::{Kernel, OpenError, NONCE_LEN, TAG_LEN};
 
 mod wide;
+mod ymm;
 
 /// Whether the CPU has every instruction used here.
 pub fn available() -> bool {
@@ -35,9 +37,29 @@ pub fn available() -> bool {
         && std::is_x86_feature_detected!("sse4.1")
 }
 
-/// Whether the CPU runs the wide kernels too.
+/// Whether the CPU runs one of the VAES kernels (`wide` or `ymm`).
 pub fn wide_available() -> bool {
-    wide::available()
+    best_kernel() != Kernel::AesNi
+}
+
+/// The widest kernels this CPU runs (given `available()`).
+pub fn best_kernel() -> Kernel {
+    if wide::available() {
+        Kernel::Vaes512
+    } else if ymm::available() {
+        Kernel::Vaes256
+    } else {
+        Kernel::AesNi
+    }
+}
+
+/// Whether this CPU runs `kernel` (given `available()`).
+pub fn runs_here(kernel: Kernel) -> bool {
+    match kernel {
+        Kernel::AesNi => true,
+        Kernel::Vaes256 => ymm::available(),
+        Kernel::Vaes512 => wide::available(),
+    }
 }
 
 /// Most blocks encrypted, and GHASH products summed, at once.
@@ -55,8 +77,8 @@ pub struct Keys {
     /// zeros: the wide kernels load four consecutive powers from any of
     /// the first 66.
     hw: [__m128i; wide::POWERS + 4],
-    /// The CPU runs the wide kernels (`wide::available`).
-    wide: bool,
+    /// The kernels in use, which the CPU runs (`runs_here`).
+    kernel: Kernel,
 }
 
 impl Keys {
@@ -78,32 +100,35 @@ impl Keys {
     }
 
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &mut [u8; TAG_LEN]) {
-        if self.wide {
-            // SAFETY: `wide` is set only where `wide::available()` said yes.
-            return unsafe { wide::seal(self, nonce, aad, buf, tag) };
+        // SAFETY: `kernel` is only ever one that `runs_here`, and a
+        // `Keys` exists only where `available()` said yes.
+        match self.kernel {
+            Kernel::Vaes512 => unsafe { wide::seal(self, nonce, aad, buf, tag) },
+            Kernel::Vaes256 if buf.len() >= ymm::SHORT => unsafe { ymm::seal(self, nonce, aad, buf, tag) },
+            Kernel::Vaes256 => unsafe { seal(self, nonce, aad, buf, tag) },
+            Kernel::AesNi => unsafe { seal(self, nonce, aad, buf, tag) },
         }
-        // SAFETY: a `Keys` exists only where `available()` said yes.
-        unsafe { seal(self, nonce, aad, buf, tag) }
     }
 
     /// `sealed` holds at least `TAG_LEN` bytes (checked by the caller).
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], sealed: &mut [u8]) -> Result<(), OpenError> {
-        if self.wide {
-            // SAFETY: as in `seal`.
-            return unsafe { wide::open(self, nonce, aad, sealed) };
-        }
         // SAFETY: as in `seal`.
-        unsafe { open(self, nonce, aad, sealed) }
+        match self.kernel {
+            Kernel::Vaes512 => unsafe { wide::open(self, nonce, aad, sealed) },
+            Kernel::Vaes256 if sealed.len() - TAG_LEN >= ymm::SHORT => unsafe { ymm::open(self, nonce, aad, sealed) },
+            Kernel::Vaes256 => unsafe { open(self, nonce, aad, sealed) },
+            Kernel::AesNi => unsafe { open(self, nonce, aad, sealed) },
+        }
     }
 
-    /// The wide (VAES, AVX-512) kernels are in use.
-    pub fn wide(&self) -> bool {
-        self.wide
+    /// The kernels in use.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
-    /// The same key on the narrow kernels only.
-    pub fn narrow(&self) -> Keys {
-        Keys { wide: false, ..*self }
+    /// The same key on other kernels, if this CPU runs them.
+    pub fn on(&self, kernel: Kernel) -> Option<Keys> {
+        runs_here(kernel).then_some(Keys { kernel, ..*self })
     }
 }
 
@@ -251,7 +276,7 @@ unsafe fn expand(key: &[u8]) -> Keys {
         rk[14] = unsafe { step256_even::<0x40>(rk[12], rk[13]) };
         14
     };
-    let mut k = Keys { rk, rounds, hp: [z; WIDE], hw: [z; wide::POWERS + 4], wide: wide::available() };
+    let mut k = Keys { rk, rounds, hp: [z; WIDE], hw: [z; wide::POWERS + 4], kernel: best_kernel() };
     let mut h = [z];
     unsafe { encrypt(&k, &mut h) };
     let h = unsafe { bswap(h[0]) };

@@ -4,7 +4,7 @@
 use aes_gcm::aead::array::Array;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes128Gcm, Aes256Gcm};
-use braid_gcm::{Gcm, OpenError, TAG_LEN};
+use braid_gcm::{Gcm, Kernel, OpenError, TAG_LEN};
 use proptest::prelude::*;
 
 fn hex(s: &str) -> Vec<u8> {
@@ -16,15 +16,12 @@ fn gcm(key: &[u8]) -> Gcm {
     Gcm::new(key).expect("this machine has AES-NI and PCLMULQDQ")
 }
 
-/// The key on each set of kernels this CPU runs: the wide ones (where it
-/// has them: `Gcm::new`'s choice) and the narrow ones.
+/// The key on each set of kernels this CPU runs: the narrow ones and,
+/// where it has them, the 256-bit and 512-bit VAES ones (an AVX-512 CPU
+/// runs all three, so its tests test all three).
 fn kernels(key: &[u8]) -> Vec<Gcm> {
     let g = gcm(key);
-    if g.wide() {
-        vec![g.narrow(), g]
-    } else {
-        vec![g]
-    }
+    [Kernel::AesNi, Kernel::Vaes256, Kernel::Vaes512].into_iter().filter_map(|k| g.on(k)).collect()
 }
 
 /// What the `aes-gcm` crate makes of the same input: ciphertext and tag.
@@ -154,8 +151,8 @@ fn every_length_against_aes_gcm() {
                 let pt: Vec<u8> = (0..len).map(|_| rnd()).collect();
                 let (ct, tag) = reference(&key, &nonce, &aad, &pt);
                 for g in kernels(&key) {
-                    let w = g.wide();
-                    let what = format!("key {key_len} len {len} aad {aad_len} wide {w}");
+                    let w = g.kernel();
+                    let what = format!("key {key_len} len {len} aad {aad_len} {w:?}");
                     // [guard | text | tag | guard]
                     let mut buf = vec![0xa5u8; GUARD + len + TAG_LEN + GUARD];
                     buf[GUARD..GUARD + len].copy_from_slice(&pt);
@@ -185,30 +182,42 @@ fn large_buffers_against_aes_gcm() {
             let pt: Vec<u8> = (0..len).map(|i| (i * 31) as u8).collect();
             let (ct, tag) = reference(&key, &nonce, b"spi+seq!", &pt);
             for g in kernels(&key) {
-                let w = g.wide();
+                let w = g.kernel();
                 let mut buf = pt.clone();
-                assert_eq!(g.seal(&nonce, b"spi+seq!", &mut buf), tag, "key {key_len} len {len} wide {w}");
-                assert_eq!(buf, ct, "key {key_len} len {len} wide {w}");
+                assert_eq!(g.seal(&nonce, b"spi+seq!", &mut buf), tag, "key {key_len} len {len} {w:?}");
+                assert_eq!(buf, ct, "key {key_len} len {len} {w:?}");
                 buf.extend_from_slice(&tag);
                 g.open(&nonce, b"spi+seq!", &mut buf).unwrap();
-                assert_eq!(&buf[..len], pt.as_slice(), "key {key_len} len {len} wide {w}");
+                assert_eq!(&buf[..len], pt.as_slice(), "key {key_len} len {len} {w:?}");
             }
         }
     }
 }
 
-/// The wide kernels run wherever the CPU has them (so the tests above test
-/// both sets on such a CPU: this project's machines), and `narrow` turns
-/// them off.
+/// The widest kernels the CPU has run by default (so the tests above test
+/// every set such a CPU has), `on` offers exactly those the CPU has, and
+/// `narrow` turns the VAES ones off.
 #[test]
-fn wide_kernels_where_the_cpu_has_them() {
-    let cpu = std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
+fn the_widest_kernels_the_cpu_has() {
+    let vaes = std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("vaes")
         && std::is_x86_feature_detected!("vpclmulqdq");
-    assert_eq!(gcm(&[1; 32]).wide(), cpu);
-    assert!(!gcm(&[1; 32]).narrow().wide());
-    eprintln!("wide kernels on this CPU: {cpu}");
+    let zmm = vaes && std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw");
+    let g = gcm(&[1; 32]);
+    let want = if zmm {
+        Kernel::Vaes512
+    } else if vaes {
+        Kernel::Vaes256
+    } else {
+        Kernel::AesNi
+    };
+    assert_eq!(g.kernel(), want);
+    assert_eq!(g.wide(), vaes);
+    assert_eq!(g.on(Kernel::Vaes256).is_some(), vaes);
+    assert_eq!(g.on(Kernel::Vaes512).is_some(), zmm);
+    assert_eq!(g.narrow().kernel(), Kernel::AesNi);
+    assert!(!g.narrow().wide());
+    eprintln!("kernels on this CPU: {want:?}");
 }
 
 #[test]

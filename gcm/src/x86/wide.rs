@@ -319,15 +319,15 @@ unsafe fn ctr_ghash<const OPEN: bool, const HASH: bool>(k: &Keys, j: __m128i, st
 /// as the GHASH state (an AAD over 16 bytes, hashed ahead) or as one
 /// block for the first group to hash.
 #[derive(Clone, Copy)]
-struct Start {
+pub(super) struct Start {
     mask: __m128i,
-    x: __m128i,
-    aad: Option<__m128i>,
-    aad_len: usize,
+    pub(super) x: __m128i,
+    pub(super) aad: Option<__m128i>,
+    pub(super) aad_len: usize,
 }
 
 #[inline(always)]
-unsafe fn start(k: &Keys, j: __m128i, aad: &[u8]) -> Start {
+pub(super) unsafe fn start(k: &Keys, j: __m128i, aad: &[u8]) -> Start {
     let mut mask = [j];
     unsafe { encrypt(k, &mut mask) };
     let z = _mm_setzero_si128();
@@ -347,7 +347,7 @@ unsafe fn start(k: &Keys, j: __m128i, aad: &[u8]) -> Start {
 /// The tag: the final GHASH state plus E(J0) (SP 800-38D section 7.1
 /// step 6).
 #[inline(always)]
-unsafe fn tag(s: &Start, x: __m128i) -> __m128i {
+pub(super) unsafe fn tag(s: &Start, x: __m128i) -> __m128i {
     _mm_xor_si128(unsafe { bswap(x) }, s.mask)
 }
 
