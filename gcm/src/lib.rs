@@ -1,5 +1,6 @@
 //! AES-GCM (NIST SP 800-38D) on the CPU's AES-NI and PCLMULQDQ
-//! instructions, and on VAES, VPCLMULQDQ and AVX-512 where it has them.
+//! instructions, and on VAES and VPCLMULQDQ (with AVX-512, or AVX2 only)
+//! where it has them.
 //!
 //! A general AES-GCM library pays a fixed cost per call (dispatch, IV
 //! set-up, one GHASH multiplication and reduction per block) that a 64-byte
@@ -63,7 +64,7 @@ pub enum Kernel {
     /// client cores from Alder Lake.
     Vaes256,
     /// VAES and VPCLMULQDQ on 512-bit registers (AVX-512 F and BW): AMD
-    /// Zen 4 and later, Intel server cores from Ice Lake.
+    /// Zen 4 and later, Intel cores with AVX-512 from Ice Lake.
     Vaes512,
 }
 

@@ -74,8 +74,8 @@ pub struct Keys {
     /// H^1..H^8, byte-reflected.
     hp: [__m128i; WIDE],
     /// H^66 down to H^1 (`wide::POWERS`), byte-reflected, then four
-    /// zeros: the wide kernels load four consecutive powers from any of
-    /// the first 66.
+    /// zeros: the 512-bit kernels load four consecutive powers from any of
+    /// the first 66, the 256-bit ones two.
     hw: [__m128i; wide::POWERS + 4],
     /// The kernels in use, which the CPU runs (`runs_here`).
     kernel: Kernel,
@@ -195,7 +195,7 @@ fn write_le(b: &mut [u8], v: u64) {
     }
 }
 
-/// The first `b.len()` (under 16) bytes of `v` into `b`.
+/// The first `b.len()` (at most 16) bytes of `v` into `b`.
 #[inline(always)]
 unsafe fn store_partial(b: &mut [u8], v: __m128i) {
     let (lo, hi) = b.split_at_mut(b.len().min(8));

@@ -232,9 +232,9 @@ fn other_key_lengths_and_short_input_are_refused() {
 
 proptest! {
     /// Any one bit flipped in the ciphertext, the tag or the AAD, either
-    /// key size, either set of kernels: refused, and the buffer left
-    /// exactly as it was (the narrow kernels decrypt nothing; the wide ones
-    /// apply their keystream again).
+    /// key size, every set of kernels the CPU runs: refused, and the buffer
+    /// left exactly as it was (the narrow kernels decrypt nothing; the VAES
+    /// ones apply their keystream again).
     #[test]
     fn tampering_is_refused_and_the_buffer_left_as_it_was(
         key in prop_oneof![proptest::collection::vec(any::<u8>(), 16), proptest::collection::vec(any::<u8>(), 32)],

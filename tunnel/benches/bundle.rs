@@ -3,7 +3,8 @@
 //! (open + unpack + re-order) of the same frames, and plain-mode 1420-byte
 //! seal for reference. Throughput is in inner packets.
 //!
-//! Build for the host CPU to get VAES / AVX-512 and the fast GHASH:
+//! braid-gcm picks its kernels at run time (VAES on 512- or 256-bit
+//! registers where the CPU has them); the host CPU build is for the rest:
 //! `RUSTFLAGS="-C target-cpu=native" CARGO_TARGET_DIR=target-tunnel-native \
 //!  cargo bench -p braid-tunnel --bench bundle -- --warm-up-time 1 --measurement-time 2`
 

@@ -2,7 +2,8 @@
 //! `aes-gcm` crate call on the same sizes (the engine before aws-lc, for
 //! comparison).
 //!
-//! Build for the host CPU to get VAES / AVX-512 and the fast GHASH:
+//! braid-gcm picks its kernels at run time (VAES on 512- or 256-bit
+//! registers where the CPU has them); the host CPU build is for the rest:
 //! `RUSTFLAGS="-C target-cpu=native" CARGO_TARGET_DIR=target-tunnel \
 //!  cargo bench -p braid-tunnel --bench seal -- --warm-up-time 1 --measurement-time 2`
 

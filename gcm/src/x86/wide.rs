@@ -23,8 +23,9 @@
 // SAFETY (for every `unsafe` block below without a line of its own): as
 // in the parent module, the helpers are `unsafe fn` only because they
 // execute AVX2, AVX-512, VAES and VPCLMULQDQ instructions, reached only from
-// `seal` and `open`, which `Keys` calls only when `available()` (checked
-// when the `Keys` was made) said the CPU has them. Memory is touched only
+// `seal` and `open`, which `Keys` calls only when `available()` said the
+// CPU has them (checked by `best_kernel` when the `Keys` was made, or by
+// `runs_here` in `Keys::on`). Memory is touched only
 // by `load`/`store` (64 bytes within a checked slice), `load_part`/
 // `store_part` (byte-masked: only the bytes within the slice) and
 // `powers` (four entries within `Keys::hw`).

@@ -1,5 +1,5 @@
-//! The 256-bit kernels, for every buffer on CPUs with VAES and VPCLMULQDQ
-//! but no AVX-512 (AMD Zen 3, Intel client cores from Alder Lake): two
+//! The 256-bit kernels, for buffers of [`SHORT`] bytes and more on CPUs
+//! with VAES and VPCLMULQDQ but no AVX-512 (AMD Zen 3, Intel client cores from Alder Lake): two
 //! 128-bit blocks per 256-bit register, sixteen blocks per step in eight
 //! registers (Zen 3 runs two 256-bit VAESENCs a cycle at a latency of 4:
 //! eight chains keep it busy). Otherwise the wide kernels' design
@@ -14,8 +14,9 @@
 // SAFETY (for every `unsafe` block below without a line of its own): as
 // in the parent module, the helpers are `unsafe fn` only because they
 // execute AVX, AVX2, VAES and VPCLMULQDQ instructions, reached only from
-// `seal` and `open`, which `Keys` calls only when `available()` (checked
-// when the `Keys` was made) said the CPU has them. Memory is touched only
+// `seal` and `open`, which `Keys` calls only when `available()` said the
+// CPU has them (checked by `best_kernel` when the `Keys` was made, or by
+// `runs_here` in `Keys::on`). Memory is touched only
 // by `load`/`store` (32 bytes within a checked slice), the parent's
 // `load16`/`store16`/`load_padded`/`store_partial` (within checked
 // slices) and `powers` (two entries within `Keys::hw`).
