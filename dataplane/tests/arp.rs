@@ -2,9 +2,11 @@
 //! ARP requests and IPv6 neighbor solicitations for A's LAN address, ICMP
 //! and ICMPv6 echo to A's LAN and WAN addresses (replies checked byte by
 //! byte, checksums verified), ARP for other addresses ignored, gratuitous
-//! ARP/NA claiming A's address refused, and a flood of 100,000 ARP
+//! ARP/NA claiming A's address refused, a flood of 100,000 ARP
 //! requests counted without growing anything while tunnel traffic still
-//! gets through. Every frame is counted once (`lab::assert_conserved`).
+//! gets through, and a flood of 30,000 requests for A's WAN address each
+//! answered once, learned nowhere, with tunnel traffic alongside. Every
+//! frame is counted once (`lab::assert_conserved`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -426,6 +428,99 @@ fn an_arp_flood_is_counted_and_bounded_and_traffic_still_flows() {
     assert_eq!(replies, 0, "no request was for A");
     assert_eq!(a.local.received, (FLOOD + NS_FLOOD) as u64);
     assert_eq!(a.local.get(LocalDrop::NotForUs), (FLOOD + NS_FLOOD) as u64);
+    assert_eq!(a.local.neighbors, 0, "the cache did not grow");
+    assert!(checker.bad.is_empty(), "{:?}", &checker.bad[..checker.bad.len().min(5)]);
+    assert_eq!(checker.received, flows.len() as u64 * PER_FLOW as u64, "every tunnelled packet arrived");
+    assert_eq!(a.drops.named(), vec![], "A dropped");
+    assert_eq!(b.drops.named(), vec![], "B dropped");
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+}
+
+/// 30,000 ARP requests for A's WAN address, from as many senders, into A's
+/// WAN port with tunnel traffic in the same polls: each is answered once,
+/// to its sender, with A's WAN MAC and address; none is learned (the
+/// neighbor cache stays empty); every tunnelled packet reaches B in order;
+/// nothing is dropped and no mbuf is lost (`Lab::close`).
+#[test]
+fn an_arp_flood_for_the_wan_address_is_answered_and_bounded() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let (mut lab, _g) = start("wflood", "bundle");
+    /// A requester: its MAC and address.
+    type Asker = ([u8; 6], Ipv4Addr);
+    let answered: Rc<RefCell<Vec<Asker>>> = Rc::default();
+    let seen = answered.clone();
+    let our_mac = wan_mac();
+    // A's ARP replies on the WAN: recorded and kept from B.
+    lab.wan_hook = Some(Box::new(move |dir, f: &mut [u8]| {
+        if dir != lab::WanDir::AToB || f[12..14] != [0x08, 0x06] {
+            return true;
+        }
+        let p = arp::Packet::new_checked(&f[14..]).expect("an ARP packet");
+        let r = arp::Repr::parse(&p).expect("parses").expect("Ethernet/IPv4 ARP");
+        assert_eq!(r.op, arp::Operation::Reply);
+        assert_eq!((r.sender_hw.0, r.sender_ip), (our_mac, A_WAN4));
+        assert_eq!(f[..6], r.target_hw.0, "sent to the requester");
+        assert_eq!(f[6..12], our_mac);
+        seen.borrow_mut().push((r.target_hw.0, r.target_ip));
+        false
+    }));
+    let flows: Vec<Flow> = (0..8).map(|i| Flow::a_to_b(i, Family::V4, L4::Udp)).collect();
+    let size_of = |_: u32, _: u32| 200;
+    const FLOOD: u32 = 30_000;
+    const PER_FLOW: u32 = 400;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut asked: Vec<Asker> = Vec::with_capacity(FLOOD as usize);
+    let (mut sent, mut seq, mut f) = (0u32, 0u32, 0usize);
+    let mut checker = Checker::default();
+    while sent < FLOOD || seq < PER_FLOW {
+        let mut flood: Vec<Vec<u8>> = Vec::with_capacity(BURST);
+        while flood.len() < 24 && sent < FLOOD {
+            let r = next();
+            let mut sender = Ipv4Addr::from(r as u32 | 1);
+            if sender == A_WAN4 {
+                sender = FAR4;
+            }
+            let mac = [0x02, (r >> 8) as u8, (r >> 16) as u8, (r >> 24) as u8, (r >> 40) as u8, 0x43];
+            flood.push(arp_frame(arp::Operation::Request, [0xff; 6], (mac, sender), ([0; 6], A_WAN4)));
+            asked.push((mac, sender));
+            sent += 1;
+        }
+        let mut v: Vec<Mbuf> = flood.iter().map(|fr| lab.raw(fr)).collect();
+        lab.mid_a.tx.tx_all(&mut v, 1000);
+        assert!(v.is_empty(), "A's WAN ring full");
+        let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
+        while burst.len() < 16 && seq < PER_FLOW {
+            burst.push(lab.frame_to_a(&ip_packet(&flows[f], seq, size_of(0, 0))));
+            f += 1;
+            if f == flows.len() {
+                f = 0;
+                seq += 1;
+            }
+        }
+        lab.gen.tx.tx_all(&mut burst, 1000);
+        assert!(burst.is_empty(), "A's LAN ring full");
+        lab.step();
+        for frame in std::mem::take(&mut lab.delivered) {
+            checker.check(&frame, &flows, size_of);
+        }
+    }
+    lab.settle(20);
+    for frame in std::mem::take(&mut lab.delivered) {
+        checker.check(&frame, &flows, size_of);
+    }
+    let (a, b) = lab.counters();
+    eprintln!("A local {:?}", a.local);
+    assert_eq!(*answered.borrow(), asked, "each request answered once, in order, to its sender");
+    assert_eq!(a.local.arp_replies, FLOOD as u64);
     assert_eq!(a.local.neighbors, 0, "the cache did not grow");
     assert!(checker.bad.is_empty(), "{:?}", &checker.bad[..checker.bad.len().min(5)]);
     assert_eq!(checker.received, flows.len() as u64 * PER_FLOW as u64, "every tunnelled packet arrived");

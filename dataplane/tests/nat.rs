@@ -118,15 +118,22 @@ fn flow_src(i: u32) -> (Ipv4Addr, u16) {
 
 /// SNAT of many flows from many hosts through a bundle of 4 tunnels with
 /// per-packet spraying: B sees only pool addresses; each flow keeps one
-/// external endpoint for all its packets, whichever tunnels carried them;
-/// no two flows share one; every reply comes back to its original host and
+/// external endpoint for all its packets, whichever tunnels carried them
+/// (every bundle frame A sends is captured and opened with B's SAs: most
+/// flows' packets crossed several tunnels, each inside the flow's one
+/// mapping); no two flows share one; every reply, in two rounds with
+/// outbound traffic between them, comes back to its original host and
 /// port with correct checksums; the tunnels all carried traffic.
 #[test]
 fn snat_many_flows_through_a_sprayed_bundle() {
+    use braid_tunnel::bundle::frame::{Frame, Record};
+    use braid_tunnel::sa::{InboundSa, InboundSaPair};
     let flows: u32 = std::env::var("BRAID_NAT_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let per_flow = 3;
     let t0 = Instant::now();
     let (mut lab, _g) = start("snat", &[1, 1, 1, 1], options(snat_rule(4, "1024-65535"), None, None));
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = usize::MAX;
     let pool: HashSet<Ipv4Addr> = pool(4).into_iter().collect();
     let mut mapping: HashMap<u32, (Ipv4Addr, u16)> = HashMap::with_capacity(flows as usize);
     let mut owner: HashMap<(Ipv4Addr, u16), u32> = HashMap::with_capacity(flows as usize);
@@ -167,37 +174,79 @@ fn snat_many_flows_through_a_sprayed_bundle() {
     assert_eq!(mapping.len(), flows as usize);
     let sent = Instant::now();
 
-    // Replies from the server to each flow's external endpoint.
-    let replies = (0..flows).map(|i| packet(L4::Udp, (SERVER, SERVER_PORT), mapping[&i], i, 1000));
-    let mut back = 0u64;
-    let mut check_a = |lab: &mut Lab| {
-        for fr in lab.delivered_a.drain(..) {
-            let ip = &fr[14..];
-            let (id, seq) = tag(ip).expect("a test packet");
-            assert_eq!(seq, 1000);
-            let (src, dst) = endpoints(ip);
-            assert_eq!(src, (SERVER, SERVER_PORT));
-            assert_eq!(dst, flow_src(id), "reply {id} reached the wrong host or port");
-            assert!(checksums_ok(ip), "reply {id}: checksums");
-            back += 1;
-        }
-    };
-    let mut chunk = Vec::with_capacity(4096);
-    for r in replies {
-        chunk.push(r);
-        if chunk.len() == 4096 {
-            send_b(&mut lab, chunk.drain(..));
-            check_a(&mut lab);
+    // On the WAN: every bundle frame A sent, opened with B's inbound SAs;
+    // each whole inner packet's flow, source and tunnel.
+    let frames = lab.capture.take().expect("captured");
+    let mut sas: Vec<InboundSaPair> =
+        lab.tables_b.bundles[0].tunnels.iter().map(|t| InboundSaPair::new(InboundSa::new(&t.sa_in, 1 << 16).unwrap())).collect();
+    let mut tunnels_of: HashMap<u32, HashSet<usize>> = HashMap::with_capacity(flows as usize);
+    let mut on_wan = 0u64;
+    for mut f in frames {
+        let t = (u16::from_be_bytes([f[36], f[37]]) - 4500) as usize;
+        let o = sas[t].open(&mut f[42..], 0).expect("B's SA opens every frame A sent");
+        let frame = Frame::parse(&f[42 + o.payload.start..42 + o.payload.end]).expect("a bundle frame");
+        for rec in frame.records() {
+            let Record::Data(d) = rec.expect("well-formed records") else { continue };
+            let Some((id, _)) = d.is_whole().then(|| tag(d.data)).flatten() else { continue };
+            let (src, _) = endpoints(d.data);
+            assert_eq!(src, mapping[&id], "flow {id}: another mapping on tunnel {t}");
+            tunnels_of.entry(id).or_default().insert(t);
+            on_wan += 1;
         }
     }
-    send_b(&mut lab, chunk.drain(..));
-    lab.settle(20);
-    check_a(&mut lab);
-    assert_eq!(back, flows as u64, "every reply found its flow");
+    assert_eq!(on_wan, flows as u64 * per_flow as u64, "every packet seen whole on the WAN");
+    let spread = tunnels_of.values().filter(|ts| ts.len() > 1).count();
+    // Three packets each, on 4 tunnels: ~15/16 of the flows if the frames
+    // are spread at random.
+    eprintln!("{spread} of {flows} flows crossed several tunnels");
+    assert!(spread * 10 >= flows as usize * 8, "most flows crossed several tunnels ({spread} of {flows})");
+
+    // Replies from the server to each flow's external endpoint, in two
+    // rounds with a packet of every flow out between them.
+    let mut back = 0u64;
+    for round in 0..2u32 {
+        let want_seq = 1000 + round;
+        let replies = (0..flows).map(|i| packet(L4::Udp, (SERVER, SERVER_PORT), mapping[&i], i, want_seq));
+        let mut check_a = |lab: &mut Lab| {
+            for fr in lab.delivered_a.drain(..) {
+                let ip = &fr[14..];
+                let (id, seq) = tag(ip).expect("a test packet");
+                assert_eq!(seq, want_seq);
+                let (src, dst) = endpoints(ip);
+                assert_eq!(src, (SERVER, SERVER_PORT));
+                assert_eq!(dst, flow_src(id), "reply {id} reached the wrong host or port");
+                assert!(checksums_ok(ip), "reply {id}: checksums");
+                back += 1;
+            }
+        };
+        let mut chunk = Vec::with_capacity(4096);
+        for r in replies {
+            chunk.push(r);
+            if chunk.len() == 4096 {
+                send_b(&mut lab, chunk.drain(..));
+                check_a(&mut lab);
+            }
+        }
+        send_b(&mut lab, chunk.drain(..));
+        lab.settle(20);
+        check_a(&mut lab);
+        assert_eq!(back, flows as u64 * (round as u64 + 1), "every reply of round {round} found its flow");
+        if round == 0 {
+            send_a(&mut lab, (0..flows).map(|i| packet(L4::Udp, flow_src(i), (SERVER, SERVER_PORT), i, per_flow)));
+            lab.settle(20);
+            let mut again = 0;
+            for fr in lab.delivered.drain(..) {
+                let (id, _) = tag(&fr[14..]).expect("a test packet");
+                assert_eq!(endpoints(&fr[14..]).0, mapping[&id], "flow {id} changed its mapping");
+                again += 1;
+            }
+            assert_eq!(again, flows, "B received every packet");
+        }
+    }
 
     let (a, b) = lab.counters();
     eprintln!(
-        "{flows} flows x {per_flow} packets out in {:.1} s, {flows} replies in {:.1} s; A nat {:?}; tunnels {:?}",
+        "{flows} flows x {per_flow} packets out in {:.1} s, then 2 x {flows} replies and {flows} packets out in {:.1} s; A nat {:?}; tunnels {:?}",
         (sent - t0).as_secs_f64(),
         sent.elapsed().as_secs_f64(),
         a.nat,
@@ -205,8 +254,8 @@ fn snat_many_flows_through_a_sprayed_bundle() {
     );
     let frames: u64 = a.tunnels[0].iter().map(|t| t.tx.packets).sum();
     assert!(a.tunnels[0].iter().all(|t| t.tx.packets > frames / 8), "all four tunnels carried the flows");
-    assert_eq!(a.nat.out_translated, flows as u64 * per_flow as u64);
-    assert_eq!(a.nat.in_translated, flows as u64);
+    assert_eq!(a.nat.out_translated, flows as u64 * (per_flow as u64 + 1));
+    assert_eq!(a.nat.in_translated, 2 * flows as u64);
     assert_eq!((a.nat.sessions, a.nat.sessions_created, a.nat.mappings_created), (flows as u64, flows as u64, flows as u64));
     assert_eq!(a.nat.out_dropped() + a.nat.in_dropped(), 0);
     assert_eq!(b.nat, Default::default(), "B has no NAT rule: no NAT at all");
