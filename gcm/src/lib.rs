@@ -144,6 +144,22 @@ impl Gcm {
         }
     }
 
+    /// The kernels that seal or open a buffer of `len` bytes (of plain or
+    /// cipher text) with this key: [`Gcm::kernel`], but the 256-bit
+    /// kernels leave buffers under 128 bytes to the narrow ones, which
+    /// are faster there.
+    pub fn kernel_for(&self, len: usize) -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.keys.kernel_for(len)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = len;
+            match self.never {}
+        }
+    }
+
     /// The same key on other kernels, if this CPU runs them: what a CPU
     /// without the wider ones runs, for tests and comparisons.
     pub fn on(&self, kernel: Kernel) -> Option<Gcm> {

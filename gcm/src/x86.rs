@@ -102,10 +102,9 @@ impl Keys {
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &mut [u8; TAG_LEN]) {
         // SAFETY: `kernel` is only ever one that `runs_here`, and a
         // `Keys` exists only where `available()` said yes.
-        match self.kernel {
+        match self.kernel_for(buf.len()) {
             Kernel::Vaes512 => unsafe { wide::seal(self, nonce, aad, buf, tag) },
-            Kernel::Vaes256 if buf.len() >= ymm::SHORT => unsafe { ymm::seal(self, nonce, aad, buf, tag) },
-            Kernel::Vaes256 => unsafe { seal(self, nonce, aad, buf, tag) },
+            Kernel::Vaes256 => unsafe { ymm::seal(self, nonce, aad, buf, tag) },
             Kernel::AesNi => unsafe { seal(self, nonce, aad, buf, tag) },
         }
     }
@@ -113,10 +112,9 @@ impl Keys {
     /// `sealed` holds at least `TAG_LEN` bytes (checked by the caller).
     pub fn open(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], sealed: &mut [u8]) -> Result<(), OpenError> {
         // SAFETY: as in `seal`.
-        match self.kernel {
+        match self.kernel_for(sealed.len() - TAG_LEN) {
             Kernel::Vaes512 => unsafe { wide::open(self, nonce, aad, sealed) },
-            Kernel::Vaes256 if sealed.len() - TAG_LEN >= ymm::SHORT => unsafe { ymm::open(self, nonce, aad, sealed) },
-            Kernel::Vaes256 => unsafe { open(self, nonce, aad, sealed) },
+            Kernel::Vaes256 => unsafe { ymm::open(self, nonce, aad, sealed) },
             Kernel::AesNi => unsafe { open(self, nonce, aad, sealed) },
         }
     }
@@ -124,6 +122,16 @@ impl Keys {
     /// The kernels in use.
     pub fn kernel(&self) -> Kernel {
         self.kernel
+    }
+
+    /// The kernels that seal or open `len` bytes: the 256-bit ones leave
+    /// buffers under `ymm::SHORT` to the narrow ones.
+    #[inline(always)]
+    pub fn kernel_for(&self, len: usize) -> Kernel {
+        match self.kernel {
+            Kernel::Vaes256 if len < ymm::SHORT => Kernel::AesNi,
+            k => k,
+        }
     }
 
     /// The same key on other kernels, if this CPU runs them.

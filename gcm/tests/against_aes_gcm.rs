@@ -217,6 +217,18 @@ fn the_widest_kernels_the_cpu_has() {
     assert_eq!(g.on(Kernel::Vaes512).is_some(), zmm);
     assert_eq!(g.narrow().kernel(), Kernel::AesNi);
     assert!(!g.narrow().wide());
+    // Which kernels take which lengths: the 256-bit ones from 128 bytes
+    // (the tests above cover 0..=2300 bytes, so both sides of the switch).
+    for len in [0, 64, 127, 128, 1420, 9000] {
+        let want = |k: Kernel| if k == Kernel::Vaes256 && len < 128 { Kernel::AesNi } else { k };
+        for k in kernels(&[1; 32]) {
+            assert_eq!(k.kernel_for(len), want(k.kernel()), "{len} B on {:?}", k.kernel());
+        }
+    }
+    if vaes {
+        let ymm = g.on(Kernel::Vaes256).expect("a VAES CPU runs the 256-bit kernels");
+        assert_eq!(ymm.kernel_for(128), Kernel::Vaes256);
+    }
     eprintln!("kernels on this CPU: {want:?}");
 }
 
