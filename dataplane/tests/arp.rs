@@ -355,6 +355,34 @@ fn gratuitous_claims_on_our_addresses_are_refused() {
     lab.close();
 }
 
+/// Bytes of each tunnelled packet the flood tests send alongside.
+const TUNNEL_BYTES: usize = 200;
+
+/// A xorshift64 generator from `seed` (not 0).
+fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
+/// Fills `burst` up to `upto` frames with tunnel traffic into A's LAN:
+/// packet `seq` of each flow in turn (`at` = (seq, next flow)), until every
+/// flow sent `per_flow`.
+fn tunnel_traffic(lab: &Lab, burst: &mut Vec<Mbuf>, upto: usize, flows: &[Flow], at: (&mut u32, &mut usize), per_flow: u32) {
+    let (seq, f) = at;
+    while burst.len() < upto && *seq < per_flow {
+        burst.push(lab.frame_to_a(&ip_packet(&flows[*f], *seq, TUNNEL_BYTES)));
+        *f += 1;
+        if *f == flows.len() {
+            *f = 0;
+            *seq += 1;
+        }
+    }
+}
+
 /// 100,000 ARP requests for random addresses from random senders and
 /// 20,000 neighbor solicitations for random targets, with tunnel traffic in
 /// the same bursts: every request counted, the neighbor cache stays empty,
@@ -363,17 +391,11 @@ fn gratuitous_claims_on_our_addresses_are_refused() {
 fn an_arp_flood_is_counted_and_bounded_and_traffic_still_flows() {
     let (mut lab, _g) = start("aflood", "bundle");
     let flows: Vec<Flow> = (0..8).map(|i| Flow::a_to_b(i, if i % 2 == 0 { Family::V4 } else { Family::V6 }, L4::Udp)).collect();
-    let size_of = |_: u32, _: u32| 200;
+    let size_of = |_: u32, _: u32| TUNNEL_BYTES;
     const FLOOD: u32 = 100_000;
     const NS_FLOOD: u32 = 20_000;
     const PER_FLOW: u32 = 500;
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     let (mut sent_arp, mut sent_ns, mut seq, mut f) = (0u32, 0u32, 0u32, 0usize);
     let mut checker = Checker::default();
     let mut replies = 0usize;
@@ -402,14 +424,7 @@ fn an_arp_flood_is_counted_and_bounded_and_traffic_still_flows() {
             burst.push(lab.raw(&ns_frame(target)));
             sent_ns += 1;
         }
-        while burst.len() < BURST && seq < PER_FLOW {
-            burst.push(lab.frame_to_a(&ip_packet(&flows[f], seq, size_of(0, 0))));
-            f += 1;
-            if f == flows.len() {
-                f = 0;
-                seq += 1;
-            }
-        }
+        tunnel_traffic(&lab, &mut burst, BURST, &flows, (&mut seq, &mut f), PER_FLOW);
         lab.gen.tx.tx_all(&mut burst, 1000);
         assert!(burst.is_empty(), "A's LAN ring full");
         lab.step();
@@ -468,16 +483,10 @@ fn an_arp_flood_for_the_wan_address_is_answered_and_bounded() {
         false
     }));
     let flows: Vec<Flow> = (0..8).map(|i| Flow::a_to_b(i, Family::V4, L4::Udp)).collect();
-    let size_of = |_: u32, _: u32| 200;
+    let size_of = |_: u32, _: u32| TUNNEL_BYTES;
     const FLOOD: u32 = 30_000;
     const PER_FLOW: u32 = 400;
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let mut asked: Vec<Asker> = Vec::with_capacity(FLOOD as usize);
     let (mut sent, mut seq, mut f) = (0u32, 0u32, 0usize);
     let mut checker = Checker::default();
@@ -498,14 +507,7 @@ fn an_arp_flood_for_the_wan_address_is_answered_and_bounded() {
         lab.mid_a.tx.tx_all(&mut v, 1000);
         assert!(v.is_empty(), "A's WAN ring full");
         let mut burst: Vec<Mbuf> = Vec::with_capacity(BURST);
-        while burst.len() < 16 && seq < PER_FLOW {
-            burst.push(lab.frame_to_a(&ip_packet(&flows[f], seq, size_of(0, 0))));
-            f += 1;
-            if f == flows.len() {
-                f = 0;
-                seq += 1;
-            }
-        }
+        tunnel_traffic(&lab, &mut burst, 16, &flows, (&mut seq, &mut f), PER_FLOW);
         lab.gen.tx.tx_all(&mut burst, 1000);
         assert!(burst.is_empty(), "A's LAN ring full");
         lab.step();
