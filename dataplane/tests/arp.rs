@@ -485,7 +485,8 @@ fn an_arp_flood_for_the_wan_address_is_answered_and_bounded() {
     let flows: Vec<Flow> = (0..8).map(|i| Flow::a_to_b(i, Family::V4, L4::Udp)).collect();
     let size_of = |_: u32, _: u32| TUNNEL_BYTES;
     const FLOOD: u32 = 30_000;
-    const PER_FLOW: u32 = 400;
+    // 16 a poll over the flood's 1,250 polls.
+    const PER_FLOW: u32 = 2_500;
     let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let mut asked: Vec<Asker> = Vec::with_capacity(FLOOD as usize);
     let (mut sent, mut seq, mut f) = (0u32, 0u32, 0usize);
