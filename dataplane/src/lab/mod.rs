@@ -139,10 +139,15 @@ pub fn atomic_fragment(frame: &[u8]) -> Option<Vec<u8>> {
     Some(f)
 }
 
-/// UDP destination port of an IPv4 frame without options (0 if shorter).
+/// UDP destination port of an IPv4 frame without options or an IPv6 one
+/// without extension headers; 0 for anything else (ARP, other protocols,
+/// too short), so a rule on tunnel ports never catches those.
 fn udp_dport(d: &[u8]) -> u16 {
-    // Outer IPv4 (no options) or IPv6 (no extension headers).
-    let at = if d.get(12..14) == Some(&[0x86, 0xdd]) { crate::encap::UDP_AT_V6 + 2 } else { 36 };
+    let at = match (d.get(12..14), d.get(23), d.get(20)) {
+        (Some([0x08, 0x00]), Some(17), _) => 36,
+        (Some([0x86, 0xdd]), _, Some(17)) => crate::encap::UDP_AT_V6 + 2,
+        _ => return 0,
+    };
     d.get(at..at + 2).map_or(0, |p| u16::from_be_bytes([p[0], p[1]]))
 }
 
