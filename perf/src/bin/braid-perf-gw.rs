@@ -199,10 +199,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         )
     };
     println!(
-        "{{\"bench\":\"gateway\",\"mode\":\"{mode}\",\"flows\":{flows},\"nat\":{nat},\"nat_sessions_a\":{},\"nat_sessions_b\":{},\"nat_drops\":{},\"key_bits\":{key_bits},\"l4\":\"{}\",\"frame_bytes\":{size},\"inner_ip_bytes\":{inner_len},\"tunnels\":{tunnels},\"lan_to_wan\":{},\"wan_to_lan\":{},\"esp_packets\":{},\"delivered\":{},\"drops_a\":{},\"drops_b\":{},\"engine_drops_b\":{},\"idle_cycles_per_packet\":[{:.1},{:.1}]}}",
+        "{{\"bench\":\"gateway\",\"mode\":\"{mode}\",\"flows\":{flows},\"nat\":{nat},\"nat_sessions_a\":{},\"nat_sessions_b\":{},\"nat_drops\":{},\"key_bits\":{key_bits},\"aead\":\"{}\",\"l4\":\"{}\",\"frame_bytes\":{size},\"inner_ip_bytes\":{inner_len},\"tunnels\":{tunnels},\"lan_to_wan\":{},\"wan_to_lan\":{},\"esp_packets\":{},\"delivered\":{},\"drops_a\":{},\"drops_b\":{},\"engine_drops_b\":{},\"idle_cycles_per_packet\":[{:.1},{:.1}]}}",
         a.nat.sessions,
         b.nat.sessions,
         a.nat.out_dropped() + a.nat.in_dropped() + b.nat.out_dropped() + b.nat.in_dropped(),
+        braid_tunnel::crypto::engines(),
         if matches!(l4, L4::Tcp) { "tcp" } else { "udp" },
         dir(a.encapsulated, lab.cycles_a),
         dir(b.delivered, lab.cycles_b),
