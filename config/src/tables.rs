@@ -208,8 +208,9 @@ pub struct BundleConfig {
     pub keepalive_secs: Option<u32>,
     /// Plain mode: an ESP packet bigger than its WAN port's MTU leaves as
     /// outer IPv4 or IPv6 fragments (RFC 4459 section 4.1, fragmenting
-    /// after encryption) instead of being dropped as `too_big`. Default
-    /// off.
+    /// after encryption) instead of being cut before sealing (TCP into
+    /// segments, IPv4 without DF into inner fragments) or dropped as
+    /// `too_big` (IPv6, IPv4 with DF). Default off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outer_fragmentation: Option<bool>,
     pub tunnels: Vec<TunnelConfig>,

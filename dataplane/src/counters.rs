@@ -246,8 +246,9 @@ pub struct FragCounters {
 
 /// Packets cut in software: for the LAN, bigger than its MTU (TCP into
 /// `segments`, IPv4 without DF into `fragments`, each a LAN frame); for a
-/// plain-mode tunnel, TCP bigger than it carries, into `segments` each
-/// sealed as its own ESP packet (`fragments` unused). And for a LAN port
+/// plain-mode tunnel, TCP bigger than it carries, into `segments`, and
+/// other IPv4 without DF into `fragments`, each sealed as its own ESP
+/// packet. And for a LAN port
 /// with TSO, TCP handed to it whole (`tso`, one frame each to `lan_tx`)
 /// for it to cut into `tso_segments`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -288,6 +289,33 @@ pub struct NatStats {
     /// WAN -> LAN drops by reason: inner packets counted `delivered` that
     /// never reach the LAN TX queue.
     pub in_drops: [u64; NatDrop::COUNT],
+    /// IPv4 fragments of translated traffic from the LAN, reassembled
+    /// before the NAT (it needs the ports, which only the first carries).
+    pub out_frags: NatFrags,
+    /// The same for inner packets from the tunnels.
+    pub in_frags: NatFrags,
+}
+
+/// Inner IPv4 fragments the NAT must see whole, one direction: `taken`
+/// fragments are neither passed on nor dropped until their packet is
+/// whole; each whole packet (`reassembled`) then goes on as one packet
+/// (or is dropped, counted, if no mbuf holds it: `too_big` from the LAN,
+/// `lan_too_big` from a tunnel). `discarded`:
+/// fragments the reassembly threw away (overlaps, duplicates, more than
+/// 8 fragments, a full table, or incomplete after the timeout).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatFrags {
+    pub taken: u64,
+    pub reassembled: u64,
+    pub discarded: u64,
+}
+
+impl NatFrags {
+    fn merge(&mut self, o: &NatFrags) {
+        self.taken += o.taken;
+        self.reassembled += o.reassembled;
+        self.discarded += o.discarded;
+    }
 }
 
 impl NatStats {
@@ -311,6 +339,8 @@ impl NatStats {
         self.sessions_expired += o.sessions_expired;
         self.mappings_created += o.mappings_created;
         self.sessions += o.sessions;
+        self.out_frags.merge(&o.out_frags);
+        self.in_frags.merge(&o.in_frags);
         for (a, b) in self.out_drops.iter_mut().zip(&o.out_drops) {
             *a += b;
         }
@@ -577,16 +607,19 @@ pub struct WorkerCounters {
     /// Frames received on / sent to the LAN (sent: taken by the port).
     ///
     /// Conservation, each packet counted once:
-    /// - `lan_rx` (plus the segments `tunnel_cut` added) is `encapsulated`
+    /// - `lan_rx` (plus the pieces `tunnel_cut` added, and the packets
+    ///   made whole from `nat.out_frags`) is `encapsulated`
     ///   plus the LAN side's incoming drops
     ///   (NAT's `out_drops` included; and plain mode's engine drops when
-    ///   sealing) plus the LAN frames for the gateway itself;
+    ///   sealing) plus the LAN frames for the gateway itself, plus the
+    ///   fragments `nat.out_frags` took;
     /// - `wan_rx` plus `frags.reassembled` is `frags.taken`, the tunnels'
     ///   `rx` and `rejected`, `keepalives_rx`, the WAN side's incoming
     ///   drops and the WAN frames for the gateway itself (`local.received` counts both
     ///   sides: each is answered, learned from, or dropped with a
     ///   `LocalDrop` reason);
-    /// - `delivered`, `icmp_sent` and `local.lan_replies` are `lan_tx`
+    /// - `delivered`, `icmp_sent` and `local.lan_replies` (and the packets
+    ///   made whole from `nat.in_frags`, less the fragments it took) are `lan_tx`
     ///   plus `lan_tx_full`, `lan_tx_rejected` and NAT's `in_drops` (the
     ///   NAT translates what the re-orderer delivered, just before the LAN
     ///   TX queue; our own replies and the kernel's frames skip it; the
@@ -641,8 +674,9 @@ pub struct WorkerCounters {
     pub frags: FragCounters,
     /// Packets for the LAN cut to its MTU.
     pub lan_cut: CutCounters,
-    /// Plain mode: TCP packets from the LAN too big for the tunnels, cut
-    /// into segments before sealing (GSO).
+    /// Plain mode: packets from the LAN too big for the tunnels, cut
+    /// before sealing: TCP into segments (GSO), other IPv4 without DF
+    /// into fragments.
     pub tunnel_cut: CutCounters,
     /// Polls that found no work, and bursts that found some.
     pub idle_polls: u64,
@@ -663,7 +697,7 @@ pub struct WorkerCounters {
 impl WorkerCounters {
     /// The counters that are one number each, named as the stats segment
     /// names them, in its order (the JSON report groups them by prefix).
-    pub fn scalars(&self) -> [(&'static str, u64); 22] {
+    pub fn scalars(&self) -> [(&'static str, u64); 24] {
         [
             ("encapsulated", self.encapsulated),
             ("delivered", self.delivered),
@@ -685,6 +719,8 @@ impl WorkerCounters {
             ("lan_cut/tso_segments", self.lan_cut.tso_segments),
             ("tunnel_cut/segmented", self.tunnel_cut.segmented),
             ("tunnel_cut/segments", self.tunnel_cut.segments),
+            ("tunnel_cut/fragmented", self.tunnel_cut.fragmented),
+            ("tunnel_cut/fragments", self.tunnel_cut.fragments),
             ("idle_polls", self.idle_polls),
             ("busy_polls", self.busy_polls),
         ]
@@ -716,6 +752,8 @@ impl WorkerCounters {
         self.lan_cut.tso_segments += o.lan_cut.tso_segments;
         self.tunnel_cut.segmented += o.tunnel_cut.segmented;
         self.tunnel_cut.segments += o.tunnel_cut.segments;
+        self.tunnel_cut.fragmented += o.tunnel_cut.fragmented;
+        self.tunnel_cut.fragments += o.tunnel_cut.fragments;
         self.drops.merge(&o.drops);
         self.engine.merge(&o.engine);
         if self.tunnels.len() < o.tunnels.len() {

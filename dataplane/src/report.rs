@@ -8,10 +8,14 @@ use std::net::SocketAddr;
 use braid_dpdk::PortStats;
 
 use crate::config::Tables;
-use crate::counters::WorkerCounters;
+use crate::counters::{NatFrags, WorkerCounters};
 
 fn flow(f: &crate::counters::Flow) -> String {
     format!("{{\"packets\":{},\"bytes\":{}}}", f.packets, f.bytes)
+}
+
+fn frags(f: &NatFrags) -> String {
+    format!("{{\"taken\":{},\"reassembled\":{},\"discarded\":{}}}", f.taken, f.reassembled, f.discarded)
 }
 
 /// The scalars whose name starts with `prefix`, as one JSON object keyed
@@ -90,7 +94,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
     let n = &c.nat;
     let _ = write!(
         s,
-        "],\"nat\":{{\"out_translated\":{},\"in_translated\":{},\"icmp_errors_translated\":{},\"sessions_created\":{},\"sessions_expired\":{},\"mappings_created\":{},\"sessions\":{},\"out_drops\":{},\"in_drops\":{}}}}}",
+        "],\"nat\":{{\"out_translated\":{},\"in_translated\":{},\"icmp_errors_translated\":{},\"sessions_created\":{},\"sessions_expired\":{},\"mappings_created\":{},\"sessions\":{},\"out_frags\":{},\"in_frags\":{},\"out_drops\":{},\"in_drops\":{}}}}}",
         n.out_translated,
         n.in_translated,
         n.icmp_errors_translated,
@@ -98,6 +102,8 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         n.sessions_expired,
         n.mappings_created,
         n.sessions,
+        frags(&n.out_frags),
+        frags(&n.in_frags),
         named(&n.named_drops(true)),
         named(&n.named_drops(false)),
     );

@@ -24,8 +24,20 @@ use crate::config::Tables;
 use crate::counters::{DpDrop, Flow, HandoffStats, KernelStats, LocalDrop, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
-const NAT: [&str; 6] =
-    ["nat/out_translated", "nat/in_translated", "nat/icmp_errors_translated", "nat/sessions_created", "nat/sessions_expired", "nat/mappings_created"];
+const NAT: [&str; 12] = [
+    "nat/out_translated",
+    "nat/in_translated",
+    "nat/icmp_errors_translated",
+    "nat/sessions_created",
+    "nat/sessions_expired",
+    "nat/mappings_created",
+    "nat/out_frags_taken",
+    "nat/out_frags_reassembled",
+    "nat/out_frags_discarded",
+    "nat/in_frags_taken",
+    "nat/in_frags_reassembled",
+    "nat/in_frags_discarded",
+];
 const LOCAL: [&str; 12] = [
     "local/received",
     "local/arp_replies",
@@ -129,6 +141,12 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], nic: &[
             n.sessions_created,
             n.sessions_expired,
             n.mappings_created,
+            n.out_frags.taken,
+            n.out_frags.reassembled,
+            n.out_frags.discarded,
+            n.in_frags.taken,
+            n.in_frags.reassembled,
+            n.in_frags.discarded,
         ]);
         counters.extend(n.out_drops);
         counters.extend(n.in_drops);

@@ -56,6 +56,7 @@ mod apply;
 mod cut;
 pub mod handoff;
 mod lan;
+mod nat_frag;
 pub use apply::{keeps_engine, prebuild_bundle, Applied, PrebuiltBundle};
 pub use lan::{OnLink, LAN_HOLD_MAX, LAN_HOLD_TIME};
 
@@ -276,6 +277,13 @@ pub struct Worker {
     next_timers: Nanos,
     /// Outer IPv4 and IPv6 fragments being reassembled (time in `Nanos`).
     frag: Reassembly,
+    /// Inner IPv4 fragments the NAT translates, being reassembled, by
+    /// direction (`nat_frag::OUT`, `IN`).
+    nat_frag: [Reassembly; 2],
+    /// Packets being sorted by `take_nat_fragments`, and the packets it
+    /// made whole (scratch).
+    nat_frag_todo: Vec<Mbuf>,
+    nat_whole: Vec<Mbuf>,
     /// When the next ICMP error may be sent (rate limit, RFC 1812 4.3.2.8).
     next_icmp: Nanos,
     /// This worker's NAT shard, when the tables have NAT rules.
@@ -457,6 +465,12 @@ impl Worker {
             ident: 0,
             next_timers: 0,
             frag: Reassembly::with_ticks(FRAG_FLOWS, FRAG_TIMEOUT).map_err(|e| e.to_string())?,
+            nat_frag: [
+                Reassembly::with_ticks(nat_frag::NAT_FRAG_FLOWS, FRAG_TIMEOUT).map_err(|e| e.to_string())?,
+                Reassembly::with_ticks(nat_frag::NAT_FRAG_FLOWS, FRAG_TIMEOUT).map_err(|e| e.to_string())?,
+            ],
+            nat_frag_todo: Vec::new(),
+            nat_whole: Vec::new(),
             next_icmp: 0,
             nat,
             nat_spec: setup.nat,
@@ -560,6 +574,8 @@ impl Worker {
             }
         }
         c.nat.add_engine(&self.nat_retired);
+        c.nat.out_frags.discarded = self.nat_frag[nat_frag::OUT].stats().discarded;
+        c.nat.in_frags.discarded = self.nat_frag[nat_frag::IN].stats().discarded;
         if let Some(nat) = &self.nat {
             c.nat.add_engine(nat.counters());
             c.nat.sessions = nat.sessions() as u64;
@@ -687,7 +703,7 @@ impl Worker {
             self.take_local_lan();
         }
         if self.handoff.is_some() && self.nat.is_some() {
-            self.steer_nat_lan();
+            self.steer_nat_lan(true);
         }
         self.lan_burst(now, false);
         got
@@ -695,8 +711,8 @@ impl Worker {
 
     /// With NAT and several workers: the LAN frames of `rx_burst` whose
     /// flow another worker's shard owns go to that worker (counted as
-    /// received here).
-    fn steer_nat_lan(&mut self) {
+    /// received here when `count`).
+    fn steer_nat_lan(&mut self, count: bool) {
         let (Some(spec), Some(h)) = (self.nat_spec.as_ref(), self.handoff.as_mut()) else { return };
         let (cfg, workers) = (spec.config.clone(), h.workers());
         let mut burst = std::mem::take(&mut self.rx_burst);
@@ -705,7 +721,9 @@ impl Worker {
             let owner = is_ipv4(m.data()).then(|| cfg.outbound_owner(&m.data()[ETH..], usize::from(workers))).flatten();
             match owner {
                 Some(o) if o != usize::from(self.id) => {
-                    self.counters.lan_rx.add(m.pkt_len());
+                    if count {
+                        self.counters.lan_rx.add(m.pkt_len());
+                    }
                     let hd = handoff::Header { kind: handoff::Kind::Lan, a: 0, b: 0, spi: 0, x: 0 };
                     if hd.push(&mut m) {
                         h.send(o as u16, m);
@@ -723,6 +741,40 @@ impl Worker {
     /// Routes, NATs, tunnels the LAN frames in `rx_burst` (`handed`: by
     /// another worker, which counted them as received).
     fn lan_burst(&mut self, now: Nanos, handed: bool) {
+        if self.nat.is_some() && self.rx_burst.iter().any(|m| nat_frag::is_ipv4_fragment(m.data())) {
+            self.lan_burst_fragments(now, handed);
+        } else {
+            self.lan_burst_whole(now, handed);
+        }
+    }
+
+    /// [`Worker::lan_burst`] for a burst with IPv4 fragments and a NAT:
+    /// the fragments the NAT translates are taken to be made whole; the
+    /// rest of the burst goes on, then the packets made whole (to the
+    /// worker owning their NAT flow, if another).
+    #[cold]
+    fn lan_burst_fragments(&mut self, now: Nanos, handed: bool) {
+        if !handed {
+            for m in &self.rx_burst {
+                self.counters.lan_rx.add(m.pkt_len());
+            }
+        }
+        let (mut burst, mut whole) = (std::mem::take(&mut self.rx_burst), std::mem::take(&mut self.nat_whole));
+        self.take_nat_fragments(&mut burst, 0, nat_frag::OUT, now, &mut whole);
+        self.rx_burst = burst;
+        self.lan_burst_whole(now, true);
+        if !whole.is_empty() {
+            self.rx_burst.append(&mut whole);
+            if self.handoff.is_some() {
+                self.steer_nat_lan(false);
+            }
+            self.lan_burst_whole(now, true);
+        }
+        self.nat_whole = whole;
+    }
+
+    /// [`Worker::lan_burst`] for whole packets.
+    fn lan_burst_whole(&mut self, now: Nanos, handed: bool) {
         let n = self.rx_burst.len();
         if n == 0 {
             return;
@@ -985,6 +1037,15 @@ impl Worker {
     fn nat_inbound(&mut self) {
         if self.nat.is_none() {
             return;
+        }
+        let done = self.nat_done.min(self.lan_out.len());
+        if self.lan_out[done..].iter().any(|m| nat_frag::is_ipv4_fragment(m.data())) {
+            // The NAT's fragments made whole first (then steered like
+            // any packet).
+            let (mut out, mut whole) = (std::mem::take(&mut self.lan_out), std::mem::take(&mut self.nat_whole));
+            self.take_nat_fragments(&mut out, done, nat_frag::IN, self.now, &mut whole);
+            out.append(&mut whole);
+            (self.lan_out, self.nat_whole) = (out, whole);
         }
         if self.handoff.is_some() {
             self.steer_nat_deliver();
@@ -1635,6 +1696,8 @@ impl Worker {
         // Incomplete outer packets past their time are freed.
         self.frag.expire(now);
         self.counters.frags.discarded = self.frag.stats().discarded;
+        // Also after new tables removed the NAT: what they hold goes.
+        self.nat_frag.iter_mut().for_each(|t| t.expire(now));
         for (b, st) in self.bundles.iter_mut().enumerate() {
             let Engine::Bundle { tx, rx } = &mut st.engine else { continue };
             let before = self.lan_out.len();

@@ -111,26 +111,7 @@ fn case(mode: &str) {
     }
 
     // IPv4 UDP without DF: whole, or fragments that reassemble to it.
-    let mut by_id: HashMap<u16, BTreeMap<usize, (bool, Vec<u8>)>> = HashMap::new();
-    for fr in frames.iter().filter(|fr| fr[ETH] >> 4 == 4 && fr[ETH + 9] == 17 && fr[ETH + 12..ETH + 16] == fl[2].src4.octets()) {
-        let p = ipv4::Packet::new_checked(&fr[ETH..]).unwrap();
-        assert!(p.verify_checksum());
-        by_id.entry(p.ident()).or_default().insert(p.frag_offset() as usize, (p.more_frags(), fr[ETH + 20..].to_vec()));
-    }
-    let mut whole = 0;
-    for (_, ip) in sent.iter().filter(|(g, _)| *g == 2) {
-        let id = u16::from_be_bytes([ip[4], ip[5]]);
-        let parts = by_id.get(&id).unwrap_or_else(|| panic!("UDP packet {id} not delivered"));
-        let mut payload = Vec::new();
-        for (off, (_, part)) in parts {
-            assert_eq!(*off, payload.len(), "a gap before offset {off}");
-            payload.extend_from_slice(part);
-        }
-        assert!(!parts.values().last().unwrap().0, "the last fragment has MF");
-        assert!(payload == ip[20..], "UDP packet {id} reassembles to something else");
-        whole += 1;
-    }
-    assert_eq!(whole, per_flow);
+    assert_eq!(udp_reassembles(&frames, &sent, &fl, 2), per_flow as usize);
 
     // Too big with DF, or IPv6 UDP: only the small ones arrive, intact.
     for f in [3, 4] {
@@ -142,6 +123,32 @@ fn case(mode: &str) {
         }
     }
     lab.close();
+}
+
+/// How many of the IPv4 UDP packets sent on flow `f` the delivered
+/// frames hold, whole or as fragments (header checksums right) that
+/// reassemble to them; panics if one is missing or differs.
+fn udp_reassembles(frames: &[Vec<u8>], sent: &Sent, fl: &[Flow], f: usize) -> usize {
+    let mut by_id: HashMap<u16, BTreeMap<usize, (bool, Vec<u8>)>> = HashMap::new();
+    for fr in frames.iter().filter(|fr| fr[ETH] >> 4 == 4 && fr[ETH + 9] == 17 && fr[ETH + 12..ETH + 16] == fl[f].src4.octets()) {
+        let p = ipv4::Packet::new_checked(&fr[ETH..]).unwrap();
+        assert!(p.verify_checksum());
+        by_id.entry(p.ident()).or_default().insert(p.frag_offset() as usize, (p.more_frags(), fr[ETH + 20..].to_vec()));
+    }
+    let mut whole = 0;
+    for (_, ip) in sent.iter().filter(|(g, _)| *g == f) {
+        let id = u16::from_be_bytes([ip[4], ip[5]]);
+        let parts = by_id.get(&id).unwrap_or_else(|| panic!("UDP packet {id} not delivered"));
+        let mut payload = Vec::new();
+        for (off, (_, part)) in parts {
+            assert_eq!(*off, payload.len(), "a gap before offset {off}");
+            payload.extend_from_slice(part);
+        }
+        assert!(!parts.values().last().unwrap().0, "the last fragment has MF");
+        assert!(payload == ip[20..], "UDP packet {id} reassembles to something else");
+        whole += 1;
+    }
+    whole
 }
 
 /// TCP frames of flow `f` as delivered: checksums right, and their
@@ -172,8 +179,10 @@ fn assert_tcp_stream(frames: &[&Vec<u8>], sent: &[(usize, Vec<u8>)], f: usize) {
 
 /// Plain mode over a 1500-byte WAN, both LANs jumbo: TCP packets of 4000
 /// and 9000 bytes are cut into segments before sealing, each its own ESP
-/// packet within the WAN MTU; B delivers the streams byte for byte. UDP
-/// that big is dropped as `too_big`, as before.
+/// packet within the WAN MTU; B delivers the streams byte for byte. IPv4
+/// UDP that big without DF is cut into inner fragments that fit (RFC 4459
+/// section 3.1), which B passes on and which reassemble to each packet;
+/// with DF it is dropped as `too_big` (and its sender told).
 #[test]
 fn plain_mode_cuts_tcp_too_big_for_its_tunnels() {
     let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
@@ -181,14 +190,17 @@ fn plain_mode_cuts_tcp_too_big_for_its_tunnels() {
     lab.capture = Some(Vec::new());
     lab.capture_limit = 100_000;
     let fl = flows();
-    let (sent, frames) = send(&mut lab, &fl, &[0, 1, 2], 30);
+    let (sent, frames) = send(&mut lab, &fl, &[0, 1, 2, 3], 30);
     let (a, b) = lab.counters();
     lab::assert_conserved(&a, "A", true);
     lab::assert_conserved(&b, "B", true);
     eprintln!("A tunnel cut {:?}, drops {:?}", a.tunnel_cut, a.drops.named());
     let big = |f: usize| sent.iter().filter(|(g, ip)| *g == f && ip.len() > 1400).count() as u64;
     assert_eq!(a.tunnel_cut.segmented, big(0) + big(1));
-    assert_eq!(a.drops.get(DpDrop::TooBig), big(2), "UDP too big for the tunnels");
+    assert_eq!(a.tunnel_cut.fragmented, big(2));
+    assert_eq!(a.drops.get(DpDrop::TooBig), big(3), "UDP with DF too big for the tunnels");
+    assert!((1..=big(3)).contains(&a.icmp_sent), "fragmentation-needed, within its rate limit: {}", a.icmp_sent);
+    assert_eq!(udp_reassembles(&frames, &sent, &fl, 2), 30);
     assert_eq!(a.drops.total() - a.drops.get(DpDrop::TooBig), 0, "{:?}", a.drops.named());
     assert_eq!(b.drops.total(), 0, "{:?}", b.drops.named());
     let wan = lab.capture.take().unwrap();

@@ -708,3 +708,220 @@ fn closed_tcp_sessions_are_swept_so_new_connections_find_room() {
     lab::assert_conserved(&b, "B", false);
     lab.close();
 }
+
+/// IPv4 fragments of `ip` (DF clear) carrying at most `chunk` bytes of
+/// payload each, in order.
+fn fragments(ip: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    let mut frame = vec![0u8; 14];
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(ip);
+    let mut out = Vec::new();
+    let n = braid_dataplane::encap::fragment_ipv4(&frame, chunk, |h, p| out.push([&h[14..], p].concat()));
+    assert_eq!(n, out.len());
+    assert!(n > 1);
+    out
+}
+
+/// The IPv4 packets the frames carry, fragments put back together (by
+/// source, destination, protocol and identification), with their
+/// fragment fields cleared and the header checksum made again, as a
+/// destination host would see them; in the order their first piece came.
+fn reassembled(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    type Key = ([u8; 8], u8, [u8; 2]);
+    let mut order: Vec<Key> = Vec::new();
+    let mut parts: HashMap<Key, Vec<(usize, bool, Vec<u8>)>> = HashMap::new();
+    for f in frames {
+        let ip = &f[14..];
+        assert!(checksum::verifies(&ip[..20]), "header checksum of a delivered piece");
+        let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        let fo = u16::from_be_bytes([ip[6], ip[7]]);
+        let key = (ip[12..20].try_into().unwrap(), ip[9], [ip[4], ip[5]]);
+        if !parts.contains_key(&key) {
+            order.push(key);
+        }
+        parts.entry(key).or_default().push((usize::from(fo & 0x1fff) * 8, fo & 0x2000 != 0, ip[20..total].to_vec()));
+    }
+    order
+        .iter()
+        .map(|k| {
+            let mut p = parts.remove(k).unwrap();
+            p.sort_by_key(|x| x.0);
+            let mut payload = Vec::new();
+            for (off, _, data) in &p {
+                assert_eq!(*off, payload.len(), "pieces of one packet are contiguous");
+                payload.extend_from_slice(data);
+            }
+            assert!(!p.last().unwrap().1, "the last piece has MF clear");
+            let first = frames.iter().map(|f| &f[14..]).find(|ip| (ip[12..20] == k.0[..]) && ip[9] == k.1 && ip[4..6] == k.2).unwrap();
+            let mut ip = first[..20].to_vec();
+            ip[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+            ip[6..8].fill(0);
+            ip[10..12].fill(0);
+            let c = !checksum::sum(&ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            ip.extend_from_slice(&payload);
+            ip
+        })
+        .collect()
+}
+
+/// `ip` with its IPv4 source or destination endpoint replaced and its
+/// checksums made again (what a correct NAT turns it into).
+fn translated(ip: &[u8], src: bool, to: (Ipv4Addr, u16)) -> Vec<u8> {
+    let mut p = ip.to_vec();
+    let (a, port) = if src { (12, 20) } else { (16, 22) };
+    p[a..a + 4].copy_from_slice(&to.0.octets());
+    p[port..port + 2].copy_from_slice(&to.1.to_be_bytes());
+    p[10..12].fill(0);
+    let c = !checksum::sum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let ((s, _), (d, _)) = endpoints(&p);
+    p[26..28].fill(0);
+    let c = !checksum::combine(&[checksum::pseudo_header_v4(s, d, 17, (p.len() - 20) as u16), checksum::sum(&p[20..])]);
+    p[26..28].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+    p
+}
+
+/// A LAN host behind SNAT sends UDP datagrams bigger than its LAN's MTU,
+/// which its stack cuts into IPv4 fragments; the far host answers with
+/// fragments too. Before, the NAT dropped every fragment (`fragment`):
+/// only the first carries the ports. Now A makes the NAT's fragments whole
+/// first, in order or not, across bursts: each datagram leaves translated
+/// in its flow's one mapping (the one a small packet of the flow got) and
+/// arrives byte for byte (bundle mode carries it whole; plain mode cuts it
+/// again into inner fragments that fit the tunnel); the fragmented replies
+/// reach the internal host's address and port, with correct checksums,
+/// cut again to A's LAN MTU. Fragments of hosts no rule covers pass
+/// untouched. A datagram whose fragments never all arrive is discarded
+/// after the timeout and counted; no mbuf is lost.
+#[test]
+fn fragmented_datagrams_are_made_whole_translated_and_answered() {
+    for mode in ["bundle", "plain"] {
+        let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+        // A's LAN has a 1500-byte MTU, as its hosts' stacks assume.
+        let mut opts = options(snat_rule(1, "1024-65535"), None, None);
+        let edit = opts.edit.take().unwrap();
+        opts.edit = Some(Box::new(move |side_a, doc| {
+            edit(side_a, doc);
+            if side_a {
+                doc["ports"][0]["mtu"] = serde_json::json!(1500);
+            }
+        }));
+        let mut lab = Lab::with(&format!("nfrag{}", &mode[..1]), mode, &[1, 1, 1], 16, 1500, opts);
+        lab.read_a_lan = true;
+        let host = (Ipv4Addr::new(10, 1, 0, 5), 40000);
+        let server = (SERVER, SERVER_PORT);
+        // A small packet of the flow: its mapping.
+        send_a(&mut lab, [packet(L4::Udp, host, server, 1, 0)]);
+        lab.settle(5);
+        let got: Vec<Vec<u8>> = lab.delivered.drain(..).collect();
+        assert_eq!(got.len(), 1, "{mode}");
+        let ext = endpoints(&got[0][14..]).0;
+        assert_eq!(ext.0, pool(1)[0]);
+
+        // Three datagrams of 4000 bytes as 1500-byte fragments: in order
+        // in one burst; last fragment first; cut across two bursts.
+        let big: Vec<Vec<u8>> = (1..=3).map(|seq| ip_packet(&flow_of(host, server, 1), seq, 14 + 4000)).collect();
+        let pieces: Vec<Vec<Vec<u8>>> = big.iter().map(|ip| fragments(ip, 1480)).collect();
+        assert_eq!(pieces[0].len(), 3);
+        send_a(&mut lab, pieces[0].clone());
+        send_a(&mut lab, pieces[1].iter().rev().cloned());
+        send_a(&mut lab, pieces[2][..1].to_vec());
+        send_a(&mut lab, pieces[2][1..].to_vec());
+        lab.settle(5);
+        let got: Vec<Vec<u8>> = lab.delivered.drain(..).collect();
+        if mode == "bundle" {
+            assert_eq!(got.len(), 3, "bundle mode carries each datagram whole to B's 9000-byte LAN");
+        } else {
+            assert_eq!(got.len(), 9, "plain mode cuts each again to fit the tunnel");
+        }
+        let whole = reassembled(&got);
+        assert_eq!(whole.len(), 3, "{mode}");
+        for (w, ip) in whole.iter().zip(&big) {
+            assert_eq!(w, &translated(ip, true, ext), "{mode}: translated in the flow's mapping, byte for byte");
+        }
+
+        // The server answers each with a fragmented 4000-byte datagram
+        // (fragments of 1412 bytes: a plain-mode tunnel over a 1500-byte
+        // WAN carries no bigger inner packet without outer fragments).
+        let replies: Vec<Vec<u8>> = (1..=3).map(|seq| ip_packet(&flow_of(server, ext, 2), seq, 14 + 4000)).collect();
+        for (k, r) in replies.iter().enumerate() {
+            let mut f = fragments(r, 1392);
+            if k == 1 {
+                f.reverse();
+            }
+            send_b(&mut lab, f);
+        }
+        lab.settle(5);
+        let got: Vec<Vec<u8>> = lab.delivered_a.drain(..).collect();
+        assert_eq!(got.len(), 9, "{mode}: each reply cut again to A's LAN MTU (1500 here)");
+        let mut whole = reassembled(&got);
+        whole.sort_by_key(|ip| tag(ip));
+        for (w, r) in whole.iter().zip(&replies) {
+            assert_eq!(w, &translated(r, false, host), "{mode}: the reply reached the host's address and port");
+            assert!(checksums_ok(w));
+        }
+
+        // A host no rule covers: its fragments pass as they are.
+        let other = (Ipv4Addr::new(10, 9, 0, 1), 40001);
+        let ip = ip_packet(&flow_of(other, server, 3), 1, 14 + 2000);
+        send_a(&mut lab, fragments(&ip, 1000));
+        lab.settle(5);
+        let got: Vec<Vec<u8>> = lab.delivered.drain(..).collect();
+        assert_eq!(got.len(), 2, "{mode}: two fragments, untouched");
+        assert_eq!(reassembled(&got), vec![ip]);
+
+        // Two of three fragments: held, then discarded after the timeout.
+        let lost = ip_packet(&flow_of(host, server, 1), 4, 14 + 4000);
+        let f = fragments(&lost, 1480);
+        send_a(&mut lab, [f[0].clone(), f[2].clone()]);
+        lab.settle(5);
+        assert!(lab.delivered.is_empty());
+        lab.now += 2 * SECOND;
+        lab.settle(5);
+
+        let (a, b) = lab.counters();
+        let nf = a.nat.out_frags;
+        assert_eq!((nf.taken, nf.reassembled, nf.discarded), (11, 3, 2), "{mode}: {nf:?}");
+        let nf = a.nat.in_frags;
+        assert_eq!((nf.taken, nf.reassembled, nf.discarded), (9, 3, 0), "{mode}: {nf:?}");
+        assert_eq!(a.nat.out_dropped() + a.nat.in_dropped(), 0, "{mode}: {:?}", a.nat);
+        assert_eq!(a.lan_cut.fragments, 9, "{mode}");
+        if mode == "plain" {
+            assert_eq!((a.tunnel_cut.fragmented, a.tunnel_cut.fragments), (3, 9), "{mode}");
+        }
+        lab::assert_conserved(&a, "A", mode == "plain");
+        lab::assert_conserved(&b, "B", false);
+        lab.close();
+    }
+}
+
+/// A UDP flow `src` -> `dst` with id `id`.
+fn flow_of(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), id: u32) -> Flow {
+    let mut f = Flow::a_to_b(id, Family::V4, L4::Udp);
+    (f.src4, f.sport, f.dst4, f.dport) = (src.0, src.1, dst.0, dst.1);
+    f
+}
+
+/// Fragments held for the NAT when new tables remove it are still freed
+/// after the timeout (counted `discarded`); no mbuf stays held.
+#[test]
+fn fragments_held_when_the_nat_goes_are_freed() {
+    let (mut lab, _g) = start("nfragrm", &[1, 1], options(snat_rule(1, "1024-65535"), None, None));
+    let ip = ip_packet(&flow_of((Ipv4Addr::new(10, 1, 0, 5), 40000), (SERVER, SERVER_PORT), 1), 1, 14 + 4000);
+    let f = fragments(&ip, 1480);
+    send_a(&mut lab, [f[0].clone(), f[1].clone()]);
+    lab.settle(5);
+    assert_eq!(lab.a.counters().nat.out_frags.taken, 2);
+    let (ln, wn) = (&lab.tables_a.ports[0].device, &lab.tables_a.ports[1].device);
+    let doc = lab::config_json(true, (ln, wn), "bundle", &[1, 1], 16, 1500);
+    let t = Tables::from_config(&Config::from_json_str(&doc).unwrap()).unwrap();
+    let setup = worker_setup(&t, &PortPlan::new(&t).unwrap(), &lab.sas_a, 0, true, |_| Default::default()).unwrap();
+    let now = lab.now;
+    lab.a.apply(setup, now).unwrap();
+    assert!(lab.a.nat().is_none());
+    lab.now += 2 * SECOND;
+    lab.settle(5);
+    assert_eq!(lab.a.counters().nat.out_frags.discarded, 2);
+    lab.close();
+}

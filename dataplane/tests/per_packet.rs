@@ -213,15 +213,23 @@ fn plain_mode_sequence_leases_do_not_outlive_a_burst() {
 }
 
 /// Plain mode checks a packet against the WAN MTU before the balancer
-/// picks a tunnel for it: too-big packets do not skew the shares.
+/// picks a tunnel for it: too-big packets (with DF: not cut) do not skew
+/// the shares.
 #[test]
 fn plain_mode_too_big_packets_do_not_charge_the_balancer() {
     let (mut lab, _g) = start("pbal", "plain", &[1, 1], 1500);
     let f = Flow::a_to_b(0, Family::V4, L4::Udp);
+    let df = |mut p: Vec<u8>| {
+        p[6] |= 0x40;
+        p[10..12].fill(0);
+        let c = !braid_tunnel::wire::checksum::sum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    };
     for i in 0..50 {
         // Big, small, big, small...: before the fix every small packet
         // went to the same tunnel.
-        let frames: Vec<Mbuf> = (0..16).map(|k| lab.frame_to_a(&ip_packet(&f, i * 16 + k, if k % 2 == 0 { 3000 } else { 200 }))).collect();
+        let frames: Vec<Mbuf> = (0..16).map(|k| lab.frame_to_a(&if k % 2 == 0 { df(ip_packet(&f, i * 16 + k, 3000)) } else { ip_packet(&f, i * 16 + k, 200) })).collect();
         send(&mut lab, frames);
     }
     lab.settle(5);
@@ -280,7 +288,8 @@ fn bundle_mode_reorderer_does_not_wait_for_a_dead_path() {
 
 /// Plain mode answers an IPv4 packet with DF set that the WAN cannot carry
 /// with ICMP "fragmentation needed" and the largest inner packet that fits,
-/// at most one per millisecond; packets without DF are just dropped.
+/// at most one per millisecond; packets without DF are cut into inner
+/// fragments instead.
 #[test]
 fn plain_mode_answers_too_big_df_packets_with_icmp() {
     use braid_tunnel::wire::checksum;
@@ -329,10 +338,12 @@ fn plain_mode_answers_too_big_df_packets_with_icmp() {
         lab.now += 1_000_000;
     }
     let (a, b) = lab.counters();
-    assert_eq!(a.drops.get(DpDrop::TooBig), 6);
+    // The big one without DF is cut into inner fragments that fit.
+    assert_eq!(a.drops.get(DpDrop::TooBig), 4);
+    assert_eq!((a.tunnel_cut.fragmented, a.tunnel_cut.fragments), (2, 6));
     assert_eq!(a.icmp_sent, 2);
     assert_eq!(a.lan_tx.packets, 2);
-    assert_eq!(lab.delivered.len(), 2);
+    assert_eq!(lab.delivered.len(), 2 + 6);
     lab::assert_conserved(&a, "A", true);
     lab::assert_conserved(&b, "B", true);
     lab.close();

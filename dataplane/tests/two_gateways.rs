@@ -547,8 +547,9 @@ fn an_ipv6_peer_that_moves_is_followed() {
 
 /// Plain mode sizes a packet for its tunnel's outer headers before the
 /// balancer picks: over an IPv6 tunnel, 20 bytes fewer than over IPv4. A
-/// 1430-byte inner packet fits a 1500-byte WAN over IPv4 (1494 bytes), not
-/// over IPv6 (1514): dropped as too big, never sent above the MTU.
+/// 1430-byte inner packet with DF fits a 1500-byte WAN over IPv4 (1494
+/// bytes), not over IPv6 (1514): dropped as too big, never sent above the
+/// MTU.
 #[test]
 fn plain_mode_over_ipv6_leaves_room_for_the_longer_header() {
     let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
@@ -558,7 +559,7 @@ fn plain_mode_over_ipv6_leaves_room_for_the_longer_header() {
         lab.capture = Some(Vec::new());
         lab.capture_limit = 10;
         let f = Flow::a_to_b(0, Family::V4, L4::Udp);
-        let mut burst = vec![lab.frame_to_a(&ip_packet(&f, 0, 1400)), lab.frame_to_a(&ip_packet(&f, 1, 14 + 1430))];
+        let mut burst = vec![lab.frame_to_a(&ip_packet(&f, 0, 1400)), lab.frame_to_a(&with_df(ip_packet(&f, 1, 14 + 1430)))];
         lab.gen.tx.tx_all(&mut burst, 100);
         lab.settle(5);
         let (a, _) = lab.counters();
@@ -570,19 +571,37 @@ fn plain_mode_over_ipv6_leaves_room_for_the_longer_header() {
     }
 }
 
+/// `ip` (IPv4) with DF set and its header checksum made again.
+fn with_df(mut ip: Vec<u8>) -> Vec<u8> {
+    ip[6] |= 0x40;
+    ip[10..12].fill(0);
+    let c = !braid_tunnel::wire::checksum::sum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip
+}
+
+/// Plain mode over a 1500-byte WAN: a 3000-byte packet with DF is too
+/// big (dropped, its sender told); without DF it is cut into three inner
+/// fragments that fit, each its own ESP packet.
 #[test]
 fn plain_mode_drops_what_the_wan_mtu_cannot_carry() {
     let (mut lab, _g) = start("pmtu", "plain", &[1], 16, 1500);
     let f = Flow::a_to_b(0, Family::V4, L4::Udp);
-    let mut burst = vec![lab.frame_to_a(&ip_packet(&f, 0, 1400)), lab.frame_to_a(&ip_packet(&f, 1, 3000))];
+    let mut burst =
+        vec![lab.frame_to_a(&ip_packet(&f, 0, 1400)), lab.frame_to_a(&with_df(ip_packet(&f, 1, 3000))), lab.frame_to_a(&ip_packet(&f, 2, 3000))];
     lab.gen.tx.tx_all(&mut burst, 100);
     for _ in 0..5 {
         lab.step();
     }
-    let (a, _) = lab.counters();
+    let (a, b) = lab.counters();
     assert_eq!(a.drops.get(braid_dataplane::counters::DpDrop::TooBig), 1);
-    assert_eq!(a.encapsulated, 1);
-    assert_eq!(lab.delivered.len(), 1);
+    assert_eq!((a.tunnel_cut.fragmented, a.tunnel_cut.fragments), (1, 3));
+    assert_eq!(a.encapsulated, 1 + 3);
+    assert_eq!(lab.delivered.len(), 1 + 3);
+    let is_fragment = |fr: &[u8]| u16::from_be_bytes([fr[14 + 6], fr[14 + 7]]) & 0x3fff != 0;
+    assert!(lab.delivered[1..].iter().all(|fr| fr.len() <= 14 + 1500 - 62 && is_fragment(fr)));
+    lab::assert_conserved(&a, "A", true);
+    lab::assert_conserved(&b, "B", true);
     lab.close();
 }
 

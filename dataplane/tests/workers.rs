@@ -532,14 +532,7 @@ fn endpoints(ip: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
 #[test]
 fn snat_over_two_workers_each_side() {
     let (_eal, _guard) = braid_dpdk::testing::eal(&[], 1536);
-    let mut rig = Rig::with_edit("wk_nat", "bundle", &[1, 1, 1, 1], |side_a, doc| {
-        if side_a {
-            doc["nat"] = serde_json::json!({"snat": [{"name": "lan", "match": "10.1.0.0/16", "peer": "peer",
-                "pool": ["100.64.0.1", "100.64.0.2"], "ports": "20000-40000"}]});
-        } else {
-            doc["routes"].as_array_mut().unwrap().push(serde_json::json!({"prefix": "100.64.0.0/24", "peer": "peer"}));
-        }
-    });
+    let mut rig = Rig::with_edit("wk_nat", "bundle", &[1, 1, 1, 1], snat_on_a);
     let server = (Ipv4Addr::new(10, 2, 0, 1), 5201);
     let flows = udp_flows_to(server);
     let rounds = 60u32;
@@ -605,6 +598,94 @@ fn snat_over_two_workers_each_side() {
     }
     assert_nat_sharded(&rig, &rig.a, flows.len());
     rig.close();
+}
+
+/// SNAT of fragmented UDP datagrams with two workers per gateway: each
+/// of 48 hosts behind A sends a 4000-byte datagram as three fragments
+/// (into the LAN queue of its flow, as a NIC's RSS keeps a packet's
+/// fragments together); the fragments go to the worker their addresses
+/// hash to, are made whole there, and the whole datagram to the worker
+/// owning its flow's NAT session. B's host answers each with a fragmented
+/// 4000-byte datagram: A's worker that re-orders B's stream makes it whole
+/// and hands it to the session's worker. Every datagram and every answer
+/// arrives once, byte for byte, translated both ways.
+#[test]
+fn snat_of_fragmented_datagrams_over_two_workers() {
+    let (_eal, _guard) = braid_dpdk::testing::eal(&[], 1536);
+    let mut rig = Rig::with_edit("wk_natf", "bundle", &[1, 1, 1, 1], snat_on_a);
+    let server = (Ipv4Addr::new(10, 2, 0, 1), 5201);
+    let flows = udp_flows_to(server);
+    let fragments = |ip: &[u8]| -> Vec<Vec<u8>> {
+        let frame = [&[0u8; 12][..], &[0x08, 0x00], ip].concat();
+        let mut out = Vec::new();
+        braid_dataplane::encap::fragment_ipv4(&frame, 1480, |h, p| out.push([&h[14..], p].concat()));
+        assert_eq!(out.len(), 3);
+        out
+    };
+    let sent: Vec<Vec<u8>> = flows.iter().map(|f| ip_packet(f, 0, 14 + 4000)).collect();
+    for (f, ip) in flows.iter().zip(&sent) {
+        let mut v: Vec<Mbuf> = fragments(ip).iter().map(|p| rig.frame_to_a(p)).collect();
+        rig.gen.tx[(f.id % WORKERS as u32) as usize].tx_all(&mut v, 1000);
+        assert!(v.is_empty());
+    }
+    for _ in 0..100 {
+        rig.step();
+    }
+    let at_b = std::mem::take(&mut rig.delivered);
+    assert_eq!(at_b.len(), flows.len(), "each datagram reached B whole (B's LAN takes 9000 bytes)");
+    let mut ext_seen = HashMap::new();
+    for fr in &at_b {
+        let ip = &fr[14..];
+        let (id, _) = tag(ip).unwrap();
+        let (src, dst) = endpoints(ip);
+        assert!(src.0 == Ipv4Addr::new(100, 64, 0, 1) || src.0 == Ipv4Addr::new(100, 64, 0, 2), "flow {id}: {src:?}");
+        assert_eq!(dst, server);
+        assert_eq!(ip[28..], sent[id as usize][28..], "flow {id}: the payload");
+        assert!(ext_seen.insert(src, id).is_none(), "two flows share {src:?}");
+        // B's host answers with a fragmented datagram of the same size,
+        // an IP identification of its own (it sends them all to one
+        // address), into one LAN queue.
+        let mut r = reply(ip);
+        r[4..6].copy_from_slice(&(id as u16).to_be_bytes());
+        r[10..12].fill(0);
+        let c = !braid_tunnel::wire::checksum::sum(&r[..20]);
+        r[10..12].copy_from_slice(&c.to_be_bytes());
+        for p in fragments(&r) {
+            rig.send_b((id % WORKERS as u32) as usize, &p);
+        }
+    }
+    for _ in 0..100 {
+        rig.step();
+    }
+    let at_a = std::mem::take(&mut rig.delivered_a);
+    assert_eq!(at_a.len(), flows.len(), "each answer reached its host whole");
+    for fr in &at_a {
+        let ip = &fr[14..];
+        let (id, _) = tag(ip).unwrap();
+        let (src, dst) = endpoints(ip);
+        let f = &flows[id as usize];
+        assert_eq!((src, dst), (server, (f.src4, f.sport)), "flow {id}: translated back");
+        assert_eq!(ip[28..], sent[id as usize][28..], "flow {id}: the payload");
+        assert!(braid_tunnel::wire::checksum::verifies(&ip[..20]));
+        let l4 = braid_tunnel::wire::checksum::pseudo_header_v4(src.0, dst.0, 17, (ip.len() - 20) as u16);
+        assert_eq!(braid_tunnel::wire::checksum::combine(&[l4, braid_tunnel::wire::checksum::sum(&ip[20..])]), 0xffff, "flow {id}: UDP checksum");
+    }
+    let c = rig.a.counters();
+    let (o, i) = (c.nat.out_frags, c.nat.in_frags);
+    assert_eq!((o.taken, o.reassembled, o.discarded), (3 * 48, 48, 0), "{o:?}");
+    assert_eq!((i.taken, i.reassembled, i.discarded), (3 * 48, 48, 0), "{i:?}");
+    assert_nat_sharded(&rig, &rig.a, flows.len());
+    rig.close();
+}
+
+/// A SNATs 10.1.0.0/16 to a pool of two addresses; B routes the pool back.
+fn snat_on_a(side_a: bool, doc: &mut serde_json::Value) {
+    if side_a {
+        doc["nat"] = serde_json::json!({"snat": [{"name": "lan", "match": "10.1.0.0/16", "peer": "peer",
+            "pool": ["100.64.0.1", "100.64.0.2"], "ports": "20000-40000"}]});
+    } else {
+        doc["routes"].as_array_mut().unwrap().push(serde_json::json!({"prefix": "100.64.0.0/24", "peer": "peer"}));
+    }
 }
 
 /// 48 UDP flows to `server`, each from its own host behind A.

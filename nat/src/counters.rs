@@ -17,7 +17,9 @@ pub enum Verdict {
 pub enum NatDrop {
     /// Not a well-formed IPv4 packet, or its TCP/UDP/ICMP header is short.
     Malformed,
-    /// An IPv4 fragment that needs translating: there is no reassembly.
+    /// An IPv4 fragment that needs translating: the NAT translates whole
+    /// packets only (the dataplane reassembles such fragments first; one
+    /// whose header does not check reaches the NAT and is dropped here).
     Fragment,
     /// A protocol other than TCP, UDP and ICMP to or from a NATed address.
     UnsupportedProtocol,

@@ -502,6 +502,32 @@ impl NatShard {
         v
     }
 
+    /// Whether `pkt` is an IPv4 fragment of traffic this NAT may
+    /// translate: from a host an SNAT rule covers for `egress` or from a
+    /// port forward's internal host (`egress` given: from the LAN), or to
+    /// a pool or forward address (`None`: inbound). The NAT cannot
+    /// translate a fragment (the ports are in the first one only), so the
+    /// dataplane reassembles such fragments first; other fragments pass
+    /// untouched. A forward's internal host's fragments are all taken
+    /// (only the ports would tell a reply to the forward from other
+    /// traffic).
+    pub fn translates_fragment(&self, pkt: &[u8], egress: Option<u32>) -> bool {
+        let (Some(&vihl), Some(frag), Some(src), Some(dst)) = (pkt.first(), pkt.get(6..8), pkt.get(12..16), pkt.get(16..20)) else {
+            return false;
+        };
+        if vihl >> 4 != 4 || u16::from_be_bytes([frag[0], frag[1]]) & 0x3fff == 0 {
+            return false;
+        }
+        let addr = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        match egress {
+            Some(egress) => {
+                let src = addr(src);
+                self.is_dnat_internal(src) || self.snat_rule(src, egress).is_some()
+            }
+            None => self.is_nat_addr(addr(dst)),
+        }
+    }
+
     /// Examines up to `budget` session slots from where the last call
     /// stopped and closes those idle past their timeout; returns how many.
     /// Called with a small budget per packet, and by the worker when idle.

@@ -5,23 +5,12 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use braid_nat::{DnatRule, NatDrop, NatShard, Proto, Verdict};
+use braid_nat::{NatDrop, Verdict};
 use braid_tunnel::wire::checksum;
 use common::*;
 
 const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 
-fn nat() -> NatShard {
-    let mut cfg = lan_config(1, 64);
-    cfg.dnat.push(DnatRule {
-        external: Ipv4Addr::new(203, 0, 113, 200).into(),
-        proto: Proto::Udp,
-        port: 5353,
-        internal: Ipv4Addr::new(10, 0, 0, 53).into(),
-        internal_port: 53,
-    });
-    NatShard::new(&cfg, 0, 1).unwrap()
-}
 
 /// Checks the translated error: checksums recomputed from scratch, outer
 /// destination and the quote's source restored to the internal endpoint.
@@ -49,7 +38,7 @@ fn quote_whole(q: &[u8]) -> Vec<u8> {
 
 #[test]
 fn inbound_errors_quoting_nated_packets() {
-    let mut nat = nat();
+    let mut nat = nat_with_forward([10, 0, 0, 53]);
     // UDP: port unreachable quoting header + 8 bytes (RFC 792 minimum).
     let (int, rem) = (sa([10, 0, 0, 1], 5000), sa([198, 51, 100, 1], 9999));
     let mut out = udp_pkt(int, rem);
@@ -92,7 +81,7 @@ fn inbound_errors_quoting_nated_packets() {
 
 #[test]
 fn outbound_error_about_a_forwarded_flow() {
-    let mut nat = nat();
+    let mut nat = nat_with_forward([10, 0, 0, 53]);
     let (rem, ext, int) = (
         sa([198, 51, 100, 9], 7000),
         sa([203, 0, 113, 200], 5353),
@@ -110,7 +99,7 @@ fn outbound_error_about_a_forwarded_flow() {
 
 #[test]
 fn errors_quoting_garbage_or_unknown_flows_are_dropped() {
-    let mut nat = nat();
+    let mut nat = nat_with_forward([10, 0, 0, 53]);
     let pool = Ipv4Addr::new(203, 0, 113, 1);
     let mut s = 3u64;
     for len in 0..64usize {

@@ -774,11 +774,14 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     let why = format!("{who}: {c:?}");
     // In: LAN frames tunnelled or dropped; WAN frames (and packets
     // reassembled from fragments) accepted, refused by the engine, dropped,
-    // or taken as fragments.
+    // or taken as fragments; LAN fragments the NAT needed whole taken,
+    // and each packet made of them one more LAN packet.
     // A NAT drop on the way out is an incoming drop of a LAN frame.
     assert_eq!(
-        c.lan_rx.packets + c.tunnel_cut.extra_frames() + c.wan_rx.packets + c.frags.reassembled + c.handoff.esp_in + c.handoff.lan_in,
+        c.lan_rx.packets + c.tunnel_cut.extra_frames() + c.wan_rx.packets + c.frags.reassembled + c.handoff.esp_in + c.handoff.lan_in
+            + c.nat.out_frags.reassembled,
         c.encapsulated + rx + rejected + c.keepalives_rx + d.total_rx() + c.frags.taken + c.nat.out_dropped() + c.local.received + c.kernel.taken
+            + c.nat.out_frags.taken
             + c.handoff.esp_out
             + c.handoff.lan_out,
         "{why}"
@@ -799,8 +802,10 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // Out: the ports took what they were given or it was dropped (the NAT
     // translates delivered packets just before the LAN TX queue).
     assert_eq!(
-        c.delivered + c.icmp_sent + l.lan_replies + k.from_kernel_lan + l.lan_requests + c.handoff.deliver_in + c.lan_cut.extra_frames(),
+        c.delivered + c.icmp_sent + l.lan_replies + k.from_kernel_lan + l.lan_requests + c.handoff.deliver_in + c.lan_cut.extra_frames()
+            + c.nat.in_frags.reassembled,
         c.lan_tx.packets
+            + c.nat.in_frags.taken
             + c.handoff.deliver_out
             + d.get(DpDrop::HandoffDeliverLost)
             + d.get(DpDrop::LanTxFull)

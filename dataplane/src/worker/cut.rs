@@ -1,5 +1,5 @@
 //! Packets bigger than the next link, cut in software: plain mode's TCP
-//! segmentation before sealing (`plain_gso`) and outer IPv4 or IPv6
+//! segmentation and IPv4 inner fragmentation before sealing (`plain_gso`) and outer IPv4 or IPv6
 //! fragments (`send_fragments`, with `outer_fragmentation`), and packets for the
 //! LAN cut to its MTU (`fit_lan_mtu`), unless the LAN port's TSO cuts
 //! them (`to_tso`). Every piece cut here is a new mbuf, all pieces or
@@ -114,36 +114,66 @@ impl Worker {
         true
     }
 
-    /// Plain mode: a TCP packet from the LAN too big for bundle `b`'s
-    /// tunnels, cut into segments that fit (`segment::segment_tcp`, as a
-    /// NIC's TSO would), each sealed as its own ESP packet on the tunnel
-    /// the balancer picks for it. All pieces or none (`no_mbuf`); one whose
-    /// TCP checksum does not verify is dropped (`bad_inner_checksum`).
-    /// `Err` gives back a packet that is not TCP.
+    /// Plain mode: a packet from the LAN too big for bundle `b`'s tunnels,
+    /// cut into pieces that fit, each sealed as its own ESP packet on the
+    /// tunnel the balancer picks for it: TCP into segments
+    /// (`segment::segment_tcp`, as a NIC's TSO would), other IPv4 without
+    /// DF or options into fragments (inner fragmentation, RFC 4459
+    /// section 3.1: the peer passes them on, the destination reassembles).
+    /// All pieces or none (`no_mbuf`); a TCP packet whose checksum does
+    /// not verify is dropped (`bad_inner_checksum`). `Err` gives back a
+    /// packet that can be neither (too big: IPv6, or IPv4 with DF).
     #[cold]
     pub(super) fn plain_gso(&mut self, b: usize, m: Mbuf, now: Nanos) -> Result<(), Mbuf> {
         let Engine::Plain(p) = &self.bundles[b].engine else { return Err(m) };
         let mtu = usize::from(p.inner_mtu);
-        let n = match segment::tcp_segments(m.data(), mtu) {
-            Ok(n) => n,
+        let frame = m.data();
+        let df = frame.get(12..14) == Some(&[0x08, 0x00]) && frame.get(ETH + 6).is_some_and(|f| f & 0x40 != 0);
+        let chunk = fragment_chunk(mtu);
+        let (n, tcp) = match segment::tcp_segments(frame, mtu) {
+            Ok(n) => (n, true),
             Err(segment::NoCut::BadChecksum) => {
                 self.counters.drops.add(DpDrop::BadInnerChecksum);
                 return Ok(());
             }
-            Err(segment::NoCut::NotTcp) => return Err(m),
+            Err(segment::NoCut::NotTcp) => match fragment_ipv4_count(frame, chunk).filter(|_| !df && chunk >= 8) {
+                Some(n) => (n, false),
+                None => return Err(m),
+            },
         };
         let mut pieces = std::mem::take(&mut self.gso_pieces);
-        if cut_into(&self.pool, &mut self.frag_scratch, n, &mut pieces, |e| segment::segment_tcp(m.data(), mtu, e)).is_none() {
+        let cut = if tcp {
+            cut_into(&self.pool, &mut self.frag_scratch, n, &mut pieces, |e| segment::segment_tcp(frame, mtu, e))
+        } else {
+            cut_into(&self.pool, &mut self.frag_scratch, n, &mut pieces, |e| fragment_ipv4(frame, chunk, e))
+        };
+        if cut.is_none() {
             self.counters.drops.add(DpDrop::NoMbuf);
             self.gso_pieces = pieces;
             return Ok(());
         }
-        self.counters.tunnel_cut.segmented += 1;
-        self.counters.tunnel_cut.segments += n as u64;
+        let c = &mut self.counters.tunnel_cut;
+        if tcp {
+            (c.segmented, c.segments) = (c.segmented + 1, c.segments + n as u64);
+        } else {
+            (c.fragmented, c.fragments) = (c.fragmented + 1, c.fragments + n as u64);
+        }
+        // A packet's fragments stay on one tunnel (while it is alive): a
+        // peer that reassembles them (for its NAT) with several workers
+        // gets them on one worker. Segments are packets of their own.
+        let mut last = None;
         for piece in pieces.drain(..) {
             let Engine::Plain(p) = &mut self.bundles[b].engine else { break };
-            match p.balancer.pick(piece.data_len() - ETH, now) {
-                Some(t) => self.send_plain(b, t, piece),
+            let len = piece.data_len() - ETH;
+            let t = match last {
+                Some(t) if !tcp && p.balancer.stay(t, len, now) => Some(t),
+                _ => p.balancer.pick(len, now),
+            };
+            match t {
+                Some(t) => {
+                    last = Some(t);
+                    self.send_plain(b, t, piece);
+                }
                 None => self.counters.drops.add(DpDrop::NoPath),
             }
         }

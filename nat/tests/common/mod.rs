@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use braid_nat::{NatConfig, Prefix, SnatRule};
+use braid_nat::{DnatRule, NatConfig, NatShard, Prefix, Proto, SnatRule};
 use braid_tunnel::wire::checksum;
 use braid_tunnel::wire::{icmpv4, ipv4, tcp, udp, AddrPair, IpProtocol};
 
@@ -25,6 +25,20 @@ pub fn splitmix(s: &mut u64) -> u64 {
 }
 
 /// SNAT 10.0.0.0/16 to 203.0.113.1..=n, ports 1024..=65535, any egress.
+/// [`lan_config`] (one pool address, 64 sessions) and a UDP port forward
+/// from 203.0.113.200:5353 to `internal`:53.
+pub fn nat_with_forward(internal: [u8; 4]) -> NatShard {
+    let mut cfg = lan_config(1, 64);
+    cfg.dnat.push(DnatRule {
+        external: Ipv4Addr::new(203, 0, 113, 200).into(),
+        proto: Proto::Udp,
+        port: 5353,
+        internal: Ipv4Addr::from(internal).into(),
+        internal_port: 53,
+    });
+    NatShard::new(&cfg, 0, 1).unwrap()
+}
+
 pub fn lan_config(pool: u8, max_sessions: usize) -> NatConfig {
     NatConfig {
         snat: vec![SnatRule {
