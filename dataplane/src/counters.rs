@@ -678,6 +678,9 @@ pub struct WorkerCounters {
     /// before sealing: TCP into segments (GSO), other IPv4 without DF
     /// into fragments.
     pub tunnel_cut: CutCounters,
+    /// Plain mode: TCP SYNs crossing a tunnel, either way, whose MSS was
+    /// lowered to what one ESP packet carries (`mss::clamp`).
+    pub mss_clamped: u64,
     /// Polls that found no work, and bursts that found some.
     pub idle_polls: u64,
     pub busy_polls: u64,
@@ -697,7 +700,7 @@ pub struct WorkerCounters {
 impl WorkerCounters {
     /// The counters that are one number each, named as the stats segment
     /// names them, in its order (the JSON report groups them by prefix).
-    pub fn scalars(&self) -> [(&'static str, u64); 24] {
+    pub fn scalars(&self) -> [(&'static str, u64); 25] {
         [
             ("encapsulated", self.encapsulated),
             ("delivered", self.delivered),
@@ -721,6 +724,7 @@ impl WorkerCounters {
             ("tunnel_cut/segments", self.tunnel_cut.segments),
             ("tunnel_cut/fragmented", self.tunnel_cut.fragmented),
             ("tunnel_cut/fragments", self.tunnel_cut.fragments),
+            ("mss_clamped", self.mss_clamped),
             ("idle_polls", self.idle_polls),
             ("busy_polls", self.busy_polls),
         ]
@@ -768,6 +772,7 @@ impl WorkerCounters {
             }
         }
         self.retired_tunnels.merge(&o.retired_tunnels);
+        self.mss_clamped += o.mss_clamped;
         self.idle_polls += o.idle_polls;
         self.busy_polls += o.busy_polls;
         self.nat.merge(&o.nat);

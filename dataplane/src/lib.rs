@@ -13,6 +13,7 @@ pub mod encap;
 pub mod gateway;
 pub mod lab;
 pub mod local;
+pub mod mss;
 pub mod nat;
 pub mod report;
 pub mod sas;

@@ -192,6 +192,9 @@ struct Plain {
     /// Largest inner packet that fits `max_outer`: the next-hop MTU of
     /// ICMP "fragmentation needed".
     inner_mtu: u16,
+    /// Largest inner packet one ESP packet carries on every tunnel (no
+    /// outer fragments): TCP SYNs crossing get their MSS clamped to it.
+    clamp_mtu: u16,
     /// Source address of the ICMP errors: the first IPv4 tunnel's local
     /// address, else the LAN port's.
     icmp_src: [u8; 4],
@@ -826,10 +829,14 @@ impl Worker {
         // leases exactly the sequence numbers this burst seals with.
         let mut tunnel = [0u16; BURST];
         let mut plain = false;
-        for (i, m) in burst.iter().enumerate() {
+        let mut burst = burst;
+        for (i, m) in burst.iter_mut().enumerate() {
             let b = dest[i];
             let Some(st) = self.bundles.get_mut(b as usize) else { continue };
             let Engine::Plain(p) = &mut st.engine else { continue };
+            if crate::mss::clamp(m.data_mut(), usize::from(p.clamp_mtu)) {
+                self.counters.mss_clamped += 1;
+            }
             let inner_len = m.data_len() - ETH;
             // Size first: a packet no WAN carries must not charge the
             // balancer. braid fragments outer packets only when the
@@ -851,7 +858,6 @@ impl Worker {
                 }
             }
         }
-        let mut burst = burst;
         for (i, m) in burst.drain(..).enumerate() {
             let b = dest[i];
             if b == TOO_BIG {
@@ -1502,6 +1508,9 @@ impl Worker {
                 m.adj(inner_at - ETH);
                 m.trim(tail);
                 write_eth(m.data_mut(), &self.lan);
+                if crate::mss::clamp(m.data_mut(), usize::from(p.clamp_mtu)) {
+                    self.counters.mss_clamped += 1;
+                }
                 self.counters.delivered += 1;
                 self.lan_out.push(m);
                 Ok(())
@@ -2001,7 +2010,8 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
             let v4 = bs.tunnels.iter().any(|t| t.local.is_ipv4());
             let v6 = bs.tunnels.iter().any(|t| t.local.is_ipv6());
             let (outer_ip_udp, max_outer) = plain_outer_limits(min_mtu, bs.outer_fragmentation, v4, v6);
-            let inner_mtu = (0..=u16::MAX).rev().find(|&l| outer_ip_udp + esp::packet_len(l as usize) <= max_outer).unwrap_or(0);
+            let fits = |max: usize| (0..=u16::MAX).rev().find(|&l| outer_ip_udp + esp::packet_len(l as usize) <= max).unwrap_or(0);
+            let (inner_mtu, clamp_mtu) = (fits(max_outer), fits(min_mtu));
             Engine::Plain(Plain {
                 balancer,
                 leases: (0..n).map(|_| None).collect(),
@@ -2009,6 +2019,7 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
                 inbound,
                 max_outer,
                 inner_mtu,
+                clamp_mtu,
                 // An IPv4 tunnel's local address, else the LAN port's.
                 icmp_src: bs
                     .tunnels

@@ -348,3 +348,74 @@ fn plain_mode_answers_too_big_df_packets_with_icmp() {
     lab::assert_conserved(&b, "B", true);
     lab.close();
 }
+
+/// A TCP segment (IPv4) `src` -> `dst` with `flags` and an MSS option of
+/// `mss`, its checksums right.
+fn syn(src: (std::net::Ipv4Addr, u16), dst: (std::net::Ipv4Addr, u16), flags: u8, mss: u16) -> Vec<u8> {
+    use braid_tunnel::wire::checksum;
+    let mut p = vec![0u8; 20 + 24];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&44u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.0.octets());
+    p[16..20].copy_from_slice(&dst.0.octets());
+    let c = !checksum::sum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let t = &mut p[20..];
+    t[0..2].copy_from_slice(&src.1.to_be_bytes());
+    t[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    t[12] = 6 << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    t[20..24].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
+    let c = !checksum::combine(&[checksum::pseudo_header_v4(src.0, dst.0, 6, 24), checksum::sum(&p[20..])]);
+    p[36..38].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// (MSS option, TCP checksum right) of a frame `syn` built.
+fn mss_of(frame: &[u8]) -> (u16, bool) {
+    use braid_tunnel::wire::checksum;
+    let ip = &frame[14..];
+    let a = |at: usize| std::net::Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
+    let ok = checksum::combine(&[checksum::pseudo_header_v4(a(12), a(16), 6, 24), checksum::sum(&ip[20..])]) == 0xffff;
+    (u16::from_be_bytes([ip[42], ip[43]]), ok)
+}
+
+/// Plain mode clamps the MSS of TCP SYNs crossing its tunnels, both ways,
+/// to what one ESP packet over the 1500-byte WAN carries (1438 bytes of
+/// inner IPv4 packet: MSS 1398), so hosts on 1500-byte LANs never send
+/// segments the tunnel must cut in two; the checksum stays right. An MSS
+/// already below is left alone, and bundle mode (which carries any size)
+/// leaves every SYN as it is.
+#[test]
+fn plain_mode_clamps_the_mss_of_syns_both_ways() {
+    use std::net::Ipv4Addr;
+    let host = (Ipv4Addr::new(10, 1, 0, 5), 40000);
+    let server = (Ipv4Addr::new(10, 2, 0, 1), 443);
+    for mode in ["plain", "bundle"] {
+        let (mut lab, _g) = start(&format!("mss{}", &mode[..1]), mode, &[1, 1], 1500);
+        lab.read_a_lan = true;
+        let want = if mode == "plain" { 1398 } else { 1460 };
+        let frames = vec![lab.frame_to_a(&syn(host, server, 0x02, 1460)), lab.frame_to_a(&syn(host, server, 0x02, 1200))];
+        send(&mut lab, frames);
+        lab.settle(5);
+        let got: Vec<Vec<u8>> = lab.delivered.drain(..).collect();
+        assert_eq!(got.len(), 2, "{mode}");
+        assert_eq!(mss_of(&got[0]), (want, true), "{mode}: the SYN at B");
+        assert_eq!(mss_of(&got[1]), (1200, true), "{mode}: a smaller MSS stays");
+        // The server's SYN-ACK, back through B and A.
+        let mut v = vec![lab.frame_to_b(&syn(server, host, 0x12, 1460))];
+        lab.check.tx.tx_all(&mut v, 100);
+        lab.settle(5);
+        let got: Vec<Vec<u8>> = lab.delivered_a.drain(..).collect();
+        assert_eq!(got.len(), 1, "{mode}");
+        assert_eq!(mss_of(&got[0]), (want, true), "{mode}: the SYN-ACK at A");
+        let (a, b) = lab.counters();
+        let clamped = u64::from(mode == "plain");
+        assert_eq!((a.mss_clamped, b.mss_clamped), (clamped, clamped), "{mode}: A's SYN clamped by A, B's SYN-ACK by B");
+        lab::assert_conserved(&a, "A", mode == "plain");
+        lab.close();
+    }
+}
