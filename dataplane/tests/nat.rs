@@ -14,6 +14,7 @@ use std::time::Instant;
 use braid_dataplane::config::{Config, Tables};
 use braid_dataplane::gateway::{worker_setup, PortPlan};
 use braid_dataplane::lab::traffic::{ip_packet, tag, Family, Flow, L4};
+use braid_dataplane::counters::DpDrop;
 use braid_dataplane::lab::{self, Lab, LabOptions};
 use braid_dpdk::{Mbuf, BURST};
 use braid_nat::{NatDrop, Timeouts, SECOND};
@@ -923,5 +924,81 @@ fn fragments_held_when_the_nat_goes_are_freed() {
     lab.now += 2 * SECOND;
     lab.settle(5);
     assert_eq!(lab.a.counters().nat.out_frags.discarded, 2);
+    lab.close();
+}
+
+/// A flood of IPv4 fragments that never complete (random identifications,
+/// offsets and lengths, more fragments always to come), from SNATed hosts
+/// on A's LAN and to A's pool address from B's side, with a flow of
+/// ordinary packets through it: every fragment is taken and at most 128
+/// packets' worth (8 fragments each) are held per direction; those with a
+/// bad header checksum are not taken and routing drops them
+/// (`bad_inner_ip`); every ordinary packet arrives; after the timeout
+/// everything held is discarded and counted, nothing crashed, no mbuf is
+/// lost.
+#[test]
+fn a_flood_of_fragments_that_never_complete_is_bounded() {
+    let (mut lab, _g) = start("nfragflood", &[1, 1], options(snat_rule(1, "1024-65535"), None, None));
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut junk = |src: Ipv4Addr, dst: Ipv4Addr, bad: bool| -> Vec<u8> {
+        let r = rnd();
+        let len = 28 + (r % 1400) as usize;
+        let mut p: Vec<u8> = (0..len).map(|i| (r >> (i % 56)) as u8).collect();
+        p[0] = 0x45;
+        p[1] = 0;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&((r >> 16) as u16).to_be_bytes());
+        // MF set: the packet never ends; offset anywhere.
+        p[6..8].copy_from_slice(&(0x2000 | ((r >> 32) as u16 & 0x1fff)).to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&src.octets());
+        p[16..20].copy_from_slice(&dst.octets());
+        p[10..12].fill(0);
+        let c = !checksum::sum(&p[..20]) ^ u16::from(bad);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    };
+    let pool_addr = pool(1)[0];
+    let client = (Ipv4Addr::new(10, 1, 0, 5), 40000);
+    let (mut sent_out, mut sent_in, mut bad_out) = (0u64, 0u64, 0u64);
+    for round in 0..100u32 {
+        let out: Vec<Vec<u8>> = (0..30)
+            .map(|k| {
+                let bad = k % 10 == 9;
+                bad_out += u64::from(bad);
+                junk(Ipv4Addr::new(10, 1, (k % 4) as u8, 1 + (k % 200) as u8), SERVER, bad)
+            })
+            .chain(std::iter::once(packet(L4::Udp, client, (SERVER, SERVER_PORT), 1, round)))
+            .collect();
+        sent_out += 30;
+        send_a(&mut lab, out);
+        let inb: Vec<Vec<u8>> = (0..30).map(|_| junk(SERVER, pool_addr, false)).collect();
+        sent_in += 30;
+        send_b(&mut lab, inb);
+    }
+    lab.settle(5);
+    let got: Vec<u32> = lab.delivered.drain(..).filter_map(|f| tag(&f[14..]).map(|t| t.1)).collect();
+    assert_eq!(got, (0..100).collect::<Vec<u32>>(), "the ordinary flow, whole and in order");
+    let (a, _) = lab.counters();
+    let (o, i) = (a.nat.out_frags, a.nat.in_frags);
+    assert_eq!(o.taken, sent_out - bad_out, "{o:?}");
+    assert_eq!(a.drops.get(DpDrop::BadInnerIp), bad_out);
+    assert_eq!(i.taken, sent_in, "{i:?}");
+    assert_eq!((o.reassembled, i.reassembled), (0, 0));
+    assert!(o.taken - o.discarded <= 128 * 8 && i.taken - i.discarded <= 128 * 8, "held: {o:?} {i:?}");
+    lab.now += 2 * SECOND;
+    lab.settle(5);
+    let (a, b) = lab.counters();
+    let (o, i) = (a.nat.out_frags, a.nat.in_frags);
+    assert_eq!((o.discarded, i.discarded), (o.taken, i.taken), "all held fragments discarded: {o:?} {i:?}");
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
     lab.close();
 }

@@ -60,8 +60,9 @@ impl Worker {
     /// (from the LAN when `d` is [`OUT`]) into direction `d`'s
     /// reassembly, keeping the order of the rest; each packet made whole,
     /// in one segment with a correct header checksum, goes to `whole`. A
-    /// fragment whose header does not check stays, for the NAT to drop
-    /// (`fragment`). A whole packet no mbuf holds is dropped: `too_big`
+    /// fragment whose header does not check stays, for routing
+    /// (`bad_inner_ip`, from the LAN) or the NAT (`fragment`) to drop. A
+    /// whole packet no mbuf holds is dropped: `too_big`
     /// from the LAN, `lan_too_big` from a tunnel.
     pub(super) fn take_nat_fragments(&mut self, v: &mut Vec<Mbuf>, from: usize, d: usize, now: Nanos, whole: &mut Vec<Mbuf>) {
         let outbound = d == OUT;
