@@ -679,7 +679,8 @@ pub struct WorkerCounters {
     /// into fragments.
     pub tunnel_cut: CutCounters,
     /// Plain mode: TCP SYNs crossing a tunnel, either way, whose MSS was
-    /// lowered to what one ESP packet carries (`mss::clamp`).
+    /// lowered to what one ESP packet carries (`mss::clamp`; on the way
+    /// out, before the size and path checks that may still drop them).
     pub mss_clamped: u64,
     /// Polls that found no work, and bursts that found some.
     pub idle_polls: u64,

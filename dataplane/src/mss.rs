@@ -9,8 +9,11 @@
 //!
 //! The option's value is replaced and the TCP checksum updated
 //! incrementally (RFC 1624, equation 3), so a SYN with a bad checksum
-//! stays bad. A SYN without an MSS option is left alone (the default MSS,
-//! 536 or 1220, already fits).
+//! stays bad. A SYN without an MSS option is left alone: its peer uses
+//! the default MSS (536 over IPv4, 1220 over IPv6), which one ESP packet
+//! carries on any WAN of 1500 bytes, though not on the smallest MTUs the
+//! configuration takes (576, 1280): there such segments are cut or,
+//! IPv6, dropped as `too_big`.
 
 use braid_tunnel::wire::checksum;
 

@@ -386,16 +386,24 @@ fn mss_of(frame: &[u8]) -> (u16, bool) {
 /// Plain mode clamps the MSS of TCP SYNs crossing its tunnels, both ways,
 /// to what one ESP packet over the 1500-byte WAN carries (1438 bytes of
 /// inner IPv4 packet: MSS 1398), so hosts on 1500-byte LANs never send
-/// segments the tunnel must cut in two; the checksum stays right. An MSS
-/// already below is left alone, and bundle mode (which carries any size)
-/// leaves every SYN as it is.
+/// segments the tunnel must cut in two; the checksum stays right. B's WAN
+/// takes jumbo frames, so B's SYN-ACK leaves unclamped and A clamps it as
+/// it comes out of the tunnel (what a peer that does not clamp sends). An
+/// MSS already below is left alone, and bundle mode (which carries any
+/// size) leaves every SYN as it is.
 #[test]
 fn plain_mode_clamps_the_mss_of_syns_both_ways() {
     use std::net::Ipv4Addr;
     let host = (Ipv4Addr::new(10, 1, 0, 5), 40000);
     let server = (Ipv4Addr::new(10, 2, 0, 1), 443);
     for mode in ["plain", "bundle"] {
-        let (mut lab, _g) = start(&format!("mss{}", &mode[..1]), mode, &[1, 1], 1500);
+        let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+        let edit: lab::ConfigEdit = Box::new(|side_a, doc| {
+            if !side_a {
+                doc["ports"][1]["mtu"] = serde_json::json!(9000);
+            }
+        });
+        let mut lab = Lab::with(&format!("mss{}", &mode[..1]), mode, &[1, 1], 16, 1500, lab::LabOptions { edit: Some(edit), ..Default::default() });
         lab.read_a_lan = true;
         let want = if mode == "plain" { 1398 } else { 1460 };
         let frames = vec![lab.frame_to_a(&syn(host, server, 0x02, 1460)), lab.frame_to_a(&syn(host, server, 0x02, 1200))];
@@ -414,7 +422,7 @@ fn plain_mode_clamps_the_mss_of_syns_both_ways() {
         assert_eq!(mss_of(&got[0]), (want, true), "{mode}: the SYN-ACK at A");
         let (a, b) = lab.counters();
         let clamped = u64::from(mode == "plain");
-        assert_eq!((a.mss_clamped, b.mss_clamped), (clamped, clamped), "{mode}: A's SYN clamped by A, B's SYN-ACK by B");
+        assert_eq!((a.mss_clamped, b.mss_clamped), (2 * clamped, 0), "{mode}: A's SYN on its way out of A, B's SYN-ACK on its way out of the tunnel at A");
         lab::assert_conserved(&a, "A", mode == "plain");
         lab.close();
     }
