@@ -283,10 +283,8 @@ pub struct Worker {
     /// Inner IPv4 fragments the NAT translates, being reassembled, by
     /// direction (`nat_frag::OUT`, `IN`).
     nat_frag: [Reassembly; 2],
-    /// Packets being sorted by `take_nat_fragments`, and the packets it
-    /// made whole (scratch).
+    /// Packets being sorted by `take_nat_fragments` (scratch).
     nat_frag_todo: Vec<Mbuf>,
-    nat_whole: Vec<Mbuf>,
     /// When the next ICMP error may be sent (rate limit, RFC 1812 4.3.2.8).
     next_icmp: Nanos,
     /// This worker's NAT shard, when the tables have NAT rules.
@@ -473,7 +471,6 @@ impl Worker {
                 Reassembly::with_ticks(nat_frag::NAT_FRAG_FLOWS, FRAG_TIMEOUT).map_err(|e| e.to_string())?,
             ],
             nat_frag_todo: Vec::new(),
-            nat_whole: Vec::new(),
             next_icmp: 0,
             nat,
             nat_spec: setup.nat,
@@ -752,9 +749,10 @@ impl Worker {
     }
 
     /// [`Worker::lan_burst`] for a burst with IPv4 fragments and a NAT:
-    /// the fragments the NAT translates are taken to be made whole; the
-    /// rest of the burst goes on, then the packets made whole (to the
-    /// worker owning their NAT flow, if another).
+    /// the fragments the NAT translates are taken to be made whole, each
+    /// packet made whole in the place of its last fragment; with several
+    /// workers, those go to the worker owning their NAT flow (the rest of
+    /// the burst is this worker's already: steering it again keeps it).
     #[cold]
     fn lan_burst_fragments(&mut self, now: Nanos, handed: bool) {
         if !handed {
@@ -762,18 +760,13 @@ impl Worker {
                 self.counters.lan_rx.add(m.pkt_len());
             }
         }
-        let (mut burst, mut whole) = (std::mem::take(&mut self.rx_burst), std::mem::take(&mut self.nat_whole));
-        self.take_nat_fragments(&mut burst, 0, nat_frag::OUT, now, &mut whole);
+        let mut burst = std::mem::take(&mut self.rx_burst);
+        self.take_nat_fragments(&mut burst, 0, nat_frag::OUT, now);
         self.rx_burst = burst;
-        self.lan_burst_whole(now, true);
-        if !whole.is_empty() {
-            self.rx_burst.append(&mut whole);
-            if self.handoff.is_some() {
-                self.steer_nat_lan(false);
-            }
-            self.lan_burst_whole(now, true);
+        if self.handoff.is_some() {
+            self.steer_nat_lan(false);
         }
-        self.nat_whole = whole;
+        self.lan_burst_whole(now, true);
     }
 
     /// [`Worker::lan_burst`] for whole packets.
@@ -1046,12 +1039,11 @@ impl Worker {
         }
         let done = self.nat_done.min(self.lan_out.len());
         if self.lan_out[done..].iter().any(|m| nat_frag::is_ipv4_fragment(m.data())) {
-            // The NAT's fragments made whole first (then steered like
-            // any packet).
-            let (mut out, mut whole) = (std::mem::take(&mut self.lan_out), std::mem::take(&mut self.nat_whole));
-            self.take_nat_fragments(&mut out, done, nat_frag::IN, self.now, &mut whole);
-            out.append(&mut whole);
-            (self.lan_out, self.nat_whole) = (out, whole);
+            // The NAT's fragments made whole first, each in the place of
+            // its last fragment (then steered like any packet).
+            let mut out = std::mem::take(&mut self.lan_out);
+            self.take_nat_fragments(&mut out, done, nat_frag::IN, self.now);
+            self.lan_out = out;
         }
         if self.handoff.is_some() {
             self.steer_nat_deliver();

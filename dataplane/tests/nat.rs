@@ -825,20 +825,24 @@ fn fragmented_datagrams_are_made_whole_translated_and_answered() {
         let big: Vec<Vec<u8>> = (1..=3).map(|seq| ip_packet(&flow_of(host, server, 1), seq, 14 + 4000)).collect();
         let pieces: Vec<Vec<Vec<u8>>> = big.iter().map(|ip| fragments(ip, 1480)).collect();
         assert_eq!(pieces[0].len(), 3);
-        send_a(&mut lab, pieces[0].clone());
+        // A small packet of the flow right behind the first datagram's
+        // last fragment, in the same burst, stays behind it.
+        let small = packet(L4::Udp, host, server, 1, 10);
+        send_a(&mut lab, pieces[0].iter().cloned().chain([small.clone()]));
         send_a(&mut lab, pieces[1].iter().rev().cloned());
         send_a(&mut lab, pieces[2][..1].to_vec());
         send_a(&mut lab, pieces[2][1..].to_vec());
         lab.settle(5);
         let got: Vec<Vec<u8>> = lab.delivered.drain(..).collect();
         if mode == "bundle" {
-            assert_eq!(got.len(), 3, "bundle mode carries each datagram whole to B's 9000-byte LAN");
+            assert_eq!(got.len(), 4, "bundle mode carries each datagram whole to B's 9000-byte LAN");
         } else {
-            assert_eq!(got.len(), 9, "plain mode cuts each again to fit the tunnel");
+            assert_eq!(got.len(), 10, "plain mode cuts each again to fit the tunnel");
         }
         let whole = reassembled(&got);
-        assert_eq!(whole.len(), 3, "{mode}");
-        for (w, ip) in whole.iter().zip(&big) {
+        assert_eq!(whole.len(), 4, "{mode}");
+        assert_eq!(whole[1], translated(&small, true, ext), "{mode}: the small packet after the first datagram");
+        for (w, ip) in [&whole[0], &whole[2], &whole[3]].into_iter().zip(&big) {
             assert_eq!(w, &translated(ip, true, ext), "{mode}: translated in the flow's mapping, byte for byte");
         }
 

@@ -59,12 +59,13 @@ impl Worker {
     /// Takes the IPv4 fragments of `v[from..]` that the NAT translates
     /// (from the LAN when `d` is [`OUT`]) into direction `d`'s
     /// reassembly, keeping the order of the rest; each packet made whole,
-    /// in one segment with a correct header checksum, goes to `whole`. A
+    /// in one segment with a correct header checksum, takes the place of
+    /// its last fragment. A
     /// fragment whose header does not check stays, for routing
     /// (`bad_inner_ip`, from the LAN) or the NAT (`fragment`) to drop. A
     /// whole packet no mbuf holds is dropped: `too_big`
     /// from the LAN, `lan_too_big` from a tunnel.
-    pub(super) fn take_nat_fragments(&mut self, v: &mut Vec<Mbuf>, from: usize, d: usize, now: Nanos, whole: &mut Vec<Mbuf>) {
+    pub(super) fn take_nat_fragments(&mut self, v: &mut Vec<Mbuf>, from: usize, d: usize, now: Nanos) {
         let outbound = d == OUT;
         if !v.get(from..).is_some_and(|rest| rest.iter().any(|m| self.nat_wants_whole(m, outbound))) {
             return;
@@ -109,7 +110,7 @@ impl Worker {
                     ip[10..12].fill(0);
                     let c = !checksum::sum(ip);
                     ip[10..12].copy_from_slice(&c.to_be_bytes());
-                    whole.push(w);
+                    v.push(w);
                 }
                 Err(_) => self.counters.drops.add(if outbound { DpDrop::TooBig } else { DpDrop::LanTooBig }),
             }
