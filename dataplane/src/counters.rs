@@ -29,8 +29,10 @@ drops! {
     NoRoute => "no_route",
     /// Frame spans several mbuf segments (not supported on this path yet).
     Multiseg => "multiseg",
-    /// Inner packet too big for the mbuf, the bundle (> 65535 B), or (plain
-    /// mode) the WAN MTU.
+    /// Inner packet too big for the mbuf (also one made whole from
+    /// `nat.out_frags`), the bundle (> 65535 B), or (plain mode) the WAN
+    /// MTU when it can be neither segmented (TCP) nor fragmented (IPv4
+    /// without DF or options, not already a fragment).
     TooBig => "too_big",
     /// The mempool was empty (packing a LAN burst into frames).
     NoMbuf => "no_mbuf",
@@ -93,7 +95,8 @@ drops! {
     /// the worker holding its NAT session (the ring was full).
     HandoffDeliverLost => "handoff_deliver_lost",
     /// A packet for the LAN bigger than the LAN port's MTU that can be
-    /// neither segmented (not TCP) nor fragmented (IPv6, or IPv4 with DF).
+    /// neither segmented (not TCP) nor fragmented (IPv6, or IPv4 with DF),
+    /// or a packet made whole from `nat.in_frags` that no mbuf holds.
     LanTooBig => "lan_too_big",
     /// A packet for the LAN to be cut to its MTU, with no mbufs for all
     /// its pieces.

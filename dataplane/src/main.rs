@@ -411,7 +411,9 @@ fn run() -> Result<(), String> {
     let pool_size = (usize::from(workers) + 1) * 8192 - 1;
     let pool = Arc::new(Mempool::new("braid_pool", pool_size as u32, data_room).map_err(|e| e.to_string())?);
     // Without it (no memory for it), such packets are dropped and counted
-    // (`rx_no_buffer`, or `too_big` after outer reassembly).
+    // (`rx_no_buffer`, or `too_big` after outer reassembly or after the
+    // NAT's reassembly of a LAN host's fragments; `lan_too_big` of a
+    // tunnel's).
     let jumbo = jumbo_room.and_then(|room| {
         let n = (usize::from(workers) + 1) * 1024 - 1;
         match Mempool::new("braid_jumbo", n as u32, room) {

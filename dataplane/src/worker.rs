@@ -4,11 +4,13 @@
 //! sequence counters, leased once per burst (see ARCHITECTURE.md).
 //!
 //! LAN -> WAN per burst: parse, route (longest prefix) to a peer's bundle,
-//! NAT (when the tables have NAT rules), then either pack the burst's
+//! NAT (when the tables have NAT rules; IPv4 fragments it translates made
+//! whole first, `worker/nat_frag`), then either pack the burst's
 //! packets for that bundle into frames (bundle mode: several small packets
 //! per ESP packet, a big one cut across several) or seal each packet in
-//! place (plain mode), pick a tunnel per ESP packet, stamp the outer
-//! headers, TX.
+//! place (plain mode: TCP SYNs' MSS clamped, `crate::mss`; a packet too
+//! big for the tunnel cut first, `worker/cut`), pick a tunnel per ESP
+//! packet, stamp the outer headers, TX.
 //! WAN -> LAN per burst: classify ESP-in-UDP by SPI, decrypt in place,
 //! anti-replay, re-order (bundle mode), write the LAN Ethernet header,
 //! NAT what the re-orderer released (just before TX), TX. NAT sees inner
@@ -95,7 +97,8 @@ pub struct BundleSetup {
     /// (RFC 3948 section 2.3); 0: never.
     pub keepalive: Nanos,
     /// Plain mode: ESP packets bigger than their WAN port's MTU leave as
-    /// outer IPv4 or IPv6 fragments instead of being dropped (`too_big`).
+    /// outer IPv4 or IPv6 fragments instead of being cut before sealing
+    /// (TCP, IPv4 without DF) or dropped (`too_big`).
     pub outer_fragmentation: bool,
     pub tunnels: Vec<TunnelSetup>,
 }
@@ -854,8 +857,8 @@ impl Worker {
         for (i, m) in burst.drain(..).enumerate() {
             let b = dest[i];
             if b == TOO_BIG {
-                // TCP is cut into segments the tunnels carry (GSO); the
-                // rest is too big.
+                // TCP is cut into segments the tunnels carry (GSO), IPv4
+                // without DF into inner fragments; the rest is too big.
                 if let Err(m) = self.plain_gso(tunnel[i] as usize, m, now) {
                     self.counters.drops.add(DpDrop::TooBig);
                     self.too_big(tunnel[i] as usize, m, now);
@@ -1030,7 +1033,8 @@ impl Worker {
     /// packets the re-orderer released or plain mode decapsulated, and our
     /// own ICMP errors (which quote a translated packet and go to its
     /// external address, so the NAT takes them back to the internal host).
-    /// Packets the NAT drops are freed and counted.
+    /// IPv4 fragments the NAT translates are made whole first
+    /// (`nat.in_frags`). Packets the NAT drops are freed and counted.
     /// Called after each WAN burst and before TX; `nat_done` packets of
     /// `lan_out` were seen.
     fn nat_inbound(&mut self) {

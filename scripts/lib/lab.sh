@@ -58,8 +58,10 @@ lab_net() {
     set -- $x; ip -n "$1" link set "$2" up
   done
   if [ "$MODE" = plain ]; then
-    # Plain ESP carries one inner packet per outer packet and braid never
-    # fragments outer packets: the hosts' MTU leaves room for ESP-in-UDP.
+    # Plain ESP carries one inner packet per outer packet; without
+    # outer_fragmentation braid cuts what does not fit (TCP segments, IPv4
+    # inner fragments) or drops it: the hosts' MTU leaves room for
+    # ESP-in-UDP, so nothing needs cutting.
     ip -n $NS_A link set a0 mtu 1400; ip -n $NS_B link set b0 mtu 1400
   fi
   lab_host $NS_A a0 10.1.0.2 fd00:1::2 10.1.0.1 fd00:1::1 $GA_LAN 10.2.0.0/16 fd00:2::/64

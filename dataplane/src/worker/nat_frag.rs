@@ -27,9 +27,9 @@ use super::{is_ipv4, route, Worker, ETH, IP_AT};
 use crate::counters::DpDrop;
 
 /// Inner packets being reassembled at once, per worker and direction.
-/// With DPDK's 8 fragments a packet, at most 1,024 mbufs held per
-/// direction (a LAN host sending first fragments only holds no more),
-/// of the 8,192 a worker's share of the pool has.
+/// DPDK holds at most 7 fragments of a packet (the 8th completes it or
+/// is refused): at most 896 mbufs held per direction, of the 8,192 a
+/// worker's share of the pool has.
 pub(super) const NAT_FRAG_FLOWS: u32 = 128;
 
 /// `Worker::nat_frag` by direction.

@@ -109,7 +109,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let eal = Eal::init(eal_args)?;
     eal.remove_runtime_dir_at_exit();
-    // Plain mode never fragments outer packets: give it a jumbo WAN.
+    // Plain mode cuts an inner packet bigger than one ESP packet carries
+    // (or fragments outer packets, if told): a jumbo WAN carries each
+    // whole, so the figure is of whole packets.
     let wan_mtu = if mode == "plain" { 9600 } else { 1500 };
     let weights = vec![1u32; tunnels];
     let mut opts = if nat { nat_options(flows, l4) } else { LabOptions::default() };
