@@ -32,7 +32,7 @@ drops! {
     /// Inner packet too big for the mbuf (also one made whole from
     /// `nat.out_frags`), the bundle (> 65535 B), or (plain mode) the WAN
     /// MTU when it can be neither segmented (TCP) nor fragmented (IPv4
-    /// without DF or options, not already a fragment).
+    /// without DF or options).
     TooBig => "too_big",
     /// The mempool was empty (packing a LAN burst into frames).
     NoMbuf => "no_mbuf",

@@ -30,9 +30,11 @@ pub fn fragment_chunk(mtu: usize) -> usize {
 /// most `chunk` payload bytes (a multiple of 8, at least 8): calls
 /// `emit(header, part)` for each, in order, with the fragment's Ethernet
 /// and IPv4 header (DF cleared, MF and offset set, checksum computed) and
-/// its part of the payload. Returns how many; 0 (nothing emitted) when
-/// the frame is not IPv4, has IP options, is already a fragment, is
-/// shorter than its header says, or its payload fits in `chunk`.
+/// its part of the payload. A frame that is itself a fragment is cut into
+/// smaller ones (RFC 791 section 3.2: offsets from its own, the last piece
+/// keeping its MF). Returns how many; 0 (nothing emitted) when the frame
+/// is not IPv4, has IP options, is shorter than its header says, or its
+/// payload fits in `chunk`.
 pub fn fragment_ipv4(frame: &[u8], chunk: usize, mut emit: impl FnMut(&[u8], &[u8])) -> usize {
     let Some((ihl, total)) = cuttable_ipv4(frame, chunk) else { return 0 };
     let ip = &frame[IP_AT..];
@@ -41,11 +43,13 @@ pub fn fragment_ipv4(frame: &[u8], chunk: usize, mut emit: impl FnMut(&[u8], &[u
     let header = &mut header[..IP_AT + ihl];
     header.copy_from_slice(&frame[..IP_AT + ihl]);
     let n = payload.len().div_ceil(chunk);
+    let flags = u16::from_be_bytes([frame[IP_AT + 6], frame[IP_AT + 7]]);
+    let (base, last_mf) = (usize::from(flags & 0x1fff), flags & 0x2000);
     for (i, part) in payload.chunks(chunk).enumerate() {
         let h = &mut header[IP_AT..];
         h[2..4].copy_from_slice(&((ihl + part.len()) as u16).to_be_bytes());
-        let mf = if i + 1 < n { 0x2000 } else { 0 };
-        h[6..8].copy_from_slice(&(mf | (i * chunk / 8) as u16).to_be_bytes());
+        let mf = if i + 1 < n { 0x2000 } else { last_mf };
+        h[6..8].copy_from_slice(&(mf | (base + i * chunk / 8) as u16).to_be_bytes());
         h[10..12].copy_from_slice(&[0, 0]);
         let c = !checksum::sum(h);
         h[10..12].copy_from_slice(&c.to_be_bytes());
@@ -134,8 +138,10 @@ fn cuttable_ipv4(frame: &[u8], chunk: usize) -> Option<(usize, usize)> {
     let flags = u16::from_be_bytes([ip[6], ip[7]]);
     // Without options only: RFC 791 copies some options into every
     // fragment and others into the first only (braid's outer headers
-    // carry none; an inner packet with options is not cut).
-    if ip[0] >> 4 != 4 || ihl != 20 || total < ihl || ip.len() < total || flags & 0x3fff != 0 || total - ihl <= chunk {
+    // carry none; an inner packet with options is not cut). A fragment
+    // is cut again only where its pieces' offsets stay within 16 bits.
+    let end = usize::from(flags & 0x1fff) * 8 + total.saturating_sub(ihl);
+    if ip[0] >> 4 != 4 || ihl != 20 || total < ihl || ip.len() < total || end > usize::from(u16::MAX) || total - ihl <= chunk {
         return None;
     }
     Some((ihl, total))
@@ -442,10 +448,26 @@ mod tests {
             whole.extend_from_slice(&f[IP_AT + 20..]);
         }
         assert_eq!(whole, frame[UDP_AT..], "the payload, in order, once");
-        // Fits, not IPv4, already a fragment, truncated: nothing is cut.
+        // A fragment is cut again: the pieces' offsets follow its own, and
+        // only a last fragment's last piece has MF clear.
+        for (off, mf) in [(0u16, true), (185, true), (370, false)] {
+            let mut f = frame.clone();
+            f[IP_AT + 6..IP_AT + 8].copy_from_slice(&((u16::from(mf) << 13) | off).to_be_bytes());
+            let mut pieces: Vec<Vec<u8>> = Vec::new();
+            assert_eq!(fragment_ipv4(&f, chunk, |h, p| pieces.push([h, p].concat())), 3);
+            for (i, p) in pieces.iter().enumerate() {
+                let ip = ipv4::Packet::new_checked(&p[IP_AT..]).unwrap();
+                assert!(ip.verify_checksum());
+                assert_eq!(ip.frag_offset() as usize, usize::from(off) * 8 + i * chunk, "offset {off}");
+                assert_eq!(ip.more_frags(), i < 2 || mf, "offset {off} piece {i}");
+            }
+        }
+        // Fits, not IPv4, truncated, offsets past 16 bits: nothing is cut.
         let none = |f: &[u8], c| fragment_ipv4(f, c, |_, _| panic!("emitted"));
         assert_eq!(none(&frame, 3008), 0);
-        assert_eq!(none(&frames_fragment(&frame), chunk), 0);
+        let mut far = frames_fragment(&frame);
+        far[IP_AT + 6..IP_AT + 8].copy_from_slice(&(0x2000u16 | 8000).to_be_bytes());
+        assert_eq!(none(&far, chunk), 0);
         assert_eq!(none(&frame[..frame.len() - 1], chunk), 0);
         let mut v6 = frame.clone();
         v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());

@@ -582,7 +582,9 @@ fn with_df(mut ip: Vec<u8>) -> Vec<u8> {
 
 /// Plain mode over a 1500-byte WAN: a 3000-byte packet with DF is too
 /// big (dropped, its sender told); without DF it is cut into three inner
-/// fragments that fit, each its own ESP packet.
+/// fragments that fit, each its own ESP packet; a sender's own 1500-byte
+/// fragments of a datagram are cut again (RFC 791), offsets and MF kept,
+/// and B delivers pieces that reassemble to the datagram.
 #[test]
 fn plain_mode_drops_what_the_wan_mtu_cannot_carry() {
     let (mut lab, _g) = start("pmtu", "plain", &[1], 16, 1500);
@@ -600,6 +602,42 @@ fn plain_mode_drops_what_the_wan_mtu_cannot_carry() {
     assert_eq!(lab.delivered.len(), 1 + 3);
     let is_fragment = |fr: &[u8]| u16::from_be_bytes([fr[14 + 6], fr[14 + 7]]) & 0x3fff != 0;
     assert!(lab.delivered[1..].iter().all(|fr| fr.len() <= 14 + 1500 - 62 && is_fragment(fr)));
+    lab::assert_conserved(&a, "A", true);
+    lab::assert_conserved(&b, "B", true);
+
+    // A sender's fragments (1500, 1500 and 26 bytes) of a 2986-byte datagram.
+    let dgram = ip_packet(&f, 3, 3000);
+    let frame = [&[0u8; 12][..], &[0x08, 0x00], &dgram].concat();
+    let mut frags = Vec::new();
+    assert_eq!(braid_dataplane::encap::fragment_ipv4(&frame, 1480, |h, p| frags.push([&h[14..], p].concat())), 3);
+    let mut burst: Vec<Mbuf> = frags.iter().map(|p| lab.frame_to_a(p)).collect();
+    lab.delivered.clear();
+    lab.gen.tx.tx_all(&mut burst, 100);
+    for _ in 0..5 {
+        lab.step();
+    }
+    let (a, b) = lab.counters();
+    assert_eq!((a.tunnel_cut.fragmented, a.tunnel_cut.fragments), (1 + 2, 3 + 4), "each 1500-byte fragment cut in two");
+    assert_eq!(lab.delivered.len(), 5);
+    let mut pieces: Vec<(usize, bool, Vec<u8>)> = lab
+        .delivered
+        .iter()
+        .map(|fr| {
+            let ip = &fr[14..];
+            let fo = u16::from_be_bytes([ip[6], ip[7]]);
+            assert!(braid_tunnel::wire::checksum::verifies(&ip[..20]));
+            (usize::from(fo & 0x1fff) * 8, fo & 0x2000 != 0, ip[20..usize::from(u16::from_be_bytes([ip[2], ip[3]]))].to_vec())
+        })
+        .collect();
+    pieces.sort_by_key(|p| p.0);
+    let mut payload = Vec::new();
+    for (off, _, data) in &pieces {
+        assert_eq!(*off, payload.len(), "contiguous pieces");
+        payload.extend_from_slice(data);
+    }
+    assert!(!pieces.last().unwrap().1, "the last piece ends the datagram");
+    assert!(pieces[..4].iter().all(|p| p.1));
+    assert_eq!(payload, dgram[20..], "the datagram, byte for byte");
     lab::assert_conserved(&a, "A", true);
     lab::assert_conserved(&b, "B", true);
     lab.close();

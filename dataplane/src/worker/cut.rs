@@ -122,8 +122,8 @@ impl Worker {
     /// section 3.1: the peer passes them on, the destination reassembles).
     /// All pieces or none (`no_mbuf`); a TCP packet whose checksum does
     /// not verify is dropped (`bad_inner_checksum`). `Err` gives back a
-    /// packet that can be neither (too big: IPv6, IPv4 with DF or options,
-    /// or already a fragment).
+    /// packet that can be neither (too big: IPv6, IPv4 with DF or options).
+    /// A sender's own fragment is cut into smaller ones (RFC 791).
     #[cold]
     pub(super) fn plain_gso(&mut self, b: usize, m: Mbuf, now: Nanos) -> Result<(), Mbuf> {
         let Engine::Plain(p) = &self.bundles[b].engine else { return Err(m) };
