@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use braid_dataplane::config::{Config, Tables};
 use braid_dataplane::gateway::{worker_setup, PortPlan};
-use braid_dataplane::lab::traffic::{ip_packet, tag, Family, Flow, L4};
+use braid_dataplane::lab::traffic::{ip_packet, reassembled_v4, tag, Family, Flow, L4};
 use braid_dataplane::counters::DpDrop;
 use braid_dataplane::lab::{self, Lab, LabOptions};
 use braid_dpdk::{Mbuf, BURST};
@@ -723,48 +723,6 @@ fn fragments(ip: &[u8], chunk: usize) -> Vec<Vec<u8>> {
     out
 }
 
-/// The IPv4 packets the frames carry, fragments put back together (by
-/// source, destination, protocol and identification), with their
-/// fragment fields cleared and the header checksum made again, as a
-/// destination host would see them; in the order their first piece came.
-fn reassembled(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    type Key = ([u8; 8], u8, [u8; 2]);
-    let mut order: Vec<Key> = Vec::new();
-    let mut parts: HashMap<Key, Vec<(usize, bool, Vec<u8>)>> = HashMap::new();
-    for f in frames {
-        let ip = &f[14..];
-        assert!(checksum::verifies(&ip[..20]), "header checksum of a delivered piece");
-        let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-        let fo = u16::from_be_bytes([ip[6], ip[7]]);
-        let key = (ip[12..20].try_into().unwrap(), ip[9], [ip[4], ip[5]]);
-        if !parts.contains_key(&key) {
-            order.push(key);
-        }
-        parts.entry(key).or_default().push((usize::from(fo & 0x1fff) * 8, fo & 0x2000 != 0, ip[20..total].to_vec()));
-    }
-    order
-        .iter()
-        .map(|k| {
-            let mut p = parts.remove(k).unwrap();
-            p.sort_by_key(|x| x.0);
-            let mut payload = Vec::new();
-            for (off, _, data) in &p {
-                assert_eq!(*off, payload.len(), "pieces of one packet are contiguous");
-                payload.extend_from_slice(data);
-            }
-            assert!(!p.last().unwrap().1, "the last piece has MF clear");
-            let first = frames.iter().map(|f| &f[14..]).find(|ip| (ip[12..20] == k.0[..]) && ip[9] == k.1 && ip[4..6] == k.2).unwrap();
-            let mut ip = first[..20].to_vec();
-            ip[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-            ip[6..8].fill(0);
-            ip[10..12].fill(0);
-            let c = !checksum::sum(&ip);
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            ip.extend_from_slice(&payload);
-            ip
-        })
-        .collect()
-}
 
 /// `ip` with its IPv4 source or destination endpoint replaced and its
 /// checksums made again (what a correct NAT turns it into).
@@ -839,7 +797,7 @@ fn fragmented_datagrams_are_made_whole_translated_and_answered() {
         } else {
             assert_eq!(got.len(), 10, "plain mode cuts each again to fit the tunnel");
         }
-        let whole = reassembled(&got);
+        let whole = reassembled_v4(&got);
         assert_eq!(whole.len(), 4, "{mode}");
         assert_eq!(whole[1], translated(&small, true, ext), "{mode}: the small packet after the first datagram");
         for (w, ip) in [&whole[0], &whole[2], &whole[3]].into_iter().zip(&big) {
@@ -860,7 +818,7 @@ fn fragmented_datagrams_are_made_whole_translated_and_answered() {
         lab.settle(5);
         let got: Vec<Vec<u8>> = lab.delivered_a.drain(..).collect();
         assert_eq!(got.len(), 9, "{mode}: each reply cut again to A's LAN MTU (1500 here)");
-        let mut whole = reassembled(&got);
+        let mut whole = reassembled_v4(&got);
         whole.sort_by_key(|ip| tag(ip));
         for (w, r) in whole.iter().zip(&replies) {
             assert_eq!(w, &translated(r, false, host), "{mode}: the reply reached the host's address and port");
@@ -874,7 +832,7 @@ fn fragmented_datagrams_are_made_whole_translated_and_answered() {
         lab.settle(5);
         let got: Vec<Vec<u8>> = lab.delivered.drain(..).collect();
         assert_eq!(got.len(), 2, "{mode}: two fragments, untouched");
-        assert_eq!(reassembled(&got), vec![ip]);
+        assert_eq!(reassembled_v4(&got), vec![ip]);
 
         // Two of three fragments: held, then discarded after the timeout.
         let lost = ip_packet(&flow_of(host, server, 1), 4, 14 + 4000);

@@ -179,3 +179,48 @@ pub fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) {
     }
     std::fs::write(path, out).expect("write pcap");
 }
+
+/// The IPv4 packets the frames carry, fragments put back together (by
+/// source, destination, protocol and identification), with their
+/// fragment fields cleared and the header checksum made again, as a
+/// destination host would see them; in the order their first piece came.
+/// Panics (for tests) on a bad header checksum, a gap, or a last piece
+/// with MF set.
+pub fn reassembled_v4(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    type Key = ([u8; 8], u8, [u8; 2]);
+    let mut order: Vec<Key> = Vec::new();
+    let mut parts: std::collections::HashMap<Key, Vec<(usize, bool, Vec<u8>)>> = std::collections::HashMap::new();
+    for f in frames {
+        let ip = &f[14..];
+        assert!(checksum::verifies(&ip[..20]), "header checksum of a delivered piece");
+        let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+        let fo = u16::from_be_bytes([ip[6], ip[7]]);
+        let key = (ip[12..20].try_into().unwrap(), ip[9], [ip[4], ip[5]]);
+        if !parts.contains_key(&key) {
+            order.push(key);
+        }
+        parts.entry(key).or_default().push((usize::from(fo & 0x1fff) * 8, fo & 0x2000 != 0, ip[20..total].to_vec()));
+    }
+    order
+        .iter()
+        .map(|k| {
+            let mut p = parts.remove(k).unwrap();
+            p.sort_by_key(|x| x.0);
+            let mut payload = Vec::new();
+            for (off, _, data) in &p {
+                assert_eq!(*off, payload.len(), "pieces of one packet are contiguous");
+                payload.extend_from_slice(data);
+            }
+            assert!(!p.last().unwrap().1, "the last piece has MF clear");
+            let first = frames.iter().map(|f| &f[14..]).find(|ip| (ip[12..20] == k.0[..]) && ip[9] == k.1 && ip[4..6] == k.2).unwrap();
+            let mut ip = first[..20].to_vec();
+            ip[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+            ip[6..8].fill(0);
+            ip[10..12].fill(0);
+            let c = !checksum::sum(&ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            ip.extend_from_slice(&payload);
+            ip
+        })
+        .collect()
+}
