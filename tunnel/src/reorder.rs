@@ -5,8 +5,19 @@
 //! pool of slots that store only the caller's handle (an mbuf index, say) and
 //! a little metadata: no packet is copied. A gap is skipped when every live
 //! path has already delivered a later frame of the stream (paths are FIFO, so
-//! the missing packet is lost), or after `hold_time`, derived from the
-//! measured delay skew between paths, or when the slots run out.
+//! the missing packet is lost), or after `hold_time`, or when the slots run
+//! out.
+//!
+//! The hold time is the larger of two estimates of how long a packet may
+//! trail the ones sent after it: the delay skew between live paths that
+//! probes measure, and the reordering this re-orderer has seen itself. The
+//! probes' skew is a smoothed average; paths whose queues fill and drain
+//! (narrow links under TCP) reorder by far more at their peaks. So every
+//! gap filled late is a sample (how long the packets behind it waited), and
+//! a packet that arrives after its gap was given up at the hold time proves
+//! the hold too short by its lateness (as RACK's reordering window grows on
+//! spurious retransmissions, RFC 8985 section 6.2). The largest sample,
+//! plus the margin, is held until it decays (a quarter a second).
 
 use crate::{DropReason, Nanos};
 
@@ -100,6 +111,8 @@ pub struct ReorderCounters {
     pub overflow: u64,
     /// Dropped: bucket beyond this re-orderer's configuration.
     pub bad_bucket: u64,
+    /// Times a late packet raised the learned reordering (the hold time).
+    pub hold_raised: u64,
 }
 
 /// What became of a pushed packet that was not dropped.
@@ -140,6 +153,10 @@ struct Bucket {
     len: usize,
     gap_since: Nanos,
     active_at: u32,
+    /// When a gap of this bucket was last given up at the hold time (0:
+    /// not since its last other skip): a packet that arrives too late after
+    /// it measures by how much the hold was short.
+    late_skip_at: Nanos,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -151,6 +168,9 @@ struct PathView {
 
 /// Held packets looked at for the age of a bucket's next gap.
 const GAP_SCAN: usize = 16;
+
+/// The learned reordering loses a quarter of itself this often.
+const DECAY_PERIOD: Nanos = 1_000_000_000;
 
 fn serial_diff(a: u32, b: u32) -> i32 {
     // RFC 1982 serial number arithmetic.
@@ -166,7 +186,15 @@ pub struct Reorderer<H> {
     buckets: Vec<Bucket>,
     active: Vec<u16>,
     paths: Vec<PathView>,
+    /// The hold time: the larger of `skew_hold` and `learned` + margin,
+    /// within the configured bounds.
     hold: Nanos,
+    /// From the paths' measured delays.
+    skew_hold: Nanos,
+    /// The longest a packet trailed its successors lately (decaying).
+    learned: Nanos,
+    /// When `learned` next decays.
+    decay_at: Nanos,
     counters: ReorderCounters,
 }
 
@@ -202,7 +230,8 @@ impl<H> Reorderer<H> {
                     tail: NIL,
                     len: 0,
                     gap_since: 0,
-                    active_at: NIL
+                    active_at: NIL,
+                    late_skip_at: 0,
                 };
                 usize::from(cfg.buckets)
             ],
@@ -216,6 +245,9 @@ impl<H> Reorderer<H> {
                 cfg.paths
             ],
             hold: cfg.hold.ceiling,
+            skew_hold: cfg.hold.ceiling,
+            learned: 0,
+            decay_at: 0,
             counters: ReorderCounters::default(),
             cfg,
         };
@@ -241,6 +273,12 @@ impl<H> Reorderer<H> {
     /// The current hold time.
     pub fn hold_time(&self) -> Nanos {
         self.hold
+    }
+
+    /// The reordering learned from late packets (see the module's
+    /// documentation), before the margin.
+    pub fn learned_reordering(&self) -> Nanos {
+        self.learned
     }
 
     /// Marks a path live or dead (from liveness); dead paths do not block
@@ -269,11 +307,32 @@ impl<H> Reorderer<H> {
             .filter_map(|p| p.delay)
             .fold((Nanos::MAX, 0), |(lo, hi), d| (lo.min(d), hi.max(d)));
         let h = &self.cfg.hold;
-        self.hold = if unknown || lo > hi {
+        self.skew_hold = if unknown || lo > hi {
             h.ceiling
         } else {
             (hi - lo).saturating_add(h.margin).clamp(h.floor, h.ceiling)
         };
+        self.refresh_hold();
+    }
+
+    fn refresh_hold(&mut self) {
+        let h = &self.cfg.hold;
+        let learned = self.learned.saturating_add(h.margin).clamp(h.floor, h.ceiling);
+        self.hold = self.skew_hold.max(learned);
+    }
+
+    /// A packet trailed its successors by `sample`: the hold time covers
+    /// it from now on (up to the ceiling).
+    #[cold]
+    fn learn(&mut self, sample: Nanos, late: bool) {
+        let sample = sample.min(self.cfg.hold.ceiling);
+        if sample > self.learned {
+            self.learned = sample;
+            self.refresh_hold();
+            if late {
+                self.counters.hold_raised += 1;
+            }
+        }
     }
 
     /// The paths change (the bundle was rebuilt with other tunnels): new
@@ -369,6 +428,12 @@ impl<H> Reorderer<H> {
                     Err((handle, DropReason::ReorderDuplicate))
                 } else {
                     self.counters.dropped_too_late += 1;
+                    // Its gap was given up at the hold time, `now - at`
+                    // ago, after waiting the hold time.
+                    let at = bucket.late_skip_at;
+                    if at != 0 && now >= at && now - at <= self.cfg.hold.ceiling {
+                        self.learn(now - at + self.hold, true);
+                    }
                     Err((handle, DropReason::ReorderTooLate))
                 };
             }
@@ -380,6 +445,14 @@ impl<H> Reorderer<H> {
                 };
                 self.count(kind);
                 out.extend(Some(handle));
+                if bucket.len > 0 && !forced {
+                    // It fills the gap that the packets behind it waited
+                    // on since `gap_since`.
+                    let waited = now.saturating_sub(bucket.gap_since);
+                    if waited > self.learned {
+                        self.learn(waited, false);
+                    }
+                }
                 self.advance(b);
                 // Nothing held in the bucket (the usual case): nothing for
                 // `release_run` to release or tidy.
@@ -411,6 +484,7 @@ impl<H> Reorderer<H> {
                 }
                 // Give up on the first gap to make room.
                 forced = true;
+                self.buckets[b].late_skip_at = 0;
                 let head_seq = self.slots[bucket.head as usize].seq;
                 if serial_diff(seq, head_seq) < 0 {
                     self.skip_to(b, seq);
@@ -455,6 +529,13 @@ impl<H> Reorderer<H> {
     /// `hold_time`, releasing what follows them in order. Call after each
     /// burst of pushes and at `next_timeout`.
     pub fn poll(&mut self, now: Nanos, out: &mut impl Extend<H>) {
+        if now >= self.decay_at {
+            if self.learned > 0 {
+                self.learned -= self.learned / 4;
+                self.refresh_hold();
+            }
+            self.decay_at = now.saturating_add(DECAY_PERIOD);
+        }
         let passed = self.min_live_high();
         let mut i = 0;
         while i < self.active.len() {
@@ -472,6 +553,7 @@ impl<H> Reorderer<H> {
                 } else {
                     break;
                 };
+                self.buckets[b].late_skip_at = if matches!(kind, Release::Late) { now } else { 0 };
                 self.skip_to(b, head.seq);
                 self.release_run(b, kind, out);
             }
@@ -499,6 +581,7 @@ impl<H> Reorderer<H> {
         while let Some(&b) = self.active.last() {
             let b = usize::from(b);
             let head = self.buckets[b].head;
+            self.buckets[b].late_skip_at = 0;
             self.skip_to(b, self.slots[head as usize].seq);
             self.release_run(b, Release::Forced, out);
         }
@@ -786,6 +869,66 @@ mod tests {
         r.flush(&mut out);
         assert_eq!(out.len(), 8);
         assert_eq!(r.held(), 0);
+        conserved(&r);
+    }
+
+    /// Two paths whose delays measured equal (the hold is the 10 ms
+    /// floor), and packet 1 of bucket 0 held at 1 ms, waiting for 0.
+    fn one_ahead_on_even_paths() -> (Reorderer<u32>, Vec<u32>) {
+        let mut r = reorderer(2);
+        r.set_path_delay(0, Some(5 * MS));
+        r.set_path_delay(1, Some(5 * MS));
+        let mut out = Vec::new();
+        r.push(1, meta(0, 1, 2), 0, MS, &mut out).unwrap();
+        (r, out)
+    }
+
+    #[test]
+    fn a_late_packet_teaches_the_hold() {
+        let (mut r, mut out) = one_ahead_on_even_paths();
+        assert_eq!(r.hold_time(), 10 * MS);
+        // 0 is late by 25 ms behind 1: given up at 10 ms, dropped at 25.
+        r.poll(11 * MS, &mut out);
+        assert_eq!(out, vec![1]);
+        assert_eq!(r.push(0, meta(0, 0, 1), 1, 26 * MS, &mut out), Err((0, DropReason::ReorderTooLate)));
+        assert_eq!(r.counters().hold_raised, 1);
+        // It waited 10 ms and came 15 ms after the gap was given up.
+        assert_eq!(r.learned_reordering(), 25 * MS);
+        assert_eq!(r.hold_time(), 25 * MS);
+        // The same lateness again is now waited for.
+        r.push(3, meta(0, 3, 4), 0, 30 * MS, &mut out).unwrap();
+        r.poll(54 * MS, &mut out);
+        assert_eq!(out, vec![1]);
+        r.push(2, meta(0, 2, 3), 1, 54 * MS, &mut out).unwrap();
+        assert_eq!(out, vec![1, 2, 3]);
+        assert_eq!(r.counters().dropped_too_late, 1);
+        // The gap it filled (24 ms) keeps what was learned; with no more
+        // reordering it decays by a quarter a second, down to the skew.
+        assert_eq!(r.learned_reordering(), 25 * MS);
+        r.poll(2_000 * MS, &mut out);
+        assert_eq!(r.learned_reordering(), 25 * MS * 3 / 4);
+        for s in 3..20 {
+            r.poll(s * 1_000 * MS, &mut out);
+        }
+        assert_eq!(r.hold_time(), 10 * MS);
+        // Never past the ceiling.
+        r.push(5, meta(0, 5, 6), 0, 20_000 * MS, &mut out).unwrap();
+        r.poll(20_010 * MS, &mut out);
+        assert_eq!(r.push(4, meta(0, 4, 5), 1, 20_060 * MS, &mut out), Err((4, DropReason::ReorderTooLate)));
+        assert_eq!(r.hold_time(), 50 * MS);
+        conserved(&r);
+    }
+
+    #[test]
+    fn only_gaps_given_up_at_the_hold_time_teach_it() {
+        // A gap skipped because every path was past it, then a packet of
+        // it after all (a path that was not FIFO): no lesson for the hold.
+        let (mut r, mut out) = one_ahead_on_even_paths();
+        r.on_frame(1, 3);
+        r.poll(2 * MS, &mut out);
+        assert_eq!(r.counters().released_passed, 1);
+        assert_eq!(r.push(0, meta(0, 0, 1), 1, 20 * MS, &mut out), Err((0, DropReason::ReorderTooLate)));
+        assert_eq!((r.counters().hold_raised, r.hold_time()), (0, 10 * MS));
         conserved(&r);
     }
 
