@@ -148,6 +148,9 @@ struct Worker {
     /// Boot id of the dataplane we talk to.
     boot_id: Option<u64>,
     pushed: Option<u64>,
+    /// A snapshot went into this segment's ring (not only guessed from the
+    /// stats segment, which a crashed dataplane leaves behind).
+    pushed_here: bool,
     retry_at: Option<Instant>,
 }
 
@@ -218,6 +221,7 @@ impl Worker {
         self.need_push = true;
         self.boot_id = None;
         self.pushed = None;
+        self.pushed_here = false;
         self.retry_at = None;
         // The stats segment says which generation the dataplane runs: a
         // control process restarted over a running dataplane resends
@@ -273,10 +277,13 @@ impl Worker {
                         // It already runs our generation: nothing to send.
                         self.need_push = false;
                         self.pushed = ours;
-                    } else if first && self.pushed.is_some() {
+                    } else if first && self.pushed_here {
                         // The dataplane says hello before it reads the
                         // ring, so the snapshot we pushed since attaching
-                        // is still ahead of it.
+                        // is still ahead of it. (Not when the stats
+                        // segment only suggested it runs ours: a dataplane
+                        // that crashed leaves its stats file behind, and
+                        // the new one says hello with nothing.)
                     } else if ours.is_some() {
                         eprintln!(
                             "braid-control: dataplane {boot_id:#x} runs generation {generation}, ours is {}; resyncing",
@@ -313,6 +320,7 @@ impl Worker {
             Ok(()) => {
                 self.need_push = false;
                 self.pushed = Some(d.generation);
+                self.pushed_here = true;
                 self.retry_at = None;
                 link.update(|s| {
                     s.pushes += 1;

@@ -183,30 +183,64 @@ fn a_control_process_killed_and_restarted_resends_nothing_twice() {
     assert_eq!(dp.all(Duration::from_millis(300)), Vec::<u64>::new());
 }
 
+/// A dataplane started with `--stats` (boot id 0x7) and a control
+/// process that pushed it generation 1, which it applied.
+struct WithStats {
+    dir: TempDir,
+    shm: std::path::PathBuf,
+    stats: std::path::PathBuf,
+    seg: StatsSegment,
+    dp: FakeDataplane,
+}
+
+impl WithStats {
+    fn args(&self) -> [&str; 4] {
+        ["--shm", self.shm.to_str().unwrap(), "--stats", self.stats.to_str().unwrap()]
+    }
+
+    fn in_sync(name: &str) -> (WithStats, Server) {
+        let dir = TempDir::new(name);
+        let (shm, stats) = (dir.path().join("shm"), dir.path().join("stats"));
+        let layout = StatsLayout { workers: 1, counters: vec!["lan/rx_packets".into()], gauges: vec![] };
+        let seg = StatsSegment::create(&stats, &layout, 0x7).unwrap();
+        let dp = FakeDataplane::start(&shm, 0x7, 0);
+        let mut w = WithStats { dir, shm, stats, seg, dp };
+        let s = Server::start(w.dir.path(), &w.args());
+        assert_eq!(s.req("PUT", "/v1/config", Some(&example())).0, 200);
+        assert_eq!(w.dp.next(T).map(|(g, _)| g), Some(1));
+        w.dp.say(Event::Applied { generation: 1 });
+        w.seg.set_applied_generation(1);
+        wait_status(&s, "in sync", |v| v["dataplane"]["in_sync"] == true);
+        (w, s)
+    }
+}
+
 #[test]
 fn with_the_stats_segment_a_restarted_control_process_resends_nothing() {
-    let dir = TempDir::new("kill9stats");
-    let shm = dir.path().join("shm");
-    let stats = dir.path().join("stats");
-    let args = ["--shm", shm.to_str().unwrap(), "--stats", stats.to_str().unwrap()];
-    let layout = StatsLayout { workers: 1, counters: vec!["lan/rx_packets".into()], gauges: vec![] };
-    let seg = StatsSegment::create(&stats, &layout, 0x7).unwrap();
-    let mut dp = FakeDataplane::start(&shm, 0x7, 0);
-    let mut s = Server::start(dir.path(), &args);
-    assert_eq!(s.req("PUT", "/v1/config", Some(&example())).0, 200);
-    assert_eq!(dp.next(T).map(|(g, _)| g), Some(1));
-    dp.say(Event::Applied { generation: 1 });
-    seg.set_applied_generation(1);
-    wait_status(&s, "in sync", |v| v["dataplane"]["in_sync"] == true);
+    let (mut w, mut s) = WithStats::in_sync("kill9stats");
     s.kill9();
 
-    let s = Server::start(dir.path(), &args);
+    let s = Server::start(w.dir.path(), &w.args());
+    let dp = &mut w.dp;
     let st = wait_status(&s, "attached", |v| v["dataplane"]["attached"] == true);
     assert_eq!(st["dataplane"]["applied_generation"], 1, "{st}");
     assert_eq!(st["dataplane"]["in_sync"], true, "{st}");
     assert_eq!(dp.all(Duration::from_millis(1500)), Vec::<u64>::new(), "the dataplane already runs generation 1");
     assert_eq!(s.req("POST", "/v1/routes", Some(&json!({ "prefix": "10.9.0.0/16", "peer": "site-b" }))).1["generation"], 2);
     assert_eq!(dp.all(Duration::from_millis(1000)), vec![2]);
+}
+
+#[test]
+fn a_dataplane_that_crashed_and_left_its_stats_file_is_configured_again() {
+    let (mut w, s) = WithStats::in_sync("crashstats");
+    // SIGKILL: its stats file stays (applied generation 1); the new
+    // process makes a new ring segment and says hello with nothing.
+    std::thread::sleep(Duration::from_millis(50));
+    w.dp = FakeDataplane::start(&w.shm, 0x8, 0);
+    let dp = &mut w.dp;
+    assert_eq!(dp.next(T).map(|(g, _)| g), Some(1), "the new dataplane gets the configuration");
+    dp.say(Event::Applied { generation: 1 });
+    wait_status(&s, "in sync with the new dataplane", |v| v["dataplane"]["in_sync"] == true && v["dataplane"]["boot_id"] == 0x8);
 }
 
 #[test]
