@@ -59,6 +59,8 @@ pub fn frame_overhead(local: &SocketAddr) -> usize {
         FRAME_OVERHEAD_V4
     }
 }
+/// Longest name (`name` of ports, peers, bundles, NAT rules), in bytes.
+pub const MAX_NAME_LEN: usize = 32;
 /// Smallest `max_frame`: below this, packing and fragment headers eat the
 /// frame.
 pub const MIN_MAX_FRAME: usize = 256;
@@ -730,6 +732,21 @@ fn unique_names<'a>(
         let field = format!("{list}[{i}].name");
         if name.is_empty() {
             return Err(invalid(field, "must not be empty"));
+        }
+        // Bundle and port names become part of the stats segment's
+        // counter names (`tunnel/<bundle>/<t>/remote_changes`, at most 64
+        // bytes), which Prometheus labels split at '/'.
+        if name.len() > MAX_NAME_LEN {
+            return Err(invalid(
+                field,
+                format!("{name:?} is {} bytes; names are at most {MAX_NAME_LEN}", name.len()),
+            ));
+        }
+        if let Some(c) = name.chars().find(|c| *c == '/' || c.is_control()) {
+            return Err(invalid(
+                field,
+                format!("{name:?} contains {c:?}; names may not contain '/' or control characters"),
+            ));
         }
         if let Some(first) = index.insert(name, i) {
             return Err(invalid(

@@ -322,6 +322,22 @@ fn port_names_are_unique_and_non_empty() {
 }
 
 #[test]
+fn names_are_short_and_plain() {
+    let longest = "n".repeat(braid_config::tables::MAX_NAME_LEN);
+    let t = accepted(|v| {
+        v["bundles"][0]["name"] = json!(longest.clone());
+        v["peers"][0]["bundle"] = json!(longest.clone());
+        v["ports"][0]["name"] = json!(longest.clone());
+    });
+    assert_eq!((t.bundles[0].name.as_str(), t.ports[0].name.as_str()), (longest.as_str(), longest.as_str()));
+    refused(|v| v["bundles"][0]["name"] = json!(format!("{longest}n")), "bundles[0].name", "at most 32");
+    refused(|v| v["ports"][0]["name"] = json!(format!("{longest}n")), "ports[0].name", "at most 32");
+    refused(|v| v["peers"][0]["name"] = json!("a/b"), "peers[0].name", "'/'");
+    refused(|v| v["bundles"][0]["name"] = json!("a\u{0}b"), "bundles[0].name", "control characters");
+    refused(|v| v["ports"][0]["name"] = json!("lan\n"), "ports[0].name", "control characters");
+}
+
+#[test]
 fn port_devices_are_unique_and_non_empty() {
     refused(
         |v| v["ports"][1]["device"] = json!("net_memif0"),

@@ -181,6 +181,17 @@ mod tests {
         doc["nat"] = serde_json::json!({"dnat": [{"name": "w", "external": "100.64.0.1", "protocol": "tcp", "port": 80, "internal": "10.1.0.5"}]});
         let tables = crate::control::tables_from_doc(doc.to_string().as_bytes()).unwrap();
         let no_nat = layout(&plain, 1);
+        // The longest names the configuration takes fit the segment's
+        // names, with hundreds of tunnels.
+        let longest = "n".repeat(braid_config::tables::MAX_NAME_LEN);
+        let mut wide = plain.clone();
+        wide.bundles[0].name = longest.clone();
+        wide.ports[0].name = longest;
+        let t = wide.bundles[0].tunnels[0].clone();
+        wide.bundles[0].tunnels = vec![t; 1000];
+        let l = layout(&wide, 1);
+        let too_long: Vec<_> = l.counters.iter().chain(&l.gauges).filter(|n| n.len() > braid_shm::stats::NAME_SIZE).collect();
+        assert!(too_long.is_empty(), "{too_long:?}");
         assert!(!no_nat.counters.iter().chain(&no_nat.gauges).any(|n| n.starts_with("nat")), "no NAT rule, no NAT counters");
         let l = layout(&tables, 1);
         let mut c = WorkerCounters::default();
