@@ -144,7 +144,7 @@ lab_gateway() { # ns name lcore lan wan dataplane-options...
   fi
   lab_spawn "$RUN/$name.out" "$RUN/$name.err" ip netns exec "$ns" "$DP" "$@" -- \
     --no-pci --no-huge -m 512 -l "$lcore" --file-prefix "$PREFIX-$name-$$" --log-level='*:warning' \
-    --vdev="net_af_packet0,iface=$lan,qpairs=$workers,framecnt=4096" --vdev="net_af_packet1,iface=$wan,qpairs=$workers,framecnt=4096"
+    --vdev="net_af_packet0,iface=$lan,qpairs=$workers,framecnt=4096" --vdev="net_af_packet1,iface=$wan,qpairs=$workers,framecnt=4096${LAB_WAN_VDEV_ARGS:-}"
 }
 
 # Waits until a gateway's stderr says it runs.
@@ -152,4 +152,27 @@ lab_wait_running() { # name [seconds]
   local i
   for i in $(seq $((${2:-10} * 10))); do grep -q "running" "$RUN/$1.err" 2>/dev/null && return 0; sleep 0.1; done
   cat "$RUN/$1.err"; echo "gateway $1 did not start"; return 1
+}
+
+# Makes every tunnel narrow: on both gateways' WAN veths (egress, so each
+# direction), one HTB class per tunnel (UDP destination port 4500+t) at
+# RATE (tc units, e.g. 20mbit) with a 64-packet FIFO, as a network that
+# polices each UDP flow would. Other frames are not shaped.
+lab_narrow() { # uses RATE
+  local ns dev t x
+  for x in "$NS_GA wana" "$NS_GB wanb"; do
+    set -- $x; ns=$1 dev=$2
+    tc -n "$ns" qdisc replace dev "$dev" root handle 1: htb default 999 r2q 100
+    for t in $(seq 0 $((TUNNELS-1))); do
+      tc -n "$ns" class add dev "$dev" parent 1: classid "1:$((10+t))" htb rate "$RATE" ceil "$RATE"
+      tc -n "$ns" qdisc add dev "$dev" parent "1:$((10+t))" handle "$((10+t)):" pfifo limit 64
+      tc -n "$ns" filter add dev "$dev" parent 1: protocol ip prio 1 u32 match ip dport $((4500+t)) 0xffff flowid "1:$((10+t))"
+    done
+  done
+}
+
+# Bytes each tunnel's class sent on a gateway's WAN veth, one line per
+# tunnel: "<tunnel> <bytes> <dropped>".
+lab_narrow_bytes() { # ns dev
+  tc -n "$1" -s class show dev "$2" | awk '/^class htb 1:/{split($3,c,":"); t=c[2]-10} /Sent/{if (t>=0) print t, $2, $7+0; t=-1}' | tr -d ','
 }
