@@ -54,6 +54,9 @@ pub struct ReassemblyCounters {
     /// Packets dropped incomplete to free a slot for a newer one (also
     /// `DropReason::FragmentMissing`).
     pub evicted: u64,
+    /// Packets dropped incomplete because their sender stream started over
+    /// (also `DropReason::FragmentMissing`).
+    pub restarted: u64,
 }
 
 /// A packet made whole. `packet` borrows the reassembler until dropped.
@@ -151,6 +154,21 @@ impl Reassembler {
             .sum()
     }
 
+    /// Drops the packets being reassembled for sender stream `stream`,
+    /// which started over: its flow sequences begin again, and a new
+    /// packet's pieces must not meet an old one's. Returns how many.
+    pub fn discard_stream(&mut self, stream: u16) -> usize {
+        let mut n = 0;
+        for i in 0..self.slots.len() {
+            if self.slots[i].key.is_some_and(|k| k.stream == stream) {
+                self.discard(i);
+                n += 1;
+            }
+        }
+        self.counters.restarted += n as u64;
+        n
+    }
+
     fn discard(&mut self, i: usize) {
         self.counters.fragments_dropped += self.slots[i].frags as u64;
         self.release(i);
@@ -223,6 +241,8 @@ impl Reassembler {
             .iter()
             .any(|&(a, b)| start32 < b && a < end32)
             || s.total.is_some_and(|t| end > t || (rec.last && end != t))
+            // A last piece that ends before pieces already held.
+            || (rec.last && s.ranges[..s.frags].iter().any(|&(_, b)| b > end32))
         {
             verdict = Err(DropReason::FragmentOverlap);
         } else if s.frags == MAX_FRAGMENTS {
@@ -256,7 +276,8 @@ impl Reassembler {
         if rec.last {
             s.total = Some(end);
         }
-        // Overlaps are refused, so `received == total` means every byte is in.
+        // Overlaps, and pieces past the end, are refused: `received ==
+        // total` means every byte is in.
         let Some(total) = s.total.filter(|&t| t == s.received) else {
             return Ok(None);
         };
@@ -403,6 +424,39 @@ mod tests {
             r.push(0, 0, &rec(2, true, &[3]), 0),
             Err(DropReason::FragmentOverlap)
         );
+        conserved(&r);
+    }
+
+    #[test]
+    fn a_restarted_stream_loses_its_pieces_only() {
+        let mut r = small();
+        r.push(3, 0, &rec(0, false, &[1; 10]), 0).unwrap();
+        r.push(4, 0, &rec(0, false, &[2; 10]), 0).unwrap();
+        assert_eq!(r.discard_stream(3), 1);
+        assert_eq!((r.pending(), r.counters().restarted), (1, 1));
+        // Stream 3's new packet of the same flow sequence is its own.
+        r.push(3, 0, &rec(0, false, &[5; 10]), 0).unwrap();
+        let p = r.push(3, 0, &rec(10, true, &[6; 5]), 0).unwrap().unwrap();
+        assert_eq!(p.packet, [[5; 10].as_slice(), &[6; 5]].concat());
+        conserved(&r);
+    }
+
+    #[test]
+    fn an_end_before_pieces_held_is_overlap() {
+        // Found by review: 60..70 held, then a last piece 10..50. Bytes
+        // 50 of 50 were counted in, but 0..10 were never written (the
+        // slot's previous packet would have been delivered in their
+        // place) and 60..70 lie past the end.
+        let mut r = small();
+        r.push(0, 0, &rec(0, false, &[0xee; 10]), 0).unwrap();
+        r.push(0, 0, &rec(60, false, &[0xee; 10]), 0).unwrap();
+        assert_eq!(r.push(0, 0, &rec(10, true, &[1; 40]), 0), Err(DropReason::FragmentOverlap));
+        assert_eq!(r.pending(), 0);
+        // The same pieces of a packet whose first 10 bytes were never
+        // sent: refused too, and nothing is delivered.
+        r.push(0, 0, &rec(60, false, &[2; 10]), 0).unwrap();
+        assert_eq!(r.push(0, 0, &rec(10, true, &[2; 40]), 0), Err(DropReason::FragmentOverlap));
+        assert_eq!((r.pending(), r.counters().completed, r.counters().overlap), (0, 0, 2));
         conserved(&r);
     }
 

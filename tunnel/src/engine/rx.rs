@@ -294,6 +294,11 @@ impl<H, A: Aead> BundleRx<H, A> {
         &self.counters
     }
 
+    /// Sender streams this receiver takes (`0..streams`).
+    pub fn streams(&self) -> usize {
+        self.reorderers.len()
+    }
+
     /// The re-orderer of `stream`.
     pub fn reorderer(&self, stream: u16) -> Option<&Reorderer<H>> {
         self.reorderers.get(usize::from(stream))?.as_deref()
@@ -547,6 +552,9 @@ impl<H, A: Aead> BundleRx<H, A> {
                 r.flush(&mut out);
                 *r = fresh(reorder, paths);
                 counters.stream_restarts += 1;
+                // Its flow sequences start again: pieces of its old
+                // packets would be taken for pieces of new ones.
+                drops.add_n(DropReason::FragmentMissing, reasm.discard_stream(h.stream) as u64);
             }
             r.on_frame(tunnel, h.stream_seq);
         }
