@@ -606,6 +606,20 @@ impl Worker {
             .collect()
     }
 
+    /// The hold time of each re-orderer this worker has (bundle mode:
+    /// one per sender stream it owns), all bundles.
+    pub fn reorder_holds(&self) -> Vec<Nanos> {
+        self.bundles
+            .iter()
+            .filter_map(|b| match &b.engine {
+                Engine::Bundle { rx, .. } => Some(rx),
+                Engine::Plain(_) => None,
+            })
+            .flat_map(|rx| (0..=u16::MAX).map_while(|s| (usize::from(s) < rx.streams()).then(|| rx.reorderer(s))).flatten())
+            .map(|r| r.hold_time())
+            .collect()
+    }
+
     /// Packets the re-orderers hold, all bundles.
     pub fn held(&self) -> usize {
         self.bundles
@@ -1597,9 +1611,12 @@ impl Worker {
                     self.counters.handoff.messages_in += 1;
                     if let Some((b, t)) = tunnel(&self.spis) {
                         if let Engine::Bundle { tx, .. } = &mut self.bundles[b].engine {
+                            // The timers pass it on to this worker's
+                            // re-orderers (`rx_paths`).
                             tx.set_path_alive(t, h.a != 0);
-                            if h.x != u64::MAX {
-                                tx.set_path_delay(t, h.x);
+                            match h.x {
+                                u64::MAX => tx.forget_path_delay(t),
+                                d => tx.set_path_delay(t, d),
                             }
                         }
                     }

@@ -377,6 +377,19 @@ fn run_with(case: &str, mode: &str, weights: &[u32], size_of: fn(u32, u32) -> us
     for (i, w) in rig.b.workers.iter().enumerate() {
         assert!(w.counters().delivered > 0, "B worker {i} delivered nothing");
     }
+    // A few probe intervals: B's worker 0 measures every path's delay and
+    // tells worker 1. Every re-orderer then holds for the measured skew,
+    // none for the whole ceiling (100 ms) as one that never heard of a
+    // path's delay would (found by review: worker 1's never did).
+    for _ in 0..5 {
+        rig.now += 100_000_000;
+        rig.settle(5);
+    }
+    for (i, w) in rig.b.workers.iter().enumerate() {
+        let holds = w.reorder_holds();
+        assert_eq!(holds.is_empty(), mode == "plain", "B worker {i}");
+        assert!(holds.iter().all(|&h| h < 100_000_000), "B worker {i}'s re-orderers hold {holds:?}");
+    }
 
     // A captured ESP packet replayed from another source port (so RSS
     // picks another queue) is refused by the one replay window its tunnel

@@ -151,6 +151,9 @@ pub struct BundleTx<A: Aead = AesGcm> {
     cfg: BundleTxConfig,
     lanes: Vec<SealLane<A>>,
     monitors: Vec<PathMonitor>,
+    /// Without monitors (a stream that does not probe): each path's delay
+    /// as the probing stream told it (`set_path_delay`).
+    told: Vec<Option<Nanos>>,
     sender: StreamSender,
     balancer: Balancer,
     fallback: usize,
@@ -186,6 +189,7 @@ impl<A: Aead> BundleTx<A> {
         BundleTx {
             lanes: sas.into_iter().map(SealLane::new).collect(),
             monitors,
+            told: vec![None; n],
             sender: StreamSender::new(cfg.stream, cfg.buckets),
             balancer: Balancer::new(cfg.policy, n),
             fallback: 0,
@@ -271,9 +275,13 @@ impl<A: Aead> BundleTx<A> {
         self.balancer.is_alive(path)
     }
 
-    /// The measured one-way delay of `path` (RTT/2), on the probing stream.
+    /// The measured one-way delay of `path` (RTT/2) on the probing
+    /// stream; on another, what it was told (`set_path_delay`).
     pub fn path_delay(&self, path: usize) -> Option<Nanos> {
-        self.monitors.get(path).and_then(PathMonitor::one_way_delay)
+        match self.monitors.is_empty() {
+            true => self.told.get(path).copied().flatten(),
+            false => self.monitors.get(path).and_then(PathMonitor::one_way_delay),
+        }
     }
 
     /// Puts `path` in or out of the rotation (liveness from the probing stream).
@@ -281,9 +289,21 @@ impl<A: Aead> BundleTx<A> {
         self.balancer.set_alive(path, alive);
     }
 
-    /// Sets `path`'s one-way delay for `EarliestArrival`.
+    /// Sets `path`'s one-way delay for `EarliestArrival` (and, on a
+    /// stream that does not probe, for [`path_delay`](Self::path_delay)).
     pub fn set_path_delay(&mut self, path: usize, delay: Nanos) {
         self.balancer.set_delay(path, delay);
+        if let Some(t) = self.told.get_mut(path) {
+            *t = Some(delay);
+        }
+    }
+
+    /// On a stream that does not probe: `path`'s delay is no longer known
+    /// (the probing stream lost it).
+    pub fn forget_path_delay(&mut self, path: usize) {
+        if let Some(t) = self.told.get_mut(path) {
+            *t = None;
+        }
     }
 
     /// Swaps tunnel `tunnel`'s SA pair (rekey published by the control plane).
