@@ -445,19 +445,19 @@ impl<H> Reorderer<H> {
                 };
                 self.count(kind);
                 out.extend(Some(handle));
-                if bucket.len > 0 && !forced {
-                    // It fills the gap that the packets behind it waited
-                    // on since `gap_since`.
-                    let waited = now.saturating_sub(bucket.gap_since);
-                    if waited > self.learned {
-                        self.learn(waited, false);
-                    }
-                }
                 self.advance(b);
                 // Nothing held in the bucket (the usual case): nothing for
                 // `release_run` to release or tidy.
                 let after = &self.buckets[b];
                 if after.head != NIL || after.tail != NIL || after.active_at != NIL {
+                    if bucket.len > 0 && !forced {
+                        // It fills the gap that the packets behind it
+                        // waited on since `gap_since`.
+                        let waited = now.saturating_sub(bucket.gap_since);
+                        if waited > self.learned {
+                            self.learn(waited, false);
+                        }
+                    }
                     self.release_run(b, kind, out);
                 }
                 return Ok(Pushed::Released);
