@@ -88,7 +88,8 @@ drops! {
     HandoffFull => "handoff_full",
     /// Several workers: a frame opened by its tunnel's owner that did not
     /// reach the owner of its stream (the ring was full, or new tables
-    /// removed the tunnel in between). Its ESP packet was counted as
+    /// removed the tunnel or made its bundle a plain one in between), or
+    /// a hand-off without its header. Its ESP packet was counted as
     /// received.
     HandoffLost => "handoff_lost",
     /// Several workers with NAT: a packet for the LAN that did not reach

@@ -615,7 +615,7 @@ impl Worker {
                 Engine::Bundle { rx, .. } => Some(rx),
                 Engine::Plain(_) => None,
             })
-            .flat_map(|rx| (0..=u16::MAX).map_while(|s| (usize::from(s) < rx.streams()).then(|| rx.reorderer(s))).flatten())
+            .flat_map(|rx| (0..rx.streams()).filter_map(|s| rx.reorderer(u16::try_from(s).ok()?)))
             .map(|r| r.hold_time())
             .collect()
     }
@@ -1556,7 +1556,11 @@ impl Worker {
     /// A frame opened from bundle `b`'s tunnel `o.tunnel` (here or by the
     /// tunnel's owner), to this worker's re-orderer of its stream.
     fn deliver_frame(&mut self, b: usize, o: &OpenedFrame, frame: &[u8], now: Nanos) {
-        let Engine::Bundle { rx, .. } = &mut self.bundles[b].engine else { return };
+        let Engine::Bundle { rx, .. } = &mut self.bundles[b].engine else {
+            // New tables made the bundle a plain one meanwhile.
+            self.counters.drops.add(DpDrop::HandoffLost);
+            return;
+        };
         let (pool, jumbo) = (&self.pool, self.jumbo.as_deref());
         let stash = &mut self.stash;
         let lan = self.lan;
@@ -1575,7 +1579,11 @@ impl Worker {
         // bursts each): a backlog here would hold the re-orderers back.
         let n = h.receive(&mut handed, 16 * BURST);
         for mut m in handed.drain(..) {
-            let Some(h) = handoff::Header::pop(&mut m) else { continue };
+            let Some(h) = handoff::Header::pop(&mut m) else {
+                // Only workers write these rings, always behind a header.
+                self.counters.drops.add(DpDrop::HandoffLost);
+                continue;
+            };
             let tunnel = |spis: &[(u32, u16, u16)]| {
                 spis.binary_search_by_key(&h.spi, |e| e.0).ok().map(|i| (spis[i].1 as usize, spis[i].2 as usize))
             };
