@@ -44,13 +44,18 @@ pub struct Limits {
     pub body: usize,
     /// Requests handled at once; more are answered 503 at once.
     pub concurrent: usize,
+    /// The document as pushed to the dataplane (serialized with every
+    /// default filled in, so it can outgrow the body that made it): what
+    /// the shared-memory ring carries.
+    pub doc: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         // A document the ring can carry can be PUT (10,000 tunnels and
         // 100,000 NAT rules fit); everything else is small.
-        Limits { config_body: braid_shm::proto::MAX_CONFIG_LEN, body: 1 << 20, concurrent: 64 }
+        let ring = braid_shm::proto::MAX_CONFIG_LEN;
+        Limits { config_body: ring, body: 1 << 20, concurrent: 64, doc: ring }
     }
 }
 
@@ -94,13 +99,25 @@ impl AppState {
         if current.config.as_ref() == Some(&candidate) {
             return Ok(Change { generation: current.generation, changed: false });
         }
+        let doc = serde_json::to_vec(&candidate).expect("a Config always serializes");
+        if doc.len() > self.limits.doc {
+            // Saved, it would be stuck: never delivered, every later
+            // change behind it.
+            return Err(ApiError::bare(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the configuration would be {} bytes as the dataplane gets it (defaults filled in), over the {} its shared-memory ring carries; nothing changed",
+                    doc.len(),
+                    self.limits.doc
+                ),
+            ));
+        }
         let next = Running { generation: current.generation + 1, config: Some(candidate) };
         self.state.save(&next).map_err(|e| {
             eprintln!("braid-control: persisting generation {}: {e}", next.generation);
             ApiError::internal(format!("persisting the configuration failed, nothing changed: {e}"))
         })?;
         let generation = next.generation;
-        let doc = serde_json::to_vec(next.config.as_ref().expect("set above")).expect("a Config always serializes");
         *self.running.write().unwrap() = Arc::new(next);
         if let Some(link) = &self.link {
             link.publish(Snapshot { generation, doc: Arc::new(doc) });
@@ -532,4 +549,33 @@ async fn get_metrics(State(app): State<Arc<AppState>>) -> Response {
     let stats = app.stats.as_ref().map(|s| s.read());
     let text = crate::metrics::prometheus(running.generation, link.as_ref(), stats.as_ref().and_then(|r| r.as_ref().ok()));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Config {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md")).unwrap();
+        let start = doc.find("```json\n").unwrap() + 8;
+        let len = doc[start..].find("```").unwrap();
+        serde_json::from_str(&doc[start..start + len]).unwrap()
+    }
+
+    #[test]
+    fn a_document_the_ring_cannot_carry_is_refused_before_it_is_saved() {
+        let dir = std::env::temp_dir().join(format!("braid-api-doc-limit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = example();
+        let len = serde_json::to_vec(&config).unwrap().len();
+        let app = AppState::new(Running::default(), StateDir::new(&dir).unwrap(), None, None, Limits { doc: len - 1, ..Limits::default() });
+        let e = app.mutate(|_| Ok(config.clone())).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{e:?}");
+        assert!(e.reason.contains(&format!("{len} bytes")), "{}", e.reason);
+        assert_eq!(app.running().generation, 0);
+        assert_eq!(StateDir::new(&dir).unwrap().load().unwrap(), Running::default(), "nothing saved");
+        let app = AppState::new(Running::default(), StateDir::new(&dir).unwrap(), None, None, Limits { doc: len, ..Limits::default() });
+        assert_eq!(app.mutate(|_| Ok(config.clone())).unwrap().generation, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

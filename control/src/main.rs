@@ -122,7 +122,7 @@ fn run(args: Args) -> Result<(), String> {
         doc: Arc::new(serde_json::to_vec(c).expect("a Config always serializes")),
     });
     let link = args.shm.clone().map(|p| Link::spawn(p, args.stats.clone(), first));
-    let limits = Limits { config_body: args.config_body_limit, body: args.body_limit, concurrent: args.max_concurrent.max(1) };
+    let limits = Limits { config_body: args.config_body_limit, body: args.body_limit, concurrent: args.max_concurrent.max(1), ..Limits::default() };
     let app = AppState::new(running, state, link.as_ref().map(|(l, _)| l.clone()), args.stats.clone(), limits);
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -76,3 +76,34 @@ fn cli_round_trip() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/braid.sock"));
 }
+
+#[test]
+fn a_closed_pipe_or_a_silly_interval_is_an_error_not_a_panic() {
+    let dir = TempDir::new("ctlpipe");
+    let s = Server::start(dir.path(), &[]);
+    let file = dir.path().join("config.json");
+    std::fs::write(&file, example().to_string()).unwrap();
+    ok(&s, &["config", "put", file.to_str().unwrap()]);
+    for i in 0..300 {
+        ok(&s, &["route", "add", &format!("10.{}.{}.0/24", 100 + i / 256, i % 256), "site-b"]);
+    }
+    // `braidctl route list | head -1`: the reader goes away first.
+    let mut child = Command::new(CTL)
+        .arg("--socket")
+        .arg(&s.socket)
+        .args(["route", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(101), "panicked: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
+    for bad in ["inf", "NaN", "-1", "0"] {
+        let out = ctl(&s, &["watch", &format!("--interval={bad}")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "watch --interval {bad}: {err}");
+        assert!(err.contains("a positive number of seconds"), "{err}");
+    }
+}

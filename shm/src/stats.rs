@@ -88,7 +88,8 @@ pub mod field {
 
 /// What a segment holds: how many workers, and the names of the counters
 /// (monotonic per worker, summed on read) and gauges (per worker, combined
-/// as the maximum on read). Names share one namespace, e.g.
+/// on read as the maximum for what a path is, `path/...`, and as the sum
+/// for an amount, such as `nat/sessions`). Names share one namespace, e.g.
 /// `port/lan/rx_packets`, `path/b0/t3/rtt_ns`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatsLayout {
@@ -506,7 +507,7 @@ pub struct StatsSnapshot {
     pub totals: Vec<u64>,
     /// `per_worker[w][c]`: worker `w`'s counter `c`.
     pub per_worker: Vec<Vec<u64>>,
-    /// Per gauge, the maximum over workers.
+    /// Per gauge over workers: the maximum for `path/...`, else the sum.
     pub gauges: Vec<u64>,
     /// `gauges_per_worker[w][g]`: worker `w`'s gauge `g`.
     pub gauges_per_worker: Vec<Vec<u64>>,

@@ -223,6 +223,11 @@ fn print_json(v: &Value) {
 }
 
 /// Writes to stdout; a closed pipe (`braidctl ... | head`) is not an error.
+/// `println!` through [`out`]: a closed pipe (`| head`) is not a panic.
+macro_rules! outln {
+    ($($t:tt)*) => { out(&format!("{}\n", format_args!($($t)*))) };
+}
+
 fn out(s: &str) {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
@@ -234,9 +239,9 @@ fn changed(cli: &Cli, v: Value) {
     if cli.json {
         print_json(&v);
     } else if v["changed"] == json!(false) {
-        println!("unchanged (generation {})", v["generation"]);
+        outln!("unchanged (generation {})", v["generation"]);
     } else {
-        println!("generation {}", v["generation"]);
+        outln!("generation {}", v["generation"]);
     }
 }
 
@@ -244,16 +249,22 @@ fn run(cli: &Cli) -> Result<(), String> {
     let c = client(cli)?;
     match &cli.cmd {
         Cmd::Show => show(cli, &c, false),
-        Cmd::Watch { interval } => loop {
-            show(cli, &c, true)?;
-            std::thread::sleep(Duration::from_secs_f64(interval.max(0.1)));
-        },
+        Cmd::Watch { interval } => {
+            if !(interval.is_finite() && *interval > 0.0) {
+                return Err(format!("--interval {interval}: a positive number of seconds"));
+            }
+            let every = Duration::from_secs_f64(interval.clamp(0.1, 86_400.0));
+            loop {
+                show(cli, &c, true)?;
+                std::thread::sleep(every);
+            }
+        }
         Cmd::Status => {
             let v = call(&c, "GET", "/v1/status", None)?;
             if cli.json {
                 print_json(&v);
             } else {
-                println!("{}", status_line(&v));
+                outln!("{}", status_line(&v));
             }
             Ok(())
         }
@@ -369,7 +380,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 print_json(&v);
                 return Ok(());
             }
-            println!(
+            outln!(
                 "boot {:#x}  generation {}  workers {}  torn {}",
                 v["boot_id"].as_u64().unwrap_or(0),
                 v["applied_generation"],
@@ -380,7 +391,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 if let Some(m) = v[kind].as_object() {
                     for (name, n) in m {
                         if *all || n.as_u64() != Some(0) {
-                            println!("{name:<48} {n}");
+                            outln!("{name:<48} {n}");
                         }
                     }
                 }
@@ -396,7 +407,7 @@ fn list(cli: &Cli, c: &Client, path: &str, line: impl Fn(&Value) -> String) -> R
         print_json(&v);
     } else {
         for item in v.as_array().into_iter().flatten() {
-            println!("{}", line(item));
+            outln!("{}", line(item));
         }
     }
     Ok(())
