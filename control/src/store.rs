@@ -99,7 +99,15 @@ impl StateDir {
         f.sync_all().map_err(io(&tmp))?;
         drop(f);
         fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        // From here the new state is the file a restart loads: an error
+        // now must not be answered as "nothing changed".
+        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+            eprintln!(
+                "braid-control: {}: fsync after saving generation {}: {e} (saved; a power loss now may bring back the one before)",
+                self.dir.display(),
+                running.generation
+            );
+        }
         Ok(())
     }
 }
