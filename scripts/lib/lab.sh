@@ -156,15 +156,18 @@ lab_wait_running() { # name [seconds]
 
 # Makes every tunnel narrow: on both gateways' WAN veths (egress, so each
 # direction), one HTB class per tunnel (UDP destination port 4500+t) at
-# RATE (tc units, e.g. 20mbit) with a 64-packet FIFO, as a network that
-# polices each UDP flow would. Other frames are not shaped.
-lab_narrow() { # uses RATE
-  local ns dev t x
+# RATE (tc units, e.g. 20mbit), or tunnel t at the t-th of NARROW_RATES
+# (space-separated), with a 64-packet FIFO, as a network that polices each
+# UDP flow would. Other frames are not shaped.
+lab_narrow() { # uses RATE, NARROW_RATES
+  local ns dev t x r
+  local -a rates=(${NARROW_RATES:-})
   for x in "$NS_GA wana" "$NS_GB wanb"; do
     set -- $x; ns=$1 dev=$2
     tc -n "$ns" qdisc replace dev "$dev" root handle 1: htb default 999 r2q 100
     for t in $(seq 0 $((TUNNELS-1))); do
-      tc -n "$ns" class add dev "$dev" parent 1: classid "1:$((10+t))" htb rate "$RATE" ceil "$RATE"
+      r=${rates[$t]:-$RATE}
+      tc -n "$ns" class add dev "$dev" parent 1: classid "1:$((10+t))" htb rate "$r" ceil "$r"
       tc -n "$ns" qdisc add dev "$dev" parent "1:$((10+t))" handle "$((10+t)):" pfifo limit 64
       tc -n "$ns" filter add dev "$dev" parent 1: protocol ip prio 1 u32 match ip dport $((4500+t)) 0xffff flowid "1:$((10+t))"
     done
