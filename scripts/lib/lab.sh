@@ -89,11 +89,12 @@ lab_host() { # ns dev v4 v6 gw4 gw6 gwmac remote4 remote6
 lab_rnd() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 
 # A gateway's configuration document. WEIGHTS (space-separated, one per
-# tunnel, default all 1) and EXTRA_ROUTES (JSON route objects, comma-led)
-# change it.
+# tunnel, default all 1), RATES_MBPS (each tunnel's `rate_mbps`, default
+# 0), POLICY (default weighted) and EXTRA_ROUTES (JSON route objects,
+# comma-led) change it.
 lab_conf() { # side(a|b)
   local side=$1 tunnels="" sep="" t w
-  local -a weights=(${WEIGHTS:-})
+  local -a weights=(${WEIGHTS:-}) mbps=(${RATES_MBPS:-})
   for t in $(seq 0 $((TUNNELS-1))); do
     local so si ko ki xo xi
     if [ "$side" = a ]; then so=$((4096+t)) si=$((8192+t)) ko=${KAB[$t]} ki=${KBA[$t]} xo=${SAB[$t]} xi=${SBA[$t]}
@@ -101,7 +102,7 @@ lab_conf() { # side(a|b)
     w=${weights[$t]:-1}
     local me=192.0.2.1 them=192.0.2.2
     [ "$side" = b ] && { me=192.0.2.2; them=192.0.2.1; }
-    tunnels+="$sep{\"wan_port\":\"wan\",\"local\":\"$me:$((4500+t))\",\"remote\":\"$them:$((4500+t))\",\"spi_out\":$so,\"spi_in\":$si,\"key_out\":\"$ko\",\"key_in\":\"$ki\",\"salt_out\":\"$xo\",\"salt_in\":\"$xi\",\"weight\":$w}"
+    tunnels+="$sep{\"wan_port\":\"wan\",\"local\":\"$me:$((4500+t))\",\"remote\":\"$them:$((4500+t))\",\"spi_out\":$so,\"spi_in\":$si,\"key_out\":\"$ko\",\"key_in\":\"$ki\",\"salt_out\":\"$xo\",\"salt_in\":\"$xi\",\"weight\":$w,\"rate_mbps\":${mbps[$t]:-0}}"
     sep=","
   done
   local lanmac hostmac wanmac peermac me r4 r6 lanaddr=""
@@ -127,7 +128,7 @@ lab_conf() { # side(a|b)
   {"name":"lan","device":"net_af_packet0","role":"lan","mac":"$lanmac",$lanaddr"mtu":1500},
   {"name":"wan","device":"net_af_packet1","role":"wan","mac":"$wanmac","ipv4":"$me/24","next_hop_mac":"$peermac","mtu":1500}],
  "peers":[{"name":"peer","bundle":"wide"}],
- "bundles":[{"name":"wide","mode":"$MODE","policy":"weighted","tunnels":[$tunnels]}],
+ "bundles":[{"name":"wide","mode":"$MODE","policy":"${POLICY:-weighted}","tunnels":[$tunnels]}],
  "routes":[{"prefix":"$r4","peer":"peer"},{"prefix":"$r6","peer":"peer"}${EXTRA_ROUTES:-}]$topts}
 JSON
 }
