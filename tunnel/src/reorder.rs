@@ -16,8 +16,10 @@
 //! gap filled late is a sample (how long the packets behind it waited), and
 //! a packet that arrives after its gap was given up at the hold time proves
 //! the hold too short by its lateness (as RACK's reordering window grows on
-//! spurious retransmissions, RFC 8985 section 6.2). The largest sample,
-//! plus the margin, is held until it decays (a quarter a second).
+//! spurious retransmissions, RFC 8985 section 6.2): it trailed the
+//! packets behind its gap by `now - gap_since`, as exactly as a gap filled
+//! in time. The largest sample, plus the margin, is held until it decays
+//! (a quarter a second).
 
 use crate::{DropReason, Nanos};
 
@@ -115,6 +117,24 @@ pub struct ReorderCounters {
     pub hold_raised: u64,
 }
 
+impl ReorderCounters {
+    /// Adds another re-orderer's.
+    pub fn merge(&mut self, o: &ReorderCounters) {
+        self.pushed += o.pushed;
+        self.held += o.held;
+        self.released_in_order += o.released_in_order;
+        self.released_late += o.released_late;
+        self.released_passed += o.released_passed;
+        self.released_forced += o.released_forced;
+        self.skipped += o.skipped;
+        self.duplicates += o.duplicates;
+        self.dropped_too_late += o.dropped_too_late;
+        self.overflow += o.overflow;
+        self.bad_bucket += o.bad_bucket;
+        self.hold_raised += o.hold_raised;
+    }
+}
+
 /// What became of a pushed packet that was not dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -153,10 +173,14 @@ struct Bucket {
     len: usize,
     gap_since: Nanos,
     active_at: u32,
-    /// When a gap of this bucket was last given up at the hold time (0:
-    /// not since its last other skip): a packet that arrives too late after
-    /// it measures by how much the hold was short.
-    late_skip_at: Nanos,
+    /// The gap of this bucket last given up at the hold time: its flow
+    /// sequences `late_from..late_to` and when the packets behind it began
+    /// to wait (`late_since`; 0: none since the last other skip). A packet
+    /// of it that comes after all trailed its successors by
+    /// `now - late_since`.
+    late_since: Nanos,
+    late_from: u32,
+    late_to: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -231,7 +255,9 @@ impl<H> Reorderer<H> {
                     len: 0,
                     gap_since: 0,
                     active_at: NIL,
-                    late_skip_at: 0,
+                    late_since: 0,
+                    late_from: 0,
+                    late_to: 0,
                 };
                 usize::from(cfg.buckets)
             ],
@@ -428,11 +454,12 @@ impl<H> Reorderer<H> {
                     Err((handle, DropReason::ReorderDuplicate))
                 } else {
                     self.counters.dropped_too_late += 1;
-                    // Its gap was given up at the hold time, `now - at`
-                    // ago, after waiting the hold time.
-                    let at = bucket.late_skip_at;
-                    if at != 0 && now >= at && now - at <= self.cfg.hold.ceiling {
-                        self.learn(now - at + self.hold, true);
+                    // Of the gap last given up at the hold time: it
+                    // trailed the packets behind it by `now - since`.
+                    let since = bucket.late_since;
+                    let of_gap = serial_diff(seq, bucket.late_from) >= 0 && serial_diff(seq, bucket.late_to) < 0;
+                    if since != 0 && of_gap && now >= since {
+                        self.learn(now - since, true);
                     }
                     Err((handle, DropReason::ReorderTooLate))
                 };
@@ -484,7 +511,7 @@ impl<H> Reorderer<H> {
                 }
                 // Give up on the first gap to make room.
                 forced = true;
-                self.buckets[b].late_skip_at = 0;
+                self.buckets[b].late_since = 0;
                 let head_seq = self.slots[bucket.head as usize].seq;
                 if serial_diff(seq, head_seq) < 0 {
                     self.skip_to(b, seq);
@@ -553,7 +580,11 @@ impl<H> Reorderer<H> {
                 } else {
                     break;
                 };
-                self.buckets[b].late_skip_at = if matches!(kind, Release::Late) { now } else { 0 };
+                let late = &mut self.buckets[b];
+                (late.late_since, late.late_from, late.late_to) = match kind {
+                    Release::Late => (bucket.gap_since.max(1), bucket.next_seq, head.seq),
+                    _ => (0, 0, 0),
+                };
                 self.skip_to(b, head.seq);
                 self.release_run(b, kind, out);
             }
@@ -581,7 +612,7 @@ impl<H> Reorderer<H> {
         while let Some(&b) = self.active.last() {
             let b = usize::from(b);
             let head = self.buckets[b].head;
-            self.buckets[b].late_skip_at = 0;
+            self.buckets[b].late_since = 0;
             self.skip_to(b, self.slots[head as usize].seq);
             self.release_run(b, Release::Forced, out);
         }
@@ -916,6 +947,32 @@ mod tests {
         r.poll(20_010 * MS, &mut out);
         assert_eq!(r.push(4, meta(0, 4, 5), 1, 20_060 * MS, &mut out), Err((4, DropReason::ReorderTooLate)));
         assert_eq!(r.hold_time(), 50 * MS);
+        conserved(&r);
+    }
+
+    #[test]
+    fn late_packets_of_one_gap_do_not_add_up() {
+        // Found by review: 0 and 1 both missing behind 2, given up at
+        // 11 ms; each comes ~25 ms after 2 was held, and that is what is
+        // learned, not the sum of their latenesses.
+        let mut r = reorderer(2);
+        r.set_path_delay(0, Some(5 * MS));
+        r.set_path_delay(1, Some(5 * MS));
+        let mut out = Vec::new();
+        r.push(2, meta(0, 2, 3), 0, MS, &mut out).unwrap();
+        r.poll(11 * MS, &mut out);
+        assert_eq!(out, vec![2]);
+        assert!(r.push(0, meta(0, 0, 1), 1, 26 * MS, &mut out).is_err());
+        assert!(r.push(1, meta(0, 1, 2), 1, 26 * MS + 100_000, &mut out).is_err());
+        assert_eq!(r.learned_reordering(), 25 * MS + 100_000);
+        // A sequence outside that gap (a duplicate of one long released)
+        // teaches nothing.
+        for s in 3..100 {
+            r.push(s, meta(0, s, u64::from(s) + 1), 0, 30 * MS, &mut out).unwrap();
+        }
+        assert!(r.push(2, meta(0, 2, 3), 1, 90 * MS, &mut out).is_err());
+        assert_eq!(r.learned_reordering(), 25 * MS + 100_000);
+        assert_eq!(r.counters().hold_raised, 2);
         conserved(&r);
     }
 
