@@ -1075,3 +1075,30 @@ fn the_pieces_of_a_packet_share_a_tunnel() {
     let (lo, hi) = (per_tunnel.iter().min().unwrap(), per_tunnel.iter().max().unwrap());
     assert!(hi - lo <= 3, "frames still spread evenly: {per_tunnel:?}");
 }
+
+/// A sender that does not probe keeps what the prober told it of each path
+/// that goes on across a rebuild (found by review: it forgot, and its
+/// worker's re-orderers went back to the ceiling hold until the prober's
+/// next change).
+#[test]
+fn a_rebuilt_non_probing_sender_keeps_what_it_was_told() {
+    use braid_tunnel::engine::Predecessor;
+    let mut rng = Rng(9);
+    let params: Vec<SaParams> = (0..3).map(|i| sa_params(&mut rng, 0x500 + i, true)).collect();
+    let out: Vec<_> = params.iter().map(|p| Arc::new(OutboundSaPair::new(Arc::new(OutboundSa::new(p))))).collect();
+    let cfg = BundleTxConfig { stream: 1, liveness: None, ..Default::default() };
+    let mut tx: BundleTx = BundleTx::new(cfg, out[..2].to_vec(), 0);
+    tx.set_path_delay(0, 3_000_000);
+    tx.set_path_delay(1, 7_000_000);
+    tx.set_path_alive(0, false);
+    assert_eq!(tx.path_delay(1), Some(7_000_000));
+    tx.forget_path_delay(0);
+    assert_eq!(tx.path_delay(0), None);
+    // Old tunnel 1 becomes tunnel 0; tunnel 1 and 2 are new.
+    let paths = [Some(Predecessor { tunnel: 1, same_inbound: true }), None, Some(Predecessor { tunnel: 0, same_inbound: true })];
+    let mut tx2: BundleTx = BundleTx::new(cfg, out.clone(), 10);
+    assert!(tx2.continue_from(&tx, &paths));
+    assert_eq!((tx2.path_delay(0), tx2.path_alive(0)), (Some(7_000_000), true));
+    assert_eq!((tx2.path_delay(1), tx2.path_alive(1)), (None, true));
+    assert_eq!((tx2.path_delay(2), tx2.path_alive(2)), (None, false));
+}

@@ -227,6 +227,18 @@ impl<A: Aead> BundleTx<A> {
                 }
             }
         }
+        // A stream that does not probe keeps what the prober told it of
+        // each path that goes on (the prober tells only changes).
+        if self.monitors.is_empty() {
+            for (i, p) in paths.iter().enumerate().take(self.told.len()) {
+                let Some(j) = p.map(|p| p.tunnel).filter(|&j| j < old.told.len()) else { continue };
+                self.told[i] = old.told[j];
+                self.balancer.set_alive(i, old.balancer.is_alive(j));
+                if let Some(d) = old.told[j] {
+                    self.balancer.set_delay(i, d);
+                }
+            }
+        }
         true
     }
 
