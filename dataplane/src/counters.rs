@@ -4,6 +4,7 @@
 
 use braid_nat::{NatCounters, NatDrop};
 use braid_tunnel::engine::DropCounters;
+use braid_tunnel::reorder::ReorderCounters;
 
 macro_rules! drops {
     ($($(#[$m:meta])* $v:ident => $n:literal,)*) => {
@@ -541,6 +542,22 @@ impl KernelStats {
     }
 }
 
+/// The re-orderers' counters by name, in one order for the report and the
+/// stats segment: packets that waited for a gap, released after a gap given
+/// up at the hold time / known lost (every path past it) / for want of
+/// slots, flow sequences given up, and times a late packet raised the
+/// learned hold.
+pub fn reorder_named(r: &ReorderCounters) -> [(&'static str, u64); 6] {
+    [
+        ("held", r.held),
+        ("released_late", r.released_late),
+        ("released_passed", r.released_passed),
+        ("released_forced", r.released_forced),
+        ("skipped", r.skipped),
+        ("hold_raised", r.hold_raised),
+    ]
+}
+
 /// What the workers of one gateway handed each other (all zero with one
 /// worker). Summed over the workers, each `_out` = its `_in` once the rings
 /// are empty.
@@ -697,6 +714,8 @@ pub struct WorkerCounters {
     pub kernel: KernelStats,
     /// Work handed between workers.
     pub handoff: HandoffStats,
+    /// The bundle re-orderers' work (their drops are in `engine`).
+    pub reorder: ReorderCounters,
     /// Packets delivered to the LAN that wait for their neighbor to answer
     /// (a gauge; `lan_next_hop_unresolved` or `lan_tx` later).
     pub lan_held: u64,
@@ -746,6 +765,7 @@ impl WorkerCounters {
         self.icmp_sent += o.icmp_sent;
         self.keepalives_rx += o.keepalives_rx;
         self.stream_restarts += o.stream_restarts;
+        self.reorder.merge(&o.reorder);
         self.keepalives += o.keepalives;
         self.frags.taken += o.frags.taken;
         self.frags.reassembled += o.frags.reassembled;

@@ -129,7 +129,14 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         named(&l.named_drops()),
     );
     s.pop();
-    let _ = write!(s, ",\"kernel\":{},\"handoff\":{},\"lan_held\":{}", named(&c.kernel.named()), named(&c.handoff.named()), c.lan_held);
+    let _ = write!(
+        s,
+        ",\"kernel\":{},\"handoff\":{},\"reorder\":{},\"lan_held\":{}",
+        named(&c.kernel.named()),
+        named(&c.handoff.named()),
+        named(&crate::counters::reorder_named(&c.reorder)),
+        c.lan_held
+    );
     let ports: Vec<String> = tables
         .ports
         .iter()

@@ -11,7 +11,7 @@
 //! `local/<counter>` (WAN next-hop resolution included: `local/learned`,
 //! `local/requests`, `local/unresolved`) and `local_drop/<reason>` (the
 //! neighbor cache gauge is in the report); the exception path
-//! `kernel/<counter>`, `handoff/<counter>`.
+//! `kernel/<counter>`, `handoff/<counter>`, `reorder/<counter>`.
 //! The order of [`layout`] and [`flatten`] is
 //! the same by construction (both walk [`Names`]).
 
@@ -21,7 +21,7 @@ use braid_shm::stats::StatsLayout;
 use braid_tunnel::drop::DropReason;
 
 use crate::config::Tables;
-use crate::counters::{DpDrop, Flow, HandoffStats, KernelStats, LocalDrop, WorkerCounters};
+use crate::counters::{reorder_named, DpDrop, Flow, HandoffStats, KernelStats, LocalDrop, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
 const NAT: [&str; 12] = [
@@ -77,6 +77,7 @@ pub fn layout(tables: &Tables, workers: u16) -> StatsLayout {
     counters.extend(LocalDrop::ALL.iter().map(|d| format!("local_drop/{}", d.name())));
     counters.extend(KernelStats::default().named().iter().map(|(n, _)| format!("kernel/{n}")));
     counters.extend(HandoffStats::default().named().iter().map(|(n, _)| format!("handoff/{n}")));
+    counters.extend(reorder_named(&Default::default()).iter().map(|(n, _)| format!("reorder/{n}")));
     if has_nat(tables) {
         counters.extend(NAT.iter().map(|s| s.to_string()));
         counters.extend(NatDrop::ALL.iter().map(|d| format!("nat_out_drop/{}", d.name())));
@@ -131,6 +132,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], nic: &[
     counters.extend(l.dropped);
     counters.extend(c.kernel.named().map(|(_, v)| v));
     counters.extend(c.handoff.named().map(|(_, v)| v));
+    counters.extend(reorder_named(&c.reorder).map(|(_, v)| v));
     let n = &c.nat;
     let nat = has_nat(tables);
     if nat {

@@ -574,6 +574,7 @@ impl Worker {
                 c.engine.merge(tx.counters());
                 c.engine.merge(rx.counters());
                 c.stream_restarts += rx.stats().stream_restarts;
+                c.reorder.merge(&rx.reorder_counters());
             }
         }
         c.nat.add_engine(&self.nat_retired);

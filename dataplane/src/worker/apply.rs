@@ -337,6 +337,7 @@ impl Worker {
                 self.counters.engine.merge(tx.counters());
                 self.counters.engine.merge(rx.counters());
                 self.counters.stream_restarts += rx.stats().stream_restarts;
+                self.counters.reorder.merge(&rx.reorder_counters());
             }
             applied.dropped += 1;
         }

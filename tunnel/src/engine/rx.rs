@@ -10,7 +10,7 @@ use crate::bundle::{
     NEXT_HEADER_BUNDLE,
 };
 use crate::crypto::{Aead, AesGcm};
-use crate::reorder::{PacketMeta, Pushed, ReorderConfig, Reorderer};
+use crate::reorder::{PacketMeta, Pushed, ReorderConfig, ReorderCounters, Reorderer};
 use crate::sa::{InboundSa, InboundSaPair, OutboundSaPair, Spi};
 use crate::wire::esp::Packet;
 use crate::{DropReason, Nanos};
@@ -160,6 +160,8 @@ pub struct BundleRx<H, A: Aead = AesGcm> {
     reply_sender: StreamSender,
     drops: DropCounters,
     counters: RxCounters,
+    /// The counters of re-orderers replaced when their stream restarted.
+    retired_reorder: ReorderCounters,
 }
 
 impl<H, A: Aead> BundleRx<H, A> {
@@ -193,6 +195,7 @@ impl<H, A: Aead> BundleRx<H, A> {
             reply_sender: StreamSender::new(cfg.reply_stream, 1),
             drops: DropCounters::default(),
             counters: RxCounters::default(),
+            retired_reorder: ReorderCounters::default(),
             cfg,
         };
         for t in 0..n {
@@ -292,6 +295,17 @@ impl<H, A: Aead> BundleRx<H, A> {
     /// Frame and delivery counters.
     pub fn stats(&self) -> &RxCounters {
         &self.counters
+    }
+
+    /// The re-orderers' counters, summed: every stream's, and those of
+    /// re-orderers its restarts replaced (those a rebuilt bundle took over
+    /// with [`continue_from`](Self::continue_from) count there).
+    pub fn reorder_counters(&self) -> ReorderCounters {
+        let mut c = self.retired_reorder;
+        for r in self.reorderers.iter().flatten() {
+            c.merge(r.counters());
+        }
+        c
     }
 
     /// Sender streams this receiver takes (`0..streams`).
@@ -528,6 +542,7 @@ impl<H, A: Aead> BundleRx<H, A> {
             replies,
             drops,
             counters,
+            retired_reorder,
             ..
         } = self;
         let fresh = |reorder: &ReorderConfig, paths: &[(bool, Option<Nanos>)]| {
@@ -550,6 +565,7 @@ impl<H, A: Aead> BundleRx<H, A> {
             // starts anew, instead of every packet being too late.
             if opened.newest && r.path_high(tunnel).is_some_and(|high| h.stream_seq < high) {
                 r.flush(&mut out);
+                retired_reorder.merge(r.counters());
                 *r = fresh(reorder, paths);
                 counters.stream_restarts += 1;
                 // Its flow sequences start again: pieces of its old
