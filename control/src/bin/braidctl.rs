@@ -222,16 +222,21 @@ fn print_json(v: &Value) {
     out(&format!("{}\n", serde_json::to_string_pretty(v).expect("JSON")));
 }
 
-/// Writes to stdout; a closed pipe (`braidctl ... | head`) is not an error.
 /// `println!` through [`out`]: a closed pipe (`| head`) is not a panic.
 macro_rules! outln {
     ($($t:tt)*) => { out(&format!("{}\n", format_args!($($t)*))) };
 }
 
+/// Writes to stdout. Whoever read it is gone (`braidctl ... | head`): the
+/// command is done, exit quietly (`watch` would loop on forever).
 fn out(s: &str) {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
-    let _ = o.write_all(s.as_bytes()).and_then(|()| o.flush());
+    if let Err(e) = o.write_all(s.as_bytes()).and_then(|()| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
 }
 
 /// Prints a mutation's answer.
