@@ -11,7 +11,8 @@
 //! The per-packet path only calls [`Responder::wants`]: the EtherType, and
 //! for IP one protocol byte and the destination address. Everything it
 //! does not want (and every echo it cannot answer) keeps the ordinary path.
-//! The resolver never learns from requests, so ARP/NS floods cannot grow
+//! The resolver makes cache entries only for the neighbours it looks up
+//! (requests update those, never add one), so ARP/NS floods cannot grow
 //! its cache; claims on our own addresses are refused and counted.
 
 use braid_dpdk::Mbuf;

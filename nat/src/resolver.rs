@@ -113,6 +113,17 @@ enum State {
     Failed { until: Nanos },
 }
 
+/// The kind of message a MAC was heard in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    /// ARP request, or neighbor solicitation with a source address option.
+    Request,
+    /// ARP reply.
+    Reply,
+    /// Neighbor advertisement, with its Solicited and Override flags.
+    Advert { solicited: bool, overrides: bool },
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     mac: Address,
@@ -289,17 +300,21 @@ impl Resolver {
         }
     }
 
-    /// Frees one entry of a full cache: a failed one, else a stale one.
-    /// Runs only when the cache is full (a scan of at most `capacity`).
+    /// Frees one entry of a full cache: a failed one, else one whose time
+    /// is up (a stale answer, or requests or probes nobody looked up
+    /// again: a sweep of addresses leaves those). Runs only when the cache
+    /// is full (a scan of at most `capacity`).
     fn evict_one(&mut self, now: Nanos) -> bool {
         let victim = self
             .cache
             .iter()
             .find(|(_, e)| matches!(e.state, State::Failed { .. }))
             .or_else(|| {
-                self.cache
-                    .iter()
-                    .find(|(_, e)| matches!(e.state, State::Reachable { until } if until <= now))
+                self.cache.iter().find(|(_, e)| match e.state {
+                    State::Reachable { until } => until <= now,
+                    State::Incomplete { next, .. } | State::Probe { next, .. } => next <= now,
+                    State::Failed { .. } => true,
+                })
             })
             .map(|(ip, _)| *ip);
         match victim {
@@ -357,17 +372,74 @@ impl Resolver {
     }
 
     /// Learns from an answer about a neighbor we asked for.
-    fn learn(&mut self, ip: IpAddr, mac: Address, now: Nanos, solicited_reply: bool) {
-        match self.cache.get_mut(&ip) {
-            Some(e) => {
-                e.mac = mac;
-                e.state = State::Reachable {
-                    until: now.saturating_add(self.cfg.reachable),
-                };
-                self.counters.learned += 1;
+    /// What a message tells of `ip`'s MAC, for an entry that exists
+    /// (entries are made by lookups only, so nobody fills the cache by
+    /// talking). A MAC that is not unicast is never taken. RFC 4861
+    /// section 7.2.5 for advertisements; ARP replies and requests (RFC 826's
+    /// merge) and solicitations with a source address option update the
+    /// MAC, and confirm it only when it is the one known or none was.
+    fn learn(&mut self, ip: IpAddr, mac: Option<Address>, now: Nanos, heard: Heard) {
+        if mac.is_some_and(|m| !m.is_unicast() || m.0 == [0; 6]) {
+            self.counters.ignored += 1;
+            return;
+        }
+        let Some(e) = self.cache.get_mut(&ip) else {
+            if matches!(heard, Heard::Reply | Heard::Advert { solicited: true, .. }) {
+                self.counters.unsolicited += 1;
             }
-            None if solicited_reply => self.counters.unsolicited += 1,
-            None => {}
+            return;
+        };
+        let confirmed = State::Reachable { until: now.saturating_add(self.cfg.reachable) };
+        // Known but to be confirmed by a unicast probe on its next use.
+        let stale = State::Reachable { until: now };
+        let incomplete = matches!(e.state, State::Incomplete { .. });
+        let learned = match (heard, mac) {
+            (Heard::Reply, Some(m)) => {
+                (e.mac, e.state) = (m, confirmed);
+                true
+            }
+            (Heard::Request, Some(m)) => {
+                let same = m == e.mac && !incomplete;
+                e.mac = m;
+                if incomplete || !same {
+                    e.state = if incomplete { confirmed } else { stale };
+                }
+                true
+            }
+            // An answer to a unicast probe may leave its option out
+            // (RFC 4861 section 4.4): it confirms the MAC we have.
+            (Heard::Advert { solicited: true, .. }, None) if !incomplete => {
+                e.state = confirmed;
+                true
+            }
+            (Heard::Advert { solicited, .. }, Some(m)) if incomplete => {
+                e.mac = m;
+                e.state = if solicited { confirmed } else { stale };
+                true
+            }
+            // Without Override, another MAC does not replace a known one.
+            (Heard::Advert { overrides: false, .. }, Some(m)) if m != e.mac => {
+                if matches!(e.state, State::Reachable { .. }) {
+                    e.state = stale;
+                }
+                false
+            }
+            (Heard::Advert { solicited, .. }, Some(m)) => {
+                let changed = m != e.mac;
+                e.mac = m;
+                if solicited {
+                    e.state = confirmed;
+                } else if changed {
+                    e.state = stale;
+                }
+                true
+            }
+            _ => false,
+        };
+        if learned {
+            self.counters.learned += 1;
+        } else {
+            self.counters.ignored += 1;
         }
     }
 
@@ -403,12 +475,8 @@ impl Resolver {
             self.counters.own_addr_conflict += 1;
             return None;
         }
-        self.learn(
-            r.sender_ip.into(),
-            r.sender_hw,
-            now,
-            r.op == arp::Operation::Reply,
-        );
+        let heard = if r.op == arp::Operation::Reply { Heard::Reply } else { Heard::Request };
+        self.learn(r.sender_ip.into(), Some(r.sender_hw), now, heard);
         if r.op != arp::Operation::Request || !self.cfg.ipv4.contains(&r.target_ip) {
             return None;
         }
@@ -468,8 +536,8 @@ impl Resolver {
                     self.counters.own_addr_conflict += 1;
                     return None;
                 }
-                if let Some(mac) = source_lladdr {
-                    self.learn(src.into(), mac, now, false);
+                if source_lladdr.is_some() {
+                    self.learn(src.into(), source_lladdr, now, Heard::Request);
                 }
                 if !self.cfg.ipv6.contains(&target) || out.len() < FRAME_MAX {
                     return None;
@@ -488,18 +556,16 @@ impl Resolver {
                 Some(write_nd(out, self.cfg.mac, dst_mac, target, src, na))
             }
             icmpv6::Repr::NeighborAdvert {
+                flags,
                 target,
                 target_lladdr,
-                ..
             } => {
                 if self.cfg.ipv6.contains(&target) {
                     self.counters.own_addr_conflict += 1;
                     return None;
                 }
-                match target_lladdr {
-                    Some(mac) => self.learn(target.into(), mac, now, true),
-                    None => self.counters.ignored += 1,
-                }
+                let heard = Heard::Advert { solicited: flags.solicited(), overrides: flags.override_() };
+                self.learn(target.into(), target_lladdr, now, heard);
                 None
             }
             _ => {

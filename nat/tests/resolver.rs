@@ -447,3 +447,90 @@ fn answers_ping_in_place() {
     assert!(checksum::sum(&[]) == 0);
     assert_eq!(r.counters().echo_replies, 2);
 }
+
+fn advert(peer: Ipv6Addr, flags: u8, mac: Option<Address>) -> Vec<u8> {
+    nd_frame(
+        mac.unwrap_or(HOP_MAC),
+        peer,
+        our_v6(),
+        icmpv6::Repr::NeighborAdvert { flags: icmpv6::NaFlags(flags), target: peer, target_lladdr: mac },
+    )
+}
+
+/// A resolver with neighbour fe80::fe resolved (HOP_MAC), reachable
+/// from 1 s.
+fn resolved_v6() -> (Resolver, Ipv6Addr) {
+    let (mut r, mut out) = (resolver(), [0u8; FRAME_MAX]);
+    let peer: Ipv6Addr = "fe80::fe".parse().unwrap();
+    assert!(matches!(r.lookup(peer.into(), SEC, &mut out), Lookup::Pending { request: Some(_) }));
+    r.on_frame(&advert(peer, icmpv6::NaFlags::SOLICITED, Some(HOP_MAC)), SEC, &mut out);
+    assert_eq!(r.lookup(peer.into(), SEC, &mut out), Lookup::Resolved { mac: HOP_MAC, request: None });
+    (r, peer)
+}
+
+/// Found by review: Linux answers a unicast solicitation without the
+/// target link-layer address option (RFC 4861 section 4.4 allows it);
+/// that answer confirms the entry. Before, it was ignored and the entry
+/// failed after 3 probes: 20 s without the next hop every ~53 s.
+#[test]
+fn an_advertisement_without_its_option_confirms_a_probed_entry() {
+    let (mut r, peer) = resolved_v6();
+    let mut out = [0u8; FRAME_MAX];
+    let mut t = 32 * SEC;
+    for _ in 0..5 {
+        let Lookup::Resolved { mac: HOP_MAC, request: Some(_) } = r.lookup(peer.into(), t, &mut out) else { panic!("probe due at {t}") };
+        assert_eq!(&out[0..6], &HOP_MAC.0, "a unicast probe");
+        r.on_frame(&advert(peer, icmpv6::NaFlags::SOLICITED, None), t, &mut out);
+        assert_eq!(r.lookup(peer.into(), t + SEC, &mut out), Lookup::Resolved { mac: HOP_MAC, request: None });
+        t += 31 * SEC;
+    }
+    assert_eq!(r.counters().unresolved, 0);
+    // Unsolicited and without the option: nothing to learn.
+    let ignored = r.counters().ignored;
+    r.on_frame(&advert(peer, icmpv6::NaFlags::OVERRIDE, None), t, &mut out);
+    assert_eq!(r.counters().ignored, ignored + 1);
+}
+
+/// Found by review: advertisements' flags were ignored and any MAC taken.
+#[test]
+fn advertisements_follow_their_flags_and_only_unicast_macs_are_taken() {
+    let (mut r, peer) = resolved_v6();
+    let mut out = [0u8; FRAME_MAX];
+    let other = Address([0x02, 0, 0, 0, 0, 0x77]);
+    // Without Override another MAC does not replace the known one.
+    r.on_frame(&advert(peer, icmpv6::NaFlags::SOLICITED, Some(other)), 2 * SEC, &mut out);
+    assert!(matches!(r.lookup(peer.into(), 2 * SEC, &mut out), Lookup::Resolved { mac: HOP_MAC, .. }));
+    // With Override, unsolicited: the new MAC, to be confirmed (a probe).
+    r.on_frame(&advert(peer, icmpv6::NaFlags::OVERRIDE, Some(other)), 3 * SEC, &mut out);
+    assert!(matches!(r.lookup(peer.into(), 3 * SEC, &mut out), Lookup::Resolved { mac, request: Some(_) } if mac == other));
+    // Broadcast, multicast or zero MACs are never taken (ARP or ND).
+    for bad in [Address::BROADCAST, Address([0x01, 0, 0x5e, 0, 0, 1]), Address([0x33, 0x33, 0, 0, 0, 1]), Address([0; 6])] {
+        r.on_frame(&advert(peer, icmpv6::NaFlags::SOLICITED | icmpv6::NaFlags::OVERRIDE, Some(bad)), 4 * SEC, &mut out);
+        assert!(matches!(r.lookup(peer.into(), 4 * SEC, &mut out), Lookup::Resolved { mac, .. } if mac == other), "{bad:?}");
+    }
+    let Lookup::Pending { .. } = r.lookup(HOP_V4.into(), SEC, &mut out) else { panic!() };
+    r.on_frame(&arp_frame(arp::Operation::Reply, HOP_MAC, HOP_V4, OUR_V4), SEC, &mut out);
+    for bad in [Address::BROADCAST, Address([0x01, 0, 0x5e, 0, 0, 1])] {
+        for op in [arp::Operation::Reply, arp::Operation::Request] {
+            r.on_frame(&arp_frame(op, bad, HOP_V4, OUR_V4), 2 * SEC, &mut out);
+        }
+        assert!(matches!(r.lookup(HOP_V4.into(), 2 * SEC, &mut out), Lookup::Resolved { mac: HOP_MAC, .. }), "{bad:?}");
+    }
+}
+
+/// Found by review: requests nobody looked up again (a sweep of on-link
+/// addresses) stayed in the cache for good, and a full cache refused every
+/// new neighbour. Their time up, they make room.
+#[test]
+fn a_sweep_of_addresses_does_not_fill_the_cache_for_good() {
+    let mut r = resolver();
+    let mut out = [0u8; FRAME_MAX];
+    for i in 0..r.capacity() {
+        let ip = IpAddr::from(Ipv4Addr::new(192, 0, 2, 10 + i as u8));
+        assert!(matches!(r.lookup(ip, SEC, &mut out), Lookup::Pending { .. }));
+    }
+    let new = IpAddr::from(Ipv4Addr::new(192, 0, 2, 200));
+    assert!(matches!(r.lookup(new, SEC, &mut out), Lookup::Failed), "full now");
+    assert!(matches!(r.lookup(new, 3 * SEC, &mut out), Lookup::Pending { request: Some(_) }), "room made");
+    assert_eq!(r.len(), r.capacity());
+}
