@@ -82,8 +82,11 @@ drops! {
     /// subnets and no router is configured.
     LanNoNextHop => "lan_no_next_hop",
     /// A LAN that resolves its hosts: too many packets already wait for
-    /// their neighbors.
+    /// their neighbors, or for this one.
     LanHoldFull => "lan_hold_full",
+    /// A LAN that resolves its hosts: a packet to the limited broadcast
+    /// address or the LAN subnet's, which a router does not forward.
+    LanBroadcast => "lan_broadcast",
     /// Several workers: an ESP packet for a tunnel another worker owns,
     /// dropped because the ring to that worker was full.
     HandoffFull => "handoff_full",
@@ -128,6 +131,7 @@ impl DpDrop {
                 | DpDrop::LanNextHopUnresolved
                 | DpDrop::LanNoNextHop
                 | DpDrop::LanHoldFull
+                | DpDrop::LanBroadcast
                 | DpDrop::HandoffLost
                 | DpDrop::HandoffDeliverLost
                 | DpDrop::LanTooBig

@@ -60,7 +60,7 @@ pub mod handoff;
 mod lan;
 mod nat_frag;
 pub use apply::{keeps_engine, prebuild_bundle, Applied, PrebuiltBundle};
-pub use lan::{OnLink, LAN_HOLD_MAX, LAN_HOLD_TIME};
+pub use lan::{OnLink, LAN_HOLD_MAX, LAN_HOLD_PER_NEIGHBOR, LAN_HOLD_TIME};
 
 /// One tunnel as a worker needs it.
 #[derive(Clone)]

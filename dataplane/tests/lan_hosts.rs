@@ -9,17 +9,25 @@
 use braid_dataplane::counters::DpDrop;
 use braid_dataplane::lab::traffic::{ip_packet, Family, Flow, L4};
 use braid_dataplane::lab::{self, neighbor, Checker, Lab, LabOptions};
-use braid_dataplane::worker::{LAN_HOLD_MAX, LAN_HOLD_TIME};
+use braid_dataplane::worker::{LAN_HOLD_MAX, LAN_HOLD_PER_NEIGHBOR, LAN_HOLD_TIME};
 use braid_dpdk::Mbuf;
 
 const ROUTER_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0xfe];
 
 /// B's LAN resolves its hosts; `router`: its router for the rest.
 fn start(case: &str, mode: &str, router: Option<&'static str>) -> (Lab, std::sync::MutexGuard<'static, ()>) {
+    start_routing(case, mode, router, &[])
+}
+
+/// [`start`], and A sends `prefixes` through the tunnel too.
+fn start_routing(case: &str, mode: &str, router: Option<&'static str>, prefixes: &'static [&'static str]) -> (Lab, std::sync::MutexGuard<'static, ()>) {
     let (_eal, guard) = braid_dpdk::testing::eal(&[], 1536);
     let opts = LabOptions {
         edit: Some(Box::new(move |side_a, doc| {
-            if !side_a {
+            if side_a {
+                let routes = doc["routes"].as_array_mut().unwrap();
+                routes.extend(prefixes.iter().map(|p| serde_json::json!({"prefix": p, "peer": "peer"})));
+            } else {
                 let p = doc["ports"][0].as_object_mut().unwrap();
                 p.remove("next_hop_mac");
                 p.insert("ipv4".into(), "10.2.0.254/24".into());
@@ -147,14 +155,28 @@ fn a_host_that_never_answers_does_not_hold_up_the_others() {
 #[test]
 fn the_hold_is_bounded() {
     let (mut lab, _g) = start("lanb", "plain", None);
+    // One silent host takes a quarter of the hold (found by review: it
+    // took all of it, and every other new host's first packets were lost).
     let silent = Flow::a_to_b(7, Family::V4, L4::Udp);
     for k in 0..10 {
         send(&mut lab, &silent, k * 30..(k + 1) * 30);
         lab.settle(3);
     }
+    let (_, b) = lab.counters();
+    assert_eq!(b.lan_held, u64::from(LAN_HOLD_PER_NEIGHBOR));
+    assert_eq!(b.drops.get(DpDrop::LanHoldFull), 300 - u64::from(LAN_HOLD_PER_NEIGHBOR));
+    // Many silent hosts: the whole hold, no more.
+    let mut sent = 300;
+    for h in 0..16u8 {
+        let mut f = Flow::a_to_b(100 + u32::from(h), Family::V4, L4::Udp);
+        f.dst4 = std::net::Ipv4Addr::new(10, 2, 0, 100 + h);
+        send(&mut lab, &f, 0..64);
+        lab.settle(3);
+        sent += 64;
+    }
     let (a, b) = lab.counters();
     assert_eq!(b.lan_held, LAN_HOLD_MAX as u64);
-    assert_eq!(b.drops.get(DpDrop::LanHoldFull), 300 - LAN_HOLD_MAX as u64);
+    assert_eq!(b.drops.get(DpDrop::LanHoldFull), sent - LAN_HOLD_MAX as u64);
     lab::assert_conserved(&a, "A", true);
     lab::assert_conserved(&b, "B", true);
     lab.close();
@@ -188,6 +210,34 @@ fn off_link_destinations_go_to_the_router_or_nowhere() {
     assert!(requests.is_empty() && data.is_empty());
     let (_, b) = lab.counters();
     assert_eq!(b.drops.get(DpDrop::LanNoNextHop), 20);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+}
+
+/// Found by review: a packet to the LAN subnet's broadcast address was
+/// held for an ARP answer that never comes, and multicast went to the
+/// router's MAC. Now: broadcasts are not forwarded (counted), multicast
+/// goes to its group's MAC, without asking anybody.
+#[test]
+fn broadcast_is_not_forwarded_and_multicast_goes_to_its_group() {
+    let (mut lab, _g) = start_routing("lanm", "bundle", Some("10.2.0.253"), &["239.0.0.0/8", "ff0e::/16"]);
+    let mut bcast = Flow::a_to_b(1, Family::V4, L4::Udp);
+    bcast.dst4 = std::net::Ipv4Addr::new(10, 2, 0, 255);
+    let mut group4 = Flow::a_to_b(2, Family::V4, L4::Udp);
+    group4.dst4 = std::net::Ipv4Addr::new(239, 129, 2, 3);
+    let mut group6 = Flow::a_to_b(3, Family::V6, L4::Udp);
+    group6.dst6 = "ff0e::1:2:3".parse().unwrap();
+    send(&mut lab, &bcast, 0..5);
+    send(&mut lab, &group4, 0..5);
+    send(&mut lab, &group6, 0..5);
+    lab.settle(10);
+    let (requests, data) = split(&mut lab);
+    assert!(requests.is_empty(), "nobody asked about");
+    assert_eq!(data.len(), 10);
+    assert_eq!(data.iter().filter(|d| d[..6] == [0x01, 0x00, 0x5e, 0x01, 0x02, 0x03]).count(), 5, "239.129.2.3's MAC (23 bits)");
+    assert_eq!(data.iter().filter(|d| d[..6] == [0x33, 0x33, 0x00, 0x02, 0x00, 0x03]).count(), 5, "ff0e::1:2:3's MAC");
+    let (_, b) = lab.counters();
+    assert_eq!(b.drops.get(DpDrop::LanBroadcast), 5);
     lab::assert_conserved(&b, "B", false);
     lab.close();
 }

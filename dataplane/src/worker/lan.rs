@@ -10,11 +10,13 @@
 //! [`CACHE_FOR`], so the resolver (which re-probes stale entries) is still
 //! asked about each host every millisecond it is used.
 //! A packet whose neighbor has not answered yet waits (at most
-//! [`LAN_HOLD_MAX`] per worker, [`LAN_HOLD_TIME`] each, like Linux's
-//! unresolved queue) and leaves in order once it answers; one that does
-//! not answer drops what waited for it. Every packet is counted:
-//! `lan_next_hop_unresolved`, `lan_hold_full`, `lan_no_next_hop`, or
-//! `lan_held` while it waits.
+//! [`LAN_HOLD_MAX`] per worker and [`LAN_HOLD_PER_NEIGHBOR`] per neighbour,
+//! [`LAN_HOLD_TIME`] each, like Linux's unresolved queue) and leaves in
+//! order once it answers; one that does not answer drops what waited for
+//! it. A multicast destination goes to its group's MAC; a broadcast one
+//! is not forwarded. Every packet is counted: `lan_next_hop_unresolved`,
+//! `lan_hold_full`, `lan_no_next_hop`, `lan_broadcast`, or `lan_held`
+//! while it waits.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -28,6 +30,9 @@ use crate::counters::DpDrop;
 
 /// Packets waiting for a LAN neighbor, per worker.
 pub const LAN_HOLD_MAX: usize = 256;
+/// Packets waiting for one LAN neighbor (or for the neighbours of one
+/// slot of the cache), per worker: a quarter of the hold.
+pub const LAN_HOLD_PER_NEIGHBOR: u16 = 64;
 /// How long a packet waits for its neighbor (the resolver gives up after
 /// 3 requests 1 s apart).
 pub const LAN_HOLD_TIME: Nanos = 3_000_000_000;
@@ -57,6 +62,30 @@ impl OnLink {
             v4: v4.map(|(a, len)| (u32::from(a) & m4(len), m4(len))),
             v6: v6.map(|(a, len)| (u128::from(a) & m6(len), m6(len))),
             router,
+        }
+    }
+
+    /// Where a packet to `dst` goes: a multicast group's MAC (RFC 1112
+    /// section 6.4, RFC 2464 section 7); nowhere for a broadcast (a router
+    /// forwards neither the limited broadcast nor, by default, a subnet's
+    /// directed one: RFC 1812 section 5.3.5, RFC 2644); else the neighbour
+    /// whose MAC to find.
+    #[inline]
+    pub fn deliver(&self, dst: IpAddr) -> Result<Result<IpAddr, [u8; 6]>, DpDrop> {
+        match dst {
+            IpAddr::V4(a) if a.is_multicast() => {
+                let o = a.octets();
+                Ok(Err([0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]))
+            }
+            IpAddr::V6(a) if a.is_multicast() => {
+                let o = a.octets();
+                Ok(Err([0x33, 0x33, o[12], o[13], o[14], o[15]]))
+            }
+            IpAddr::V4(a) if a.is_broadcast() => Err(DpDrop::LanBroadcast),
+            // The subnet's broadcast address (not on /31 and /32 links,
+            // RFC 3021, whose every address is a host).
+            IpAddr::V4(a) if self.v4.is_some_and(|(net, mask)| mask < u32::MAX - 1 && u32::from(a) == net | !mask) => Err(DpDrop::LanBroadcast),
+            _ => self.next_hop(dst).map(Ok).ok_or(DpDrop::LanNoNextHop),
         }
     }
 
@@ -122,6 +151,10 @@ pub(super) struct LanDelivery {
     pub held: VecDeque<Held>,
     /// Neighbors resolved lately: (address, MAC, when asked).
     pub cache: [Option<(IpAddr, [u8; 6], Nanos)>; CACHE_SLOTS],
+    /// Packets in `held` per cache slot of their neighbour: one silent
+    /// host cannot take the whole hold (hosts sharing a slot share its
+    /// share).
+    pub per_slot: [u16; CACHE_SLOTS],
     /// A LAN neighbor answered, or the held packets are due a look.
     pub retry: bool,
     /// Scratch: the packets that leave this flush.
@@ -130,7 +163,7 @@ pub(super) struct LanDelivery {
 
 impl Default for LanDelivery {
     fn default() -> Self {
-        LanDelivery { held: VecDeque::new(), cache: [None; CACHE_SLOTS], retry: false, out: Vec::new() }
+        LanDelivery { held: VecDeque::new(), cache: [None; CACHE_SLOTS], per_slot: [0; CACHE_SLOTS], retry: false, out: Vec::new() }
     }
 }
 
@@ -148,13 +181,17 @@ impl Worker {
         if std::mem::take(&mut self.lan_del.retry) {
             for _ in 0..self.lan_del.held.len() {
                 let Some(h) = self.lan_del.held.pop_front() else { break };
+                self.lan_del.per_slot[slot_of(h.ip)] -= 1;
                 match self.lan_mac(h.ip, now) {
                     Next::Mac(mac) => {
                         let mut m = h.m;
                         m.data_mut()[..6].copy_from_slice(&mac);
                         out.push(m);
                     }
-                    Next::Wait(_) if now.saturating_sub(h.since) < LAN_HOLD_TIME => self.lan_del.held.push_back(h),
+                    Next::Wait(_) if now.saturating_sub(h.since) < LAN_HOLD_TIME => {
+                        self.lan_del.per_slot[slot_of(h.ip)] += 1;
+                        self.lan_del.held.push_back(h)
+                    }
                     Next::Wait(_) => self.counters.drops.add(DpDrop::LanNextHopUnresolved),
                     Next::Drop(r) => self.counters.drops.add(r),
                 }
@@ -162,8 +199,10 @@ impl Worker {
         }
         let mut queued = std::mem::take(&mut self.lan_out);
         for mut m in queued.drain(..) {
-            let next = match inner_dst(m.data()).and_then(|d| on.next_hop(d)) {
-                Some(ip) => self.lan_mac(ip, now),
+            let next = match inner_dst(m.data()).map(|d| on.deliver(d)) {
+                Some(Ok(Ok(ip))) => self.lan_mac(ip, now),
+                Some(Ok(Err(group))) => Next::Mac(group),
+                Some(Err(r)) => Next::Drop(r),
                 None => Next::Drop(DpDrop::LanNoNextHop),
             };
             match next {
@@ -171,7 +210,8 @@ impl Worker {
                     m.data_mut()[..6].copy_from_slice(&mac);
                     out.push(m);
                 }
-                Next::Wait(ip) if self.lan_del.held.len() < super::lan::LAN_HOLD_MAX => {
+                Next::Wait(ip) if self.lan_del.held.len() < LAN_HOLD_MAX && self.lan_del.per_slot[slot_of(ip)] < LAN_HOLD_PER_NEIGHBOR => {
+                    self.lan_del.per_slot[slot_of(ip)] += 1;
                     self.lan_del.held.push_back(Held { ip, since: now, m })
                 }
                 Next::Wait(_) => self.counters.drops.add(DpDrop::LanHoldFull),
