@@ -527,10 +527,23 @@ impl Resolver {
                 if src.is_unspecified() {
                     // Duplicate address detection (RFC 4862 section 5.4):
                     // someone wants an address; ours is not for taking.
-                    if self.cfg.ipv6.contains(&target) {
-                        self.counters.own_addr_conflict += 1;
+                    // Defended as RFC 4861 section 7.2.4 says: an
+                    // advertisement to all nodes, not solicited.
+                    if !self.cfg.ipv6.contains(&target) {
+                        return None;
                     }
-                    return None;
+                    self.counters.own_addr_conflict += 1;
+                    if out.len() < FRAME_MAX {
+                        return None;
+                    }
+                    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+                    let na = icmpv6::Repr::NeighborAdvert {
+                        flags: icmpv6::NaFlags(icmpv6::NaFlags::ROUTER | icmpv6::NaFlags::OVERRIDE),
+                        target,
+                        target_lladdr: Some(self.cfg.mac),
+                    };
+                    self.counters.replies_sent += 1;
+                    return Some(write_nd(out, self.cfg.mac, Address([0x33, 0x33, 0, 0, 0, 1]), target, all_nodes, na));
                 }
                 if self.cfg.ipv6.contains(&src) {
                     self.counters.own_addr_conflict += 1;

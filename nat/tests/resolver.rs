@@ -534,3 +534,34 @@ fn a_sweep_of_addresses_does_not_fill_the_cache_for_good() {
     assert!(matches!(r.lookup(new, 3 * SEC, &mut out), Lookup::Pending { request: Some(_) }), "room made");
     assert_eq!(r.len(), r.capacity());
 }
+
+/// Found by review: a host that wants our IPv6 address checks it with
+/// duplicate address detection (a solicitation from `::`); unanswered, it
+/// takes the address. It is answered to all nodes (RFC 4861 7.2.4).
+#[test]
+fn our_ipv6_address_is_defended_against_duplicate_address_detection() {
+    let mut r = resolver();
+    let mut out = [0u8; FRAME_MAX];
+    let dad = nd_frame(
+        Address([0x02, 0, 0, 0, 0, 0x66]),
+        Ipv6Addr::UNSPECIFIED,
+        icmpv6::solicited_node(our_v6()),
+        icmpv6::Repr::NeighborSolicit { target: our_v6(), source_lladdr: None },
+    );
+    let n = r.on_frame(&dad, SEC, &mut out).expect("defended");
+    assert_eq!(&out[0..6], &[0x33, 0x33, 0, 0, 0, 1]);
+    let (src, dst, na) = parse_nd(&out[..n]);
+    assert_eq!((src, dst), (our_v6(), "ff02::1".parse().unwrap()));
+    let icmpv6::Repr::NeighborAdvert { flags, target, target_lladdr } = na else { panic!("{na:?}") };
+    assert!(!flags.solicited() && flags.override_());
+    assert_eq!((target, target_lladdr), (our_v6(), Some(OUR_MAC)));
+    assert_eq!(r.counters().own_addr_conflict, 1);
+    // Someone else's address: not ours to defend.
+    let other = nd_frame(
+        Address([0x02, 0, 0, 0, 0, 0x66]),
+        Ipv6Addr::UNSPECIFIED,
+        icmpv6::solicited_node("fe80::66".parse().unwrap()),
+        icmpv6::Repr::NeighborSolicit { target: "fe80::66".parse().unwrap(), source_lladdr: None },
+    );
+    assert_eq!(r.on_frame(&other, SEC, &mut out), None);
+}
