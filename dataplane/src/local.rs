@@ -121,6 +121,17 @@ impl Responder {
     /// 5771); IPv6 to the port's address, to a link-local address
     /// (fe80::/10) or to an interface- or link-local multicast group
     /// (ff01::/16, ff02::/16). Other multicast follows the routes.
+    /// Whether an IPv4 or IPv6 frame is to the port's own (non
+    /// link-local) address, where its tunnels are.
+    #[inline]
+    pub fn is_own_address(&self, d: &[u8]) -> bool {
+        match d.get(12..14) {
+            Some(et) if et == IPV4 => self.v4.is_some_and(|a| d.get(V4_DST..V4_DST + 4) == Some(&a[..])),
+            Some(et) if et == IPV6 => self.v6.is_some_and(|a| d.get(V6_DST..V6_DST + 16) == Some(&a[..])),
+            _ => false,
+        }
+    }
+
     #[inline]
     pub fn for_gateway(&self, d: &[u8]) -> bool {
         if d.len() < 14 {
@@ -205,7 +216,9 @@ impl Responder {
 pub fn is_neighbor_answer(d: &[u8]) -> bool {
     match d.get(12..14) {
         Some(et) if et == ARP => d.get(20..22) == Some(&[0, 2]),
-        Some(et) if et == IPV6 => d.len() > ICMPV6_TYPE && d[V6_NEXT] == 58 && d[ICMPV6_TYPE] == 136,
+        // Hop limit 255: from the link (RFC 4861 section 7.1.2); the
+        // resolvers would refuse anything else, so it is not told to them.
+        Some(et) if et == IPV6 => d.len() > ICMPV6_TYPE && d[V6_NEXT] == 58 && d[V6_NEXT + 1] == 255 && d[ICMPV6_TYPE] == 136,
         _ => false,
     }
 }
@@ -330,6 +343,9 @@ mod tests {
         assert!(is_neighbor_answer(&arp));
         let mut na = v6(58, "fd00:1::1");
         na[ICMPV6_TYPE] = 136;
+        na[V6_NEXT + 1] = 64;
+        assert!(!is_neighbor_answer(&na), "hop limit not 255: not from the link");
+        na[V6_NEXT + 1] = 255;
         assert!(is_neighbor_answer(&na));
         na[ICMPV6_TYPE] = 135;
         assert!(!is_neighbor_answer(&na), "solicitation");

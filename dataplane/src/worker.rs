@@ -1323,7 +1323,16 @@ impl Worker {
             } else {
                 m
             };
-            let r = if is_outer_fragment(m.data()) {
+            let r = if is_outer_fragment(m.data()) && !(is_udp_fragment(m.data()) && self.local[1 + w].is_own_address(m.data())) {
+                // Not a tunnel's (not UDP, or not to this port's address;
+                // the port is promiscuous): the reassembly table is not
+                // for it. The kernel reassembles what is for the gateway.
+                if self.kernel[1 + w].is_some() && self.local[1 + w].for_gateway(m.data()) {
+                    self.hand_to_kernel(1 + w, m);
+                    continue;
+                }
+                Err(DpDrop::NotTunnel)
+            } else if is_outer_fragment(m.data()) {
                 match self.take_fragment(m, now) {
                     // DPDK leaves the reassembled header's checksum to TX
                     // offload (zero); each fragment's was checked.
@@ -1433,7 +1442,11 @@ impl Worker {
         if workers > 1 && !handed {
             let owner = st.owner[t];
             if owner != self.id {
-                // Opened only where its replay window is (see `handoff`).
+                // Opened only where its replay window is (see `handoff`);
+                // not before, so only while the owner keeps up.
+                if self.handoff.as_ref().is_some_and(|ho| ho.backlog(owner) >= handoff::ESP_BACKLOG) {
+                    return Err(DpDrop::HandoffFull);
+                }
                 let h = handoff::Header { kind: handoff::Kind::Esp, a: w as u8, b: verify_csum as u8, spi: 0, x: 0 };
                 if !h.push(&mut m) {
                     return Err(DpDrop::HandoffFull);
@@ -2458,6 +2471,13 @@ fn is_outer_fragment(d: &[u8]) -> bool {
         (0x86, 0xdd) => b0 == 44,
         _ => false,
     }
+}
+
+/// An outer fragment ([`is_outer_fragment`]) of UDP: IPv4's protocol, or
+/// the next header of IPv6's Fragment header (right after the fixed one).
+fn is_udp_fragment(d: &[u8]) -> bool {
+    let at = if is_ipv4(d) { IP_AT + 9 } else { IP_AT + 40 };
+    d.get(at) == Some(&17)
 }
 
 /// The IP length (40 + payload length) of an outer IPv6 fragment whose

@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use braid_dataplane::config::{Config, Tables};
-use braid_dataplane::counters::WorkerCounters;
+use braid_dataplane::counters::{DpDrop, WorkerCounters};
 use braid_dataplane::gateway::{nat_setup, outbound_sas, worker_setup_with_nat, PortPlan};
 use braid_dataplane::lab::traffic::{ip_packet, tag, Family, Flow, L4};
 use braid_dataplane::lab::{self, Checker, TICK};
@@ -887,5 +887,48 @@ fn keepalives_come_from_the_owner_and_only_when_no_worker_sends() {
     assert_eq!(by_worker.iter().sum::<u64>(), idle.iter().sum::<u64>(), "{by_worker:?}");
     assert!(by_worker.iter().all(|&k| k > 0), "each worker keeps its own tunnels' mappings: {by_worker:?}");
     rig.delivered.clear();
+    rig.close();
+}
+
+/// Forged ESP with a tunnel's SPI (sent in clear) lands on a worker that
+/// does not own the tunnel: it is handed over unopened only while the
+/// ring to the owner holds fewer than `handoff::ESP_BACKLOG` mbufs (found
+/// by review: a flood could park a ring's 16,383 mbufs, more than the
+/// pool). Here the owner is not polled while the flood lasts.
+#[test]
+fn forged_esp_for_another_workers_tunnel_is_handed_over_only_so_far() {
+    let (_eal, _guard) = braid_dpdk::testing::eal(&[], 1536);
+    let mut rig = Rig::build("espflood", "bundle", &[1, 1], |_, _| {}, false);
+    let flows = flows();
+    send_rounds(&mut rig, &flows, 0..4, |_, _| 200);
+    rig.settle(50);
+    // Tunnel 1 (UDP 4501) is worker 1's (port mod 2, no RSS); into
+    // worker 0's queue.
+    let esp = rig.capture.iter().find(|f| f.len() > 60 && f[36..38] == 4501u16.to_be_bytes()).expect("ESP of tunnel 1").clone();
+    let before = rig.b.workers[0].counters();
+    for _ in 0..30 {
+        let mut v: Vec<Mbuf> = (0..100)
+            .map(|_| {
+                let mut m = Mbuf::alloc(&rig.test_pool).unwrap();
+                m.append(esp.len()).unwrap().copy_from_slice(&esp);
+                m
+            })
+            .collect();
+        rig.mid_b.tx[0].tx_all(&mut v, 1000);
+        assert!(v.is_empty());
+        for _ in 0..4 {
+            rig.b.workers[0].poll(rig.now);
+        }
+    }
+    let w0 = rig.b.workers[0].counters();
+    let handed = w0.handoff.esp_out - before.handoff.esp_out;
+    let refused = w0.drops.get(DpDrop::HandoffFull) - before.drops.get(DpDrop::HandoffFull);
+    assert_eq!(handed + refused, 3000, "{:?}", w0.handoff);
+    assert!((handoff::ESP_BACKLOG as u64 - 64..=handoff::ESP_BACKLOG as u64).contains(&handed), "handed {handed}");
+    // The owner then takes them (replays, refused) and all is counted.
+    rig.settle(400);
+    let cb = rig.b.counters();
+    assert_eq!(cb.handoff.esp_in, cb.handoff.esp_out);
+    lab::assert_conserved(&cb, "B", false);
     rig.close();
 }

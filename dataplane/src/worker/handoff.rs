@@ -44,8 +44,9 @@ pub enum Kind {
     /// An opened bundle frame, for the owner of its stream. `a`: 1 if its
     /// ESP packet was the newest on its SA; `spi`: the SA's.
     Frame = 2,
-    /// A tunnel's peer now sends from `x` (IPv4 << 16 | port). `spi`: the
-    /// tunnel's inbound SPI.
+    /// A tunnel's peer now sends from `x`: IPv4 << 16 | port, or for IPv6
+    /// the port with the `REMOTE_V6` flag, the address in the body. `spi`:
+    /// the tunnel's inbound SPI.
     Remote = 3,
     /// A path's liveness as the prober sees it. `spi`: the tunnel's
     /// inbound SPI; `a`: alive; `x`: one-way delay in ns, `u64::MAX` if
@@ -150,6 +151,17 @@ impl Flushed {
     }
 }
 
+/// ESP packets are handed to a tunnel's owner unopened, so anyone who
+/// knows a tunnel's SPI (sent in clear) can make a worker hand them: only
+/// while the ring to the owner holds fewer mbufs than this. What
+/// unauthenticated senders can park in the rings stays far below the pool
+/// (the rings hold 16,384 each), and authenticated frames still fill them.
+pub const ESP_BACKLOG: usize = 1024;
+
+/// Messages waiting for a full ring, per other worker, at most; more are
+/// dropped (`messages_failed`). A ring stays full only under overload.
+pub const MESSAGES_WAITING: usize = 1024;
+
 /// One worker's ends of the rings to and from every other worker.
 pub struct Handoff {
     id: u16,
@@ -208,15 +220,23 @@ impl Handoff {
         self.data[usize::from(to)].push(m);
     }
 
+    /// Mbufs on their way to worker `to`: in its ring, and queued here.
+    #[inline]
+    pub fn backlog(&self, to: u16) -> usize {
+        let to = usize::from(to);
+        self.to[to].as_ref().map_or(0, |r| r.len()) + self.data[to].len()
+    }
+
     /// Queues a message for every other worker, made by `make` (`None`: no
-    /// mbuf; returns how many could not be made).
+    /// mbuf; returns how many could not be made or had no room, see
+    /// [`MESSAGES_WAITING`]).
     pub fn broadcast(&mut self, mut make: impl FnMut() -> Option<Mbuf>) -> usize {
         let mut failed = 0;
         for (j, q) in self.messages.iter_mut().enumerate() {
             if j == usize::from(self.id) {
                 continue;
             }
-            match make() {
+            match (q.len() < MESSAGES_WAITING).then(&mut make).flatten() {
                 Some(m) => q.push(m),
                 None => failed += 1,
             }
