@@ -62,7 +62,11 @@ pub fn pool_rooms(tables: &Tables) -> (u16, Option<u16>) {
     let max_mtu = tables.ports.iter().map(|p| p.mtu as usize).max().unwrap_or(1500);
     let room = (128 + 14 + max_mtu + 128).max(braid_dpdk::mbuf::DEFAULT_DATA_ROOM as usize) as u16;
     let max_inner = crate::config::MAX_MTU as usize;
-    (room, (max_mtu < max_inner).then_some((128 + 14 + max_inner) as u16))
+    // Also the room for an outer packet made whole whose inner packet is
+    // that large (plain mode's outer fragments): its outer headers and
+    // ESP trailer, up to 99 bytes over IPv6, fit the same 128 (found by
+    // review: a 9600-byte inner packet reassembled did not fit, `too_big`).
+    (room, (max_mtu < max_inner).then_some((128 + 14 + max_inner + 128) as u16))
 }
 
 /// The outbound SA of every tunnel, by bundle, shared by all workers
@@ -186,4 +190,24 @@ pub fn worker_setup_with_nat(
         wan_rss: Vec::new(),
         workers: 1,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_tunnel::wire::esp;
+
+    /// The jumbo pool holds an outer packet made whole (plain mode's
+    /// outer fragments, IPv6 tunnels) around the largest inner packet,
+    /// behind the mbuf's headroom (found by review: it held the inner
+    /// packet's LAN frame only, and such packets were dropped `too_big`).
+    #[test]
+    fn the_jumbo_pool_holds_the_largest_outer_packet() {
+        let tables = crate::control::tables_from_doc(crate::control::tests::example_doc().as_bytes()).unwrap();
+        let (room, jumbo) = pool_rooms(&tables);
+        let max_inner = crate::config::MAX_MTU as usize;
+        let outer_v6 = 14 + 40 + 8 + esp::PAYLOAD_OFFSET + max_inner + esp::MAX_TAIL;
+        assert!(usize::from(jumbo.expect("a 1500-byte gateway has a jumbo pool")) >= 128 + outer_v6);
+        assert!(usize::from(room) >= 128 + 14 + 1500 + 99, "the ordinary pool grows a LAN frame by the outer headers in place");
+    }
 }
