@@ -12,8 +12,8 @@
 //! stays bad. A SYN without an MSS option is left alone: its peer uses
 //! the default MSS (536 over IPv4, 1220 over IPv6), which one ESP packet
 //! carries on any WAN of 1500 bytes, though not on the smallest MTUs the
-//! configuration takes (576, 1280): there such segments are cut or,
-//! IPv6, dropped as `too_big`.
+//! configuration takes (576, 1280): there such segments are cut
+//! (`tunnel_cut`, IPv4 and IPv6).
 
 use braid_tunnel::wire::checksum;
 

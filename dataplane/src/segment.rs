@@ -21,6 +21,7 @@ const ETH: usize = 14;
 pub const MAX_HEADERS: usize = ETH + 60 + 60;
 
 const TCP: u8 = 6;
+const SYN: u8 = 0x02;
 const FIN: u8 = 0x01;
 const PSH: u8 = 0x08;
 const CWR: u8 = 0x80;
@@ -198,8 +199,15 @@ pub fn segment_tcp(frame: &[u8], mtu: usize, mut emit: impl FnMut(&[u8], &[u8]))
             let dst: [u8; 4] = ip[16..20].try_into().expect("4 bytes");
             checksum::pseudo_header_v4(Ipv4Addr::from(src), Ipv4Addr::from(dst), TCP, tcp_len as u16)
         };
-        tcp[4..8].copy_from_slice(&seq.wrapping_add((i * l.mss) as u32).to_be_bytes());
+        // A SYN carrying data (TCP Fast Open) takes one sequence number
+        // before its data: the first segment is the SYN, the others follow
+        // it (found by review: each was a SYN one byte early).
+        let syn = u32::from(i > 0 && flags & SYN != 0);
+        tcp[4..8].copy_from_slice(&seq.wrapping_add((i * l.mss) as u32).wrapping_add(syn).to_be_bytes());
         let mut f = flags;
+        if i > 0 {
+            f &= !SYN;
+        }
         if i + 1 < n {
             f &= !(FIN | PSH);
         }
@@ -231,16 +239,17 @@ mod tests {
 
     /// Every segment fits, its IP and TCP checksums verify, sequence
     /// numbers follow the payload, flags are where they belong, and the
-    /// payloads put back together are the original's.
+    /// payloads put back together are the original's; also of a SYN with
+    /// data (TCP Fast Open), whose SYN takes one sequence number.
     #[test]
     fn tcp_cut_to_the_mtu_v4_and_v6() {
-        for family in [Family::V4, Family::V6] {
+        for (family, syn) in [(Family::V4, false), (Family::V6, false), (Family::V4, true), (Family::V6, true)] {
             let f = Flow::a_to_b(3, family, L4::Tcp);
             let mut ip = ip_packet(&f, 7, 9000 + 14);
             // FIN, PSH and CWR on the original (and its checksum again).
             let tcp_at = if family == Family::V4 { 20 } else { 40 };
             let old = u16::from_be_bytes([ip[tcp_at + 12], ip[tcp_at + 13]]);
-            ip[tcp_at + 13] |= FIN | PSH | CWR;
+            ip[tcp_at + 13] |= FIN | PSH | CWR | if syn { SYN } else { 0 };
             let new = u16::from_be_bytes([ip[tcp_at + 12], ip[tcp_at + 13]]);
             let c = u16::from_be_bytes([ip[tcp_at + 16], ip[tcp_at + 17]]);
             ip[tcp_at + 16..tcp_at + 18].copy_from_slice(&checksum::update_u16(c, old, new).to_be_bytes());
@@ -269,10 +278,12 @@ mod tests {
                 };
                 let seg = tcp::Packet::new_checked(t).unwrap();
                 assert!(seg.verify_checksum(&addrs), "segment {i}: TCP checksum");
-                assert_eq!(seg.seq_number(), orig_seq.wrapping_add(joined.len() as u32));
+                let after_syn = u32::from(syn && i > 0);
+                assert_eq!(seg.seq_number(), orig_seq.wrapping_add(joined.len() as u32 + after_syn), "segment {i}");
                 let fl = t[13];
                 assert_eq!(fl & (FIN | PSH) != 0, i + 1 == n, "FIN/PSH on the last only");
                 assert_eq!(fl & CWR != 0, i == 0, "CWR on the first only");
+                assert_eq!(fl & SYN != 0, syn && i == 0, "SYN on the first only");
                 assert_eq!(t[20..l4], ip[tcp_at + 20..tcp_at + l4], "options repeated");
                 joined.extend_from_slice(&t[l4..]);
             }
