@@ -1323,22 +1323,25 @@ impl Worker {
             } else {
                 m
             };
-            let r = if is_outer_fragment(m.data()) && !(is_udp_fragment(m.data()) && self.local[1 + w].is_own_address(m.data())) {
-                // Not a tunnel's (not UDP, or not to this port's address;
-                // the port is promiscuous): the reassembly table is not
-                // for it. The kernel reassembles what is for the gateway.
-                if self.kernel[1 + w].is_some() && self.local[1 + w].for_gateway(m.data()) {
-                    self.hand_to_kernel(1 + w, m);
-                    continue;
-                }
-                Err(DpDrop::NotTunnel)
-            } else if is_outer_fragment(m.data()) {
-                match self.take_fragment(m, now) {
-                    // DPDK leaves the reassembled header's checksum to TX
-                    // offload (zero); each fragment's was checked.
-                    Ok(Some(whole)) => self.receive_esp(w, whole, now, false, false),
-                    Ok(None) => Ok(()),
-                    Err(r) => Err(r),
+            let r = if is_outer_fragment(m.data()) {
+                if !(is_udp_fragment(m.data()) && self.local[1 + w].is_own_address(m.data())) {
+                    // Not a tunnel's (not UDP, or not to this port's
+                    // address; the port is promiscuous): the reassembly
+                    // table is not for it. The kernel reassembles what is
+                    // for the gateway.
+                    if self.kernel[1 + w].is_some() && self.local[1 + w].for_gateway(m.data()) {
+                        self.hand_to_kernel(1 + w, m);
+                        continue;
+                    }
+                    Err(DpDrop::NotTunnel)
+                } else {
+                    match self.take_fragment(m, now) {
+                        // DPDK leaves the reassembled header's checksum to TX
+                        // offload (zero); each fragment's was checked.
+                        Ok(Some(whole)) => self.receive_esp(w, whole, now, false, false),
+                        Ok(None) => Ok(()),
+                        Err(r) => Err(r),
+                    }
                 }
             } else {
                 // The NIC's verdict on the outer IPv4 header checksum, when
