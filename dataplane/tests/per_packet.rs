@@ -427,3 +427,22 @@ fn plain_mode_clamps_the_mss_of_syns_both_ways() {
         lab.close();
     }
 }
+
+/// Plain mode cuts a DF-clear packet too big for the tunnel into inner
+/// fragments that go on one tunnel, and a fragmented packet is one pick
+/// of the balancer: the tunnels carry equal shares of packets.
+#[test]
+fn plain_mode_keeps_a_packets_fragments_on_one_tunnel() {
+    let (mut lab, _g) = start("pfrag1", "plain", &[1, 1], 1500);
+    let f = Flow::a_to_b(0, Family::V4, L4::Udp);
+    for i in 0..20 {
+        let frames: Vec<Mbuf> = (0..5).map(|k| lab.frame_to_a(&ip_packet(&f, i * 5 + k, 3000))).collect();
+        send(&mut lab, frames);
+    }
+    lab.settle(5);
+    let (a, _) = lab.counters();
+    assert_eq!((a.tunnel_cut.fragmented, a.tunnel_cut.fragments), (100, 300));
+    let tx: Vec<u64> = a.tunnels[0].iter().map(|t| t.tx.packets).collect();
+    assert_eq!(tx, vec![150, 150], "3 fragments a packet, on one tunnel, packets shared equally");
+    lab.close();
+}

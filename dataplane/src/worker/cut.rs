@@ -159,22 +159,21 @@ impl Worker {
         } else {
             (c.fragmented, c.fragments) = (c.fragmented + 1, c.fragments + n as u64);
         }
-        // A packet's fragments stay on one tunnel (while it is alive): a
-        // peer that reassembles them (for its NAT) with several workers
-        // gets them on one worker. Segments are packets of their own.
-        let mut last = None;
+        // A packet's fragments go on one tunnel: a peer that reassembles
+        // them (for its NAT) with several workers gets them on one worker.
+        // They are one pick of their whole length (`Balancer::stay` would
+        // leave the balancer's precomputed schedule for its slower loop
+        // until the paths change; found by review). Segments are packets
+        // of their own.
+        let whole = match &mut self.bundles[b].engine {
+            Engine::Plain(p) if !tcp => p.balancer.pick(pieces.iter().map(|m| m.data_len() - ETH).sum(), now),
+            _ => None,
+        };
         for piece in pieces.drain(..) {
             let Engine::Plain(p) = &mut self.bundles[b].engine else { break };
-            let len = piece.data_len() - ETH;
-            let t = match last {
-                Some(t) if !tcp && p.balancer.stay(t, len, now) => Some(t),
-                _ => p.balancer.pick(len, now),
-            };
+            let t = if tcp { p.balancer.pick(piece.data_len() - ETH, now) } else { whole };
             match t {
-                Some(t) => {
-                    last = Some(t);
-                    self.send_plain(b, t, piece);
-                }
+                Some(t) => self.send_plain(b, t, piece),
                 None => self.counters.drops.add(DpDrop::NoPath),
             }
         }
