@@ -201,6 +201,8 @@ struct Plain {
     /// Source address of the ICMP errors: the first IPv4 tunnel's local
     /// address, else the LAN port's.
     icmp_src: [u8; 4],
+    /// The same for ICMPv6: the first IPv6 tunnel's, else the LAN port's.
+    icmp_src6: [u8; 16],
     /// Outer IP and UDP header bytes of the bundle's tunnels, the most
     /// (IPv4 28, IPv6 48): sizes are checked before a tunnel is picked.
     outer_ip_udp: usize,
@@ -1261,6 +1263,10 @@ impl Worker {
             return;
         }
         let Engine::Plain(p) = &self.bundles[b].engine else { return };
+        if m.data()[12..14] == [0x86, 0xdd] {
+            let (src, mtu) = (p.icmp_src6, p.inner_mtu);
+            return self.packet_too_big(m, src, mtu, now);
+        }
         let d = m.data();
         let ip = &d[ETH..];
         let ihl = (ip[0] & 0x0f) as usize * 4;
@@ -1300,6 +1306,53 @@ impl Worker {
         icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
         icmp[8..].copy_from_slice(&quote[..quote_len]);
         let c = !braid_tunnel::wire::checksum::sum(icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        write_eth(f, &self.lan);
+        self.next_icmp = now.saturating_add(ICMP_INTERVAL);
+        self.counters.icmp_sent += 1;
+        self.lan_out.push(m);
+    }
+
+    /// ICMPv6 Packet Too Big (RFC 4443 section 3.2) for the IPv6 packet in
+    /// `m`, from `src`, with the largest inner packet the tunnels carry:
+    /// IPv6 routers do not fragment, so without it the sender would never
+    /// learn the path's MTU. As much of the packet as fits a 1280-byte
+    /// error. Same rate limit as the IPv4 errors; never about an ICMPv6
+    /// error, nor to an unspecified or multicast source (section 2.4).
+    #[cold]
+    fn packet_too_big(&mut self, mut m: Mbuf, src: [u8; 16], mtu: u16, now: Nanos) {
+        const MIN_MTU: usize = 1280;
+        let ip = &m.data()[ETH..];
+        if ip.len() < 40 || src == [0; 16] {
+            return;
+        }
+        let orig_src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
+        let icmp_error = ip[6] == 58 && ip.get(40).is_some_and(|&t| t < 128);
+        if orig_src == [0; 16] || orig_src[0] == 0xff || icmp_error {
+            return;
+        }
+        let quote_len = ip.len().min(MIN_MTU - 48);
+        let mut quote = [0u8; MIN_MTU - 48];
+        quote[..quote_len].copy_from_slice(&ip[..quote_len]);
+        let extra = m.data_len() - ETH - 48 - quote_len;
+        if !m.trim(extra) {
+            return;
+        }
+        let f = m.data_mut();
+        let ip = &mut f[ETH..ETH + 40];
+        ip.fill(0);
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&((8 + quote_len) as u16).to_be_bytes());
+        ip[6] = 58;
+        ip[7] = 64;
+        ip[8..24].copy_from_slice(&src);
+        ip[24..40].copy_from_slice(&orig_src);
+        let icmp = &mut f[ETH + 40..];
+        icmp[..8].copy_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
+        icmp[4..8].copy_from_slice(&u32::from(mtu).to_be_bytes());
+        icmp[8..].copy_from_slice(&quote[..quote_len]);
+        let pseudo = braid_tunnel::wire::checksum::pseudo_header_v6(src.into(), orig_src.into(), 58, (8 + quote_len) as u32);
+        let c = !braid_tunnel::wire::checksum::combine(&[pseudo, braid_tunnel::wire::checksum::sum(icmp)]);
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
         write_eth(f, &self.lan);
         self.next_icmp = now.saturating_add(ICMP_INTERVAL);
@@ -2059,15 +2112,8 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
                 inner_mtu,
                 clamp_mtu,
                 // An IPv4 tunnel's local address, else the LAN port's.
-                icmp_src: bs
-                    .tunnels
-                    .iter()
-                    .find_map(|t| match t.local.ip() {
-                        std::net::IpAddr::V4(a) => Some(a.octets()),
-                        std::net::IpAddr::V6(_) => None,
-                    })
-                    .or(setup.lan.ipv4.map(|a| a.octets()))
-                    .unwrap_or([0; 4]),
+                icmp_src: bs.tunnels.iter().find_map(|t| local_v4(t.local.ip())).or(setup.lan.ipv4).map_or([0; 4], |a| a.octets()),
+                icmp_src6: bs.tunnels.iter().find_map(|t| local_v6(t.local.ip())).or(setup.lan.ipv6).map_or([0; 16], |a| a.octets()),
                 outer_ip_udp,
             })
         }
@@ -2104,6 +2150,20 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
 /// remote), or, without RSS, `handoff::tunnel_owner` of its local port.
 /// Any function would be correct (every worker computes the same); this
 /// one spares the hand-off of ESP packets when the NIC spreads by RSS.
+fn local_v4(a: std::net::IpAddr) -> Option<std::net::Ipv4Addr> {
+    match a {
+        std::net::IpAddr::V4(a) => Some(a),
+        std::net::IpAddr::V6(_) => None,
+    }
+}
+
+fn local_v6(a: std::net::IpAddr) -> Option<std::net::Ipv6Addr> {
+    match a {
+        std::net::IpAddr::V6(a) => Some(a),
+        std::net::IpAddr::V4(_) => None,
+    }
+}
+
 fn tunnel_owner(setup: &WorkerSetup, t: &TunnelSetup) -> u16 {
     if setup.workers <= 1 {
         return 0;

@@ -446,3 +446,47 @@ fn plain_mode_keeps_a_packets_fragments_on_one_tunnel() {
     assert_eq!(tx, vec![150, 150], "3 fragments a packet, on one tunnel, packets shared equally");
     lab.close();
 }
+
+/// Found by review: an IPv6 packet too big for a plain-mode tunnel was
+/// dropped without a word (IPv6 routers do not fragment: the sender must
+/// hear ICMPv6 Packet Too Big, RFC 8200 section 5, RFC 4443 section 3.2).
+/// From the LAN port's IPv6 address (the tunnels are IPv4), with the
+/// largest inner packet the tunnels carry and as much of the packet as a
+/// 1280-byte error holds.
+#[test]
+fn plain_mode_answers_too_big_ipv6_packets_with_packet_too_big() {
+    use braid_tunnel::wire::checksum;
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let edit: lab::ConfigEdit = Box::new(|side_a, doc| {
+        if side_a {
+            doc["ports"][0]["ipv6"] = serde_json::json!("fd00:1::fe/64");
+        }
+    });
+    let mut lab = Lab::with("ptb6", "plain", &[1], 16, 1500, lab::LabOptions { edit: Some(edit), ..Default::default() });
+    let f = Flow::a_to_b(0, Family::V6, L4::Udp);
+    let big = ip_packet(&f, 0, 14 + 2000);
+    let frames = vec![lab.frame_to_a(&big), lab.frame_to_a(&ip_packet(&f, 1, 14 + 1000))];
+    send(&mut lab, frames);
+    lab.settle(2);
+    let mut got = Vec::new();
+    lab.gen.rx.rx_burst(&mut got, BURST);
+    assert_eq!(got.len(), 1);
+    let fr = got[0].to_vec();
+    drop(got);
+    assert_eq!((&fr[0..6], &fr[12..14]), (&lab::mac(lab::A_HOST_MAC)[..], &[0x86, 0xdd][..]));
+    let ip = &fr[14..];
+    assert_eq!(ip.len(), 1280, "as much as a minimum-MTU error holds");
+    let (src, dst) = (std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap()), std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap()));
+    assert_eq!((ip[6], src, dst), (58, "fd00:1::fe".parse().unwrap(), f.src6));
+    let icmp = &ip[40..];
+    assert_eq!(!checksum::combine(&[checksum::pseudo_header_v6(src, dst, 58, icmp.len() as u32), checksum::sum(icmp)]), 0, "ICMPv6 checksum");
+    let mtu = u32::from_be_bytes(icmp[4..8].try_into().unwrap()) as usize;
+    assert_eq!((icmp[0], icmp[1]), (2, 0));
+    assert!(28 + esp::packet_len(mtu) <= 1500 && 28 + esp::packet_len(mtu + 1) > 1500, "MTU {mtu}");
+    assert_eq!(&icmp[8..], &big[..1280 - 48]);
+    let (a, _) = lab.counters();
+    assert_eq!((a.drops.get(DpDrop::TooBig), a.icmp_sent), (1, 1));
+    assert_eq!(lab.delivered.len(), 1, "the small one crossed");
+    lab::assert_conserved(&a, "A", true);
+    lab.close();
+}
