@@ -113,14 +113,6 @@ impl Responder {
         }
     }
 
-    /// Whether a frame is for the gateway itself, beyond what the
-    /// responder answers: the exception path gives it to the kernel (a
-    /// port with `kernel_tap`). Not IP and not ARP (LLDP, say); IPv4 to
-    /// the port's address, to the limited broadcast (DHCP) or to a
-    /// link-local multicast group (224.0.0.0/24, never forwarded: RFC
-    /// 5771); IPv6 to the port's address, to a link-local address
-    /// (fe80::/10) or to an interface- or link-local multicast group
-    /// (ff01::/16, ff02::/16). Other multicast follows the routes.
     /// Whether an IPv4 or IPv6 frame is to the port's own (non
     /// link-local) address, where its tunnels are.
     #[inline]
@@ -132,6 +124,14 @@ impl Responder {
         }
     }
 
+    /// Whether a frame is for the gateway itself, beyond what the
+    /// responder answers: the exception path gives it to the kernel (a
+    /// port with `kernel_tap`). Not IP and not ARP (LLDP, say); IPv4 to
+    /// the port's address, to the limited broadcast (DHCP) or to a
+    /// link-local multicast group (224.0.0.0/24, never forwarded: RFC
+    /// 5771); IPv6 to the port's address, to a link-local address
+    /// (fe80::/10) or to an interface- or link-local multicast group
+    /// (ff01::/16, ff02::/16). Other multicast follows the routes.
     #[inline]
     pub fn for_gateway(&self, d: &[u8]) -> bool {
         if d.len() < 14 {

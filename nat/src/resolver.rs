@@ -9,8 +9,9 @@
 //! millisecond; a queue would only matter for the first packets of a flow.
 //!
 //! Only [`Resolver::lookup`] creates entries (the gateway's own next hops).
-//! Requests from others are answered but never learned, so an ARP or NS
-//! flood cannot fill the cache; replies for addresses nobody asked about
+//! Requests from others are answered and update an entry that exists,
+//! never add one, so an ARP or NS flood cannot fill the cache; replies for
+//! addresses nobody asked about
 //! are counted (`unsolicited`) and ignored. Nothing, gratuitous or not,
 //! can bind one of the port's own addresses to another MAC
 //! (`own_addr_conflict`). Untagged Ethernet only.
@@ -371,13 +372,14 @@ impl Resolver {
         Some(len)
     }
 
-    /// Learns from an answer about a neighbor we asked for.
     /// What a message tells of `ip`'s MAC, for an entry that exists
     /// (entries are made by lookups only, so nobody fills the cache by
     /// talking). A MAC that is not unicast is never taken. RFC 4861
-    /// section 7.2.5 for advertisements; ARP replies and requests (RFC 826's
-    /// merge) and solicitations with a source address option update the
-    /// MAC, and confirm it only when it is the one known or none was.
+    /// section 7.2.5 for advertisements. An ARP reply sets the MAC,
+    /// confirmed. An ARP request or a solicitation with a source address
+    /// option sets it too (RFC 826's merge): confirmed when none was known
+    /// (incomplete or failed), to be probed on next use when it changed,
+    /// the entry left as it was otherwise.
     fn learn(&mut self, ip: IpAddr, mac: Option<Address>, now: Nanos, heard: Heard) {
         if mac.is_some_and(|m| !m.is_unicast() || m.0 == [0; 6]) {
             self.counters.ignored += 1;
@@ -392,7 +394,9 @@ impl Resolver {
         let confirmed = State::Reachable { until: now.saturating_add(self.cfg.reachable) };
         // Known but to be confirmed by a unicast probe on its next use.
         let stale = State::Reachable { until: now };
-        let incomplete = matches!(e.state, State::Incomplete { .. });
+        // A failed entry has no address worth keeping either (RFC 4861
+        // gives it none): anything that brings a MAC revives it.
+        let incomplete = matches!(e.state, State::Incomplete { .. } | State::Failed { .. });
         let learned = match (heard, mac) {
             (Heard::Reply, Some(m)) => {
                 (e.mac, e.state) = (m, confirmed);

@@ -565,3 +565,30 @@ fn our_ipv6_address_is_defended_against_duplicate_address_detection() {
     );
     assert_eq!(r.on_frame(&other, SEC, &mut out), None);
 }
+
+/// Found by review of the rules above: a failed entry has no MAC worth
+/// keeping. An advertisement without the option does not confirm it (it
+/// would have confirmed the broadcast MAC it was made with), and a
+/// neighbour that speaks up with its MAC revives it at once.
+#[test]
+fn a_failed_entry_is_revived_by_its_neighbour_not_by_nothing() {
+    let mut r = resolver();
+    let mut out = [0u8; FRAME_MAX];
+    let peer: Ipv6Addr = "fe80::fe".parse().unwrap();
+    for t in 0..4 {
+        r.lookup(peer.into(), t * SEC, &mut out);
+    }
+    assert_eq!(r.lookup(peer.into(), 4 * SEC, &mut out), Lookup::Failed);
+    r.on_frame(&advert(peer, icmpv6::NaFlags::SOLICITED, None), 4 * SEC, &mut out);
+    assert_eq!(r.lookup(peer.into(), 4 * SEC, &mut out), Lookup::Failed, "nothing learned");
+    let ns = nd_frame(HOP_MAC, peer, icmpv6::solicited_node(our_v6()), icmpv6::Repr::NeighborSolicit { target: our_v6(), source_lladdr: Some(HOP_MAC) });
+    assert!(r.on_frame(&ns, 5 * SEC, &mut out).is_some(), "answered");
+    assert_eq!(r.lookup(peer.into(), 5 * SEC, &mut out), Lookup::Resolved { mac: HOP_MAC, request: None }, "revived");
+    // The same for ARP.
+    for t in 0..4 {
+        r.lookup(HOP_V4.into(), t * SEC, &mut out);
+    }
+    assert_eq!(r.lookup(HOP_V4.into(), 4 * SEC, &mut out), Lookup::Failed);
+    r.on_frame(&arp_frame(arp::Operation::Request, HOP_MAC, HOP_V4, OUR_V4), 5 * SEC, &mut out);
+    assert_eq!(r.lookup(HOP_V4.into(), 5 * SEC, &mut out), Lookup::Resolved { mac: HOP_MAC, request: None });
+}
