@@ -85,8 +85,9 @@ drops! {
     /// their neighbors, or for this one.
     LanHoldFull => "lan_hold_full",
     /// A LAN that resolves its hosts: a packet to the limited broadcast
-    /// address or the LAN subnet's, which a router does not forward.
-    LanBroadcast => "lan_broadcast",
+    /// address, the LAN subnet's, or a link-scope multicast group, which a
+    /// router does not forward.
+    LanNotForwarded => "lan_not_forwarded",
     /// Several workers: an ESP packet for a tunnel another worker owns,
     /// dropped because the ring to that worker was full.
     HandoffFull => "handoff_full",
@@ -131,7 +132,7 @@ impl DpDrop {
                 | DpDrop::LanNextHopUnresolved
                 | DpDrop::LanNoNextHop
                 | DpDrop::LanHoldFull
-                | DpDrop::LanBroadcast
+                | DpDrop::LanNotForwarded
                 | DpDrop::HandoffLost
                 | DpDrop::HandoffDeliverLost
                 | DpDrop::LanTooBig

@@ -216,8 +216,9 @@ fn off_link_destinations_go_to_the_router_or_nowhere() {
 
 /// Found by review: a packet to the LAN subnet's broadcast address was
 /// held for an ARP answer that never comes, and multicast went to the
-/// router's MAC. Now: broadcasts are not forwarded (counted), multicast
-/// goes to its group's MAC, without asking anybody.
+/// router's MAC. Now: broadcasts and link-scope groups are not forwarded
+/// (counted), other multicast goes to its group's MAC, without asking
+/// anybody.
 #[test]
 fn broadcast_is_not_forwarded_and_multicast_goes_to_its_group() {
     let (mut lab, _g) = start_routing("lanm", "bundle", Some("10.2.0.253"), &["239.0.0.0/8", "ff0e::/16"]);
@@ -237,7 +238,7 @@ fn broadcast_is_not_forwarded_and_multicast_goes_to_its_group() {
     assert_eq!(data.iter().filter(|d| d[..6] == [0x01, 0x00, 0x5e, 0x01, 0x02, 0x03]).count(), 5, "239.129.2.3's MAC (23 bits)");
     assert_eq!(data.iter().filter(|d| d[..6] == [0x33, 0x33, 0x00, 0x02, 0x00, 0x03]).count(), 5, "ff0e::1:2:3's MAC");
     let (_, b) = lab.counters();
-    assert_eq!(b.drops.get(DpDrop::LanBroadcast), 5);
+    assert_eq!(b.drops.get(DpDrop::LanNotForwarded), 5, "the subnet's broadcast");
     lab::assert_conserved(&b, "B", false);
     lab.close();
 }

@@ -814,7 +814,7 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
             + d.get(DpDrop::LanNextHopUnresolved)
             + d.get(DpDrop::LanNoNextHop)
             + d.get(DpDrop::LanHoldFull)
-            + d.get(DpDrop::LanBroadcast)
+            + d.get(DpDrop::LanNotForwarded)
             + d.get(DpDrop::LanTooBig)
             + d.get(DpDrop::LanNoMbuf)
             + d.get(DpDrop::LanBadChecksum)

@@ -13,10 +13,10 @@
 //! [`LAN_HOLD_MAX`] per worker and [`LAN_HOLD_PER_NEIGHBOR`] per neighbour,
 //! [`LAN_HOLD_TIME`] each, like Linux's unresolved queue) and leaves in
 //! order once it answers; one that does not answer drops what waited for
-//! it. A multicast destination goes to its group's MAC; a broadcast one
-//! is not forwarded. Every packet is counted: `lan_next_hop_unresolved`,
-//! `lan_hold_full`, `lan_no_next_hop`, `lan_broadcast`, or `lan_held`
-//! while it waits.
+//! it. A multicast destination goes to its group's MAC; a broadcast or a
+//! link-scope group is not forwarded. Every packet is counted:
+//! `lan_next_hop_unresolved`, `lan_hold_full`, `lan_no_next_hop`,
+//! `lan_not_forwarded`, or `lan_held` while it waits.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -66,13 +66,16 @@ impl OnLink {
     }
 
     /// Where a packet to `dst` goes: a multicast group's MAC (RFC 1112
-    /// section 6.4, RFC 2464 section 7); nowhere for a broadcast (a router
-    /// forwards neither the limited broadcast nor, by default, a subnet's
-    /// directed one: RFC 1812 section 5.3.5, RFC 2644); else the neighbour
-    /// whose MAC to find.
+    /// section 6.4, RFC 2464 section 7); nowhere for a link-scope group
+    /// (224.0.0.0/24, RFC 5771; IPv6 interface- and link-local scopes) or
+    /// a broadcast (a router forwards neither the limited broadcast nor,
+    /// by default, a subnet's directed one: RFC 1812 section 5.3.5, RFC
+    /// 2644); else the neighbour whose MAC to find.
     #[inline]
     pub fn deliver(&self, dst: IpAddr) -> Result<Result<IpAddr, [u8; 6]>, DpDrop> {
         match dst {
+            IpAddr::V4(a) if a.octets()[..3] == [224, 0, 0] => Err(DpDrop::LanNotForwarded),
+            IpAddr::V6(a) if a.is_multicast() && a.octets()[1] & 0x0f <= 2 => Err(DpDrop::LanNotForwarded),
             IpAddr::V4(a) if a.is_multicast() => {
                 let o = a.octets();
                 Ok(Err([0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]))
@@ -81,10 +84,10 @@ impl OnLink {
                 let o = a.octets();
                 Ok(Err([0x33, 0x33, o[12], o[13], o[14], o[15]]))
             }
-            IpAddr::V4(a) if a.is_broadcast() => Err(DpDrop::LanBroadcast),
+            IpAddr::V4(a) if a.is_broadcast() => Err(DpDrop::LanNotForwarded),
             // The subnet's broadcast address (not on /31 and /32 links,
             // RFC 3021, whose every address is a host).
-            IpAddr::V4(a) if self.v4.is_some_and(|(net, mask)| mask < u32::MAX - 1 && u32::from(a) == net | !mask) => Err(DpDrop::LanBroadcast),
+            IpAddr::V4(a) if self.v4.is_some_and(|(net, mask)| mask < u32::MAX - 1 && u32::from(a) == net | !mask) => Err(DpDrop::LanNotForwarded),
             _ => self.next_hop(dst).map(Ok).ok_or(DpDrop::LanNoNextHop),
         }
     }
@@ -277,6 +280,22 @@ mod tests {
         assert_eq!(bare.next_hop(ip("fd00:1::9")), None, "no IPv6 subnet");
         let all = OnLink::new(Some(("10.1.0.1".parse().unwrap(), 0)), None, None);
         assert_eq!(all.next_hop(ip("192.0.2.1")), Some(ip("192.0.2.1")), "/0 is everything");
+    }
+
+    #[test]
+    fn groups_go_to_their_mac_broadcasts_and_link_scopes_nowhere() {
+        let on = OnLink::new(Some(("10.1.0.1".parse().unwrap(), 24)), Some(("fd00:1::1".parse().unwrap(), 64)), None);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(on.deliver(ip("239.129.2.3")), Ok(Err([0x01, 0x00, 0x5e, 0x01, 0x02, 0x03])));
+        assert_eq!(on.deliver(ip("ff0e::1:2:3")), Ok(Err([0x33, 0x33, 0x00, 0x02, 0x00, 0x03])));
+        for not in ["10.1.0.255", "255.255.255.255", "224.0.0.5", "ff02::1", "ff01::2"] {
+            assert_eq!(on.deliver(ip(not)), Err(DpDrop::LanNotForwarded), "{not}");
+        }
+        assert_eq!(on.deliver(ip("10.1.0.9")), Ok(Ok(ip("10.1.0.9"))));
+        assert_eq!(on.deliver(ip("10.7.0.9")), Err(DpDrop::LanNoNextHop));
+        // On /31 and /32 links every address is a host (RFC 3021).
+        let p2p = OnLink::new(Some(("10.9.0.0".parse().unwrap(), 31)), None, None);
+        assert_eq!(p2p.deliver(ip("10.9.0.1")), Ok(Ok(ip("10.9.0.1"))));
     }
 
     #[test]
