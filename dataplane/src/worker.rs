@@ -1334,8 +1334,14 @@ impl Worker {
         let quote_len = ip.len().min(MIN_MTU - 48);
         let mut quote = [0u8; MIN_MTU - 48];
         quote[..quote_len].copy_from_slice(&ip[..quote_len]);
-        let extra = m.data_len() - ETH - 48 - quote_len;
-        if !m.trim(extra) {
+        // The error is shorter than the packet, or (a packet under 1232
+        // bytes, too big for a tunnel on a 1280-byte WAN) 48 bytes longer.
+        let want = ETH + 48 + quote_len;
+        let fits = match m.data_len().checked_sub(want) {
+            Some(extra) => m.trim(extra),
+            None => m.append(want - m.data_len()).is_some(),
+        };
+        if !fits {
             return;
         }
         let f = m.data_mut();

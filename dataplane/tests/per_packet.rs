@@ -435,8 +435,13 @@ fn plain_mode_clamps_the_mss_of_syns_both_ways() {
 fn plain_mode_keeps_a_packets_fragments_on_one_tunnel() {
     let (mut lab, _g) = start("pfrag1", "plain", &[1, 1], 1500);
     let f = Flow::a_to_b(0, Family::V4, L4::Udp);
-    for i in 0..20 {
-        let frames: Vec<Mbuf> = (0..5).map(|k| lab.frame_to_a(&ip_packet(&f, i * 5 + k, 3000))).collect();
+    let frames = vec![lab.frame_to_a(&ip_packet(&f, 0, 3000))];
+    send(&mut lab, frames);
+    lab.settle(5);
+    let tx = |lab: &Lab| lab.counters().0.tunnels[0].iter().map(|t| t.tx.packets).collect::<Vec<u64>>();
+    assert_eq!(tx(&lab), vec![3, 0], "one packet's 3 fragments on one tunnel");
+    for i in 0..33 {
+        let frames: Vec<Mbuf> = (0..3).map(|k| lab.frame_to_a(&ip_packet(&f, 1 + i * 3 + k, 3000))).collect();
         send(&mut lab, frames);
     }
     lab.settle(5);
@@ -488,5 +493,36 @@ fn plain_mode_answers_too_big_ipv6_packets_with_packet_too_big() {
     assert_eq!((a.drops.get(DpDrop::TooBig), a.icmp_sent), (1, 1));
     assert_eq!(lab.delivered.len(), 1, "the small one crossed");
     lab::assert_conserved(&a, "A", true);
+    lab.close();
+}
+
+/// The same for a packet shorter than the error itself: IPv6 tunnels on a
+/// 1280-byte WAN carry inner packets of ~1,195 bytes, so a 1,200-byte one
+/// is too big and its error (48 bytes longer) grows the mbuf (found by
+/// review: the length arithmetic underflowed). From the IPv6 tunnel's
+/// address.
+#[test]
+fn packet_too_big_for_a_packet_shorter_than_the_error() {
+    use braid_tunnel::wire::checksum;
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let opts = lab::LabOptions { edit: Some(lab::outer_v6(vec![true])), ..Default::default() };
+    let mut lab = Lab::with("ptb6s", "plain", &[1], 16, 1280, opts);
+    let f = Flow::a_to_b(0, Family::V6, L4::Udp);
+    let packet = ip_packet(&f, 0, 14 + 1200);
+    let frames = vec![lab.frame_to_a(&packet)];
+    send(&mut lab, frames);
+    lab.settle(2);
+    let mut got = Vec::new();
+    lab.gen.rx.rx_burst(&mut got, BURST);
+    let frames: Vec<Vec<u8>> = got.drain(..).map(|m| m.to_vec()).collect();
+    assert_eq!(frames.len(), 1);
+    let ip = &frames[0][14..];
+    assert_eq!(ip.len(), 48 + 1200);
+    let (src, dst) = (std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap()), std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap()));
+    assert_eq!((src, dst), ("2001:db8:a::1".parse().unwrap(), f.src6));
+    let icmp = &ip[40..];
+    assert_eq!(!checksum::combine(&[checksum::pseudo_header_v6(src, dst, 58, icmp.len() as u32), checksum::sum(icmp)]), 0);
+    assert_eq!((icmp[0], &icmp[8..]), (2, &packet[..]));
+    assert!(u32::from_be_bytes(icmp[4..8].try_into().unwrap()) < 1200);
     lab.close();
 }
