@@ -185,7 +185,15 @@ pub struct Resolver {
     cfg: ResolverConfig,
     cache: HashMap<IpAddr, Entry, BuildHasherDefault<Fnv>>,
     counters: ResolverCounters,
+    /// When an address was last defended against duplicate address
+    /// detection: at most one advertisement to all nodes per
+    /// [`DEFENCE_INTERVAL`], however many solicitations ask.
+    defended_at: Option<Nanos>,
 }
+
+/// Shortest time between two defences of our addresses (each an
+/// advertisement to every node of the link).
+pub const DEFENCE_INTERVAL: Nanos = 100_000_000;
 
 impl Resolver {
     /// A resolver with its cache allocated to `config.capacity`.
@@ -198,6 +206,7 @@ impl Resolver {
                 ..config
             },
             counters: ResolverCounters::default(),
+            defended_at: None,
         }
     }
 
@@ -537,9 +546,10 @@ impl Resolver {
                         return None;
                     }
                     self.counters.own_addr_conflict += 1;
-                    if out.len() < FRAME_MAX {
+                    if out.len() < FRAME_MAX || self.defended_at.is_some_and(|t| now < t.saturating_add(DEFENCE_INTERVAL)) {
                         return None;
                     }
+                    self.defended_at = Some(now);
                     let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
                     let na = icmpv6::Repr::NeighborAdvert {
                         flags: icmpv6::NaFlags(icmpv6::NaFlags::ROUTER | icmpv6::NaFlags::OVERRIDE),

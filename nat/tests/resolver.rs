@@ -5,7 +5,7 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use braid_nat::resolver::{Lookup, Resolver, ResolverConfig, FRAME_MAX};
+use braid_nat::resolver::{Lookup, Resolver, ResolverConfig, DEFENCE_INTERVAL, FRAME_MAX};
 use braid_tunnel::wire::ethernet::{self, Address, EtherType};
 use braid_tunnel::wire::{arp, checksum, icmpv4, icmpv6, ipv4, ipv6};
 use common::*;
@@ -556,6 +556,11 @@ fn our_ipv6_address_is_defended_against_duplicate_address_detection() {
     assert!(!flags.solicited() && flags.override_());
     assert_eq!((target, target_lladdr), (our_v6(), Some(OUR_MAC)));
     assert_eq!(r.counters().own_addr_conflict, 1);
+    // A flood of them is answered at most once per DEFENCE_INTERVAL (each
+    // answer goes to every node of the link).
+    let answers = (0..100).filter(|k| r.on_frame(&dad, SEC + k * DEFENCE_INTERVAL / 10, &mut out).is_some()).count();
+    assert_eq!(answers, 9, "1 s in steps of 10 ms, the first already answered just before");
+    assert_eq!(r.counters().own_addr_conflict, 101);
     // Someone else's address: not ours to defend.
     let other = nd_frame(
         Address([0x02, 0, 0, 0, 0, 0x66]),
