@@ -120,7 +120,7 @@ impl AppState {
         let generation = next.generation;
         *self.running.write().unwrap() = Arc::new(next);
         if let Some(link) = &self.link {
-            link.publish(Snapshot { generation, doc: Arc::new(doc) });
+            link.publish(Snapshot::new(generation, doc));
         }
         eprintln!("braid-control: generation {generation} applied");
         Ok(Change { generation, changed: true })
@@ -531,7 +531,7 @@ async fn get_status(State(app): State<Arc<AppState>>) -> Response {
     };
     let dataplane = app.link.as_ref().map(|l| {
         let link = l.status();
-        let in_sync = running.generation > 0 && link.applied_generation == Some(running.generation);
+        let in_sync = running.generation > 0 && l.in_sync(running.generation);
         DataplaneStatus { link, in_sync, alive }
     });
     json(StatusCode::OK, &Status { generation: running.generation, configured: running.config.is_some(), dataplane })

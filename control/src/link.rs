@@ -8,13 +8,14 @@
 //! - **attach**: until the segment file exists, retry every
 //!   [`RETRY`]; after attaching, read what the dataplane already said,
 //!   then push the full snapshot unless the dataplane is known to run our
-//!   generation.
+//!   generation *and* document: the dataplane reports both (`Applied`,
+//!   the stats segment), as a control process whose state was wiped
+//!   numbers a different document like the one that runs.
 //! - **push**: each new generation the API publishes is sent whole
 //!   (`proto::push_config`); generations only grow. Publishing faster than
 //!   the dataplane applies coalesces: the latest snapshot wins.
-//! - **events**: `Applied`/`Rejected` update the status; a `Hello` with an
-//!   unknown boot id, or running a generation other than ours, triggers a
-//!   full resync.
+//! - **events**: `Applied`/`Rejected` update the status; a `Hello` (a
+//!   dataplane that started) triggers a full resync.
 //! - **replacement**: a segment file that disappears or is replaced (new
 //!   inode: the dataplane restarted) is let go, re-opened and resynced.
 //!
@@ -46,6 +47,10 @@ pub struct LinkStatus {
     pub boot_id: Option<u64>,
     /// Last generation the dataplane reported applied (`Applied` or `Hello`).
     pub applied_generation: Option<u64>,
+    /// The hash of that generation's document (`braid_shm::proto::doc_hash`),
+    /// as 16 hex digits; `None` when not known.
+    #[serde(serialize_with = "hex_hash")]
+    pub applied_doc_hash: Option<u64>,
     /// Last generation sent whole on the current segment.
     pub pushed_generation: Option<u64>,
     /// Snapshots sent since start.
@@ -63,11 +68,32 @@ pub struct Rejected {
     pub reason: String,
 }
 
+fn hex_hash<S: serde::Serializer>(h: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match h {
+        Some(h) => s.serialize_str(&format!("{h:016x}")),
+        None => s.serialize_none(),
+    }
+}
+
 /// A snapshot to send: generation and document (JSON, keys included).
 #[derive(Clone)]
 pub struct Snapshot {
     pub generation: u64,
     pub doc: Arc<Vec<u8>>,
+    /// `proto::doc_hash(doc)`.
+    pub doc_hash: u64,
+}
+
+impl Snapshot {
+    pub fn new(generation: u64, doc: Vec<u8>) -> Snapshot {
+        let doc_hash = proto::doc_hash(&doc);
+        Snapshot { generation, doc: Arc::new(doc), doc_hash }
+    }
+
+    /// What the dataplane reports when it runs this snapshot.
+    fn id(&self) -> (u64, u64) {
+        (self.generation, self.doc_hash)
+    }
 }
 
 struct Shared {
@@ -115,6 +141,15 @@ impl Link {
 
     pub fn status(&self) -> LinkStatus {
         self.shared.lock().unwrap().status.clone()
+    }
+
+    /// The dataplane reported our snapshot `generation` applied: that
+    /// generation and its document.
+    pub fn in_sync(&self, generation: u64) -> bool {
+        let s = self.shared.lock().unwrap();
+        s.desired.as_ref().is_some_and(|d| {
+            d.generation == generation && (s.status.applied_generation, s.status.applied_doc_hash) == (Some(d.generation), Some(d.doc_hash))
+        })
     }
 
     /// Ends the thread at its next step.
@@ -177,7 +212,7 @@ impl Worker {
                 self.detach(link);
                 continue;
             }
-            self.drain_events(link, desired.as_ref().map(|d| d.generation));
+            self.drain_events(link, desired.as_ref().map(Snapshot::id));
             if let Some(d) = desired {
                 let behind = self.pushed.is_none_or(|p| p < d.generation);
                 let retry_ok = self.retry_at.is_none_or(|t| Instant::now() >= t);
@@ -223,23 +258,25 @@ impl Worker {
         self.pushed = None;
         self.pushed_here = false;
         self.retry_at = None;
-        // The stats segment says which generation the dataplane runs: a
-        // control process restarted over a running dataplane resends
-        // nothing it already has.
-        let ours = link.shared.lock().unwrap().desired.as_ref().map(|d| d.generation);
+        // The stats segment says which generation and document the
+        // dataplane runs: a control process restarted over a running
+        // dataplane resends nothing it already has.
+        let ours = link.shared.lock().unwrap().desired.as_ref().map(Snapshot::id);
         let running = link
             .stats
             .as_ref()
             .and_then(|p| braid_shm::stats::StatsReader::open(p).ok())
-            .map(|r| r.snapshot().applied_generation);
+            .map(|r| r.snapshot())
+            .map(|s| (s.applied_generation, s.applied_doc_hash));
         if running.is_some() && running == ours {
             self.need_push = false;
-            self.pushed = ours;
+            self.pushed = ours.map(|o| o.0);
         }
         link.update(|s| {
             s.attached = true;
             s.boot_id = None;
-            s.applied_generation = running;
+            s.applied_generation = running.map(|r| r.0);
+            s.applied_doc_hash = running.map(|r| r.1).filter(|&h| h != 0);
             s.pushed_generation = None;
             s.last_error = None;
         });
@@ -252,6 +289,7 @@ impl Worker {
             s.attached = false;
             s.boot_id = None;
             s.applied_generation = None;
+            s.applied_doc_hash = None;
             s.pushed_generation = None;
         });
     }
@@ -266,43 +304,55 @@ impl Worker {
         file_id(path) == Some(a.id)
     }
 
-    fn drain_events(&mut self, link: &Link, ours: Option<u64>) {
+    /// `ours`: the generation and document hash we want run.
+    fn drain_events(&mut self, link: &Link, ours: Option<(u64, u64)>) {
         let Some(a) = &mut self.seg else { return };
         while let Some(msg) = a.events.try_pop() {
             match Event::from_msg(&msg) {
                 Some(Event::Hello { boot_id, generation }) => {
                     let first = self.boot_id.is_none();
                     self.boot_id = Some(boot_id);
-                    if Some(generation) == ours {
-                        // It already runs our generation: nothing to send.
-                        self.need_push = false;
-                        self.pushed = ours;
-                    } else if first && self.pushed_here {
+                    // A hello names no document: a dataplane that just
+                    // started runs none of ours.
+                    if first && self.pushed_here {
                         // The dataplane says hello before it reads the
                         // ring, so the snapshot we pushed since attaching
                         // is still ahead of it. (Not when the stats
                         // segment only suggested it runs ours: a dataplane
                         // that crashed leaves its stats file behind, and
                         // the new one says hello with nothing.)
-                    } else if ours.is_some() {
-                        eprintln!(
-                            "braid-control: dataplane {boot_id:#x} runs generation {generation}, ours is {}; resyncing",
-                            ours.unwrap_or(0)
-                        );
+                    } else if let Some((g, _)) = ours {
+                        eprintln!("braid-control: dataplane {boot_id:#x} runs generation {generation}, ours is {g}; resyncing");
                         self.need_push = true;
                     }
                     link.update(|s| {
                         s.boot_id = Some(boot_id);
                         s.applied_generation = Some(generation);
+                        s.applied_doc_hash = None;
                     });
                 }
-                Some(Event::Applied { generation }) => {
-                    if Some(generation) == ours && self.pushed.is_none() {
+                Some(Event::Applied { generation, doc_hash }) => {
+                    if Some((generation, doc_hash)) == ours && self.pushed.is_none() {
                         // An earlier control process pushed it: nothing to resend.
                         self.need_push = false;
-                        self.pushed = ours;
+                        self.pushed = Some(generation);
+                    } else if ours.is_some_and(|(g, h)| g == generation && h != doc_hash)
+                        && !self.need_push
+                        && !(self.pushed_here && self.pushed == Some(generation))
+                    {
+                        // Our generation with another document, pushed by
+                        // an earlier control process that numbered
+                        // differently (its state wiped), and ours is not
+                        // on its way: send ours.
+                        eprintln!(
+                            "braid-control: the dataplane runs generation {generation} with another document ({doc_hash:016x}); resyncing"
+                        );
+                        self.need_push = true;
                     }
-                    link.update(|s| s.applied_generation = Some(generation));
+                    link.update(|s| {
+                        s.applied_generation = Some(generation);
+                        s.applied_doc_hash = Some(doc_hash);
+                    });
                 }
                 Some(Event::Rejected { generation, reason }) => {
                     eprintln!("braid-control: the dataplane rejected generation {generation}: {reason}");

@@ -6,7 +6,6 @@
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use braid_config::{Config, Tables};
 use braid_control::api::{self, AppState, Limits};
@@ -117,10 +116,10 @@ fn run(args: Args) -> Result<(), String> {
         running.generation,
         if running.config.is_some() { "configured" } else { "no configuration yet" }
     );
-    let first = running.config.as_ref().map(|c| Snapshot {
-        generation: running.generation,
-        doc: Arc::new(serde_json::to_vec(c).expect("a Config always serializes")),
-    });
+    let first = running
+        .config
+        .as_ref()
+        .map(|c| Snapshot::new(running.generation, serde_json::to_vec(c).expect("a Config always serializes")));
     let link = args.shm.clone().map(|p| Link::spawn(p, args.stats.clone(), first));
     let limits = Limits { config_body: args.config_body_limit, body: args.body_limit, concurrent: args.max_concurrent.max(1), ..Limits::default() };
     let app = AppState::new(running, state, link.as_ref().map(|(l, _)| l.clone()), args.stats.clone(), limits);

@@ -20,6 +20,8 @@ struct FakeDataplane {
     _seg: Segment,
     reader: TxnReader,
     events: Producer,
+    /// The hash of each generation's document received.
+    hashes: std::collections::HashMap<u64, u64>,
 }
 
 impl FakeDataplane {
@@ -29,7 +31,7 @@ impl FakeDataplane {
         let reader = TxnReader::new(seg.consumer(Ring::Commands).unwrap(), MAX_CONFIG_MSGS);
         let mut events = seg.producer(Ring::Events).unwrap();
         events.try_push(&Event::Hello { boot_id, generation }.to_msg()).unwrap();
-        FakeDataplane { _seg: seg, reader, events }
+        FakeDataplane { _seg: seg, reader, events, hashes: Default::default() }
     }
 
     /// The next snapshot within `timeout`: generation and document.
@@ -38,6 +40,7 @@ impl FakeDataplane {
         while Instant::now() < deadline {
             if let Some(txn) = self.reader.poll() {
                 let (g, doc) = proto::config_from_txn(&txn).expect("a whole snapshot");
+                self.hashes.insert(g, proto::doc_hash(&doc));
                 return Some((g, serde_json::from_slice(&doc).expect("the document parses")));
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -57,6 +60,17 @@ impl FakeDataplane {
 
     fn say(&mut self, e: Event) {
         self.events.try_push(&e.to_msg()).unwrap();
+    }
+
+    /// The hash of the document received as `generation`.
+    fn hash_of(&self, generation: u64) -> u64 {
+        *self.hashes.get(&generation).unwrap_or_else(|| panic!("generation {generation} never arrived"))
+    }
+
+    /// Answers `Applied` for the document received as `generation`.
+    fn applied(&mut self, generation: u64) {
+        let doc_hash = self.hash_of(generation);
+        self.say(Event::Applied { generation, doc_hash });
     }
 }
 
@@ -100,7 +114,7 @@ fn snapshots_arrive_with_their_generation_and_a_restarted_dataplane_is_resynced(
     let (g, doc) = dp.next(T).expect("a snapshot after attaching");
     assert_eq!(g, 1);
     assert_eq!(doc, config(&example()));
-    dp.say(Event::Applied { generation: 1 });
+    dp.applied(1);
     let st = wait_status(&s, "in sync", |v| v["dataplane"]["in_sync"] == true);
     assert_eq!(st["dataplane"]["boot_id"], 0xa);
     assert_eq!(st["dataplane"]["attached"], true);
@@ -116,7 +130,7 @@ fn snapshots_arrive_with_their_generation_and_a_restarted_dataplane_is_resynced(
     // A refused change sends nothing.
     assert_eq!(s.req("POST", "/v1/routes", Some(&json!({ "prefix": "10.9.0.0/16", "peer": "nobody" }))).0, 409);
     assert_eq!(dp.all(Duration::from_millis(300)), Vec::<u64>::new());
-    dp.say(Event::Applied { generation: 3 });
+    dp.applied(3);
     wait_status(&s, "applied 3", |v| v["dataplane"]["applied_generation"] == 3);
 
     // A rejection is reported.
@@ -136,7 +150,7 @@ fn snapshots_arrive_with_their_generation_and_a_restarted_dataplane_is_resynced(
     assert_eq!(g, 3);
     assert_eq!(doc.routes.len(), 4);
     assert_eq!(doc.bundles[0].tunnels[2].weight, 4);
-    dp.say(Event::Applied { generation: 3 });
+    dp.applied(3);
     let st = wait_status(&s, "resynced", |v| v["dataplane"]["boot_id"] == 0xb && v["dataplane"]["in_sync"] == true);
     assert!(st["dataplane"]["resyncs"].as_u64().unwrap() > resyncs, "{st}");
     // Sent once only.
@@ -160,10 +174,10 @@ fn a_control_process_killed_and_restarted_resends_nothing_twice() {
     let mut s = Server::start(dir.path(), &args);
     assert_eq!(s.req("PUT", "/v1/config", Some(&example())).0, 200);
     assert_eq!(dp.next(T).map(|(g, _)| g), Some(1));
-    dp.say(Event::Applied { generation: 1 });
+    dp.applied(1);
     assert_eq!(s.req("PUT", "/v1/bundles/to-site-b/tunnels/0/weight", Some(&json!({ "weight": 3 }))).0, 200);
     assert_eq!(dp.next(T).map(|(g, _)| g), Some(2));
-    dp.say(Event::Applied { generation: 2 });
+    dp.applied(2);
     wait_status(&s, "in sync", |v| v["dataplane"]["in_sync"] == true);
 
     s.kill9();
@@ -174,7 +188,7 @@ fn a_control_process_killed_and_restarted_resends_nothing_twice() {
     let s = Server::start(dir.path(), &args);
     assert_eq!(s.generation(), 2);
     assert_eq!(dp.all(Duration::from_millis(1500)), vec![2]);
-    dp.say(Event::Applied { generation: 2 });
+    dp.applied(2);
     wait_status(&s, "in sync again", |v| v["dataplane"]["in_sync"] == true);
     // The next change continues the sequence.
     assert_eq!(s.req("PUT", "/v1/bundles/to-site-b/tunnels/0/weight", Some(&json!({ "weight": 5 }))).1["generation"], 3);
@@ -208,8 +222,8 @@ impl WithStats {
         let s = Server::start(w.dir.path(), &w.args());
         assert_eq!(s.req("PUT", "/v1/config", Some(&example())).0, 200);
         assert_eq!(w.dp.next(T).map(|(g, _)| g), Some(1));
-        w.dp.say(Event::Applied { generation: 1 });
-        w.seg.set_applied_generation(1);
+        w.dp.applied(1);
+        w.seg.set_applied(1, w.dp.hash_of(1));
         wait_status(&s, "in sync", |v| v["dataplane"]["in_sync"] == true);
         (w, s)
     }
@@ -239,8 +253,40 @@ fn a_dataplane_that_crashed_and_left_its_stats_file_is_configured_again() {
     w.dp = FakeDataplane::start(&w.shm, 0x8, 0);
     let dp = &mut w.dp;
     assert_eq!(dp.next(T).map(|(g, _)| g), Some(1), "the new dataplane gets the configuration");
-    dp.say(Event::Applied { generation: 1 });
+    dp.applied(1);
     wait_status(&s, "in sync with the new dataplane", |v| v["dataplane"]["in_sync"] == true && v["dataplane"]["boot_id"] == 0x8);
+}
+
+#[test]
+fn a_wiped_state_numbering_from_1_again_replaces_the_document_that_runs() {
+    // The dataplane runs generation 1 (the example) from a control process
+    // whose state directory is then wiped; the new one starts from another
+    // file, also as generation 1. Same number, other document: it must
+    // be sent, and the status must not say in sync until it is applied.
+    let (mut w, mut s) = WithStats::in_sync("wiped");
+    s.kill9();
+    std::fs::remove_dir_all(w.dir.path().join("state")).unwrap();
+    let mut other = example();
+    other["bundles"][0]["tunnels"][0]["weight"] = json!(7);
+    let file = w.dir.path().join("other.json");
+    std::fs::write(&file, serde_json::to_vec(&other).unwrap()).unwrap();
+    let mut args = w.args().map(str::to_string).to_vec();
+    args.extend(["--init-config".to_string(), file.to_str().unwrap().to_string()]);
+    let s = Server::start(w.dir.path(), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(s.generation(), 1);
+    let old_hash = w.dp.hash_of(1);
+    let (g, doc) = w.dp.next(T).expect("the new document, though its generation runs");
+    assert_eq!((g, doc.bundles[0].tunnels[0].weight), (1, 7));
+    assert_ne!(w.dp.hash_of(1), old_hash);
+    // A late answer about the old document changes nothing: not in sync,
+    // and ours is not sent twice.
+    w.dp.say(Event::Applied { generation: 1, doc_hash: old_hash });
+    let st = wait_status(&s, "attached", |v| v["dataplane"]["applied_doc_hash"] == format!("{old_hash:016x}"));
+    assert_eq!(st["dataplane"]["in_sync"], false, "{st}");
+    assert_eq!(w.dp.all(Duration::from_millis(500)), Vec::<u64>::new());
+    w.dp.applied(1);
+    w.seg.set_applied(1, w.dp.hash_of(1));
+    wait_status(&s, "in sync with the new document", |v| v["dataplane"]["in_sync"] == true);
 }
 
 #[test]

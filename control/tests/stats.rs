@@ -37,7 +37,7 @@ fn stats_json_metrics_and_liveness() {
     let mut w1 = seg.writer(1).unwrap();
     w0.publish(&[10, 1, 12, 0, 1000], &[1, 2_000_000]);
     w1.publish(&[5, 2, 3, 7, 24], &[0, 1_500_000]);
-    seg.set_applied_generation(4);
+    seg.set_applied(4, 0);
 
     let (st, v) = s.req("GET", "/v1/stats", None);
     assert_eq!(st, 200, "{v}");

@@ -46,6 +46,14 @@ pub struct Snapshot {
     /// 0 for the tables the process started with (file), else the control
     /// plane's generation.
     pub generation: u64,
+    /// The hash of the control plane's document ([`proto::doc_hash`]), 0
+    /// for tables from a file. With the generation, what this snapshot
+    /// is: two control processes may number different documents alike.
+    pub doc_hash: u64,
+    /// The exchange's own count of snapshots published (set by
+    /// [`Exchange`]): what tells workers a new one is out, as a document
+    /// may come again under the generation that runs.
+    seq: u64,
     pub tables: Arc<Tables>,
     /// Outbound SA of every tunnel, by bundle (shared by all workers).
     pub sas: Vec<Vec<Arc<OutboundSaPair>>>,
@@ -96,6 +104,8 @@ impl Snapshot {
     ) -> Snapshot {
         Snapshot {
             generation,
+            doc_hash: 0,
+            seq: 0,
             tables,
             sas,
             rx_highs: Vec::new(),
@@ -104,6 +114,17 @@ impl Snapshot {
             nat_shards: Mutex::new(Vec::new()),
             prebuilt: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same snapshot, for the document that hashes to `doc_hash`.
+    pub fn with_doc_hash(mut self, doc_hash: u64) -> Snapshot {
+        self.doc_hash = doc_hash;
+        self
+    }
+
+    /// Its place in the exchange's sequence (the first snapshot is 0).
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// The same snapshot with the tunnels' kept highs.
@@ -147,7 +168,8 @@ struct Seen(AtomicU64);
 
 /// Where the control thread publishes snapshots and workers acknowledge.
 pub struct Exchange {
-    generation: AtomicU64,
+    /// The current snapshot's `seq`.
+    seq: AtomicU64,
     current: ArcSwap<Snapshot>,
     seen: Box<[Seen]>,
     /// What workers replaced (an old NAT shard), dropped by the control
@@ -168,21 +190,21 @@ impl Exchange {
         dead.len()
     }
 
-    pub fn new(first: Snapshot, workers: u16) -> Arc<Exchange> {
-        let g = first.generation;
+    pub fn new(mut first: Snapshot, workers: u16) -> Arc<Exchange> {
+        first.seq = 0;
         Arc::new(Exchange {
-            generation: AtomicU64::new(g),
+            seq: AtomicU64::new(0),
             current: ArcSwap::from_pointee(first),
-            seen: (0..workers.max(1)).map(|_| Seen(AtomicU64::new(g))).collect(),
+            seen: (0..workers.max(1)).map(|_| Seen(AtomicU64::new(0))).collect(),
             graveyard: Mutex::new(Vec::new()),
         })
     }
 
-    /// Whether a snapshot newer than `mine` is published: one relaxed load,
-    /// cheap enough for every poll.
+    /// Whether a snapshot newer than the one whose `seq` is `mine` is
+    /// published: one load, cheap enough for every poll.
     #[inline]
     pub fn changed(&self, mine: u64) -> bool {
-        self.generation.load(Ordering::Acquire) != mine
+        self.seq.load(Ordering::Acquire) != mine
     }
 
     /// The current snapshot.
@@ -190,24 +212,27 @@ impl Exchange {
         self.current.load_full()
     }
 
-    /// Worker `id` runs `generation` and holds no older snapshot.
-    pub fn ack(&self, id: u16, generation: u64) {
+    /// Worker `id` runs the snapshot whose `seq` is `seq` and holds no
+    /// older snapshot.
+    pub fn ack(&self, id: u16, seq: u64) {
         if let Some(s) = self.seen.get(id as usize) {
-            s.0.store(generation, Ordering::Release);
+            s.0.store(seq, Ordering::Release);
         }
     }
 
-    /// Publishes `snap`; returns the previous one, which the caller must
-    /// keep until [`all_seen`](Self::all_seen) (workers may still hold it).
-    fn publish(&self, snap: Snapshot) -> Arc<Snapshot> {
-        let g = snap.generation;
+    /// Publishes `snap` (only the control thread does); returns its `seq`
+    /// and the previous snapshot, which the caller must keep until
+    /// [`all_seen`](Self::all_seen) (workers may still hold it).
+    fn publish(&self, mut snap: Snapshot) -> (u64, Arc<Snapshot>) {
+        let seq = self.seq.load(Ordering::Relaxed) + 1;
+        snap.seq = seq;
         let old = self.current.swap(Arc::new(snap));
-        self.generation.store(g, Ordering::Release);
-        old
+        self.seq.store(seq, Ordering::Release);
+        (seq, old)
     }
 
-    fn all_seen(&self, generation: u64) -> bool {
-        self.seen.iter().all(|s| s.0.load(Ordering::Acquire) == generation)
+    fn all_seen(&self, seq: u64) -> bool {
+        self.seen.iter().all(|s| s.0.load(Ordering::Acquire) == seq)
     }
 }
 
@@ -328,16 +353,20 @@ impl Endpoint {
     }
 
     /// Waits for the first valid snapshot (a dataplane started without a
-    /// configuration file); refuses invalid ones. `None` once `stop` is set.
-    pub fn wait_first(&mut self, stop: &AtomicBool) -> Option<(u64, Tables)> {
+    /// configuration file): its generation, its document's hash and its
+    /// tables; refuses invalid ones. `None` once `stop` is set.
+    pub fn wait_first(&mut self, stop: &AtomicBool) -> Option<(u64, u64, Tables)> {
         while !stop.load(Ordering::Relaxed) {
             let Some(txn) = self.reader.poll() else {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             };
             let generation = txn.id.0;
-            match proto::config_from_txn(&txn).map_err(|e| e.to_string()).and_then(|(_, doc)| tables_from_doc(&doc)) {
-                Ok(t) => return Some((generation, t)),
+            let first = proto::config_from_txn(&txn)
+                .map_err(|e| e.to_string())
+                .and_then(|(_, doc)| tables_from_doc(&doc).map(|t| (proto::doc_hash(&doc), t)));
+            match first {
+                Ok((hash, t)) => return Some((generation, hash, t)),
                 Err(reason) => self.reject(generation, reason),
             }
         }
@@ -350,22 +379,22 @@ impl Endpoint {
         self.send(Event::Rejected { generation, reason });
     }
 
-    /// Starts the control thread once the workers run `generation` (from
-    /// [`wait_first`](Self::wait_first), answered `Applied` now, or 0 for a
-    /// file). `stats` is the first snapshot's stats segment (its writers
-    /// already handed out).
+    /// Starts the control thread once the workers run `generation` with
+    /// its document's hash (from [`wait_first`](Self::wait_first), answered
+    /// `Applied` now, or 0 for a file). `stats` is the first snapshot's
+    /// stats segment (its writers already handed out).
     pub fn spawn(
         mut self,
         exchange: Arc<Exchange>,
         registry: Arc<Mutex<SaRegistry>>,
         stats: Option<StatsSegment>,
         workers: u16,
-        generation: u64,
+        (generation, doc_hash): (u64, u64),
         prebuild: Option<Prebuild>,
     ) -> Result<ControlThread, String> {
         if generation != 0 {
             self.counters.applied.fetch_add(1, Ordering::Relaxed);
-            self.send(Event::Applied { generation });
+            self.send(Event::Applied { generation, doc_hash });
         }
         let stop = Arc::new(AtomicBool::new(false));
         let counters = self.counters.clone();
@@ -444,11 +473,14 @@ impl Ctl {
             match self.ep.reader.poll() {
                 Some(txn) => {
                     let generation = txn.id.0;
-                    let result = proto::config_from_txn(&txn).map_err(|e| e.to_string()).and_then(|(_, doc)| self.apply(generation, &doc));
+                    let result = proto::config_from_txn(&txn).map_err(|e| e.to_string()).and_then(|(_, doc)| {
+                        let doc_hash = proto::doc_hash(&doc);
+                        self.apply(generation, doc_hash, &doc).map(|()| doc_hash)
+                    });
                     match result {
-                        Ok(()) => {
+                        Ok(doc_hash) => {
                             self.ep.counters.applied.fetch_add(1, Ordering::Relaxed);
-                            self.ep.send(Event::Applied { generation });
+                            self.ep.send(Event::Applied { generation, doc_hash });
                         }
                         Err(reason) => self.ep.reject(generation, reason),
                     }
@@ -458,13 +490,16 @@ impl Ctl {
         }
     }
 
-    fn apply(&mut self, generation: u64, doc: &[u8]) -> Result<(), String> {
+    fn apply(&mut self, generation: u64, doc_hash: u64, doc: &[u8]) -> Result<(), String> {
         let t0 = Instant::now();
         let tables = tables_from_doc(doc)?;
         let running = self.exchange.current();
         compatible(&running.tables, &tables)?;
-        if generation == running.generation {
-            // A control process re-sending what runs (resync): nothing to do.
+        if (generation, doc_hash) == (running.generation, running.doc_hash) {
+            // A control process re-sending what runs (resync): nothing to
+            // do. The same generation with another document (a control
+            // process whose state was wiped counts from 1 again) is
+            // applied like any new one.
             return Ok(());
         }
         let running_nat = running.nat.clone();
@@ -495,14 +530,14 @@ impl Ctl {
         };
         let built = t0.elapsed();
         let prebuilt = self.prebuild((&running_tables, &running_sas), &tables, &sas, &rx_highs, &nat)?;
-        let snapshot = Snapshot::new(generation, Arc::new(tables), sas, nat, writers).with_rx_highs(rx_highs);
-        let old = self.exchange.publish(snapshot.with_nat_shards(shards).with_prebuilt(prebuilt));
+        let snapshot = Snapshot::new(generation, Arc::new(tables), sas, nat, writers).with_rx_highs(rx_highs).with_doc_hash(doc_hash);
+        let (seq, old) = self.exchange.publish(snapshot.with_nat_shards(shards).with_prebuilt(prebuilt));
         let published = Instant::now();
         let deadline = Instant::now() + self.ep.cfg.ack_timeout;
-        while !self.exchange.all_seen(generation) && Instant::now() < deadline {
+        while !self.exchange.all_seen(seq) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_micros(100));
         }
-        if !self.exchange.all_seen(generation) {
+        if !self.exchange.all_seen(seq) {
             eprintln!("braid-dataplane: a worker did not pick up generation {generation} within {:?}", self.ep.cfg.ack_timeout);
         }
         eprintln!(
@@ -515,10 +550,10 @@ impl Ctl {
         // worker holds them.
         drop(old);
         if let Some(seg) = seg {
-            seg.set_applied_generation(generation);
+            seg.set_applied(generation, doc_hash);
             self.stats = Some(seg);
         } else if let Some(s) = &self.stats {
-            s.set_applied_generation(generation);
+            s.set_applied(generation, doc_hash);
         }
         Ok(())
     }
@@ -545,15 +580,20 @@ pub(crate) mod tests {
         let tables = Arc::new(example_tables());
         let ex = Exchange::new(Snapshot::new(0, tables.clone(), Vec::new(), None, Vec::new()), 2);
         assert!(!ex.changed(0));
-        let old = ex.publish(Snapshot::new(5, tables, Vec::new(), None, Vec::new()));
-        assert_eq!(old.generation, 0);
+        let (seq, old) = ex.publish(Snapshot::new(5, tables.clone(), Vec::new(), None, Vec::new()));
+        assert_eq!((seq, old.generation), (1, 0));
         assert!(ex.changed(0));
-        assert_eq!(ex.current().generation, 5);
-        assert!(!ex.all_seen(5));
-        ex.ack(0, 5);
-        assert!(!ex.all_seen(5));
-        ex.ack(1, 5);
-        assert!(ex.all_seen(5));
+        assert_eq!((ex.current().generation, ex.current().seq()), (5, 1));
+        assert!(!ex.all_seen(1));
+        ex.ack(0, 1);
+        assert!(!ex.all_seen(1));
+        ex.ack(1, 1);
+        assert!(ex.all_seen(1));
+        // The same generation again (another document): still news.
+        let (seq, _) = ex.publish(Snapshot::new(5, tables, Vec::new(), None, Vec::new()).with_doc_hash(9));
+        assert_eq!(seq, 2);
+        assert!(ex.changed(1));
+        assert!(!ex.all_seen(2));
         // What a worker replaced is dropped by whoever buries it.
         ex.retire(Box::new(vec![0u8; 1 << 20]));
         ex.retire(Box::new(7u32));

@@ -229,8 +229,8 @@ impl Shared {
 }
 
 /// One worker's loop: new tables between bursts, a poll, idle back-off,
-/// its counters to its slot of the stats segment. Returns when `stop` is
-/// set or the deadline passes.
+/// its counters to its slot of the stats segment. `mine`: the `seq` of
+/// the snapshot it runs. Returns when `stop` is set or the deadline passes.
 fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut writer: Option<StatsWriter>, sh: &Shared) -> (Worker, Arc<Tables>, Option<StatsWriter>) {
     let id = worker.id();
     let t0 = sh.t0;
@@ -284,7 +284,7 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
                     writer = None;
                 }
             }
-            mine = snap.generation;
+            mine = snap.seq();
             drop(snap);
             sh.exchange.ack(id, mine);
             next_segment = Instant::now();
@@ -376,10 +376,10 @@ fn run() -> Result<(), String> {
         })?),
         None => None,
     };
-    let (generation, tables) = match (&args.config, &mut endpoint) {
+    let (generation, doc_hash, tables) = match (&args.config, &mut endpoint) {
         (Some(path), _) => {
             let config = Config::load(path).map_err(|e| format!("{path}: {e}"))?;
-            (0, Tables::from_config(&config).map_err(|e| format!("{path}: {e}"))?)
+            (0, 0, Tables::from_config(&config).map_err(|e| format!("{path}: {e}"))?)
         }
         (None, Some(ep)) => {
             eprintln!("braid-dataplane: waiting for tables from the control process on {}", ep.path().display());
@@ -507,14 +507,17 @@ fn run() -> Result<(), String> {
     let (stats_seg, writers) = match &args.stats {
         Some(path) => {
             let (seg, w) = control::stats_segment(path, &tables, workers, boot_id)?;
-            seg.set_applied_generation(generation);
+            seg.set_applied(generation, doc_hash);
             (Some(seg), w)
         }
         None => (None, Vec::new()),
     };
     let mut writers: Vec<Option<StatsWriter>> = writers.into_iter().map(Some).collect();
     writers.resize_with(usize::from(workers), || None);
-    let exchange = Exchange::new(Snapshot::new(generation, tables.clone(), sas.clone(), nat.clone(), Vec::new()).with_rx_highs(rx_highs.clone()), workers);
+    let exchange = Exchange::new(
+        Snapshot::new(generation, tables.clone(), sas.clone(), nat.clone(), Vec::new()).with_rx_highs(rx_highs.clone()).with_doc_hash(doc_hash),
+        workers,
+    );
     let t0 = Instant::now();
     let now = move || t0.elapsed().as_nanos() as u64;
     // A WAN port that spreads its queues by RSS: each tunnel is owned by
@@ -553,7 +556,7 @@ fn run() -> Result<(), String> {
             // The control thread builds new tables' setups and engines the
             // way the workers would, so a worker only swaps them in.
             let prebuild = control::Prebuild { port_tx: port_tx.clone(), clock: t0, wan_rss: wan_rss.clone() };
-            Some(ep.spawn(exchange.clone(), registry.clone(), stats_seg, workers, generation, Some(prebuild))?)
+            Some(ep.spawn(exchange.clone(), registry.clone(), stats_seg, workers, (generation, doc_hash), Some(prebuild))?)
         }
         None => None,
     };
@@ -604,11 +607,11 @@ fn run() -> Result<(), String> {
     for (w, (worker, writer)) in built {
         let (sh, tables) = (shared.clone(), tables.clone());
         let lcore = lcores[w - 1];
-        let h = braid_dpdk::launch(&eal, lcore, move || run_worker(worker, tables, generation, writer, &sh))
+        let h = braid_dpdk::launch(&eal, lcore, move || run_worker(worker, tables, 0, writer, &sh))
             .map_err(|e| format!("worker {w} on lcore {}: {e}", lcore.0))?;
         running.push(h);
     }
-    let (worker, tables, mut writer) = run_worker(first, tables, generation, first_writer, &shared);
+    let (worker, tables, mut writer) = run_worker(first, tables, 0, first_writer, &shared);
     // Worker 0 is done (stopped, or its deadline): so are the others.
     stop.store(true, Ordering::Relaxed);
     let mut done = vec![(worker, tables.clone(), writer.take())];

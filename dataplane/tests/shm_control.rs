@@ -1,15 +1,16 @@
 //! The dataplane driven over shared memory, as the control process drives
 //! it: started without a configuration file it says hello and waits; a bad
 //! snapshot is rejected with the reason; a good one starts the ports; a
-//! later one is applied live (its generation shows in the stats segment,
-//! re-created for the new tables); one that changes ports is refused and
+//! later one is applied live (its generation and its document's hash show
+//! in the stats segment, re-created for the new tables), also under the
+//! generation that runs when the document differs; one that changes ports is refused and
 //! the running tables stay; SIGTERM stops it and removes both segments.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use braid_shm::proto::{push_config, Event};
+use braid_shm::proto::{doc_hash, push_config, Event};
 use braid_shm::stats::StatsReader;
 use braid_shm::{Consumer, Producer, Ring, Segment};
 
@@ -107,11 +108,12 @@ fn snapshots_over_shared_memory_start_and_change_the_dataplane() {
     assert!(!Path::new(&format!("/var/run/dpdk/{prefix}")).exists(), "EAL started on a rejected document");
 
     // The first good document starts the ports.
-    push(&mut commands, 3, &doc(1, 1500, false));
-    assert_eq!(next_event(&mut events), Event::Applied { generation: 3 });
+    let first = doc(1, 1500, false);
+    push(&mut commands, 3, &first);
+    assert_eq!(next_event(&mut events), Event::Applied { generation: 3, doc_hash: doc_hash(first.as_bytes()) });
     let r = wait_for("the stats segment", Duration::from_secs(10), || StatsReader::open(&stats).ok());
     let s = r.snapshot();
-    assert_eq!((s.boot_id, s.applied_generation), (boot_id, 3));
+    assert_eq!((s.boot_id, s.applied_generation, s.applied_doc_hash), (boot_id, 3, doc_hash(first.as_bytes())));
     // net_null's frames are junk: received and dropped, counted live.
     wait_for("LAN frames counted", Duration::from_secs(10), || (counter(&r, "lan/rx_packets") > 0).then_some(()));
     assert!(r.layout().counter_index("tunnel/b/1/tx_packets").is_some());
@@ -120,16 +122,29 @@ fn snapshots_over_shared_memory_start_and_change_the_dataplane() {
     // A live change: weights and routes. Applied; a new stats segment for
     // the new tables, and the counters carry on.
     let before = counter(&r, "lan/rx_packets");
-    push(&mut commands, 4, &doc(3, 1500, true));
-    assert_eq!(next_event(&mut events), Event::Applied { generation: 4 });
+    let second = doc(3, 1500, true);
+    let h4 = doc_hash(second.as_bytes());
+    push(&mut commands, 4, &second);
+    assert_eq!(next_event(&mut events), Event::Applied { generation: 4, doc_hash: h4 });
     assert!(r.is_replaced());
     let r2 = StatsReader::open(&stats).unwrap();
-    assert_eq!(r2.snapshot().applied_generation, 4);
+    assert_eq!((r2.snapshot().applied_generation, r2.snapshot().applied_doc_hash), (4, h4));
     wait_for("counters carried over", Duration::from_secs(10), || (counter(&r2, "lan/rx_packets") > before).then_some(()));
 
     // The same generation again (a control process resyncing): applied, no-op.
-    push(&mut commands, 4, &doc(3, 1500, true));
-    assert_eq!(next_event(&mut events), Event::Applied { generation: 4 });
+    push(&mut commands, 4, &second);
+    assert_eq!(next_event(&mut events), Event::Applied { generation: 4, doc_hash: h4 });
+    assert!(!r2.is_replaced(), "nothing was rebuilt");
+
+    // The same generation with another document (a control process whose
+    // state was wiped numbers from 1 again): applied like a new one, and
+    // the workers take it up.
+    let other = doc(2, 1500, true);
+    push(&mut commands, 4, &other);
+    assert_eq!(next_event(&mut events), Event::Applied { generation: 4, doc_hash: doc_hash(other.as_bytes()) });
+    assert!(r2.is_replaced(), "the tables were rebuilt");
+    let r3 = StatsReader::open(&stats).unwrap();
+    assert_eq!((r3.snapshot().applied_generation, r3.snapshot().applied_doc_hash), (4, doc_hash(other.as_bytes())));
 
     // Ports cannot change while running.
     push(&mut commands, 5, &doc(3, 1400, true));
@@ -148,7 +163,8 @@ fn snapshots_over_shared_memory_start_and_change_the_dataplane() {
         s
     };
     assert!(status.success(), "{status}: {err}");
-    assert!(err.contains("generation 4 live"), "{err}");
+    assert_eq!(err.matches("generation 4 live on worker 0").count(), 2, "both documents of generation 4 reached the worker: {err}");
+    assert!(!err.contains("did not pick up"), "{err}");
     assert!(!shm.exists(), "segment left behind");
     assert!(!stats.exists(), "stats segment left behind");
     dp.child = None;

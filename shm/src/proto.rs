@@ -64,7 +64,16 @@ pub enum ProtoError {
 }
 
 /// FNV-1a, 64 bits: integrity of a snapshot across the ring (not security:
-/// both ends are braid's own processes behind a 0600 file).
+/// both ends are braid's own processes behind a 0600 file), and what tells
+/// two documents apart: the dataplane reports the hash of the document it
+/// applied with its generation ([`Event::Applied`], the stats segment), as
+/// two control processes may number different documents alike (one whose
+/// state directory was wiped starts again from 1).
+pub fn doc_hash(doc: &[u8]) -> u64 {
+    fnv1a(doc)
+}
+
+/// FNV-1a, 64 bits.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for &b in bytes {
@@ -82,7 +91,7 @@ pub fn config_msgs(generation: u64, doc: &[u8]) -> Result<impl Iterator<Item = M
     let txn = TxnId(generation);
     let mut head = [0u8; 16];
     head[..8].copy_from_slice(&(doc.len() as u64).to_le_bytes());
-    head[8..].copy_from_slice(&fnv1a(doc).to_le_bytes());
+    head[8..].copy_from_slice(&doc_hash(doc).to_le_bytes());
     let header = Msg::data(KIND_CONFIG_HEADER, txn, &head).expect("16 bytes fit");
     let chunks = doc.chunks(CHUNK_DATA).enumerate().map(move |(i, c)| {
         let mut p = [0u8; PAYLOAD_LEN];
@@ -134,7 +143,7 @@ pub fn config_from_txn(txn: &Txn) -> Result<(u64, Vec<u8>), ProtoError> {
     if doc.len() as u64 != want {
         return Err(ProtoError::BadLength { got: doc.len(), want });
     }
-    if fnv1a(&doc) != hash {
+    if doc_hash(&doc) != hash {
         return Err(ProtoError::BadHash);
     }
     Ok((txn.id.0, doc))
@@ -143,8 +152,9 @@ pub fn config_from_txn(txn: &Txn) -> Result<(u64, Vec<u8>), ProtoError> {
 /// What the dataplane reports back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Snapshot `generation` is live in every worker.
-    Applied { generation: u64 },
+    /// Snapshot `generation`, whose document hashes to `doc_hash`
+    /// ([`doc_hash`]), is live in every worker.
+    Applied { generation: u64, doc_hash: u64 },
     /// Snapshot `generation` was refused; the previous one keeps running.
     Rejected { generation: u64, reason: String },
     /// A dataplane started (`boot_id` is new on every start) and runs
@@ -155,7 +165,9 @@ pub enum Event {
 impl Event {
     pub fn to_msg(&self) -> Msg {
         match self {
-            Event::Applied { generation } => Msg::data(KIND_EVENT_APPLIED, TxnId(*generation), &[]),
+            Event::Applied { generation, doc_hash } => {
+                Msg::data(KIND_EVENT_APPLIED, TxnId(*generation), &doc_hash.to_le_bytes())
+            }
             Event::Rejected { generation, reason } => {
                 // Cut at a character boundary to fit one message.
                 let mut end = reason.len().min(PAYLOAD_LEN);
@@ -175,7 +187,9 @@ impl Event {
     pub fn from_msg(m: &Msg) -> Option<Event> {
         let generation = m.txn().0;
         match m.kind() {
-            KIND_EVENT_APPLIED => Some(Event::Applied { generation }),
+            KIND_EVENT_APPLIED if m.payload().len() == 8 => {
+                Some(Event::Applied { generation, doc_hash: u64::from_le_bytes(m.payload().try_into().unwrap()) })
+            }
             KIND_EVENT_REJECTED => {
                 Some(Event::Rejected { generation, reason: String::from_utf8_lossy(m.payload()).into_owned() })
             }
@@ -244,7 +258,7 @@ mod tests {
     #[test]
     fn events_round_trip() {
         for e in [
-            Event::Applied { generation: 7 },
+            Event::Applied { generation: 7, doc_hash: 0x0123_4567_89ab_cdef },
             Event::Rejected { generation: 8, reason: "bundles[0].tunnels[1].key_in: 15 bytes".into() },
             Event::Hello { boot_id: 0xdead_beef_0001, generation: 0 },
         ] {
@@ -257,5 +271,7 @@ mod tests {
         };
         assert!(reason.len() <= PAYLOAD_LEN && reason.chars().all(|c| c == 'é'));
         assert_eq!(Event::from_msg(&Msg::data(99, TxnId(0), &[]).unwrap()), None);
+        // An answer without the document's hash is no answer.
+        assert_eq!(Event::from_msg(&Msg::data(KIND_EVENT_APPLIED, TxnId(7), &[]).unwrap()), None);
     }
 }

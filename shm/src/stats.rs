@@ -20,7 +20,8 @@
 //!         magic "BRAIDSTA", u32 version, u32 header size (128), u32 name size (64),
 //!         u32 workers, u32 counters, u32 gauges, u64 names offset,
 //!         u64 blocks offset, u64 block stride, u64 boot id
-//! 64    u64 applied generation, u64 heartbeat (dataplane control thread, Release)
+//! 64    u64 applied generation, u64 heartbeat, u64 applied document hash
+//!         (dataplane control thread, Release)
 //! 128   name table: (counters + gauges) x 64 B, UTF-8, NUL-padded; counters first
 //! ...   worker blocks (64-aligned, stride a multiple of 64), one per worker:
 //!         u64 seq, counters x u64, gauges x u64
@@ -45,9 +46,9 @@ use memmap2::{MmapOptions, MmapRaw};
 /// First eight bytes of every stats segment.
 pub const MAGIC: [u8; 8] = *b"BRAIDSTA";
 /// Bumped on any change to the layout described in this module.
-pub const LAYOUT_VERSION: u32 = 1;
-/// Header bytes: the fixed fields, then the applied generation and heartbeat
-/// on a line of their own. Also the offset of the name table.
+pub const LAYOUT_VERSION: u32 = 2;
+/// Header bytes: the fixed fields, then the applied generation, heartbeat
+/// and document hash on a line of their own. Also the offset of the name table.
 pub const HEADER_SIZE: usize = 128;
 /// Bytes of one name-table entry, so also the longest name.
 pub const NAME_SIZE: usize = 64;
@@ -84,6 +85,9 @@ pub mod field {
     pub const BOOT_ID: usize = 56;
     pub const APPLIED_GENERATION: usize = 64;
     pub const HEARTBEAT: usize = 72;
+    /// FNV-1a hash of the applied generation's document
+    /// (`proto::doc_hash`), 0 when not known (tables from a file).
+    pub const APPLIED_DOC_HASH: usize = 80;
 }
 
 /// What a segment holds: how many workers, and the names of the counters
@@ -308,9 +312,9 @@ impl Mapped {
 
     /// The word at `offset` in the header's live line.
     fn live(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset == field::APPLIED_GENERATION || offset == field::HEARTBEAT);
+        assert!(matches!(offset, field::APPLIED_GENERATION | field::HEARTBEAT | field::APPLIED_DOC_HASH));
         // SAFETY: the mapping is page-aligned and at least `geometry.len` >=
-        // HEADER_SIZE bytes (`Mapped::new`), and `offset` is 64 or 72, so the
+        // HEADER_SIZE bytes (`Mapped::new`), and `offset` is 64, 72 or 80, so the
         // word is inside it and 8-aligned. Both processes touch these words
         // only through atomics, and any bit pattern is a valid u64, so a
         // shared `&AtomicU64` is sound while the other process stores to it.
@@ -409,9 +413,15 @@ impl StatsSegment {
         Ok(StatsWriter { shared: self.shared.clone(), worker, seq })
     }
 
-    /// The configuration generation the dataplane runs.
-    pub fn set_applied_generation(&self, g: u64) {
-        self.shared.mapped.live(field::APPLIED_GENERATION).store(g, Ordering::Release);
+    /// The configuration the dataplane runs: its generation and the hash
+    /// of its document (`proto::doc_hash`; 0 when not known). A reader
+    /// that sees the new generation sees its hash: two processes can
+    /// number different documents alike (a control process whose state
+    /// was wiped starts again from 1), so the generation alone does not
+    /// tell what runs.
+    pub fn set_applied(&self, generation: u64, doc_hash: u64) {
+        self.shared.mapped.live(field::APPLIED_DOC_HASH).store(doc_hash, Ordering::Release);
+        self.shared.mapped.live(field::APPLIED_GENERATION).store(generation, Ordering::Release);
     }
 
     /// Bumped by the dataplane's control thread (e.g. monotonic nanoseconds),
@@ -502,6 +512,8 @@ impl fmt::Debug for StatsWriter {
 pub struct StatsSnapshot {
     pub boot_id: u64,
     pub applied_generation: u64,
+    /// The applied document's hash, 0 when not known.
+    pub applied_doc_hash: u64,
     pub heartbeat: u64,
     /// Per counter, summed over workers (wrapping).
     pub totals: Vec<u64>,
@@ -590,6 +602,8 @@ impl StatsReader {
         // Relaxed loads then fences throughout: the reader's mapping is
         // read-only, where plain (Relaxed) atomic loads are the conservative choice.
         let applied_generation = self.mapped.live(field::APPLIED_GENERATION).load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        let applied_doc_hash = self.mapped.live(field::APPLIED_DOC_HASH).load(Ordering::Relaxed);
         let heartbeat = self.mapped.live(field::HEARTBEAT).load(Ordering::Relaxed);
         fence(Ordering::Acquire);
         let mut last = self.last_good.lock().unwrap_or_else(PoisonError::into_inner);
@@ -598,6 +612,7 @@ impl StatsReader {
         let mut snap = StatsSnapshot {
             boot_id: self.boot_id,
             applied_generation,
+            applied_doc_hash,
             heartbeat,
             totals: vec![0; g.counters],
             per_worker: Vec::with_capacity(g.workers),

@@ -64,6 +64,7 @@ fn layout_and_values_round_trip() {
     let snap = reader.snapshot();
     assert_eq!(snap.boot_id, 0xb007);
     assert_eq!((snap.applied_generation, snap.heartbeat, snap.torn_workers), (0, 0, 0));
+    assert_eq!(snap.applied_doc_hash, 0);
     assert_eq!(snap.totals, [0, 0, 0]);
     assert_eq!(snap.per_worker, vec![vec![0; 3]; 3]);
     assert_eq!(snap.gauges_per_worker, vec![vec![0; 2]; 3]);
@@ -72,10 +73,11 @@ fn layout_and_values_round_trip() {
     let mut w2 = segment.writer(2).unwrap();
     w0.publish(&[10, 1000, 1], &[500, 1]);
     w2.publish(&[5, 200, 0], &[700, 0]);
-    segment.set_applied_generation(7);
+    segment.set_applied(7, 0xfeed_f00d_0000_0007);
     segment.set_heartbeat(123_456);
     let snap = reader.snapshot();
     assert_eq!((snap.applied_generation, snap.heartbeat, snap.torn_workers), (7, 123_456, 0));
+    assert_eq!(snap.applied_doc_hash, 0xfeed_f00d_0000_0007);
     assert_eq!(snap.totals, [15, 1200, 1]);
     assert_eq!(snap.per_worker, [vec![10, 1000, 1], vec![0, 0, 0], vec![5, 200, 0]]);
     assert_eq!(snap.gauges, [700, 1], "max over workers");
@@ -196,7 +198,7 @@ fn wrong_magic_and_version() {
     valid(&shm);
     write_at(&shm, field::VERSION, &(LAYOUT_VERSION + 1).to_le_bytes());
     let err = open_err(&shm);
-    assert!(err.to_string().contains("stats layout version 2, this build speaks version 1"), "{err}");
+    assert!(err.to_string().contains("stats layout version 3, this build speaks version 2"), "{err}");
 }
 
 #[test]

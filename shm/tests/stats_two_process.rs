@@ -113,7 +113,7 @@ impl Drop for StopFile {
 fn write(path: &Path, stop: bool) {
     let segment = StatsSegment::create(path, &layout(), BOOT_ID).expect("create stats segment");
     let (mut w0, mut w1) = (segment.writer(0).unwrap(), segment.writer(1).unwrap());
-    segment.set_applied_generation(RUNNING);
+    segment.set_applied(RUNNING, 0);
     let stop_file = stop_file(path);
     for s in 1.. {
         let (counters, gauges) = values(0, s);
@@ -130,7 +130,7 @@ fn write(path: &Path, stop: bool) {
         }
     }
     segment.set_heartbeat(u64::MAX);
-    segment.set_applied_generation(DONE);
+    segment.set_applied(DONE, 0);
 }
 
 #[test]
@@ -145,6 +145,7 @@ fn readers_never_see_a_torn_publish() {
         StatsSnapshot {
             boot_id: BOOT_ID,
             applied_generation: RUNNING,
+            applied_doc_hash: 0,
             heartbeat: 0,
             totals: (0..COUNTERS).map(|i| rows[0].0[i] + rows[1].0[i]).collect(),
             per_worker: rows.iter().map(|r| r.0.to_vec()).collect(),
