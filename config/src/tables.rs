@@ -1203,6 +1203,9 @@ pub struct NatConfig {
     /// Port forwards: inner packets arriving from a tunnel for `external`.
     #[serde(default)]
     pub dnat: Vec<DnatConfig>,
+    /// IPv6 prefix translation (NPTv6, RFC 6296): stateless, 1:1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nptv6: Vec<Nptv6Config>,
     /// Sessions each worker keeps at most (tables are allocated for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sessions: Option<u32>,
@@ -1213,7 +1216,11 @@ pub struct NatConfig {
 
 impl NatConfig {
     pub fn is_empty(&self) -> bool {
-        self.snat.is_empty() && self.dnat.is_empty() && self.max_sessions.is_none() && self.timeouts.is_none()
+        self.snat.is_empty()
+            && self.dnat.is_empty()
+            && self.nptv6.is_empty()
+            && self.max_sessions.is_none()
+            && self.timeouts.is_none()
     }
 }
 
@@ -1275,6 +1282,25 @@ pub struct SnatConfig {
     #[serde(default = "default_snat_ports")]
     pub ports: String,
 }
+
+/// `nat.nptv6[]`: inner IPv6 packets from `internal` leaving for `peer`
+/// (every peer when absent) take the same address in `external` (the
+/// prefix swapped and one 16-bit word below it adjusted, so no checksum
+/// changes); packets arriving for `external` go back to `internal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nptv6Config {
+    pub name: String,
+    /// Internal prefix, `fd00:1::/48`; host bits clear; 1 to 64 bits.
+    pub internal: String,
+    /// External prefix of the same length.
+    pub external: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+/// Most `nat.nptv6` rules (their overlaps are checked pairwise).
+pub const MAX_NPTV6_RULES: usize = 1024;
 
 fn default_snat_ports() -> String {
     DEFAULT_SNAT_PORTS.to_string()
@@ -1347,6 +1373,18 @@ pub struct DnatRule {
     pub internal_port: u16,
 }
 
+/// A validated NPTv6 rule, at its index in [`Nat::nptv6`]: IPv6 prefixes
+/// of one length, 1..=64; external prefixes never overlap; internal ones
+/// overlap only for different peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nptv6Rule {
+    pub name: String,
+    pub internal: Prefix,
+    pub external: Prefix,
+    /// Index in [`Tables::peers`]; `None` is every peer.
+    pub peer: Option<usize>,
+}
+
 /// The validated NAT rules. SNAT matches of one peer never overlap (nor
 /// overlap a rule for every peer), so at most one rule applies to a packet;
 /// no two DNAT rules share external address, protocol and port.
@@ -1354,6 +1392,7 @@ pub struct DnatRule {
 pub struct Nat {
     pub snat: Vec<SnatRule>,
     pub dnat: Vec<DnatRule>,
+    pub nptv6: Vec<Nptv6Rule>,
     /// Sessions per worker, 1..=[`MAX_NAT_SESSIONS`].
     pub max_sessions: u32,
     pub timeouts: NatTimeouts,
@@ -1361,7 +1400,13 @@ pub struct Nat {
 
 impl Default for Nat {
     fn default() -> Self {
-        Nat { snat: Vec::new(), dnat: Vec::new(), max_sessions: DEFAULT_NAT_MAX_SESSIONS, timeouts: NatTimeouts::default() }
+        Nat {
+            snat: Vec::new(),
+            dnat: Vec::new(),
+            nptv6: Vec::new(),
+            max_sessions: DEFAULT_NAT_MAX_SESSIONS,
+            timeouts: NatTimeouts::default(),
+        }
     }
 }
 
@@ -1440,7 +1485,7 @@ fn family(ip: &IpAddr) -> &'static str {
 
 /// Validates the `nat` section; `peers` is peer name to index.
 /// Why an IPv6 NAT rule is refused: the dataplane's NAT translates IPv4.
-const NAT_IPV4_ONLY: &str = "IPv6 NAT is not supported: NAT rules are IPv4 only";
+const NAT_IPV4_ONLY: &str = "snat and dnat rules are IPv4 only (IPv6 prefixes are translated by nat.nptv6)";
 
 fn resolve_nat(config: &NatConfig, peers: &HashMap<&str, usize>) -> Result<Nat, ConfigError> {
     unique_names("nat.snat", config.snat.iter().map(|r| r.name.as_str()))?;
@@ -1553,7 +1598,52 @@ fn resolve_nat(config: &NatConfig, peers: &HashMap<&str, usize>) -> Result<Nat, 
         udp: secs("udp", t.udp, d.udp)?,
         icmp: secs("icmp", t.icmp, d.icmp)?,
     };
-    Ok(Nat { snat, dnat, max_sessions, timeouts })
+    let nptv6 = resolve_nptv6(&config.nptv6, peers)?;
+    Ok(Nat { snat, dnat, nptv6, max_sessions, timeouts })
+}
+
+fn resolve_nptv6(config: &[Nptv6Config], peers: &HashMap<&str, usize>) -> Result<Vec<Nptv6Rule>, ConfigError> {
+    unique_names("nat.nptv6", config.iter().map(|r| r.name.as_str()))?;
+    if config.len() > MAX_NPTV6_RULES {
+        return Err(invalid("nat.nptv6", format!("{} rules, at most {MAX_NPTV6_RULES}", config.len())));
+    }
+    let mut rules: Vec<Nptv6Rule> = Vec::with_capacity(config.len());
+    for (i, r) in config.iter().enumerate() {
+        let at = |f: &str| format!("nat.nptv6[{i}].{f}");
+        let prefix = |f: &str, s: &str| -> Result<Prefix, ConfigError> {
+            let p: Prefix = s.parse().map_err(|e| invalid(at(f), e))?;
+            if !p.addr().is_ipv6() {
+                return Err(invalid(at(f), format!("{p} is not an IPv6 prefix (NPTv6 translates IPv6; nat.snat is for IPv4)")));
+            }
+            if !(1..=64).contains(&p.prefix_len()) {
+                return Err(invalid(at(f), format!("{p}: NPTv6 prefixes are 1 to 64 bits long")));
+            }
+            Ok(p)
+        };
+        let internal = prefix("internal", &r.internal)?;
+        let external = prefix("external", &r.external)?;
+        if internal.prefix_len() != external.prefix_len() {
+            return Err(invalid(at("external"), format!("{external} is not as long as the internal prefix {internal}")));
+        }
+        let peer = match &r.peer {
+            None => None,
+            Some(name) => Some(*peers.get(name.as_str()).ok_or_else(|| invalid(at("peer"), format!("no peer named {name:?}")))?),
+        };
+        let overlaps = |a: &Prefix, b: &Prefix| {
+            let ((_, a0, a1), (_, b0, b1)) = (prefix_range(a), prefix_range(b));
+            a0 <= b1 && b0 <= a1
+        };
+        for (j, o) in rules.iter().enumerate() {
+            if overlaps(&external, &o.external) {
+                return Err(invalid(at("external"), format!("{external} overlaps nat.nptv6[{j}].external {}", o.external)));
+            }
+            if (peer.is_none() || o.peer.is_none() || peer == o.peer) && overlaps(&internal, &o.internal) {
+                return Err(invalid(at("internal"), format!("{internal} overlaps nat.nptv6[{j}].internal {} for the same peer", o.internal)));
+            }
+        }
+        rules.push(Nptv6Rule { name: r.name.clone(), internal, external, peer });
+    }
+    Ok(rules)
 }
 
 /// Refuses two SNAT matches that overlap for the same peer (a rule without

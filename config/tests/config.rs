@@ -1278,6 +1278,59 @@ fn nat_example_validates_into_tables() {
 }
 
 #[test]
+fn nptv6_rules_are_checked() {
+    // The example's rule.
+    let t = accepted(with_nat);
+    let r = &t.nat.nptv6[0];
+    assert_eq!((r.name.as_str(), r.internal.to_string(), r.external.to_string(), r.peer), ("ula", "fd00:1::/48".into(), "2001:db8:1::/48".into(), Some(0)));
+    let nat = |edit: fn(&mut Value)| {
+        move |v: &mut Value| {
+            with_nat(v);
+            edit(v);
+        }
+    };
+    fn rule(v: &mut Value) -> &mut Value {
+        &mut v["nat"]["nptv6"][0]
+    }
+    refused(nat(|v| rule(v)["internal"] = json!("10.1.0.0/16")), "nat.nptv6[0].internal", "not an IPv6 prefix");
+    refused(nat(|v| rule(v)["external"] = json!("2001:db8:1::/56")), "nat.nptv6[0].external", "not as long as the internal prefix");
+    refused(
+        nat(|v| {
+            rule(v)["internal"] = json!("fd00:1:2:3:4::/80");
+            rule(v)["external"] = json!("2001:db8:1:2:3::/80");
+        }),
+        "nat.nptv6[0].internal",
+        "1 to 64 bits",
+    );
+    refused(nat(|v| rule(v)["internal"] = json!("fd00:1::1/48")), "nat.nptv6[0].internal", "host bits");
+    refused(nat(|v| rule(v)["peer"] = json!("site-z")), "nat.nptv6[0].peer", "no peer named \"site-z\"");
+    let add = |r: Value| {
+        move |v: &mut Value| {
+            with_nat(v);
+            as_array(&mut v["nat"]["nptv6"]).push(r);
+        }
+    };
+    refused(
+        add(json!({"name": "b", "internal": "fd00:2::/48", "external": "2001:db8:1::/48"})),
+        "nat.nptv6[1].external",
+        "overlaps nat.nptv6[0].external 2001:db8:1::/48",
+    );
+    refused(
+        add(json!({"name": "b", "internal": "fd00::/16", "external": "2002::/16"})),
+        "nat.nptv6[1].internal",
+        "overlaps nat.nptv6[0].internal fd00:1::/48 for the same peer",
+    );
+    refused(
+        add(json!({"name": "ula", "internal": "fd00:2::/48", "external": "2001:db8:2::/48"})),
+        "nat.nptv6[1].name",
+        "duplicate name",
+    );
+    // Another prefix: fine.
+    let t = accepted(add(json!({"name": "b", "internal": "fd00:2::/48", "external": "2001:db8:2::/48"})));
+    assert_eq!((t.nat.nptv6.len(), t.nat.nptv6[1].peer), (2, None));
+}
+
+#[test]
 fn nat_unknown_fields_and_wrong_types_are_refused() {
     for (edit, reason) in [
         (

@@ -24,7 +24,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 
-use braid_nat::{DnatRule, NatConfig, Prefix, Proto, SnatRule, Timeouts};
+use braid_nat::{DnatRule, NatConfig, Npt6Rule, Prefix, Proto, SnatRule, Timeouts};
 
 use crate::config::{Nat, NatProtocol};
 
@@ -54,6 +54,7 @@ impl NatSetup {
         self.workers == other.workers
             && a.snat == b.snat
             && a.dnat == b.dnat
+            && a.npt6 == b.npt6
             && a.max_sessions == b.max_sessions
             && a.timeouts == b.timeouts
     }
@@ -68,13 +69,26 @@ pub fn boot_seed() -> u64 {
 }
 
 /// The engine's rules for the validated `nat` section, or `None` when it
-/// has no rule (NAT off). The route's peer index is the SNAT egress id.
-/// IPv6 rules are refused: braid-nat translates IPv4 only and an IPv6 rule
-/// silently not applied would leak internal addresses.
+/// has no rule (NAT off). The route's peer index is the SNAT (and NPTv6)
+/// egress id. IPv6 SNAT or DNAT rules are refused: braid-nat's NAT44
+/// translates IPv4 only and an IPv6 rule silently not applied would leak
+/// internal addresses (IPv6 is translated by NPTv6 rules). With NPTv6
+/// rules only, the shard's session tables are built for one session
+/// (NPTv6 keeps no state).
 pub fn nat_config(nat: &Nat, max_sessions: usize, timeouts: Timeouts, hash_seed: u64) -> Result<Option<NatConfig>, String> {
-    if nat.snat.is_empty() && nat.dnat.is_empty() {
+    if nat.snat.is_empty() && nat.dnat.is_empty() && nat.nptv6.is_empty() {
         return Ok(None);
     }
+    let max_sessions = if nat.snat.is_empty() && nat.dnat.is_empty() { 1 } else { max_sessions };
+    let npt6 = nat
+        .nptv6
+        .iter()
+        .map(|r| Npt6Rule {
+            internal: Prefix::new(r.internal.addr(), r.internal.prefix_len()),
+            external: Prefix::new(r.external.addr(), r.external.prefix_len()),
+            egress: r.peer.map(|p| p as u32),
+        })
+        .collect();
     let mut snat = Vec::with_capacity(nat.snat.len());
     for (i, r) in nat.snat.iter().enumerate() {
         if !r.r#match.addr().is_ipv4() {
@@ -103,7 +117,7 @@ pub fn nat_config(nat: &Nat, max_sessions: usize, timeouts: Timeouts, hash_seed:
             internal_port: r.internal_port,
         });
     }
-    let config = NatConfig { snat, dnat, max_sessions, timeouts, hash_seed };
+    let config = NatConfig { snat, dnat, npt6, max_sessions, timeouts, hash_seed };
     // The engine's own checks, once here rather than on every worker.
     braid_nat::NatShard::check(&config).map_err(|e| format!("nat: {e}"))?;
     Ok(Some(config))

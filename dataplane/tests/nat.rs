@@ -437,6 +437,89 @@ fn port_forward_reaches_the_internal_host_and_the_reply_goes_back() {
     lab.close();
 }
 
+/// NPTv6 on both gateways (RFC 6296): A's hosts (fd00:1::/48) appear on
+/// the tunnel as 2001:db8:a::/48, B's (fd00:2::/48) as 2001:db8:b::/48.
+/// A host reaches B's host at its external address and the reply comes
+/// back to it: each address is swapped for its twin of the other prefix,
+/// with every UDP and TCP checksum still right though none was touched,
+/// and an address that cannot be mapped (subnet 0xffff) is dropped and
+/// counted.
+#[test]
+fn nptv6_translates_prefixes_both_ways_without_touching_checksums() {
+    use std::net::Ipv6Addr;
+    let opts = LabOptions {
+        edit: Some(Box::new(|side_a, doc| {
+            let (int, ext, other) = if side_a {
+                ("fd00:1::/48", "2001:db8:a::/48", "2001:db8:b::/48")
+            } else {
+                ("fd00:2::/48", "2001:db8:b::/48", "2001:db8:a::/48")
+            };
+            doc["nat"] = serde_json::json!({"nptv6": [{"name": "site", "internal": int, "external": ext, "peer": "peer"}]});
+            doc["routes"].as_array_mut().unwrap().push(serde_json::json!({"prefix": other, "peer": "peer"}));
+        })),
+        ..Default::default()
+    };
+    let (mut lab, _g) = start("nnpt6", &[1, 1, 1], opts);
+    let v6 = |ip: &[u8], at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&ip[at..at + 16]).unwrap());
+    // The ones'-complement sum of an address: what NPTv6 keeps.
+    let addr_sum = |a: Ipv6Addr| checksum::sum(&a.octets());
+    let l4_ok = |ip: &[u8]| {
+        let (s, d) = (v6(ip, 8), v6(ip, 24));
+        checksum::combine(&[checksum::pseudo_header_v6(s, d, ip[6], (ip.len() - 40) as u32), checksum::sum(&ip[40..])]) == 0xffff
+    };
+    let host_a: Ipv6Addr = "fd00:1:0:7::5".parse().unwrap();
+    let host_b: Ipv6Addr = "fd00:2:0:3::1".parse().unwrap();
+    // B's host as A's hosts reach it: 2001:db8:b:X::1, X chosen so that
+    // the sum is unchanged (RFC 6296 section 3.2), worked out here from
+    // the sums alone.
+    let ext_b = {
+        let mut w = "2001:db8:b:0::1".parse::<Ipv6Addr>().unwrap().segments();
+        let want = addr_sum(host_b);
+        w[3] = (0..=0xfffe).find(|&x| { w[3] = x; addr_sum(Ipv6Addr::from(w)) == want }).unwrap();
+        Ipv6Addr::from(w)
+    };
+    for (id, l4) in [(1, L4::Udp), (2, L4::Tcp)] {
+        let mut f = Flow::a_to_b(id, Family::V6, l4);
+        (f.src6, f.dst6) = (host_a, ext_b);
+        send_a(&mut lab, [ip_packet(&f, 0, 0)]);
+        lab.settle(5);
+        let got: Vec<Vec<u8>> = lab.delivered.drain(..).collect();
+        assert_eq!(got.len(), 1, "{l4:?}: delivered to B's host");
+        let ip = &got[0][14..];
+        let seen_src = v6(ip, 8);
+        assert_eq!(v6(ip, 24), host_b, "{l4:?}: B took its external address back to the host's");
+        assert_eq!(seen_src.segments()[..3], [0x2001, 0xdb8, 0xa], "{l4:?}: A's host shows as 2001:db8:a::/48");
+        assert_eq!(seen_src.segments()[4..], host_a.segments()[4..], "{l4:?}: the interface id stays");
+        assert_eq!(addr_sum(seen_src), addr_sum(host_a), "{l4:?}: checksum-neutral");
+        assert!(l4_ok(ip), "{l4:?}: the checksum verifies though NPTv6 never touched it");
+        assert_eq!(tag(ip), Some((id, 0)));
+        // B's host answers the address it saw.
+        let mut r = Flow::a_to_b(id, Family::V6, l4);
+        (r.src6, r.dst6, r.sport, r.dport) = (host_b, seen_src, f.dport, f.sport);
+        send_b(&mut lab, [ip_packet(&r, 1, 0)]);
+        lab.settle(5);
+        let got: Vec<Vec<u8>> = lab.delivered_a.drain(..).collect();
+        assert_eq!(got.len(), 1, "{l4:?}: the reply reached A's host");
+        let ip = &got[0][14..];
+        assert_eq!((v6(ip, 8), v6(ip, 24)), (ext_b, host_a), "{l4:?}");
+        assert!(l4_ok(ip));
+        assert_eq!(tag(ip), Some((id, 1)));
+    }
+    // Subnet 0xffff cannot be mapped: dropped, counted.
+    let mut f = Flow::a_to_b(3, Family::V6, L4::Udp);
+    (f.src6, f.dst6) = ("fd00:1:0:ffff::5".parse().unwrap(), ext_b);
+    send_a(&mut lab, [ip_packet(&f, 0, 0)]);
+    lab.settle(5);
+    assert!(lab.delivered.is_empty());
+    let (a, b) = lab.counters();
+    assert_eq!(a.nat.drop_count(true, NatDrop::NptUnmappable), 1);
+    assert_eq!((a.nat.out_translated, a.nat.in_translated), (2, 2));
+    assert_eq!((b.nat.out_translated, b.nat.in_translated), (2, 2));
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+}
+
 /// A full session table and an exhausted port range: new flows are
 /// dropped and counted (`sessions_full`, `ports_exhausted`), the table
 /// stays at its bound, flows that have a session keep working.

@@ -114,6 +114,8 @@ pub struct NatConfig {
     pub snat: Vec<SnatRule>,
     /// Port forwards.
     pub dnat: Vec<DnatRule>,
+    /// IPv6 prefix translations (stateless, RFC 6296).
+    pub npt6: Vec<crate::Npt6Rule>,
     /// Session bound per shard (per worker); memory is allocated up front.
     pub max_sessions: usize,
     /// Idle timeouts.
@@ -128,6 +130,7 @@ impl Default for NatConfig {
         NatConfig {
             snat: Vec::new(),
             dnat: Vec::new(),
+            npt6: Vec::new(),
             max_sessions: 65536,
             timeouts: Timeouts::default(),
             hash_seed: 0x6272_6169_645f_6e61,
@@ -138,8 +141,8 @@ impl Default for NatConfig {
 /// Why a config cannot be built into shards.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// IPv6 NAT is not supported (IPv6 packets pass untouched).
-    #[error("snat rule {0} / dnat rule: IPv6 addresses are not supported by the NAT")]
+    /// An IPv6 SNAT or DNAT rule (IPv6 is translated by NPTv6 rules).
+    #[error("snat rule {0} / dnat rule: IPv6 addresses are not supported by NAT44 (see npt6)")]
     Ipv6(usize),
     /// A prefix length above 32.
     #[error("snat rule {0}: prefix length above 32")]
@@ -162,6 +165,9 @@ pub enum ConfigError {
     /// `max_sessions` is 0 or above 2^30.
     #[error("max_sessions must be within 1..=2^30")]
     MaxSessions,
+    /// An NPTv6 rule that cannot work.
+    #[error(transparent)]
+    Npt6(#[from] crate::Npt6Error),
     /// `n_workers` is 0 or `worker >= n_workers`.
     #[error("worker {0} of {1}: bad worker index or count")]
     Worker(usize, usize),

@@ -6,7 +6,7 @@
 pub enum Verdict {
     /// Rewritten in place; send it on.
     Translated,
-    /// No NAT rule or session applies (or IPv6); send it on unchanged.
+    /// No NAT rule or session applies; send it on unchanged.
     Untouched,
     /// Drop it; the reason was counted.
     Drop(NatDrop),
@@ -39,11 +39,14 @@ pub enum NatDrop {
     IcmpBadQuote,
     /// An ICMP error about a flow the NAT has no session for.
     IcmpNoSession,
+    /// An IPv6 address NPTv6 cannot map: the word it adjusts is 0xffff
+    /// (RFC 6296 section 3.5).
+    NptUnmappable,
 }
 
 impl NatDrop {
     /// Number of reasons.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     /// Every reason, in counter order.
     pub const ALL: [NatDrop; Self::COUNT] = [
@@ -56,6 +59,7 @@ impl NatDrop {
         NatDrop::Conflict,
         NatDrop::IcmpBadQuote,
         NatDrop::IcmpNoSession,
+        NatDrop::NptUnmappable,
     ];
 
     /// Stable snake_case counter name.
@@ -70,6 +74,7 @@ impl NatDrop {
             NatDrop::Conflict => "conflict",
             NatDrop::IcmpBadQuote => "icmp_bad_quote",
             NatDrop::IcmpNoSession => "icmp_no_session",
+            NatDrop::NptUnmappable => "npt_unmappable",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! braid's NAT44 engine and the link-layer services a gateway owes its
+//! braid's NAT44 engine, NPTv6 (IPv6 prefix translation) and the link-layer services a gateway owes its
 //! neighbours: ARP/ND resolution of next hops and answers (ARP, NS, ping)
 //! for the gateway's own addresses.
 //!
@@ -21,6 +21,7 @@ pub mod config;
 pub mod counters;
 mod hint;
 mod index;
+pub mod npt6;
 pub mod resolver;
 mod rewrite;
 mod table;
@@ -29,4 +30,5 @@ pub mod shard;
 pub use braid_tunnel::Nanos;
 pub use config::{ConfigError, DnatRule, NatConfig, Prefix, Proto, SnatRule, Timeouts, SECOND};
 pub use counters::{NatCounters, NatDrop, Verdict};
+pub use npt6::{Npt6, Npt6Error, Npt6Rule};
 pub use shard::{NatShard, SWEEP_PER_PACKET};

@@ -12,6 +12,7 @@ use braid_tunnel::Nanos;
 use crate::config::{slice_start, steer_hash, v4, ConfigError, NatConfig, Timeouts};
 use crate::counters::{NatCounters, NatDrop, Verdict};
 use crate::index::Index;
+use crate::npt6::Npt6;
 use crate::table::{due, hint, tuple_hash, Key, Session, Table, TcpState};
 use crate::rewrite::{
     rewrite, rewrite_icmp_error, End, Headers, ParseError, Quote, ICMP, L4, TCP, UDP,
@@ -229,6 +230,8 @@ fn quick_tuple(p: &[u8], inbound: bool) -> Option<Key> {
 /// `NatConfig::max_sessions`, no allocation per packet.
 #[derive(Debug, Clone)]
 pub struct NatShard {
+    /// IPv6 prefix translation: stateless, the same in every shard.
+    npt6: Npt6,
     worker: usize,
     n_workers: usize,
     snat: Vec<Snat>,
@@ -357,7 +360,9 @@ impl NatShard {
         snat_lens.sort_unstable_by(|a, b| b.cmp(a));
         let dnat_int_addrs = dnat.iter().map(|d| d.internal).collect();
         let nat_addrs = pools.iter().map(|p| p.addr).chain(dnat.iter().map(|d| d.external)).collect();
+        let npt6 = Npt6::new(&config.npt6)?;
         Ok(NatShard {
+            npt6,
             snat_by_net,
             snat_lens,
             dnat_by_ext,
@@ -752,7 +757,7 @@ impl NatShard {
     fn outbound_inner(&mut self, pkt: &mut [u8], egress: u32, now: Nanos) -> Verdict {
         let h = match Headers::parse(pkt) {
             Ok(h) => h,
-            Err(ParseError::Ipv6) => return Verdict::Untouched,
+            Err(ParseError::Ipv6) => return self.npt6.outbound(pkt, egress),
             Err(ParseError::Malformed) => return Verdict::Drop(NatDrop::Malformed),
         };
         // A forward's reply port counts as NATed even when no SNAT rule
@@ -852,7 +857,7 @@ impl NatShard {
     fn inbound_inner(&mut self, pkt: &mut [u8], now: Nanos) -> Verdict {
         let h = match Headers::parse(pkt) {
             Ok(h) => h,
-            Err(ParseError::Ipv6) => return Verdict::Untouched,
+            Err(ParseError::Ipv6) => return self.npt6.inbound(pkt),
             Err(ParseError::Malformed) => return Verdict::Drop(NatDrop::Malformed),
         };
         let passthrough = |me: &Self, reason| {
