@@ -536,6 +536,9 @@ impl Tables {
 
         let mut bundles = Vec::with_capacity(config.bundles.len());
         let mut spi_in_owner: HashMap<u32, String> = HashMap::new();
+        // (key, salt) -> where it is used: every tunnel and direction
+        // counts its sequence numbers (the GCM nonces' low half) from 1.
+        let mut nonce_space: HashMap<(Vec<u8>, Vec<u8>), String> = HashMap::new();
         let mut local_owner: HashMap<(usize, SocketAddr), String> = HashMap::new();
         let mut by_spi_in = Vec::new();
         let mut by_local = Vec::new();
@@ -576,6 +579,22 @@ impl Tables {
                             tunnel.local, tc.wan_port
                         ),
                     ));
+                }
+                for (dir, key, salt) in [("out", &tc.key_out, &tc.salt_out), ("in", &tc.key_in, &tc.salt_in)] {
+                    // Already parsed by `resolve_tunnel`: the bytes, as
+                    // written in any case or with `0x`.
+                    let bytes = |s: &HexSecret| parse_hex(&s.0).unwrap_or_default();
+                    let here = format!("{at}.key_{dir} and salt_{dir}");
+                    if let Some(other) = nonce_space.insert((bytes(key), bytes(salt)), here.clone()) {
+                        return Err(invalid(
+                            format!("{at}.salt_{dir}"),
+                            format!(
+                                "{here} are the same as {other}: AES-GCM would use each nonce twice with one key \
+                                 (every tunnel and direction numbers its packets from 1), which gives the key away; \
+                                 give every tunnel and direction its own key or salt"
+                            ),
+                        ));
+                    }
                 }
                 let r = TunnelRef {
                     bundle: b as u32,

@@ -631,7 +631,47 @@ fn add_spare_bundle(v: &mut Value) {
     t["local"] = json!("192.0.2.1:4600");
     t["spi_out"] = json!(5000);
     t["spi_in"] = json!(9000);
+    // Its own nonces: a key and salt pair is never used twice.
+    t["salt_out"] = json!("e0e1e2e3");
+    t["salt_in"] = json!("f0f1f2f3");
     as_array(&mut v["bundles"]).push(json!({ "name": "spare", "tunnels": [t] }));
+}
+
+#[test]
+fn a_key_and_salt_pair_is_used_once() {
+    // Copied onto another tunnel, or used for both directions: each
+    // tunnel numbers its packets from 1, so the GCM nonces would repeat.
+    let copy = |v: &mut Value| {
+        let (k, s) = (tunnel(v, 0, 0)["key_out"].clone(), tunnel(v, 0, 0)["salt_out"].clone());
+        tunnel(v, 0, 2)["key_out"] = k;
+        tunnel(v, 0, 2)["salt_out"] = s;
+    };
+    refused(copy, "bundles[0].tunnels[2].salt_out", "are the same as bundles[0].tunnels[0].key_out and salt_out");
+    refused(
+        |v| {
+            let (k, s) = (tunnel(v, 0, 1)["key_out"].clone(), tunnel(v, 0, 1)["salt_out"].clone());
+            tunnel(v, 0, 1)["key_in"] = k;
+            tunnel(v, 0, 1)["salt_in"] = s;
+        },
+        "bundles[0].tunnels[1].salt_in",
+        "bundles[0].tunnels[1].key_in and salt_in are the same as bundles[0].tunnels[1].key_out and salt_out",
+    );
+    // Written another way, the same bytes.
+    refused(
+        |v| {
+            let (k, s) = (tunnel(v, 0, 0)["key_in"].as_str().unwrap().to_uppercase(), tunnel(v, 0, 0)["salt_in"].clone());
+            add_spare_bundle(v);
+            tunnel(v, 1, 0)["key_in"] = json!(format!("0x{k}"));
+            tunnel(v, 1, 0)["salt_in"] = s;
+        },
+        "bundles[1].tunnels[0].salt_in",
+        "the same as bundles[0].tunnels[0].key_in and salt_in",
+    );
+    // The same key with another salt: other nonces, fine.
+    accepted(|v| {
+        let k = tunnel(v, 0, 0)["key_out"].clone();
+        tunnel(v, 0, 1)["key_out"] = k;
+    });
 }
 
 #[test]

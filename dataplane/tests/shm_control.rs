@@ -26,7 +26,7 @@ fn doc(weight: u32, mtu: u32, extra_route: bool) -> String {
  "peers":[{{"name":"p","bundle":"b"}}],
  "bundles":[{{"name":"b","tunnels":[
    {{"wan_port":"wan","local":"192.0.2.1:4500","remote":"192.0.2.2:4500","spi_out":4096,"spi_in":8192,"key_out":"{key}","key_in":"{key}","salt_out":"01020304","salt_in":"05060708","weight":{weight}}},
-   {{"wan_port":"wan","local":"192.0.2.1:4501","remote":"192.0.2.2:4501","spi_out":4097,"spi_in":8193,"key_out":"{key}","key_in":"{key}","salt_out":"01020304","salt_in":"05060708"}}]}}],
+   {{"wan_port":"wan","local":"192.0.2.1:4501","remote":"192.0.2.2:4501","spi_out":4097,"spi_in":8193,"key_out":"{key}","key_in":"{key}","salt_out":"11121314","salt_in":"15161718"}}]}}],
  "routes":[{{"prefix":"10.2.0.0/16","peer":"p"}}{route}]}}"#
     )
 }
