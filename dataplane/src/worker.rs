@@ -2088,7 +2088,9 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
                     per_bucket: if setup.workers > 1 { 4096 } else { 1024 },
                     ..base.reorder
                 },
-                reassembly: ReassemblyConfig { slots: 512, ..base.reassembly },
+                // Inner packets up to the largest LAN MTU any peer may
+                // have (the engine's default is 9216).
+                reassembly: ReassemblyConfig { slots: 512, max_packet: crate::config::MAX_MTU as usize, ..base.reassembly },
                 // Probe replies are rare: a lease of several sequence
                 // numbers would go stale behind the data traffic on
                 // the same SA and fall out of the peer's window.

@@ -125,6 +125,41 @@ fn case(mode: &str) {
     lab.close();
 }
 
+/// The largest inner packet a LAN may send (`MAX_MTU`, 9600 bytes), in
+/// bundle mode over a 1500-byte WAN: cut across frames by A, made whole by
+/// B and delivered byte for byte to B's jumbo LAN. (B's reassembly took
+/// inner packets of up to 9216 bytes until 2026-11-24: every one of
+/// these was dropped as `fragment_oversize`.)
+#[test]
+fn bundle_mode_carries_packets_of_the_largest_lan_mtu() {
+    const MAX_MTU: usize = 9600;
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let edit: ConfigEdit = Box::new(|_, doc| doc["ports"][0]["mtu"] = serde_json::json!(MAX_MTU));
+    let mut lab = Lab::with("lanmax", "bundle", &[1, 1], 16, 1500, LabOptions { edit: Some(edit), ..Default::default() });
+    let fl = flows();
+    let mut sent = Vec::new();
+    for seq in 0..6u32 {
+        let mut burst: Vec<Mbuf> = Vec::new();
+        for f in [2, 4] {
+            let ip = ip_packet(&fl[f], seq, ETH + MAX_MTU);
+            assert_eq!(ip.len(), MAX_MTU);
+            burst.push(lab.frame_to_a(&ip));
+            sent.push(ip);
+        }
+        lab.gen.tx.tx_all(&mut burst, 1000);
+        assert!(burst.is_empty());
+        lab.step();
+    }
+    lab.settle(50);
+    let got: Vec<&[u8]> = lab.delivered.iter().map(|f| &f[ETH..]).collect();
+    let (_, b) = lab.counters();
+    assert_eq!(got.len(), sent.len(), "B's drops: {:?}, engine: {:?}", b.drops.named(), b.engine);
+    for ip in &sent {
+        assert!(got.contains(&ip.as_slice()), "a 9600-byte packet arrived changed or not at all");
+    }
+    lab.close();
+}
+
 /// How many of the IPv4 UDP packets sent on flow `f` the delivered
 /// frames hold, whole or as fragments (header checksums right) that
 /// reassemble to them; panics if one is missing or differs.

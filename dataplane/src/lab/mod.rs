@@ -345,7 +345,7 @@ impl Lab {
 
     /// [`Lab::new`] with a test's changes to the gateways.
     pub fn with(case: &str, mode: &str, weights: &[u32], key_len: usize, wan_mtu: u32, opts: LabOptions) -> Lab {
-        let test_pool = Arc::new(Mempool::new(&format!("{case}_tp"), 8191, 9400).unwrap());
+        let test_pool = Arc::new(Mempool::new(&format!("{case}_tp"), 8191, 9900).unwrap());
         let mut pairs = Vec::new();
         let mut ports = Vec::new();
         let mut ends = Vec::new();
@@ -402,7 +402,8 @@ impl Lab {
                     let (room, jumbo) = pool_rooms(&tables);
                     (room, jumbo.map(|r| Arc::new(Mempool::new(&format!("{name}j"), 1023, r).unwrap())))
                 }
-                _ => (9400, None),
+                // At least as the process sizes them (a jumbo LAN).
+                _ => (pool_rooms(&tables).0.max(9400), None),
             };
             let pool = Arc::new(Mempool::new(&name, 8191, room).unwrap());
             let mut lan = lan;
