@@ -57,8 +57,12 @@ struct Mapping {
     int_addr: u32,
     int_port: u16,
     ext_port: u16,
-    pool: u16,
-    rule: u16,
+    /// Indexes of the pool address and the rule: u32, as a gateway may
+    /// have more than 65,536 rules or pool addresses (u16 indexes wrapped
+    /// there: another rule's egress was checked and the packet left
+    /// untranslated; found by review).
+    pool: u32,
+    rule: u32,
     proto: u8,
     /// Live sessions using it; the port goes back to the pool at zero.
     refs: u32,
@@ -163,7 +167,7 @@ struct Snat {
     net: u32,
     mask: u32,
     egress: Option<u32>,
-    pools: Vec<u16>,
+    pools: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -241,7 +245,7 @@ pub struct NatShard {
     /// 100,000: SNAT rules by (prefix length, network), with the distinct
     /// lengths longest first; DNAT rules by external and by internal
     /// (protocol, address, port); addresses the NAT answers for.
-    snat_by_net: FastMap<(u8, u32), Vec<u16>>,
+    snat_by_net: FastMap<(u8, u32), Vec<u32>>,
     snat_lens: Vec<u8>,
     dnat_by_ext: FastMap<(u8, u32, u16), u32>,
     dnat_by_int: FastMap<(u8, u32, u16), u32>,
@@ -316,7 +320,7 @@ impl NatShard {
                         pools.len() - 1
                     }
                 };
-                ids.push(id as u16);
+                ids.push(id as u32);
             }
             snat.push(Snat {
                 net: net & mask,
@@ -352,9 +356,9 @@ impl NatShard {
             });
         }
         let max = config.max_sessions;
-        let mut snat_by_net: FastMap<(u8, u32), Vec<u16>> = FastMap::with_capacity_and_hasher(snat.len(), Default::default());
+        let mut snat_by_net: FastMap<(u8, u32), Vec<u32>> = FastMap::with_capacity_and_hasher(snat.len(), Default::default());
         for (i, r) in snat.iter().enumerate() {
-            snat_by_net.entry((r.mask.count_ones() as u8, r.net)).or_default().push(i as u16);
+            snat_by_net.entry((r.mask.count_ones() as u8, r.net)).or_default().push(i as u32);
         }
         let mut snat_lens: Vec<u8> = snat_by_net.keys().map(|k| k.0).collect::<HashSet<_>>().into_iter().collect();
         snat_lens.sort_unstable_by(|a, b| b.cmp(a));
@@ -525,9 +529,12 @@ impl NatShard {
         }
         let addr = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
         match egress {
-            Some(egress) => {
+            // Whatever the egress: a session opened through another one
+            // translates the flow's whole packets after the route moved
+            // (found by review: its fragments left untranslated).
+            Some(_) => {
                 let src = addr(src);
-                self.is_dnat_internal(src) || self.snat_rule(src, egress).is_some()
+                self.is_dnat_internal(src) || self.snat_covers(src)
             }
             None => self.is_nat_addr(addr(dst)),
         }
@@ -603,6 +610,14 @@ impl NatShard {
         best
     }
 
+    /// Whether an SNAT rule for any egress covers `src`.
+    fn snat_covers(&self, src: u32) -> bool {
+        self.snat_lens.iter().any(|&len| {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            self.snat_by_net.contains_key(&(len, src & mask))
+        })
+    }
+
     fn is_dnat_internal(&self, src: u32) -> bool {
         self.dnat_int_addrs.contains(&src)
     }
@@ -613,8 +628,8 @@ impl NatShard {
     }
 
     #[inline]
-    fn map_hash(&self, proto: u8, addr: u32, port: u16, rule: u16) -> u64 {
-        tuple_hash(!self.seed, proto, addr, port, rule as u32, 0)
+    fn map_hash(&self, proto: u8, addr: u32, port: u16, rule: u32) -> u64 {
+        tuple_hash(!self.seed, proto, addr, port, rule, 0)
     }
 
     /// The other table's copy of the session at `p` in `tables[d]`.
@@ -774,7 +789,12 @@ impl NatShard {
             }
         };
         if h.frag {
-            return passthrough(self, NatDrop::Fragment);
+            // As `translates_fragment` chose: never out untranslated.
+            return if self.is_dnat_internal(h.src) || self.snat_covers(h.src) {
+                Verdict::Drop(NatDrop::Fragment)
+            } else {
+                Verdict::Untouched
+            };
         }
         let opens = match h.l4 {
             L4::Tcp(f) => !f.rst(),
@@ -801,13 +821,13 @@ impl NatShard {
             return Verdict::Drop(NatDrop::SessionsFull);
         }
         // The endpoint-independent mapping of this internal endpoint.
-        let mh = self.map_hash(h.proto, h.src, h.sport, rule as u16);
+        let mh = self.map_hash(h.proto, h.src, h.sport, rule as u32);
         let found = self.by_internal.find(mh, |m| {
             let m = &self.mappings[m as usize];
             m.int_addr == h.src
                 && m.int_port == h.sport
                 && m.proto == h.proto
-                && m.rule == rule as u16
+                && m.rule == rule as u32
         });
         let m = match found {
             Some(m) => m,
@@ -826,7 +846,7 @@ impl NatShard {
                     int_port: h.sport,
                     ext_port: port,
                     pool,
-                    rule: rule as u16,
+                    rule: rule as u32,
                     proto: h.proto,
                     refs: 0,
                 };

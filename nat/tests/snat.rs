@@ -319,3 +319,35 @@ fn config_errors() {
         Err(ConfigError::MaxSessions)
     ));
 }
+
+/// More than 65,536 SNAT rules and pool addresses (the dataplane's
+/// validation allows 100,000): the rule and pool indexes were u16 and
+/// wrapped, so rule 65,536's packets were checked against rule 0's egress
+/// and left untranslated, with their internal source (found by review).
+#[test]
+fn rules_and_pools_beyond_65536_keep_their_own_index() {
+    use braid_nat::{Prefix, SnatRule};
+    use std::net::IpAddr;
+    const N: u32 = 65_540;
+    let snat: Vec<SnatRule> = (0..N)
+        .map(|i| SnatRule {
+            // 10.0.0.0/28, 10.0.0.16/28, ...: rule i at 10.0.0.0 + 16 i.
+            match_prefix: Prefix::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i << 4))), 28),
+            // Rule 65,536 (and its neighbours) for egress 1, the rest 0.
+            egress: Some(u32::from(i >= 65_536)),
+            // Each its own pool address.
+            pool: vec![IpAddr::V4(Ipv4Addr::from(0x6440_0000 + i))],
+            ports: 1024..=65535,
+        })
+        .collect();
+    let cfg = NatConfig { snat, max_sessions: 64, ..Default::default() };
+    let mut nat = NatShard::new(&cfg, 0, 1).unwrap();
+    for i in [0u32, 1, 65_535, 65_536, 65_539] {
+        let src = sa(Ipv4Addr::from(0x0a00_0000 + (i << 4) + 5).octets(), 4000);
+        let mut p = udp_pkt(src, sa([198, 51, 100, 1], 53));
+        assert_eq!(nat.outbound(&mut p, u32::from(i >= 65_536), 0), Verdict::Translated, "rule {i}");
+        let (_, from, _) = endpoints(&p);
+        assert_eq!(u32::from(*from.ip()), 0x6440_0000 + i, "rule {i} takes its own pool address");
+        assert_checksums(&p);
+    }
+}
