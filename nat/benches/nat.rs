@@ -204,5 +204,52 @@ fn translate(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, translate);
+/// NPTv6: one IPv6 UDP packet (48 bytes) copied and translated, out and
+/// back, with 1 and 64 rules (a linear scan; the match is the last rule).
+fn npt6(c: &mut Criterion) {
+    use braid_nat::{Npt6Rule, NatDrop};
+    use std::net::{IpAddr, Ipv6Addr};
+    let mut g = c.benchmark_group("npt6");
+    g.throughput(Throughput::Elements(1));
+    let mut pkt = [0u8; 48];
+    pkt[0] = 0x60;
+    pkt[4..6].copy_from_slice(&8u16.to_be_bytes());
+    pkt[6] = 17;
+    pkt[8..24].copy_from_slice(&"fd00:3f::1:2:3:4".parse::<Ipv6Addr>().unwrap().octets());
+    pkt[24..40].copy_from_slice(&"2001:db8:ffff::1".parse::<Ipv6Addr>().unwrap().octets());
+    for n in [1u16, 64] {
+        let rules: Vec<Npt6Rule> = (0..n)
+            .map(|i| Npt6Rule {
+                internal: Prefix::new(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x40 - n + i, 0, 0, 0, 0, 0, 0)), 32),
+                external: Prefix::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0x100 + i, 0, 0, 0, 0, 0, 0)), 32),
+                egress: None,
+            })
+            .collect();
+        let cfg = NatConfig { npt6: rules, max_sessions: 1, ..Default::default() };
+        let mut nat = NatShard::new(&cfg, 0, 1).unwrap();
+        let mut buf = [0u8; 48];
+        buf.copy_from_slice(&pkt);
+        assert_eq!(nat.outbound(&mut buf, 0, 0), Verdict::Translated);
+        let mut back = buf;
+        back[8..24].copy_from_slice(&pkt[24..40]);
+        back[24..40].copy_from_slice(&buf[8..24]);
+        assert_eq!(nat.inbound(&mut back.clone(), 0), Verdict::Translated);
+        g.bench_with_input(BenchmarkId::new("outbound", n), &n, |b, _| {
+            b.iter(|| {
+                buf.copy_from_slice(&pkt);
+                black_box(nat.outbound(black_box(&mut buf), 0, 0))
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("inbound", n), &n, |b, _| {
+            b.iter(|| {
+                buf.copy_from_slice(&back);
+                black_box(nat.inbound(black_box(&mut buf), 0))
+            })
+        });
+        assert_eq!(nat.counters().drops[NatDrop::NptUnmappable as usize], 0);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, translate, npt6);
 criterion_main!(benches);
