@@ -638,7 +638,8 @@ pub struct WorkerCounters {
     ///   plus the LAN side's incoming drops
     ///   (NAT's `out_drops` included; and plain mode's engine drops when
     ///   sealing) plus the LAN frames for the gateway itself, plus the
-    ///   fragments `nat.out_frags` took;
+    ///   fragments `nat.out_frags` took (our own `icmp_tunnelled` errors
+    ///   come in beside `lan_rx`);
     /// - `wan_rx` plus `frags.reassembled` is `frags.taken`, the tunnels'
     ///   `rx` and `rejected`, `keepalives_rx`, the WAN side's incoming
     ///   drops and the WAN frames for the gateway itself (`local.received` counts both
@@ -676,6 +677,11 @@ pub struct WorkerCounters {
     /// ICMP errors handed to the LAN TX queue (plain mode: "fragmentation
     /// needed" for a packet with DF set too big for the WAN).
     pub icmp_sent: u64,
+    /// ICMP errors sent back into the tunnels: "fragmentation needed" or
+    /// ICMPv6 "packet too big" for a packet from a tunnel too big for the
+    /// LAN (`lan_too_big`). Routed and tunnelled like LAN packets (they
+    /// are in `encapsulated`, not in `lan_rx`).
+    pub icmp_tunnelled: u64,
     /// RFC 3948 NAT-keepalives received on a WAN port (not an error: the
     /// peer keeps a NAT mapping open; they change nothing).
     pub keepalives_rx: u64,
@@ -729,11 +735,12 @@ pub struct WorkerCounters {
 impl WorkerCounters {
     /// The counters that are one number each, named as the stats segment
     /// names them, in its order (the JSON report groups them by prefix).
-    pub fn scalars(&self) -> [(&'static str, u64); 25] {
+    pub fn scalars(&self) -> [(&'static str, u64); 26] {
         [
             ("encapsulated", self.encapsulated),
             ("delivered", self.delivered),
             ("icmp_sent", self.icmp_sent),
+            ("icmp_tunnelled", self.icmp_tunnelled),
             ("keepalives_rx", self.keepalives_rx),
             ("keepalives", self.keepalives),
             ("stream_restarts", self.stream_restarts),
@@ -768,6 +775,7 @@ impl WorkerCounters {
         self.encapsulated += o.encapsulated;
         self.delivered += o.delivered;
         self.icmp_sent += o.icmp_sent;
+        self.icmp_tunnelled += o.icmp_tunnelled;
         self.keepalives_rx += o.keepalives_rx;
         self.stream_restarts += o.stream_restarts;
         self.reorder.merge(&o.reorder);

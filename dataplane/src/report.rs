@@ -49,7 +49,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"keepalives_rx\":{},\"keepalives\":{},\"stream_restarts\":{},\"mss_clamped\":{},\"outer_fragments\":{},\"lan_cut\":{},\"tunnel_cut\":{},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
+        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"icmp_tunnelled\":{},\"keepalives_rx\":{},\"keepalives\":{},\"stream_restarts\":{},\"mss_clamped\":{},\"outer_fragments\":{},\"lan_cut\":{},\"tunnel_cut\":{},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
         flow(&c.lan_rx),
         flow(&c.lan_tx),
         flow(&c.wan_rx),
@@ -57,6 +57,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         c.encapsulated,
         c.delivered,
         c.icmp_sent,
+        c.icmp_tunnelled,
         c.keepalives_rx,
         c.keepalives,
         c.stream_restarts,

@@ -292,6 +292,9 @@ pub struct Worker {
     nat_frag_todo: Vec<Mbuf>,
     /// When the next ICMP error may be sent (rate limit, RFC 1812 4.3.2.8).
     next_icmp: Nanos,
+    /// ICMP errors about packets from a tunnel too big for the LAN, to go
+    /// back into the tunnels (`lan_too_big_error`).
+    icmp_to_wan: Vec<Mbuf>,
     /// This worker's NAT shard, when the tables have NAT rules.
     nat: Option<Box<NatShard>>,
     /// What `nat` was built from ([`Worker::apply`] keeps the shard, and so
@@ -477,6 +480,7 @@ impl Worker {
             ],
             nat_frag_todo: Vec::new(),
             next_icmp: 0,
+            icmp_to_wan: Vec::new(),
             nat,
             nat_spec: setup.nat,
             nat_retired: NatCounters::default(),
@@ -673,6 +677,14 @@ impl Worker {
                 self.rx_burst.extend(self.lan_handed.drain(..k));
                 self.lan_burst(now, true);
             }
+        }
+        if !self.icmp_to_wan.is_empty() && self.rx_burst.is_empty() {
+            // Our own ICMP errors for senders behind the peer, routed and
+            // tunnelled like LAN packets (counted `icmp_tunnelled`).
+            let k = self.icmp_to_wan.len().min(BURST);
+            self.rx_burst.extend(self.icmp_to_wan.drain(..k));
+            self.counters.icmp_tunnelled += k as u64;
+            self.lan_burst(now, true);
         }
         if now >= self.next_kernel {
             work += self.read_kernel_taps(now);
@@ -1256,114 +1268,41 @@ impl Worker {
 
     /// Plain mode: a packet too big for the WAN (already counted as
     /// `too_big`). An IPv4 packet with DF set gets ICMP "fragmentation
-    /// needed" with the next-hop MTU (RFC 792, RFC 1191), rate-limited, in
-    /// its own mbuf; the others are just dropped.
-    fn too_big(&mut self, b: usize, mut m: Mbuf, now: Nanos) {
+    /// needed" with the next-hop MTU (RFC 792, RFC 1191), an IPv6 one
+    /// ICMPv6 "packet too big", rate-limited, in its own mbuf, to the LAN;
+    /// the others are just dropped.
+    fn too_big(&mut self, b: usize, m: Mbuf, now: Nanos) {
         if now < self.next_icmp {
             return;
         }
         let Engine::Plain(p) = &self.bundles[b].engine else { return };
-        if m.data()[12..14] == [0x86, 0xdd] {
-            let (src, mtu) = (p.icmp_src6, p.inner_mtu);
-            return self.packet_too_big(m, src, mtu, now);
+        let (src, src6, mtu) = (p.icmp_src, p.icmp_src6, p.inner_mtu);
+        if let Some(e) = too_big_error(m, src, src6, mtu, &self.lan) {
+            self.next_icmp = now.saturating_add(ICMP_INTERVAL);
+            self.counters.icmp_sent += 1;
+            self.lan_out.push(e);
         }
-        let d = m.data();
-        let ip = &d[ETH..];
-        let ihl = (ip[0] & 0x0f) as usize * 4;
-        // Never about an ICMP error, a later fragment, or a source that is
-        // not one host (RFC 1812 section 4.3.2.7).
-        let icmp_error = ip[9] == 1 && ip.get(ihl).is_some_and(|&t| t != 0 && t != 8);
-        let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
-        if u16::from_be_bytes([d[12], d[13]]) != 0x0800 || ip[6] & 0x40 == 0 || icmp_error || later_fragment || ip[12] == 0 || ip[12] >= 224 {
-            return;
-        }
-        let (src, mtu) = (p.icmp_src, p.inner_mtu);
-        if src == [0; 4] {
-            // No IPv4 address to send from (IPv6 tunnels, a LAN port
-            // without ipv4): no error rather than one from 0.0.0.0.
-            return;
-        }
-        // The offending header and the first 8 octets of its payload.
-        let quote_len = (ihl + 8).min(ip.len());
-        let mut quote = [0u8; 60 + 8];
-        quote[..quote_len].copy_from_slice(&ip[..quote_len]);
-        let total = 20 + 8 + quote_len;
-        let extra = m.data_len() - ETH - total;
-        if !m.trim(extra) {
-            return;
-        }
-        let f = m.data_mut();
-        let orig_src = [quote[12], quote[13], quote[14], quote[15]];
-        let ip = &mut f[ETH..ETH + 20];
-        ip.copy_from_slice(&[0x45, 0xc0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        ip[12..16].copy_from_slice(&src);
-        ip[16..20].copy_from_slice(&orig_src);
-        let c = !braid_tunnel::wire::checksum::sum(ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        let icmp = &mut f[ETH + 20..];
-        icmp[..8].copy_from_slice(&[3, 4, 0, 0, 0, 0, 0, 0]);
-        icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
-        icmp[8..].copy_from_slice(&quote[..quote_len]);
-        let c = !braid_tunnel::wire::checksum::sum(icmp);
-        icmp[2..4].copy_from_slice(&c.to_be_bytes());
-        write_eth(f, &self.lan);
-        self.next_icmp = now.saturating_add(ICMP_INTERVAL);
-        self.counters.icmp_sent += 1;
-        self.lan_out.push(m);
     }
 
-    /// ICMPv6 Packet Too Big (RFC 4443 section 3.2) for the IPv6 packet in
-    /// `m`, from `src`, with the largest inner packet the tunnels carry:
-    /// IPv6 routers do not fragment, so without it the sender would never
-    /// learn the path's MTU. As much of the packet as fits a 1280-byte
-    /// error. Same rate limit as the IPv4 errors; never about an ICMPv6
-    /// error, nor to an unspecified or multicast source (section 2.4).
+    /// A packet from a tunnel too big for the LAN that cannot be cut (IPv4
+    /// with DF, IPv6 other than TCP; already counted `lan_too_big`): ICMP
+    /// "fragmentation needed" or ICMPv6 "packet too big" with the LAN's
+    /// MTU, from the LAN port's address, goes back into the tunnels to its
+    /// source (RFC 1191, RFC 8201: without it a sender on a jumbo LAN
+    /// behind the peer would never learn this LAN's MTU), rate-limited
+    /// like the other errors. Queued for the next poll's LAN-to-WAN pass
+    /// (`icmp_to_wan`).
     #[cold]
-    fn packet_too_big(&mut self, mut m: Mbuf, src: [u8; 16], mtu: u16, now: Nanos) {
-        const MIN_MTU: usize = 1280;
-        let ip = &m.data()[ETH..];
-        if ip.len() < 40 || src == [0; 16] {
+    pub(super) fn lan_too_big_error(&mut self, m: Mbuf) {
+        if self.now < self.next_icmp {
             return;
         }
-        let orig_src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
-        let icmp_error = ip[6] == 58 && ip.get(40).is_some_and(|&t| t < 128);
-        if orig_src == [0; 16] || orig_src[0] == 0xff || icmp_error {
-            return;
+        let src = self.lan.ipv4.map_or([0; 4], |a| a.octets());
+        let src6 = self.lan.ipv6.map_or([0; 16], |a| a.octets());
+        if let Some(e) = too_big_error(m, src, src6, self.lan.mtu, &self.lan) {
+            self.next_icmp = self.now.saturating_add(ICMP_INTERVAL);
+            self.icmp_to_wan.push(e);
         }
-        let quote_len = ip.len().min(MIN_MTU - 48);
-        let mut quote = [0u8; MIN_MTU - 48];
-        quote[..quote_len].copy_from_slice(&ip[..quote_len]);
-        // The error is shorter than the packet, or (a packet under 1232
-        // bytes, too big for a tunnel on a 1280-byte WAN) 48 bytes longer.
-        let want = ETH + 48 + quote_len;
-        let fits = match m.data_len().checked_sub(want) {
-            Some(extra) => m.trim(extra),
-            None => m.append(want - m.data_len()).is_some(),
-        };
-        if !fits {
-            return;
-        }
-        let f = m.data_mut();
-        let ip = &mut f[ETH..ETH + 40];
-        ip.fill(0);
-        ip[0] = 0x60;
-        ip[4..6].copy_from_slice(&((8 + quote_len) as u16).to_be_bytes());
-        ip[6] = 58;
-        ip[7] = 64;
-        ip[8..24].copy_from_slice(&src);
-        ip[24..40].copy_from_slice(&orig_src);
-        let icmp = &mut f[ETH + 40..];
-        icmp[..8].copy_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
-        icmp[4..8].copy_from_slice(&u32::from(mtu).to_be_bytes());
-        icmp[8..].copy_from_slice(&quote[..quote_len]);
-        let pseudo = braid_tunnel::wire::checksum::pseudo_header_v6(src.into(), orig_src.into(), 58, (8 + quote_len) as u32);
-        let c = !braid_tunnel::wire::checksum::combine(&[pseudo, braid_tunnel::wire::checksum::sum(icmp)]);
-        icmp[2..4].copy_from_slice(&c.to_be_bytes());
-        write_eth(f, &self.lan);
-        self.next_icmp = now.saturating_add(ICMP_INTERVAL);
-        self.counters.icmp_sent += 1;
-        self.lan_out.push(m);
     }
 
     fn wan_to_lan(&mut self, w: usize, now: Nanos) -> usize {
@@ -2676,6 +2615,112 @@ fn jumbo_frame(jumbo: &Mempool, lan: &L2, inner: &[u8]) -> Option<Mbuf> {
 /// An Ethernet header to `lan`'s next hop before the IP packet at
 /// `buf[ETH..]`.
 #[inline]
+/// ICMP "fragmentation needed" (RFC 792, RFC 1191) for the IPv4 packet
+/// with DF set in frame `m`, or ICMPv6 "packet too big" (RFC 4443 section
+/// 3.2) for an IPv6 one, from `src` / `src6` with `mtu`, built in `m`'s
+/// own buffer; `None` when no error is owed: IPv4 without DF, about an
+/// ICMP error, a later fragment, from a source that is not one host (RFC
+/// 1812 section 4.3.2.7, RFC 4443 section 2.4), or no address to send
+/// from.
+fn too_big_error(m: Mbuf, src: [u8; 4], src6: [u8; 16], mtu: u16, lan: &L2) -> Option<Mbuf> {
+    if m.data().get(12..14) == Some(&[0x86, 0xdd]) {
+        packet_too_big(m, src6, mtu, lan)
+    } else {
+        frag_needed(m, src, mtu, lan)
+    }
+}
+
+fn frag_needed(mut m: Mbuf, src: [u8; 4], mtu: u16, lan: &L2) -> Option<Mbuf> {
+    let d = m.data();
+    let ip = d.get(ETH..).filter(|ip| ip.len() >= 20)?;
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    let icmp_error = ip[9] == 1 && ip.get(ihl).is_some_and(|&t| t != 0 && t != 8);
+    let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
+    if u16::from_be_bytes([d[12], d[13]]) != 0x0800 || ip[6] & 0x40 == 0 || icmp_error || later_fragment || ip[12] == 0 || ip[12] >= 224 {
+        return None;
+    }
+    if src == [0; 4] {
+        // No IPv4 address to send from (IPv6 tunnels, a LAN port
+        // without ipv4): no error rather than one from 0.0.0.0.
+        return None;
+    }
+    // The offending header and the first 8 octets of its payload.
+    let quote_len = (ihl + 8).min(ip.len());
+    let mut quote = [0u8; 60 + 8];
+    quote[..quote_len].copy_from_slice(&ip[..quote_len]);
+    let total = 20 + 8 + quote_len;
+    let extra = m.data_len() - ETH - total;
+    if !m.trim(extra) {
+        return None;
+    }
+    let f = m.data_mut();
+    let orig_src = [quote[12], quote[13], quote[14], quote[15]];
+    let ip = &mut f[ETH..ETH + 20];
+    ip.copy_from_slice(&[0x45, 0xc0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&orig_src);
+    let c = !braid_tunnel::wire::checksum::sum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let icmp = &mut f[ETH + 20..];
+    icmp[..8].copy_from_slice(&[3, 4, 0, 0, 0, 0, 0, 0]);
+    icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp[8..].copy_from_slice(&quote[..quote_len]);
+    let c = !braid_tunnel::wire::checksum::sum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    write_eth(f, lan);
+    Some(m)
+}
+
+/// ICMPv6 Packet Too Big (RFC 4443 section 3.2) for the IPv6 packet in
+/// `m`, from `src`, with `mtu`: IPv6 routers do not fragment, so without
+/// it the sender would never learn the path's MTU. As much of the packet
+/// as fits a 1280-byte error. Never about an ICMPv6 error, nor to an
+/// unspecified or multicast source (section 2.4).
+fn packet_too_big(mut m: Mbuf, src: [u8; 16], mtu: u16, lan: &L2) -> Option<Mbuf> {
+    const MIN_MTU: usize = 1280;
+    let ip = m.data().get(ETH..)?;
+    if ip.len() < 40 || src == [0; 16] {
+        return None;
+    }
+    let orig_src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
+    let icmp_error = ip[6] == 58 && ip.get(40).is_some_and(|&t| t < 128);
+    if orig_src == [0; 16] || orig_src[0] == 0xff || icmp_error {
+        return None;
+    }
+    let quote_len = ip.len().min(MIN_MTU - 48);
+    let mut quote = [0u8; MIN_MTU - 48];
+    quote[..quote_len].copy_from_slice(&ip[..quote_len]);
+    // The error is shorter than the packet, or (a packet under 1232
+    // bytes, too big for a tunnel on a 1280-byte WAN) 48 bytes longer.
+    let want = ETH + 48 + quote_len;
+    let fits = match m.data_len().checked_sub(want) {
+        Some(extra) => m.trim(extra),
+        None => m.append(want - m.data_len()).is_some(),
+    };
+    if !fits {
+        return None;
+    }
+    let f = m.data_mut();
+    let ip = &mut f[ETH..ETH + 40];
+    ip.fill(0);
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&((8 + quote_len) as u16).to_be_bytes());
+    ip[6] = 58;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src);
+    ip[24..40].copy_from_slice(&orig_src);
+    let icmp = &mut f[ETH + 40..];
+    icmp[..8].copy_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
+    icmp[4..8].copy_from_slice(&u32::from(mtu).to_be_bytes());
+    icmp[8..].copy_from_slice(&quote[..quote_len]);
+    let pseudo = braid_tunnel::wire::checksum::pseudo_header_v6(src.into(), orig_src.into(), 58, (8 + quote_len) as u32);
+    let c = !braid_tunnel::wire::checksum::combine(&[pseudo, braid_tunnel::wire::checksum::sum(icmp)]);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    write_eth(f, lan);
+    Some(m)
+}
+
 fn write_eth(buf: &mut [u8], lan: &L2) {
     let et = ether_type(buf.get(ETH..).unwrap_or_default());
     write_eth_type(buf, lan, et);

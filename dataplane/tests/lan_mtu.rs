@@ -4,7 +4,8 @@
 //! whose payloads, in order, are the sender's byte stream, every checksum
 //! right; IPv4 UDP without DF as IP fragments that reassemble to the
 //! packet; what can be neither (IPv4 with DF, IPv6 UDP) is dropped and
-//! counted, never handed to the port as a giant. And plain mode over a
+//! counted, never handed to the port as a giant, and its sender gets an
+//! ICMP error back through the tunnels. And plain mode over a
 //! 1500-byte WAN: jumbo TCP is cut into segments before sealing (GSO).
 //! Two gateways on net_ring vdevs (no PCI), bundle and plain mode.
 
@@ -74,11 +75,15 @@ fn case(mode: &str) {
     let edit: ConfigEdit = Box::new(|side_a, doc| {
         if !side_a {
             doc["ports"][0]["mtu"] = serde_json::json!(B_LAN_MTU);
+            // The address B's ICMP errors come from.
+            doc["ports"][0]["ipv4"] = serde_json::json!("10.2.0.254/16");
+            doc["ports"][0]["ipv6"] = serde_json::json!("fd00:2::fe/64");
         }
     });
     // Plain mode carries 9000-byte packets whole over a jumbo WAN.
     let wan_mtu = if mode == "plain" { 9600 } else { 1500 };
     let mut lab = Lab::with(&format!("lanmtu{}", &mode[..2]), mode, &[1, 1], 16, wan_mtu, LabOptions { edit: Some(edit), ..Default::default() });
+    lab.read_a_lan = true;
     let fl = flows();
     let per_flow = 30u32;
     let (sent, frames) = send(&mut lab, &fl, &[0, 1, 2, 3, 4], per_flow);
@@ -122,6 +127,38 @@ fn case(mode: &str) {
             assert!(g[ETH..] == s[..], "flow {f}: a packet changed");
         }
     }
+    // ... and their senders, behind A, learn B's LAN MTU: ICMP
+    // "fragmentation needed" and ICMPv6 "packet too big" from B's LAN
+    // address, through the tunnels (rate-limited to one a millisecond:
+    // the IPv6 flow's came right after the IPv4 one's above, so one more
+    // IPv6 packet, later).
+    lab.now += 2_000_000;
+    let big6 = packet(&fl, 4, 2);
+    assert!(big(&big6));
+    let mut burst = vec![lab.frame_to_a(&big6)];
+    lab.gen.tx.tx_all(&mut burst, 1000);
+    lab.settle(20);
+    let (_, b) = lab.counters();
+    let (mut v4, mut v6) = (0, 0);
+    for f in &lab.delivered_a {
+        let ip = &f[ETH..];
+        if ip[0] >> 4 == 4 && ip[9] == 1 && ip[20..22] == [3, 4] {
+            assert_eq!(ip[12..16], [10, 2, 0, 254]);
+            assert_eq!(u16::from_be_bytes([ip[26], ip[27]]) as usize, B_LAN_MTU, "the next-hop MTU");
+            assert!(sent.iter().any(|(g, s)| *g == 3 && big(s) && s[..28] == ip[28..56]), "quotes a too-big packet's header and 8 bytes");
+            assert!(braid_tunnel::wire::checksum::verifies(&ip[20..]));
+            v4 += 1;
+        } else if ip[0] >> 4 == 6 && ip[6] == 58 && ip[40] == 2 {
+            assert_eq!(ip[8..24], "fd00:2::fe".parse::<std::net::Ipv6Addr>().unwrap().octets());
+            assert_eq!(u32::from_be_bytes([ip[44], ip[45], ip[46], ip[47]]) as usize, B_LAN_MTU);
+            assert_eq!(ip.len(), 1280, "as much of the packet as fits 1280 bytes");
+            v6 += 1;
+        } else {
+            panic!("A's LAN got something else: {:02x?}", &ip[..40.min(ip.len())]);
+        }
+    }
+    assert!(v4 >= 1 && v6 >= 1, "errors back: {v4} IPv4, {v6} IPv6");
+    assert_eq!(b.icmp_tunnelled, (v4 + v6) as u64, "every error B sent back reached A's LAN");
     lab.close();
 }
 

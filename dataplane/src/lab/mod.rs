@@ -780,7 +780,8 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // A NAT drop on the way out is an incoming drop of a LAN frame.
     assert_eq!(
         c.lan_rx.packets + c.tunnel_cut.extra_frames() + c.wan_rx.packets + c.frags.reassembled + c.handoff.esp_in + c.handoff.lan_in
-            + c.nat.out_frags.reassembled,
+            + c.nat.out_frags.reassembled
+            + c.icmp_tunnelled,
         c.encapsulated + rx + rejected + c.keepalives_rx + d.total_rx() + c.frags.taken + c.nat.out_dropped() + c.local.received + c.kernel.taken
             + c.nat.out_frags.taken
             + c.handoff.esp_out

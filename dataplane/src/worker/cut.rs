@@ -21,7 +21,8 @@ impl Worker {
     /// dropped, `lan_bad_checksum`, rather than given fresh ones), other
     /// IPv4 without DF or options into fragments, each piece a new mbuf
     /// (all or none: `lan_no_mbuf`); the rest is dropped (`lan_too_big`)
-    /// rather than handed to the port as a giant. A LAN port with TSO
+    /// rather than handed to the port as a giant, and its sender gets an
+    /// ICMP error through the tunnels (`Worker::lan_too_big_error`). A LAN port with TSO
     /// cuts TCP itself (IPv6, or headers longer than its PMD copies, only
     /// if it can): such a packet goes to it whole, checked the same way
     /// (`lan_cut.tso`). One length compare per frame when nothing is too
@@ -72,7 +73,12 @@ impl Worker {
             match cut {
                 Some(n) if tcp => (c.segmented, c.segments) = (c.segmented + 1, c.segments + n as u64),
                 Some(n) => (c.fragmented, c.fragments) = (c.fragmented + 1, c.fragments + n as u64),
-                None => self.counters.drops.add(drop),
+                None => {
+                    self.counters.drops.add(drop);
+                    if drop == DpDrop::LanTooBig {
+                        self.lan_too_big_error(m);
+                    }
+                }
             }
         }
         self.lan_out = out;
