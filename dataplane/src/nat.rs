@@ -47,14 +47,15 @@ pub struct NatSetup {
 }
 
 impl NatSetup {
-    /// Whether a shard built for `self` can serve `other` unchanged:
-    /// same rules, bound, timeouts and split (the hash seed may differ).
+    /// Whether a shard built for `self` can serve `other` and keep its
+    /// sessions: same NAT44 rules, bound, timeouts and split (the hash
+    /// seed may differ). NPTv6 rules are stateless: a kept shard takes
+    /// the new ones (`NatShard::set_npt6`), its sessions untouched.
     pub fn same_rules(&self, other: &NatSetup) -> bool {
         let (a, b) = (&*self.config, &*other.config);
         self.workers == other.workers
             && a.snat == b.snat
             && a.dnat == b.dnat
-            && a.npt6 == b.npt6
             && a.max_sessions == b.max_sessions
             && a.timeouts == b.timeouts
     }

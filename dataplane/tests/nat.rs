@@ -697,11 +697,26 @@ fn new_tables_keep_sessions_unless_the_rules_change() {
     send_b(&mut lab, [packet(L4::Udp, (SERVER, SERVER_PORT), ext, 1, 1)]);
     lab.settle(5);
     assert_eq!(lab.delivered_a.drain(..).count(), 1, "the reply found its session");
+    // An NPTv6 rule added: stateless, the shard and its session stay, and
+    // IPv6 from A's LAN leaves translated.
+    let mut with_npt = snat_rule(2, "1024-65535");
+    with_npt["nptv6"] = serde_json::json!([{"name": "v6", "internal": "fd00:1::/48", "external": "2001:db8:a::/48"}]);
+    let npt = tables(&lab, with_npt, true);
+    apply(&mut lab, &npt);
+    assert_eq!(lab.a.nat().unwrap().sessions(), 1, "the shard was kept");
+    send_a(&mut lab, [ip_packet(&Flow::a_to_b(7, Family::V6, L4::Udp), 0, 0)]);
+    lab.settle(5);
+    let got: Vec<Vec<u8>> = lab.delivered.drain(..).collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0][14 + 8..14 + 14], [0x20, 0x01, 0x0d, 0xb8, 0, 0x0a], "the new NPTv6 rule applies");
+    send_b(&mut lab, [packet(L4::Udp, (SERVER, SERVER_PORT), ext, 1, 2)]);
+    lab.settle(5);
+    assert_eq!(lab.delivered_a.drain(..).count(), 1, "the IPv4 session still answers");
     // Other rules: a new shard, the old session is lost.
     let other = tables(&lab, snat_rule(2, "1024-60000"), true);
     apply(&mut lab, &other);
     assert_eq!(lab.a.nat().unwrap().sessions(), 0, "a new shard");
-    send_b(&mut lab, [packet(L4::Udp, (SERVER, SERVER_PORT), ext, 1, 2)]);
+    send_b(&mut lab, [packet(L4::Udp, (SERVER, SERVER_PORT), ext, 1, 3)]);
     lab.settle(5);
     assert_eq!(lab.delivered_a.len(), 0);
     let (a, b) = lab.counters();

@@ -231,10 +231,11 @@ impl NatConfig {
     /// (the same hash [`NatConfig::outbound_owner`] gives the reply). `None`:
     /// no NAT state involved, any worker will do.
     pub fn inbound_owner(&self, pkt: &[u8], n_workers: usize) -> Option<usize> {
-        let h = crate::rewrite::Headers::parse(pkt).ok()?;
-        if n_workers == 0 {
+        if n_workers == 0 || (self.snat.is_empty() && self.dnat.is_empty()) {
+            // No NAT44 state anywhere (NPTv6 only: stateless).
             return None;
         }
+        let h = crate::rewrite::Headers::parse(pkt).ok()?;
         let (dst, dport, src, sport, proto) = match h.icmp_error_quote(pkt) {
             Some(q) => (q.src, q.sport, q.dst, q.dport, q.proto),
             None => (h.dst, h.dport, h.src, h.sport, h.proto),
@@ -256,10 +257,11 @@ impl NatConfig {
     /// endpoint-independent mapping. `None` for packets the NAT cannot
     /// parse (they are dropped or passed on any worker).
     pub fn outbound_owner(&self, pkt: &[u8], n_workers: usize) -> Option<usize> {
-        let h = crate::rewrite::Headers::parse(pkt).ok()?;
-        if n_workers == 0 {
+        if n_workers == 0 || (self.snat.is_empty() && self.dnat.is_empty()) {
+            // No NAT44 state anywhere (NPTv6 only: stateless).
             return None;
         }
+        let h = crate::rewrite::Headers::parse(pkt).ok()?;
         let (src, sport, dst, dport, proto) = match h.icmp_error_quote(pkt) {
             Some(q) => (q.dst, q.dport, q.src, q.sport, q.proto),
             None => (h.src, h.sport, h.dst, h.dport, h.proto),

@@ -4,7 +4,7 @@
 mod common;
 
 
-use braid_nat::{NatDrop, NatShard, Verdict};
+use braid_nat::{NatDrop, NatShard, Verdict, SECOND};
 use common::*;
 
 
@@ -51,29 +51,33 @@ fn fragments_of_translated_traffic_are_wanted_whole() {
     assert!(matches!(n.outbound(&mut f, 0, 0), Verdict::Drop(_)));
 }
 
-/// A host an SNAT rule for one egress covers has its fragments made whole
-/// whatever egress they take: a session it opened through that egress
-/// keeps translating its flow's packets after the route moved the flow
-/// (the whole packets found the session; its fragments, not taken, left
-/// with the internal source: found by review). Made whole, a packet with
-/// no session and no rule for its egress still goes untouched.
+/// An SNAT rule for one egress: its hosts' fragments leaving by another
+/// egress pass untouched (made whole they would lose datagrams of more
+/// than 8 fragments to a peer without NAT), unless the host has live
+/// mappings: a session opened through the rule's egress keeps
+/// translating its flow after the route moved it (the whole packets found
+/// the session; its fragments, not taken, left with the internal source:
+/// found by review). The mappings gone, untouched again.
 #[test]
-fn fragments_of_an_snat_rules_hosts_are_taken_for_every_egress() {
+fn fragments_to_another_egress_are_taken_while_the_host_has_mappings() {
     let mut cfg = lan_config(1, 64);
     cfg.snat[0].egress = Some(2);
     let mut n = NatShard::new(&cfg, 0, 1).unwrap();
     let (host, server) = (sa([10, 0, 3, 4], 40000), sa([198, 51, 100, 1], 53));
     let first = as_fragment(udp_pkt(host, server), 0, true);
     assert!(n.translates_fragment(&first, Some(2)));
-    assert!(n.translates_fragment(&first, Some(1)), "taken for another egress too");
-    // Whole, through egress 1 with no session: untouched.
-    let mut p = udp_pkt(host, server);
-    assert_eq!(n.outbound(&mut p, 1, 0), Verdict::Untouched);
-    // The session opened through egress 2 translates it through 1 too.
+    assert!(!n.translates_fragment(&first, Some(1)), "no mapping yet: untouched");
+    assert_eq!(n.outbound(&mut first.clone(), 1, 0), Verdict::Untouched);
+    // A session through egress 2 ...
     assert_eq!(n.outbound(&mut udp_pkt(host, server), 2, 0), Verdict::Translated);
+    // ... translates the flow through egress 1 too, fragments included.
     let mut p = udp_pkt(host, server);
     assert_eq!(n.outbound(&mut p, 1, 0), Verdict::Translated);
+    assert!(n.translates_fragment(&first, Some(1)), "taken while the host has a mapping");
     // A fragment given to the NAT is never let out untranslated.
-    let mut f = first.clone();
-    assert_eq!(n.outbound(&mut f, 1, 0), Verdict::Drop(NatDrop::Fragment));
+    assert_eq!(n.outbound(&mut first.clone(), 1, 0), Verdict::Drop(NatDrop::Fragment));
+    // The session expires: untouched again.
+    n.expire(1_000 * SECOND, usize::MAX);
+    assert_eq!(n.sessions(), 0);
+    assert!(!n.translates_fragment(&first, Some(1)));
 }

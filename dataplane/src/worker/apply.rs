@@ -254,6 +254,11 @@ impl Worker {
             (false, Some(s)) => Some(Some(s)),
             (false, None) => Some(build_nat(&setup)?),
         };
+        // A kept shard takes the new NPTv6 rules (stateless).
+        let new_npt6 = match (nat_same, &setup.nat) {
+            (true, Some(n)) => Some(braid_nat::Npt6::new(&n.config.npt6).map_err(|e| format!("nat: {e}"))?),
+            _ => None,
+        };
         let learned = learned_remotes(&self.bundles);
         let mut old: Vec<Option<BundleState>> = std::mem::take(&mut self.bundles).into_iter().map(Some).collect();
         let mut plan = Vec::with_capacity(setup.bundles.len());
@@ -370,6 +375,9 @@ impl Worker {
                 add_nat(&mut self.nat_retired, old.counters());
                 self.retired_nat = Some(old);
             }
+            self.nat_spec = setup.nat;
+        } else if let (Some(npt6), Some(shard)) = (new_npt6, self.nat.as_deref_mut()) {
+            shard.set_npt6(npt6);
             self.nat_spec = setup.nat;
         }
         Ok(applied)
