@@ -78,8 +78,13 @@ impl StateDir {
         let running: Running = serde_json::from_slice(&text)
             .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
         if let Some(c) = &running.config {
-            braid_config::Tables::from_config(c)
-                .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+            braid_config::Tables::from_config(c).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                reason: format!(
+                    "the saved configuration does not validate (with a rule this version added?): {e}; \
+                     correct the file, or move it away and start from --init-config"
+                ),
+            })?;
         }
         Ok(running)
     }

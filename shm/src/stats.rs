@@ -419,9 +419,15 @@ impl StatsSegment {
     /// number different documents alike (a control process whose state
     /// was wiped starts again from 1), so the generation alone does not
     /// tell what runs.
+    ///
+    /// The generation is 0 while the hash changes, so a reader that reads
+    /// the generation, the hash, then the generation again and sees one
+    /// number twice has that generation's hash (`StatsReader::snapshot`).
     pub fn set_applied(&self, generation: u64, doc_hash: u64) {
-        self.shared.mapped.live(field::APPLIED_DOC_HASH).store(doc_hash, Ordering::Release);
-        self.shared.mapped.live(field::APPLIED_GENERATION).store(generation, Ordering::Release);
+        let m = &self.shared.mapped;
+        m.live(field::APPLIED_GENERATION).store(0, Ordering::Release);
+        m.live(field::APPLIED_DOC_HASH).store(doc_hash, Ordering::Release);
+        m.live(field::APPLIED_GENERATION).store(generation, Ordering::Release);
     }
 
     /// Bumped by the dataplane's control thread (e.g. monotonic nanoseconds),
@@ -601,9 +607,25 @@ impl StatsReader {
         let n = g.values();
         // Relaxed loads then fences throughout: the reader's mapping is
         // read-only, where plain (Relaxed) atomic loads are the conservative choice.
-        let applied_generation = self.mapped.live(field::APPLIED_GENERATION).load(Ordering::Relaxed);
-        fence(Ordering::Acquire);
-        let applied_doc_hash = self.mapped.live(field::APPLIED_DOC_HASH).load(Ordering::Relaxed);
+        // The pair as `set_applied` left it: the same generation before
+        // and after the hash (a few tries; a writer holds it for three
+        // stores).
+        let (applied_generation, applied_doc_hash) = {
+            let (g, h) = (self.mapped.live(field::APPLIED_GENERATION), self.mapped.live(field::APPLIED_DOC_HASH));
+            let mut pair = (0, 0);
+            for _ in 0..100 {
+                let g1 = g.load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
+                let hash = h.load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
+                if g.load(Ordering::Relaxed) == g1 {
+                    pair = (g1, hash);
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            pair
+        };
         let heartbeat = self.mapped.live(field::HEARTBEAT).load(Ordering::Relaxed);
         fence(Ordering::Acquire);
         let mut last = self.last_good.lock().unwrap_or_else(PoisonError::into_inner);
