@@ -1094,6 +1094,8 @@ fn a_rebuilt_non_probing_sender_keeps_what_it_was_told() {
     assert_eq!(tx.path_delay(1), Some(7_000_000));
     tx.forget_path_delay(0);
     assert_eq!(tx.path_delay(0), None);
+    // Forgotten by the balancer too (it balanced on the stale delay).
+    assert_eq!(tx.balancer().params(0).map(|p| p.delay), Some(0));
     // Old tunnel 1 becomes tunnel 0; tunnel 1 and 2 are new.
     let paths = [Some(Predecessor { tunnel: 1, same_inbound: true }), None, Some(Predecessor { tunnel: 0, same_inbound: true })];
     let mut tx2: BundleTx = BundleTx::new(cfg, out.clone(), 10);

@@ -298,7 +298,13 @@ impl Worker {
                     let mut st = old[i].take().expect("kept once");
                     if let Engine::Bundle { tx, .. } = &mut st.engine {
                         for (t, ts) in bs.tunnels.iter().enumerate() {
-                            tx.balancer_mut().set_params(t, ts.params);
+                            // The configured weight and rate; the delay
+                            // measured so far stays (a worker that does
+                            // not probe would otherwise balance on 0 until
+                            // the prober's view next changed; found by
+                            // review).
+                            let delay = tx.balancer().params(t).map_or(ts.params.delay, |p| p.delay);
+                            tx.balancer_mut().set_params(t, braid_tunnel::balancer::PathParams { delay, ..ts.params });
                         }
                     } else if let Engine::Plain(p) = &mut st.engine {
                         for (t, ts) in bs.tunnels.iter().enumerate() {

@@ -311,11 +311,12 @@ impl<A: Aead> BundleTx<A> {
     }
 
     /// On a stream that does not probe: `path`'s delay is no longer known
-    /// (the probing stream lost it).
+    /// (the probing stream lost it): 0 for the balancer, as the prober's.
     pub fn forget_path_delay(&mut self, path: usize) {
         if let Some(t) = self.told.get_mut(path) {
             *t = None;
         }
+        self.balancer.set_delay(path, 0);
     }
 
     /// Swaps tunnel `tunnel`'s SA pair (rekey published by the control plane).
