@@ -220,6 +220,9 @@ pub struct TunnelCounters {
     /// than the tunnel's current remote (a NAT in front of the peer
     /// rebound), and the tunnel now sends there.
     pub remote_changes: u64,
+    /// Times the path went dead (probes missed in a row, bundle mode);
+    /// its `path/.../alive` gauge shows whether it is now.
+    pub path_deaths: u64,
 }
 
 impl TunnelCounters {
@@ -230,6 +233,7 @@ impl TunnelCounters {
         self.rejected += o.rejected;
         self.keepalives_tx += o.keepalives_tx;
         self.remote_changes += o.remote_changes;
+        self.path_deaths += o.path_deaths;
     }
 }
 

@@ -78,7 +78,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
                 let up = alive.get(b).and_then(|a| a.get(t)).copied().unwrap_or(true);
                 let now = remotes.get(b).and_then(|r| r.get(t)).copied().unwrap_or(bundle.tunnels[t].remote);
                 format!(
-                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"remote_now\":\"{now}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"rejected\":{},\"keepalives_tx\":{},\"remote_changes\":{},\"tx_share\":{:.4}}}",
+                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"remote_now\":\"{now}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"rejected\":{},\"keepalives_tx\":{},\"remote_changes\":{},\"path_deaths\":{},\"tx_share\":{:.4}}}",
                     bundle.tunnels[t].local,
                     bundle.tunnels[t].remote,
                     bundle.tunnels[t].weight,
@@ -87,6 +87,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
                     tc.rejected,
                     tc.keepalives_tx,
                     tc.remote_changes,
+                    tc.path_deaths,
                     tc.tx.packets as f64 / total as f64
                 )
             })

@@ -3,7 +3,7 @@
 //! Names are `/`-separated paths the control process turns into Prometheus
 //! metrics and JSON: `lan/rx_packets`, `drop/no_route`,
 //! `engine_drop/replayed`, `tunnel/<bundle>/<i>/tx_packets` (and
-//! `keepalives_tx`, `remote_changes`), `keepalives_rx`; gauges
+//! `keepalives_tx`, `remote_changes`, `path_deaths`), `keepalives_rx`; gauges
 //! `path/<bundle>/<i>/alive`; with NAT rules in the tables, `nat/<counter>`,
 //! drops by direction `nat_out_drop/<reason>` and `nat_in_drop/<reason>`,
 //! gauge `nat/sessions`; packets waiting for a LAN neighbor, gauge
@@ -52,7 +52,7 @@ const LOCAL: [&str; 12] = [
     "local/lan_requests",
     "local/unresolved",
 ];
-const TUNNEL: [&str; 7] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected", "keepalives_tx", "remote_changes"];
+const TUNNEL: [&str; 8] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected", "keepalives_tx", "remote_changes", "path_deaths"];
 /// Each port's own counters, as its PMD keeps them (`rte_eth_stats`):
 /// `rx_missed` is what the NIC dropped for want of RX descriptors (the
 /// worker too slow), `rx_nombuf` for want of mbufs.
@@ -156,7 +156,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], nic: &[
     for (b, bundle) in tables.bundles.iter().enumerate() {
         for t in 0..bundle.tunnels.len() {
             let tc = c.tunnels.get(b).and_then(|v| v.get(t)).copied().unwrap_or_default();
-            counters.extend([tc.tx.packets, tc.tx.bytes, tc.rx.packets, tc.rx.bytes, tc.rejected, tc.keepalives_tx, tc.remote_changes]);
+            counters.extend([tc.tx.packets, tc.tx.bytes, tc.rx.packets, tc.rx.bytes, tc.rejected, tc.keepalives_tx, tc.remote_changes, tc.path_deaths]);
             let up = alive.get(b).and_then(|v| v.get(t)).copied().unwrap_or(false);
             gauges.push(up as u64);
         }

@@ -1776,6 +1776,13 @@ impl Worker {
                 let view = (tx.path_alive(path), tx.path_delay(path));
                 if view.0 != seen.0 {
                     rx.set_path_live(path, view.0);
+                    // Counted by the worker that probes (the others only
+                    // hear of it).
+                    if seen.0 && self.options.probes.is_some() {
+                        if let Some(tc) = self.counters.tunnels.get_mut(b).and_then(|v| v.get_mut(path)) {
+                            tc.path_deaths += 1;
+                        }
+                    }
                 }
                 if view.1 != seen.1 {
                     rx.set_path_delay(path, view.1);

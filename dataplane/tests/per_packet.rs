@@ -281,8 +281,11 @@ fn bundle_mode_reorderer_does_not_wait_for_a_dead_path() {
     assert_eq!(alive, vec![vec![true, false]], "A took tunnel 1 out of the rotation");
     assert_eq!(lab.b.paths_alive(), vec![vec![true, false]], "B too");
     assert!(worst < 20 * ms, "a packet waited {} ms in B's re-orderer", worst / ms);
-    let (_, b) = lab.counters();
+    let (a, b) = lab.counters();
     assert_eq!(b.drops.named(), vec![]);
+    // Counted: one death of tunnel 1 on each side (`path_deaths`).
+    assert_eq!(a.tunnels[0].iter().map(|t| t.path_deaths).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(b.tunnels[0].iter().map(|t| t.path_deaths).collect::<Vec<_>>(), vec![0, 1]);
     lab.close();
 }
 
