@@ -2,13 +2,13 @@
 # network namespaces. Source it after setting PREFIX (namespace and DPDK
 # file-prefix stem), RUN (a private temp folder), TUNNELS and MODE.
 #
-#   host A (ns $PREFIX-a, 10.1.0.2, fd00:1::2)
+#   host A (ns $PREFIX-a-<pid>, 10.1.0.2, fd00:1::2)
 #     | veth
-#   gateway A (ns $PREFIX-gwa): braid-dataplane on net_af_packet vdevs
+#   gateway A (ns $PREFIX-gwa-<pid>): braid-dataplane on net_af_packet vdevs
 #     | WAN veth: $TUNNELS ESP-in-UDP tunnels (UDP 4500...), one bundle
-#   gateway B (ns $PREFIX-gwb): braid-dataplane
+#   gateway B (ns $PREFIX-gwb-<pid>): braid-dataplane
 #     | veth
-#   host B (ns $PREFIX-b, 10.2.0.2, fd00:2::2)
+#   host B (ns $PREFIX-b-<pid>, 10.2.0.2, fd00:2::2)
 #
 # LAB_DYNAMIC_NEIGH=1 (the default): neither side has static neighbor
 # entries: the gateways' LAN ports carry the gateway addresses (10.x.0.1,
@@ -20,19 +20,28 @@
 # NIC is never probed. lab_cleanup removes every process started through
 # lab_spawn, the namespaces and the DPDK runtime folders, also on failure.
 
-NS_A=$PREFIX-a NS_GA=$PREFIX-gwa NS_GB=$PREFIX-gwb NS_B=$PREFIX-b
+# This run's own names: two runs at once never share (nor delete) each
+# other's namespaces.
+NS_A=$PREFIX-a-$$ NS_GA=$PREFIX-gwa-$$ NS_GB=$PREFIX-gwb-$$ NS_B=$PREFIX-b-$$
 GA_LAN=02:00:00:a0:00:01 GA_WAN=02:00:00:a0:01:01 HOST_A=02:00:00:0a:00:02
 GB_LAN=02:00:00:b0:00:01 GB_WAN=02:00:00:b0:01:01 HOST_B=02:00:00:0b:00:02
 PIDS=()
 
 lab_cleanup() {
+  # Runs to the end: a second Ctrl-C, a hang-up or a failing command here
+  # must not leave namespaces and dataplanes behind.
+  trap '' INT TERM HUP
   set +e
+  # Only our children still running (a pid already waited for may belong
+  # to another process by now).
+  local live=" $(jobs -p | tr '\n' ' ') "
   for p in "${PIDS[@]}"; do
-    kill -TERM "$p" 2>/dev/null
+    [[ $live == *" $p "* ]] && kill -TERM "$p" 2>/dev/null
   done
   for p in "${PIDS[@]}"; do
+    [[ $live == *" $p "* ]] || continue
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null
+    kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
   done
   for ns in $NS_A $NS_GA $NS_GB $NS_B; do
     for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null; done
@@ -49,7 +58,7 @@ lab_spawn() { # out err cmd...
 }
 
 lab_net() {
-  for ns in $NS_A $NS_GA $NS_GB $NS_B; do ip netns del "$ns" 2>/dev/null || true; ip netns add "$ns"; done
+  for ns in $NS_A $NS_GA $NS_GB $NS_B; do ip netns add "$ns"; done
   ip link add a0 netns $NS_A address $HOST_A type veth peer name alan netns $NS_GA
   ip link add wana netns $NS_GA type veth peer name wanb netns $NS_GB
   ip link add b0 netns $NS_B address $HOST_B type veth peer name blan netns $NS_GB
@@ -151,7 +160,7 @@ lab_gateway() { # ns name lcore lan wan dataplane-options...
 # Waits until a gateway's stderr says it runs.
 lab_wait_running() { # name [seconds]
   local i
-  for i in $(seq $((${2:-10} * 10))); do grep -q "running" "$RUN/$1.err" 2>/dev/null && return 0; sleep 0.1; done
+  for i in $(seq $((${2:-10} * 10))); do grep -q "braid-dataplane: running" "$RUN/$1.err" 2>/dev/null && return 0; sleep 0.1; done
   cat "$RUN/$1.err"; echo "gateway $1 did not start"; return 1
 }
 
@@ -179,4 +188,10 @@ lab_narrow() { # uses RATE, NARROW_RATES
 # tunnel: "<tunnel> <bytes> <dropped>".
 lab_narrow_bytes() { # ns dev
   tc -n "$1" -s class show dev "$2" | awk '/^class htb 1:/{split($3,c,":"); t=c[2]-10} /Sent/{if (t>=0) print t, $2, $7+0; t=-1}' | tr -d ','
+}
+
+# Waits (up to 5 s) until something listens on TCP PORT in namespace NS.
+lab_wait_listen() { # ns port
+  for _ in $(seq 50); do ip netns exec "$1" ss -ltn 2>/dev/null | grep -q ":$2 " && return 0; sleep 0.1; done
+  echo "nothing listens on TCP $2 in $1"; return 1
 }
