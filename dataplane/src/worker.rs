@@ -1186,7 +1186,10 @@ impl Worker {
         // Packets the packer took are encapsulated; the rest are dropped.
         let packed = cursor.consumed().min(k);
         self.counters.encapsulated += packed as u64;
-        if let Some(r) = lost {
+        // The packer also stops on a packet no frame of this bundle can
+        // start (a frame area under its headers; not with validated
+        // tables): what it left is dropped, counted.
+        if let Some(r) = lost.or((packed < k).then_some(DpDrop::TooBig)) {
             self.counters.drops.add_n(r, (k - packed) as u64);
         }
     }
@@ -2619,16 +2622,13 @@ fn jumbo_frame(jumbo: &Mempool, lan: &L2, inner: &[u8]) -> Option<Mbuf> {
     Some(m)
 }
 
-/// An Ethernet header to `lan`'s next hop before the IP packet at
-/// `buf[ETH..]`.
-#[inline]
 /// ICMP "fragmentation needed" (RFC 792, RFC 1191) for the IPv4 packet
 /// with DF set in frame `m`, or ICMPv6 "packet too big" (RFC 4443 section
 /// 3.2) for an IPv6 one, from `src` / `src6` with `mtu`, built in `m`'s
 /// own buffer; `None` when no error is owed: IPv4 without DF, about an
-/// ICMP error, a later fragment, from a source that is not one host (RFC
-/// 1812 section 4.3.2.7, RFC 4443 section 2.4), or no address to send
-/// from.
+/// ICMP error, a later fragment, from a source that is not one host or
+/// (IPv4) to a multicast or broadcast group (RFC 1812 section 4.3.2.7,
+/// RFC 4443 section 2.4), or no address to send from.
 fn too_big_error(m: Mbuf, src: [u8; 4], src6: [u8; 16], mtu: u16, lan: &L2) -> Option<Mbuf> {
     if m.data().get(12..14) == Some(&[0x86, 0xdd]) {
         packet_too_big(m, src6, mtu, lan)
@@ -2643,7 +2643,8 @@ fn frag_needed(mut m: Mbuf, src: [u8; 4], mtu: u16, lan: &L2) -> Option<Mbuf> {
     let ihl = (ip[0] & 0x0f) as usize * 4;
     let icmp_error = ip[9] == 1 && ip.get(ihl).is_some_and(|&t| t != 0 && t != 8);
     let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
-    if u16::from_be_bytes([d[12], d[13]]) != 0x0800 || ip[6] & 0x40 == 0 || icmp_error || later_fragment || ip[12] == 0 || ip[12] >= 224 {
+    let group = ip[16] >= 224;
+    if u16::from_be_bytes([d[12], d[13]]) != 0x0800 || ip[6] & 0x40 == 0 || icmp_error || later_fragment || ip[12] == 0 || ip[12] >= 224 || group {
         return None;
     }
     if src == [0; 4] {
@@ -2728,6 +2729,9 @@ fn packet_too_big(mut m: Mbuf, src: [u8; 16], mtu: u16, lan: &L2) -> Option<Mbuf
     Some(m)
 }
 
+/// An Ethernet header to `lan`'s next hop before the IP packet at
+/// `buf[ETH..]`.
+#[inline]
 fn write_eth(buf: &mut [u8], lan: &L2) {
     let et = ether_type(buf.get(ETH..).unwrap_or_default());
     write_eth_type(buf, lan, et);

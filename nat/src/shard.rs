@@ -262,10 +262,6 @@ pub struct NatShard {
     mappings: Vec<Mapping>,
     free_mappings: Vec<u32>,
     by_internal: Index,
-    /// Internal hosts with live mappings, and how many: their fragments
-    /// are made whole whatever the egress (`translates_fragment`).
-    /// Allocated for `max_sessions` hosts up front.
-    mapped_hosts: FastMap<u32, u32>,
     hand: usize,
     counters: NatCounters,
 }
@@ -393,7 +389,6 @@ impl NatShard {
             mappings: vec![Mapping::default(); max],
             free_mappings: (0..max as u32).rev().collect(),
             by_internal: Index::with_bound(max),
-            mapped_hosts: FastMap::with_capacity_and_hasher(max, Default::default()),
             hand: 0,
             counters: NatCounters::default(),
         })
@@ -539,7 +534,16 @@ impl NatShard {
         }
         let addr = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
         match egress {
-            Some(egress) => self.fragment_needs_nat(addr(src), egress),
+            // The rule for this egress: the same answer on every worker.
+            // (A flow whose route moved to an egress without a rule keeps
+            // its mapping for its whole packets, but its fragments go
+            // untranslated, as the host's new flows to that egress do.
+            // Taking every covered host's fragments instead lost their
+            // datagrams of over 8 fragments to peers without NAT.)
+            Some(egress) => {
+                let src = addr(src);
+                self.is_dnat_internal(src) || self.snat_rule(src, egress).is_some()
+            }
             None => self.is_nat_addr(addr(dst)),
         }
     }
@@ -614,15 +618,6 @@ impl NatShard {
         best
     }
 
-    /// Whether an outbound fragment from `src` leaving by `egress` may
-    /// need translating: a rule for that egress covers `src`, it is a
-    /// port forward's host, or it has live mappings (a session opened
-    /// through another egress keeps translating its flow after the route
-    /// moved; its fragments left untranslated before: found by review).
-    /// Other hosts' fragments pass untouched, however many.
-    fn fragment_needs_nat(&self, src: u32, egress: u32) -> bool {
-        self.is_dnat_internal(src) || self.snat_rule(src, egress).is_some() || self.mapped_hosts.contains_key(&src)
-    }
 
     fn is_dnat_internal(&self, src: u32) -> bool {
         self.dnat_int_addrs.contains(&src)
@@ -693,12 +688,6 @@ impl NatShard {
                 let m = *m;
                 let h = self.map_hash(m.proto, m.int_addr, m.int_port, m.rule);
                 self.by_internal.remove(h, x.mapping);
-                if let Some(n) = self.mapped_hosts.get_mut(&m.int_addr) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.mapped_hosts.remove(&m.int_addr);
-                    }
-                }
                 self.pools[m.pool as usize].spaces[proto_index(m.proto)].push(m.ext_port);
                 self.free_mappings.push(x.mapping);
             }
@@ -801,12 +790,7 @@ impl NatShard {
             }
         };
         if h.frag {
-            // As `translates_fragment` chose: never out untranslated.
-            return if self.fragment_needs_nat(h.src, egress) {
-                Verdict::Drop(NatDrop::Fragment)
-            } else {
-                Verdict::Untouched
-            };
+            return passthrough(self, NatDrop::Fragment);
         }
         let opens = match h.l4 {
             L4::Tcp(f) => !f.rst(),
@@ -863,7 +847,6 @@ impl NatShard {
                     refs: 0,
                 };
                 self.by_internal.insert(mh, m);
-                *self.mapped_hosts.entry(h.src).or_insert(0) += 1;
                 self.counters.mappings_created += 1;
                 m
             }
