@@ -227,16 +227,17 @@ impl Eal {
     }
 
     /// Releases EAL's resources (`rte_eal_cleanup`) and removes the runtime
-    /// folder `/var/run/dpdk/<prefix>`. Every port and pool must be gone: if
-    /// a [`crate::Mempool`] is still alive or was leaked (dropped with mbufs
-    /// out), `rte_eal_cleanup` is skipped so no later drop touches unmapped
-    /// memory; the runtime folder is still removed.
+    /// folder `/var/run/dpdk/<prefix>`. Every port, ring, reassembly table
+    /// and pool must be gone: if one is still alive or was leaked (a pool
+    /// dropped with mbufs out), `rte_eal_cleanup` is skipped so no later
+    /// drop touches unmapped memory; the runtime folder is still removed.
     pub fn cleanup(self) {
-        if crate::mempool::pools_outstanding() {
-            eprintln!("braid-dpdk: a mempool is still alive or leaked; skipping rte_eal_cleanup");
+        if crate::mempool::pools_outstanding() || crate::eal_objects_outstanding() {
+            eprintln!("braid-dpdk: a mempool, port, ring or reassembly table is still alive or leaked; skipping rte_eal_cleanup");
         } else {
-            // SAFETY: consumes the only handle, and no pool is left whose
-            // drop could touch EAL memory afterwards.
+            // SAFETY: consumes the only handle, and no pool, port, ring or
+            // reassembly table is left whose drop could touch EAL memory
+            // afterwards (closures still running on lcores hold theirs).
             unsafe { dpdk_sys::rte_eal_cleanup() };
         }
         if let Some(p) = &self.file_prefix {

@@ -32,6 +32,7 @@ use crate::{Error, Mbuf, Mempool};
 
 /// IPv4 and IPv6 fragment table of one worker.
 pub struct Reassembly {
+    _live: crate::EalObject,
     tbl: NonNull<dpdk_sys::rte_ip_frag_tbl>,
     dr: Box<dpdk_sys::rte_ip_frag_death_row>,
     stats: FragStats,
@@ -87,7 +88,7 @@ impl Reassembly {
         // SAFETY: the death row is plain data (a count and pointers); all
         // zeroes is an empty row.
         let dr = Box::new(unsafe { std::mem::zeroed::<dpdk_sys::rte_ip_frag_death_row>() });
-        Ok(Reassembly { tbl, dr, stats: FragStats::default() })
+        Ok(Reassembly { _live: crate::EalObject::new(), tbl, dr, stats: FragStats::default() })
     }
 
     /// Whether the IPv4 header at `l2_len` in `frame` is a fragment (MF set

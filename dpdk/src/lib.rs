@@ -74,3 +74,31 @@ pub fn tsc_hz() -> u64 {
     // SAFETY: plain getter.
     unsafe { dpdk_sys::rte_get_tsc_hz() }
 }
+
+/// Objects that live in EAL's memory or use its devices besides pools
+/// (ports, rte_rings, reassembly tables), alive now: while any is,
+/// [`Eal::cleanup`] leaves EAL's memory mapped (their drops would touch
+/// it). Each such type holds one [`EalObject`].
+static EAL_OBJECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A count in [`EAL_OBJECTS`] for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct EalObject(());
+
+impl EalObject {
+    pub(crate) fn new() -> EalObject {
+        EAL_OBJECTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        EalObject(())
+    }
+}
+
+impl Drop for EalObject {
+    fn drop(&mut self) {
+        EAL_OBJECTS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Whether any [`EalObject`] is alive (or was leaked with `mem::forget`).
+pub(crate) fn eal_objects_outstanding() -> bool {
+    EAL_OBJECTS.load(std::sync::atomic::Ordering::SeqCst) != 0
+}

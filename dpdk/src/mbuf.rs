@@ -368,6 +368,22 @@ impl Mbuf {
         m.__bindgen_anon_3.tx_offload = pack_tx_offload(&o);
     }
 
+    /// Whether the header lengths of the TX offload asked for (none: yes)
+    /// lie in the first segment, and, with TCP segmentation, within
+    /// `max_tso_headers`: a PMD reads or copies that many bytes on their
+    /// word (net_tap's GSO into mbufs of 128 bytes).
+    #[inline]
+    pub(crate) fn tx_headers_fit(&self, max_tso_headers: usize) -> bool {
+        let m = self.m();
+        if m.ol_flags & TX_MASK == 0 {
+            return true;
+        }
+        // SAFETY: reading the `tx_offload` member of a plain-old-data union.
+        let t = unsafe { m.__bindgen_anon_3.tx_offload };
+        let headers = (t & 0x7f) + ((t >> 7) & 0x1ff) + ((t >> 16) & 0xff);
+        headers <= u64::from(m.data_len) && (m.ol_flags & TX_TCP_SEG == 0 || headers <= max_tso_headers as u64)
+    }
+
     /// Appends `tail` to this packet's segment chain. Fails (giving `tail`
     /// back) when the chain would exceed DPDK's segment limit.
     pub fn chain(&mut self, tail: Mbuf) -> Result<(), Mbuf> {
@@ -573,6 +589,28 @@ mod tests {
     }
 
     use super::*;
+
+    /// TX offload header lengths past the first segment, or (TCP
+    /// segmentation) past what the PMD copies, are refused before the PMD
+    /// reads them (found by review: net_tap's GSO overflowed its 128-byte
+    /// header mbufs).
+    #[test]
+    fn tx_headers_must_fit_the_segment_and_the_pmd() {
+        let _g = crate::testing::eal(&[], 256).1;
+        let pool = crate::Mempool::new("txfit_pool", 63, crate::mbuf::DEFAULT_DATA_ROOM).unwrap();
+        let mut m = Mbuf::alloc(&pool).unwrap();
+        m.append(100).unwrap();
+        assert!(m.tx_headers_fit(128), "no offload asked");
+        let o = |flags, l4| TxOffload { flags, l2_len: 14, l3_len: 60, l4_len: l4, tso_segsz: 500, outer_l2_len: 0, outer_l3_len: 0 };
+        m.set_tx_offload(o(TX_IP_CKSUM, 20));
+        assert!(m.tx_headers_fit(128), "94 bytes of headers in a 100-byte segment");
+        m.set_tx_offload(o(TX_IP_CKSUM, 60));
+        assert!(!m.tx_headers_fit(usize::MAX), "134 bytes of headers in a 100-byte segment");
+        m.append(100).unwrap();
+        m.set_tx_offload(o(TX_IPV4 | TX_IP_CKSUM | TX_TCP_SEG, 60));
+        assert!(!m.tx_headers_fit(128), "134 bytes of headers for a PMD that copies 128");
+        assert!(m.tx_headers_fit(usize::MAX), "a NIC's TSO");
+    }
 
     #[test]
     fn tx_offload_packing_matches_rte_mbuf_core() {

@@ -14,6 +14,7 @@ use crate::ring_port::create_ring;
 /// Owns the ring: frees every mbuf still inside, then the ring, on drop.
 #[derive(Debug)]
 struct RingOwner {
+    _live: crate::EalObject,
     ring: NonNull<dpdk_sys::rte_ring>,
     name: String,
     capacity: usize,
@@ -96,7 +97,7 @@ impl MbufRing {
         let ring = create_ring(name, size)?;
         // SAFETY: a ring DPDK just made; reading its capacity field.
         let capacity = unsafe { ring.as_ref().capacity } as usize;
-        Ok(MbufRing { owner: RingOwner { ring, name: name.to_owned(), capacity } })
+        Ok(MbufRing { owner: RingOwner { _live: crate::EalObject::new(), ring, name: name.to_owned(), capacity } })
     }
 
     /// The ring's name.

@@ -3,6 +3,7 @@
 use std::ffi::CString;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use crate::error::Error;
 
@@ -17,9 +18,39 @@ pub(crate) fn pools_outstanding() -> bool {
     LIVE.load(Ordering::SeqCst) != 0 || LEAKED.load(Ordering::SeqCst)
 }
 
-/// An mbuf pool. Freed when dropped if every mbuf is back; otherwise it is
-/// leaked (with one line on stderr) so an mbuf still held somewhere never
-/// points into freed memory.
+/// Pools a configured port takes mbufs from (by address, with a count per
+/// port using it): such a pool dropped before its port is closed is leaked,
+/// never freed, as the port keeps allocating from it.
+static PINNED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+/// A port now takes mbufs from `pool`.
+pub(crate) fn pin(pool: *mut dpdk_sys::rte_mempool) {
+    let mut p = PINNED.lock().unwrap_or_else(|e| e.into_inner());
+    match p.iter_mut().find(|(a, _)| *a == pool as usize) {
+        Some((_, n)) => *n += 1,
+        None => p.push((pool as usize, 1)),
+    }
+}
+
+/// A port no longer takes mbufs from `pool` (it was closed).
+pub(crate) fn unpin(pool: *mut dpdk_sys::rte_mempool) {
+    let mut p = PINNED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = p.iter().position(|(a, _)| *a == pool as usize) {
+        p[i].1 -= 1;
+        if p[i].1 == 0 {
+            p.swap_remove(i);
+        }
+    }
+}
+
+fn pinned(pool: *mut dpdk_sys::rte_mempool) -> bool {
+    PINNED.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|(a, _)| *a == pool as usize)
+}
+
+/// An mbuf pool. Freed when dropped if every mbuf is back and no port that
+/// was configured with it is still open; otherwise it is leaked (with one
+/// line on stderr) so an mbuf still held somewhere, or a port's next
+/// allocation, never points into freed memory.
 #[derive(Debug)]
 pub struct Mempool {
     raw: NonNull<dpdk_sys::rte_mempool>,
@@ -113,7 +144,12 @@ impl Mempool {
 impl Drop for Mempool {
     fn drop(&mut self) {
         let avail = self.avail();
-        if avail != self.size {
+        if pinned(self.raw.as_ptr()) {
+            // A port still open allocates from it (its RX rings, or a PMD
+            // that allocates on every receive: af_packet, memif).
+            LEAKED.store(true, Ordering::SeqCst);
+            eprintln!("braid-dpdk: mempool {:?} dropped while a port configured with it is open; leaking it", self.name);
+        } else if avail != self.size {
             // Some mbuf is still out (a queue, a ring, a leaked handle):
             // freeing now would leave it dangling. Leak the pool instead.
             LEAKED.store(true, Ordering::SeqCst);

@@ -3,7 +3,7 @@
 
 use std::ffi::{CStr, CString};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use dpdk_sys::consts::*;
 
@@ -220,16 +220,30 @@ impl Default for PortConfig {
     }
 }
 
+/// Devices a [`Port`] holds in this process (by port id).
+static HELD: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
 /// A port EAL knows. Configure it, then take its queues (each queue once
 /// per [`Port::configure`]).
 ///
-/// Lifetimes the types do not enforce: drop every [`RxQueue`]/[`TxQueue`]
-/// before [`Port::close`] (or a new `configure`), and keep every mempool
-/// given to `configure` alive until the port is closed (its RX rings hold
-/// that pool's mbufs). A pool dropped too early is leaked rather than freed
-/// (see [`Mempool`]), so this misuse costs memory, not safety of the pool.
+/// One `Port` per device in the process ([`Port::by_name`] refuses a
+/// device another `Port` holds). While a [`RxQueue`] or [`TxQueue`] of it
+/// lives (an lcore may be polling it), `configure` is refused and `stop`
+/// and `close` leave the device running (`close` then leaks it, still
+/// held). A mempool given to `configure` and dropped while the port is
+/// open is leaked, not freed (see [`Mempool`]).
 #[derive(Debug)]
 pub struct Port {
+    /// Its count of objects in EAL's memory ([`crate::Eal::cleanup`]).
+    _live: crate::EalObject,
+    /// Cloned into every queue handle: more than one strong count means a
+    /// handle is alive.
+    handles: Arc<()>,
+    /// The pools `configure` gave the RX queues (addresses), pinned until
+    /// `close`.
+    pools: Vec<usize>,
+    /// `rte_eth_dev_close` ran.
+    closed: bool,
     info: PortInfo,
     granted: Offloads,
     started: bool,
@@ -333,7 +347,22 @@ impl Port {
 
     pub(crate) fn by_id(id: PortId, name: &str) -> Result<Port, Error> {
         let info = port_info(id, name)?;
+        {
+            let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+            if held.contains(&id.0) {
+                return Err(Error::PortLimit {
+                    port: id.0,
+                    driver: info.driver.clone(),
+                    what: format!("{name} is already held by another Port in this process"),
+                });
+            }
+            held.push(id.0);
+        }
         Ok(Port {
+            _live: crate::EalObject::new(),
+            handles: Arc::new(()),
+            pools: Vec::new(),
+            closed: false,
             info,
             granted: Offloads::default(),
             started: false,
@@ -386,6 +415,9 @@ impl Port {
     /// hold sent mbufs until the NIC frees them). Descriptor counts are the
     /// ones ethdev settles on (`rte_eth_dev_adjust_nb_rx_tx_desc`).
     pub fn configure(&mut self, cfg: &PortConfig, rx_pools: &[&Mempool]) -> Result<(), Error> {
+        if self.handles_alive() {
+            return Err(self.limit("a queue handle of the last configuration is still alive".into()));
+        }
         // Until this succeeds, no queue may be taken.
         self.rx_queues = 0;
         self.tx_queues = 0;
@@ -457,9 +489,11 @@ impl Port {
             let pool = rx_pools.get(q as usize).unwrap_or(&rx_pools[0]);
             let mut rxconf = dev.default_rxconf;
             rxconf.offloads = ec.rx_offloads;
-            // SAFETY: rxconf is a copy of the PMD's defaults; the pool outlives
-            // the port by contract of the caller (see the Port docs), and a
-            // pool dropped with mbufs out is leaked, not freed.
+            // Pinned until `close`: dropped before, the pool is leaked.
+            crate::mempool::pin(pool.as_ptr());
+            self.pools.push(pool.as_ptr() as usize);
+            // SAFETY: rxconf is a copy of the PMD's defaults; the pool
+            // stays allocated while the port is open (pinned above).
             let ret = unsafe { dpdk_sys::rte_eth_rx_queue_setup(id, q, rx_desc, socket, &rxconf, pool.as_ptr()) };
             if ret != 0 {
                 return Err(self.fail("rte_eth_rx_queue_setup", ret));
@@ -557,9 +591,10 @@ impl Port {
     }
 
     /// Stops the port (RX/TX queues stop; mbufs in rings go back to pools
-    /// when the port is closed).
+    /// when the port is closed). Not while a queue handle lives (an lcore
+    /// may be in a burst): the port is left running.
     pub fn stop(&mut self) {
-        if self.started {
+        if self.started && !self.handles_alive() {
             // SAFETY: started port.
             unsafe { dpdk_sys::rte_eth_dev_stop(self.info.id.0) };
             self.started = false;
@@ -567,12 +602,43 @@ impl Port {
     }
 
     /// Stops and closes the port, returning every mbuf its rings held.
+    /// While a queue handle lives, nothing is closed: the device stays
+    /// running and held by this process (leaked).
     pub fn close(mut self) {
+        if self.handles_alive() {
+            eprintln!("braid-dpdk: port {} closed while a queue handle is alive; leaving it open", self.info.id.0);
+            return;
+        }
         self.stop();
-        // SAFETY: stopped port; queue handles borrow nothing but are
-        // documented to be dropped first (see the Port docs).
+        // SAFETY: stopped port, and no queue handle is left to use it.
         unsafe { dpdk_sys::rte_eth_dev_close(self.info.id.0) };
+        self.closed = true;
     }
+
+    fn handles_alive(&self) -> bool {
+        Arc::strong_count(&self.handles) > 1
+    }
+}
+
+impl Drop for Port {
+    /// Lets another `Port` take the device and unpins its pools, unless a
+    /// queue handle still lives (then both stay: the device may be in use)
+    /// or the device was never closed (its rings still hold the pools'
+    /// mbufs: they stay pinned).
+    fn drop(&mut self) {
+        if self.handles_alive() {
+            return;
+        }
+        if self.closed {
+            for p in self.pools.drain(..) {
+                crate::mempool::unpin(p as *mut dpdk_sys::rte_mempool);
+            }
+        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).retain(|&id| id != self.info.id.0);
+    }
+}
+
+impl Port {
 
     /// Marks queue `q` taken; false when it already was (or does not exist).
     fn take(&self, tx: bool, q: u16) -> bool {
@@ -596,7 +662,7 @@ impl Port {
         if !self.take(false, q) {
             return Err(self.limit(format!("RX queue {q} was already taken")));
         }
-        Ok(RxQueue { port: self.info.id, queue: QueueId(q) })
+        Ok(RxQueue { port: self.info.id, queue: QueueId(q), _port: self.handles.clone() })
     }
 
     /// Handle to TX queue `q`: the only one until the next `configure`, so
@@ -609,7 +675,8 @@ impl Port {
             return Err(self.limit(format!("TX queue {q} was already taken")));
         }
         let (_, tx_off) = self.granted.masks();
-        Ok(TxQueue { port: self.info.id, queue: QueueId(q), prepare: tx_off != 0, rejected: 0 })
+        let max_tso_headers = self.tso().map_or(usize::MAX, |t| t.max_headers);
+        Ok(TxQueue { port: self.info.id, queue: QueueId(q), prepare: tx_off != 0, rejected: 0, max_tso_headers, _port: self.handles.clone() })
     }
 
     /// The port's MAC address.
@@ -770,6 +837,8 @@ fn xstats(id: PortId) -> Vec<(String, u64)> {
 pub struct RxQueue {
     port: PortId,
     queue: QueueId,
+    /// Keeps its port from being configured again, stopped or closed.
+    _port: Arc<()>,
 }
 
 /// A TX queue. [`Port::tx_queue`] hands out one handle per queue; it is
@@ -782,6 +851,10 @@ pub struct TxQueue {
     prepare: bool,
     /// Packets `tx_prepare` refused, freed by `tx_burst`.
     rejected: u64,
+    /// Most header bytes the PMD's TCP segmentation takes (`Tso`).
+    max_tso_headers: usize,
+    /// Keeps its port from being configured again, stopped or closed.
+    _port: Arc<()>,
 }
 
 impl RxQueue {
@@ -825,7 +898,16 @@ impl TxQueue {
         if pkts.is_empty() {
             return 0;
         }
-        let n = pkts.len().min(u16::MAX as usize) as u16;
+        let mut n = pkts.len().min(u16::MAX as usize) as u16;
+        let mut bad = false;
+        if self.prepare {
+            // Header lengths the PMD would read or copy on the packet's
+            // word (net_tap's GSO copies them into 128-byte mbufs): a packet
+            // whose don't fit is refused like one tx_prepare refuses.
+            if let Some(i) = pkts[..n as usize].iter().position(|m| !m.tx_headers_fit(self.max_tso_headers)) {
+                (n, bad) = (i as u16, true);
+            }
+        }
         // SAFETY: pkts holds n owned mbufs laid out as *mut rte_mbuf.
         // tx_prepare only validates/fixes headers in place.
         let (ok, sent) = unsafe {
@@ -837,7 +919,7 @@ impl TxQueue {
         // dropping and shift the rest to the front.
         // SAFETY: the burst call took at most all of them.
         unsafe { crate::mbuf::forget_front(pkts, sent) };
-        if ok < n as usize && sent == ok {
+        if (ok < n as usize || bad) && sent == ok {
             // pkts[ok] (now at the front) is the one tx_prepare refused.
             drop(pkts.remove(0));
             self.rejected += 1;

@@ -14,6 +14,7 @@ use crate::port::{Port, PortId};
 /// leaks the rings instead (a port could still use them).
 #[derive(Debug)]
 pub struct RingPair {
+    _live: crate::EalObject,
     rings: Vec<NonNull<dpdk_sys::rte_ring>>,
     ports: [Option<PortId>; 2],
 }
@@ -57,7 +58,7 @@ impl RingPair {
         let q = queues as usize;
         // Dropped on an early return, the pair frees the rings made so far,
         // having closed (or never made) the ports that use them.
-        let mut pair = RingPair { rings: Vec::with_capacity(2 * q), ports: [None, None] };
+        let mut pair = RingPair { _live: crate::EalObject::new(), rings: Vec::with_capacity(2 * q), ports: [None, None] };
         for dir in ["ab", "ba"] {
             for i in 0..q {
                 let ring_name = if q == 1 { format!("{name}_{dir}") } else { format!("{name}_{dir}{i}") };
@@ -204,6 +205,8 @@ mod tests {
         // Frames left in the rings go back to the pool with the pair.
         let mut pkts = frames(&pool, 400, 5);
         assert_eq!(a_tx1.tx_burst(&mut pkts), 5);
+        // A port does not close while a queue handle of it lives.
+        drop((a_tx0, a_tx1, b_tx0, b_tx1, a_rx0, a_rx1, b_rx0, b_rx1));
         a.close();
         b.close();
         drop(pair);

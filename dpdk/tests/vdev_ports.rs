@@ -109,6 +109,8 @@ fn million_packets_lcore_to_lcore_through_a_ring_pair() {
     assert_eq!(sb.ipackets, TOTAL);
     let xs = b.xstats();
     assert!(xs.iter().any(|(n, v)| n == "rx_good_packets" && *v == TOTAL), "xstats: {xs:?}");
+    // A port closes once no queue handle of it is left.
+    drop(tx);
     a.close();
     b.close();
     drop(pair);
@@ -179,7 +181,7 @@ fn tx_burst_gives_back_what_the_port_did_not_take() {
     let mut got = Vec::new();
     while rx.rx_burst(&mut got, BURST) > 0 {}
     assert_eq!(got.len(), 63);
-    drop(got);
+    drop((got, tx, rx));
     a.close();
     b.close();
     drop(pair);
@@ -282,6 +284,16 @@ fn bad_set_up_gives_clear_errors() {
     }
     null.configure(&cfg, &[&pool]).unwrap();
     assert!(null.rx_queue(0).is_ok() && null.tx_queue(0).is_ok(), "configure hands queues out again");
+    // One Port per device, and none configured again, stopped or closed
+    // under a live queue handle (an lcore may be in a burst on it).
+    assert!(matches!(Port::by_name("net_null0"), Err(Error::PortLimit { .. })), "a second Port of a held device");
+    null.configure(&cfg, &[&pool]).unwrap();
+    let rxq = null.rx_queue(0).unwrap();
+    assert!(matches!(null.configure(&cfg, &[&pool]), Err(Error::PortLimit { .. })), "configure under a live queue");
+    drop(rxq);
+    null.configure(&cfg, &[&pool]).unwrap();
+    drop(null);
+    drop(Port::by_name("net_null0").expect("dropped: free to take again"));
     // An lcore that is not ours.
     assert!(matches!(launch(eal, braid_dpdk::LcoreId(77), || ()), Err(Error::NoSuchLcore(77))));
 }
