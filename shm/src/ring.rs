@@ -149,8 +149,9 @@ impl Consumer {
         // ring's slots. The Acquire load of `tail` that showed this position
         // written synchronises with the producer's Release store after its
         // write, and the producer does not rewrite the slot until our Release
-        // store of `head` below. Every bit pattern is a valid `Msg`.
-        let msg = unsafe { self.slots.as_ptr().add(slot).read() };
+        // store of `head` below. Every bit pattern is a valid `Msg`; the read
+        // is volatile, as a misbehaving peer may write the slot anyway.
+        let msg = unsafe { self.slots.as_ptr().add(slot).read_volatile() };
         self.head = self.head.wrapping_add(1);
         idx.head.value.store(self.head, Ordering::Release);
         Some(msg)

@@ -1,11 +1,11 @@
 //! Creating, opening and validating a segment file.
 
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::{fmt, io};
 
 use memmap2::MmapRaw;
@@ -68,12 +68,18 @@ pub enum ShmError {
     EndpointTaken { ring: Ring, end: End },
 }
 
+/// The ring endpoints this process holds, by segment file (device, inode)
+/// and slot (commands P, commands C, events P, events C): per process, not
+/// per mapping, so two `Segment`s of one file never hand out one end twice
+/// (found by review: each mapping kept its own list).
+static TAKEN: Mutex<Vec<((u64, u64), usize)>> = Mutex::new(Vec::new());
+
 /// The mapping shared by a [`Segment`] and the endpoints taken from it.
 pub(crate) struct Mapping {
     map: MmapRaw,
     capacity: u32,
-    /// Which endpoints this process holds: [commands P, commands C, events P, events C].
-    taken: [AtomicBool; 4],
+    /// The file's (device, inode): the key of its endpoints in `TAKEN`.
+    id: (u64, u64),
 }
 
 impl Mapping {
@@ -100,7 +106,8 @@ impl Mapping {
     }
 
     pub(crate) fn release(&self, ring: Ring, end: End) {
-        self.taken[slot_of(ring, end)].store(false, Ordering::Release);
+        let key = (self.id, slot_of(ring, end));
+        TAKEN.lock().unwrap_or_else(|e| e.into_inner()).retain(|k| *k != key);
     }
 }
 
@@ -148,11 +155,12 @@ impl Segment {
                 (*meta).capacity = capacity;
                 (*meta).magic = MAGIC;
             }
+            let m = file.metadata()?;
             fs::rename(&tmp, &path)?;
-            Ok(map)
+            Ok((map, (m.dev(), m.ino())))
         })();
         match result {
-            Ok(map) => Ok(Segment::from_map(map, capacity, path)),
+            Ok((map, id)) => Ok(Segment::from_map(map, capacity, path, id)),
             Err(source) => {
                 let _ = fs::remove_file(&tmp);
                 Err(io_err(source))
@@ -176,12 +184,12 @@ impl Segment {
         if (map.len() as u64) < needed {
             return Err(ShmError::Truncated { path, found: map.len() as u64, needed });
         }
-        Ok(Segment::from_map(map, capacity, path))
+        let m = file.metadata().map_err(io_err)?;
+        Ok(Segment::from_map(map, capacity, path, (m.dev(), m.ino())))
     }
 
-    fn from_map(map: MmapRaw, capacity: u32, path: PathBuf) -> Segment {
-        let taken = Default::default();
-        Segment { map: Arc::new(Mapping { map, capacity, taken }), path }
+    fn from_map(map: MmapRaw, capacity: u32, path: PathBuf, id: (u64, u64)) -> Segment {
+        Segment { map: Arc::new(Mapping { map, capacity, id }), path }
     }
 
     pub fn path(&self) -> &Path {
@@ -212,10 +220,13 @@ impl Segment {
     }
 
     fn take(&self, ring: Ring, end: End) -> Result<(), ShmError> {
-        self.map.taken[slot_of(ring, end)]
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .map(drop)
-            .map_err(|_| ShmError::EndpointTaken { ring, end })
+        let key = (self.map.id, slot_of(ring, end));
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.contains(&key) {
+            return Err(ShmError::EndpointTaken { ring, end });
+        }
+        taken.push(key);
+        Ok(())
     }
 }
 

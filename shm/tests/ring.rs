@@ -102,6 +102,13 @@ fn each_endpoint_is_taken_once_per_process_until_dropped() {
     let _e = segment.consumer(Ring::Events).unwrap();
     drop(producer);
     segment.producer(Ring::Commands).expect("free again after drop");
+    // Per process, not per mapping: a second mapping of the same file
+    // does not hand out an end the first one holds (two producers would
+    // write one slot).
+    let again = Segment::open(shm.path()).unwrap();
+    assert!(matches!(again.consumer(Ring::Events), Err(ShmError::EndpointTaken { ring: Ring::Events, end: End::Consumer })));
+    drop(_e);
+    again.consumer(Ring::Events).expect("free once the first mapping's end is dropped");
 }
 
 #[test]
