@@ -595,9 +595,10 @@ impl Port {
     /// may be in a burst): the port is left running.
     pub fn stop(&mut self) {
         if self.started && !self.handles_alive() {
-            // SAFETY: started port.
-            unsafe { dpdk_sys::rte_eth_dev_stop(self.info.id.0) };
-            self.started = false;
+            // SAFETY: started port, and no queue handle is left to use it.
+            if unsafe { dpdk_sys::rte_eth_dev_stop(self.info.id.0) } == 0 {
+                self.started = false;
+            }
         }
     }
 
@@ -610,25 +611,39 @@ impl Port {
             return;
         }
         self.stop();
+        if self.started {
+            return; // the PMD would not stop it: left open, pools pinned
+        }
+        // The id is let go under the same lock as the close: a device
+        // created meanwhile that gets the id back finds it free.
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: stopped port, and no queue handle is left to use it.
-        unsafe { dpdk_sys::rte_eth_dev_close(self.info.id.0) };
-        self.closed = true;
+        if unsafe { dpdk_sys::rte_eth_dev_close(self.info.id.0) } == 0 {
+            self.closed = true;
+            held.retain(|&id| id != self.info.id.0);
+        }
     }
 
-    fn handles_alive(&self) -> bool {
-        Arc::strong_count(&self.handles) > 1
+    /// A queue handle lives. `Arc::get_mut` (an Acquire load of the
+    /// counts, where `strong_count` is Relaxed): a handle dropped on
+    /// another lcore after its last burst has its queue's writes visible
+    /// here before the port is stopped or closed.
+    fn handles_alive(&mut self) -> bool {
+        Arc::get_mut(&mut self.handles).is_none()
     }
 }
 
 impl Drop for Port {
-    /// Lets another `Port` take the device and unpins its pools, unless a
-    /// queue handle still lives (then both stay: the device may be in use)
-    /// or the device was never closed (its rings still hold the pools'
-    /// mbufs: they stay pinned).
+    /// Stops the device (not closed: a vdev would be gone) and lets another
+    /// `Port` take it, and unpins the pools of a closed one; unless a
+    /// queue handle still lives (then all stays: the device may be in
+    /// use). A device not closed keeps its pools pinned (its rings hold
+    /// their mbufs).
     fn drop(&mut self) {
         if self.handles_alive() {
             return;
         }
+        self.stop();
         if self.closed {
             for p in self.pools.drain(..) {
                 crate::mempool::unpin(p as *mut dpdk_sys::rte_mempool);
@@ -675,7 +690,9 @@ impl Port {
             return Err(self.limit(format!("TX queue {q} was already taken")));
         }
         let (_, tx_off) = self.granted.masks();
-        let max_tso_headers = self.tso().map_or(usize::MAX, |t| t.max_headers);
+        // What the PMD copies whenever a packet asks it to segment, granted
+        // or not (net_tap's GSO looks at the packet's flag alone).
+        let max_tso_headers = Tso::of_driver(&self.info.driver).max_headers;
         Ok(TxQueue { port: self.info.id, queue: QueueId(q), prepare: tx_off != 0, rejected: 0, max_tso_headers, _port: self.handles.clone() })
     }
 
@@ -900,13 +917,12 @@ impl TxQueue {
         }
         let mut n = pkts.len().min(u16::MAX as usize) as u16;
         let mut bad = false;
-        if self.prepare {
-            // Header lengths the PMD would read or copy on the packet's
-            // word (net_tap's GSO copies them into 128-byte mbufs): a packet
-            // whose don't fit is refused like one tx_prepare refuses.
-            if let Some(i) = pkts[..n as usize].iter().position(|m| !m.tx_headers_fit(self.max_tso_headers)) {
-                (n, bad) = (i as u16, true);
-            }
+        // Header lengths the PMD would read or copy on the packet's word
+        // (net_tap's GSO copies them into 128-byte mbufs, whatever offloads
+        // the port was given): a packet whose don't fit is refused like one
+        // tx_prepare refuses. One flags test a packet that asks nothing.
+        if let Some(i) = pkts[..n as usize].iter().position(|m| !m.tx_headers_fit(self.max_tso_headers)) {
+            (n, bad) = (i as u16, true);
         }
         // SAFETY: pkts holds n owned mbufs laid out as *mut rte_mbuf.
         // tx_prepare only validates/fixes headers in place.
