@@ -60,6 +60,9 @@ const SEGMENT_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a worker sees no user traffic (`Worker::data_packets` still)
 /// before it sleeps `--idle-max-us` instead of `--idle-us` between polls.
 const DEEP_IDLE: Duration = Duration::from_millis(100);
+/// Empty polls after a deep-idle wake-up that was not user traffic before
+/// the worker sleeps again.
+const WAKE_POLLS: u32 = 16;
 
 fn parse_args() -> Result<Args, String> {
     let all: Vec<String> = std::env::args().skip(1).collect();
@@ -307,6 +310,12 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
                 let deep = idle_since.elapsed() >= DEEP_IDLE;
                 std::thread::sleep(Duration::from_micros(if deep { sh.idle_max_us } else { sh.idle_us }));
             }
+        } else if idle > 1000 && worker.data_packets() == last_data && idle_since.elapsed() >= DEEP_IDLE {
+            // Woken from a deep sleep by a probe, its reply or a
+            // keepalive, not by user traffic: back to sleep after a few
+            // empty polls, not another thousand (a quiet gateway with four
+            // live tunnels otherwise spun ~1 ms on every probe).
+            idle = 1000 - WAKE_POLLS;
         } else {
             idle = 0;
         }
