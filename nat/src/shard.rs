@@ -943,9 +943,15 @@ impl NatShard {
         egress: u32,
         now: Nanos,
     ) -> Verdict {
+        // Outbound, what counts is the quoted flow's internal end: a
+        // router on the LAN (the gateway itself, for one) may report on a
+        // flow the NAT never handled from an address a rule covers; such
+        // an error goes out as it is, as Linux sends an error related to an
+        // un-NATed connection. Without a quote, the error's own source.
+        let covered = |me: &Self, a: u32| me.snat_rule(a, egress).is_some() || me.is_dnat_internal(a);
         let relevant = |me: &Self, q: Option<&Quote>| match outer {
             End::Dst => me.is_nat_addr(h.dst) || q.is_some_and(|q| me.is_nat_addr(q.src)),
-            End::Src => me.snat_rule(h.src, egress).is_some() || me.is_dnat_internal(h.src),
+            End::Src => covered(me, q.map_or(h.src, |q| q.dst)),
         };
         let Some(q) = h.icmp_error_quote(pkt) else {
             return if relevant(self, None) {

@@ -132,3 +132,46 @@ fn errors_quoting_garbage_or_unknown_flows_are_dropped() {
     // The untouched packet's checksum is still right (nothing was written).
     assert!(checksum::verifies(&err[20..]));
 }
+
+/// A router on the LAN (the gateway itself, sending "fragmentation needed"
+/// for a packet too big for the LAN) reports on the flow it quotes: the
+/// quoted flow's internal end decides, not the error's own source.
+#[test]
+fn a_lan_routers_error_is_judged_by_the_flow_it_quotes() {
+    let mut nat = nat_with_forward([10, 0, 0, 53]);
+    // Inside the SNAT rule's 10.0.0.0/16, like a gateway's LAN address.
+    let gw = Ipv4Addr::new(10, 0, 0, 254);
+    let rem = sa([198, 51, 100, 7], 443);
+
+    // A flow the NAT never handled (to a routed, un-NATed host): the error
+    // leaves as it is, checksums untouched.
+    let routed = udp_pkt(rem, sa([192, 168, 7, 7], 8080));
+    let mut err = icmp_error(gw, *rem.ip(), 3, 4, &routed);
+    let before = err.clone();
+    assert_eq!(nat.outbound(&mut err, 0, SEC), Verdict::Untouched);
+    assert_eq!(err, before);
+
+    // A NATed flow: the quote goes back to the external endpoint and the
+    // error leaves from the external address, whoever reported it.
+    let int = sa([10, 0, 0, 1], 5000);
+    let mut out = udp_pkt(int, rem);
+    assert_eq!(nat.outbound(&mut out, 0, SEC), Verdict::Translated);
+    let ext = endpoints(&out).1;
+    let mut reply = udp_pkt(rem, ext);
+    assert_eq!(nat.inbound(&mut reply, SEC), Verdict::Translated);
+    assert_eq!(endpoints(&reply).2, int);
+    for from in [gw, Ipv4Addr::new(192, 168, 1, 1)] {
+        let mut err = icmp_error(from, *rem.ip(), 3, 4, &reply);
+        assert_eq!(nat.outbound(&mut err, 0, SEC), Verdict::Translated, "error from {from}");
+        assert_checksums(&err);
+        assert_eq!(*endpoints(&err).1.ip(), *ext.ip(), "outer source");
+        assert_eq!(&err[28..], udp_pkt(rem, ext).as_slice(), "the quote as the remote sent it");
+    }
+
+    // A covered internal host the NAT holds no session for: dropped, so
+    // its address never leaves in a quote.
+    let ghost = udp_pkt(rem, sa([10, 0, 0, 77], 80));
+    let mut err = icmp_error(gw, *rem.ip(), 3, 4, &ghost);
+    assert_eq!(nat.outbound(&mut err, 0, SEC), Verdict::Drop(NatDrop::IcmpNoSession));
+    assert_eq!(nat.counters().icmp_errors_translated, 2);
+}
