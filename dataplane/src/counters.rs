@@ -223,6 +223,10 @@ pub struct TunnelCounters {
     /// Times the path went dead (probes missed in a row, bundle mode);
     /// its `path/.../alive` gauge shows whether it is now.
     pub path_deaths: u64,
+    /// Liveness probes on this path whose reply did not come in time
+    /// (bundle mode, counted by the probing worker): the path's loss, or
+    /// its delay past the probe timeout, as the sender sees it.
+    pub probes_missed: u64,
 }
 
 impl TunnelCounters {
@@ -234,6 +238,7 @@ impl TunnelCounters {
         self.keepalives_tx += o.keepalives_tx;
         self.remote_changes += o.remote_changes;
         self.path_deaths += o.path_deaths;
+        self.probes_missed += o.probes_missed;
     }
 }
 
@@ -294,6 +299,9 @@ pub struct NatStats {
     pub icmp_errors_translated: u64,
     pub sessions_created: u64,
     pub sessions_expired: u64,
+    /// TCP sessions not yet established closed to make room in a full
+    /// table (a SYN flood's, most likely).
+    pub sessions_evicted: u64,
     pub mappings_created: u64,
     /// Sessions held now (a gauge).
     pub sessions: u64,
@@ -341,6 +349,7 @@ impl NatStats {
         self.icmp_errors_translated += c.icmp_errors_translated;
         self.sessions_created += c.sessions_created;
         self.sessions_expired += c.sessions_expired;
+        self.sessions_evicted += c.sessions_evicted;
         self.mappings_created += c.mappings_created;
     }
 
@@ -351,6 +360,7 @@ impl NatStats {
         self.icmp_errors_translated += o.icmp_errors_translated;
         self.sessions_created += o.sessions_created;
         self.sessions_expired += o.sessions_expired;
+        self.sessions_evicted += o.sessions_evicted;
         self.mappings_created += o.mappings_created;
         self.sessions += o.sessions;
         self.out_frags.merge(&o.out_frags);

@@ -78,7 +78,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
                 let up = alive.get(b).and_then(|a| a.get(t)).copied().unwrap_or(true);
                 let now = remotes.get(b).and_then(|r| r.get(t)).copied().unwrap_or(bundle.tunnels[t].remote);
                 format!(
-                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"remote_now\":\"{now}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"rejected\":{},\"keepalives_tx\":{},\"remote_changes\":{},\"path_deaths\":{},\"tx_share\":{:.4}}}",
+                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"remote_now\":\"{now}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"rejected\":{},\"keepalives_tx\":{},\"remote_changes\":{},\"path_deaths\":{},\"probes_missed\":{},\"tx_share\":{:.4}}}",
                     bundle.tunnels[t].local,
                     bundle.tunnels[t].remote,
                     bundle.tunnels[t].weight,
@@ -88,6 +88,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
                     tc.keepalives_tx,
                     tc.remote_changes,
                     tc.path_deaths,
+                    tc.probes_missed,
                     tc.tx.packets as f64 / total as f64
                 )
             })
@@ -97,12 +98,13 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
     let n = &c.nat;
     let _ = write!(
         s,
-        "],\"nat\":{{\"out_translated\":{},\"in_translated\":{},\"icmp_errors_translated\":{},\"sessions_created\":{},\"sessions_expired\":{},\"mappings_created\":{},\"sessions\":{},\"out_frags\":{},\"in_frags\":{},\"out_drops\":{},\"in_drops\":{}}}}}",
+        "],\"nat\":{{\"out_translated\":{},\"in_translated\":{},\"icmp_errors_translated\":{},\"sessions_created\":{},\"sessions_expired\":{},\"sessions_evicted\":{},\"mappings_created\":{},\"sessions\":{},\"out_frags\":{},\"in_frags\":{},\"out_drops\":{},\"in_drops\":{}}}}}",
         n.out_translated,
         n.in_translated,
         n.icmp_errors_translated,
         n.sessions_created,
         n.sessions_expired,
+        n.sessions_evicted,
         n.mappings_created,
         n.sessions,
         frags(&n.out_frags),

@@ -3,7 +3,8 @@
 //! Names are `/`-separated paths the control process turns into Prometheus
 //! metrics and JSON: `lan/rx_packets`, `drop/no_route`,
 //! `engine_drop/replayed`, `tunnel/<bundle>/<i>/tx_packets` (and
-//! `keepalives_tx`, `remote_changes`, `path_deaths`), `keepalives_rx`; gauges
+//! `keepalives_tx`, `remote_changes`, `path_deaths`, `probes_missed`),
+//! `keepalives_rx`; gauges
 //! `path/<bundle>/<i>/alive`; with NAT rules in the tables, `nat/<counter>`,
 //! drops by direction `nat_out_drop/<reason>` and `nat_in_drop/<reason>`,
 //! gauge `nat/sessions`; packets waiting for a LAN neighbor, gauge
@@ -24,12 +25,13 @@ use crate::config::Tables;
 use crate::counters::{reorder_named, DpDrop, Flow, HandoffStats, KernelStats, LocalDrop, WorkerCounters};
 
 const FLOWS: [&str; 4] = ["lan/rx", "lan/tx", "wan/rx", "wan/tx"];
-const NAT: [&str; 12] = [
+const NAT: [&str; 13] = [
     "nat/out_translated",
     "nat/in_translated",
     "nat/icmp_errors_translated",
     "nat/sessions_created",
     "nat/sessions_expired",
+    "nat/sessions_evicted",
     "nat/mappings_created",
     "nat/out_frags_taken",
     "nat/out_frags_reassembled",
@@ -52,7 +54,7 @@ const LOCAL: [&str; 12] = [
     "local/lan_requests",
     "local/unresolved",
 ];
-const TUNNEL: [&str; 8] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected", "keepalives_tx", "remote_changes", "path_deaths"];
+const TUNNEL: [&str; 9] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected", "keepalives_tx", "remote_changes", "path_deaths", "probes_missed"];
 /// Each port's own counters, as its PMD keeps them (`rte_eth_stats`):
 /// `rx_missed` is what the NIC dropped for want of RX descriptors (the
 /// worker too slow), `rx_nombuf` for want of mbufs.
@@ -142,6 +144,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], nic: &[
             n.icmp_errors_translated,
             n.sessions_created,
             n.sessions_expired,
+            n.sessions_evicted,
             n.mappings_created,
             n.out_frags.taken,
             n.out_frags.reassembled,
@@ -156,7 +159,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], nic: &[
     for (b, bundle) in tables.bundles.iter().enumerate() {
         for t in 0..bundle.tunnels.len() {
             let tc = c.tunnels.get(b).and_then(|v| v.get(t)).copied().unwrap_or_default();
-            counters.extend([tc.tx.packets, tc.tx.bytes, tc.rx.packets, tc.rx.bytes, tc.rejected, tc.keepalives_tx, tc.remote_changes, tc.path_deaths]);
+            counters.extend([tc.tx.packets, tc.tx.bytes, tc.rx.packets, tc.rx.bytes, tc.rejected, tc.keepalives_tx, tc.remote_changes, tc.path_deaths, tc.probes_missed]);
             let up = alive.get(b).and_then(|v| v.get(t)).copied().unwrap_or(false);
             gauges.push(up as u64);
         }

@@ -236,6 +236,9 @@ struct BundleState {
     /// Each path as the receiver's re-orderers last heard of it from the
     /// sender's liveness: (alive, one-way delay).
     rx_paths: Vec<(bool, Option<Nanos>)>,
+    /// Each path's missed probes as its liveness monitor counted them when
+    /// last looked at (the prober adds what is new to `probes_missed`).
+    missed_seen: Vec<u64>,
     /// NAT-keepalive interval (0: off) and when the tunnels' SA counters
     /// are next looked at.
     keepalive: Nanos,
@@ -1775,6 +1778,20 @@ impl Worker {
             // The prober tells the other workers (their senders do not
             // probe).
             let prober = self.handoff.is_some() && self.options.probes.is_some();
+            if self.options.probes.is_some() {
+                // Probes missed since the last look; a monitor started
+                // afresh (new liveness settings) counts from 0 again.
+                for (path, seen) in st.missed_seen.iter_mut().enumerate() {
+                    let missed = tx.monitor(path).map_or(0, |m| m.counters().missed);
+                    let new = missed.checked_sub(*seen).unwrap_or(missed);
+                    if new > 0 {
+                        if let Some(tc) = self.counters.tunnels.get_mut(b).and_then(|v| v.get_mut(path)) {
+                            tc.probes_missed += new;
+                        }
+                    }
+                    *seen = missed;
+                }
+            }
             for (path, seen) in st.rx_paths.iter_mut().enumerate() {
                 let view = (tx.path_alive(path), tx.path_delay(path));
                 if view.0 != seen.0 {
@@ -2095,6 +2112,7 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
         wan_of: bs.tunnels.iter().map(|t| t.wan).collect(),
         local_key: bs.tunnels.iter().map(|t| local_key(t.local.port(), t.local.is_ipv6())).collect(),
         rx_paths: vec![(true, None); n],
+        missed_seen: vec![0; n],
         keepalive: bs.keepalive,
         next_keepalive: now.saturating_add(bs.keepalive.min(KEEPALIVE_CHECK)),
         quiet: bs.tunnels.iter().map(|t| (t.out.active().next_seq(), now)).collect(),

@@ -784,7 +784,11 @@ fn closed_tcp_sessions_are_swept_so_new_connections_find_room() {
         send_b(&mut lab, flows.iter().zip(&ext).map(|(&i, &e)| tcp_with_flags(server, e, i, 0, SYN_ACK)));
         lab.settle(5);
         assert_eq!(lab.delivered_a.drain(..).count(), 100);
-        // Established; 40 s on, the idle sweeps have looked at every slot.
+        // The handshake's last ACK: established.
+        send_a(&mut lab, flows.iter().map(|&i| tcp_with_flags(flow_src(i), server, i, 1, ACK)));
+        lab.settle(5);
+        assert_eq!(lab.delivered.drain(..).count(), 100);
+        // 40 s on, the idle sweeps have looked at every slot.
         lab.now += 40 * SECOND;
         lab.settle(20);
         send_a(&mut lab, flows.iter().map(|&i| tcp_with_flags(flow_src(i), server, i, 1, ACK)));

@@ -286,6 +286,12 @@ fn bundle_mode_reorderer_does_not_wait_for_a_dead_path() {
     // Counted: one death of tunnel 1 on each side (`path_deaths`).
     assert_eq!(a.tunnels[0].iter().map(|t| t.path_deaths).collect::<Vec<_>>(), vec![0, 1]);
     assert_eq!(b.tunnels[0].iter().map(|t| t.path_deaths).collect::<Vec<_>>(), vec![0, 1]);
+    // And the probes it missed (`probes_missed`): none on the live path,
+    // those that declared it dead and those sent to it since on the other.
+    for c in [&a, &b] {
+        let missed: Vec<u64> = c.tunnels[0].iter().map(|t| t.probes_missed).collect();
+        assert!(missed[0] == 0 && missed[1] >= 3, "probes missed {missed:?}");
+    }
     lab.close();
 }
 

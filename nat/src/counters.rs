@@ -96,6 +96,9 @@ pub struct NatCounters {
     pub sessions_created: u64,
     /// Sessions closed by their idle timeout.
     pub sessions_expired: u64,
+    /// TCP sessions not yet established closed early to make room for a
+    /// new flow in a full table (`shard::EVICT_SCAN`).
+    pub sessions_evicted: u64,
     /// Endpoint-independent mappings (external ports) taken.
     pub mappings_created: u64,
     /// Drops, indexed by `NatDrop as usize`.
@@ -118,6 +121,7 @@ impl NatCounters {
             ("icmp_errors_translated", self.icmp_errors_translated),
             ("sessions_created", self.sessions_created),
             ("sessions_expired", self.sessions_expired),
+            ("sessions_evicted", self.sessions_evicted),
             ("mappings_created", self.mappings_created),
         ]
         .into_iter()

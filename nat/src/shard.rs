@@ -31,6 +31,12 @@ pub const SWEEP_PER_PACKET: usize = 2;
 /// Slots examined before a new session is refused for a full table: ~64
 /// sessions (the table has 2 to 4 slots per session).
 pub const SWEEP_WHEN_FULL: usize = 128;
+/// Slots looked at, when the table is still full after that sweep, for a
+/// TCP connection not yet established to give its place to the new flow
+/// (as Linux's conntrack drops an unassured entry early): a SYN flood
+/// fills the table with those, and must not lock out every new flow for
+/// `tcp_opening`.
+pub const EVICT_SCAN: usize = 64;
 
 const NONE: u32 = u32::MAX;
 
@@ -263,6 +269,8 @@ pub struct NatShard {
     free_mappings: Vec<u32>,
     by_internal: Index,
     hand: usize,
+    /// Where the next eviction scan starts (`EVICT_SCAN`).
+    evict_hand: usize,
     counters: NatCounters,
 }
 
@@ -390,6 +398,7 @@ impl NatShard {
             free_mappings: (0..max as u32).rev().collect(),
             by_internal: Index::with_bound(max),
             hand: 0,
+            evict_hand: 0,
             counters: NatCounters::default(),
         })
     }
@@ -696,7 +705,7 @@ impl NatShard {
 
     fn timeout(&self, proto: u8, state: TcpState) -> Nanos {
         match (proto, state) {
-            (TCP, TcpState::Opening) => self.timeouts.tcp_opening,
+            (TCP, TcpState::Opening | TcpState::Replied) => self.timeouts.tcp_opening,
             (TCP, TcpState::Established) => self.timeouts.tcp_established,
             (TCP, TcpState::Closing) => self.timeouts.tcp_transitory,
             (UDP, _) => self.timeouts.udp,
@@ -713,7 +722,9 @@ impl NatShard {
             TcpState::Closing
         } else {
             match x.state {
-                TcpState::Opening if !from_opener => TcpState::Established,
+                TcpState::Opening if !from_opener => TcpState::Replied,
+                // The handshake's last ACK, not a retransmitted SYN.
+                TcpState::Replied if from_opener && f.ack() && !f.syn() => TcpState::Established,
                 TcpState::Closing if f.syn() && !f.ack() && from_opener => TcpState::Opening,
                 st => st,
             }
@@ -755,8 +766,33 @@ impl NatShard {
     fn has_room(&mut self, now: Nanos) -> bool {
         if self.n_sessions >= self.max_sessions {
             self.expire(now, SWEEP_WHEN_FULL);
+            if self.n_sessions >= self.max_sessions {
+                self.evict_unestablished();
+            }
         }
         self.n_sessions < self.max_sessions
+    }
+
+    /// Closes one TCP session that is not established (opening, or
+    /// answered but never followed by its opener) among the next
+    /// `EVICT_SCAN` slots, counted `sessions_evicted`.
+    #[cold]
+    fn evict_unestablished(&mut self) {
+        let n = self.tables[OUT].slots();
+        for _ in 0..EVICT_SCAN.min(n) {
+            let i = self.evict_hand;
+            self.evict_hand = (i + 1) & (n - 1);
+            // Hint 0: a free slot.
+            if self.tables[OUT].hints()[i] == 0 {
+                continue;
+            }
+            let x = self.tables[OUT].get(i);
+            if x.proto == TCP && matches!(x.state, TcpState::Opening | TcpState::Replied) {
+                self.close(OUT, i);
+                self.counters.sessions_evicted += 1;
+                return;
+            }
+        }
     }
 
     /// Stores a new session (its state and timer set for its first packet,

@@ -23,7 +23,13 @@ use braid_tunnel::Nanos;
 pub(crate) enum TcpState {
     /// Only the opener's side seen (a SYN with no answer yet).
     Opening,
-    /// Both sides seen.
+    /// The other side answered (a SYN-ACK); the opener has not spoken
+    /// since. Still transitory: a spoofed SYN that a server behind a port
+    /// forward answers never gets further, so it holds its session for
+    /// `tcp_opening`, not the two hours of an established connection.
+    Replied,
+    /// The opener acknowledged the answer (the handshake's last ACK; a
+    /// retransmitted SYN does not count): both sides live.
     Established,
     /// A FIN or RST seen: partially or fully closed.
     Closing,

@@ -312,14 +312,7 @@ fn port_exhaustion_is_counted() {
 
 #[test]
 fn port_forward() {
-    let mut cfg = lan_config(1, 64);
-    cfg.dnat.push(DnatRule {
-        external: Ipv4Addr::new(203, 0, 113, 200).into(),
-        proto: Proto::Tcp,
-        port: 8080,
-        internal: Ipv4Addr::new(10, 0, 0, 80).into(),
-        internal_port: 80,
-    });
+    let cfg = tcp_forward_config(64);
     let mut nat = NatShard::new(&cfg, 0, 1).unwrap();
     let (rem, ext, int) = (
         sa([198, 51, 100, 5], 33333),
@@ -360,10 +353,96 @@ fn a_fin_after_the_sweep_saw_the_session_established_is_swept_on_time() {
     assert_eq!(nat.outbound(&mut p, 0, SEC), Verdict::Translated);
     let ext = endpoints(&p).1;
     assert_eq!(nat.inbound(&mut tcp_pkt(rem, ext, SYN_ACK), SEC), Verdict::Translated);
+    assert_eq!(nat.outbound(&mut tcp_pkt(int, rem, ACK), 0, SEC), Verdict::Translated);
     // The sweep passes the session at 31 s, established.
     assert_eq!(nat.expire(31 * SEC, 1 << 20), 0);
     assert_eq!(nat.outbound(&mut tcp_pkt(int, rem, FIN_ACK), 0, 31 * SEC), Verdict::Translated);
     assert_eq!(nat.expire(271 * SEC - 1, 1 << 20), 0);
     assert_eq!(nat.expire(271 * SEC, 1 << 20), 1);
     assert_eq!(nat.sessions(), 0);
+}
+
+/// A shard with a TCP port forward 203.0.113.200:8080 -> 10.0.0.80:80,
+/// the forward's external and internal endpoints.
+fn tcp_forward(max_sessions: usize) -> (NatShard, std::net::SocketAddrV4, std::net::SocketAddrV4) {
+    let nat = NatShard::new(&tcp_forward_config(max_sessions), 0, 1).unwrap();
+    (nat, sa([203, 0, 113, 200], 8080), sa([10, 0, 0, 80], 80))
+}
+
+fn tcp_forward_config(max_sessions: usize) -> braid_nat::NatConfig {
+    let mut cfg = lan_config(1, max_sessions);
+    cfg.dnat.push(DnatRule {
+        external: Ipv4Addr::new(203, 0, 113, 200).into(),
+        proto: Proto::Tcp,
+        port: 8080,
+        internal: Ipv4Addr::new(10, 0, 0, 80).into(),
+        internal_port: 80,
+    });
+    cfg
+}
+
+/// `n` spoofed SYNs through the forward at `t`, each answered by the
+/// server.
+fn syn_flood(nat: &mut NatShard, n: u16, t: u64) {
+    let (ext, int) = (sa([203, 0, 113, 200], 8080), sa([10, 0, 0, 80], 80));
+    for i in 0..n {
+        let spoofed = sa([198, 51, (i >> 8) as u8, i as u8], 1024 + i);
+        assert_eq!(nat.inbound(&mut tcp_pkt(spoofed, ext, SYN), t), Verdict::Translated);
+        assert_eq!(nat.outbound(&mut tcp_pkt(int, spoofed, SYN_ACK), 0, t), Verdict::Translated);
+    }
+}
+
+/// Spoofed SYNs to a port forward, each answered by the server behind it:
+/// the answers alone do not make the connections established, so the
+/// sessions go after `tcp_opening` (30 s), not 2 h 4 min; a client that
+/// completes the handshake keeps its session.
+#[test]
+fn a_syn_flood_through_a_port_forward_holds_sessions_briefly() {
+    let (mut nat, ext, int) = tcp_forward(4096);
+    syn_flood(&mut nat, 1000, SEC);
+    // A real client: SYN, SYN-ACK, ACK.
+    let client = sa([192, 0, 2, 77], 40000);
+    nat.inbound(&mut tcp_pkt(client, ext, SYN), SEC);
+    nat.outbound(&mut tcp_pkt(int, client, SYN_ACK), 0, SEC);
+    assert_eq!(nat.inbound(&mut tcp_pkt(client, ext, ACK), 2 * SEC), Verdict::Translated);
+    assert_eq!(nat.sessions(), 1001);
+    // Their SYNs and the answers retransmitted: still not established.
+    syn_flood(&mut nat, 1000, 3 * SEC);
+    let t = 3 * SEC + 30 * SEC;
+    nat.expire(t, usize::MAX);
+    assert_eq!(nat.sessions(), 1, "only the client's session is left");
+    assert_eq!(nat.outbound(&mut tcp_pkt(int, client, ACK), 0, t + 3600 * SEC), Verdict::Translated);
+}
+
+/// A table filled by a SYN flood makes room for new flows: a connection
+/// not yet established gives its place (`sessions_evicted`); a table full
+/// of established connections refuses new flows (`sessions_full`) and
+/// evicts nothing.
+#[test]
+fn a_full_table_of_half_open_connections_makes_room_for_new_flows() {
+    let (mut nat, _, _) = tcp_forward(1000);
+    syn_flood(&mut nat, 1000, SEC);
+    assert_eq!(nat.sessions(), 1000);
+    for i in 0..200u16 {
+        let mut p = udp_pkt(sa([10, 0, 3, 1], 20000 + i), sa([198, 51, 100, 1], 53));
+        assert_eq!(nat.outbound(&mut p, 0, 2 * SEC), Verdict::Translated, "new flow {i}");
+    }
+    assert_eq!(nat.sessions(), 1000);
+    assert_eq!(nat.counters().sessions_evicted, 200);
+    assert_eq!(nat.counters().drop_count(NatDrop::SessionsFull), 0);
+
+    // Established connections are never evicted.
+    let mut nat = NatShard::new(&lan_config(1, 1000), 0, 1).unwrap();
+    let rem = sa([198, 51, 100, 1], 443);
+    for i in 0..1000u16 {
+        let int = sa([10, 0, 4, 1], 10000 + i);
+        let mut p = tcp_pkt(int, rem, SYN);
+        assert_eq!(nat.outbound(&mut p, 0, SEC), Verdict::Translated);
+        let ext = endpoints(&p).1;
+        nat.inbound(&mut tcp_pkt(rem, ext, SYN_ACK), SEC);
+        nat.outbound(&mut tcp_pkt(int, rem, ACK), 0, SEC);
+    }
+    let mut p = udp_pkt(sa([10, 0, 3, 1], 20000), sa([198, 51, 100, 1], 53));
+    assert_eq!(nat.outbound(&mut p, 0, 2 * SEC), Verdict::Drop(NatDrop::SessionsFull));
+    assert_eq!(nat.counters().sessions_evicted, 0);
 }

@@ -30,6 +30,7 @@ const FLAGS: [u8; 6] = [SYN, SYN | ACK, ACK, FIN | ACK, RST, ACK];
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Opening,
+    Replied,
     Established,
     Closing,
 }
@@ -52,7 +53,7 @@ type Key = (u8, SocketAddrV4, SocketAddrV4);
 
 fn timeout(proto: u8, st: State) -> u64 {
     SEC * match (proto, st) {
-        (TCP, State::Opening) => 30,
+        (TCP, State::Opening | State::Replied) => 30,
         (TCP, State::Established) => 2 * 3600 + 4 * 60,
         (TCP, State::Closing) => 4 * 60,
         (ICMP, _) => 60,
@@ -70,7 +71,8 @@ fn next(st: State, proto: u8, flags: u8, from_opener: bool) -> State {
         State::Closing
     } else {
         match st {
-            State::Opening if !from_opener => State::Established,
+            State::Opening if !from_opener => State::Replied,
+            State::Replied if from_opener && flags & ACK != 0 && flags & SYN == 0 => State::Established,
             State::Closing if flags & SYN != 0 && flags & ACK == 0 && from_opener => State::Opening,
             s => s,
         }
@@ -252,6 +254,6 @@ proptest! {
         nat.expire(now, 1 << 20);
         prop_assert_eq!(nat.sessions(), model.values().filter(|s| s.expires > now).count());
         let c = nat.counters();
-        prop_assert_eq!(c.sessions_created - c.sessions_expired, nat.sessions() as u64);
+        prop_assert_eq!(c.sessions_created - c.sessions_expired - c.sessions_evicted, nat.sessions() as u64);
     }
 }

@@ -165,6 +165,7 @@ fn take_over(st: &mut BundleState, old: &mut BundleState, counters: &mut [Tunnel
             counters[i] = std::mem::take(c);
         }
         st.rx_paths[i] = old.rx_paths[j];
+        st.missed_seen[i] = old.missed_seen[j];
     }
 }
 
@@ -189,6 +190,7 @@ fn add_nat(a: &mut NatCounters, b: &NatCounters) {
     a.icmp_errors_translated += b.icmp_errors_translated;
     a.sessions_created += b.sessions_created;
     a.sessions_expired += b.sessions_expired;
+    a.sessions_evicted += b.sessions_evicted;
     a.mappings_created += b.mappings_created;
 }
 
