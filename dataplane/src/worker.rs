@@ -342,6 +342,9 @@ pub struct Worker {
     nat_done: usize,
     /// Packets given to the NAT this poll: its expiry sweep's budget.
     nat_translated: usize,
+    /// The LAN burst being handled is our own ICMP errors (`icmp_to_wan`):
+    /// the NAT takes them as the gateway's (`outbound_own_error`).
+    own_errors: bool,
     /// ARP/ND/echo responder of each port: the LAN at 0, WAN `w` at 1 + w.
     local: Vec<Responder>,
     /// Replies of each port's responder waiting for its TX queue (they
@@ -505,6 +508,7 @@ impl Worker {
             nat_keep: Vec::with_capacity(4 * BURST),
             nat_done: 0,
             nat_translated: 0,
+            own_errors: false,
             local_out: (0..=nwan).map(|_| Vec::with_capacity(BURST)).collect(),
             local,
             kept: Vec::with_capacity(BURST),
@@ -687,7 +691,9 @@ impl Worker {
             let k = self.icmp_to_wan.len().min(BURST);
             self.rx_burst.extend(self.icmp_to_wan.drain(..k));
             self.counters.icmp_tunnelled += k as u64;
+            self.own_errors = true;
             self.lan_burst(now, true);
+            self.own_errors = false;
         }
         if now >= self.next_kernel {
             work += self.read_kernel_taps(now);
@@ -1053,7 +1059,12 @@ impl Worker {
             if dest[i] == NONE {
                 continue;
             }
-            if let Verdict::Drop(r) = nat.outbound(&mut m.data_mut()[ETH..], peer[i], now) {
+            let pkt = &mut m.data_mut()[ETH..];
+            let v = match self.own_errors {
+                true => nat.outbound_own_error(pkt, peer[i], now),
+                false => nat.outbound(pkt, peer[i], now),
+            };
+            if let Verdict::Drop(r) = v {
                 self.counters.nat.out_drops[r as usize] += 1;
                 // Routed nowhere: freed with the burst like any drop.
                 dest[i] = NONE;

@@ -761,7 +761,7 @@ fn tcp_with_flags(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), id: u32, seq: u32,
 }
 
 /// Short TCP connections, generation after generation, through a table
-/// with room for one generation: each connection opens (SYN, SYN-ACK),
+/// with room for one generation: each connection opens (SYN, SYN-ACK, ACK),
 /// lives past the sweep's first look at it (so the sweep knows it as
 /// established, 1 h), then closes (FIN both ways, 2 s). The workers' idle
 /// sweeps must give the closed sessions back within their 2 s, so the next

@@ -78,15 +78,16 @@ pub struct DnatRule {
 /// Idle timeouts per protocol and TCP state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Timeouts {
-    /// TCP after the reply direction was seen: 2 h 4 min, the floor of
-    /// RFC 5382 REQ-5.
+    /// TCP once established (the opener acknowledged the other side's
+    /// answer): 2 h 4 min, the floor of RFC 5382 REQ-5.
     pub tcp_established: Nanos,
-    /// TCP after a FIN or RST (partially or fully closed): 4 min, RFC 5382's
-    /// transitory floor (2 MSL).
+    /// TCP after a FIN or RST once established (partially or fully
+    /// closed): 4 min, RFC 5382's transitory floor (2 MSL).
     pub tcp_transitory: Nanos,
-    /// TCP before any reply (SYN sent, nothing back): 30 s. RFC 5382 asks
+    /// TCP not established (SYN sent and nothing back, an answer not
+    /// acknowledged, or a FIN or RST before that): 30 s. RFC 5382 asks
     /// 4 min for partially open connections; 30 s (Linux's SYN_SENT is
-    /// 2 min) bounds what a SYN flood from the LAN can hold.
+    /// 2 min) bounds what a SYN flood can hold.
     pub tcp_opening: Nanos,
     /// UDP: 2 min, the floor of RFC 4787 REQ-5.
     pub udp: Nanos,

@@ -40,6 +40,13 @@ pub const EVICT_SCAN: usize = 64;
 
 const NONE: u32 = u32::MAX;
 
+/// A TCP session not established: opening, answered but not acknowledged,
+/// or refused (`TcpState`). A full table evicts these first.
+#[inline]
+fn half_open(x: &Session) -> bool {
+    x.proto == TCP && matches!(x.state, TcpState::Opening | TcpState::Replied | TcpState::Refused)
+}
+
 /// `NatShard::tables` by direction.
 const OUT: usize = 0;
 const IN: usize = 1;
@@ -271,6 +278,8 @@ pub struct NatShard {
     hand: usize,
     /// Where the next eviction scan starts (`EVICT_SCAN`).
     evict_hand: usize,
+    /// TCP sessions not established (`half_open`): what eviction may take.
+    half_open: usize,
     counters: NatCounters,
 }
 
@@ -399,6 +408,7 @@ impl NatShard {
             by_internal: Index::with_bound(max),
             hand: 0,
             evict_hand: 0,
+            half_open: 0,
             counters: NatCounters::default(),
         })
     }
@@ -506,6 +516,26 @@ impl NatShard {
     /// left alone.
     pub fn outbound(&mut self, pkt: &mut [u8], egress: u32, now: Nanos) -> Verdict {
         let v = self.outbound_inner(pkt, egress, now);
+        match v {
+            Verdict::Translated => self.counters.out_translated += 1,
+            Verdict::Untouched => self.counters.out_untouched += 1,
+            Verdict::Drop(r) => self.counters.drops[r as usize] += 1,
+        }
+        v
+    }
+
+    /// An ICMP error the gateway itself sends from a LAN-side address
+    /// ("fragmentation needed" for a packet from a tunnel too big for the
+    /// LAN), on its way out by `egress`: translated like any LAN router's
+    /// error about a NATed flow; about a flow no rule covers it leaves as
+    /// it is, even when a rule covers the address it is sent from (a LAN
+    /// host's error like that is dropped: it would carry the host's
+    /// internal address out). Anything else is [`NatShard::outbound`].
+    pub fn outbound_own_error(&mut self, pkt: &mut [u8], egress: u32, now: Nanos) -> Verdict {
+        let v = match Headers::parse(pkt) {
+            Ok(h) if h.l4 == L4::IcmpError && !h.frag => self.icmp_error(pkt, &h, End::Src, egress, true, now),
+            _ => return self.outbound(pkt, egress, now),
+        };
         match v {
             Verdict::Translated => self.counters.out_translated += 1,
             Verdict::Untouched => self.counters.out_untouched += 1,
@@ -690,6 +720,7 @@ impl NatShard {
         self.tables[d].remove_at(p);
         self.tables[1 - d].remove_at(q);
         self.n_sessions -= 1;
+        self.half_open -= half_open(&x) as usize;
         if x.mapping != NONE {
             let m = &mut self.mappings[x.mapping as usize];
             m.refs -= 1;
@@ -705,7 +736,7 @@ impl NatShard {
 
     fn timeout(&self, proto: u8, state: TcpState) -> Nanos {
         match (proto, state) {
-            (TCP, TcpState::Opening | TcpState::Replied) => self.timeouts.tcp_opening,
+            (TCP, TcpState::Opening | TcpState::Replied | TcpState::Refused) => self.timeouts.tcp_opening,
             (TCP, TcpState::Established) => self.timeouts.tcp_established,
             (TCP, TcpState::Closing) => self.timeouts.tcp_transitory,
             (UDP, _) => self.timeouts.udp,
@@ -719,13 +750,16 @@ impl NatShard {
         let L4::Tcp(f) = l4 else { return x.state };
         let from_opener = outbound == x.opened_out();
         if f.rst() || f.fin() {
-            TcpState::Closing
+            match x.state {
+                TcpState::Established | TcpState::Closing => TcpState::Closing,
+                _ => TcpState::Refused,
+            }
         } else {
             match x.state {
                 TcpState::Opening if !from_opener => TcpState::Replied,
                 // The handshake's last ACK, not a retransmitted SYN.
                 TcpState::Replied if from_opener && f.ack() && !f.syn() => TcpState::Established,
-                TcpState::Closing if f.syn() && !f.ack() && from_opener => TcpState::Opening,
+                TcpState::Closing | TcpState::Refused if f.syn() && !f.ack() && from_opener => TcpState::Opening,
                 st => st,
             }
         }
@@ -748,6 +782,10 @@ impl NatShard {
 
     #[cold]
     fn set_state(&mut self, d: usize, p: usize, state: TcpState, expires: Nanos) {
+        let x = self.tables[d].get(p);
+        let was = half_open(x);
+        let is = half_open(&Session { state, ..*x });
+        self.half_open = self.half_open + is as usize - was as usize;
         let q = self.twin(d, p);
         for (t, i) in [(d, p), (1 - d, q)] {
             let x = self.tables[t].get_mut(i);
@@ -766,18 +804,19 @@ impl NatShard {
     fn has_room(&mut self, now: Nanos) -> bool {
         if self.n_sessions >= self.max_sessions {
             self.expire(now, SWEEP_WHEN_FULL);
-            if self.n_sessions >= self.max_sessions {
-                self.evict_unestablished();
+            if self.n_sessions >= self.max_sessions && self.half_open > 0 {
+                self.evict_unestablished(now);
             }
         }
         self.n_sessions < self.max_sessions
     }
 
-    /// Closes one TCP session that is not established (opening, or
-    /// answered but never followed by its opener) among the next
-    /// `EVICT_SCAN` slots, counted `sessions_evicted`.
+    /// Closes one TCP session that is not established (opening, answered
+    /// but never followed by its opener, or refused) among the next
+    /// `EVICT_SCAN` slots, counted `sessions_evicted` (`sessions_expired`
+    /// if its time was up anyway).
     #[cold]
-    fn evict_unestablished(&mut self) {
+    fn evict_unestablished(&mut self, now: Nanos) {
         let n = self.tables[OUT].slots();
         for _ in 0..EVICT_SCAN.min(n) {
             let i = self.evict_hand;
@@ -786,10 +825,13 @@ impl NatShard {
             if self.tables[OUT].hints()[i] == 0 {
                 continue;
             }
-            let x = self.tables[OUT].get(i);
-            if x.proto == TCP && matches!(x.state, TcpState::Opening | TcpState::Replied) {
+            if half_open(self.tables[OUT].get(i)) {
+                let expired = self.expires(OUT, i) <= now;
                 self.close(OUT, i);
-                self.counters.sessions_evicted += 1;
+                match expired {
+                    true => self.counters.sessions_expired += 1,
+                    false => self.counters.sessions_evicted += 1,
+                }
                 return;
             }
         }
@@ -803,6 +845,7 @@ impl NatShard {
         self.tables[OUT].insert(x);
         self.tables[IN].insert(x);
         self.n_sessions += 1;
+        self.half_open += half_open(&x) as usize;
         self.counters.sessions_created += 1;
     }
 
@@ -832,7 +875,7 @@ impl NatShard {
             L4::Tcp(f) => !f.rst(),
             L4::Udp => true,
             L4::IcmpQuery { request } => request,
-            L4::IcmpError => return self.icmp_error(pkt, &h, End::Src, egress, now),
+            L4::IcmpError => return self.icmp_error(pkt, &h, End::Src, egress, false, now),
             L4::IcmpOther | L4::Other => return passthrough(self, NatDrop::UnsupportedProtocol),
         };
         let rem_port = if h.proto == ICMP { 0 } else { h.dport };
@@ -926,7 +969,7 @@ impl NatShard {
             L4::Tcp(f) => !f.rst(),
             L4::Udp => true,
             L4::IcmpQuery { .. } => false,
-            L4::IcmpError => return self.icmp_error(pkt, &h, End::Dst, 0, now),
+            L4::IcmpError => return self.icmp_error(pkt, &h, End::Dst, 0, false, now),
             L4::IcmpOther | L4::Other => return passthrough(self, NatDrop::UnsupportedProtocol),
         };
         let rem_port = if h.proto == ICMP { 0 } else { h.sport };
@@ -977,17 +1020,27 @@ impl NatShard {
         h: &Headers,
         outer: End,
         egress: u32,
+        own: bool,
         now: Nanos,
     ) -> Verdict {
-        // Outbound, what counts is the quoted flow's internal end: a
-        // router on the LAN (the gateway itself, for one) may report on a
-        // flow the NAT never handled from an address a rule covers; such
-        // an error goes out as it is, as Linux sends an error related to an
-        // un-NATed connection. Without a quote, the error's own source.
-        let covered = |me: &Self, a: u32| me.snat_rule(a, egress).is_some() || me.is_dnat_internal(a);
+        // Outbound, an error concerns the NAT when the flow it quotes was
+        // NATed (its internal end under a rule, or a forward's own port):
+        // then whoever sent it, a LAN router outside the rules included,
+        // it must be translated or dropped. It also does when an SNAT rule
+        // covers its sender (a LAN host must not get its address out in
+        // an error about anything; a forward's host sends its other
+        // traffic as it is, and so its errors about it), except for the gateway's own errors
+        // (`own`), which go out as they are about an un-NATed flow, as
+        // Linux sends an error related to an un-NATed connection.
+        let quotes_nated = |me: &Self, q: &Quote| {
+            me.snat_rule(q.dst, egress).is_some() || me.dnat_by_int.contains_key(&(q.proto, q.dst, q.dport))
+        };
         let relevant = |me: &Self, q: Option<&Quote>| match outer {
             End::Dst => me.is_nat_addr(h.dst) || q.is_some_and(|q| me.is_nat_addr(q.src)),
-            End::Src => covered(me, q.map_or(h.src, |q| q.dst)),
+            End::Src => {
+                let sender = !own && me.snat_rule(h.src, egress).is_some();
+                sender || q.is_some_and(|q| quotes_nated(me, q))
+            }
         };
         let Some(q) = h.icmp_error_quote(pkt) else {
             return if relevant(self, None) {

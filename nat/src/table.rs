@@ -31,8 +31,13 @@ pub(crate) enum TcpState {
     /// The opener acknowledged the answer (the handshake's last ACK; a
     /// retransmitted SYN does not count): both sides live.
     Established,
-    /// A FIN or RST seen: partially or fully closed.
+    /// A FIN or RST seen after it was established: partially or fully
+    /// closed.
     Closing,
+    /// A FIN or RST before it was established (or the packet a session
+    /// was picked up on): transitory like `Opening`, not held the
+    /// `tcp_transitory` minutes of a closing connection.
+    Refused,
 }
 
 /// One session, as each table stores it: half a cache line, aligned, so a

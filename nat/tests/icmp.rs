@@ -133,23 +133,45 @@ fn errors_quoting_garbage_or_unknown_flows_are_dropped() {
     assert!(checksum::verifies(&err[20..]));
 }
 
-/// A router on the LAN (the gateway itself, sending "fragmentation needed"
-/// for a packet too big for the LAN) reports on the flow it quotes: the
-/// quoted flow's internal end decides, not the error's own source.
+/// An outbound ICMP error concerns the NAT when the flow it quotes was
+/// NATed (then whoever sent it, it is translated or dropped) or when an
+/// SNAT rule covers its sender, except for the gateway's own errors
+/// (`outbound_own_error`: "fragmentation needed" from its LAN address),
+/// which go out as they are about a flow the NAT never handled.
 #[test]
-fn a_lan_routers_error_is_judged_by_the_flow_it_quotes() {
+fn outbound_errors_are_judged_by_the_flow_they_quote_and_their_sender() {
     let mut nat = nat_with_forward([10, 0, 0, 53]);
     // Inside the SNAT rule's 10.0.0.0/16, like a gateway's LAN address.
     let gw = Ipv4Addr::new(10, 0, 0, 254);
     let rem = sa([198, 51, 100, 7], 443);
 
-    // A flow the NAT never handled (to a routed, un-NATed host): the error
-    // leaves as it is, checksums untouched.
+    // A flow the NAT never handled (to a routed, un-NATed host): the
+    // gateway's error leaves as it is, checksums untouched; a covered LAN
+    // host's is dropped (its internal address would leave).
     let routed = udp_pkt(rem, sa([192, 168, 7, 7], 8080));
     let mut err = icmp_error(gw, *rem.ip(), 3, 4, &routed);
     let before = err.clone();
-    assert_eq!(nat.outbound(&mut err, 0, SEC), Verdict::Untouched);
+    assert_eq!(nat.outbound_own_error(&mut err, 0, SEC), Verdict::Untouched);
     assert_eq!(err, before);
+    let mut err = icmp_error(gw, *rem.ip(), 3, 4, &routed);
+    assert_eq!(nat.outbound(&mut err, 0, SEC), Verdict::Drop(NatDrop::IcmpNoSession));
+    // A host outside the rules reporting on its own routed flow: none of
+    // the NAT's business.
+    let mut err = icmp_error(Ipv4Addr::new(192, 168, 7, 7), *rem.ip(), 3, 3, &routed);
+    assert_eq!(nat.outbound(&mut err, 0, SEC), Verdict::Untouched);
+    // Nor a port forward's host outside the SNAT rules reporting on its
+    // other, routed traffic (it leaves as it is, and so do errors about
+    // it), from itself or from the gateway; about the forward's own port
+    // it is the NAT's.
+    let mut fwd = nat_with_forward([192, 168, 9, 53]);
+    let ssh = tcp_pkt(rem, sa([192, 168, 9, 53], 22), 0x02);
+    let mut err = icmp_error(Ipv4Addr::new(192, 168, 9, 53), *rem.ip(), 3, 3, &ssh);
+    assert_eq!(fwd.outbound(&mut err, 0, SEC), Verdict::Untouched);
+    let mut err = icmp_error(gw, *rem.ip(), 3, 4, &ssh);
+    assert_eq!(fwd.outbound_own_error(&mut err, 0, SEC), Verdict::Untouched);
+    let dns = udp_pkt(rem, sa([192, 168, 9, 53], 53));
+    let mut err = icmp_error(gw, *rem.ip(), 3, 4, &dns);
+    assert_eq!(fwd.outbound_own_error(&mut err, 0, SEC), Verdict::Drop(NatDrop::IcmpNoSession));
 
     // A NATed flow: the quote goes back to the external endpoint and the
     // error leaves from the external address, whoever reported it.
@@ -160,18 +182,24 @@ fn a_lan_routers_error_is_judged_by_the_flow_it_quotes() {
     let mut reply = udp_pkt(rem, ext);
     assert_eq!(nat.inbound(&mut reply, SEC), Verdict::Translated);
     assert_eq!(endpoints(&reply).2, int);
-    for from in [gw, Ipv4Addr::new(192, 168, 1, 1)] {
+    for (from, own) in [(gw, true), (gw, false), (Ipv4Addr::new(192, 168, 1, 1), false)] {
         let mut err = icmp_error(from, *rem.ip(), 3, 4, &reply);
-        assert_eq!(nat.outbound(&mut err, 0, SEC), Verdict::Translated, "error from {from}");
+        let v = match own {
+            true => nat.outbound_own_error(&mut err, 0, SEC),
+            false => nat.outbound(&mut err, 0, SEC),
+        };
+        assert_eq!(v, Verdict::Translated, "error from {from}");
         assert_checksums(&err);
         assert_eq!(*endpoints(&err).1.ip(), *ext.ip(), "outer source");
         assert_eq!(&err[28..], udp_pkt(rem, ext).as_slice(), "the quote as the remote sent it");
     }
 
     // A covered internal host the NAT holds no session for: dropped, so
-    // its address never leaves in a quote.
+    // its address never leaves in a quote, whoever sends the error.
     let ghost = udp_pkt(rem, sa([10, 0, 0, 77], 80));
     let mut err = icmp_error(gw, *rem.ip(), 3, 4, &ghost);
+    assert_eq!(nat.outbound_own_error(&mut err, 0, SEC), Verdict::Drop(NatDrop::IcmpNoSession));
+    let mut err = icmp_error(Ipv4Addr::new(192, 168, 1, 1), *rem.ip(), 3, 4, &ghost);
     assert_eq!(nat.outbound(&mut err, 0, SEC), Verdict::Drop(NatDrop::IcmpNoSession));
-    assert_eq!(nat.counters().icmp_errors_translated, 2);
+    assert_eq!(nat.counters().icmp_errors_translated, 3);
 }

@@ -88,7 +88,7 @@ fn traffic_in_one_direction_keeps_the_session_for_both() {
 fn tcp_timeouts_follow_state() {
     let mut nat = NatShard::new(&lan_config(1, 1024), 0, 1).unwrap();
     let rem = sa([198, 51, 100, 1], 443);
-    // Established: both directions seen. Alive after 2 h idle, gone after
+    // Established: SYN, SYN-ACK, ACK. Alive after 2 h idle, gone after
     // 2 h 4 min (RFC 5382 REQ-5).
     let int = sa([10, 0, 0, 1], 40000);
     let mut p = tcp_pkt(int, rem, SYN);
@@ -118,6 +118,7 @@ fn tcp_timeouts_follow_state() {
     nat.outbound(&mut p, 0, SEC);
     let ext = endpoints(&p).1;
     nat.inbound(&mut tcp_pkt(rem, ext, SYN_ACK), SEC);
+    nat.outbound(&mut tcp_pkt(int, rem, ACK), 0, SEC);
     nat.outbound(&mut tcp_pkt(int, rem, FIN_ACK), 0, 2 * SEC);
     assert_eq!(
         nat.inbound(&mut tcp_pkt(rem, ext, FIN_ACK), 2 * SEC + 239 * SEC),
@@ -134,12 +135,29 @@ fn tcp_timeouts_follow_state() {
     nat.outbound(&mut p, 0, SEC);
     let ext = endpoints(&p).1;
     nat.inbound(&mut tcp_pkt(rem, ext, SYN_ACK), SEC);
+    nat.outbound(&mut tcp_pkt(int, rem, ACK), 0, SEC);
     nat.inbound(&mut tcp_pkt(rem, ext, RST), 2 * SEC);
     assert_eq!(
         nat.external_of(TCP, int, rem, 2 * SEC + 239 * SEC),
         Some(ext)
     );
     assert_eq!(nat.external_of(TCP, int, rem, 2 * SEC + 240 * SEC), None);
+
+    // Refused or abandoned before it was established (a RST answering the
+    // SYN, a FIN after an answer never acknowledged, a session picked up
+    // on a FIN): 30 s, like an unanswered SYN, not 4 minutes.
+    for (k, first, then) in [(15u8, SYN, Some(RST)), (16, SYN, Some(SYN_ACK)), (17, FIN_ACK, None)] {
+        let int = sa([10, 0, 0, k], 40000);
+        let mut p = tcp_pkt(int, rem, first);
+        assert_eq!(nat.outbound(&mut p, 0, SEC), Verdict::Translated);
+        let ext = endpoints(&p).1;
+        if let Some(f) = then {
+            nat.inbound(&mut tcp_pkt(rem, ext, f), SEC);
+            nat.outbound(&mut tcp_pkt(int, rem, FIN_ACK), 0, SEC);
+        }
+        assert!(nat.external_of(TCP, int, rem, 30 * SEC).is_some(), "case {k}");
+        assert!(nat.external_of(TCP, int, rem, 31 * SEC).is_none(), "case {k}");
+    }
 
     // SYN never answered: 30 s.
     let int = sa([10, 0, 0, 4], 40000);
@@ -430,6 +448,17 @@ fn a_full_table_of_half_open_connections_makes_room_for_new_flows() {
     assert_eq!(nat.sessions(), 1000);
     assert_eq!(nat.counters().sessions_evicted, 200);
     assert_eq!(nat.counters().drop_count(NatDrop::SessionsFull), 0);
+
+    // The same with spoofed FINs, which open sessions refused from the
+    // start.
+    let (mut nat, ext, _) = tcp_forward(1000);
+    for i in 0..1000u16 {
+        let spoofed = sa([198, 51, (i >> 8) as u8, i as u8], 1024 + i);
+        assert_eq!(nat.inbound(&mut tcp_pkt(spoofed, ext, FIN_ACK), SEC), Verdict::Translated);
+    }
+    let mut p = udp_pkt(sa([10, 0, 3, 1], 20000), sa([198, 51, 100, 1], 53));
+    assert_eq!(nat.outbound(&mut p, 0, 2 * SEC), Verdict::Translated);
+    assert_eq!(nat.counters().sessions_evicted, 1);
 
     // Established connections are never evicted.
     let mut nat = NatShard::new(&lan_config(1, 1000), 0, 1).unwrap();

@@ -33,6 +33,7 @@ enum State {
     Replied,
     Established,
     Closing,
+    Refused,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +54,7 @@ type Key = (u8, SocketAddrV4, SocketAddrV4);
 
 fn timeout(proto: u8, st: State) -> u64 {
     SEC * match (proto, st) {
-        (TCP, State::Opening | State::Replied) => 30,
+        (TCP, State::Opening | State::Replied | State::Refused) => 30,
         (TCP, State::Established) => 2 * 3600 + 4 * 60,
         (TCP, State::Closing) => 4 * 60,
         (ICMP, _) => 60,
@@ -68,12 +69,15 @@ fn next(st: State, proto: u8, flags: u8, from_opener: bool) -> State {
         return st;
     }
     if flags & (RST | FIN) != 0 {
-        State::Closing
+        match st {
+            State::Established | State::Closing => State::Closing,
+            _ => State::Refused,
+        }
     } else {
         match st {
             State::Opening if !from_opener => State::Replied,
             State::Replied if from_opener && flags & ACK != 0 && flags & SYN == 0 => State::Established,
-            State::Closing if flags & SYN != 0 && flags & ACK == 0 && from_opener => State::Opening,
+            State::Closing | State::Refused if flags & SYN != 0 && flags & ACK == 0 && from_opener => State::Opening,
             s => s,
         }
     }
