@@ -63,6 +63,8 @@ const DEEP_IDLE: Duration = Duration::from_millis(100);
 /// Empty polls after a deep-idle wake-up that was not user traffic before
 /// the worker sleeps again.
 const WAKE_POLLS: u32 = 16;
+/// Two wakes with work closer than this: traffic, not probes.
+const WAKE_GAP: Duration = Duration::from_millis(1);
 
 fn parse_args() -> Result<Args, String> {
     let all: Vec<String> = std::env::args().skip(1).collect();
@@ -246,6 +248,7 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
     let mut idle = 0u32;
     let mut idle_since = Instant::now();
     let mut last_data = 0u64;
+    let mut last_wake = Instant::now();
     let mut polls = 0u32;
     while !sh.stop.load(Ordering::Relaxed) {
         polls = polls.wrapping_add(1);
@@ -310,14 +313,24 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
                 let deep = idle_since.elapsed() >= DEEP_IDLE;
                 std::thread::sleep(Duration::from_micros(if deep { sh.idle_max_us } else { sh.idle_us }));
             }
-        } else if idle > 1000 && worker.data_packets() == last_data && idle_since.elapsed() >= DEEP_IDLE {
-            // Woken from a deep sleep by a probe, its reply or a
-            // keepalive, not by user traffic: back to sleep after a few
-            // empty polls, not another thousand (a quiet gateway with four
-            // live tunnels otherwise spun ~1 ms on every probe).
-            idle = 1000 - WAKE_POLLS;
         } else {
+            let woke = idle > 1000;
             idle = 0;
+            if woke {
+                // Woken from a deep sleep by a probe, its reply or a
+                // keepalive (no user traffic, and the last wake with work
+                // was a while ago): back to sleep after a few empty polls,
+                // not another thousand (a quiet gateway with four live
+                // tunnels otherwise spun ~1 ms on every probe). Traffic
+                // this worker only passes on (ESP it hands to the tunnel's
+                // owner, LAN frames handed to it for NAT) does not move
+                // `data_packets`, but wakes it again and again: it spins.
+                let t = Instant::now();
+                if worker.data_packets() == last_data && t - idle_since >= DEEP_IDLE && t - last_wake >= WAKE_GAP {
+                    idle = 1000 - WAKE_POLLS;
+                }
+                last_wake = t;
+            }
         }
         // Look at the wall clock every 256 polls (or every idle poll).
         if idle > 1000 || polls & 0xff == 0 {
