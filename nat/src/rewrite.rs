@@ -168,6 +168,14 @@ impl Headers {
     /// The packet quoted by an ICMP error, if this is one and the quote is
     /// an IPv4 TCP, UDP or ICMP query header with at least 8 bytes of it
     /// (RFC 792); `None` for anything else.
+    /// The destination of the IPv4 header an ICMP error quotes, when at
+    /// least that header is there, even if the rest does not make a
+    /// `Quote` (a later fragment, a short or unknown L4).
+    pub fn icmp_error_quoted_dst(&self, pkt: &[u8]) -> Option<u32> {
+        let q = pkt.get(self.ihl + icmpv4::HEADER_LEN..self.total)?;
+        (self.l4 == L4::IcmpError && q.len() >= ipv4::HEADER_LEN && q[0] >> 4 == 4).then(|| rd32(q, IP_DST))
+    }
+
     pub fn icmp_error_quote(&self, pkt: &[u8]) -> Option<Quote> {
         if self.l4 != L4::IcmpError {
             return None;

@@ -752,11 +752,15 @@ impl NatShard {
         if f.rst() || f.fin() {
             match x.state {
                 TcpState::Established | TcpState::Closing => TcpState::Closing,
+                // The handshake's last ACK with a FIN on it.
+                TcpState::Replied if from_opener && f.ack() && !f.rst() => TcpState::Closing,
                 _ => TcpState::Refused,
             }
         } else {
             match x.state {
-                TcpState::Opening if !from_opener => TcpState::Replied,
+                // A stray FIN or RST before the answer does not stop the
+                // connection from getting there.
+                TcpState::Opening | TcpState::Refused if !from_opener => TcpState::Replied,
                 // The handshake's last ACK, not a retransmitted SYN.
                 TcpState::Replied if from_opener && f.ack() && !f.syn() => TcpState::Established,
                 TcpState::Closing | TcpState::Refused if f.syn() && !f.ack() && from_opener => TcpState::Opening,
@@ -1039,7 +1043,13 @@ impl NatShard {
             End::Dst => me.is_nat_addr(h.dst) || q.is_some_and(|q| me.is_nat_addr(q.src)),
             End::Src => {
                 let sender = !own && me.snat_rule(h.src, egress).is_some();
-                sender || q.is_some_and(|q| quotes_nated(me, q))
+                let quoted = match q {
+                    Some(q) => quotes_nated(me, q),
+                    // A quote the NAT cannot translate whose header names
+                    // a host under a rule: it must not leave as it is.
+                    None => h.icmp_error_quoted_dst(pkt).is_some_and(|d| me.snat_rule(d, egress).is_some() || me.is_dnat_internal(d)),
+                };
+                sender || quoted
             }
         };
         let Some(q) = h.icmp_error_quote(pkt) else {

@@ -194,6 +194,15 @@ fn outbound_errors_are_judged_by_the_flow_they_quote_and_their_sender() {
         assert_eq!(&err[28..], udp_pkt(rem, ext).as_slice(), "the quote as the remote sent it");
     }
 
+    // A quote the NAT cannot translate (a later fragment) naming a covered
+    // host: dropped, whoever sends it; naming a routed host: left alone.
+    for (to, want) in [([10, 0, 0, 77], Verdict::Drop(NatDrop::IcmpBadQuote)), ([192, 168, 7, 7], Verdict::Untouched)] {
+        let mut frag = udp_pkt(rem, sa(to, 80));
+        frag[6..8].copy_from_slice(&100u16.to_be_bytes());
+        let mut err = icmp_error(Ipv4Addr::new(192, 168, 1, 1), *rem.ip(), 11, 1, &frag[..28]);
+        assert_eq!(nat.outbound(&mut err, 0, SEC), want, "quoting a fragment to {to:?}");
+    }
+
     // A covered internal host the NAT holds no session for: dropped, so
     // its address never leaves in a quote, whoever sends the error.
     let ghost = udp_pkt(rem, sa([10, 0, 0, 77], 80));

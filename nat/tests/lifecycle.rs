@@ -144,9 +144,10 @@ fn tcp_timeouts_follow_state() {
     assert_eq!(nat.external_of(TCP, int, rem, 2 * SEC + 240 * SEC), None);
 
     // Refused or abandoned before it was established (a RST answering the
-    // SYN, a FIN after an answer never acknowledged, a session picked up
-    // on a FIN): 30 s, like an unanswered SYN, not 4 minutes.
-    for (k, first, then) in [(15u8, SYN, Some(RST)), (16, SYN, Some(SYN_ACK)), (17, FIN_ACK, None)] {
+    // SYN, the opener's FIN after it, a session picked up on a FIN): 30 s,
+    // like an unanswered SYN, not 4 minutes. A FIN on the handshake's
+    // last ACK closes an established connection: 4 minutes.
+    for (k, first, then, secs) in [(15u8, SYN, Some(RST), 30), (16, SYN, Some(SYN_ACK), 240), (17, FIN_ACK, None, 30)] {
         let int = sa([10, 0, 0, k], 40000);
         let mut p = tcp_pkt(int, rem, first);
         assert_eq!(nat.outbound(&mut p, 0, SEC), Verdict::Translated);
@@ -155,9 +156,19 @@ fn tcp_timeouts_follow_state() {
             nat.inbound(&mut tcp_pkt(rem, ext, f), SEC);
             nat.outbound(&mut tcp_pkt(int, rem, FIN_ACK), 0, SEC);
         }
-        assert!(nat.external_of(TCP, int, rem, 30 * SEC).is_some(), "case {k}");
-        assert!(nat.external_of(TCP, int, rem, 31 * SEC).is_none(), "case {k}");
+        assert!(nat.external_of(TCP, int, rem, secs * SEC).is_some(), "case {k}");
+        assert!(nat.external_of(TCP, int, rem, (secs + 1) * SEC).is_none(), "case {k}");
     }
+    // A stray RST before the answer does not stop the handshake: the
+    // answer and its ACK still establish the connection.
+    let int = sa([10, 0, 0, 18], 40000);
+    let mut p = tcp_pkt(int, rem, SYN);
+    nat.outbound(&mut p, 0, SEC);
+    let ext = endpoints(&p).1;
+    nat.inbound(&mut tcp_pkt(rem, ext, RST), SEC);
+    nat.inbound(&mut tcp_pkt(rem, ext, SYN_ACK), SEC);
+    nat.outbound(&mut tcp_pkt(int, rem, ACK), 0, SEC);
+    assert!(nat.external_of(TCP, int, rem, 3600 * SEC).is_some());
 
     // SYN never answered: 30 s.
     let int = sa([10, 0, 0, 4], 40000);

@@ -71,11 +71,12 @@ fn next(st: State, proto: u8, flags: u8, from_opener: bool) -> State {
     if flags & (RST | FIN) != 0 {
         match st {
             State::Established | State::Closing => State::Closing,
+            State::Replied if from_opener && flags & ACK != 0 && flags & RST == 0 => State::Closing,
             _ => State::Refused,
         }
     } else {
         match st {
-            State::Opening if !from_opener => State::Replied,
+            State::Opening | State::Refused if !from_opener => State::Replied,
             State::Replied if from_opener && flags & ACK != 0 && flags & SYN == 0 => State::Established,
             State::Closing | State::Refused if flags & SYN != 0 && flags & ACK == 0 && from_opener => State::Opening,
             s => s,
