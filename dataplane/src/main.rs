@@ -63,7 +63,8 @@ const DEEP_IDLE: Duration = Duration::from_millis(100);
 /// Empty polls after a deep-idle wake-up that was not user traffic before
 /// the worker sleeps again.
 const WAKE_POLLS: u32 = 16;
-/// Two wakes with work closer than this: traffic, not probes.
+/// Two wakes with work closer than this (or than two deep sleeps, if
+/// longer): traffic, not probes.
 const WAKE_GAP: Duration = Duration::from_millis(1);
 
 fn parse_args() -> Result<Args, String> {
@@ -216,6 +217,8 @@ struct Shared {
     t0: Instant,
     idle_us: u64,
     idle_max_us: u64,
+    /// `WAKE_GAP`, or two deep sleeps if longer.
+    wake_gap: Duration,
     deadline: Option<Instant>,
     stats_interval: Duration,
     stats_file: Option<String>,
@@ -321,12 +324,11 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
                 // keepalive (no user traffic, and the last wake with work
                 // was a while ago): back to sleep after a few empty polls,
                 // not another thousand (a quiet gateway with four live
-                // tunnels otherwise spun ~1 ms on every probe). Traffic
-                // this worker only passes on (ESP it hands to the tunnel's
-                // owner, LAN frames handed to it for NAT) does not move
+                // tunnels otherwise spun ~1 ms on every probe). ESP this
+                // worker only hands on to the tunnel's owner does not move
                 // `data_packets`, but wakes it again and again: it spins.
                 let t = Instant::now();
-                if worker.data_packets() == last_data && t - idle_since >= DEEP_IDLE && t - last_wake >= WAKE_GAP {
+                if worker.data_packets() == last_data && t - idle_since >= DEEP_IDLE && t - last_wake >= sh.wake_gap {
                     idle = 1000 - WAKE_POLLS;
                 }
                 last_wake = t;
@@ -597,6 +599,7 @@ fn run() -> Result<(), String> {
         t0,
         idle_us: args.idle_us,
         idle_max_us: args.idle_max_us.max(args.idle_us),
+        wake_gap: WAKE_GAP.max(Duration::from_micros(2 * args.idle_max_us.max(args.idle_us))),
         deadline: args.seconds.map(|s| t0 + Duration::from_secs(s)),
         stats_interval: args.stats_interval,
         stats_file: args.stats_file.clone(),
