@@ -165,9 +165,6 @@ impl Headers {
         Ok(h)
     }
 
-    /// The packet quoted by an ICMP error, if this is one and the quote is
-    /// an IPv4 TCP, UDP or ICMP query header with at least 8 bytes of it
-    /// (RFC 792); `None` for anything else.
     /// The destination of the IPv4 header an ICMP error quotes, when at
     /// least that header is there, even if the rest does not make a
     /// `Quote` (a later fragment, a short or unknown L4).
@@ -176,6 +173,9 @@ impl Headers {
         (self.l4 == L4::IcmpError && q.len() >= ipv4::HEADER_LEN && q[0] >> 4 == 4).then(|| rd32(q, IP_DST))
     }
 
+    /// The packet quoted by an ICMP error, if this is one and the quote is
+    /// an IPv4 TCP, UDP or ICMP query header with at least 8 bytes of it
+    /// (RFC 792); `None` for anything else.
     pub fn icmp_error_quote(&self, pkt: &[u8]) -> Option<Quote> {
         if self.l4 != L4::IcmpError {
             return None;

@@ -753,7 +753,7 @@ impl NatShard {
             match x.state {
                 TcpState::Established | TcpState::Closing => TcpState::Closing,
                 // The handshake's last ACK with a FIN on it.
-                TcpState::Replied if from_opener && f.ack() && !f.rst() => TcpState::Closing,
+                TcpState::Replied if from_opener && f.ack() && !f.rst() && !f.syn() => TcpState::Closing,
                 _ => TcpState::Refused,
             }
         } else {

@@ -25,7 +25,7 @@ const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const FIN: u8 = 0x01;
 const RST: u8 = 0x04;
-const FLAGS: [u8; 6] = [SYN, SYN | ACK, ACK, FIN | ACK, RST, ACK];
+const FLAGS: [u8; 7] = [SYN, SYN | ACK, ACK, FIN | ACK, RST, RST | ACK, ACK];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -71,7 +71,7 @@ fn next(st: State, proto: u8, flags: u8, from_opener: bool) -> State {
     if flags & (RST | FIN) != 0 {
         match st {
             State::Established | State::Closing => State::Closing,
-            State::Replied if from_opener && flags & ACK != 0 && flags & RST == 0 => State::Closing,
+            State::Replied if from_opener && flags & ACK != 0 && flags & (RST | SYN) == 0 => State::Closing,
             _ => State::Refused,
         }
     } else {
