@@ -14,7 +14,8 @@
 //! An idle worker backs off: after 1000 empty polls it sleeps `--idle-us`
 //! (default 50) between polls, and after 100 ms without user traffic
 //! (a live peer's liveness probes and keepalives do not count)
-//! `--idle-max-us` (default 500, at least `--idle-us`): a quiet gateway
+//! `--idle-max-us` (default 500, at least `--idle-us`; both at most
+//! 1000000): a quiet gateway
 //! takes a few percent of a core, and the first packets after a silence
 //! wait at most that long, plus the timer's slack (a 1024-descriptor RX
 //! ring holds that much of ~1.8 Mpps).
@@ -64,8 +65,11 @@ const DEEP_IDLE: Duration = Duration::from_millis(100);
 /// the worker sleeps again.
 const WAKE_POLLS: u32 = 16;
 /// Two wakes with work closer than this (or than two deep sleeps, if
-/// longer): traffic, not probes.
+/// longer, up to `WAKE_GAP_MAX`): traffic, not probes.
 const WAKE_GAP: Duration = Duration::from_millis(1);
+/// Beyond this, probes and keepalives of a few tunnels would look like
+/// traffic.
+const WAKE_GAP_MAX: Duration = Duration::from_millis(10);
 
 fn parse_args() -> Result<Args, String> {
     let all: Vec<String> = std::env::args().skip(1).collect();
@@ -87,6 +91,8 @@ fn parse_args() -> Result<Args, String> {
     while let Some(k) = it.next() {
         let v = it.next().ok_or_else(|| format!("{k} needs a value; {USAGE}"))?;
         let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{k}: not a number: {v:?}"));
+        // A worker asleep longer than a second would also be slow to stop.
+        let idle = |us: u64| if us <= 1_000_000 { Ok(us) } else { Err(format!("{k}: at most 1000000 (1 s), not {us}")) };
         match k.as_str() {
             "--config" => a.config = Some(v.clone()),
             "--shm" => a.shm = Some(v.into()),
@@ -94,8 +100,8 @@ fn parse_args() -> Result<Args, String> {
             "--stats" => a.stats = Some(v.into()),
             "--stats-file" => a.stats_file = Some(v.clone()),
             "--stats-interval-ms" => a.stats_interval = Duration::from_millis(num(v)?),
-            "--idle-us" => a.idle_us = num(v)?,
-            "--idle-max-us" => a.idle_max_us = num(v)?,
+            "--idle-us" => a.idle_us = idle(num(v)?)?,
+            "--idle-max-us" => a.idle_max_us = idle(num(v)?)?,
             "--seconds" => a.seconds = Some(num(v)?),
             "--workers" => {
                 a.workers = u16::try_from(num(v)?).ok().filter(|w| (1..=64).contains(w)).ok_or_else(|| format!("--workers: 1 to 64, not {v}"))?
@@ -599,7 +605,7 @@ fn run() -> Result<(), String> {
         t0,
         idle_us: args.idle_us,
         idle_max_us: args.idle_max_us.max(args.idle_us),
-        wake_gap: WAKE_GAP.max(Duration::from_micros(2 * args.idle_max_us.max(args.idle_us))),
+        wake_gap: Duration::from_micros(2 * args.idle_max_us.max(args.idle_us)).clamp(WAKE_GAP, WAKE_GAP_MAX),
         deadline: args.seconds.map(|s| t0 + Duration::from_secs(s)),
         stats_interval: args.stats_interval,
         stats_file: args.stats_file.clone(),

@@ -188,6 +188,10 @@ fn bad_config_and_unsafe_command_lines_are_refused() {
     let (code, err) = run(&["--config", "/nonexistent/gw.json", "--", "--no-pci"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("/nonexistent/gw.json"), "{err}");
+    // Idle sleeps of more than a second (the worker would be slow to stop).
+    let (code, err) = run(&["--config", cfg.to_str().unwrap(), "--idle-max-us", "18446744073709551615", "--", "--no-pci"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--idle-max-us: at most 1000000"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
