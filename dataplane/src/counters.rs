@@ -91,6 +91,11 @@ drops! {
     /// Several workers: an ESP packet for a tunnel another worker owns,
     /// dropped because the ring to that worker was full.
     HandoffFull => "handoff_full",
+    /// Several workers: an ESP packet handed on twice and still not at
+    /// its tunnel's owner (new tables moving the tunnel while it was on
+    /// its way): dropped rather than opened outside the owner's replay
+    /// window.
+    HandoffStale => "handoff_stale",
     /// Several workers: a frame opened by its tunnel's owner that did not
     /// reach the owner of its stream (the ring was full, or new tables
     /// removed the tunnel or made its bundle a plain one in between), or
@@ -143,8 +148,14 @@ impl DpDrop {
 }
 
 /// Drops by reason, indexed by `DpDrop as usize`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DpDrops([u64; 32]);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpDrops([u64; 40]);
+
+impl Default for DpDrops {
+    fn default() -> DpDrops {
+        DpDrops([0; 40])
+    }
+}
 
 impl DpDrops {
     /// Counts one drop.
@@ -181,7 +192,7 @@ impl DpDrops {
     }
 }
 
-const _: () = assert!(DpDrop::ALL.len() <= 32);
+const _: () = assert!(DpDrop::ALL.len() <= 40);
 
 /// Packets and bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1356,7 +1356,7 @@ impl Worker {
                     match self.take_fragment(m, now) {
                         // DPDK leaves the reassembled header's checksum to TX
                         // offload (zero); each fragment's was checked.
-                        Ok(Some(whole)) => self.receive_esp(w, whole, now, false, false),
+                        Ok(Some(whole)) => self.receive_esp(w, whole, now, false, 0),
                         Ok(None) => Ok(()),
                         Err(r) => Err(r),
                     }
@@ -1365,9 +1365,9 @@ impl Worker {
                 // The NIC's verdict on the outer IPv4 header checksum, when
                 // it checks: a good one is not summed again.
                 match m.rx_ip_cksum() {
-                    RxCksum::Good | RxCksum::Valid => self.receive_esp(w, m, now, false, false),
+                    RxCksum::Good | RxCksum::Valid => self.receive_esp(w, m, now, false, 0),
                     RxCksum::Bad => Err(DpDrop::BadOuterIp),
-                    RxCksum::Unknown => self.receive_esp(w, m, now, true, false),
+                    RxCksum::Unknown => self.receive_esp(w, m, now, true, 0),
                 }
             };
             if let Err(r) = r {
@@ -1434,7 +1434,8 @@ impl Worker {
     /// capture replayed from elsewhere, or a straggler from before).
     /// An ESP-in-UDP frame from WAN port `w` (`handed`: by another worker,
     /// for this one owns its tunnel).
-    fn receive_esp(&mut self, w: usize, mut m: Mbuf, now: Nanos, verify_csum: bool, handed: bool) -> Result<(), DpDrop> {
+    /// `hops`: how many times workers handed it on (0: from the NIC).
+    fn receive_esp(&mut self, w: usize, mut m: Mbuf, now: Nanos, verify_csum: bool, hops: u8) -> Result<(), DpDrop> {
         if !m.is_contiguous() {
             return Err(DpDrop::Multiseg);
         }
@@ -1460,15 +1461,23 @@ impl Worker {
         if st.local_key[t] != local_key(dst_port, v6) {
             return Err(DpDrop::TunnelMismatch);
         }
-        if workers > 1 && !handed {
+        if workers > 1 {
             let owner = st.owner[t];
             if owner != self.id {
+                // Handed here by a worker whose tables made this one the
+                // owner, and ours no longer do (new tables moved the
+                // tunnel): handed on once more to the owner we know, not
+                // opened outside its replay window; a second time (both
+                // changing their minds), dropped.
+                if hops >= 2 {
+                    return Err(DpDrop::HandoffStale);
+                }
                 // Opened only where its replay window is (see `handoff`);
                 // not before, so only while the owner keeps up.
                 if self.handoff.as_ref().is_some_and(|ho| ho.backlog(owner) >= handoff::ESP_BACKLOG) {
                     return Err(DpDrop::HandoffFull);
                 }
-                let h = handoff::Header { kind: handoff::Kind::Esp, a: w as u8, b: verify_csum as u8, spi: 0, x: 0 };
+                let h = handoff::Header { kind: handoff::Kind::Esp, a: w as u8, b: verify_csum as u8, spi: 0, x: u64::from(hops) + 1 };
                 if !h.push(&mut m) {
                     return Err(DpDrop::HandoffFull);
                 }
@@ -1625,7 +1634,7 @@ impl Worker {
             match h.kind {
                 handoff::Kind::Esp => {
                     self.counters.handoff.esp_in += 1;
-                    if let Err(r) = self.receive_esp(usize::from(h.a), m, now, h.b != 0, true) {
+                    if let Err(r) = self.receive_esp(usize::from(h.a), m, now, h.b != 0, h.x.clamp(1, 2) as u8) {
                         self.counters.drops.add(r);
                     }
                 }

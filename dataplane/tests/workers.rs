@@ -111,7 +111,13 @@ struct Rig {
     rss: Option<Arc<RssSteering>>,
     ports: Vec<Port>,
     pairs: Vec<RingPair>,
+    /// Each side's configuration, tables and outbound SAs (A, then B), for
+    /// new tables applied later (`apply_b`).
+    docs: Vec<(serde_json::Value, Tables, SideSas)>,
 }
+
+/// A side's outbound SAs, per bundle and tunnel.
+type SideSas = Vec<Vec<Arc<braid_tunnel::sa::OutboundSaPair>>>;
 
 impl Rig {
     /// [`Rig::with_edit`]; `rss`: the middle steers WAN frames with the
@@ -152,6 +158,7 @@ impl Rig {
         let mut pools = Vec::new();
         let mut ports = ends;
         let mut gws = Vec::new();
+        let mut docs = Vec::new();
         let mut gw_ports = gw_ports.into_iter();
         let (alan, awan, bwan, blan) = (gw_ports.next().unwrap(), gw_ports.next().unwrap(), gw_ports.next().unwrap(), gw_ports.next().unwrap());
         for (side_a, mut lan, mut wan) in [(true, alan, awan), (false, blan, bwan)] {
@@ -185,13 +192,35 @@ impl Rig {
                 })
                 .collect();
             gws.push(Gateway { workers });
+            docs.push((doc, tables, sas));
             pools.push(pool);
             ports.push(lan);
             ports.push(wan);
         }
         let b = gws.pop().unwrap();
         let a = gws.pop().unwrap();
-        Rig { a, b, gen, check, mid_a, mid_b, test_pool, pools, now: 0, capture: Vec::new(), delivered: Vec::new(), delivered_a: Vec::new(), rebind: None, rss: None, ports, pairs }
+        Rig { a, b, gen, check, mid_a, mid_b, test_pool, pools, now: 0, capture: Vec::new(), delivered: Vec::new(), delivered_a: Vec::new(), rebind: None, rss: None, ports, pairs, docs }
+    }
+
+    /// B's configuration edited by `edit`, applied to B's worker `id` only
+    /// (the others keep theirs, as between two workers' turns to take new
+    /// tables); SAs that stay are kept.
+    fn apply_b(&mut self, id: usize, edit: impl Fn(&mut serde_json::Value)) {
+        let (doc, tables, sas) = &self.docs[1];
+        let mut doc = doc.clone();
+        edit(&mut doc);
+        let new = Tables::from_config(&Config::from_json_str(&doc.to_string()).unwrap()).unwrap();
+        let mut registry = braid_dataplane::sas::SaRegistry::default();
+        registry.adopt(tables, sas);
+        let new_sas = registry.for_tables(&new).unwrap();
+        let plan = PortPlan::new(&new).unwrap();
+        let nat = nat_setup(&new, WORKERS).unwrap();
+        let setup = WorkerSetup {
+            workers: WORKERS,
+            wan_rss: vec![self.rss.clone()],
+            ..worker_setup_with_nat(&new, &plan, &new_sas, nat, id as u16, id == 0, |_| Default::default()).unwrap()
+        };
+        self.b.workers[id].apply(setup, self.now).unwrap();
     }
 
     /// A LAN frame from A's host holding `ip`.
@@ -930,5 +959,78 @@ fn forged_esp_for_another_workers_tunnel_is_handed_over_only_so_far() {
     let cb = rig.b.counters();
     assert_eq!(cb.handoff.esp_in, cb.handoff.esp_out);
     lab::assert_conserved(&cb, "B", false);
+    rig.close();
+}
+
+/// New tables that move a tunnel to the other worker (its remote port
+/// changed, the NIC's RSS steering by it) reach the workers one at a time.
+/// ESP handed to the old owner before the move is handed on to the new
+/// one, never opened outside the new owner's replay window; handed on a
+/// second time and still not at its owner (the other worker not yet
+/// moved), it is dropped (`handoff_stale`).
+#[test]
+fn esp_handed_across_a_move_of_its_tunnel_is_opened_only_by_the_owner() {
+    let (_eal, _guard) = braid_dpdk::testing::eal(&[], 1536);
+    let mut rig = Rig::build("espmove", "bundle", &[1, 1], |_, _| {}, true);
+    let flows = flows();
+    send_rounds(&mut rig, &flows, 0..4, |_, _| 200);
+    rig.settle(50);
+    // B's tunnel 1: 198.51.100.1:4501 <- 192.0.2.1:4501. A remote port
+    // that RSS gives the other worker.
+    let rss = rig.rss.clone().unwrap();
+    let local: std::net::SocketAddr = "198.51.100.1:4501".parse().unwrap();
+    let queue = |port: u16| rss.queue(std::net::SocketAddr::new([192, 0, 2, 1].into(), port), local).unwrap() as usize;
+    let old = queue(4501);
+    let other = 1 - old;
+    let port = (4600..5600).find(|&p| queue(p) == other).expect("a port of the other queue");
+    let move_tunnel = move |doc: &mut serde_json::Value| {
+        doc["bundles"][0]["tunnels"][1]["remote"] = serde_json::json!(format!("192.0.2.1:{port}"));
+    };
+    // A frame of tunnel 1 B already took: opened anywhere, it is refused
+    // as a replay (`rejected`), which tells where it was opened.
+    let esp = rig.capture.iter().find(|f| f.len() > 60 && f[36..38] == 4501u16.to_be_bytes()).expect("ESP of tunnel 1").clone();
+    let opened = |rig: &Rig, w: usize| {
+        let c = rig.b.workers[w].counters();
+        c.tunnels[0][1].rejected + c.tunnels[0][1].rx.packets
+    };
+    let inject = |rig: &mut Rig, w: usize| {
+        let mut m = Mbuf::alloc(&rig.test_pool).unwrap();
+        m.append(esp.len()).unwrap().copy_from_slice(&esp);
+        let mut v = vec![m];
+        rig.mid_b.tx[w].tx_all(&mut v, 1000);
+        assert!(v.is_empty());
+        for _ in 0..4 {
+            rig.b.workers[w].poll(rig.now);
+        }
+    };
+    let poll = |rig: &mut Rig, w: usize| {
+        for _ in 0..4 {
+            rig.b.workers[w].poll(rig.now);
+        }
+    };
+    let stale0 = rig.b.workers[other].counters().drops.get(DpDrop::HandoffStale);
+
+    // The other worker hands it to the owner; the owner takes the move
+    // first and hands it back; the other worker, not moved yet, still
+    // sees the first owner as the owner: dropped.
+    let handed0 = rig.b.workers[other].counters().handoff.esp_out;
+    inject(&mut rig, other);
+    assert_eq!(rig.b.workers[other].counters().handoff.esp_out, handed0 + 1);
+    rig.apply_b(old, move_tunnel);
+    // (A rebuilt tunnel on another path counts from 0.)
+    let before = (opened(&rig, old), opened(&rig, other));
+    poll(&mut rig, old);
+    poll(&mut rig, other);
+    assert_eq!(rig.b.workers[other].counters().drops.get(DpDrop::HandoffStale), stale0 + 1);
+    assert_eq!((opened(&rig, old), opened(&rig, other)), before, "opened by neither");
+
+    // Again, and the other worker takes the move before the packet comes
+    // back: it is the owner now, and opens it.
+    inject(&mut rig, other);
+    rig.apply_b(other, move_tunnel);
+    let before = (opened(&rig, old), opened(&rig, other));
+    poll(&mut rig, old);
+    poll(&mut rig, other);
+    assert_eq!((opened(&rig, old), opened(&rig, other)), (before.0, before.1 + 1), "opened by the new owner only");
     rig.close();
 }
