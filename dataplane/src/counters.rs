@@ -238,6 +238,10 @@ pub struct TunnelCounters {
     /// (bundle mode, counted by the probing worker): the path's loss, or
     /// its delay past the probe timeout, as the sender sees it.
     pub probes_missed: u64,
+    /// Replies to this path's probes that came after the probe was counted
+    /// missed: a delay past the probe timeout rather than a loss (bundle
+    /// mode, counted by the probing worker).
+    pub late_replies: u64,
 }
 
 impl TunnelCounters {
@@ -250,6 +254,7 @@ impl TunnelCounters {
         self.remote_changes += o.remote_changes;
         self.path_deaths += o.path_deaths;
         self.probes_missed += o.probes_missed;
+        self.late_replies += o.late_replies;
     }
 }
 
@@ -716,6 +721,10 @@ pub struct WorkerCounters {
     /// Peer sender streams that started over (a restarted peer, a renamed
     /// bundle): their re-orderer delivered what it held and began anew.
     pub stream_restarts: u64,
+    /// Bundle frames sent while the sender's liveness had every path of
+    /// their bundle dead (round robin over all of them: liveness may be
+    /// wrong; all paths down is an outage).
+    pub no_live_path: u64,
     /// Dataplane drops by reason.
     pub drops: DpDrops,
     /// Tunnel engine drops by reason (all bundles, and the engines new
@@ -760,7 +769,7 @@ pub struct WorkerCounters {
 impl WorkerCounters {
     /// The counters that are one number each, named as the stats segment
     /// names them, in its order (the JSON report groups them by prefix).
-    pub fn scalars(&self) -> [(&'static str, u64); 26] {
+    pub fn scalars(&self) -> [(&'static str, u64); 27] {
         [
             ("encapsulated", self.encapsulated),
             ("delivered", self.delivered),
@@ -769,6 +778,7 @@ impl WorkerCounters {
             ("keepalives_rx", self.keepalives_rx),
             ("keepalives", self.keepalives),
             ("stream_restarts", self.stream_restarts),
+            ("no_live_path", self.no_live_path),
             ("frag/taken", self.frags.taken),
             ("frag/reassembled", self.frags.reassembled),
             ("frag/discarded", self.frags.discarded),
@@ -803,6 +813,7 @@ impl WorkerCounters {
         self.icmp_tunnelled += o.icmp_tunnelled;
         self.keepalives_rx += o.keepalives_rx;
         self.stream_restarts += o.stream_restarts;
+        self.no_live_path += o.no_live_path;
         self.reorder.merge(&o.reorder);
         self.keepalives += o.keepalives;
         self.frags.taken += o.frags.taken;

@@ -49,7 +49,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"icmp_tunnelled\":{},\"keepalives_rx\":{},\"keepalives\":{},\"stream_restarts\":{},\"mss_clamped\":{},\"outer_fragments\":{},\"lan_cut\":{},\"tunnel_cut\":{},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
+        "{{\"seconds\":{seconds:.3},\"lan_rx\":{},\"lan_tx\":{},\"wan_rx\":{},\"wan_tx\":{},\"encapsulated\":{},\"delivered\":{},\"icmp_sent\":{},\"icmp_tunnelled\":{},\"keepalives_rx\":{},\"keepalives\":{},\"stream_restarts\":{},\"no_live_path\":{},\"mss_clamped\":{},\"outer_fragments\":{},\"lan_cut\":{},\"tunnel_cut\":{},\"drops\":{},\"engine_drops\":{},\"bundles\":[",
         flow(&c.lan_rx),
         flow(&c.lan_tx),
         flow(&c.wan_rx),
@@ -61,6 +61,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         c.keepalives_rx,
         c.keepalives,
         c.stream_restarts,
+        c.no_live_path,
         c.mss_clamped,
         group(&scalars, "frag/"),
         group(&scalars, "lan_cut/"),
@@ -78,7 +79,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
                 let up = alive.get(b).and_then(|a| a.get(t)).copied().unwrap_or(true);
                 let now = remotes.get(b).and_then(|r| r.get(t)).copied().unwrap_or(bundle.tunnels[t].remote);
                 format!(
-                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"remote_now\":\"{now}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"rejected\":{},\"keepalives_tx\":{},\"remote_changes\":{},\"path_deaths\":{},\"probes_missed\":{},\"tx_share\":{:.4}}}",
+                    "{{\"local\":\"{}\",\"remote\":\"{}\",\"remote_now\":\"{now}\",\"weight\":{},\"alive\":{up},\"tx\":{},\"rx\":{},\"rejected\":{},\"keepalives_tx\":{},\"remote_changes\":{},\"path_deaths\":{},\"probes_missed\":{},\"late_replies\":{},\"tx_share\":{:.4}}}",
                     bundle.tunnels[t].local,
                     bundle.tunnels[t].remote,
                     bundle.tunnels[t].weight,
@@ -89,6 +90,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
                     tc.remote_changes,
                     tc.path_deaths,
                     tc.probes_missed,
+                    tc.late_replies,
                     tc.tx.packets as f64 / total as f64
                 )
             })
@@ -170,6 +172,8 @@ mod tests {
         c.tunnels = vec![vec![crate::counters::TunnelCounters::default(); tables.bundles[0].tunnels.len()]];
         c.tunnels[0][0].remote_changes = 1;
         c.tunnels[0][0].keepalives_tx = 6;
+        c.tunnels[0][0].late_replies = 8;
+        c.no_live_path = 9;
         let learned: std::net::SocketAddr = "203.0.113.7:61000".parse().unwrap();
         let lan = braid_dpdk::PortStats { ipackets: 7, imissed: 2, ..Default::default() };
         let v: serde_json::Value = serde_json::from_str(&super::json(&tables, &c, &[], &[vec![learned]], &[lan], 1.0)).unwrap();
@@ -192,6 +196,8 @@ mod tests {
         assert_eq!(v["keepalives_rx"], 4);
         assert_eq!(v["bundles"][0]["tunnels"][0]["remote_changes"], 1);
         assert_eq!(v["bundles"][0]["tunnels"][0]["keepalives_tx"], 6);
+        assert_eq!(v["bundles"][0]["tunnels"][0]["late_replies"], 8);
+        assert_eq!(v["no_live_path"], 9);
         assert_eq!(v["nat"]["sessions"], 5);
         assert_eq!(v["nat"]["out_drops"]["sessions_full"], 2);
         assert_eq!(v["nat"]["in_drops"], serde_json::json!({}));

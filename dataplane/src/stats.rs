@@ -3,7 +3,8 @@
 //! Names are `/`-separated paths the control process turns into Prometheus
 //! metrics and JSON: `lan/rx_packets`, `drop/no_route`,
 //! `engine_drop/replayed`, `tunnel/<bundle>/<i>/tx_packets` (and
-//! `keepalives_tx`, `remote_changes`, `path_deaths`, `probes_missed`),
+//! `keepalives_tx`, `remote_changes`, `path_deaths`, `probes_missed`,
+//! `late_replies`),
 //! `keepalives_rx`; gauges
 //! `path/<bundle>/<i>/alive`; with NAT rules in the tables, `nat/<counter>`,
 //! drops by direction `nat_out_drop/<reason>` and `nat_in_drop/<reason>`,
@@ -54,7 +55,7 @@ const LOCAL: [&str; 12] = [
     "local/lan_requests",
     "local/unresolved",
 ];
-const TUNNEL: [&str; 9] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected", "keepalives_tx", "remote_changes", "path_deaths", "probes_missed"];
+const TUNNEL: [&str; 10] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected", "keepalives_tx", "remote_changes", "path_deaths", "probes_missed", "late_replies"];
 /// Each port's own counters, as its PMD keeps them (`rte_eth_stats`):
 /// `rx_missed` is what the NIC dropped for want of RX descriptors (the
 /// worker too slow), `rx_nombuf` for want of mbufs.
@@ -159,7 +160,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], nic: &[
     for (b, bundle) in tables.bundles.iter().enumerate() {
         for t in 0..bundle.tunnels.len() {
             let tc = c.tunnels.get(b).and_then(|v| v.get(t)).copied().unwrap_or_default();
-            counters.extend([tc.tx.packets, tc.tx.bytes, tc.rx.packets, tc.rx.bytes, tc.rejected, tc.keepalives_tx, tc.remote_changes, tc.path_deaths, tc.probes_missed]);
+            counters.extend([tc.tx.packets, tc.tx.bytes, tc.rx.packets, tc.rx.bytes, tc.rejected, tc.keepalives_tx, tc.remote_changes, tc.path_deaths, tc.probes_missed, tc.late_replies]);
             let up = alive.get(b).and_then(|v| v.get(t)).copied().unwrap_or(false);
             gauges.push(up as u64);
         }
@@ -205,6 +206,8 @@ mod tests {
         c.tunnels = tables.bundles.iter().map(|b| vec![TunnelCounters::default(); b.tunnels.len()]).collect();
         c.tunnels[0][1].tx.add(1000);
         c.tunnels[0][1].remote_changes = 2;
+        c.tunnels[0][1].late_replies = 13;
+        c.no_live_path = 14;
         c.keepalives_rx = 5;
         c.nat.in_drops[NatDrop::NoSession as usize] = 3;
         c.nat.sessions = 9;
@@ -231,6 +234,8 @@ mod tests {
         assert_eq!(at(&format!("port/{w}/rx_nombuf")), 4);
         assert_eq!(at(&format!("port/{w}/tx_errors")), 5);
         assert_eq!(at(&format!("port/{}/rx_packets", tables.ports[0].name)), 0);
+        assert_eq!(at(&format!("tunnel/{}/1/late_replies", tables.bundles[0].name)), 13);
+        assert_eq!(at("no_live_path"), 14);
         // A worker that gives no port counters writes zeros (the segment's
         // sum is the one that does).
         let (mut cs2, mut gs2) = (Vec::new(), Vec::new());

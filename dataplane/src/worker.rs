@@ -236,9 +236,13 @@ struct BundleState {
     /// Each path as the receiver's re-orderers last heard of it from the
     /// sender's liveness: (alive, one-way delay).
     rx_paths: Vec<(bool, Option<Nanos>)>,
-    /// Each path's missed probes as its liveness monitor counted them when
-    /// last looked at (the prober adds what is new to `probes_missed`).
-    missed_seen: Vec<u64>,
+    /// Each path's missed probes and late replies as its liveness monitor
+    /// counted them when last looked at (the prober adds what is new to
+    /// `probes_missed` and `late_replies`).
+    missed_seen: Vec<(u64, u64)>,
+    /// The sender's `no_live_path` when last looked at (what is new goes
+    /// to the worker's `no_live_path`).
+    no_live_seen: u64,
     /// NAT-keepalive interval (0: off) and when the tunnels' SA counters
     /// are next looked at.
     keepalive: Nanos,
@@ -1802,19 +1806,24 @@ impl Worker {
             // probe).
             let prober = self.handoff.is_some() && self.options.probes.is_some();
             if self.options.probes.is_some() {
-                // Probes missed since the last look; a monitor started
-                // afresh (new liveness settings) counts from 0 again.
+                // Probes missed and replies come late since the last look;
+                // a monitor started afresh (new liveness settings) counts
+                // from 0 again.
+                let since = |now: u64, seen: u64| now.checked_sub(seen).unwrap_or(now);
                 for (path, seen) in st.missed_seen.iter_mut().enumerate() {
-                    let missed = tx.monitor(path).map_or(0, |m| m.counters().missed);
-                    let new = missed.checked_sub(*seen).unwrap_or(missed);
-                    if new > 0 {
-                        if let Some(tc) = self.counters.tunnels.get_mut(b).and_then(|v| v.get_mut(path)) {
-                            tc.probes_missed += new;
-                        }
+                    let (missed, late) = tx.monitor(path).map_or((0, 0), |m| (m.counters().missed, m.counters().late_replies));
+                    if let Some(tc) = self.counters.tunnels.get_mut(b).and_then(|v| v.get_mut(path)) {
+                        tc.probes_missed += since(missed, seen.0);
+                        tc.late_replies += since(late, seen.1);
                     }
-                    *seen = missed;
+                    *seen = (missed, late);
                 }
             }
+            // Frames sent while no path was alive (bundle mode: on every
+            // worker that sends).
+            let nl = tx.stats().no_live_path;
+            self.counters.no_live_path += nl.checked_sub(st.no_live_seen).unwrap_or(nl);
+            st.no_live_seen = nl;
             for (path, seen) in st.rx_paths.iter_mut().enumerate() {
                 let view = (tx.path_alive(path), tx.path_delay(path));
                 if view.0 != seen.0 {
@@ -2135,7 +2144,8 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
         wan_of: bs.tunnels.iter().map(|t| t.wan).collect(),
         local_key: bs.tunnels.iter().map(|t| local_key(t.local.port(), t.local.is_ipv6())).collect(),
         rx_paths: vec![(true, None); n],
-        missed_seen: vec![0; n],
+        missed_seen: vec![(0, 0); n],
+        no_live_seen: 0,
         keepalive: bs.keepalive,
         next_keepalive: now.saturating_add(bs.keepalive.min(KEEPALIVE_CHECK)),
         quiet: bs.tunnels.iter().map(|t| (t.out.active().next_seq(), now)).collect(),

@@ -295,6 +295,49 @@ fn bundle_mode_reorderer_does_not_wait_for_a_dead_path() {
     lab.close();
 }
 
+/// Bundle mode, the liveness counters an operator reads: a path whose
+/// probes come back after their timeout counts them `probes_missed` and
+/// then `late_replies` (a delay, not a loss); with every path lost, the
+/// frames still sent (round robin) are counted `no_live_path`.
+#[test]
+fn bundle_mode_counts_late_replies_and_frames_with_no_live_path() {
+    let (mut lab, _g) = start("blate", "bundle", &[1, 1], 1500);
+    let f = Flow::a_to_b(0, Family::V4, L4::Udp);
+    let ms = 1_000_000u64;
+    let mut seq = 0u32;
+    let mut run = |lab: &mut Lab, steps: u32| {
+        for _ in 0..steps {
+            let frames = burst(lab, &f, seq, 4, 300);
+            seq += 4;
+            send(lab, frames);
+            lab.delivered.clear();
+            lab.now += ms - TICK;
+        }
+    };
+    // 0.5 s with both paths well, then A->B on tunnel 1 held 250 polls
+    // (~250 ms, over the 100 ms probe timeout) for 1 s.
+    run(&mut lab, 500);
+    let (a, _) = lab.counters();
+    assert_eq!(a.tunnels[0].iter().map(|t| (t.probes_missed, t.late_replies)).collect::<Vec<_>>(), vec![(0, 0), (0, 0)]);
+    assert_eq!(a.no_live_path, 0);
+    lab.delay_polls.insert(4501, 250);
+    run(&mut lab, 1000);
+    let (a, _) = lab.counters();
+    let (missed, late): (Vec<u64>, Vec<u64>) = a.tunnels[0].iter().map(|t| (t.probes_missed, t.late_replies)).unzip();
+    assert!(missed[0] == 0 && missed[1] >= 1, "probes missed {missed:?}, late replies {late:?}");
+    assert!(late[0] == 0 && late[1] >= 1, "probes missed {missed:?}, late replies {late:?}");
+    assert_eq!(a.no_live_path, 0, "tunnel 0 was alive throughout");
+    // Both paths lost: once A's liveness has them both dead, what it
+    // still sends is counted.
+    lab.delay_polls.clear();
+    lab.drop_ports.extend([4500, 4501]);
+    run(&mut lab, 1500);
+    assert_eq!(lab.a.paths_alive(), vec![vec![false, false]]);
+    let (a, _) = lab.counters();
+    assert!(a.no_live_path > 0, "no_live_path {}", a.no_live_path);
+    lab.close();
+}
+
 /// Plain mode answers an IPv4 packet with DF set that the WAN cannot carry
 /// with ICMP "fragmentation needed" and the largest inner packet that fits,
 /// at most one per millisecond; packets without DF are cut into inner
