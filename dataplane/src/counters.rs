@@ -479,6 +479,11 @@ pub struct LocalStats {
     /// WAN next hops that did not answer their requests (each time one
     /// turned unreachable).
     pub unresolved: u64,
+    /// Lookups of a new neighbor (a next hop, a LAN host) refused because
+    /// its port's neighbor cache was full of entries it could not free:
+    /// a sweep of addresses from behind a peer, say; the packets are
+    /// `lan_next_hop_unresolved` drops.
+    pub cache_full: u64,
     /// Not answered, by [`LocalDrop`] reason.
     pub dropped: [u64; LocalDrop::COUNT],
     /// Neighbor cache entries, all ports (a gauge: requests from others
@@ -521,6 +526,7 @@ impl LocalStats {
         self.requests += o.requests;
         self.lan_requests += o.lan_requests;
         self.unresolved += o.unresolved;
+        self.cache_full += o.cache_full;
         for (a, b) in self.dropped.iter_mut().zip(&o.dropped) {
             *a += b;
         }

@@ -118,7 +118,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
     s.pop();
     let _ = write!(
         s,
-        ",\"local\":{{\"received\":{},\"arp_replies\":{},\"na_replies\":{},\"echo_v4_replies\":{},\"echo_v6_replies\":{},\"lan_replies\":{},\"wan_replies\":{},\"wan_replies_sent\":{},\"learned\":{},\"requests\":{},\"lan_requests\":{},\"unresolved\":{},\"neighbors\":{},\"drops\":{}}}}}",
+        ",\"local\":{{\"received\":{},\"arp_replies\":{},\"na_replies\":{},\"echo_v4_replies\":{},\"echo_v6_replies\":{},\"lan_replies\":{},\"wan_replies\":{},\"wan_replies_sent\":{},\"learned\":{},\"requests\":{},\"lan_requests\":{},\"unresolved\":{},\"cache_full\":{},\"neighbors\":{},\"drops\":{}}}}}",
         l.received,
         l.arp_replies,
         l.na_replies,
@@ -131,6 +131,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         l.requests,
         l.lan_requests,
         l.unresolved,
+        l.cache_full,
         l.neighbors,
         named(&l.named_drops()),
     );

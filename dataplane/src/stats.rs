@@ -11,7 +11,7 @@
 //! gauge `nat/sessions`; packets waiting for a LAN neighbor, gauge
 //! `lan/held`; frames for the gateway itself (ARP, ND, echo)
 //! `local/<counter>` (WAN next-hop resolution included: `local/learned`,
-//! `local/requests`, `local/unresolved`) and `local_drop/<reason>` (the
+//! `local/requests`, `local/unresolved`, `local/cache_full`) and `local_drop/<reason>` (the
 //! neighbor cache gauge is in the report); the exception path
 //! `kernel/<counter>`, `handoff/<counter>`, `reorder/<counter>`.
 //! The order of [`layout`] and [`flatten`] is
@@ -41,7 +41,7 @@ const NAT: [&str; 13] = [
     "nat/in_frags_reassembled",
     "nat/in_frags_discarded",
 ];
-const LOCAL: [&str; 12] = [
+const LOCAL: [&str; 13] = [
     "local/received",
     "local/arp_replies",
     "local/na_replies",
@@ -54,6 +54,7 @@ const LOCAL: [&str; 12] = [
     "local/requests",
     "local/lan_requests",
     "local/unresolved",
+    "local/cache_full",
 ];
 const TUNNEL: [&str; 10] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected", "keepalives_tx", "remote_changes", "path_deaths", "probes_missed", "late_replies"];
 /// Each port's own counters, as its PMD keeps them (`rte_eth_stats`):
@@ -131,6 +132,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], nic: &[
         l.requests,
         l.lan_requests,
         l.unresolved,
+        l.cache_full,
     ]);
     counters.extend(l.dropped);
     counters.extend(c.kernel.named().map(|(_, v)| v));
@@ -215,6 +217,7 @@ mod tests {
         c.local.drop(LocalDrop::OwnAddrConflict);
         c.local.requests = 3;
         c.local.unresolved = 1;
+        c.local.cache_full = 15;
         c.drops.add_n(DpDrop::NextHopUnresolved, 7);
         c.local.lan_requests = 6;
         c.lan_held = 11;
@@ -257,6 +260,7 @@ mod tests {
         assert_eq!(at("local_drop/own_addr_conflict"), 1);
         assert_eq!((at("local/requests"), at("local/unresolved"), at("local/learned")), (3, 1, 0));
         assert_eq!(at("drop/next_hop_unresolved"), 7);
+        assert_eq!(at("local/cache_full"), 15);
         assert_eq!(at("local_drop/not_for_us"), 0);
         assert_eq!(at("local/lan_requests"), 6);
         assert_eq!(at("kernel/from_kernel_wan"), 12);

@@ -606,6 +606,7 @@ impl Worker {
         }
         c.local.neighbors = self.local.iter().map(|r| r.neighbors() as u64).sum();
         c.local.unresolved = self.local.iter().map(|r| r.resolver_counters().unresolved).sum();
+        c.local.cache_full = self.local.iter().map(|r| r.resolver_counters().cache_full).sum();
         c.lan_held = self.lan_held() as u64;
         c
     }

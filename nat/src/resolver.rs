@@ -17,7 +17,8 @@
 //! (`own_addr_conflict`). Untagged Ethernet only.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -157,9 +158,9 @@ pub struct ResolverCounters {
     pub ignored: u64,
 }
 
-/// FNV-1a: a fixed, dependency-free hash for a small cache no remote
-/// party can insert into.
-#[derive(Default)]
+/// FNV-1a from a per-process random start: fast on an address, and a
+/// remote party choosing the addresses looked up (a sweep of the LAN's
+/// subnet from behind a peer) cannot work out colliding ones offline.
 struct Fnv(u64);
 
 impl Hasher for Fnv {
@@ -167,11 +168,7 @@ impl Hasher for Fnv {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
+        let mut h = self.0;
         for &b in bytes {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
@@ -179,16 +176,42 @@ impl Hasher for Fnv {
     }
 }
 
+/// Builds [`Fnv`] hashers from one random start.
+#[derive(Debug, Clone)]
+struct FnvSeeded(u64);
+
+impl FnvSeeded {
+    fn random() -> FnvSeeded {
+        // std's own per-process random keys.
+        FnvSeeded(0xcbf2_9ce4_8422_2325 ^ RandomState::new().hash_one(0x0062_7261_6964_u64))
+    }
+}
+
+impl BuildHasher for FnvSeeded {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(self.0)
+    }
+}
+
+/// Shortest time between two scans of a full cache that found nothing to
+/// free: a flood of lookups of new addresses costs one scan per interval,
+/// not one per packet.
+pub const EVICT_SCAN_INTERVAL: Nanos = 1_000_000;
+
 /// One port's neighbor cache and responder.
 #[derive(Debug, Clone)]
 pub struct Resolver {
     cfg: ResolverConfig,
-    cache: HashMap<IpAddr, Entry, BuildHasherDefault<Fnv>>,
+    cache: HashMap<IpAddr, Entry, FnvSeeded>,
     counters: ResolverCounters,
     /// When an address was last defended against duplicate address
     /// detection: at most one advertisement to all nodes per
     /// [`DEFENCE_INTERVAL`], however many solicitations ask.
     defended_at: Option<Nanos>,
+    /// A full cache is not scanned for an entry to free before this
+    /// (after a scan that found none).
+    next_evict_scan: Nanos,
 }
 
 /// Shortest time between two defences of our addresses (each an
@@ -200,13 +223,14 @@ impl Resolver {
     pub fn new(config: ResolverConfig) -> Resolver {
         let cap = config.capacity.max(1);
         Resolver {
-            cache: HashMap::with_capacity_and_hasher(cap, Default::default()),
+            cache: HashMap::with_capacity_and_hasher(cap, FnvSeeded::random()),
             cfg: ResolverConfig {
                 capacity: cap,
                 ..config
             },
             counters: ResolverCounters::default(),
             defended_at: None,
+            next_evict_scan: 0,
         }
     }
 
@@ -267,6 +291,19 @@ impl Resolver {
                 let request = self.request(ip, Some(mac), out);
                 Lookup::Resolved { mac, request }
             }
+            // Unicast probes of a known address unanswered: the MAC is
+            // forgotten and the address resolved anew, by broadcast or
+            // multicast (RFC 4861 section 7.3.3, RFC 1122 section
+            // 2.3.2.1), not held failed like one that never answered.
+            State::Probe { sent, next } if now >= next && sent >= cfg.retries => {
+                e.mac = Address::BROADCAST;
+                e.state = State::Incomplete {
+                    sent: 1,
+                    next: now.saturating_add(cfg.retry_interval),
+                };
+                let request = self.request(ip, None, out);
+                Lookup::Pending { request }
+            }
             State::Probe { sent, next } | State::Incomplete { sent, next } if now >= next => {
                 let probing = matches!(e.state, State::Probe { .. });
                 if sent >= cfg.retries {
@@ -310,29 +347,47 @@ impl Resolver {
         }
     }
 
-    /// Frees one entry of a full cache: a failed one, else one whose time
-    /// is up (a stale answer, or requests or probes nobody looked up
-    /// again: a sweep of addresses leaves those). Runs only when the cache
-    /// is full (a scan of at most `capacity`).
+    /// Frees one entry of a full cache: a failed one, or requests whose
+    /// time is up (nobody looked them up again: what a sweep of addresses
+    /// leaves), else a stale answer, but that only while fewer than half
+    /// the entries wait for answers (a sweep of new addresses does not
+    /// push out the neighbours known). One scan of at most `capacity`;
+    /// after a scan that freed nothing, none for [`EVICT_SCAN_INTERVAL`]
+    /// (lookups of new addresses then fail, counted `cache_full`): a flood
+    /// of new addresses costs a scan per interval, not one per packet.
     fn evict_one(&mut self, now: Nanos) -> bool {
-        let victim = self
-            .cache
-            .iter()
-            .find(|(_, e)| matches!(e.state, State::Failed { .. }))
-            .or_else(|| {
-                self.cache.iter().find(|(_, e)| match e.state {
-                    State::Reachable { until } => until <= now,
-                    State::Incomplete { next, .. } | State::Probe { next, .. } => next <= now,
-                    State::Failed { .. } => true,
-                })
-            })
-            .map(|(ip, _)| *ip);
-        match victim {
+        if now < self.next_evict_scan {
+            return false;
+        }
+        let mut waiting = 0;
+        let mut stale = None;
+        let mut victim = None;
+        for (ip, e) in &self.cache {
+            match e.state {
+                State::Failed { .. } => {
+                    victim = Some(*ip);
+                    break;
+                }
+                State::Incomplete { next, .. } if next <= now => {
+                    victim = Some(*ip);
+                    break;
+                }
+                State::Incomplete { .. } => waiting += 1,
+                State::Probe { next: t, .. } | State::Reachable { until: t } if t <= now => {
+                    stale.get_or_insert(*ip);
+                }
+                _ => {}
+            }
+        }
+        match victim.or(stale.filter(|_| 2 * waiting < self.cfg.capacity)) {
             Some(ip) => {
                 self.cache.remove(&ip);
                 true
             }
-            None => false,
+            None => {
+                self.next_evict_scan = now.saturating_add(EVICT_SCAN_INTERVAL);
+                false
+            }
         }
     }
 

@@ -179,7 +179,9 @@ fn resolves_a_next_hop() {
         }
         other => panic!("{other:?}"),
     }
-    // Probes unanswered: 3 in all, then unresolved.
+    // Probes unanswered: 3 in all, then the MAC is forgotten and the
+    // address resolved anew by broadcast (RFC 4861 7.3.3, RFC 1122
+    // 2.3.2.1), not held failed for `failed_hold`.
     assert!(matches!(
         r.lookup(HOP_V4.into(), 33 * SEC, &mut out),
         Lookup::Resolved {
@@ -194,7 +196,27 @@ fn resolves_a_next_hop() {
             ..
         }
     ));
-    assert_eq!(r.lookup(HOP_V4.into(), 35 * SEC, &mut out), Lookup::Failed);
+    match r.lookup(HOP_V4.into(), 35 * SEC, &mut out) {
+        Lookup::Pending { request: Some(n) } => assert_eq!(parse_arp(&out[..n]).0.dst_addr, Address::BROADCAST),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.counters().unresolved, 0);
+    // Its new MAC (it moved, say) answers the broadcast: resolved again.
+    let moved = Address([0x02, 0, 0, 0, 0x77, 0x77]);
+    let reply = arp_frame(arp::Operation::Reply, moved, HOP_V4, OUR_V4);
+    assert_eq!(r.on_frame(&reply, 35 * SEC + 1000, &mut out), None);
+    assert_eq!(r.lookup(HOP_V4.into(), 35 * SEC + 2000, &mut out), Lookup::Resolved { mac: moved, request: None });
+    // Silent from then on: probes, broadcasts, then unresolved.
+    let mut t = 66 * SEC;
+    let mut failed = false;
+    for _ in 0..8 {
+        if r.lookup(HOP_V4.into(), t, &mut out) == Lookup::Failed {
+            failed = true;
+            break;
+        }
+        t += SEC;
+    }
+    assert!(failed && t == 72 * SEC, "failed {failed} at {t}");
     assert_eq!(r.counters().unresolved, 1);
 }
 
@@ -231,6 +253,46 @@ fn silent_next_hop_retries_then_fails_without_stalling_others() {
     assert_eq!(requests, 6);
     assert_eq!(r.counters().unresolved, 2);
     assert!(r.counters().lookups_failed > 100);
+}
+
+/// A sweep of new addresses (a host behind a peer sending to every
+/// address of this LAN's subnet) through a full cache: the requests
+/// nobody looked up again make room for the next ones, a known neighbour
+/// whose answer went stale is not pushed out; while nothing can be freed,
+/// new addresses are refused (`cache_full`) without a scan of the cache
+/// for each.
+#[test]
+fn an_address_sweep_does_not_push_out_known_neighbours() {
+    let mut r = resolver();
+    let mut out = [0u8; FRAME_MAX];
+    assert!(matches!(r.lookup(HOP_V4.into(), SEC, &mut out), Lookup::Pending { .. }));
+    let reply = arp_frame(arp::Operation::Reply, HOP_MAC, HOP_V4, OUR_V4);
+    r.on_frame(&reply, SEC, &mut out);
+    // 40 s: the router's answer is stale (30 s), as it would be between
+    // two uses; the sweep fills the cache.
+    let sweep = |i: u32| IpAddr::from(Ipv4Addr::from(0x0a00_0000 + i));
+    let t = 40 * SEC;
+    for i in 0..15 {
+        assert!(matches!(r.lookup(sweep(i), t, &mut out), Lookup::Pending { .. }));
+    }
+    assert_eq!(r.len(), r.capacity());
+    // Nothing to free yet (every request is under a second old): refused.
+    for i in 15..1000 {
+        assert_eq!(r.lookup(sweep(i), t + u64::from(i), &mut out), Lookup::Failed);
+    }
+    assert_eq!(r.counters().cache_full, 985);
+    // Once the sweep's requests are due again, a new address takes the
+    // place of one of them (15 now, 15 more two seconds later), never the
+    // router's.
+    for (t, from) in [(42 * SEC, 1000), (44 * SEC, 2000)] {
+        let taken = (from..from + 100).filter(|&i| matches!(r.lookup(sweep(i), t + u64::from(i), &mut out), Lookup::Pending { .. })).count();
+        assert_eq!(taken, 15);
+    }
+    assert_eq!(r.counters().cache_full, 985 + 2 * 85);
+    match r.lookup(HOP_V4.into(), 45 * SEC, &mut out) {
+        Lookup::Resolved { mac, request: Some(_) } => assert_eq!(mac, HOP_MAC),
+        other => panic!("the router was pushed out: {other:?}"),
+    }
 }
 
 #[test]
