@@ -137,9 +137,17 @@ pub struct TsoRequest {
 /// [`tcp_segments`] for a port that cuts `frame` itself into segments
 /// whose IP packets are at most `mtu` bytes: the same checks (the
 /// checksum verified, so a damaged packet is never given fresh ones).
-pub fn tso_request(frame: &[u8], mtu: usize) -> Result<TsoRequest, NoCut> {
+/// A segment with SYN or CWR set is refused (`Ok(None)`: cut it here): a
+/// port's TSO copies the flags other than FIN and PSH to every segment
+/// (DPDK's GSO, which net_tap's TSO is, does), which would make each a
+/// SYN one sequence number early (a SYN with data: TCP Fast Open) or
+/// repeat CWR (RFC 3168 section 6.1.2: on the first segment only).
+pub fn tso_request(frame: &[u8], mtu: usize) -> Result<Option<TsoRequest>, NoCut> {
     let l = layout(frame, mtu)?;
-    Ok(TsoRequest { v6: l.v6, l3: l.l3, l4: l.l4, mss: l.mss, segments: l.segments(), ip_len: l.l3 + l.l4 + l.payload })
+    if frame[ETH + l.l3 + 13] & (SYN | CWR) != 0 {
+        return Ok(None);
+    }
+    Ok(Some(TsoRequest { v6: l.v6, l3: l.l3, l4: l.l4, mss: l.mss, segments: l.segments(), ip_len: l.l3 + l.l4 + l.payload }))
 }
 
 /// Readies the headers of `frame` (checked by [`tso_request`], `r`) for a
@@ -323,7 +331,7 @@ mod tests {
             let ip = ip_packet(&f, 5, 9000 + 14);
             let mut fr = frame(&ip);
             fr.extend_from_slice(&[0; 6]); // padding after the IP packet
-            let r = tso_request(&fr, 1500).unwrap();
+            let r = tso_request(&fr, 1500).unwrap().unwrap();
             let payload = ip.len() - l3 - 20;
             assert_eq!(r, TsoRequest { v6: l3 == 40, l3, l4: 20, mss: 1500 - l3 - 20, segments: payload.div_ceil(1500 - l3 - 20), ip_len: ip.len() });
             assert_eq!(r.segments, tcp_segments(&fr, 1500).unwrap());
@@ -341,5 +349,18 @@ mod tests {
         let mut bad = tcp4.clone();
         bad[ETH + 100] ^= 1;
         assert_eq!(tso_request(&bad, 1500), Err(NoCut::BadChecksum));
+        // SYN (with data: TCP Fast Open) or CWR: left to `segment_tcp`,
+        // which keeps them on the first segment only.
+        for flag in [SYN, CWR] {
+            let f = Flow::a_to_b(3, Family::V4, L4::Tcp);
+            let mut ip = ip_packet(&f, 5, 4000);
+            let old = u16::from_be_bytes([ip[32], ip[33]]);
+            ip[33] |= flag;
+            let c = u16::from_be_bytes([ip[36], ip[37]]);
+            let new = u16::from_be_bytes([ip[32], ip[33]]);
+            ip[36..38].copy_from_slice(&checksum::update_u16(c, old, new).to_be_bytes());
+            assert_eq!(tso_request(&frame(&ip), 1500), Ok(None), "flag {flag:#x}");
+            assert!(tcp_segments(&frame(&ip), 1500).is_ok());
+        }
     }
 }

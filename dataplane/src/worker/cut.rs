@@ -41,7 +41,7 @@ impl Worker {
             }
             if let Some(tso) = self.lan.tso {
                 match segment::tso_request(m.data(), tso.ip_mtu(mtu)) {
-                    Ok(r) if (tso.ipv6 || !r.v6) && ETH + r.l3 + r.l4 <= tso.max_headers => {
+                    Ok(Some(r)) if (tso.ipv6 || !r.v6) && ETH + r.l3 + r.l4 <= tso.max_headers => {
                         to_tso(&mut m, &r);
                         out.push(m);
                         let c = &mut self.counters.lan_cut;
@@ -53,7 +53,7 @@ impl Worker {
                         continue;
                     }
                     // Cut here: what the port does not cut (IPv6, long
-                    // headers), or not TCP.
+                    // headers, SYN or CWR set), or not TCP.
                     _ => {}
                 }
             }
