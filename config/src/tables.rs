@@ -834,6 +834,14 @@ fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
                 format!("{} is outside {MIN_MTU}..={MAX_MTU}", p.mtu),
             ));
         }
+        // Every IPv6 link carries 1280 bytes (RFC 8200 section 5); a
+        // sender never goes below it whatever Packet Too Big says.
+        if ipv6.is_some() && p.mtu < MIN_MTU_V6 {
+            return Err(invalid(
+                format!("{at}.mtu"),
+                format!("a port with an ipv6 address needs an MTU of at least {MIN_MTU_V6}, not {}", p.mtu),
+            ));
+        }
         ports.push(Port {
             name: p.name.clone(),
             device: p.device.clone(),

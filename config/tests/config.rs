@@ -564,6 +564,19 @@ fn port_mtu_is_in_range() {
     assert_eq!(t.bundles[0].max_frame, 9600 - 65);
     let t = accepted(|v| v["ports"][1]["mtu"] = json!(576));
     assert_eq!(t.bundles[0].max_frame, 576 - 65);
+    // An IPv6 link carries 1280 bytes (RFC 8200 section 5).
+    refused(
+        |v| {
+            v["ports"][0]["ipv6"] = json!("fd00:1::fe/64");
+            v["ports"][0]["mtu"] = json!(1279);
+        },
+        "ports[0].mtu",
+        "at least 1280",
+    );
+    accepted(|v| {
+        v["ports"][0]["ipv6"] = json!("fd00:1::fe/64");
+        v["ports"][0]["mtu"] = json!(1280);
+    });
 }
 
 #[test]
@@ -911,7 +924,7 @@ fn tunnels_over_ipv6() {
             v6_tunnel(v, 1);
             v["ports"][1]["mtu"] = json!(1200);
         },
-        "bundles[0].tunnels[1].local",
+        "ports[1].mtu",
         "at least 1280",
     );
     // Outer fragmentation over IPv6 too (Fragment headers).

@@ -192,6 +192,12 @@ struct Plain {
     /// fragmentation): a packet is checked against it before the balancer
     /// picks (and charges) a tunnel.
     max_outer: usize,
+    /// The same in at most [`MAX_OUTER_FRAGMENTS`] fragments, whatever the
+    /// bundle says: IPv6 packets of up to 1280 bytes are always carried
+    /// (RFC 8200 section 5: a link that cannot carry 1280 bytes fragments
+    /// below IPv6, and a sender never goes below 1280 whatever Packet Too
+    /// Big says, RFC 8201 section 4).
+    max_fragmented: usize,
     /// Largest inner packet that fits `max_outer`: the next-hop MTU of
     /// ICMP "fragmentation needed".
     inner_mtu: u16,
@@ -882,8 +888,10 @@ impl Worker {
             let inner_len = m.data_len() - ETH;
             // Size first: a packet no WAN carries must not charge the
             // balancer. braid fragments outer packets only when the
-            // bundle says so (`outer_fragmentation`).
-            if p.outer_ip_udp + esp::packet_len(inner_len) > p.max_outer {
+            // bundle says so (`outer_fragmentation`), or for IPv6 of up
+            // to 1280 bytes (`max_fragmented`).
+            let outer = p.outer_ip_udp + esp::packet_len(inner_len);
+            if outer > p.max_outer && !(inner_len <= IPV6_MIN_MTU && outer <= p.max_fragmented && m.data()[12..14] == [0x86, 0xdd]) {
                 dest[i] = TOO_BIG;
                 tunnel[i] = b; // the bundle, for the ICMP error
                 continue;
@@ -2108,6 +2116,7 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
             let v4 = bs.tunnels.iter().any(|t| t.local.is_ipv4());
             let v6 = bs.tunnels.iter().any(|t| t.local.is_ipv6());
             let (outer_ip_udp, max_outer) = plain_outer_limits(min_mtu, bs.outer_fragmentation, v4, v6);
+            let max_fragmented = plain_outer_limits(min_mtu, true, v4, v6).1;
             let fits = |max: usize| (0..=u16::MAX).rev().find(|&l| outer_ip_udp + esp::packet_len(l as usize) <= max).unwrap_or(0);
             let (inner_mtu, clamp_mtu) = (fits(max_outer), fits(min_mtu));
             Engine::Plain(Plain {
@@ -2116,6 +2125,7 @@ fn build_bundle(setup: &WorkerSetup, bs: &BundleSetup, now: Nanos) -> Result<Bun
                 want: vec![0; n],
                 inbound,
                 max_outer,
+                max_fragmented,
                 inner_mtu,
                 clamp_mtu,
                 // An IPv4 tunnel's local address, else the LAN port's.
@@ -2492,6 +2502,9 @@ fn is_ipv4(d: &[u8]) -> bool {
     d.len() >= ETH && u16::from_be_bytes([d[12], d[13]]) == 0x0800
 }
 
+/// IPv6's minimum link MTU (RFC 8200 section 5).
+const IPV6_MIN_MTU: usize = 1280;
+
 /// Plain mode's size limits for a bundle whose smallest WAN MTU is
 /// `min_mtu`, with tunnels over IPv4 (`v4`) and/or IPv6 (`v6`): the outer
 /// IP and UDP header bytes of its longest header, and the largest outer
@@ -2738,7 +2751,11 @@ fn frag_needed(mut m: Mbuf, src: [u8; 4], mtu: u16, lan: &L2) -> Option<Mbuf> {
 /// as fits a 1280-byte error. Never about an ICMPv6 error, nor to an
 /// unspecified or multicast source (section 2.4).
 fn packet_too_big(mut m: Mbuf, src: [u8; 16], mtu: u16, lan: &L2) -> Option<Mbuf> {
-    const MIN_MTU: usize = 1280;
+    const MIN_MTU: usize = IPV6_MIN_MTU;
+    // Never below IPv6's minimum, which a sender would not go under
+    // (RFC 8201 section 4): plain mode carries IPv6 packets up to it in
+    // outer fragments.
+    let mtu = mtu.max(MIN_MTU as u16);
     let ip = m.data().get(ETH..)?;
     if ip.len() < 40 || src == [0; 16] {
         return None;
