@@ -86,7 +86,8 @@ drops! {
     LanHoldFull => "lan_hold_full",
     /// A LAN that resolves its hosts: a packet to the limited broadcast
     /// address, the LAN subnet's, or a link-scope multicast group, which a
-    /// router does not forward.
+    /// router does not forward, or from the tunnels to the LAN port's own
+    /// address (the gateway is reached on the port one comes in on).
     LanNotForwarded => "lan_not_forwarded",
     /// Several workers: an ESP packet for a tunnel another worker owns,
     /// dropped because the ring to that worker was full.
