@@ -108,7 +108,7 @@ impl SaRegistry {
     /// same (its sequence counter continues), else a new one starting at
     /// its mark, whose new mark is on disk before this returns.
     pub fn get(&mut self, p: &SaParams) -> Result<Arc<OutboundSaPair>, String> {
-        let (sa, new) = self.find_or_make(p);
+        let (sa, new) = self.find_or_make(p)?;
         if new {
             self.save()?;
         }
@@ -116,10 +116,22 @@ impl SaRegistry {
     }
 
     /// The SA for `p` and whether it is new (its mark not saved yet).
-    fn find_or_make(&mut self, p: &SaParams) -> (Arc<OutboundSaPair>, bool) {
+    /// Refused: a key and salt this process (or, with a state file, any
+    /// earlier one) used with another SPI. GCM's nonce is the salt and
+    /// the sequence number, not the SPI: the new SA's counter would
+    /// start again where the other's had been, and repeat its nonces
+    /// under the same key (found by review: an SPI changed in a
+    /// document, the key kept).
+    fn find_or_make(&mut self, p: &SaParams) -> Result<(Arc<OutboundSaPair>, bool), String> {
         let id = sa_id(p);
         if let Some(sa) = self.sas.get(&id) {
-            return (sa.clone(), false);
+            return Ok((sa.clone(), false));
+        }
+        if let Some((spi, _)) = self.sas.keys().chain(self.marks.keys()).find(|(spi, h)| *h == id.1 && *spi != id.0) {
+            return Err(format!(
+                "outbound SA {:#x}: its key and salt were used with SPI {spi:#x} before; a new SPI needs a new key or salt (AES-GCM nonces would repeat)",
+                id.0
+            ));
         }
         let start = self.marks.get(&id).copied().unwrap_or(1);
         let sa = Arc::new(OutboundSaPair::new(Arc::new(OutboundSa::starting_at(p, start))));
@@ -127,7 +139,7 @@ impl SaRegistry {
             self.marks.insert(id, start.saturating_add(AHEAD));
         }
         self.sas.insert(id, sa.clone());
-        (sa, true)
+        Ok((sa, true))
     }
 
     /// Registers SAs built elsewhere for `tables`' tunnels (`sas` by
@@ -144,24 +156,33 @@ impl SaRegistry {
     /// are saved (one write) before this returns.
     pub fn for_tables(&mut self, tables: &Tables) -> Result<Vec<Vec<Arc<OutboundSaPair>>>, String> {
         let mut any_new = false;
-        let sas = tables
-            .bundles
-            .iter()
-            .map(|b| {
-                b.tunnels
-                    .iter()
-                    .map(|t| {
-                        let (sa, new) = self.find_or_make(&t.sa_out);
+        let mut sas = Vec::with_capacity(tables.bundles.len());
+        let mut refused = None;
+        'all: for b in &tables.bundles {
+            let mut v = Vec::with_capacity(b.tunnels.len());
+            for t in &b.tunnels {
+                match self.find_or_make(&t.sa_out) {
+                    Ok((sa, new)) => {
                         any_new |= new;
-                        sa
-                    })
-                    .collect()
-            })
-            .collect();
+                        v.push(sa);
+                    }
+                    Err(e) => {
+                        refused = Some(e);
+                        break 'all;
+                    }
+                }
+            }
+            sas.push(v);
+        }
+        // The marks of SAs made before a refusal too: they are kept, and
+        // a later document may use them.
         if any_new {
             self.save()?;
         }
-        Ok(sas)
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(sas),
+        }
     }
 
     /// The cell each tunnel's inbound SA publishes its replay window's top
@@ -315,6 +336,20 @@ mod tests {
         let rekeyed = r.get(&params(0x100, 2)).unwrap();
         assert!(!Arc::ptr_eq(&a, &rekeyed));
         assert_eq!(r.len(), 2);
+        // The same key and salt under another SPI: refused (GCM nonces
+        // are salt and sequence number: they would repeat), in this
+        // process and, with a state file, after a restart.
+        let e = r.get(&params(0x101, 1)).map(|_| ()).unwrap_err();
+        assert!(e.contains("SPI 0x100"), "{e}");
+        assert_eq!(r.len(), 2);
+        let dir = std::env::temp_dir().join(format!("braid-spi-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("seq");
+        SaRegistry::with_state(&path).unwrap().get(&params(0x300, 9)).unwrap();
+        let mut again = SaRegistry::with_state(&path).unwrap();
+        assert!(again.get(&params(0x301, 9)).is_err(), "after a restart too");
+        assert!(again.get(&params(0x300, 9)).is_ok());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
