@@ -10,6 +10,8 @@
 //! - [`link`]: the shared-memory link to the dataplane (`braid-shm`):
 //!   snapshot pushes, events, resync after either side restarts.
 //! - [`metrics`]: the stats segment as JSON and Prometheus text.
+//! - [`listen`]: the TCP listener, bounded in connections and idle time
+//!   (the token is checked only once a request head arrived).
 //! - [`client`]: a small HTTP/1.1 client over a Unix socket or TCP, for
 //!   `braidctl` and the tests.
 //!
@@ -20,5 +22,6 @@ pub mod api;
 pub mod client;
 pub mod error;
 pub mod link;
+pub mod listen;
 pub mod metrics;
 pub mod store;

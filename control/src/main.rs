@@ -148,6 +148,7 @@ fn run(args: Args) -> Result<(), String> {
             eprintln!("braid-control: API on tcp {} (bearer token)", tcp.local_addr().map(|a| a.to_string()).unwrap_or_default());
             let r = api::with_token(router, token);
             let rx = stop_rx.clone();
+            let tcp = braid_control::listen::Guarded::new(tcp, braid_control::listen::MAX_CONNECTIONS, braid_control::listen::IDLE);
             tasks.spawn(async move { axum::serve(tcp, r).with_graceful_shutdown(shutdown(rx)).await.map_err(|e| e.to_string()) });
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
