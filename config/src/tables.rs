@@ -871,6 +871,13 @@ fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
             ));
         }
     }
+    // The dataplane serves one LAN port (found by review: a document with
+    // two passed here and the dataplane, started from the control's
+    // first push, exited on it again and again).
+    let lans = ports.iter().filter(|p| p.role == PortRole::Lan).count();
+    if lans > 1 {
+        return Err(invalid("ports", format!("{lans} LAN ports: one LAN port per gateway is supported")));
+    }
     Ok(ports)
 }
 

@@ -305,6 +305,16 @@ fn needs_a_lan_and_a_wan_port() {
     refused(|v| v["ports"][0]["role"] = json!("wan"), "ports", "LAN");
     refused(|v| v["ports"][1]["role"] = json!("lan"), "ports", "WAN");
     refused(|v| v["ports"] = json!([]), "ports", "LAN");
+    refused(
+        |v| {
+            let mut lan2 = v["ports"][0].clone();
+            lan2["name"] = json!("lan1");
+            lan2["device"] = json!("net_null9");
+            as_array(&mut v["ports"]).push(lan2);
+        },
+        "ports",
+        "one LAN port per gateway",
+    );
 }
 
 #[test]
