@@ -1213,6 +1213,14 @@ fn parse_socket(s: &str) -> Result<SocketAddr, String> {
     if sa.port() == 0 {
         return Err(format!("{s}: UDP port 0 is not allowed"));
     }
+    // A scope (`%1`) means nothing for a global address and made two
+    // spellings of one socket (found by review: two tunnels on one local
+    // address and port passed the uniqueness rule).
+    if let SocketAddr::V6(v6) = sa {
+        if v6.scope_id() != 0 || v6.flowinfo() != 0 {
+            return Err(format!("{s}: no scope id (%...) on a tunnel address"));
+        }
+    }
     Ok(sa)
 }
 

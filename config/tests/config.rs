@@ -932,6 +932,14 @@ fn tunnels_over_ipv6() {
     refused(
         |v| {
             v6_tunnel(v, 1);
+            tunnel(v, 0, 1)["local"] = json!("[2001:db8:a::1%1]:4501");
+        },
+        "bundles[0].tunnels[1].local",
+        "no scope id",
+    );
+    refused(
+        |v| {
+            v6_tunnel(v, 1);
             v["ports"][1]["mtu"] = json!(1200);
         },
         "ports[1].mtu",
