@@ -133,7 +133,11 @@ impl Worker {
     #[cold]
     pub(super) fn plain_gso(&mut self, b: usize, m: Mbuf, now: Nanos) -> Result<(), Mbuf> {
         let Engine::Plain(p) = &self.bundles[b].engine else { return Err(m) };
-        let mtu = usize::from(p.inner_mtu);
+        // Pieces of one ESP packet each, no outer fragments (`clamp_mtu`,
+        // not `inner_mtu`): with outer fragmentation on a small WAN MTU,
+        // pieces to `inner_mtu` were bigger than the pool's mbufs and
+        // every such packet was lost as `no_mbuf` (found by review).
+        let mtu = usize::from(p.clamp_mtu);
         let frame = m.data();
         let df = frame.get(12..14) == Some(&[0x08, 0x00]) && frame.get(ETH + 6).is_some_and(|f| f & 0x40 != 0);
         let chunk = fragment_chunk(mtu);
