@@ -777,7 +777,15 @@ fn unique_names<'a>(
     Ok(index)
 }
 
+/// Most ports in a document: DPDK's own limit (`RTE_MAX_ETHPORTS`), and a
+/// bound on the per-port checks (found by review: 500,000 ports kept the
+/// control's validation busy for minutes, every other change waiting).
+pub const MAX_PORTS: usize = 32;
+
 fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
+    if config.len() > MAX_PORTS {
+        return Err(invalid("ports", format!("{} ports, at most {MAX_PORTS}", config.len())));
+    }
     unique_names("ports", config.iter().map(|p| p.name.as_str()))?;
     let mut devices: HashMap<&str, usize> = HashMap::new();
     let mut ports = Vec::with_capacity(config.len());
@@ -1584,6 +1592,28 @@ fn resolve_nat(config: &NatConfig, peers: &HashMap<&str, usize>) -> Result<Nat, 
             pooled.entry(*ip).or_default().push((r.ports.0, r.ports.1, j));
         }
     }
+    // Each address's ranges by first port, each with the furthest-reaching
+    // of it and those before it: a forward's port is inside one of them
+    // if the last range starting at or below it reaches it this way (a
+    // binary search; a scan of every rule sharing one pool address made
+    // many rules on one address quadratic, found by review).
+    for ranges in pooled.values_mut() {
+        ranges.sort_unstable();
+        let mut reach: Option<(u16, u16, usize)> = None;
+        for r in ranges.iter_mut() {
+            if reach.is_none_or(|(_, hi, _)| r.1 > hi) {
+                reach = Some(*r);
+            }
+            let (_, hi, j) = reach.expect("set above");
+            (r.1, r.2) = (hi, j);
+        }
+    }
+    let inside_pool = |external: &IpAddr, port: u16| -> Option<usize> {
+        let ranges = pooled.get(external)?;
+        let at = ranges.partition_point(|(lo, _, _)| *lo <= port);
+        let &(_, hi, j) = ranges.get(at.checked_sub(1)?)?;
+        (port <= hi).then_some(j)
+    };
     let mut dnat = Vec::with_capacity(config.dnat.len());
     let mut seen: HashMap<(IpAddr, NatProtocol, u16), usize> = HashMap::new();
     for (i, r) in config.dnat.iter().enumerate() {
@@ -1610,8 +1640,7 @@ fn resolve_nat(config: &NatConfig, peers: &HashMap<&str, usize>) -> Result<Nat, 
             ));
         }
         // SNAT must never hand out a port a forward owns.
-        let inside = pooled.get(&external).and_then(|v| v.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&port)));
-        if let Some(&(_, _, j)) = inside {
+        if let Some(j) = inside_pool(&external, port) {
             return Err(invalid(
                 at("port"),
                 format!(

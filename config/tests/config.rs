@@ -307,6 +307,19 @@ fn needs_a_lan_and_a_wan_port() {
     refused(|v| v["ports"] = json!([]), "ports", "LAN");
     refused(
         |v| {
+            let wan = v["ports"][1].clone();
+            for i in 0..40 {
+                let mut w = wan.clone();
+                w["name"] = json!(format!("w{i}"));
+                w["device"] = json!(format!("net_null{}", 10 + i));
+                as_array(&mut v["ports"]).push(w);
+            }
+        },
+        "ports",
+        "at most 32",
+    );
+    refused(
+        |v| {
             let mut lan2 = v["ports"][0].clone();
             lan2["name"] = json!("lan1");
             lan2["device"] = json!("net_null9");
@@ -1612,6 +1625,35 @@ fn dnat_rules() {
         "nat.dnat[2].external",
         "IPv4 only",
     );
+}
+
+/// Many SNAT rules sharing one pool address (each its own ports) and
+/// forwards on that address: each forward checked against them by a binary
+/// search, not a scan of every rule (found by review: quadratic).
+#[test]
+fn nat_checks_scale_with_rules_sharing_a_pool_address() {
+    let mut v = example_value();
+    with_nat(&mut v);
+    let s: Vec<Value> = (0..20_000u32)
+        .map(|i| {
+            let m = core::net::Ipv4Addr::from(0x0b00_0000 + i);
+            let lo = 2000 + 3 * i;
+            json!({ "name": format!("s{i}"), "match": format!("{m}/32"), "peer": "site-b", "pool": ["100.64.9.9"], "ports": format!("{lo}-{}", lo + 2) })
+        })
+        .collect();
+    let d: Vec<Value> = (1..1000u32)
+        .flat_map(|p| ["tcp", "udp"].map(|proto| json!({ "name": format!("d{proto}{p}"), "external": "100.64.9.9", "protocol": proto, "port": p, "internal": "10.1.0.22" })))
+        .collect();
+    snat(&mut v).extend(s);
+    dnat(&mut v).extend(d);
+    let t0 = std::time::Instant::now();
+    let t = tables_of(v.clone()).expect("validates");
+    assert_eq!(t.nat.dnat.len(), 2 + 1998);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{:?}", t0.elapsed());
+    // A forward inside the ports of the 15,000th rule: found, named.
+    dnat(&mut v).push(json!({ "name": "bad", "external": "100.64.9.9", "protocol": "udp", "port": 2000 + 3 * 15_000 + 1, "internal": "10.1.0.22" }));
+    let e = tables_of(v).unwrap_err();
+    assert!(e.to_string().contains("nat.snat[15002]"), "{e}");
 }
 
 #[test]
