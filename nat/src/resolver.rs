@@ -580,10 +580,26 @@ impl Resolver {
             }
             let addrs = ip.addrs();
             let msg = icmpv6::Packet::new_checked(ip.payload()).ok()?;
+            // RFC 4861 sections 7.1.1 and 7.1.2: code 0; no multicast
+            // source.
+            if msg.msg_code() != 0 || ip.src_addr().is_multicast() {
+                return None;
+            }
             let repr = icmpv6::Repr::parse(&msg, &addrs, true).ok().flatten()?;
-            Some((ip.src_addr(), repr))
+            Some((ip.src_addr(), ip.dst_addr(), repr))
         });
-        let Some((src, repr)) = parsed else {
+        // The target is never multicast; a solicitation for duplicate
+        // address detection goes to a solicited-node group and carries no
+        // source link-layer option; an advertisement to a multicast group
+        // is never solicited (RFC 4861 sections 7.1.1, 7.1.2).
+        let parsed = parsed.filter(|(src, dst, repr)| match repr {
+            icmpv6::Repr::NeighborSolicit { target, source_lladdr } => {
+                !target.is_multicast() && (!src.is_unspecified() || (source_lladdr.is_none() && dst.segments()[..6] == [0xff02, 0, 0, 0, 0, 1]))
+            }
+            icmpv6::Repr::NeighborAdvert { flags, target, .. } => !(target.is_multicast() || dst.is_multicast() && flags.solicited()),
+            _ => true,
+        });
+        let Some((src, _, repr)) = parsed else {
             self.counters.ignored += 1;
             return None;
         };
@@ -618,13 +634,18 @@ impl Resolver {
                     self.counters.own_addr_conflict += 1;
                     return None;
                 }
+                // Not for one of our addresses: discarded, nothing learned
+                // (RFC 4861 section 7.2.3).
+                if !self.cfg.ipv6.contains(&target) {
+                    return None;
+                }
                 if source_lladdr.is_some() {
                     self.learn(src.into(), source_lladdr, now, Heard::Request);
                 }
-                if !self.cfg.ipv6.contains(&target) || out.len() < FRAME_MAX {
+                let dst_mac = source_lladdr.unwrap_or(eth_src);
+                if out.len() < FRAME_MAX || !dst_mac.is_unicast() {
                     return None;
                 }
-                let dst_mac = source_lladdr.unwrap_or(eth_src);
                 let na = icmpv6::Repr::NeighborAdvert {
                     flags: icmpv6::NaFlags(
                         icmpv6::NaFlags::ROUTER
@@ -666,6 +687,11 @@ impl Resolver {
             return false;
         };
         let (ethertype, src_mac) = (eth.ethertype(), eth.src_addr());
+        // Unicast both ways: a request sent to the link's broadcast is not
+        // answered (RFC 1122 section 3.3.6), nor one from a group MAC.
+        if !src_mac.is_unicast() || !eth.dst_addr().is_unicast() {
+            return false;
+        }
         let l3 = ethernet::HEADER_LEN;
         let done = match ethertype {
             EtherType::IPV4 => self.echo_v4(&mut frame[l3..]),
@@ -686,19 +712,25 @@ impl Resolver {
             return false;
         };
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        // A damaged header, or a source no host has (this network, loopback,
+        // class E and broadcast, multicast, ourselves): not answered (RFC
+        // 1122 sections 3.2.1.2 and 3.2.1.3).
+        let o = src.octets();
         if ip.protocol() != IpProtocol::ICMP
             || ip.is_fragment()
+            || !ip.verify_checksum()
             || !self.cfg.ipv4.contains(&dst)
-            || src.is_broadcast()
-            || src.is_multicast()
-            || src.is_unspecified()
+            || o[0] == 0
+            || o[0] == 127
+            || o[0] >= 224
+            || self.cfg.ipv4.contains(&src)
         {
             return false;
         }
         let Ok(mut icmp) = icmpv4::Packet::new_checked(ip.payload_mut()) else {
             return false;
         };
-        if icmp.msg_type() != icmpv4::kind::ECHO_REQUEST || icmp.msg_code() != 0 {
+        if icmp.msg_type() != icmpv4::kind::ECHO_REQUEST || icmp.msg_code() != 0 || !icmp.verify_checksum() {
             return false;
         }
         let c = icmp.checksum();
@@ -724,13 +756,16 @@ impl Resolver {
             || !self.cfg.ipv6.contains(&dst)
             || src.is_multicast()
             || src.is_unspecified()
+            || src.is_loopback()
+            || self.cfg.ipv6.contains(&src)
         {
             return false;
         }
+        let addrs = ip.addrs();
         let Ok(mut icmp) = icmpv6::Packet::new_checked(ip.payload_mut()) else {
             return false;
         };
-        if icmp.msg_type() != icmpv6::kind::ECHO_REQUEST || icmp.msg_code() != 0 {
+        if icmp.msg_type() != icmpv6::kind::ECHO_REQUEST || icmp.msg_code() != 0 || !icmp.verify_checksum(&addrs) {
             return false;
         }
         // Swapping source and destination leaves the pseudo-header sum alone.

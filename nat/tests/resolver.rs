@@ -411,6 +411,97 @@ fn neighbor_discovery() {
     assert_eq!(r.on_frame(&bad, SEC, &mut out), None);
 }
 
+/// Neighbour discovery messages RFC 4861 (sections 7.1.1, 7.1.2, 7.2.3)
+/// says to discard are discarded: code not 0, a multicast source or
+/// target, a solicited advertisement to a group, duplicate address
+/// detection not to a solicited-node group or with a source option; a
+/// solicitation for another's address teaches nothing; none is answered
+/// to a broadcast MAC (found by review).
+#[test]
+fn invalid_neighbor_discovery_is_discarded() {
+    let mut r = resolver();
+    let mut out = [0u8; FRAME_MAX];
+    let peer: Ipv6Addr = "fe80::fe".parse().unwrap();
+    let ns = |target, lladdr| icmpv6::Repr::NeighborSolicit { target, source_lladdr: lladdr };
+    let good = nd_frame(HOP_MAC, peer, icmpv6::solicited_node(our_v6()), ns(our_v6(), Some(HOP_MAC)));
+    assert!(r.on_frame(&good, SEC, &mut out).is_some(), "the valid one is answered");
+    let ignored = r.counters().ignored;
+    let mut code = good.clone();
+    code[14 + 40 + 1] = 1;
+    // (Its checksum is off too: fixed, so only the code is wrong.)
+    let c = u16::from_be_bytes([code[56], code[57]]);
+    code[56..58].copy_from_slice(&checksum::update_u16(c, 0x8700, 0x8701).to_be_bytes());
+    let group: Ipv6Addr = "ff02::1".parse().unwrap();
+    let bad = [
+        code,
+        nd_frame(HOP_MAC, group, icmpv6::solicited_node(our_v6()), ns(our_v6(), Some(HOP_MAC))),
+        nd_frame(HOP_MAC, peer, icmpv6::solicited_node(our_v6()), ns("ff02::1:ff00:1".parse().unwrap(), Some(HOP_MAC))),
+        nd_frame(HOP_MAC, Ipv6Addr::UNSPECIFIED, our_v6(), ns(our_v6(), None)),
+        nd_frame(HOP_MAC, Ipv6Addr::UNSPECIFIED, icmpv6::solicited_node(our_v6()), ns(our_v6(), Some(HOP_MAC))),
+        nd_frame(
+            HOP_MAC,
+            peer,
+            group,
+            icmpv6::Repr::NeighborAdvert { flags: icmpv6::NaFlags(icmpv6::NaFlags::SOLICITED), target: peer, target_lladdr: Some(HOP_MAC) },
+        ),
+    ];
+    for (i, f) in bad.iter().enumerate() {
+        assert_eq!(r.on_frame(f, SEC, &mut out), None, "{i}");
+    }
+    assert_eq!(r.counters().ignored, ignored + bad.len() as u64);
+    // A broadcast source option: not answered to the broadcast.
+    let bcast = nd_frame(HOP_MAC, peer, icmpv6::solicited_node(our_v6()), ns(our_v6(), Some(Address::BROADCAST)));
+    assert_eq!(r.on_frame(&bcast, SEC, &mut out), None);
+    // A solicitation for another host's address teaches nothing.
+    let other: Ipv6Addr = "fe80::77".parse().unwrap();
+    let mut fresh = resolver();
+    let not_ours = nd_frame(Address([2, 0, 0, 0, 0, 0x77]), other, icmpv6::solicited_node(peer), ns(peer, Some(Address([2, 0, 0, 0, 0, 0x77]))));
+    assert_eq!(fresh.on_frame(&not_ours, SEC, &mut out), None);
+    assert_eq!(fresh.len(), 0);
+    // The advertisement of the test above, with no solicited flag to a
+    // group, is fine.
+    let unsolicited = nd_frame(HOP_MAC, peer, group, icmpv6::Repr::NeighborAdvert { flags: icmpv6::NaFlags(icmpv6::NaFlags::OVERRIDE), target: peer, target_lladdr: Some(HOP_MAC) });
+    let before = r.counters().ignored;
+    r.on_frame(&unsolicited, SEC, &mut out);
+    assert_eq!(r.counters().ignored, before, "a valid unsolicited advertisement is not 'ignored'");
+}
+
+/// Echo requests a host must not answer are not answered: a damaged IPv4
+/// header or ICMP checksum, a source no host has (0/8, loopback, class
+/// E, broadcast, multicast, our own), a request sent to the Ethernet
+/// broadcast or from a group MAC (RFC 1122 sections 3.2.1.2, 3.2.1.3,
+/// 3.3.6; found by review).
+#[test]
+fn invalid_echo_requests_are_not_answered() {
+    let mut r = resolver();
+    let asker = Address([2, 0, 0, 0, 0, 0x44]);
+    let frame = |src: Ipv4Addr, eth_src: Address, eth_dst: Address| {
+        let mut f = vec![0u8; 14];
+        ethernet::Repr { src_addr: eth_src, dst_addr: eth_dst, vlan: None, ethertype: EtherType::IPV4 }
+            .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
+        f.extend_from_slice(&echo_pkt(src, OUR_V4, 0x99, true));
+        f
+    };
+    let ok = frame(Ipv4Addr::new(192, 0, 2, 44), asker, OUR_MAC);
+    assert!(r.answer_echo(&mut ok.clone()));
+    let mut bad_ip = ok.clone();
+    bad_ip[14 + 10] ^= 1;
+    let mut bad_icmp = ok.clone();
+    bad_icmp[14 + 20 + 2] ^= 1;
+    let mut cases = vec![bad_ip, bad_icmp];
+    for src in [[0, 1, 2, 3], [127, 0, 0, 1], [240, 0, 0, 1], [255, 255, 255, 255], [224, 0, 0, 1], OUR_V4.octets()] {
+        cases.push(frame(Ipv4Addr::from(src), asker, OUR_MAC));
+    }
+    cases.push(frame(Ipv4Addr::new(192, 0, 2, 44), asker, Address::BROADCAST));
+    cases.push(frame(Ipv4Addr::new(192, 0, 2, 44), Address([1, 0, 0x5e, 0, 0, 1]), OUR_MAC));
+    for (i, mut f) in cases.into_iter().enumerate() {
+        let before = f.clone();
+        assert!(!r.answer_echo(&mut f), "case {i} answered");
+        assert_eq!(f, before, "case {i} changed");
+    }
+    assert_eq!(r.counters().echo_replies, 1);
+}
+
 /// A port with a link-local and a global address solicits a link-local
 /// neighbor from its link-local address and any other from its global
 /// one, whatever their order; with one address only, from that one.
