@@ -210,12 +210,23 @@ impl Responder {
     }
 }
 
-/// An ARP reply or an IPv6 neighbor advertisement: the kernel behind a
-/// port's tap may have asked for it, so it gets a copy.
+/// An ARP reply, a gratuitous ARP request (an announcement: sender and
+/// target address the same, RFC 5227 section 3; `arping -U`, a host that
+/// moved or failed over) or an IPv6 neighbor advertisement: what may
+/// teach a resolver of another worker, or the kernel behind a port's tap,
+/// a binding (RSS gives every ARP frame to one queue). ARP for Ethernet
+/// and IPv4 from a unicast MAC only: anything else no resolver would take,
+/// and is not copied around (found by review: an ARP request announcing a
+/// new MAC reached one worker only, and any frame with the reply opcode
+/// was copied to every worker).
 #[inline]
 pub fn is_neighbor_answer(d: &[u8]) -> bool {
     match d.get(12..14) {
-        Some(et) if et == ARP => d.get(20..22) == Some(&[0, 2]),
+        Some(et) if et == ARP => {
+            let Some(a) = d.get(14..42) else { return false };
+            let ethernet_ipv4 = a[..6] == [0, 1, 0x08, 0x00, 6, 4] && a[8] & 1 == 0;
+            ethernet_ipv4 && (a[6..8] == [0, 2] || (a[6..8] == [0, 1] && a[14..18] == a[24..28]))
+        }
         // Hop limit 255: from the link (RFC 4861 section 7.1.2); the
         // resolvers would refuse anything else, so it is not told to them.
         Some(et) if et == IPV6 => d.len() > ICMPV6_TYPE && d[V6_NEXT] == 58 && d[V6_NEXT + 1] == 255 && d[ICMPV6_TYPE] == 136,
@@ -334,13 +345,26 @@ mod tests {
     }
 
     #[test]
-    fn neighbor_answers_are_arp_replies_and_nas() {
+    fn neighbor_answers_are_arp_replies_announcements_and_nas() {
         let mut arp = vec![0u8; 42];
         arp[12..14].copy_from_slice(&ARP);
+        arp[14..20].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4]);
+        arp[22..28].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        arp[28..32].copy_from_slice(&[10, 1, 0, 9]);
+        arp[38..42].copy_from_slice(&[10, 1, 0, 1]);
         arp[21] = 1;
         assert!(!is_neighbor_answer(&arp), "request");
+        arp[38..42].copy_from_slice(&[10, 1, 0, 9]);
+        assert!(is_neighbor_answer(&arp), "a gratuitous request: an announcement");
+        arp[38..42].copy_from_slice(&[10, 1, 0, 1]);
         arp[21] = 2;
         assert!(is_neighbor_answer(&arp));
+        let mut group = arp.clone();
+        group[22] = 1;
+        assert!(!is_neighbor_answer(&group), "from a group MAC");
+        let mut not_ipv4 = arp.clone();
+        not_ipv4[16..18].copy_from_slice(&[0x86, 0xdd]);
+        assert!(!is_neighbor_answer(&not_ipv4), "not Ethernet/IPv4");
         let mut na = v6(58, "fd00:1::1");
         na[ICMPV6_TYPE] = 136;
         na[V6_NEXT + 1] = 64;

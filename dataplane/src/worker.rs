@@ -989,18 +989,21 @@ impl Worker {
                 self.tell(h, &body[..len]);
             }
         }
-        match self.local[port].handle(&mut m, self.now, &mut self.counters.local) {
-            Handled::Pass => Some(m),
-            Handled::Dropped => None,
-            Handled::Learned => {
-                // A next hop may have answered: look at once.
-                self.next_neighbors = 0;
-                if port == 0 {
-                    // A LAN host: what waited for it leaves at this flush.
-                    self.lan_del.retry = true;
-                }
-                None
+        let learned = self.local[port].resolver_counters().learned;
+        let handled = self.local[port].handle(&mut m, self.now, &mut self.counters.local);
+        if self.local[port].resolver_counters().learned > learned {
+            // A next hop may have answered (or asked us, which taught us
+            // its MAC too: found by review, packets held for it were
+            // overtaken by newer ones): look at once.
+            self.next_neighbors = 0;
+            if port == 0 {
+                // A LAN host: what waited for it leaves at this flush.
+                self.lan_del.retry = true;
             }
+        }
+        match handled {
+            Handled::Pass => Some(m),
+            Handled::Dropped | Handled::Learned => None,
             Handled::Reply => {
                 if port == 0 {
                     self.counters.local.lan_replies += 1;
