@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -430,7 +430,23 @@ async fn list<C: Collection>(State(app): State<Arc<AppState>>) -> Response {
     json(StatusCode::OK, &items)
 }
 
-async fn get_one<C: Collection>(State(app): State<Arc<AppState>>, Path(key): Path<String>) -> Result<Response, ApiError> {
+/// A path parameter (a name, a prefix, an index). One that does not
+/// decode (`%FF`: not UTF-8) is a 400 with the API's error body, not
+/// axum's plain-text one (found by review).
+struct Key<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Key<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(Key(v)),
+            Err(e) => Err(ApiError::field(StatusCode::BAD_REQUEST, "path", e.body_text())),
+        }
+    }
+}
+
+async fn get_one<C: Collection>(State(app): State<Arc<AppState>>, Key(key): Key<String>) -> Result<Response, ApiError> {
     let running = app.running();
     let mut item = running
         .config
@@ -457,7 +473,7 @@ async fn create<C: Collection>(State(app): State<Arc<AppState>>, body: Body) -> 
     .await
 }
 
-async fn replace<C: Collection>(State(app): State<Arc<AppState>>, Path(key): Path<String>, body: Body) -> Result<Response, ApiError> {
+async fn replace<C: Collection>(State(app): State<Arc<AppState>>, Key(key): Key<String>, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, app.limits.body).await?;
     let item: C::Item = parse_json(&bytes)?;
     if !C::is(&item, &key) {
@@ -476,7 +492,7 @@ async fn replace<C: Collection>(State(app): State<Arc<AppState>>, Path(key): Pat
     .await
 }
 
-async fn remove<C: Collection>(State(app): State<Arc<AppState>>, Path(key): Path<String>) -> Result<Response, ApiError> {
+async fn remove<C: Collection>(State(app): State<Arc<AppState>>, Key(key): Key<String>) -> Result<Response, ApiError> {
     mutate(app, StatusCode::OK, move |current| {
         let mut c = current.cloned().ok_or_else(|| ApiError::not_found(C::WHAT, &key))?;
         let items = C::items_mut(&mut c);
@@ -494,7 +510,7 @@ pub struct Weight {
     pub weight: u32,
 }
 
-async fn put_weight(State(app): State<Arc<AppState>>, Path((name, index)): Path<(String, String)>, body: Body) -> Result<Response, ApiError> {
+async fn put_weight(State(app): State<Arc<AppState>>, Key((name, index)): Key<(String, String)>, body: Body) -> Result<Response, ApiError> {
     let index: usize = index
         .parse()
         .map_err(|_| ApiError::field(StatusCode::BAD_REQUEST, "index", format!("{index:?} is not a tunnel index")))?;

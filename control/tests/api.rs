@@ -71,6 +71,12 @@ fn crud_round_trips() {
     assert_eq!(s.req("POST", "/v1/peers", Some(&peer)).0, 201);
     assert_eq!(s.req("GET", "/v1/peers/site-c", None), (200, peer.clone()));
     assert_eq!(s.req("GET", "/v1/peers/site-z", None).0, 404);
+    // A path parameter that does not decode: 400 with the API's error body.
+    for (method, path) in [("GET", "/v1/peers/%FF"), ("DELETE", "/v1/nat/snat/%C3"), ("PUT", "/v1/bundles/%FF/tunnels/0/weight")] {
+        let (status, body) = s.req(method, path, Some(&json!({ "weight": 1 })));
+        assert_eq!(status, 400, "{method} {path}");
+        assert_eq!(body["error"]["field"], "path", "{method} {path}: {body}");
+    }
 
     // Routes: the prefix is the key, percent-encoded in the path.
     let route = json!({ "prefix": "10.3.0.0/16", "peer": "site-c" });
