@@ -69,7 +69,14 @@ pub struct AppState {
     stats: Option<StatsSource>,
     limits: Limits,
     inflight: Arc<Semaphore>,
+    /// Whole documents (`PUT /v1/config`, up to 64 MiB) read and parsed
+    /// at once: at most [`WHOLE_DOCUMENTS`] (found by review: 64 slots of
+    /// 64 MiB bodies and their parsed copies could take 8 GiB).
+    whole: Semaphore,
 }
+
+/// Whole documents read and parsed at once.
+pub const WHOLE_DOCUMENTS: usize = 2;
 
 impl AppState {
     pub fn new(running: Running, state: StateDir, link: Option<Arc<Link>>, stats: Option<PathBuf>, limits: Limits) -> Arc<AppState> {
@@ -81,6 +88,7 @@ impl AppState {
             stats: stats.map(StatsSource::new),
             limits,
             inflight: Arc::new(Semaphore::new(limits.concurrent)),
+            whole: Semaphore::new(WHOLE_DOCUMENTS),
         })
     }
 
@@ -299,16 +307,32 @@ fn no_config() -> ApiError {
 
 async fn get_config(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let running = app.running();
-    let mut c = running.config.clone().ok_or_else(|| ApiError::bare(StatusCode::NOT_FOUND, "no configuration yet"))?;
-    redact(&mut c);
-    let mut r = json(StatusCode::OK, &c);
-    r.headers_mut().insert("x-braid-generation", HeaderValue::from(running.generation));
+    if running.config.is_none() {
+        return Err(ApiError::bare(StatusCode::NOT_FOUND, "no configuration yet"));
+    }
+    // Copied, redacted and serialized off the async threads (a large
+    // document takes a while: the other requests would wait).
+    let generation = running.generation;
+    let mut r = tokio::task::spawn_blocking(move || {
+        let mut c = running.config.clone().expect("checked above");
+        redact(&mut c);
+        json(StatusCode::OK, &c)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("serializing the document failed: {e}")))?;
+    r.headers_mut().insert("x-braid-generation", HeaderValue::from(generation));
     Ok(r)
 }
 
 async fn put_config(State(app): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
-    let bytes = read_body(body, app.limits.config_body).await?;
-    let config: Config = parse_json(&bytes)?;
+    let config = {
+        let _whole = app.whole.acquire().await.map_err(|_| ApiError::internal("closed"))?;
+        let bytes = read_body(body, app.limits.config_body).await?;
+        // Parsed off the async threads too.
+        tokio::task::spawn_blocking(move || parse_json::<Config>(&bytes))
+            .await
+            .map_err(|e| ApiError::internal(format!("parsing task failed: {e}")))??
+    };
     mutate(app, StatusCode::OK, move |_| Ok(config)).await
 }
 
