@@ -107,8 +107,9 @@ drops! {
     /// the worker holding its NAT session (the ring was full).
     HandoffDeliverLost => "handoff_deliver_lost",
     /// A packet for the LAN bigger than the LAN port's MTU that can be
-    /// neither segmented (not TCP) nor fragmented (IPv6, or IPv4 with DF),
-    /// or a packet made whole from `nat.in_frags` that no mbuf holds.
+    /// neither segmented (not TCP, or TCP behind IPv6 extension headers)
+    /// nor fragmented (IPv6, or IPv4 with DF or with options), or a
+    /// packet made whole from `nat.in_frags` that no mbuf holds.
     LanTooBig => "lan_too_big",
     /// A packet for the LAN to be cut to its MTU, with no mbufs for all
     /// its pieces.
@@ -690,7 +691,7 @@ pub struct WorkerCounters {
     ///   kernel's are `kernel.from_kernel_lan`); a packet cut to the LAN's
     ///   MTU is as many frames as it has pieces (`lan_cut`; one frame
     ///   when the port's TSO cuts it, `lan_cut.tso`), or one
-    ///   `lan_too_big` or `lan_no_mbuf` drop;
+    ///   `lan_too_big`, `lan_no_mbuf` or `lan_bad_checksum` drop;
     /// - the tunnels' `tx` and `keepalives_tx` and `local.wan_replies_sent`
     ///   (which counts the kernel's frames too) sum to `wan_tx`; ESP
     ///   packets (and keepalives) for a WAN port whose next hop is
