@@ -99,8 +99,23 @@ impl AppState {
     /// Applies `edit` to a copy of the running document; validates,
     /// persists and publishes the result. Nothing changes on any error.
     pub fn mutate(&self, edit: impl FnOnce(Option<&Config>) -> Result<Config, ApiError>) -> Result<Change, ApiError> {
+        self.mutate_if(None, edit)
+    }
+
+    /// [`AppState::mutate`], only if the running document is at generation
+    /// `expected` (when given; else 412 and nothing changes): a client
+    /// that read generation N and changes it learns that another change
+    /// came first instead of undoing it.
+    pub fn mutate_if(&self, expected: Option<u64>, edit: impl FnOnce(Option<&Config>) -> Result<Config, ApiError>) -> Result<Change, ApiError> {
         let _one_at_a_time = self.mutation.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.running();
+        if let Some(g) = expected.filter(|g| *g != current.generation) {
+            return Err(ApiError::field(
+                StatusCode::PRECONDITION_FAILED,
+                "If-Match",
+                format!("the document is at generation {}, not {g}: read it again", current.generation),
+            ));
+        }
         let mut candidate = edit(current.config.as_ref())?;
         restore_secrets(&mut candidate, current.config.as_ref())?;
         Tables::from_config(&candidate).map_err(ApiError::from_config)?;
@@ -290,9 +305,10 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiErr
 async fn mutate(
     app: Arc<AppState>,
     status: StatusCode,
+    IfMatch(expected): IfMatch,
     edit: impl FnOnce(Option<&Config>) -> Result<Config, ApiError> + Send + 'static,
 ) -> Result<Response, ApiError> {
-    let change = tokio::task::spawn_blocking(move || app.mutate(edit))
+    let change = tokio::task::spawn_blocking(move || app.mutate_if(expected, edit))
         .await
         .map_err(|e| ApiError::internal(format!("mutation task failed: {e}")))??;
     Ok(json(status, &change))
@@ -324,7 +340,7 @@ async fn get_config(State(app): State<Arc<AppState>>) -> Result<Response, ApiErr
     Ok(r)
 }
 
-async fn put_config(State(app): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+async fn put_config(State(app): State<Arc<AppState>>, if_match: IfMatch, body: Body) -> Result<Response, ApiError> {
     let config = {
         let _whole = app.whole.acquire().await.map_err(|_| ApiError::internal("closed"))?;
         let bytes = read_body(body, app.limits.config_body).await?;
@@ -333,7 +349,7 @@ async fn put_config(State(app): State<Arc<AppState>>, body: Body) -> Result<Resp
             .await
             .map_err(|e| ApiError::internal(format!("parsing task failed: {e}")))??
     };
-    mutate(app, StatusCode::OK, move |_| Ok(config)).await
+    mutate(app, StatusCode::OK, if_match, move |_| Ok(config)).await
 }
 
 // ---------------------------------------------------------------------------
@@ -454,6 +470,26 @@ async fn list<C: Collection>(State(app): State<Arc<AppState>>) -> Response {
     json(StatusCode::OK, &items)
 }
 
+/// The generation a change was made from: `If-Match: "N"` (or `N`; `*`
+/// or none: any). Something else is a 400.
+struct IfMatch(Option<u64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(v) = parts.headers.get(header::IF_MATCH) else { return Ok(IfMatch(None)) };
+        let v = v.to_str().unwrap_or("").trim();
+        if v == "*" {
+            return Ok(IfMatch(None));
+        }
+        let n = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+        n.parse().map(|g| IfMatch(Some(g))).map_err(|_| {
+            ApiError::field(StatusCode::BAD_REQUEST, "If-Match", format!("{v:?} is not a generation (a number, as x-braid-generation gives it)"))
+        })
+    }
+}
+
 /// A path parameter (a name, a prefix, an index). One that does not
 /// decode (`%FF`: not UTF-8) is a 400 with the API's error body, not
 /// axum's plain-text one (found by review).
@@ -482,10 +518,10 @@ async fn get_one<C: Collection>(State(app): State<Arc<AppState>>, Key(key): Key<
     Ok(json(StatusCode::OK, &item))
 }
 
-async fn create<C: Collection>(State(app): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+async fn create<C: Collection>(State(app): State<Arc<AppState>>, if_match: IfMatch, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, app.limits.body).await?;
     let item: C::Item = parse_json(&bytes)?;
-    mutate(app, StatusCode::CREATED, move |current| {
+    mutate(app, StatusCode::CREATED, if_match, move |current| {
         let mut c = current.cloned().ok_or_else(no_config)?;
         let key = C::key(&item).to_string();
         if C::items(&c).iter().any(|i| C::is(i, &key)) {
@@ -497,7 +533,7 @@ async fn create<C: Collection>(State(app): State<Arc<AppState>>, body: Body) -> 
     .await
 }
 
-async fn replace<C: Collection>(State(app): State<Arc<AppState>>, Key(key): Key<String>, body: Body) -> Result<Response, ApiError> {
+async fn replace<C: Collection>(State(app): State<Arc<AppState>>, Key(key): Key<String>, if_match: IfMatch, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, app.limits.body).await?;
     let item: C::Item = parse_json(&bytes)?;
     if !C::is(&item, &key) {
@@ -507,7 +543,7 @@ async fn replace<C: Collection>(State(app): State<Arc<AppState>>, Key(key): Key<
             format!("{:?} does not match the path ({key:?})", C::key(&item)),
         ));
     }
-    mutate(app, StatusCode::OK, move |current| {
+    mutate(app, StatusCode::OK, if_match, move |current| {
         let mut c = current.cloned().ok_or_else(no_config)?;
         let slot = C::items_mut(&mut c).iter_mut().find(|i| C::is(i, &key)).ok_or_else(|| ApiError::not_found(C::WHAT, &key))?;
         *slot = item;
@@ -516,8 +552,8 @@ async fn replace<C: Collection>(State(app): State<Arc<AppState>>, Key(key): Key<
     .await
 }
 
-async fn remove<C: Collection>(State(app): State<Arc<AppState>>, Key(key): Key<String>) -> Result<Response, ApiError> {
-    mutate(app, StatusCode::OK, move |current| {
+async fn remove<C: Collection>(State(app): State<Arc<AppState>>, Key(key): Key<String>, if_match: IfMatch) -> Result<Response, ApiError> {
+    mutate(app, StatusCode::OK, if_match, move |current| {
         let mut c = current.cloned().ok_or_else(|| ApiError::not_found(C::WHAT, &key))?;
         let items = C::items_mut(&mut c);
         let at = items.iter().position(|i| C::is(i, &key)).ok_or_else(|| ApiError::not_found(C::WHAT, &key))?;
@@ -534,13 +570,13 @@ pub struct Weight {
     pub weight: u32,
 }
 
-async fn put_weight(State(app): State<Arc<AppState>>, Key((name, index)): Key<(String, String)>, body: Body) -> Result<Response, ApiError> {
+async fn put_weight(State(app): State<Arc<AppState>>, Key((name, index)): Key<(String, String)>, if_match: IfMatch, body: Body) -> Result<Response, ApiError> {
     let index: usize = index
         .parse()
         .map_err(|_| ApiError::field(StatusCode::BAD_REQUEST, "index", format!("{index:?} is not a tunnel index")))?;
     let bytes = read_body(body, app.limits.body).await?;
     let Weight { weight } = parse_json(&bytes)?;
-    mutate(app, StatusCode::OK, move |current| {
+    mutate(app, StatusCode::OK, if_match, move |current| {
         let mut c = current.cloned().ok_or_else(|| ApiError::not_found("bundle", &name))?;
         let b = c.bundles.iter_mut().find(|b| b.name == name).ok_or_else(|| ApiError::not_found("bundle", &name))?;
         let n = b.tunnels.len();

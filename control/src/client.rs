@@ -60,6 +60,9 @@ pub struct Client {
     pub endpoint: Endpoint,
     pub token: Option<String>,
     pub timeout: Duration,
+    /// Sent as `If-Match` with changes: the generation the change was
+    /// made from (412 if the document moved on since).
+    pub if_match: Option<u64>,
 }
 
 trait Stream: Read + Write {}
@@ -68,7 +71,7 @@ impl Stream for TcpStream {}
 
 impl Client {
     pub fn new(endpoint: Endpoint) -> Client {
-        Client { endpoint, token: None, timeout: Duration::from_secs(60) }
+        Client { endpoint, token: None, timeout: Duration::from_secs(60), if_match: None }
     }
 
     fn connect(&self) -> io::Result<(Box<dyn Stream>, String)> {
@@ -95,6 +98,9 @@ impl Client {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n");
         if let Some(t) = &self.token {
             head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if let Some(g) = self.if_match.filter(|_| method != "GET") {
+            head.push_str(&format!("If-Match: \"{g}\"\r\n"));
         }
         if let Some(b) = body {
             head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));

@@ -125,6 +125,45 @@ fn crud_round_trips() {
     assert_eq!(s.generation(), 15);
 }
 
+/// Concurrent edits: a change sent with `If-Match` (the generation it was
+/// made from) is refused with 412 once another change came first, instead
+/// of undoing it (found by review: a PUT of a document read before
+/// another client's POST removed that client's peer).
+#[test]
+fn a_change_from_an_old_generation_is_refused_with_if_match() {
+    let dir = TempDir::new("ifmatch");
+    let s = configured(&dir);
+    let read = s.client().get("/v1/config").unwrap();
+    let generation: u64 = read.header("x-braid-generation").unwrap().parse().unwrap();
+    let doc = read.json().unwrap();
+    // Another client adds a peer.
+    assert_eq!(s.req("POST", "/v1/bundles", Some(&spare_bundle())).0, 201);
+    // The first sends its document back, from the old generation: 412,
+    // the other's bundle still there.
+    let mut c = s.client();
+    c.if_match = Some(generation);
+    let r = c.request("PUT", "/v1/config", Some(&serde_json::to_vec(&doc).unwrap())).unwrap();
+    assert_eq!(r.status, 412, "{}", r.text());
+    assert_eq!(r.json().unwrap()["error"]["field"], "If-Match");
+    assert_eq!(s.req("GET", "/v1/bundles/spare", None).0, 200);
+    let r = c.request("DELETE", "/v1/bundles/spare", None).unwrap();
+    assert_eq!(r.status, 412);
+    // From the current generation: done.
+    c.if_match = Some(generation + 1);
+    assert_eq!(c.request("DELETE", "/v1/bundles/spare", None).unwrap().status, 200);
+    // Not a number: 400; `*`: any generation.
+    let raw = |v: &str| {
+        let mut st = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
+        use std::io::{Read, Write};
+        write!(st, "DELETE /v1/peers/none HTTP/1.1\r\nHost: x\r\nConnection: close\r\nIf-Match: {v}\r\n\r\n").unwrap();
+        let mut out = String::new();
+        st.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(raw("soon").starts_with("HTTP/1.1 400"), "{}", raw("soon"));
+    assert!(raw("*").starts_with("HTTP/1.1 404"), "any generation, then no such peer");
+}
+
 #[test]
 fn keys_are_never_shown_and_redacted_keys_are_kept() {
     let dir = TempDir::new("redact");
