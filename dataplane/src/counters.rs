@@ -478,6 +478,9 @@ pub struct LocalStats {
     /// The same for LAN hosts (a LAN that resolves its hosts), handed to
     /// the LAN TX queue.
     pub lan_requests: u64,
+    /// ARP requests / neighbor solicitations not sent for want of an mbuf
+    /// (the resolver asks again at its next retry).
+    pub requests_lost: u64,
     /// WAN next hops that did not answer their requests (each time one
     /// turned unreachable).
     pub unresolved: u64,
@@ -527,6 +530,7 @@ impl LocalStats {
         self.learned += o.learned;
         self.requests += o.requests;
         self.lan_requests += o.lan_requests;
+        self.requests_lost += o.requests_lost;
         self.unresolved += o.unresolved;
         self.cache_full += o.cache_full;
         for (a, b) in self.dropped.iter_mut().zip(&o.dropped) {

@@ -41,7 +41,7 @@ const NAT: [&str; 13] = [
     "nat/in_frags_reassembled",
     "nat/in_frags_discarded",
 ];
-const LOCAL: [&str; 13] = [
+const LOCAL: [&str; 14] = [
     "local/received",
     "local/arp_replies",
     "local/na_replies",
@@ -55,6 +55,7 @@ const LOCAL: [&str; 13] = [
     "local/lan_requests",
     "local/unresolved",
     "local/cache_full",
+    "local/requests_lost",
 ];
 const TUNNEL: [&str; 10] = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rejected", "keepalives_tx", "remote_changes", "path_deaths", "probes_missed", "late_replies"];
 /// Each port's own counters, as its PMD keeps them (`rte_eth_stats`):
@@ -133,6 +134,7 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], nic: &[
         l.lan_requests,
         l.unresolved,
         l.cache_full,
+        l.requests_lost,
     ]);
     counters.extend(l.dropped);
     counters.extend(c.kernel.named().map(|(_, v)| v));
@@ -218,6 +220,7 @@ mod tests {
         c.local.requests = 3;
         c.local.unresolved = 1;
         c.local.cache_full = 15;
+        c.local.requests_lost = 16;
         c.drops.add_n(DpDrop::NextHopUnresolved, 7);
         c.local.lan_requests = 6;
         c.lan_held = 11;
@@ -261,6 +264,7 @@ mod tests {
         assert_eq!((at("local/requests"), at("local/unresolved"), at("local/learned")), (3, 1, 0));
         assert_eq!(at("drop/next_hop_unresolved"), 7);
         assert_eq!(at("local/cache_full"), 15);
+        assert_eq!(at("local/requests_lost"), 16);
         assert_eq!(at("local_drop/not_for_us"), 0);
         assert_eq!(at("local/lan_requests"), 6);
         assert_eq!(at("kernel/from_kernel_wan"), 12);

@@ -1928,12 +1928,12 @@ impl Worker {
             };
             if let Some(len) = request {
                 // No mbuf: the resolver asks again at its next retry.
-                if let Some(mut m) = Mbuf::alloc(&self.pool) {
-                    if let Some(buf) = m.append(len) {
-                        buf.copy_from_slice(&out[..len]);
+                match Mbuf::alloc(&self.pool).and_then(|mut m| m.append(len).map(|b| b.copy_from_slice(&out[..len])).map(|()| m)) {
+                    Some(m) => {
                         self.counters.local.requests += 1;
                         self.local_out[1 + w].push(m);
                     }
+                    None => self.counters.local.requests_lost += 1,
                 }
             }
             match mac {

@@ -255,12 +255,12 @@ impl Worker {
         };
         if let Some(len) = request {
             // No mbuf: the resolver asks again at its next retry.
-            if let Some(mut r) = Mbuf::alloc(&self.pool) {
-                if let Some(buf) = r.append(len) {
-                    buf.copy_from_slice(&frame[..len]);
+            match Mbuf::alloc(&self.pool).and_then(|mut r| r.append(len).map(|b| b.copy_from_slice(&frame[..len])).map(|()| r)) {
+                Some(r) => {
                     self.counters.local.lan_requests += 1;
                     self.local_out[0].push(r);
                 }
+                None => self.counters.local.requests_lost += 1,
             }
         }
         next
