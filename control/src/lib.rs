@@ -10,8 +10,8 @@
 //! - [`link`]: the shared-memory link to the dataplane (`braid-shm`):
 //!   snapshot pushes, events, resync after either side restarts.
 //! - [`metrics`]: the stats segment as JSON and Prometheus text.
-//! - [`listen`]: the TCP listener, bounded in connections and idle time
-//!   (the token is checked only once a request head arrived).
+//! - [`listen`]: the TCP listener, bounded in connections and in the time
+//!   a request head may take (the token is checked only once it arrived).
 //! - [`client`]: a small HTTP/1.1 client over a Unix socket or TCP, for
 //!   `braidctl` and the tests.
 //!

@@ -1,181 +1,159 @@
 //! The TCP listener of the API (`--listen`), bounded against clients that
 //! never authenticate: the bearer token is checked only once a request
-//! head has arrived, and axum's own server has no header-read timeout, so
-//! a client that opened connections and sent nothing (or half a request
-//! head) held each one forever, until the process ran out of file
-//! descriptors and the Unix socket, the state file and the dataplane link
-//! failed with it (found by review).
+//! head has arrived, and axum's own server sets no timer, so hyper's
+//! header-read timeout never applied: a client that opened connections
+//! and sent nothing, or half a request head a byte at a time, held each
+//! one forever, until the process ran out of file descriptors and the
+//! Unix socket, the state file and the dataplane link failed with it
+//! (found by review).
 //!
-//! [`Guarded`] takes at most `max` connections at once (the next waits in
-//! the kernel's backlog until one closes) and closes each one after `idle`
-//! without a byte read or written ([`IdleTimeout`]).
+//! [`serve`] takes at most `max` connections at once (the next waits in
+//! the kernel's backlog until one closes) and serves each with hyper's
+//! HTTP/1 server and a timer: a request head (the first, or the next on a
+//! kept-alive connection) must arrive whole within `head_timeout` of the
+//! server starting to wait for it, however it trickles in. The time a
+//! request takes once its head is in (its body has its own timeout in
+//! the API, a change may wait for the one before) is not limited here.
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::serve::Listener;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 
 /// TCP connections the API serves at once.
 pub const MAX_CONNECTIONS: usize = 256;
-/// A TCP connection with nothing read or written for this long is closed
-/// (between requests too: clients reconnect).
-pub const IDLE: Duration = Duration::from_secs(30);
+/// How long a request head may take to arrive (idle kept-alive
+/// connections are closed after it too: clients reconnect).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A TCP listener with a bound on connections and an idle timeout on each.
-pub struct Guarded {
-    inner: TcpListener,
-    slots: Arc<Semaphore>,
-    idle: Duration,
-}
-
-impl Guarded {
-    pub fn new(inner: TcpListener, max: usize, idle: Duration) -> Guarded {
-        Guarded { inner, slots: Arc::new(Semaphore::new(max.max(1))), idle }
-    }
-}
-
-impl Listener for Guarded {
-    type Io = IdleTimeout<TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+/// Serves `router` on `listener` until `stop` turns true, then lets the
+/// requests in progress finish (no new ones on kept-alive connections).
+pub async fn serve(listener: TcpListener, router: Router, max: usize, head_timeout: Duration, stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(max.max(1)));
+    let mut conns = JoinSet::new();
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    loop {
         // A slot first: past `max`, connections wait in the backlog.
-        let slot = self.slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        let (io, addr) = Listener::accept(&mut self.inner).await;
-        (IdleTimeout::new(io, self.idle, slot), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-/// A stream that fails with `TimedOut` once `idle` passed without a byte
-/// read or written; holds its listener slot until dropped.
-pub struct IdleTimeout<T> {
-    inner: T,
-    idle: Duration,
-    deadline: Pin<Box<Sleep>>,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl<T> IdleTimeout<T> {
-    fn new(inner: T, idle: Duration, slot: OwnedSemaphorePermit) -> IdleTimeout<T> {
-        IdleTimeout { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)), _slot: slot }
-    }
-
-    fn progressed(&mut self) {
-        let idle = self.idle;
-        self.deadline.as_mut().reset(Instant::now() + idle);
-    }
-
-    /// `Pending` from the stream: an error if the deadline passed (the
-    /// deadline's timer wakes the task for it).
-    fn waiting<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle connection"))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    self.progressed();
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+            _ = stopped(stop.clone()) => break,
+        };
+        let stream = tokio::select! {
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                // Out of file descriptors, say: again a little later.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.waiting(cx),
-        }
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                if r.as_ref().is_ok_and(|n| *n > 0) {
-                    self.progressed();
+            },
+            _ = stopped(stop.clone()) => break,
+        };
+        // Finished connections leave the set as they go.
+        while conns.try_join_next().is_some() {}
+        let service = TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(head_timeout);
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stopped(stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
                 }
-                Poll::Ready(r)
             }
-            Poll::Pending => self.waiting(cx),
-        }
+        });
     }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending => self.waiting(cx),
-            r => r,
-        }
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    while conns.join_next().await.is_some() {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::net::TcpStream;
 
-    /// Two slots, 300 ms idle: two clients that send nothing hold both
-    /// slots; a third is served only once the idle ones were closed, which
-    /// happens after the idle time, not never; a client that keeps talking
-    /// is not closed.
+    fn get(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        s
+    }
+
+    fn closed(s: &mut TcpStream) -> bool {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 512];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => return true,
+                // A 408 hyper may write first, then the close.
+                Ok(_) => continue,
+                Err(e) => return e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut,
+            }
+        }
+    }
+
+    /// Two slots, 300 ms for a head: two clients that send nothing (or a
+    /// head a byte every 100 ms: a trickle resets nothing) hold both
+    /// slots until the head time is up, then are closed and a third is
+    /// served; a request that takes the server longer than the head time
+    /// is answered; stopping ends the server.
     #[test]
-    fn idle_connections_are_closed_and_bounded() {
+    fn heads_must_arrive_in_time_and_connections_are_bounded() {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let addr = rt.block_on(async {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (addr, server) = rt.block_on(async {
             let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = tcp.local_addr().unwrap();
-            let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-            tokio::spawn(async move { axum::serve(Guarded::new(tcp, 2, Duration::from_millis(300)), app).await });
-            addr
+            let app = Router::new()
+                .route("/", axum::routing::get(|| async { "ok" }))
+                .route("/slow", axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    "slow"
+                }));
+            (addr, tokio::spawn(serve(tcp, app, 2, Duration::from_millis(300), stop_rx)))
         });
         let start = std::time::Instant::now();
-        let mut silent: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
-        // Half a request head on one of them.
-        silent[1].write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        let mut silent = TcpStream::connect(addr).unwrap();
+        let mut trickle = TcpStream::connect(addr).unwrap();
+        let writer = {
+            let mut t = trickle.try_clone().unwrap();
+            std::thread::spawn(move || {
+                for b in b"GET / HTTP/1.1\r\nHost: x\r\n".iter() {
+                    if t.write_all(&[*b]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
         std::thread::sleep(Duration::from_millis(50));
-        let mut third = std::net::TcpStream::connect(addr).unwrap();
-        third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut third = get(addr, "/");
         let mut answer = String::new();
         third.read_to_string(&mut answer).unwrap();
         let waited = start.elapsed();
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
-        assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "served after {waited:?}");
-        // The silent ones were closed by the server.
-        for s in &mut silent {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut b = [0u8; 64];
-            assert!(matches!(s.read(&mut b), Ok(0) | Err(_)), "still open");
-        }
-        // A client that keeps talking, a request every 100 ms for a second
-        // on one connection, is served throughout.
-        let mut busy = std::net::TcpStream::connect(addr).unwrap();
-        busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        for _ in 0..10 {
-            busy.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut b = [0u8; 512];
-            let n = busy.read(&mut b).unwrap();
-            assert!(b[..n].starts_with(b"HTTP/1.1 200"));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        rt.shutdown_background();
+        assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(3), "served after {waited:?}");
+        assert!(closed(&mut silent), "the silent one still open");
+        assert!(closed(&mut trickle), "the trickling one still open");
+        writer.join().unwrap();
+        // Longer than the head time, on the server's side: answered.
+        let mut slow = get(addr, "/slow");
+        let mut answer = String::new();
+        slow.read_to_string(&mut answer).unwrap();
+        assert!(answer.ends_with("slow"), "{answer}");
+        stop_tx.send(true).unwrap();
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), server).await.expect("stopped").unwrap() });
     }
 }

@@ -148,8 +148,11 @@ fn run(args: Args) -> Result<(), String> {
             eprintln!("braid-control: API on tcp {} (bearer token)", tcp.local_addr().map(|a| a.to_string()).unwrap_or_default());
             let r = api::with_token(router, token);
             let rx = stop_rx.clone();
-            let tcp = braid_control::listen::Guarded::new(tcp, braid_control::listen::MAX_CONNECTIONS, braid_control::listen::IDLE);
-            tasks.spawn(async move { axum::serve(tcp, r).with_graceful_shutdown(shutdown(rx)).await.map_err(|e| e.to_string()) });
+            use braid_control::listen::{serve, HEAD_TIMEOUT, MAX_CONNECTIONS};
+            tasks.spawn(async move {
+                serve(tcp, r, MAX_CONNECTIONS, HEAD_TIMEOUT, rx).await;
+                Ok(())
+            });
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
         let result = tokio::select! {
