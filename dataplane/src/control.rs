@@ -355,7 +355,12 @@ impl Endpoint {
     /// Waits for the first valid snapshot (a dataplane started without a
     /// configuration file): its generation, its document's hash and its
     /// tables; refuses invalid ones. `None` once `stop` is set.
-    pub fn wait_first(&mut self, stop: &AtomicBool) -> Option<(u64, u64, Tables)> {
+    /// `check`: what the process can refuse beyond the document's own
+    /// rules (outbound SAs that would repeat nonces): a refused first
+    /// document is rejected like an invalid one, and the next awaited
+    /// (not an exit the control process would answer with the same
+    /// document again).
+    pub fn wait_first(&mut self, stop: &AtomicBool, check: impl Fn(&Tables) -> Result<(), String>) -> Option<(u64, u64, Tables)> {
         while !stop.load(Ordering::Relaxed) {
             let Some(txn) = self.reader.poll() else {
                 std::thread::sleep(Duration::from_millis(5));
@@ -364,7 +369,8 @@ impl Endpoint {
             let generation = txn.id.0;
             let first = proto::config_from_txn(&txn)
                 .map_err(|e| e.to_string())
-                .and_then(|(_, doc)| tables_from_doc(&doc).map(|t| (proto::doc_hash(&doc), t)));
+                .and_then(|(_, doc)| tables_from_doc(&doc).map(|t| (proto::doc_hash(&doc), t)))
+                .and_then(|(h, t)| check(&t).map(|()| (h, t)));
             match first {
                 Ok((hash, t)) => return Some((generation, hash, t)),
                 Err(reason) => self.reject(generation, reason),

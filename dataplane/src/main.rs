@@ -406,6 +406,19 @@ fn run() -> Result<(), String> {
         })?),
         None => None,
     };
+    // Outbound sequence numbers: kept on disk so a restart never reuses one
+    // (and the peers' replay windows accept the restarted gateway).
+    let mut registry = match &args.seq_state {
+        Some(path) => SaRegistry::with_state(path)?,
+        None => {
+            eprintln!(
+                "braid-dataplane: warning: no --seq-state: after a restart, sequence numbers start at 1 again under \
+                 the same keys (peers drop the packets as replays; change the keys, or give --seq-state), and ESP \
+                 captured before the restart is accepted once more"
+            );
+            SaRegistry::default()
+        }
+    };
     let (generation, doc_hash, tables) = match (&args.config, &mut endpoint) {
         (Some(path), _) => {
             let config = Config::load(path).map_err(|e| format!("{path}: {e}"))?;
@@ -413,7 +426,7 @@ fn run() -> Result<(), String> {
         }
         (None, Some(ep)) => {
             eprintln!("braid-dataplane: waiting for tables from the control process on {}", ep.path().display());
-            match ep.wait_first(&stop) {
+            match ep.wait_first(&stop, |t| registry.check(t)) {
                 Some(first) => first,
                 None => return Ok(()), // stopped while waiting
             }
@@ -512,19 +525,6 @@ fn run() -> Result<(), String> {
         taps.push(Some(tap));
     }
     let offload = |i: usize| ports.iter().find(|(j, _)| *j == i).map(|(_, p)| PortTx::of(p)).unwrap_or_default();
-    // Outbound sequence numbers: kept on disk so a restart never reuses one
-    // (and the peers' replay windows accept the restarted gateway).
-    let mut registry = match &args.seq_state {
-        Some(path) => SaRegistry::with_state(path)?,
-        None => {
-            eprintln!(
-                "braid-dataplane: warning: no --seq-state: after a restart, sequence numbers start at 1 again under \
-                 the same keys (peers drop the packets as replays; change the keys, or give --seq-state), and ESP \
-                 captured before the restart is accepted once more"
-            );
-            SaRegistry::default()
-        }
-    };
     let sas = registry.for_tables(&tables)?;
     let rx_highs = registry.inbound_highs(&tables);
     let registry = Arc::new(Mutex::new(registry));

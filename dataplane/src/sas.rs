@@ -65,6 +65,9 @@ pub const HIGHS_EVERY: Duration = Duration::from_secs(1);
 pub struct SaRegistry {
     sas: HashMap<SaId, Arc<OutboundSaPair>>,
     marks: HashMap<SaId, u64>,
+    /// The SPI each key and salt (their hash) was first used with, in
+    /// `sas` or `marks`.
+    by_key: HashMap<u64, u32>,
     /// Inbound SAs: the high workers publish, and the high on disk.
     highs: HashMap<SaId, (Arc<AtomicU64>, u64)>,
     highs_saved: Option<Instant>,
@@ -101,14 +104,22 @@ impl SaRegistry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
-        Ok(SaRegistry { sas: HashMap::new(), marks, highs, highs_saved: None, state: Some(path) })
+        let mut by_key = HashMap::new();
+        for (spi, h) in marks.keys() {
+            by_key.entry(*h).or_insert(*spi);
+        }
+        Ok(SaRegistry { sas: HashMap::new(), marks, by_key, highs, highs_saved: None, state: Some(path) })
     }
 
     /// The SA for `p`: the existing one when SPI, key and salt are the
     /// same (its sequence counter continues), else a new one starting at
     /// its mark, whose new mark is on disk before this returns.
     pub fn get(&mut self, p: &SaParams) -> Result<Arc<OutboundSaPair>, String> {
-        let (sa, new) = self.find_or_make(p)?;
+        let (spi, h) = sa_id(p);
+        if let Some(other) = self.by_key.get(&h).filter(|o| **o != spi) {
+            return Err(format!("spi {spi:#x}: its key and salt were used with SPI {other:#x} before (AES-GCM nonces would repeat)"));
+        }
+        let (sa, new) = self.find_or_make(p);
         if new {
             self.save()?;
         }
@@ -116,22 +127,11 @@ impl SaRegistry {
     }
 
     /// The SA for `p` and whether it is new (its mark not saved yet).
-    /// Refused: a key and salt this process (or, with a state file, any
-    /// earlier one) used with another SPI. GCM's nonce is the salt and
-    /// the sequence number, not the SPI: the new SA's counter would
-    /// start again where the other's had been, and repeat its nonces
-    /// under the same key (found by review: an SPI changed in a
-    /// document, the key kept).
-    fn find_or_make(&mut self, p: &SaParams) -> Result<(Arc<OutboundSaPair>, bool), String> {
+    /// `p` passed [`SaRegistry::check`].
+    fn find_or_make(&mut self, p: &SaParams) -> (Arc<OutboundSaPair>, bool) {
         let id = sa_id(p);
         if let Some(sa) = self.sas.get(&id) {
-            return Ok((sa.clone(), false));
-        }
-        if let Some((spi, _)) = self.sas.keys().chain(self.marks.keys()).find(|(spi, h)| *h == id.1 && *spi != id.0) {
-            return Err(format!(
-                "outbound SA {:#x}: its key and salt were used with SPI {spi:#x} before; a new SPI needs a new key or salt (AES-GCM nonces would repeat)",
-                id.0
-            ));
+            return (sa.clone(), false);
         }
         let start = self.marks.get(&id).copied().unwrap_or(1);
         let sa = Arc::new(OutboundSaPair::new(Arc::new(OutboundSa::starting_at(p, start))));
@@ -139,7 +139,33 @@ impl SaRegistry {
             self.marks.insert(id, start.saturating_add(AHEAD));
         }
         self.sas.insert(id, sa.clone());
-        Ok((sa, true))
+        self.by_key.entry(id.1).or_insert(id.0);
+        (sa, true)
+    }
+
+    /// Refuses tables with an outbound SA whose key and salt this process
+    /// (or, with a state file, any earlier one) used with another SPI.
+    /// GCM's nonce is the salt and the sequence number, not the SPI, and
+    /// a counter is kept by SPI, key and salt: the new SA's would start
+    /// again where the other's had been and repeat its nonces under the
+    /// same key (found by review: a document that changed `spi_out` and
+    /// kept `key_out`/`salt_out`, or swapped them between tunnels). The
+    /// same SPI with its key again (a tunnel removed and re-added) is the
+    /// same SA: its counter continues. Makes nothing: a refused document
+    /// binds no key.
+    pub fn check(&self, tables: &Tables) -> Result<(), String> {
+        for (b, bundle) in tables.bundles.iter().enumerate() {
+            for (t, tunnel) in bundle.tunnels.iter().enumerate() {
+                let (spi, h) = sa_id(&tunnel.sa_out);
+                if let Some(other) = self.by_key.get(&h).filter(|o| **o != spi) {
+                    return Err(format!(
+                        "bundles[{b}].tunnels[{t}]: key_out and salt_out were used with spi_out {other:#x} before; \
+                         a new spi_out ({spi:#x}) needs a new key or salt (AES-GCM nonces would repeat)"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Registers SAs built elsewhere for `tables`' tunnels (`sas` by
@@ -147,7 +173,9 @@ impl SaRegistry {
     pub fn adopt(&mut self, tables: &Tables, sas: &[Vec<Arc<OutboundSaPair>>]) {
         for (b, bundle) in tables.bundles.iter().enumerate() {
             for (t, tunnel) in bundle.tunnels.iter().enumerate() {
-                self.sas.insert(sa_id(&tunnel.sa_out), sas[b][t].clone());
+                let id = sa_id(&tunnel.sa_out);
+                self.sas.insert(id, sas[b][t].clone());
+                self.by_key.entry(id.1).or_insert(id.0);
             }
         }
     }
@@ -155,34 +183,27 @@ impl SaRegistry {
     /// The outbound SA of every tunnel, by bundle; the marks of new ones
     /// are saved (one write) before this returns.
     pub fn for_tables(&mut self, tables: &Tables) -> Result<Vec<Vec<Arc<OutboundSaPair>>>, String> {
+        // Checked whole first: a refused document makes no SA.
+        self.check(tables)?;
         let mut any_new = false;
-        let mut sas = Vec::with_capacity(tables.bundles.len());
-        let mut refused = None;
-        'all: for b in &tables.bundles {
-            let mut v = Vec::with_capacity(b.tunnels.len());
-            for t in &b.tunnels {
-                match self.find_or_make(&t.sa_out) {
-                    Ok((sa, new)) => {
+        let sas = tables
+            .bundles
+            .iter()
+            .map(|b| {
+                b.tunnels
+                    .iter()
+                    .map(|t| {
+                        let (sa, new) = self.find_or_make(&t.sa_out);
                         any_new |= new;
-                        v.push(sa);
-                    }
-                    Err(e) => {
-                        refused = Some(e);
-                        break 'all;
-                    }
-                }
-            }
-            sas.push(v);
-        }
-        // The marks of SAs made before a refusal too: they are kept, and
-        // a later document may use them.
+                        sa
+                    })
+                    .collect()
+            })
+            .collect();
         if any_new {
             self.save()?;
         }
-        match refused {
-            Some(e) => Err(e),
-            None => Ok(sas),
-        }
+        Ok(sas)
     }
 
     /// The cell each tunnel's inbound SA publishes its replay window's top
@@ -350,6 +371,32 @@ mod tests {
         assert!(again.get(&params(0x301, 9)).is_err(), "after a restart too");
         assert!(again.get(&params(0x300, 9)).is_ok());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Tables that would use a key and salt under a second SPI are refused
+    /// whole, before any SA is made: a refused document binds no key (the
+    /// corrected one, with the new tunnel's key under another SPI, is
+    /// taken), and the process is not left half-configured.
+    #[test]
+    fn a_refused_document_makes_no_sa() {
+        let json = crate::lab::config_json(false, ("net_null0", "net_null1"), "bundle", &[1, 1], 32, 1500);
+        let tables = Tables::from_config(&crate::config::Config::from_json_str(&json).unwrap()).unwrap();
+        let mut r = SaRegistry::default();
+        r.for_tables(&tables).unwrap();
+        let n = r.len();
+        // Tunnel 0 gets a new key under a new SPI (fine), tunnel 1 keeps
+        // its key under a new SPI (refused).
+        let mut bad = tables.clone();
+        bad.bundles[0].tunnels[0].sa_out = params(0x7000, 0x42);
+        bad.bundles[0].tunnels[1].sa_out.spi = Spi(0x7001);
+        let e = r.for_tables(&bad).map(|_| ()).unwrap_err();
+        assert!(e.contains("bundles[0].tunnels[1]"), "{e}");
+        assert_eq!(r.len(), n, "nothing made");
+        // Corrected: the new key under yet another SPI is taken.
+        let mut good = tables.clone();
+        good.bundles[0].tunnels[0].sa_out = params(0x7002, 0x42);
+        r.for_tables(&good).unwrap();
+        assert_eq!(r.len(), n + 1);
     }
 
     #[test]
