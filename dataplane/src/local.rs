@@ -182,6 +182,15 @@ impl Responder {
             return Handled::Reply;
         }
         if !self.resolver.answer_echo(m.data_mut()) {
+            // An echo request to one of our addresses the responder
+            // declined (a damaged checksum, a source no host has, sent to
+            // the link's broadcast): dropped here, not routed on (found by
+            // review: with a covering route it went into the tunnels).
+            if self.is_own_address(m.data()) && is_echo_request(m.data()) {
+                stats.received += 1;
+                stats.drop(LocalDrop::Malformed);
+                return Handled::Dropped;
+            }
             return Handled::Pass;
         }
         stats.received += 1;
@@ -230,6 +239,16 @@ pub fn is_neighbor_answer(d: &[u8]) -> bool {
         // Hop limit 255: from the link (RFC 4861 section 7.1.2); the
         // resolvers would refuse anything else, so it is not told to them.
         Some(et) if et == IPV6 => d.len() > ICMPV6_TYPE && d[V6_NEXT] == 58 && d[V6_NEXT + 1] == 255 && d[ICMPV6_TYPE] == 136,
+        _ => false,
+    }
+}
+
+/// An ICMP echo request or ICMPv6 echo request (IPv4 without options
+/// looked at where `wants` does; IPv6 with ICMPv6 first).
+fn is_echo_request(d: &[u8]) -> bool {
+    match d.get(12..14) {
+        Some(et) if et == IPV4 => d.get(V4_PROTO) == Some(&1) && d.get(14).is_some_and(|v| v & 0x0f == 5) && d.get(34) == Some(&8),
+        Some(et) if et == IPV6 => d.get(V6_NEXT) == Some(&58) && d.get(ICMPV6_TYPE) == Some(&128),
         _ => false,
     }
 }

@@ -889,9 +889,12 @@ impl Worker {
             // Size first: a packet no WAN carries must not charge the
             // balancer. braid fragments outer packets only when the
             // bundle says so (`outer_fragmentation`), or for IPv6 of up
-            // to 1280 bytes (`max_fragmented`).
+            // to 1280 bytes (`max_fragmented`) other than TCP (cut into
+            // segments instead: fragments are dropped on many IPv6
+            // paths, RFC 7872).
             let outer = p.outer_ip_udp + esp::packet_len(inner_len);
-            if outer > p.max_outer && !(inner_len <= IPV6_MIN_MTU && outer <= p.max_fragmented && m.data()[12..14] == [0x86, 0xdd]) {
+            let v6_min = |d: &[u8]| d[12..14] == [0x86, 0xdd] && d.get(ETH + 6) != Some(&6);
+            if outer > p.max_outer && !(inner_len <= IPV6_MIN_MTU && outer <= p.max_fragmented && v6_min(m.data())) {
                 dest[i] = TOO_BIG;
                 tunnel[i] = b; // the bundle, for the ICMP error
                 continue;
@@ -1289,7 +1292,8 @@ impl Worker {
         let whole = m.data_len() - ETH <= usize::from(self.wans[wan].mtu);
         stamp_outer(&mut m, &st.outer[t], esp_len, &mut self.ident, &self.wans[wan], whole);
         if !whole {
-            // Only with outer fragmentation: the size check let it through.
+            // With outer fragmentation, or IPv6 of up to 1280 bytes: the
+            // size check let it through.
             if self.send_fragments(m, wan, (b as u16, t as u16)) {
                 self.counters.encapsulated += 1;
             } else {

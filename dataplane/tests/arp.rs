@@ -295,10 +295,18 @@ fn ping_to_the_lan_and_wan_addresses_is_answered() {
         check_echo4_reply(&got[0], &req4, wan_mac());
         check_echo6_reply(&got[1], &req6, wan_mac());
 
+        // A request to A's LAN address it must not answer (a damaged
+        // ICMP checksum): dropped and counted, not routed on.
+        let mut bad = echo4_frame(lan, HOST4, A_LAN4, &data);
+        bad[14 + 20 + 2] ^= 1;
+        to_a_lan(&mut lab, &[bad]);
+        assert!(from_a_lan(&mut lab).is_empty(), "{mode}: not answered");
+
         let (a, b) = lab.counters();
         let l = &a.local;
         assert_eq!((l.echo_v4_replies, l.echo_v6_replies, l.arp_replies), (2, 2, 1), "{mode}: {l:?}");
         assert_eq!((l.lan_replies, l.wan_replies, l.wan_replies_sent), (2, 3, 3), "{mode}");
+        assert_eq!(l.get(LocalDrop::Malformed), 1, "{mode}: {l:?}");
         assert_eq!(a.drops.named(), vec![("no_route", 1)], "{mode}");
         lab::assert_conserved(&a, "A", mode == "plain");
         lab::assert_conserved(&b, "B", mode == "plain");

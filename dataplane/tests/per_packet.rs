@@ -609,6 +609,14 @@ fn plain_mode_carries_ipv6_up_to_1280_bytes_on_a_smaller_tunnel() {
     let (a, _) = lab.counters();
     assert_eq!((a.drops.get(DpDrop::TooBig), a.icmp_sent), (1, 1));
     assert_eq!(a.frags.fragmented, 2, "the 1200- and 1280-byte ones");
+    // IPv6 TCP of that size is cut into segments instead (fragments are
+    // dropped on many IPv6 paths, RFC 7872).
+    let t = Flow::a_to_b(1, Family::V6, L4::Tcp);
+    let frames = vec![lab.frame_to_a(&ip_packet(&t, 0, 14 + 1200))];
+    send(&mut lab, frames);
+    lab.settle(2);
+    let (a, _) = lab.counters();
+    assert_eq!((a.tunnel_cut.segmented, a.frags.fragmented), (1, 2));
     lab::assert_conserved(&a, "A", true);
     lab.close();
 }

@@ -594,7 +594,7 @@ impl Resolver {
         // is never solicited (RFC 4861 sections 7.1.1, 7.1.2).
         let parsed = parsed.filter(|(src, dst, repr)| match repr {
             icmpv6::Repr::NeighborSolicit { target, source_lladdr } => {
-                !target.is_multicast() && (!src.is_unspecified() || (source_lladdr.is_none() && dst.segments()[..6] == [0xff02, 0, 0, 0, 0, 1]))
+                !target.is_multicast() && (!src.is_unspecified() || (source_lladdr.is_none() && dst.segments()[..6] == [0xff02, 0, 0, 0, 0, 1] && dst.segments()[6] >> 8 == 0xff))
             }
             icmpv6::Repr::NeighborAdvert { flags, target, .. } => !(target.is_multicast() || dst.is_multicast() && flags.solicited()),
             _ => true,

@@ -452,12 +452,14 @@ fn invalid_neighbor_discovery_is_discarded() {
     // A broadcast source option: not answered to the broadcast.
     let bcast = nd_frame(HOP_MAC, peer, icmpv6::solicited_node(our_v6()), ns(our_v6(), Some(Address::BROADCAST)));
     assert_eq!(r.on_frame(&bcast, SEC, &mut out), None);
-    // A solicitation for another host's address teaches nothing.
+    // A solicitation for another host's address teaches nothing, even
+    // about a neighbour we are resolving.
     let other: Ipv6Addr = "fe80::77".parse().unwrap();
     let mut fresh = resolver();
+    assert!(matches!(fresh.lookup(other.into(), SEC, &mut out), Lookup::Pending { .. }));
     let not_ours = nd_frame(Address([2, 0, 0, 0, 0, 0x77]), other, icmpv6::solicited_node(peer), ns(peer, Some(Address([2, 0, 0, 0, 0, 0x77]))));
     assert_eq!(fresh.on_frame(&not_ours, SEC, &mut out), None);
-    assert_eq!(fresh.len(), 0);
+    assert_eq!(fresh.lookup(other.into(), SEC + 1, &mut out), Lookup::Pending { request: None }, "not learned");
     // The advertisement of the test above, with no solicited flag to a
     // group, is fine.
     let unsolicited = nd_frame(HOP_MAC, peer, group, icmpv6::Repr::NeighborAdvert { flags: icmpv6::NaFlags(icmpv6::NaFlags::OVERRIDE), target: peer, target_lladdr: Some(HOP_MAC) });
