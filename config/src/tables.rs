@@ -777,14 +777,19 @@ fn unique_names<'a>(
     Ok(index)
 }
 
-/// Most ports in a document: DPDK's own limit (`RTE_MAX_ETHPORTS`), and a
-/// bound on the per-port checks (found by review: 500,000 ports kept the
-/// control's validation busy for minutes, every other change waiting).
+/// Most ports in a document, with one more for each `kernel_tap` (a DPDK
+/// `net_tap` port of its own): DPDK's own limit (`RTE_MAX_ETHPORTS`), and
+/// a bound on the per-port checks (found by review: 500,000 ports kept
+/// the control's validation busy for minutes, every other change waiting).
 pub const MAX_PORTS: usize = 32;
 
 fn resolve_ports(config: &[PortConfig]) -> Result<Vec<Port>, ConfigError> {
-    if config.len() > MAX_PORTS {
-        return Err(invalid("ports", format!("{} ports, at most {MAX_PORTS}", config.len())));
+    let taps = config.iter().filter(|p| p.kernel_tap.is_some()).count();
+    if config.len() + taps > MAX_PORTS {
+        return Err(invalid(
+            "ports",
+            format!("{} ports and {taps} kernel taps, at most {MAX_PORTS} in all (DPDK's port limit)", config.len()),
+        ));
     }
     unique_names("ports", config.iter().map(|p| p.name.as_str()))?;
     let mut devices: HashMap<&str, usize> = HashMap::new();

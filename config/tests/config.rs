@@ -318,6 +318,21 @@ fn needs_a_lan_and_a_wan_port() {
         "ports",
         "at most 32",
     );
+    // Each kernel tap is a DPDK port too: 18 ports and 16 taps.
+    refused(
+        |v| {
+            let wan = v["ports"][1].clone();
+            for i in 0..16 {
+                let mut w = wan.clone();
+                w["name"] = json!(format!("w{i}"));
+                w["device"] = json!(format!("net_null{}", 10 + i));
+                w["kernel_tap"] = json!(format!("tap{i}"));
+                as_array(&mut v["ports"]).push(w);
+            }
+        },
+        "ports",
+        "at most 32",
+    );
     refused(
         |v| {
             let mut lan2 = v["ports"][0].clone();
@@ -1650,6 +1665,24 @@ fn nat_checks_scale_with_rules_sharing_a_pool_address() {
     let t = tables_of(v.clone()).expect("validates");
     assert_eq!(t.nat.dnat.len(), 2 + 1998);
     assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{:?}", t0.elapsed());
+    // Nested and overlapping ranges on one address: a forward inside a
+    // range that starts before a nested one and reaches past it is found
+    // (the search keeps the furthest reach, not just the last start).
+    let mut w = example_value();
+    with_nat(&mut w);
+    for (i, (lo, hi)) in [(1000, 5000), (1200, 1300), (4000, 6000)].into_iter().enumerate() {
+        snat(&mut w).push(json!({ "name": format!("n{i}"), "match": format!("11.1.{i}.0/24"), "peer": "site-b", "pool": ["100.64.8.8"], "ports": format!("{lo}-{hi}") }));
+    }
+    for (port, inside) in [(2000, Some(2)), (5500, Some(4)), (1250, None), (900, None), (6001, None)] {
+        let mut x = w.clone();
+        dnat(&mut x).push(json!({ "name": "f", "external": "100.64.8.8", "protocol": "tcp", "port": port, "internal": "10.1.0.22" }));
+        match (tables_of(x), inside) {
+            (Ok(_), None) if port != 1250 => {}
+            (Err(e), Some(j)) => assert!(e.to_string().contains(&format!("nat.snat[{j}]")), "{port}: {e}"),
+            (Err(e), None) if port == 1250 => assert!(e.to_string().contains("nat.snat["), "{port}: {e}"),
+            (r, _) => panic!("{port}: {:?}", r.map(|_| ())),
+        }
+    }
     // A forward inside the ports of the 15,000th rule: found, named.
     dnat(&mut v).push(json!({ "name": "bad", "external": "100.64.9.9", "protocol": "udp", "port": 2000 + 3 * 15_000 + 1, "internal": "10.1.0.22" }));
     let e = tables_of(v).unwrap_err();

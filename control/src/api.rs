@@ -72,7 +72,7 @@ pub struct AppState {
     /// Whole documents (`PUT /v1/config`, up to 64 MiB) read and parsed
     /// at once: at most [`WHOLE_DOCUMENTS`] (found by review: 64 slots of
     /// 64 MiB bodies and their parsed copies could take 8 GiB).
-    whole: Semaphore,
+    whole: Arc<Semaphore>,
 }
 
 /// Whole documents read and parsed at once.
@@ -88,7 +88,7 @@ impl AppState {
             stats: stats.map(StatsSource::new),
             limits,
             inflight: Arc::new(Semaphore::new(limits.concurrent)),
-            whole: Semaphore::new(WHOLE_DOCUMENTS),
+            whole: Arc::new(Semaphore::new(WHOLE_DOCUMENTS)),
         })
     }
 
@@ -327,9 +327,13 @@ async fn get_config(State(app): State<Arc<AppState>>) -> Result<Response, ApiErr
         return Err(ApiError::bare(StatusCode::NOT_FOUND, "no configuration yet"));
     }
     // Copied, redacted and serialized off the async threads (a large
-    // document takes a while: the other requests would wait).
+    // document takes a while: the other requests would wait), two
+    // documents at a time (the permit goes with the work, which goes on
+    // if the client leaves).
     let generation = running.generation;
+    let whole = app.whole.clone().acquire_owned().await.map_err(|_| ApiError::internal("closed"))?;
     let mut r = tokio::task::spawn_blocking(move || {
+        let _whole = whole;
         let mut c = running.config.clone().expect("checked above");
         redact(&mut c);
         json(StatusCode::OK, &c)
@@ -341,15 +345,20 @@ async fn get_config(State(app): State<Arc<AppState>>) -> Result<Response, ApiErr
 }
 
 async fn put_config(State(app): State<Arc<AppState>>, if_match: IfMatch, body: Body) -> Result<Response, ApiError> {
-    let config = {
-        let _whole = app.whole.acquire().await.map_err(|_| ApiError::internal("closed"))?;
-        let bytes = read_body(body, app.limits.config_body).await?;
-        // Parsed off the async threads too.
-        tokio::task::spawn_blocking(move || parse_json::<Config>(&bytes))
-            .await
-            .map_err(|e| ApiError::internal(format!("parsing task failed: {e}")))??
-    };
-    mutate(app, StatusCode::OK, if_match, move |_| Ok(config)).await
+    // Two whole documents at a time, from their bodies to their turn at
+    // the mutation lock: the permit goes with the parsed document into the
+    // mutation (which goes on if the client leaves).
+    let whole = app.whole.clone().acquire_owned().await.map_err(|_| ApiError::internal("closed"))?;
+    let bytes = read_body(body, app.limits.config_body).await?;
+    // Parsed off the async threads too.
+    let (config, whole) = tokio::task::spawn_blocking(move || parse_json::<Config>(&bytes).map(|c| (c, whole)))
+        .await
+        .map_err(|e| ApiError::internal(format!("parsing task failed: {e}")))??;
+    mutate(app, StatusCode::OK, if_match, move |_| {
+        drop(whole);
+        Ok(config)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------
