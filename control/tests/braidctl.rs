@@ -52,6 +52,16 @@ fn cli_round_trip() {
     let status: Value = serde_json::from_str(&ok(&s, &["--json", "status"])).unwrap();
     assert_eq!(status["generation"], 7);
 
+    // --if-match: a change from an older generation is refused; from the
+    // running one it applies. `config get` tells the generation on stderr.
+    let got = ctl(&s, &["config", "get"]);
+    assert_eq!(String::from_utf8_lossy(&got.stderr), "generation 7\n");
+    let out = ctl(&s, &["--if-match", "6", "peer", "del", "site-c"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 412"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ok(&s, &["--if-match", "7", "route", "add", "10.5.0.0/16", "site-c"]), "generation 8\n");
+    assert_eq!(ok(&s, &["route", "del", "10.5.0.0/16"]), "generation 9\n");
+
     // Refusals: non-zero exit, the field and the reason on stderr, nothing changed.
     let out = ctl(&s, &["route", "add", "10.4.1.0/16", "site-c"]);
     assert!(!out.status.success());
@@ -61,11 +71,11 @@ fn cli_round_trip() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 404"));
 
-    assert_eq!(ok(&s, &["nat", "dnat", "del", "web"]), "generation 8\n");
-    assert_eq!(ok(&s, &["nat", "snat", "del", "out"]), "generation 9\n");
-    assert_eq!(ok(&s, &["route", "del", "10.3.0.0/16"]), "generation 10\n");
-    assert_eq!(ok(&s, &["peer", "del", "site-c"]), "generation 11\n");
-    assert_eq!(ok(&s, &["bundle", "del", "spare"]), "generation 12\n");
+    assert_eq!(ok(&s, &["nat", "dnat", "del", "web"]), "generation 10\n");
+    assert_eq!(ok(&s, &["nat", "snat", "del", "out"]), "generation 11\n");
+    assert_eq!(ok(&s, &["route", "del", "10.3.0.0/16"]), "generation 12\n");
+    assert_eq!(ok(&s, &["peer", "del", "site-c"]), "generation 13\n");
+    assert_eq!(ok(&s, &["bundle", "del", "spare"]), "generation 14\n");
     let got: Value = serde_json::from_str(&ok(&s, &["config", "get"])).unwrap();
     let mut want = common::shown(&example());
     want["bundles"][0]["tunnels"][2]["weight"] = 5.into();

@@ -23,6 +23,11 @@ struct Cli {
     /// Print the API's JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Changes only if the running document is at this generation (as
+    /// `config get` printed it to stderr, or `status` shows): refused
+    /// (412) if another change came first, instead of undoing it.
+    #[arg(long, global = true)]
+    if_match: Option<u64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -181,6 +186,7 @@ fn client(cli: &Cli) -> Result<Client, String> {
     if let Some(p) = &cli.token_file {
         c.token = Some(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?.trim().to_string());
     }
+    c.if_match = cli.if_match;
     Ok(c)
 }
 
@@ -274,7 +280,16 @@ fn run(cli: &Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Config { cmd: ConfigCmd::Get } => {
-            print_json(&call(&c, "GET", "/v1/config", None)?);
+            let r = c.request("GET", "/v1/config", None).map_err(|e| e.to_string())?;
+            if !r.is_success() {
+                return Err(api_error(&r));
+            }
+            // The generation on stderr: stdout stays the document, to edit
+            // and put back with --if-match.
+            if let Some(g) = r.header("x-braid-generation") {
+                eprintln!("generation {g}");
+            }
+            print_json(&r.json()?);
             Ok(())
         }
         Cmd::Config { cmd: ConfigCmd::Put { file } } => {
