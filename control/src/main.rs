@@ -148,9 +148,9 @@ fn run(args: Args) -> Result<(), String> {
             eprintln!("braid-control: API on tcp {} (bearer token)", tcp.local_addr().map(|a| a.to_string()).unwrap_or_default());
             let r = api::with_token(router, token);
             let rx = stop_rx.clone();
-            use braid_control::listen::{serve, HEAD_TIMEOUT, MAX_CONNECTIONS};
+            use braid_control::listen::{serve, HEAD_TIMEOUT, MAX_CONNECTIONS, WRITE_TIMEOUT};
             tasks.spawn(async move {
-                serve(tcp, r, MAX_CONNECTIONS, HEAD_TIMEOUT, rx).await;
+                serve(tcp, r, MAX_CONNECTIONS, (HEAD_TIMEOUT, WRITE_TIMEOUT), rx).await;
                 Ok(())
             });
         }

@@ -247,7 +247,14 @@ pub fn is_neighbor_answer(d: &[u8]) -> bool {
 /// looked at where `wants` does; IPv6 with ICMPv6 first).
 fn is_echo_request(d: &[u8]) -> bool {
     match d.get(12..14) {
-        Some(et) if et == IPV4 => d.get(V4_PROTO) == Some(&1) && d.get(14).is_some_and(|v| v & 0x0f == 5) && d.get(34) == Some(&8),
+        // Not a fragment: a large ping is the kernel's to reassemble (the
+        // exception path), not dropped here (found by review).
+        Some(et) if et == IPV4 => {
+            d.get(V4_PROTO) == Some(&1)
+                && d.get(14).is_some_and(|v| v & 0x0f == 5)
+                && d.get(20..22).is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & 0x3fff == 0)
+                && d.get(34) == Some(&8)
+        }
         Some(et) if et == IPV6 => d.get(V6_NEXT) == Some(&58) && d.get(ICMPV6_TYPE) == Some(&128),
         _ => false,
     }
@@ -361,6 +368,28 @@ mod tests {
         assert!(!r.for_gateway(&v4(6, [10, 1, 0, 1])[..30]), "truncated");
         let bare = port(None, None);
         assert!(!bare.for_gateway(&v4(6, [10, 1, 0, 1])), "no address, nothing to us");
+    }
+
+    /// The echo requests a declined answer drops: whole IPv4 without
+    /// options and ICMPv6; not a fragment (the kernel's to reassemble).
+    #[test]
+    fn echo_requests_dropped_when_declined_are_whole() {
+        let mut e = v4(1, [10, 1, 0, 1]);
+        e[14] = 0x45;
+        e[34] = 8;
+        assert!(is_echo_request(&e));
+        let mut first = e.clone();
+        first[20] = 0x20; // more fragments
+        assert!(!is_echo_request(&first), "a first fragment");
+        let mut later = e.clone();
+        later[21] = 0xb9; // an offset
+        assert!(!is_echo_request(&later), "a later fragment");
+        let mut reply = e.clone();
+        reply[34] = 0;
+        assert!(!is_echo_request(&reply));
+        let mut e6 = v6(58, "fd00:1::1");
+        e6[ICMPV6_TYPE] = 128;
+        assert!(is_echo_request(&e6));
     }
 
     #[test]

@@ -67,7 +67,9 @@ pub struct SaRegistry {
     marks: HashMap<SaId, u64>,
     /// The SPI each key and salt (their hash) was first used with, in
     /// `sas` or `marks`.
-    by_key: HashMap<u64, u32>,
+    by_key: HashMap<u64, Vec<u32>>,
+    /// The keys and salts (their hash) of every inbound SA seen.
+    in_keys: std::collections::HashSet<u64>,
     /// Inbound SAs: the high workers publish, and the high on disk.
     highs: HashMap<SaId, (Arc<AtomicU64>, u64)>,
     highs_saved: Option<Instant>,
@@ -104,11 +106,12 @@ impl SaRegistry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
-        let mut by_key = HashMap::new();
+        let mut by_key: HashMap<u64, Vec<u32>> = HashMap::new();
         for (spi, h) in marks.keys() {
-            by_key.entry(*h).or_insert(*spi);
+            by_key.entry(*h).or_default().push(*spi);
         }
-        Ok(SaRegistry { sas: HashMap::new(), marks, by_key, highs, highs_saved: None, state: Some(path) })
+        let in_keys = highs.keys().map(|(_, h)| *h).collect();
+        Ok(SaRegistry { sas: HashMap::new(), marks, by_key, in_keys, highs, highs_saved: None, state: Some(path) })
     }
 
     /// The SA for `p`: the existing one when SPI, key and salt are the
@@ -116,8 +119,8 @@ impl SaRegistry {
     /// its mark, whose new mark is on disk before this returns.
     pub fn get(&mut self, p: &SaParams) -> Result<Arc<OutboundSaPair>, String> {
         let (spi, h) = sa_id(p);
-        if let Some(other) = self.by_key.get(&h).filter(|o| **o != spi) {
-            return Err(format!("spi {spi:#x}: its key and salt were used with SPI {other:#x} before (AES-GCM nonces would repeat)"));
+        if let Err(e) = self.key_free(spi, h) {
+            return Err(format!("spi {spi:#x}: {e}"));
         }
         let (sa, new) = self.find_or_make(p);
         if new {
@@ -139,8 +142,32 @@ impl SaRegistry {
             self.marks.insert(id, start.saturating_add(AHEAD));
         }
         self.sas.insert(id, sa.clone());
-        self.by_key.entry(id.1).or_insert(id.0);
+        self.bind_key(id);
         (sa, true)
+    }
+
+    /// Whether an outbound SA `spi` may use the key and salt hashed `h`:
+    /// not if another outbound SPI used them (its numbers), nor an inbound
+    /// SA (the peer's numbers: directions swapped by mistake; found by
+    /// review). Every SPI a key was seen with is kept, so a state file
+    /// from before this check that holds one key under two SPIs refuses
+    /// both, the same way at every start.
+    fn key_free(&self, spi: u32, h: u64) -> Result<(), String> {
+        if let Some(other) = self.by_key.get(&h).and_then(|v| v.iter().find(|o| **o != spi)) {
+            return Err(format!("were used with outbound SPI {other:#x} before (AES-GCM nonces would repeat)"));
+        }
+        if self.in_keys.contains(&h) {
+            let other = self.highs.keys().find(|(_, k)| *k == h).map_or(0, |(s, _)| *s);
+            return Err(format!("are an inbound SA's (SPI {other:#x}): the peer's nonces under them would repeat"));
+        }
+        Ok(())
+    }
+
+    fn bind_key(&mut self, (spi, h): SaId) {
+        let spis = self.by_key.entry(h).or_default();
+        if !spis.contains(&spi) {
+            spis.push(spi);
+        }
     }
 
     /// Refuses tables with an outbound SA whose key and salt this process
@@ -157,11 +184,8 @@ impl SaRegistry {
         for (b, bundle) in tables.bundles.iter().enumerate() {
             for (t, tunnel) in bundle.tunnels.iter().enumerate() {
                 let (spi, h) = sa_id(&tunnel.sa_out);
-                if let Some(other) = self.by_key.get(&h).filter(|o| **o != spi) {
-                    return Err(format!(
-                        "bundles[{b}].tunnels[{t}]: key_out and salt_out were used with spi_out {other:#x} before; \
-                         a new spi_out ({spi:#x}) needs a new key or salt (AES-GCM nonces would repeat)"
-                    ));
+                if let Err(e) = self.key_free(spi, h) {
+                    return Err(format!("bundles[{b}].tunnels[{t}]: key_out and salt_out {e}; spi_out {spi:#x} needs a new key or salt"));
                 }
             }
         }
@@ -175,7 +199,7 @@ impl SaRegistry {
             for (t, tunnel) in bundle.tunnels.iter().enumerate() {
                 let id = sa_id(&tunnel.sa_out);
                 self.sas.insert(id, sas[b][t].clone());
-                self.by_key.entry(id.1).or_insert(id.0);
+                self.bind_key(id);
             }
         }
     }
@@ -211,6 +235,9 @@ impl SaRegistry {
     /// the high a new window starts above: what the file kept, or what an
     /// earlier window of this process published.
     pub fn inbound_highs(&mut self, tables: &Tables) -> Vec<Vec<Arc<AtomicU64>>> {
+        for t in tables.bundles.iter().flat_map(|b| b.tunnels.iter()) {
+            self.in_keys.insert(sa_id(&t.sa_in).1);
+        }
         let highs = &mut self.highs;
         let mut cell = |p: &SaParams| highs.entry(sa_id(p)).or_insert_with(|| (Arc::new(AtomicU64::new(0)), 0)).0.clone();
         tables.bundles.iter().map(|b| b.tunnels.iter().map(|t| cell(&t.sa_in)).collect()).collect()
@@ -392,6 +419,13 @@ mod tests {
         let e = r.for_tables(&bad).map(|_| ()).unwrap_err();
         assert!(e.contains("bundles[0].tunnels[1]"), "{e}");
         assert_eq!(r.len(), n, "nothing made");
+        // An inbound SA's key and salt as an outbound one (directions
+        // swapped by mistake): the peer's nonces: refused too.
+        r.inbound_highs(&tables);
+        let mut swapped = tables.clone();
+        swapped.bundles[0].tunnels[0].sa_out = tables.bundles[0].tunnels[0].sa_in.clone();
+        let e = r.for_tables(&swapped).map(|_| ()).unwrap_err();
+        assert!(e.contains("inbound"), "{e}");
         // Corrected: the new key under yet another SPI is taken.
         let mut good = tables.clone();
         good.bundles[0].tunnels[0].sa_out = params(0x7002, 0x42);
