@@ -305,34 +305,22 @@ fn needs_a_lan_and_a_wan_port() {
     refused(|v| v["ports"][0]["role"] = json!("wan"), "ports", "LAN");
     refused(|v| v["ports"][1]["role"] = json!("lan"), "ports", "WAN");
     refused(|v| v["ports"] = json!([]), "ports", "LAN");
-    refused(
-        |v| {
-            let wan = v["ports"][1].clone();
-            for i in 0..40 {
-                let mut w = wan.clone();
-                w["name"] = json!(format!("w{i}"));
-                w["device"] = json!(format!("net_null{}", 10 + i));
-                as_array(&mut v["ports"]).push(w);
-            }
-        },
-        "ports",
-        "at most 32",
-    );
-    // Each kernel tap is a DPDK port too: 18 ports and 16 taps.
-    refused(
-        |v| {
-            let wan = v["ports"][1].clone();
-            for i in 0..16 {
-                let mut w = wan.clone();
-                w["name"] = json!(format!("w{i}"));
-                w["device"] = json!(format!("net_null{}", 10 + i));
+    // `n` more WAN ports, with kernel taps or not.
+    fn more_wans(v: &mut Value, n: usize, taps: bool) {
+        let wan = v["ports"][1].clone();
+        for i in 0..n {
+            let mut w = wan.clone();
+            w["name"] = json!(format!("w{i}"));
+            w["device"] = json!(format!("net_null{}", 10 + i));
+            if taps {
                 w["kernel_tap"] = json!(format!("tap{i}"));
-                as_array(&mut v["ports"]).push(w);
             }
-        },
-        "ports",
-        "at most 32",
-    );
+            as_array(&mut v["ports"]).push(w);
+        }
+    }
+    refused(|v| more_wans(v, 40, false), "ports", "at most 32");
+    // Each kernel tap is a DPDK port too: 18 ports and 16 taps.
+    refused(|v| more_wans(v, 16, true), "ports", "at most 32");
     refused(
         |v| {
             let mut lan2 = v["ports"][0].clone();
