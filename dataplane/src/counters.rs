@@ -37,6 +37,10 @@ drops! {
     TooBig => "too_big",
     /// The mempool was empty (packing a LAN burst into frames).
     NoMbuf => "no_mbuf",
+    /// Bundle mode: inner packets packed (whole or in part) into a frame
+    /// whose seal failed, e.g. its tunnel's SA out of sequence numbers
+    /// (the engine counts the frame itself by reason, `sa_exhausted`).
+    FrameLost => "frame_lost",
     /// Plain mode: the balancer had no tunnel for the packet.
     NoPath => "no_path",
     /// LAN TX queue full: the NIC did not take the packet.
@@ -711,8 +715,9 @@ pub struct WorkerCounters {
     pub wan_rx: Flow,
     pub wan_tx: Flow,
     /// Inner packets taken from the LAN into a tunnel: sealed (plain mode)
-    /// or packed into frames (bundle mode; a frame lost after packing is
-    /// an engine drop).
+    /// or packed into frames that were sealed (bundle mode; the packets of
+    /// a frame whose seal failed are `frame_lost` drops, the frame an
+    /// engine drop).
     pub encapsulated: u64,
     /// Inner packets from a tunnel handed to the LAN TX queue.
     pub delivered: u64,

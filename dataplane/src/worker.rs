@@ -1199,13 +1199,23 @@ impl Worker {
         let area = esp_area_len(st.max_frame);
         let room = st.outer_room;
         let mut cursor = PackCursor::new();
+        // Packets in frames whose seal failed, and the end of the last
+        // such frame's packets (a packet cut across two lost frames is
+        // one packet lost).
+        let (mut unsealed, mut unsealed_end) = (0, 0);
         let lost = loop {
             let Some(mut m) = Mbuf::alloc(&self.pool) else { break Some(DpDrop::NoMbuf) };
             let Some(buf) = m.append(room + area) else { break Some(DpDrop::TooBig) };
+            let first = cursor.consumed();
             match tx.next_frame(&inner[..k], &mut cursor, &mut buf[room..], now) {
                 None => break None, // all packed; `m` goes back to the pool
-                // The frame is lost; the engine counts it by reason.
-                Some(Err(_)) => {}
+                // The frame is lost (the engine counts it by reason), and
+                // with it every packet it held whole or in part.
+                Some(Err(_)) => {
+                    let end = cursor.consumed() + usize::from(cursor.continues());
+                    unsealed += end.saturating_sub(first.max(unsealed_end));
+                    unsealed_end = end;
+                }
                 Some(Ok(t)) => {
                     let wan = st.wan_of[t.tunnel];
                     m.trim(area - t.esp_len);
@@ -1219,9 +1229,12 @@ impl Worker {
         // This burst's sequence leases end with it (several workers share
         // each SA; a kept lease would go stale).
         tx.end_burst();
-        // Packets the packer took are encapsulated; the rest are dropped.
+        // Packets the packer took are encapsulated, but for those in lost
+        // frames; the rest are dropped.
         let packed = cursor.consumed().min(k);
-        self.counters.encapsulated += packed as u64;
+        let unsealed = unsealed.min(packed);
+        self.counters.encapsulated += (packed - unsealed) as u64;
+        self.counters.drops.add_n(DpDrop::FrameLost, unsealed as u64);
         // The packer also stops on a packet no frame of this bundle can
         // start (a frame area under its headers; not with validated
         // tables): what it left is dropped, counted.

@@ -184,6 +184,43 @@ fn bundle_mode_counts_every_packet_once() {
     lab.close();
 }
 
+/// Bundle mode: the tunnel's SA runs out of sequence numbers mid-stream.
+/// Its frames' seals fail (the engine counts the frames, `sa_exhausted`)
+/// and every packet they held, whole or in part, is a `frame_lost` drop,
+/// not `encapsulated`: B delivers exactly what A counted encapsulated.
+#[test]
+fn bundle_packets_of_unsealed_frames_are_dropped_not_encapsulated() {
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let limit = braid_tunnel::sa::MAX_PACKET_LIMIT;
+    // Packets bigger than a frame, so some are cut across a sealed frame
+    // and a lost one; and smaller ones, several to a frame.
+    for (case, size, numbers) in [("exh1", 3000usize, 7u64), ("exh2", 200, 2)] {
+        let opts = lab::LabOptions { sa_start: Some(limit + 1 - numbers), ..Default::default() };
+        let mut lab = Lab::with(case, "bundle", &[1], 16, 1500, opts);
+        let f = Flow::a_to_b(0, Family::V4, L4::Udp);
+        let mut seq = 0;
+        for _ in 0..4 {
+            let b = burst(&lab, &f, seq, 16, size);
+            seq += 16;
+            send(&mut lab, b);
+        }
+        lab.settle(20);
+        let (a, b) = lab.counters();
+        eprintln!("{case}: A {:?} {:?} encapsulated {}", a.drops.named(), a.engine.named(), a.encapsulated);
+        let frames = a.tunnels.iter().flatten().map(|t| t.tx.packets).sum::<u64>();
+        assert_eq!(frames, numbers, "{case}: one frame per sequence number");
+        assert!(a.engine.get(DropReason::SaExhausted) > 0, "{case}");
+        let lost = a.drops.get(DpDrop::FrameLost);
+        assert!(lost > 0 && a.encapsulated > 0, "{case}: {lost} lost, {} encapsulated", a.encapsulated);
+        assert_eq!(a.encapsulated + lost, seq as u64, "{case}");
+        assert_eq!(b.delivered, a.encapsulated, "{case}: B delivers what A sealed");
+        assert_eq!(lab.delivered.len() as u64, a.encapsulated, "{case}");
+        lab::assert_conserved(&a, "A", false);
+        lab::assert_conserved(&b, "B", false);
+        lab.close();
+    }
+}
+
 /// ESP sequence number (low 32 bits) of a captured WAN frame.
 fn esp_seq(frame: &[u8]) -> u32 {
     u32::from_be_bytes(frame[46..50].try_into().unwrap())

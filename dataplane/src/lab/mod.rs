@@ -17,7 +17,7 @@ use crate::gateway::{outbound_sas, pool_rooms, worker_setup, PortPlan, PortTx};
 use crate::worker::{KernelTap, Worker};
 use braid_dpdk::ring_port::RingPair;
 use braid_dpdk::{Mbuf, Mempool, Port, PortConfig, RxQueue, TxQueue, BURST};
-use braid_tunnel::sa::OutboundSaPair;
+use braid_tunnel::sa::{OutboundSa, OutboundSaPair};
 
 use traffic::{ip_packet, tag, Flow};
 
@@ -211,6 +211,10 @@ pub struct LabOptions {
     /// instead of a ring pair. What A sends there never reaches B (the
     /// test reads it where the device leads).
     pub a_wan_device: Option<String>,
+    /// The first sequence number of every outbound SA, and the inbound
+    /// windows above the numbers before it (as a restart with
+    /// `--seq-state` starts them): near `MAX_PACKET_LIMIT` to exhaust them.
+    pub sa_start: Option<u64>,
 }
 
 /// Which way a WAN frame crosses the middle.
@@ -418,9 +422,26 @@ impl Lab {
                 p.start().unwrap();
             }
             let plan = PortPlan::new(&tables).unwrap();
-            let sas = outbound_sas(&tables);
+            let mut sas = outbound_sas(&tables);
+            if let Some(start) = opts.sa_start {
+                sas = tables
+                    .bundles
+                    .iter()
+                    .map(|b| {
+                        let sa = |t: &crate::config::Tunnel| OutboundSa::starting_at(&t.sa_out, start);
+                        b.tunnels.iter().map(|t| Arc::new(OutboundSaPair::new(Arc::new(sa(t))))).collect()
+                    })
+                    .collect();
+            }
             let port_tx = [PortTx::of(&lan), PortTx::of(&wan)];
             let mut setup = worker_setup(&tables, &plan, &sas, 0, true, |i| port_tx[i]).unwrap();
+            if let Some(start) = opts.sa_start {
+                // The peer's SAs start there too: its inbound windows
+                // above the numbers before (as a kept high makes them).
+                let high = |_: &crate::config::Tunnel| Arc::new(std::sync::atomic::AtomicU64::new(start - 1));
+                let highs: Vec<Vec<_>> = tables.bundles.iter().map(|b| b.tunnels.iter().map(high).collect()).collect();
+                setup = setup.with_rx_highs(&highs);
+            }
             if let Some(nat) = setup.nat.as_mut() {
                 let mut c = (*nat.config).clone();
                 c.max_sessions = opts.nat_max_sessions.unwrap_or(c.max_sessions);
