@@ -379,7 +379,8 @@ impl Endpoint {
         None
     }
 
-    fn reject(&mut self, generation: u64, reason: String) {
+    /// Tells the control process generation `generation` is refused, and why.
+    pub fn reject(&mut self, generation: u64, reason: String) {
         eprintln!("braid-dataplane: configuration generation {generation} rejected: {reason}");
         self.counters.rejected.fetch_add(1, Ordering::Relaxed);
         self.send(Event::Rejected { generation, reason });

@@ -4,7 +4,10 @@
 //! EAL (vdevs with --no-pci, or an -a allow-list), sets the ports up with a
 //! queue pair per worker, runs `--workers` workers (worker 0 on the main
 //! lcore, the others on EAL's worker lcores), publishes counters to a stats segment (`--stats`) and/or a JSON
-//! file while it runs and prints them on exit. SIGINT/SIGTERM stop it
+//! file while it runs and prints them on exit. A first document from the
+//! control process whose ports cannot be set up is rejected, and the
+//! process waits for one with other ports, then starts itself again (same
+//! pid; EAL cannot start twice in one process) to set them up. SIGINT/SIGTERM stop it
 //! cleanly: workers stop, held packets are delivered, ports close, exit 0.
 //!
 //! usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH]
@@ -385,6 +388,113 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
     (worker, tables, writer)
 }
 
+/// The LAN and WAN ports (by index in `Tables::ports`) and each one's
+/// kernel tap, if it has one, as [`open_ports`] opens them.
+type Opened = (Vec<(usize, Port)>, Vec<Option<Port>>);
+
+/// Opens, configures and starts the LAN and WAN ports, a queue pair per
+/// worker each, and their kernel taps. On an error what was opened is
+/// closed again (a net_tap's kernel interface goes with it).
+fn open_ports(tables: &Tables, plan: &PortPlan, workers: u16, pool: &Mempool) -> Result<Opened, String> {
+    let mut opened = (Vec::new(), Vec::new());
+    let r = open_ports_into(tables, plan, workers, pool, &mut opened);
+    if let Err(e) = r {
+        let (ports, taps) = opened;
+        ports.into_iter().for_each(|(_, p)| p.close());
+        taps.into_iter().flatten().for_each(Port::close);
+        return Err(e);
+    }
+    Ok(opened)
+}
+
+fn open_ports_into(tables: &Tables, plan: &PortPlan, workers: u16, pool: &Mempool, (ports, taps): &mut Opened) -> Result<(), String> {
+    // A port configured or started with an error is closed here.
+    let set_up = |mut port: Port, cfg: &PortConfig, what: &str| -> Result<Port, String> {
+        match port.configure(cfg, &[pool]) {
+            Ok(()) => Ok(port),
+            Err(e) => {
+                port.close();
+                Err(format!("{what}: {e}"))
+            }
+        }
+    };
+    for &i in std::iter::once(&plan.lan).chain(plan.wans.iter()) {
+        let p = &tables.ports[i];
+        let what = format!("port {:?}", p.name);
+        let port = Port::by_name(&p.device).map_err(|e| format!("{what}: {e}"))?;
+        // A queue pair per worker. A NIC spreads frames over the RX queues
+        // by RSS; a vdev without RSS (memif, af_packet, tap) by its own
+        // means (queue pairs, fanout, the kernel's flow hash).
+        let cfg = PortConfig {
+            rx_queues: workers,
+            tx_queues: workers,
+            rx_desc: 1024,
+            tx_desc: 1024,
+            mtu: Some(p.mtu),
+            steered_queues: true,
+            ..Default::default()
+        };
+        let mut port = set_up(port, &cfg, &what)?;
+        let started = port.start();
+        eprintln!("braid-dataplane: port {} = {} ({}), offloads {:?}", p.name, p.device, port.info().driver, port.offloads());
+        ports.push((i, port));
+        started.map_err(|e| format!("{what}: {e}"))?;
+    }
+    for &i in std::iter::once(&plan.lan).chain(plan.wans.iter()) {
+        let p = &tables.ports[i];
+        let Some(name) = &p.kernel_tap else {
+            taps.push(None);
+            continue;
+        };
+        let what = format!("port {:?}: kernel tap {name:?}", p.name);
+        let tap = Port::by_name(&tap_device(i)).map_err(|e| format!("{what}: {e}"))?;
+        let cfg = PortConfig {
+            rx_queues: workers,
+            tx_queues: workers,
+            rx_desc: 512,
+            tx_desc: 512,
+            mtu: Some(p.mtu),
+            steered_queues: true,
+            ..Default::default()
+        };
+        let mut tap = set_up(tap, &cfg, &what)?;
+        // Before the tap comes up: the kernel makes no address of its own.
+        let quiet = quiet_ipv6(name, p);
+        let started = quiet.and_then(|()| tap.start().map_err(|e| e.to_string()));
+        taps.push(Some(tap));
+        started.and_then(|()| give_addresses(name, p)).map_err(|e| format!("{what}: {e}"))?;
+        eprintln!("braid-dataplane: port {} has kernel tap {name} (frames for the gateway the dataplane does not answer)", p.name);
+    }
+    Ok(())
+}
+
+/// After the control process's first document failed at port set-up
+/// (`reason`, already told it): waits for a document with other ports
+/// and starts this program again with the same arguments to apply it (EAL,
+/// already cleaned up, cannot start twice in one process). The new
+/// process makes a new control segment, on which the control process
+/// sends its latest document. A document with the same ports is rejected
+/// at once, with the same reason. Returns when stopped (SIGINT/SIGTERM).
+fn restart_for_new_ports(mut ep: control::Endpoint, stop: &AtomicBool, registry: &SaRegistry, failed: &Tables, generation: u64, reason: &str) -> Result<(), String> {
+    eprintln!("braid-dataplane: waiting for a document with other ports than generation {generation}'s");
+    let check = |t: &Tables| match t.ports == failed.ports {
+        true => Err(format!("the same ports as generation {generation}, which failed: {reason}")),
+        false => registry.check(t),
+    };
+    let Some((next, _, _)) = ep.wait_first(stop, check) else {
+        // Stopped: no segment left behind for a control process to find.
+        let _ = std::fs::remove_file(ep.path());
+        return Ok(());
+    };
+    drop(ep);
+    eprintln!("braid-dataplane: generation {next} has other ports: starting again to set them up");
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_default();
+    let e = std::process::Command::new("/proc/self/exe").arg0(arg0).args(args).exec();
+    Err(format!("starting again: {e}"))
+}
+
 fn run() -> Result<(), String> {
     let args = parse_args()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -477,53 +587,21 @@ fn run() -> Result<(), String> {
         ));
     }
 
-    let mut ports = Vec::new();
-    for &i in std::iter::once(&plan.lan).chain(plan.wans.iter()) {
-        let p = &tables.ports[i];
-        let mut port = Port::by_name(&p.device).map_err(|e| format!("port {:?}: {e}", p.name))?;
-        // A queue pair per worker. A NIC spreads frames over the RX queues
-        // by RSS; a vdev without RSS (memif, af_packet, tap) by its own
-        // means (queue pairs, fanout, the kernel's flow hash).
-        let cfg = PortConfig {
-            rx_queues: workers,
-            tx_queues: workers,
-            rx_desc: 1024,
-            tx_desc: 1024,
-            mtu: Some(p.mtu),
-            steered_queues: true,
-            ..Default::default()
-        };
-        port.configure(&cfg, &[&pool]).map_err(|e| format!("port {:?}: {e}", p.name))?;
-        port.start().map_err(|e| format!("port {:?}: {e}", p.name))?;
-        eprintln!("braid-dataplane: port {} = {} ({}), offloads {:?}", p.name, p.device, port.info().driver, port.offloads());
-        ports.push((i, port));
-    }
-    let mut taps = Vec::new();
-    for &i in std::iter::once(&plan.lan).chain(plan.wans.iter()) {
-        let p = &tables.ports[i];
-        let Some(name) = &p.kernel_tap else {
-            taps.push(None);
-            continue;
-        };
-        let what = format!("port {:?}: kernel tap {name:?}", p.name);
-        let mut tap = Port::by_name(&tap_device(i)).map_err(|e| format!("{what}: {e}"))?;
-        let cfg = PortConfig {
-            rx_queues: workers,
-            tx_queues: workers,
-            rx_desc: 512,
-            tx_desc: 512,
-            mtu: Some(p.mtu),
-            steered_queues: true,
-            ..Default::default()
-        };
-        tap.configure(&cfg, &[&pool]).map_err(|e| format!("{what}: {e}"))?;
-        // Before the tap comes up: the kernel makes no address of its own.
-        quiet_ipv6(name, p).map_err(|e| format!("{what}: {e}"))?;
-        tap.start().map_err(|e| format!("{what}: {e}"))?;
-        give_addresses(name, p).map_err(|e| format!("{what}: {e}"))?;
-        eprintln!("braid-dataplane: port {} has kernel tap {name} (frames for the gateway the dataplane does not answer)", p.name);
-        taps.push(Some(tap));
-    }
+    let (ports, taps) = match open_ports(&tables, &plan, workers, &pool) {
+        Ok(pt) => pt,
+        // The control process's first document names a device EAL does not
+        // have, or one that refuses its settings: rejected, and the next
+        // document awaited, not an exit (the control process would send the
+        // same document to the restarted process, again and again).
+        Err(reason) if generation != 0 => {
+            let Some(mut ep) = endpoint else { unreachable!("generation {generation} came from the control process") };
+            drop((pool, jumbo));
+            eal.cleanup();
+            ep.reject(generation, reason.clone());
+            return restart_for_new_ports(ep, &stop, &registry, &tables, generation, &reason);
+        }
+        Err(e) => return Err(e),
+    };
     let offload = |i: usize| ports.iter().find(|(j, _)| *j == i).map(|(_, p)| PortTx::of(p)).unwrap_or_default();
     let sas = registry.for_tables(&tables)?;
     let rx_highs = registry.inbound_highs(&tables);

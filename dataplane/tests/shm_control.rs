@@ -169,3 +169,74 @@ fn snapshots_over_shared_memory_start_and_change_the_dataplane() {
     assert!(!stats.exists(), "stats segment left behind");
     dp.child = None;
 }
+
+/// The control process's first document names a device EAL does not have:
+/// rejected with the reason, and the process waits (it used to exit, and the
+/// control process sent the restarted one the same document, again and
+/// again). A document with the same ports is rejected at once; one with
+/// other ports makes the process start again (same pid, a new segment) and
+/// the control process's resync of it is applied.
+#[test]
+fn a_first_document_whose_ports_fail_is_rejected_and_the_next_applied() {
+    use std::os::unix::fs::MetadataExt;
+    let id = std::process::id();
+    let shm = PathBuf::from(format!("/dev/shm/braid-test-{id}-p.ctl"));
+    let prefix = format!("braid-shmport-{id}");
+    let mut dp = Dataplane { child: None, prefix: prefix.clone(), files: vec![shm.clone()] };
+    dp.child = Some(
+        Command::new(BIN)
+            .args(["--shm", shm.to_str().unwrap(), "--idle-us", "200", "--"])
+            .args(["--no-pci", "--no-huge", "-m", "256", "-l", "0", "--file-prefix", &prefix, "--log-level=*:error"])
+            .args(["--vdev=net_null0", "--vdev=net_null1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let seg = wait_for("the segment", Duration::from_secs(20), || Segment::open(&shm).ok());
+    let inode = std::fs::metadata(&shm).unwrap().ino();
+    let mut commands = seg.producer(Ring::Commands).unwrap();
+    let mut events = seg.consumer(Ring::Events).unwrap();
+    assert!(matches!(next_event(&mut events), Event::Hello { generation: 0, .. }));
+
+    let typo = doc(1, 1500, false).replace("net_null1", "net_null9");
+    push(&mut commands, 1, &typo);
+    let Event::Rejected { generation: 1, reason } = next_event(&mut events) else { panic!("not rejected") };
+    assert!(reason.contains("port \"wan\""), "{reason}");
+    assert!(!Path::new(&format!("/var/run/dpdk/{prefix}")).exists(), "EAL not cleaned up");
+    // Other routes, the same ports: refused with the same reason.
+    push(&mut commands, 2, &doc(1, 1500, true).replace("net_null1", "net_null9"));
+    let Event::Rejected { generation: 2, reason: again } = next_event(&mut events) else { panic!("not rejected") };
+    assert!(again.contains("generation 1") && again.contains("net_null9"), "{again}");
+    let child = dp.child.as_mut().unwrap();
+    assert!(child.try_wait().unwrap().is_none(), "the dataplane exited");
+
+    // Ports that exist: the process starts again on a new segment.
+    let good = doc(1, 1500, false);
+    push(&mut commands, 3, &good);
+    let seg = wait_for("a new segment", Duration::from_secs(20), || {
+        let new = std::fs::metadata(&shm).is_ok_and(|m| m.ino() != inode);
+        new.then(|| Segment::open(&shm).ok()).flatten()
+    });
+    assert!(child.try_wait().unwrap().is_none(), "the dataplane exited");
+    let mut commands = seg.producer(Ring::Commands).unwrap();
+    let mut events = seg.consumer(Ring::Events).unwrap();
+    assert!(matches!(next_event(&mut events), Event::Hello { generation: 0, .. }));
+    // The control process resyncs: its latest document.
+    push(&mut commands, 3, &good);
+    assert_eq!(next_event(&mut events), Event::Applied { generation: 3, doc_hash: doc_hash(good.as_bytes()) });
+
+    let child = dp.child.as_mut().unwrap();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = wait_for("exit", Duration::from_secs(20), || child.try_wait().unwrap());
+    let err = {
+        use std::io::Read;
+        let mut s = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+        s
+    };
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("starting again"), "{err}");
+    assert!(!shm.exists(), "segment left behind");
+    dp.child = None;
+}

@@ -137,7 +137,9 @@ struct Entry {
 pub struct ResolverCounters {
     /// ARP requests and neighbor solicitations sent (retries included).
     pub requests_sent: u64,
-    /// ARP replies and neighbor advertisements sent for our addresses.
+    /// ARP replies and neighbor advertisements for our addresses written
+    /// to the caller's buffer (the caller may still fail to send one: the
+    /// dataplane counts those as its `local/no_room` drops).
     pub replies_sent: u64,
     /// Echo requests answered.
     pub echo_replies: u64,
