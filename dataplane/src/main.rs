@@ -408,9 +408,19 @@ fn open_ports(tables: &Tables, plan: &PortPlan, workers: u16, pool: &Mempool) ->
 }
 
 fn open_ports_into(tables: &Tables, plan: &PortPlan, workers: u16, pool: &Mempool, (ports, taps): &mut Opened) -> Result<(), String> {
-    // A port configured or started with an error is closed here.
-    let set_up = |mut port: Port, cfg: &PortConfig, what: &str| -> Result<Port, String> {
-        match port.configure(cfg, &[pool]) {
+    // A queue pair per worker of `desc` descriptors each; a port that
+    // refuses it is closed here.
+    let set_up = |mut port: Port, desc: u16, mtu: u16, what: &str| -> Result<Port, String> {
+        let cfg = PortConfig {
+            rx_queues: workers,
+            tx_queues: workers,
+            rx_desc: desc,
+            tx_desc: desc,
+            mtu: Some(mtu),
+            steered_queues: true,
+            ..Default::default()
+        };
+        match port.configure(&cfg, &[pool]) {
             Ok(()) => Ok(port),
             Err(e) => {
                 port.close();
@@ -425,16 +435,7 @@ fn open_ports_into(tables: &Tables, plan: &PortPlan, workers: u16, pool: &Mempoo
         // A queue pair per worker. A NIC spreads frames over the RX queues
         // by RSS; a vdev without RSS (memif, af_packet, tap) by its own
         // means (queue pairs, fanout, the kernel's flow hash).
-        let cfg = PortConfig {
-            rx_queues: workers,
-            tx_queues: workers,
-            rx_desc: 1024,
-            tx_desc: 1024,
-            mtu: Some(p.mtu),
-            steered_queues: true,
-            ..Default::default()
-        };
-        let mut port = set_up(port, &cfg, &what)?;
+        let mut port = set_up(port, 1024, p.mtu, &what)?;
         let started = port.start();
         eprintln!("braid-dataplane: port {} = {} ({}), offloads {:?}", p.name, p.device, port.info().driver, port.offloads());
         ports.push((i, port));
@@ -448,16 +449,7 @@ fn open_ports_into(tables: &Tables, plan: &PortPlan, workers: u16, pool: &Mempoo
         };
         let what = format!("port {:?}: kernel tap {name:?}", p.name);
         let tap = Port::by_name(&tap_device(i)).map_err(|e| format!("{what}: {e}"))?;
-        let cfg = PortConfig {
-            rx_queues: workers,
-            tx_queues: workers,
-            rx_desc: 512,
-            tx_desc: 512,
-            mtu: Some(p.mtu),
-            steered_queues: true,
-            ..Default::default()
-        };
-        let mut tap = set_up(tap, &cfg, &what)?;
+        let mut tap = set_up(tap, 512, p.mtu, &what)?;
         // Before the tap comes up: the kernel makes no address of its own.
         let quiet = quiet_ipv6(name, p);
         let started = quiet.and_then(|()| tap.start().map_err(|e| e.to_string()));

@@ -77,6 +77,18 @@ fn counter(r: &StatsReader, name: &str) -> u64 {
     r.snapshot().totals[i]
 }
 
+/// SIGTERM to the dataplane: it exits 0 (asserted); what it printed on
+/// stderr.
+fn terminate(dp: &mut Dataplane) -> String {
+    let mut child = dp.child.take().unwrap();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = wait_for("exit", Duration::from_secs(20), || child.try_wait().unwrap());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status}: {err}");
+    err
+}
+
 #[test]
 fn snapshots_over_shared_memory_start_and_change_the_dataplane() {
     let id = std::process::id();
@@ -153,21 +165,11 @@ fn snapshots_over_shared_memory_start_and_change_the_dataplane() {
     assert_eq!(StatsReader::open(&stats).unwrap().snapshot().applied_generation, 4);
 
     // SIGTERM: exit 0, segment removed.
-    let child = dp.child.as_mut().unwrap();
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let status = wait_for("exit", Duration::from_secs(20), || child.try_wait().unwrap());
-    let err = {
-        use std::io::Read;
-        let mut s = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
-        s
-    };
-    assert!(status.success(), "{status}: {err}");
+    let err = terminate(&mut dp);
     assert_eq!(err.matches("generation 4 live on worker 0").count(), 2, "both documents of generation 4 reached the worker: {err}");
     assert!(!err.contains("did not pick up"), "{err}");
     assert!(!shm.exists(), "segment left behind");
     assert!(!stats.exists(), "stats segment left behind");
-    dp.child = None;
 }
 
 /// The control process's first document names a device EAL does not have:
@@ -226,17 +228,7 @@ fn a_first_document_whose_ports_fail_is_rejected_and_the_next_applied() {
     push(&mut commands, 3, &good);
     assert_eq!(next_event(&mut events), Event::Applied { generation: 3, doc_hash: doc_hash(good.as_bytes()) });
 
-    let child = dp.child.as_mut().unwrap();
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let status = wait_for("exit", Duration::from_secs(20), || child.try_wait().unwrap());
-    let err = {
-        use std::io::Read;
-        let mut s = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
-        s
-    };
-    assert!(status.success(), "{status}: {err}");
+    let err = terminate(&mut dp);
     assert!(err.contains("starting again"), "{err}");
     assert!(!shm.exists(), "segment left behind");
-    dp.child = None;
 }
