@@ -11,6 +11,7 @@ pub mod control;
 pub mod counters;
 pub mod encap;
 pub mod gateway;
+pub mod idle;
 pub mod lab;
 pub mod local;
 pub mod mss;

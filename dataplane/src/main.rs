@@ -35,6 +35,7 @@ use braid_dataplane::gateway::{self, worker_setup_with_nat, PortPlan, PortTx};
 use braid_dataplane::counters::WorkerCounters;
 use braid_dataplane::worker::{handoff, KernelTap, Worker, WorkerSetup};
 use braid_shm::stats::StatsWriter;
+use braid_dataplane::idle::{Backoff, Traffic};
 use braid_dataplane::{report, sas, stats};
 use braid_dpdk::{Eal, Mempool, Port, PortConfig, PortId, PortStats};
 
@@ -61,18 +62,6 @@ const USAGE: &str = "usage: braid-dataplane [--config FILE] [--shm PATH] [--stat
 /// How often the worker publishes its counters to the stats segment.
 const SEGMENT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How long a worker sees no user traffic (`Worker::data_packets` still)
-/// before it sleeps `--idle-max-us` instead of `--idle-us` between polls.
-const DEEP_IDLE: Duration = Duration::from_millis(100);
-/// Empty polls after a deep-idle wake-up that was not user traffic before
-/// the worker sleeps again.
-const WAKE_POLLS: u32 = 16;
-/// Two wakes with work closer than this (or than two deep sleeps, if
-/// longer, up to `WAKE_GAP_MAX`): traffic, not probes.
-const WAKE_GAP: Duration = Duration::from_millis(1);
-/// Beyond this, probes and keepalives of a few tunnels would look like
-/// traffic.
-const WAKE_GAP_MAX: Duration = Duration::from_millis(10);
 
 fn parse_args() -> Result<Args, String> {
     let all: Vec<String> = std::env::args().skip(1).collect();
@@ -226,8 +215,8 @@ struct Shared {
     t0: Instant,
     idle_us: u64,
     idle_max_us: u64,
-    /// `WAKE_GAP`, or two deep sleeps if longer.
-    wake_gap: Duration,
+    /// When a worker last saw user traffic (idle polls only).
+    traffic: Traffic,
     deadline: Option<Instant>,
     stats_interval: Duration,
     stats_file: Option<String>,
@@ -257,10 +246,7 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
     let mut next_segment = t0;
     let (mut cbuf, mut gbuf) = (Vec::new(), Vec::new());
     let mut nic = Vec::new();
-    let mut idle = 0u32;
-    let mut idle_since = Instant::now();
-    let mut last_data = 0u64;
-    let mut last_wake = Instant::now();
+    let mut backoff = Backoff::new(sh.idle_us, sh.idle_max_us, Instant::now());
     let mut polls = 0u32;
     while !sh.stop.load(Ordering::Relaxed) {
         polls = polls.wrapping_add(1);
@@ -307,44 +293,20 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
             sh.exchange.ack(id, mine);
             next_segment = Instant::now();
         }
+        // Idle back-off (`braid_dataplane::idle`): sleeps between empty
+        // polls, longer after a while without user traffic on any worker.
+        // A busy worker never sleeps.
         if worker.poll(now()) == 0 {
-            // Idle back-off: after 1000 empty polls, sleep between polls
-            // (`--idle-us`: a burst waits at most that long); after
-            // DEEP_IDLE without user traffic (liveness probes and
-            // keepalives, every 100 ms or so from a live peer, do not
-            // count), longer sleeps (`--idle-max-us`: a quiet gateway
-            // takes a few percent of a core instead of ~20%, and the first
-            // packets after the silence wait up to that long). A busy
-            // worker never gets here.
-            idle = idle.saturating_add(1);
-            if idle > 1000 {
-                let data = worker.data_packets();
-                if data != last_data {
-                    (last_data, idle_since) = (data, Instant::now());
-                }
-                let deep = idle_since.elapsed() >= DEEP_IDLE;
-                std::thread::sleep(Duration::from_micros(if deep { sh.idle_max_us } else { sh.idle_us }));
+            if let Some(d) = backoff.empty(worker.data_packets(), &sh.traffic, Instant::now()) {
+                std::thread::sleep(d);
             }
+        } else if backoff.sleeping() {
+            backoff.woke(worker.data_packets(), &sh.traffic, Instant::now());
         } else {
-            let woke = idle > 1000;
-            idle = 0;
-            if woke {
-                // Woken from a deep sleep by a probe, its reply or a
-                // keepalive (no user traffic, and the last wake with work
-                // was a while ago): back to sleep after a few empty polls,
-                // not another thousand (a quiet gateway with four live
-                // tunnels otherwise spun ~1 ms on every probe). ESP this
-                // worker only hands on to the tunnel's owner does not move
-                // `data_packets`, but wakes it again and again: it spins.
-                let t = Instant::now();
-                if worker.data_packets() == last_data && t - idle_since >= DEEP_IDLE && t - last_wake >= sh.wake_gap {
-                    idle = 1000 - WAKE_POLLS;
-                }
-                last_wake = t;
-            }
+            backoff.busy();
         }
         // Look at the wall clock every 256 polls (or every idle poll).
-        if idle > 1000 || polls & 0xff == 0 {
+        if backoff.sleeping() || polls & 0xff == 0 {
             let t = Instant::now();
             if sh.deadline.is_some_and(|d| t >= d) {
                 break;
@@ -674,8 +636,8 @@ fn run() -> Result<(), String> {
         port_tx,
         t0,
         idle_us: args.idle_us,
-        idle_max_us: args.idle_max_us.max(args.idle_us),
-        wake_gap: Duration::from_micros(2 * args.idle_max_us.max(args.idle_us)).clamp(WAKE_GAP, WAKE_GAP_MAX),
+        idle_max_us: args.idle_max_us,
+        traffic: Traffic::new(t0),
         deadline: args.seconds.map(|s| t0 + Duration::from_secs(s)),
         stats_interval: args.stats_interval,
         stats_file: args.stats_file.clone(),
