@@ -28,6 +28,17 @@ drops! {
     BadInnerIp => "bad_inner_ip",
     /// No route for the inner destination.
     NoRoute => "no_route",
+    /// A LAN frame to another host's unicast MAC (the port is
+    /// promiscuous; a switch floods frames for hosts it has not learned):
+    /// not routed.
+    NotOurMac => "not_our_mac",
+    /// A LAN packet a router does not forward: to a broadcast or multicast
+    /// MAC (what the gateway's responder and kernel tap did not take), or
+    /// of link scope by its addresses (IPv4 from 0.0.0.0/8, loopback or
+    /// 169.254.0.0/16, to loopback, 169.254.0.0/16, 224.0.0.0/24 or
+    /// 255.255.255.255; IPv6 from ::, ::1 or fe80::/10, to ::1,
+    /// fe80::/10 or ff00::/16-ff02::/16), whatever the routes say.
+    NotForwarded => "not_forwarded",
     /// Frame spans several mbuf segments (not supported on this path yet).
     Multiseg => "multiseg",
     /// Inner packet too big for the mbuf (also one made whole from

@@ -752,9 +752,15 @@ impl Worker {
         }
         // ARP, ND and echo requests to the LAN port's own addresses (and,
         // with a kernel tap, whatever else is for the gateway) leave the
-        // burst here (an EtherType compare per packet otherwise).
+        // burst here, and so do frames that are not to the port's MAC (a
+        // MAC compare and an EtherType compare per packet otherwise).
         let tap = self.kernel[0].is_some();
-        if self.rx_burst.iter().any(|m| self.local[0].wants(m.data()) || (tap && self.local[0].for_gateway(m.data()))) {
+        let mac = self.lan.mac;
+        let local = &self.local[0];
+        if self.rx_burst.iter().any(|m| {
+            let d = m.data();
+            lan_mac_drop(d, &mac).is_some() || local.wants(d) || (tap && local.for_gateway(d))
+        }) {
             self.take_local_lan();
         }
         if self.handoff.is_some() && self.nat.is_some() {
@@ -941,7 +947,8 @@ impl Worker {
     }
 
     /// Takes the frames for the gateway itself out of the LAN burst (in
-    /// `rx_burst`), keeping the order of the others.
+    /// `rx_burst`), keeping the order of the others, and drops those not
+    /// to the port's MAC ([`lan_mac_drop`]).
     fn take_local_lan(&mut self) {
         let mut burst = std::mem::take(&mut self.rx_burst);
         let mut kept = std::mem::take(&mut self.kept);
@@ -962,6 +969,9 @@ impl Worker {
             if tap && self.local[0].for_gateway(m.data()) {
                 self.counters.lan_rx.add(len);
                 self.hand_to_kernel(0, m);
+            } else if let Some(r) = lan_mac_drop(m.data(), &self.lan.mac) {
+                self.counters.lan_rx.add(len);
+                self.counters.drops.add(r);
             } else {
                 kept.push(m);
             }
@@ -2330,6 +2340,11 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize,
             if !sum_ok {
                 return Err(DpDrop::BadInnerIp);
             }
+            // One branch on the first octets; the precise test is cold.
+            let (s0, d0) = (l3[12], l3[16]);
+            if (s0 == 0 || s0 == 127 || s0 == 169 || d0 == 127 || d0 == 169 || d0 >= 224) && link_scope_v4(l3) {
+                return Err(DpDrop::NotForwarded);
+            }
             (routes.lookup_v4(std::net::Ipv4Addr::new(l3[16], l3[17], l3[18], l3[19])), total)
         }
         (0x86dd, 6) => {
@@ -2340,6 +2355,10 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize,
             if total > l3.len() {
                 return Err(DpDrop::BadInnerIp);
             }
+            let (s0, d0) = (l3[8], l3[24]);
+            if (s0 == 0 || s0 == 0xfe || d0 == 0 || d0 >= 0xfe) && link_scope_v6(l3) {
+                return Err(DpDrop::NotForwarded);
+            }
             let mut a = [0u8; 16];
             a.copy_from_slice(&l3[24..40]);
             (routes.lookup_v6(std::net::Ipv6Addr::from(a)), total)
@@ -2348,6 +2367,48 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize,
     };
     let peer = peer.ok_or(DpDrop::NoRoute)? as usize;
     Ok((peer, peer_bundle.get(peer).copied().ok_or(DpDrop::NoRoute)?, len))
+}
+
+/// Why a LAN frame is not routed, by its destination MAC: another host's
+/// unicast MAC (`not_our_mac`: the port is promiscuous, and a switch
+/// floods frames for hosts it has not learned), or a group MAC
+/// (`not_forwarded`: broadcast and multicast frames the gateway's
+/// responder and kernel tap did not take: a router does not forward
+/// them, RFC 1812 section 5.3.4; braid routes no multicast). `None`: the
+/// port's own MAC, or shorter than an Ethernet header (`route` drops
+/// it, `not_ip`).
+#[inline(always)]
+fn lan_mac_drop(d: &[u8], mac: &[u8; 6]) -> Option<DpDrop> {
+    let dst = d.first_chunk::<6>().filter(|_| d.len() >= ETH)?;
+    if dst == mac {
+        return None;
+    }
+    Some(if dst[0] & 1 != 0 { DpDrop::NotForwarded } else { DpDrop::NotOurMac })
+}
+
+/// An IPv4 packet of link scope, which a router does not forward: from
+/// 0.0.0.0/8 (this host, RFC 1122), loopback or 169.254.0.0/16
+/// (link-local, RFC 3927 section 7); to loopback, 169.254.0.0/16,
+/// 224.0.0.0/24 (link-local multicast, RFC 5771) or the limited broadcast
+/// address (RFC 1812 section 5.3.5.1). `l3` is a whole header.
+#[cold]
+fn link_scope_v4(l3: &[u8]) -> bool {
+    let (src, dst) = (&l3[12..16], &l3[16..20]);
+    let link_local = |a: &[u8]| a[..2] == [169, 254];
+    src[0] == 0 || src[0] == 127 || link_local(src) || dst[0] == 127 || link_local(dst) || dst[..3] == [224, 0, 0] || dst == [255; 4]
+}
+
+/// An IPv6 packet of link scope, which a router does not forward (RFC
+/// 4291 section 2.5.6, RFC 4443 section 2.4): from the unspecified,
+/// loopback or a link-local address; to loopback, a link-local address or
+/// an interface- or link-local multicast group (ff00::/16 to ff02::/16).
+#[cold]
+fn link_scope_v6(l3: &[u8]) -> bool {
+    let (src, dst) = (&l3[8..24], &l3[24..40]);
+    let link_local = |a: &[u8]| a[0] == 0xfe && a[1] & 0xc0 == 0x80;
+    let unspecified_or_loopback = |a: &[u8]| a[..15] == [0; 15] && a[15] <= 1;
+    let small_group = dst[0] == 0xff && dst[1] & 0x0f <= 2;
+    unspecified_or_loopback(src) || link_local(src) || (dst[..15] == [0; 15] && dst[15] == 1) || link_local(dst) || small_group
 }
 
 /// An IPv4 header's checksum verifies. An options-free header (20 bytes)

@@ -657,3 +657,71 @@ fn plain_mode_carries_ipv6_up_to_1280_bytes_on_a_smaller_tunnel() {
     lab::assert_conserved(&a, "A", true);
     lab.close();
 }
+
+/// What a router does not forward, even with default routes to the peer:
+/// a LAN frame to another host's MAC (`not_our_mac`; the port is
+/// promiscuous), to a broadcast or multicast MAC, or of link scope by its
+/// addresses (`not_forwarded`). Only the ordinary packet reaches B's LAN.
+#[test]
+fn link_scope_and_other_hosts_frames_are_not_routed() {
+    let (_eal, _g) = braid_dpdk::testing::eal(&[], 1536);
+    let edit: lab::ConfigEdit = Box::new(|a, doc| {
+        if a {
+            let routes = doc["routes"].as_array_mut().unwrap();
+            routes.push(serde_json::json!({"prefix": "0.0.0.0/0", "peer": "peer"}));
+            routes.push(serde_json::json!({"prefix": "::/0", "peer": "peer"}));
+        }
+    });
+    let mut lab = Lab::with("lscope", "bundle", &[1], 16, 1500, lab::LabOptions { edit: Some(edit), ..Default::default() });
+    let v4 = |src: [u8; 4], dst: [u8; 4]| {
+        let mut f = Flow::a_to_b(0, Family::V4, L4::Udp);
+        (f.src4, f.dst4) = (src.into(), dst.into());
+        ip_packet(&f, 0, 100)
+    };
+    let v6 = |src: &str, dst: &str| {
+        let mut f = Flow::a_to_b(0, Family::V6, L4::Udp);
+        (f.src6, f.dst6) = (src.parse().unwrap(), dst.parse().unwrap());
+        ip_packet(&f, 0, 100)
+    };
+    let with_mac = |lab: &Lab, ip: &[u8], mac: [u8; 6]| {
+        let mut m = lab.frame_to_a(ip);
+        m.data_mut()[..6].copy_from_slice(&mac);
+        m
+    };
+    let host = [10, 1, 0, 1];
+    let mut frames = vec![
+        // Another host's MAC: not_our_mac.
+        with_mac(&lab, &v4(host, [10, 2, 0, 5]), [2, 0, 0, 0, 0, 0x99]),
+        // Group MACs: not_forwarded.
+        with_mac(&lab, &v4(host, [255; 4]), [0xff; 6]),
+        with_mac(&lab, &v4(host, [224, 0, 0, 251]), [1, 0, 0x5e, 0, 0, 0xfb]),
+        with_mac(&lab, &v6("fd00:1::5", "ff02::1"), [0x33, 0x33, 0, 0, 0, 1]),
+        // Link scope by address, to our MAC: not_forwarded.
+        lab.frame_to_a(&v4([169, 254, 1, 1], [10, 2, 0, 5])),
+        lab.frame_to_a(&v4(host, [169, 254, 9, 9])),
+        lab.frame_to_a(&v4([0, 0, 0, 0], [10, 2, 0, 5])),
+        lab.frame_to_a(&v4(host, [224, 0, 0, 9])),
+        lab.frame_to_a(&v4(host, [127, 0, 0, 1])),
+        lab.frame_to_a(&v6("fe80::5", "fd00:2::7")),
+        lab.frame_to_a(&v6("::", "fd00:2::7")),
+        lab.frame_to_a(&v6("fd00:1::5", "fe80::7")),
+        lab.frame_to_a(&v6("fd00:1::5", "ff02::2")),
+        lab.frame_to_a(&v6("fd00:1::5", "ff01::1")),
+        // Ordinary packets by the default routes: delivered.
+        lab.frame_to_a(&v4(host, [8, 8, 8, 8])),
+        lab.frame_to_a(&v6("fd00:1::5", "2001:db8::8")),
+        lab.frame_to_a(&v6("fd00:1::5", "ff05::1:3")),
+    ];
+    lab.gen.tx.tx_all(&mut frames, 100);
+    lab.settle(10);
+    let (a, b) = lab.counters();
+    eprintln!("A drops {:?}", a.drops.named());
+    assert_eq!(a.drops.get(DpDrop::NotOurMac), 1);
+    assert_eq!(a.drops.get(DpDrop::NotForwarded), 13);
+    assert_eq!(a.encapsulated, 3);
+    assert_eq!(b.delivered, 3);
+    assert_eq!(lab.delivered.len(), 3);
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+}
