@@ -493,6 +493,13 @@ pub struct LocalStats {
     /// The same for LAN hosts (a LAN that resolves its hosts), handed to
     /// the LAN TX queue.
     pub lan_requests: u64,
+    /// MLD queries for a port's solicited-node groups heard (taken, not
+    /// answered in place: the reports follow from the timers), on ports
+    /// without a kernel tap (`crate::mld`).
+    pub mld_queries: u64,
+    /// MLD reports handed to a WAN TX queue / to the LAN TX queue.
+    pub mld_reports: u64,
+    pub lan_mld_reports: u64,
     /// ARP requests / neighbor solicitations not sent for want of an mbuf
     /// (the resolver asks again at its next retry).
     pub requests_lost: u64,
@@ -545,6 +552,9 @@ impl LocalStats {
         self.learned += o.learned;
         self.requests += o.requests;
         self.lan_requests += o.lan_requests;
+        self.mld_queries += o.mld_queries;
+        self.mld_reports += o.mld_reports;
+        self.lan_mld_reports += o.lan_mld_reports;
         self.requests_lost += o.requests_lost;
         self.unresolved += o.unresolved;
         self.cache_full += o.cache_full;

@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod idle;
 pub mod lab;
 pub mod local;
+pub mod mld;
 pub mod mss;
 pub mod nat;
 pub mod report;

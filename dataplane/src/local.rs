@@ -23,6 +23,7 @@ use braid_tunnel::wire::ethernet::Address;
 use braid_tunnel::Nanos;
 
 use crate::counters::{LocalDrop, LocalStats};
+use crate::mld::{Heard, Mld};
 use crate::worker::L2;
 
 /// EtherTypes (IEEE registry).
@@ -62,6 +63,9 @@ pub struct Responder {
     /// The port's link-local address, when it has an IPv6 one.
     v6_ll: Option<[u8; 16]>,
     resolver: Resolver,
+    /// MLD for the port's solicited-node groups (a port with an IPv6
+    /// address and no kernel tap: [`Responder::listen_mld`]).
+    mld: Option<Mld>,
 }
 
 pub use crate::config::link_local;
@@ -89,7 +93,32 @@ impl Responder {
             v6: l2.ipv6.map(|a| a.octets()),
             v6_ll: ll.map(|a| a.octets()),
             resolver: Resolver::new(cfg),
+            mld: None,
         }
+    }
+
+    /// Makes the port report its solicited-node groups by MLD (a port
+    /// with an IPv6 address; one with a kernel tap leaves it to the
+    /// kernel): queries are answered from now on, and with `announce`
+    /// the state-change reports go out first (one worker announces).
+    pub fn listen_mld(&mut self, mac: [u8; 6], announce: bool, now: Nanos) {
+        let (Some(ll), Some(a)) = (self.v6_ll, self.v6) else { return };
+        let mut m = Mld::new(mac, ll.into(), &[a.into()], crate::nat::boot_seed() ^ u64::from(mac[5]));
+        if announce {
+            m.start(now);
+        }
+        self.mld = Some(m);
+    }
+
+    /// No MLD here: the port's kernel tap reports.
+    pub fn stop_mld(&mut self) {
+        self.mld = None;
+    }
+
+    /// MLD reports due at `now`, each frame given to `send`; the number
+    /// written.
+    pub fn mld_reports(&mut self, now: Nanos, send: impl FnMut(&[u8])) -> usize {
+        self.mld.as_mut().map_or(0, |m| m.poll(now, send))
     }
 
     /// Whether a received frame may be for the gateway itself: ARP; ICMP
@@ -106,8 +135,9 @@ impl Responder {
             IPV4 => self.v4.is_some_and(|a| d.len() >= V4_DST + 4 && d[V4_PROTO] == 1 && d[V4_DST..V4_DST + 4] == a),
             IPV6 => self.v6.is_some_and(|a| {
                 d.len() > ICMPV6_TYPE
-                    && d[V6_NEXT] == 58
-                    && (d[V6_DST] == 0xff || d[V6_DST..V6_DST + 16] == a || self.v6_ll.is_some_and(|ll| d[V6_DST..V6_DST + 16] == ll))
+                    && (d[V6_NEXT] == 58
+                        && (d[V6_DST] == 0xff || d[V6_DST..V6_DST + 16] == a || self.v6_ll.is_some_and(|ll| d[V6_DST..V6_DST + 16] == ll))
+                        || d[V6_NEXT] == 0 && d[V6_DST] == 0xff && self.mld.is_some())
             }),
             _ => false,
         }
@@ -156,6 +186,18 @@ impl Responder {
     pub fn handle(&mut self, m: &mut Mbuf, now: Nanos, stats: &mut LocalStats) -> Handled {
         let d = m.data();
         let et = [d[12], d[13]];
+        if let (IPV6, 0, Some(mld)) = (et, d[V6_NEXT], self.mld.as_mut()) {
+            // Multicast behind a hop-by-hop header: MLD. A query for our
+            // groups is answered from the timers; other listeners'
+            // reports and the rest are not for us.
+            stats.received += 1;
+            if mld.on_frame(&d[14..], now) == Heard::Query {
+                stats.mld_queries += 1;
+                return Handled::Learned;
+            }
+            stats.drop(LocalDrop::NotForUs);
+            return Handled::Dropped;
+        }
         let nd = et == IPV6 && ND_TYPES.contains(&d[ICMPV6_TYPE]);
         if et == ARP || nd {
             stats.received += 1;

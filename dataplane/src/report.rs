@@ -118,7 +118,7 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
     s.pop();
     let _ = write!(
         s,
-        ",\"local\":{{\"received\":{},\"arp_replies\":{},\"na_replies\":{},\"echo_v4_replies\":{},\"echo_v6_replies\":{},\"lan_replies\":{},\"wan_replies\":{},\"wan_replies_sent\":{},\"learned\":{},\"requests\":{},\"lan_requests\":{},\"unresolved\":{},\"cache_full\":{},\"requests_lost\":{},\"neighbors\":{},\"drops\":{}}}}}",
+        ",\"local\":{{\"received\":{},\"arp_replies\":{},\"na_replies\":{},\"echo_v4_replies\":{},\"echo_v6_replies\":{},\"lan_replies\":{},\"wan_replies\":{},\"wan_replies_sent\":{},\"learned\":{},\"requests\":{},\"lan_requests\":{},\"mld_queries\":{},\"mld_reports\":{},\"lan_mld_reports\":{},\"unresolved\":{},\"cache_full\":{},\"requests_lost\":{},\"neighbors\":{},\"drops\":{}}}}}",
         l.received,
         l.arp_replies,
         l.na_replies,
@@ -130,6 +130,9 @@ pub fn json(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], remotes: &
         l.learned,
         l.requests,
         l.lan_requests,
+        l.mld_queries,
+        l.mld_reports,
+        l.lan_mld_reports,
         l.unresolved,
         l.cache_full,
         l.requests_lost,

@@ -41,7 +41,7 @@ const NAT: [&str; 13] = [
     "nat/in_frags_reassembled",
     "nat/in_frags_discarded",
 ];
-const LOCAL: [&str; 14] = [
+const LOCAL: [&str; 17] = [
     "local/received",
     "local/arp_replies",
     "local/na_replies",
@@ -53,6 +53,9 @@ const LOCAL: [&str; 14] = [
     "local/learned",
     "local/requests",
     "local/lan_requests",
+    "local/mld_queries",
+    "local/mld_reports",
+    "local/lan_mld_reports",
     "local/unresolved",
     "local/cache_full",
     "local/requests_lost",
@@ -132,6 +135,9 @@ pub fn flatten(tables: &Tables, c: &WorkerCounters, alive: &[Vec<bool>], nic: &[
         l.learned,
         l.requests,
         l.lan_requests,
+        l.mld_queries,
+        l.mld_reports,
+        l.lan_mld_reports,
         l.unresolved,
         l.cache_full,
         l.requests_lost,

@@ -468,7 +468,13 @@ impl Worker {
         let nat = build_nat(&setup)?;
         let (wan_rx, wan_tx): (Vec<_>, Vec<_>) = wan_queues.into_iter().unzip();
         let nwan = wan_tx.len();
-        let local: Vec<Responder> = std::iter::once(&setup.lan).chain(&setup.wans).map(Responder::new).collect();
+        let mut local: Vec<Responder> = std::iter::once(&setup.lan).chain(&setup.wans).map(Responder::new).collect();
+        // Ports with an IPv6 address report their solicited-node groups
+        // (worker 0 announces them); a kernel tap takes that over
+        // (`with_kernel_taps`).
+        for (r, l2) in local.iter_mut().zip(std::iter::once(&setup.lan).chain(&setup.wans)) {
+            r.listen_mld(l2.mac, setup.id == 0, now);
+        }
         let nh_ready = setup.wans.iter().map(|w| w.next_hop.is_none()).collect();
         Ok(Worker {
             id: setup.id,
@@ -563,8 +569,20 @@ impl Worker {
         if taps.len() != self.local.len() {
             return Err(format!("{} kernel taps for {} ports", taps.len(), self.local.len()));
         }
+        for (r, _) in self.local.iter_mut().zip(&taps).filter(|(_, t)| t.is_some()) {
+            // The kernel, whose interface has the port's addresses, joins
+            // and reports their groups itself.
+            r.stop_mld();
+        }
         self.kernel = taps;
         Ok(self)
+    }
+
+    /// No MLD reports from any port (`crate::mld`): for tests that count
+    /// every frame a port sends.
+    pub fn without_mld(mut self) -> Worker {
+        self.local.iter_mut().for_each(Responder::stop_mld);
+        self
     }
 
     /// Gives the worker a pool for inner packets from a tunnel that do not
@@ -1003,7 +1021,12 @@ impl Worker {
             }
         }
         let learned = self.local[port].resolver_counters().learned;
+        let queries = self.counters.local.mld_queries;
         let handled = self.local[port].handle(&mut m, self.now, &mut self.counters.local);
+        if self.counters.local.mld_queries > queries {
+            // An MLD query: its answer may be due at once.
+            self.next_neighbors = 0;
+        }
         if self.local[port].resolver_counters().learned > learned {
             // A next hop may have answered (or asked us, which taught us
             // its MAC too: found by review, packets held for it were
@@ -1806,6 +1829,7 @@ impl Worker {
             self.next_neighbors = now.saturating_add(NEIGHBOR_PERIOD);
             self.publish_rx_highs();
             self.resolve_next_hops(now);
+            self.send_mld_reports(now);
             if self.lan_held() > 0 {
                 self.lan_del.retry = true;
             }
@@ -1972,6 +1996,22 @@ impl Worker {
                 }
                 None => self.nh_ready[w] = false,
             }
+        }
+    }
+
+    /// The MLD reports due on each port (`crate::mld`), queued with the
+    /// port's own replies. No mbuf: that report is not sent (the next
+    /// query asks again), counted `requests_lost`.
+    fn send_mld_reports(&mut self, now: Nanos) {
+        for (p, r) in self.local.iter_mut().enumerate() {
+            let (pool, out, c) = (&self.pool, &mut self.local_out[p], &mut self.counters.local);
+            r.mld_reports(now, |f| match Mbuf::alloc(pool).and_then(|mut m| m.append(f.len()).map(|b| b.copy_from_slice(f)).map(|()| m)) {
+                Some(m) => {
+                    out.push(m);
+                    *if p == 0 { &mut c.lan_mld_reports } else { &mut c.mld_reports } += 1;
+                }
+                None => c.requests_lost += 1,
+            });
         }
     }
 

@@ -32,6 +32,11 @@ const FAR_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 9];
 /// A's LAN port gets 10.1.0.1/24 and fd00:1::1/64, its WAN port an IPv6
 /// address besides 192.0.2.1.
 fn start(case: &str, mode: &str) -> (Lab, std::sync::MutexGuard<'static, ()>) {
+    start_with(case, mode, false)
+}
+
+/// [`start`], the ports reporting their groups by MLD when `mld`.
+fn start_with(case: &str, mode: &str, mld: bool) -> (Lab, std::sync::MutexGuard<'static, ()>) {
     let (_eal, guard) = braid_dpdk::testing::eal(&[], 1536);
     let opts = LabOptions {
         edit: Some(Box::new(|side_a, doc| {
@@ -41,6 +46,7 @@ fn start(case: &str, mode: &str) -> (Lab, std::sync::MutexGuard<'static, ()>) {
                 doc["ports"][1]["ipv6"] = "2001:db8:a::1/64".into();
             }
         })),
+        mld,
         ..Default::default()
     };
     let mut lab = Lab::with(case, mode, &[1, 1], 16, 1500, opts);
@@ -542,4 +548,113 @@ fn an_arp_flood_for_the_wan_address_is_answered_and_bounded() {
     assert_eq!(a.local.arp_replies, FLOOD as u64);
     assert_eq!(a.local.neighbors, 0, "the cache did not grow");
     tunnel_traffic_arrived(lab, &checker, flows.len() as u64 * PER_FLOW as u64);
+}
+
+/// An MLDv2 report (RFC 3810 section 5.2) as a snooping switch checks it:
+/// to ff02::16 from the port's link-local address with hop limit 1 and a
+/// router alert, checksum valid. Its address records (type, group).
+fn mld_report(f: &[u8], mac: [u8; 6]) -> Vec<(u8, Ipv6Addr)> {
+    let addr = |b: &[u8]| Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap());
+    assert_eq!((&f[..6], &f[6..12], &f[12..14]), (&[0x33, 0x33, 0, 0, 0, 0x16][..], &mac[..], &[0x86, 0xdd][..]));
+    let ip = &f[14..];
+    assert_eq!((ip[0] >> 4, ip[6], ip[7]), (6, 0, 1), "IPv6, hop-by-hop, hop limit 1");
+    let (src, dst) = (addr(&ip[8..24]), addr(&ip[24..40]));
+    assert_eq!(src, lab_link_local(mac));
+    assert_eq!(dst, "ff02::16".parse::<Ipv6Addr>().unwrap());
+    assert_eq!(ip[40..48], [58, 0, 5, 2, 0, 0, 1, 0], "router alert");
+    let icmp = &ip[48..40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]))];
+    assert_eq!(icmp[0], 143, "MLDv2 report");
+    let mut sum = braid_tunnel::wire::checksum::pseudo_header_v6(src, dst, 58, icmp.len() as u32);
+    sum = braid_tunnel::wire::checksum::add(sum, braid_tunnel::wire::checksum::sum(icmp));
+    assert_eq!(sum, 0xffff, "checksum");
+    let n = usize::from(u16::from_be_bytes([icmp[6], icmp[7]]));
+    let recs: Vec<_> = icmp[8..].chunks(20).map(|r| (r[0], addr(&r[4..20]))).collect();
+    assert_eq!(recs.len(), n);
+    recs
+}
+
+fn lab_link_local(mac: [u8; 6]) -> Ipv6Addr {
+    braid_dataplane::config::link_local(mac)
+}
+
+/// The solicited-node groups of `addrs`, once each (RFC 4291 2.7.1).
+fn groups(addrs: &[Ipv6Addr]) -> Vec<Ipv6Addr> {
+    let mut g: Vec<Ipv6Addr> = Vec::new();
+    for a in addrs {
+        let o = a.octets();
+        let s = Ipv6Addr::from([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15]]);
+        if !g.contains(&s) {
+            g.push(s);
+        }
+    }
+    g
+}
+
+/// A general MLDv2 query from a router (fe80::1) to ff02::1, maximum
+/// response delay 0; from `src`.
+fn mld_query(src: Ipv6Addr) -> Vec<u8> {
+    let dst: Ipv6Addr = "ff02::1".parse().unwrap();
+    let mut icmp = vec![0u8; 28];
+    icmp[0] = 130;
+    icmp[24] = 2; // QRV
+    icmp[25] = 125; // QQIC
+    let sum = braid_tunnel::wire::checksum::add(
+        braid_tunnel::wire::checksum::pseudo_header_v6(src, dst, 58, icmp.len() as u32),
+        braid_tunnel::wire::checksum::sum(&icmp),
+    );
+    icmp[2..4].copy_from_slice(&(!sum).to_be_bytes());
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&[0x02, 0xdd, 0, 0, 0, 1]);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&((8 + icmp.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 1]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&[58, 0, 5, 2, 0, 0, 1, 0]);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// MLD (RFC 3810): ports with an IPv6 address and no kernel tap report
+/// their solicited-node groups when the gateway starts (twice, the second
+/// within a second), and again when a querier asks; a query not from a
+/// link-local address is ignored, counted; every frame is accounted for.
+#[test]
+fn solicited_node_groups_are_reported_by_mld() {
+    let (mut lab, _g) = start_with("mld", "bundle", true);
+    lab.capture = Some(Vec::new());
+    lab.capture_limit = 1000;
+    to_a_lan(&mut lab, &[]);
+    let lan_groups = groups(&[lab_link_local(lan_mac()), A_LAN6]);
+    let wan_groups = groups(&[lab_link_local(wan_mac()), A_WAN6]);
+    let change = |g: &[Ipv6Addr]| g.iter().map(|g| (4u8, *g)).collect::<Vec<_>>();
+    let got = from_a_lan(&mut lab);
+    assert_eq!(got.len(), 1, "one report on the LAN");
+    assert_eq!(mld_report(&got[0], lan_mac()), change(&lan_groups));
+    let mld_of = |cap: Vec<Vec<u8>>| cap.into_iter().filter(|f| f[12..14] == [0x86, 0xdd] && f[20] == 0).collect::<Vec<_>>();
+    let wan = mld_of(lab.capture.replace(Vec::new()).unwrap());
+    assert_eq!(wan.len(), 1, "one report on the WAN");
+    assert_eq!(mld_report(&wan[0], wan_mac()), change(&wan_groups));
+    // The second state-change report, within a second.
+    lab.now += 1_000_000_000;
+    to_a_lan(&mut lab, &[]);
+    let got = from_a_lan(&mut lab);
+    assert_eq!(got.len(), 1, "the second report");
+    assert_eq!(mld_report(&got[0], lan_mac()), change(&lan_groups));
+    lab.now += 10_000_000_000;
+    to_a_lan(&mut lab, &[]);
+    assert!(from_a_lan(&mut lab).is_empty(), "two only");
+
+    // A router's general query: the current state, at once (delay 0).
+    to_a_lan(&mut lab, &[mld_query("fe80::1".parse().unwrap()), mld_query("fd00:1::9".parse().unwrap())]);
+    let got = from_a_lan(&mut lab);
+    assert_eq!(got.len(), 1, "one answer");
+    assert_eq!(mld_report(&got[0], lan_mac()), lan_groups.iter().map(|g| (2u8, *g)).collect::<Vec<_>>());
+    let (a, b) = lab.counters();
+    assert_eq!((a.local.lan_mld_reports, a.local.mld_reports, a.local.mld_queries), (3, 2, 1));
+    assert_eq!(a.local.get(LocalDrop::NotForUs), 1, "the query from a global address");
+    assert_eq!(a.drops.named(), vec![]);
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
 }

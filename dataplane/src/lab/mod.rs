@@ -215,6 +215,10 @@ pub struct LabOptions {
     /// windows above the numbers before it (as a restart with
     /// `--seq-state` starts them): near `MAX_PACKET_LIMIT` to exhaust them.
     pub sa_start: Option<u64>,
+    /// Ports with an IPv6 address report their solicited-node groups by
+    /// MLD (`crate::mld`), as in the process; off unless a test asks, so
+    /// that the frames a port sends are the test's own.
+    pub mld: bool,
 }
 
 /// Which way a WAN frame crosses the middle.
@@ -458,6 +462,9 @@ impl Lab {
             .unwrap();
             if let Some(j) = jumbo {
                 w = w.with_jumbo_pool(j);
+            }
+            if !opts.mld {
+                w = w.without_mld();
             }
             if !taps.is_empty() {
                 for p in taps.iter_mut() {
@@ -812,7 +819,7 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // For the gateway itself: answered (out of the port it came in on) or
     // dropped with a reason.
     let l = &c.local;
-    assert_eq!(l.received, l.answered() + l.learned + l.total_dropped(), "{why}");
+    assert_eq!(l.received, l.answered() + l.learned + l.mld_queries + l.total_dropped(), "{why}");
     assert_eq!(l.answered(), l.lan_replies + l.wan_replies, "{why}");
     // For the kernel: taken off the receive path or copied, then the tap
     // took it or it was dropped.
@@ -825,7 +832,7 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     // Out: the ports took what they were given or it was dropped (the NAT
     // translates delivered packets just before the LAN TX queue).
     assert_eq!(
-        c.delivered + c.icmp_sent + l.lan_replies + k.from_kernel_lan + l.lan_requests + c.handoff.deliver_in + c.lan_cut.extra_frames()
+        c.delivered + c.icmp_sent + l.lan_replies + k.from_kernel_lan + l.lan_requests + l.lan_mld_reports + c.handoff.deliver_in + c.lan_cut.extra_frames()
             + c.nat.in_frags.reassembled,
         c.lan_tx.packets
             + c.nat.in_frags.taken
@@ -851,7 +858,7 @@ pub fn assert_conserved(c: &WorkerCounters, who: &str, plain: bool) {
     if plain {
         // An ESP packet sent as fragments is that many WAN frames.
         assert_eq!(
-            c.encapsulated + (c.frags.sent - c.frags.fragmented) + l.wan_replies + l.requests + c.keepalives + k.from_kernel_wan,
+            c.encapsulated + (c.frags.sent - c.frags.fragmented) + l.wan_replies + l.requests + l.mld_reports + c.keepalives + k.from_kernel_wan,
             c.wan_tx.packets + d.get(DpDrop::WanTxFull) + d.get(DpDrop::WanTxRejected) + d.get(DpDrop::NextHopUnresolved),
             "{why}"
         );
