@@ -747,7 +747,8 @@ pub struct WorkerCounters {
     pub icmp_sent: u64,
     /// ICMP errors sent back into the tunnels: "fragmentation needed" or
     /// ICMPv6 "packet too big" for a packet from a tunnel too big for the
-    /// LAN (`lan_too_big`). Routed and tunnelled like LAN packets (they
+    /// LAN (`lan_too_big`), "host unreachable" / "address unreachable"
+    /// for one whose LAN host did not answer (`lan_next_hop_unresolved`). Routed and tunnelled like LAN packets (they
     /// are in `encapsulated`, not in `lan_rx`).
     pub icmp_tunnelled: u64,
     /// RFC 3948 NAT-keepalives received on a WAN port (not an error: the

@@ -1380,12 +1380,19 @@ impl Worker {
     /// (`icmp_to_wan`).
     #[cold]
     pub(super) fn lan_too_big_error(&mut self, m: Mbuf) {
+        self.tunnel_icmp_error(m, IcmpError::TooBig(self.lan.mtu));
+    }
+
+    /// ICMP error `kind` about a packet from the tunnels that the LAN does
+    /// not take, from the LAN port's address of its family, back through
+    /// the tunnels (`icmp_to_wan`); at most one a millisecond.
+    pub(super) fn tunnel_icmp_error(&mut self, m: Mbuf, kind: IcmpError) {
         if self.now < self.next_icmp {
             return;
         }
         let src = self.lan.ipv4.map_or([0; 4], |a| a.octets());
         let src6 = self.lan.ipv6.map_or([0; 16], |a| a.octets());
-        if let Some(e) = too_big_error(m, src, src6, self.lan.mtu, &self.lan) {
+        if let Some(e) = icmp_error(m, src, src6, kind, &self.lan) {
             self.next_icmp = self.now.saturating_add(ICMP_INTERVAL);
             self.icmp_to_wan.push(e);
         }
@@ -2816,21 +2823,41 @@ fn jumbo_frame(jumbo: &Mempool, lan: &L2, inner: &[u8]) -> Option<Mbuf> {
 /// (IPv4) to a multicast or broadcast group (RFC 1812 section 4.3.2.7,
 /// RFC 4443 section 2.4), or no address to send from.
 fn too_big_error(m: Mbuf, src: [u8; 4], src6: [u8; 16], mtu: u16, lan: &L2) -> Option<Mbuf> {
+    icmp_error(m, src, src6, IcmpError::TooBig(mtu), lan)
+}
+
+/// The ICMP errors the gateway sends about a packet.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum IcmpError {
+    /// "Fragmentation needed" (IPv4 with DF only) / "packet too big",
+    /// with the next hop's MTU.
+    TooBig(u16),
+    /// "Host unreachable" / "address unreachable": the LAN host did not
+    /// answer address resolution (RFC 1812 section 4.3.3.1, RFC 4861
+    /// section 7.2.2).
+    Unreachable,
+}
+
+/// ICMP error `kind` about the packet in frame `m`, as [`too_big_error`]
+/// (the same refusals: about an ICMP error, a later fragment, from a
+/// source that is not one host, an IPv4 group destination; no address).
+fn icmp_error(m: Mbuf, src: [u8; 4], src6: [u8; 16], kind: IcmpError, lan: &L2) -> Option<Mbuf> {
     if m.data().get(12..14) == Some(&[0x86, 0xdd]) {
-        packet_too_big(m, src6, mtu, lan)
+        icmpv6_error(m, src6, kind, lan)
     } else {
-        frag_needed(m, src, mtu, lan)
+        icmpv4_error(m, src, kind, lan)
     }
 }
 
-fn frag_needed(mut m: Mbuf, src: [u8; 4], mtu: u16, lan: &L2) -> Option<Mbuf> {
+fn icmpv4_error(mut m: Mbuf, src: [u8; 4], kind: IcmpError, lan: &L2) -> Option<Mbuf> {
     let d = m.data();
     let ip = d.get(ETH..).filter(|ip| ip.len() >= 20)?;
     let ihl = (ip[0] & 0x0f) as usize * 4;
     let icmp_error = ip[9] == 1 && ip.get(ihl).is_some_and(|&t| t != 0 && t != 8);
     let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
     let group = ip[16] >= 224;
-    if u16::from_be_bytes([d[12], d[13]]) != 0x0800 || ip[6] & 0x40 == 0 || icmp_error || later_fragment || ip[12] == 0 || ip[12] >= 224 || group {
+    let no_df = matches!(kind, IcmpError::TooBig(_)) && ip[6] & 0x40 == 0;
+    if u16::from_be_bytes([d[12], d[13]]) != 0x0800 || no_df || icmp_error || later_fragment || ip[12] == 0 || ip[12] >= 224 || group {
         return None;
     }
     if src == [0; 4] {
@@ -2857,8 +2884,10 @@ fn frag_needed(mut m: Mbuf, src: [u8; 4], mtu: u16, lan: &L2) -> Option<Mbuf> {
     let c = !braid_tunnel::wire::checksum::sum(ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     let icmp = &mut f[ETH + 20..];
-    icmp[..8].copy_from_slice(&[3, 4, 0, 0, 0, 0, 0, 0]);
-    icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp[..8].copy_from_slice(&match kind {
+        IcmpError::TooBig(mtu) => [3, 4, 0, 0, 0, 0, (mtu >> 8) as u8, mtu as u8],
+        IcmpError::Unreachable => [3, 1, 0, 0, 0, 0, 0, 0],
+    });
     icmp[8..].copy_from_slice(&quote[..quote_len]);
     let c = !braid_tunnel::wire::checksum::sum(icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
@@ -2866,17 +2895,14 @@ fn frag_needed(mut m: Mbuf, src: [u8; 4], mtu: u16, lan: &L2) -> Option<Mbuf> {
     Some(m)
 }
 
-/// ICMPv6 Packet Too Big (RFC 4443 section 3.2) for the IPv6 packet in
-/// `m`, from `src`, with `mtu`: IPv6 routers do not fragment, so without
-/// it the sender would never learn the path's MTU. As much of the packet
-/// as fits a 1280-byte error. Never about an ICMPv6 error, nor to an
-/// unspecified or multicast source (section 2.4).
-fn packet_too_big(mut m: Mbuf, src: [u8; 16], mtu: u16, lan: &L2) -> Option<Mbuf> {
+/// ICMPv6 Packet Too Big (RFC 4443 section 3.2: IPv6 routers do not
+/// fragment, so without it the sender would never learn the path's MTU)
+/// or Destination Unreachable, code 3 (section 3.1), for the IPv6 packet
+/// in `m`, from `src`. As much of the packet as fits a 1280-byte error.
+/// Never about an ICMPv6 error, nor to an unspecified or multicast source
+/// (section 2.4).
+fn icmpv6_error(mut m: Mbuf, src: [u8; 16], kind: IcmpError, lan: &L2) -> Option<Mbuf> {
     const MIN_MTU: usize = IPV6_MIN_MTU;
-    // Never below IPv6's minimum, which a sender would not go under
-    // (RFC 8201 section 4): plain mode carries IPv6 packets up to it in
-    // outer fragments.
-    let mtu = mtu.max(MIN_MTU as u16);
     let ip = m.data().get(ETH..)?;
     if ip.len() < 40 || src == [0; 16] {
         return None;
@@ -2909,8 +2935,16 @@ fn packet_too_big(mut m: Mbuf, src: [u8; 16], mtu: u16, lan: &L2) -> Option<Mbuf
     ip[8..24].copy_from_slice(&src);
     ip[24..40].copy_from_slice(&orig_src);
     let icmp = &mut f[ETH + 40..];
-    icmp[..8].copy_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
-    icmp[4..8].copy_from_slice(&u32::from(mtu).to_be_bytes());
+    icmp[..8].copy_from_slice(&match kind {
+        // Never below IPv6's minimum, which a sender would not go under
+        // (RFC 8201 section 4): plain mode carries IPv6 packets up to it
+        // in outer fragments.
+        IcmpError::TooBig(mtu) => {
+            let [a, b] = mtu.max(MIN_MTU as u16).to_be_bytes();
+            [2, 0, 0, 0, 0, 0, a, b]
+        }
+        IcmpError::Unreachable => [1, 3, 0, 0, 0, 0, 0, 0],
+    });
     icmp[8..].copy_from_slice(&quote[..quote_len]);
     let pseudo = braid_tunnel::wire::checksum::pseudo_header_v6(src.into(), orig_src.into(), 58, (8 + quote_len) as u32);
     let c = !braid_tunnel::wire::checksum::combine(&[pseudo, braid_tunnel::wire::checksum::sum(icmp)]);

@@ -152,6 +152,58 @@ fn a_host_that_never_answers_does_not_hold_up_the_others() {
     lab.close();
 }
 
+/// A host that never answers: its senders behind the peer get ICMP
+/// "host unreachable" (IPv4) / ICMPv6 "address unreachable" (RFC 4861
+/// 7.2.2) from B's LAN address through the tunnels, quoting their packet;
+/// one a millisecond at most (RFC 4443 2.4), not one per packet.
+#[test]
+fn an_unanswered_host_gets_its_senders_an_unreachable_error() {
+    let (mut lab, _g) = start("lanu", "bundle", None);
+    lab.read_a_lan = true;
+    for (family, want) in [(Family::V4, [3u8, 1]), (Family::V6, [1, 3])] {
+        let silent = Flow::a_to_b(7, family, L4::Udp);
+        send(&mut lab, &silent, 0..10);
+        lab.settle(5);
+        for _ in 0..20 {
+            lab.now += 250_000_000;
+            lab.settle(3);
+        }
+        let errors = std::mem::take(&mut lab.delivered_a);
+        assert_eq!(errors.len(), 1, "{family:?}: one error for the 10 packets");
+        let e = &errors[0];
+        let first = ip_packet(&silent, 0, 200);
+        match family {
+            Family::V4 => {
+                let ip = &e[14..];
+                assert_eq!((ip[9], &ip[12..16], &ip[16..20]), (1, &[10u8, 2, 0, 254][..], &first[12..16]), "ICMP from B's LAN address to the sender");
+                assert!(braid_tunnel::wire::checksum::verifies(&ip[..20]));
+                assert_eq!(ip[20..22], want, "host unreachable");
+                assert!(braid_tunnel::wire::checksum::verifies(&ip[20..]));
+                assert_eq!(ip[28..], first[..28], "the packet's header and 8 bytes quoted");
+            }
+            Family::V6 => {
+                let ip = &e[14..];
+                let b_lan: std::net::Ipv6Addr = "fd00:2::fe".parse().unwrap();
+                assert_eq!((ip[6], &ip[8..24], &ip[24..40]), (58, &b_lan.octets()[..], &first[8..24]));
+                assert_eq!(ip[40..42], want, "address unreachable");
+                let icmp = &ip[40..];
+                let src = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+                let dst = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+                let sum = braid_tunnel::wire::checksum::add(braid_tunnel::wire::checksum::pseudo_header_v6(src, dst, 58, icmp.len() as u32), braid_tunnel::wire::checksum::sum(icmp));
+                assert_eq!(sum, 0xffff);
+                assert_eq!(icmp[8..], first[..], "the whole packet quoted");
+            }
+        }
+        split(&mut lab);
+    }
+    let (a, b) = lab.counters();
+    assert_eq!(b.drops.get(DpDrop::LanNextHopUnresolved), 20);
+    assert_eq!(b.icmp_tunnelled, 2);
+    lab::assert_conserved(&a, "A", false);
+    lab::assert_conserved(&b, "B", false);
+    lab.close();
+}
+
 #[test]
 fn the_hold_is_bounded() {
     let (mut lab, _g) = start("lanb", "plain", None);

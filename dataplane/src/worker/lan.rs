@@ -25,7 +25,7 @@ use braid_dpdk::Mbuf;
 use braid_nat::resolver::{Lookup, FRAME_MAX};
 use braid_tunnel::Nanos;
 
-use super::{Worker, ETH};
+use super::{IcmpError, Worker, ETH};
 use crate::counters::DpDrop;
 
 /// Packets waiting for a LAN neighbor, per worker.
@@ -205,8 +205,8 @@ impl Worker {
                         self.lan_del.per_slot[slot_of(h.ip)] += 1;
                         self.lan_del.held.push_back(h)
                     }
-                    Next::Wait(_) => self.counters.drops.add(DpDrop::LanNextHopUnresolved),
-                    Next::Drop(r) => self.counters.drops.add(r),
+                    Next::Wait(_) => self.lan_drop(h.m, DpDrop::LanNextHopUnresolved),
+                    Next::Drop(r) => self.lan_drop(h.m, r),
                 }
             }
         }
@@ -228,11 +228,22 @@ impl Worker {
                     self.lan_del.held.push_back(Held { ip, since: now, m })
                 }
                 Next::Wait(_) => self.counters.drops.add(DpDrop::LanHoldFull),
-                Next::Drop(r) => self.counters.drops.add(r),
+                Next::Drop(r) => self.lan_drop(m, r),
             }
         }
         self.lan_out = out;
         self.lan_del.out = queued;
+    }
+
+    /// A packet for the LAN dropped for `r`, counted. One whose host did
+    /// not answer address resolution gets its sender an ICMP "host
+    /// unreachable" / ICMPv6 "address unreachable" (RFC 1812 section
+    /// 4.3.3.1; RFC 4861 section 7.2.2: MUST, rate-limited by RFC 4443).
+    fn lan_drop(&mut self, m: Mbuf, r: DpDrop) {
+        self.counters.drops.add(r);
+        if r == DpDrop::LanNextHopUnresolved {
+            self.tunnel_icmp_error(m, IcmpError::Unreachable);
+        }
     }
 
     /// The MAC of LAN neighbor `ip`, asking for it when the resolver says
