@@ -231,8 +231,9 @@ impl Exchange {
         (seq, old)
     }
 
-    fn all_seen(&self, seq: u64) -> bool {
-        self.seen.iter().all(|s| s.0.load(Ordering::Acquire) == seq)
+    /// Every worker runs snapshot `seq` (or a later one).
+    pub fn all_seen(&self, seq: u64) -> bool {
+        self.seen.iter().all(|s| s.0.load(Ordering::Acquire) >= seq)
     }
 }
 

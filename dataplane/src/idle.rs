@@ -90,20 +90,38 @@ impl Backoff {
         self.idle > SPIN_POLLS
     }
 
-    /// A poll found nothing: how long to sleep before the next, if at all.
-    /// `data`: the worker's `data_packets`.
-    pub fn empty(&mut self, data: u64, traffic: &Traffic, now: Instant) -> Option<Duration> {
+    /// A poll found nothing: whether the worker sleeps now
+    /// ([`sleep_for`](Self::sleep_for) says how long). Reads nothing
+    /// while it spins.
+    #[inline]
+    pub fn empty_poll(&mut self) -> bool {
         self.idle = self.idle.saturating_add(1);
-        if !self.sleeping() {
-            return None;
-        }
+        self.sleeping()
+    }
+
+    /// How long a sleeping worker sleeps before its next poll. `data`: the
+    /// worker's `data_packets`.
+    pub fn sleep_for(&mut self, data: u64, traffic: &Traffic, now: Instant) -> Duration {
+        self.tick(data, traffic, now);
+        self.idle_since = self.idle_since.max(traffic.last());
+        let deep = now.saturating_duration_since(self.idle_since) >= DEEP_IDLE;
+        Duration::from_micros(if deep { self.idle_max_us } else { self.idle_us })
+    }
+
+    /// [`empty_poll`](Self::empty_poll), then [`sleep_for`](Self::sleep_for)
+    /// if it sleeps.
+    pub fn empty(&mut self, data: u64, traffic: &Traffic, now: Instant) -> Option<Duration> {
+        self.empty_poll().then(|| self.sleep_for(data, traffic, now))
+    }
+
+    /// Notes the worker's own user traffic (`data`: its `data_packets`),
+    /// for every worker ([`Traffic`]): from its sleeps, and from a busy
+    /// worker every so often (one that never sleeps says so only here).
+    pub fn tick(&mut self, data: u64, traffic: &Traffic, now: Instant) {
         if data != self.last_data {
             (self.last_data, self.idle_since) = (data, now);
             traffic.saw(now);
         }
-        self.idle_since = self.idle_since.max(traffic.last());
-        let deep = now.saturating_duration_since(self.idle_since) >= DEEP_IDLE;
-        Some(Duration::from_micros(if deep { self.idle_max_us } else { self.idle_us }))
     }
 
     /// A poll found work while the worker was not [`sleeping`](Self::sleeping)
@@ -177,6 +195,25 @@ mod tests {
         t += DEEP_IDLE * 2;
         assert_eq!(hander.empty(0, &traffic, t), Some(500 * US));
         assert_eq!(owner.empty(10, &traffic, t), Some(500 * US));
+    }
+
+    /// A busy owner never sleeps: its traffic is noted from its clock
+    /// ticks, and the worker handing it ESP keeps short sleeps.
+    #[test]
+    fn a_busy_workers_traffic_counts_too() {
+        let t0 = Instant::now();
+        let traffic = Traffic::new(t0);
+        let (mut hander, mut owner) = (Backoff::new(50, 500, t0), Backoff::new(50, 500, t0));
+        sleep_after_spin(&mut hander, 0, &traffic, t0);
+        let mut t = t0;
+        for i in 1..=20 {
+            t += Duration::from_millis(30);
+            owner.busy();
+            owner.tick(i, &traffic, t);
+            assert!(!owner.sleeping());
+            hander.woke(0, &traffic, t);
+            assert_eq!(sleep_after_spin(&mut hander, 0, &traffic, t + US), 50 * US, "after {i} ticks");
+        }
     }
 
     /// A probe waking a deeply idle worker puts it back to sleep after a

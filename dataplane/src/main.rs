@@ -247,6 +247,7 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
     let (mut cbuf, mut gbuf) = (Vec::new(), Vec::new());
     let mut nic = Vec::new();
     let mut backoff = Backoff::new(sh.idle_us, sh.idle_max_us, Instant::now());
+    let mut settle = false;
     let mut polls = 0u32;
     while !sh.stop.load(Ordering::Relaxed) {
         polls = polls.wrapping_add(1);
@@ -278,6 +279,7 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
                     );
                     tables = snap.tables.clone();
                     writer = snap.take_stats_writer(id);
+                    settle = true;
                 }
                 Err(e) => {
                     // Not reachable with tables the control thread checked
@@ -297,8 +299,8 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
         // polls, longer after a while without user traffic on any worker.
         // A busy worker never sleeps.
         if worker.poll(now()) == 0 {
-            if let Some(d) = backoff.empty(worker.data_packets(), &sh.traffic, Instant::now()) {
-                std::thread::sleep(d);
+            if backoff.empty_poll() {
+                std::thread::sleep(backoff.sleep_for(worker.data_packets(), &sh.traffic, Instant::now()));
             }
         } else if backoff.sleeping() {
             backoff.woke(worker.data_packets(), &sh.traffic, Instant::now());
@@ -310,6 +312,15 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
             let t = Instant::now();
             if sh.deadline.is_some_and(|d| t >= d) {
                 break;
+            }
+            // A busy worker's user traffic, for the others' back-off.
+            backoff.tick(worker.data_packets(), &sh.traffic, t);
+            // Tunnels that came here with new tables: settled once every
+            // worker runs them (their previous owners published their
+            // windows' tops when they took the tables).
+            if settle && sh.exchange.all_seen(mine) {
+                worker.settle_moved_windows();
+                settle = false;
             }
             if t >= next_segment {
                 next_segment = t + SEGMENT_INTERVAL;

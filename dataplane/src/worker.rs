@@ -357,6 +357,9 @@ pub struct Worker {
     own_errors: bool,
     /// ARP/ND/echo responder of each port: the LAN at 0, WAN `w` at 1 + w.
     local: Vec<Responder>,
+    /// Inbound SPIs of tunnels that came to this worker from another with
+    /// new tables, their windows not settled yet (`settle_moved_windows`).
+    moved_in: Vec<u32>,
     /// Replies of each port's responder waiting for its TX queue (they
     /// skip the NAT), indexed like `local`.
     local_out: Vec<Vec<Mbuf>>,
@@ -527,6 +530,7 @@ impl Worker {
             own_errors: false,
             local_out: (0..=nwan).map(|_| Vec::with_capacity(BURST)).collect(),
             local,
+            moved_in: Vec::new(),
             kept: Vec::with_capacity(BURST),
             nh_ready,
             next_neighbors: 0,
@@ -1812,6 +1816,34 @@ impl Worker {
         }
     }
 
+    /// Tunnels that came to this worker from another at the last new
+    /// tables: once every worker runs those tables (`Exchange::all_seen`),
+    /// their windows refuse everything up to their SA's kept high, where
+    /// the previous owner published its window's top when it applied
+    /// them. Until then the previous owner still took the tunnel's
+    /// packets, beyond the floor this worker's window started from: a
+    /// replay of one of those, handed here later, would have been
+    /// accepted once. Returns the windows settled.
+    pub fn settle_moved_windows(&mut self) -> usize {
+        let mut settled = 0;
+        for spi in std::mem::take(&mut self.moved_in) {
+            // Still this worker's, under the tables that run now.
+            let Ok(i) = self.spis.binary_search_by_key(&spi, |e| e.0) else { continue };
+            let (b, t) = (usize::from(self.spis[i].1), usize::from(self.spis[i].2));
+            let Some(st) = self.bundles.get_mut(b) else { continue };
+            if st.owner.get(t) != Some(&self.id) {
+                continue;
+            }
+            let Some(spec) = st.spec.tunnels.get(t) else { continue };
+            let Some(high) = &spec.rx_high else { continue };
+            if let Some(pair) = inbound_mut(&mut st.engine, t) {
+                pair.refuse_through(spec.inbound.spi, high.load(Ordering::Relaxed));
+                settled += 1;
+            }
+        }
+        settled
+    }
+
     /// Raises every window of this worker to its SA's kept high: a window
     /// built for new tables (here, or ahead on the control thread) starts
     /// above what the window it replaces accepted up to the moment the
@@ -1820,11 +1852,7 @@ impl Worker {
         for st in &mut self.bundles {
             for (t, spec) in st.spec.tunnels.iter().enumerate() {
                 let Some(high) = &spec.rx_high else { continue };
-                let pair = match &mut st.engine {
-                    Engine::Bundle { rx, .. } => rx.inbound_mut(t),
-                    Engine::Plain(p) => p.inbound.get_mut(t),
-                };
-                if let Some(pair) = pair {
+                if let Some(pair) = inbound_mut(&mut st.engine, t) {
                     pair.raise_floor(spec.inbound.spi, high.load(Ordering::Relaxed));
                 }
             }
@@ -2414,6 +2442,14 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize,
     };
     let peer = peer.ok_or(DpDrop::NoRoute)? as usize;
     Ok((peer, peer_bundle.get(peer).copied().ok_or(DpDrop::NoRoute)?, len))
+}
+
+/// Tunnel `t`'s inbound SA pair (its replay window) in a bundle's engine.
+fn inbound_mut(engine: &mut Engine, t: usize) -> Option<&mut InboundSaPair> {
+    match engine {
+        Engine::Bundle { rx, .. } => rx.inbound_mut(t),
+        Engine::Plain(p) => p.inbound.get_mut(t),
+    }
 }
 
 /// Why a LAN frame is not routed, by its destination MAC: another host's

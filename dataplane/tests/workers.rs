@@ -18,6 +18,7 @@ use braid_dataplane::counters::{DpDrop, WorkerCounters};
 use braid_dataplane::gateway::{nat_setup, outbound_sas, worker_setup_with_nat, PortPlan};
 use braid_dataplane::lab::traffic::{ip_packet, tag, Family, Flow, L4};
 use braid_dataplane::lab::{self, Checker, TICK};
+use braid_dataplane::sas::SaRegistry;
 use braid_dataplane::worker::handoff;
 use braid_dataplane::worker::{Worker, WorkerSetup};
 use braid_dpdk::ring_port::RingPair;
@@ -114,6 +115,9 @@ struct Rig {
     /// Each side's configuration, tables and outbound SAs (A, then B), for
     /// new tables applied later (`apply_b`).
     docs: Vec<(serde_json::Value, Tables, SideSas)>,
+    /// B's SAs across new tables, and the cells its workers publish their
+    /// replay windows' tops into (as the process keeps them).
+    b_registry: SaRegistry,
 }
 
 /// A side's outbound SAs, per bundle and tunnel.
@@ -159,6 +163,7 @@ impl Rig {
         let mut ports = ends;
         let mut gws = Vec::new();
         let mut docs = Vec::new();
+        let mut b_registry = SaRegistry::default();
         let mut gw_ports = gw_ports.into_iter();
         let (alan, awan, bwan, blan) = (gw_ports.next().unwrap(), gw_ports.next().unwrap(), gw_ports.next().unwrap(), gw_ports.next().unwrap());
         for (side_a, mut lan, mut wan) in [(true, alan, awan), (false, blan, bwan)] {
@@ -174,6 +179,10 @@ impl Rig {
             }
             let plan = PortPlan::new(&tables).unwrap();
             let sas = outbound_sas(&tables);
+            if !side_a {
+                b_registry.adopt(&tables, &sas);
+            }
+            let highs = if side_a { Vec::new() } else { b_registry.inbound_highs(&tables) };
             let rings = handoff::mesh(&format!("{case}{}", if side_a { "ha" } else { "hb" }), WORKERS, 1024).unwrap();
             let workers = rings
                 .into_iter()
@@ -185,7 +194,8 @@ impl Rig {
                         workers: WORKERS,
                         wan_rss: vec![rss.clone()],
                         ..worker_setup_with_nat(&tables, &plan, &sas, nat, id, id == 0, |_| Default::default()).unwrap()
-                    };
+                    }
+                    .with_rx_highs(&highs);
                     let lanq = (lan.rx_queue(id).unwrap(), lan.tx_queue(id).unwrap());
                     let wanq = vec![(wan.rx_queue(id).unwrap(), wan.tx_queue(id).unwrap())];
                     Worker::new(setup, pool.clone(), lanq, wanq, 0).unwrap().with_handoff(h).unwrap()
@@ -199,27 +209,26 @@ impl Rig {
         }
         let b = gws.pop().unwrap();
         let a = gws.pop().unwrap();
-        Rig { a, b, gen, check, mid_a, mid_b, test_pool, pools, now: 0, capture: Vec::new(), delivered: Vec::new(), delivered_a: Vec::new(), rebind: None, rss: None, ports, pairs, docs }
+        Rig { a, b, gen, check, mid_a, mid_b, test_pool, pools, now: 0, capture: Vec::new(), delivered: Vec::new(), delivered_a: Vec::new(), rebind: None, rss: None, ports, pairs, docs, b_registry }
     }
 
     /// B's configuration edited by `edit`, applied to B's worker `id` only
     /// (the others keep theirs, as between two workers' turns to take new
     /// tables); SAs that stay are kept.
     fn apply_b(&mut self, id: usize, edit: impl Fn(&mut serde_json::Value)) {
-        let (doc, tables, sas) = &self.docs[1];
-        let mut doc = doc.clone();
+        let mut doc = self.docs[1].0.clone();
         edit(&mut doc);
         let new = Tables::from_config(&Config::from_json_str(&doc.to_string()).unwrap()).unwrap();
-        let mut registry = braid_dataplane::sas::SaRegistry::default();
-        registry.adopt(tables, sas);
-        let new_sas = registry.for_tables(&new).unwrap();
+        let new_sas = self.b_registry.for_tables(&new).unwrap();
+        let highs = self.b_registry.inbound_highs(&new);
         let plan = PortPlan::new(&new).unwrap();
         let nat = nat_setup(&new, WORKERS).unwrap();
         let setup = WorkerSetup {
             workers: WORKERS,
             wan_rss: vec![self.rss.clone()],
             ..worker_setup_with_nat(&new, &plan, &new_sas, nat, id as u16, id == 0, |_| Default::default()).unwrap()
-        };
+        }
+        .with_rx_highs(&highs);
         self.b.workers[id].apply(setup, self.now).unwrap();
     }
 
@@ -962,6 +971,22 @@ fn forged_esp_for_another_workers_tunnel_is_handed_over_only_so_far() {
     rig.close();
 }
 
+/// B's tunnel 1 (198.51.100.1:4501 <- 192.0.2.1:4501): the worker whose
+/// queue RSS gives it, the other worker, and a configuration edit that
+/// moves it there (a remote port RSS gives the other worker).
+fn tunnel_1_move(rig: &Rig) -> (usize, usize, impl Fn(&mut serde_json::Value) + Copy) {
+    let rss = rig.rss.clone().unwrap();
+    let local: std::net::SocketAddr = "198.51.100.1:4501".parse().unwrap();
+    let queue = |port: u16| rss.queue(std::net::SocketAddr::new([192, 0, 2, 1].into(), port), local).unwrap() as usize;
+    let old = queue(4501);
+    let other = 1 - old;
+    let port = (4600..5600).find(|&p| queue(p) == other).expect("a port of the other queue");
+    let move_tunnel = move |doc: &mut serde_json::Value| {
+        doc["bundles"][0]["tunnels"][1]["remote"] = serde_json::json!(format!("192.0.2.1:{port}"));
+    };
+    (old, other, move_tunnel)
+}
+
 /// New tables that move a tunnel to the other worker (its remote port
 /// changed, the NIC's RSS steering by it) reach the workers one at a time.
 /// ESP handed to the old owner before the move is handed on to the new
@@ -975,17 +1000,7 @@ fn esp_handed_across_a_move_of_its_tunnel_is_opened_only_by_the_owner() {
     let flows = flows();
     send_rounds(&mut rig, &flows, 0..4, |_, _| 200);
     rig.settle(50);
-    // B's tunnel 1: 198.51.100.1:4501 <- 192.0.2.1:4501. A remote port
-    // that RSS gives the other worker.
-    let rss = rig.rss.clone().unwrap();
-    let local: std::net::SocketAddr = "198.51.100.1:4501".parse().unwrap();
-    let queue = |port: u16| rss.queue(std::net::SocketAddr::new([192, 0, 2, 1].into(), port), local).unwrap() as usize;
-    let old = queue(4501);
-    let other = 1 - old;
-    let port = (4600..5600).find(|&p| queue(p) == other).expect("a port of the other queue");
-    let move_tunnel = move |doc: &mut serde_json::Value| {
-        doc["bundles"][0]["tunnels"][1]["remote"] = serde_json::json!(format!("192.0.2.1:{port}"));
-    };
+    let (old, other, move_tunnel) = tunnel_1_move(&rig);
     // A frame of tunnel 1 B already took: opened anywhere, it is refused
     // as a replay (`rejected`), which tells where it was opened.
     let esp = rig.capture.iter().find(|f| f.len() > 60 && f[36..38] == 4501u16.to_be_bytes()).expect("ESP of tunnel 1").clone();
@@ -1032,5 +1047,52 @@ fn esp_handed_across_a_move_of_its_tunnel_is_opened_only_by_the_owner() {
     poll(&mut rig, old);
     poll(&mut rig, other);
     assert_eq!((opened(&rig, old), opened(&rig, other)), (before.0, before.1 + 1), "opened by the new owner only");
+    rig.close();
+}
+
+/// A tunnel moves to the other worker with new tables, which the workers
+/// take one at a time: the new owner first, while the old one still takes
+/// the tunnel's packets with its window. Once both run the tables, the new
+/// owner's window refuses everything the old one took
+/// (`settle_moved_windows`; the process does it when every worker has
+/// acknowledged the tables): a replay of a packet the old owner took in
+/// between, handed to the new owner, is refused, where it was accepted
+/// once before.
+#[test]
+fn a_replay_of_what_the_old_owner_took_during_a_move_is_refused() {
+    let (_eal, _guard) = braid_dpdk::testing::eal(&[], 1536);
+    let mut rig = Rig::build("rpmove", "bundle", &[1, 1], |_, _| {}, true);
+    let flows = flows();
+    send_rounds(&mut rig, &flows, 0..4, |_, _| 200);
+    rig.settle(50);
+    let (old, other, move_tunnel) = tunnel_1_move(&rig);
+    // The new owner takes the tables first; the old one, not yet, takes
+    // more of the tunnel's packets (A still sends from port 4501).
+    rig.apply_b(other, move_tunnel);
+    let from = rig.capture.len();
+    send_rounds(&mut rig, &flows, 4..8, |_, _| 200);
+    rig.settle(20);
+    let taken = |rig: &Rig, w: usize| rig.b.workers[w].counters().tunnels[0][1].rx.packets;
+    assert!(taken(&rig, old) > 0, "the old owner took the tunnel's packets meanwhile");
+    let esp = rig.capture[from..].iter().rev().find(|f| f.len() > 60 && f[36..38] == 4501u16.to_be_bytes()).expect("ESP of tunnel 1").clone();
+    rig.apply_b(old, move_tunnel);
+    assert_eq!(rig.b.workers[old].settle_moved_windows(), 0, "nothing came to the old owner");
+    assert_eq!(rig.b.workers[other].settle_moved_windows(), 1);
+    // The replay reaches the old owner's queue and is handed to the new one.
+    let before = rig.b.workers[other].counters().tunnels[0][1];
+    let mut m = Mbuf::alloc(&rig.test_pool).unwrap();
+    m.append(esp.len()).unwrap().copy_from_slice(&esp);
+    let mut v = vec![m];
+    rig.mid_b.tx[old].tx_all(&mut v, 1000);
+    assert!(v.is_empty());
+    for _ in 0..4 {
+        rig.b.workers[old].poll(rig.now);
+        rig.b.workers[other].poll(rig.now);
+    }
+    let after = rig.b.workers[other].counters().tunnels[0][1];
+    assert_eq!((after.rx.packets, after.rejected), (before.rx.packets, before.rejected + 1), "refused as a replay by the new owner");
+    let delivered = rig.delivered.len();
+    rig.settle(5);
+    assert_eq!(rig.delivered.len(), delivered, "nothing delivered twice");
     rig.close();
 }

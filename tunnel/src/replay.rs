@@ -79,6 +79,28 @@ impl ReplayWindow {
         }
     }
 
+    /// Considers everything up to `seq` received, also below the top: a
+    /// window that took a tunnel over from another one (a worker's)
+    /// refuses what the other accepted, even after accepting newer
+    /// numbers itself. Numbers up to `seq` not received yet are refused
+    /// too; those above it are untouched.
+    pub fn seen_through(&mut self, seq: u64) {
+        if seq > self.top {
+            self.seen_up_to(seq);
+            return;
+        }
+        let mut s = (self.top + 1).saturating_sub(self.size).max(1);
+        while s <= seq {
+            // The numbers from `s` to the end of its block, at most `seq`.
+            let end = (s | (BLOCK_BITS - 1)).min(seq);
+            let bits = end - s + 1;
+            let mask = if bits == BLOCK_BITS { u64::MAX } else { ((1 << bits) - 1) << (s % BLOCK_BITS) };
+            let index = self.index(s);
+            self.blocks[index] |= mask;
+            s = end + 1;
+        }
+    }
+
     fn seen_up_to(&mut self, last_seq: u64) {
         self.top = last_seq;
         self.blocks.fill(u64::MAX);
@@ -215,6 +237,40 @@ mod tests {
         assert_eq!(w.check(100), Err(DropReason::ReplayTooOld));
         assert_eq!(w.check_and_update(5001), Ok(()));
         assert_eq!(w.check(5001), Err(DropReason::Replayed));
+    }
+
+    /// Below the top, `seen_through` refuses every number up to its
+    /// argument that the window still covers, seen or not, and nothing
+    /// above it; block edges included.
+    #[test]
+    fn seen_through_refuses_up_to_a_number_below_the_top() {
+        for size in [64u64, 128, 4096] {
+            for top in [size / 2, size + 3, 10 * size + 63, 10 * size + 64] {
+                for through in [1, top / 3, top.saturating_sub(64).max(1), top.saturating_sub(63).max(1), top - 1, top, top + 5] {
+                    let mut w = ReplayWindow::new(size).unwrap();
+                    // Every third number accepted, up to `top`.
+                    for seq in (1..=top).filter(|s| s % 3 == 0 || *s == top) {
+                        w.update(seq);
+                    }
+                    let before: Vec<_> = (1..=top + 10).map(|s| w.check(s)).collect();
+                    w.seen_through(through);
+                    for seq in 1..=top + 10 {
+                        let was = before[seq as usize - 1];
+                        let now = w.check(seq);
+                        let want = match () {
+                            // Above the top: as `raise_to`.
+                            _ if through > top && seq > through => Ok(()),
+                            _ if through > top && through - seq >= size => Err(DropReason::ReplayTooOld),
+                            _ if through > top => Err(DropReason::Replayed),
+                            _ if seq <= through && was == Ok(()) => Err(DropReason::Replayed),
+                            _ => was,
+                        };
+                        assert_eq!(now, want, "size {size} top {top} through {through} seq {seq}");
+                    }
+                    assert_eq!(w.top(), top.max(through));
+                }
+            }
+        }
     }
 
     #[test]

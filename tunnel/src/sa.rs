@@ -415,6 +415,16 @@ impl<A: Aead> InboundSaPair<A> {
         }
     }
 
+    /// Makes the current SA, if its SPI is `spi`, refuse every sequence
+    /// number up to `seq`, also below its window's top
+    /// ([`ReplayWindow::seen_through`]): what another window of the same
+    /// SA accepted while this one was not in use.
+    pub fn refuse_through(&mut self, spi: Spi, seq: u64) {
+        if self.current.spi == spi {
+            self.current.window.seen_through(seq);
+        }
+    }
+
     /// The previous SA's SPI, while it is accepted (rekey grace).
     pub fn previous_spi(&self) -> Option<Spi> {
         self.previous.as_ref().map(|(sa, _)| sa.spi)

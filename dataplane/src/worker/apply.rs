@@ -39,6 +39,7 @@
 //! sessions over a rule change), so replies to flows translated before the
 //! change are dropped (`no_session`) and those flows get new mappings.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -169,6 +170,16 @@ fn take_over(st: &mut BundleState, old: &mut BundleState, counters: &mut [Tunnel
     }
 }
 
+/// The inbound SPIs of the tunnels of `bundles` that worker `id` owns
+/// and another worker owned before (`old_owner`).
+fn moved_in(bundles: &[BundleState], old_owner: &HashMap<u32, u16>, id: u16) -> Vec<u32> {
+    let tunnels = bundles.iter().flat_map(|st| st.spec.tunnels.iter().zip(&st.owner));
+    tunnels
+        .filter(|(spec, owner)| **owner == id && old_owner.get(&spec.inbound.spi.0).is_some_and(|o| *o != id))
+        .map(|(spec, _)| spec.inbound.spi.0)
+        .collect()
+}
+
 /// What [`Worker::apply`] did, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -262,6 +273,14 @@ impl Worker {
             _ => None,
         };
         let learned = learned_remotes(&self.bundles);
+        // Each inbound SA's owner before: a tunnel that comes to this
+        // worker from another settles its window later
+        // (`settle_moved_windows`).
+        let old_owner: HashMap<u32, u16> = self
+            .bundles
+            .iter()
+            .flat_map(|st| st.spec.tunnels.iter().zip(&st.owner).map(|(t, o)| (t.inbound.spi.0, *o)))
+            .collect();
         let mut old: Vec<Option<BundleState>> = std::mem::take(&mut self.bundles).into_iter().map(Some).collect();
         let mut plan = Vec::with_capacity(setup.bundles.len());
         let mut prebuilt_used = false;
@@ -359,6 +378,8 @@ impl Worker {
         }
         self.bundles = bundles;
         self.raise_rx_floors();
+        let moved = moved_in(&self.bundles, &old_owner, self.id);
+        self.moved_in.extend(moved);
         self.counters.tunnels = counters;
         self.spis = spi_table(&setup.bundles);
         self.tunnel_ports = port_set(&setup.bundles);
