@@ -1192,6 +1192,12 @@ fn parse_iface_v4(s: &str) -> Result<IfaceAddr<Ipv4Addr>, String> {
     if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() {
         return Err(format!("{addr} is not a unicast address"));
     }
+    // What a router never sends from (RFC 1812 section 5.3.7): its ICMP
+    // errors would be dropped as martians.
+    let o = addr.octets();
+    if o[0] == 0 || o[0] == 127 || o[0] >= 240 {
+        return Err(format!("{addr} is not an address a router sends from (this network, loopback or reserved)"));
+    }
     Ok(IfaceAddr { addr, prefix_len })
 }
 
@@ -1202,6 +1208,9 @@ fn parse_iface_v6(s: &str) -> Result<IfaceAddr<Ipv6Addr>, String> {
     };
     if addr.is_unspecified() || addr.is_multicast() {
         return Err(format!("{addr} is not a unicast address"));
+    }
+    if addr.is_loopback() || addr.is_unicast_link_local() {
+        return Err(format!("{addr}: a global or unique local address (the port's link-local one comes from its MAC)"));
     }
     Ok(IfaceAddr { addr, prefix_len })
 }

@@ -161,7 +161,8 @@ impl Responder {
     /// link-local multicast group (224.0.0.0/24, never forwarded: RFC
     /// 5771); IPv6 to the port's address, to a link-local address
     /// (fe80::/10) or to an interface- or link-local multicast group
-    /// (ff01::/16, ff02::/16). Other multicast follows the routes.
+    /// (ff01::/16, ff02::/16). Other multicast is not the gateway's (the
+    /// LAN path does not route it either: `worker::lan_mac_drop`).
     #[inline]
     pub fn for_gateway(&self, d: &[u8]) -> bool {
         if d.len() < 14 {
@@ -393,7 +394,7 @@ mod tests {
         assert!(r.for_gateway(&v4(6, [10, 1, 0, 1])), "TCP to us (SSH, BGP)");
         assert!(r.for_gateway(&v4(17, [255, 255, 255, 255])), "DHCP");
         assert!(r.for_gateway(&v4(2, [224, 0, 0, 22])), "IGMP, link-local group");
-        assert!(!r.for_gateway(&v4(17, [239, 1, 2, 3])), "other multicast follows the routes");
+        assert!(!r.for_gateway(&v4(17, [239, 1, 2, 3])), "other multicast is not the gateway's");
         assert!(!r.for_gateway(&v4(6, [10, 2, 0, 1])), "transit");
         assert!(r.for_gateway(&v6(6, "fd00:1::1")));
         assert!(r.for_gateway(&v6(6, "fe80::1")), "link-local");

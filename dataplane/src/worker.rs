@@ -977,6 +977,13 @@ impl Worker {
         let tap = self.kernel[0].is_some();
         for m in burst.drain(..) {
             let len = m.pkt_len();
+            // Another host's frame (flooded by a switch) is nobody's here,
+            // not even the gateway's own responder's or kernel's.
+            if let Some(r @ DpDrop::NotOurMac) = lan_mac_drop(m.data(), &self.lan.mac) {
+                self.counters.lan_rx.add(len);
+                self.counters.drops.add(r);
+                continue;
+            }
             let m = if self.local[0].wants(m.data()) {
                 match self.answer_local(0, m) {
                     Some(m) => m,
@@ -1236,10 +1243,7 @@ impl Worker {
         let area = esp_area_len(st.max_frame);
         let room = st.outer_room;
         let mut cursor = PackCursor::new();
-        // Packets in frames whose seal failed, and the end of the last
-        // such frame's packets (a packet cut across two lost frames is
-        // one packet lost).
-        let (mut unsealed, mut unsealed_end) = (0, 0);
+        let mut unsealed = Unsealed::default();
         let lost = loop {
             let Some(mut m) = Mbuf::alloc(&self.pool) else { break Some(DpDrop::NoMbuf) };
             let Some(buf) = m.append(room + area) else { break Some(DpDrop::TooBig) };
@@ -1248,11 +1252,7 @@ impl Worker {
                 None => break None, // all packed; `m` goes back to the pool
                 // The frame is lost (the engine counts it by reason), and
                 // with it every packet it held whole or in part.
-                Some(Err(_)) => {
-                    let end = cursor.consumed() + usize::from(cursor.continues());
-                    unsealed += end.saturating_sub(first.max(unsealed_end));
-                    unsealed_end = end;
-                }
+                Some(Err(_)) => unsealed.frame(first, cursor.consumed(), cursor.continues()),
                 Some(Ok(t)) => {
                     let wan = st.wan_of[t.tunnel];
                     m.trim(area - t.esp_len);
@@ -1269,7 +1269,7 @@ impl Worker {
         // Packets the packer took are encapsulated, but for those in lost
         // frames; the rest are dropped.
         let packed = cursor.consumed().min(k);
-        let unsealed = unsealed.min(packed);
+        let unsealed = unsealed.of_packed(packed);
         self.counters.encapsulated += (packed - unsealed) as u64;
         self.counters.drops.add_n(DpDrop::FrameLost, unsealed as u64);
         // The packer also stops on a packet no frame of this bundle can
@@ -2417,7 +2417,7 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize,
             }
             // One branch on the first octets; the precise test is cold.
             let (s0, d0) = (l3[12], l3[16]);
-            if (s0 == 0 || s0 == 127 || s0 == 169 || d0 == 127 || d0 == 169 || d0 >= 224) && link_scope_v4(l3) {
+            if (s0 == 0 || s0 == 127 || s0 == 169 || s0 >= 224 || d0 == 0 || d0 == 127 || d0 == 169 || d0 >= 224) && link_scope_v4(l3) {
                 return Err(DpDrop::NotForwarded);
             }
             (routes.lookup_v4(std::net::Ipv4Addr::new(l3[16], l3[17], l3[18], l3[19])), total)
@@ -2442,6 +2442,34 @@ fn route(m: &Mbuf, routes: &RouteTable, peer_bundle: &[usize]) -> Result<(usize,
     };
     let peer = peer.ok_or(DpDrop::NoRoute)? as usize;
     Ok((peer, peer_bundle.get(peer).copied().ok_or(DpDrop::NoRoute)?, len))
+}
+
+/// The packets of a bundle burst lost with frames whose seal failed
+/// (`send_bundle`), each counted once, whole or in part in one lost frame
+/// or two.
+#[derive(Debug, Default)]
+struct Unsealed {
+    count: usize,
+    /// Past the last lost frame's packets (a packet it began included).
+    end: usize,
+}
+
+impl Unsealed {
+    /// A frame whose seal failed held the packets from `first` (the
+    /// packer's cursor before it) to `consumed` (after it), and the start
+    /// of the next one when it `continues`.
+    fn frame(&mut self, first: usize, consumed: usize, continues: bool) {
+        let end = consumed + usize::from(continues);
+        self.count += end.saturating_sub(first.max(self.end));
+        self.end = end;
+    }
+
+    /// Those of the `packed` packets the packer finished: a packet a lost
+    /// frame began and the burst left unfinished (no mbuf for the next
+    /// frame) is dropped with the rest of the burst, not here.
+    fn of_packed(&self, packed: usize) -> usize {
+        self.count - self.end.saturating_sub(packed).min(self.count)
+    }
 }
 
 /// Tunnel `t`'s inbound SA pair (its replay window) in a bundle's engine.
@@ -2469,16 +2497,19 @@ fn lan_mac_drop(d: &[u8], mac: &[u8; 6]) -> Option<DpDrop> {
     Some(if dst[0] & 1 != 0 { DpDrop::NotForwarded } else { DpDrop::NotOurMac })
 }
 
-/// An IPv4 packet of link scope, which a router does not forward: from
-/// 0.0.0.0/8 (this host, RFC 1122), loopback or 169.254.0.0/16
-/// (link-local, RFC 3927 section 7); to loopback, 169.254.0.0/16,
-/// 224.0.0.0/24 (link-local multicast, RFC 5771) or the limited broadcast
-/// address (RFC 1812 section 5.3.5.1). `l3` is a whole header.
+/// An IPv4 packet of link scope, or a martian, which a router does not
+/// forward (RFC 1812 section 5.3.7): from 0.0.0.0/8 (this host, RFC 1122),
+/// loopback, 169.254.0.0/16 (link-local, RFC 3927 section 7) or a
+/// multicast or reserved (240.0.0.0/4) address; to 0.0.0.0/8, loopback,
+/// 169.254.0.0/16, 224.0.0.0/24 (link-local multicast, RFC 5771) or
+/// 240.0.0.0/4 (the limited broadcast included, RFC 1812 section
+/// 5.3.5.1). `l3` is a whole header.
 #[cold]
 fn link_scope_v4(l3: &[u8]) -> bool {
     let (src, dst) = (&l3[12..16], &l3[16..20]);
     let link_local = |a: &[u8]| a[..2] == [169, 254];
-    src[0] == 0 || src[0] == 127 || link_local(src) || dst[0] == 127 || link_local(dst) || dst[..3] == [224, 0, 0] || dst == [255; 4]
+    let this_or_loopback = |a: &[u8]| a[0] == 0 || a[0] == 127;
+    this_or_loopback(src) || link_local(src) || src[0] >= 224 || this_or_loopback(dst) || link_local(dst) || dst[..3] == [224, 0, 0] || dst[0] >= 240
 }
 
 /// An IPv6 packet of link scope, which a router does not forward (RFC
@@ -3016,6 +3047,29 @@ fn write_eth_type(buf: &mut [u8], lan: &L2, et: u16) {
 
 #[cfg(test)]
 mod tests {
+    /// Lost frames' packets, each once: alone, across two lost frames,
+    /// a sealed frame's packet finished in a lost one, and a packet a lost
+    /// frame began that the burst never finished (it is the rest of the
+    /// burst's drop, not also a lost frame's).
+    #[test]
+    fn unsealed_frames_count_each_packet_once() {
+        use crate::worker::Unsealed;
+        let mut u = Unsealed::default();
+        u.frame(0, 3, false); // packets 0-2 whole
+        assert_eq!(u.of_packed(3), 3);
+        // Packet 3 cut across two lost frames, then packet 4 whole in the second.
+        u.frame(3, 3, true);
+        u.frame(3, 5, false);
+        assert_eq!(u.of_packed(5), 5);
+        // Sealed frames carry 5-6; a lost one finishes 7 and begins 8.
+        u.frame(7, 8, true);
+        assert_eq!(u.of_packed(10), 7, "7 and 8 (finished later in a sealed frame)");
+        // The burst stops after that lost frame (no mbuf): 8 was never
+        // finished, `packed` is 8.
+        assert_eq!(u.of_packed(8), 6, "8 is the stopped burst's");
+        assert_eq!(Unsealed::default().of_packed(4), 0);
+    }
+
     /// The 20-byte fast path agrees with the general sum on every header
     /// (random ones, ones with a right checksum, and edge words).
     #[test]

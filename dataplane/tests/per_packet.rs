@@ -702,6 +702,10 @@ fn link_scope_and_other_hosts_frames_are_not_routed() {
         lab.frame_to_a(&v4([0, 0, 0, 0], [10, 2, 0, 5])),
         lab.frame_to_a(&v4(host, [224, 0, 0, 9])),
         lab.frame_to_a(&v4(host, [127, 0, 0, 1])),
+        // Martians (RFC 1812 5.3.7).
+        lab.frame_to_a(&v4(host, [0, 0, 0, 5])),
+        lab.frame_to_a(&v4([224, 1, 1, 1], [10, 2, 0, 5])),
+        lab.frame_to_a(&v4(host, [240, 0, 0, 1])),
         lab.frame_to_a(&v6("fe80::5", "fd00:2::7")),
         lab.frame_to_a(&v6("::", "fd00:2::7")),
         lab.frame_to_a(&v6("fd00:1::5", "fe80::7")),
@@ -717,7 +721,7 @@ fn link_scope_and_other_hosts_frames_are_not_routed() {
     let (a, b) = lab.counters();
     eprintln!("A drops {:?}", a.drops.named());
     assert_eq!(a.drops.get(DpDrop::NotOurMac), 1);
-    assert_eq!(a.drops.get(DpDrop::NotForwarded), 13);
+    assert_eq!(a.drops.get(DpDrop::NotForwarded), 16);
     assert_eq!(a.encapsulated, 3);
     assert_eq!(b.delivered, 3);
     assert_eq!(lab.delivered.len(), 3);
