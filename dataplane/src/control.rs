@@ -361,8 +361,9 @@ impl Endpoint {
     /// document is rejected like an invalid one, and the next awaited
     /// (not an exit the control process would answer with the same
     /// document again).
-    pub fn wait_first(&mut self, stop: &AtomicBool, check: impl Fn(&Tables) -> Result<(), String>) -> Option<(u64, u64, Tables)> {
-        while !stop.load(Ordering::Relaxed) {
+    /// `until`: give up then (`None` as when stopped).
+    pub fn wait_first(&mut self, stop: &AtomicBool, until: Option<Instant>, check: impl Fn(&Tables) -> Result<(), String>) -> Option<(u64, u64, Tables)> {
+        while !stop.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
             let Some(txn) = self.reader.poll() else {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;

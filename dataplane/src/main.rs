@@ -7,7 +7,8 @@
 //! file while it runs and prints them on exit. A first document from the
 //! control process whose ports cannot be set up is rejected, and the
 //! process waits for one with other ports, then starts itself again (same
-//! pid; EAL cannot start twice in one process) to set them up. SIGINT/SIGTERM stop it
+//! pid; EAL cannot start twice in one process) to set them up; after 30 s
+//! without one, it starts again to try the same ports. SIGINT/SIGTERM stop it
 //! cleanly: workers stop, held packets are delivered, ports close, exit 0.
 //!
 //! usage: braid-dataplane [--config FILE] [--shm PATH] [--stats PATH]
@@ -36,6 +37,7 @@ use braid_dataplane::counters::WorkerCounters;
 use braid_dataplane::worker::{handoff, KernelTap, Worker, WorkerSetup};
 use braid_shm::stats::StatsWriter;
 use braid_dataplane::idle::{Backoff, Traffic};
+use nix::sys::signal;
 use braid_dataplane::{report, sas, stats};
 use braid_dpdk::{Eal, Mempool, Port, PortConfig, PortId, PortStats};
 
@@ -441,23 +443,60 @@ fn open_ports_into(tables: &Tables, plan: &PortPlan, workers: u16, pool: &Mempoo
 /// sends its latest document. A document with the same ports is rejected
 /// at once, with the same reason. Returns when stopped (SIGINT/SIGTERM).
 fn restart_for_new_ports(mut ep: control::Endpoint, stop: &AtomicBool, registry: &SaRegistry, failed: &Tables, generation: u64, reason: &str) -> Result<(), String> {
-    eprintln!("braid-dataplane: waiting for a document with other ports than generation {generation}'s");
+    eprintln!(
+        "braid-dataplane: waiting for a document with other ports than generation {generation}'s (trying these again in {} s)",
+        PORTS_RETRY.as_secs()
+    );
     let check = |t: &Tables| match t.ports == failed.ports {
         true => Err(format!("the same ports as generation {generation}, which failed: {reason}")),
         false => registry.check(t),
     };
-    let Some((next, _, _)) = ep.wait_first(stop, check) else {
-        // Stopped: no segment left behind for a control process to find.
-        let _ = std::fs::remove_file(ep.path());
-        return Ok(());
-    };
+    let path = ep.path().to_path_buf();
+    let next = ep.wait_first(stop, Some(Instant::now() + PORTS_RETRY), check);
     drop(ep);
-    eprintln!("braid-dataplane: generation {next} has other ports: starting again to set them up");
+    // SIGINT/SIGTERM held from here: one that comes now stays pending
+    // across the exec, for the new process's handlers (`run`), instead of
+    // setting a flag the exec forgets.
+    let _ = signal::sigprocmask(signal::SigmaskHow::SIG_BLOCK, Some(&stop_signals()), None);
+    if stop.load(Ordering::Relaxed) {
+        // No segment left behind for a control process to find.
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    match next {
+        Some((next, _, _)) => eprintln!("braid-dataplane: generation {next} has other ports: starting again to set them up"),
+        // A device not there yet, say: the control process sends its
+        // document again to the new process.
+        None => eprintln!("braid-dataplane: starting again to try generation {generation}'s ports again"),
+    }
+    // DPDK opened files without close-on-exec (EAL's pipes, sockets and
+    // lock files): not for the new image.
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<i32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|fd| *fd > 2).collect();
+        for fd in fds {
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        }
+    }
     use std::os::unix::process::CommandExt;
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_default();
     let e = std::process::Command::new("/proc/self/exe").arg0(arg0).args(args).exec();
+    let _ = std::fs::remove_file(&path);
+    let _ = signal::sigprocmask(signal::SigmaskHow::SIG_UNBLOCK, Some(&stop_signals()), None);
     Err(format!("starting again: {e}"))
+}
+
+/// How long a first document whose ports failed waits for one with other
+/// ports before the process starts again to try the same ports (a device
+/// or interface that was not there yet).
+const PORTS_RETRY: Duration = Duration::from_secs(30);
+
+/// SIGINT and SIGTERM: what stops the dataplane.
+fn stop_signals() -> signal::SigSet {
+    let mut s = signal::SigSet::empty();
+    s.add(signal::Signal::SIGINT);
+    s.add(signal::Signal::SIGTERM);
+    s
 }
 
 fn run() -> Result<(), String> {
@@ -466,6 +505,9 @@ fn run() -> Result<(), String> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
     }
+    // Started again by `restart_for_new_ports`, which held them across the
+    // exec: a signal that came meanwhile is delivered now, to the handlers.
+    signal::sigprocmask(signal::SigmaskHow::SIG_UNBLOCK, Some(&stop_signals()), None).map_err(|e| format!("signal mask: {e}"))?;
     let boot_id = boot_id();
     let workers = args.workers;
 
@@ -501,7 +543,7 @@ fn run() -> Result<(), String> {
         }
         (None, Some(ep)) => {
             eprintln!("braid-dataplane: waiting for tables from the control process on {}", ep.path().display());
-            match ep.wait_first(&stop, |t| registry.check(t)) {
+            match ep.wait_first(&stop, None, |t| registry.check(t)) {
                 Some(first) => first,
                 None => return Ok(()), // stopped while waiting
             }
@@ -732,7 +774,7 @@ fn run() -> Result<(), String> {
     for t in taps.into_iter().flatten() {
         t.close();
     }
-    drop(pool);
+    drop((pool, jumbo));
     eal.cleanup();
     Ok(())
 }

@@ -231,10 +231,15 @@ impl Eal {
     /// and pool must be gone: if one is still alive or was leaked (a pool
     /// dropped with mbufs out), `rte_eal_cleanup` is skipped so no later
     /// drop touches unmapped memory; the runtime folder is still removed.
+    ///
+    /// Devices EAL probed that no `Port` holds are closed first
+    /// (`rte_eal_cleanup` leaves them: a `net_tap`'s kernel interface
+    /// stays until the process ends).
     pub fn cleanup(self) {
         if crate::mempool::pools_outstanding() || crate::eal_objects_outstanding() {
             eprintln!("braid-dpdk: a mempool, port, ring or reassembly table is still alive or leaked; skipping rte_eal_cleanup");
         } else {
+            crate::port::close_unheld();
             // SAFETY: consumes the only handle, and no pool, port, ring or
             // reassembly table is left whose drop could touch EAL memory
             // afterwards (closures still running on lcores hold theirs).

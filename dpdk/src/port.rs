@@ -327,6 +327,32 @@ fn port_names() -> Vec<String> {
     out
 }
 
+/// Stops and closes every device EAL probed that no [`Port`] holds: a
+/// vdev given to EAL and never opened (or one a failed set-up let go)
+/// keeps its kernel interface (`net_tap`) or sockets (`net_af_packet`)
+/// otherwise, which `rte_eal_cleanup` (DPDK 22.11) does not close, and
+/// which would outlive the process image across an `exec`. Returns how
+/// many it closed.
+pub(crate) fn close_unheld() -> usize {
+    let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    let mut closed = 0;
+    for id in 0..dpdk_sys::BRAID_MAX_ETHPORTS as u16 {
+        // SAFETY: plain query.
+        if held.contains(&id) || unsafe { dpdk_sys::rte_eth_dev_is_valid_port(id) } != 1 {
+            continue;
+        }
+        // SAFETY: a valid device no `Port` holds: no queue handle of
+        // this process can use it.
+        unsafe {
+            dpdk_sys::rte_eth_dev_stop(id);
+            if dpdk_sys::rte_eth_dev_close(id) == 0 {
+                closed += 1;
+            }
+        }
+    }
+    closed
+}
+
 impl Port {
     /// Every port EAL created (vdevs, allow-listed devices), by name.
     pub fn names() -> Vec<String> {
