@@ -1193,10 +1193,11 @@ fn parse_iface_v4(s: &str) -> Result<IfaceAddr<Ipv4Addr>, String> {
         return Err(format!("{addr} is not a unicast address"));
     }
     // What a router never sends from (RFC 1812 section 5.3.7): its ICMP
-    // errors would be dropped as martians.
+    // errors would be dropped as martians. (240.0.0.0/4 is allowed: some
+    // networks use it inside.)
     let o = addr.octets();
-    if o[0] == 0 || o[0] == 127 || o[0] >= 240 {
-        return Err(format!("{addr} is not an address a router sends from (this network, loopback or reserved)"));
+    if o[0] == 0 || o[0] == 127 {
+        return Err(format!("{addr} is not an address a router sends from (this network or loopback)"));
     }
     Ok(IfaceAddr { addr, prefix_len })
 }

@@ -36,8 +36,8 @@ drops! {
     /// MAC (what the gateway's responder and kernel tap did not take), or
     /// of link scope by its addresses (IPv4 from 0.0.0.0/8, loopback or
     /// 169.254.0.0/16, to loopback, 169.254.0.0/16, 224.0.0.0/24 or
-    /// 255.255.255.255, and martians: from multicast or 240.0.0.0/4, to
-    /// 0.0.0.0/8 or 240.0.0.0/4; IPv6 from ::, ::1 or fe80::/10, to ::1,
+    /// 255.255.255.255, and martians: from multicast or 255.255.255.255,
+    /// to 0.0.0.0/8; IPv6 from ::, ::1 or fe80::/10, to ::1,
     /// fe80::/10 or a multicast group of scope 0 to 2), whatever the
     /// routes say.
     NotForwarded => "not_forwarded",

@@ -190,14 +190,14 @@ impl Responder {
         if let (IPV6, 0, Some(mld)) = (et, d[V6_NEXT], self.mld.as_mut()) {
             // Multicast behind a hop-by-hop header: MLD. A query for our
             // groups is answered from the timers; other listeners'
-            // reports and the rest are not for us.
-            stats.received += 1;
+            // reports and the rest take the ordinary path (dropped there,
+            // as before MLD).
             if mld.on_frame(&d[14..], now) == Heard::Query {
+                stats.received += 1;
                 stats.mld_queries += 1;
                 return Handled::Learned;
             }
-            stats.drop(LocalDrop::NotForUs);
-            return Handled::Dropped;
+            return Handled::Pass;
         }
         let nd = et == IPV6 && ND_TYPES.contains(&d[ICMPV6_TYPE]);
         if et == ARP || nd {

@@ -545,7 +545,11 @@ fn run() -> Result<(), String> {
             eprintln!("braid-dataplane: waiting for tables from the control process on {}", ep.path().display());
             match ep.wait_first(&stop, None, |t| registry.check(t)) {
                 Some(first) => first,
-                None => return Ok(()), // stopped while waiting
+                None => {
+                    // Stopped while waiting: no segment left behind.
+                    let _ = std::fs::remove_file(ep.path());
+                    return Ok(());
+                }
             }
         }
         (None, None) => unreachable!("checked by parse_args"),
@@ -561,7 +565,13 @@ fn run() -> Result<(), String> {
             eal_args.push(format!("--vdev={},iface={name},mac={}", tap_device(i), mac_string(&p.mac)));
         }
     }
-    let eal = Eal::init(&eal_args).map_err(|e| e.to_string())?;
+    // EAL's threads start with SIGINT/SIGTERM held, so that only this
+    // thread takes them: held here too, one stays pending across
+    // `restart_for_new_ports`'s exec.
+    let _ = signal::sigprocmask(signal::SigmaskHow::SIG_BLOCK, Some(&stop_signals()), None);
+    let eal = Eal::init(&eal_args).map_err(|e| e.to_string());
+    signal::sigprocmask(signal::SigmaskHow::SIG_UNBLOCK, Some(&stop_signals()), None).map_err(|e| format!("signal mask: {e}"))?;
+    let eal = eal?;
     eal.remove_runtime_dir_at_exit();
     // Mbufs big enough for the largest frame any port carries (and a few
     // for the largest inner packet a peer may send, if bigger).

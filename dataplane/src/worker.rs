@@ -305,6 +305,10 @@ pub struct Worker {
     nat_frag_todo: Vec<Mbuf>,
     /// When the next ICMP error may be sent (rate limit, RFC 1812 4.3.2.8).
     next_icmp: Nanos,
+    /// The same for "host/address unreachable" errors: a budget of their
+    /// own, so a sweep of dead LAN addresses from behind a peer cannot
+    /// hold back the too-big errors path MTU discovery needs.
+    next_unreachable: Nanos,
     /// ICMP errors about packets from a tunnel too big for the LAN, to go
     /// back into the tunnels (`lan_too_big_error`).
     icmp_to_wan: Vec<Mbuf>,
@@ -505,6 +509,7 @@ impl Worker {
             ],
             nat_frag_todo: Vec::new(),
             next_icmp: 0,
+            next_unreachable: 0,
             icmp_to_wan: Vec::new(),
             nat,
             nat_spec: setup.nat,
@@ -1389,15 +1394,20 @@ impl Worker {
 
     /// ICMP error `kind` about a packet from the tunnels that the LAN does
     /// not take, from the LAN port's address of its family, back through
-    /// the tunnels (`icmp_to_wan`); at most one a millisecond.
+    /// the tunnels (`icmp_to_wan`); at most one a millisecond of each
+    /// kind.
     pub(super) fn tunnel_icmp_error(&mut self, m: Mbuf, kind: IcmpError) {
-        if self.now < self.next_icmp {
+        let next = match kind {
+            IcmpError::TooBig(_) => &mut self.next_icmp,
+            IcmpError::Unreachable => &mut self.next_unreachable,
+        };
+        if self.now < *next {
             return;
         }
         let src = self.lan.ipv4.map_or([0; 4], |a| a.octets());
         let src6 = self.lan.ipv6.map_or([0; 16], |a| a.octets());
         if let Some(e) = icmp_error(m, src, src6, kind, &self.lan) {
-            self.next_icmp = self.now.saturating_add(ICMP_INTERVAL);
+            *next = self.now.saturating_add(ICMP_INTERVAL);
             self.icmp_to_wan.push(e);
         }
     }
@@ -1800,7 +1810,11 @@ impl Worker {
         for st in &self.bundles {
             for (t, spec) in st.spec.tunnels.iter().enumerate() {
                 let Some(high) = &spec.rx_high else { continue };
-                if st.owner.get(t).is_some_and(|o| *o != self.id) {
+                // Not a tunnel that came here and is not settled yet: its
+                // high says what the previous owner took, which the
+                // settle refuses (this window's own top would refuse this
+                // window's packets still on their way).
+                if st.owner.get(t).is_some_and(|o| *o != self.id) || self.moved_in.contains(&spec.inbound.spi.0) {
                     continue;
                 }
                 let pair = match &st.engine {
@@ -2499,17 +2513,19 @@ fn lan_mac_drop(d: &[u8], mac: &[u8; 6]) -> Option<DpDrop> {
 
 /// An IPv4 packet of link scope, or a martian, which a router does not
 /// forward (RFC 1812 section 5.3.7): from 0.0.0.0/8 (this host, RFC 1122),
-/// loopback, 169.254.0.0/16 (link-local, RFC 3927 section 7) or a
-/// multicast or reserved (240.0.0.0/4) address; to 0.0.0.0/8, loopback,
-/// 169.254.0.0/16, 224.0.0.0/24 (link-local multicast, RFC 5771) or
-/// 240.0.0.0/4 (the limited broadcast included, RFC 1812 section
-/// 5.3.5.1). `l3` is a whole header.
+/// loopback, 169.254.0.0/16 (link-local, RFC 3927 section 7), a multicast
+/// address or the limited broadcast; to 0.0.0.0/8, loopback,
+/// 169.254.0.0/16, 224.0.0.0/24 (link-local multicast, RFC 5771) or the
+/// limited broadcast (RFC 1812 section 5.3.5.1). 240.0.0.0/4 otherwise
+/// passes: some networks use it inside (container pod ranges). `l3` is a
+/// whole header.
 #[cold]
 fn link_scope_v4(l3: &[u8]) -> bool {
     let (src, dst) = (&l3[12..16], &l3[16..20]);
     let link_local = |a: &[u8]| a[..2] == [169, 254];
     let this_or_loopback = |a: &[u8]| a[0] == 0 || a[0] == 127;
-    this_or_loopback(src) || link_local(src) || src[0] >= 224 || this_or_loopback(dst) || link_local(dst) || dst[..3] == [224, 0, 0] || dst[0] >= 240
+    let multicast = |a: &[u8]| (224..240).contains(&a[0]);
+    this_or_loopback(src) || link_local(src) || multicast(src) || src == [255; 4] || this_or_loopback(dst) || link_local(dst) || dst[..3] == [224, 0, 0] || dst == [255; 4]
 }
 
 /// An IPv6 packet of link scope, which a router does not forward (RFC

@@ -705,7 +705,7 @@ fn link_scope_and_other_hosts_frames_are_not_routed() {
         // Martians (RFC 1812 5.3.7).
         lab.frame_to_a(&v4(host, [0, 0, 0, 5])),
         lab.frame_to_a(&v4([224, 1, 1, 1], [10, 2, 0, 5])),
-        lab.frame_to_a(&v4(host, [240, 0, 0, 1])),
+        lab.frame_to_a(&v4(host, [255, 255, 255, 255])),
         lab.frame_to_a(&v6("fe80::5", "fd00:2::7")),
         lab.frame_to_a(&v6("::", "fd00:2::7")),
         lab.frame_to_a(&v6("fd00:1::5", "fe80::7")),

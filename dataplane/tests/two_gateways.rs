@@ -706,6 +706,7 @@ fn bad_input_on_either_side_is_dropped_and_counted() {
     let mut ip = ip_packet(&f, 99, 200);
     let mut lan_bad = vec![lab.raw(&[0u8; 12])];
     let mut arp = vec![0u8; 60];
+    arp[..6].fill(0xff); // broadcast, as ARP requests go
     arp[12] = 0x08;
     arp[13] = 0x06;
     lan_bad.push(lab.raw(&arp));

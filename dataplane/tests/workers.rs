@@ -198,7 +198,8 @@ impl Rig {
                     .with_rx_highs(&highs);
                     let lanq = (lan.rx_queue(id).unwrap(), lan.tx_queue(id).unwrap());
                     let wanq = vec![(wan.rx_queue(id).unwrap(), wan.tx_queue(id).unwrap())];
-                    Worker::new(setup, pool.clone(), lanq, wanq, 0).unwrap().with_handoff(h).unwrap()
+                    // No MLD reports: the frames the WAN carries are the test's (as in the lab).
+                    Worker::new(setup, pool.clone(), lanq, wanq, 0).unwrap().without_mld().with_handoff(h).unwrap()
                 })
                 .collect();
             gws.push(Gateway { workers });
