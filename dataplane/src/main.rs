@@ -254,6 +254,12 @@ fn run_worker(mut worker: Worker, mut tables: Arc<Tables>, mut mine: u64, mut wr
     while !sh.stop.load(Ordering::Relaxed) {
         polls = polls.wrapping_add(1);
         if sh.exchange.changed(mine) {
+            // Tunnels the tables before moved here: settled first, if every
+            // worker got that far (their windows' tops are published).
+            if settle && sh.exchange.all_seen(mine) {
+                worker.settle_moved_windows();
+                settle = false;
+            }
             // New tables from the control thread: applied between bursts.
             let snap = sh.exchange.current();
             let t = Instant::now();
@@ -477,10 +483,14 @@ fn restart_for_new_ports(mut ep: control::Endpoint, stop: &AtomicBool, registry:
             let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
         }
     }
-    use std::os::unix::process::CommandExt;
-    let mut args = std::env::args_os();
-    let arg0 = args.next().unwrap_or_default();
-    let e = std::process::Command::new("/proc/self/exe").arg0(arg0).args(args).exec();
+    // execv itself, not `Command::exec`: that one clears the signal mask
+    // first, delivering a held signal to this image, which then forgets it.
+    use std::os::unix::ffi::OsStrExt;
+    let argv: Vec<std::ffi::CString> = std::env::args_os().filter_map(|a| std::ffi::CString::new(a.as_bytes()).ok()).collect();
+    let e = match nix::unistd::execv(c"/proc/self/exe", &argv) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
     let _ = std::fs::remove_file(&path);
     let _ = signal::sigprocmask(signal::SigmaskHow::SIG_UNBLOCK, Some(&stop_signals()), None);
     Err(format!("starting again: {e}"))
@@ -765,9 +775,10 @@ fn run() -> Result<(), String> {
     if let Some(c) = control {
         c.stop();
     }
-    // The workers' last replay window tops, for the keeper's last write.
+    // The workers' last replay window tops, for the keeper's last write
+    // (those of tunnels not yet settled too).
     for (w, _, _) in &done {
-        w.publish_rx_highs();
+        w.publish_all_rx_highs();
     }
     keeper_stop.store(true, Ordering::Release);
     if let Some(k) = keeper {

@@ -1807,6 +1807,19 @@ impl Worker {
     /// SA's kept high (`TunnelSetup::rx_high`): from the timers, once a
     /// millisecond, and by the process after the worker stopped.
     pub fn publish_rx_highs(&self) {
+        self.publish_highs(false);
+    }
+
+    /// [`publish_rx_highs`](Self::publish_rx_highs), the tunnels not yet
+    /// settled included: when this worker's windows are handed over or
+    /// go away (new tables, exit), their tops must be kept, even if that
+    /// makes a settle to come refuse a few of this window's late packets
+    /// (never a replay).
+    pub fn publish_all_rx_highs(&self) {
+        self.publish_highs(true);
+    }
+
+    fn publish_highs(&self, all: bool) {
         for st in &self.bundles {
             for (t, spec) in st.spec.tunnels.iter().enumerate() {
                 let Some(high) = &spec.rx_high else { continue };
@@ -1814,7 +1827,8 @@ impl Worker {
                 // high says what the previous owner took, which the
                 // settle refuses (this window's own top would refuse this
                 // window's packets still on their way).
-                if st.owner.get(t).is_some_and(|o| *o != self.id) || self.moved_in.contains(&spec.inbound.spi.0) {
+                let unsettled = || self.moved_in.binary_search(&spec.inbound.spi.0).is_ok();
+                if st.owner.get(t).is_some_and(|o| *o != self.id) || (!all && unsettled()) {
                     continue;
                 }
                 let pair = match &st.engine {
@@ -2938,9 +2952,11 @@ fn icmpv4_error(mut m: Mbuf, src: [u8; 4], kind: IcmpError, lan: &L2) -> Option<
     let ihl = (ip[0] & 0x0f) as usize * 4;
     let icmp_error = ip[9] == 1 && ip.get(ihl).is_some_and(|&t| t != 0 && t != 8);
     let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
-    let group = ip[16] >= 224;
+    // Multicast or the limited broadcast, either way (240.0.0.0/4 is
+    // unicast here: some networks use it inside).
+    let group = |a: &[u8]| (224..240).contains(&a[0]) || a == [255; 4];
     let no_df = matches!(kind, IcmpError::TooBig(_)) && ip[6] & 0x40 == 0;
-    if u16::from_be_bytes([d[12], d[13]]) != 0x0800 || no_df || icmp_error || later_fragment || ip[12] == 0 || ip[12] >= 224 || group {
+    if u16::from_be_bytes([d[12], d[13]]) != 0x0800 || no_df || icmp_error || later_fragment || ip[12] == 0 || group(&ip[12..16]) || group(&ip[16..20]) {
         return None;
     }
     if src == [0; 4] {

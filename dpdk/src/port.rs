@@ -336,9 +336,17 @@ fn port_names() -> Vec<String> {
 pub(crate) fn close_unheld() -> usize {
     let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
     let mut closed = 0;
-    for id in 0..dpdk_sys::BRAID_MAX_ETHPORTS as u16 {
-        // SAFETY: plain query.
-        if held.contains(&id) || unsafe { dpdk_sys::rte_eth_dev_is_valid_port(id) } != 1 {
+    // As `RTE_ETH_FOREACH_DEV`: devices no other device owns (a failsafe
+    // or netvsc parent closes its sub-devices itself).
+    let next = |from: u64| -> Option<u16> {
+        // SAFETY: plain query; it returns RTE_MAX_ETHPORTS past the last.
+        let id = unsafe { dpdk_sys::rte_eth_find_next_owned_by(from as u16, u64::from(dpdk_sys::RTE_ETH_DEV_NO_OWNER)) };
+        ((id as usize) < dpdk_sys::BRAID_MAX_ETHPORTS as usize).then_some(id as u16)
+    };
+    let mut at = next(0);
+    while let Some(id) = at {
+        at = next(u64::from(id) + 1);
+        if held.contains(&id) {
             continue;
         }
         // SAFETY: a valid device no `Port` holds: no queue handle of

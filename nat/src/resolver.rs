@@ -724,7 +724,8 @@ impl Resolver {
             || !self.cfg.ipv4.contains(&dst)
             || o[0] == 0
             || o[0] == 127
-            || o[0] >= 224
+            || (224..240).contains(&o[0])
+            || o == [255; 4]
             || self.cfg.ipv4.contains(&src)
         {
             return false;

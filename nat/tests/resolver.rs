@@ -469,8 +469,8 @@ fn invalid_neighbor_discovery_is_discarded() {
 }
 
 /// Echo requests a host must not answer are not answered: a damaged IPv4
-/// header or ICMP checksum, a source no host has (0/8, loopback, class
-/// E, broadcast, multicast, our own), a request sent to the Ethernet
+/// header or ICMP checksum, a source no host has (0/8, loopback,
+/// broadcast, multicast, our own), a request sent to the Ethernet
 /// broadcast or from a group MAC (RFC 1122 sections 3.2.1.2, 3.2.1.3,
 /// 3.3.6; found by review).
 #[test]
@@ -486,12 +486,14 @@ fn invalid_echo_requests_are_not_answered() {
     };
     let ok = frame(Ipv4Addr::new(192, 0, 2, 44), asker, OUR_MAC);
     assert!(r.answer_echo(&mut ok.clone()));
+    // 240.0.0.0/4 is answered: some networks use it inside (pod ranges).
+    assert!(r.answer_echo(&mut frame(Ipv4Addr::new(240, 0, 0, 1), asker, OUR_MAC)));
     let mut bad_ip = ok.clone();
     bad_ip[14 + 10] ^= 1;
     let mut bad_icmp = ok.clone();
     bad_icmp[14 + 20 + 2] ^= 1;
     let mut cases = vec![bad_ip, bad_icmp];
-    for src in [[0, 1, 2, 3], [127, 0, 0, 1], [240, 0, 0, 1], [255, 255, 255, 255], [224, 0, 0, 1], OUR_V4.octets()] {
+    for src in [[0, 1, 2, 3], [127, 0, 0, 1], [255, 255, 255, 255], [224, 0, 0, 1], [239, 9, 9, 9], OUR_V4.octets()] {
         cases.push(frame(Ipv4Addr::from(src), asker, OUR_MAC));
     }
     cases.push(frame(Ipv4Addr::new(192, 0, 2, 44), asker, Address::BROADCAST));
@@ -501,7 +503,7 @@ fn invalid_echo_requests_are_not_answered() {
         assert!(!r.answer_echo(&mut f), "case {i} answered");
         assert_eq!(f, before, "case {i} changed");
     }
-    assert_eq!(r.counters().echo_replies, 1);
+    assert_eq!(r.counters().echo_replies, 2);
 }
 
 /// A port with a link-local and a global address solicits a link-local

@@ -244,8 +244,9 @@ impl Worker {
                 new.next_hop_mac = running.next_hop_mac;
             }
         }
-        // The running windows' tops, for the windows that replace them.
-        self.publish_rx_highs();
+        // The running windows' tops, for the windows that replace them
+        // (also those not settled: this may be their last say).
+        self.publish_all_rx_highs();
         let replay_same = setup.replay_window == self.options.replay_window;
         let options_same = replay_same
             && setup.hold == self.options.hold
@@ -380,6 +381,9 @@ impl Worker {
         self.raise_rx_floors();
         let moved = moved_in(&self.bundles, &old_owner, self.id);
         self.moved_in.extend(moved);
+        // Sorted, for `publish_rx_highs`'s lookups every millisecond.
+        self.moved_in.sort_unstable();
+        self.moved_in.dedup();
         self.counters.tunnels = counters;
         self.spis = spi_table(&setup.bundles);
         self.tunnel_ports = port_set(&setup.bundles);
