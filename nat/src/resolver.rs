@@ -715,8 +715,9 @@ impl Resolver {
         };
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         // A damaged header, or a source no host has (this network, loopback,
-        // class E and broadcast, multicast, ourselves): not answered (RFC
-        // 1122 sections 3.2.1.2 and 3.2.1.3).
+        // multicast, the limited broadcast, ourselves): not answered (RFC
+        // 1122 sections 3.2.1.2 and 3.2.1.3). 240.0.0.0/4 is answered: some
+        // networks use it inside.
         let o = src.octets();
         if ip.protocol() != IpProtocol::ICMP
             || ip.is_fragment()
