@@ -77,6 +77,20 @@ fn counter(r: &StatsReader, name: &str) -> u64 {
     r.snapshot().totals[i]
 }
 
+/// The dataplane with `args`, on two net_null ports, EAL files under
+/// `prefix`; its stderr piped.
+fn spawn(args: &[&str], prefix: &str) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .args(["--idle-us", "200", "--"])
+        .args(["--no-pci", "--no-huge", "-m", "256", "-l", "0", "--file-prefix", prefix, "--log-level=*:error"])
+        .args(["--vdev=net_null0", "--vdev=net_null1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// SIGTERM to the dataplane: it exits 0, EAL cleaned up whole (nothing
 /// leaked, also before an exec: asserted); what it printed on stderr.
 fn terminate(dp: &mut Dataplane) -> String {
@@ -97,16 +111,7 @@ fn snapshots_over_shared_memory_start_and_change_the_dataplane() {
     let stats = PathBuf::from(format!("/dev/shm/braid-test-{id}.stats"));
     let prefix = format!("braid-shmctl-{id}");
     let mut dp = Dataplane { child: None, prefix: prefix.clone(), files: vec![shm.clone(), stats.clone()] };
-    dp.child = Some(
-        Command::new(BIN)
-            .args(["--shm", shm.to_str().unwrap(), "--stats", stats.to_str().unwrap(), "--idle-us", "200", "--"])
-            .args(["--no-pci", "--no-huge", "-m", "256", "-l", "0", "--file-prefix", &prefix, "--log-level=*:error"])
-            .args(["--vdev=net_null0", "--vdev=net_null1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    dp.child = Some(spawn(&["--shm", shm.to_str().unwrap(), "--stats", stats.to_str().unwrap()], &prefix));
     let seg = wait_for("the segment", Duration::from_secs(20), || Segment::open(&shm).ok());
     let mut commands = seg.producer(Ring::Commands).unwrap();
     let mut events = seg.consumer(Ring::Events).unwrap();
@@ -186,16 +191,7 @@ fn a_first_document_whose_ports_fail_is_rejected_and_the_next_applied() {
     let shm = PathBuf::from(format!("/dev/shm/braid-test-{id}-p.ctl"));
     let prefix = format!("braid-shmport-{id}");
     let mut dp = Dataplane { child: None, prefix: prefix.clone(), files: vec![shm.clone()] };
-    dp.child = Some(
-        Command::new(BIN)
-            .args(["--shm", shm.to_str().unwrap(), "--idle-us", "200", "--"])
-            .args(["--no-pci", "--no-huge", "-m", "256", "-l", "0", "--file-prefix", &prefix, "--log-level=*:error"])
-            .args(["--vdev=net_null0", "--vdev=net_null1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    dp.child = Some(spawn(&["--shm", shm.to_str().unwrap()], &prefix));
     let seg = wait_for("the segment", Duration::from_secs(20), || Segment::open(&shm).ok());
     let inode = std::fs::metadata(&shm).unwrap().ino();
     let mut commands = seg.producer(Ring::Commands).unwrap();
